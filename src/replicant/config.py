@@ -1,0 +1,261 @@
+"""The pipeline file: typed, validated, secrets by reference.
+
+``load(path)`` reads a YAML pipeline file, substitutes ``${env:NAME}`` references,
+resolves relative paths against the file's folder and validates everything at once: a
+:class:`~replicant.errors.ConfigError` lists every problem with its key path
+(``source.streams[1].mode``), and suggests the closest key for a typo.
+
+Connection URLs are :class:`pydantic.SecretStr`: masked in every repr and log line, and
+read with ``.get_secret_value()`` only where a driver needs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from replicant.errors import ConfigError
+
+__all__ = [
+    "StreamConfig",
+    "SourceConfig",
+    "DestinationConfig",
+    "RetentionConfig",
+    "PipelineConfig",
+    "load",
+    "parse",
+    "normalize_url",
+]
+
+Mode = Literal["full", "cursor", "snapshot_diff", "trigger", "log"]
+WriteMode = Literal["append", "merge", "replace"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class StreamConfig(_Model):
+    """One entry of ``source.streams``."""
+
+    table: str = Field(description="Source table, optionally schema-qualified: `public.orders`, `Album`.")
+    mode: Mode = Field("full", description="Read strategy.")
+    cursor: str | None = Field(None, description="Cursor column for `mode: cursor` (an audit column).")
+    primary_key: list[str] | None = Field(None, description="Key columns, for tables without a primary key.")
+    include: list[str] | None = Field(None, description="Only these columns (keys are always kept).")
+    exclude: list[str] | None = Field(None, description="All columns but these.")
+    lookback: float | int | str | None = Field(
+        None,
+        description="Cursor look-back for late commits: seconds (or '5m', '1h') for time cursors, "
+        "a number for numeric cursors.",
+    )
+    chunk_size: int | None = Field(None, gt=0, description="Rows per key-range chunk of a full read.")
+
+    @model_validator(mode="after")
+    def _cursor_needs_column(self) -> "StreamConfig":
+        if self.mode == "cursor" and not self.cursor:
+            raise ValueError("mode 'cursor' needs `cursor:` (the audit column to follow)")
+        if self.include and self.exclude:
+            raise ValueError("give `include` or `exclude`, not both")
+        return self
+
+
+class SourceConfig(_Model):
+    type: str = Field(description="postgres | mysql | sqlite | …")
+    url: SecretStr | None = Field(None, description="Connection URL; `${env:NAME}` for secrets.")
+    streams: list[StreamConfig] | Literal["all"] = Field("all", description="A list of streams, or `all`.")
+    default_mode: Mode = Field("full", description="Mode of streams found by `streams: all`.")
+    schema_name: str | None = Field(None, alias="schema", description="Schema searched by `streams: all`.")
+    batch_size: int = Field(100_000, gt=0, description="Rows per batch read.")
+    chunk_size: int = Field(1_000_000, gt=0, description="Rows per resumable key-range chunk of a full read.")
+
+    @field_validator("streams", mode="before")
+    @classmethod
+    def _streams_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, list):  # `- orders` is short for `- table: orders`
+            return [{"table": s} if isinstance(s, str) else s for s in v]
+        return v
+
+
+class DestinationConfig(_Model):
+    name: str = Field(description="Unique name of this destination in the pipeline.")
+    type: str = Field("duckdb", description="duckdb | postgres | mysql | sqlite | …")
+    write: WriteMode = Field("append", description="append | merge | replace.")
+    url: SecretStr | None = Field(None, description="Connection URL (postgres, mysql).")
+    path: str | None = Field(None, description="File path (duckdb, sqlite).")
+    schema_name: str | None = Field(None, alias="schema", description="Target schema (or MySQL database).")
+    batch_size: int | None = Field(None, gt=0, description="Rows per write transaction.")
+
+
+class RetentionConfig(_Model):
+    max_age: float | str | None = Field(None, description="Keep log segments this long: seconds or '7d', '12h'.")
+    max_bytes: int | str | None = Field(None, description="Keep at most this much per stream: bytes or '10GB'.")
+
+
+class PipelineConfig(_Model):
+    pipeline: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Pipeline name.")
+    source: SourceConfig
+    destinations: list[DestinationConfig] = Field(min_length=1)
+    state: SecretStr | None = Field(None, description="State store SQLAlchemy URL (default: SQLite beside the file).")
+    log: str | None = Field(None, description="Staging log location: a path or fsspec URL.")
+    retention: RetentionConfig | None = None
+    base_dir: Path = Field(Path("."), exclude=True, description="Folder of the pipeline file (set by `load`).")
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> "PipelineConfig":
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)} repeated")
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise ConfigError(
+            f"no destination named {name!r}",
+            [("destinations", f"have {', '.join(d.name for d in self.destinations)}{_suggest(name, [d.name for d in self.destinations])}")],
+        )
+
+
+_REF = re.compile(r"\$\{(?P<kind>env|secret):(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Replaces ``${env:NAME}`` in every string, recording missing variables as problems."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(m: re.Match[str]) -> str:
+        if m["kind"] == "secret":
+            problems.append((path, f"${{secret:{m['name']}}} needs the secret store of `replicant serve`; use ${{env:{m['name']}}}"))
+            return ""
+        if m["name"] not in os.environ:
+            problems.append((path, f"environment variable {m['name']} is not set"))
+            return ""
+        return os.environ[m["name"]]
+
+    return _REF.sub(repl, value)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in str(part) or "(" in str(part):  # a union branch's type tag, not a key
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_ALIASES = {"schema_name": "schema"}
+
+
+def _fields_of(model: type[BaseModel]) -> list[str]:
+    return [(_ALIASES.get(n, n)) for n, f in model.model_fields.items() if not f.exclude]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = PipelineConfig
+    nested = {"source": SourceConfig, "destinations": DestinationConfig, "streams": StreamConfig, "retention": RetentionConfig}
+    for part in loc[:-1]:
+        if isinstance(part, str) and part in nested:
+            model = nested[part]
+    return model
+
+
+def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
+    """Validates a pipeline given as a dict (the YAML's content); raises ``ConfigError``."""
+    if not isinstance(data, dict):
+        raise ConfigError("the pipeline file must be a mapping with `pipeline:`, `source:` and `destinations:`")
+    problems: list[tuple[str, str]] = []
+    data = _substitute(data, "", problems)
+    if problems:
+        raise ConfigError("invalid pipeline file", problems)
+    data = dict(data)
+    data.pop("base_dir", None)
+    try:
+        cfg = PipelineConfig.model_validate({**data, "base_dir": Path(base_dir)})
+    except ValidationError as e:
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"])
+            key = _loc(loc)
+            if err["type"] == "extra_forbidden":
+                model = _model_at(loc)
+                known = _fields_of(model) if model else []
+                problems.append((key, f"unknown key{_suggest(str(loc[-1]), known)}"))
+            elif err["type"] == "missing":
+                problems.append((key, "required key is missing"))
+            elif err["type"] == "literal_error" and "'all'" in err["msg"] and key.endswith("streams"):
+                problems.append((key, "must be a list of streams or `all`"))
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append((key or "(top level)", msg))
+        # one problem per key; drop a union's "wrong branch" line when the list branch said more
+        seen: dict[str, str] = {}
+        for k, m in problems:
+            if m.startswith("must be a list of streams") and any(o.startswith(k + "[") for o, _ in problems):
+                continue
+            seen.setdefault(k, m)
+        raise ConfigError("invalid pipeline file", list(seen.items())) from None
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Reads and validates a pipeline file. Relative paths inside resolve against its folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read pipeline file {str(p)!r}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse(data, base_dir=p.resolve().parent)
+
+
+_SCHEME_ALIASES = {
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+}
+
+
+def normalize_url(url: str) -> tuple[str, str]:
+    """Splits a URL's scheme into ``(dialect, url_without_driver)``.
+
+    ``postgresql+psycopg://u@h/db`` → ``("postgresql", "postgresql://u@h/db")``;
+    ``mysql+pymysql://`` and ``mariadb://`` → ``"mysql"``; ``sqlite:///path`` → ``"sqlite"``.
+    Raises ``ConfigError`` for anything else.
+    """
+    m = re.match(r"^(?P<scheme>[A-Za-z][A-Za-z0-9.\-]*)(?:\+(?P<driver>[A-Za-z0-9_.\-]+))?://(?P<rest>.*)$", url, re.S)
+    if not m or m["scheme"].lower() not in _SCHEME_ALIASES:
+        shown = url.split("://", 1)[0] + "://…" if "://" in url else "(no scheme://)"
+        raise ConfigError(
+            "bad URL",
+            [("url", f"{shown} is not a supported URL; use postgresql://, mysql://, mariadb:// or sqlite:///path")],
+        )
+    dialect = _SCHEME_ALIASES[m["scheme"].lower()]
+    scheme = "postgresql" if dialect == "postgresql" else dialect
+    return dialect, f"{scheme}://{m['rest']}"

@@ -1,0 +1,105 @@
+"""The one exception tree of replicant.
+
+Branch by what the caller should do::
+
+    ReplicantError
+    ├── ConfigError          fail at start, report every problem at once, with the key path
+    ├── ConnectionError      could not reach a system; says which, never the password
+    ├── RetriableError       transient: retry with back-off (a mix-in, so a driver error keeps its kind)
+    ├── FatalError           stop this stream, keep others running, say what to do
+    ├── RecordError          one bad record: goes to the dead-letter store with its origin
+    └── SchemaDriftError     a change the destination cannot absorb
+
+Errors are picklable (workers are processes): every subclass keeps its whole state in
+``args`` or passes keyword attributes through ``__reduce__``.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ReplicantError",
+    "ConfigError",
+    "ConnectionError",
+    "RetriableError",
+    "FatalError",
+    "RecordError",
+    "SchemaDriftError",
+    "redact",
+]
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+_KV_PASSWORD = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<pw>'[^']*'|\"[^\"]*\"|[^\s;,]+)")
+
+
+def redact(text: str) -> str:
+    """Masks passwords in URLs (``scheme://user:***@host``) and ``password=...`` pairs."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+class ReplicantError(Exception):
+    """Base of every error replicant raises on purpose.
+
+    The message is redacted (no passwords) when the error is created, so it is safe
+    to print or log anywhere.
+    """
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(redact(str(message)), *args)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ReplicantError):
+    """The pipeline file or arguments are wrong. Carries every problem found, each with its key path.
+
+    Args:
+        message: a summary line.
+        problems: ``(key_path, what_is_wrong)`` pairs, e.g. ``("source.streams[2].table", "no such table")``.
+    """
+
+    def __init__(self, message: str = "", problems: list[tuple[str, str]] | tuple = ()) -> None:
+        super().__init__(message, tuple(tuple(p) for p in problems))
+
+    @property
+    def problems(self) -> tuple[tuple[str, str], ...]:
+        return self.args[1] if len(self.args) > 1 else ()
+
+    def __str__(self) -> str:
+        lines = [self.message] if self.message else []
+        lines += [f"  {key}: {redact(what)}" for key, what in self.problems]
+        return "\n".join(lines)
+
+
+class ConnectionError(ReplicantError):  # noqa: A001 - deliberate: replicant.errors.ConnectionError
+    """A system could not be reached or refused the login. The message names it, never the password."""
+
+
+class RetriableError(ReplicantError):
+    """A transient failure: retrying with back-off may succeed."""
+
+
+class FatalError(ReplicantError):
+    """Stop this stream (others keep running); the message says what to do."""
+
+
+class RecordError(ReplicantError):
+    """One bad record. It goes to the dead-letter store with its origin and reason."""
+
+    def __init__(self, message: str = "", origin: str = "") -> None:
+        super().__init__(message, origin)
+
+    @property
+    def origin(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else ""
+
+
+class SchemaDriftError(ReplicantError):
+    """The source schema changed in a way the destination cannot absorb."""
