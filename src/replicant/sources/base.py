@@ -80,6 +80,11 @@ class Source(ABC):
         order), so every batch of a stream can go in one Arrow IPC stream.
         """
 
+    def estimate_rows(self, stream: Stream) -> int | None:
+        """A cheap estimate of the rows a full read returns (table statistics), for progress
+        bars; None when unknown. Must not scan the table."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections. Idempotent."""
 
