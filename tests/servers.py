@@ -1,0 +1,431 @@
+"""Throwaway PostgreSQL and MariaDB servers for the test suite.
+
+Each ``start_*`` function creates a private data directory under the system
+temp dir, starts the server on a free TCP port bound to 127.0.0.1, polls a real
+connection until it answers (or a deadline passes) and returns a handle whose
+``stop()`` shuts the server down and deletes the directory. When a start fails,
+the raised :class:`ServerStartError` carries the tail of the server log, and the
+directory is kept for inspection.
+
+``existing_postgres`` / ``existing_mysql`` wrap an already running server given
+by URL (env ``REPLICANT_TEST_PG_URL`` / ``REPLICANT_TEST_MYSQL_URL`` in
+conftest); their ``stop()`` does nothing.
+
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import psycopg
+import pymysql
+
+#: Seconds allowed for a server to start answering connections.
+START_TIMEOUT = 90.0
+
+
+class ServerStartError(RuntimeError):
+    """A throwaway server did not start; the message holds the log tail."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _as_user(user: str) -> list[str]:
+    """Command prefix to run a program as ``user`` when we are root."""
+    return ["runuser", "-u", user, "--"] if _is_root() else []
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _run(cmd: list[str], *, cwd: Path, what: str, log: Path | None = None) -> None:
+    """Run a setup command; raise ServerStartError with its output on failure."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        extra = f"\n--- log tail ({log}) ---\n{_tail(log)}" if log else ""
+        raise ServerStartError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}{extra}"
+        )
+
+
+def _make_base_dir(prefix: str, owner: str) -> Path:
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    if _is_root():
+        # The server runs as `owner`; it must be able to enter and write here.
+        shutil.chown(base, user=owner, group=owner)
+    return base
+
+
+def _parse_url(url: str, default_port: int) -> tuple[str, int, str, str | None]:
+    parts = urlsplit(url)
+    return (
+        parts.hostname or "127.0.0.1",
+        parts.port or default_port,
+        unquote(parts.username) if parts.username else "",
+        unquote(parts.password) if parts.password else None,
+    )
+
+
+def _auth(user: str, password: str | None) -> str:
+    return quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def find_pg_bindir() -> Path:
+    """Return the newest ``/usr/lib/postgresql/<ver>/bin`` holding initdb.
+
+    Falls back to the directory of ``initdb`` / ``pg_ctl`` on PATH.
+
+    Raises:
+        ServerStartError: no PostgreSQL server binaries are installed.
+    """
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    if found:
+        def version(path: str) -> tuple[int, ...]:
+            ver = Path(path).parent.parent.name
+            return tuple(int(p) for p in re.findall(r"\d+", ver))
+
+        return Path(max(found, key=version)).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise ServerStartError("PostgreSQL server binaries not found (apt-get install postgresql)")
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server reachable over TCP.
+
+    Attributes:
+        host: TCP host (127.0.0.1 for throwaway servers).
+        port: TCP port.
+        user: superuser name ("postgres").
+        password: password, or None (throwaway servers use trust auth).
+        base_dir: temp directory holding data, socket and log; None if external.
+        bindir: directory of the server binaries; None if external.
+    """
+
+    host: str
+    port: int
+    user: str = "postgres"
+    password: str | None = None
+    base_dir: Path | None = None
+    bindir: Path | None = None
+    _stopped: bool = field(default=False, repr=False)
+
+    def url(self, dbname: str = "postgres") -> str:
+        """Return ``postgresql://user@host:port/dbname`` for ``dbname``."""
+        return f"postgresql://{_auth(self.user, self.password)}@{self.host}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres", **kwargs) -> psycopg.Connection:
+        """Open an autocommit psycopg connection; the caller closes it."""
+        kwargs.setdefault("autocommit", True)
+        kwargs.setdefault("connect_timeout", 10)
+        return psycopg.connect(self.url(dbname), **kwargs)
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        """Create database ``name`` (optionally as a copy of ``template``)."""
+        sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        with self.connect() as conn:
+            conn.execute(sql)
+
+    def drop_database(self, name: str) -> None:
+        """Drop ``name`` if it exists, with its sessions and replication slots.
+
+        Ends every session on the database first (walsenders included, so
+        their slots become inactive), then drops the logical slots that pin
+        WAL, then the database itself.
+
+        Raises:
+            psycopg.Error: the drop failed.
+        """
+        with self.connect() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE database = %s", [name])
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    @property
+    def log_path(self) -> Path | None:
+        """Server log file of a throwaway server."""
+        return self.base_dir / "server.log" if self.base_dir else None
+
+    def stop(self) -> None:
+        """Stop a throwaway server (fast shutdown) and delete its directory.
+
+        Idempotent; a no-op for an external server.
+        """
+        if self._stopped or self.base_dir is None or self.bindir is None:
+            return
+        self._stopped = True
+        data = self.base_dir / "data"
+        subprocess.run(
+            [*_as_user("postgres"), str(self.bindir / "pg_ctl"), "-D", str(data),
+             "-m", "fast", "-w", "-t", "60", "stop"],
+            cwd=self.base_dir, capture_output=True, check=False,
+        )
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def start_postgres(timeout: float = START_TIMEOUT) -> PgServer:
+    """Create and start a throwaway PostgreSQL cluster.
+
+    The cluster uses trust auth, UTF8, locale C.UTF-8, ``wal_level=logical``
+    and listens on 127.0.0.1 at a free port, with its unix socket in the temp
+    directory. As root, initdb and pg_ctl run as the ``postgres`` OS user.
+
+    Raises:
+        ServerStartError: initdb or startup failed, or no connection succeeded
+            before ``timeout`` seconds; the message holds the log tail.
+    """
+    bindir = find_pg_bindir()
+    base = _make_base_dir("replicant-pg-", "postgres")
+    data, log = base / "data", base / "server.log"
+    as_pg = _as_user("postgres")
+    _run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+          "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"], cwd=base, what="initdb")
+    port = free_port()
+    options = " ".join([
+        f"-p {port}", f"-k {base}",
+        "-c listen_addresses=127.0.0.1", "-c wal_level=logical",
+        "-c max_replication_slots=20", "-c max_wal_senders=20", "-c fsync=on",
+        "-c max_connections=200",
+    ])
+    server = PgServer(host="127.0.0.1", port=port, base_dir=base, bindir=bindir)
+    try:
+        _run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+              "-w", "-t", str(int(timeout)), "start"], cwd=base, what="pg_ctl start", log=log)
+        _wait_until(lambda: server.connect().close(), timeout, "PostgreSQL", log)
+    except BaseException:
+        # Leave the directory for inspection, but do not leave a server running.
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], cwd=base, capture_output=True, check=False)
+        server._stopped = True
+        raise
+    return server
+
+
+def existing_postgres(url: str) -> PgServer:
+    """Wrap an already running PostgreSQL server given by URL (never stopped)."""
+    host, port, user, password = _parse_url(url, 5432)
+    return PgServer(host=host, port=port, user=user or "postgres", password=password)
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+
+@dataclass
+class MysqlServer:
+    """A MariaDB/MySQL server reachable over TCP.
+
+    Attributes:
+        host: TCP host (127.0.0.1 for throwaway servers).
+        port: TCP port.
+        user: user with all privileges ("root").
+        password: password, or None (throwaway servers have none).
+        base_dir: temp directory holding data, socket, binlogs and log.
+    """
+
+    host: str
+    port: int
+    user: str = "root"
+    password: str | None = None
+    base_dir: Path | None = None
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def url(self, dbname: str = "") -> str:
+        """Return ``mysql://user@host:port/dbname`` for ``dbname``."""
+        return f"mysql://{_auth(self.user, self.password)}@{self.host}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str | None = None, **kwargs) -> pymysql.connections.Connection:
+        """Open an autocommit PyMySQL connection over TCP; the caller closes it."""
+        kwargs.setdefault("autocommit", True)
+        kwargs.setdefault("connect_timeout", 10)
+        kwargs.setdefault("charset", "utf8mb4")
+        return pymysql.connect(host=self.host, port=self.port, user=self.user,
+                               password=self.password or "", database=dbname, **kwargs)
+
+    def create_database(self, name: str) -> None:
+        """Create database ``name`` (server default charset utf8mb4)."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{name}`")
+        finally:
+            conn.close()
+
+    def drop_database(self, name: str) -> None:
+        """Kill the sessions using ``name``, then drop it if it exists.
+
+        Raises:
+            pymysql.MySQLError: the drop failed.
+        """
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION lock_wait_timeout = 10")
+                cur.execute(
+                    "SELECT id FROM information_schema.processlist"
+                    " WHERE db = %s AND id <> CONNECTION_ID()", [name])
+                for (session_id,) in cur.fetchall():
+                    try:
+                        cur.execute(f"KILL {int(session_id)}")
+                    except pymysql.MySQLError:
+                        pass  # the session ended meanwhile (unknown thread id)
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
+
+    @property
+    def log_path(self) -> Path | None:
+        """Error log file of a throwaway server."""
+        return self.base_dir / "error.log" if self.base_dir else None
+
+    def stop(self) -> None:
+        """Stop a throwaway server (SIGTERM, then SIGKILL after 60 s) and delete its directory.
+
+        Idempotent; a no-op for an external server.
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.base_dir is not None:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def start_mysql(timeout: float = START_TIMEOUT) -> MysqlServer:
+    """Create and start a throwaway MariaDB server.
+
+    Row-format binlog (server-id 1), utf8mb4, ``local_infile`` on, durable
+    commits, listening on 127.0.0.1 at a free port. ``root`` has no password and
+    is reachable over TCP from 127.0.0.1 (the account is created if the
+    installer did not make one).
+
+    Raises:
+        ServerStartError: install or startup failed, or no connection succeeded
+            before ``timeout`` seconds; the message holds the log tail.
+    """
+    mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    if not Path(mariadbd).exists() or not install:
+        raise ServerStartError("MariaDB binaries not found (apt-get install mariadb-server)")
+    base = _make_base_dir("replicant-my-", "mysql")
+    data, log, sock = base / "data", base / "error.log", base / "mysqld.sock"
+    user_opt = ["--user=mysql"] if _is_root() else []
+    _run([install, "--no-defaults", *user_opt, f"--datadir={data}",
+          "--auth-root-authentication-method=normal", "--skip-test-db"],
+         cwd=base, what="mariadb-install-db")
+    port = free_port()
+    cmd = [
+        mariadbd, "--no-defaults", *user_opt, f"--datadir={data}", f"--port={port}",
+        "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={base / 'mariadbd.pid'}",
+        f"--log-error={log}", "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_unicode_ci", f"--log-bin={base / 'binlog'}",
+        "--binlog-format=ROW", "--server-id=1", "--local-infile=1",
+        "--innodb-flush-log-at-trx-commit=1", "--skip-name-resolve", "--max-connections=300",
+    ]
+    # New session: a Ctrl-C in the terminal must not kill the server before teardown.
+    proc = subprocess.Popen(cmd, cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    server = MysqlServer(host="127.0.0.1", port=port, base_dir=base, _proc=proc)
+    try:
+        def probe() -> None:
+            if proc.poll() is not None:
+                raise ServerStartError(f"mariadbd exited with {proc.returncode}")
+            # PyMySQL leaks its unix socket when connect() fails (a ResourceWarning,
+            # an error under filterwarnings=error), so probe the socket ourselves first.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+                raw.settimeout(2)
+                raw.connect(str(sock))
+            pymysql.connect(unix_socket=str(sock), user="root", connect_timeout=2).close()
+
+        _wait_until(probe, timeout, "MariaDB", log)
+        _ensure_tcp_root(sock)
+        server.connect().close()
+    except BaseException:
+        server.base_dir = None  # keep the directory for inspection
+        server.stop()
+        raise
+    return server
+
+
+def _ensure_tcp_root(sock: Path) -> None:
+    """Make 'root'@'127.0.0.1' exist with no password and all privileges.
+
+    With --skip-name-resolve, a TCP client from 127.0.0.1 matches only host
+    '127.0.0.1' or '%', never 'localhost' (which means the unix socket).
+    """
+    conn = pymysql.connect(unix_socket=str(sock), user="root", connect_timeout=5, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'")
+            cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+    finally:
+        conn.close()
+
+
+def existing_mysql(url: str) -> MysqlServer:
+    """Wrap an already running MariaDB/MySQL server given by URL (never stopped)."""
+    host, port, user, password = _parse_url(url, 3306)
+    return MysqlServer(host=host, port=port, user=user or "root", password=password)
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _wait_until(probe, timeout: float, what: str, log: Path) -> None:
+    """Call ``probe`` until it returns without error or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            probe()
+            return
+        except ServerStartError as exc:
+            raise ServerStartError(f"{what} did not start: {exc}\n--- log tail ({log}) ---\n"
+                                   f"{_tail(log)}") from exc
+        except (psycopg.Error, pymysql.MySQLError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"{what} did not accept connections within {timeout:.0f}s: {exc}\n"
+                    f"--- log tail ({log}) ---\n{_tail(log)}") from exc
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
