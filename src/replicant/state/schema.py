@@ -1,0 +1,196 @@
+"""Tables of the state store and the numbered migrations that create them.
+
+Every table is prefixed ``replicant_`` so the store can share a database with other
+applications. ``replicant_schema_version`` holds one row per migration applied;
+the highest number is the schema version of the database.
+
+Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
+number). A migration receives the connection of the open transaction and must be
+written against the schema *as it was* at that version, never against the current
+:class:`~sqlalchemy.Table` objects, because a database may be several versions behind:
+when a later migration changes a table, freeze the earlier migration's DDL first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+
+from replicant.errors import ConfigError
+
+__all__ = [
+    "UTCDateTime",
+    "metadata",
+    "schema_version",
+    "runs",
+    "checkpoints",
+    "offsets",
+    "dead_letters",
+    "leases",
+    "MIGRATIONS",
+    "current_version",
+    "migrate",
+]
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (UTC).
+
+    PostgreSQL stores ``timestamptz``. SQLite has no timestamp type: values are stored as
+    naive UTC text in SQLAlchemy's fixed-width format, so text comparison orders them
+    correctly (the lease expiry checks rely on it).
+
+    Raises:
+        ValueError: when binding a naive datetime; the store never guesses a timezone.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the state store needs a timezone-aware one")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# SQLite makes only an INTEGER PRIMARY KEY an alias of the rowid (auto-increment).
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_NAME = sa.String(255)
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "replicant_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+
+runs = sa.Table(
+    "replicant_runs",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("pipeline", _NAME, nullable=False),
+    sa.Column("command", sa.String(32), nullable=False),
+    sa.Column("owner", _NAME, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("rows", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index("replicant_runs_pipeline_idx", "pipeline", "id"),
+)
+
+checkpoints = sa.Table(
+    "replicant_checkpoints",
+    metadata,
+    sa.Column("pipeline", _NAME, primary_key=True),
+    sa.Column("stream", _NAME, primary_key=True),
+    sa.Column("position", sa.Text, nullable=True),  # JSON text; NULL = start over
+    sa.Column("rows_total", sa.BigInteger, nullable=False),
+    sa.Column("log_offset", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+offsets = sa.Table(
+    "replicant_offsets",
+    metadata,
+    sa.Column("pipeline", _NAME, primary_key=True),
+    sa.Column("destination", _NAME, primary_key=True),
+    sa.Column("stream", _NAME, primary_key=True),
+    sa.Column("log_offset", sa.BigInteger, nullable=False),
+    sa.Column("rows_total", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+dead_letters = sa.Table(
+    "replicant_dead_letters",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("pipeline", _NAME, nullable=False),
+    sa.Column("stream", _NAME, nullable=False),
+    sa.Column("destination", _NAME, nullable=True),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON text
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("replicant_dead_letters_stream_idx", "pipeline", "stream", "id"),
+)
+
+leases = sa.Table(
+    "replicant_leases",
+    metadata,
+    sa.Column("name", _NAME, primary_key=True),
+    sa.Column("owner", _NAME, nullable=False),
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+
+def _v1_initial(conn: Connection) -> None:
+    """Version 1: runs, checkpoints, offsets, dead letters, leases."""
+    metadata.create_all(conn, tables=[runs, checkpoints, offsets, dead_letters, leases])
+
+
+#: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+
+# Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
+_PG_MIGRATION_LOCK = 0x7265706C
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version of the database behind ``conn``: 0 when it holds no replicant tables."""
+    if not sa.inspect(conn).has_table(schema_version.name):
+        return 0
+    return int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
+
+
+def migrate(conn: Connection, now: datetime, migrations: list[Callable[[Connection], None]] | None = None) -> int:
+    """Brings the schema up to the latest version inside the caller's transaction.
+
+    The caller owns the transaction: if a migration fails, rolling it back leaves the
+    database at the version it had (PostgreSQL and SQLite both have transactional DDL).
+    Concurrent callers are serialised by an advisory lock on PostgreSQL and by the
+    ``BEGIN IMMEDIATE`` write lock the store takes on SQLite.
+
+    Args:
+        conn: a connection inside a write transaction.
+        now: the timestamp recorded for each migration applied.
+        migrations: the migration list (default :data:`MIGRATIONS`).
+
+    Returns:
+        The schema version after migrating.
+
+    Raises:
+        ConfigError: the database was written by a newer replicant (its version is higher
+            than the newest migration this one knows).
+    """
+    migrations = MIGRATIONS if migrations is None else migrations
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+    schema_version.create(conn, checkfirst=True)
+    version = current_version(conn)
+    latest = len(migrations)
+    if version > latest:
+        raise ConfigError(
+            f"the state store has schema version {version}, written by a newer replicant; "
+            f"this replicant knows versions up to {latest}: upgrade replicant"
+        )
+    for number in range(version + 1, latest + 1):
+        migrations[number - 1](conn)
+        conn.execute(sa.insert(schema_version).values(version=number, applied_at=now))
+    return latest

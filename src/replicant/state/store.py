@@ -1,0 +1,506 @@
+"""The state store: runs, checkpoints, destination offsets, dead letters and leases.
+
+One :class:`StateStore` per process, on SQLAlchemy Core: a SQLite file by default, or
+PostgreSQL when several machines share the state. It is safe to use from several
+threads (each thread checks a connection out of the engine's pool).
+
+The store never receives connection URLs of sources or destinations; run errors and
+dead-letter reasons are redacted (:func:`replicant.errors.redact`) before they are
+stored anyway.
+
+Time: every timestamp is taken from the store's ``clock`` (default: this host's UTC
+clock) and read back timezone-aware in UTC. Leases compare expiry times written by
+different hosts, so hosts sharing a PostgreSQL store need synchronised clocks (NTP) and
+lease TTLs much longer than their skew.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError, redact
+from replicant.model import Position, decode_position, encode_position, utcnow
+from replicant.state import schema
+from replicant.state.schema import checkpoints, dead_letters, leases, offsets, runs
+
+__all__ = ["StateStore", "Checkpoint", "DestinationOffset", "DeadLetter", "RUN_STATUSES"]
+
+#: The statuses a finished run may have.
+RUN_STATUSES = ("succeeded", "failed", "interrupted")
+
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+_PG_DRIVER = "postgresql+psycopg"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a stream's source reading stands.
+
+    Attributes:
+        position: the source position after the last batch durable in the staging log,
+            or ``None`` to read from the start.
+        rows_total: rows read from the stream so far.
+        log_offset: the staging-log offset following that batch.
+        updated_at: when it was saved (UTC).
+    """
+
+    position: Position | None
+    rows_total: int
+    log_offset: int
+    updated_at: datetime
+
+
+class DestinationOffset(NamedTuple):
+    """The staging-log offset a destination has applied for a stream (a mirror for ``status``)."""
+
+    offset: int
+    rows_total: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeadLetter:
+    """A record that could not be processed, kept with why and where it came from.
+
+    Attributes:
+        reason: what was wrong (redacted before it is stored).
+        payload: the record as a JSON-able dict; values JSON cannot represent are stored
+            as their ``str()``.
+        origin: where it came from: file and line, or the source position.
+        destination: the destination that rejected it, or ``None`` when it failed before
+            reaching one (reading, transforming).
+        created_at: when it was rejected, timezone-aware (a naive datetime raises
+            ``ValueError`` when stored); ``None`` means now (the store's clock).
+    """
+
+    reason: str
+    payload: dict[str, Any]
+    origin: str
+    destination: str | None = None
+    created_at: datetime | None = None
+
+
+def _normalise_url(url: str | os.PathLike[str]) -> URL:
+    """Parses the store URL, choosing psycopg 3 for PostgreSQL; a bare path means SQLite."""
+    text = os.fspath(url)
+    if "://" not in text:
+        return URL.create("sqlite", database=text)
+    try:
+        parsed = sa.make_url(text)
+    except sa_exc.ArgumentError:
+        raise ConfigError(f"state store URL is not a valid URL: {redact(text)}") from None
+    driver = parsed.drivername
+    if driver in ("postgresql", "postgres", _PG_DRIVER):
+        return parsed.set(drivername=_PG_DRIVER)
+    if driver in ("sqlite", "sqlite+pysqlite"):
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in text:
+            raise ConfigError("state store: an in-memory SQLite database cannot be shared; give a file, sqlite:///path")
+        return parsed
+    raise ConfigError(
+        f"state store URL scheme {driver!r} is not supported: use sqlite:///path, "
+        "postgresql:// or postgresql+psycopg://"
+    )
+
+
+def _first_line(exc: sa_exc.DBAPIError) -> str:
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    return redact(text.strip().splitlines()[0] if text.strip() else type(exc.orig).__name__)
+
+
+class StateStore:
+    """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
+
+    Construction only parses the URL; :meth:`open` connects and creates or migrates the
+    schema; :meth:`close` releases the connections. Usable as a context manager.
+
+    Args:
+        url: ``sqlite:///path/state.db`` (or a bare file path), ``postgresql://…`` or
+            ``postgresql+psycopg://…``. Plain PostgreSQL URLs use the psycopg 3 driver.
+        clock: returns the current time, timezone-aware; injectable for tests.
+
+    Raises:
+        ConfigError: the URL is not a supported state store.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._url = _normalise_url(url)
+        self._clock = clock
+        self._engine: Engine | None = None
+
+    @property
+    def url(self) -> str:
+        """The store's URL with the password masked."""
+        return self._url.render_as_string(hide_password=True)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._url.get_backend_name()
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.url!r})"
+
+    def __enter__(self) -> StateStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def open(self) -> StateStore:
+        """Connects and brings the schema to the current version (idempotent).
+
+        Migrations run in one transaction: a failure leaves the schema as it was.
+
+        Raises:
+            ConfigError: the store was written by a newer replicant.
+            ConnectionError: the database cannot be reached.
+        """
+        if self._engine is not None:
+            return self
+        if self.dialect == "sqlite" and self._url.database:
+            Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(self._url, pool_pre_ping=self.dialect == "postgresql")
+        if self.dialect == "sqlite":
+            _configure_sqlite(engine)
+        self._engine = engine
+        try:
+            with self._begin(write=True) as conn:
+                schema.migrate(conn, self._clock(), schema.MIGRATIONS)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Closes every pooled connection. The store can be opened again."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def schema_version(self) -> int:
+        """The schema version of the database."""
+        with self._begin() as conn:
+            return schema.current_version(conn)
+
+    # -- runs ------------------------------------------------------------------------
+
+    def start_run(self, pipeline: str, *, command: str = "run", owner: str | None = None) -> int:
+        """Records a run as ``running``, started now; returns its id."""
+        with self._begin(write=True) as conn:
+            result = conn.execute(
+                sa.insert(runs).values(
+                    pipeline=pipeline, command=command, owner=owner, status="running", started_at=self._clock(), rows=0
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, status: str, *, error: str | None = None, rows: int = 0) -> None:
+        """Records how a run ended. The error text is redacted before it is stored.
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`RUN_STATUSES`, or no run has this id.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        values = {
+            "status": status,
+            "finished_at": self._clock(),
+            "rows": rows,
+            "error": None if error is None else redact(error),
+        }
+        with self._begin(write=True) as conn:
+            result = conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+            if result.rowcount == 0:
+                raise ValueError(f"no run with id {run_id}")
+
+    def runs(self, pipeline: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The pipeline's most recent runs, newest first.
+
+        Each run is a dict with ``id``, ``pipeline``, ``command``, ``owner``, ``status``
+        (``running`` or one of :data:`RUN_STATUSES`), ``started_at``, ``finished_at``
+        (``None`` while running), ``rows`` and ``error``.
+        """
+        query = sa.select(runs).where(runs.c.pipeline == pipeline).order_by(runs.c.id.desc()).limit(limit)
+        with self._begin() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def last_run(self, pipeline: str) -> dict[str, Any] | None:
+        """The pipeline's most recent run (see :meth:`runs`), or ``None``."""
+        found = self.runs(pipeline, limit=1)
+        return found[0] if found else None
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def save_checkpoint(
+        self, pipeline: str, stream: str, position: Position | None, *, rows_total: int, log_offset: int
+    ) -> None:
+        """Saves (replaces) a stream's checkpoint. ``position=None`` makes the stream start over.
+
+        Call it only once the batch the position covers is durable in the staging log.
+        """
+        values = {
+            "pipeline": pipeline,
+            "stream": stream,
+            "position": None if position is None else encode_position(position),
+            "rows_total": rows_total,
+            "log_offset": log_offset,
+            "updated_at": self._clock(),
+        }
+        with self._begin(write=True) as conn:
+            conn.execute(self._upsert(checkpoints, values))
+
+    def checkpoint(self, pipeline: str, stream: str) -> Checkpoint | None:
+        """The stream's checkpoint, or ``None`` when it was never saved."""
+        query = sa.select(checkpoints).where(checkpoints.c.pipeline == pipeline, checkpoints.c.stream == stream)
+        with self._begin() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _checkpoint(row)
+
+    def checkpoints(self, pipeline: str) -> dict[str, Checkpoint]:
+        """Every checkpoint of the pipeline, by stream name."""
+        query = sa.select(checkpoints).where(checkpoints.c.pipeline == pipeline).order_by(checkpoints.c.stream)
+        with self._begin() as conn:
+            return {row["stream"]: _checkpoint(row) for row in conn.execute(query).mappings()}
+
+    # -- destination offsets -----------------------------------------------------------
+
+    def save_offset(self, pipeline: str, destination: str, stream: str, offset: int, *, rows_total: int) -> None:
+        """Mirrors the log offset a destination has applied for a stream.
+
+        The transactional truth lives in the destination itself; this copy serves
+        ``status`` and may lag behind it.
+        """
+        values = {
+            "pipeline": pipeline,
+            "destination": destination,
+            "stream": stream,
+            "log_offset": offset,
+            "rows_total": rows_total,
+            "updated_at": self._clock(),
+        }
+        with self._begin(write=True) as conn:
+            conn.execute(self._upsert(offsets, values))
+
+    def offsets(self, pipeline: str) -> dict[tuple[str, str], DestinationOffset]:
+        """The pipeline's mirrored offsets, by ``(destination, stream)``."""
+        query = sa.select(offsets).where(offsets.c.pipeline == pipeline)
+        with self._begin() as conn:
+            return {
+                (row["destination"], row["stream"]): DestinationOffset(
+                    row["log_offset"], row["rows_total"], row["updated_at"]
+                )
+                for row in conn.execute(query).mappings()
+            }
+
+    # -- dead letters ------------------------------------------------------------------
+
+    def add_dead_letters(self, pipeline: str, stream: str, records: list[DeadLetter]) -> int:
+        """Stores rejected records in one bulk insert; returns how many were stored."""
+        if not records:
+            return 0
+        now = self._clock()
+        rows = [
+            {
+                "pipeline": pipeline,
+                "stream": stream,
+                "destination": r.destination,
+                "origin": r.origin,
+                "reason": redact(r.reason),
+                "payload": json.dumps(r.payload, sort_keys=True, default=str),
+                "created_at": r.created_at or now,
+            }
+            for r in records
+        ]
+        with self._begin(write=True) as conn:
+            conn.execute(sa.insert(dead_letters), rows)
+        return len(rows)
+
+    def dead_letters(self, pipeline: str, stream: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The pipeline's (or one stream's) most recent dead letters, newest first.
+
+        Each is a dict with ``id``, ``stream``, ``destination``, ``origin``, ``reason``,
+        ``payload`` (decoded) and ``created_at``.
+        """
+        query = sa.select(
+            dead_letters.c.id,
+            dead_letters.c.stream,
+            dead_letters.c.destination,
+            dead_letters.c.origin,
+            dead_letters.c.reason,
+            dead_letters.c.payload,
+            dead_letters.c.created_at,
+        ).where(dead_letters.c.pipeline == pipeline)
+        if stream is not None:
+            query = query.where(dead_letters.c.stream == stream)
+        query = query.order_by(dead_letters.c.id.desc()).limit(limit)
+        with self._begin() as conn:
+            found = [dict(row) for row in conn.execute(query).mappings()]
+        for letter in found:
+            letter["payload"] = json.loads(letter["payload"])
+        return found
+
+    def dead_letter_count(self, pipeline: str) -> dict[str, int]:
+        """How many dead letters each stream of the pipeline has (streams with none are absent)."""
+        query = (
+            sa.select(dead_letters.c.stream, sa.func.count())
+            .where(dead_letters.c.pipeline == pipeline)
+            .group_by(dead_letters.c.stream)
+        )
+        with self._begin() as conn:
+            return {stream: int(count) for stream, count in conn.execute(query)}
+
+    # -- leases ------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Takes the lease ``name`` for ``ttl_seconds`` if it is free, expired or already ``owner``'s.
+
+        Atomic across processes and hosts: one statement (an UPSERT whose update only
+        happens when the held lease expired or belongs to ``owner``), inside a
+        ``BEGIN IMMEDIATE`` transaction on SQLite. Re-acquiring one's own lease extends it.
+
+        Returns:
+            whether ``owner`` now holds the lease.
+        """
+        now = self._clock()
+        expires = now + _ttl(ttl_seconds)
+        insert = self._insert(leases).values(name=name, owner=owner, acquired_at=now, expires_at=expires)
+        excluded = insert.excluded
+        mine = leases.c.owner == excluded.owner
+        statement = insert.on_conflict_do_update(
+            index_elements=[leases.c.name],
+            set_={
+                "owner": excluded.owner,
+                "acquired_at": sa.case((mine, leases.c.acquired_at), else_=excluded.acquired_at),
+                "expires_at": excluded.expires_at,
+            },
+            where=sa.or_(mine, leases.c.expires_at <= now),
+        ).returning(leases.c.owner)
+        with self._begin(write=True) as conn:
+            return conn.execute(statement).first() is not None
+
+    def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Extends ``owner``'s lease to ``ttl_seconds`` from now.
+
+        Returns:
+            ``False`` when ``owner`` no longer holds an unexpired lease: it must stop the
+            work the lease guarded (another owner may have taken it over).
+        """
+        now = self._clock()
+        statement = (
+            sa.update(leases)
+            .where(leases.c.name == name, leases.c.owner == owner, leases.c.expires_at > now)
+            .values(expires_at=now + _ttl(ttl_seconds))
+        )
+        with self._begin(write=True) as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Gives the lease up; returns whether ``owner`` held it (expired or not)."""
+        statement = sa.delete(leases).where(leases.c.name == name, leases.c.owner == owner)
+        with self._begin(write=True) as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def lease_holder(self, name: str) -> str | None:
+        """The owner of the unexpired lease ``name``, or ``None``."""
+        query = sa.select(leases.c.owner).where(leases.c.name == name, leases.c.expires_at > self._clock())
+        with self._begin() as conn:
+            return conn.execute(query).scalar()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+
+    def _upsert(self, table: sa.Table, values: dict[str, Any]) -> sa.Executable:
+        """INSERT … ON CONFLICT (primary key) DO UPDATE of the other columns."""
+        insert = self._insert(table).values(**values)
+        keys = [c.name for c in table.primary_key.columns]
+        return insert.on_conflict_do_update(
+            index_elements=keys,
+            set_={name: insert.excluded[name] for name in values if name not in keys},
+        )
+
+    @contextmanager
+    def _begin(self, *, write: bool = False) -> Iterator[Connection]:
+        """A connection in a transaction, committed on success, with driver errors translated.
+
+        ``write=True`` takes SQLite's write lock up front (``BEGIN IMMEDIATE``), so a
+        transaction never fails upgrading a read lock; waits follow ``busy_timeout``.
+        """
+        if self._engine is None:
+            raise RuntimeError(f"{self!r} is not open: call open() first")
+        try:
+            conn = self._engine.connect()
+        except sa_exc.DBAPIError as exc:
+            raise ConnectionError(f"cannot reach the state store {self.url}: {_first_line(exc)}") from None
+        try:
+            with conn:
+                if write:
+                    conn.execution_options(replicant_begin="BEGIN IMMEDIATE")
+                with conn.begin():
+                    yield conn
+        except sa_exc.OperationalError as exc:
+            # Lost connection, serialisation failure, SQLite lock timeout: worth a retry.
+            raise RetriableError(f"state store {self.url}: {_first_line(exc)}") from exc
+        except sa_exc.DBAPIError as exc:
+            raise FatalError(f"state store {self.url}: {_first_line(exc)}") from exc
+        except sa_exc.StatementError as exc:
+            # A value refused while binding (a naive datetime): the caller's mistake, unwrapped.
+            if isinstance(exc.orig, ValueError):
+                raise exc.orig from None
+            raise
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, busy timeout, foreign keys; replicant, not sqlite3, emits BEGIN.
+
+    sqlite3's legacy transaction control neither begins a transaction before a SELECT nor
+    lets us choose ``BEGIN IMMEDIATE``; SQLAlchemy's documented recipe hands BEGIN to us:
+    https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#sqlite-enabling-transactions
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("replicant_begin", "BEGIN"))
+
+
+def _ttl(ttl_seconds: float) -> timedelta:
+    if not ttl_seconds > 0:
+        raise ValueError(f"lease ttl_seconds must be positive, not {ttl_seconds!r}")
+    return timedelta(seconds=ttl_seconds)
+
+
+def _checkpoint(row: Any) -> Checkpoint:
+    return Checkpoint(
+        position=decode_position(row["position"]),
+        rows_total=row["rows_total"],
+        log_offset=row["log_offset"],
+        updated_at=row["updated_at"],
+    )
