@@ -17,11 +17,13 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,27 @@ START_TIMEOUT = 90.0
 
 class ServerStartError(RuntimeError):
     """A throwaway server did not start; the message holds the log tail."""
+
+
+#: Attempts when the chosen port was taken between picking and binding it.
+_PORT_ATTEMPTS = 3
+
+
+def _retry_port_races(start, timeout: float):
+    """Call ``start(timeout)``, retrying on a new port if the port was grabbed meanwhile.
+
+    A failed attempt's directory is removed on retry; the last one is kept.
+    """
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        try:
+            return start(timeout)
+        except ServerStartError as exc:
+            if attempt == _PORT_ATTEMPTS or "already in use" not in str(exc):
+                raise
+            base = getattr(exc, "base_dir", None)
+            if base is not None:
+                shutil.rmtree(base, ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 def free_port() -> int:
@@ -80,6 +103,46 @@ def _make_base_dir(prefix: str, owner: str) -> Path:
         # The server runs as `owner`; it must be able to enter and write here.
         shutil.chown(base, user=owner, group=owner)
     return base
+
+
+# Runs in a detached process beside each throwaway server: when the test process
+# dies without its teardown (SIGKILL, SIGTERM, a crash), it stops the server and
+# removes the directory, so no run leaves servers behind. argv: owner pid, kind,
+# base dir, stop command (JSON). Only this run's own server is ever touched.
+_WATCHDOG = r"""
+import json, os, shutil, subprocess, sys, time
+owner, kind, base, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+while os.getppid() == owner:
+    time.sleep(0.5)
+if kind == "pg":
+    subprocess.run(stop, cwd=base, capture_output=True, check=False)
+else:
+    try:
+        pid = int(open(os.path.join(base, "mariadbd.pid")).read().strip())
+        if base in open(f"/proc/{pid}/cmdline").read():
+            os.kill(pid, 15)
+            deadline = time.monotonic() + 60
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.1)
+    except (OSError, ValueError):
+        pass
+shutil.rmtree(base, ignore_errors=True)
+"""
+
+
+def _start_watchdog(kind: str, base: Path, stop_cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), kind, str(base), json.dumps(stop_cmd)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _stop_watchdog(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+    if proc is not None:
+        proc.wait()
 
 
 def _parse_url(url: str, default_port: int) -> tuple[str, int, str, str | None]:
@@ -140,6 +203,7 @@ class PgServer:
     base_dir: Path | None = None
     bindir: Path | None = None
     _stopped: bool = field(default=False, repr=False)
+    _watchdog: subprocess.Popen | None = field(default=None, repr=False)
 
     def url(self, dbname: str = "postgres") -> str:
         """Return ``postgresql://user@host:port/dbname`` for ``dbname``."""
@@ -189,13 +253,16 @@ class PgServer:
         if self._stopped or self.base_dir is None or self.bindir is None:
             return
         self._stopped = True
-        data = self.base_dir / "data"
-        subprocess.run(
-            [*_as_user("postgres"), str(self.bindir / "pg_ctl"), "-D", str(data),
-             "-m", "fast", "-w", "-t", "60", "stop"],
-            cwd=self.base_dir, capture_output=True, check=False,
-        )
+        _stop_watchdog(self._watchdog)
+        self._watchdog = None
+        subprocess.run(_pg_stop_cmd(self.bindir, self.base_dir / "data", "fast"),
+                       cwd=self.base_dir, capture_output=True, check=False)
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def _pg_stop_cmd(bindir: Path, data: Path, mode: str) -> list[str]:
+    return [*_as_user("postgres"), str(bindir / "pg_ctl"), "-D", str(data), "-m", mode,
+            "-w", "-t", "60", "stop"]
 
 
 def start_postgres(timeout: float = START_TIMEOUT) -> PgServer:
@@ -209,6 +276,10 @@ def start_postgres(timeout: float = START_TIMEOUT) -> PgServer:
         ServerStartError: initdb or startup failed, or no connection succeeded
             before ``timeout`` seconds; the message holds the log tail.
     """
+    return _retry_port_races(_start_postgres_once, timeout)
+
+
+def _start_postgres_once(timeout: float) -> PgServer:
     bindir = find_pg_bindir()
     base = _make_base_dir("replicant-pg-", "postgres")
     data, log = base / "data", base / "server.log"
@@ -222,15 +293,18 @@ def start_postgres(timeout: float = START_TIMEOUT) -> PgServer:
         "-c max_replication_slots=20", "-c max_wal_senders=20", "-c fsync=on",
         "-c max_connections=200",
     ])
-    server = PgServer(host="127.0.0.1", port=port, base_dir=base, bindir=bindir)
+    server = PgServer(host="127.0.0.1", port=port, base_dir=base, bindir=bindir,
+                      _watchdog=_start_watchdog("pg", base, _pg_stop_cmd(bindir, data, "fast")))
     try:
         _run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
               "-w", "-t", str(int(timeout)), "start"], cwd=base, what="pg_ctl start", log=log)
         _wait_until(lambda: server.connect().close(), timeout, "PostgreSQL", log)
-    except BaseException:
+    except BaseException as exc:
         # Leave the directory for inspection, but do not leave a server running.
-        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], cwd=base, capture_output=True, check=False)
+        exc.base_dir = base
+        _stop_watchdog(server._watchdog)
+        subprocess.run(_pg_stop_cmd(bindir, data, "immediate"), cwd=base, capture_output=True,
+                       check=False)
         server._stopped = True
         raise
     return server
@@ -263,6 +337,7 @@ class MysqlServer:
     password: str | None = None
     base_dir: Path | None = None
     _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _watchdog: subprocess.Popen | None = field(default=None, repr=False)
 
     def url(self, dbname: str = "") -> str:
         """Return ``mysql://user@host:port/dbname`` for ``dbname``."""
@@ -320,6 +395,8 @@ class MysqlServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        _stop_watchdog(self._watchdog)
+        self._watchdog = None
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -343,6 +420,10 @@ def start_mysql(timeout: float = START_TIMEOUT) -> MysqlServer:
         ServerStartError: install or startup failed, or no connection succeeded
             before ``timeout`` seconds; the message holds the log tail.
     """
+    return _retry_port_races(_start_mysql_once, timeout)
+
+
+def _start_mysql_once(timeout: float) -> MysqlServer:
     mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
     install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
     if not Path(mariadbd).exists() or not install:
@@ -365,7 +446,8 @@ def start_mysql(timeout: float = START_TIMEOUT) -> MysqlServer:
     # New session: a Ctrl-C in the terminal must not kill the server before teardown.
     proc = subprocess.Popen(cmd, cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    server = MysqlServer(host="127.0.0.1", port=port, base_dir=base, _proc=proc)
+    server = MysqlServer(host="127.0.0.1", port=port, base_dir=base, _proc=proc,
+                         _watchdog=_start_watchdog("my", base, []))
     try:
         def probe() -> None:
             if proc.poll() is not None:
@@ -380,7 +462,8 @@ def start_mysql(timeout: float = START_TIMEOUT) -> MysqlServer:
         _wait_until(probe, timeout, "MariaDB", log)
         _ensure_tcp_root(sock)
         server.connect().close()
-    except BaseException:
+    except BaseException as exc:
+        exc.base_dir = base
         server.base_dir = None  # keep the directory for inspection
         server.stop()
         raise

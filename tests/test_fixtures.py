@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from urllib.parse import urlsplit
 
 import psycopg
@@ -37,25 +38,25 @@ def test_pg_url_is_fresh_and_empty(pg_url):
 
 
 def test_pg_drop_database_survives_open_session_and_slot(pg_server):
-    name = "fixture_drop_probe"
+    name = f"fixture_drop_probe_{uuid.uuid4().hex[:8]}"
     pg_server.create_database(name)
-    # An open session and a logical slot: what a CDC test may leave behind.
-    left_open = psycopg.connect(pg_server.url(name), autocommit=True)
     try:
-        left_open.execute("SELECT pg_create_logical_replication_slot('fixture_probe', 'pgoutput')")
-        pg_server.drop_database(name)
+        # An open session and a logical slot: what a CDC test may leave behind.
+        with psycopg.connect(pg_server.url(name), autocommit=True) as left_open:
+            left_open.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [name])
+            pg_server.drop_database(name)
         with pg_server.connect() as admin:
             left = admin.execute(
                 "SELECT (SELECT count(*) FROM pg_database WHERE datname = %s)"
                 " + (SELECT count(*) FROM pg_replication_slots WHERE database = %s)",
                 [name, name]).fetchone()[0]
     finally:
-        left_open.close()
+        pg_server.drop_database(name)  # on failure above; a no-op after success
     assert left == 0
 
 
 def test_mysql_drop_database_survives_open_transaction(mysql_server):
-    name = "fixture_drop_probe"
+    name = f"fixture_drop_probe_{uuid.uuid4().hex[:8]}"
     mysql_server.create_database(name)
     holder = mysql_server.connect(name, autocommit=False)
     try:
@@ -75,6 +76,7 @@ def test_mysql_drop_database_survives_open_transaction(mysql_server):
             holder.close()
         except pymysql.MySQLError:
             pass  # killed by drop_database, as intended
+        mysql_server.drop_database(name)  # on failure above; a no-op after success
 
 
 def test_two_pg_urls_differ(pg_url, chinook_pg_url):
@@ -152,15 +154,14 @@ def test_chinook_mysql_counts_and_backslashes(chinook_mysql_url, chinook_counts)
     assert fks == 11
 
 
-def test_chinook_mysql_copies_are_independent(chinook_mysql_url, mysql_server):
+def test_chinook_mysql_copies_are_independent(chinook_mysql_url, _chinook_mysql_template):
     conn = _mysql_connect(chinook_mysql_url)
     try:
         with conn.cursor() as cur:
             cur.execute("DELETE FROM PlaylistTrack")
             cur.execute("SELECT count(*) FROM PlaylistTrack")
             assert cur.fetchone() == (0,)
-            cur.execute("SHOW DATABASES LIKE 'chinook\\_template\\_%'")
-            (template,) = cur.fetchone()
+            template = _chinook_mysql_template.dbname
             cur.execute(f"SELECT count(*) FROM `{template}`.PlaylistTrack")
             assert cur.fetchone() == (8715,)
     finally:
