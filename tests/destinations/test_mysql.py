@@ -1,0 +1,398 @@
+"""MariaDB/MySQL destination against a real throwaway MariaDB (the ``mysql_url`` fixture)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from decimal import Decimal
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+import pymysql
+import pytest
+
+from replicant.config import DestinationConfig
+from replicant.destinations.mysql import MySQLDestination
+from replicant.errors import ConnectionError, FatalError, RetriableError
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
+
+from . import conformance as cf
+from .conformance import changes, make_stream
+
+UTC = dt.timezone.utc
+
+
+def _connect(url: str, database: str | None = None) -> pymysql.connections.Connection:
+    parts = urlsplit(url)
+    return pymysql.connect(
+        host=parts.hostname, port=parts.port, user=unquote(parts.username or "root"),
+        database=database or unquote(parts.path.lstrip("/")), charset="utf8mb4", autocommit=True,
+    )
+
+
+def _query(url: str, sql: str, args: Any = None, database: str | None = None) -> list[tuple]:
+    conn = _connect(url, database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def _q(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+@pytest.fixture
+def harness(mysql_url: str) -> cf.Harness:
+    db = unquote(urlsplit(mysql_url).path.lstrip("/"))
+
+    def make(write: str, schema: str | None = None) -> MySQLDestination:
+        cfg = DestinationConfig(name="my", type="mysql", url=mysql_url, write=write, schema=schema)
+        return MySQLDestination(cfg, pipeline="p")
+
+    def exists(table: str, schema: str | None) -> bool:
+        rows = _query(mysql_url, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (schema or db,))
+        return any(r[0] == table for r in rows)
+
+    def rows(table: str, schema: str | None = None) -> list[tuple] | None:
+        if not exists(table, schema):
+            return None
+        return sorted(_query(mysql_url, f"SELECT * FROM {_q(schema or db)}.{_q(table)}"), key=repr)
+
+    def columns(table: str, schema: str | None = None) -> list[str]:
+        got = _query(
+            mysql_url,
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s ORDER BY ORDINAL_POSITION",
+            (schema or db,),
+        )
+        return [c for t, c in got if t == table]
+
+    return cf.Harness(make=make, rows=rows, columns=columns)
+
+
+@pytest.fixture
+def drop_schema(mysql_url: str):
+    """Drops the hostile-named database the identifier check creates."""
+    yield 'Sch "ema" Ä'
+    _query(mysql_url, "DROP DATABASE IF EXISTS `Sch \"ema\" Ä`")
+
+
+# ------------------------------------------------------------------ conformance
+
+
+@pytest.mark.parametrize("check", cf.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_conformance(harness: cf.Harness, check) -> None:
+    check(harness)
+
+
+@pytest.mark.parametrize("write", ["merge", "append"])
+def test_offset_committed_with_rows(harness: cf.Harness, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
+    cf.check_offset_atomic(harness, monkeypatch, write=write)
+
+
+def test_hostile_identifiers(harness: cf.Harness, drop_schema: str) -> None:
+    cf.check_hostile_identifiers(harness, schema=drop_schema)
+
+
+def test_hostile_identifiers_in_url_database(harness: cf.Harness) -> None:
+    cf.check_hostile_identifiers(harness, schema=None)
+
+
+# ------------------------------------------------------------------ values
+
+
+def _dest(url: str, write: str = "merge", **kw: Any) -> MySQLDestination:
+    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url=url, write=write, **kw), pipeline="p")
+    d.open()
+    return d
+
+
+TRICKY_STRINGS = [
+    None, "", "NULL", "\\N", "back\\slash", "ends with \\", 'quote " and ""', "comma, semi; tab\tend",
+    "line\nbreak\r\nwindows", "emoji 😀 𝄞 (4-byte)", "ünïcødé ß 漢字", " padded  ", "'single'",
+]
+
+
+def test_strings_nulls_and_bytes_round_trip(mysql_url: str) -> None:
+    n = len(TRICKY_STRINGS)
+    blobs = [None, b"", b"\x00", bytes(range(256)), b"\\N", b'"', b"NULL", b"\n,\r"] + [b"x"] * (n - 8)
+    s = make_stream("vals", [pa.field("id", pa.int64()), pa.field("s", pa.string()), pa.field("b", pa.binary()), pa.field("ls", pa.large_string())])
+    rows = [{"id": i, "s": v, "b": blobs[i], "ls": v} for i, v in enumerate(TRICKY_STRINGS)]
+    d = _dest(mysql_url, "append")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows, "insert"), last_offset=0)
+    finally:
+        d.close()
+    got = _query(mysql_url, "SELECT id, s, b, ls FROM vals ORDER BY id")
+    assert got == [(r["id"], r["s"], r["b"], r["ls"]) for r in rows]
+
+
+def test_types_round_trip(mysql_url: str) -> None:
+    fields = [
+        pa.field("id", pa.int64()),
+        pa.field("i8", pa.int8()), pa.field("u64", pa.uint64()), pa.field("i64", pa.int64()),
+        pa.field("f64", pa.float64()), pa.field("f32", pa.float32()),
+        pa.field("dec", pa.decimal128(38, 10)), pa.field("money", pa.decimal128(10, 2)),
+        pa.field("big", pa.decimal256(70, 5)),
+        pa.field("num", pa.string(), metadata={SQL_TYPE_KEY: b"numeric"}),  # unconstrained numeric from PG
+        pa.field("flag", pa.bool_()), pa.field("d", pa.date32()), pa.field("t", pa.time64("us")),
+        pa.field("ts", pa.timestamp("us")), pa.field("tstz", pa.timestamp("us", tz="UTC")),
+        pa.field("tsns", pa.timestamp("ns", tz="Europe/Paris")),
+        pa.field("dur", pa.duration("us")), pa.field("iv", pa.month_day_nano_interval()),
+        pa.field("tags", pa.list_(pa.string())), pa.field("obj", pa.struct([("a", pa.int32()), ("b", pa.string())])),
+        pa.field("fixed", pa.binary(4)), pa.field("cat", pa.dictionary(pa.int8(), pa.string())),
+    ]
+    s = make_stream("typed", fields, metadata={DIALECT_KEY: b"postgresql"})
+    row = {
+        "id": 1, "i8": -128, "u64": 2**64 - 1, "i64": -(2**63),
+        "f64": 0.1 + 0.2, "f32": 1.5, "dec": Decimal("-1234567890123456789012345678.0123456789"),
+        "money": Decimal("99999999.99"), "big": Decimal("1" * 65 + ".12345"),
+        "num": "3.14159265358979323846264338327950288419716939937510",
+        "flag": True, "d": dt.date(1999, 12, 31), "t": dt.time(23, 59, 59, 999999),
+        "ts": dt.datetime(2024, 2, 29, 12, 0, 0, 123456), "tstz": dt.datetime(2024, 1, 1, 23, 30, tzinfo=UTC),
+        "tsns": dt.datetime(2024, 7, 1, 12, 0, 0, 1, tzinfo=UTC),
+        "dur": dt.timedelta(hours=-30, microseconds=-5), "iv": pa.MonthDayNano([14, 3, 4_500_000_000]),
+        "tags": ["a", 'b"', None], "obj": {"a": 1, "b": "x\\y"}, "fixed": b"\x00\x01\xfe\xff", "cat": "red",
+    }
+    empty = {f.name: None for f in fields} | {"id": 2}
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [row, empty], "read"), last_offset=0)
+    finally:
+        d.close()
+    got = _query(mysql_url, "SELECT * FROM typed ORDER BY id")
+    assert got[1] == (2,) + (None,) * (len(fields) - 1)
+    r = dict(zip([f.name for f in fields], got[0]))
+    assert r["i8"] == -128 and r["u64"] == 2**64 - 1 and r["i64"] == -(2**63)
+    assert r["f64"] == 0.1 + 0.2 and r["f32"] == 1.5
+    assert r["dec"] == row["dec"] and str(r["money"]) == "99999999.99"
+    assert r["big"] == "1" * 65 + ".12345"  # beyond DECIMAL(65): exact text
+    assert r["num"] == row["num"]
+    assert r["flag"] == 1 and r["d"] == row["d"] and r["t"] == dt.timedelta(hours=23, minutes=59, seconds=59, microseconds=999999)
+    assert r["ts"] == row["ts"]
+    assert r["tstz"] == dt.datetime(2024, 1, 1, 23, 30)  # stored as UTC wall time
+    assert r["tsns"] == dt.datetime(2024, 7, 1, 12, 0, 0, 1)  # Europe/Paris-typed, stored as UTC
+    assert r["dur"] == dt.timedelta(hours=-30, microseconds=-5)
+    assert r["iv"] == "P14M3DT4.5S"
+    assert r["tags"] == '["a","b\\"",null]' and r["obj"] == '{"a":1,"b":"x\\\\y"}'
+    assert r["fixed"] == b"\x00\x01\xfe\xff" and r["cat"] == "red"
+    types = dict(_query(mysql_url, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 'typed' AND TABLE_SCHEMA = DATABASE()"))
+    assert types["dec"] == "decimal(38,10)" and types["ts"] == "datetime(6)" and types["flag"] == "tinyint(1)"
+    assert types["u64"] == "bigint(20) unsigned" and types["num"] == "longtext" and types["fixed"] == "binary(4)"
+
+
+def test_same_dialect_declared_types(mysql_url: str) -> None:
+    meta = {DIALECT_KEY: b"mysql"}
+    fields = [
+        pa.field("code", pa.string(), metadata={SQL_TYPE_KEY: b"char(3)"}),
+        pa.field("amount", pa.decimal256(40, 20), metadata={SQL_TYPE_KEY: b"decimal(40,20)"}),
+        pa.field("mood", pa.string(), metadata={SQL_TYPE_KEY: b"enum('happy','sad')"}),
+        pa.field("bits", pa.int64(), metadata={SQL_TYPE_KEY: b"bit(5)"}),
+        pa.field("yes", pa.bool_(), metadata={SQL_TYPE_KEY: b"tinyint(1)"}),
+        pa.field("at", pa.timestamp("us", tz="UTC"), metadata={SQL_TYPE_KEY: b"timestamp(3)"}),
+    ]
+    s = make_stream("declared", fields, key=("code",), metadata=meta)
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [
+            {"code": "abc", "amount": Decimal("12345678901234567890.12345678901234567890"), "mood": "sad", "bits": 21, "yes": False,
+             "at": dt.datetime(2030, 1, 1, 0, 0, 0, 123000, tzinfo=UTC)},
+        ], "insert"), last_offset=0)
+        with pytest.raises(FatalError, match="truncated for column .code"):  # "abcd" is too long for char(3): refused
+            d.write(s, changes(s, [{"code": "abcd"}], "insert"), last_offset=1)
+        assert d.applied_offset(s) == 0
+    finally:
+        d.close()
+    types = _query(mysql_url, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 'declared' AND TABLE_SCHEMA = DATABASE() ORDER BY ORDINAL_POSITION")
+    assert [t for _, t in types] == ["char(3)", "decimal(40,20)", "enum('happy','sad')", "bit(5)", "tinyint(1)", "timestamp(3)"]
+    got = _query(mysql_url, "SELECT code, amount, mood, bits + 0, yes, CAST(at AS CHAR) FROM declared")
+    assert got == [("abc", Decimal("12345678901234567890.12345678901234567890"), "sad", 21, 0, "2030-01-01 00:00:00.123")]
+
+
+def test_string_keys_are_exact_and_sized(mysql_url: str) -> None:
+    """Key strings become VARCHAR(n) with a binary no-pad collation: 'a', 'A' and 'a ' are three keys."""
+    s = make_stream("k", [pa.field("k", pa.string(), metadata={SQL_TYPE_KEY: b"character varying(40)"}), pa.field("b", pa.binary()), pa.field("v", pa.int32())], key=("k", "b"))
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        keys = ["a", "A", "a ", "é", "e"]
+        d.write(s, changes(s, [{"k": k, "b": b"\x00", "v": i} for i, k in enumerate(keys)], "insert"), last_offset=0)
+        d.write(s, changes(s, [{"k": "a ", "b": b"\x00", "v": 99}, {"k": "A", "b": b"\x00"}], ["update", "delete"]), last_offset=1)
+    finally:
+        d.close()
+    assert sorted(_query(mysql_url, "SELECT k, v FROM k")) == sorted([("a", 0), ("a ", 99), ("é", 3), ("e", 4)])
+    types = dict(_query(mysql_url, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 'k' AND TABLE_SCHEMA = DATABASE()"))
+    assert types == {"k": "varchar(40)", "b": "varbinary(255)", "v": "int(11)"}
+
+
+def test_unstorable_value_fails_whole_write(mysql_url: str) -> None:
+    s = make_stream("f", [pa.field("id", pa.int64()), pa.field("x", pa.float64())])
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "x": 1.0}], "insert"), last_offset=0)
+        with pytest.raises(FatalError, match=r"`f`"):
+            d.write(s, changes(s, [{"id": 2, "x": 2.0}, {"id": 3, "x": float("nan")}], "insert"), last_offset=1)
+        assert d.applied_offset(s) == 0
+    finally:
+        d.close()
+    assert _query(mysql_url, "SELECT id, x FROM f") == [(1, 1.0)]
+
+
+# ------------------------------------------------------------------ paths and errors
+
+
+def test_fast_path_only_for_a_fresh_table(mysql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = make_stream("items", cf.ITEMS)
+    merged: list[int] = []
+    original = MySQLDestination._merge
+
+    def spy(self, cur, target, data, keys):
+        merged.append(data.num_rows)
+        return original(self, cur, target, data, keys)
+
+    monkeypatch.setattr(MySQLDestination, "_merge", spy)
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": i, "name": "r", "qty": i} for i in range(3)], "read"), last_offset=0)
+        assert merged == []  # loaded straight into the table
+        d.write(s, changes(s, [{"id": 0, "name": "u", "qty": 0}], "update"), last_offset=1)
+        d.write(s, changes(s, [{"id": 5, "name": "r", "qty": 5}], "read"), last_offset=2)
+        assert merged == [1, 1]  # once changed, snapshot rows upsert
+    finally:
+        d.close()
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "name": "again", "qty": 1}], "read"), last_offset=3)
+        assert merged == [1, 1, 1]  # a new object on a non-empty table never takes the fast path
+    finally:
+        d.close()
+    assert _query(mysql_url, "SELECT id, name FROM items ORDER BY id") == [(0, "u"), (1, "again"), (2, "r"), (5, "r")]
+
+
+def test_wrong_password_is_a_connection_error(mysql_url: str) -> None:
+    parts = urlsplit(mysql_url)
+    bad = f"mysql://root:Sup3rSecret%21@{parts.hostname}:{parts.port}{parts.path}"
+    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url=bad), pipeline="p")
+    with pytest.raises(ConnectionError) as info:
+        d.open()
+    text = str(info.value)
+    assert "Sup3rSecret" not in text and "Sup3rSecret" not in repr(info.value.args)
+    assert str(parts.port) in text and "root" in text and parts.path.lstrip("/") in text
+
+
+def test_unreachable_server_is_a_connection_error() -> None:
+    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url="mysql://u:pw@127.0.0.1:1/db"), pipeline="p")
+    with pytest.raises(ConnectionError, match="127.0.0.1:1"):
+        d.open()
+
+
+def test_lost_connection_is_retriable_then_reconnects(mysql_url: str) -> None:
+    s = make_stream("items", cf.ITEMS)
+    d = _dest(mysql_url, "append")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+        thread_id = d._conn.thread_id()
+        _query(mysql_url, f"KILL CONNECTION {int(thread_id)}")
+        with pytest.raises(RetriableError):
+            d.write(s, changes(s, [{"id": 2, "name": "b", "qty": 2}], "insert"), last_offset=1)
+        assert d.applied_offset(s) == 0  # reconnected
+        d.write(s, changes(s, [{"id": 2, "name": "b", "qty": 2}], "insert"), last_offset=1)
+    finally:
+        d.close()
+    assert _query(mysql_url, "SELECT id FROM items ORDER BY id") == [(1,), (2,)]
+
+
+def test_replace_old_table_readable_from_another_connection(mysql_url: str) -> None:
+    s = make_stream("items", cf.ITEMS)
+    d = _dest(mysql_url, "replace")
+    reader = _connect(mysql_url)
+    try:
+        d.prepare(s)
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 1, "name": "v1", "qty": 1}], "read"), last_offset=0)
+        d.commit_replace(s, last_offset=1)
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 2, "name": "v2", "qty": 2}], "read"), last_offset=2)
+        with reader.cursor() as cur:  # during the replace, the visible table is the old one
+            cur.execute("SELECT id, name FROM items")
+            assert cur.fetchall() == ((1, "v1"),)
+        d.commit_replace(s, last_offset=3)
+        with reader.cursor() as cur:
+            cur.execute("SELECT id, name FROM items")
+            assert cur.fetchall() == ((2, "v2"),)
+            cur.execute("SHOW TABLES")
+            assert sorted(r[0] for r in cur.fetchall()) == ["_replicant_offsets", "items"]
+        assert d.applied_offset(s) == 3
+    finally:
+        reader.close()
+        d.close()
+
+
+def test_long_table_name_gets_short_pending_name(mysql_url: str) -> None:
+    name = "t" * 60
+    s = make_stream(name, cf.ITEMS)
+    d = _dest(mysql_url, "replace")
+    try:
+        d.prepare(s)
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 1, "name": "x", "qty": 1}], "read"), last_offset=0)
+        d.commit_replace(s, last_offset=1)
+    finally:
+        d.close()
+    assert _query(mysql_url, f"SELECT id FROM {name}") == [(1,)]
+
+
+# ------------------------------------------------------------------ Chinook-like data
+
+
+def _chinook_tracks(path) -> tuple[list[pa.Field], list[dict]]:
+    con = sqlite3.connect(path)
+    try:
+        rows = con.execute(
+            "SELECT t.TrackId, t.Name, t.Composer, t.Milliseconds, t.UnitPrice, i.InvoiceDate, i.BillingState "
+            "FROM Track t LEFT JOIN InvoiceLine l ON l.TrackId = t.TrackId LEFT JOIN Invoice i ON i.InvoiceId = l.InvoiceId "
+            "GROUP BY t.TrackId ORDER BY t.TrackId"
+        ).fetchall()
+    finally:
+        con.close()
+    fields = [
+        pa.field("TrackId", pa.int32()), pa.field("Name", pa.string(), metadata={SQL_TYPE_KEY: b"nvarchar(200)"}),
+        pa.field("Composer", pa.string()), pa.field("Milliseconds", pa.int32()), pa.field("UnitPrice", pa.decimal128(10, 2)),
+        pa.field("InvoiceDate", pa.timestamp("us")), pa.field("BillingState", pa.string()),
+    ]
+    out = [
+        {
+            "TrackId": r[0], "Name": r[1], "Composer": r[2], "Milliseconds": r[3],
+            "UnitPrice": Decimal(str(r[4])).quantize(Decimal("0.01")),
+            "InvoiceDate": dt.datetime.fromisoformat(r[5]) if r[5] else None, "BillingState": r[6],
+        }
+        for r in rows
+    ]
+    return fields, out
+
+
+def test_chinook_like_mixed_types(mysql_url: str, chinook_sqlite_path) -> None:
+    fields, rows = _chinook_tracks(chinook_sqlite_path)
+    assert any("\\" in r["Name"] for r in rows) and any(r["BillingState"] is None for r in rows)
+    s = make_stream("Track", fields, key=("TrackId",))
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows[:2000], "read"), last_offset=0)
+        d.write(s, changes(s, rows[1500:], "update"), last_offset=1)  # overlapping: upserts
+    finally:
+        d.close()
+    got = _query(mysql_url, "SELECT * FROM Track ORDER BY TrackId")
+    assert got == [tuple(r.values()) for r in rows]
+    assert _query(mysql_url, "SELECT SUM(UnitPrice) FROM Track") == [(sum(r["UnitPrice"] for r in rows),)]
+    assert _query(mysql_url, "SELECT Name FROM Track WHERE TrackId = 3448")[0][0].count("\\") == 1
