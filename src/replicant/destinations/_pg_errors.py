@@ -1,0 +1,85 @@
+"""Translation of PostgreSQL driver errors (ADBC) into :mod:`replicant.errors`.
+
+The table, by SQLSTATE class (https://www.postgresql.org/docs/current/errcodes-appendix.html):
+
+=========================================  ===================  =========================
+SQLSTATE                                   meaning              raised as
+=========================================  ===================  =========================
+``40001``, ``40P01``, ``55P03``, ``57014``  serialization,        :class:`RetriableError`
+                                           deadlock, lock/stmt
+                                           timeout
+``08*`` except ``08P01``; ``57P01..03``;   connection lost,     :class:`RetriableError`
+no SQLSTATE on an I/O error                server shutting down (the connection is dropped)
+``53*``                                    out of resources     :class:`RetriableError`
+``28*``                                    bad login            :class:`ConnectionError`
+anything else (``08P01`` protocol/COPY     the data or schema   :class:`FatalError`
+format, ``22*`` data, ``23*`` constraint,
+``42*`` syntax/undefined…)
+=========================================  ===================  =========================
+
+Messages never carry the connection URL or password: libpq's messages do not contain
+them, and every :class:`~replicant.errors.ReplicantError` redacts URLs on creation anyway.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from replicant.errors import ConnectionError, FatalError, ReplicantError, RetriableError
+
+__all__ = ["translate", "is_connection_lost", "describe_url", "message_of", "sqlstate_of"]
+
+_RETRY_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+
+
+def sqlstate_of(exc: BaseException) -> str:
+    return (getattr(exc, "sqlstate", None) or "").upper()
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when the session is gone and the connection must be reopened."""
+    state = sqlstate_of(exc)
+    if state.startswith("08"):
+        return state != "08P01"
+    if state in ("57P01", "57P02", "57P03"):
+        return True
+    if not state:
+        text = str(exc).lower()
+        return any(s in text for s in ("server closed the connection", "connection to server", "no connection", "terminating connection", "ssl syscall"))
+    return False
+
+
+def message_of(exc: BaseException) -> str:
+    """The server's own message (primary, detail, hint) when the driver has it, else its text."""
+    details = dict(getattr(exc, "details", None) or [])
+    primary = details.get(b"PG_DIAG_MESSAGE_PRIMARY")
+    if primary:
+        parts = [primary.decode("utf-8", "replace")]
+        for tag, label in ((b"PG_DIAG_MESSAGE_DETAIL", "detail"), (b"PG_DIAG_MESSAGE_HINT", "hint"), (b"PG_DIAG_CONTEXT", "context")):
+            if details.get(tag):
+                parts.append(f"{label}: {details[tag].decode('utf-8', 'replace').strip()}")
+        state = sqlstate_of(exc)
+        return "; ".join(parts) + (f" (SQLSTATE {state})" if state else "")
+    return " ".join(str(exc).split())
+
+
+def describe_url(url: str) -> str:
+    """``host H port P database D user U`` of a PostgreSQL URL; never the password."""
+    try:
+        parts = urlsplit(url)
+        host, port, user = parts.hostname or "localhost", parts.port or 5432, unquote(parts.username or "")
+    except ValueError:
+        return "PostgreSQL (unparsable URL)"
+    db = unquote(parts.path.lstrip("/")) or user or "postgres"
+    return f"PostgreSQL at host {host} port {port}, database {db!r}, user {user or '(default)'!r}"
+
+
+def translate(exc: BaseException, context: str) -> ReplicantError:
+    """The replicant error for a driver error; ``context`` says where (destination, stream, table, step)."""
+    state = sqlstate_of(exc)
+    msg = message_of(exc)
+    if state.startswith("28"):
+        return ConnectionError(f"{context}: login refused: {msg}")
+    if state in _RETRY_STATES or state.startswith("53") or is_connection_lost(exc):
+        return RetriableError(f"{context}: transient failure, retry: {msg}")
+    return FatalError(f"{context}: {msg}")

@@ -1,0 +1,336 @@
+"""PostgreSQL destination types: DDL from Arrow, and how each column travels.
+
+Two questions are answered here, both without a round trip to the server:
+
+1. :func:`ddl_type` — the PostgreSQL type a new column gets. A field whose
+   ``replicant.sql_type`` came from a PostgreSQL source is created with that declared type
+   when the caller confirmed it exists here (exact same-dialect round trip); otherwise the
+   Arrow type is mapped (the table in ``docs/types.md``, section *PostgreSQL destination*).
+
+2. :func:`wire_type` — how a column reaches an existing target column. Rows are written
+   with ADBC's binary ``COPY`` (``adbc_ingest``), which encodes each Arrow type in one
+   PostgreSQL binary format and lets the server decode it with the *target* column's
+   receive function. That only works when the two agree (``int32`` into ``integer``, a
+   string into ``text``/``varchar``/``char(n)``/an enum/``json``, ``fixed_size_binary(16)``
+   into ``uuid``…). :func:`wire_type` returns the Arrow type to cast to (a lossless Arrow
+   cast, done in C++) when one exists, or :data:`STAGE` when the column must go through a
+   temporary staging table and an SQL cast (``text`` → ``uuid``/``jsonb``/``numeric``/
+   ``interval``/``inet``…).
+
+:func:`normalize` first rewrites the Arrow types ADBC cannot encode at all (dictionaries,
+``date64``, ``uint64``, structs, maps, nested lists) into ones it can.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
+
+__all__ = ["PgColumn", "STAGE", "DIALECT", "declared_type", "ddl_type", "wire_type", "normalize", "needs_cast"]
+
+DIALECT = "postgresql"
+STAGE = object()  #: sentinel of :func:`wire_type`: stage the column and cast it in SQL
+
+_STRING_BASES = frozenset({"text", "varchar", "bpchar", "name", "json", "xml", "citext"})
+_INT_TYPES = {"int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64()}
+_FLOAT_TYPES = {"float4": pa.float32(), "float8": pa.float64()}
+#: Arrow types ADBC writes with exactly these element OIDs inside an array (``array_recv``
+#: refuses an element type other than the column's).
+_ELEMENT_TYPES = {
+    "bool": pa.bool_(),
+    "int2": pa.int16(),
+    "int4": pa.int32(),
+    "int8": pa.int64(),
+    "float4": pa.float32(),
+    "float8": pa.float64(),
+    "text": pa.string(),
+    "bytea": pa.binary(),
+    "date": pa.date32(),
+    "time": pa.time64("us"),
+    "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "interval": pa.month_day_nano_interval(),
+}
+
+
+@dataclass(frozen=True)
+class PgColumn:
+    """A column of an existing PostgreSQL table, as the catalog describes it.
+
+    Attributes:
+        name: the column name.
+        type_sql: ``format_type()`` of the column (``numeric(40,20)``, ``"Mood"``, ``integer[]``).
+        base: ``typname`` of the column type, or of its base type for a domain (``int4``,
+            ``varchar``, ``_int4`` for ``integer[]``, the enum's name).
+        category: ``typcategory`` of that type (``S`` string, ``E`` enum, ``A`` array…).
+        element: for an array, ``typname`` of the element type; else ``""``.
+        element_category: ``typcategory`` of the element type; else ``""``.
+    """
+
+    name: str
+    type_sql: str
+    base: str
+    category: str
+    element: str = ""
+    element_category: str = ""
+
+
+# --------------------------------------------------------------------------- DDL
+
+
+def declared_type(field: pa.Field, schema: pa.Schema) -> str | None:
+    """The field's declared PostgreSQL type when the schema comes from a PostgreSQL source."""
+    if not schema.metadata or schema.metadata.get(DIALECT_KEY, b"").decode() != DIALECT:
+        return None
+    if not field.metadata or SQL_TYPE_KEY not in field.metadata:
+        return None
+    text = field.metadata[SQL_TYPE_KEY].decode().strip()
+    return text or None
+
+
+def _hint(field: pa.Field) -> str:
+    """The declared type's bare name in lower case (``numeric(10,2)`` → ``numeric``), any dialect."""
+    if not field.metadata or SQL_TYPE_KEY not in field.metadata:
+        return ""
+    text = field.metadata[SQL_TYPE_KEY].decode().strip().lower()
+    return re.split(r"[\s(\[]", text, maxsplit=1)[0].strip('"')
+
+
+def ddl_type(field: pa.Field) -> str:
+    """The PostgreSQL type of a new column for an Arrow field (no declared type used).
+
+    Strings whose declared type (from any dialect) is ``numeric``/``decimal`` become
+    ``numeric`` (exact), ``json``/``jsonb`` become ``jsonb``, ``uuid`` becomes ``uuid``.
+    """
+    return _ddl(field.type, _hint(field))
+
+
+def _ddl(t: pa.DataType, hint: str = "") -> str:
+    if isinstance(t, pa.ExtensionType):
+        if t.extension_name == "arrow.uuid":
+            return "uuid"
+        if t.extension_name == "arrow.json":
+            return "jsonb"
+        return _ddl(t.storage_type, hint)
+    if pa.types.is_dictionary(t):
+        return _ddl(t.value_type, hint)
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t):
+        if t in (pa.int8(), pa.int16(), pa.uint8()):
+            return "smallint"
+        if t in (pa.int32(), pa.uint16()):
+            return "integer"
+        if t == pa.uint64():
+            return "numeric(20,0)"
+        return "bigint"
+    if pa.types.is_floating(t):
+        return "double precision" if t == pa.float64() else "real"
+    if pa.types.is_decimal(t):
+        return f"numeric({t.precision},{t.scale})"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        if hint in ("numeric", "decimal"):
+            return "numeric"
+        if hint in ("json", "jsonb"):
+            return "jsonb"
+        if hint == "uuid":
+            return "uuid"
+        return "text"
+    if pa.types.is_fixed_size_binary(t) and t.byte_width == 16 and hint == "uuid":
+        return "uuid"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t):
+        return "bytea"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "timestamp with time zone" if t.tz else "timestamp without time zone"
+    if pa.types.is_time(t):
+        return "time without time zone"
+    if pa.types.is_duration(t) or t == pa.month_day_nano_interval():
+        return "interval"
+    if _is_list(t):
+        if _is_list(t.value_type) or _is_nested(t.value_type):
+            return "jsonb"
+        return _ddl(t.value_type) + "[]"
+    if _is_nested(t):
+        return "jsonb"
+    if pa.types.is_null(t):
+        return "text"
+    raise TypeError(f"no PostgreSQL type for Arrow type {t}")
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_list_view(t)
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_union(t)
+
+
+# --------------------------------------------------------------------------- wire
+
+
+def normalize(table: pa.Table) -> pa.Table:
+    """Rewrites columns ADBC's COPY writer cannot encode into ones it can (C++ casts only).
+
+    Dictionaries are decoded, ``date64`` → ``date32``, ``uint64`` → ``decimal128(20,0)``
+    (ADBC would wrap values above 2**63 into negative ``bigint``), extension types other
+    than ``arrow.uuid`` → their storage, structs, maps, unions and lists of lists → JSON text
+    (rendered by DuckDB's ``to_json``).
+    """
+    changed = False
+    columns = []
+    for i, field in enumerate(table.schema):
+        col = table.column(i)
+        new = _normalize_column(col, field.type)
+        changed = changed or new is not col
+        columns.append(new)
+    if not changed:
+        return table
+    return pa.table(columns, names=table.column_names)
+
+
+def _normalize_column(col: pa.ChunkedArray, t: pa.DataType) -> pa.ChunkedArray:
+    if isinstance(t, pa.ExtensionType):
+        if t.extension_name == "arrow.uuid":
+            return col
+        storage = pa.chunked_array([c.storage for c in col.chunks], type=t.storage_type)
+        return _normalize_column(storage, t.storage_type)
+    if pa.types.is_dictionary(t):
+        return _normalize_column(col.cast(t.value_type), t.value_type)
+    if pa.types.is_date64(t):
+        return col.cast(pa.date32())
+    if t == pa.uint64():
+        return col.cast(pa.decimal128(20, 0))
+    if _is_nested(t) or (_is_list(t) and (_is_list(t.value_type) or _is_nested(t.value_type))):
+        return _to_json_text(col)
+    if _is_list(t) and not pa.types.is_fixed_size_list(t):
+        value = _normalize_column(pa.chunked_array([c.flatten() for c in col.chunks], type=t.value_type), t.value_type)
+        if value.type != t.value_type:
+            return col.cast(pa.list_(value.type))
+    return col
+
+
+def _to_json_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """JSON text of every value of a nested column (DuckDB ``to_json``, vectorised)."""
+    import duckdb  # lazy: only tables with nested columns need it
+
+    con = duckdb.connect()
+    try:
+        con.register("_replicant_nested", pa.table({"v": col}))
+        out = con.sql("SELECT to_json(v)::VARCHAR AS v FROM _replicant_nested").to_arrow_table()
+    finally:
+        con.close()
+    return out.column("v")
+
+
+def wire_type(t: pa.DataType, column: PgColumn) -> pa.DataType | object:
+    """The Arrow type a (normalised) column of type ``t`` is cast to for a binary COPY
+    straight into ``column``, or :data:`STAGE` when only an SQL cast can get it there.
+
+    A returned type equal to ``t`` means "send as it is". Casts returned here are value
+    preserving or raise (Arrow's safe cast); a caller that sees a cast fail stages the
+    column instead, and the server decides.
+    """
+    if isinstance(t, pa.ExtensionType):
+        return t if column.base == "uuid" and t.extension_name == "arrow.uuid" else STAGE
+    base, cat = column.base, column.category
+    if base == "bool":
+        return t if pa.types.is_boolean(t) else STAGE
+    if base in _INT_TYPES:
+        return _INT_TYPES[base] if pa.types.is_integer(t) else STAGE
+    if base in _FLOAT_TYPES:
+        if pa.types.is_floating(t) or t in (pa.int8(), pa.int16(), pa.uint8(), pa.uint16()):
+            return _FLOAT_TYPES[base]
+        if base == "float8" and t in (pa.int32(), pa.uint32()):
+            return pa.float64()
+        return STAGE
+    if base == "numeric":
+        if pa.types.is_decimal(t):
+            return t
+        if pa.types.is_integer(t):
+            return pa.decimal128(20, 0)
+        return STAGE
+    if base in _STRING_BASES or cat == "E":
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return t
+        if pa.types.is_string_view(t):
+            return pa.large_string()
+        return STAGE
+    if base == "bytea":
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+            return t
+        return STAGE
+    if base == "uuid":
+        # as the arrow.uuid extension so that a staging table gets a uuid column too
+        return pa.uuid() if pa.types.is_fixed_size_binary(t) and t.byte_width == 16 else STAGE
+    if base == "date":
+        return t if pa.types.is_date32(t) else STAGE
+    if base in ("timestamp", "timestamptz"):
+        return t if pa.types.is_timestamp(t) else STAGE
+    if base == "time":
+        return t if pa.types.is_time(t) else STAGE
+    if base == "interval":
+        return t if (t == pa.month_day_nano_interval() or pa.types.is_duration(t)) else STAGE
+    if cat == "A" and _is_list(t) and not pa.types.is_fixed_size_list(t):
+        element = _ELEMENT_TYPES.get(column.element)
+        value = t.value_type
+        if element is None:
+            if column.element == "numeric" and pa.types.is_decimal(value):
+                return t
+            return STAGE
+        if value == element or (pa.types.is_large_string(value) and element == pa.string()):
+            return t
+        if _element_castable(value, element):
+            return pa.list_(element)
+        return STAGE
+    return STAGE
+
+
+def _element_castable(value: pa.DataType, element: pa.DataType) -> bool:
+    if pa.types.is_integer(element):
+        return pa.types.is_integer(value)
+    if pa.types.is_floating(element):
+        return pa.types.is_floating(value)
+    if pa.types.is_timestamp(element):
+        return pa.types.is_timestamp(value)
+    if pa.types.is_time(element):
+        return pa.types.is_time(value)
+    if element == pa.string():
+        return pa.types.is_string_view(value)
+    if element == pa.binary():
+        return pa.types.is_large_binary(value)
+    return False
+
+
+def needs_cast(t: pa.DataType, column: PgColumn) -> bool:
+    """Whether a staged column of Arrow type ``t`` needs an explicit ``CAST`` to ``column``'s
+    type in ``INSERT … SELECT``.
+
+    Only text into a non-string type does: every other pair has an assignment cast (which,
+    unlike an explicit cast to ``varchar(n)``, raises instead of truncating).
+    """
+    if _is_list(t):
+        return _is_text(t.value_type) and column.element_category not in ("", "S")
+    return _is_text(t) and column.category != "S"
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def cast_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray | None:
+    """``col`` cast to ``target`` (safe cast), or ``None`` when a value does not fit."""
+    if col.type == target:
+        return col
+    if isinstance(target, pa.ExtensionType) and col.type == target.storage_type:
+        return pa.chunked_array([pa.ExtensionArray.from_storage(target, c) for c in col.chunks], type=target)
+    try:
+        return pc.cast(col, target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None

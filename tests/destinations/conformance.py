@@ -1,0 +1,304 @@
+"""Conformance checks every SQL destination gets for free.
+
+A destination's test module builds a :class:`Harness` (how to make the destination, how to
+read a table back through a *second* connection) and calls the ``check_*`` functions from
+its own tests. Every check asserts real outcomes: table contents, offsets, errors.
+
+The destination under test must call ``self._record(stream, last_offset)`` after its data
+statements inside the write transaction (the failure-injection point of
+:func:`check_offset_atomic`); a destination that does it differently passes its own
+``fail_after_data`` to the harness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from replicant.errors import FatalError
+from replicant.model import META_FIELDS, Stream
+
+TS = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def make_stream(name: str, fields: list[pa.Field], key: tuple[str, ...] = ("id",), metadata: dict | None = None) -> Stream:
+    return Stream(name=name, table=tuple(name.split(".")), schema=pa.schema(fields, metadata=metadata), primary_key=key)
+
+
+def changes(stream: Stream, rows: list[dict[str, Any]], ops: list[str] | str) -> pa.Table:
+    """A change table for ``stream``: ``rows`` (dicts of data columns) with their ``_op``."""
+    if isinstance(ops, str):
+        ops = [ops] * len(rows)
+    data = pa.Table.from_pylist(rows, schema=stream.schema) if rows else stream.schema.empty_table()
+    meta = [
+        pa.array(ops, pa.string()),
+        pa.array([f'{{"i":{i}}}' for i in range(len(rows))], pa.string()),
+        pa.array([TS] * len(rows), pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.Table.from_arrays(list(data.columns) + meta, schema=stream.change_schema)
+
+
+def _fail_after_data(dest: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("injected failure after the data statement")
+
+    monkeypatch.setattr(dest, "_record", boom)
+
+
+@dataclass
+class Harness:
+    """How one destination kind is exercised.
+
+    Attributes:
+        make: ``make(write, schema=None) -> Destination`` (not opened).
+        rows: ``rows(table, schema=None) -> sorted list of tuples`` read through a connection
+            other than the destination's own (``None`` when the table does not exist).
+        columns: ``columns(table, schema=None) -> list of column names`` in table order.
+        fail_after_data: makes the next write fail after its data statements.
+    """
+
+    make: Callable[..., Any]
+    rows: Callable[..., list[tuple] | None]
+    columns: Callable[..., list[str]]
+    fail_after_data: Callable[[Any, pytest.MonkeyPatch], None] = field(default=_fail_after_data)
+
+
+ITEMS = [pa.field("id", pa.int64()), pa.field("name", pa.string()), pa.field("qty", pa.int32())]
+
+
+def _opened(h: Harness, write: str, **kw: Any) -> Any:
+    d = h.make(write, **kw)
+    d.open()
+    return d
+
+
+def check_append(h: Harness) -> None:
+    s = make_stream("shop.items", ITEMS)
+    d = _opened(h, "append")
+    try:
+        assert d.applied_offset(s) == -1
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}, {"id": 2, "name": "b", "qty": 2}], "read"), last_offset=4)
+        d.write(
+            s,
+            changes(s, [{"id": 1, "name": "a2", "qty": 3}, {"id": 2, "name": None, "qty": None}], ["update", "delete"]),
+            last_offset=9,
+        )
+        assert d.applied_offset(s) == 9
+    finally:
+        d.close()
+    assert h.rows("items") == [(1, "a", 1), (1, "a2", 3), (2, "b", 2)]
+
+
+def check_merge(h: Harness) -> None:
+    s = make_stream("shop.items", ITEMS)
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        snapshot = [{"id": i, "name": f"n{i}", "qty": i} for i in range(1, 6)]
+        d.write(s, changes(s, snapshot, "read"), last_offset=0)
+        assert h.rows("items") == [(i, f"n{i}", i) for i in range(1, 6)]
+        batch = changes(
+            s,
+            [
+                {"id": 2, "name": "two", "qty": 20},  # update, then updated again: the last wins
+                {"id": 3, "name": None, "qty": None},  # delete
+                {"id": 6, "name": "six", "qty": 6},  # insert, then delete in the same write: gone
+                {"id": 2, "name": "TWO", "qty": 22},
+                {"id": 6, "name": None, "qty": None},
+                {"id": 7, "name": "seven", "qty": 7},  # delete then insert: present
+                {"id": 4, "name": None, "qty": None},  # deleted then re-inserted: present
+                {"id": 4, "name": "four", "qty": 44},
+                {"id": 99, "name": None, "qty": None},  # delete of a missing key: no-op
+            ],
+            ["update", "delete", "insert", "update", "delete", "insert", "delete", "insert", "delete"],
+        )
+        d.write(s, batch, last_offset=1)
+        assert d.applied_offset(s) == 1
+        assert h.rows("items") == [(1, "n1", 1), (2, "TWO", 22), (4, "four", 44), (5, "n5", 5), (7, "seven", 7)]
+        # a snapshot read re-delivered after changes (a restart) upserts, never duplicates
+        d.write(s, changes(s, [{"id": 1, "name": "again", "qty": 1}, {"id": 8, "name": "n8", "qty": 8}], "read"), last_offset=2)
+    finally:
+        d.close()
+    assert h.rows("items") == [(1, "again", 1), (2, "TWO", 22), (4, "four", 44), (5, "n5", 5), (7, "seven", 7), (8, "n8", 8)]
+    # a new destination object sees a non-empty table: snapshot rows upsert (slow path)
+    d2 = _opened(h, "merge")
+    try:
+        d2.prepare(s)
+        assert d2.applied_offset(s) == 2
+        d2.write(s, changes(s, [{"id": 1, "name": "third", "qty": 1}], "read"), last_offset=3)
+    finally:
+        d2.close()
+    assert h.rows("items")[0] == (1, "third", 1)
+    assert len(h.rows("items")) == 6
+
+
+def check_merge_composite_key(h: Harness) -> None:
+    s = make_stream("lines", [pa.field("order", pa.int32()), pa.field("line", pa.int32()), pa.field("v", pa.string())], key=("order", "line"))
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"order": 1, "line": 1, "v": "a"}, {"order": 1, "line": 2, "v": "b"}, {"order": 2, "line": 1, "v": "c"}], "insert"), last_offset=0)
+        d.write(s, changes(s, [{"order": 1, "line": 2, "v": None}, {"order": 2, "line": 1, "v": "C"}], ["delete", "update"]), last_offset=1)
+    finally:
+        d.close()
+    assert h.rows("lines") == [(1, 1, "a"), (2, 1, "C")]
+
+
+def check_merge_needs_key(h: Harness) -> None:
+    s = make_stream("nokey", ITEMS, key=())
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        with pytest.raises(FatalError, match="primary_key"):
+            d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+        assert d.applied_offset(s) == -1
+    finally:
+        d.close()
+
+
+def check_offset_atomic(h: Harness, monkeypatch: pytest.MonkeyPatch, write: str = "merge") -> None:
+    s = make_stream("items", ITEMS)
+    d = _opened(h, write)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+        with monkeypatch.context() as m:
+            h.fail_after_data(d, m)
+            with pytest.raises(Exception, match="injected failure"):
+                d.write(s, changes(s, [{"id": 1, "name": None, "qty": None}, {"id": 2, "name": "b", "qty": 2}], ["delete", "insert"]), last_offset=1)
+        assert d.applied_offset(s) == 0
+        assert h.rows("items") == [(1, "a", 1)]
+        # the destination is still usable after the failure
+        d.write(s, changes(s, [{"id": 3, "name": "c", "qty": 3}], "insert"), last_offset=2)
+        assert d.applied_offset(s) == 2
+    finally:
+        d.close()
+    assert h.rows("items") == [(1, "a", 1), (3, "c", 3)]
+
+
+def check_record_offset(h: Harness) -> None:
+    s = make_stream("items", ITEMS)
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        d.record_offset(s, 41)
+        assert d.applied_offset(s) == 41
+        other = make_stream("other", ITEMS)
+        assert d.applied_offset(other) == -1
+    finally:
+        d.close()
+    assert h.rows("items") == []
+
+
+def check_replace(h: Harness, second_reader: Callable[[], list[tuple] | None] | None = None) -> None:
+    """``replace`` keeps the old table readable and unchanged until ``commit_replace``."""
+    s = make_stream("items", ITEMS)
+    d = _opened(h, "replace")
+    try:
+        d.prepare(s)
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 1, "name": "old", "qty": 1}, {"id": 2, "name": "old2", "qty": 2}], "read"), last_offset=3)
+        assert d.applied_offset(s) == -1  # replace records the offset only on commit
+        assert h.rows("items") == []
+        d.commit_replace(s, last_offset=4)
+        assert d.applied_offset(s) == 4
+        assert h.rows("items") == [(1, "old", 1), (2, "old2", 2)]
+        # second snapshot: a leftover pending table from a crash is dropped by begin_replace
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 9, "name": "stale", "qty": 9}], "read"), last_offset=5)
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 3, "name": "new", "qty": 3}], "read"), last_offset=6)
+        assert h.rows("items") == [(1, "old", 1), (2, "old2", 2)]  # old table unchanged, readable
+        d.commit_replace(s, last_offset=7)
+        assert d.applied_offset(s) == 7
+    finally:
+        d.close()
+    assert h.rows("items") == [(3, "new", 3)]
+    assert h.rows("items__replicant_pending") is None
+
+
+def check_hostile_identifiers(h: Harness, schema: str | None = 'Sch "ema" Ä') -> None:
+    fields = [
+        pa.field('I"d', pa.int64()),
+        pa.field("select", pa.string()),
+        pa.field("Mixed Case", pa.int32()),
+        pa.field("ünï`còdé", pa.string()),
+    ]
+    table = 'Tä"ble `x` order'
+    s = make_stream(table, fields, key=('I"d',))
+    kw = {"schema": schema} if schema else {}
+    d = _opened(h, "merge", **kw)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{'I"d': 1, "select": "a", "Mixed Case": 1, "ünï`còdé": "é"}, {'I"d': 2, "select": "b", "Mixed Case": 2, "ünï`còdé": None}], "insert"), last_offset=0)
+        d.write(s, changes(s, [{'I"d': 2, "select": None, "Mixed Case": None, "ünï`còdé": None}, {'I"d': 1, "select": "A", "Mixed Case": 10, "ünï`còdé": "ü"}], ["delete", "update"]), last_offset=1)
+        assert d.applied_offset(s) == 1
+    finally:
+        d.close()
+    assert h.rows(table, **kw) == [(1, "A", 10, "ü")]
+    assert h.columns(table, **kw) == [f.name for f in fields]
+    r = _opened(h, "replace", **kw)
+    try:
+        r.prepare(s)
+        r.begin_replace(s)
+        r.write(s, changes(s, [{'I"d': 5, "select": "x", "Mixed Case": 5, "ünï`còdé": "x"}], "read"), last_offset=2)
+        r.commit_replace(s, last_offset=3)
+    finally:
+        r.close()
+    assert h.rows(table, **kw) == [(5, "x", 5, "x")]
+
+
+def check_new_column(h: Harness) -> None:
+    s1 = make_stream("items", ITEMS)
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s1)
+        d.write(s1, changes(s1, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+    finally:
+        d.close()
+    s2 = make_stream("items", ITEMS + [pa.field("price", pa.float64())])
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s2)
+        d.write(s2, changes(s2, [{"id": 2, "name": "b", "qty": 2, "price": 2.5}], "insert"), last_offset=1)
+    finally:
+        d.close()
+    assert h.columns("items") == ["id", "name", "qty", "price"]
+    assert h.rows("items") == [(1, "a", 1, None), (2, "b", 2, 2.5)]
+
+
+def check_empty_and_reprepare(h: Harness) -> None:
+    """prepare is idempotent; an empty write records the offset and touches no rows."""
+    s = make_stream("items", ITEMS)
+    d = _opened(h, "append")
+    try:
+        d.prepare(s)
+        d.prepare(s)
+        d.write(s, changes(s, [], []), last_offset=0)
+        assert d.applied_offset(s) == 0
+    finally:
+        d.close()
+    assert h.rows("items") == []
+
+
+ALL_CHECKS = [
+    check_append,
+    check_merge,
+    check_merge_composite_key,
+    check_merge_needs_key,
+    check_record_offset,
+    check_replace,
+    check_new_column,
+    check_empty_and_reprepare,
+]
+
+__all__ = ["Harness", "make_stream", "changes", "META_FIELDS", "ALL_CHECKS"] + [c.__name__ for c in ALL_CHECKS] + [
+    "check_offset_atomic",
+    "check_hostile_identifiers",
+]
