@@ -1,0 +1,402 @@
+"""What the SQL sources share: discovery into streams, keyset queries, ``full`` and ``cursor`` reads.
+
+A dialect subclass (:mod:`.postgres`, :mod:`.mysql`, :mod:`.sqlite`) supplies the catalog
+(:meth:`SQLSource._tables`), identifier quoting, how a value is bound in a ``WHERE`` clause,
+and a bulk reader that streams a query's rows as Arrow batches. Everything else is here.
+
+Positions (JSON; the resume rule of :mod:`replicant.sources.base` holds for each)::
+
+    full, keyed     {"mode": "full", "snapshot": ID, "after": [last key values]}
+    full, unkeyed   {"mode": "full", "snapshot": ID, "rows": N}          resumable=False
+    full, finished  {"mode": "full", "snapshot": ID, "done": true}       on the final batch
+    cursor          {"mode": "cursor", "cursor": MAX, "after": [key at MAX],
+                     "seen": {"cursor": [...], "keys": [[...], ...]}}     seen: with a look-back
+
+``full`` reads the table in key order, in chunks of ``chunk_size`` rows
+(``WHERE (k1, k2) > (:a, :b) ORDER BY k1, k2 LIMIT n``), each streamed in batches of
+``batch_size``; resuming from ``after`` continues inside the chunk where it stopped. Reading
+from a ``done`` position (or None) starts a new snapshot. A table whose key is missing or
+nullable is read in one unchunked query whose positions cannot be resumed.
+
+``cursor`` reads rows in ``(cursor, key)`` order after the position. With a look-back, a
+new read starts at ``MAX - lookback`` so rows committed late with an older cursor value are
+caught, and rows re-read unchanged (same key, same cursor value, recorded in ``seen``) are
+not emitted again; a row whose cursor value changed is. ``seen`` holds the rows emitted
+inside the look-back window, at most ``lookback_max_keys`` (default 100,000) of the newest.
+Rows are emitted with ``_op = "update"``: a cursor read cannot tell a new row from a changed
+one, so destinations merge them by key. Rows whose cursor is NULL are never read. The
+``_pos`` column holds the position without ``seen``.
+
+Values in positions are JSON-safe (:func:`replicant.sources.types.encode_value`) and are
+always handed back to the database as parameters of the column's own type.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from replicant.config import SourceConfig, normalize_url
+from replicant.errors import FatalError
+from replicant.model import DIALECT_KEY, OP_READ, OP_UPDATE, Position, Stream, encode_position, utcnow, with_meta
+from replicant.sources.base import Capabilities, ReadBatch, Source
+from replicant.sources.types import Column, decode_value, encode_column, encode_value, is_keyable
+
+__all__ = ["SQLSource", "Table"]
+
+_DEFAULT_SEEN_MAX = 100_000
+
+
+@dataclass
+class Table:
+    """A table (or view) as the catalog describes it.
+
+    Attributes:
+        table: the name parts, unquoted: ``(schema, name)``.
+        kind: ``table``, ``partitioned`` (PostgreSQL parent), ``partition`` or ``view``.
+        columns: in table order.
+        primary_key: key column names in key order; empty without a primary key.
+    """
+
+    table: tuple[str, ...]
+    kind: str
+    columns: list[Column]
+    primary_key: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """How one stream is read: its table, columns and the target schema."""
+
+    stream: Stream
+    columns: list[Column]  # in stream.schema order
+    by_name: dict[str, Column]
+
+    def cols(self, names: tuple[str, ...] | list[str]) -> list[Column]:
+        return [self.by_name[n] for n in names]
+
+
+class SQLSource(Source):
+    """Base of the SQL sources. Subclasses implement the ``_`` hooks below; nothing connects
+    before :meth:`discover` or :meth:`read`."""
+
+    capabilities = Capabilities(modes=frozenset({"full", "cursor"}), chunked=True)
+    #: SQLAlchemy dialect name, also the schema's DIALECT_KEY metadata.
+    dialect: ClassVar[str] = ""
+    #: Whether ``(a, b) > (x, y)`` uses the index (MariaDB: it does not; expand it).
+    row_values: ClassVar[bool] = True
+
+    def __init__(self, config: SourceConfig) -> None:
+        if config.url is None:
+            from replicant.errors import ConfigError
+
+            raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs `url:`")])
+        self.config = config
+        dialect, self._url = normalize_url(config.url.get_secret_value())
+        if dialect != self.dialect:
+            from replicant.errors import ConfigError
+
+            raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs a {self.dialect} URL, not {dialect}")])
+
+    # ------------------------------------------------------------------ dialect hooks
+
+    def _tables(self, only: tuple[str, ...] | None = None) -> list[Table]:
+        """The catalog: every readable table and view, or only the one named ``only``."""
+        raise NotImplementedError
+
+    def _default_schema(self) -> str:
+        """The schema that bare table names refer to."""
+        raise NotImplementedError
+
+    def quote(self, name: str) -> str:
+        """``name`` as a quoted identifier of this dialect."""
+        return '"' + name.replace('"', '""') + '"'
+
+    def _bind(self, value: Any, column: Column, params: list[Any]) -> str:
+        """SQL standing for ``value`` (a Python value of ``column``) in a WHERE clause; appends
+        what the driver needs to ``params``."""
+        raise NotImplementedError
+
+    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """Runs ``sql`` and streams its rows as batches of ``plan.stream.schema`` (any size)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ discovery
+
+    def discover(self) -> list[Stream]:
+        """Every table and view, named like ``streams: all`` names them, in mode ``full``.
+
+        ``Stream.options["kind"]`` tells tables, PostgreSQL partitioned parents and partitions,
+        and views apart.
+        """
+        default = self._default_schema()
+        return [self._stream(t, default) for t in self._tables()]
+
+    def _stream(self, t: Table, default: str) -> Stream:
+        schema = pa.schema([c.field() for c in t.columns], metadata={DIALECT_KEY: self.dialect.encode()})
+        name = t.table[-1] if t.table[:-1] == (default,) else ".".join(t.table)
+        return Stream(name=name, table=t.table, schema=schema, primary_key=t.primary_key,
+                      options={"kind": t.kind, **t.options})
+
+    def _display(self, table: tuple[str, ...]) -> str:
+        return ".".join(self.quote(p) for p in table)
+
+    def _plan(self, stream: Stream) -> _Plan:
+        found = self._tables(only=stream.table)
+        if not found:
+            raise FatalError(
+                f"table {self._display(stream.table)} does not exist (dropped or renamed?); "
+                f"fix `table:` of stream {stream.name!r} or restore the table"
+            )
+        by_name = {c.name: c for c in found[0].columns}
+        missing = [f.name for f in stream.schema if f.name not in by_name]
+        if missing:
+            raise FatalError(
+                f"stream {stream.name!r}: column(s) {', '.join(map(repr, missing))} no longer exist in "
+                f"{self._display(stream.table)}; exclude them or restore them"
+            )
+        return _Plan(stream, [by_name[f.name] for f in stream.schema], by_name)
+
+    # ------------------------------------------------------------------ queries
+
+    def _where(self, op: str, cols: list[Column], values: list[Any], params: list[Any]) -> str:
+        """``(c1, c2) op (v1, v2)`` with ``op`` one of ``>``, ``>=``; index-friendly per dialect."""
+        names = [f"t.{self.quote(c.name)}" for c in cols]
+        if len(cols) == 1:
+            return f"{names[0]} {op} {self._bind(values[0], cols[0], params)}"
+        if self.row_values:
+            binds = [self._bind(v, c, params) for v, c in zip(values, cols)]
+            return f"({', '.join(names)}) {op} ({', '.join(binds)})"
+        # k1 >= v1 AND (k1 > v1 OR (k1 = v1 AND k2 > v2) OR …): MariaDB ranges on k1
+        ors = []
+        for i in range(len(cols)):
+            last_op = op if i == len(cols) - 1 else ">"
+            terms = [f"{names[j]} = {self._bind(values[j], cols[j], params)}" for j in range(i)]
+            terms.append(f"{names[i]} {last_op} {self._bind(values[i], cols[i], params)}")
+            ors.append("(" + " AND ".join(terms) + ")")
+        first = f"{names[0]} >= {self._bind(values[0], cols[0], params)}"
+        return f"{first} AND ({' OR '.join(ors)})"
+
+    def _query(self, plan: _Plan, where: list[str], order: list[Column], limit: int | None) -> str:
+        sel = ", ".join(c.select.format(f"t.{self.quote(c.name)}") + f" AS {self.quote(c.name)}" for c in plan.columns)
+        sql = f"SELECT {sel} FROM {self._display(plan.stream.table)} AS t"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if order:
+            sql += " ORDER BY " + ", ".join(f"t.{self.quote(c.name)}" for c in order)
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return sql
+
+    def _rebatched(self, sql: str, params: list[Any], plan: _Plan, size: int) -> Iterator[pa.RecordBatch]:
+        """The query's rows in batches of exactly ``size`` rows (the last may be shorter)."""
+        held: list[pa.RecordBatch] = []
+        n = 0
+        for b in self._batches(sql, params, plan, size):
+            while b.num_rows:
+                take = min(size - n, b.num_rows)
+                held.append(b.slice(0, take))
+                n += take
+                b = b.slice(take)
+                if n == size:
+                    yield held[0] if len(held) == 1 else pa.concat_batches(held)
+                    held, n = [], 0
+        if n:
+            yield held[0] if len(held) == 1 else pa.concat_batches(held)
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
+        """Reads ``stream`` after ``position`` (see the module docstring for the formats).
+
+        Raises:
+            FatalError: the table or a column is gone, a value does not fit its type, or the
+                mode is not ``full``/``cursor``.
+            ConnectionError: the database cannot be reached.
+        """
+        if stream.mode not in ("full", "cursor"):
+            raise FatalError(f"stream {stream.name!r}: a {self.config.type} source reads modes full and cursor, not {stream.mode!r}")
+        plan = self._plan(stream)
+        if stream.mode == "full":
+            return self._read_full(plan, position)
+        return self._read_cursor(plan, position)
+
+    def _key_values(self, batch: pa.RecordBatch, names: tuple[str, ...] | list[str], row: int = -1) -> list[Any]:
+        i = row if row >= 0 else batch.num_rows + row
+        return [batch.column(n)[i].as_py() for n in names]
+
+    def _empty(self, stream: Stream) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in stream.schema], schema=stream.schema)
+
+    def _read_full(self, plan: _Plan, position: Position | None) -> Iterator[ReadBatch]:
+        stream = plan.stream
+        batch_size = int(stream.options.get("batch_size") or self.config.batch_size)
+        chunk = int(stream.options.get("chunk_size") or self.config.chunk_size)
+        keys = plan.cols(stream.primary_key)
+        keyed = bool(keys) and all(not c.nullable and is_keyable(c.arrow) for c in keys)
+        resume = position if position and position.get("mode") == "full" and not position.get("done") else None
+        snapshot = str(resume["snapshot"]) if resume and resume.get("snapshot") else uuid.uuid4().hex[:16]
+        after = resume.get("after") if resume and keyed else None
+        done = {"mode": "full", "snapshot": snapshot, "done": True}
+
+        def emit(batch: pa.RecordBatch, pos: Position, **kw: Any) -> ReadBatch:
+            return ReadBatch(with_meta(batch, OP_READ, encode_position(pos), utcnow()), pos, **kw)
+
+        if not keyed:
+            sql = self._query(plan, [], keys, None)
+            rows, held = 0, None
+            for b in self._rebatched(sql, [], plan, batch_size):
+                if held is not None:
+                    yield emit(held, {"mode": "full", "snapshot": snapshot, "rows": rows}, resumable=False)
+                held = b
+                rows += b.num_rows
+            yield emit(held if held is not None else self._empty(stream), done, final=True)
+            return
+
+        values = [decode_value(v, c.arrow) for v, c in zip(after, keys)] if after else None
+        while True:
+            params: list[Any] = []
+            where = [self._where(">", keys, values, params)] if values else []
+            sql = self._query(plan, where, keys, chunk)
+            n, held = 0, None
+            for b in self._rebatched(sql, params, plan, batch_size):
+                if held is not None:
+                    yield emit(held, self._after_pos(snapshot, held, keys))
+                held = b
+                n += b.num_rows
+            if held is None:  # an empty chunk: the previous one ended exactly at the last row
+                yield emit(self._empty(stream), done, final=True)
+                return
+            if n < chunk:
+                yield emit(held, done, final=True)
+                return
+            yield emit(held, self._after_pos(snapshot, held, keys))
+            values = self._key_values(held, stream.primary_key)
+
+    def _after_pos(self, snapshot: str, batch: pa.RecordBatch, keys: list[Column]) -> Position:
+        last = self._key_values(batch, [c.name for c in keys])
+        return {"mode": "full", "snapshot": snapshot, "after": [encode_value(v) for v in last]}
+
+    def _read_cursor(self, plan: _Plan, position: Position | None) -> Iterator[ReadBatch]:
+        stream = plan.stream
+        batch_size = int(stream.options.get("batch_size") or self.config.batch_size)
+        chunk = int(stream.options.get("chunk_size") or self.config.chunk_size)
+        lookback = stream.options.get("lookback") or 0
+        seen_max = int(stream.options.get("lookback_max_keys") or _DEFAULT_SEEN_MAX)
+        cur_col = plan.by_name[stream.cursor]
+        keys = plan.cols(stream.primary_key)
+        order = [cur_col, *keys]
+        state = _CursorState.load(position, cur_col, keys)
+
+        cursor_sql = f"t.{self.quote(cur_col.name)}"
+        where: list[str]
+        params: list[Any] = []
+        if state.max is None:
+            where = [f"{cursor_sql} IS NOT NULL"]
+        elif lookback:
+            where = [self._where(">=", [cur_col], [_minus(state.max, lookback)], params)]
+        else:
+            where = [self._where(">", order, [state.max, *state.max_key], params)]
+        while True:
+            sql = self._query(plan, where, order, chunk)
+            n, last = 0, None
+            for b in self._rebatched(sql, params, plan, batch_size):
+                n += b.num_rows
+                last = b
+                out = state.advance(b, stream, lookback, seen_max)
+                if out.num_rows:
+                    pos = state.position(with_seen=bool(lookback))
+                    short = {k: v for k, v in pos.items() if k != "seen"}
+                    yield ReadBatch(with_meta(out, OP_UPDATE, encode_position(short), utcnow()), pos)
+            if n < chunk or last is None:
+                return
+            params = []
+            where = [self._where(">", order, self._key_values(last, [c.name for c in order]), params)]
+
+
+def _minus(value: Any, lookback: float | int) -> Any:
+    """``value - lookback``: seconds for dates and times, cursor units for numbers."""
+    if isinstance(value, datetime):
+        return value - timedelta(seconds=lookback)
+    if isinstance(value, date):
+        return value - timedelta(days=-(-lookback // 86400))
+    if isinstance(value, Decimal):
+        return value - Decimal(str(lookback))
+    if isinstance(value, int) and isinstance(lookback, float) and not lookback.is_integer():
+        return value - int(-(-lookback // 1))
+    return value - type(value)(lookback)
+
+
+class _CursorState:
+    """The high-water mark of a cursor read, and the rows seen inside the look-back window."""
+
+    def __init__(self, cur: Column, keys: list[Column]) -> None:
+        self.cur, self.keys = cur, keys
+        self.max: Any = None
+        self.max_key: list[Any] = []
+        self.seen: pa.Table | None = None  # columns c, k0, k1…
+
+    @classmethod
+    def load(cls, position: Position | None, cur: Column, keys: list[Column]) -> "_CursorState":
+        st = cls(cur, keys)
+        if position and position.get("mode") == "cursor" and position.get("cursor") is not None:
+            st.max = decode_value(position["cursor"], cur.arrow)
+            st.max_key = [decode_value(v, c.arrow) for v, c in zip(position.get("after") or [], keys)]
+            seen = position.get("seen")
+            if seen and seen.get("cursor"):
+                cols = {"c": pa.array([decode_value(v, cur.arrow) for v in seen["cursor"]], cur.arrow)}
+                for i, (vals, c) in enumerate(zip(seen["keys"], keys)):
+                    cols[f"k{i}"] = pa.array([decode_value(v, c.arrow) for v in vals], c.arrow)
+                st.seen = pa.table(cols)
+        return st
+
+    def _keyed(self, batch: pa.RecordBatch) -> pa.Table:
+        cols = {"c": batch.column(self.cur.name)}
+        for i, c in enumerate(self.keys):
+            cols[f"k{i}"] = batch.column(c.name)
+        return pa.table(cols)
+
+    def advance(self, batch: pa.RecordBatch, stream: Stream, lookback: float | int, seen_max: int) -> pa.RecordBatch:
+        """Takes a batch read in (cursor, key) order; returns its rows not emitted before."""
+        out = batch
+        if lookback and self.seen is not None and self.seen.num_rows:
+            keyed = self._keyed(batch).append_column("__row", pa.array(range(batch.num_rows), pa.int64()))
+            fresh = keyed.join(self.seen, keys=list(self.seen.column_names), join_type="left anti")
+            rows = fresh.column("__row").combine_chunks().sort() if fresh.num_rows else pa.array([], pa.int64())
+            if len(rows) != batch.num_rows:
+                out = batch.take(rows)
+        if batch.num_rows:
+            last_c = batch.column(self.cur.name)[-1].as_py()
+            if self.max is None or last_c >= self.max:
+                self.max = last_c
+                self.max_key = [batch.column(c.name)[-1].as_py() for c in self.keys]
+        if lookback and out.num_rows:
+            new = self._keyed(out)
+            self.seen = new if self.seen is None else pa.concat_tables([self.seen, new])
+            floor = _minus(self.max, lookback)
+            import pyarrow.compute as pc
+
+            self.seen = self.seen.filter(pc.greater_equal(self.seen.column("c"), pa.scalar(floor, self.cur.arrow)))
+            if self.seen.num_rows > seen_max:
+                self.seen = self.seen.sort_by("c").slice(self.seen.num_rows - seen_max)
+        return out
+
+    def position(self, *, with_seen: bool) -> Position:
+        pos: Position = {
+            "mode": "cursor",
+            "cursor": encode_value(self.max),
+            "after": [encode_value(v) for v in self.max_key],
+        }
+        if with_seen and self.seen is not None:
+            pos["seen"] = {
+                "cursor": encode_column(self.seen.column("c")),
+                "keys": [encode_column(self.seen.column(f"k{i}")) for i in range(len(self.keys))],
+            }
+        return pos

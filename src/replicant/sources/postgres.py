@@ -1,0 +1,232 @@
+"""PostgreSQL source: ``full`` and ``cursor`` reads through ADBC's binary ``COPY``.
+
+Measured on this project's machine (2 vCPU, PostgreSQL 15, 1,000,000-row tables; narrow =
+pgbench_accounts shape, wide = 11 columns incl. numeric(12,2), text, timestamptz; read
+into Arrow in key order, whole process):
+
+=========================================  ============  ===========  =========
+method                                     narrow rows/s  wide rows/s  peak RSS
+=========================================  ============  ===========  =========
+ADBC ``fetch_record_batch`` (COPY stream)  1.17 M         0.49 M       ~120 MB
+ADBC with a bind parameter (``$1``)        0.43 M         0.22 M       360-520 MB
+connectorx ``arrow_stream``                0.72 M         0.48 M       ~117 MB
+=========================================  ============  ===========  =========
+
+ADBC streams a query through ``COPY (…) TO STDOUT (FORMAT binary)`` only when it has no
+bind parameters; with one it buffers the whole result (the memory column above). So the
+key values of a keyset chunk are bound as parameters of a ``set_config`` call first, and
+the chunk query reads them back with ``current_setting('replicant.pN')`` cast to the key
+column's own type: values stay parameters, the index is used (``current_setting`` is
+stable), and the chunk streams in bounded memory. connectorx widens ``integer`` to
+``int64``, reads every numeric as ``decimal(38,10)`` and takes no parameters.
+
+ADBC delivers ``numeric`` as text (an ``arrow.opaque`` extension): it is cast in Arrow to
+``decimal128(p,s)``/``decimal256(p,s)`` (unconstrained numeric stays exact text); ``json``
+and ``jsonb`` arrive as the ``arrow.json`` extension (its string storage is kept);
+``uuid``, ``timetz``, ``money`` and types ADBC does not know are read as ``::text``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from replicant.errors import ConnectionError, FatalError, RetriableError
+from replicant.sources._sql import SQLSource, Table, _Plan
+from replicant.sources.types import Column, conform, pg_column
+
+__all__ = ["PostgresSource"]
+
+# One row per column of every table, view and partition outside the system schemas. Domains
+# are resolved to their base type (a destination cannot be assumed to have the domain).
+_CATALOG = """
+SELECT n.nspname, c.relname, c.relkind, c.relispartition, a.attname, a.attnotnull,
+       format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END),
+       bt.typname, bt.typtype, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+       et.typname, et.typtype,
+       (SELECT k.ord FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+         WHERE i.indrelid = c.oid AND i.indisprimary AND k.attnum = a.attnum) AS pk_ord
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND has_table_privilege(c.oid, 'SELECT')
+"""
+_ORDER = " ORDER BY n.nspname, c.relname, a.attnum"
+
+_KINDS = {"r": "table", "p": "partitioned", "v": "view", "m": "view", "f": "table"}
+
+
+def _text(value: Any) -> str:
+    """A Python key value as PostgreSQL input text for its own type (exact)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (bytes, bytearray)):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    return str(value)
+
+
+class PostgresSource(SQLSource):
+    """Reads PostgreSQL tables (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``).
+
+    Uses one ADBC connection in autocommit mode (no transaction is held between chunks).
+    A ``full`` read is consistent per chunk, not across chunks.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._conn: Any = None
+        self._schema: str | None = None
+
+    # ------------------------------------------------------------------ connection
+
+    def _where_am_i(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(self._url)
+        host = u.host or u.query.get("host") or "localhost"
+        return f"PostgreSQL at {host}:{u.port or 5432} as user {u.username or '(default)'!r}, database {u.database!r}"
+
+    def _scrub(self, text: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        pw = make_url(self._url).password
+        return text.replace(pw, "***") if pw else text
+
+    def _connect(self) -> Any:
+        if self._conn is None:
+            import adbc_driver_manager
+            import adbc_driver_postgresql.dbapi as adbc
+
+            try:
+                self._conn = adbc.connect(self._url, autocommit=True)
+            except adbc_driver_manager.Error as e:
+                reason = self._scrub(str(e)).split("Failed to connect:", 1)[-1].strip()
+                raise ConnectionError(f"cannot connect to {self._where_am_i()}: {reason}") from None
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _error(self, e: Exception, what: str) -> Exception:
+        """A driver error as a replicant error (the mapping table)."""
+        state = getattr(e, "sqlstate", None) or ""
+        msg = self._scrub(str(e)).split("Query was:", 1)[0].strip()
+        if state.startswith("08") or "server closed the connection" in msg or "no connection" in msg:
+            self.close()
+            return RetriableError(f"lost the connection to {self._where_am_i()} while {what}: {msg}")
+        if state in ("42P01", "3F000"):
+            return FatalError(f"{what}: {msg}")
+        if state.startswith("57"):  # cancelled, admin shutdown
+            self.close()
+            return RetriableError(f"{what}: {msg}")
+        return FatalError(f"{what}: {msg}")
+
+    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import adbc_driver_manager
+
+        cur = self._connect().cursor()
+        try:
+            cur.execute(sql, params or None)
+            return cur.fetchall()
+        except adbc_driver_manager.Error as e:
+            raise self._error(e, "reading the catalog") from None
+        finally:
+            cur.close()
+
+    # ------------------------------------------------------------------ catalog
+
+    def _default_schema(self) -> str:
+        if self._schema is None:
+            self._schema = self._fetchall("SELECT current_schema()")[0][0] or "public"
+        return self._schema
+
+    def _tables(self, only: tuple[str, ...] | None = None) -> list[Table]:
+        if only is None:
+            rows = self._fetchall(_CATALOG + _ORDER)
+        else:
+            rows = self._fetchall(_CATALOG + " AND n.nspname = $1 AND c.relname = $2" + _ORDER, (only[0], only[-1]))
+        tables: dict[tuple[str, str], Table] = {}
+        pks: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        for (nsp, rel, kind, is_part, att, notnull, sql_type, typname, typtype, typmod,
+             etypname, etyptype, pk_ord) in rows:
+            key = (nsp, rel)
+            t = tables.get(key)
+            if t is None:
+                t = tables[key] = Table((nsp, rel), "partition" if is_part else _KINDS[kind], [])
+            t.columns.append(pg_column(att, sql_type, typname, typtype, int(typmod), etypname, etyptype,
+                                       nullable=not notnull and pk_ord is None))
+            if pk_ord is not None:
+                pks.setdefault(key, []).append((int(pk_ord), att))
+        for key, cols in pks.items():
+            tables[key].primary_key = tuple(a for _, a in sorted(cols))
+        return list(tables.values())
+
+    def estimate_rows(self, stream: Any) -> int | None:
+        try:
+            rows = self._fetchall(
+                "SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = $2", (stream.table[0], stream.table[-1]))
+        except (FatalError, RetriableError):
+            return None
+        return int(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] >= 0 else None
+
+    # ------------------------------------------------------------------ reading
+
+    def _bind(self, value: Any, column: Column, params: list[Any]) -> str:
+        params.append(_text(value))
+        return f"CAST(current_setting('replicant.p{len(params) - 1}') AS {column.sql_type})"
+
+    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+        import adbc_driver_manager
+
+        schema = plan.stream.schema
+        what = f"reading {self._display(plan.stream.table)}"
+        conn = self._connect()
+        cur = conn.cursor()
+        reader = None
+        try:
+            try:
+                if params:  # bound here so the query itself has none and streams (see the docstring)
+                    sets = ", ".join(f"set_config('replicant.p{i}', ${i + 1}, false)" for i in range(len(params)))
+                    cur.execute(f"SELECT {sets}", tuple(params))
+                    cur.fetchall()
+                cur.execute(sql)
+                reader = cur.fetch_record_batch()
+                for b in reader:
+                    yield conform(b, schema)
+            except adbc_driver_manager.Error as e:
+                raise self._error(e, what) from None
+            except ValueError as e:
+                raise FatalError(f"{what}: {e}") from None
+        finally:
+            if reader is not None:
+                try:
+                    reader.close()
+                except Exception:  # noqa: BLE001 - an abandoned COPY: drop the connection instead
+                    self.close()
+            try:
+                cur.close()
+            except Exception:  # noqa: BLE001
+                self.close()
