@@ -279,6 +279,11 @@ def start_postgres(timeout: float = START_TIMEOUT) -> PgServer:
     return _retry_port_races(_start_postgres_once, timeout)
 
 
+#: A role that throwaway PostgreSQL servers make log in with a password over TCP
+#: (``CREATE ROLE replicant_pw LOGIN PASSWORD ...`` it first).
+PASSWORD_ROLE = "replicant_pw"
+
+
 def _start_postgres_once(timeout: float) -> PgServer:
     bindir = find_pg_bindir()
     base = _make_base_dir("replicant-pg-", "postgres")
@@ -286,6 +291,10 @@ def _start_postgres_once(timeout: float) -> PgServer:
     as_pg = _as_user("postgres")
     _run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
           "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"], cwd=base, what="initdb")
+    # Trust everyone except PASSWORD_ROLE, which must log in with its password over TCP:
+    # tests of wrong-password handling need a server that can say no.
+    hba = data / "pg_hba.conf"
+    hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     port = free_port()
     options = " ".join([
         f"-p {port}", f"-k {base}",

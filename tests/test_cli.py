@@ -39,8 +39,8 @@ def test_quickstart_demo_runs_and_status_reports(demo: Path, chinook_counts: dic
     assert r.returncode == 0, r.stderr
     assert "Track" in r.stdout and "3,503" in r.stdout
     with duckdb.connect(str(demo.parent / "chinook.duckdb"), read_only=True) as con:
-        assert con.sql("SELECT count(*) FROM Track").fetchone()[0] == chinook_counts["track"]
-        assert con.sql("SELECT count(*) FROM PlaylistTrack").fetchone()[0] == chinook_counts["playlist_track"]
+        assert con.execute("SELECT count(*) FROM Track").fetchone()[0] == chinook_counts["track"]
+        assert con.execute("SELECT count(*) FROM PlaylistTrack").fetchone()[0] == chinook_counts["playlist_track"]
     s = replicant("status", str(demo))
     assert s.returncode == 0, s.stderr
     assert "succeeded" in s.stdout
@@ -85,11 +85,16 @@ def test_missing_table_names_the_key_and_suggests(tmp_path: Path, chinook_sqlite
 
 
 def test_wrong_password_is_short_and_secret(tmp_path: Path, pg_server, pg_url: str) -> None:
+    import os
+
+    from servers import PASSWORD_ROLE
+
+    if os.environ.get("REPLICANT_TEST_PG_URL"):
+        pytest.skip("needs the throwaway server's pg_hba, which asks PASSWORD_ROLE for a password")
     with pg_server.connect(pg_url.rsplit("/", 1)[1]) as c:
-        c.execute("CREATE ROLE app LOGIN PASSWORD 'right-one'")
+        c.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'right-one'")
     try:
-        # the throwaway server trusts local logins: require a password for `app` over TCP
-        url = f"postgresql://app:wrong-s3cret@{pg_server.host}:{pg_server.port}/{pg_url.rsplit('/', 1)[1]}"
+        url = f"postgresql://{PASSWORD_ROLE}:wrong-s3cret@{pg_server.host}:{pg_server.port}/{pg_url.rsplit('/', 1)[1]}"
         p = _write(tmp_path, f"pipeline: x\nsource: {{type: postgres, url: '${{env:SRC_URL}}', streams: all}}\n"
                              "destinations: [{name: w}]\n")
         r = replicant("run", str(p), env={"SRC_URL": url})
@@ -97,13 +102,13 @@ def test_wrong_password_is_short_and_secret(tmp_path: Path, pg_server, pg_url: s
         assert r.returncode == 1, out
         assert "wrong-s3cret" not in out
         assert "Traceback" not in out
-        assert "app" in out and str(pg_server.port) in out
+        assert PASSWORD_ROLE in out and str(pg_server.port) in out
         d = replicant("--debug", "run", str(p), env={"SRC_URL": url})
         assert "Traceback" in d.stderr
         assert "wrong-s3cret" not in d.stderr + d.stdout
     finally:
         with pg_server.connect(pg_url.rsplit("/", 1)[1]) as c:
-            c.execute("DROP ROLE IF EXISTS app")
+            c.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
 
 
 def test_missing_env_reference_names_the_key(tmp_path: Path) -> None:

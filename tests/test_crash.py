@@ -84,7 +84,7 @@ def _source_table(url: str) -> pa.Table:
 
 def _duckdb_table(path: Path, table: str = "accounts") -> pa.Table:
     with duckdb.connect(str(path), read_only=True) as con:
-        t = con.sql(f'SELECT aid, bid, abalance, filler FROM "{table}" ORDER BY aid').arrow()
+        t = con.execute(f'SELECT aid, bid, abalance, filler FROM "{table}" ORDER BY aid').arrow()
     if not isinstance(t, pa.Table):  # duckdb 2 returns a RecordBatchReader
         t = t.read_all()
     return t.cast(pa.schema([("aid", pa.int32()), ("bid", pa.int32()), ("abalance", pa.int32()), ("filler", pa.string())]))
@@ -183,6 +183,6 @@ destinations:
     assert killed >= KILLS // 2, f"only {killed} runs were killed mid-way"
     rows = next_aid[0]
     with duckdb.connect(str(tmp_path / "lake.duckdb"), read_only=True) as con:
-        total, distinct = con.sql("SELECT count(*), count(DISTINCT aid) FROM accounts").fetchone()
+        total, distinct = con.execute("SELECT count(*), count(DISTINCT aid) FROM accounts").fetchone()
     assert (total, distinct) == (rows, rows), "rows were lost or doubled"
     assert _duckdb_table(tmp_path / "lake.duckdb").equals(_source_table(pg_url))
