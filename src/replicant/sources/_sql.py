@@ -36,11 +36,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from replicant.config import SourceConfig, normalize_url
 from replicant.errors import FatalError
@@ -206,10 +207,10 @@ class SQLSource(Source):
                 n += take
                 b = b.slice(take)
                 if n == size:
-                    yield held[0] if len(held) == 1 else pa.concat_batches(held)
+                    yield held[0] if len(held) == 1 else _concat(held)
                     held, n = [], 0
         if n:
-            yield held[0] if len(held) == 1 else pa.concat_batches(held)
+            yield held[0] if len(held) == 1 else _concat(held)
 
     # ------------------------------------------------------------------ reading
 
@@ -321,10 +322,17 @@ class SQLSource(Source):
             where = [self._where(">", order, self._key_values(last, [c.name for c in order]), params)]
 
 
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
 def _minus(value: Any, lookback: float | int) -> Any:
     """``value - lookback``: seconds for dates and times, cursor units for numbers."""
     if isinstance(value, datetime):
         return value - timedelta(seconds=lookback)
+    if isinstance(value, time):
+        moved = datetime.combine(date(2000, 1, 2), value) - timedelta(seconds=lookback)
+        return moved.time() if moved.date() == date(2000, 1, 2) else time(0)
     if isinstance(value, date):
         return value - timedelta(days=-(-lookback // 86400))
     if isinstance(value, Decimal):
@@ -374,15 +382,15 @@ class _CursorState:
                 out = batch.take(rows)
         if batch.num_rows:
             last_c = batch.column(self.cur.name)[-1].as_py()
-            if self.max is None or last_c >= self.max:
+            # without a look-back every batch lies after the last (database order); with one,
+            # re-read rows may lie before the high-water mark (cursor is a number or a time)
+            if not lookback or self.max is None or last_c >= self.max:
                 self.max = last_c
                 self.max_key = [batch.column(c.name)[-1].as_py() for c in self.keys]
         if lookback and out.num_rows:
             new = self._keyed(out)
             self.seen = new if self.seen is None else pa.concat_tables([self.seen, new])
             floor = _minus(self.max, lookback)
-            import pyarrow.compute as pc
-
             self.seen = self.seen.filter(pc.greater_equal(self.seen.column("c"), pa.scalar(floor, self.cur.arrow)))
             if self.seen.num_rows > seen_max:
                 self.seen = self.seen.sort_by("c").slice(self.seen.num_rows - seen_max)
