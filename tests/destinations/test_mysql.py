@@ -26,8 +26,12 @@ UTC = dt.timezone.utc
 def _connect(url: str, database: str | None = None) -> pymysql.connections.Connection:
     parts = urlsplit(url)
     return pymysql.connect(
-        host=parts.hostname, port=parts.port, user=unquote(parts.username or "root"),
-        database=database or unquote(parts.path.lstrip("/")), charset="utf8mb4", autocommit=True,
+        host=parts.hostname,
+        port=parts.port,
+        user=unquote(parts.username or "root"),
+        database=database or unquote(parts.path.lstrip("/")),
+        charset="utf8mb4",
+        autocommit=True,
     )
 
 
@@ -39,6 +43,15 @@ def _query(url: str, sql: str, args: Any = None, database: str | None = None) ->
             return list(cur.fetchall())
     finally:
         conn.close()
+
+
+def _column_types(url: str, table: str) -> dict[str, str]:
+    """``{column: COLUMN_TYPE}`` of a table in the URL's database, in table order."""
+    sql = (
+        "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
+    )
+    return dict(_query(url, sql, (table,)))
 
 
 def _q(name: str) -> str:
@@ -77,7 +90,7 @@ def harness(mysql_url: str) -> cf.Harness:
 def drop_schema(mysql_url: str):
     """Drops the hostile-named database the identifier check creates."""
     yield 'Sch "ema" Ä'
-    _query(mysql_url, "DROP DATABASE IF EXISTS `Sch \"ema\" Ä`")
+    _query(mysql_url, 'DROP DATABASE IF EXISTS `Sch "ema" Ä`')
 
 
 # ------------------------------------------------------------------ conformance
@@ -111,15 +124,29 @@ def _dest(url: str, write: str = "merge", **kw: Any) -> MySQLDestination:
 
 
 TRICKY_STRINGS = [
-    None, "", "NULL", "\\N", "back\\slash", "ends with \\", 'quote " and ""', "comma, semi; tab\tend",
-    "line\nbreak\r\nwindows", "emoji 😀 𝄞 (4-byte)", "ünïcødé ß 漢字", " padded  ", "'single'",
+    None,
+    "",
+    "NULL",
+    "\\N",
+    "back\\slash",
+    "ends with \\",
+    'quote " and ""',
+    "comma, semi; tab\tend",
+    "line\nbreak\r\nwindows",
+    "emoji 😀 𝄞 (4-byte)",
+    "ünïcødé ß 漢字",
+    " padded  ",
+    "'single'",
 ]
 
 
 def test_strings_nulls_and_bytes_round_trip(mysql_url: str) -> None:
     n = len(TRICKY_STRINGS)
     blobs = [None, b"", b"\x00", bytes(range(256)), b"\\N", b'"', b"NULL", b"\n,\r"] + [b"x"] * (n - 8)
-    s = make_stream("vals", [pa.field("id", pa.int64()), pa.field("s", pa.string()), pa.field("b", pa.binary()), pa.field("ls", pa.large_string())])
+    s = make_stream(
+        "vals",
+        [pa.field("id", pa.int64()), pa.field("s", pa.string()), pa.field("b", pa.binary()), pa.field("ls", pa.large_string())],
+    )
     rows = [{"id": i, "s": v, "b": blobs[i], "ls": v} for i, v in enumerate(TRICKY_STRINGS)]
     d = _dest(mysql_url, "append")
     try:
@@ -134,29 +161,52 @@ def test_strings_nulls_and_bytes_round_trip(mysql_url: str) -> None:
 def test_types_round_trip(mysql_url: str) -> None:
     fields = [
         pa.field("id", pa.int64()),
-        pa.field("i8", pa.int8()), pa.field("u64", pa.uint64()), pa.field("i64", pa.int64()),
-        pa.field("f64", pa.float64()), pa.field("f32", pa.float32()),
-        pa.field("dec", pa.decimal128(38, 10)), pa.field("money", pa.decimal128(10, 2)),
+        pa.field("i8", pa.int8()),
+        pa.field("u64", pa.uint64()),
+        pa.field("i64", pa.int64()),
+        pa.field("f64", pa.float64()),
+        pa.field("f32", pa.float32()),
+        pa.field("dec", pa.decimal128(38, 10)),
+        pa.field("money", pa.decimal128(10, 2)),
         pa.field("big", pa.decimal256(70, 5)),
         pa.field("num", pa.string(), metadata={SQL_TYPE_KEY: b"numeric"}),  # unconstrained numeric from PG
-        pa.field("flag", pa.bool_()), pa.field("d", pa.date32()), pa.field("t", pa.time64("us")),
-        pa.field("ts", pa.timestamp("us")), pa.field("tstz", pa.timestamp("us", tz="UTC")),
+        pa.field("flag", pa.bool_()),
+        pa.field("d", pa.date32()),
+        pa.field("t", pa.time64("us")),
+        pa.field("ts", pa.timestamp("us")),
+        pa.field("tstz", pa.timestamp("us", tz="UTC")),
         pa.field("tsns", pa.timestamp("ns", tz="Europe/Paris")),
-        pa.field("dur", pa.duration("us")), pa.field("iv", pa.month_day_nano_interval()),
-        pa.field("tags", pa.list_(pa.string())), pa.field("obj", pa.struct([("a", pa.int32()), ("b", pa.string())])),
-        pa.field("fixed", pa.binary(4)), pa.field("cat", pa.dictionary(pa.int8(), pa.string())),
+        pa.field("dur", pa.duration("us")),
+        pa.field("iv", pa.month_day_nano_interval()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("obj", pa.struct([("a", pa.int32()), ("b", pa.string())])),
+        pa.field("fixed", pa.binary(4)),
+        pa.field("cat", pa.dictionary(pa.int8(), pa.string())),
     ]
     s = make_stream("typed", fields, metadata={DIALECT_KEY: b"postgresql"})
     row = {
-        "id": 1, "i8": -128, "u64": 2**64 - 1, "i64": -(2**63),
-        "f64": 0.1 + 0.2, "f32": 1.5, "dec": Decimal("-1234567890123456789012345678.0123456789"),
-        "money": Decimal("99999999.99"), "big": Decimal("1" * 65 + ".12345"),
+        "id": 1,
+        "i8": -128,
+        "u64": 2**64 - 1,
+        "i64": -(2**63),
+        "f64": 0.1 + 0.2,
+        "f32": 1.5,
+        "dec": Decimal("-1234567890123456789012345678.0123456789"),
+        "money": Decimal("99999999.99"),
+        "big": Decimal("1" * 65 + ".12345"),
         "num": "3.14159265358979323846264338327950288419716939937510",
-        "flag": True, "d": dt.date(1999, 12, 31), "t": dt.time(23, 59, 59, 999999),
-        "ts": dt.datetime(2024, 2, 29, 12, 0, 0, 123456), "tstz": dt.datetime(2024, 1, 1, 23, 30, tzinfo=UTC),
+        "flag": True,
+        "d": dt.date(1999, 12, 31),
+        "t": dt.time(23, 59, 59, 999999),
+        "ts": dt.datetime(2024, 2, 29, 12, 0, 0, 123456),
+        "tstz": dt.datetime(2024, 1, 1, 23, 30, tzinfo=UTC),
         "tsns": dt.datetime(2024, 7, 1, 12, 0, 0, 1, tzinfo=UTC),
-        "dur": dt.timedelta(hours=-30, microseconds=-5), "iv": pa.MonthDayNano([14, 3, 4_500_000_000]),
-        "tags": ["a", 'b"', None], "obj": {"a": 1, "b": "x\\y"}, "fixed": b"\x00\x01\xfe\xff", "cat": "red",
+        "dur": dt.timedelta(hours=-30, microseconds=-5),
+        "iv": pa.MonthDayNano([14, 3, 4_500_000_000]),
+        "tags": ["a", 'b"', None],
+        "obj": {"a": 1, "b": "x\\y"},
+        "fixed": b"\x00\x01\xfe\xff",
+        "cat": "red",
     }
     empty = {f.name: None for f in fields} | {"id": 2}
     d = _dest(mysql_url)
@@ -181,7 +231,7 @@ def test_types_round_trip(mysql_url: str) -> None:
     assert r["iv"] == "P14M3DT4.5S"
     assert r["tags"] == '["a","b\\"",null]' and r["obj"] == '{"a":1,"b":"x\\\\y"}'
     assert r["fixed"] == b"\x00\x01\xfe\xff" and r["cat"] == "red"
-    types = dict(_query(mysql_url, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 'typed' AND TABLE_SCHEMA = DATABASE()"))
+    types = _column_types(mysql_url, "typed")
     assert types["dec"] == "decimal(38,10)" and types["ts"] == "datetime(6)" and types["flag"] == "tinyint(1)"
     assert types["u64"] == "bigint(20) unsigned" and types["num"] == "longtext" and types["fixed"] == "binary(4)"
 
@@ -200,34 +250,58 @@ def test_same_dialect_declared_types(mysql_url: str) -> None:
     d = _dest(mysql_url)
     try:
         d.prepare(s)
-        d.write(s, changes(s, [
-            {"code": "abc", "amount": Decimal("12345678901234567890.12345678901234567890"), "mood": "sad", "bits": 21, "yes": False,
-             "at": dt.datetime(2030, 1, 1, 0, 0, 0, 123000, tzinfo=UTC)},
-        ], "insert"), last_offset=0)
+        d.write(
+            s,
+            changes(
+                s,
+                [
+                    {
+                        "code": "abc",
+                        "amount": Decimal("12345678901234567890.12345678901234567890"),
+                        "mood": "sad",
+                        "bits": 21,
+                        "yes": False,
+                        "at": dt.datetime(2030, 1, 1, 0, 0, 0, 123000, tzinfo=UTC),
+                    },
+                ],
+                "insert",
+            ),
+            last_offset=0,
+        )
         with pytest.raises(FatalError, match="truncated for column .code"):  # "abcd" is too long for char(3): refused
             d.write(s, changes(s, [{"code": "abcd"}], "insert"), last_offset=1)
         assert d.applied_offset(s) == 0
     finally:
         d.close()
-    types = _query(mysql_url, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 'declared' AND TABLE_SCHEMA = DATABASE() ORDER BY ORDINAL_POSITION")
-    assert [t for _, t in types] == ["char(3)", "decimal(40,20)", "enum('happy','sad')", "bit(5)", "tinyint(1)", "timestamp(3)"]
+    types = _column_types(mysql_url, "declared")
+    assert list(types.values()) == ["char(3)", "decimal(40,20)", "enum('happy','sad')", "bit(5)", "tinyint(1)", "timestamp(3)"]
     got = _query(mysql_url, "SELECT code, amount, mood, bits + 0, yes, CAST(at AS CHAR) FROM declared")
     assert got == [("abc", Decimal("12345678901234567890.12345678901234567890"), "sad", 21, 0, "2030-01-01 00:00:00.123")]
 
 
 def test_string_keys_are_exact_and_sized(mysql_url: str) -> None:
     """Key strings become VARCHAR(n) with a binary no-pad collation: 'a', 'A' and 'a ' are three keys."""
-    s = make_stream("k", [pa.field("k", pa.string(), metadata={SQL_TYPE_KEY: b"character varying(40)"}), pa.field("b", pa.binary()), pa.field("v", pa.int32())], key=("k", "b"))
+    s = make_stream(
+        "k",
+        [
+            pa.field("k", pa.string(), metadata={SQL_TYPE_KEY: b"character varying(40)"}),
+            pa.field("b", pa.binary()),
+            pa.field("v", pa.int32()),
+        ],
+        key=("k", "b"),
+    )
     d = _dest(mysql_url)
     try:
         d.prepare(s)
         keys = ["a", "A", "a ", "é", "e"]
         d.write(s, changes(s, [{"k": k, "b": b"\x00", "v": i} for i, k in enumerate(keys)], "insert"), last_offset=0)
-        d.write(s, changes(s, [{"k": "a ", "b": b"\x00", "v": 99}, {"k": "A", "b": b"\x00"}], ["update", "delete"]), last_offset=1)
+        d.write(
+            s, changes(s, [{"k": "a ", "b": b"\x00", "v": 99}, {"k": "A", "b": b"\x00"}], ["update", "delete"]), last_offset=1
+        )
     finally:
         d.close()
     assert sorted(_query(mysql_url, "SELECT k, v FROM k")) == sorted([("a", 0), ("a ", 99), ("é", 3), ("e", 4)])
-    types = dict(_query(mysql_url, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = 'k' AND TABLE_SCHEMA = DATABASE()"))
+    types = _column_types(mysql_url, "k")
     assert types == {"k": "varchar(40)", "b": "varbinary(255)", "v": "int(11)"}
 
 
@@ -366,15 +440,23 @@ def _chinook_tracks(path) -> tuple[list[pa.Field], list[dict]]:
     finally:
         con.close()
     fields = [
-        pa.field("TrackId", pa.int32()), pa.field("Name", pa.string(), metadata={SQL_TYPE_KEY: b"nvarchar(200)"}),
-        pa.field("Composer", pa.string()), pa.field("Milliseconds", pa.int32()), pa.field("UnitPrice", pa.decimal128(10, 2)),
-        pa.field("InvoiceDate", pa.timestamp("us")), pa.field("BillingState", pa.string()),
+        pa.field("TrackId", pa.int32()),
+        pa.field("Name", pa.string(), metadata={SQL_TYPE_KEY: b"nvarchar(200)"}),
+        pa.field("Composer", pa.string()),
+        pa.field("Milliseconds", pa.int32()),
+        pa.field("UnitPrice", pa.decimal128(10, 2)),
+        pa.field("InvoiceDate", pa.timestamp("us")),
+        pa.field("BillingState", pa.string()),
     ]
     out = [
         {
-            "TrackId": r[0], "Name": r[1], "Composer": r[2], "Milliseconds": r[3],
+            "TrackId": r[0],
+            "Name": r[1],
+            "Composer": r[2],
+            "Milliseconds": r[3],
             "UnitPrice": Decimal(str(r[4])).quantize(Decimal("0.01")),
-            "InvoiceDate": dt.datetime.fromisoformat(r[5]) if r[5] else None, "BillingState": r[6],
+            "InvoiceDate": dt.datetime.fromisoformat(r[5]) if r[5] else None,
+            "BillingState": r[6],
         }
         for r in rows
     ]

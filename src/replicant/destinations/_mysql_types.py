@@ -18,7 +18,7 @@ Two questions are answered here, without a round trip to the server:
    escapes off, so a ``\\`` in data stays a backslash (datasets README, trap 2); a quote
    inside a value is doubled, which ``ENCLOSED BY '"'`` undoes.
 
-The Arrow → text encoders (:func:`hex_text`, :func:`interval_text`, :func:`time_text`,
+The Arrow → text encoders (:func:`hex_text`, :func:`decimal_text`, :func:`interval_text`, :func:`time_text`,
 :func:`json_text`) are vectorised (Arrow kernels, numpy on buffers, DuckDB for JSON) and
 shared with the SQLite destination.
 """
@@ -43,6 +43,7 @@ __all__ = [
     "ddl_type",
     "encode",
     "hex_text",
+    "decimal_text",
     "interval_text",
     "time_text",
     "json_text",
@@ -234,8 +235,8 @@ def _encode_column(col: pa.ChunkedArray, declared: str) -> tuple[pa.ChunkedArray
         return col.cast(pa.int8()), None
     if pa.types.is_float16(t):
         return col.cast(pa.float32()), None
-    if pa.types.is_decimal(t) and t.scale < 0:
-        return col.cast(pa.string()), None
+    if pa.types.is_decimal(t) and _decimal_type(t) == "LONGTEXT":
+        return decimal_text(col), None
     if pa.types.is_string_view(t):
         return col.cast(pa.string()), None
     if pa.types.is_null(t):
@@ -291,6 +292,31 @@ def hex_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
         buffers = [arr.buffers()[0], pa.py_buffer(offsets.tobytes()), hexed]
         out.append(pa.Array.from_buffers(pa.large_string(), n, buffers, arr.null_count))
     return pa.chunked_array(out, pa.large_string())
+
+
+def decimal_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Plain decimal text of a decimal column, never scientific notation, scale kept.
+
+    Arrow's own cast writes ``1E-10`` for ``Decimal("0.0000000001")``; this writes
+    ``0.0000000001`` (and ``-1.50`` for ``-1.50``, ``12300`` for ``1.23E+4``). Nulls stay null.
+    """
+    t = col.type
+    scale = t.scale
+    unscaled_type = pa.decimal128(38, 0) if t.bit_width == 128 else pa.decimal256(76, 0)
+    chunks = []
+    for arr in col.chunks:
+        arr = _unsliced(arr)
+        chunks.append(pa.Array.from_buffers(unscaled_type, len(arr), arr.buffers(), arr.null_count))
+    text = pa.chunked_array(chunks, unscaled_type).cast(pa.string())  # the unscaled integer
+    if scale == 0:
+        return text
+    if scale < 0:
+        return pc.binary_join_element_wise(text, "0" * -scale, "")
+    negative = pc.starts_with(text, "-")
+    digits = pc.utf8_lpad(pc.utf8_ltrim(text, characters="-"), width=scale + 1, padding="0")
+    whole = pc.utf8_slice_codeunits(digits, 0, -scale)
+    fraction = pc.utf8_slice_codeunits(digits, -scale)
+    return pc.binary_join_element_wise(pc.if_else(negative, "-", ""), whole, ".", fraction, "")
 
 
 def _seconds_text(nanos: np.ndarray) -> pa.Array:

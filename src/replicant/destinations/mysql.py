@@ -258,6 +258,9 @@ class MySQLDestination(Destination):
             self._conn.commit()
         except (pymysql.MySQLError, ReplicantError) as e:
             raise self._fail(e, what) from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
 
     # ------------------------------------------------------------------ names and catalog
 
@@ -358,6 +361,9 @@ class MySQLDestination(Destination):
             self._conn.commit()
         except (pymysql.MySQLError, ReplicantError) as e:
             raise self._fail(e, what) from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
         known = self._targets.get(stream.name)
         self._targets[stream.name] = _Target(table, columns, fresh=empty if known is None else known.fresh and empty)
 
@@ -394,6 +400,9 @@ class MySQLDestination(Destination):
             self._conn.commit()
         except (pymysql.MySQLError, ReplicantError, pa.ArrowException, OSError) as e:
             raise self._fail(e, what) from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
 
     def begin_replace(self, stream: Stream) -> None:
         self._check_stream(stream)
@@ -432,6 +441,9 @@ class MySQLDestination(Destination):
             self._conn.commit()
         except (pymysql.MySQLError, ReplicantError) as e:
             raise self._fail(e, what) from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
         del self._pending[stream.name]
         self._targets[stream.name] = _Target(table, columns, fresh=False)
 

@@ -1,0 +1,361 @@
+"""SQLite destination against real files (the ``sqlite_path`` fixture).
+
+Tables are read back through second connections of the *same* SQLite library the
+destination uses (ADBC's): a second library in one process does not share POSIX locks with
+the first (see the module docstring of ``replicant.destinations.sqlite``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import adbc_driver_sqlite.dbapi as adbc
+import pyarrow as pa
+import pytest
+
+from replicant.config import DestinationConfig
+from replicant.destinations.sqlite import SQLiteDestination, _run
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
+
+from . import conformance as cf
+from .conformance import changes, make_stream
+from .test_mysql import TRICKY_STRINGS, _chinook_tracks
+
+UTC = dt.timezone.utc
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _reader(path: Path):
+    return adbc.connect(str(path), autocommit=True)
+
+
+def _query(path: Path, sql: str, args: tuple | None = None) -> list[tuple]:
+    con = _reader(path)
+    try:
+        with con.cursor() as cur:
+            if sql.lstrip().upper().startswith(("SELECT", "PRAGMA")):
+                cur.execute(sql, args)
+                return cur.fetchall()
+            _run(cur, sql, args)
+            return []
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def harness(sqlite_path: Path) -> cf.Harness:
+    def make(write: str, schema: str | None = None) -> SQLiteDestination:
+        return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(sqlite_path), write=write), pipeline="p")
+
+    def rows(table: str, schema: str | None = None) -> list[tuple] | None:
+        if not _query(sqlite_path, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)):
+            return None
+        return sorted(_query(sqlite_path, f"SELECT * FROM {_q(table)}"), key=repr)
+
+    def columns(table: str, schema: str | None = None) -> list[str]:
+        return [r[0] for r in _query(sqlite_path, "SELECT name FROM pragma_table_info(?)", (table,))]
+
+    return cf.Harness(make=make, rows=rows, columns=columns)
+
+
+def _dest(path: Path, write: str = "merge") -> SQLiteDestination:
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), pipeline="p")
+    d.open()
+    return d
+
+
+# ------------------------------------------------------------------ conformance
+
+
+@pytest.mark.parametrize("check", cf.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_conformance(harness: cf.Harness, check) -> None:
+    check(harness)
+
+
+@pytest.mark.parametrize("write", ["merge", "append"])
+def test_offset_committed_with_rows(harness: cf.Harness, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
+    cf.check_offset_atomic(harness, monkeypatch, write=write)
+
+
+def test_hostile_identifiers(harness: cf.Harness) -> None:
+    cf.check_hostile_identifiers(harness, schema=None)
+
+
+def test_wal_mode(sqlite_path: Path) -> None:
+    _dest(sqlite_path).close()
+    assert _query(sqlite_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+# ------------------------------------------------------------------ values
+
+
+def test_strings_nulls_and_bytes_round_trip(sqlite_path: Path) -> None:
+    s = make_stream("vals", [pa.field("id", pa.int64()), pa.field("s", pa.string()), pa.field("b", pa.binary())])
+    rows = [{"id": i, "s": v, "b": v.encode() if v is not None else None} for i, v in enumerate(TRICKY_STRINGS)]
+    rows.append({"id": 100, "s": "nul \x00 inside", "b": bytes(range(256))})
+    d = _dest(sqlite_path, "append")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows, "insert"), last_offset=0)
+    finally:
+        d.close()
+    assert _query(sqlite_path, "SELECT id, s, b FROM vals ORDER BY id") == [(r["id"], r["s"], r["b"]) for r in rows]
+
+
+def test_types_round_trip(sqlite_path: Path) -> None:
+    fields = [
+        pa.field("id", pa.int64()),
+        pa.field("u32", pa.uint32()),
+        pa.field("i64", pa.int64()),
+        pa.field("f64", pa.float64()),
+        pa.field("dec", pa.decimal128(38, 10)),
+        pa.field("money", pa.decimal128(10, 2)),
+        pa.field("big", pa.decimal256(70, 5)),
+        pa.field("num", pa.string(), metadata={SQL_TYPE_KEY: b"numeric"}),
+        pa.field("flag", pa.bool_()),
+        pa.field("d", pa.date32()),
+        pa.field("t", pa.time64("us")),
+        pa.field("ts", pa.timestamp("us")),
+        pa.field("tstz", pa.timestamp("us", tz="Europe/Paris")),
+        pa.field("dur", pa.duration("us")),
+        pa.field("iv", pa.month_day_nano_interval()),
+        pa.field("tags", pa.list_(pa.int32())),
+        pa.field("fixed", pa.binary(2)),
+        pa.field("cat", pa.dictionary(pa.int8(), pa.string())),
+    ]
+    s = make_stream("typed", fields, metadata={DIALECT_KEY: b"postgresql"})
+    row = {
+        "id": 1,
+        "u32": 2**32 - 1,
+        "i64": -(2**63),
+        "f64": 0.1 + 0.2,
+        "dec": Decimal("0.0000000001"),
+        "money": Decimal("1.10"),
+        "big": Decimal("-" + "9" * 65 + ".00001"),
+        "num": "3.14159265358979323846264338327950288419716939937510",
+        "flag": False,
+        "d": dt.date(2024, 2, 29),
+        "t": dt.time(1, 2, 3, 4),
+        "ts": dt.datetime(2024, 2, 29, 12, 0, 0, 123456),
+        "tstz": dt.datetime(2024, 7, 1, 12, 0, tzinfo=UTC),
+        "dur": dt.timedelta(hours=-1, microseconds=-5),
+        "iv": pa.MonthDayNano([1, -2, 3_000_000_000]),
+        "tags": [1, None],
+        "fixed": b"\xff\x00",
+        "cat": "blue",
+    }
+    d = _dest(sqlite_path)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [row, {"id": 2}], "read"), last_offset=0)
+    finally:
+        d.close()
+    got = _query(sqlite_path, "SELECT * FROM typed ORDER BY id")
+    assert got[1] == (2,) + (None,) * (len(fields) - 1)
+    r = dict(zip([f.name for f in fields], got[0]))
+    assert r["u32"] == 2**32 - 1 and r["i64"] == -(2**63) and r["f64"] == 0.1 + 0.2
+    assert r["dec"] == "0.0000000001" and r["money"] == "1.10" and Decimal(r["big"]) == row["big"]  # exact text
+    assert r["num"] == row["num"]
+    assert r["flag"] == 0 and r["d"] == "2024-02-29" and r["t"] == "01:02:03.000004"
+    assert r["ts"] == "2024-02-29 12:00:00.123456" and r["tstz"] == "2024-07-01 12:00:00.000000Z"
+    assert r["dur"] == "-1:00:00.000005" and r["iv"] == "P1M-2DT3S"
+    assert json.loads(r["tags"]) == [1, None] and r["fixed"] == b"\xff\x00" and r["cat"] == "blue"
+    types = {
+        n: (t, a)
+        for n, t, a in _query(
+            sqlite_path, "SELECT name, type, (SELECT typeof(money) FROM typed WHERE id = 1) FROM pragma_table_info('typed')"
+        )
+    }
+    assert types["money"] == ("DECIMAL_TEXT(10,2)", "text") and types["num"][0] == "DECIMAL_TEXT"
+    assert types["ts"][0] == "DATETIME" and types["flag"][0] == "BOOLEAN" and types["id"][0] == "INTEGER"
+    # SQLite's date functions read the stored text
+    assert _query(sqlite_path, "SELECT datetime(tstz), date(d, '+1 day') FROM typed WHERE id = 1") == [
+        ("2024-07-01 12:00:00", "2024-03-01")
+    ]
+
+
+def test_uint64_overflow_fails_whole_write(sqlite_path: Path) -> None:
+    s = make_stream("u", [pa.field("id", pa.int64()), pa.field("x", pa.uint64())])
+    d = _dest(sqlite_path)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "x": 2**63 - 1}], "insert"), last_offset=0)
+        with pytest.raises(FatalError, match="stream 'u'"):
+            d.write(s, changes(s, [{"id": 2, "x": 1}, {"id": 3, "x": 2**63}], "insert"), last_offset=1)
+        assert d.applied_offset(s) == 0
+    finally:
+        d.close()
+    assert _query(sqlite_path, "SELECT id, x FROM u") == [(1, 2**63 - 1)]
+
+
+def test_same_dialect_declared_types(sqlite_path: Path) -> None:
+    fields = [
+        pa.field("id", pa.int64(), metadata={SQL_TYPE_KEY: b"INTEGER"}),
+        pa.field("price", pa.decimal128(10, 2), metadata={SQL_TYPE_KEY: b"NUMERIC(10,2)"}),
+        pa.field("name", pa.string(), metadata={SQL_TYPE_KEY: b"NVARCHAR(200)"}),
+    ]
+    s = make_stream("Track", fields, metadata={DIALECT_KEY: b"sqlite"})
+    d = _dest(sqlite_path)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "price": Decimal("0.99"), "name": "x"}], "insert"), last_offset=0)
+    finally:
+        d.close()
+    assert [r[0] for r in _query(sqlite_path, "SELECT type FROM pragma_table_info('Track')")] == [
+        "INTEGER",
+        "NUMERIC(10,2)",
+        "NVARCHAR(200)",
+    ]
+    assert _query(sqlite_path, "SELECT price, typeof(price) FROM Track") == [
+        (0.99, "real")
+    ]  # as a Chinook SQLite source stores it
+
+
+# ------------------------------------------------------------------ paths and errors
+
+
+def test_fast_path_only_for_a_fresh_table(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = make_stream("items", cf.ITEMS)
+    merged: list[int] = []
+    original = SQLiteDestination._merge
+
+    def spy(self, cur, target, data, keys):
+        merged.append(data.num_rows)
+        return original(self, cur, target, data, keys)
+
+    monkeypatch.setattr(SQLiteDestination, "_merge", spy)
+    d = _dest(sqlite_path)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": i, "name": "r", "qty": i} for i in range(3)], "read"), last_offset=0)
+        assert merged == []
+        d.write(s, changes(s, [{"id": 0, "name": "u", "qty": 0}], "update"), last_offset=1)
+        d.write(s, changes(s, [{"id": 5, "name": "r", "qty": 5}], "read"), last_offset=2)
+        assert merged == [1, 1]
+    finally:
+        d.close()
+    d = _dest(sqlite_path)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "name": "again", "qty": 1}], "read"), last_offset=3)
+        assert merged == [1, 1, 1]
+    finally:
+        d.close()
+    assert _query(sqlite_path, "SELECT id, name FROM items ORDER BY id") == [(0, "u"), (1, "again"), (2, "r"), (5, "r")]
+
+
+def test_replace_old_table_readable_from_another_connection(sqlite_path: Path) -> None:
+    s = make_stream("items", cf.ITEMS)
+    d = _dest(sqlite_path, "replace")
+    try:
+        d.prepare(s)
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 1, "name": "v1", "qty": 1}], "read"), last_offset=0)
+        d.commit_replace(s, last_offset=1)
+        reader = _reader(sqlite_path)
+        cur = reader.cursor()
+
+        def visible() -> list[tuple]:
+            cur.execute("SELECT id, name FROM items")
+            return cur.fetchall()
+
+        try:
+            d.begin_replace(s)
+            d.write(s, changes(s, [{"id": 2, "name": "v2", "qty": 2}], "read"), last_offset=2)
+            assert visible() == [(1, "v1")]  # during the replace, the visible table is the old one
+            _run(cur, "BEGIN")  # a read transaction open across the swap keeps its snapshot
+            assert visible() == [(1, "v1")]
+            d.commit_replace(s, last_offset=3)
+            assert visible() == [(1, "v1")]
+            _run(cur, "COMMIT")
+            assert visible() == [(2, "v2")]
+        finally:
+            cur.close()
+            reader.close()
+        assert d.applied_offset(s) == 3
+    finally:
+        d.close()
+
+
+def test_replace_keeps_views_on_the_table(sqlite_path: Path) -> None:
+    s = make_stream("items", cf.ITEMS)
+    d = _dest(sqlite_path, "replace")
+    try:
+        d.prepare(s)
+        _query(sqlite_path, "CREATE VIEW big AS SELECT id FROM items WHERE qty > 1")
+        d.begin_replace(s)
+        d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}, {"id": 2, "name": "b", "qty": 2}], "read"), last_offset=0)
+        d.commit_replace(s, last_offset=1)
+    finally:
+        d.close()
+    assert _query(sqlite_path, "SELECT id FROM big") == [(2,)]
+
+
+def test_locked_database_is_retriable(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("replicant.destinations.sqlite._BUSY_MS", 200)
+    s = make_stream("items", cf.ITEMS)
+    d = _dest(sqlite_path, "append")
+    locker = _reader(sqlite_path)
+    lock = locker.cursor()
+    try:
+        d.prepare(s)
+        _run(lock, "BEGIN IMMEDIATE")  # another writer holds the write lock
+        with pytest.raises(RetriableError, match="locked"):
+            d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+        _run(lock, "ROLLBACK")
+        d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+        assert d.applied_offset(s) == 0
+    finally:
+        d.close()
+        lock.close()
+        locker.close()
+
+
+def test_missing_folder_is_a_connection_error(tmp_path: Path) -> None:
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(tmp_path / "nope" / "x.db")), pipeline="p")
+    with pytest.raises(ConnectionError, match="nope"):
+        d.open()
+
+
+def test_url_and_schema_config(tmp_path: Path) -> None:
+    target = tmp_path / "via url.db"
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", url=f"sqlite:///{target}"), pipeline="p")
+    d.open()
+    d.close()
+    assert target.exists()
+    bad = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(target), schema="other"), pipeline="p")
+    with pytest.raises(ConfigError):
+        bad.open()
+
+
+# ------------------------------------------------------------------ Chinook-like data
+
+
+def test_chinook_like_mixed_types(sqlite_path: Path, chinook_sqlite_path: Path) -> None:
+    fields, rows = _chinook_tracks(chinook_sqlite_path)
+    s = make_stream("Track", fields, key=("TrackId",))
+    d = _dest(sqlite_path)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows[:2000], "read"), last_offset=0)
+        d.write(s, changes(s, rows[1500:], "update"), last_offset=1)
+    finally:
+        d.close()
+    got = _query(sqlite_path, "SELECT * FROM Track ORDER BY TrackId")
+
+    def back(r: dict[str, Any]) -> tuple:
+        date = r["InvoiceDate"].isoformat(" ", "microseconds") if r["InvoiceDate"] else None
+        return (r["TrackId"], r["Name"], r["Composer"], r["Milliseconds"], str(r["UnitPrice"]), date, r["BillingState"])
+
+    assert got == [back(r) for r in rows]
+    total = _query(sqlite_path, "SELECT group_concat(UnitPrice, '|') FROM Track")[0][0]
+    assert sum(Decimal(x) for x in total.split("|")) == sum(r["UnitPrice"] for r in rows)  # exact, unlike REAL storage
+    assert _query(sqlite_path, "SELECT Name FROM Track WHERE TrackId = 3448")[0][0].count("\\") == 1
