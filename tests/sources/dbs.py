@@ -70,6 +70,31 @@ class Db:
             finally:
                 conn.close()
 
+    def insert(self, table: str, columns: list[str], rows: list[tuple]) -> None:
+        """Inserts ``rows`` with the driver's parameters (values never in the SQL text)."""
+        cols = ", ".join(self.q(c) for c in columns)
+        mark = "?" if self.kind == "sqlite" else "%s"
+        sql = f"INSERT INTO {self.q(table)} ({cols}) VALUES ({', '.join([mark] * len(columns))})"
+        if self.kind == "postgres":
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.cursor().executemany(sql, rows)
+        elif self.kind == "mysql":
+            p = urlsplit(self.url)
+            conn = pymysql.connect(host=p.hostname, port=p.port, user=p.username, password=p.password or "",
+                                   database=p.path.lstrip("/"), charset="utf8mb4", autocommit=True)
+            try:
+                with conn.cursor() as cur:
+                    cur.executemany(sql, rows)
+            finally:
+                conn.close()
+        else:
+            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"))
+            try:
+                conn.executemany(sql, rows)
+                conn.commit()
+            finally:
+                conn.close()
+
     def scalar(self, sql: str) -> Any:
         if self.kind == "postgres":
             with psycopg.connect(self.url) as conn:

@@ -305,7 +305,10 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
             try:
                 arr = _cast(arr, field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-                raise ValueError(f"column {field.name!r}: cannot read {arr.type} as {field.type}: {e}") from None
+                raise ValueError(
+                    f"column {field.name!r}: cannot read {arr.type} as {field.type}: {e}; "
+                    "exclude the column or fix the value"
+                ) from None
         arrays.append(arr)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

@@ -1,0 +1,154 @@
+"""PostgreSQL source specifics: every type read into Arrow exactly, partitions and views
+under ``streams: all``, keys of every keyable type, a value that does not fit its type."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from replicant.errors import FatalError
+from replicant.model import SQL_TYPE_KEY
+
+from .dbs import Db, data_of, read_all
+
+DDL = """
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TABLE alltypes (
+  id bigint PRIMARY KEY,
+  i2 smallint, i4 integer, i8 bigint, dom posint,
+  n_big numeric(40,20), n_free numeric, n_small numeric(12,2), n_huge numeric(60,5),
+  f4 real, f8 double precision,
+  t text, vc varchar(20), ch char(5),
+  b boolean, d date, tm time, tmtz timetz, ts timestamp, tstz timestamptz, iv interval,
+  u uuid, j json, jb jsonb, by bytea,
+  ai integer[], at text[], an numeric(6,2)[], m mood, ma mood[], money1 money, inet1 inet
+);
+"""
+ROW1 = (
+    "(1, -32768, -2147483648, -9223372036854775808, 7, 12345678901234567890.12345678901234567890, "
+    "-123456789012345678901234567890.123456789012345, 1234567890.12, 1234567890123456789012345678901234567890.12345, "
+    "1.5, 3.141592653589793, 'text ü 😀', 'varchar', 'ab', true, '2024-02-29', '23:59:59.999999', '12:34:56.5+05:30', "
+    "'2024-01-01 12:34:56.789012', '2024-06-01 00:00:00.000001+02', '1 year 2 mons 3 days 04:05:06.789', "
+    "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2]}', '{\"b\": {\"c\": null}}', '\\x00ff10', "
+    "'{1,NULL,3}', '{\"x\",NULL,\"y z\"}', '{1.50,NULL}', 'happy', '{sad,happy}', 12.34, '192.168.0.1/24')"
+)
+NULLS = "(2" + ", NULL" * 31 + ")"
+
+
+def test_every_type_is_read_into_arrow_exactly(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(DDL)
+        c.execute(f"INSERT INTO alltypes VALUES {ROW1}, {NULLS}")
+    db = Db("postgres", pg_url)
+    src, (s,) = db.streams(["alltypes"])
+    with src:
+        expected_types = {
+            "id": pa.int64(), "i2": pa.int16(), "i4": pa.int32(), "i8": pa.int64(), "dom": pa.int32(),
+            "n_big": pa.decimal256(40, 20), "n_free": pa.string(), "n_small": pa.decimal128(12, 2),
+            "n_huge": pa.decimal256(60, 5), "f4": pa.float32(), "f8": pa.float64(),
+            "t": pa.string(), "vc": pa.string(), "ch": pa.string(), "b": pa.bool_(), "d": pa.date32(),
+            "tm": pa.time64("us"), "tmtz": pa.string(), "ts": pa.timestamp("us"), "tstz": pa.timestamp("us", tz="UTC"),
+            "iv": pa.month_day_nano_interval(), "u": pa.string(), "j": pa.string(), "jb": pa.string(),
+            "by": pa.binary(), "ai": pa.list_(pa.int32()), "at": pa.list_(pa.string()),
+            "an": pa.list_(pa.decimal128(6, 2)), "m": pa.string(), "ma": pa.list_(pa.string()),
+            "money1": pa.string(), "inet1": pa.string(),
+        }
+        assert {f.name: f.type for f in s.schema} == expected_types
+        sql_types = {f.name: f.metadata[SQL_TYPE_KEY].decode() for f in s.schema}
+        assert sql_types["n_big"] == "numeric(40,20)" and sql_types["vc"] == "character varying(20)"
+        assert sql_types["ch"] == "character(5)" and sql_types["ai"] == "integer[]" and sql_types["m"] == "mood"
+        assert sql_types["tstz"] == "timestamp with time zone" and sql_types["dom"] == "integer"
+        batches = read_all(src, s)
+    rows = data_of(batches).to_pylist()
+    assert rows[1] == {"id": 2, **{k: None for k in expected_types if k != "id"}}
+    r = rows[0]
+    assert r["n_big"] == Decimal("12345678901234567890.12345678901234567890")
+    assert r["n_free"] == "-123456789012345678901234567890.123456789012345"
+    assert r["n_huge"] == Decimal("1234567890123456789012345678901234567890.12345")
+    assert r["n_small"] == Decimal("1234567890.12")
+    assert (r["i2"], r["i4"], r["i8"], r["dom"]) == (-32768, -2147483648, -9223372036854775808, 7)
+    assert r["f4"] == 1.5 and r["f8"] == 3.141592653589793
+    assert (r["t"], r["vc"], r["ch"]) == ("text ü 😀", "varchar", "ab   ")
+    assert r["b"] is True and r["d"] == date(2024, 2, 29) and r["tm"] == time(23, 59, 59, 999999)
+    assert r["tmtz"] == "12:34:56.5+05:30"
+    assert r["ts"] == datetime(2024, 1, 1, 12, 34, 56, 789012)
+    assert r["tstz"] == datetime(2024, 5, 31, 22, 0, 0, 1, tzinfo=timezone.utc)
+    assert r["iv"] == pa.MonthDayNano([14, 3, ((4 * 60 + 5) * 60 + 6) * 10**9 + 789 * 10**6])
+    assert r["u"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert r["j"] == '{"a": [1, 2]}' and r["jb"] == '{"b": {"c": null}}'
+    assert r["by"] == b"\x00\xff\x10"
+    assert r["ai"] == [1, None, 3] and r["at"] == ["x", None, "y z"] and r["an"] == [Decimal("1.50"), None]
+    assert r["m"] == "happy" and r["ma"] == ["sad", "happy"]
+    assert r["money1"] == "12.34" and r["inet1"] == "192.168.0.1/24"
+
+
+def test_all_reads_a_partitioned_table_once_and_skips_views_and_own_tables(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("""
+            CREATE TABLE payment (id int, paid date, amount numeric(5,2), PRIMARY KEY (paid, id)) PARTITION BY RANGE (paid);
+            CREATE TABLE payment_p1 PARTITION OF payment FOR VALUES FROM ('2022-01-01') TO ('2022-02-01');
+            CREATE TABLE payment_p2 PARTITION OF payment FOR VALUES FROM ('2022-02-01') TO ('2022-03-01');
+            INSERT INTO payment SELECT g, date '2022-01-01' + g % 50, g FROM generate_series(1, 100) g;
+            CREATE VIEW big_payments AS SELECT * FROM payment WHERE amount > 50;
+            CREATE TABLE _replicant_shadow (id int PRIMARY KEY);
+            CREATE SCHEMA sales;
+            CREATE TABLE sales.orders (id int PRIMARY KEY);
+        """)
+    db = Db("postgres", pg_url)
+    src, streams = db.streams("all", chunk_size=30, batch_size=7)
+    with src:
+        assert sorted(s.name for s in streams) == ["payment", "sales.orders"]
+        payment = next(s for s in streams if s.name == "payment")
+        assert payment.primary_key == ("paid", "id") and payment.options["kind"] == "partitioned"
+        got = data_of(read_all(src, payment))
+    assert got.num_rows == 100 and len(set(got.column("id").to_pylist())) == 100
+    # listed explicitly, a view and a partition are readable too (the view without a key)
+    src, (view, part) = db.streams(["big_payments", "payment_p2"])
+    with src:
+        assert view.options["kind"] == "view" and part.options["kind"] == "partition"
+        assert data_of(read_all(src, view)).num_rows == 50
+        assert 0 < data_of(read_all(src, part)).num_rows < 100
+
+
+@pytest.mark.parametrize(
+    ("ddl", "values"),
+    [
+        ("uuid", ["00000000-0000-0000-0000-000000000001", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "ffffffff-0000-0000-0000-000000000000"]),
+        ("numeric(20,5)", ["-1.5", "0.00001", "123456789012345.12345"]),
+        ("timestamptz", ["2024-01-01 00:00:00+00", "2024-01-01 00:00:00.000001+00", "2024-03-01 12:00:00+05"]),
+        ("bytea", ["\\x00", "\\x0001", "\\xff"]),
+        ("mood", ["happy", "sad", "ok"]),
+        ("char(3)", ["a", "a b", "b"]),
+        ("date", ["1999-12-31", "2000-01-01", "0001-01-01"]),
+    ],
+)
+def test_keys_of_every_keyable_type_page_correctly(pg_url: str, ddl: str, values: list[str]) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+        c.execute(f"CREATE TABLE k (a {ddl} NOT NULL, b int NOT NULL, PRIMARY KEY (a, b))")
+        c.cursor().executemany("INSERT INTO k VALUES (%s, %s)", [(v, i) for v in values for i in range(3)])
+        order = c.execute("SELECT a::text, b FROM k ORDER BY a, b").fetchall()
+    db = Db("postgres", pg_url)
+    src, (s,) = db.streams(["k"], batch_size=2, chunk_size=3)
+    with src:
+        batches = read_all(src, s)
+        full = data_of(batches)
+        assert full.num_rows == 9 and [b.data.num_rows for b in batches] == [2, 1] * 3 + [0]
+        for cut in range(1, len(batches)):
+            rest = read_all(src, s, batches[cut - 1].position)
+            assert pa.concat_tables([data_of(batches[:cut]), data_of(rest)]).equals(full), cut
+    assert full.column("b").to_pylist() == [b for _, b in order]
+
+
+def test_a_value_that_does_not_fit_its_type_stops_the_stream_naming_the_column(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE n (id int PRIMARY KEY, price numeric(6,2)); INSERT INTO n VALUES (1, 'NaN')")
+    src, (s,) = Db("postgres", pg_url).streams(["n"])
+    with src, pytest.raises(FatalError) as e:
+        read_all(src, s)
+    assert "'price'" in str(e.value) and "nan" in str(e.value).lower() and "exclude the column" in str(e.value)
