@@ -335,6 +335,56 @@ def test_same_dialect_round_trip_is_exact(source_url: str, pg_url: str, enum_at_
     assert dst_types == src_types
 
 
+def test_round_trip_direct_copy_without_staging(source_url: str, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the one column that needs an SQL cast (unconstrained numeric as text), every
+    type goes straight in by binary COPY — uuid and jsonb text included — and stays exact."""
+    stream, table = read_pg_table(source_url, "alltypes")
+    keep = [f for f in stream.schema if f.name != "nfree"]
+    stream = Stream(name=stream.name, table=stream.table, schema=pa.schema(keep, metadata=stream.schema.metadata), primary_key=stream.primary_key)
+    table = table.drop_columns(["nfree"])
+    columns = [f.name for f in keep]
+    for write in ("append", "merge"):
+        d = _dest(pg_url, write, schema=write)
+        d.open()
+        try:
+            d.prepare(stream)
+            monkeypatch.setattr(d, "_stage", lambda wire: pytest.fail(f"staged: {wire.schema}"))
+            d.write(stream, table, last_offset=0)
+        finally:
+            d.close()
+        with psycopg.connect(pg_url, autocommit=True, options="-c TimeZone=UTC") as c:
+            got = c.execute(
+                f"SELECT id, ARRAY[{', '.join(f'{_pg_sql.quote(x)}::text' for x in columns)}]::text[] FROM {write}.alltypes ORDER BY id"
+            ).fetchall()
+        assert got == _text_rows(source_url, "alltypes", columns)
+
+
+def test_uuid_and_jsonb_text_direct_or_staged(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, u uuid, jb jsonb)")
+    s = cf.make_stream("t", [pa.field("id", pa.int32()), pa.field("u", pa.large_string()), pa.field("jb", pa.string())])
+    d = _dest(pg_url, "merge")
+    d.open()
+    staged = []
+    real_stage = d._stage
+    monkeypatch.setattr(d, "_stage", lambda wire: staged.append(wire.schema) or real_stage(wire))
+    try:
+        d.prepare(s)
+        canonical = [{"id": 1, "u": "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "jb": '{"b": [1, 2], "a": "\u00e9"}'}, {"id": 2, "u": None, "jb": None}]
+        d.write(s, cf.changes(s, canonical, "read"), last_offset=0)
+        assert staged == []  # direct COPY: uuid bytes and jsonb version-1 binary built in Arrow
+        braces = [{"id": 3, "u": "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12}", "jb": "[]"}]
+        d.write(s, cf.changes(s, braces, "insert"), last_offset=1)
+        assert len(staged) == 1  # not canonical: staged, the server parses it
+    finally:
+        d.close()
+    assert _text_rows(pg_url, "t", ["u", "jb"]) == [
+        (1, ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", '{"a": "é", "b": [1, 2]}']),
+        (2, [None, None]),
+        (3, ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12", "[]"]),
+    ]
+
+
 def test_append_and_replace_round_trip_with_declared_types(source_url: str, pg_url: str) -> None:
     stream, table = read_pg_table(source_url, "alltypes")
     columns = [f.name for f in stream.schema]
@@ -449,3 +499,45 @@ def test_declared_type_is_validated_before_use(pg_url: str) -> None:
         d.close()
     assert _types(pg_url, "t")["v"] == "integer"
     assert _harness(pg_url).rows("victim") == []
+
+
+def test_upsert_skips_unchanged_rows_and_compares_json_as_text(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, j json, p point, n text)")
+    s = cf.make_stream("t", [pa.field("id", pa.int32()), pa.field("j", pa.string()), pa.field("p", pa.string()), pa.field("n", pa.string())])
+    d = _dest(pg_url, "merge")
+    d.open()
+    try:
+        d.prepare(s)
+        rows = [{"id": 1, "j": '{"a": 1}', "p": "(1,2)", "n": "x"}, {"id": 2, "j": "[]", "p": "(0,0)", "n": None}]
+        d.write(s, cf.changes(s, rows, "insert"), last_offset=0)
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            before = dict(c.execute("SELECT id, xmin::text FROM t").fetchall())
+        d.write(s, cf.changes(s, [rows[0], rows[1] | {"j": '{"a": 2}'}], "update"), last_offset=1)
+        d.write(s, cf.changes(s, [rows[0] | {"p": "(9,9)"}], "update"), last_offset=2)
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            after = dict(c.execute("SELECT id, xmin::text FROM t").fetchall())
+            assert c.execute("SELECT id, j::text, p::text, n FROM t ORDER BY id").fetchall() == [
+                (1, '{"a": 1}', "(9,9)", "x"), (2, '{"a": 2}', "(0,0)", None)
+            ]
+    finally:
+        d.close()
+    assert after[2] != before[2] and after[1] != before[1]
+
+
+def test_identical_redelivery_writes_no_new_row_versions(pg_url: str) -> None:
+    s = cf.make_stream("items", cf.ITEMS)
+    rows = [{"id": i, "name": f"n{i}", "qty": i} for i in range(100)]
+    d = _dest(pg_url, "merge")
+    d.open()
+    try:
+        d.prepare(s)
+        d.write(s, cf.changes(s, rows, "read"), last_offset=0)
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            before = c.execute("SELECT array_agg(xmin::text ORDER BY id) FROM items").fetchone()
+        d.write(s, cf.changes(s, rows, "update"), last_offset=1)
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            assert c.execute("SELECT array_agg(xmin::text ORDER BY id) FROM items").fetchone() == before
+        assert d.applied_offset(s) == 1
+    finally:
+        d.close()

@@ -139,16 +139,22 @@ def insert_select(
     *,
     where: str = "",
     conflict: Sequence[str] = (),
+    comparable: dict[str, bool] | None = None,
 ) -> str:
     """``INSERT INTO table (cols) SELECT exprs FROM pg_temp.stage s [WHERE …]``, with
     ``ON CONFLICT (conflict) DO UPDATE`` of every non-key column when ``conflict`` is given.
 
+    The update skips rows whose values are all unchanged (``IS DISTINCT FROM``): a
+    re-delivered snapshot row then costs an index probe, not a new row version and WAL.
+
     Args:
         exprs: column name → SQL expression over the stage alias ``s``.
+        comparable: column name → whether its type has an equality operator; columns
+            without one (``json``, ``xml``…) are compared as text.
     """
     cols = list(exprs)
     sql = (
-        f"INSERT INTO {qualified(schema, table)} ({', '.join(quote(c) for c in cols)}) "
+        f"INSERT INTO {qualified(schema, table)} AS t ({', '.join(quote(c) for c in cols)}) "
         f"SELECT {', '.join(exprs[c] for c in cols)} FROM pg_temp.{quote(stage)} AS s"
     )
     if where:
@@ -158,7 +164,10 @@ def insert_select(
         target = ", ".join(quote(k) for k in conflict)
         if rest:
             sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in rest)
-            sql += f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+            cast = {c: "" if (comparable or {}).get(c, False) else "::text" for c in rest}
+            old = ", ".join(f"t.{quote(c)}{cast[c]}" for c in rest)
+            new = ", ".join(f"EXCLUDED.{quote(c)}{cast[c]}" for c in rest)
+            sql += f" ON CONFLICT ({target}) DO UPDATE SET {sets} WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
         else:
             sql += f" ON CONFLICT ({target}) DO NOTHING"
     return sql

@@ -26,15 +26,32 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
-__all__ = ["PgColumn", "STAGE", "DIALECT", "declared_type", "ddl_type", "wire_type", "normalize", "needs_cast"]
+__all__ = ["PgColumn", "STAGE", "UUID_TEXT", "JSONB_TEXT", "cast_column", "DIALECT", "declared_type", "ddl_type", "wire_type", "normalize", "needs_cast", "has_equality"]
 
 DIALECT = "postgresql"
 STAGE = object()  #: sentinel of :func:`wire_type`: stage the column and cast it in SQL
+
+
+class _Encoding:
+    """A :func:`wire_type` result done by a vectorised function instead of an Arrow cast."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<wire encoding {self.name}>"
+
+
+#: canonical uuid text (``8-4-4-4-12`` hex) → ``arrow.uuid`` (the 16 bytes ``uuid_recv`` reads)
+UUID_TEXT = _Encoding("uuid from text")
+#: JSON text → ``\x01`` + text, the binary format ``jsonb_recv`` reads (version 1, then text)
+JSONB_TEXT = _Encoding("jsonb from text")
 
 _STRING_BASES = frozenset({"text", "varchar", "bpchar", "name", "json", "xml", "citext"})
 _INT_TYPES = {"int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64()}
@@ -268,7 +285,11 @@ def wire_type(t: pa.DataType, column: PgColumn) -> pa.DataType | object:
         return STAGE
     if base == "uuid":
         # as the arrow.uuid extension so that a staging table gets a uuid column too
-        return pa.uuid() if pa.types.is_fixed_size_binary(t) and t.byte_width == 16 else STAGE
+        if pa.types.is_fixed_size_binary(t) and t.byte_width == 16:
+            return pa.uuid()
+        return UUID_TEXT if _is_text(t) else STAGE
+    if base == "jsonb":
+        return JSONB_TEXT if _is_text(t) else STAGE
     if base == "date":
         return t if pa.types.is_date32(t) else STAGE
     if base in ("timestamp", "timestamptz"):
@@ -320,12 +341,32 @@ def needs_cast(t: pa.DataType, column: PgColumn) -> bool:
     return _is_text(t) and column.category != "S"
 
 
+_EQ_CATEGORIES = frozenset("NSBDTEV")  # numeric, string, bool, datetime, timespan, enum, bit
+_EQ_BASES = frozenset({"uuid", "jsonb", "bytea", "inet", "cidr", "macaddr", "macaddr8", "pg_lsn", "tsvector", "oid"})
+
+
+def has_equality(column: PgColumn) -> bool:
+    """Whether ``IS DISTINCT FROM`` works on the column's type as it is (``json``, ``xml``
+    and geometric types have no equality operator; they are compared as text)."""
+    if column.category == "A":
+        return column.element_category in _EQ_CATEGORIES or column.element in _EQ_BASES
+    return column.category in _EQ_CATEGORIES or column.base in _EQ_BASES
+
+
 def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def cast_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray | None:
-    """``col`` cast to ``target`` (safe cast), or ``None`` when a value does not fit."""
+def cast_column(col: pa.ChunkedArray, target: pa.DataType | _Encoding) -> pa.ChunkedArray | None:
+    """``col`` cast to ``target`` (safe cast) or encoded by it, or ``None`` when a value does
+    not fit (the caller then stages the column and lets the server convert it)."""
+    if target is UUID_TEXT:
+        return _uuid_from_text(col)
+    if target is JSONB_TEXT:
+        text_type = pa.string() if pa.types.is_string_view(col.type) else col.type
+        return pc.binary_join_element_wise(
+            pa.scalar("\x01", text_type), col.cast(text_type), pa.scalar("", text_type)
+        )
     if col.type == target:
         return col
     if isinstance(target, pa.ExtensionType) and col.type == target.storage_type:
@@ -334,3 +375,38 @@ def cast_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray | 
         return pc.cast(col, target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+
+
+_HEX_COLUMNS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+_HEX_VALUE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_HEX_VALUE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_HEX_VALUE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _uuid_from_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """Canonical uuid strings → ``arrow.uuid`` (numpy over the string buffer, no per-row Python);
+    ``None`` if any value is not ``xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` hex."""
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if pa.types.is_string_view(arr.type):
+        arr = arr.cast(pa.large_string())
+    n = len(arr)
+    if n == 0:
+        return pa.chunked_array([], type=pa.uuid())
+    filled = pc.fill_null(arr, "00000000-0000-0000-0000-000000000000") if arr.null_count else arr
+    lengths = pc.min_max(pc.binary_length(filled)).as_py()
+    if lengths["min"] != 36 or lengths["max"] != 36:
+        return None
+    offsets = np.frombuffer(filled.buffers()[1], np.int64 if pa.types.is_large_string(filled.type) else np.int32)
+    start = int(offsets[filled.offset])
+    chars = np.frombuffer(filled.buffers()[2], np.uint8)[start : start + 36 * n].reshape(n, 36)
+    if (chars[:, [8, 13, 18, 23]] != ord("-")).any():
+        return None
+    nibbles = _HEX_VALUE[chars[:, _HEX_COLUMNS]]
+    if (nibbles > 15).any():
+        return None
+    raw = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    out = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw.tobytes())])
+    if arr.null_count:
+        out = pc.if_else(arr.is_valid(), out, pa.nulls(n, pa.binary(16)))
+    return pa.chunked_array([pa.ExtensionArray.from_storage(pa.uuid(), out)])

@@ -41,7 +41,18 @@ from replicant.config import normalize_url
 from replicant.destinations import _pg_sql as sql
 from replicant.destinations._changes import all_reads, data_names, delete_mask, last_change_per_key, without_deletes
 from replicant.destinations._pg_errors import describe_url, is_connection_lost, message_of, sqlstate_of, translate
-from replicant.destinations._pg_types import STAGE, PgColumn, cast_column, ddl_type, declared_type, needs_cast, normalize, wire_type
+from replicant.destinations._pg_types import (
+    JSONB_TEXT,
+    STAGE,
+    PgColumn,
+    cast_column,
+    ddl_type,
+    declared_type,
+    has_equality,
+    needs_cast,
+    normalize,
+    wire_type,
+)
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError
 from replicant.model import Stream
@@ -340,7 +351,10 @@ class PostgresDestination(Destination):
             if n_deletes:
                 self._exec(sql.delete_using(self.schema, table.name, _STAGE, keys, where=flag))
             if n_deletes < data.num_rows:
-                self._exec(sql.insert_select(self.schema, table.name, _STAGE, exprs, where=f"NOT {flag}", conflict=table.key))
+                comparable = {c: has_equality(table.columns[sql.pg_name(c)]) for c in exprs}
+                self._exec(
+                    sql.insert_select(self.schema, table.name, _STAGE, exprs, where=f"NOT {flag}", conflict=table.key, comparable=comparable)
+                )
         else:
             self._exec(sql.delete_using(self.schema, table.name, _STAGE, keys))
             if n_deletes < data.num_rows:
@@ -351,18 +365,18 @@ class PostgresDestination(Destination):
         """The columns cast for a direct COPY into ``table`` where possible, and whether any
         column must be staged instead."""
         staged = False
-        columns = []
+        columns, wants = [], []
         for name, col in zip(rows.column_names, rows.columns):
             target = table.columns.get(sql.pg_name(name))
             if target is None:
                 raise FatalError(f"column {name!r} is not in table {self.schema}.{table.name}; the stream was not prepared")
             want = wire_type(col.type, target)
             cast = None if want is STAGE else cast_column(col, want)
-            if cast is None:
-                staged = True
-                columns.append(col)
-            else:
-                columns.append(cast)
+            staged = staged or cast is None
+            columns.append(col if cast is None else cast)
+            wants.append(want)
+        if staged:  # jsonb's binary form is only for a direct COPY; staged, it is cast from text
+            columns = [orig if want is JSONB_TEXT else col for orig, col, want in zip(rows.columns, columns, wants)]
         return pa.table(columns, names=rows.column_names), staged
 
     def _exprs(self, table: _Table, wire: pa.Table) -> dict[str, str]:
