@@ -7,9 +7,14 @@ Session fixtures (started lazily, only when a test asks for them):
 - ``mysql_server``: :class:`servers.MysqlServer` (``.host``, ``.port``,
   ``.user`` = "root", ``.url(dbname)``, ``.connect(dbname)``); ROW binlog.
 
-Set ``REPLICANT_TEST_PG_URL`` / ``REPLICANT_TEST_MYSQL_URL`` (e.g.
-``postgresql://postgres@127.0.0.1:5432/postgres``) to use an existing server
-instead; it must allow CREATE/DROP DATABASE.
+- ``nats_server``: :class:`servers.NatsServer` (``.host``, ``.port``, ``.url``
+  = "nats://127.0.0.1:PORT"), JetStream enabled. ``nats_url``: its URL. One
+  server is shared by the session: use ``unique_name`` for streams/subjects.
+
+Set ``REPLICANT_TEST_PG_URL`` / ``REPLICANT_TEST_MYSQL_URL`` /
+``REPLICANT_TEST_NATS_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``)
+to use an existing server instead; it must allow CREATE/DROP DATABASE, and the
+tests that need them expect ``wal_level=logical`` and a ROW binlog.
 
 Function fixtures, each unique to the test and dropped at teardown:
 
@@ -18,6 +23,7 @@ Function fixtures, each unique to the test and dropped at teardown:
 - ``chinook_pg_url`` / ``chinook_mysql_url`` / ``chinook_sqlite_path``: a fresh
   database (file) holding Chinook, copied from a template loaded once per session.
 - ``chinook_counts``: ``{lower_snake_table: rows}`` for Chinook's 11 tables.
+- ``unique_name``: a lower-case identifier unique to the test and run.
 """
 
 from __future__ import annotations
@@ -74,6 +80,29 @@ def mysql_server() -> Iterator[servers.MysqlServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[servers.NatsServer]:
+    """A NATS JetStream server for the whole session (throwaway unless overridden)."""
+    url = os.environ.get("REPLICANT_TEST_NATS_URL")
+    server = servers.existing_nats(url) if url else servers.start_nats()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: servers.NatsServer) -> str:
+    """URL of the session's NATS server (shared: name streams with ``unique_name``)."""
+    return nats_server.url
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A lower-case identifier (``[a-z0-9_]``, ≤ 48 chars) unique to this test and run."""
+    return unique_db_name(request, "n")
 
 
 # --------------------------------------------------------------------------- PostgreSQL

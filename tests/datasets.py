@@ -140,7 +140,7 @@ class MysqlTemplate:
                 cur.execute(f"CREATE DATABASE `{target}`")
                 cur.execute(f"USE `{target}`")
                 cur.execute("SET SESSION foreign_key_checks = 0")
-                for table, ddl in self.ddl.items():
+                for ddl in self.ddl.values():
                     cur.execute(ddl)
                 for table in self.ddl:
                     cur.execute(

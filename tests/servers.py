@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL and MariaDB servers for the test suite.
+"""Throwaway PostgreSQL, MariaDB and NATS servers for the test suite.
 
 Each ``start_*`` function creates a private data directory under the system
 temp dir, starts the server on a free TCP port bound to 127.0.0.1, polls a real
@@ -7,9 +7,13 @@ connection until it answers (or a deadline passes) and returns a handle whose
 the raised :class:`ServerStartError` carries the tail of the server log, and the
 directory is kept for inspection.
 
-``existing_postgres`` / ``existing_mysql`` wrap an already running server given
-by URL (env ``REPLICANT_TEST_PG_URL`` / ``REPLICANT_TEST_MYSQL_URL`` in
-conftest); their ``stop()`` does nothing.
+If the test process dies without its teardown, a watchdog process stops the
+server and removes its directory (server_procs.py).
+
+``existing_postgres`` / ``existing_mysql`` / ``existing_nats`` wrap an already
+running server given by URL (env ``REPLICANT_TEST_PG_URL`` /
+``REPLICANT_TEST_MYSQL_URL`` / ``REPLICANT_TEST_NATS_URL`` in conftest); their
+``stop()`` does nothing.
 
 Nothing here runs at import time.
 """
@@ -17,147 +21,57 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import glob
-import json
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
 
 import psycopg
 import pymysql
 
-#: Seconds allowed for a server to start answering connections.
-START_TIMEOUT = 90.0
-
-
-class ServerStartError(RuntimeError):
-    """A throwaway server did not start; the message holds the log tail."""
-
-
-#: Attempts when the chosen port was taken between picking and binding it.
-_PORT_ATTEMPTS = 3
-
-
-def _retry_port_races(start, timeout: float):
-    """Call ``start(timeout)``, retrying on a new port if the port was grabbed meanwhile.
-
-    A failed attempt's directory is removed on retry; the last one is kept.
-    """
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        try:
-            return start(timeout)
-        except ServerStartError as exc:
-            if attempt == _PORT_ATTEMPTS or "already in use" not in str(exc):
-                raise
-            base = getattr(exc, "base_dir", None)
-            if base is not None:
-                shutil.rmtree(base, ignore_errors=True)
-    raise AssertionError("unreachable")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def _as_user(user: str) -> list[str]:
-    """Command prefix to run a program as ``user`` when we are root."""
-    return ["runuser", "-u", user, "--"] if _is_root() else []
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"(no log at {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _run(cmd: list[str], *, cwd: Path, what: str, log: Path | None = None) -> None:
-    """Run a setup command; raise ServerStartError with its output on failure."""
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        extra = f"\n--- log tail ({log}) ---\n{_tail(log)}" if log else ""
-        raise ServerStartError(
-            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}{extra}"
-        )
-
-
-def _make_base_dir(prefix: str, owner: str) -> Path:
-    base = Path(tempfile.mkdtemp(prefix=prefix))
-    if _is_root():
-        # The server runs as `owner`; it must be able to enter and write here.
-        shutil.chown(base, user=owner, group=owner)
-    return base
-
-
-# Runs in a detached process beside each throwaway server: when the test process
-# dies without its teardown (SIGKILL, SIGTERM, a crash), it stops the server and
-# removes the directory, so no run leaves servers behind. argv: owner pid, kind,
-# base dir, stop command (JSON). Only this run's own server is ever touched.
-_WATCHDOG = r"""
-import json, os, shutil, subprocess, sys, time
-owner, kind, base, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-while os.getppid() == owner:
-    time.sleep(0.5)
-if kind == "pg":
-    subprocess.run(stop, cwd=base, capture_output=True, check=False)
-else:
-    try:
-        pid = int(open(os.path.join(base, "mariadbd.pid")).read().strip())
-        if base in open(f"/proc/{pid}/cmdline").read():
-            os.kill(pid, 15)
-            deadline = time.monotonic() + 60
-            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-                time.sleep(0.1)
-    except (OSError, ValueError):
-        pass
-shutil.rmtree(base, ignore_errors=True)
-"""
-
-
-def _start_watchdog(kind: str, base: Path, stop_cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), kind, str(base), json.dumps(stop_cmd)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+try:  # tests/ as a package
+    from .server_procs import (
+        START_TIMEOUT,
+        ServerStartError,
+        as_user,
+        free_port,
+        is_root,
+        make_base_dir,
+        parse_url,
+        retry_port_races,
+        run_setup,
+        start_watchdog,
+        stop_process,
+        stop_watchdog,
+        url_auth,
+        wait_until,
+    )
+except ImportError:  # default layout: pytest puts tests/ on sys.path
+    from server_procs import (
+        START_TIMEOUT,
+        ServerStartError,
+        as_user,
+        free_port,
+        is_root,
+        make_base_dir,
+        parse_url,
+        retry_port_races,
+        run_setup,
+        start_watchdog,
+        stop_process,
+        stop_watchdog,
+        url_auth,
+        wait_until,
     )
 
-
-def _stop_watchdog(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-    if proc is not None:
-        proc.wait()
-
-
-def _parse_url(url: str, default_port: int) -> tuple[str, int, str, str | None]:
-    parts = urlsplit(url)
-    return (
-        parts.hostname or "127.0.0.1",
-        parts.port or default_port,
-        unquote(parts.username) if parts.username else "",
-        unquote(parts.password) if parts.password else None,
-    )
-
-
-def _auth(user: str, password: str | None) -> str:
-    return quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
-
+__all__ = [
+    "START_TIMEOUT", "MysqlServer", "NatsServer", "PgServer", "ServerStartError",
+    "existing_mysql", "existing_nats", "existing_postgres", "find_pg_bindir", "free_port",
+    "start_mysql", "start_nats", "start_postgres",
+]
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -207,7 +121,7 @@ class PgServer:
 
     def url(self, dbname: str = "postgres") -> str:
         """Return ``postgresql://user@host:port/dbname`` for ``dbname``."""
-        return f"postgresql://{_auth(self.user, self.password)}@{self.host}:{self.port}/{dbname}"
+        return f"postgresql://{url_auth(self.user, self.password)}@{self.host}:{self.port}/{dbname}"
 
     def connect(self, dbname: str = "postgres", **kwargs) -> psycopg.Connection:
         """Open an autocommit psycopg connection; the caller closes it."""
@@ -253,7 +167,7 @@ class PgServer:
         if self._stopped or self.base_dir is None or self.bindir is None:
             return
         self._stopped = True
-        _stop_watchdog(self._watchdog)
+        stop_watchdog(self._watchdog)
         self._watchdog = None
         subprocess.run(_pg_stop_cmd(self.bindir, self.base_dir / "data", "fast"),
                        cwd=self.base_dir, capture_output=True, check=False)
@@ -261,7 +175,7 @@ class PgServer:
 
 
 def _pg_stop_cmd(bindir: Path, data: Path, mode: str) -> list[str]:
-    return [*_as_user("postgres"), str(bindir / "pg_ctl"), "-D", str(data), "-m", mode,
+    return [*as_user("postgres"), str(bindir / "pg_ctl"), "-D", str(data), "-m", mode,
             "-w", "-t", "60", "stop"]
 
 
@@ -276,7 +190,7 @@ def start_postgres(timeout: float = START_TIMEOUT) -> PgServer:
         ServerStartError: initdb or startup failed, or no connection succeeded
             before ``timeout`` seconds; the message holds the log tail.
     """
-    return _retry_port_races(_start_postgres_once, timeout)
+    return retry_port_races(_start_postgres_once, timeout)
 
 
 #: A role that throwaway PostgreSQL servers make log in with a password over TCP
@@ -286,10 +200,10 @@ PASSWORD_ROLE = "replicant_pw"
 
 def _start_postgres_once(timeout: float) -> PgServer:
     bindir = find_pg_bindir()
-    base = _make_base_dir("replicant-pg-", "postgres")
+    base = make_base_dir("replicant-pg-", "postgres")
     data, log = base / "data", base / "server.log"
-    as_pg = _as_user("postgres")
-    _run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+    as_pg = as_user("postgres")
+    run_setup([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
           "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"], cwd=base, what="initdb")
     # Trust everyone except PASSWORD_ROLE, which must log in with its password over TCP:
     # tests of wrong-password handling need a server that can say no.
@@ -303,15 +217,15 @@ def _start_postgres_once(timeout: float) -> PgServer:
         "-c max_connections=200",
     ])
     server = PgServer(host="127.0.0.1", port=port, base_dir=base, bindir=bindir,
-                      _watchdog=_start_watchdog("pg", base, _pg_stop_cmd(bindir, data, "fast")))
+                      _watchdog=start_watchdog("pg", base, _pg_stop_cmd(bindir, data, "fast")))
     try:
-        _run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+        run_setup([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
               "-w", "-t", str(int(timeout)), "start"], cwd=base, what="pg_ctl start", log=log)
-        _wait_until(lambda: server.connect().close(), timeout, "PostgreSQL", log)
+        wait_until(lambda: server.connect().close(), timeout, "PostgreSQL", log)
     except BaseException as exc:
         # Leave the directory for inspection, but do not leave a server running.
         exc.base_dir = base
-        _stop_watchdog(server._watchdog)
+        stop_watchdog(server._watchdog)
         subprocess.run(_pg_stop_cmd(bindir, data, "immediate"), cwd=base, capture_output=True,
                        check=False)
         server._stopped = True
@@ -321,7 +235,7 @@ def _start_postgres_once(timeout: float) -> PgServer:
 
 def existing_postgres(url: str) -> PgServer:
     """Wrap an already running PostgreSQL server given by URL (never stopped)."""
-    host, port, user, password = _parse_url(url, 5432)
+    host, port, user, password = parse_url(url, 5432)
     return PgServer(host=host, port=port, user=user or "postgres", password=password)
 
 
@@ -350,7 +264,7 @@ class MysqlServer:
 
     def url(self, dbname: str = "") -> str:
         """Return ``mysql://user@host:port/dbname`` for ``dbname``."""
-        return f"mysql://{_auth(self.user, self.password)}@{self.host}:{self.port}/{dbname}"
+        return f"mysql://{url_auth(self.user, self.password)}@{self.host}:{self.port}/{dbname}"
 
     def connect(self, dbname: str | None = None, **kwargs) -> pymysql.connections.Connection:
         """Open an autocommit PyMySQL connection over TCP; the caller closes it."""
@@ -402,19 +316,8 @@ class MysqlServer:
         Idempotent; a no-op for an external server.
         """
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        _stop_watchdog(self._watchdog)
+        stop_process(proc, self._watchdog, self.base_dir)
         self._watchdog = None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self.base_dir is not None:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
 def start_mysql(timeout: float = START_TIMEOUT) -> MysqlServer:
@@ -429,7 +332,7 @@ def start_mysql(timeout: float = START_TIMEOUT) -> MysqlServer:
         ServerStartError: install or startup failed, or no connection succeeded
             before ``timeout`` seconds; the message holds the log tail.
     """
-    return _retry_port_races(_start_mysql_once, timeout)
+    return retry_port_races(_start_mysql_once, timeout)
 
 
 def _start_mysql_once(timeout: float) -> MysqlServer:
@@ -437,10 +340,10 @@ def _start_mysql_once(timeout: float) -> MysqlServer:
     install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
     if not Path(mariadbd).exists() or not install:
         raise ServerStartError("MariaDB binaries not found (apt-get install mariadb-server)")
-    base = _make_base_dir("replicant-my-", "mysql")
+    base = make_base_dir("replicant-my-", "mysql")
     data, log, sock = base / "data", base / "error.log", base / "mysqld.sock"
-    user_opt = ["--user=mysql"] if _is_root() else []
-    _run([install, "--no-defaults", *user_opt, f"--datadir={data}",
+    user_opt = ["--user=mysql"] if is_root() else []
+    run_setup([install, "--no-defaults", *user_opt, f"--datadir={data}",
           "--auth-root-authentication-method=normal", "--skip-test-db"],
          cwd=base, what="mariadb-install-db")
     port = free_port()
@@ -456,7 +359,7 @@ def _start_mysql_once(timeout: float) -> MysqlServer:
     proc = subprocess.Popen(cmd, cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     server = MysqlServer(host="127.0.0.1", port=port, base_dir=base, _proc=proc,
-                         _watchdog=_start_watchdog("my", base, []))
+                         _watchdog=start_watchdog("my", base, "mariadbd.pid"))
     try:
         def probe() -> None:
             if proc.poll() is not None:
@@ -468,7 +371,7 @@ def _start_mysql_once(timeout: float) -> MysqlServer:
                 raw.connect(str(sock))
             pymysql.connect(unix_socket=str(sock), user="root", connect_timeout=2).close()
 
-        _wait_until(probe, timeout, "MariaDB", log)
+        wait_until(probe, timeout, "MariaDB", log)
         _ensure_tcp_root(sock)
         server.connect().close()
     except BaseException as exc:
@@ -496,28 +399,84 @@ def _ensure_tcp_root(sock: Path) -> None:
 
 def existing_mysql(url: str) -> MysqlServer:
     """Wrap an already running MariaDB/MySQL server given by URL (never stopped)."""
-    host, port, user, password = _parse_url(url, 3306)
+    host, port, user, password = parse_url(url, 3306)
     return MysqlServer(host=host, port=port, user=user or "root", password=password)
 
 
-# --------------------------------------------------------------------------- shared
+# --------------------------------------------------------------------------- NATS
 
 
-def _wait_until(probe, timeout: float, what: str, log: Path) -> None:
-    """Call ``probe`` until it returns without error or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        try:
-            probe()
-            return
-        except ServerStartError as exc:
-            raise ServerStartError(f"{what} did not start: {exc}\n--- log tail ({log}) ---\n"
-                                   f"{_tail(log)}") from exc
-        except (psycopg.Error, pymysql.MySQLError, OSError) as exc:
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"{what} did not accept connections within {timeout:.0f}s: {exc}\n"
-                    f"--- log tail ({log}) ---\n{_tail(log)}") from exc
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+@dataclass
+class NatsServer:
+    """A NATS server with JetStream.
+
+    Attributes:
+        host: TCP host (127.0.0.1 for throwaway servers).
+        port: client port.
+        base_dir: temp directory holding the JetStream store and log.
+    """
+
+    host: str
+    port: int
+    base_dir: Path | None = None
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _watchdog: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """``nats://host:port``."""
+        return f"nats://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        """Stop a throwaway server and delete its directory (idempotent; no-op if external)."""
+        proc, self._proc = self._proc, None
+        stop_process(proc, self._watchdog, self.base_dir)
+        self._watchdog = None
+
+
+def start_nats(timeout: float = START_TIMEOUT) -> NatsServer:
+    """Start a throwaway ``nats-server -js`` on 127.0.0.1 at a free port.
+
+    Raises:
+        ServerStartError: the binary is missing, or the server did not greet
+            with a JetStream-enabled INFO before ``timeout``; holds the log tail.
+    """
+    return retry_port_races(_start_nats_once, timeout)
+
+
+def _start_nats_once(timeout: float) -> NatsServer:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(binary).exists():
+        raise ServerStartError("nats-server not found (apt-get install nats-server)")
+    base = Path(tempfile.mkdtemp(prefix="replicant-nats-"))
+    log, port = base / "nats.log", free_port()
+    cmd = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(base / "js"),
+           "-P", str(base / "nats.pid"), "-l", str(log)]
+    proc = subprocess.Popen(cmd, cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    server = NatsServer(host="127.0.0.1", port=port, base_dir=base, _proc=proc,
+                        _watchdog=start_watchdog("nats", base, "nats.pid"))
+
+    def probe() -> None:
+        if proc.poll() is not None:
+            raise ServerStartError(f"nats-server exited with {proc.returncode}")
+        with socket.create_connection((server.host, port), timeout=2) as conn, \
+                conn.makefile("rb") as stream:
+            greeting = stream.readline()
+        if not greeting.startswith(b"INFO ") or b'"jetstream":true' not in greeting:
+            raise OSError(f"unexpected greeting {greeting[:200]!r}")
+
+    try:
+        wait_until(probe, timeout, "NATS", log)
+    except BaseException as exc:
+        exc.base_dir = base
+        server.base_dir = None  # keep the directory for inspection
+        server.stop()
+        raise
+    return server
+
+
+def existing_nats(url: str) -> NatsServer:
+    """Wrap an already running NATS server given by URL (never stopped)."""
+    host, port, _, _ = parse_url(url, 4222)
+    return NatsServer(host=host, port=port)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import sqlite3
 import uuid
 from urllib.parse import urlsplit
 
+import datasets
 import psycopg
 import pymysql
-
-import datasets
 
 
 def _mysql_connect(url: str) -> pymysql.connections.Connection:
@@ -109,6 +111,19 @@ def test_mysql_url_is_fresh_and_empty(mysql_url):
         conn.close()
     assert db == urlsplit(mysql_url).path.lstrip("/")
     assert charset == "utf8mb4"
+
+
+def test_nats_server_has_jetstream(nats_server, nats_url):
+    assert nats_url == f"nats://{nats_server.host}:{nats_server.port}"
+    with socket.create_connection((nats_server.host, nats_server.port), timeout=5) as conn, \
+            conn.makefile("rb") as stream:
+        info = json.loads(stream.readline().removeprefix(b"INFO ").strip())
+    assert info["jetstream"] is True
+    assert info["port"] == nats_server.port
+
+
+def test_unique_name_is_an_identifier(unique_name):
+    assert re.fullmatch(r"[a-z][a-z0-9_]{0,62}", unique_name)
 
 
 def test_sqlite_path_is_new(sqlite_path):
