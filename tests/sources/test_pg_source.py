@@ -152,3 +152,21 @@ def test_a_value_that_does_not_fit_its_type_stops_the_stream_naming_the_column(p
     with src, pytest.raises(FatalError) as e:
         read_all(src, s)
     assert "'price'" in str(e.value) and "nan" in str(e.value).lower() and "exclude the column" in str(e.value)
+
+
+def test_infinities_and_numeric_specials_are_kept(pg_url: str) -> None:
+    """±infinity become ±max of the Arrow integer (DuckDB's encoding of infinity); an
+    unconstrained numeric keeps PostgreSQL's own text for NaN and ±Infinity."""
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE inf (id int PRIMARY KEY, a timestamp, b timestamptz, c date, n numeric)")
+        c.execute("INSERT INTO inf VALUES (1, 'infinity', '-infinity', 'infinity', 'NaN'), "
+                  "(2, '-infinity', 'infinity', '-infinity', 'Infinity'), (3, '2020-01-01', '2020-01-01', '2020-01-01', '-Infinity'), "
+                  "(4, NULL, NULL, NULL, 1.50)")
+    src, (s,) = Db("postgres", pg_url).streams(["inf"])
+    with src:
+        t = data_of(read_all(src, s))
+    top64, top32 = 2**63 - 1, 2**31 - 1
+    assert t.column("a").cast(pa.int64()).to_pylist() == [top64, -top64, 1577836800000000, None]
+    assert t.column("b").cast(pa.int64()).to_pylist() == [-top64, top64, 1577836800000000, None]
+    assert t.column("c").cast(pa.int32()).to_pylist() == [top32, -top32, 18262, None]
+    assert t.column("n").to_pylist() == ["NaN", "Infinity", "-Infinity", "1.50"]

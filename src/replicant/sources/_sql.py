@@ -231,7 +231,7 @@ class SQLSource(Source):
 
     def _key_values(self, batch: pa.RecordBatch, names: tuple[str, ...] | list[str], row: int = -1) -> list[Any]:
         i = row if row >= 0 else batch.num_rows + row
-        return [batch.column(n)[i].as_py() for n in names]
+        return [_py(batch.column(n)[i], n) for n in names]
 
     def _empty(self, stream: Stream) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in stream.schema], schema=stream.schema)
@@ -322,6 +322,17 @@ class SQLSource(Source):
             where = [self._where(">", order, self._key_values(last, [c.name for c in order]), params)]
 
 
+def _py(scalar: pa.Scalar, name: str) -> Any:
+    """A key or cursor value as Python; ±infinity (PostgreSQL) cannot order a keyset."""
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError):
+        raise FatalError(
+            f"key or cursor column {name!r} holds {scalar.cast(pa.int64()) if scalar.is_valid else scalar} "
+            "(±infinity?), which cannot be kept in a position; choose another key or cursor column"
+        ) from None
+
+
 def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
@@ -381,12 +392,12 @@ class _CursorState:
             if len(rows) != batch.num_rows:
                 out = batch.take(rows)
         if batch.num_rows:
-            last_c = batch.column(self.cur.name)[-1].as_py()
+            last_c = _py(batch.column(self.cur.name)[-1], self.cur.name)
             # without a look-back every batch lies after the last (database order); with one,
             # re-read rows may lie before the high-water mark (cursor is a number or a time)
             if not lookback or self.max is None or last_c >= self.max:
                 self.max = last_c
-                self.max_key = [batch.column(c.name)[-1].as_py() for c in self.keys]
+                self.max_key = [_py(batch.column(c.name)[-1], c.name) for c in self.keys]
         if lookback and out.num_rows:
             new = self._keyed(out)
             self.seen = new if self.seen is None else pa.concat_tables([self.seen, new])

@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.sources._sql import SQLSource, Table, _Plan
@@ -79,6 +80,42 @@ def _text(value: Any) -> str:
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     return str(value)
+
+
+# ADBC adds the 2000→1970 epoch offset to PostgreSQL's ±infinity sentinels (and to the few
+# valid timestamps past Arrow's year 294247) and the integer wraps. Real values are never
+# that low (PostgreSQL starts at 4713 BC), so the wrapped sentinels are recognised and
+# re-encoded as DuckDB's ±infinity (±max of the integer); anything else that low is an error.
+_WRAPPED = {  # Arrow bit width: (wrapped +infinity, wrapped -infinity, lowest real value)
+    64: (-9222425352054775809, -9222425352054775808, -(10**18)),
+    32: (-2147472692, -2147472691, -(10**9)),
+}
+
+
+def _infinities(arr: pa.Array, name: str) -> pa.Array:
+    """``arr`` (timestamp or date32) with PostgreSQL's ±infinity as ±max of the integer."""
+    bits = 64 if pa.types.is_timestamp(arr.type) else 32
+    ints = arr.view(pa.int64() if bits == 64 else pa.int32())
+    lowest = pc.min(ints).as_py()
+    if lowest is None or lowest >= _WRAPPED[bits][2]:
+        return arr
+    inf, ninf, floor = _WRAPPED[bits]
+    top = 2 ** (bits - 1) - 1
+    is_inf, is_ninf = pc.equal(ints, inf), pc.equal(ints, ninf)
+    fixed = pc.if_else(is_inf, top, pc.if_else(is_ninf, -top, ints))
+    if pc.min(pc.if_else(pc.or_(is_inf, is_ninf), 0, ints)).as_py() < floor:
+        raise ValueError(f"column {name!r} holds a timestamp past the year 294247, beyond Arrow's range")
+    return fixed.cast(ints.type).view(arr.type)
+
+
+def _fix_infinities(batch: pa.RecordBatch) -> pa.RecordBatch:
+    cols = batch.columns
+    for i, f in enumerate(batch.schema):
+        if pa.types.is_timestamp(f.type) or pa.types.is_date32(f.type):
+            fixed = _infinities(cols[i], f.name)
+            if fixed is not cols[i]:
+                batch = batch.set_column(i, f, fixed)
+    return batch
 
 
 class PostgresSource(SQLSource):
@@ -215,7 +252,7 @@ class PostgresSource(SQLSource):
                 cur.execute(sql)
                 reader = cur.fetch_record_batch()
                 for b in reader:
-                    yield conform(b, schema)
+                    yield _fix_infinities(conform(b, schema))
             except adbc_driver_manager.Error as e:
                 raise self._error(e, what) from None
             except ValueError as e:

@@ -104,19 +104,21 @@ _PG_NATIVE: dict[str, pa.DataType] = {
 }
 
 
-def _pg_numeric(typmod: int) -> pa.DataType:
+def _pg_numeric(typmod: int) -> pa.DataType | None:
+    """The decimal type of ``numeric(p,s)``; None (read as text) when unconstrained or too wide."""
     if typmod < 0:
-        return pa.string()  # unconstrained numeric: exact digits as text
+        return None
     precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
     if scale > 0x7FFF:  # PG 15 allows a negative scale, stored as two's complement
         scale -= 0x10000
-    return _decimal(precision, scale) or pa.string()
+    return _decimal(precision, scale)
 
 
 def _pg_scalar(typname: str, typtype: str, typmod: int) -> tuple[pa.DataType, bool]:
     """(Arrow type, needs ``::text``) of a non-array PostgreSQL base type."""
-    if typname == "numeric":
-        return _pg_numeric(typmod), False
+    if typname == "numeric":  # exact digits as text (and NaN, Infinity) when not a decimal
+        dec = _pg_numeric(typmod)
+        return (dec, False) if dec else (pa.string(), True)
     if typname in _PG_NATIVE:
         return _PG_NATIVE[typname], False
     if typtype == "e":  # enum: ADBC returns the label as text
