@@ -46,12 +46,15 @@ class Measurement:
         peak_rss: peak summed RSS of the process tree, bytes.
         cpu_seconds: user + system CPU of the process and its reaped descendants.
         returncode: exit status (0 on success; a failed run raises instead).
+        load: the machine's 1-minute load average just before the run (other work on
+            a shared 2-vCPU machine skews absolute times; ratios suffer less).
     """
 
     seconds: float
     peak_rss: int
     cpu_seconds: float
     returncode: int
+    load: float = 0.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -103,6 +106,7 @@ def run_measured(
     if Path(GNU_TIME).exists():
         cmd = [GNU_TIME, "-f", "%M", "-o", str(maxrss_path), *cmd]
     peak = 0
+    load = os.getloadavg()[0]
     done = threading.Event()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
@@ -142,6 +146,7 @@ def run_measured(
         peak_rss=max(peak, _gnu_time_maxrss(maxrss_path)),
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         returncode=proc.returncode,
+        load=load,
     )
 
 

@@ -25,6 +25,7 @@ class MethodResult:
     seconds: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
@@ -55,6 +56,7 @@ class MethodResult:
             "ratio_to_pipe_pk": _round(self.rate / pipe_rate, 3) if pipe_rate == pipe_rate else None,
             "peak_rss_mb": [round(p / MB, 1) for p in self.peak_rss],
             "cpu_s": [round(c, 2) for c in self.cpu],
+            "load_before": [round(x, 2) for x in self.load],
             "verified": self.ok,
             "problems": self.problems[:20],
             "errors": [e[:2000] for e in self.errors],

@@ -115,6 +115,7 @@ def run_dataset(ctx, ds, src_db: str, jobs, repeat: int, con, *, loaded: bool = 
                     res.seconds.append(r.measurement.seconds)
                     res.peak_rss.append(r.measurement.peak_rss)
                     res.cpu.append(r.measurement.cpu_seconds)
+                    res.load.append(r.measurement.load)
                     res.problems.extend(p for p in r.problems if p not in res.problems)
                     res.info.update(r.info)
                     status = "ok" if not r.problems else "WRONG: " + "; ".join(r.problems[:3])
@@ -122,7 +123,7 @@ def run_dataset(ctx, ds, src_db: str, jobs, repeat: int, con, *, loaded: bool = 
                         status = "-"
                     con.print(f"  {ds.name} {rep + 1}/{repeat} {r.method:<30} {r.measurement.seconds:8.2f} s "
                               f"{fmt_rate(ds.rows / r.measurement.seconds):>9} rows/s "
-                              f"{r.measurement.peak_rss / MB:7.0f} MB  {status}")
+                              f"{r.measurement.peak_rss / MB:7.0f} MB  load {r.measurement.load:4.1f}  {status}")
             except BenchError as exc:
                 for m in job.methods:
                     if m in results:
