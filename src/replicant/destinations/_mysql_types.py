@@ -302,6 +302,9 @@ def decimal_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
     """
     t = col.type
     scale = t.scale
+    if 0 <= scale <= 6:
+        # Arrow writes plain notation when the adjusted exponent is ≥ -6, always true here.
+        return col.cast(pa.string())
     unscaled_type = pa.decimal128(38, 0) if t.bit_width == 128 else pa.decimal256(76, 0)
     chunks = []
     for arr in col.chunks:
