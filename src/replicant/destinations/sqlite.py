@@ -49,7 +49,8 @@ precision and scale for readers, and contains ``TEXT`` so SQLite gives the colum
 affinity (`Determination Of Column Affinity <https://sqlite.org/datatype3.html>`_, rule 2);
 a column declared ``DECIMAL(p,s)`` would have NUMERIC affinity and turn ``'1.10'`` into
 the REAL ``1.1`` (datasets README, trap 6). Timestamps are ISO-8601 ``TEXT``
-(``YYYY-MM-DD HH:MM:SS.ffffff``, time zones as UTC with ``Z``), booleans ``0``/``1``.
+(``YYYY-MM-DD HH:MM:SS.ffffff``; zoned values as UTC wall time, as in MySQL), booleans
+``0``/``1``, lists/structs/maps JSON ``TEXT``.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def ddl_type(f: pa.Field, schema: pa.Schema) -> str:
     if pa.types.is_timestamp(t):
         return "DATETIME"
     if is_nested(t):
-        return "JSON"
+        return "TEXT"  # JSON text; a declared "JSON" would have NUMERIC affinity
     raise FatalError(f"column {f.name!r}: Arrow type {t} has no SQLite equivalent; exclude the column or cast it")
 
 
@@ -180,10 +181,15 @@ def _encode_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
         return col.cast(pa.string())
     if pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t):
         return col.cast(pa.binary())
-    if pa.types.is_timestamp(t) and t.tz is not None:
-        # The values are UTC instants: format them as naive (25x faster than a zoned cast), mark UTC.
-        return pc.binary_join_element_wise(col.cast(pa.timestamp(t.unit)).cast(pa.string()), "Z", "")
-    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+    if pa.types.is_timestamp(t):
+        # UTC wall time for zoned values (they are UTC instants; a naive cast is also 25x
+        # faster than a zoned one), microseconds at most: the text SQLite's date functions
+        # and replicant's SQLite source read back.
+        unit = "us" if t.unit == "ns" else t.unit
+        return pc.cast(col, pa.timestamp(unit), safe=False).cast(pa.string())
+    if pa.types.is_time(t) and t.unit == "ns":
+        return pc.cast(col, pa.time64("us"), safe=False).cast(pa.string())
+    if pa.types.is_date(t) or pa.types.is_time(t):
         return col.cast(pa.string())
     if pa.types.is_duration(t):
         return time_text(col)
