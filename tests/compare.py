@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import sqlite3
 import uuid
 from decimal import Decimal
@@ -17,6 +18,8 @@ import psycopg
 import pymysql
 
 __all__ = ["fetch", "norm", "quote"]
+
+_NUMBER = re.compile(r"-?\d+\.\d+")
 
 
 def quote(kind: str, name: str) -> str:
@@ -50,12 +53,14 @@ def norm(v: Any) -> Any:
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
     if isinstance(v, str):
-        # SQLite stores DATETIME as text: '2021-01-01 00:00:00'
-        if len(v) == 19 and v[4] == "-" and v[10] in " T" and v[13] == ":":
+        # SQLite stores DATETIME as text: '2021-01-01 00:00:00' or with '.ffffff'
+        if 19 <= len(v) <= 32 and v[4] == "-" and v[10] in " T" and v[13] == ":":
             try:
                 return dt.datetime.fromisoformat(v).isoformat(sep=" ")
             except ValueError:
                 return v
+        if _NUMBER.fullmatch(v):  # an exact decimal kept as text (SQLite destination)
+            return Decimal(v).normalize()
         return v
     return v
 

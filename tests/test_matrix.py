@@ -83,7 +83,7 @@ def _assert_equal(src, dst, chinook_counts):
     assert {t.lower().replace("_", "") for t in tables} == {t.replace("_", "") for t in CHINOOK_SNAKE}
     for table, columns in tables.items():
         expected = fetch(skind, starget, table, columns)
-        snake = next(t for t in CHINOOK_SNAKE if t.replace("_", "") == table.lower())
+        snake = next(t for t in CHINOOK_SNAKE if t.replace("_", "") == table.lower().replace("_", ""))
         assert len(expected) == chinook_counts[snake]
         got = fetch(dkind, dtarget, table, columns)
         assert len(got) == len(expected), f"{table}: {len(got)} rows, expected {len(expected)}"
