@@ -279,3 +279,28 @@ def test_write_error_names_stream_and_table(path: Path) -> None:
         assert d.applied_offset(s) == -1
     finally:
         d.close()
+
+
+def test_infinity_sentinels_become_duckdb_infinity(path: Path) -> None:
+    """PostgreSQL sources deliver ±infinity as ± the integer's max: DuckDB's own encoding."""
+    m = 2**63 - 1
+    s = cf.make_stream("inf", [pa.field("id", pa.int32()), pa.field("ts", pa.timestamp("us")), pa.field("tz", pa.timestamp("us", tz="UTC")), pa.field("d", pa.date32())])
+    data = pa.table(
+        {"id": pa.array([1, 2], pa.int32()), "ts": pa.array([m, -m], pa.timestamp("us")), "tz": pa.array([-m, m], pa.timestamp("us", tz="UTC")),
+         "d": pa.array([2**31 - 1, -(2**31 - 1)], pa.date32())}
+    )
+    meta = cf.changes(s, [{"id": 1}, {"id": 2}], "insert")
+    table = pa.Table.from_arrays(list(data.columns) + meta.columns[-3:], schema=s.change_schema)
+    d = _dest(path, "merge")
+    d.open()
+    try:
+        d.prepare(s)
+        d.write(s, table, last_offset=0)
+    finally:
+        d.close()
+    con = _reader(path)
+    try:
+        got = con.execute("SELECT id, ts::VARCHAR, tz::VARCHAR, d::VARCHAR FROM inf ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert got == [(1, "infinity", "-infinity", "infinity"), (2, "-infinity", "infinity", "-infinity")]

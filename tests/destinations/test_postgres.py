@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 
 from replicant.config import DestinationConfig
@@ -269,9 +270,11 @@ INSERT INTO alltypes VALUES
   '00000000-0000-0000-0000-000000000000', '[]', '[]', '\\x',
   '{}', '{}',
   'sad'),
- (3, 0, 0, 0, 0, 0, 'NaN', '-Infinity', '-0', 'x', 'x', 'x    ', NULL, NULL, NULL, NULL, NULL, '0 seconds',
+ (3, 0, 0, 0, 0, 0, 'NaN', '-Infinity', '-0', 'x', 'x', 'x    ', NULL, 'infinity', NULL, '-infinity', 'infinity', '0 seconds',
   NULL, 'null', 'null', NULL, '{NULL}', '{NULL}', NULL),
  (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (5, NULL, NULL, NULL, NULL, NULL, 'Infinity', NULL, NULL, NULL, NULL, NULL, NULL, '-infinity', NULL, 'infinity', '-infinity', NULL,
   NULL, NULL, NULL, NULL, NULL, NULL, NULL);
 """
 
@@ -342,6 +345,7 @@ def test_round_trip_direct_copy_without_staging(source_url: str, pg_url: str, mo
     keep = [f for f in stream.schema if f.name != "nfree"]
     stream = Stream(name=stream.name, table=stream.table, schema=pa.schema(keep, metadata=stream.schema.metadata), primary_key=stream.primary_key)
     table = table.drop_columns(["nfree"])
+    table = table.filter(pa.compute.is_in(table["id"], pa.array([1, 2, 4], table.schema.field("id").type)))  # no ±infinity
     columns = [f.name for f in keep]
     for write in ("append", "merge"):
         d = _dest(pg_url, write, schema=write)
@@ -356,7 +360,7 @@ def test_round_trip_direct_copy_without_staging(source_url: str, pg_url: str, mo
             got = c.execute(
                 f"SELECT id, ARRAY[{', '.join(f'{_pg_sql.quote(x)}::text' for x in columns)}]::text[] FROM {write}.alltypes ORDER BY id"
             ).fetchall()
-        assert got == _text_rows(source_url, "alltypes", columns)
+        assert got == [r for r in _text_rows(source_url, "alltypes", columns) if r[0] in (1, 2, 4)]
 
 
 def test_uuid_and_jsonb_text_direct_or_staged(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
-__all__ = ["PgColumn", "STAGE", "UUID_TEXT", "JSONB_TEXT", "cast_column", "DIALECT", "declared_type", "ddl_type", "wire_type", "normalize", "needs_cast", "has_equality"]
+__all__ = ["PgColumn", "STAGE", "UUID_TEXT", "JSONB_TEXT", "cast_column", "DIALECT", "declared_type", "ddl_type", "wire_type", "normalize", "needs_cast", "has_equality", "split_infinity"]
 
 DIALECT = "postgresql"
 STAGE = object()  #: sentinel of :func:`wire_type`: stage the column and cast it in SQL
@@ -410,3 +410,31 @@ def _uuid_from_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     if arr.null_count:
         out = pc.if_else(arr.is_valid(), out, pa.nulls(n, pa.binary(16)))
     return pa.chunked_array([pa.ExtensionArray.from_storage(pa.uuid(), out)])
+
+
+#: ±infinity of ``timestamp``/``date`` as PostgreSQL sources deliver them (DuckDB's encoding:
+#: ± the integer's max). ADBC's COPY writer would shift them by the 2000 epoch into finite
+#: (wrong) values or overflow, so they travel as flags and are restored in SQL.
+_INFINITY = {64: 2**63 - 1, 32: 2**31 - 1}
+
+
+def split_infinity(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray] | None:
+    """For a timestamp or date32 column holding ±infinity sentinels: the column with them
+    nulled, and an ``int8`` flag column (1 = infinity, -1 = -infinity, else null). ``None``
+    when there are none (a min/max scan: the common case costs no copy)."""
+    t = col.type
+    if pa.types.is_timestamp(t):
+        storage, inf = pa.int64(), _INFINITY[64]
+    elif pa.types.is_date32(t):
+        storage, inf = pa.int32(), _INFINITY[32]
+    else:
+        return None
+    if col.null_count == len(col):
+        return None
+    ints = col.cast(storage)
+    bounds = pc.min_max(ints).as_py()
+    if bounds["max"] < inf and bounds["min"] > -inf:
+        return None
+    pos, neg = pc.equal(ints, inf), pc.less_equal(ints, -inf)
+    flags = pc.if_else(pos, pa.scalar(1, pa.int8()), pc.if_else(neg, pa.scalar(-1, pa.int8()), pa.scalar(None, pa.int8())))
+    return pc.if_else(pc.or_(pos, neg), pa.scalar(None, t), col), flags

@@ -51,6 +51,7 @@ from replicant.destinations._pg_types import (
     has_equality,
     needs_cast,
     normalize,
+    split_infinity,
     wire_type,
 )
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
@@ -72,6 +73,24 @@ class _Table:
     conflict_ok: bool  #: a unique index on exactly the key columns exists (ON CONFLICT usable)
     fast: bool  #: empty when first prepared, written only by this object with snapshot reads
     key: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class _Wire:
+    """A batch ready to send: data columns cast for the wire, and how it must travel."""
+
+    data: pa.Table
+    staged: bool  #: some column needs the staging table and an SQL expression
+    infinities: dict[str, pa.ChunkedArray]  #: column → its ±infinity flags (1, -1, null)
+
+    def flag_name(self, column: str) -> str:
+        return f"__replicant_inf_{self.data.column_names.index(column)}"
+
+    def stage_table(self) -> pa.Table:
+        out = self.data
+        for name, flags in self.infinities.items():
+            out = out.append_column(self.flag_name(name), flags)
+        return out
 
 
 class PostgresDestination(Destination):
@@ -325,13 +344,12 @@ class PostgresDestination(Destination):
     def _insert(self, table: _Table, rows: pa.Table) -> None:
         if rows.num_rows == 0:
             return
-        wire, staged = self._wire(table, normalize(rows))
-        if not staged:
-            self._cur.adbc_ingest(table.name, wire, mode="append", db_schema_name=self.schema)
+        wire = self._wire(table, normalize(rows))
+        if not wire.staged:
+            self._cur.adbc_ingest(table.name, wire.data, mode="append", db_schema_name=self.schema)
             return
-        self._stage(wire)
-        exprs = self._exprs(table, wire)
-        self._exec(sql.insert_select(self.schema, table.name, _STAGE, exprs))
+        self._stage(wire.stage_table())
+        self._exec(sql.insert_select(self.schema, table.name, _STAGE, self._exprs(table, wire)))
         self._exec(f"DROP TABLE pg_temp.{sql.quote(_STAGE)}")
 
     def _merge(self, table: _Table, data: pa.Table) -> None:
@@ -340,11 +358,9 @@ class PostgresDestination(Destination):
         data = last_change_per_key(data, table.key)
         deletes = delete_mask(data)
         n_deletes = pc.sum(deletes.cast(pa.int64())).as_py() or 0
-        rows = normalize(data.select(data_names(data)))
-        wire, _ = self._wire(table, rows)
-        wire = wire.append_column(_DELETE_FLAG, deletes)
-        self._stage(wire)
-        exprs = self._exprs(table, wire.drop_columns([_DELETE_FLAG]))
+        wire = self._wire(table, normalize(data.select(data_names(data))))
+        self._stage(wire.stage_table().append_column(_DELETE_FLAG, deletes))
+        exprs = self._exprs(table, wire)
         keys = {k: exprs[k] for k in table.key}
         flag = f"s.{sql.quote(_DELETE_FLAG)}"
         if table.conflict_ok:
@@ -361,15 +377,19 @@ class PostgresDestination(Destination):
                 self._exec(sql.insert_select(self.schema, table.name, _STAGE, exprs, where=f"NOT {flag}"))
         self._exec(f"DROP TABLE pg_temp.{sql.quote(_STAGE)}")
 
-    def _wire(self, table: _Table, rows: pa.Table) -> tuple[pa.Table, bool]:
+    def _wire(self, table: _Table, rows: pa.Table) -> _Wire:
         """The columns cast for a direct COPY into ``table`` where possible, and whether any
         column must be staged instead."""
         staged = False
-        columns, wants = [], []
+        columns, wants, infinities = [], [], {}
         for name, col in zip(rows.column_names, rows.columns):
             target = table.columns.get(sql.pg_name(name))
             if target is None:
                 raise FatalError(f"column {name!r} is not in table {self.schema}.{table.name}; the stream was not prepared")
+            split = split_infinity(col)
+            if split is not None:  # ±infinity sentinels: staged, restored in SQL
+                col, infinities[name] = split
+                staged = True
             want = wire_type(col.type, target)
             cast = None if want is STAGE else cast_column(col, want)
             staged = staged or cast is None
@@ -377,15 +397,22 @@ class PostgresDestination(Destination):
             wants.append(want)
         if staged:  # jsonb's binary form is only for a direct COPY; staged, it is cast from text
             columns = [orig if want is JSONB_TEXT else col for orig, col, want in zip(rows.columns, columns, wants)]
-        return pa.table(columns, names=rows.column_names), staged
+        return _Wire(pa.table(columns, names=rows.column_names), staged, infinities)
 
-    def _exprs(self, table: _Table, wire: pa.Table) -> dict[str, str]:
-        """Per column, the ``SELECT`` expression over the stage alias ``s``."""
+    def _exprs(self, table: _Table, wire: _Wire) -> dict[str, str]:
+        """Per data column, the ``SELECT`` expression over the stage alias ``s``."""
         exprs = {}
-        for f in wire.schema:
+        for f in wire.data.schema:
             target = table.columns[sql.pg_name(f.name)]
             ref = f"s.{sql.quote(f.name)}"
-            exprs[f.name] = f"CAST({ref} AS {target.type_sql})" if needs_cast(f.type, target) else ref
+            expr = f"CAST({ref} AS {target.type_sql})" if needs_cast(f.type, target) else ref
+            if f.name in wire.infinities:
+                flag = f"s.{sql.quote(wire.flag_name(f.name))}"
+                expr = (
+                    f"CASE {flag} WHEN 1 THEN CAST('infinity' AS {target.type_sql}) "
+                    f"WHEN -1 THEN CAST('-infinity' AS {target.type_sql}) ELSE {expr} END"
+                )
+            exprs[f.name] = expr
         return exprs
 
     def _stage(self, wire: pa.Table) -> None:
