@@ -26,6 +26,7 @@ shared with the SQLite destination.
 from __future__ import annotations
 
 import re
+from hashlib import sha1
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,8 @@ __all__ = [
     "DEFAULT_KEY_CHARS",
     "MAX_KEY_CHARS",
     "quote",
+    "aux_name",
+    "binary_collation",
     "declared_type",
     "ddl_type",
     "encode",
@@ -48,6 +51,9 @@ __all__ = [
     "time_text",
     "json_text",
     "is_nested",
+    "is_string",
+    "is_binary",
+    "stored_type",
 ]
 
 DIALECT = "mysql"
@@ -56,6 +62,8 @@ DEFAULT_KEY_CHARS = 255
 #: InnoDB indexes at most 3072 bytes per column: 768 utf8mb4 characters.
 MAX_KEY_CHARS = 768
 _MAX_KEY_BYTES = 3072
+#: Longest MySQL identifier, in characters.
+MAX_NAME = 64
 
 _INTS = {
     pa.int8(): "TINYINT",
@@ -76,6 +84,23 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def aux_name(table: str, suffix: str) -> str:
+    """``table + suffix``, shortened with a hash when it would pass MySQL's 64 characters."""
+    name = table + suffix
+    if len(name) <= MAX_NAME:
+        return name
+    digest = sha1(table.encode()).hexdigest()[:8]
+    return f"{table[: MAX_NAME - len(suffix) - 9]}_{digest}{suffix}"
+
+
+def binary_collation(version: str) -> str:
+    """The utf8mb4 collation that compares bytes with no trailing-space padding."""
+    if "mariadb" in version.lower():
+        return "utf8mb4_nopad_bin"  # MariaDB ≥ 10.2
+    major = int(version.split(".", 1)[0]) if version[:1].isdigit() else 0
+    return "utf8mb4_0900_bin" if major >= 8 else "utf8mb4_bin"
+
+
 def declared_type(field: pa.Field, schema: pa.Schema) -> str | None:
     """The field's ``replicant.sql_type`` when the schema came from a MySQL/MariaDB source."""
     meta = schema.metadata or {}
@@ -85,7 +110,7 @@ def declared_type(field: pa.Field, schema: pa.Schema) -> str | None:
     return sql.decode().strip() if sql else None
 
 
-def _base(t: pa.DataType) -> pa.DataType:
+def stored_type(t: pa.DataType) -> pa.DataType:
     """The type that is stored: dictionaries by their values, extensions by their storage."""
     while True:
         if pa.types.is_dictionary(t):
@@ -98,7 +123,7 @@ def _base(t: pa.DataType) -> pa.DataType:
 
 def is_nested(t: pa.DataType) -> bool:
     """Lists, structs and maps (stored as JSON text)."""
-    t = _base(t)
+    t = stored_type(t)
     return (
         pa.types.is_list(t)
         or pa.types.is_large_list(t)
@@ -110,11 +135,13 @@ def is_nested(t: pa.DataType) -> bool:
     )
 
 
-def _is_string(t: pa.DataType) -> bool:
+def is_string(t: pa.DataType) -> bool:
+    """``string``, ``large_string`` or ``string_view``."""
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _is_binary(t: pa.DataType) -> bool:
+def is_binary(t: pa.DataType) -> bool:
+    """Any binary type, fixed-size included."""
     return (
         pa.types.is_binary(t)
         or pa.types.is_large_binary(t)
@@ -164,7 +191,7 @@ def _key_length(field: pa.Field, limit: int) -> int:
 
 
 def _mapped(t: pa.DataType, name: str) -> str:
-    t = _base(t)
+    t = stored_type(t)
     if t in _INTS:
         return _INTS[t]
     if pa.types.is_boolean(t):
@@ -175,11 +202,11 @@ def _mapped(t: pa.DataType, name: str) -> str:
         return "DOUBLE"
     if pa.types.is_decimal(t):
         return _decimal_type(t)
-    if _is_string(t) or pa.types.is_null(t):
+    if is_string(t) or pa.types.is_null(t):
         return "LONGTEXT"
     if pa.types.is_fixed_size_binary(t):
         return f"BINARY({t.byte_width})" if t.byte_width <= 255 else "LONGBLOB"
-    if _is_binary(t):
+    if is_binary(t):
         return "LONGBLOB"
     if pa.types.is_date(t):
         return "DATE"
@@ -241,7 +268,7 @@ def _encode_column(col: pa.ChunkedArray, declared: str) -> tuple[pa.ChunkedArray
         return col.cast(pa.string()), None
     if pa.types.is_null(t):
         return col.cast(pa.string()), None
-    if _is_binary(t):
+    if is_binary(t):
         return hex_text(col), "UNHEX({v})"
     if pa.types.is_date64(t):
         return col.cast(pa.date32()), None

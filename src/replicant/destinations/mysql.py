@@ -56,7 +56,6 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from hashlib import sha1
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow as pa
@@ -66,7 +65,7 @@ import pymysql
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import all_reads, data_names, delete_mask, last_change_per_key, without_deletes
-from replicant.destinations._mysql_types import ddl_type, encode, quote
+from replicant.destinations._mysql_types import aux_name, binary_collation, ddl_type, encode, quote
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError
 from replicant.model import OP_DELETE, Stream
@@ -81,17 +80,7 @@ _LOGIN = frozenset({1044, 1045, 1049, 1130, 1698, 2002, 2003, 2005})
 _SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO,ERROR_FOR_DIVISION_BY_ZERO"
 _STAGE = "_replicant_stage"
 _PENDING, _OLD = "__replicant_pending", "__replicant_old"
-_MAX_NAME = 64
 _CSV = pcsv.WriteOptions(include_header=False, null_string="NULL", quoting_style="all_valid", batch_size=8192)
-
-
-def _aux_name(table: str, suffix: str) -> str:
-    """``table + suffix``, shortened with a hash when it would pass MySQL's 64 characters."""
-    name = table + suffix
-    if len(name) <= _MAX_NAME:
-        return name
-    digest = sha1(table.encode()).hexdigest()[:8]
-    return f"{table[: _MAX_NAME - len(suffix) - 9]}_{digest}{suffix}"
 
 
 def _p(name: str) -> str:
@@ -207,7 +196,7 @@ class MySQLDestination(Destination):
             conn.close()
             code, msg = _code(e)
             raise ConnectionError(f"cannot set up the session of {where}: [{code}] {msg}") from None
-        self._collation = _binary_collation(version)
+        self._collation = binary_collation(version)
         self._conn = conn
         return conn
 
@@ -406,7 +395,7 @@ class MySQLDestination(Destination):
 
     def begin_replace(self, stream: Stream) -> None:
         self._check_stream(stream)
-        pending = _aux_name(stream.table_name, _PENDING)
+        pending = aux_name(stream.table_name, _PENDING)
         self._ddl(f"DROP TABLE IF EXISTS {self._qualified(pending)}", f"dropping {self._qualified(pending)}")
         what = f"creating {self._qualified(pending)} for stream {stream.name!r}"
         self._ddl(self._create_sql(pending, stream), what)
@@ -423,7 +412,7 @@ class MySQLDestination(Destination):
         if stream.name not in self._pending:
             raise FatalError(f"stream {stream.name!r}: commit_replace without begin_replace")
         pending = self._pending[stream.name][0]
-        table, old = stream.table_name, _aux_name(stream.table_name, _OLD)
+        table, old = stream.table_name, aux_name(stream.table_name, _OLD)
         what = f"swapping {self._qualified(pending)} in as {self._qualified(table)} for stream {stream.name!r}"
         try:
             with self._connection().cursor() as cur:
@@ -526,11 +515,3 @@ def _code(e: BaseException) -> tuple[int | None, str]:
     if len(args) >= 2 and isinstance(args[0], int):
         return args[0], str(args[1])
     return None, str(e)
-
-
-def _binary_collation(version: str) -> str:
-    """The utf8mb4 collation that compares bytes with no trailing-space padding."""
-    if "mariadb" in version.lower():
-        return "utf8mb4_nopad_bin"  # MariaDB ≥ 10.2
-    major = int(version.split(".", 1)[0]) if version[:1].isdigit() else 0
-    return "utf8mb4_0900_bin" if major >= 8 else "utf8mb4_bin"

@@ -64,7 +64,16 @@ import pyarrow.compute as pc
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import all_reads, data_names, delete_mask, last_change_per_key, without_deletes
-from replicant.destinations._mysql_types import decimal_text, interval_text, is_nested, json_text, time_text
+from replicant.destinations._mysql_types import (
+    decimal_text,
+    interval_text,
+    is_binary,
+    is_nested,
+    is_string,
+    json_text,
+    stored_type,
+    time_text,
+)
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError
 from replicant.model import DIALECT_KEY, OP_DELETE, SQL_TYPE_KEY, Stream
@@ -102,7 +111,7 @@ def ddl_type(f: pa.Field, schema: pa.Schema) -> str:
     declared = declared_type(f, schema)
     if declared:
         return declared
-    t = _base(f.type)
+    t = stored_type(f.type)
     sql = (f.metadata or {}).get(SQL_TYPE_KEY, b"").decode().strip().lower()
     if pa.types.is_boolean(t):
         return "BOOLEAN"
@@ -112,11 +121,11 @@ def ddl_type(f: pa.Field, schema: pa.Schema) -> str:
         return "REAL"
     if pa.types.is_decimal(t):
         return f"DECIMAL_TEXT({t.precision},{t.scale})" if t.scale >= 0 else "DECIMAL_TEXT"
-    if _is_string(t) and sql in ("numeric", "decimal"):
+    if is_string(t) and sql in ("numeric", "decimal"):
         return "DECIMAL_TEXT"  # an unconstrained numeric, as exact text
-    if _is_string(t) or pa.types.is_null(t) or pa.types.is_duration(t) or pa.types.is_interval(t):
+    if is_string(t) or pa.types.is_null(t) or pa.types.is_duration(t) or pa.types.is_interval(t):
         return "TEXT"
-    if _is_binary(t):
+    if is_binary(t):
         return "BLOB"
     if pa.types.is_date(t):
         return "DATE"
@@ -127,29 +136,6 @@ def ddl_type(f: pa.Field, schema: pa.Schema) -> str:
     if is_nested(t):
         return "TEXT"  # JSON text; a declared "JSON" would have NUMERIC affinity
     raise FatalError(f"column {f.name!r}: Arrow type {t} has no SQLite equivalent; exclude the column or cast it")
-
-
-def _base(t: pa.DataType) -> pa.DataType:
-    while True:
-        if pa.types.is_dictionary(t):
-            t = t.value_type
-        elif isinstance(t, pa.ExtensionType):
-            t = t.storage_type
-        else:
-            return t
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-
-
-def _is_binary(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_binary_view(t)
-        or pa.types.is_fixed_size_binary(t)
-    )
 
 
 def _encode(table: pa.Table) -> pa.Table:
