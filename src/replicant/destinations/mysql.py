@@ -75,8 +75,6 @@ __all__ = ["MySQLDestination"]
 #: Server error codes after which the same work may succeed: lock wait timeout, deadlock,
 #: server gone away, lost connection, connection killed, client idle timeout.
 _RETRIABLE = frozenset({1205, 1213, 2006, 2013, 2014, 1927, 4031})
-#: Error codes of a refused or impossible login.
-_LOGIN = frozenset({1044, 1045, 1049, 1130, 1698, 2002, 2003, 2005})
 _SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO,ERROR_FOR_DIVISION_BY_ZERO"
 _STAGE = "_replicant_stage"
 _PENDING, _OLD = "__replicant_pending", "__replicant_old"
