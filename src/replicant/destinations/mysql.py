@@ -458,9 +458,10 @@ class MySQLDestination(Destination):
                 targets.append(f"@v{i}")
                 sets.append(f"{quote(name)} = {expr.format(v=f'@v{i}')}")
         fd, path = tempfile.mkstemp(prefix="replicant-", suffix=".csv")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as f:
-                pcsv.write_csv(encoded, f, _CSV)
+            pcsv.write_csv(encoded, path, _CSV)  # by path: Arrow's own C++ file, no Python writes
+            # '\n' below is a newline: our session's sql_mode keeps backslash escapes in literals.
             sql = (
                 f"LOAD DATA LOCAL INFILE {self._conn.escape(path)} {'REPLACE ' if replace else ''}"
                 f"INTO TABLE {self._qualified(table)} CHARACTER SET utf8mb4 "
