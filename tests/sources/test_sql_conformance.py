@@ -229,3 +229,22 @@ def test_constructing_a_source_does_not_connect() -> None:
                       ("sqlite", "sqlite:////nonexistent/dir/x.db")]:
         src = source_class(kind)(SourceConfig(type=kind, url=url))
         src.close()  # nothing to release, nothing raised
+
+
+def test_every_url_form_is_accepted(chinook_db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = chinook_db
+    if db.kind == "sqlite":
+        path = db.url.removeprefix("sqlite:///")
+        monkeypatch.chdir(path.rsplit("/", 1)[0])
+        forms = [db.url, "sqlite:///" + path.rsplit("/", 1)[1]]  # absolute, and relative to the cwd
+    else:
+        rest = db.url.split("://", 1)[1]
+        schemes = ["postgresql", "postgres", "postgresql+psycopg"] if db.kind == "postgres" else ["mysql", "mysql+pymysql", "mariadb"]
+        forms = [f"{s}://{rest}" for s in schemes]
+    from pydantic import SecretStr
+
+    for url in forms:
+        cfg = db.config([db.t("genre")]).model_copy(update={"url": SecretStr(url)})
+        with source_class(db.kind)(cfg) as src:
+            (s,) = [x for x in src.discover() if x.name == db.t("genre")]
+            assert data_of(read_all(src, s)).num_rows == 25, url
