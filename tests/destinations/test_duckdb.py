@@ -239,14 +239,14 @@ def test_default_path_is_pipeline_name_in_cwd(tmp_path: Path, monkeypatch: pytes
 
 
 def test_memory_limit_is_set(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REPLICANT_DUCKDB_MEMORY_LIMIT", "64MB")
+    monkeypatch.setenv("REPLICANT_DUCKDB_MEMORY_LIMIT", "32MB")
     d = _dest(path, "append")
     d.open()
     try:
         limit = d._con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     finally:
         d.close()
-    assert limit.startswith("61.0 MiB")
+    assert limit.startswith("30.5 MiB")
 
 
 def test_locked_file_is_connection_error(path: Path) -> None:

@@ -20,7 +20,7 @@ Tables are created **without a PRIMARY KEY constraint**: measured on 5M narrow r
 key's ART index costs memory; merge does not need it (delete + insert by key, above). A
 table that already has a key constraint works as well.
 
-Memory: DuckDB's ``memory_limit`` is set (default ``128MB``; the ``memory_limit`` argument
+Memory: DuckDB's ``memory_limit`` is set (default ``64MB``; the ``memory_limit`` argument
 or ``REPLICANT_DUCKDB_MEMORY_LIMIT``) so that the whole engine stays within its budget;
 DuckDB spills to disk beyond it. The session time zone is UTC.
 """
@@ -43,7 +43,7 @@ from replicant.model import Stream
 
 __all__ = ["DuckDBDestination", "DEFAULT_MEMORY_LIMIT"]
 
-DEFAULT_MEMORY_LIMIT = "128MB"
+DEFAULT_MEMORY_LIMIT = "64MB"
 _BATCH = "_replicant_batch"
 _DELETE_FLAG = "__replicant_delete"
 _PENDING_SUFFIX = "__replicant_pending"
@@ -64,7 +64,7 @@ class DuckDBDestination(Destination):
     ``write`` (``append`` | ``merge`` | ``replace``).
 
     Args:
-        memory_limit: DuckDB ``memory_limit`` (default: ``REPLICANT_DUCKDB_MEMORY_LIMIT`` or 128MB).
+        memory_limit: DuckDB ``memory_limit`` (default: ``REPLICANT_DUCKDB_MEMORY_LIMIT`` or 64MB).
         threads: DuckDB worker threads (default: DuckDB's, one per core).
 
     Errors: a file that cannot be opened (locked by another process, missing folder)
