@@ -31,6 +31,7 @@ __all__ = [
     "now_micros",
     "fsync_dir",
     "write_all",
+    "write_durably",
     "WriterLock",
 ]
 
@@ -124,6 +125,19 @@ def write_all(fd: int, data: memoryview | bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def write_durably(path: Path, data: bytes, fsync: bool) -> None:
+    """Replaces ``path`` atomically: a temporary file, fsynced, renamed, folder fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    tmp.replace(path)
+    if fsync:
+        fsync_dir(path.parent)
 
 
 class WriterLock:

@@ -61,7 +61,7 @@ import pyarrow.ipc as ipc
 
 from replicant.errors import ConfigError, FatalError
 from replicant.log.base import Log, LogRecord, Retention
-from replicant.log.files import WriterLock, datetime_to_micros, decode_stream, encode_stream, fsync_dir
+from replicant.log.files import WriterLock, datetime_to_micros, decode_stream, encode_stream, fsync_dir, write_durably
 from replicant.log.stream import IndexCache, StreamFiles
 from replicant.model import Position
 
@@ -130,15 +130,16 @@ class LocalLog(Log):
         self._writer_lock = WriterLock(self.root)
         self._writer_lock.acquire(lock_timeout)
         marker = self.root / FORMAT_FILE
-        if marker.exists():
+        try:
             version = json.loads(marker.read_text()).get("version")
-            if version != FORMAT_VERSION:
-                self.close()
-                raise FatalError(
-                    f"staging log at {self.root} has format version {version}; this replicant reads {FORMAT_VERSION}"
-                )
-        else:
-            marker.write_text(json.dumps({"format": "replicant-log", "version": FORMAT_VERSION}) + "\n")
+        except (FileNotFoundError, ValueError, AttributeError):
+            version = None  # a new log (or a marker torn by a crash before its first append)
+        if version is None:
+            text = json.dumps({"format": "replicant-log", "version": FORMAT_VERSION}) + "\n"
+            write_durably(marker, text.encode(), self.fsync)
+        elif version != FORMAT_VERSION:
+            self.close()
+            raise FatalError(f"staging log at {self.root} has format version {version}; this replicant reads {FORMAT_VERSION}")
         (self.root / "streams").mkdir(exist_ok=True)
         if self.fsync:
             fsync_dir(self.root)

@@ -9,7 +9,6 @@ guards what readers may see; ``write_lock`` serialises appends, loading and rete
 from __future__ import annotations
 
 import json
-import os
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
@@ -22,7 +21,7 @@ import pyarrow.ipc as ipc
 
 from replicant.errors import FatalError
 from replicant.log.base import LogRecord, Retention
-from replicant.log.files import NAME_FILE, fsync_dir, micros_to_datetime, now_micros
+from replicant.log.files import NAME_FILE, fsync_dir, micros_to_datetime, now_micros, write_durably
 from replicant.log.segments import Entries, Segment, encode_batch, ts_range
 from replicant.model import Position, decode_position, encode_position
 
@@ -179,7 +178,7 @@ class StreamFiles:
     def _create_folder(self, fsync: bool) -> None:
         (self.path / "schemas").mkdir(parents=True, exist_ok=True)
         if "~" in self.path.name:  # a shortened name: keep the full one beside it
-            (self.path / NAME_FILE).write_text(self.name, encoding="utf-8")
+            write_durably(self.path / NAME_FILE, self.name.encode("utf-8"), fsync)
         if fsync:
             for folder in (self.path, self.path.parent):
                 fsync_dir(folder)
@@ -189,17 +188,10 @@ class StreamFiles:
         if self.schemas and self.schemas[-1].equals(schema, check_metadata=True):
             return len(self.schemas) - 1
         version = len(self.schemas)
-        path = self.path / "schemas" / f"{version:06d}.arrow"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            with ipc.new_stream(f, schema):
-                pass
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        tmp.replace(path)
-        if fsync:
-            fsync_dir(path.parent)
+        sink = pa.BufferOutputStream()
+        with ipc.new_stream(sink, schema):
+            pass  # a schema message and end-of-stream: readable with ipc.open_stream
+        write_durably(self.path / "schemas" / f"{version:06d}.arrow", sink.getvalue().to_pybytes(), fsync)
         with self.cond:
             self.schemas.append(schema)
         return version
