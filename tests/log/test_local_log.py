@@ -629,3 +629,28 @@ def test_the_examples_in_the_staging_log_docs_run(
         exec(compile(block, str(doc), "exec"), namespace)  # noqa: S102 - our own documentation
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[1:] for line in printed] == [["0", "[]"], ["3", "['id']"]]  # the marker has no rows
+
+
+def test_a_failed_disk_write_is_undone_and_the_next_append_lands_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from replicant.log import segments
+
+    real_write_all = segments.write_all
+
+    def index_write_fails(fd: int, data: bytes) -> None:
+        if isinstance(data, bytes) and data.startswith(b'{"offset":5,'):
+            real_write_all(fd, data[:20])  # half the index line reached the disk
+            raise OSError(28, "No space left on device")
+        real_write_all(fd, data)
+
+    with LocalLog(tmp_path) as log:
+        log.append("s", change_batch(0, 5), position={"n": 5})
+        monkeypatch.setattr(segments, "write_all", index_write_fails)
+        with pytest.raises(FatalError, match="No space left on device"):
+            log.append("s", change_batch(5, 5), position={"n": 10})
+        monkeypatch.undo()
+        assert log.end_offset("s") == 5
+        assert log.append("s", change_batch(5, 3), position={"n": 8}) == 5
+        assert ids(log, "s") == list(range(8))
+    with LocalLog(tmp_path) as log:
+        assert ids(log, "s") == list(range(8)) and log.last_position("s") == {"n": 8}
+        assert read_ipc(segment_files(log, "s")[0]).column("id").to_pylist() == list(range(8))

@@ -175,6 +175,7 @@ class Segment:
         self._index_read = 0  # bytes of the index file parsed so far
         self.loaded = False  # the index has been read (sealed segments load lazily)
         self.final = False  # read-only logs: read after it stopped being the tail
+        self.damaged = False  # a failed append could not be undone: refuse more
         self._load_lock = threading.Lock()
         self._data_fd: int | None = None
         self._index_fd: int | None = None
@@ -280,20 +281,32 @@ class Segment:
         Fills ``start`` and ``end`` into ``entry`` and returns it; the caller publishes
         it with ``entries.add`` under its own lock, so readers never see half a record.
         """
+        if self.damaged:
+            raise OSError(f"an earlier write to {self.stem} failed and could not be undone; reopen the log to recover it")
         if self._data_fd is None:
             self._data_fd = os.open(self.data_path, os.O_WRONLY | os.O_APPEND)
             self._index_fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND)
-        entry["start"] = self.data_end
-        if body is not None and body.size:
-            write_all(self._data_fd, body)
-            if fsync:
-                _sync(self._data_fd)
-            self.data_end += body.size
-        entry["end"] = self.data_end
+        start = entry["start"] = self.data_end
+        size = body.size if body is not None else 0
+        entry["end"] = start + size
         line = (json.dumps({name: entry.get(name) for name in _COLUMNS}, separators=(",", ":")) + "\n").encode()
-        write_all(self._index_fd, line)
-        if fsync:
-            _sync(self._index_fd)
+        try:
+            if size:
+                write_all(self._data_fd, body)
+                if fsync:
+                    _sync(self._data_fd)
+            write_all(self._index_fd, line)
+            if fsync:
+                _sync(self._index_fd)
+        except OSError:
+            # Undo a partial write (a full disk…), so the next append's byte range is right.
+            try:
+                os.ftruncate(self._data_fd, start)
+                os.ftruncate(self._index_fd, self._index_read)
+            except OSError:
+                self.damaged = True
+            raise
+        self.data_end += size
         self._index_read += len(line)
         return entry
 
