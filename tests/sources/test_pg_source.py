@@ -10,7 +10,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from replicant.errors import FatalError
+from replicant.errors import ConfigError, FatalError
 from replicant.model import SQL_TYPE_KEY
 
 from .dbs import Db, data_of, read_all
@@ -170,3 +170,53 @@ def test_infinities_and_numeric_specials_are_kept(pg_url: str) -> None:
     assert t.column("b").cast(pa.int64()).to_pylist() == [-top64, top64, 1577836800000000, None]
     assert t.column("c").cast(pa.int32()).to_pylist() == [top32, -top32, 18262, None]
     assert t.column("n").to_pylist() == ["NaN", "Infinity", "-Infinity", "1.50"]
+
+
+def test_wrong_password_is_a_connection_error_without_it(pg_server, pg_url: str) -> None:
+    import os
+
+    from servers import PASSWORD_ROLE
+
+    from replicant.config import SourceConfig
+    from replicant.errors import ConnectionError
+    from replicant.sources.postgres import PostgresSource
+
+    if os.environ.get("REPLICANT_TEST_PG_URL"):
+        pytest.skip("needs the throwaway server's pg_hba, which asks PASSWORD_ROLE for a password")
+    dbname = pg_url.rsplit("/", 1)[1]
+    with pg_server.connect(dbname) as c:
+        c.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'right-one'")
+    try:
+        url = f"postgresql://{PASSWORD_ROLE}:wr0ng%40s3cret@{pg_server.host}:{pg_server.port}/{dbname}"
+        with PostgresSource(SourceConfig(type="postgres", url=url)) as src, pytest.raises(ConnectionError) as e:
+            src.discover()
+        text = str(e.value)
+        assert "wr0ng" not in text and "s3cret" not in text
+        assert PASSWORD_ROLE in text and str(pg_server.port) in text and dbname in text
+        assert "password authentication failed" in text
+    finally:
+        with pg_server.connect(dbname) as c:
+            c.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+
+
+def test_tables_without_select_privilege(pg_server, pg_url: str) -> None:
+    import uuid
+
+    dbname = pg_url.rsplit("/", 1)[1]
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN")
+        c.execute("CREATE TABLE open_t (id int PRIMARY KEY); CREATE TABLE secret_t (id int PRIMARY KEY)")
+        c.execute(f"GRANT SELECT ON open_t TO {role}")
+    try:
+        db = Db("postgres", f"postgresql://{role}@{pg_server.host}:{pg_server.port}/{dbname}")
+        src, streams = db.streams("all")
+        with src:
+            assert [s.name for s in streams] == ["open_t"]
+        with pytest.raises(ConfigError) as e:
+            db.streams(["open_t", "secret_t"])
+        assert dict(e.value.problems)["source.streams[1].table"].startswith("no SELECT privilege on 'secret_t'")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute(f"DROP OWNED BY {role}")
+            c.execute(f"DROP ROLE {role}")

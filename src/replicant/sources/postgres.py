@@ -45,7 +45,8 @@ __all__ = ["PostgresSource"]
 # One row per column of every table, view and partition outside the system schemas. Domains
 # are resolved to their base type (a destination cannot be assumed to have the domain).
 _CATALOG = """
-SELECT n.nspname, c.relname, c.relkind, c.relispartition, a.attname, a.attnotnull,
+SELECT n.nspname, c.relname, c.relkind, c.relispartition, has_table_privilege(c.oid, 'SELECT'),
+       a.attname, a.attnotnull,
        format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END),
        bt.typname, bt.typtype, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
        et.typname, et.typtype,
@@ -60,13 +61,12 @@ LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-  AND has_table_privilege(c.oid, 'SELECT')
 """
 _ORDER = " ORDER BY n.nspname, c.relname, a.attnum"
 
 _COPY_BATCH_BYTES = 4 << 20
 
-_KINDS = {"r": "table", "p": "partitioned", "v": "view", "m": "view", "f": "table"}
+_KINDS = {"r": "table", "p": "partitioned", "v": "view", "m": "view", "f": "foreign"}
 
 
 def _text(value: Any) -> str:
@@ -208,12 +208,14 @@ class PostgresSource(SQLSource):
             rows = self._fetchall(_CATALOG + " AND n.nspname = $1 AND c.relname = $2" + _ORDER, (only[0], only[-1]))
         tables: dict[tuple[str, str], Table] = {}
         pks: dict[tuple[str, str], list[tuple[int, str]]] = {}
-        for (nsp, rel, kind, is_part, att, notnull, sql_type, typname, typtype, typmod,
+        for (nsp, rel, kind, is_part, readable, att, notnull, sql_type, typname, typtype, typmod,
              etypname, etyptype, pk_ord) in rows:
             key = (nsp, rel)
             t = tables.get(key)
             if t is None:
                 t = tables[key] = Table((nsp, rel), "partition" if is_part else _KINDS[kind], [])
+                if not readable:
+                    t.options["readable"] = False
             t.columns.append(pg_column(att, sql_type, typname, typtype, int(typmod), etypname, etyptype,
                                        nullable=not notnull and pk_ord is None))
             if pk_ord is not None:

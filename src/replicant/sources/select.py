@@ -224,8 +224,9 @@ def _resolve_one(
 def resolve_streams(config: SourceConfig, discovered: list[Stream]) -> list[Stream]:
     """Applies ``config.streams`` to the discovered streams.
 
-    ``streams: all`` takes every table (PostgreSQL: a partitioned table once, never its
-    partitions; never views, nor replicant's own ``_replicant*`` tables), optionally only
+    ``streams: all`` takes every table the user may read (PostgreSQL: a partitioned table
+    once, never its partitions; never views or foreign tables, nor replicant's own
+    ``_replicant*`` tables), optionally only
     those of ``config.schema_name``, in mode ``config.default_mode``. A list matches each
     ``table:`` against the discovered names — exactly first, then case-insensitively if
     that is unique — and applies mode, cursor, primary key, include/exclude, look-back and
@@ -244,6 +245,8 @@ def resolve_streams(config: SourceConfig, discovered: list[Stream]) -> list[Stre
             )])
         for s in discovered:
             if s.options.get("kind", "table") not in _ALL_KINDS or s.table_name.startswith(OWN_TABLE_PREFIX):
+                continue
+            if s.options.get("readable") is False:  # no SELECT privilege
                 continue
             if config.schema_name is not None and s.table[0] != config.schema_name:
                 continue
@@ -264,6 +267,9 @@ def resolve_streams(config: SourceConfig, discovered: list[Stream]) -> list[Stre
             problems.append((f"{key}.table", f"{sc.table!r} is already listed at source.streams[{seen[found.table]}]"))
             continue
         seen[found.table] = i
+        if found.options.get("readable") is False:
+            problems.append((f"{key}.table", f"no SELECT privilege on {sc.table!r}: GRANT SELECT to the source user"))
+            continue
         stream = _resolve_one(config, sc, key, found, problems)
         if stream is not None:
             out.append(stream)
