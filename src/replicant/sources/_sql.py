@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replicant.config import SourceConfig, normalize_url
-from replicant.errors import FatalError
+from replicant.errors import ConfigError, FatalError
 from replicant.model import DIALECT_KEY, OP_READ, OP_UPDATE, Position, Stream, encode_position, utcnow, with_meta
 from replicant.sources.base import Capabilities, ReadBatch, Source
 from replicant.sources.types import Column, decode_value, encode_column, encode_value, is_keyable
@@ -60,7 +60,9 @@ class Table:
 
     Attributes:
         table: the name parts, unquoted: ``(schema, name)``.
-        kind: ``table``, ``partitioned`` (PostgreSQL parent), ``partition`` or ``view``.
+        kind: ``table``, ``partitioned`` (PostgreSQL parent), ``partition``, ``view`` or
+            ``foreign`` (PostgreSQL foreign table).
+        options: extra facts for ``Stream.options`` (``readable: False`` without SELECT).
         columns: in table order.
         primary_key: key column names in key order; empty without a primary key.
     """
@@ -96,14 +98,10 @@ class SQLSource(Source):
 
     def __init__(self, config: SourceConfig) -> None:
         if config.url is None:
-            from replicant.errors import ConfigError
-
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs `url:`")])
         self.config = config
         dialect, self._url = normalize_url(config.url.get_secret_value())
         if dialect != self.dialect:
-            from replicant.errors import ConfigError
-
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs a {self.dialect} URL, not {dialect}")])
 
     # ------------------------------------------------------------------ dialect hooks
