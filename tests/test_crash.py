@@ -36,8 +36,8 @@ def _make_source(url: str) -> None:
             "filler character(84))"
         )
         c.execute(
-            "INSERT INTO accounts SELECT g, g % 50 + 1, (g * 7919) % 100003 - 50000, "
-            "CASE WHEN g % 10 = 0 THEN NULL ELSE md5(g::text) END FROM generate_series(1, %s) g",
+            "INSERT INTO accounts SELECT g, g %% 50 + 1, (g::bigint * 7919) %% 100003 - 50000, "
+            "CASE WHEN g %% 10 = 0 THEN NULL ELSE md5(g::text) END FROM generate_series(1, %s) g",
             (ROWS,),
         )
         c.execute("ANALYZE accounts")
@@ -84,9 +84,7 @@ def _source_table(url: str) -> pa.Table:
 
 def _duckdb_table(path: Path, table: str = "accounts") -> pa.Table:
     with duckdb.connect(str(path), read_only=True) as con:
-        t = con.execute(f'SELECT aid, bid, abalance, filler FROM "{table}" ORDER BY aid').arrow()
-    if not isinstance(t, pa.Table):  # duckdb 2 returns a RecordBatchReader
-        t = t.read_all()
+        t = con.sql(f'SELECT aid, bid, abalance, filler FROM "{table}" ORDER BY aid').to_arrow_table()
     return t.cast(pa.schema([("aid", pa.int32()), ("bid", pa.int32()), ("abalance", pa.int32()), ("filler", pa.string())]))
 
 
@@ -174,7 +172,7 @@ destinations:
     def more_rows() -> None:  # every run has new rows to catch up on, so kills land mid-way
         with psycopg.connect(pg_url, autocommit=True) as c:
             c.execute(
-                "INSERT INTO accounts SELECT g, g % 50 + 1, g, md5(g::text) FROM generate_series(%s, %s) g",
+                "INSERT INTO accounts SELECT g, g %% 50 + 1, g, md5(g::text) FROM generate_series(%s, %s) g",
                 (next_aid[0] + 1, next_aid[0] + 100_000),
             )
         next_aid[0] += 100_000

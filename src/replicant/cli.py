@@ -163,7 +163,7 @@ def status(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")])
     try:
         cfg = _load(pipeline)
         state = runtime.open_state(cfg)
-        lg = runtime.open_pipeline_log(cfg, readonly=True)
+        lg = runtime.open_pipeline_log(cfg, read_only=True)
         try:
             checkpoints = state.checkpoints(cfg.pipeline)
             offsets = state.offsets(cfg.pipeline)
