@@ -31,6 +31,8 @@ __all__ = [
     "load",
     "parse",
     "normalize_url",
+    "parse_duration",
+    "parse_size",
 ]
 
 Mode = Literal["full", "cursor", "snapshot_diff", "trigger", "log"]
@@ -93,9 +95,48 @@ class DestinationConfig(_Model):
     batch_size: int | None = Field(None, gt=0, description="Rows per write transaction.")
 
 
+_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)?\s*$")
+_SIZE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$", re.I)
+_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_BYTES = {None: 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds from a number or ``'90s'``, ``'5m'``, ``'12h'``, ``'7d'``, ``'2w'``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; use seconds or a number with s, m, h, d or w")
+    return float(m["n"]) * _SECONDS[m["unit"]]
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from a number or ``'500MB'``, ``'10GiB'``."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size; use bytes or a number with KB, MB, GB, TB (or KiB, MiB…)")
+    return int(float(m["n"]) * _BYTES[m["unit"].lower() if m["unit"] else None])
+
+
 class RetentionConfig(_Model):
+    """How much of the staging log to keep per stream (whole segments are dropped)."""
+
     max_age: float | str | None = Field(None, description="Keep log segments this long: seconds or '7d', '12h'.")
     max_bytes: int | str | None = Field(None, description="Keep at most this much per stream: bytes or '10GB'.")
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
 
 
 class PipelineConfig(_Model):

@@ -191,6 +191,7 @@ class Engine:
                     f.done.set()
                 for w in writers:
                     w.join()
+            self._apply_retention(lg, streams)
             status = "succeeded" if result.ok else "failed"
             if self.stop_event.is_set() and result.ok:
                 status = "interrupted"
@@ -213,6 +214,15 @@ class Engine:
                 lg.close()
             if self._state is None:
                 state.close()
+
+    def _apply_retention(self, lg: Log, streams: list[Stream]) -> None:
+        r = self.config.retention
+        if r is None or (r.max_age is None and r.max_bytes is None):
+            return
+        from replicant.log.base import Retention
+
+        for s in streams:
+            lg.apply_retention(s.name, Retention(max_age_seconds=r.max_age, max_bytes=r.max_bytes))
 
     # ------------------------------------------------------------------ reading
 

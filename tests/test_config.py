@@ -1,0 +1,114 @@
+"""The pipeline file: validation with key paths, ${env:} references, URL forms, secrets masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from replicant.config import load, normalize_url, parse, parse_duration, parse_size
+from replicant.errors import ConfigError, redact
+
+BASE = {"pipeline": "p", "source": {"type": "sqlite", "url": "sqlite:///a.db"}, "destinations": [{"name": "d"}]}
+
+
+def _problems(data: dict) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        parse(data)
+    return dict(e.value.problems)
+
+
+def test_every_problem_reported_at_once_with_key_paths() -> None:
+    problems = _problems({
+        "pipeline": "p",
+        "source": {"type": "postgres", "url": "postgresql://h/db",
+                   "streams": [{"table": "a", "mdoe": "full"}, {"table": "b", "mode": "cursor"}, {"table": "c", "mode": "sometimes"}]},
+        "destinations": [{"name": "d", "wirte": "merge"}, {"name": "d"}],
+        "stat": "x",
+    })
+    assert problems["source.streams[0].mdoe"] == "unknown key (did you mean 'mode'?)"
+    assert "needs `cursor:`" in problems["source.streams[1]"]
+    assert "source.streams[2].mode" in problems
+    assert problems["destinations[0].wirte"] == "unknown key (did you mean 'write'?)"
+    assert problems["stat"] == "unknown key (did you mean 'state'?)"
+
+
+def test_missing_required_keys() -> None:
+    problems = _problems({"pipeline": "p"})
+    assert problems == {"source": "required key is missing", "destinations": "required key is missing"}
+
+
+def test_duplicate_destination_names() -> None:
+    problems = _problems({**BASE, "destinations": [{"name": "d"}, {"name": "d"}]})
+    assert "unique" in next(iter(problems.values()))
+
+
+def test_env_references_resolve_and_secrets_are_masked(monkeypatch) -> None:
+    monkeypatch.setenv("PGPW", "s3cret!")
+    cfg = parse({**BASE, "source": {"type": "postgres", "url": "postgresql://app:${env:PGPW}@h/db"}})
+    assert cfg.source.url.get_secret_value() == "postgresql://app:s3cret!@h/db"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg)
+
+
+def test_missing_env_reference_names_the_key(monkeypatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    problems = _problems({**BASE, "destinations": [{"name": "d", "type": "postgres", "url": "postgresql://u:${env:NOT_SET_ANYWHERE}@h/x"}]})
+    assert problems == {"destinations[0].url": "environment variable NOT_SET_ANYWHERE is not set"}
+
+
+def test_streams_shorthand_and_all() -> None:
+    cfg = parse({**BASE, "source": {"type": "sqlite", "url": "sqlite:///a", "streams": ["Album", {"table": "Track", "mode": "cursor", "cursor": "x"}]}})
+    assert [s.table for s in cfg.source.streams] == ["Album", "Track"]
+    assert parse(BASE).source.streams == "all"
+
+
+@pytest.mark.parametrize(
+    ("url", "dialect", "plain"),
+    [
+        ("postgresql://u@h/db", "postgresql", "postgresql://u@h/db"),
+        ("postgres://u@h/db", "postgresql", "postgresql://u@h/db"),
+        ("postgresql+psycopg://u@h:5/db", "postgresql", "postgresql://u@h:5/db"),
+        ("mysql://root@h/db", "mysql", "mysql://root@h/db"),
+        ("mysql+pymysql://root@h/db", "mysql", "mysql://root@h/db"),
+        ("mariadb://root@h/db", "mysql", "mysql://root@h/db"),
+        ("sqlite:///rel/a.db", "sqlite", "sqlite:///rel/a.db"),
+    ],
+)
+def test_url_forms(url: str, dialect: str, plain: str) -> None:
+    assert normalize_url(url) == (dialect, plain)
+
+
+def test_bad_url_never_shows_the_password() -> None:
+    with pytest.raises(ConfigError) as e:
+        normalize_url("oracle://u:topsecret@h/db")
+    assert "topsecret" not in str(e.value)
+
+
+def test_load_reports_yaml_errors_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read pipeline file"):
+        load(tmp_path / "nope.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("pipeline: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)
+    ok = tmp_path / "ok.yml"
+    ok.write_text("pipeline: p\nsource: {type: sqlite, url: 'sqlite:///a.db'}\ndestinations: [{name: d}]\n")
+    assert load(ok).base_dir == tmp_path.resolve()
+
+
+def test_retention_units() -> None:
+    cfg = parse({**BASE, "retention": {"max_age": "12h", "max_bytes": "1.5GiB"}})
+    assert cfg.retention.max_age == 12 * 3600
+    assert cfg.retention.max_bytes == int(1.5 * 2**30)
+    assert parse_duration(90) == 90.0 and parse_duration("2w") == 14 * 86400
+    assert parse_size("500MB") == 500_000_000
+    problems = _problems({**BASE, "retention": {"max_bytes": "lots"}})
+    assert "not a size" in problems["retention.max_bytes"]
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="@/:", blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=30))
+def test_redact_hides_any_password(password: str) -> None:
+    text = f"could not connect to postgresql://app:{password}@db.example:5432/shop"
+    assert password not in redact(text).replace("postgresql://app:***@db.example:5432/shop", "")
