@@ -44,6 +44,8 @@ class Measurement:
     Attributes:
         seconds: wall time from spawn to exit.
         peak_rss: peak summed RSS of the process tree, bytes.
+        peak_anon: peak summed anonymous RSS (RSS without file-backed pages, such as
+            memory-mapped files), bytes; sampled only.
         cpu_seconds: user + system CPU of the process and its reaped descendants.
         returncode: exit status (0 on success; a failed run raises instead).
         load: the machine's 1-minute load average just before the run (other work on
@@ -52,6 +54,7 @@ class Measurement:
 
     seconds: float
     peak_rss: int
+    peak_anon: int
     cpu_seconds: float
     returncode: int
     load: float = 0.0
@@ -60,18 +63,25 @@ class Measurement:
         return asdict(self)
 
 
-def _tree_rss(root: psutil.Process) -> int:
-    total = 0
+def _tree_rss(root: psutil.Process) -> tuple[int, int]:
+    """(RSS, anonymous RSS) summed over ``root`` and its descendants, bytes.
+
+    Anonymous = RSS minus file-backed and shared pages (``memory_info().shared``):
+    memory-mapped files read through the page cache count in RSS but are reclaimable.
+    """
+    total = anon = 0
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return 0, 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            mem = proc.memory_info()
         except psutil.Error:
-            pass  # exited between listing and sampling
-    return total
+            continue  # exited between listing and sampling
+        total += mem.rss
+        anon += mem.rss - mem.shared
+    return total, anon
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -105,7 +115,7 @@ def run_measured(
     maxrss_path.unlink(missing_ok=True)
     if Path(GNU_TIME).exists():
         cmd = [GNU_TIME, "-f", "%M", "-o", str(maxrss_path), *cmd]
-    peak = 0
+    peak = peak_anon = 0
     load = os.getloadavg()[0]
     done = threading.Event()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -115,9 +125,10 @@ def run_measured(
         root = psutil.Process(proc.pid)
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, peak_anon
             while not done.is_set():
-                peak = max(peak, _tree_rss(root))
+                rss, anon = _tree_rss(root)
+                peak, peak_anon = max(peak, rss), max(peak_anon, anon)
                 done.wait(poll)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -144,6 +155,7 @@ def run_measured(
     return Measurement(
         seconds=seconds,
         peak_rss=max(peak, _gnu_time_maxrss(maxrss_path)),
+        peak_anon=peak_anon,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         returncode=proc.returncode,
         load=load,

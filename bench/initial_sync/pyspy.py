@@ -1,17 +1,21 @@
 """Profile a command with py-spy and summarise where its time went.
 
-``wrap(cmd, log)`` turns a command into ``py-spy record --format raw`` around it;
-``summarize(path)`` reads the collapsed stacks (one ``frame;frame;… count`` per line)
-and returns the frames with the most samples on top of the stack (self) and anywhere
-in it (inclusive), per process/thread root. Used by ``run.py --py-spy`` on extra,
-untimed replicant runs.
+``wrapper()(cmd, log)`` turns a command into ``py-spy record --format raw --threads``
+around it; ``summarize(path)`` reads the collapsed stacks (one ``frame;frame;… count``
+per line) and reports, per thread, its share of the samples and the frames on top of
+its stack (self time). py-spy drops idle samples by default, so shares are of the time
+a thread was running (or blocked in a system call such as ``fsync``), not wall time.
+Used by ``run.py --py-spy`` on extra, untimed replicant runs.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+
+_THREAD = re.compile(r"^thread \((?:0x)?[0-9A-Fa-f]+\)(?:: (?P<name>.*))?$")
 
 
 def available() -> bool:
@@ -21,38 +25,47 @@ def available() -> bool:
 def wrapper(native: bool = False, rate: int = 100):
     def wrap(cmd: list[str], log: Path) -> list[str]:
         extra = ["--native"] if native else []
-        return ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--subprocesses",
+        return ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--subprocesses", "--threads",
                 *extra, "-o", f"{log}.pyspy.txt", "--", *cmd]
     return wrap
 
 
 def _short(frame: str) -> str:
     # "function (path/to/module.py:123)" -> "function (module.py:123)"
-    if "(" in frame and frame.endswith(")"):
+    if " (" in frame and frame.endswith(")"):
         fn, _, loc = frame.partition(" (")
         return f"{fn} ({Path(loc[:-1]).name})"
     return frame
 
 
-def summarize(path: Path, top: int = 20) -> str:
-    """A text report of the top self and inclusive frames in a py-spy raw file."""
-    self_c: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
+def summarize(path: Path, top: int = 8) -> str:
+    """A text report of the busiest threads and their top self frames in a py-spy raw file."""
+    per_thread: dict[str, Counter[str]] = defaultdict(Counter)
+    overall: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [_short(f) for f in stack.split(";")]
+        frames = stack.split(";")
+        thread = "?"
+        for f in frames[:3]:
+            m = _THREAD.match(f)
+            if m:
+                thread = m["name"] or f
+        leaf = _short(frames[-1])
+        per_thread[thread][leaf] += n
+        overall[leaf] += n
         total += n
-        self_c[frames[-1]] += n
-        for f in set(frames):
-            incl[f] += n
     if not total:
         return f"(no samples in {path})"
-    lines = [f"{path.name}: {total} samples", "  self:"]
-    lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in self_c.most_common(top)]
-    lines.append("  inclusive:")
-    lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in incl.most_common(top)]
+    lines = [f"{path.name}: {total} samples (non-idle)", "  top self frames, all threads:"]
+    lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in overall.most_common(12)]
+    for thread, frames in sorted(per_thread.items(), key=lambda kv: -sum(kv[1].values())):
+        t_total = sum(frames.values())
+        if t_total < 0.02 * total:
+            continue
+        lines.append(f"  thread {thread}: {100 * t_total / total:.1f}% of samples; top self frames:")
+        lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in frames.most_common(top)]
     return "\n".join(lines)

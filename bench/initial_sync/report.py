@@ -24,6 +24,7 @@ class MethodResult:
     rows: int
     seconds: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
+    peak_anon: list[int] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -55,6 +56,7 @@ class MethodResult:
             "rows_per_s": _round(self.rate, 0),
             "ratio_to_pipe_pk": _round(self.rate / pipe_rate, 3) if pipe_rate == pipe_rate else None,
             "peak_rss_mb": [round(p / MB, 1) for p in self.peak_rss],
+            "peak_anon_rss_mb": [round(p / MB, 1) for p in self.peak_anon],
             "cpu_s": [round(c, 2) for c in self.cpu],
             "load_before": [round(x, 2) for x in self.load],
             "verified": self.ok,
@@ -73,12 +75,12 @@ def dataset_table(title: str, results: dict[str, MethodResult]) -> Table:
     pipe_rate = pipe.rate if pipe and pipe.ok else float("nan")
     t = Table(title=title, box=box.MARKDOWN, title_justify="left")
     for col, justify in (("method", "left"), ("rows", "right"), ("seconds (median)", "right"),
-                         ("rows/s", "right"), ("× pipe-pk", "right"), ("peak RSS MB", "right"),
+                         ("rows/s", "right"), ("× pipe-pk", "right"), ("peak RSS MB", "right"), ("anon MB", "right"),
                          ("CPU s", "right"), ("check", "left")):
         t.add_column(col, justify=justify)
     for r in results.values():
         if r.errors and not r.seconds:
-            t.add_row(r.method, f"{r.rows:,}", "-", "-", "-", "-", "-", "FAILED: " + _first_line(r.errors[0]))
+            t.add_row(r.method, f"{r.rows:,}", "-", "-", "-", "-", "-", "-", "FAILED: " + _first_line(r.errors[0]))
             continue
         ratio = r.rate / pipe_rate if pipe_rate == pipe_rate else float("nan")
         check = "ok" if r.ok else ("WRONG: " + r.problems[0] if r.problems else "FAILED: " + _first_line(r.errors[0]))
@@ -86,6 +88,7 @@ def dataset_table(title: str, results: dict[str, MethodResult]) -> Table:
             check = "-"
         t.add_row(r.method, f"{r.rows:,}", f"{r.median_s:.2f}", fmt_rate(r.rate),
                   "-" if ratio != ratio else f"{ratio:.2f}", f"{r.peak / MB:.0f}",
+                  f"{max(r.peak_anon, default=0) / MB:.0f}",
                   f"{median(r.cpu):.1f}", check)
     return t
 

@@ -114,6 +114,7 @@ def run_dataset(ctx, ds, src_db: str, jobs, repeat: int, con, *, loaded: bool = 
                     res = results[r.method]
                     res.seconds.append(r.measurement.seconds)
                     res.peak_rss.append(r.measurement.peak_rss)
+                    res.peak_anon.append(r.measurement.peak_anon)
                     res.cpu.append(r.measurement.cpu_seconds)
                     res.load.append(r.measurement.load)
                     res.problems.extend(p for p in r.problems if p not in res.problems)
@@ -123,7 +124,7 @@ def run_dataset(ctx, ds, src_db: str, jobs, repeat: int, con, *, loaded: bool = 
                         status = "-"
                     con.print(f"  {ds.name} {rep + 1}/{repeat} {r.method:<30} {r.measurement.seconds:8.2f} s "
                               f"{fmt_rate(ds.rows / r.measurement.seconds):>9} rows/s "
-                              f"{r.measurement.peak_rss / MB:7.0f} MB  load {r.measurement.load:4.1f}  {status}")
+                              f"{r.measurement.peak_rss / MB:7.0f} MB (anon {r.measurement.peak_anon / MB:4.0f})  load {r.measurement.load:4.1f}  {status}")
             except BenchError as exc:
                 for m in job.methods:
                     if m in results:
