@@ -47,8 +47,11 @@ INSERT, Python values)
 (temp file; CSV writing is 0.8 s/1M)
 =====================================  ==========
 
-Figures for append and merge through this class are in the test-suite report and
-``docs/types.md``.
+Through this class (same machine, 1M rows in 100k-row writes, throwaway MariaDB with ROW
+binlog and ``innodb_flush_log_at_trx_commit=1``; best of four runs on a shared, noisy
+machine): narrow (int key, 2 ints, 84 chars) append 326 k rows/s, merge of a snapshot
+(fast path) 326 k, merge upserting existing keys 162 k; wide append 197 k, fast path
+174 k, upsert 75 k.
 """
 
 from __future__ import annotations
