@@ -509,10 +509,9 @@ class SQLiteDestination(Destination):
 def _run(cur, sql: str, params: tuple | None = None) -> None:
     """Executes a statement that returns no rows, to completion.
 
-    Through ADBC's ``execute_update`` (``executemany`` with one parameter row, or none):
-    ``Cursor.execute`` runs ``execute_query``, which hands back a lazily read result
-    stream; a DML or ``COMMIT`` issued that way was seen not to take effect when the
-    stream was released unread.
+    Through ADBC's ``execute_update`` (``executemany`` with one parameter row, or none),
+    which steps the statement eagerly and reports the row count; ``Cursor.execute`` would
+    run ``execute_query`` and build a result stream for a statement that has none.
     """
     cur.executemany(sql, [params] if params is not None else None)
 
