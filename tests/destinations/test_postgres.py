@@ -545,3 +545,30 @@ def test_identical_redelivery_writes_no_new_row_versions(pg_url: str) -> None:
         assert d.applied_offset(s) == 1
     finally:
         d.close()
+
+
+def test_batches_of_new_keys_are_copied_until_a_key_exists(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed snapshot / insert-only changes into a loaded keyed table go by plain COPY;
+    the first batch meeting an existing key is rolled back and upserted, and staging is
+    used from then on."""
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE items (id bigint PRIMARY KEY, name text, qty integer)")
+        c.execute("INSERT INTO items VALUES (1, 'old', 1)")
+    s = cf.make_stream("items", cf.ITEMS)
+    d = _dest(pg_url, "merge")
+    d.open()
+    staged = []
+    real_stage = d._stage
+    monkeypatch.setattr(d, "_stage", lambda wire: staged.append(wire.num_rows) or real_stage(wire))
+    try:
+        d.prepare(s)  # not empty: no snapshot fast path
+        d.write(s, cf.changes(s, [{"id": 2, "name": "b", "qty": 2}, {"id": 3, "name": "c", "qty": 3}], ["read", "insert"]), last_offset=0)
+        assert staged == []
+        d.write(s, cf.changes(s, [{"id": 4, "name": "d", "qty": 4}, {"id": 1, "name": "new", "qty": 10}], ["insert", "update"]), last_offset=1)
+        assert staged == [2]  # the COPY met key 1: rolled back, upserted
+        d.write(s, cf.changes(s, [{"id": 5, "name": "e", "qty": 5}], "insert"), last_offset=2)
+        assert staged == [2, 1]  # no more optimistic COPY for this object
+        assert d.applied_offset(s) == 2
+    finally:
+        d.close()
+    assert _harness(pg_url).rows("items") == [(1, "new", 10), (2, "b", 2), (3, "c", 3), (4, "d", 4), (5, "e", 5)]

@@ -62,6 +62,7 @@ __all__ = ["PostgresDestination"]
 
 _STAGE = "_replicant_stage"
 _DELETE_FLAG = "__replicant_delete"
+_COPY_CHUNK_ROWS = 16_384
 
 
 @dataclass
@@ -73,6 +74,7 @@ class _Table:
     conflict_ok: bool  #: a unique index on exactly the key columns exists (ON CONFLICT usable)
     fast: bool  #: empty when first prepared, written only by this object with snapshot reads
     key: tuple[str, ...] = field(default_factory=tuple)
+    optimistic: bool = True  #: try a plain COPY for batches of new keys until one conflicts
 
 
 @dataclass
@@ -315,16 +317,25 @@ class PostgresDestination(Destination):
                 self._insert(table, without_deletes(data))
                 self._record(stream, last_offset)
             return
-        if table.fast and all_reads(data):
+        if table.fast and all_reads(data) and self._fast_insert(stream, table, data, last_offset):
+            return
+        table.fast = False
+        if table.optimistic and table.conflict_ok and _inserts_only(data, table.key):
             if self._fast_insert(stream, table, data, last_offset):
                 return
-        table.fast = False
         with self._txn("merge", stream, table.name):
             self._merge(table, data)
             self._record(stream, last_offset)
 
     def _fast_insert(self, stream: Stream, table: _Table, data: pa.Table, last_offset: int) -> bool:
-        """Bulk-inserts a snapshot batch without upsert; False (rolled back) if a key already exists."""
+        """Bulk-inserts a batch without upsert; False (rolled back) if a key already exists.
+
+        Used for snapshot reads into a table that was empty (the fast path), and, while it
+        keeps succeeding, for batches of distinct keys without deletes into a table with a
+        unique key (a resumed snapshot, insert-mostly changes): a key that exists makes the
+        COPY fail, the transaction is rolled back and the batch is upserted instead; this
+        object then stops trying.
+        """
         import adbc_driver_manager
 
         try:
@@ -337,7 +348,7 @@ class PostgresDestination(Destination):
                     raise
                 self._record(stream, last_offset)
         except _KeyExists:
-            table.fast = False
+            table.fast = table.optimistic = False
             return False
         return True
 
@@ -346,7 +357,7 @@ class PostgresDestination(Destination):
             return
         wire = self._wire(table, normalize(rows))
         if not wire.staged:
-            self._cur.adbc_ingest(table.name, wire.data, mode="append", db_schema_name=self.schema)
+            self._cur.adbc_ingest(table.name, _pipelined(wire.data), mode="append", db_schema_name=self.schema)
             return
         self._stage(wire.stage_table())
         self._exec(sql.insert_select(self.schema, table.name, _STAGE, self._exprs(table, wire)))
@@ -416,7 +427,7 @@ class PostgresDestination(Destination):
         return exprs
 
     def _stage(self, wire: pa.Table) -> None:
-        self._cur.adbc_ingest(_STAGE, wire, mode="replace", temporary=True)
+        self._cur.adbc_ingest(_STAGE, _pipelined(wire), mode="replace", temporary=True)
 
     # ------------------------------------------------------------------ replace
 
@@ -444,6 +455,24 @@ class PostgresDestination(Destination):
             self._record(stream, last_offset)
         del self._pending[stream.name]
         self._tables[stream.name] = _Table(name=name, columns=pending.columns, conflict_ok=pending.conflict_ok, fast=False, key=pending.key)
+
+
+def _inserts_only(data: pa.Table, key: tuple[str, ...]) -> bool:
+    """No deletes and no key twice: a plain insert applies it if none of the keys exists."""
+    if data.num_rows == 0 or pc.any(delete_mask(data)).as_py():
+        return False
+    return last_change_per_key(data, key).num_rows == data.num_rows
+
+
+def _pipelined(table: pa.Table) -> pa.Table:
+    """``table`` in record batches of at most :data:`_COPY_CHUNK_ROWS` rows (zero-copy slices).
+
+    ADBC encodes one whole record batch, then sends it: smaller batches let the server
+    insert one chunk while the next is encoded (measured ~5-25% faster on 2 cores).
+    """
+    if all(len(b) <= _COPY_CHUNK_ROWS for b in table.to_batches()):
+        return table
+    return pa.Table.from_batches(table.to_batches(max_chunksize=_COPY_CHUNK_ROWS), schema=table.schema)
 
 
 class _KeyExists(Exception):
