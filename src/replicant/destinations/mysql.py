@@ -504,7 +504,8 @@ class MySQLDestination(Destination):
             cols = ", ".join(quote(n) for n in names)
             key_names = {k.lower() for k in keys}
             updates = [f"{quote(n)} = VALUES({quote(n)})" for n in names if n.lower() not in key_names]
-            updates = updates or [f"{quote(keys[0])} = {quote(keys[0])}"]
+            # a table of key columns only: a no-op update (VALUES() is unambiguous, a bare name is not)
+            updates = updates or [f"{quote(keys[0])} = VALUES({quote(keys[0])})"]
             cur.execute(
                 f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} WHERE `_op` <> '{OP_DELETE}' "
                 f"ON DUPLICATE KEY UPDATE {', '.join(updates)}"
