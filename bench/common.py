@@ -14,6 +14,7 @@ Nothing here runs at import time.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import signal
@@ -255,7 +256,7 @@ def git_commit() -> str:
 
 
 def fmt_rate(rows_per_s: float) -> str:
-    if rows_per_s != rows_per_s:  # nan
+    if math.isnan(rows_per_s):  # nan
         return "-"
     if rows_per_s >= 1e6:
         return f"{rows_per_s / 1e6:.2f} M"

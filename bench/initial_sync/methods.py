@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
-
-from common import BenchError, Measurement, checkpoint, recreate_database, run_measured
 
 import verify
+from common import BenchError, Measurement, checkpoint, recreate_database, run_measured
 
 HERE = Path(__file__).resolve().parent
 

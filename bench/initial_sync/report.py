@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from common import MB, fmt_rate, median
 from rich import box
 from rich.console import Console
 from rich.table import Table
-
-from common import MB, fmt_rate, median
 
 #: Peak RSS target for replicant (BENCHMARKS.md), bytes.
 RSS_LIMIT = 256 * MB
@@ -54,7 +54,7 @@ class MethodResult:
             "seconds": [round(s, 3) for s in self.seconds],
             "median_s": _round(self.median_s, 3),
             "rows_per_s": _round(self.rate, 0),
-            "ratio_to_pipe_pk": _round(self.rate / pipe_rate, 3) if pipe_rate == pipe_rate else None,
+            "ratio_to_pipe_pk": _round(self.rate / pipe_rate, 3) if not math.isnan(pipe_rate) else None,
             "peak_rss_mb": [round(p / MB, 1) for p in self.peak_rss],
             "peak_anon_rss_mb": [round(p / MB, 1) for p in self.peak_anon],
             "cpu_s": [round(c, 2) for c in self.cpu],
@@ -67,7 +67,7 @@ class MethodResult:
 
 
 def _round(x: float, nd: int):
-    return None if x != x else round(x, nd)
+    return None if math.isnan(x) else round(x, nd)
 
 
 def dataset_table(title: str, results: dict[str, MethodResult]) -> Table:
@@ -82,12 +82,12 @@ def dataset_table(title: str, results: dict[str, MethodResult]) -> Table:
         if r.errors and not r.seconds:
             t.add_row(r.method, f"{r.rows:,}", "-", "-", "-", "-", "-", "-", "FAILED: " + _first_line(r.errors[0]))
             continue
-        ratio = r.rate / pipe_rate if pipe_rate == pipe_rate else float("nan")
+        ratio = r.rate / pipe_rate if not math.isnan(pipe_rate) else float("nan")
         check = "ok" if r.ok else ("WRONG: " + r.problems[0] if r.problems else "FAILED: " + _first_line(r.errors[0]))
         if r.method == "copy-devnull":
             check = "-"
         t.add_row(r.method, f"{r.rows:,}", f"{r.median_s:.2f}", fmt_rate(r.rate),
-                  "-" if ratio != ratio else f"{ratio:.2f}", f"{r.peak / MB:.0f}",
+                  "-" if math.isnan(ratio) else f"{ratio:.2f}", f"{r.peak / MB:.0f}",
                   f"{max(r.peak_anon, default=0) / MB:.0f}",
                   f"{median(r.cpu):.1f}", check)
     return t

@@ -27,12 +27,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import MB, REPO, BenchError, fmt_rate, git_commit, machine_info, make_workdir, recreate_database, start_pg  # noqa: E402
-
-import datasets  # noqa: E402
-import methods  # noqa: E402
-import pyspy  # noqa: E402
-import report  # noqa: E402
+import datasets
+import methods
+import pyspy
+import report
+from common import (
+    MB,
+    REPO,
+    BenchError,
+    fmt_rate,
+    git_commit,
+    machine_info,
+    make_workdir,
+    recreate_database,
+    start_pg,
+)
 
 VENV = REPO / "bench" / ".venv-dlt"
 
@@ -97,7 +106,7 @@ def versions(dlt_python: Path | None, server) -> dict:
     with server.connect() as conn:
         out["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
     if dlt_python:
-        freeze = subprocess.run([str(dlt_python), "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+        freeze = subprocess.run([str(dlt_python), "-m", "pip", "freeze"], capture_output=True, text=True, check=False).stdout
         for line in freeze.splitlines():
             name, _, ver = line.partition("==")
             if name.lower() in ("dlt", "connectorx", "pyarrow", "duckdb", "psycopg2-binary", "sqlalchemy"):
@@ -130,7 +139,6 @@ def run_dataset(ctx, ds, src_db: str, jobs, repeat: int, con, *, loaded: bool = 
                     if m in results:
                         results[m].errors.append(str(exc))
                 con.print(f"  {ds.name} {rep + 1}/{repeat} {job.name:<30} FAILED: {str(exc).splitlines()[0]}")
-                (ctx.work / "logs").mkdir(exist_ok=True)
     return results
 
 
