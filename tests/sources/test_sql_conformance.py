@@ -50,6 +50,7 @@ def test_read_all_rows_of_every_table_with_exact_content(chinook_db: Db, chinook
         for s in streams:
             batches = read_all(src, s)
             assert batches[-1].final and batches[-1].position["done"] is True
+            assert batches[-1].data.num_rows == 0
             assert not any(b.final for b in batches[:-1])
             assert all(b.data.schema == s.change_schema for b in batches)
             assert {op for b in batches for op in b.data.column("_op").to_pylist()} <= {"read"}
@@ -105,7 +106,7 @@ def test_composite_key_is_chunked_and_resumes(chinook_db: Db) -> None:
         s = streams[0]
         batches = read_all(src, s)
         # batches of 300 within chunks of 1000 (a batch never spans two chunk queries)
-        assert [b.data.num_rows for b in batches] == [300, 300, 300, 100] * 8 + [300, 300, 115]
+        assert [b.data.num_rows for b in batches] == [300, 300, 300, 100] * 8 + [300, 300, 115, 0]
         assert batches[4].position["after"] == [
             batches[4].data.column(pid)[-1].as_py(), batches[4].data.column(tid)[-1].as_py()
         ]
@@ -142,9 +143,9 @@ def test_empty_and_keyless_tables(empty_db: Db) -> None:
         assert out[0].position == {"mode": "full", "snapshot": out[0].position["snapshot"], "done": True}
 
         out = read_all(src, nokey)
-    assert [b.data.num_rows for b in out] == [3, 3, 1]
-    assert [b.resumable for b in out] == [False, False, True]
-    assert [b.final for b in out] == [False, False, True]
+    assert [b.data.num_rows for b in out] == [3, 3, 1, 0]
+    assert [b.resumable for b in out] == [False, False, False, True]
+    assert [b.final for b in out] == [False, False, False, True]
     assert out[0].position["rows"] == 3
     assert sorted(data_of(out).column("a").to_pylist()) == list(range(7))
 

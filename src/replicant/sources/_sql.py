@@ -8,14 +8,16 @@ Positions (JSON; the resume rule of :mod:`replicant.sources.base` holds for each
 
     full, keyed     {"mode": "full", "snapshot": ID, "after": [last key values]}
     full, unkeyed   {"mode": "full", "snapshot": ID, "rows": N}          resumable=False
-    full, finished  {"mode": "full", "snapshot": ID, "done": true}       on the final batch
+    full, finished  {"mode": "full", "snapshot": ID, "done": true}       on the final, empty batch
     cursor          {"mode": "cursor", "cursor": MAX, "after": [key at MAX],
                      "seen": {"cursor": [...], "keys": [[...], ...]}}     seen: with a look-back
 
 ``full`` reads the table in key order, in chunks of ``chunk_size`` rows
 (``WHERE (k1, k2) > (:a, :b) ORDER BY k1, k2 LIMIT n``), each streamed in batches of
-``batch_size``; resuming from ``after`` continues inside the chunk where it stopped. Reading
-from a ``done`` position (or None) starts a new snapshot. A table whose key is missing or
+``batch_size``; resuming from ``after`` continues inside the chunk where it stopped. The
+snapshot ends with an empty batch marked ``final`` (no batch is held back to learn which
+one is last: one batch less in memory). Reading from a ``done`` position (or None) starts
+a new snapshot. A table whose key is missing or
 nullable is read in one unchunked query whose positions cannot be resumed.
 
 ``cursor`` reads rows in ``(cursor, key)`` order after the position. With a look-back, a
@@ -249,14 +251,12 @@ class SQLSource(Source):
             return ReadBatch(with_meta(batch, OP_READ, encode_position(pos), utcnow()), pos, **kw)
 
         if not keyed:
-            sql = self._query(plan, [], keys, None)
-            rows, held = 0, None
+            sql = self._query(plan, [], [], None)
+            rows = 0
             for b in self._rebatched(sql, [], plan, batch_size):
-                if held is not None:
-                    yield emit(held, {"mode": "full", "snapshot": snapshot, "rows": rows}, resumable=False)
-                held = b
                 rows += b.num_rows
-            yield emit(held if held is not None else self._empty(stream), done, final=True)
+                yield emit(b, {"mode": "full", "snapshot": snapshot, "rows": rows}, resumable=False)
+            yield emit(self._empty(stream), done, final=True)
             return
 
         values = [decode_value(v, c.arrow) for v, c in zip(after, keys)] if after else None
@@ -264,20 +264,15 @@ class SQLSource(Source):
             params: list[Any] = []
             where = [self._where(">", keys, values, params)] if values else []
             sql = self._query(plan, where, keys, chunk)
-            n, held = 0, None
+            n, last = 0, None
             for b in self._rebatched(sql, params, plan, batch_size):
-                if held is not None:
-                    yield emit(held, self._after_pos(snapshot, held, keys))
-                held = b
                 n += b.num_rows
-            if held is None:  # an empty chunk: the previous one ended exactly at the last row
+                last = b
+                yield emit(b, self._after_pos(snapshot, b, keys))
+            if last is None or n < chunk:  # the table ends in this chunk
                 yield emit(self._empty(stream), done, final=True)
                 return
-            if n < chunk:
-                yield emit(held, done, final=True)
-                return
-            yield emit(held, self._after_pos(snapshot, held, keys))
-            values = self._key_values(held, stream.primary_key)
+            values = self._key_values(last, stream.primary_key)
 
     def _after_pos(self, snapshot: str, batch: pa.RecordBatch, keys: list[Column]) -> Position:
         last = self._key_values(batch, [c.name for c in keys])

@@ -66,6 +66,8 @@ LEFT JOIN information_schema.STATISTICS k ON k.TABLE_SCHEMA = c.TABLE_SCHEMA AND
 WHERE t.TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED', 'VIEW') AND c.TABLE_SCHEMA IN ({schemas})
 """
 _ORDER = " ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
+#: connectorx batch rows (re-assembled to ``batch_size``): lower peak memory, same speed.
+_CX_BATCH_ROWS = 32_768
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 #: PyMySQL error codes that mean "cannot connect or log in" (the mapping table).
 _CONNECT_CODES = {1044, 1045, 1049, 1698, 2002, 2003, 2005, 2006, 2013, 1040, 1129, 1130}
@@ -241,7 +243,9 @@ class MySQLSource(SQLSource):
         what = f"reading {self._display(plan.stream.table)}"
         schema = plan.stream.schema
         try:
-            reader = connectorx.read_sql(self._cx_url(), sql, return_type="arrow_stream", batch_size=batch_size)
+            reader = connectorx.read_sql(
+                self._cx_url(), sql, return_type="arrow_stream", batch_size=min(batch_size, _CX_BATCH_ROWS)
+            )
             for b in reader:
                 yield conform(b, schema)
         except ValueError as e:

@@ -46,6 +46,10 @@ from replicant.sources.types import Column, sqlite_column
 
 __all__ = ["SQLiteSource"]
 
+#: Rows turned into Python objects at a time (then Arrow; batches are re-assembled to
+#: ``batch_size``): bounds the driver's per-row objects, the memory hog of this path.
+_FETCH_ROWS = 10_000
+
 
 def _to_arrow(values: list[Any] | tuple[Any, ...], t: pa.DataType) -> pa.Array:
     """One column of SQLite values as Arrow type ``t`` (vectorised after the driver)."""
@@ -155,10 +159,11 @@ class SQLiteSource(SQLSource):
             if "no such table" in str(e):
                 raise FatalError(f"{what}: table {self._display(plan.stream.table)} does not exist") from None
             raise FatalError(f"{what}: {e}") from None
+        step = min(batch_size, _FETCH_ROWS)
         try:
             while True:
                 try:
-                    rows = cur.fetchmany(batch_size)
+                    rows = cur.fetchmany(step)
                 except sqlite3.Error as e:
                     raise FatalError(f"{what}: {e}") from None
                 if not rows:
