@@ -17,8 +17,8 @@ Positions (JSON; the resume rule of :mod:`replicant.sources.base` holds for each
 ``batch_size``; resuming from ``after`` continues inside the chunk where it stopped. The
 snapshot ends with an empty batch marked ``final`` (no batch is held back to learn which
 one is last: one batch less in memory). Reading from a ``done`` position (or None) starts
-a new snapshot. A table whose key is missing or
-nullable is read in one unchunked query whose positions cannot be resumed.
+a new snapshot. A table whose key is missing or nullable is read in one unchunked query
+whose positions cannot be resumed.
 
 ``cursor`` reads rows in ``(cursor, key)`` order after the position. With a look-back, a
 new read starts at ``MAX - lookback`` so rows committed late with an older cursor value are
