@@ -8,7 +8,7 @@ import pytest
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, Stream
-from replicant.sources.select import _parse_name, parse_lookback, resolve_streams
+from replicant.sources.select import parse_lookback, resolve_streams, split_name
 
 
 def _stream(name: str, table: tuple[str, ...], cols: dict[str, pa.DataType], pk=(), kind="table", notnull=()) -> Stream:
@@ -154,9 +154,9 @@ def test_parse_lookback_rejects(value, temporal: bool) -> None:
         parse_lookback(value, temporal=temporal)
 
 
-def test_parse_name() -> None:
-    assert _parse_name("a.b") == ("a", "b")
-    assert _parse_name('"a.b"') == ("a.b",)
-    assert _parse_name('"x""y".`z``w`') == ('x"y', "z`w")
-    assert _parse_name('Order "Details" ü') is None
-    assert _parse_name("a..b") is None
+def test_split_name() -> None:
+    assert split_name("a.b") == ("a", "b")
+    assert split_name('"a.b"') == ("a.b",)
+    assert split_name('"x""y".`z``w`') == ('x"y', "z`w")
+    assert split_name('Order "Details" ü') is None
+    assert split_name("a..b") is None

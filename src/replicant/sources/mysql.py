@@ -50,7 +50,7 @@ import pyarrow as pa
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.sources._sql import SQLSource, Table, _Plan
-from replicant.sources.select import _parse_name
+from replicant.sources.select import split_name
 from replicant.sources.types import Column, conform, mysql_column
 
 __all__ = ["MySQLSource"]
@@ -166,7 +166,7 @@ class MySQLSource(SQLSource):
             names.append(self.config.schema_name)
         if self.config.streams != "all":
             for sc in self.config.streams:
-                parts = _parse_name(sc.table)
+                parts = split_name(sc.table)
                 if parts and len(parts) == 2:
                     names.append(parts[0])
         return list(dict.fromkeys(names))

@@ -26,7 +26,7 @@ from replicant.errors import ConfigError
 from replicant.model import Stream
 from replicant.sources.types import is_keyable, is_numeric, is_temporal
 
-__all__ = ["resolve_streams", "parse_lookback", "OWN_TABLE_PREFIX"]
+__all__ = ["resolve_streams", "parse_lookback", "split_name", "OWN_TABLE_PREFIX"]
 
 #: Tables replicant creates in a source (trigger shadow tables…) are never streams of `all`.
 OWN_TABLE_PREFIX = "_replicant"
@@ -62,7 +62,7 @@ def parse_lookback(value: float | int | str, *, temporal: bool) -> float | int:
     return number
 
 
-def _parse_name(text: str) -> tuple[str, ...] | None:
+def split_name(text: str) -> tuple[str, ...] | None:
     """``a.b``, ``"a"."b"`` or `` `a`.`b` `` as name parts; None when it is not such a name."""
     parts: list[str] = []
     pos = 0
@@ -98,7 +98,7 @@ def _find(text: str, discovered: list[Stream]) -> tuple[Stream | None, str]:
         by_name.setdefault(_qualified(s), s)
     if text in by_name:
         return by_name[text], ""
-    parts = _parse_name(text)
+    parts = split_name(text)
     if parts:
         hits = [s for s in discovered if (len(parts) == 1 and s.name == parts[0]) or s.table == parts]
         if len(hits) == 1:
