@@ -135,6 +135,10 @@ class DuckDBDestination(Destination):
             if isinstance(e, duckdb.TransactionException) and "conflict" in str(e).lower():
                 raise RetriableError(f"{where}: transaction conflict, retry: {e}") from e
             raise FatalError(f"{where}: {e}") from e
+        except (pa.ArrowException, TypeError, ValueError) as e:  # a value Arrow cannot convert
+            with contextlib.suppress(duckdb.Error):
+                self._con.rollback()
+            raise FatalError(f"destination {self.name!r} ({step}): {e}") from e
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 self._con.rollback()

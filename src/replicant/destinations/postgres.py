@@ -7,17 +7,23 @@ leaves either both or neither.
 How rows travel (see :mod:`replicant.destinations._pg_types`):
 
 * **Direct**: ``adbc_ingest(mode="append")`` — a binary ``COPY FROM STDIN`` encoded in
-  C++ from the Arrow buffers — straight into the target table. Used by ``append``, by
-  ``replace`` (into the pending table) and by the ``merge`` fast path (a snapshot read into
-  a table that was empty when this object prepared it), when every column's Arrow type
-  has a binary encoding the target column accepts.
+  C++ from the Arrow buffers, sent in 16k-row chunks so the server inserts one while the
+  next is encoded — straight into the target table. Used by ``append``, by ``replace``
+  (into the pending table), by the ``merge`` fast path (a snapshot read into a table that
+  was empty when this object prepared it) and, optimistically, by merges of distinct new
+  keys without deletes into a table with a unique key (a resumed snapshot, insert-mostly
+  changes; the first batch that meets an existing key is rolled back and upserted, and
+  this object stops trying). It needs every column's Arrow type to have a binary form the
+  target column accepts; canonical uuid text and JSON text (into ``jsonb``) are encoded
+  into those forms in Arrow/numpy.
 * **Staged**: the batch is COPYed into a temporary table (``pg_temp._replicant_stage``,
-  unlogged, dropped in the same transaction) and applied with one statement per kind:
+  dropped in the same transaction) and applied with one statement per kind:
   ``DELETE … USING`` for keys whose last change is a delete, then
-  ``INSERT … SELECT … ON CONFLICT (key) DO UPDATE`` (or ``DELETE … USING`` +
-  ``INSERT … SELECT`` when the table has no unique index on the key). Columns whose Arrow
-  type cannot be sent in the target's binary format (text into ``uuid``/``jsonb``/
-  ``numeric``/``interval``…) are staged as text and cast in the ``SELECT``.
+  ``INSERT … SELECT … ON CONFLICT (key) DO UPDATE … WHERE ROW(old) IS DISTINCT FROM
+  ROW(new)`` (unchanged rows are not rewritten), or ``DELETE … USING`` + ``INSERT …
+  SELECT`` when the table has no unique index on the key. Columns whose Arrow type has no
+  binary form for the target (text into ``numeric``/``inet``/``timetz``…, ±infinity
+  timestamps) are converted in the ``SELECT`` by the server's own input functions.
 
 Within one merge write the last change per key wins; it is picked in Arrow before
 staging. Tables are created from the stream schema: a PostgreSQL source's declared type
@@ -180,6 +186,9 @@ class PostgresDestination(Destination):
         except adbc_driver_manager.Error as e:
             self._abort(e)
             raise translate(e, self._where(step, stream, table)) from e
+        except (pa.ArrowException, TypeError, ValueError) as e:  # a value Arrow cannot convert
+            self._abort(None)
+            raise FatalError(f"{self._where(step, stream, table)}: {e}") from e
         except BaseException:
             self._abort(None)
             raise
