@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, Stream, with_meta, utcnow
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, Stream, utcnow, with_meta
 
 __all__ = ["read_pg_table"]
 

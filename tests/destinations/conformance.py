@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -23,7 +23,7 @@ import pytest
 from replicant.errors import FatalError
 from replicant.model import META_FIELDS, Stream
 
-TS = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+TS = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def make_stream(name: str, fields: list[pa.Field], key: tuple[str, ...] = ("id",), metadata: dict | None = None) -> Stream:

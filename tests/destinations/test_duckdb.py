@@ -164,7 +164,7 @@ def test_type_mapping_is_exact(path: Path) -> None:
         "d": float("-inf"),
         "c5": "ab   ",
         "ts": dt.datetime(1900, 1, 1, 0, 0, 0, 1),
-        "tstz": dt.datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=dt.timezone.utc),
+        "tstz": dt.datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=dt.UTC),
         "iv": pa.MonthDayNano([14, 3, 14_706_789_000_000]),
         "u": str(u),
         "ub": u.bytes,
@@ -202,7 +202,7 @@ def test_type_mapping_is_exact(path: Path) -> None:
     assert first["r"] != first["r"] and first["d"] == float("-inf")
     assert first["c5"] == "ab   "
     assert first["ts"] == dt.datetime(1900, 1, 1, 0, 0, 0, 1)
-    assert first["tstz"] == dt.datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=dt.timezone.utc)
+    assert first["tstz"] == dt.datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=dt.UTC)
     assert first["iv"] == pa.MonthDayNano([14, 3, 14_706_789_000_000])
     assert str(first["u"]) == str(u) and str(first["ub"]) == str(u)
     assert first["j"] == '{"k": {"z": 1, "a": [true]}}'

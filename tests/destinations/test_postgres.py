@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute
 import pytest
 
 from replicant.config import DestinationConfig

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from replicant.model import META_COLUMNS, OP_DELETE, OP_READ
 
-__all__ = ["data_names", "without_deletes", "all_reads", "last_change_per_key", "delete_mask"]
+__all__ = ["all_reads", "data_names", "delete_mask", "last_change_per_key", "without_deletes"]
 
 
 def data_names(table: pa.Table) -> list[str]:

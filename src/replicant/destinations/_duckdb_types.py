@@ -15,7 +15,7 @@ import re
 
 import pyarrow as pa
 
-__all__ = ["quote", "ddl_type", "normalize", "select_expr"]
+__all__ = ["ddl_type", "normalize", "quote", "select_expr"]
 
 
 def quote(name: str) -> str:

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from replicant.errors import ConnectionError, FatalError, ReplicantError, RetriableError
 
-__all__ = ["translate", "is_connection_lost", "describe_url", "message_of", "sqlstate_of"]
+__all__ = ["describe_url", "is_connection_lost", "message_of", "sqlstate_of", "translate"]
 
 _RETRY_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
 

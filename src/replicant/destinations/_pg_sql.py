@@ -10,19 +10,19 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 __all__ = [
-    "MAX_IDENT_BYTES",
-    "quote",
-    "qualified",
-    "pg_name",
-    "pending_name",
     "COLUMNS_SQL",
+    "MAX_IDENT_BYTES",
     "UNIQUE_KEYS_SQL",
     "create_table",
-    "offsets_ddl",
-    "upsert_offset",
-    "select_offset",
-    "insert_select",
     "delete_using",
+    "insert_select",
+    "offsets_ddl",
+    "pending_name",
+    "pg_name",
+    "qualified",
+    "quote",
+    "select_offset",
+    "upsert_offset",
 ]
 
 #: PostgreSQL truncates identifiers to NAMEDATALEN-1 = 63 bytes.

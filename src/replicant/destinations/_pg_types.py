@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
-__all__ = ["PgColumn", "STAGE", "UUID_TEXT", "JSONB_TEXT", "cast_column", "DIALECT", "declared_type", "ddl_type", "wire_type", "normalize", "needs_cast", "has_equality", "split_infinity"]
+__all__ = ["DIALECT", "JSONB_TEXT", "STAGE", "UUID_TEXT", "PgColumn", "cast_column", "ddl_type", "declared_type", "has_equality", "needs_cast", "normalize", "split_infinity", "wire_type"]
 
 DIALECT = "postgresql"
 STAGE = object()  #: sentinel of :func:`wire_type`: stage the column and cast it in SQL

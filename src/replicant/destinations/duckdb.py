@@ -37,13 +37,19 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replicant.destinations._changes import all_reads, data_names, delete_mask, last_change_per_key, without_deletes
+from replicant.destinations._changes import (
+    all_reads,
+    data_names,
+    delete_mask,
+    last_change_per_key,
+    without_deletes,
+)
 from replicant.destinations._duckdb_types import ddl_type, normalize, quote, select_expr
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.model import Stream
 
-__all__ = ["DuckDBDestination", "DEFAULT_MEMORY_LIMIT"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "DuckDBDestination"]
 
 DEFAULT_MEMORY_LIMIT = "64MB"
 _BATCH = "_replicant_batch"

@@ -45,8 +45,20 @@ import pyarrow.compute as pc
 
 from replicant.config import normalize_url
 from replicant.destinations import _pg_sql as sql
-from replicant.destinations._changes import all_reads, data_names, delete_mask, last_change_per_key, without_deletes
-from replicant.destinations._pg_errors import describe_url, is_connection_lost, message_of, sqlstate_of, translate
+from replicant.destinations._changes import (
+    all_reads,
+    data_names,
+    delete_mask,
+    last_change_per_key,
+    without_deletes,
+)
+from replicant.destinations._pg_errors import (
+    describe_url,
+    is_connection_lost,
+    message_of,
+    sqlstate_of,
+    translate,
+)
 from replicant.destinations._pg_types import (
     JSONB_TEXT,
     STAGE,
@@ -329,9 +341,9 @@ class PostgresDestination(Destination):
         if table.fast and all_reads(data) and self._fast_insert(stream, table, data, last_offset):
             return
         table.fast = False
-        if table.optimistic and table.conflict_ok and _inserts_only(data, table.key):
-            if self._fast_insert(stream, table, data, last_offset):
-                return
+        optimistic = table.optimistic and table.conflict_ok and _inserts_only(data, table.key)
+        if optimistic and self._fast_insert(stream, table, data, last_offset):
+            return
         with self._txn("merge", stream, table.name):
             self._merge(table, data)
             self._record(stream, last_offset)
