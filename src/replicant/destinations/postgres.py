@@ -157,7 +157,7 @@ class PostgresDestination(Destination):
 
         url = self._url()
         try:
-            self._conn = adbc_pg.connect(url)
+            self._conn = adbc_pg.connect(url, autocommit=False)  # data + offset commit together
         except adbc_driver_manager.Error as e:
             raise ConnectionError(f"destination {self.name!r}: cannot connect to {describe_url(url)}: {message_of(e)}") from None
         self._cur = self._conn.cursor()
