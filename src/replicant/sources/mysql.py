@@ -2,16 +2,18 @@
 
 Measured on this project's machine (2 vCPU, MariaDB 10.11, 1,000,000-row tables; narrow =
 int key, 2 ints, char(84); wide = 11 columns incl. decimal(12,2), text, timestamp(6),
-datetime(6), date; read into Arrow in key order, whole process):
+datetime(6), date; read in key order into Arrow, each in its own process, best of 5
+interleaved runs on a loaded machine):
 
-=================================================  ============  ===========  =========
-method                                             narrow rows/s  wide rows/s  peak RSS
-=================================================  ============  ===========  =========
-connectorx ``arrow_stream`` (binary protocol)      1.34 M         0.59 M       ~120 MB
-… with this module's exact temporal expressions    —              0.39-0.47 M  ~120 MB
-PyMySQL ``SSCursor`` → columns → ``pa.array``      0.22 M         0.05 M       ~260 MB
-PyMySQL, values kept as text, cast in Arrow        0.16 M         0.07 M       ~300 MB
-=================================================  ============  ===========  =========
+=====================================================  ============  ===========  =========
+method                                                 narrow rows/s  wide rows/s  peak RSS
+=====================================================  ============  ===========  =========
+connectorx ``arrow_stream`` (binary protocol)          1.37 M         0.45 M       ~115 MB
+connectorx with this module's exact SQL expressions    1.01 M         0.30 M       ~115 MB
+PyMySQL ``SSCursor`` → columns → ``pa.array``          0.15 M         0.04 M       ~220 MB
+PyMySQL, values kept as text, cast in Arrow (earlier)  0.16 M         0.07 M       ~300 MB
+this source (connectorx, exact)                        1.15 M         0.30 M       ~160-220 MB
+=====================================================  ============  ===========  =========
 
 connectorx (Rust, Arrow-native) is chosen: 6-10× PyMySQL, which decodes every value in
 Python. Its conversions are made exact in the select list (:func:`.types.mysql_column`):

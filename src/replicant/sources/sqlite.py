@@ -2,14 +2,16 @@
 
 Measured on this project's machine (2 vCPU, SQLite 3.40, 1,000,000-row tables; narrow =
 int key, 2 ints, char(84); wide = 11 columns incl. numeric(12,2), text, datetime, date,
-boolean; read into Arrow in key order, whole process):
+boolean; read in key order into Arrow, each in its own process, best of 5 interleaved
+runs on a loaded machine):
 
 ===========================================  ============  ===========  =========
 method                                       narrow rows/s  wide rows/s  peak RSS
 ===========================================  ============  ===========  =========
-``sqlite3`` ``fetchmany`` → columns → Arrow  0.74 M         0.22 M       ~100-260 MB
-ADBC SQLite driver                           2.2 M          0.93 M       ~85 MB
-connectorx                                   2.6 M          0.54 M       ~115 MB
+``sqlite3`` ``fetchmany`` → columns → Arrow  0.57 M         0.20 M       90-220 MB
+ADBC SQLite driver                           1.28 M         0.89 M       ~85 MB
+connectorx                                   1.64 M         0.51 M       ~95-115 MB
+this source (``sqlite3``, typed, exact)      0.50 M         0.24 M       120-196 MB
 ===========================================  ============  ===========  =========
 
 ``sqlite3`` is chosen although slower: SQLite types values per row, not per column, and
