@@ -3,7 +3,7 @@ under ``streams: all``, keys of every keyable type, a value that does not fit it
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 
 import psycopg
@@ -77,7 +77,7 @@ def test_every_type_is_read_into_arrow_exactly(pg_url: str) -> None:
     assert r["b"] is True and r["d"] == date(2024, 2, 29) and r["tm"] == time(23, 59, 59, 999999)
     assert r["tmtz"] == "12:34:56.5+05:30"
     assert r["ts"] == datetime(2024, 1, 1, 12, 34, 56, 789012)
-    assert r["tstz"] == datetime(2024, 5, 31, 22, 0, 0, 1, tzinfo=timezone.utc)
+    assert r["tstz"] == datetime(2024, 5, 31, 22, 0, 0, 1, tzinfo=UTC)
     assert r["iv"] == pa.MonthDayNano([14, 3, ((4 * 60 + 5) * 60 + 6) * 10**9 + 789 * 10**6])
     assert r["u"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     assert r["j"] == '{"a": [1, 2]}' and r["jb"] == '{"b": {"c": null}}'

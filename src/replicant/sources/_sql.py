@@ -47,9 +47,24 @@ import pyarrow.compute as pc
 
 from replicant.config import SourceConfig, normalize_url
 from replicant.errors import ConfigError, FatalError
-from replicant.model import DIALECT_KEY, OP_READ, OP_UPDATE, Position, Stream, encode_position, utcnow, with_meta
+from replicant.model import (
+    DIALECT_KEY,
+    OP_READ,
+    OP_UPDATE,
+    Position,
+    Stream,
+    encode_position,
+    utcnow,
+    with_meta,
+)
 from replicant.sources.base import Capabilities, ReadBatch, Source
-from replicant.sources.types import Column, decode_value, encode_column, encode_value, is_keyable
+from replicant.sources.types import (
+    Column,
+    decode_value,
+    encode_column,
+    encode_value,
+    is_keyable,
+)
 
 __all__ = ["SQLSource", "Table"]
 
@@ -330,7 +345,7 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
-def _minus(value: Any, lookback: float | int) -> Any:
+def _minus(value: Any, lookback: float) -> Any:
     """``value - lookback``: seconds for dates and times, cursor units for numbers."""
     if isinstance(value, datetime):
         return value - timedelta(seconds=lookback)
@@ -356,7 +371,7 @@ class _CursorState:
         self.seen: pa.Table | None = None  # columns c, k0, k1…
 
     @classmethod
-    def load(cls, position: Position | None, cur: Column, keys: list[Column]) -> "_CursorState":
+    def load(cls, position: Position | None, cur: Column, keys: list[Column]) -> _CursorState:
         st = cls(cur, keys)
         if position and position.get("mode") == "cursor" and position.get("cursor") is not None:
             st.max = decode_value(position["cursor"], cur.arrow)
@@ -375,7 +390,7 @@ class _CursorState:
             cols[f"k{i}"] = batch.column(c.name)
         return pa.table(cols)
 
-    def advance(self, batch: pa.RecordBatch, stream: Stream, lookback: float | int, seen_max: int) -> pa.RecordBatch:
+    def advance(self, batch: pa.RecordBatch, stream: Stream, lookback: float, seen_max: int) -> pa.RecordBatch:
         """Takes a batch read in (cursor, key) order; returns its rows not emitted before."""
         out = batch
         if lookback and self.seen is not None and self.seen.num_rows:

@@ -40,9 +40,10 @@ that comparison is ambiguous, which a one-hour look-back absorbs.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote as urlquote
@@ -56,6 +57,8 @@ from replicant.sources.select import split_name
 from replicant.sources.types import Column, conform, mysql_column
 
 __all__ = ["MySQLSource"]
+
+log = logging.getLogger(__name__)
 
 _CATALOG = """
 SELECT c.TABLE_SCHEMA, c.TABLE_NAME, t.TABLE_TYPE, c.COLUMN_NAME, c.IS_NULLABLE, c.DATA_TYPE,
@@ -114,10 +117,11 @@ class MySQLSource(SQLSource):
             import pymysql
 
             u = self._u
-            kw: dict[str, Any] = dict(
-                host=u.host or "localhost", port=u.port or 3306, user=u.username or "", password=u.password or "",
-                database=u.database, charset="utf8mb4", autocommit=True, connect_timeout=10,
-            )
+            kw: dict[str, Any] = {
+                "host": u.host or "localhost", "port": u.port or 3306, "user": u.username or "",
+                "password": u.password or "", "database": u.database, "charset": "utf8mb4",
+                "autocommit": True, "connect_timeout": 10,
+            }
             if "unix_socket" in u.query:
                 kw["unix_socket"] = u.query["unix_socket"]
             try:
@@ -130,8 +134,8 @@ class MySQLSource(SQLSource):
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - already broken
-                pass
+            except Exception:  # already broken: nothing left to release
+                log.debug("closing the MySQL connection failed", exc_info=True)
             finally:
                 self._conn = None
 
@@ -231,7 +235,7 @@ class MySQLSource(SQLSource):
             return f"X'{bytes(value).hex()}'"
         if isinstance(value, datetime):
             if value.tzinfo is not None:  # a TIMESTAMP: compare as the instant it is
-                us = round((value - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() * 1e6)
+                us = round((value - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e6)
                 return f"FROM_UNIXTIME({us // 1_000_000}.{us % 1_000_000:06d})"
             return "'" + value.isoformat(" ", "microseconds") + "'"
         if isinstance(value, (date, time)):

@@ -26,7 +26,7 @@ from replicant.errors import ConfigError
 from replicant.model import Stream
 from replicant.sources.types import is_keyable, is_numeric, is_temporal
 
-__all__ = ["resolve_streams", "parse_lookback", "split_name", "OWN_TABLE_PREFIX"]
+__all__ = ["OWN_TABLE_PREFIX", "parse_lookback", "resolve_streams", "split_name"]
 
 #: Tables replicant creates in a source (trigger shadow tables…) are never streams of `all`.
 OWN_TABLE_PREFIX = "_replicant"
@@ -34,11 +34,11 @@ OWN_TABLE_PREFIX = "_replicant"
 #: Discovery's ``Stream.options["kind"]`` values that ``streams: all`` reads.
 _ALL_KINDS = ("table", "partitioned")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d|w)?\s*$", re.I)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_lookback(value: float | int | str, *, temporal: bool) -> float | int:
+def parse_lookback(value: float | str, *, temporal: bool) -> float | int:
     """The look-back as a number: seconds for a temporal cursor (``'5m'``, ``'1h'``, ``'2d'``
     or a number of seconds), cursor units for a numeric one (a plain number).
 
@@ -173,8 +173,8 @@ def _resolve_one(
         if not pk:
             problems.append((
                 f"{key}.primary_key",
-                f"{found.name} has no primary key; mode cursor needs one to page through equal cursor "
-                "values: set `primary_key:`",
+                (f"{found.name} has no primary key; mode cursor needs one to page through equal cursor "
+                 "values: set `primary_key:`"),
             ))
         for k in pk:
             if schema.field(k).nullable and k not in found.primary_key:
@@ -182,8 +182,8 @@ def _resolve_one(
             elif not is_keyable(schema.field(k).type):
                 problems.append((f"{key}.primary_key", f"column {k!r} ({schema.field(k).type}) cannot order a keyset"))
         if not is_keyable(cur.type, cursor=True):
-            problems.append((f"{key}.cursor", f"column {sc.cursor!r} ({cur.type}) cannot be a cursor; use a number, "
-                             "date/time or text column"))
+            problems.append((f"{key}.cursor", (f"column {sc.cursor!r} ({cur.type}) cannot be a cursor; use a number, "
+                                               "date/time or text column")))
         elif sc.lookback is not None:
             try:
                 options["lookback"] = parse_lookback(

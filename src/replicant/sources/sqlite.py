@@ -81,7 +81,7 @@ class SQLiteSource(SQLSource):
     def __init__(self, config: SourceConfig) -> None:
         super().__init__(config)
         rest = self._url.split("://", 1)[1]
-        self._path = Path(rest[1:] if rest.startswith("/") else rest).expanduser()
+        self._path = Path(rest.removeprefix("/")).expanduser()
         self._conn: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -30,16 +30,16 @@ from replicant.model import SQL_TYPE_KEY
 
 __all__ = [
     "Column",
-    "pg_column",
-    "mysql_column",
-    "sqlite_column",
     "conform",
-    "is_keyable",
-    "is_temporal",
-    "is_numeric",
-    "encode_value",
     "decode_value",
     "encode_column",
+    "encode_value",
+    "is_keyable",
+    "is_numeric",
+    "is_temporal",
+    "mysql_column",
+    "pg_column",
+    "sqlite_column",
 ]
 
 
@@ -191,7 +191,7 @@ def mysql_column(
     """
     dt = data_type.lower()
     ct = column_type.lower()
-    col = lambda arrow, select="{}": Column(  # noqa: E731
+    col = lambda arrow, select="{}": Column(
         name, column_type, arrow, nullable, select, charset, collation
     )
     if dt in _MY_INTS:
@@ -226,7 +226,7 @@ def mysql_column(
 
 # ---------------------------------------------------------------------------- SQLite
 
-_SQLITE_DECIMAL = re.compile(r"^\s*(?:NUMERIC|DECIMAL)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s*$", re.I)
+_SQLITE_DECIMAL = re.compile(r"^\s*(?:NUMERIC|DECIMAL)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s*$", re.IGNORECASE)
 
 
 def sqlite_column(name: str, declared: str, nullable: bool = True) -> Column:
@@ -240,7 +240,7 @@ def sqlite_column(name: str, declared: str, nullable: bool = True) -> Column:
     a declared type is read as text.
     """
     up = declared.upper().strip()
-    col = lambda arrow, select="{}": Column(name, declared, arrow, nullable, select)  # noqa: E731
+    col = lambda arrow, select="{}": Column(name, declared, arrow, nullable, select)
     if not up:
         return col(pa.string(), "CAST({} AS TEXT)")
     if up == "DATE":
@@ -354,7 +354,7 @@ def decode_value(value: Any, t: pa.DataType) -> Any:
         return Decimal(value)
     if pa.types.is_timestamp(t):
         v = datetime.fromisoformat(value)
-        return v.astimezone(timezone.utc) if t.tz else v
+        return v.astimezone(UTC) if t.tz else v
     if pa.types.is_date(t):
         return date.fromisoformat(value)
     if pa.types.is_time(t):
