@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -51,6 +51,8 @@ class Measurement:
         returncode: exit status (0 on success; a failed run raises instead).
         load: the machine's 1-minute load average just before the run (other work on
             a shared 2-vCPU machine skews absolute times; ratios suffer less).
+        rss_breakdown: MB by kind of mapping near the peak (see :func:`rss_breakdown`),
+            with ``at_rss``: the tree's RSS when it was taken.
     """
 
     seconds: float
@@ -59,22 +61,24 @@ class Measurement:
     cpu_seconds: float
     returncode: int
     load: float = 0.0
+    rss_breakdown: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def _tree_rss(root: psutil.Process) -> tuple[int, int]:
-    """(RSS, anonymous RSS) summed over ``root`` and its descendants, bytes.
+def _tree_rss(root: psutil.Process) -> tuple[int, int, list[int]]:
+    """(RSS, anonymous RSS, pids) summed over ``root`` and its descendants, bytes.
 
     Anonymous = RSS minus file-backed and shared pages (``memory_info().shared``):
     memory-mapped files read through the page cache count in RSS but are reclaimable.
     """
     total = anon = 0
+    pids = []
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0, 0
+        return 0, 0, []
     for proc in procs:
         try:
             mem = proc.memory_info()
@@ -82,7 +86,45 @@ def _tree_rss(root: psutil.Process) -> tuple[int, int]:
             continue  # exited between listing and sampling
         total += mem.rss
         anon += mem.rss - mem.shared
-    return total, anon
+        pids.append(proc.pid)
+    return total, anon, pids
+
+
+def rss_breakdown(pids: list[int], files_under: Path | None) -> dict[str, float]:
+    """Where the RSS of ``pids`` lives, in MB, from ``/proc/PID/smaps``.
+
+    Keys: ``anonymous`` (heap, allocator arenas, Arrow buffers), ``mapped files under
+    the work dir`` (e.g. memory-mapped staging-log segments: page cache, reclaimable,
+    but counted in RSS), ``libraries`` (.so code and data) and ``other files``.
+    """
+    out = {"anonymous": 0, "mapped files under the work dir": 0, "libraries": 0, "other files": 0}
+    prefix = str(files_under) if files_under else None
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps").read_text()
+        except OSError:
+            continue
+        path, rss = "", 0
+        for line in text.splitlines():
+            first = line.split(None, 1)[0] if line else ""
+            if "-" in first and not first.endswith(":"):  # a mapping header: "addr-addr perms off dev inode path"
+                parts = line.split(None, 5)
+                path = parts[5] if len(parts) > 5 else ""
+            elif first == "Rss:":
+                rss = int(line.split()[1])
+            elif first == "Anonymous:":
+                anon = int(line.split()[1])
+                out["anonymous"] += anon
+                file_part = rss - anon
+                if not file_part or not path.startswith("/"):
+                    out["anonymous"] += file_part
+                elif prefix and path.startswith(prefix):
+                    out["mapped files under the work dir"] += file_part
+                elif ".so" in path:
+                    out["libraries"] += file_part
+                else:
+                    out["other files"] += file_part
+    return {k: round(v / 1024, 1) for k, v in out.items()}
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -100,11 +142,14 @@ def run_measured(
     cwd: Path | None = None,
     poll: float = 0.05,
     timeout: float | None = None,
+    files_under: Path | None = None,
 ) -> Measurement:
     """Run ``cmd`` to completion, measuring wall time, peak tree RSS and CPU.
 
     stdout and stderr go to ``<log_prefix>.out`` / ``<log_prefix>.err``. The child
-    runs in its own session so a timeout can kill the whole group it started.
+    runs in its own session so a timeout can kill the whole group it started. Near the
+    peak (each time the RSS grows 5 % past the last breakdown, at most every 0.25 s) the
+    RSS is broken down by :func:`rss_breakdown`, ``files_under`` naming the work dir.
 
     Raises:
         BenchError: the command exited non-zero or ran past ``timeout`` seconds;
@@ -117,6 +162,7 @@ def run_measured(
     if Path(GNU_TIME).exists():
         cmd = [GNU_TIME, "-f", "%M", "-o", str(maxrss_path), *cmd]
     peak = peak_anon = 0
+    breakdown: dict[str, float] = {}
     load = os.getloadavg()[0]
     done = threading.Event()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -126,10 +172,14 @@ def run_measured(
         root = psutil.Process(proc.pid)
 
         def sample() -> None:
-            nonlocal peak, peak_anon
+            nonlocal peak, peak_anon, breakdown
+            at, when = 0, 0.0
             while not done.is_set():
-                rss, anon = _tree_rss(root)
+                rss, anon, pids = _tree_rss(root)
                 peak, peak_anon = max(peak, rss), max(peak_anon, anon)
+                if rss > at * 1.05 and time.monotonic() - when >= 0.25:
+                    breakdown = {"at_rss": round(rss / MB, 1), **rss_breakdown(pids, files_under)}
+                    at, when = rss, time.monotonic()
                 done.wait(poll)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -157,6 +207,7 @@ def run_measured(
         seconds=seconds,
         peak_rss=max(peak, _gnu_time_maxrss(maxrss_path)),
         peak_anon=peak_anon,
+        rss_breakdown=breakdown,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         returncode=proc.returncode,
         load=load,

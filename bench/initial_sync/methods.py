@@ -118,7 +118,7 @@ def _verify_duckdb(ctx: Ctx, ds, src_db: str, path: Path, schema: str | None = N
 
 def _timed(ctx: Ctx, cmd: list[str], log: Path, wrap: Wrap, env: dict | None = None) -> Measurement:
     checkpoint(ctx.server)
-    return run_measured(wrap(cmd, log), log_prefix=log, env=env, timeout=ctx.timeout)
+    return run_measured(wrap(cmd, log), log_prefix=log, env=env, timeout=ctx.timeout, files_under=ctx.work)
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -1,4 +1,11 @@
-"""Summaries, the printed tables, the targets from BENCHMARKS.md and the JSON results."""
+"""Summaries, the printed tables, the targets from BENCHMARKS.md and the JSON results.
+
+Speed ratios are **paired**: methods run interleaved (repeat 1 of every method, then
+repeat 2 …), so each repeat of method A is compared with the same repeat of method B and
+the ratio reported is the median of those per-repeat ratios. On a shared machine whose
+load drifts between repeats this cancels most of the drift that a ratio of two medians
+would keep. Memory figures are the maximum over the repeats.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +29,13 @@ class MethodResult:
 
     method: str
     rows: int
+    reps: list[int] = field(default_factory=list)  #: repeat index of each measurement
     seconds: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
     peak_anon: list[int] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
+    rss_breakdown: dict[str, float] = field(default_factory=dict)  #: of the repeat with the highest peak
     problems: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
@@ -48,22 +57,49 @@ class MethodResult:
     def peak(self) -> int:
         return max(self.peak_rss) if self.peak_rss else 0
 
-    def to_json(self, pipe_rate: float) -> dict:
+    def to_json(self, pipe: MethodResult | None) -> dict:
         return {
             "rows": self.rows,
+            "reps": self.reps,
             "seconds": [round(s, 3) for s in self.seconds],
             "median_s": _round(self.median_s, 3),
             "rows_per_s": _round(self.rate, 0),
-            "ratio_to_pipe_pk": _round(self.rate / pipe_rate, 3) if not math.isnan(pipe_rate) else None,
+            "ratio_to_pipe_pk": _round(speedup(self, pipe)[0], 3),
             "peak_rss_mb": [round(p / MB, 1) for p in self.peak_rss],
             "peak_anon_rss_mb": [round(p / MB, 1) for p in self.peak_anon],
             "cpu_s": [round(c, 2) for c in self.cpu],
             "load_before": [round(x, 2) for x in self.load],
+            "rss_breakdown_mb": self.rss_breakdown,
             "verified": self.ok,
             "problems": self.problems[:20],
             "errors": [e[:2000] for e in self.errors],
             "info": self.info,
         }
+
+
+    @classmethod
+    def from_json(cls, method: str, d: dict) -> MethodResult:
+        """The inverse of :meth:`to_json` (figures as rounded there)."""
+        n = len(d.get("seconds", []))
+        return cls(
+            method=method, rows=d["rows"], reps=d.get("reps") or list(range(n)),
+            seconds=d.get("seconds", []),
+            peak_rss=[int(x * MB) for x in d.get("peak_rss_mb", [])],
+            peak_anon=[int(x * MB) for x in d.get("peak_anon_rss_mb", [])],
+            cpu=d.get("cpu_s", []), load=d.get("load_before", []), rss_breakdown=d.get("rss_breakdown_mb", {}),
+            problems=d.get("problems", []), errors=d.get("errors", []), info=d.get("info", {}),
+        )
+
+
+def speedup(a: MethodResult | None, b: MethodResult | None) -> tuple[float, list[float]]:
+    """How many times faster ``a`` is than ``b``: the median of per-repeat ratios
+    ``b.seconds[r] / a.seconds[r]`` over the repeats both have (NaN if none), and those ratios."""
+    if not a or not b or not a.ok or not b.ok:
+        return float("nan"), []
+    mine = dict(zip(a.reps, a.seconds))
+    theirs = dict(zip(b.reps, b.seconds))
+    ratios = [theirs[r] / mine[r] for r in mine if r in theirs and mine[r] > 0]
+    return (median(ratios) if ratios else float("nan")), ratios
 
 
 def _round(x: float, nd: int):
@@ -72,17 +108,16 @@ def _round(x: float, nd: int):
 
 def dataset_table(title: str, results: dict[str, MethodResult]) -> Table:
     pipe = results.get("copy-pipe-pk")
-    pipe_rate = pipe.rate if pipe and pipe.ok else float("nan")
     t = Table(title=title, box=box.MARKDOWN, title_justify="left")
     for col, justify in (("method", "left"), ("rows", "right"), ("seconds (median)", "right"),
-                         ("rows/s", "right"), ("× pipe-pk", "right"), ("peak RSS MB", "right"), ("anon MB", "right"),
+                         ("rows/s", "right"), ("× pipe-pk (paired)", "right"), ("peak RSS MB", "right"), ("anon MB", "right"),
                          ("CPU s", "right"), ("check", "left")):
         t.add_column(col, justify=justify)
     for r in results.values():
         if r.errors and not r.seconds:
             t.add_row(r.method, f"{r.rows:,}", "-", "-", "-", "-", "-", "-", "FAILED: " + _first_line(r.errors[0]))
             continue
-        ratio = r.rate / pipe_rate if not math.isnan(pipe_rate) else float("nan")
+        ratio = speedup(r, pipe)[0]
         check = "ok" if r.ok else ("WRONG: " + r.problems[0] if r.problems else "FAILED: " + _first_line(r.errors[0]))
         if r.method == "copy-devnull":
             check = "-"
@@ -91,6 +126,18 @@ def dataset_table(title: str, results: dict[str, MethodResult]) -> Table:
                   f"{max(r.peak_anon, default=0) / MB:.0f}",
                   f"{median(r.cpu):.1f}", check)
     return t
+
+
+def breakdown_lines(results: dict[str, MethodResult]) -> str:
+    """One line per replicant method: where its peak RSS lived (MB, near the peak)."""
+    lines = []
+    for r in results.values():
+        if r.method.startswith("replicant-") and r.rss_breakdown:
+            b = dict(r.rss_breakdown)
+            at = b.pop("at_rss", None)
+            parts = ", ".join(f"{k} {v:.0f}" for k, v in b.items())
+            lines.append(f"  {r.method}: peak {r.peak / MB:.0f} MB; at {at if at is not None else '?'} MB: {parts}")
+    return ("RSS near the peak, MB:\n" + "\n".join(lines)) if lines else ""
 
 
 def _first_line(text: str) -> str:
@@ -116,8 +163,11 @@ def _speed_target(name: str, results, mine: str, theirs: str, factor: float) -> 
     a, b = _get(results, mine), _get(results, theirs)
     if not a or not b:
         return Target(name, f"needs {mine} and {theirs}", "n/a")
-    ratio = a.rate / b.rate
-    return Target(name, f"{ratio:.2f}× ({fmt_rate(a.rate)} vs {fmt_rate(b.rate)} rows/s)",
+    ratio, each = speedup(a, b)
+    if math.isnan(ratio):
+        return Target(name, "no common repeat", "n/a")
+    return Target(name, f"{ratio:.2f}× (per repeat {', '.join(f'{x:.2f}' for x in each)}; "
+                        f"medians {fmt_rate(a.rate)} vs {fmt_rate(b.rate)} rows/s)",
                   "PASS" if ratio >= factor else "MISS")
 
 
@@ -165,7 +215,7 @@ def rss_scale_targets(small: dict[str, MethodResult], large: dict[str, MethodRes
     out = []
     for method, big in large.items():
         little = small.get(method)
-        name = f"rss-scale {method}: peak RSS {big.rows / 1e6:.0f}M rows ≈ {little.rows / 1e6:.0f}M rows, ≤ 256 MB" \
+        name = f"rss-scale {method}: peak RSS at {big.rows:,} rows ≈ at {little.rows:,}, ≤ 256 MB" \
             if little else f"rss-scale {method}"
         if not big.ok or not little or not little.ok:
             out.append(Target(name, "needs both runs to succeed", "n/a" if big.ok else "MISS"))

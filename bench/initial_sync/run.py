@@ -64,7 +64,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--py-spy", action="store_true",
                     help="after timing, profile each selected replicant method once more under py-spy")
     ap.add_argument("--py-spy-native", action="store_true", help="with --py-spy: include native frames")
+    ap.add_argument("--report", metavar="RESULTS_JSON", default=None,
+                    help="run nothing: print the tables and targets of a saved results file")
     return ap.parse_args(argv)
+
+
+def reprint(path: Path, con) -> int:
+    """Print the tables and targets of a saved results file (recomputed from its figures)."""
+    data = json.loads(path.read_text())
+    con.print(f"{path}: {data.get('date')}, {data.get('machine')}, {data.get('versions')}")
+    items: list[report.Target] = []
+    per_ds = {}
+    for name, ds in data["datasets"].items():
+        results = {m: report.MethodResult.from_json(m, d) for m, d in ds["methods"].items()}
+        per_ds[name] = results
+        n = max((len(r.seconds) for r in results.values()), default=0)
+        con.print(report.dataset_table(f"{name}: {ds['table']}, {ds['rows']:,} rows, median of {ds.get('repeat', n)}",
+                                       results))
+        con.print(report.breakdown_lines(results))
+        items += report.targets(name, results)
+    if data.get("rss_scale") and "narrow" in per_ds:
+        large = {m: report.MethodResult.from_json(m, d) for m, d in data["rss_scale"]["methods"].items()}
+        con.print(report.dataset_table(f"rss-scale: {data['rss_scale']['rows']:,} rows, 1 run", large))
+        con.print(report.breakdown_lines(large))
+        items += report.rss_scale_targets(per_ds["narrow"], large)
+    con.print(report.targets_table(items))
+    return 0
 
 
 def selected_jobs(only: str) -> list[methods.Job]:
@@ -121,7 +146,10 @@ def run_dataset(ctx, ds, src_db: str, jobs, repeat: int, con, *, loaded: bool = 
             try:
                 for r in job.run(ctx, ds, src_db, rep, loaded=loaded):
                     res = results[r.method]
+                    res.reps.append(rep)
                     res.seconds.append(r.measurement.seconds)
+                    if r.measurement.peak_rss > res.peak:
+                        res.rss_breakdown = r.measurement.rss_breakdown
                     res.peak_rss.append(r.measurement.peak_rss)
                     res.peak_anon.append(r.measurement.peak_anon)
                     res.cpu.append(r.measurement.cpu_seconds)
@@ -162,6 +190,8 @@ def profile_dataset(ctx, ds, src_db: str, jobs, args, con) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     con = report.console()
+    if args.report:
+        return reprint(Path(args.report), con)
     jobs = selected_jobs(args.only)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     dlt_python = ensure_dlt_venv(con) if any(j.needs == "dlt" for j in jobs) else None
@@ -194,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             results = run_dataset(ctx, ds, "src", jobs, args.repeat, con)
             per_ds[name] = results
             con.print(report.dataset_table(f"{ds.name}: {ds.table}, {ds.rows:,} rows, median of {args.repeat}", results))
+            con.print(report.breakdown_lines(results))
             pipe = results.get("copy-pipe-pk")
-            pipe_rate = pipe.rate if pipe and pipe.ok else float("nan")
-            out["datasets"][name] = {"table": ds.table, "rows": ds.rows,
-                                     "methods": {m: r.to_json(pipe_rate) for m, r in results.items()}}
+            out["datasets"][name] = {"table": ds.table, "rows": ds.rows, "repeat": args.repeat,
+                                     "methods": {m: r.to_json(pipe) for m, r in results.items()}}
             all_targets += report.targets(name, results)
             if args.py_spy:
                 out["datasets"][name]["profiles"] = profile_dataset(ctx, ds, "src", jobs, args, con)
@@ -211,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             con.print(f"built rss-scale source: {ds.rows:,} rows in {time.time() - t0:.0f} s")
             large = run_dataset(ctx, ds, "src_rss", scale_jobs, 1, con, loaded=False)
             con.print(report.dataset_table(f"rss-scale: {ds.table}, {ds.rows:,} rows, 1 run", large))
-            out["rss_scale"] = {"rows": ds.rows, "methods": {m: r.to_json(float("nan")) for m, r in large.items()}}
+            con.print(report.breakdown_lines(large))
+            out["rss_scale"] = {"rows": ds.rows, "methods": {m: r.to_json(None) for m, r in large.items()}}
             all_targets += report.rss_scale_targets(per_ds["narrow"], large)
     finally:
         server.stop()
