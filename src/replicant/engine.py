@@ -43,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 
 from replicant.config import PipelineConfig
-from replicant.errors import ConfigError, FatalError, ReplicantError
+from replicant.errors import ConfigError, FatalError
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, Log
 from replicant.model import Position, Stream
 from replicant.sources.base import ReadBatch, Source
@@ -94,7 +94,6 @@ class _StreamFeed:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.failed = False
 
 
 class Engine:
@@ -288,10 +287,6 @@ class Engine:
         except FatalError as e:
             error = f"stream {s.name}: {e}"
             result.errors.append(error)
-            feed.failed = True
-        except ReplicantError:
-            feed.failed = True
-            raise
         finally:
             stop_reader.set()
             reader.join(timeout=5)

@@ -101,6 +101,16 @@ class Destination(ABC):
     def commit_replace(self, stream: Stream, *, last_offset: int) -> None:
         """Atomically swaps the pending table in and records ``last_offset``."""
 
+    def require_key(self, stream: Stream) -> None:
+        """Raises ``FatalError`` if ``write: merge`` meets a stream without key columns."""
+        if self.config.write == "merge" and not stream.primary_key:
+            from replicant.errors import FatalError
+
+            raise FatalError(
+                f"destination {self.name!r}, stream {stream.name!r}: `write: merge` needs a key and the table has "
+                f"none; set `primary_key:` for this stream in the pipeline file"
+            )
+
     def record_offset(self, stream: Stream, last_offset: int) -> None:
         """Records ``last_offset`` with no data (markers, empty batches). Default: an empty write."""
         self.write(stream, stream.change_schema.empty_table(), last_offset=last_offset)

@@ -289,11 +289,8 @@ class MySQLDestination(Destination):
         return f"CREATE TABLE {self._qualified(table)} ({', '.join(cols)}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
 
     def _check_stream(self, stream: Stream, *, writing: bool = False) -> None:
-        if writing and self.config.write == "merge" and not stream.primary_key:
-            raise FatalError(
-                f"stream {stream.name!r}: write `merge` needs a key and the table has none; "
-                f"set `primary_key:` for this stream in the pipeline file"
-            )
+        if writing:
+            self.require_key(stream)
         names = {f.name.lower() for f in stream.schema}
         missing = [k for k in stream.primary_key if k.lower() not in names]
         if missing:

@@ -325,11 +325,7 @@ class PostgresDestination(Destination):
             with self._txn("write", stream, pending.name):
                 self._insert(pending, without_deletes(data))
             return
-        if mode == "merge" and not stream.primary_key:
-            raise FatalError(
-                f"destination {self.name!r}, stream {stream.name!r}: `write: merge` needs a key; "
-                f"set `primary_key:` for this stream in the pipeline file"
-            )
+        self.require_key(stream)
         if stream.name not in self._tables:
             self.prepare(stream)
         table = self._tables[stream.name]

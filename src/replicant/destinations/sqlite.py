@@ -395,11 +395,7 @@ class SQLiteDestination(Destination):
                 if mode == "append":
                     self._ingest(cur, target.table, without_deletes(data))
                 else:
-                    if not stream.primary_key:
-                        raise FatalError(
-                            f"stream {stream.name!r}: write `merge` needs a key and the table has none; "
-                            f"set `primary_key:` for this stream in the pipeline file"
-                        )
+                    self.require_key(stream)
                     if target.fresh and all_reads(data):  # the fast path: no key can repeat an existing row
                         self._ingest(cur, target.table, without_deletes(data))
                     else:
