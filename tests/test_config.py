@@ -111,4 +111,4 @@ def test_retention_units() -> None:
 @given(st.text(alphabet=st.characters(blacklist_characters="@/:", blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=30))
 def test_redact_hides_any_password(password: str) -> None:
     text = f"could not connect to postgresql://app:{password}@db.example:5432/shop"
-    assert password not in redact(text).replace("postgresql://app:***@db.example:5432/shop", "")
+    assert redact(text) == "could not connect to postgresql://app:***@db.example:5432/shop"

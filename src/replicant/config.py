@@ -58,6 +58,11 @@ class StreamConfig(_Model):
         "a number for numeric cursors.",
     )
     chunk_size: int | None = Field(None, gt=0, description="Rows per key-range chunk of a full read.")
+    soft_delete: str | None = Field(
+        None,
+        description="For `mode: cursor`: a column marking deleted rows (true, or a non-null time); "
+        "such rows are emitted as deletes.",
+    )
 
     @model_validator(mode="after")
     def _cursor_needs_column(self) -> "StreamConfig":
@@ -76,6 +81,21 @@ class SourceConfig(_Model):
     schema_name: str | None = Field(None, alias="schema", description="Schema searched by `streams: all`.")
     batch_size: int = Field(100_000, gt=0, description="Rows per batch read.")
     chunk_size: int = Field(1_000_000, gt=0, description="Rows per resumable key-range chunk of a full read.")
+    slot: str | None = Field(None, description="`mode: log` on PostgreSQL: replication slot name (default replicant_<pipeline>).")
+    publication: str | None = Field(None, description="`mode: log` on PostgreSQL: publication name (default replicant_<pipeline>).")
+    server_id: int | None = Field(None, gt=0, description="`mode: log` on MySQL/MariaDB: the replica server id to use.")
+    heartbeat: float | str = Field(10.0, description="`mode: log`: how often an idle feed still advances its position (seconds or '30s').")
+    poll_interval: float | str = Field(
+        1.0, description="`--follow`: how often cursor, snapshot_diff and trigger streams are polled (seconds or '5s')."
+    )
+    flush_interval: float | str = Field(
+        0.2, description="`--follow`: the longest a captured change waits before it is appended to the log (seconds)."
+    )
+
+    @field_validator("heartbeat", "poll_interval", "flush_interval")
+    @classmethod
+    def _seconds(cls, v: Any) -> float:
+        return parse_duration(v)
 
     @field_validator("streams", mode="before")
     @classmethod
@@ -86,13 +106,23 @@ class SourceConfig(_Model):
 
 
 class DestinationConfig(_Model):
+    """One entry of ``destinations``. Keys beyond these are the destination type's own
+    settings (``Destination.settings``), validated by :func:`parse` with their key paths."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
     name: str = Field(description="Unique name of this destination in the pipeline.")
     type: str = Field("duckdb", description="duckdb | postgres | mysql | sqlite | …")
     write: WriteMode = Field("append", description="append | merge | replace.")
     url: SecretStr | None = Field(None, description="Connection URL (postgres, mysql).")
     path: str | None = Field(None, description="File path (duckdb, sqlite).")
     schema_name: str | None = Field(None, alias="schema", description="Target schema (or MySQL database).")
-    batch_size: int | None = Field(None, gt=0, description="Rows per write transaction.")
+    batch_size: int | None = Field(None, gt=0, description="Rows per write transaction (per request for http).")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The type-specific keys (validated by the destination's settings model)."""
+        return dict(self.model_extra or {})
 
 
 _DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)?\s*$")
@@ -233,6 +263,7 @@ def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
         raise ConfigError("invalid pipeline file", problems)
     data = dict(data)
     data.pop("base_dir", None)
+    _check_destination_settings(data.get("destinations"), problems)
     try:
         cfg = PipelineConfig.model_validate({**data, "base_dir": Path(base_dir)})
     except ValidationError as e:
@@ -257,7 +288,46 @@ def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
                 continue
             seen.setdefault(k, m)
         raise ConfigError("invalid pipeline file", list(seen.items())) from None
+    if problems:
+        raise ConfigError("invalid pipeline file", problems)
     return cfg
+
+
+def _check_destination_settings(destinations: Any, problems: list[tuple[str, str]]) -> None:
+    """Validates each destination's type-specific keys against its class's ``settings`` model.
+
+    Works on the raw ``destinations`` list, so its problems join the others in one report."""
+    from replicant.registry import destination_class
+
+    if not isinstance(destinations, list):
+        return
+    base = set(DestinationConfig.model_fields) | set(_ALIASES.values())
+    for i, d in enumerate(destinations):
+        if not isinstance(d, dict) or not isinstance(d.get("type", "duckdb"), str):
+            continue
+        try:
+            cls = destination_class(d.get("type", "duckdb"), i)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        extras = {k: v for k, v in d.items() if k not in base}
+        model = getattr(cls, "settings", None)
+        if model is None:
+            for k in extras:
+                problems.append((f"destinations[{i}].{k}", f"unknown key{_suggest(str(k), _fields_of(DestinationConfig))}"))
+            continue
+        try:
+            model.model_validate(extras)
+        except ValidationError as e:
+            for err in e.errors():
+                key = f"destinations[{i}].{_loc(tuple(err['loc']))}"
+                if err["type"] == "extra_forbidden":
+                    known = _fields_of(DestinationConfig) + list(model.model_fields)
+                    problems.append((key, f"unknown key{_suggest(str(err['loc'][-1]), known)}"))
+                elif err["type"] == "missing":
+                    problems.append((key, f"required key is missing for a {d.get('type')} destination"))
+                else:
+                    problems.append((key, err["msg"].removeprefix("Value error, ")))
 
 
 def load(path: str | os.PathLike[str]) -> PipelineConfig:

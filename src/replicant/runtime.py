@@ -91,6 +91,8 @@ def resolve_destination_config(cfg: PipelineConfig, dest: DestinationConfig, ind
             path = f"{cfg.pipeline}.{'duckdb' if dest.type == 'duckdb' else 'db'}"
         p = Path(path)
         update["path"] = str(p if p.is_absolute() else (cfg.base_dir / p).resolve())
+    elif dest.type not in _SQL_URL_TYPES:
+        pass  # http, files, nats…: their class validates its own settings
     elif dest.url is None:
         raise ConfigError("invalid pipeline file", [(f"{key}.url", f"a {dest.type} destination needs `url:`")])
     else:
@@ -99,6 +101,9 @@ def resolve_destination_config(cfg: PipelineConfig, dest: DestinationConfig, ind
         except ConfigError as e:
             raise ConfigError("invalid pipeline file", [(f"{key}.{k}", m) for k, m in e.problems]) from None
     return dest.model_copy(update=update) if update else dest
+
+
+_SQL_URL_TYPES = ("postgres", "postgresql", "mysql", "mariadb")
 
 
 def build_source(cfg: PipelineConfig):

@@ -20,6 +20,15 @@ Writes, chosen per destination with ``write:``:
     Rows of a snapshot go into a pending table (:meth:`begin_replace`); the visible table
     stays readable and unchanged until :meth:`commit_replace` swaps it in atomically.
 
+Non-transactional destinations (``Capabilities.transactional`` False: HTTP, files, NATS)
+cannot store an offset with the data. For them the engine keeps the applied offset in the
+state store, written after :meth:`Destination.write` returns, and calls ``write`` once per
+*log record chunk*: the rows of one log record, cut into pieces of at most ``batch_size``
+rows counted from the record's first offset. The rows of a call are therefore exactly the
+offsets ``last_offset - num_rows + 1 .. last_offset``, the same on every retry, restart and
+replay: name files and idempotency keys after that range. ``applied_offset`` of such a
+destination returns -1 (the engine does not ask it).
+
 Tables are created from the stream's Arrow schema (see each module's type mapping; a
 field's ``replicant.sql_type`` metadata is used when source and destination share a
 dialect). Identifiers are always quoted by the dialect; values are always parameters or
@@ -29,9 +38,12 @@ bulk-loaded, never spliced into SQL.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pyarrow as pa
+from pydantic import BaseModel
 
 from replicant.model import Stream
 
@@ -66,10 +78,20 @@ class Destination(ABC):
 
     capabilities: Capabilities = Capabilities()
 
+    #: A pydantic model (``extra="forbid"``) of this type's own keys in the pipeline file
+    #: (``method``, ``headers``, ``format``…), or None when it has none. Validated at load
+    #: time with key paths; the validated instance is :attr:`options`.
+    settings: ClassVar[type[BaseModel] | None] = None
+
     def __init__(self, config, *, pipeline: str) -> None:
         self.config = config
         self.name: str = config.name
         self.pipeline = pipeline
+        extras = dict(getattr(config, "model_extra", None) or {})
+        self.options: Any = type(self).settings.model_validate(extras) if type(self).settings is not None else None
+        #: Set by the engine: ``dead_letter(stream, records)`` stores rejected records
+        #: (:class:`replicant.state.store.DeadLetter`) in the state store and counts them.
+        self.dead_letter: Callable[[Stream, list[Any]], None] | None = None
 
     @abstractmethod
     def open(self) -> None:
@@ -110,6 +132,15 @@ class Destination(ABC):
                 f"destination {self.name!r}, stream {stream.name!r}: `write: merge` needs a key and the table has "
                 f"none; set `primary_key:` for this stream in the pipeline file"
             )
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Schema drift while capturing: ``stream.schema`` is the new version of ``old.schema``.
+        Adds new nullable columns and widens widened types; raises
+        :class:`replicant.errors.SchemaDriftError` saying what to do for anything else.
+        Default: refuse every change."""
+        from replicant.errors import SchemaDriftError
+
+        raise SchemaDriftError(f"destination {self.name!r} cannot change the table of {stream.name!r}")
 
     def record_offset(self, stream: Stream, last_offset: int) -> None:
         """Records ``last_offset`` with no data (markers, empty batches). Default: an empty write."""

@@ -17,14 +17,17 @@ mode) returns ``resumable=False`` positions; the engine then restarts that strea
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from replicant.model import Position, Stream
 
-__all__ = ["Capabilities", "ReadBatch", "Source"]
+__all__ = ["Capabilities", "ChangeSet", "ReadBatch", "Source"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,28 @@ class ReadBatch:
     final: bool = False
 
 
+@dataclass(frozen=True)
+class ChangeSet:
+    """Whole source transactions read by :meth:`Source.capture`, split by stream.
+
+    Attributes:
+        batches: per stream name, a change batch (``_op`` insert/update/delete, or read for
+            the initial snapshot). Streams without changes are absent.
+        position: the capture position *after* these transactions (``{"lsn": …}``,
+            ``{"file": …, "pos": …}``/``{"gtid": …}``). A transaction is never split
+            across two change sets.
+        stream_positions: optional per stream positions to append with that stream's batch
+            instead of ``position`` (e.g. snapshot progress of one table).
+    """
+
+    batches: dict[str, pa.RecordBatch]
+    position: Position
+    stream_positions: dict[str, Position] | None = None
+
+    def position_of(self, stream: str) -> Position:
+        return (self.stream_positions or {}).get(stream, self.position)
+
+
 class Source(ABC):
     """Base of all sources. Subclasses set :attr:`capabilities` and implement three methods.
 
@@ -63,6 +88,10 @@ class Source(ABC):
     """
 
     capabilities: Capabilities = Capabilities()
+
+    #: A private folder for this source's own files (``snapshot_diff`` keeps its previous
+    #: snapshot here). Set by the engine before :meth:`read`; under the pipeline's home.
+    workdir: Path | None = None
 
     @abstractmethod
     def discover(self) -> list[Stream]:
@@ -84,6 +113,60 @@ class Source(ABC):
         """A cheap estimate of the rows a full read returns (table statistics), for progress
         bars; None when unknown. Must not scan the table."""
         return None
+
+    # ------------------------------------------------------------------ change data capture
+
+    def acknowledge(self, stream: Stream, position: Position) -> None:  # noqa: B027 - optional hook
+        """Called by the engine once the batch :meth:`read` returned with ``position`` is durable
+        in the staging log. ``trigger`` purges shadow rows up to it; ``snapshot_diff``
+        promotes the snapshot it just compared. Must be idempotent: after a crash it may be
+        called again for an older position, or never for the last one."""
+
+    def capture(
+        self,
+        streams: list[Stream],
+        positions: dict[str, Position | None],
+        *,
+        resume: Position | None,
+        follow: bool,
+        stop: threading.Event,
+    ) -> Iterator[ChangeSet]:
+        """Reads every ``mode: log`` stream through one change feed (a replication slot, a binlog
+        connection), snapshotting first the streams whose position is None.
+
+        Args:
+            streams: the ``log`` streams.
+            positions: per stream, the last position durable in the staging log (None: that
+                stream needs its initial snapshot). A change at or before a stream's position
+                is already in the log and must not be yielded again for it.
+            resume: the last capture position the engine acknowledged (None on the first run).
+                Restart the feed from here; everything after it is re-read and filtered per
+                stream by ``positions``.
+            follow: False: return once caught up with the source's current end. True: keep
+                going until ``stop`` is set, yielding by size or after a short time.
+            stop: set on shutdown; return promptly (within about a second) without splitting a
+                transaction.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no log-based capture")
+
+    def acknowledge_capture(self, position: Position) -> None:  # noqa: B027 - optional hook
+        """Called once every batch of the change set ending at ``position`` is durable in the log;
+        the source may now let the server forget it (confirm a slot's flush LSN). The engine
+        stores ``position`` too, and passes it back as ``capture(resume=…)``."""
+
+    def install(self, streams: list[Stream]) -> list[str]:
+        """``replicant cdc install``: creates what ``trigger``/``log`` streams need at the source
+        (triggers and shadow tables, publication and slot). Idempotent. Returns what it did,
+        one line each, for the CLI."""
+        return []
+
+    def uninstall(self, streams: list[Stream]) -> list[str]:
+        """``replicant cdc uninstall``: removes everything :meth:`install` or a run created."""
+        return []
+
+    def cdc_status(self, streams: list[Stream]) -> dict[str, Any]:
+        """Extra facts for ``replicant status`` (e.g. ``{"slot lag bytes": 1234}``)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections. Idempotent."""
