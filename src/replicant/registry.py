@@ -32,6 +32,9 @@ DESTINATIONS: dict[str, str] = {
     "mysql": "replicant.destinations.mysql:MySQLDestination",
     "mariadb": "replicant.destinations.mysql:MySQLDestination",
     "sqlite": "replicant.destinations.sqlite:SQLiteDestination",
+    "http": "replicant.destinations.http:HttpDestination",
+    "files": "replicant.destinations.files:FilesDestination",
+    "nats": "replicant.destinations.nats:NatsDestination",
 }
 
 

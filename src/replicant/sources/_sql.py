@@ -107,9 +107,14 @@ class SQLSource(Source):
     """Base of the SQL sources. Subclasses implement the ``_`` hooks below; nothing connects
     before :meth:`discover` or :meth:`read`."""
 
-    capabilities = Capabilities(modes=frozenset({"full", "cursor"}), chunked=True)
+    capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger"}), chunked=True)
     #: SQLAlchemy dialect name, also the schema's DIALECT_KEY metadata.
     dialect: ClassVar[str] = ""
+    #: ``"module:Class"`` of this dialect's ``mode: log`` capture (a replication slot, a
+    #: binlog reader), or None. The class takes the source and implements ``capture``,
+    #: ``acknowledge``, ``install``, ``uninstall``, ``status`` and ``close`` like
+    #: :class:`replicant.sources.base.Source` (see :mod:`replicant.cdc`).
+    log_capture: ClassVar[str | None] = None
     #: Whether ``(a, b) > (x, y)`` uses the index (MariaDB: it does not; expand it).
     row_values: ClassVar[bool] = True
 
@@ -237,12 +242,76 @@ class SQLSource(Source):
                 mode is not ``full``/``cursor``.
             ConnectionError: the database cannot be reached.
         """
+        if stream.mode == "snapshot_diff":
+            from replicant.cdc import snapshot_diff
+
+            return snapshot_diff.read(self, stream, position)
+        if stream.mode == "trigger":
+            from replicant.cdc import triggers
+
+            return triggers.read(self, stream, position)
         if stream.mode not in ("full", "cursor"):
-            raise FatalError(f"stream {stream.name!r}: a {self.config.type} source reads modes full and cursor, not {stream.mode!r}")
+            raise FatalError(f"stream {stream.name!r}: mode {stream.mode!r} is read by capture(), not read()")
         plan = self._plan(stream)
         if stream.mode == "full":
             return self._read_full(plan, position)
         return self._read_cursor(plan, position)
+
+    # ------------------------------------------------------------------ change data capture
+
+    def acknowledge(self, stream: Stream, position: Position) -> None:
+        if stream.mode == "snapshot_diff":
+            from replicant.cdc import snapshot_diff
+
+            snapshot_diff.acknowledge(self, stream, position)
+        elif stream.mode == "trigger":
+            from replicant.cdc import triggers
+
+            triggers.acknowledge(self, stream, position)
+
+    def _log(self) -> Any:
+        if self.log_capture is None:
+            raise FatalError(f"a {self.config.type} source has no `mode: log`; use trigger, snapshot_diff or cursor")
+        if getattr(self, "_log_capture_obj", None) is None:
+            import importlib
+
+            module, _, cls = self.log_capture.partition(":")
+            self._log_capture_obj = getattr(importlib.import_module(module), cls)(self)
+        return self._log_capture_obj
+
+    def capture(self, streams, positions, *, resume, follow, stop):  # type: ignore[no-untyped-def]
+        return self._log().capture(streams, positions, resume=resume, follow=follow, stop=stop)
+
+    def acknowledge_capture(self, position: Position) -> None:
+        self._log().acknowledge(position)
+
+    def install(self, streams: list[Stream]) -> list[str]:
+        from replicant.cdc import triggers
+
+        done = triggers.install(self, [s for s in streams if s.mode == "trigger"])
+        logged = [s for s in streams if s.mode == "log"]
+        if logged:
+            done += self._log().install(logged)
+        return done
+
+    def uninstall(self, streams: list[Stream]) -> list[str]:
+        from replicant.cdc import triggers
+
+        done = triggers.uninstall(self, [s for s in streams if s.mode == "trigger"])
+        logged = [s for s in streams if s.mode == "log"]
+        if logged or self.log_capture is not None:
+            done += self._log().uninstall(logged)
+        return done
+
+    def cdc_status(self, streams: list[Stream]) -> dict[str, Any]:
+        logged = [s for s in streams if s.mode == "log"]
+        return self._log().status(logged) if logged else {}
+
+    def _close_capture(self) -> None:
+        obj = getattr(self, "_log_capture_obj", None)
+        if obj is not None:
+            self._log_capture_obj = None
+            obj.close()
 
     def _key_values(self, batch: pa.RecordBatch, names: tuple[str, ...] | list[str], row: int = -1) -> list[Any]:
         i = row if row >= 0 else batch.num_rows + row

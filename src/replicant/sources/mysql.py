@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.sources.base import Capabilities
 from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.select import split_name
 from replicant.sources.types import Column, conform, mysql_column
@@ -87,6 +88,8 @@ class MySQLSource(SQLSource):
     """
 
     dialect = "mysql"
+    capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
+    log_capture = "replicant.cdc.binlog:BinlogCapture"
     row_values = False
 
     def __init__(self, config: SourceConfig) -> None:
@@ -131,6 +134,7 @@ class MySQLSource(SQLSource):
         return self._conn
 
     def close(self) -> None:
+        self._close_capture()
         if self._conn is not None:
             try:
                 self._conn.close()

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
+from replicant.sources.base import Capabilities
 from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.types import Column, conform, pg_column
 
@@ -133,6 +134,8 @@ class PostgresSource(SQLSource):
     """
 
     dialect = "postgresql"
+    capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
+    log_capture = "replicant.cdc.pg_log:PgLogCapture"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -167,6 +170,7 @@ class PostgresSource(SQLSource):
         return self._conn
 
     def close(self) -> None:
+        self._close_capture()
         if self._conn is not None:
             try:
                 self._conn.close()

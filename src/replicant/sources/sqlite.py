@@ -101,6 +101,7 @@ class SQLiteSource(SQLSource):
         return self._conn
 
     def close(self) -> None:
+        self._close_capture()
         if self._conn is not None:
             try:
                 self._conn.close()
