@@ -142,6 +142,13 @@ class Destination(ABC):
 
         raise SchemaDriftError(f"destination {self.name!r} cannot change the table of {stream.name!r}")
 
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """The source table was truncated (a ``truncate`` log marker at ``last_offset``): remove
+        every row of the stream's table and record the offset, in one transaction."""
+        from replicant.errors import FatalError
+
+        raise FatalError(f"destination {self.name!r} cannot apply a TRUNCATE of {stream.name!r}")
+
     def record_offset(self, stream: Stream, last_offset: int) -> None:
         """Records ``last_offset`` with no data (markers, empty batches). Default: an empty write."""
         self.write(stream, stream.change_schema.empty_table(), last_offset=last_offset)

@@ -28,11 +28,12 @@ import pyarrow as pa
 
 from replicant.model import Position
 
-__all__ = ["Log", "LogRecord", "Retention", "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT"]
+__all__ = ["Log", "LogRecord", "Retention", "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT", "MARKER_TRUNCATE"]
 
 MARKER_SNAPSHOT_START = "snapshot_start"  #: a full read begins; ``replace`` writes start a new table
 MARKER_SNAPSHOT_END = "snapshot_end"  #: the full read is complete; ``replace`` swaps tables
 MARKER_SNAPSHOT_ABORT = "snapshot_abort"  #: the snapshot begun earlier was interrupted and restarts
+MARKER_TRUNCATE = "truncate"  #: the source table was emptied (TRUNCATE); destinations empty theirs
 
 
 @dataclass(frozen=True)

@@ -69,11 +69,15 @@ class ChangeSet:
             across two change sets.
         stream_positions: optional per stream positions to append with that stream's batch
             instead of ``position`` (e.g. snapshot progress of one table).
+        truncated: streams truncated in these transactions. The engine logs a
+            ``{"kind": "truncate"}`` marker for each *before* that stream's batch, so the batch
+            holds only the stream's changes after its (last) truncate.
     """
 
     batches: dict[str, pa.RecordBatch]
     position: Position
     stream_positions: dict[str, Position] | None = None
+    truncated: frozenset[str] = frozenset()
 
     def position_of(self, stream: str) -> Position:
         return (self.stream_positions or {}).get(stream, self.position)
