@@ -55,22 +55,35 @@ def ids(log: Log, stream: str, start: int = 0, end: int | None = None) -> list[i
     return [i for r in log.read(stream, start, end=end) if r.batch is not None for i in r.batch.column("id").to_pylist()]
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "nats"])
 def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogFactory]:
     """``factory(name="log", small_segments=False)`` opens the log ``name``; calling it again
-    closes the previous instance first (a reopen, as after a restart)."""
+    closes the previous instance first (a reopen, as after a restart). NATS logs get a
+    prefix unique to the test (``small_segments`` has no meaning there: a record is a unit)."""
     opened: list[Log] = []
+    prefixes: set[str] = set()
+    if request.param == "nats":
+        from replicant.log.nats import NatsLog, delete_nats_log
+
+        nats_url = request.getfixturevalue("nats_url")
+        unique = request.getfixturevalue("unique_name")
 
     def factory(name: str = "log", small_segments: bool = False) -> Log:
         for log in opened:
             log.close()
-        log = LocalLog(tmp_path / name, segment_bytes=4096 if small_segments else 256 << 20)
+        if request.param == "nats":
+            prefixes.add(f"{unique}_{name}")
+            log = NatsLog(nats_url, prefix=f"{unique}_{name}")
+        else:
+            log = LocalLog(tmp_path / name, segment_bytes=4096 if small_segments else 256 << 20)
         opened.append(log)
         return log
 
     yield factory
     for log in opened:
         log.close()
+    for prefix in prefixes:
+        delete_nats_log(nats_url, prefix)
 
 
 # -- the contract, for every backend -----------------------------------------------------
