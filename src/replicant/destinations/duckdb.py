@@ -45,6 +45,7 @@ from replicant.destinations._changes import (
     without_deletes,
 )
 from replicant.destinations._duckdb_types import ddl_type, normalize, quote, select_expr
+from replicant.destinations._evolve import plan
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.model import Stream
@@ -210,6 +211,63 @@ class DuckDBDestination(Destination):
     def _create(self, stream: Stream, name: str) -> None:
         cols = ", ".join(f"{quote(f.name)} {self._ddl(f)}" for f in stream.schema)
         self._con.execute(f"CREATE TABLE {self._q(name)} ({cols})")
+
+    # ------------------------------------------------------------------ schema drift
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Follows the stream from ``old`` to ``stream`` (see :mod:`replicant.destinations._evolve`):
+        ``ADD COLUMN`` for new nullable columns and ``ALTER COLUMN … SET DATA TYPE`` for
+        widened ones, in one transaction, on the table and on a pending ``replace`` table.
+
+        A column gone from the stream stays in the table; the rows written from then on
+        hold NULL in it (an insert names only the batch's columns). Idempotent: what the
+        table already has is skipped. A widened column whose type is neither the old nor
+        the new mapping (changed by hand) is left as it is.
+
+        Raises:
+            SchemaDriftError: a change the table cannot follow (nothing is changed).
+        """
+        self.open()
+        name = stream.table_name
+        pending = self._pending.get(stream.name)
+        with self._txn("evolve", stream, name):
+            columns = self._columns(name)
+            if columns is None:
+                self._create(stream, name)
+            else:
+                self._evolve_table(name, columns, stream, old)
+            if pending is not None:
+                self._evolve_table(pending.name, self._columns(pending.name) or {}, stream, old)
+                pending.columns = self._columns(pending.name) or {}
+        self.prepare(stream)  # re-reads the columns the writes use
+
+    def _evolve_table(self, name: str, columns: dict[str, tuple[str, str]], stream: Stream, old: Stream) -> None:
+        change = plan(self.name, stream, old, [c[0] for c in columns.values()], dialect=None)
+        for f in change.added:
+            self._con.execute(f"ALTER TABLE {self._q(name)} ADD COLUMN {quote(f.name)} {self._ddl(f)}")
+        for before, f in change.widened:
+            stored, current = columns[f.name.casefold()]
+            wanted, was = self._canonical(self._ddl(f)), self._canonical(self._ddl(before))
+            if current.upper() != wanted.upper() and current.upper() == was.upper():
+                self._con.execute(f"ALTER TABLE {self._q(name)} ALTER COLUMN {quote(stored)} SET DATA TYPE {self._ddl(f)}")
+
+    def _canonical(self, type_sql: str) -> str:
+        """DuckDB's own name of a type we generated (``TIMESTAMPTZ`` → ``TIMESTAMP WITH TIME ZONE``)."""
+        return self._con.execute(f"SELECT typeof(CAST(NULL AS {type_sql}))").fetchone()[0]
+
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """Deletes every row of the stream's table (and of its pending ``replace`` table) and
+        records ``last_offset``, in one transaction."""
+        self.open()
+        if stream.name not in self._tables:
+            self.prepare(stream)
+        table = self._tables[stream.name]
+        pending = self._pending.get(stream.name)
+        with self._txn("truncate", stream, table.name):
+            self._con.execute(f"DELETE FROM {self._q(table.name)}")
+            if pending is not None:
+                self._con.execute(f"DELETE FROM {self._q(pending.name)}")
+            self._record(stream, last_offset)
 
     # ------------------------------------------------------------------ writing
 
