@@ -1,0 +1,314 @@
+"""Files destination: change batches as Parquet, CSV or JSON Lines in a folder or bucket.
+
+``path`` is an absolute local folder or any fsspec URL (``s3://bucket/prefix``,
+``gs://…``, ``file:///…``); ``storage_options`` go to fsspec as they are (for S3:
+``endpoint_url``, ``key``, ``secret``…; they are never logged or put in a message).
+
+Layout, one file per log record chunk written by the engine::
+
+    <path>/<stream>/date=2026-11-21/00000000000000000100-00000000000000000199.parquet
+    <path>/<stream>/_manifests/00000000000000000100-00000000000000000199.json
+
+* The file is named by the log offset range of its rows (``first-last``, 20 digits so
+  names sort by offset). The engine hands the same ranges on every retry, restart and
+  replay, so a re-delivery *overwrites* the file instead of adding a copy: nothing doubled.
+* The partition is derived from the data, never from the clock: the UTC date (``partition:
+  date``, the default; ``hour`` adds ``hour=HH/``; ``none`` drops it) of each row's ``_ts``.
+  A chunk whose rows span two dates is written as one file per date, each named by the
+  chunk's range. Readers use Hive partitioning (``date`` becomes a column; a data column of
+  that name would clash).
+* Every file is written whole or not at all: locally to a hidden temp name in the same
+  folder, fsynced, then ``os.replace``; on object stores with one PUT of the finished
+  bytes (an object is visible only once complete). Temp files left by a crash start with
+  ``.`` and are ignored by readers (and by ``*.parquet`` globs).
+* After the data files, a manifest (JSON) lists them with rows, offsets, ``_ts`` range,
+  format, compression and schema. Directories starting with ``_`` are skipped by
+  ``pyarrow.dataset``; DuckDB globs ``<stream>/**/*.parquet`` never match ``.json``.
+* Files keep the metadata columns ``_op``, ``_pos`` and ``_ts``: they hold change events,
+  deletes included. Only ``write: append`` exists; ``merge`` and ``replace`` need a table.
+
+Formats: ``parquet`` (Arrow types as they are; compression ``snappy`` by default, or
+``zstd``, ``gzip``, ``lz4``, ``brotli``, ``none``), ``csv`` (``pyarrow.csv``, header row;
+decimals exact text, timestamps ISO 8601, binary base64, nested values JSON text) and
+``jsonl`` (one JSON object per line; mapping in :mod:`replicant.destinations._records`).
+CSV and JSON Lines may be compressed with ``gzip`` or ``zstd`` (``.csv.gz``, ``.jsonl.zst``),
+which DuckDB and pandas read directly.
+
+The folder names a stream by its name with every character other than letters, digits,
+``.``, ``_`` and ``-`` replaced by ``_`` (``public.orders`` stays ``public.orders``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from replicant.destinations._records import iso_text, joined_lines, row_json, text_table
+from replicant.destinations.base import Capabilities, Destination
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.model import Stream
+
+__all__ = ["FilesDestination", "FilesSettings"]
+
+_PARQUET_CODECS = ("snappy", "zstd", "gzip", "lz4", "brotli", "none")
+_TEXT_CODECS = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+_PARTITIONS = {"date": "date=%Y-%m-%d", "hour": "date=%Y-%m-%d/hour=%H"}
+
+
+class FilesSettings(BaseModel):
+    """The keys of a ``type: files`` destination besides ``name``, ``type``, ``path``, ``write``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["parquet", "csv", "jsonl"] = Field("parquet", description="File format.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        repr=False,
+        description="fsspec options for the filesystem (S3: endpoint_url, key, secret, client_kwargs…).",
+    )
+    partition: Literal["date", "hour", "none"] = Field(
+        "date", description="Folders under the stream's: UTC date (and hour) of each row's `_ts`, or none."
+    )
+    compression: str | None = Field(
+        None,
+        description="parquet: snappy (default), zstd, gzip, lz4, brotli, none; csv/jsonl: none (default), gzip, zstd.",
+    )
+
+    @field_validator("compression")
+    @classmethod
+    def _codec_fits_format(cls, codec: str | None, info: ValidationInfo) -> str | None:
+        fmt = info.data.get("format", "parquet")
+        if codec is None:
+            return codec
+        allowed = _PARQUET_CODECS if fmt == "parquet" else tuple(_TEXT_CODECS)
+        if codec not in allowed:
+            raise ValueError(f"{codec!r} is not available for {fmt}; use one of {', '.join(allowed)}")
+        return codec
+
+
+def _folder(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+
+
+class FilesDestination(Destination):
+    """Writes each log record chunk of a stream as one offset-named file (see the module doc).
+
+    Errors: a missing bucket or refused credentials raise :class:`ConnectionError`; other
+    I/O failures :class:`RetriableError` (the engine retries the same chunk, which rewrites
+    the same file).
+    """
+
+    capabilities = Capabilities(transactional=False, merge=False, deletes=True, replace=False, bulk_load=True)
+    settings = FilesSettings
+
+    def __init__(self, config, *, pipeline: str) -> None:
+        super().__init__(config, pipeline=pipeline)
+        key = f"destinations.{self.name}"
+        if config.write != "append":
+            raise ConfigError(
+                "invalid destination",
+                [(f"{key}.write", f"a files destination only appends change events; `write: {config.write}` "
+                                  f"needs a table (use duckdb, postgres…), remove it or set `write: append`")],
+            )
+        if not config.path:
+            raise ConfigError("invalid destination", [(f"{key}.path", "a files destination needs `path:` (a folder or s3://bucket/prefix)")])
+        path = str(config.path)
+        if "://" not in path:
+            path = str(Path(path).expanduser().resolve())
+        self.path = path
+        opts: FilesSettings = self.options
+        self.format = opts.format
+        default = "snappy" if opts.format == "parquet" else "none"
+        self.compression = opts.compression or default
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._root = ""
+
+    @property
+    def extension(self) -> str:
+        if self.format == "parquet":
+            return ".parquet"
+        return f".{self.format}{_TEXT_CODECS[self.compression]}"
+
+    # ------------------------------------------------------------------ contract
+
+    def open(self) -> None:
+        if self._fs is not None:
+            return
+        try:
+            fs, root = fsspec.core.url_to_fs(self.path, **self.options.storage_options)
+        except (ImportError, ValueError, TypeError) as e:
+            raise ConfigError("invalid destination", [(f"destinations.{self.name}.path", f"cannot open {self._where()}: {type(e).__name__}")]) from None
+        self._fs, self._root = fs, root.rstrip("/")
+        if self._local:
+            os.makedirs(self._root, exist_ok=True)
+
+    def applied_offset(self, stream: Stream) -> int:
+        return -1
+
+    def prepare(self, stream: Stream) -> None:
+        self.open()
+
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+        n = data.num_rows
+        if n == 0:
+            return
+        self.open()
+        first = last_offset - n + 1
+        name = f"{first:020d}-{last_offset:020d}"
+        folder = _folder(stream.name)
+        files = []
+        for part, rows in self._parts(data):
+            rel = f"{folder}/{part}/{name}{self.extension}" if part else f"{folder}/{name}{self.extension}"
+            self._put(rel, self._encode(rows), stream)
+            files.append({"path": rel, "rows": rows.num_rows, **_ts_range(rows)})
+        manifest = {
+            "stream": stream.name,
+            "first_offset": first,
+            "last_offset": last_offset,
+            "rows": n,
+            "format": self.format,
+            "compression": self.compression,
+            **_ts_range(data),
+            "files": files,
+            "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in data.schema],
+        }
+        self._put(f"{folder}/_manifests/{name}.json", json.dumps(manifest, indent=1).encode(), stream)
+
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """Files hold events, so a TRUNCATE is recorded, not applied: a manifest
+        ``_manifests/<offset>-<offset>.json`` with ``"op": "truncate"``."""
+        self.open()
+        name = f"{last_offset:020d}-{last_offset:020d}"
+        manifest = {"stream": stream.name, "op": "truncate", "first_offset": last_offset, "last_offset": last_offset, "rows": 0, "files": []}
+        self._put(f"{_folder(stream.name)}/_manifests/{name}.json", json.dumps(manifest, indent=1).encode(), stream)
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Every file carries its own schema (and the manifest lists it): new columns and
+        widened types need nothing here; read with ``union_by_name``."""
+
+    def begin_replace(self, stream: Stream) -> None:
+        raise FatalError(f"destination {self.name!r} (files) cannot replace; it only appends")
+
+    def commit_replace(self, stream: Stream, *, last_offset: int) -> None:
+        raise FatalError(f"destination {self.name!r} (files) cannot replace; it only appends")
+
+    def close(self) -> None:
+        self._fs = None
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def _local(self) -> bool:
+        return isinstance(self._fs, LocalFileSystem)
+
+    def _where(self) -> str:
+        """The path for messages: a URL's scheme and bucket/path, never options or credentials."""
+        return re.sub(r"//[^/@]*@", "//", self.path)
+
+    def _parts(self, data: pa.Table) -> list[tuple[str, pa.Table]]:
+        """``(partition folder, rows)`` pairs, by the UTC date (hour) of each row's ``_ts``."""
+        fmt = _PARTITIONS.get(self.options.partition)
+        if fmt is None:
+            return [("", data)]
+        ts = data["_ts"]
+        if ts.type.tz is not None:
+            ts = ts.cast(pa.timestamp(ts.type.unit, "UTC"))
+        keys = pc.fill_null(pc.strftime(ts, fmt), "date=__HIVE_DEFAULT_PARTITION__")
+        unique = sorted(pc.unique(keys).to_pylist())
+        if len(unique) == 1:
+            return [(unique[0], data)]
+        return [(k, data.filter(pc.equal(keys, k))) for k in unique]
+
+    def _encode(self, table: pa.Table) -> pa.Buffer:
+        sink = pa.BufferOutputStream()
+        if self.format == "parquet":
+            codec = None if self.compression == "none" else self.compression
+            pq.write_table(table, sink, compression=codec)
+            return sink.getvalue()
+        out = sink if self.compression == "none" else pa.CompressedOutputStream(sink, self.compression)
+        if self.format == "csv":
+            pcsv.write_csv(text_table(table), out)
+        else:
+            out.write(joined_lines(row_json(table, newline=True)))
+        if out is not sink:
+            out.close()
+        return sink.getvalue()
+
+    def _put(self, rel: str, body: pa.Buffer | bytes, stream: Stream) -> None:
+        """Writes ``body`` at ``<root>/<rel>`` atomically (see the module doc)."""
+        fs, target = self._fs, f"{self._root}/{rel}"
+        try:
+            if self._local:
+                folder, base = os.path.split(target)
+                os.makedirs(folder, exist_ok=True)
+                tmp = os.path.join(folder, f".{base}.tmp-{uuid.uuid4().hex}")
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(memoryview(body))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, target)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+                _fsync_dir(folder)
+            else:
+                fs.pipe_file(target, bytes(body) if isinstance(body, pa.Buffer) else body)
+        except PermissionError as e:
+            raise ConnectionError(
+                f"destination {self.name!r}: access to {self._where()} refused writing {rel!r} "
+                f"(stream {stream.name!r}): {type(e).__name__}; check credentials and permissions"
+            ) from None
+        except FileNotFoundError as e:
+            raise ConnectionError(
+                f"destination {self.name!r}: {self._where()} not found writing {rel!r} (stream {stream.name!r}): "
+                f"{_short(e)}; create the bucket or folder"
+            ) from None
+        except OSError as e:
+            raise RetriableError(
+                f"destination {self.name!r}: could not write {rel!r} under {self._where()} (stream {stream.name!r}): {_short(e)}"
+            ) from None
+
+
+def _ts_range(table: pa.Table) -> dict[str, str | None]:
+    """``min_ts``/``max_ts`` of a change table's ``_ts`` as ISO 8601 (None when empty)."""
+    if "_ts" not in table.column_names or table.num_rows == 0:
+        return {"min_ts": None, "max_ts": None}
+    mm = pc.min_max(table["_ts"])
+    pair = pa.array([mm["min"].as_py(), mm["max"].as_py()], table.schema.field("_ts").type)
+    lo, hi = iso_text(pair).to_pylist()
+    return {"min_ts": lo, "max_ts": hi}
+
+
+def _short(e: BaseException) -> str:
+    """An exception's class and first line, without fsspec's option dumps."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def _fsync_dir(folder: str) -> None:
+    """Makes a rename durable (POSIX: the directory entry is data of the directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
