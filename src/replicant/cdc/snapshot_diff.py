@@ -1,0 +1,566 @@
+"""``mode: snapshot_diff``: read the whole table, diff it against the previous snapshot.
+
+Needs only SELECT at the source and catches hard deletes. Each run:
+
+1. **read**: the table is read with the source's keyed full read (key-range chunks); every
+   batch is hashed per row by DuckDB (``hash(c1, c2, …)``) and written to the run's folder:
+   the rows as Arrow IPC files (every Arrow type round-trips exactly, intervals included),
+   and ``(key columns, row hash, row number)`` as Parquet. One pair of files per *part*
+   (``chunk_size`` rows), so a crash resumes at the last complete part.
+2. **diff**: DuckDB joins the new ``(key, hash)`` snapshot with the previous one, out of core
+   (``memory_limit``, spilling to the run's folder): a new key is an insert, a changed hash an
+   update (both written to ``upserts.parquet`` as row numbers, in row order), a vanished key a
+   delete (``deletes.parquet``: its key columns).
+3. **emit**: inserts and updates carry the new row (taken from the IPC files by row number),
+   then deletes carry the key columns and nulls. The first run, or a run from position None,
+   has no previous snapshot to compare with and emits every row as ``read``.
+
+A run's snapshot becomes the *previous* one only when the engine acknowledges the run's
+``done`` position (:func:`acknowledge`: an atomic rename), i.e. once every change is durable
+in the staging log. Until then, a new run diffs against the older snapshot again and
+re-derives the same changes (the log and merge destinations absorb the repeat).
+
+Positions (the resume rule of :mod:`replicant.sources.base` holds for each)::
+
+    read phase   {"mode": "snapshot_diff", "run": ID, "phase": "read", "parts": K, "after": [key]}
+                 on an empty batch after each complete part; resuming drops parts >= K and
+                 reads on after ``key``
+    emit phase   {"mode": "snapshot_diff", "run": ID, "phase": "emit", "after": N}
+                 N changes of the run emitted; resuming emits change N+1 on, without
+                 touching the source
+    done         {"mode": "snapshot_diff", "run": ID, "done": true}
+                 on the run's last batch (empty, ``final=False``: not a full snapshot)
+
+Reading from a ``done`` position promotes that run's snapshot (in case the acknowledgement
+was lost in a crash) and starts a new run. A position whose run folder is gone starts a new
+run too (a logged warning): the changes are derived again against the previous snapshot.
+
+Folder layout, under ``source.workdir/snapshot_diff/<stream>/``::
+
+    previous.parquet          key columns, __sd_hash, __sd_row of the last acknowledged run
+    runs/ID/run.json          {"base": diff against previous?, "ts": extract time}
+    runs/ID/rows-00000.arrow  the rows of part 0 (Arrow IPC file, the stream's schema)
+    runs/ID/keys-00000.parquet
+    runs/ID/snapshot.parquet  all parts' keys and hashes (becomes previous.parquet)
+    runs/ID/upserts.parquet   __sd_row, __sd_op (1 insert, 2 update), by __sd_row
+    runs/ID/deletes.parquet   key columns
+    runs/ID/diffed.json       the diff is complete: counts
+
+Limits: the key (``primary_key``) must be unique. Row hashes are DuckDB's 64-bit
+``hash``; a DuckDB version that hashes differently reports every row as updated once (a
+warning says so). Adding or changing a column changes every row's hash, so every row is
+re-emitted as an update once, which carries the new column.
+
+Stream options: ``memory_limit`` (DuckDB's, default ``512MB``), ``duckdb_threads``,
+``chunk_size`` (rows per part, default the source's chunk size), ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from replicant.errors import FatalError
+from replicant.model import (
+    OP_DELETE,
+    OP_INSERT,
+    OP_READ,
+    OP_UPDATE,
+    Position,
+    Stream,
+    encode_position,
+    strip_meta,
+    utcnow,
+)
+from replicant.sources.base import ReadBatch
+
+__all__ = ["read", "acknowledge"]
+
+log = logging.getLogger(__name__)
+
+MODE = "snapshot_diff"
+_HASH = "__sd_hash"
+_ROW = "__sd_row"
+_OP = "__sd_op"
+#: ``__sd_op`` codes index this array.
+_OPS = pa.array([OP_READ, OP_INSERT, OP_UPDATE, OP_DELETE], pa.string())
+_PREVIOUS = "previous.parquet"
+_HASH_TAG = f"duckdb-hash {duckdb.__version__}"
+_TAG_KEY = b"replicant.snapshot_diff.hash"
+_DEFAULT_MEMORY = "512MB"
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def read(source: Any, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
+    """Reads one snapshot_diff run of ``stream`` from ``source`` (a ``SQLSource``).
+
+    Raises:
+        FatalError: the stream has no key, or the source has no ``workdir`` (raised here,
+            before iterating); the table or a column is gone (while iterating).
+    """
+    if not stream.primary_key:
+        raise FatalError(
+            f"stream {stream.name!r}: mode snapshot_diff needs a key to match rows between "
+            "snapshots, and the table has no primary key; set `primary_key:` on the stream"
+        )
+    if source.workdir is None:
+        raise FatalError(f"stream {stream.name!r}: mode snapshot_diff needs the source's workdir (set by the engine)")
+    return _read(source, stream, position)
+
+
+def acknowledge(source: Any, stream: Stream, position: Position) -> None:
+    """Promotes run ID's snapshot to the previous one when ``position`` is its ``done``
+    position; any other position is ignored. Idempotent: a run already promoted (its folder
+    gone) is left alone."""
+    if source.workdir is None or not position or position.get("mode") != MODE or not position.get("done"):
+        return
+    _promote(_home(source.workdir, stream), str(position["run"]))
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _home(workdir: Path, stream: Stream) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stream.name)[:60]
+    digest = hashlib.sha1(stream.name.encode()).hexdigest()[:8]
+    return Path(workdir) / "snapshot_diff" / f"{safe}-{digest}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _promote(home: Path, run_id: str) -> None:
+    run_dir = home / "runs" / run_id
+    snap = run_dir / "snapshot.parquet"
+    if snap.exists() and (run_dir / "diffed.json").exists():
+        os.replace(snap, home / _PREVIOUS)  # atomic: the old previous is gone in the same step
+        _fsync(home)
+        log.debug("snapshot_diff: run %s promoted to previous snapshot", run_id)
+    if run_dir.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _sql_str(value: str | Path) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Run:
+    """One run's folder and facts."""
+
+    def __init__(self, home: Path, run_id: str, base: bool, ts: datetime) -> None:
+        self.home, self.id, self.base, self.ts = home, run_id, base, ts
+        self.dir = home / "runs" / run_id
+
+    @classmethod
+    def start(cls, home: Path, stream: Stream, base: bool) -> _Run:
+        runs = home / "runs"
+        if runs.exists():  # runs that crashed or were superseded
+            for old in runs.iterdir():
+                shutil.rmtree(old, ignore_errors=True)
+        if base:
+            base = _previous_usable(home / _PREVIOUS, stream)
+        run = cls(home, uuid.uuid4().hex[:16], base, utcnow())
+        run.dir.mkdir(parents=True)
+        (run.dir / "run.json").write_text(json.dumps({"base": base, "ts": run.ts.isoformat()}))
+        _fsync(run.dir / "run.json")
+        _fsync(run.dir)
+        return run
+
+    @classmethod
+    def resume(cls, home: Path, run_id: str) -> _Run | None:
+        run_dir = home / "runs" / run_id
+        try:
+            meta = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(home, run_id, bool(meta["base"]), datetime.fromisoformat(meta["ts"]))
+
+    def rows_path(self, part: int) -> Path:
+        return self.dir / f"rows-{part:05d}.arrow"
+
+    def keys_path(self, part: int) -> Path:
+        return self.dir / f"keys-{part:05d}.parquet"
+
+    def parts(self) -> int:
+        """The number of complete parts (both files present), counted from 0."""
+        k = 0
+        while self.rows_path(k).exists() and self.keys_path(k).exists():
+            k += 1
+        return k
+
+    def drop_parts_from(self, k: int) -> None:
+        for p in self.dir.glob("rows-*.arrow"):
+            if int(p.stem.split("-")[1]) >= k:
+                p.unlink()
+        for p in self.dir.glob("keys-*.parquet"):
+            if int(p.stem.split("-")[1]) >= k:
+                p.unlink()
+
+    def diffed(self) -> dict[str, int] | None:
+        try:
+            return json.loads((self.dir / "diffed.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _previous_usable(path: Path, stream: Stream) -> bool:
+    """Whether the previous snapshot can be diffed against: it exists and has this key."""
+    if not path.exists():
+        return False
+    schema = pq.read_schema(path)
+    expected = [*stream.primary_key, _HASH, _ROW]
+    if schema.names != expected:
+        log.warning(
+            "stream %r: the previous snapshot has key %s, the stream now %s; emitting a full "
+            "snapshot (rows deleted since the last run cannot be detected this once)",
+            stream.name, schema.names[:-2], list(stream.primary_key),
+        )
+        return False
+    tag = (schema.metadata or {}).get(_TAG_KEY, b"").decode()
+    if tag != _HASH_TAG:
+        log.warning(
+            "stream %r: the previous snapshot was hashed by %r, this run hashes with %r; "
+            "every row will be reported as updated once", stream.name, tag, _HASH_TAG,
+        )
+    return True
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _read(source: Any, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
+    home = _home(source.workdir, stream)
+    home.mkdir(parents=True, exist_ok=True)
+    run: _Run | None = None
+    resume: Position | None = None
+    if position and position.get("mode") == MODE:
+        if position.get("done"):
+            _promote(home, str(position["run"]))
+        else:
+            run = _Run.resume(home, str(position["run"]))
+            resume = position
+            if run is None:
+                log.warning(
+                    "stream %r: the files of snapshot_diff run %s are gone; starting a new run "
+                    "(changes already emitted are derived again)", stream.name, position["run"],
+                )
+    if run is None:
+        run, resume = _Run.start(home, stream, base=position is not None), None
+    elif resume is not None and resume.get("phase") == "read" and run.parts() < int(resume["parts"]):
+        log.warning("stream %r: snapshot_diff run %s lost parts; starting a new run", stream.name, run.id)
+        run, resume = _Run.start(home, stream, base=True), None
+    elif resume is not None and resume.get("phase") == "emit" and run.diffed() is None:
+        log.warning("stream %r: snapshot_diff run %s lost its diff; starting a new run", stream.name, run.id)
+        run, resume = _Run.start(home, stream, base=True), None
+
+    batch_size = int(stream.options.get("batch_size") or source.config.batch_size)
+    con = _connect(stream, run)
+    try:
+        counts = run.diffed()
+        if counts is None:
+            read_from = resume if resume is not None and resume.get("phase") == "read" else None
+            yield from _read_phase(source, stream, run, con, read_from)
+            counts = _diff_phase(stream, run, con)
+        after = int(resume["after"]) if resume is not None and resume.get("phase") == "emit" else 0
+        yield from _emit_phase(stream, run, counts, after, batch_size)
+    finally:
+        con.close()
+    yield ReadBatch(_empty_change(stream), {"mode": MODE, "run": run.id, "done": True}, final=False)
+
+
+def _connect(stream: Stream, run: _Run) -> duckdb.DuckDBPyConnection:
+    config: dict[str, Any] = {
+        "memory_limit": str(stream.options.get("memory_limit") or _DEFAULT_MEMORY),
+        "temp_directory": str(run.dir / "tmp"),
+    }
+    if stream.options.get("duckdb_threads"):
+        config["threads"] = int(stream.options["duckdb_threads"])
+    return duckdb.connect(":memory:", config=config)
+
+
+def _keys_schema(stream: Stream) -> pa.Schema:
+    fields = [stream.schema.field(k) for k in stream.primary_key]
+    return pa.schema([*fields, pa.field(_HASH, pa.uint64(), False), pa.field(_ROW, pa.int64(), False)])
+
+
+def _hashable(batch: pa.RecordBatch) -> pa.Table:
+    """``batch`` with the columns DuckDB cannot scan from Arrow (decimal256) as exact text."""
+    cols = [c.cast(pa.string()) if pa.types.is_decimal256(c.type) else c for c in batch.columns]
+    return pa.Table.from_arrays(cols, names=[f"c{i}" for i in range(len(cols))])
+
+
+def _hash(con: duckdb.DuckDBPyConnection, batch: pa.RecordBatch) -> pa.Array:
+    """One uint64 per row: DuckDB's hash of all the row's values (order preserved)."""
+    table = _hashable(batch)
+    con.register("__sd_batch", table)
+    try:
+        cols = ", ".join(_ident(n) for n in table.column_names)
+        out = con.sql(f"SELECT hash({cols}) AS h FROM __sd_batch").to_arrow_table().column(0).combine_chunks()
+    finally:
+        con.unregister("__sd_batch")
+    if len(out) != batch.num_rows:  # pragma: no cover - DuckDB contract
+        raise FatalError("snapshot_diff: DuckDB returned a wrong number of row hashes")
+    return out
+
+
+class _PartWriter:
+    """Writes one part: the rows (Arrow IPC) and their keys, hashes and row numbers (Parquet)."""
+
+    def __init__(self, run: _Run, part: int, stream: Stream) -> None:
+        self.run, self.part, self.stream = run, part, stream
+        self.rows = 0
+        self._rows = pa.ipc.new_file(str(run.rows_path(part)) + ".tmp", stream.schema)
+        self._keys_schema = _keys_schema(stream)
+        self._keys = pq.ParquetWriter(str(run.keys_path(part)) + ".tmp", self._keys_schema)
+
+    def write(self, data: pa.RecordBatch, hashes: pa.Array, first_row: int) -> None:
+        self._rows.write_batch(data)
+        n = data.num_rows
+        cols = [data.column(k) for k in self.stream.primary_key]
+        rows = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+        self._keys.write_batch(pa.RecordBatch.from_arrays([*cols, hashes, rows], schema=self._keys_schema))
+        self.rows += n
+
+    def close(self) -> None:
+        """Closes, syncs and renames both files into place (a part exists whole or not at all)."""
+        self._rows.close()
+        self._keys.close()
+        for final in (self.run.rows_path(self.part), self.run.keys_path(self.part)):
+            tmp = Path(str(final) + ".tmp")
+            _fsync(tmp)
+            os.replace(tmp, final)
+        _fsync(self.run.dir)
+
+
+def _rows_before(run: _Run, parts: int) -> int:
+    return sum(pq.ParquetFile(run.keys_path(k)).metadata.num_rows for k in range(parts))
+
+
+def _read_phase(source: Any, stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection,
+                resume: Position | None) -> Iterator[ReadBatch]:
+    """Reads the table into the run's parts; yields an empty batch after each complete part."""
+    plan = source._plan(stream)
+    part_rows = int(stream.options.get("chunk_size") or source.config.chunk_size)
+    part = int(resume["parts"]) if resume else 0
+    run.drop_parts_from(part)
+    for tmp in run.dir.glob("*.tmp"):
+        tmp.unlink()
+    row = _rows_before(run, part)
+    full_pos = {"mode": "full", "snapshot": run.id, "after": resume["after"]} if resume else None
+    schema = stream.schema
+    writer: _PartWriter | None = None
+    try:
+        for rb in source._read_full(plan, full_pos):
+            data = strip_meta(rb.data)
+            if data.num_rows:
+                data = pa.RecordBatch.from_arrays(data.columns, schema=schema)
+                if writer is None:
+                    writer = _PartWriter(run, part, stream)
+                writer.write(data, _hash(con, data), row)
+                row += data.num_rows
+            if writer is not None and (writer.rows >= part_rows or rb.final):
+                writer.close()
+                writer = None
+                part += 1
+                if rb.resumable and rb.position.get("after") is not None:
+                    pos = {"mode": MODE, "run": run.id, "phase": "read", "parts": part, "after": rb.position["after"]}
+                    yield ReadBatch(_empty_change(stream), pos)
+    finally:
+        if writer is not None:  # interrupted: the part stays a .tmp and is dropped on resume
+            writer._rows.close()
+            writer._keys.close()
+
+
+def _diff_phase(stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Merges the parts' keys into snapshot.parquet and, against the previous snapshot,
+    writes upserts.parquet and deletes.parquet. Returns the counts (also in diffed.json)."""
+    parts = run.parts()
+    snap = run.dir / "snapshot.parquet"
+    keys_schema = _keys_schema(stream).with_metadata({_TAG_KEY: _HASH_TAG.encode()})
+    with pq.ParquetWriter(str(snap) + ".tmp", keys_schema) as w:
+        for k in range(parts):
+            pf = pq.ParquetFile(run.keys_path(k))
+            for b in pf.iter_batches(batch_size=1 << 20):
+                w.write_batch(pa.RecordBatch.from_arrays(b.columns, schema=keys_schema))
+    _fsync(Path(str(snap) + ".tmp"))
+    os.replace(str(snap) + ".tmp", snap)
+    total = pq.ParquetFile(snap).metadata.num_rows
+    counts = {"rows": total, "upserts": total, "deletes": 0}
+    if run.base:
+        prev = run.home / _PREVIOUS
+        on = " AND ".join(
+            f"n.{_ident(k)} {'IS NOT DISTINCT FROM' if stream.schema.field(k).nullable else '='} o.{_ident(k)}"
+            for k in stream.primary_key
+        )
+        new, old = f"read_parquet({_sql_str(snap)})", f"read_parquet({_sql_str(prev)})"
+        ups, dels = run.dir / "upserts.parquet", run.dir / "deletes.parquet"
+        con.execute(
+            f"COPY (SELECT n.{_ROW} AS {_ROW}, "
+            f"(CASE WHEN o.{_HASH} IS NULL THEN 1 ELSE 2 END)::UTINYINT AS {_OP} "
+            f"FROM {new} n LEFT JOIN {old} o ON {on} "
+            f"WHERE o.{_HASH} IS DISTINCT FROM n.{_HASH} ORDER BY n.{_ROW}) "
+            f"TO {_sql_str(str(ups) + '.tmp')} (FORMAT parquet)"
+        )
+        keys = ", ".join(f"o.{_ident(k)}" for k in stream.primary_key)
+        con.execute(
+            f"COPY (SELECT {keys} FROM {old} o ANTI JOIN {new} n ON {on}) "
+            f"TO {_sql_str(str(dels) + '.tmp')} (FORMAT parquet)"
+        )
+        for final in (ups, dels):
+            _fsync(Path(str(final) + ".tmp"))
+            os.replace(str(final) + ".tmp", final)
+        counts["upserts"] = pq.ParquetFile(ups).metadata.num_rows
+        counts["deletes"] = pq.ParquetFile(dels).metadata.num_rows
+    (run.dir / "diffed.json.tmp").write_text(json.dumps(counts))
+    _fsync(run.dir / "diffed.json.tmp")
+    os.replace(run.dir / "diffed.json.tmp", run.dir / "diffed.json")
+    _fsync(run.dir)
+    shutil.rmtree(run.dir / "tmp", ignore_errors=True)
+    return counts
+
+
+# ---------------------------------------------------------------------------- emitting
+
+
+class _RowStore:
+    """Random access to the run's rows by row number, one IPC record batch at a time.
+
+    The IPC files are memory-mapped: batches are zero-copy views, and taking a few rows
+    touches only their pages (file pages the kernel can drop, not process memory).
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self._files: list[pa.MemoryMappedFile] = []
+        self._where: list[tuple[pa.ipc.RecordBatchFileReader, int]] = []
+        starts: list[int] = []
+        n = 0
+        for k in range(run.parts()):
+            f = pa.memory_map(str(run.rows_path(k)))
+            self._files.append(f)
+            reader = pa.ipc.open_file(f)
+            for i in range(reader.num_record_batches):
+                starts.append(n)
+                self._where.append((reader, i))
+                n += reader.get_batch(i).num_rows
+        self.starts = np.array(starts, dtype=np.int64)
+        self.total = n
+        self._cached: tuple[int, pa.RecordBatch] | None = None
+
+    def batch(self, j: int) -> pa.RecordBatch:
+        if self._cached is None or self._cached[0] != j:
+            reader, i = self._where[j]
+            self._cached = (j, reader.get_batch(i))
+        return self._cached[1]
+
+    def batches_from(self, row: int) -> Iterator[pa.RecordBatch]:
+        """Every row from ``row`` on, in stored batches (the first one sliced)."""
+        if row >= self.total:
+            return
+        j = int(np.searchsorted(self.starts, row, side="right") - 1)
+        first = self.batch(j).slice(row - int(self.starts[j]))
+        if first.num_rows:
+            yield first
+        for k in range(j + 1, len(self._where)):
+            reader, i = self._where[k]
+            yield reader.get_batch(i)
+
+    def take(self, rows: np.ndarray) -> pa.RecordBatch:
+        """The rows numbered ``rows`` (ascending), in that order."""
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        uniq, first = np.unique(which, return_index=True)
+        ends = [*first[1:], len(rows)]
+        pieces = [
+            self.batch(int(j)).take(pa.array(rows[s:e] - self.starts[j]))
+            for j, s, e in zip(uniq, first, ends)
+        ]
+        return pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+
+
+def _change(stream: Stream, columns: list[pa.Array], ops: pa.Array, pos: Position, ts: datetime) -> pa.RecordBatch:
+    n = len(ops)
+    meta = [
+        ops,
+        pa.repeat(pa.scalar(encode_position(pos), pa.string()), n),
+        pa.repeat(pa.scalar(ts, pa.timestamp("us", tz="UTC")), n),
+    ]
+    return pa.RecordBatch.from_arrays([*columns, *meta], schema=stream.change_schema)
+
+
+def _empty_change(stream: Stream) -> pa.RecordBatch:
+    schema = stream.change_schema
+    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+
+
+def _skip(batches: Iterator[pa.RecordBatch], skip: int) -> Iterator[pa.RecordBatch]:
+    for b in batches:
+        if skip >= b.num_rows:
+            skip -= b.num_rows
+            continue
+        if skip:
+            b, skip = b.slice(skip), 0
+        yield b
+
+
+def _emit_phase(stream: Stream, run: _Run, counts: dict[str, int], after: int, batch_size: int) -> Iterator[ReadBatch]:
+    """Yields the run's changes from change number ``after`` on."""
+    store = _RowStore(run)
+    try:
+        emitted = after
+
+        def pos() -> Position:
+            return {"mode": MODE, "run": run.id, "phase": "emit", "after": emitted}
+
+        if not run.base:  # a full snapshot: every row, as read
+            for b in store.batches_from(after):
+                emitted += b.num_rows
+                yield ReadBatch(_change(stream, b.columns, pa.repeat(pa.scalar(OP_READ), b.num_rows), pos(), run.ts), pos())
+            return
+        n_up = counts["upserts"]
+        if after < n_up:
+            ups = pq.ParquetFile(run.dir / "upserts.parquet").iter_batches(batch_size=batch_size)
+            for b in _skip(ups, after):
+                rows = b.column(_ROW).to_numpy()
+                data = store.take(rows)
+                ops = _OPS.take(b.column(_OP))
+                emitted += b.num_rows
+                yield ReadBatch(_change(stream, data.columns, ops, pos(), run.ts), pos())
+        dels = pq.ParquetFile(run.dir / "deletes.parquet").iter_batches(batch_size=batch_size)
+        for b in _skip(dels, max(0, after - n_up)):
+            n = b.num_rows
+            cols = [
+                b.column(f.name).cast(f.type) if f.name in stream.primary_key else pa.nulls(n, f.type)
+                for f in stream.schema
+            ]
+            emitted += n
+            yield ReadBatch(_change(stream, cols, pa.repeat(pa.scalar(OP_DELETE), n), pos(), run.ts), pos())
+    finally:
+        store.close()
