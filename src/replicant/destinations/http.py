@@ -1,0 +1,613 @@
+"""HTTP data push: change batches POSTed (or PUT) as JSON, with retries and idempotency keys.
+
+Configuration (``type: http``; ``url`` and ``batch_size`` are common destination keys)::
+
+    - name: push
+      type: http
+      url: https://reports.example/api/push
+      batch_size: 1000          # rows per request (default 1000)
+      method: POST              # or PUT
+      headers: {X-Tenant: acme}
+      auth: {bearer: "${env:PUSH_TOKEN}"}      # or {basic: {username: u, password: "${env:PW}"}}
+      batch_bytes: 5MB          # largest request body; a batch is split further to fit
+      concurrency: 4            # requests in flight
+      timeout: 30               # seconds per request
+      max_retries: 8
+      retry_max_seconds: 30     # longest wait between attempts (back-off and Retry-After)
+
+One request per batch, body::
+
+    {"pipeline": "shop", "stream": "public.orders", "batch_id": "<32 hex>",
+     "records": [{"op": "insert", "key": {"id": 7}, "data": {"id": 7, ...},
+                  "position": {...}, "ts": "2024-01-02T03:04:05.000006Z"}, ...]}
+
+with the header ``Idempotency-Key: <batch_id>``.
+
+Delivery (the non-transactional contract of :mod:`replicant.destinations.base`): the engine
+calls :meth:`HttpDestination.write` with the rows of log offsets ``last_offset - n + 1 ..
+last_offset``. Those rows are cut into requests of at most ``batch_size`` rows counted from
+the first offset, and each such piece is cut again where its body would exceed
+``batch_bytes`` (greedily, at least one record per request). The cut depends only on the rows,
+so the same offsets always give the same requests. ``batch_id`` is a hash of pipeline,
+destination name, stream and the request's first and last offset: stable across retries,
+restarts and replays (as long as ``batch_size`` and ``batch_bytes`` are unchanged). Receivers
+de-duplicate on it: a chunk whose write failed half-way is sent again whole, and the requests
+that had already succeeded arrive a second time with the same key.
+
+``write`` returns only when every request was answered 2xx or its records were dead-lettered:
+
+- 2xx: accepted.
+- connection errors, timeouts, 408, 425, 429 and 5xx: retried with exponential back-off and
+  full jitter (0.5 s doubling, at most ``retry_max_seconds``); a ``Retry-After`` (seconds or
+  an HTTP date) is honoured up to ``retry_max_seconds``. After ``max_retries`` retries the
+  write raises :class:`~replicant.errors.RetriableError`.
+- 401, 403, 404, 405, 407 and 3xx: the endpoint or the credentials are wrong, not the records;
+  :class:`~replicant.errors.FatalError` (nothing is dead-lettered).
+- 413 with more than one record: the request is split in two halves (each with its own,
+  equally deterministic batch id) and both are sent.
+- any other 4xx (400, 409, 422, …, or 413 of a single record): every record of that request
+  goes to the dead-letter store (``self.dead_letter``) with the status and the response body
+  (first 1,000 characters) as reason; without a dead-letter store, ``FatalError``.
+
+Every change is pushed with its ``op`` whatever ``write:`` says (``append`` and ``merge`` both
+send deletes: the receiver applies them); ``merge`` needs key columns. ``replace`` is not
+supported. A TRUNCATE marker is pushed as one record ``{"op": "truncate", "key": null,
+"data": null, "position": null, "ts": null}``. Schema drift needs nothing here: new columns
+simply appear in ``data``.
+
+JSON mapping (encoded by DuckDB's ``json_object`` over the Arrow batch, in C++; no per-row
+Python; the request bodies are slices of one Arrow string buffer):
+
+==========================  =====================================================
+Arrow type                  JSON
+==========================  =====================================================
+integers, bool, string      number, true/false, string
+float, double               number; NaN and ±infinity as strings ``"NaN"``,
+                            ``"Infinity"``, ``"-Infinity"`` (protobuf's JSON mapping)
+decimal                     string, exact (``"12.50"``)
+timestamp with time zone    ISO 8601 in UTC, microseconds: ``"2024-01-02T03:04:05.000006Z"``
+timestamp without zone      ISO 8601 without offset (the source's wall time)
+date / time                 ``"2024-01-02"`` / ``"03:04:05.000123"``
+binary                      base64 string
+list, struct                array, object (inner values as DuckDB renders them)
+column declared json/jsonb  embedded JSON (a string if it does not parse)
+==========================  =====================================================
+
+``key`` holds the stream's key columns (null when it has none), ``data`` every data column
+(null for a delete of a keyed stream), ``position`` the ``_pos`` JSON decoded (a string if it
+is not JSON) and ``ts`` the ``_ts`` as above.
+
+Secrets: ``auth`` values and ``headers`` values are :class:`pydantic.SecretStr`; error
+messages and dead-letter reasons show the URL without user info and query string, and any
+secret value found in a response body is masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import duckdb
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt
+
+from replicant.destinations.base import Capabilities, Destination
+from replicant.errors import ConfigError, FatalError, RetriableError
+from replicant.model import META_COLUMNS, SQL_TYPE_KEY, Stream, utcnow
+
+__all__ = ["HttpDestination", "HttpSettings", "batch_id"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+_REASON_CHARS = 1000
+_FIRST_WAIT = 0.5
+_RETRY_STATUSES = frozenset({408, 425, 429})
+_FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
+_JSON_TYPES = ("json", "jsonb")
+
+
+class BasicAuth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str
+    password: SecretStr
+
+
+class AuthSettings(BaseModel):
+    """Exactly one of ``bearer`` (a token) or ``basic`` (username and password)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bearer: SecretStr | None = Field(None, description="Token sent as `Authorization: Bearer …`.")
+    basic: BasicAuth | None = Field(None, description="HTTP basic authentication.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "AuthSettings":
+        if (self.bearer is None) == (self.basic is None):
+            raise ValueError("give exactly one of `bearer` or `basic`")
+        return self
+
+
+class HttpSettings(BaseModel):
+    """The keys of a ``type: http`` destination besides ``url`` and ``batch_size``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["POST", "PUT"] = Field("POST", description="HTTP method of each request.")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra request headers (values are secret).")
+    auth: AuthSettings | None = Field(None, description="`{bearer: TOKEN}` or `{basic: {username, password}}`.")
+    batch_bytes: int | str = Field(5_000_000, description="Largest request body: bytes or '5MB'.")
+    concurrency: int = Field(4, gt=0, le=256, description="Requests in flight at once.")
+    timeout: float | str = Field(30.0, description="Seconds per request (connect, send, wait for the answer).")
+    max_retries: int = Field(8, ge=0, description="Retries of one request before the write fails.")
+    retry_max_seconds: float | str = Field(30.0, description="Longest wait between two attempts.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("batch_bytes")
+    @classmethod
+    def _size(cls, v: Any) -> int:
+        from replicant.config import parse_size
+
+        size = parse_size(v)
+        if size < 256:
+            raise ValueError("must be at least 256 bytes")
+        return size
+
+    @field_validator("timeout", "retry_max_seconds")
+    @classmethod
+    def _seconds(cls, v: Any) -> float:
+        from replicant.config import parse_duration
+
+        seconds = parse_duration(v)
+        if seconds <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return seconds
+
+
+def batch_id(pipeline: str, destination: str, stream: str, first: int, last: int) -> str:
+    """The idempotency key of the request carrying log offsets ``first .. last`` (inclusive)."""
+    text = "\x1f".join((pipeline, destination, stream, str(first), str(last)))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# ------------------------------------------------------------------ errors inside a request
+
+
+class _Transient(Exception):
+    """A failed attempt worth repeating (a retriable status)."""
+
+    def __init__(self, what: str, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Piece:
+    """Rows ``start .. end - 1`` of the chunk being written (log offsets ``first + start ..``)."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class _Rejected:
+    piece: _Piece
+    reason: str
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - utcnow()).total_seconds())
+
+
+def _safe_url(url: str) -> str:
+    """The URL without user info, query or fragment: what messages may show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# ------------------------------------------------------------------ the destination
+
+
+class HttpDestination(Destination):
+    """Pushes change batches to an HTTP endpoint as JSON (see the module docstring)."""
+
+    settings = HttpSettings
+    capabilities = Capabilities(transactional=False, merge=True, deletes=True, replace=False, bulk_load=False)
+
+    def __init__(self, config, *, pipeline: str) -> None:
+        super().__init__(config, pipeline=pipeline)
+        where = f"destination {self.name!r}"
+        if config.url is None:
+            raise ConfigError(f"invalid {where}", [("url", "required key is missing for an http destination")])
+        self._url = config.url.get_secret_value()
+        if urlsplit(self._url).scheme not in ("http", "https"):
+            raise ConfigError(f"invalid {where}", [("url", f"{_safe_url(self._url)!r} is not an http:// or https:// URL")])
+        if config.write == "replace":
+            raise ConfigError(f"invalid {where}", [("write", "an http destination cannot `replace`; use append or merge")])
+        # user info in the URL is basic auth unless `auth:` says otherwise; never sent in the URL
+        parts = urlsplit(self._url)
+        self._url_auth: httpx.Auth | None = None
+        if parts.username is not None or parts.password is not None:
+            self._url_auth = httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+            host = parts.hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            self._request_url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        else:
+            self._request_url = self._url
+        self.batch_size: int = config.batch_size or DEFAULT_BATCH_SIZE
+        self.shown_url = _safe_url(self._url)
+        self._secrets = self._secret_values()
+        self._client: httpx.Client | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._duck: duckdb.DuckDBPyConnection | None = None
+        self._sql: dict[tuple[str, pa.Schema], tuple[str, list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def _secret_values(self) -> list[str]:
+        o: HttpSettings = self.options
+        values = [v.get_secret_value() for v in o.headers.values()]
+        if o.auth is not None:
+            values.append(o.auth.bearer.get_secret_value() if o.auth.bearer else o.auth.basic.password.get_secret_value())
+        parts = urlsplit(self._url)
+        values += [parts.password or "", parts.query]
+        return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    # -------------------------------------------------------------- lifecycle
+
+    def open(self) -> None:
+        if self._client is not None:
+            return
+        o: HttpSettings = self.options
+        headers = {k: v.get_secret_value() for k, v in o.headers.items()}
+        headers.setdefault("Content-Type", "application/json")
+        auth: httpx.Auth | None = None
+        if o.auth is not None and o.auth.bearer is not None:
+            headers["Authorization"] = f"Bearer {o.auth.bearer.get_secret_value()}"
+        elif o.auth is not None and o.auth.basic is not None:
+            auth = httpx.BasicAuth(o.auth.basic.username, o.auth.basic.password.get_secret_value())
+        if auth is None and "Authorization" not in headers:
+            auth = self._url_auth
+        self._client = httpx.Client(
+            headers=headers,
+            auth=auth,
+            timeout=httpx.Timeout(o.timeout),
+            limits=httpx.Limits(max_connections=o.concurrency, max_keepalive_connections=o.concurrency),
+            follow_redirects=False,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=o.concurrency, thread_name_prefix=f"http-{self.name}")
+        self._duck = duckdb.connect()
+        self._duck.execute("SET threads TO 1")  # encoding 1,000-row batches: thread start-up costs more than it saves
+
+    def close(self) -> None:
+        pool, client, duck = self._pool, self._client, self._duck
+        self._pool = self._client = self._duck = None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if client is not None:
+            client.close()
+        if duck is not None:
+            duck.close()
+
+    def applied_offset(self, stream: Stream) -> int:
+        return -1  # the engine keeps the offset of a non-transactional destination
+
+    def prepare(self, stream: Stream) -> None:
+        self.require_key(stream)
+
+    def begin_replace(self, stream: Stream) -> None:
+        raise FatalError(f"destination {self.name!r} (http) cannot `replace` {stream.name!r}; use `write: append` or `merge`")
+
+    def commit_replace(self, stream: Stream, *, last_offset: int) -> None:
+        self.begin_replace(stream)
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Nothing to change: new columns appear in ``data`` of the next records."""
+
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """Pushes one ``{"op": "truncate"}`` record for the marker at ``last_offset``."""
+        record = b'{"op":"truncate","key":null,"data":null,"position":null,"ts":null}'
+        rows = pa.array([record.decode() + ","], pa.large_string())
+        self._deliver(stream, rows, last_offset)
+
+    # -------------------------------------------------------------- writing
+
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+        """Pushes the rows of offsets ``last_offset - n + 1 .. last_offset``; returns when every
+        request is accepted or its records dead-lettered.
+
+        Raises:
+            RetriableError: a request still failed after ``max_retries`` retries (nothing is
+                lost: the engine writes the chunk again, with the same batch ids).
+            FatalError: the endpoint refused the credentials or the address, or records were
+                rejected and there is no dead-letter store.
+        """
+        if self._client is None:
+            raise FatalError(f"destination {self.name!r}: write() before open()")
+        if data.num_rows == 0:
+            return
+        rows = self._encode(stream, data)
+        self._deliver(stream, rows, last_offset)
+
+    def _encode(self, stream: Stream, data: pa.Table) -> pa.LargeStringArray:
+        """One JSON record per row, each followed by a comma, as one Arrow string array."""
+        key = (stream.name, data.schema)
+        with self._lock:
+            if key not in self._sql:
+                self._sql[key] = _record_sql(stream, data.schema)
+            sql, precast = self._sql[key]
+        for i in precast:  # what DuckDB cannot read (decimal256) becomes text in Arrow
+            data = data.set_column(i, data.schema.field(i).name, pc.cast(data.column(i), pa.string()))
+        for i, f in enumerate(data.schema):
+            if pa.types.is_timestamp(f.type) and f.type.tz is not None:
+                # the stored values are UTC: dropping the zone keeps them (DuckDB then formats UTC)
+                data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit)))
+        # positional column names: DuckDB matches identifiers case-insensitively ("id" vs "Id")
+        data = data.rename_columns([n if n in META_COLUMNS else f"c{i}" for i, n in enumerate(data.column_names)])
+        assert self._duck is not None
+        cur = self._duck.cursor()
+        try:
+            cur.register("changes", data)
+            out = cur.sql(sql).to_arrow_table().column(0)
+        except duckdb.Error as e:
+            raise FatalError(f"destination {self.name!r}, stream {stream.name!r}: cannot encode the batch as JSON: {e}") from None
+        finally:
+            cur.close()
+        return out.cast(pa.large_string()).combine_chunks()
+
+    def _plan(self, lengths: np.ndarray, overhead: int) -> list[_Piece]:
+        """Cuts rows into requests: ``batch_size`` rows from the first, then by ``batch_bytes``."""
+        limit: int = self.options.batch_bytes
+        n = len(lengths)
+        cum = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cum[1:])
+        pieces: list[_Piece] = []
+        for w in range(0, n, self.batch_size):
+            end_w = min(w + self.batch_size, n)
+            s = w
+            while s < end_w:
+                # body = overhead + row bytes - the last row's trailing comma
+                e = int(np.searchsorted(cum, cum[s] + limit - overhead + 1, side="right")) - 1
+                e = min(max(e, s + 1), end_w)
+                pieces.append(_Piece(s, e))
+                s = e
+        return pieces
+
+    def _deliver(self, stream: Stream, rows: pa.LargeStringArray, last_offset: int) -> None:
+        n = len(rows)
+        first = last_offset - n + 1
+        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + n + 1]
+        values = rows.buffers()[2]
+        buf = memoryview(values) if values is not None else memoryview(b"")
+        head = (
+            f'{{"pipeline":{json.dumps(self.pipeline)},"stream":{json.dumps(stream.name)},"batch_id":"'
+        ).encode()
+        overhead = len(head) + len('0' * 32) + len('","records":[') + len("]}")
+
+        def body(p: _Piece) -> tuple[str, bytes]:
+            bid = batch_id(self.pipeline, self.name, stream.name, first + p.start, first + p.end - 1)
+            records = buf[offsets[p.start] : offsets[p.end] - 1]
+            return bid, b"".join((head, bid.encode(), b'","records":[', records, b"]}"))
+
+        assert self._pool is not None
+        abort = threading.Event()
+        rejected: list[_Rejected] = []
+        pending: dict[Future, _Piece] = {}
+
+        def submit(p: _Piece) -> None:
+            pending[self._pool.submit(self._send, stream, p, body, first, abort)] = p
+
+        for p in self._plan(np.diff(offsets), overhead):
+            submit(p)
+        error: BaseException | None = None
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_EXCEPTION)
+            for fut in done:
+                piece = pending.pop(fut)
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if exc is not None:
+                    if error is None:
+                        error = exc
+                        abort.set()
+                        for other in pending:
+                            other.cancel()
+                    continue
+                outcome = fut.result()
+                if isinstance(outcome, _Rejected):
+                    rejected.append(outcome)
+                elif isinstance(outcome, tuple) and error is None:  # 413: send the halves
+                    for half in outcome:
+                        submit(half)
+        if error is not None:
+            raise error
+        if rejected:
+            self._dead_letter(stream, rows, first, rejected)
+
+    def _send(self, stream: Stream, piece: _Piece, body, first: int, abort: threading.Event):
+        """Sends one request with retries. Returns None (accepted), a ``_Rejected``, or the two
+        halves of a piece the server found too large."""
+        o: HttpSettings = self.options
+        bid, content = body(piece)
+        where = (
+            f"destination {self.name!r}, stream {stream.name!r}: {o.method} {self.shown_url} "
+            f"(offsets {first + piece.start}..{first + piece.end - 1}, batch id {bid})"
+        )
+        headers = {"Idempotency-Key": bid}
+        client = self._client
+        assert client is not None
+
+        def attempt() -> httpx.Response:
+            if abort.is_set():
+                raise _Aborted()
+            try:
+                r = client.request(o.method, self._request_url, content=content, headers=headers)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+                raise _Transient(f"{type(e).__name__}: {e}") from None
+            except httpx.HTTPError as e:
+                raise FatalError(f"{where}: {type(e).__name__}: {self._scrub(str(e))}") from None
+            if r.status_code >= 500 or r.status_code in _RETRY_STATUSES:
+                raise _Transient(f"HTTP {r.status_code}: {self._excerpt(r, 200)}", _retry_after(r.headers.get("Retry-After")))
+            return r
+
+        def wait_for(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            ceiling = o.retry_max_seconds
+            after = exc.retry_after if isinstance(exc, _Transient) else None
+            if after is not None:
+                return min(after, ceiling)
+            return random.uniform(0, min(ceiling, _FIRST_WAIT * 2 ** (state.attempt_number - 1)))
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+            stop=stop_after_attempt(o.max_retries + 1),
+            wait=wait_for,
+            sleep=lambda s: abort.wait(s) and None,
+            before_sleep=lambda st: log.info("%s: attempt %d failed (%s); retrying", where, st.attempt_number, st.outcome.exception()),
+        )
+        try:
+            r = retrying(attempt)
+        except _Aborted:
+            return None
+        except RetryError as e:
+            last = e.last_attempt.exception()
+            raise RetriableError(f"{where}: still failing after {o.max_retries + 1} attempts; last: {self._scrub(str(last))}") from None
+        status = r.status_code
+        if 200 <= status < 300:
+            return None
+        if status in _FATAL_STATUSES or 300 <= status < 400:
+            what = {401: "the credentials were refused (check `auth`)", 403: "access is forbidden (check `auth` and `headers`)",
+                    404: "no such endpoint (check `url`)", 405: f"the endpoint does not accept {o.method} (check `method`)",
+                    407: "the proxy wants credentials"}.get(status, f"the endpoint redirects to {_safe_url(r.headers.get('Location', '?'))}; set `url` to the final address")
+            raise FatalError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
+        if status == 413 and piece.end - piece.start > 1:
+            mid = (piece.start + piece.end) // 2
+            log.info("%s: HTTP 413, splitting the request in two", where)
+            return (_Piece(piece.start, mid), _Piece(mid, piece.end))
+        return _Rejected(piece, f"HTTP {status} from {o.method} {self.shown_url} (batch id {bid}): {self._excerpt(r, _REASON_CHARS)}")
+
+    def _excerpt(self, r: httpx.Response, chars: int) -> str:
+        try:
+            text = r.text
+        except (UnicodeDecodeError, LookupError):
+            text = repr(r.content[:chars])
+        text = text.strip()
+        if len(text) > chars:
+            text = text[:chars] + "…"
+        return self._scrub(text) or "(empty body)"
+
+    def _dead_letter(self, stream: Stream, rows: pa.LargeStringArray, first: int, rejected: list[_Rejected]) -> None:
+        from replicant.state.store import DeadLetter
+
+        count = sum(r.piece.end - r.piece.start for r in rejected)
+        if self.dead_letter is None:
+            raise FatalError(
+                f"destination {self.name!r}, stream {stream.name!r}: the endpoint rejected {count} records and there is "
+                f"no dead-letter store; first: {rejected[0].reason}"
+            )
+        letters = []
+        for r in sorted(rejected, key=lambda r: r.piece.start):
+            # the rejection path only: per-record Python is fine here
+            for i, text in enumerate(rows.slice(r.piece.start, r.piece.end - r.piece.start).to_pylist()):
+                record = json.loads(text[:-1])
+                offset = first + r.piece.start + i
+                letters.append(DeadLetter(reason=r.reason, payload=record, origin=f"log offset {offset}, position {json.dumps(record.get('position'))}", destination=self.name))
+        log.warning("destination %r, stream %r: %d records rejected, sent to dead letters", self.name, stream.name, count)
+        self.dead_letter(stream, letters)
+
+
+class _Aborted(Exception):
+    """Another request of the same write failed: stop retrying this one."""
+
+
+# ------------------------------------------------------------------ the record SQL
+
+
+def _value_sql(f: pa.Field, col: str, precast: bool) -> str:
+    t = f.type
+    sql_type = (f.metadata or {}).get(SQL_TYPE_KEY, b"").decode(errors="replace").lower()
+    if precast:
+        return col
+    if pa.types.is_decimal(t):
+        return f"{col}::VARCHAR"
+    if pa.types.is_timestamp(t):
+        fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if t.tz is not None else "%Y-%m-%dT%H:%M:%S.%f"
+        return f"strftime({col}::TIMESTAMP, '{fmt}')"
+    if pa.types.is_floating(t):
+        return (
+            f"CASE WHEN isnan({col}) THEN '\"NaN\"'::JSON WHEN isinf({col}) AND {col} > 0 THEN '\"Infinity\"'::JSON "
+            f"WHEN isinf({col}) THEN '\"-Infinity\"'::JSON ELSE to_json({col}) END"
+        )
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return f"base64({col}::BLOB)"
+    if sql_type in _JSON_TYPES and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return f"CASE WHEN json_valid({col}) THEN json({col}) ELSE to_json({col}) END"
+    return col
+
+
+def _object(fields: list[tuple[int, pa.Field]], precast: list[int]) -> str:
+    """``json_object`` of columns given as (position, field); the table's columns are ``c<position>``."""
+    return "json_object(" + ", ".join(f"{_lit(f.name)}, {_value_sql(f, f'c{i}', i in precast)}" for i, f in fields) + ")"
+
+
+def _record_sql(stream: Stream, schema: pa.Schema) -> tuple[str, list[int]]:
+    """The DuckDB query turning the registered ``changes`` table into one JSON text per row,
+    and the column indexes to cast to text in Arrow first."""
+    precast_idx = [i for i, f in enumerate(schema) if pa.types.is_decimal(f.type) and (f.type.precision > 38 or pa.types.is_decimal256(f.type))]
+    data = [(i, f) for i, f in enumerate(schema) if f.name not in META_COLUMNS]
+    position = {f.name: i for i, f in data}
+    missing = [k for k in stream.primary_key if k not in position]
+    if missing:
+        raise FatalError(f"stream {stream.name!r}: key columns {missing} are not in the batch")
+    keys = [(position[k], schema.field(position[k])) for k in stream.primary_key]
+    key_sql = _object(keys, precast_idx) if keys else "NULL"
+    data_sql = _object(data, precast_idx) if data else "NULL"
+    if keys:
+        data_sql = f"CASE WHEN _op = 'delete' THEN NULL ELSE {data_sql} END"
+    record = (
+        f"json_object('op', _op, 'key', {key_sql}, 'data', {data_sql}, "
+        f"'position', CASE WHEN json_valid(_pos) THEN json(_pos) ELSE to_json(_pos) END, "
+        f"'ts', strftime(_ts::TIMESTAMP, '%Y-%m-%dT%H:%M:%S.%fZ'))"
+    )
+    return f"SELECT {record} || ',' AS j FROM changes", precast_idx

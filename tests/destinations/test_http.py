@@ -1,0 +1,462 @@
+"""HTTP push destination against a real HTTP server (``tests/http_receiver.py``).
+
+``HttpDestination.write`` is driven directly with change tables, as the engine calls it for
+a non-transactional destination: the rows of offsets ``last_offset - n + 1 .. last_offset``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from replicant.config import DestinationConfig, parse
+from replicant.destinations.http import HttpDestination, _retry_after, batch_id
+from replicant.errors import ConfigError, FatalError, RetriableError
+from replicant.model import SQL_TYPE_KEY, Stream, with_meta
+from replicant.state import StateStore
+
+from http_receiver import Receiver
+
+UTC = dt.timezone.utc
+TS = dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+ITEMS = Stream(
+    name="shop.items",
+    table=("shop", "items"),
+    schema=pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string()), pa.field("qty", pa.int32())]),
+    primary_key=("id",),
+)
+
+
+def _rows(stream: Stream, rows: list[dict[str, Any]], ops: list[str] | str = "insert") -> pa.Table:
+    """A change table: ``rows`` with their ops, ``_pos`` = {"n": row number}, ``_ts`` = TS."""
+    if isinstance(ops, str):
+        ops = [ops] * len(rows)
+    data = pa.Table.from_pylist(rows, schema=stream.schema)
+    batches = []
+    for i, (op, row) in enumerate(zip(ops, data.to_batches(max_chunksize=1), strict=True)):
+        batches.append(with_meta(row, op, json.dumps({"n": i}), TS))
+    return pa.Table.from_batches(batches, schema=stream.change_schema)
+
+
+def _items(n: int, start: int = 0, op: str = "insert") -> pa.Table:
+    return _rows(ITEMS, [{"id": i, "name": f"item {i}", "qty": i % 7} for i in range(start, start + n)], op)
+
+
+def _dest(url: str, *, pipeline: str = "p", name: str = "push", write: str = "append", batch_size: int | None = None, **settings: Any) -> HttpDestination:
+    cfg = DestinationConfig.model_validate({"name": name, "type": "http", "url": url, "write": write, "batch_size": batch_size, **settings})
+    d = HttpDestination(cfg, pipeline=pipeline)
+    d.open()
+    return d
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def _ids(records: list[dict[str, Any]]) -> list[int]:
+    return sorted(r["key"]["id"] for r in records)
+
+
+# ------------------------------------------------------------------ body and mapping
+
+
+def test_body_shape_and_json_mapping(receiver: Receiver) -> None:
+    schema = pa.schema(
+        [
+            pa.field("id", pa.int64()),
+            pa.field("Id", pa.int32()),  # differs only in case: both keep their own key in JSON
+            pa.field("name", pa.string()),
+            pa.field("amount", pa.decimal128(12, 2)),
+            pa.field("big", pa.decimal256(50, 3)),
+            pa.field("at", pa.timestamp("us", tz="Europe/Berlin")),
+            pa.field("local", pa.timestamp("ms")),
+            pa.field("day", pa.date32()),
+            pa.field("raw", pa.binary()),
+            pa.field("score", pa.float64()),
+            pa.field("ok", pa.bool_()),
+            pa.field("tags", pa.list_(pa.string())),
+            pa.field("doc", pa.string(), metadata={SQL_TYPE_KEY: b"jsonb"}),
+        ]
+    )
+    s = Stream(name="shop.things", table=("shop", "things"), schema=schema, primary_key=("id",))
+    rows = [
+        {"id": 1, "Id": 10, "name": 'quote " back \\ nl \n ctl \x01 é😀', "amount": Decimal("12.50"), "big": Decimal("12345678901234567890123456789012345678901234.567"),
+         "at": TS, "local": dt.datetime(2024, 5, 6, 7, 8, 9, 123000), "day": dt.date(2024, 2, 29), "raw": b"\x00\xffab",
+         "score": float("nan"), "ok": True, "tags": ["a", "b"], "doc": '{"x": [1, 2]}'},
+        {"id": 2, "Id": None, "name": None, "amount": None, "big": None, "at": None, "local": None, "day": None, "raw": None,
+         "score": float("-inf"), "ok": None, "tags": None, "doc": "not json"},
+        {"id": 3, "Id": None, "name": None, "amount": None, "big": None, "at": None, "local": None, "day": None, "raw": None,
+         "score": 1.5, "ok": False, "tags": [], "doc": None},
+    ]
+    d = _dest(receiver.url, pipeline="shop")
+    try:
+        d.write(s, _rows(s, rows, ["read", "update", "delete"]), last_offset=42)
+    finally:
+        d.close()
+    [req] = receiver.requests
+    body = req.json
+    bid = batch_id("shop", "push", "shop.things", 40, 42)
+    assert req.key == bid and req.method == "POST"
+    assert req.headers["Content-Type"] == "application/json"
+    assert list(body) == ["pipeline", "stream", "batch_id", "records"]
+    assert (body["pipeline"], body["stream"], body["batch_id"]) == ("shop", "shop.things", bid)
+    r1, r2, r3 = body["records"]
+    assert r1 == {
+        "op": "read",
+        "key": {"id": 1},
+        "data": {
+            "id": 1, "Id": 10, "name": rows[0]["name"], "amount": "12.50", "big": "12345678901234567890123456789012345678901234.567",
+            "at": "2024-01-02T03:04:05.000006Z", "local": "2024-05-06T07:08:09.123000", "day": "2024-02-29",
+            "raw": base64.b64encode(b"\x00\xffab").decode(), "score": "NaN", "ok": True, "tags": ["a", "b"], "doc": {"x": [1, 2]},
+        },
+        "position": {"n": 0},
+        "ts": "2024-01-02T03:04:05.000006Z",
+    }
+    assert r2["op"] == "update" and r2["data"]["score"] == "-Infinity" and r2["data"]["doc"] == "not json"
+    assert r2["data"]["amount"] is None and r2["data"]["at"] is None and r2["data"]["tags"] is None
+    assert r3 == {"op": "delete", "key": {"id": 3}, "data": None, "position": {"n": 2}, "ts": "2024-01-02T03:04:05.000006Z"}
+    # strict JSON: no NaN/Infinity literals anywhere
+    json.loads(req.body, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_keyless_stream_and_non_json_position(receiver: Receiver) -> None:
+    s = Stream(name="log", table=("log",), schema=pa.schema([pa.field("msg", pa.string())]))
+    data = pa.Table.from_batches(
+        [
+            with_meta(pa.record_batch({"msg": ["hello"]}), "insert", "file a.csv line 2", TS),
+            with_meta(pa.record_batch({"msg": ["bye"]}), "delete", '{"line":3}', TS),
+        ]
+    )
+    d = _dest(receiver.url, method="put")
+    try:
+        d.write(s, data, last_offset=1)
+    finally:
+        d.close()
+    [req] = receiver.requests
+    assert req.method == "PUT"
+    assert req.json["records"] == [
+        {"op": "insert", "key": None, "data": {"msg": "hello"}, "position": "file a.csv line 2", "ts": "2024-01-02T03:04:05.000006Z"},
+        {"op": "delete", "key": None, "data": {"msg": "bye"}, "position": {"line": 3}, "ts": "2024-01-02T03:04:05.000006Z"},
+    ]
+
+
+def test_empty_write_sends_nothing_and_truncate_is_a_record(receiver: Receiver) -> None:
+    d = _dest(receiver.url)
+    try:
+        d.write(ITEMS, ITEMS.change_schema.empty_table(), last_offset=5)
+        d.record_offset(ITEMS, 6)
+        assert receiver.requests == []
+        d.truncate(ITEMS, last_offset=7)
+    finally:
+        d.close()
+    [req] = receiver.requests
+    assert req.key == batch_id("p", "push", "shop.items", 7, 7)
+    assert req.json["records"] == [{"op": "truncate", "key": None, "data": None, "position": None, "ts": None}]
+
+
+# ------------------------------------------------------------------ batching and idempotency keys
+
+
+def test_batches_by_offset_range_and_replay_gives_same_ids(receiver: Receiver) -> None:
+    d = _dest(receiver.url, batch_size=10)
+    try:
+        d.write(ITEMS, _items(25), last_offset=124)  # offsets 100..124
+    finally:
+        d.close()
+    expected = [batch_id("p", "push", "shop.items", a, b) for a, b in [(100, 109), (110, 119), (120, 124)]]
+    assert sorted(r.key for r in receiver.requests) == sorted(expected)
+    by_key = {r.key: r.json for r in receiver.requests}
+    assert [len(by_key[k]["records"]) for k in expected] == [10, 10, 5]
+    assert [r["key"]["id"] for k in expected for r in by_key[k]["records"]] == list(range(25))
+    first = [(r.key, r.body) for r in sorted(receiver.requests, key=lambda r: r.key)]
+
+    # a replay (new destination object, same chunk) sends the very same requests
+    d2 = _dest(receiver.url, batch_size=10)
+    try:
+        d2.write(ITEMS, _items(25), last_offset=124)
+    finally:
+        d2.close()
+    replayed = [(r.key, r.body) for r in sorted(receiver.requests[3:], key=lambda r: r.key)]
+    assert replayed == first
+    # other pipeline, destination or stream: other keys
+    assert len({batch_id("p", "push", "shop.items", 100, 109), batch_id("q", "push", "shop.items", 100, 109),
+                batch_id("p", "push2", "shop.items", 100, 109), batch_id("p", "push", "shop.other", 100, 109),
+                batch_id("p", "push", "shop.items", 100, 108)}) == 5
+
+
+def test_batch_bytes_splits_deterministically(receiver: Receiver) -> None:
+    rows = [{"id": i, "name": "x" * (i * 37 % 200), "qty": 1} for i in range(60)]
+    rows[7]["name"] = "y" * 2000  # alone bigger than the limit: sent on its own
+    limit = 1200
+    d = _dest(receiver.url, batch_size=25, batch_bytes=limit)
+    try:
+        d.write(ITEMS, _rows(ITEMS, rows), last_offset=59)
+        n_first = len(receiver.requests)
+        d.write(ITEMS, _rows(ITEMS, rows), last_offset=59)
+    finally:
+        d.close()
+    first, second = receiver.requests[:n_first], receiver.requests[n_first:]
+    assert sorted((r.key, r.body) for r in first) == sorted((r.key, r.body) for r in second)
+    assert n_first > 60 // 25 + 1  # split further than batch_size alone would
+    ranges = []
+    for r in first:
+        recs = r.json["records"]
+        ids = [x["key"]["id"] for x in recs]
+        assert ids == list(range(ids[0], ids[-1] + 1))
+        assert len(r.body) <= limit or len(recs) == 1
+        assert ids[0] // 25 == ids[-1] // 25  # never across a batch_size boundary
+        assert r.key == batch_id("p", "push", "shop.items", ids[0], ids[-1])
+        ranges.append((ids[0], ids[-1]))
+    assert any(len(r.body) > limit and r.json["records"][0]["key"]["id"] == 7 for r in first)
+    assert sorted(ranges)[0][0] == 0 and sorted(ranges)[-1][1] == 59
+    flat = sorted(i for a, b in ranges for i in range(a, b + 1))
+    assert flat == list(range(60))
+
+
+# ------------------------------------------------------------------ failures and retries
+
+
+def test_thirty_percent_failures_lose_nothing() -> None:
+    with Receiver(fail_rate=0.3, failures=("500", "429", "slow"), seed=7, max_failures=3, slow_seconds=0.6) as rcv:
+        d = _dest(rcv.url, batch_size=10, concurrency=4, timeout=0.25, retry_max_seconds=0.05, max_retries=5)
+        try:
+            d.write(ITEMS, _items(300), last_offset=299)
+        finally:
+            d.close()
+        outcomes = rcv.outcomes()
+        assert {"500", "429", "slow"} <= set(outcomes), outcomes
+        failures = sum(v for k, v in outcomes.items() if k != "ok")
+        assert failures >= 6, outcomes  # seeded: 30% of attempts fail, at most 3 times per key
+        assert len(rcv.requests) == 30 + failures  # every failed attempt was followed by one more
+        accepted = rcv.accepted()  # also asserts: a key's retries carried the same body
+        assert len(accepted) == 30
+        assert _ids(rcv.records()) == list(range(300))
+        failed_keys = {r.key for r in rcv.requests if r.outcome != "ok"}
+        assert failed_keys <= set(accepted)  # retried with the same idempotency key, then accepted
+        assert {r.key for r in rcv.requests} == set(accepted)  # no key other than the 30 planned ones
+
+
+def test_retry_after_is_honoured() -> None:
+    with Receiver(fail_rate=1.0, failures=("429",), max_failures=1, retry_after="1") as rcv:
+        d = _dest(rcv.url, retry_max_seconds=5)
+        try:
+            d.write(ITEMS, _items(3), last_offset=2)
+        finally:
+            d.close()
+        first, second = rcv.requests
+        assert (first.status, second.status) == (429, 200)
+        assert second.started - first.finished >= 0.9
+
+
+def test_retry_after_header_forms() -> None:
+    assert _retry_after("7") == 7.0
+    assert _retry_after(None) is None and _retry_after("soon") is None
+    when = dt.datetime.now(UTC) + dt.timedelta(seconds=30)
+    assert 25 <= _retry_after(format_datetime(when, usegmt=True)) <= 31
+    assert _retry_after(format_datetime(dt.datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
+
+
+def test_exhausted_retries_raise_retriable_without_secrets() -> None:
+    token, api_key = "tok-SECRET-123", "hdr-SECRET-456"
+    with Receiver(status=503) as rcv:
+        url = rcv.url.replace("http://", "http://user:pw-SECRET-789@") + "?sig=q-SECRET-000"
+        d = _dest(url, auth={"bearer": token}, headers={"X-Api-Key": api_key}, max_retries=2, retry_max_seconds=0.01)
+        try:
+            with pytest.raises(RetriableError) as ei:
+                d.write(ITEMS, _items(4), last_offset=3)
+        finally:
+            d.close()
+        assert len(rcv.requests) == 3
+        # the auth header was sent (bearer wins over the URL's user info)
+        assert rcv.requests[0].headers["Authorization"] == f"Bearer {token}"
+        assert rcv.requests[0].headers["X-Api-Key"] == api_key
+        shown = rcv.url  # without user info and query string
+    msg = str(ei.value)
+    assert "503" in msg and "3 attempts" in msg and "shop.items" in msg and "offsets 0..3" in msg
+    assert f"POST {shown} " in msg
+    for secret in (token, api_key, "pw-SECRET-789", "q-SECRET-000", "SECRET"):
+        assert secret not in msg
+        assert secret not in repr(d.options)
+
+
+def test_connection_refused_is_retriable() -> None:
+    rcv = Receiver().start()
+    url = rcv.url
+    rcv.stop()  # nothing listens on that port any more
+    d = _dest(url, max_retries=1, retry_max_seconds=0.01)
+    try:
+        with pytest.raises(RetriableError, match="ConnectError"):
+            d.write(ITEMS, _items(2), last_offset=1)
+    finally:
+        d.close()
+
+
+def test_basic_auth_header(receiver: Receiver) -> None:
+    d = _dest(receiver.url, auth={"basic": {"username": "ann", "password": "pa:ss"}})
+    try:
+        d.write(ITEMS, _items(1), last_offset=0)
+    finally:
+        d.close()
+    assert receiver.requests[0].headers["Authorization"] == "Basic " + base64.b64encode(b"ann:pa:ss").decode()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_endpoint_or_credential_errors_are_fatal(status: int, tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.sqlite").open()
+    with Receiver(status=status) as rcv:
+        d = _dest(rcv.url, auth={"bearer": "tok-SECRET-1"})
+        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        try:
+            with pytest.raises(FatalError, match=str(status)) as ei:
+                d.write(ITEMS, _items(5), last_offset=4)
+        finally:
+            d.close()
+        assert len(rcv.requests) == 1  # not retried
+    assert "tok-SECRET-1" not in str(ei.value)
+    assert store.dead_letters("p") == []  # the records are fine: nothing dead-lettered
+
+
+# ------------------------------------------------------------------ rejected records
+
+
+def test_rejected_records_go_to_dead_letters(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.sqlite").open()
+    bad = {3, 17}
+    with Receiver(reject=lambda r: r["key"]["id"] in bad, reject_status=422) as rcv:
+        d = _dest(rcv.url, batch_size=5)
+        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        try:
+            d.write(ITEMS, _items(25), last_offset=1024)  # offsets 1000..1024
+        finally:
+            d.close()
+        # the two requests holding a bad record were rejected whole, the others accepted
+        assert _ids(rcv.records()) == [i for i in range(25) if not (0 <= i < 5 or 15 <= i < 20)]
+        assert rcv.outcomes() == {"ok": 3, "reject": 2}
+    letters = sorted(store.dead_letters("p", "shop.items"), key=lambda x: x["payload"]["key"]["id"])
+    assert [x["payload"]["key"]["id"] for x in letters] == [0, 1, 2, 3, 4, 15, 16, 17, 18, 19]
+    first = letters[0]
+    assert first["destination"] == "push"
+    assert first["payload"] == {"op": "insert", "key": {"id": 0}, "data": {"id": 0, "name": "item 0", "qty": 0}, "position": {"n": 0}, "ts": "2024-01-02T03:04:05.000006Z"}
+    assert first["origin"].startswith("log offset 1000,")
+    assert letters[-1]["origin"].startswith("log offset 1019,")
+    assert "HTTP 422" in first["reason"] and '"invalid records"' in first["reason"] and "[{\"id\": 3}]" in first["reason"]
+    assert batch_id("p", "push", "shop.items", 1000, 1004) in first["reason"]
+
+
+def test_rejection_body_is_truncated_and_masked(tmp_path: Path) -> None:
+    token = "tok-ECHOED-42"
+    store = StateStore(tmp_path / "state.sqlite").open()
+    with Receiver(reject=lambda r: True, reject_status=400, echo_auth=True) as rcv:
+        # the server's answer names the rejected keys; make the names long and echo the token
+        long_rows = [{"id": i, "name": "n", "qty": 0} for i in range(400)]
+        d = _dest(rcv.url, auth={"bearer": token})
+        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        try:
+            d.write(ITEMS, _rows(ITEMS, long_rows), last_offset=399)
+        finally:
+            d.close()
+    letters = store.dead_letters("p", limit=1000)
+    assert len(letters) == 400
+    reason = letters[0]["reason"]
+    assert reason.startswith("HTTP 400") and reason.endswith("…") and len(reason) < 1300
+    assert token not in reason and '"you_sent": "Bearer ***"' in reason
+
+
+def test_rejected_without_dead_letter_store_is_fatal() -> None:
+    with Receiver(reject=lambda r: r["key"]["id"] == 1) as rcv:
+        d = _dest(rcv.url)
+        try:
+            with pytest.raises(FatalError, match="rejected 3 records and there is no dead-letter store"):
+                d.write(ITEMS, _items(3), last_offset=2)
+        finally:
+            d.close()
+
+
+def test_payload_too_large_is_split(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.sqlite").open()
+    rows = [{"id": i, "name": "z" * (5000 if i == 5 else 40), "qty": i} for i in range(16)]
+    with Receiver(max_body=1500) as rcv:
+        d = _dest(rcv.url, batch_size=16)
+        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        try:
+            d.write(ITEMS, _rows(ITEMS, rows), last_offset=15)
+        finally:
+            d.close()
+        assert _ids(rcv.records()) == [i for i in range(16) if i != 5]
+        assert all(len(r.body) <= 1500 for r in rcv.requests if r.status == 200)
+    [letter] = store.dead_letters("p")
+    assert letter["payload"]["key"] == {"id": 5} and letter["reason"].startswith("HTTP 413")
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def test_concurrency_bound_is_respected() -> None:
+    with Receiver(delay=0.05) as rcv:
+        d = _dest(rcv.url, batch_size=5, concurrency=3)
+        try:
+            d.write(ITEMS, _items(120), last_offset=119)
+        finally:
+            d.close()
+        assert len(rcv.requests) == 24
+        assert 2 <= rcv.max_in_flight <= 3
+        assert _ids(rcv.records()) == list(range(120))
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_config_typo_points_at_the_key() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse({"pipeline": "p", "source": {"type": "sqlite", "url": "sqlite:///x.db"},
+               "destinations": [{"name": "push", "type": "http", "url": "http://x", "methd": "POST"}]})
+    problems = dict(ei.value.problems)
+    assert "destinations[0].methd" in problems
+    assert "did you mean 'method'" in problems["destinations[0].methd"]
+
+
+def test_config_bad_values_each_reported() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse({"pipeline": "p", "source": {"type": "sqlite", "url": "sqlite:///x.db"},
+               "destinations": [{"name": "push", "type": "http", "url": "http://x", "method": "PATCH", "concurrency": 0,
+                                 "batch_bytes": "lots", "auth": {"bearer": "t", "basic": {"username": "u", "password": "p"}}}]})
+    problems = dict(ei.value.problems)
+    assert set(problems) >= {"destinations[0].method", "destinations[0].concurrency", "destinations[0].batch_bytes", "destinations[0].auth"}
+    assert "exactly one" in problems["destinations[0].auth"]
+
+
+def test_config_accepts_units_and_resolves_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSH_TOKEN", "tok-from-env")
+    cfg = parse({"pipeline": "p", "source": {"type": "sqlite", "url": "sqlite:///x.db"},
+                 "destinations": [{"name": "push", "type": "http", "url": "http://x/push", "batch_size": 500,
+                                   "batch_bytes": "1MB", "timeout": "2m", "auth": {"bearer": "${env:PUSH_TOKEN}"}}]})
+    d = HttpDestination(cfg.destinations[0], pipeline="p")
+    assert (d.batch_size, d.options.batch_bytes, d.options.timeout) == (500, 1_000_000, 120.0)
+    assert d.options.auth.bearer.get_secret_value() == "tok-from-env"
+    assert "tok-from-env" not in repr(d.options)
+    assert d.capabilities.transactional is False and d.applied_offset(ITEMS) == -1
+
+
+def test_bad_url_and_replace_refused() -> None:
+    with pytest.raises(ConfigError, match="not an http"):
+        HttpDestination(DestinationConfig(name="push", type="http", url="ftp://x/y"), pipeline="p")
+    with pytest.raises(ConfigError, match="cannot `replace`"):
+        HttpDestination(DestinationConfig(name="push", type="http", url="http://x", write="replace"), pipeline="p")
+    d = HttpDestination(DestinationConfig(name="push", type="http", url="http://x", write="merge"), pipeline="p")
+    keyless = Stream(name="log", table=("log",), schema=pa.schema([pa.field("msg", pa.string())]))
+    with pytest.raises(FatalError, match="needs a key"):
+        d.prepare(keyless)
+    with pytest.raises(FatalError, match="cannot `replace`"):
+        d.begin_replace(ITEMS)
