@@ -347,6 +347,8 @@ def _start_mysql_once(timeout: float) -> MysqlServer:
           "--auth-root-authentication-method=normal", "--skip-test-db"],
          cwd=base, what="mariadb-install-db")
     port = free_port()
+    tmpdir = base / "tmp"
+    tmpdir.mkdir(exist_ok=True)
     cmd = [
         mariadbd, "--no-defaults", *user_opt, f"--datadir={data}", f"--port={port}",
         "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={base / 'mariadbd.pid'}",
@@ -354,6 +356,8 @@ def _start_mysql_once(timeout: float) -> MysqlServer:
         "--collation-server=utf8mb4_unicode_ci", f"--log-bin={base / 'binlog'}",
         "--binlog-format=ROW", "--server-id=1", "--local-infile=1",
         "--innodb-flush-log-at-trx-commit=1", "--skip-name-resolve", "--max-connections=300",
+        # its own temp dir: a shared /tmp can be cleaned under a running server
+        f"--tmpdir={tmpdir}",
     ]
     # New session: a Ctrl-C in the terminal must not kill the server before teardown.
     proc = subprocess.Popen(cmd, cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -1,8 +1,12 @@
 """The ``replicant`` command line.
 
 ``replicant run PIPELINE.yml`` syncs until caught up and exits 0, or exits non-zero with a
-short message (no traceback unless ``--debug``). ``replicant status PIPELINE.yml`` shows,
-per stream, rows and position, and per destination the applied offset and lag.
+short message (no traceback unless ``--debug``); ``--follow`` keeps capturing changes until
+SIGINT/SIGTERM, then stops cleanly and exits 0. ``replicant status PIPELINE.yml`` shows, per
+stream, rows and position, and per destination the applied offset, lag and dead letters.
+``replicant replay PIPELINE.yml --destination NAME (--from-start | --offset N | --since
+TIME)`` re-delivers from the staging log. ``replicant cdc install|uninstall PIPELINE.yml``
+creates or removes what ``trigger`` and ``log`` streams need at the source.
 """
 
 from __future__ import annotations
@@ -117,8 +121,11 @@ def run(
 
     try:
         cfg = _load(pipeline)
-        if follow:
-            raise ConfigError("--follow needs a change-data-capture mode (log, trigger, snapshot_diff); not available yet")
+        if follow and _only_full(cfg):
+            raise ConfigError(
+                "--follow needs a change-data-capture mode",
+                [("source.streams", "every stream is mode full; use log, trigger, snapshot_diff or cursor to follow changes")],
+            )
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -132,12 +139,14 @@ def run(
         engine = Engine(cfg, observer=_Bars(progress))
 
         def stop(signum: int, frame: Any) -> None:
+            if engine.stop_event.is_set() and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
             engine.stop_event.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stop)
         with progress:
-            result = engine.run()
+            result = engine.run(follow=follow)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes a message and an exit code
         _fail(e)
         return
@@ -149,10 +158,111 @@ def run(
     for s, n in result.rows_read.items():
         table.add_row(s, f"{n:,}", *[f"{result.rows_written.get(d.name, {}).get(s, 0):,}" for d in cfg.destinations])
     out.print(table)
+    _report_dead_letters(result)
     if not result.ok:
         for e in result.errors:
             err.print(f"error: {e}", markup=False)
         raise typer.Exit(EXIT_FAILED)
+
+
+def _only_full(cfg: Any) -> bool:
+    streams = cfg.source.streams
+    if streams == "all":
+        return cfg.source.default_mode == "full"
+    return all(s.mode == "full" for s in streams)
+
+
+def _report_dead_letters(result: Any) -> None:
+    for dest, per in result.dead_letters.items():
+        for stream, n in per.items():
+            err.print(f"warning: {n:,} records of {stream} rejected by {dest}: in dead letters (see `replicant status`)", markup=False)
+
+
+@app.command()
+def replay(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
+    destination: Annotated[str, typer.Option("--destination", "-d", help="The destination to re-deliver to.")],
+    from_start: Annotated[bool, typer.Option("--from-start", help="From the earliest offset the log holds.")] = False,
+    offset: Annotated[int | None, typer.Option("--offset", help="From this log offset (every stream).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="From this time: ISO 8601 (UTC if no zone) or an age like 2h.")] = None,
+) -> None:
+    """Re-delivers the staging log to one destination, without reading the source."""
+    from replicant.engine import Engine
+
+    try:
+        cfg = _load(pipeline)
+        chosen = [x for x in (from_start, offset is not None, since is not None) if x]
+        if len(chosen) != 1:
+            raise ConfigError("replay needs exactly one of --from-start, --offset N or --since TIME")
+        if from_start:
+            result = Engine(cfg).replay(destination, start="start")
+        elif offset is not None:
+            result = Engine(cfg).replay(destination, start="offset", offset=offset)
+        else:
+            result = Engine(cfg).replay(destination, start="since", since=_parse_since(since or ""))
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    t = Table(title=f"replay into {destination}: {result.seconds:.1f} s")
+    t.add_column("stream")
+    t.add_column("rows delivered", justify="right")
+    for s, n in result.rows_written.get(destination, {}).items():
+        t.add_row(s, f"{n:,}")
+    out.print(t)
+    _report_dead_letters(result)
+
+
+def _parse_since(text: str) -> Any:
+    from datetime import datetime, timedelta, timezone
+
+    from replicant.config import parse_duration
+
+    try:
+        ts = datetime.fromisoformat(text)
+        return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    except ValueError:
+        pass
+    try:
+        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        raise ConfigError("bad --since", [("--since", f"{text!r} is neither an ISO 8601 time nor an age like 90m or 2h")]) from None
+
+
+cdc = typer.Typer(no_args_is_help=True, help="Set up or remove change data capture at the source.")
+app.add_typer(cdc, name="cdc")
+
+
+def _cdc(pipeline: Path, install: bool) -> None:
+    from replicant import runtime
+    from replicant.engine import Engine
+
+    try:
+        cfg = _load(pipeline)
+        engine = Engine(cfg)
+        source = runtime.build_source(cfg)
+        try:
+            streams = engine.streams(source)
+            source.pipeline = cfg.pipeline
+            lines = source.install(streams) if install else source.uninstall(streams)
+        finally:
+            source.close()
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    for line in lines or ["nothing to do"]:
+        out.print(line, markup=False)
+
+
+@cdc.command("install")
+def cdc_install(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")]) -> None:
+    """Creates triggers and shadow tables (trigger streams), publication and slot (log streams)."""
+    _cdc(pipeline, True)
+
+
+@cdc.command("uninstall")
+def cdc_uninstall(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")]) -> None:
+    """Removes everything `cdc install` or a run created at the source."""
+    _cdc(pipeline, False)
 
 
 @app.command()
@@ -160,14 +270,18 @@ def status(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")])
     """Per stream: rows and position; per destination: applied offset and lag."""
     from replicant import runtime
 
+    from replicant.engine import CAPTURE_CHECKPOINT
+
     try:
         cfg = _load(pipeline)
         state = runtime.open_state(cfg)
         lg = runtime.open_pipeline_log(cfg, read_only=True)
         try:
             checkpoints = state.checkpoints(cfg.pipeline)
+            capture = checkpoints.pop(CAPTURE_CHECKPOINT, None)
             offsets = state.offsets(cfg.pipeline)
             last = state.last_run(cfg.pipeline)
+            dead = state.dead_letter_count(cfg.pipeline)
             streams = sorted(set(checkpoints) | set(lg.streams()))
             ends = {s: lg.end_offset(s) for s in streams}
         finally:
@@ -187,6 +301,12 @@ def status(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")])
         cp = checkpoints.get(s)
         t.add_row(s, f"{cp.rows_total:,}" if cp else "0", str(ends[s]), _short(cp.position) if cp else "-")
     out.print(t)
+    if capture is not None:
+        out.print(f"change feed position: {_short(capture.position)}")
+        for k, v in _cdc_status(cfg).items():
+            out.print(f"{k}: {v}", markup=False)
+    if dead:
+        out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))}")
     d = Table(title="destinations")
     for c in ("destination", "stream", "applied offset", "lag (rows)"):
         d.add_column(c)
@@ -196,6 +316,22 @@ def status(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")])
             applied = off[0] if off else -1
             d.add_row(dest.name, s, str(applied), f"{max(ends[s] - 1 - applied, 0):,}")
     out.print(d)
+
+
+def _cdc_status(cfg: Any) -> dict[str, Any]:
+    """The source's change-feed facts (slot lag…); empty when the source cannot be reached."""
+    from replicant import runtime
+    from replicant.engine import Engine
+
+    try:
+        source = runtime.build_source(cfg)
+        try:
+            source.pipeline = cfg.pipeline
+            return source.cdc_status(Engine(cfg).streams(source))
+        finally:
+            source.close()
+    except Exception as e:  # noqa: BLE001 - status still shows what the log and state know
+        return {"source": f"not reachable ({redact(str(e))})"}
 
 
 def _short(position: Any) -> str:

@@ -3,27 +3,38 @@
 Threads and queues::
 
     reader thread ──bounded queue──▶ appender (caller's thread) ──▶ staging log
-      source.read()                    log.append (fsync) then          │
-                                       state checkpoint                 ▼
-                                                         one writer thread per destination
-                                                         tails the log from the offset the
-                                                         destination itself says it applied
+      source.read()                    log.append (fsync), then           │
+                                       source.acknowledge + checkpoint    ▼
+    capture thread (``mode: log``)                          one delivery thread per destination
+      source.capture() ──▶ log.append per stream,           (:mod:`replicant.delivery`) tails
+                           then acknowledge_capture         the log from the offset the
+                                                            destination itself says it applied
 
 Memory is bounded by the batch size: the queue holds at most ``_QUEUE_DEPTH`` batches, and
-writers read the log back (memory-mapped) one flush at a time.
+deliveries read the log back (memory-mapped) one flush at a time.
 
 Exactly-once rules:
 
 * The log is the checkpoint of record: every append carries the source position after its
   rows and is durable when ``append`` returns. A restart resumes the source from the log's
   last position, so a re-read never reaches the log twice. The state store mirrors it for
-  ``status``.
+  ``status``. Only then is the source told (``acknowledge``: trigger shadow rows purged,
+  a replication slot confirmed).
+* ``mode: log`` streams share one change feed: each change set (whole transactions) is
+  appended to every stream it touches, then acknowledged, and its position saved as the
+  ``(capture)`` checkpoint; a restart re-reads from there and the source skips, per stream,
+  what that stream's log already holds.
 * A destination records the last log offset it applied in the same transaction as the rows,
-  and a restart re-delivers from the offset after it.
+  and a restart re-delivers from the offset after it (see :mod:`replicant.delivery` for the
+  non-transactional ones).
 * ``full`` reads are bracketed by ``snapshot_start`` / ``snapshot_end`` markers. A snapshot
   that cannot resume where it stopped (a table without a key) gets a ``snapshot_abort``
   marker and starts over; ``replace`` destinations build a pending table per snapshot and
   swap it in at ``snapshot_end``.
+
+``run(follow=True)`` keeps going until :attr:`Engine.stop_event` is set: ``log`` streams
+stream continuously, ``cursor``/``snapshot_diff``/``trigger`` streams are polled every
+``source.poll_interval``, ``full`` streams are read once.
 
 The engine keeps its own keys in the positions it appends (``_snapshot``, ``_resumable``)
 and strips them before handing a position back to the source.
@@ -31,6 +42,7 @@ and strips them before handing a position back to the source.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -44,7 +56,8 @@ import pyarrow as pa
 
 from replicant.config import PipelineConfig
 from replicant.errors import ConfigError, FatalError
-from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, Log
+from replicant.delivery import Delivery, StreamWriter
+from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Position, Stream
 from replicant.sources.base import ReadBatch, Source
 
@@ -54,6 +67,8 @@ log = logging.getLogger(__name__)
 
 _QUEUE_DEPTH = 2
 _DONE = object()
+#: The state-store checkpoint name of the ``log`` streams' shared change feed.
+CAPTURE_CHECKPOINT = "(capture)"
 
 
 class Observer:
@@ -73,6 +88,7 @@ class RunResult:
     rows_read: dict[str, int] = field(default_factory=dict)
     rows_written: dict[str, dict[str, int]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    dead_letters: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -87,13 +103,6 @@ def _engine_keys(pos: Position | None) -> dict[str, Any]:
 def _source_position(pos: Position | None) -> Position | None:
     src = {k: v for k, v in (pos or {}).items() if not k.startswith("_")}
     return src or None
-
-
-class _StreamFeed:
-    """Tells writers how far reading of one stream has got."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
 
 
 class Engine:
@@ -139,8 +148,12 @@ class Engine:
         """Discovers the source and applies the pipeline's stream settings."""
         from replicant.sources.select import resolve_streams
 
-        streams = resolve_streams(self.config.source, source.discover())
+        streams = [_keyed(s) for s in resolve_streams(self.config.source, source.discover())]
         problems = []
+        modes = source.capabilities.modes
+        for s in streams:
+            if s.mode not in modes:
+                problems.append((f"source.streams ({s.name})", f"a {self.config.source.type} source cannot read mode {s.mode!r}; it reads {', '.join(sorted(modes))}"))
         for i, d in enumerate(self.config.destinations):
             if d.write == "replace":
                 bad = [s.name for s in streams if s.mode != "full"]
@@ -152,48 +165,67 @@ class Engine:
 
     # ------------------------------------------------------------------ run
 
-    def run(self) -> RunResult:
-        """Syncs every stream until caught up, then returns (it never raises for a stream's or
-        destination's failure: those are in ``RunResult.errors``; config and connection errors
-        at start-up raise)."""
+    def run(self, *, follow: bool = False) -> RunResult:
+        """Syncs every stream until caught up, then returns; with ``follow``, keeps capturing
+        until :attr:`stop_event` is set. It never raises for a stream's or destination's
+        failure (those are in ``RunResult.errors``); config and connection errors at start-up
+        raise."""
         started = time.monotonic()
         result = RunResult(self.config.pipeline)
         state, lg = self._open_parts()
         source = self._source_factory()
         destinations: list = []
-        run_id = state.start_run(self.config.pipeline, command="run")
+        capture_source: Source | None = None
+        run_id = state.start_run(self.config.pipeline, command="follow" if follow else "run")
         status = "failed"
         try:
             streams = self.streams(source)
+            self._bind_source(source)
             destinations = self._destinations_factory()
-            for d in destinations:
-                d.open()
-                for s in streams:
-                    d.prepare(s)
-            feeds = {s.name: _StreamFeed() for s in streams}
-            writers = [
-                threading.Thread(
-                    target=self._write_all, args=(d, streams, feeds, lg, state, result), name=f"writer-{d.name}", daemon=True
+            for d in destinations:  # each opens in its delivery thread: one that fails does not stop the others
+                d.dead_letter = self._dead_letter_sink(state, d, result)
+            done = {s.name: threading.Event() for s in streams}
+            deliveries = [
+                Delivery(
+                    d, streams, lg, state, self.config.pipeline, done=done, stop=self.stop_event, follow=follow,
+                    errors=result.errors, on_rows=self.observer.rows_written,
                 )
                 for d in destinations
             ]
-            for w in writers:
-                w.start()
+            threads = [threading.Thread(target=x.run, name=f"delivery-{x.dest.name}", daemon=True) for x in deliveries]
+            for t in threads:
+                t.start()
+            logged = [s for s in streams if s.mode == "log"]
+            polled = [s for s in streams if s.mode != "log"]
+            capture = None
             try:
-                for s in streams:
-                    if self.stop_event.is_set():
-                        feeds[s.name].done.set()
-                        continue
-                    self._read_stream(source, s, lg, state, result, feeds[s.name])
+                if logged:
+                    capture_source = self._source_factory()
+                    self._bind_source(capture_source)
+                    capture = threading.Thread(
+                        target=self._capture, args=(capture_source, logged, lg, state, result, done, follow),
+                        name="capture", daemon=True,
+                    )
+                    capture.start()
+                self._poll(source, polled, lg, state, result, follow)
             finally:
-                for f in feeds.values():
-                    f.done.set()
-                for w in writers:
-                    w.join()
+                for s in polled:
+                    done[s.name].set()
+                if capture is not None:
+                    if not follow:
+                        capture.join()
+                    else:
+                        while capture.is_alive():
+                            capture.join(0.2)
+                for t in threads:
+                    t.join()
+                for x in deliveries:
+                    for name, n in x.written.items():
+                        result.rows_written.setdefault(x.dest.name, {})[name] = n
             self._apply_retention(lg, streams)
             status = "succeeded" if result.ok else "failed"
             if self.stop_event.is_set() and result.ok:
-                status = "interrupted"
+                status = "interrupted" if not follow else "succeeded"
             return result
         except BaseException as e:
             result.errors.append(str(e))
@@ -209,10 +241,113 @@ class Engine:
             for d in destinations:
                 _close_quietly(d)
             _close_quietly(source)
+            if capture_source is not None:
+                _close_quietly(capture_source)
             if self._log is None:
                 lg.close()
             if self._state is None:
                 state.close()
+
+    def _bind_source(self, source: Source) -> None:
+        from replicant import runtime
+
+        source.pipeline = self.config.pipeline  # type: ignore[attr-defined]
+        workdir = runtime.home(self.config) / "source"
+        workdir.mkdir(parents=True, exist_ok=True)
+        source.workdir = workdir
+
+    def _dead_letter_sink(self, state: Any, dest: Any, result: RunResult) -> Callable[[Stream, list], None]:
+        lock = threading.Lock()
+
+        def sink(stream: Stream, records: list) -> None:
+            for r in records:
+                if getattr(r, "destination", None) is None:
+                    object.__setattr__(r, "destination", dest.name)
+            state.add_dead_letters(self.config.pipeline, stream.name, records)
+            with lock:
+                per = result.dead_letters.setdefault(dest.name, {})
+                per[stream.name] = per.get(stream.name, 0) + len(records)
+
+        return sink
+
+    def _poll(self, source: Source, streams: list[Stream], lg: Log, state: Any, result: RunResult, follow: bool) -> None:
+        """Reads the non-``log`` streams: once, or (``follow``) again every poll interval."""
+        failed: set[str] = set()
+        first = True
+        while True:
+            for s in streams:
+                if self.stop_event.is_set():
+                    return
+                if s.name in failed or (not first and s.mode == "full"):
+                    continue
+                if not self._read_stream(source, s, lg, state, result):
+                    failed.add(s.name)
+            first = False
+            if not follow or self.stop_event.wait(self.config.source.poll_interval):
+                return
+
+    def replay(self, destination: str, *, start: str, offset: int | None = None, since: Any = None) -> RunResult:
+        """Re-delivers every stream of the log to ``destination`` from the start, an offset or
+        a time, without touching the source. Merge destinations end as they were."""
+        from replicant import runtime
+
+        started = time.monotonic()
+        result = RunResult(self.config.pipeline)
+        self.config.destination(destination)  # a ConfigError naming the known ones
+        state, lg = self._open_parts()
+        index = [d.name for d in self.config.destinations].index(destination)
+        dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
+        from replicant.registry import destination_class
+
+        dest = destination_class(dcfg.type, index)(dcfg, pipeline=self.config.pipeline)
+        run_id = state.start_run(self.config.pipeline, command=f"replay {destination}")
+        status = "failed"
+        try:
+            dest.open()
+            dest.dead_letter = self._dead_letter_sink(state, dest, result)
+            names = lg.streams()
+            for name in names:
+                schemas = lg.schemas(name)
+                if not schemas:
+                    continue
+                from replicant.model import data_schema
+
+                stream = self._log_stream(name, data_schema(schemas[-1]))
+                dest.prepare(stream)
+                if start == "start":
+                    first = lg.start_offset(name)
+                elif start == "offset":
+                    first = int(offset or 0)
+                else:
+                    first = lg.offset_at(name, since)
+                end = lg.end_offset(name)
+                if first < lg.start_offset(name):
+                    lg.read(name, first, end=first + 1).__next__()  # raises, naming what the log holds
+                w = StreamWriter(dest, stream, lg, state, self.config.pipeline, self.observer.rows_written, start=first)
+                w.step(end)
+                result.rows_written.setdefault(destination, {})[name] = w.rows
+            status = "succeeded"
+            return result
+        except BaseException as e:
+            result.errors.append(str(e))
+            raise
+        finally:
+            result.seconds = time.monotonic() - started
+            state.finish_run(run_id, status, error="\n".join(result.errors) or None, rows=sum(result.rows_written.get(destination, {}).values()))
+            _close_quietly(dest)
+            if self._log is None:
+                lg.close()
+            if self._state is None:
+                state.close()
+
+    def _log_stream(self, name: str, schema: pa.Schema) -> Stream:
+        """The stream as the pipeline file and the log describe it (for a replay: no source)."""
+        cfg_streams = self.config.source.streams if isinstance(self.config.source.streams, list) else []
+        for sc in cfg_streams:
+            if sc.table == name:
+                return Stream(name=name, table=tuple(name.split(".")), schema=schema,
+                              primary_key=tuple(sc.primary_key or _log_key(schema)), cursor=sc.cursor, mode=sc.mode)
+        return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(_log_key(schema)))
 
     def _apply_retention(self, lg: Log, streams: list[Stream]) -> None:
         r = self.config.retention
@@ -225,7 +360,48 @@ class Engine:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_stream(self, source: Source, s: Stream, lg: Log, state: Any, result: RunResult, feed: _StreamFeed) -> None:
+    def _capture(
+        self, source: Source, streams: list[Stream], lg: Log, state: Any, result: RunResult,
+        done: dict[str, threading.Event], follow: bool,
+    ) -> None:
+        """Runs the ``log`` streams' change feed: append each change set, then acknowledge it."""
+        pipeline = self.config.pipeline
+        by_name = {s.name: s for s in streams}
+        positions = {s.name: _source_position(lg.last_position(s.name)) for s in streams}
+        cp = state.checkpoint(pipeline, CAPTURE_CHECKPOINT)
+        totals = {s.name: (c.rows_total if (c := state.checkpoint(pipeline, s.name)) else 0) for s in streams}
+        rows = dict.fromkeys(totals, 0)
+        for s in streams:
+            self.observer.stream_started(s.name, None)
+        error: str | None = None
+        try:
+            feed = source.capture(streams, positions, resume=cp.position if cp else None, follow=follow, stop=self.stop_event)
+            for cs in feed:
+                for name in cs.truncated:
+                    lg.append(name, None, position=cs.position_of(name), marker={"kind": MARKER_TRUNCATE})
+                for name, batch in cs.batches.items():
+                    lg.append(name, _tagged(batch, by_name[name]), position=cs.position_of(name))
+                    rows[name] += batch.num_rows
+                source.acknowledge_capture(cs.position)
+                state.save_checkpoint(pipeline, CAPTURE_CHECKPOINT, cs.position, rows_total=sum(rows.values()), log_offset=0)
+                for name in set(cs.batches) | set(cs.truncated):
+                    state.save_checkpoint(
+                        pipeline, name, cs.position_of(name), rows_total=totals[name] + rows[name], log_offset=lg.end_offset(name)
+                    )
+                    if name in cs.batches:
+                        self.observer.rows_read(name, cs.batches[name].num_rows)
+        except Exception as e:  # noqa: BLE001 - reported; the deliveries still drain what is logged
+            error = f"capture of {', '.join(s.name for s in streams)}: {e}"
+            log.debug("capture failed", exc_info=True)
+            result.errors.append(error)
+        finally:
+            for s in streams:
+                result.rows_read[s.name] = rows[s.name]
+                done[s.name].set()
+                self.observer.stream_finished(s.name, error)
+
+    def _read_stream(self, source: Source, s: Stream, lg: Log, state: Any, result: RunResult) -> bool:
+        """Reads one stream until caught up; False if it failed (the error is in ``result``)."""
         pipeline = self.config.pipeline
         cp = state.checkpoint(pipeline, s.name)
         rows_total = cp.rows_total if cp else 0
@@ -278,11 +454,12 @@ class Engine:
                     if not rb.resumable:
                         pos["_resumable"] = False
                 if rb.data.num_rows or not rb.final:
-                    lg.append(s.name, rb.data, position=pos)
+                    lg.append(s.name, _tagged(rb.data, s), position=pos)
                 if rb.final and full:
                     lg.append(s.name, None, position={**rb.position, "_snapshot": "closed"}, marker={"kind": MARKER_SNAPSHOT_END})
                 rows += rb.data.num_rows
                 state.save_checkpoint(pipeline, s.name, rb.position, rows_total=rows_total + rows, log_offset=lg.end_offset(s.name))
+                source.acknowledge(s, rb.position)
                 self.observer.rows_read(s.name, rb.data.num_rows)
         except FatalError as e:
             error = f"stream {s.name}: {e}"
@@ -290,22 +467,31 @@ class Engine:
         finally:
             stop_reader.set()
             reader.join(timeout=5)
-            result.rows_read[s.name] = rows
-            feed.done.set()
+            result.rows_read[s.name] = result.rows_read.get(s.name, 0) + rows
             self.observer.stream_finished(s.name, error)
+        return error is None
 
-    # ------------------------------------------------------------------ writing
+_KEY_METADATA = b"replicant.primary_key"
 
-    def _write_all(self, dest: Any, streams: list[Stream], feeds: dict[str, _StreamFeed], lg: Log, state: Any, result: RunResult) -> None:
-        written = result.rows_written.setdefault(dest.name, {})
-        for s in streams:
-            try:
-                written[s.name] = _StreamWriter(self, dest, s, lg, state).run(feeds[s.name])
-            except Exception as e:  # noqa: BLE001 - a failing destination must not stop the others
-                msg = f"destination {dest.name}, stream {s.name}: {e}"
-                log.debug("writer failed", exc_info=True)
-                result.errors.append(msg)
-                return
+
+def _keyed(stream: Stream) -> Stream:
+    """The stream with its key columns in the schema metadata, so the log (and a replay
+    without the source) knows them."""
+    md = dict(stream.schema.metadata or {})
+    md[_KEY_METADATA] = ",".join(stream.primary_key).encode()
+    return dataclasses.replace(stream, schema=stream.schema.with_metadata(md))
+
+
+def _tagged(batch: pa.RecordBatch, stream: Stream) -> pa.RecordBatch:
+    """``batch`` with the stream's schema metadata (zero-copy)."""
+    md = stream.schema.metadata
+    return batch if batch.schema.metadata == md else batch.replace_schema_metadata(md)
+
+
+def _log_key(schema: pa.Schema) -> list[str]:
+    """Key columns recorded in the schema metadata by the engine, if any."""
+    raw = (schema.metadata or {}).get(_KEY_METADATA)
+    return [k for k in raw.decode().split(",") if k] if raw else []
 
 
 def _close_quietly(obj: Any) -> None:
@@ -313,96 +499,3 @@ def _close_quietly(obj: Any) -> None:
         obj.close()
     except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
         log.debug("close failed", exc_info=True)
-
-
-class _StreamWriter:
-    """Delivers one stream's log records to one destination, from its applied offset on."""
-
-    def __init__(self, engine: Engine, dest: Any, stream: Stream, lg: Log, state: Any) -> None:
-        self.engine = engine
-        self.dest = dest
-        self.stream = stream
-        self.log = lg
-        self.state = state
-        self.mode = dest.config.write
-        self.batch_rows = dest.config.batch_size or 200_000
-        self.in_snapshot = False
-        self.pending: list[pa.RecordBatch] = []
-        self.pending_rows = 0
-        self.last: int | None = None
-        self.rows = 0
-
-    def run(self, feed: _StreamFeed) -> int:
-        s, lg = self.stream, self.log
-        applied = self.dest.applied_offset(s)
-        end = lg.end_offset(s.name)
-        if applied >= end:
-            raise FatalError(
-                f"it has applied log offset {applied} but the log of {s.name!r} ends at {end}: the staging log was "
-                f"reset or replaced. Replay into it with `replicant replay --destination {self.dest.name} --from-start`."
-            )
-        offset = applied + 1
-        while True:
-            done = feed.done.is_set()
-            end = lg.end_offset(s.name)
-            if offset < end:
-                for rec in lg.read(s.name, offset):
-                    self._take(rec)
-                    offset = rec.next_offset
-                self._flush()
-            elif done:
-                return self.rows
-            else:
-                lg.wait(s.name, offset, 0.5)
-
-    def _take(self, rec: Any) -> None:
-        if rec.marker is not None:
-            kind = rec.marker.get("kind")
-            if self.mode != "replace":
-                self.last = rec.offset
-                return
-            self._flush()
-            if kind == MARKER_SNAPSHOT_START:
-                self.dest.begin_replace(self.stream)
-                self.in_snapshot = True
-            elif kind == MARKER_SNAPSHOT_END and self.in_snapshot:
-                self.dest.commit_replace(self.stream, last_offset=rec.offset)
-                self._mirror(rec.offset)
-                self.in_snapshot = False
-            elif kind == MARKER_SNAPSHOT_ABORT:
-                self.in_snapshot = False
-            return
-        if self.mode == "replace" and not self.in_snapshot:
-            return  # rows of a snapshot whose start this delivery did not see (replay from an offset)
-        if self.pending and rec.batch.schema != self.pending[0].schema:
-            self._flush()
-        self.pending.append(rec.batch)
-        self.pending_rows += rec.batch.num_rows
-        self.last = rec.next_offset - 1
-        if self.pending_rows >= self.batch_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.last is None and not self.pending:
-            return
-        if self.pending:
-            table = pa.Table.from_batches(self.pending)
-        else:
-            table = self.stream.change_schema.empty_table()
-        if self.mode == "replace":
-            if table.num_rows:
-                self.dest.write(self.stream, table, last_offset=self.last)
-        else:
-            self.dest.write(self.stream, table, last_offset=self.last)
-            self._mirror(self.last)
-        n = table.num_rows
-        self.rows += n
-        if n:
-            self.engine.observer.rows_written(self.dest.name, self.stream.name, n)
-        self.pending, self.pending_rows, self.last = [], 0, None
-
-    def _mirror(self, offset: int) -> None:
-        try:
-            self.state.save_offset(self.engine.config.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
-        except Exception:  # noqa: BLE001 - the mirror is for `status`; the destination holds the truth
-            log.debug("could not mirror offset", exc_info=True)

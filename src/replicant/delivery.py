@@ -1,0 +1,289 @@
+"""Delivery: from the staging log into one destination, at that destination's own pace.
+
+Each destination gets one :class:`Delivery` (one thread) that serves all streams round-robin:
+it reads whatever the log holds after the destination's applied offset, writes it, and waits
+for more until reading is finished (``run``) or the pipeline stops (``--follow``). A slow or
+failing destination therefore never holds up reading or the other destinations, and loses
+nothing: its offset only moves with what it committed.
+
+Where the applied offset lives:
+
+* transactional destinations (databases) keep it in their own ``_replicant_offsets`` table,
+  committed with the rows; the state store gets a mirror for ``status``;
+* non-transactional ones (HTTP, files, NATS) cannot, so the state store holds it, saved
+  after ``write`` returns. Their writes are cut at fixed places — one call per log record
+  chunk of at most ``batch_size`` rows, counted from the record's first offset — so a
+  re-delivery after a crash, or a replay, repeats exactly the same offset ranges (the same
+  idempotency keys, the same file names).
+
+Schema versions: when a record's schema differs from the stream's current one, pending
+rows are flushed and ``destination.evolve(new, old)`` runs first. A drift the destination
+cannot absorb pauses that stream (with the destination's message) while others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from replicant.errors import ConfigError, FatalError, SchemaDriftError
+from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
+from replicant.model import Stream, data_schema
+
+__all__ = ["Delivery", "StreamWriter"]
+
+log = logging.getLogger(__name__)
+
+_IDLE_SECONDS = 0.02
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+class StreamWriter:
+    """Delivers one stream's log records to one destination.
+
+    Args:
+        start: deliver from this offset (a replay); by default from the offset after the one
+            the destination says it applied.
+    """
+
+    def __init__(
+        self,
+        dest: Any,
+        stream: Stream,
+        lg: Log,
+        state: Any,
+        pipeline: str,
+        on_rows: Callable[[str, str, int], None],
+        *,
+        start: int | None = None,
+    ) -> None:
+        self.dest = dest
+        self.stream = stream
+        self.log = lg
+        self.state = state
+        self.pipeline = pipeline
+        self.on_rows = on_rows
+        self.mode = dest.config.write
+        self.transactional = dest.capabilities.transactional
+        self.batch_rows = dest.config.batch_size or (200_000 if self.transactional else 1_000)
+        self.in_snapshot = False
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
+        self.last: int | None = None
+        self.rows = 0
+        self.offset = self._first_offset() if start is None else start
+
+    def _first_offset(self) -> int:
+        s = self.stream
+        if self.transactional:
+            applied = self.dest.applied_offset(s)
+        else:
+            off = self.state.offsets(self.pipeline).get((self.dest.name, s.name))
+            applied = off.offset if off else -1
+        end = self.log.end_offset(s.name)
+        if applied >= end:
+            raise FatalError(
+                f"it has applied log offset {applied} but the log of {s.name!r} ends at {end}: the staging log was "
+                f"reset or replaced. Replay into it with `replicant replay --destination {self.dest.name} --from-start`."
+            )
+        return applied + 1
+
+    def step(self, end: int | None = None) -> bool:
+        """Delivers every record after the current offset (up to ``end``); True if there was any."""
+        stop_at = self.log.end_offset(self.stream.name) if end is None else end
+        if self.offset >= stop_at:
+            return False
+        for rec in self.log.read(self.stream.name, self.offset, end=stop_at):
+            self._take(rec)
+            self.offset = rec.next_offset
+        self._flush()
+        return True
+
+    # ------------------------------------------------------------------ records
+
+    def _take(self, rec: Any) -> None:
+        if rec.marker is not None:
+            self._marker(rec)
+            return
+        if self.mode == "replace" and not self.in_snapshot:
+            return  # rows of a snapshot whose start this delivery did not see (replay from an offset)
+        schema = data_schema(rec.batch.schema)
+        if not schema.equals(self.stream.schema, check_metadata=True):
+            self._flush()
+            new = dataclasses.replace(self.stream, schema=schema)
+            self.dest.evolve(new, self.stream)
+            self.stream = new
+        if not self.transactional:
+            self._write_chunks(rec)
+            return
+        self.pending.append(rec.batch)
+        self.pending_rows += rec.batch.num_rows
+        self.last = rec.next_offset - 1
+        if self.pending_rows >= self.batch_rows:
+            self._flush()
+
+    def _marker(self, rec: Any) -> None:
+        kind = rec.marker.get("kind")
+        if not self.transactional:
+            self._save(rec.offset)  # nothing to apply: files and events carry no table state
+            return
+        if kind == MARKER_TRUNCATE:
+            self._flush()
+            self.dest.truncate(self.stream, last_offset=rec.offset)
+            self._mirror(rec.offset)
+            return
+        if self.mode != "replace":
+            self.last = rec.offset
+            return
+        self._flush()
+        if kind == MARKER_SNAPSHOT_START:
+            self.dest.begin_replace(self.stream)
+            self.in_snapshot = True
+        elif kind == MARKER_SNAPSHOT_END and self.in_snapshot:
+            self.dest.commit_replace(self.stream, last_offset=rec.offset)
+            self._mirror(rec.offset)
+            self.in_snapshot = False
+        elif kind == MARKER_SNAPSHOT_ABORT:
+            self.in_snapshot = False
+
+    def _write_chunks(self, rec: Any) -> None:
+        """Non-transactional: one write per chunk of the record, at fixed offsets."""
+        batch = rec.batch
+        if batch.num_rows == 0:
+            self._save(rec.offset)
+            return
+        for start in range(0, batch.num_rows, self.batch_rows):
+            piece = batch.slice(start, self.batch_rows)
+            last = rec.offset + start + piece.num_rows - 1
+            self.dest.write(self.stream, pa.Table.from_batches([piece]), last_offset=last)
+            self._save(last)
+            self.rows += piece.num_rows
+            self.on_rows(self.dest.name, self.stream.name, piece.num_rows)
+
+    def _flush(self) -> None:
+        if self.last is None and not self.pending:
+            return
+        if self.pending:
+            table = pa.Table.from_batches(self.pending)
+        else:
+            table = self.stream.change_schema.empty_table()
+        if self.mode == "replace":
+            if table.num_rows:
+                self.dest.write(self.stream, table, last_offset=self.last)
+        else:
+            self.dest.write(self.stream, table, last_offset=self.last)
+            self._mirror(self.last)
+        n = table.num_rows
+        self.rows += n
+        if n:
+            self.on_rows(self.dest.name, self.stream.name, n)
+        self.pending, self.pending_rows, self.last = [], 0, None
+
+    def _save(self, offset: int) -> None:
+        """Non-transactional: the state store holds the truth."""
+        self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
+
+    def _mirror(self, offset: int) -> None:
+        try:
+            self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
+        except Exception:  # noqa: BLE001 - the mirror is for `status`; the destination holds the truth
+            log.debug("could not mirror offset", exc_info=True)
+
+
+class Delivery:
+    """Serves every stream of one destination, round-robin, in its own thread.
+
+    Args:
+        done: per stream, an event set when reading of that stream is finished (no more
+            appends this run); delivery ends when every stream is done and delivered.
+        stop: set on shutdown; delivery finishes what the log holds, then returns.
+        follow: retry a failing destination with back-off instead of giving up on it.
+        errors: where failures are reported (one line each).
+    """
+
+    def __init__(
+        self,
+        dest: Any,
+        streams: list[Stream],
+        lg: Log,
+        state: Any,
+        pipeline: str,
+        *,
+        done: dict[str, threading.Event],
+        stop: threading.Event,
+        follow: bool,
+        errors: list[str],
+        on_rows: Callable[[str, str, int], None],
+    ) -> None:
+        self.dest = dest
+        self.streams = streams
+        self.log = lg
+        self.state = state
+        self.pipeline = pipeline
+        self.done = done
+        self.stop = stop
+        self.follow = follow
+        self.errors = errors
+        self.on_rows = on_rows
+        self.written: dict[str, int] = {s.name: 0 for s in streams}
+
+    def _fail(self, stream: Stream, e: BaseException) -> str:
+        msg = f"destination {self.dest.name}, stream {stream.name}: {e}"
+        log.debug("delivery failed", exc_info=True)
+        return msg
+
+    def _open(self) -> None:
+        self.dest.close()  # after a failure: a fresh connection
+        self.dest.open()
+        for s in self.streams:
+            self.dest.prepare(s)
+
+    def run(self) -> None:
+        writers: dict[str, StreamWriter] = {}
+        paused: set[str] = set()
+        failures = 0
+        opened = False
+        s = self.streams[0] if self.streams else None
+        while True:
+            finished = all(self.done[s.name].is_set() for s in self.streams)
+            progressed = False
+            try:
+                if not opened:
+                    self._open()
+                    opened = True
+                for s in self.streams:
+                    if s.name in paused:
+                        continue
+                    w = writers.get(s.name)
+                    if w is None:
+                        w = writers[s.name] = StreamWriter(self.dest, s, self.log, self.state, self.pipeline, self.on_rows)
+                    try:
+                        before = w.rows
+                        progressed |= w.step()
+                        self.written[s.name] += w.rows - before
+                    except (SchemaDriftError, FatalError, ConfigError) as e:
+                        paused.add(s.name)  # this stream waits for the user; the others go on
+                        self.errors.append(self._fail(s, e))
+                failures = 0
+            except Exception as e:  # noqa: BLE001 - a failing destination must not stop the others
+                if not self.follow:
+                    self.errors.append(self._fail(s, e) if opened else f"destination {self.dest.name}: {e}")
+                    return
+                failures += 1
+                delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 6))
+                log.warning("destination %s failed (%s); retrying in %.1f s", self.dest.name, e, delay)
+                writers.clear()  # resume from what the destination committed
+                opened = False
+                if self.stop.wait(delay):
+                    return
+                continue
+            if finished and not progressed:
+                return
+            if not progressed:
+                time.sleep(_IDLE_SECONDS)
