@@ -60,11 +60,19 @@ def encode_batch(batch: pa.RecordBatch, options: ipc.IpcWriteOptions) -> pa.Buff
     """The IPC messages of one batch (its dictionaries, then the batch), without a schema.
 
     Each batch carries its own dictionaries, so any record can be decoded on its own.
+    Uncompressed batches are written into one buffer of the exact size (measured first on a
+    mock stream): a growing buffer costs a page fault per page, 4-5x the copy itself.
     """
+    skip = batch.schema.serialize().size
+    if options.compression is None:
+        mock = pa.MockOutputStream()
+        ipc.new_stream(mock, batch.schema, options=options).write_batch(batch)
+        buf = pa.allocate_buffer(mock.size())
+        ipc.new_stream(pa.FixedSizeBufferWriter(buf), batch.schema, options=options).write_batch(batch)
+        return buf.slice(skip)
     sink = pa.BufferOutputStream()
-    writer = ipc.new_stream(sink, batch.schema, options=options)
-    writer.write_batch(batch)
-    return sink.getvalue().slice(batch.schema.serialize().size)
+    ipc.new_stream(sink, batch.schema, options=options).write_batch(batch)
+    return sink.getvalue().slice(skip)
 
 
 def ts_range(batch: pa.RecordBatch) -> tuple[int | None, int | None]:
