@@ -44,6 +44,8 @@ __all__ = [
     "binary_collation",
     "declared_type",
     "ddl_type",
+    "canonical_type",
+    "is_text_type",
     "encode",
     "hex_text",
     "decimal_text",
@@ -181,6 +183,27 @@ def ddl_type(field: pa.Field, schema: pa.Schema, *, key: bool = False, key_colla
     if key and mapped == "LONGBLOB":
         return f"VARBINARY({_key_length(field, _MAX_KEY_BYTES)})"
     return mapped
+
+
+def canonical_type(type_sql: str) -> str:
+    """A column type in one spelling, to compare a generated type with ``COLUMN_TYPE``:
+    lower case, no character set or collation, no integer display width (``int(11)`` →
+    ``int``), ``integer`` → ``int``, ``numeric`` → ``decimal(p,s)``, ``double precision`` →
+    ``double``."""
+    t = re.sub(r"\s+", " ", type_sql.strip().lower())
+    t = re.split(r" (?:character set|charset|collate) ", t)[0]
+    t = re.sub(r"^integer\b", "int", t)
+    t = re.sub(r"^(tinyint|smallint|mediumint|int|bigint) ?\(\d+\)", r"\1", t)
+    t = re.sub(r"^(?:numeric|dec|fixed)\b", "decimal", t)
+    t = re.sub(r"^decimal(?! ?\()", "decimal(10)", t)
+    t = re.sub(r"^decimal ?\((\d+)\)", r"decimal(\1,0)", t)
+    t = re.sub(r"^decimal ?\((\d+), ?(\d+)\)", r"decimal(\1,\2)", t)
+    return t.replace("double precision", "double")
+
+
+def is_text_type(type_sql: str) -> bool:
+    """Whether a column type holds characters (and so has a character set and collation)."""
+    return re.match(r"\s*(?:national\s+)?(?:var)?char|\s*(?:tiny|medium|long)?text\b|\s*enum\b|\s*set\b", type_sql.lower()) is not None
 
 
 def _key_length(field: pa.Field, limit: int) -> int:

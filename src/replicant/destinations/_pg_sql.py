@@ -68,10 +68,10 @@ def pending_name(table: str) -> str:
 
 
 #: Columns of one table: name, format_type, base type name (a domain's base), category,
-#: array element type name and category. Parameters: schema, table.
+#: array element type name and category, nullable, has a default. Parameters: schema, table.
 COLUMNS_SQL = """
 SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), bt.typname::text, bt.typcategory::text,
-       coalesce(et.typname::text, ''), coalesce(et.typcategory::text, '')
+       coalesce(et.typname::text, ''), coalesce(et.typcategory::text, ''), NOT a.attnotnull, a.atthasdef
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

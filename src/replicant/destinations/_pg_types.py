@@ -87,6 +87,8 @@ class PgColumn:
         category: ``typcategory`` of that type (``S`` string, ``E`` enum, ``A`` array…).
         element: for an array, ``typname`` of the element type; else ``""``.
         element_category: ``typcategory`` of the element type; else ``""``.
+        nullable: the column accepts NULL.
+        has_default: the column has a default expression.
     """
 
     name: str
@@ -95,6 +97,8 @@ class PgColumn:
     category: str
     element: str = ""
     element_category: str = ""
+    nullable: bool = True
+    has_default: bool = False
 
 
 # --------------------------------------------------------------------------- DDL

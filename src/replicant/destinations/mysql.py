@@ -68,7 +68,17 @@ import pymysql
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import all_reads, data_names, delete_mask, last_change_per_key, without_deletes
-from replicant.destinations._mysql_types import aux_name, binary_collation, ddl_type, encode, quote
+from replicant.destinations._evolve import plan
+from replicant.destinations._mysql_types import (
+    DIALECT,
+    aux_name,
+    binary_collation,
+    canonical_type,
+    ddl_type,
+    encode,
+    is_text_type,
+    quote,
+)
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError
 from replicant.model import OP_DELETE, Stream
@@ -95,6 +105,8 @@ class _Column:
     type_sql: str  #: ``COLUMN_TYPE`` (``varchar(40)``, ``decimal(10,2)``)
     charset: str | None
     collation: str | None
+    nullable: bool = True
+    default: str | None = None  #: ``COLUMN_DEFAULT`` (an expression), None when there is none
 
     def ddl(self) -> str:
         """The column for the staging table: same type and collation, always nullable."""
@@ -260,15 +272,19 @@ class MySQLDestination(Destination):
     def _columns(self, cur, table: str) -> dict[str, _Column] | None:
         """The table's columns by lower-cased name, or None if it does not exist."""
         cur.execute(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME "
-            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, "
+            "IS_NULLABLE, COLUMN_DEFAULT FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
             (self._database, table),
         )
         # information_schema compares names case-insensitively; table names are not.
         rows = [r for r in cur.fetchall() if r[0] == self._database and r[1] == table]
         if not rows:
             return None
-        return {r[2].lower(): _Column(r[2], r[3], r[4], r[5]) for r in rows}
+        # MariaDB reports a column without a default as COLUMN_DEFAULT 'NULL' (10.2.7+), MySQL as NULL
+        return {
+            r[2].lower(): _Column(r[2], r[3], r[4], r[5], r[6] == "YES", None if r[7] in (None, "NULL") else r[7])
+            for r in rows
+        }
 
     def _unique_keys(self, cur, table: str) -> list[set[str]]:
         cur.execute(f"SHOW KEYS FROM {self._qualified(table)} WHERE Non_unique = 0")
@@ -434,6 +450,92 @@ class MySQLDestination(Destination):
         del self._pending[stream.name]
         self._targets[stream.name] = _Target(table, columns, fresh=False)
 
+    # ------------------------------------------------------------------ schema drift
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Follows the stream from ``old`` to ``stream`` (see :mod:`replicant.destinations._evolve`)
+        with one ``ALTER TABLE … ADD COLUMN …, MODIFY COLUMN …`` per table (the table and a
+        pending ``replace`` table): new nullable columns, widened types (the declared type of
+        a MySQL source, else the Arrow mapping, as at creation; character set, collation,
+        nullability and default kept).
+
+        DDL commits implicitly in MariaDB, so a crash may leave part of it applied; evolve
+        is idempotent (what the table already has is skipped) and the engine calls it again.
+        A column gone from the stream stays in the table; the rows written from then on hold
+        NULL in it (see :meth:`_merge`). A widened column whose type is neither the old nor
+        the new one (changed by hand) is left as it is.
+
+        Raises:
+            SchemaDriftError: a change the table cannot follow (nothing is changed).
+        """
+        self._check_stream(stream)
+        table = stream.table_name
+        pending = self._pending.get(stream.name)
+        what = f"evolving table {self._qualified(table)} for stream {stream.name!r}"
+        try:
+            with self._connection().cursor() as cur:
+                columns = self._columns(cur, table)
+                if columns is None:
+                    cur.execute(self._create_sql(table, stream))
+                else:
+                    self._evolve_table(cur, table, columns, stream, old)
+                if pending is not None:
+                    self._evolve_table(cur, pending[0], self._columns(cur, pending[0]) or {}, stream, old)
+                    self._pending[stream.name] = (pending[0], self._columns(cur, pending[0]) or {})
+            self._conn.commit()
+        except (pymysql.MySQLError, ReplicantError) as e:
+            raise self._fail(e, what) from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
+        self.prepare(stream)  # re-reads the columns the writes use
+
+    def _evolve_table(self, cur, table: str, columns: dict[str, _Column], stream: Stream, old: Stream) -> None:
+        change = plan(self.name, stream, old, [c.name for c in columns.values()], dialect=DIALECT, fold=str.lower)
+        keys = {k.lower() for k in stream.primary_key}
+        alters = [
+            f"ADD COLUMN {quote(f.name)} {ddl_type(f, stream.schema, key_collation=self._collation)} NULL" for f in change.added
+        ]
+        for before, f in change.widened:
+            column = columns[f.name.lower()]
+            key = f.name.lower() in keys
+            wanted = ddl_type(f, stream.schema, key=key, key_collation=self._collation)
+            was = ddl_type(before, old.schema, key=key, key_collation=self._collation)
+            current = canonical_type(column.type_sql)
+            if current == canonical_type(wanted) or current != canonical_type(was):
+                continue
+            extra = ""
+            if column.collation and is_text_type(wanted) and "character set" not in wanted.lower():
+                extra += f" CHARACTER SET {column.charset} COLLATE {column.collation}"
+            extra += " NULL" if column.nullable else " NOT NULL"
+            if column.default is not None:
+                extra += f" DEFAULT {column.default}"  # the server's own expression text
+            alters.append(f"MODIFY COLUMN {quote(column.name)} {wanted}{extra}")
+        if alters:
+            cur.execute(f"ALTER TABLE {self._qualified(table)} {', '.join(alters)}")
+
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """Deletes every row of the stream's table (and of its pending ``replace`` table) and
+        records ``last_offset``, in one transaction. ``DELETE``, not ``TRUNCATE``: MariaDB's
+        ``TRUNCATE`` commits implicitly, which would split the rows from the offset."""
+        if stream.name not in self._targets:
+            self.prepare(stream)
+        target = self._targets[stream.name]
+        pending = self._pending.get(stream.name)
+        what = f"truncating {self._qualified(target.table)} for stream {stream.name!r}"
+        try:
+            with self._connection().cursor() as cur:
+                cur.execute(f"DELETE FROM {self._qualified(target.table)}")
+                if pending is not None:
+                    cur.execute(f"DELETE FROM {self._qualified(pending[0])}")
+                self._record(cur, stream, last_offset)
+            self._conn.commit()
+        except (pymysql.MySQLError, ReplicantError) as e:
+            raise self._fail(e, what) from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
+
     # ------------------------------------------------------------------ statements
 
     def _record(self, cur, stream: Stream, last_offset: int) -> None:
@@ -498,13 +600,18 @@ class MySQLDestination(Destination):
             on = " AND ".join(f"d.{quote(k)} = s.{quote(k)}" for k in keys)
             cur.execute(f"DELETE d FROM {t} AS d JOIN {s} AS s ON {on} WHERE s.`_op` = '{OP_DELETE}'")
         if deletes < changes.num_rows:
-            cols = ", ".join(quote(n) for n in names)
+            # Columns the batch lacks (dropped at the source, kept here) are NULL in the rows
+            # it writes, updates included; columns with a default (added by hand) are left alone.
+            present = {n.lower() for n in names}
+            nulls = [c.name for k, c in target.columns.items() if k not in present and c.nullable and c.default is None]
+            cols = ", ".join(quote(n) for n in names + nulls)
+            values = ", ".join([quote(n) for n in names] + ["NULL"] * len(nulls))
             key_names = {k.lower() for k in keys}
-            updates = [f"{quote(n)} = VALUES({quote(n)})" for n in names if n.lower() not in key_names]
+            updates = [f"{quote(n)} = VALUES({quote(n)})" for n in names + nulls if n.lower() not in key_names]
             # a table of key columns only: a no-op update (VALUES() is unambiguous, a bare name is not)
             updates = updates or [f"{quote(keys[0])} = VALUES({quote(keys[0])})"]
             cur.execute(
-                f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} WHERE `_op` <> '{OP_DELETE}' "
+                f"INSERT INTO {t} ({cols}) SELECT {values} FROM {s} WHERE `_op` <> '{OP_DELETE}' "
                 f"ON DUPLICATE KEY UPDATE {', '.join(updates)}"
             )
         cur.execute(f"DROP TEMPORARY TABLE {s}")

@@ -52,6 +52,7 @@ from replicant.destinations._changes import (
     last_change_per_key,
     without_deletes,
 )
+from replicant.destinations._evolve import plan
 from replicant.destinations._pg_errors import (
     describe_url,
     is_connection_lost,
@@ -60,6 +61,7 @@ from replicant.destinations._pg_errors import (
     translate,
 )
 from replicant.destinations._pg_types import (
+    DIALECT,
     JSONB_TEXT,
     STAGE,
     PgColumn,
@@ -313,6 +315,62 @@ class PostgresDestination(Destination):
                 ok = False
             self._type_ok[declared] = ok
 
+    # ------------------------------------------------------------------ schema drift
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Follows the stream from ``old`` to ``stream`` (see :mod:`replicant.destinations._evolve`):
+        ``ADD COLUMN`` for new nullable columns and ``ALTER COLUMN … TYPE`` for widened ones
+        (the declared type of a PostgreSQL source, else the Arrow mapping, as at creation),
+        in one transaction, on the table and on a pending ``replace`` table.
+
+        A column gone from the stream stays in the table; the rows written from then on
+        hold NULL in it (see :meth:`_merge`). Idempotent: what the table already has is
+        skipped. A widened column whose type is neither the old nor the new one (changed by
+        hand) is left as it is.
+
+        Raises:
+            SchemaDriftError: a change the table cannot follow (nothing is changed).
+        """
+        self._ensure_open()
+        name = sql.pg_name(stream.table_name)
+        self._check_types(stream.schema)
+        self._check_types(old.schema)
+        pending = self._pending.get(stream.name)
+        with self._txn("evolve", stream, name):
+            columns = self._columns(name)
+            if columns is None:
+                self._create(stream, name, key=self._key_for_mode(stream))
+            else:
+                self._evolve_table(name, columns, stream, old)
+            if pending is not None:
+                self._evolve_table(pending.name, self._columns(pending.name) or {}, stream, old)
+                pending.columns = self._columns(pending.name) or {}
+        self.prepare(stream)  # re-reads the columns the writes use
+
+    def _evolve_table(self, name: str, columns: dict[str, PgColumn], stream: Stream, old: Stream) -> None:
+        change = plan(self.name, stream, old, list(columns), dialect=DIALECT, fold=sql.pg_name)
+        table = sql.qualified(self.schema, name)
+        for f in change.added:
+            self._exec(f"ALTER TABLE {table} ADD COLUMN {sql.quote(f.name)} {self._type_for(f, stream.schema)}")
+        for before, f in change.widened:
+            column = columns[sql.pg_name(f.name)]
+            wanted, was = self._type_for(f, stream.schema), self._type_for(before, old.schema)
+            current = column.type_sql.lower()
+            if current != wanted.lower() and current == was.lower():
+                self._exec(f"ALTER TABLE {table} ALTER COLUMN {sql.quote(column.name)} TYPE {wanted}")
+
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """``TRUNCATE`` of the stream's table (and of its pending ``replace`` table) and the
+        offset, in one transaction (PostgreSQL's ``TRUNCATE`` is transactional)."""
+        self._ensure_open()
+        if stream.name not in self._tables:
+            self.prepare(stream)
+        table = self._tables[stream.name]
+        names = [table.name] + ([self._pending[stream.name].name] if stream.name in self._pending else [])
+        with self._txn("truncate", stream, table.name):
+            self._exec("TRUNCATE " + ", ".join(sql.qualified(self.schema, n) for n in names))
+            self._record(stream, last_offset)
+
     # ------------------------------------------------------------------ writing
 
     def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
@@ -389,6 +447,12 @@ class PostgresDestination(Destination):
         wire = self._wire(table, normalize(data.select(data_names(data))))
         self._stage(wire.stage_table().append_column(_DELETE_FLAG, deletes))
         exprs = self._exprs(table, wire)
+        # Columns the batch lacks (dropped at the source, kept here) are NULL in the rows it
+        # writes, updates included; columns with a default (added by hand) are left alone.
+        present = {sql.pg_name(n) for n in exprs}
+        for key, column in table.columns.items():
+            if key not in present and column.nullable and not column.has_default:
+                exprs[column.name] = f"CAST(NULL AS {column.type_sql})"
         keys = {k: exprs[k] for k in table.key}
         flag = f"s.{sql.quote(_DELETE_FLAG)}"
         if table.conflict_ok:

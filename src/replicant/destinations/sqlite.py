@@ -68,6 +68,7 @@ import pyarrow.compute as pc
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import all_reads, data_names, delete_mask, last_change_per_key, without_deletes
+from replicant.destinations._evolve import plan, recreate_hint
 from replicant.destinations._mysql_types import (
     decimal_text,
     interval_text,
@@ -79,7 +80,7 @@ from replicant.destinations._mysql_types import (
     time_text,
 )
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
-from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError
+from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError, SchemaDriftError
 from replicant.model import DIALECT_KEY, OP_DELETE, SQL_TYPE_KEY, Stream
 
 __all__ = ["SQLiteDestination", "declared_type", "ddl_type"]
@@ -190,11 +191,33 @@ def _encode_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
     raise FatalError(f"Arrow type {t} has no SQLite representation")
 
 
+def affinity(declared: str) -> str:
+    """The column affinity SQLite gives a declared type (`Determination Of Column Affinity
+    <https://sqlite.org/datatype3.html>`_): the first of these rules that matches."""
+    t = declared.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if "BLOB" in t or not t.strip():
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"
+
+
 @dataclass
 class _Target:
     table: str
     columns: dict[str, str] = field(default_factory=dict)  #: lower-cased name → name
     fresh: bool = False  #: empty when prepared, written only by this object since
+    nulls: frozenset[str] = frozenset()  #: lower-cased names of the nullable columns without a default
+
+
+def _target(table: str, columns: list[tuple], *, fresh: bool) -> _Target:
+    names = {c[0].lower(): c[0] for c in columns}
+    nulls = frozenset(c[0].lower() for c in columns if not c[3] and c[4] is None)
+    return _Target(table, names, fresh=fresh, nulls=nulls)
 
 
 class SQLiteDestination(Destination):
@@ -293,11 +316,12 @@ class SQLiteDestination(Destination):
     # ------------------------------------------------------------------ catalog
 
     @staticmethod
-    def _columns(cur, table: str) -> list[tuple[str, str, int]] | None:
-        """``(name, declared type, pk position)`` of the table's columns, or None if it does not exist."""
-        cur.execute("SELECT name, type, pk FROM pragma_table_info(?, 'main')", (table,))
+    def _columns(cur, table: str) -> list[tuple[str, str, int, int, str | None]] | None:
+        """``(name, declared type, pk position, not null, default)`` of the table's columns,
+        or None if it does not exist."""
+        cur.execute("SELECT name, type, pk, \"notnull\", dflt_value FROM pragma_table_info(?, 'main')", (table,))
         rows = cur.fetchall()
-        return [(r[0], r[1], r[2]) for r in rows] if rows else None
+        return [tuple(r) for r in rows] if rows else None
 
     @staticmethod
     def _unique_keys(cur, table: str, columns: list[tuple[str, str, int]]) -> list[set[str]]:
@@ -370,8 +394,7 @@ class SQLiteDestination(Destination):
             self._rollback()
             raise
         known = self._targets.get(stream.name)
-        names = {c[0].lower(): c[0] for c in columns}
-        self._targets[stream.name] = _Target(table, names, fresh=empty if known is None else known.fresh and empty)
+        self._targets[stream.name] = _target(table, columns, fresh=empty if known is None else known.fresh and empty)
 
     def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
         """Applies ``data`` by the write mode and upserts ``last_offset`` in the same transaction.
@@ -451,7 +474,79 @@ class SQLiteDestination(Destination):
             self._rollback()
             raise
         self._pending.discard(stream.name)
-        self._targets[stream.name] = _Target(table, {c[0].lower(): c[0] for c in columns}, fresh=False)
+        self._targets[stream.name] = _target(table, columns, fresh=False)
+
+    # ------------------------------------------------------------------ schema drift
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Follows the stream from ``old`` to ``stream`` (see :mod:`replicant.destinations._evolve`),
+        in one transaction, on the table and on a pending ``replace`` table: ``ADD COLUMN``
+        for new nullable columns. A widened type needs no change: SQLite stores values by
+        the column's affinity (``INTEGER`` holds 64-bit integers, ``TEXT`` any length, decimals
+        are exact text), so the declared type names keep their old precision; a widening
+        that would change the affinity is refused.
+
+        A column gone from the stream stays in the table; the rows written from then on hold
+        NULL in it (see :meth:`_merge`). Idempotent: what the table already has is skipped.
+
+        Raises:
+            SchemaDriftError: a change the table cannot follow (nothing is changed).
+        """
+        table = stream.table_name
+        names = [table] + ([table + _PENDING] if stream.name in self._pending else [])
+        what = f"evolving table {quote(table)} for stream {stream.name!r}"
+        try:
+            with self._cursor() as cur:
+                _run(cur, "BEGIN IMMEDIATE")
+                for name in names:
+                    columns = self._columns(cur, name)
+                    if columns is None:
+                        if name == table:
+                            _run(cur, self._create_sql(table, stream))
+                        continue
+                    self._evolve_table(cur, name, columns, stream, old)
+                _run(cur, "COMMIT")
+        except (*_driver_errors(), ReplicantError) as e:
+            raise self._fail(e, what) from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
+        self.prepare(stream)  # re-reads the columns the writes use
+
+    def _evolve_table(self, cur, table: str, columns: list[tuple], stream: Stream, old: Stream) -> None:
+        change = plan(self.name, stream, old, [c[0] for c in columns], dialect=DIALECT, fold=str.lower)
+        declared = {c[0].lower(): c[1] for c in columns}
+        for before, f in change.widened:
+            current, wanted = declared[f.name.lower()], ddl_type(f, stream.schema)
+            if affinity(current) != affinity(wanted):
+                raise SchemaDriftError(
+                    f"destination {self.name!r}, stream {stream.name!r}: column {f.name} changed from "
+                    f"{ddl_type(before, old.schema)} to {wanted}, which needs {affinity(wanted)} affinity where table "
+                    f"{quote(table)} has {affinity(current)} (SQLite cannot change a column's type in place); "
+                    + recreate_hint(self.name)
+                )
+        for f in change.added:
+            _run(cur, f"ALTER TABLE main.{quote(table)} ADD COLUMN {quote(f.name)} {ddl_type(f, stream.schema)}")
+
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """Deletes every row of the stream's table (and of its pending ``replace`` table) and
+        records ``last_offset``, in one transaction."""
+        if stream.name not in self._targets:
+            self.prepare(stream)
+        table = self._targets[stream.name].table
+        try:
+            with self._cursor() as cur:
+                _run(cur, "BEGIN IMMEDIATE")
+                _run(cur, f"DELETE FROM main.{quote(table)}")
+                if stream.name in self._pending:
+                    _run(cur, f"DELETE FROM main.{quote(table + _PENDING)}")
+                self._record(cur, stream, last_offset)
+                _run(cur, "COMMIT")
+        except (*_driver_errors(), ReplicantError) as e:
+            raise self._fail(e, f"truncating {quote(table)} for stream {stream.name!r}") from None
+        except BaseException:  # anything else (an interrupt, a bug): undo, then let it through
+            self._rollback()
+            raise
 
     # ------------------------------------------------------------------ statements
 
@@ -490,13 +585,18 @@ class SQLiteDestination(Destination):
         if deletes:
             _run(cur, f"DELETE FROM {t} WHERE ({key_list}) IN (SELECT {key_list} FROM {s} WHERE \"_op\" = '{OP_DELETE}')")
         if deletes < changes.num_rows:
-            cols = ", ".join(quote(n) for n in names)
+            # Columns the batch lacks (dropped at the source, kept here) are NULL in the rows
+            # it writes, updates included; columns with a default (added by hand) are left alone.
+            present = {n.lower() for n in names}
+            nulls = [target.columns[k] for k in sorted(target.nulls) if k not in present]
+            cols = ", ".join(quote(n) for n in names + nulls)
+            values = ", ".join([quote(n) for n in names] + ["NULL"] * len(nulls))
             key_names = {k.lower() for k in keys}
-            updates = [f"{quote(n)} = excluded.{quote(n)}" for n in names if n.lower() not in key_names]
+            updates = [f"{quote(n)} = excluded.{quote(n)}" for n in names + nulls if n.lower() not in key_names]
             action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
             _run(
                 cur,
-                f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} WHERE \"_op\" <> '{OP_DELETE}' "
+                f"INSERT INTO {t} ({cols}) SELECT {values} FROM {s} WHERE \"_op\" <> '{OP_DELETE}' "
                 f"ON CONFLICT ({key_list}) {action}"
             )
         _run(cur, f"DROP TABLE {s}")
