@@ -229,9 +229,14 @@ class PgLogCapture:
         try:
             cur = self._control().execute(sql, params)
             return cur.fetchall() if cur.description else []
-        except psycopg.OperationalError as e:
-            self._close_control()
-            raise RetriableError(f"lost the connection to {self.source._where_am_i()}: {self.source._scrub(str(e)).strip()}") from None
+        except psycopg.Error as e:
+            msg = self.source._scrub(str(e)).strip()
+            if (e.sqlstate or "").startswith("08") or self._ctl is None or self._ctl.closed or self._ctl.broken:
+                self._close_control()
+                raise RetriableError(f"lost the connection to {self.source._where_am_i()}: {msg}") from None
+            if isinstance(e, psycopg.errors.InsufficientPrivilege):
+                raise
+            raise FatalError(f"{self.source._where_am_i()}: {msg}") from None
 
     def _close_control(self) -> None:
         if self._ctl is not None:
@@ -375,9 +380,19 @@ class PgLogCapture:
     def uninstall(self, streams: list[Stream]) -> list[str]:
         """Drops the slot and the publication (both only if they exist)."""
         done = []
-        if self._sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)):
-            self._sql("SELECT pg_drop_replication_slot(%s)", (self.slot,))
-            done.append(f"dropped replication slot {self.slot}")
+        with self._io:  # our own feed, if one is open, lets go of the slot first
+            self._finish(self._repl)
+            self._repl = None
+        deadline = time.monotonic() + 10
+        while True:
+            row = self._sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
+            if not row:
+                break
+            if row[0][0] is None or time.monotonic() > deadline:  # a walsender ends a moment after its client
+                self._sql("SELECT pg_drop_replication_slot(%s)", (self.slot,))
+                done.append(f"dropped replication slot {self.slot}")
+                break
+            time.sleep(0.05)
         if self._sql("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,)):
             self._sql(f"DROP PUBLICATION {self._qi(self.publication)}")
             done.append(f"dropped publication {self.publication}")
@@ -405,10 +420,15 @@ class PgLogCapture:
             try:
                 if self._repl is not None:
                     self._status(self._repl, reply=False)
+                    return
             except Exception:  # noqa: BLE001 - the feed notices a broken connection itself
-                pass
+                return
             finally:
                 self._io.release()
+        if self._repl is None:  # no feed open (snapshot, or after capture): move the slot itself
+            self._sql("SELECT pg_replication_slot_advance(%s, %s::pg_lsn) FROM pg_replication_slots "
+                      "WHERE slot_name = %s AND active_pid IS NULL AND confirmed_flush_lsn < %s::pg_lsn",
+                      (self.slot, lsn_text(lsn), self.slot, lsn_text(lsn)))
 
     def _status(self, conn: Any, *, reply: bool, received: int = 0) -> None:
         """A standby status update: flush = the acknowledged LSN (0: none, ignored by the server)."""
@@ -678,16 +698,19 @@ class PgLogCapture:
                 pending = _Pending()
                 time.sleep(min(2.0, 0.2 * retries))
                 continue
-            # stopped, or reached `until`: the open transaction (if any) is dropped, re-read next time
-            with self._io:
-                self._finish(conn)
-                self._repl = None
-            if pending:
-                cs = self._flush(pending, targets, window)
-                yielded = pending.last_end
-                yield cs
-            if not follow and window is None and wal_end > yielded:
-                yield ChangeSet({}, {"lsn": wal_end})  # caught up: the next run starts here
+            # stopped, or reached `until`: the open transaction (if any) is dropped, re-read next
+            # time; the connection stays open while the last change sets are acknowledged
+            try:
+                if pending:
+                    cs = self._flush(pending, targets, window)
+                    yielded = pending.last_end
+                    yield cs
+                if not follow and window is None and wal_end > yielded:
+                    yield ChangeSet({}, {"lsn": wal_end})  # caught up: the next run starts here
+            finally:
+                with self._io:
+                    self._finish(conn)
+                    self._repl = None
             return
 
     def _start(self, lsn: int) -> Any:

@@ -196,6 +196,10 @@ def _convert(raw: pa.Array, t: pa.DataType, sql_type: str) -> pa.Array:
     if pa.types.is_string(t):
         if sql_type.startswith("money"):  # the full read selects money::numeric::text
             return pc.replace_substring_regex(s, r"[$,]", "")
+        if sql_type.startswith("inet"):  # inet::text always shows the netmask, inet_out does not
+            bare = pc.invert(pc.match_substring(s, "/"))
+            mask = pc.if_else(pc.match_substring(s, ":"), "/128", "/32")
+            return pc.if_else(bare, pc.binary_join_element_wise(s, mask, ""), s)
         return s
     if pa.types.is_boolean(t):
         return pc.equal(s, "t")
@@ -216,7 +220,8 @@ def _temporal(s: pa.Array, t: pa.DataType) -> pa.Array:
     inf, ninf = pc.equal(s, "infinity"), pc.equal(s, "-infinity")
     if not (pc.any(inf).as_py() or pc.any(ninf).as_py()):
         return s.cast(t)
-    fixed = pc.if_else(pc.or_(inf, ninf), "1970-01-01", s).cast(t)
+    filler = "1970-01-01 00:00:00+00" if getattr(t, "tz", None) else "1970-01-01"
+    fixed = pc.if_else(pc.or_(inf, ninf), filler, s).cast(t)
     ints = pa.int32() if pa.types.is_date32(t) else pa.int64()
     top = 2 ** (ints.bit_width - 1) - 1
     out = pc.if_else(inf, top, pc.if_else(ninf, -top, fixed.view(ints)))
