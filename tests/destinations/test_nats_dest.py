@@ -369,3 +369,16 @@ def test_url_is_required_and_checked() -> None:
     assert e.value.problems[0][0] == "destinations.bus.url"
     with pytest.raises(ConfigError):
         NatsDestination(DestinationConfig(name="bus", type="nats", url="http://h:4222"), pipeline="shop")
+
+
+@pytest.mark.parametrize("unit,digits", [("s", ""), ("ms", ".005"), ("us", ".005000"), ("ns", ".005000000")])
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris"])
+def test_timestamps_are_iso_8601_in_utc(unit: str, digits: str, tz: str | None) -> None:
+    from replicant.destinations._records import iso_text
+
+    zone = UTC if tz else None
+    values = [dt.datetime(2020, 1, 1, 0, 0, 0, 5000, tzinfo=zone), None, dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=zone)]
+    text = iso_text(pa.array(values, pa.timestamp(unit, tz))).to_pylist()
+    z = "Z" if tz else ""
+    zero = digits and "." + "0" * (len(digits) - 1)
+    assert text == [f"2020-01-01T00:00:00{digits if unit != 's' else ''}{z}", None, f"1969-12-31T23:59:59{zero}{z}"]

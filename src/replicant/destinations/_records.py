@@ -67,14 +67,30 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def iso_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+_ISO = {"s": "%Y-%m-%dT%H:%M:%S", "ms": "%Y-%m-%dT%H:%M:%S.%g", "us": "%Y-%m-%dT%H:%M:%S.%f", "ns": "%Y-%m-%dT%H:%M:%S.%n"}
+
+
+def iso_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     """ISO 8601 text of a timestamp column: UTC with ``Z`` when the type has a time zone,
-    no offset when it has none. Nulls stay null."""
+    no offset when it has none; as many fraction digits as the unit has. Nulls stay null.
+
+    Formatted by DuckDB's ``strftime`` (about 5x faster than Arrow's, which looks up the
+    time zone per value); the epoch values are handed over as naive timestamps, so a
+    zoned column is written as its UTC wall time."""
     t = col.type
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col], t)
+    naive = col.cast(pa.int64()).cast(pa.timestamp(t.unit))  # same epoch values, no zone
+    expr = f"strftime(v{'::TIMESTAMP' if t.unit in ('s', 'ms') else ''}, '{_ISO[t.unit]}')"
     if t.tz is not None:
-        utc = col.cast(pa.timestamp(t.unit, "UTC"))  # same instants, formatted in UTC
-        return pc.binary_join_element_wise(pc.strftime(utc, "%Y-%m-%dT%H:%M:%S"), "Z", "")
-    return pc.strftime(col, "%Y-%m-%dT%H:%M:%S")
+        expr = f"{expr} || 'Z'"
+    con = _cursor()
+    con.register("_replicant_ts", pa.table({"v": naive}))
+    try:
+        out = con.sql(f"SELECT {expr} AS v FROM _replicant_ts").to_arrow_table()["v"]
+    finally:
+        con.unregister("_replicant_ts")
+    return out
 
 
 def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:

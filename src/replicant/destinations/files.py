@@ -41,6 +41,7 @@ The folder names a stream by its name with every character other than letters, d
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -65,6 +67,8 @@ __all__ = ["FilesDestination", "FilesSettings"]
 
 _PARQUET_CODECS = ("snappy", "zstd", "gzip", "lz4", "brotli", "none")
 _TEXT_CODECS = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+_EPOCH = dt.datetime(1970, 1, 1)
 _PARTITIONS = {"date": "date=%Y-%m-%d", "hour": "date=%Y-%m-%d/hour=%H"}
 
 
@@ -219,18 +223,30 @@ class FilesDestination(Destination):
         return re.sub(r"//[^/@]*@", "//", self.path)
 
     def _parts(self, data: pa.Table) -> list[tuple[str, pa.Table]]:
-        """``(partition folder, rows)`` pairs, by the UTC date (hour) of each row's ``_ts``."""
+        """``(partition folder, rows)`` pairs, by the UTC date (hour) of each row's ``_ts``.
+
+        Integer arithmetic on the epoch values (numpy), not per-row formatting: only the
+        distinct periods are formatted."""
         fmt = _PARTITIONS.get(self.options.partition)
         if fmt is None:
             return [("", data)]
         ts = data["_ts"]
-        if ts.type.tz is not None:
-            ts = ts.cast(pa.timestamp(ts.type.unit, "UTC"))
-        keys = pc.fill_null(pc.strftime(ts, fmt), "date=__HIVE_DEFAULT_PARTITION__")
-        unique = sorted(pc.unique(keys).to_pylist())
+        period = (3600 if self.options.partition == "hour" else 86400) * _PER_SECOND[ts.type.unit]
+        nulls = ts.null_count
+        raw = pc.fill_null(ts.cast(pa.int64()), 0) if nulls else ts.cast(pa.int64())
+        slots = np.floor_divide(raw.to_numpy(), period)
+        if nulls:
+            slots[pc.is_null(ts).to_numpy(zero_copy_only=False)] = np.iinfo(np.int64).min
+        unique, inverse = np.unique(slots, return_inverse=True)
+
+        def folder(slot: int) -> str:
+            if slot == np.iinfo(np.int64).min:
+                return "date=__HIVE_DEFAULT_PARTITION__"
+            return (_EPOCH + dt.timedelta(seconds=int(slot) * period // _PER_SECOND[ts.type.unit])).strftime(fmt)
+
         if len(unique) == 1:
-            return [(unique[0], data)]
-        return [(k, data.filter(pc.equal(keys, k))) for k in unique]
+            return [(folder(unique[0]), data)]
+        return [(folder(u), data.filter(pa.array(inverse == k))) for k, u in enumerate(unique)]
 
     def _encode(self, table: pa.Table) -> pa.Buffer:
         sink = pa.BufferOutputStream()

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 _BAD_TOKEN_CHARS = re.compile(r"[\s*>\x00-\x1f\x7f]")
 _RECONNECT_ATTEMPTS = 4
+_WINDOW = 1000
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -334,13 +335,18 @@ class NatsDestination(Destination):
         js = self._js
         futures: list[asyncio.Future] = []
         try:
+            # Windows of _WINDOW messages, at most two in flight: the acks of one window are
+            # awaited (with the timeout) while the next is on the wire. nats-py's own stall
+            # limit (4000 pending) is never reached, so no per-message wait_for task is needed.
+            acked = 0
             for i, text in enumerate(texts):
                 futures.append(
-                    await js.publish_async(
-                        subject, text.encode(), wait_stall=self.timeout, headers={"Nats-Msg-Id": f"{prefix}{first + i}"}
-                    )
+                    await js.publish_async(subject, text.encode(), headers={"Nats-Msg-Id": f"{prefix}{first + i}"})
                 )
-            await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
+                if len(futures) - acked >= 2 * _WINDOW:
+                    await asyncio.wait_for(asyncio.gather(*futures[acked : acked + _WINDOW]), self.timeout)
+                    acked += _WINDOW
+            await asyncio.wait_for(asyncio.gather(*futures[acked:]), self.timeout)
         except jse.NoStreamResponseError:
             self._ready.discard(subject)  # the stream is gone: the retry re-creates it
             raise
