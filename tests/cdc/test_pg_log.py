@@ -471,3 +471,23 @@ def test_install_status_uninstall(shop, pg_url: str) -> None:
     assert log.state == {s.name: _table_state(src, s) for s in streams}
     assert src.uninstall(streams) == [f"dropped replication slot {cap.slot}", f"dropped publication {cap.publication}"]
     assert src.cdc_status(streams)["slot"] == cap.slot and "slot lag bytes" not in src.cdc_status(streams)
+
+
+def test_partitioned_table_changes_arrive_under_the_parent(pg_url: str) -> None:
+    _exec(pg_url, "CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)",
+          "CREATE TABLE m_lo PARTITION OF m FOR VALUES FROM (0) TO (100)",
+          "CREATE TABLE m_hi PARTITION OF m FOR VALUES FROM (100) TO (1000)",
+          "INSERT INTO m VALUES (1, 'a'), (150, 'b')")
+    src = _source(pg_url)
+    try:
+        streams = _streams(src, ["m"])
+        log = Log(streams)
+        log.run(src)
+        _exec(pg_url, "INSERT INTO m VALUES (2, 'c'), (250, 'd')", "DELETE FROM m WHERE id = 150")
+        log.run(src)
+        assert [(r["_op"], r["id"]) for r in log.rows["m"] if r["_op"] != "read"] == [
+            ("insert", 2), ("insert", 250), ("delete", 150)]
+        assert log.state["m"] == _table_state(src, streams[0])
+    finally:
+        src.uninstall([])
+        src.close()

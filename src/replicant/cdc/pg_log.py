@@ -325,7 +325,10 @@ class PgLogCapture:
             row = self._sql("SELECT puballtables FROM pg_publication WHERE pubname = %s", (pub,))
             if not row:
                 tables = ", ".join(self._table(s) for s in streams)
-                self._sql(f"CREATE PUBLICATION {self._qi(pub)} FOR TABLE {tables}")
+                # a partitioned table's changes arrive under its own name, not its partitions' (PG 13+)
+                version = int(self._sql("SELECT current_setting('server_version_num')")[0][0])
+                opts = " WITH (publish_via_partition_root = true)" if version >= 130000 else ""
+                self._sql(f"CREATE PUBLICATION {self._qi(pub)} FOR TABLE {tables}{opts}")
                 return [f"created publication {pub}"]
             if row[0][0]:
                 return []
@@ -687,10 +690,12 @@ class PgLogCapture:
                             use = self._wanted(t.stream.name, final, floor, window, truncate=True)
                             if use is not False:
                                 pending.truncate(t.stream.name)
-            except RetriableError:
+            except BaseException as e:
                 with self._io:
                     self._finish(conn)
                     self._repl = None
+                if not isinstance(e, RetriableError):
+                    raise
                 retries += 1
                 if stop.is_set() or retries > 3:
                     raise
