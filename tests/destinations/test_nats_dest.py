@@ -149,10 +149,11 @@ def test_every_record_arrives_once_in_order(dest_factory, nats_url: str, unique_
     dest = dest_factory()
     _write_all(dest, _chunks(total=50, size=16))
     msgs = _messages(nats_url, f"T_{unique_name}")
-    assert [m.body["data"]["id"] for m in msgs] == list(range(50))
+    assert [m.body["key"]["id"] for m in msgs] == list(range(50))
     assert {m.subject for m in msgs} == {f"t.{unique_name}.public.orders"}
     assert [m.msg_id for m in msgs] == [f"shop:public.orders:{i}" for i in range(50)]
     assert [m.body["op"] for m in msgs[:5]] == ["insert"] * 4 + ["delete"]
+    assert msgs[4].body["data"] is None and msgs[4].body["key"] == {"id": 4}
 
 
 def test_rewrites_and_replays_do_not_duplicate(dest_factory, nats_url: str, unique_name: str) -> None:
@@ -163,7 +164,7 @@ def test_rewrites_and_replays_do_not_duplicate(dest_factory, nats_url: str, uniq
     dest.close()
     _write_all(dest_factory(), chunks)  # a replay (new connection) within the duplicate window
     msgs = _messages(nats_url, f"T_{unique_name}")
-    assert [m.body["data"]["id"] for m in msgs] == list(range(10))
+    assert [m.body["key"]["id"] for m in msgs] == list(range(10))
 
 
 def test_json_encoding(dest_factory, nats_url: str, unique_name: str) -> None:
@@ -185,8 +186,31 @@ def test_json_encoding(dest_factory, nats_url: str, unique_name: str) -> None:
         "ratio": 0.0,
     }
     assert second["data"]["note"] is None  # nulls are null
-    assert third["data"]["ratio"] is None  # NaN has no JSON spelling: null
+    assert third["data"]["ratio"] == "NaN"  # no JSON number for it: protobuf's string, as the HTTP push
     assert json.loads(json.dumps(third)) == third
+
+
+def test_deletes_carry_the_key_and_json_columns_are_embedded(dest_factory, nats_url: str, unique_name: str) -> None:
+    doc = pa.field("doc", pa.string(), metadata={b"replicant.sql_type": b"jsonb"})
+    stream = Stream(name="docs", table=("docs",), schema=pa.schema([pa.field("id", pa.int64()), doc]), primary_key=("id",))
+    rows = pa.table(
+        {
+            "id": [1, 2, 1],
+            "doc": ['{"a": [1, 2]}', "not json", None],
+            "_op": ["insert", "insert", "delete"],
+            "_pos": ["{}"] * 3,
+            "_ts": pa.array([TS] * 3, pa.timestamp("us", tz="UTC")),
+        },
+        schema=stream.change_schema,
+    )
+    dest = dest_factory()
+    dest.open()
+    dest.prepare(stream)
+    dest.write(stream, rows, last_offset=2)
+    bodies = [m.body for m in _messages(nats_url, f"T_{unique_name}")]
+    assert [b["data"] for b in bodies] == [{"id": 1, "doc": {"a": [1, 2]}}, {"id": 2, "doc": "not json"}, None]
+    assert [b["key"] for b in bodies] == [{"id": 1}, {"id": 2}, {"id": 1}]
+    assert [b["op"] for b in bodies] == ["insert", "insert", "delete"]
 
 
 def test_stream_without_key_has_null_key(dest_factory, nats_url: str, unique_name: str) -> None:
@@ -205,7 +229,7 @@ def test_existing_stream_capturing_the_subject_is_used(dest_factory, nats_url: s
     try:
         dest = dest_factory()
         _write_all(dest, [(_rows(2), 1)])
-        assert [m.body["data"]["id"] for m in _messages(nats_url, own)] == [0, 1]
+        assert [m.body["key"]["id"] for m in _messages(nats_url, own)] == [0, 1]
         names = _admin(nats_url, lambda js: js.streams_info())
         assert f"T_{unique_name}" not in {s.config.name for s in names}
     finally:
@@ -241,7 +265,7 @@ def test_deleted_stream_raises_retriable_and_is_recreated(dest_factory, nats_url
         dest.write(STREAM, chunks[1][0], last_offset=chunks[1][1])
     assert "public.orders" in str(e.value) and "4..7" in str(e.value)
     dest.write(STREAM, chunks[1][0], last_offset=chunks[1][1])  # the engine's retry
-    assert [m.body["data"]["id"] for m in _messages(nats_url, f"T_{unique_name}")] == [4, 5, 6, 7]
+    assert [m.body["key"]["id"] for m in _messages(nats_url, f"T_{unique_name}")] == [4, 5, 6, 7]
 
 
 class _OwnNats:
@@ -302,7 +326,7 @@ def test_server_stopped_raises_retriable_and_keeps_acknowledged_data(tmp_path: P
                     time.sleep(0.25)
             else:
                 raise AssertionError("writes did not recover after the server came back")
-        assert [m.body["data"]["id"] for m in _messages(server.url, f"T_{unique_name}")] == list(range(10))
+        assert [m.body["key"]["id"] for m in _messages(server.url, f"T_{unique_name}")] == list(range(10))
     finally:
         dest.close()
         server.stop()

@@ -11,13 +11,16 @@ Arrow type                     JSON value
 =============================  ==============================================================
 null (any type)                ``null``
 integers                       number, exact (a JavaScript reader loses precision past 2^53)
-float, double                  number; NaN and ±infinity → ``null`` (JSON has none; CSV keeps
-                               ``nan``/``inf``)
+float, double                  number; NaN and ±infinity as the strings ``"NaN"``,
+                               ``"Infinity"``, ``"-Infinity"`` (protobuf's JSON mapping, as the
+                               HTTP push; CSV keeps ``nan``/``inf``)
 decimal128/256                 **string**, exact, scale kept, never scientific notation
                                (``"12.30"``, ``"0.0000000001"``): a number would be read as a
                                binary float by most JSON parsers
 boolean                        ``true``/``false``
-string                         string
+string                         string; a column declared ``json``/``jsonb`` by the source
+                               (``replicant.sql_type``) is embedded as JSON (a string if it
+                               does not parse)
 binary, fixed-size binary      string, standard base64 with padding (``"AP8="``)
 timestamp with a time zone     string, ISO 8601 in UTC with ``Z``: ``"2026-11-21T01:02:03.456789Z"``
                                (digits after the point follow the unit: none for seconds,
@@ -42,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replicant.destinations._mysql_types import decimal_text
-from replicant.model import META_COLUMNS
+from replicant.model import META_COLUMNS, OP_DELETE, SQL_TYPE_KEY
 
 __all__ = ["record_json", "row_json", "text_table", "iso_text", "joined_lines"]
 
@@ -115,20 +118,32 @@ def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _plain_table(table: pa.Table) -> pa.Table:
-    return pa.table([_plain(c) for c in table.columns], names=table.column_names)
+    """The :func:`_plain` columns, each field keeping its metadata (``replicant.sql_type``)."""
+    cols = [_plain(c) for c in table.columns]
+    fields = [pa.field(f.name, c.type, f.nullable, f.metadata) for f, c in zip(table.schema, cols)]
+    return pa.table(cols, schema=pa.schema(fields))
+
+
+_JSON_TYPES = (b"json", b"jsonb")
 
 
 def _is_nested(t: pa.DataType) -> bool:
     return pa.types.is_nested(t)
 
 
-def _value(name: str, t: pa.DataType, *, json: bool) -> str:
+def _value(f: pa.Field, *, json: bool) -> str:
     """The DuckDB expression for one (already :func:`_plain`) column."""
-    c = _ident(name)
+    c, t = _ident(f.name), f.type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return f"base64({c})"
     if json and pa.types.is_floating(t):
-        return f"CASE WHEN isfinite({c}) THEN {c} END"
+        return (
+            f"CASE WHEN isnan({c}) THEN '\"NaN\"'::JSON WHEN isinf({c}) AND {c} > 0 THEN '\"Infinity\"'::JSON "
+            f"WHEN isinf({c}) THEN '\"-Infinity\"'::JSON ELSE to_json({c}) END"
+        )
+    declared = (f.metadata or {}).get(SQL_TYPE_KEY, b"").lower()
+    if json and declared in _JSON_TYPES and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return f"CASE WHEN json_valid({c}) THEN json({c}) ELSE to_json({c}) END"
     if not json and _is_nested(t):
         return f"CAST(to_json({c}) AS VARCHAR)"
     return c
@@ -137,7 +152,7 @@ def _value(name: str, t: pa.DataType, *, json: bool) -> str:
 def _struct(table: pa.Table, names: list[str]) -> str:
     if not names:
         return "NULL::JSON"
-    parts = [f"{_ident(n)} := {_value(n, table.schema.field(n).type, json=True)}" for n in names]
+    parts = [f"{_ident(n)} := {_value(table.schema.field(n), json=True)}" for n in names]
     return f"struct_pack({', '.join(parts)})"
 
 
@@ -156,18 +171,22 @@ def record_json(table: pa.Table, key: tuple[str, ...] | list[str], *, newline: b
     """One JSON record per row of a change table: ``{"op", "key", "data", "position", "ts"}``.
 
     ``key`` is an object of the key columns (``null`` when the stream has none), ``data`` an
-    object of all data columns (for a delete, the non-key columns may be null), ``position``
+    object of all data columns (``null`` for a delete of a keyed stream, as the HTTP push;
+    a keyless stream's delete keeps its columns: they are all that identify it), ``position``
     the row's ``_pos`` decoded (a JSON object; text that is not JSON stays a string), ``ts``
     ``_ts`` in ISO 8601 UTC. Row order is kept. With ``newline`` each text ends in ``\\n``.
     """
     plain = _plain_table(table)
     data = [n for n in table.column_names if n not in META_COLUMNS]
     pos = _ident("_pos")
+    data_sql = _struct(plain, data)
+    if key and data:
+        data_sql = f"CASE WHEN {_ident('_op')} = {_literal(OP_DELETE)} THEN NULL ELSE {data_sql} END"
     select = (
         "json_object("
         f"'op', {_ident('_op')}, "
         f"'key', {_struct(plain, [k for k in key])}, "
-        f"'data', {_struct(plain, data)}, "
+        f"'data', {data_sql}, "
         f"'position', CASE WHEN json_valid({pos}) THEN json({pos}) ELSE to_json({pos}) END, "
         f"'ts', {_ident('_ts')})"
     )
@@ -194,7 +213,7 @@ def text_table(table: pa.Table) -> pa.Table:
         pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or _is_nested(f.type) for f in plain.schema
     ):
         return plain
-    select = ", ".join(f"{_value(f.name, f.type, json=False)} AS {_ident(f.name)}" for f in plain.schema)
+    select = ", ".join(f"{_value(f, json=False)} AS {_ident(f.name)}" for f in plain.schema)
     con = _cursor()
     con.register("_replicant_rows", plain)
     try:

@@ -7,8 +7,9 @@ Message body (the same record shape as the HTTP push, built by
      "position": {"lsn": "0/16B3748"}, "ts": "2026-11-21T10:00:00.123456Z"}
 
 ``key`` holds the stream's key columns (``null`` without a key), ``data`` every data
-column, ``position`` the row's ``_pos`` decoded, ``ts`` its ``_ts`` in ISO 8601 UTC. Value
-mapping (decimals as exact strings, binary as base64, timestamps ISO 8601, NaN as null):
+column (``null`` for a delete of a keyed stream), ``position`` the row's ``_pos`` decoded,
+``ts`` its ``_ts`` in ISO 8601 UTC. Value mapping (decimals as exact strings, binary as
+base64, timestamps ISO 8601, NaN as ``"NaN"``, json columns embedded):
 see :mod:`replicant.destinations._records`.
 
 Subjects: ``subject`` is a template with ``{pipeline}`` and ``{stream}`` (default
@@ -34,6 +35,10 @@ awaited. ``write`` returns only when every message is acknowledged (stored). Any
 (server gone, no stream, timeout, storage limit) raises :class:`RetriableError`; the
 engine retries the whole chunk, and already stored messages are dropped as duplicates.
 A message larger than the server's ``max_payload`` raises :class:`FatalError`.
+
+Measured on this project's shared 2-core machine (server on the same machine): about
+9-11 k messages/s, the same as nats-py's own ``publish_async`` loop (the Python client is
+the limit; the JSON encoding of a chunk takes a small part of that time).
 
 nats-py is asyncio: the destination owns an event loop on a dedicated daemon thread
 (started by :meth:`open`, stopped by :meth:`close`); the engine's threads call in through
