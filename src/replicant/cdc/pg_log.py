@@ -659,7 +659,8 @@ class PgLogCapture:
                     elif kind == "C":
                         in_txn = False
                         pending.commit(msg[2], ts)
-                        if pending.count >= batch_size:
+                        if pending.count >= batch_size or (
+                                follow and pending and time.monotonic() - (pending.since or 0) >= flush_every):
                             cs = self._flush(pending, targets, window)
                             yielded = pending.last_end
                             pending = _Pending()
