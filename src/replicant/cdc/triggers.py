@@ -1,0 +1,434 @@
+"""``mode: trigger``: generated triggers record changed keys in a shadow table; the reader
+joins them with the table to emit current row images.
+
+``replicant cdc install PIPELINE.yml`` (:func:`install`) creates, per table, a shadow table
+and ``AFTER INSERT/UPDATE/DELETE`` row triggers that write ``(key, op, seq, time)`` (DDL in
+:mod:`._trigger_sql`). An ``UPDATE`` that changes the key writes a ``D`` for the old key and
+an ``I`` for the new one. ``TRUNCATE`` fires no row trigger and is not captured.
+
+Reading (:func:`read`): shadow rows after the position, in sequence order and in chunks of
+``chunk_size``; per chunk the last row of each key is joined with the table (one query): a
+key still present gives its *current* row (``_op`` insert when its last shadow op was an
+insert, else update), a missing key gives a delete carrying only the key columns. Images
+are current, so re-emitting a key is idempotent for ``merge``; every rule below leans on it.
+``_ts`` is the write time of the key's last shadow row. A stream read for the first time
+(position None) first emits a snapshot of the table (``_op = "read"``, the keyset chunks of
+``full`` mode), after taking a shadow high-water mark: every change not yet visible to the
+snapshot lies after the mark and is re-applied after the snapshot.
+
+The late-commit rule, per dialect. Sequence numbers are taken when a row is written, but
+transactions commit in any order: after reading seq 10, seq 9 may still appear.
+
+PostgreSQL
+    Each shadow row stores its transaction's ``txid_current()``. A read takes
+    ``X2 = txid_snapshot_xmin(txid_current_snapshot())``: every transaction below ``X2`` has
+    ended, so the rows with ``X <= txid < X2`` (``X`` from the position) form a closed set
+    that no later commit can grow; it is read in seq order. A writer still open holds
+    ``X2`` back: its rows and those of transactions after it wait, never skipped (the lag
+    is the oldest open write transaction of the cluster). The snapshot's mark is ``X2`` at
+    its start. Positions::
+
+        {"mode": "trigger", "install": ID, "txid": X}                     rows below X read
+        {"mode": "trigger", "install": ID, "txid": X, "upto": X2, "seq": S}
+                                           and those with X <= txid < X2, seq <= S
+
+    ``acknowledge`` deletes exactly those rows.
+
+MariaDB/MySQL
+    No transaction ids to compare, so the reader tracks *gaps*: sequence values below its
+    high-water mark ``seq`` that it has not seen (a transaction still open, or a rollback).
+    Each gap ``[a, b, t]`` records the server time ``t`` at which it was seen. Every read
+    re-scans the gaps first and emits the rows that appeared in them; a gap is dropped once
+    no InnoDB transaction that started before ``t`` is still running
+    (``information_schema.INNODB_TRX``; a value is allocated by the transaction writing it,
+    so a transaction started after ``t`` cannot hold a value seen missing at ``t``; that
+    table is a cache refreshed every 0.1 s, so a gap is kept at least a second). Without
+    the ``PROCESS`` privilege to read ``INNODB_TRX``, a gap is dropped ``gap_timeout``
+    seconds after ``t`` (stream option, default 900). Gaps are found in SQL (``LAG``) before
+    the chunk's rows are read, so a row committing in between is emitted twice, never lost.
+    The snapshot starts from ``seq`` 0: unpurged shadow rows are re-emitted once after it.
+    Sequence values must not be reused: InnoDB keeps the auto-increment counter across
+    restarts from MariaDB 10.2.4 and MySQL 8.0 on. Positions::
+
+        {"mode": "trigger", "install": ID, "seq": S, "gaps": [[a, b, t], ...]}
+
+    ``acknowledge`` deletes the rows at or below ``S`` outside the gaps, by primary key: a
+    range ``DELETE`` would wait on (and block behind) a writer's uncommitted shadow row.
+
+SQLite
+    One writer at a time: a sequence value is committed before the next one is taken, so
+    ``seq > S`` is exact. ``AUTOINCREMENT`` keeps values from being reused after a purge.
+    Positions ``{"mode": "trigger", "install": ID, "seq": S}``; ``acknowledge`` deletes
+    ``seq <= S``.
+
+While the snapshot runs, positions also hold ``"snapshot"``: the ``full`` position inside
+it (null before its first batch); the mark is kept in ``txid``/``seq``. Each batch's
+position is the one after its rows (the resume rule of :mod:`replicant.sources.base`): the
+images of a chunk are ordered by their key's last seq, and a key whose last row lies after
+a position is emitted again when resuming from it. ``install`` is the id of the shadow
+table (its comment): a re-created shadow table cannot vouch for the changes between the
+uninstall and the install, and is refused with a message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from replicant.cdc._trigger_sql import AT, OP, SEQ, TXID, Dialect, dialect_for
+from replicant.errors import FatalError
+from replicant.model import META_COLUMNS, Position, Stream, encode_position
+from replicant.sources.base import ReadBatch
+from replicant.sources.types import Column
+
+__all__ = ["install", "uninstall", "read", "acknowledge"]
+
+_GAP_TIMEOUT = 900.0
+_EXTRA = ("__replicant_op", "__replicant_seq", "__replicant_at", "__replicant_missing")
+
+
+def install(source: Any, streams: list[Stream]) -> list[str]:
+    """Creates the shadow tables and triggers of ``streams`` (``mode: trigger``). Idempotent:
+    what exists is kept. Returns one line per object, created or already there.
+
+    Raises:
+        FatalError: a table without a primary key (set ``primary_key:``) or with a nullable
+            key column, or the database refused (privileges: ``TRIGGER``, ``CREATE``).
+    """
+    done: list[str] = []
+    for s in streams:
+        plan = source._plan(s)
+        done += dialect_for(source, s).create(_keys(plan, s))
+    return done
+
+
+def uninstall(source: Any, streams: list[Stream]) -> list[str]:
+    """Drops the triggers (and PostgreSQL trigger functions) and shadow tables of ``streams``.
+    Idempotent; returns one line per object dropped."""
+    done: list[str] = []
+    for s in streams:
+        done += dialect_for(source, s).drop()
+    return done
+
+
+def acknowledge(source: Any, stream: Stream, position: Position) -> None:
+    """Purges the shadow rows read up to ``position`` (durable in the staging log). Only rows
+    the reader actually saw are deleted (see the module docstring); idempotent."""
+    if not position or position.get("mode") != "trigger":
+        return
+    d = dialect_for(source, stream)
+    if d.installed()[0] is None:
+        return  # uninstalled: nothing to purge
+    q = source.quote
+    if source.dialect == "postgresql":
+        where = f"{q(TXID)} < {int(position['txid'])}"
+        if position.get("upto") is not None:
+            where += f" OR ({q(TXID)} < {int(position['upto'])} AND {q(SEQ)} <= {int(position['seq'])})"
+    else:
+        where = f"{q(SEQ)} <= {int(position['seq'])}"
+        gaps = position.get("gaps") or []
+        if gaps:
+            where += " AND NOT (" + " OR ".join(f"{q(SEQ)} BETWEEN {int(a)} AND {int(b)}" for a, b, _ in gaps) + ")"
+    d.purge(where)
+
+
+def read(source: Any, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
+    """Reads the changes of ``stream`` after ``position`` until caught up (a snapshot first
+    when ``position`` is None).
+
+    Raises:
+        FatalError: the triggers are not installed (run ``replicant cdc install``), the
+            shadow table was re-created since ``position``, or the table has no usable key.
+    """
+    plan = source._plan(stream)
+    keys = _keys(plan, stream)
+    d = dialect_for(source, stream)
+    install_id, has_triggers = d.installed()
+    if install_id is None or not has_triggers:
+        what = "shadow table" if install_id is None else "triggers"
+        raise FatalError(
+            f"stream {stream.name!r} (mode: trigger): the {what} of {d.base} are not installed; "
+            f"run `replicant cdc install PIPELINE.yml` first"
+        )
+    ctx = _Ctx(source, stream, plan, keys, d)
+    pos = dict(position) if position and position.get("mode") == "trigger" else None
+    if pos is not None and pos.get("install") != install_id:
+        raise FatalError(
+            f"stream {stream.name!r} (mode: trigger): the shadow table {d.shadow} was re-created since this "
+            f"stream's position (uninstall/install?), so changes in between are unknown; start the stream over "
+            f"with a new snapshot (remove its checkpoint)"
+        )
+    if pos is None:
+        pos = {"mode": "trigger", "install": install_id, **ctx.mark(), "snapshot": None}
+    if "snapshot" in pos:
+        pos = yield from _snapshot(ctx, pos)
+    if source.dialect == "postgresql":
+        yield from _changes_pg(ctx, pos)
+    elif source.dialect == "mysql":
+        yield from _changes_mysql(ctx, pos)
+    else:
+        yield from _changes_seq(ctx, pos)
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+def _keys(plan: Any, stream: Stream) -> list[Column]:
+    if not stream.primary_key:
+        raise FatalError(
+            f"stream {stream.name!r}: mode trigger needs a key; the table has no primary key, set `primary_key:`"
+        )
+    missing = [k for k in stream.primary_key if k not in plan.by_name]
+    if missing:
+        raise FatalError(f"stream {stream.name!r}: key column(s) {missing} are not in the table")
+    keys = plan.cols(stream.primary_key)
+    nullable = [c.name for c in keys if c.nullable]
+    if nullable:
+        raise FatalError(
+            f"stream {stream.name!r}: mode trigger needs NOT NULL key columns; {nullable} may hold NULL"
+        )
+    return keys
+
+
+class _Ctx:
+    """One read: the stream, its query plan extended with the shadow columns, the dialect."""
+
+    def __init__(self, source: Any, stream: Stream, plan: Any, keys: list[Column], d: Dialect) -> None:
+        self.src, self.stream, self.plan, self.keys, self.d = source, stream, plan, keys, d
+        self.batch_size = int(stream.options.get("batch_size") or source.config.batch_size)
+        self.chunk = int(stream.options.get("chunk_size") or source.config.chunk_size)
+        extra = [
+            Column(_EXTRA[0], "text", pa.string(), False),
+            Column(_EXTRA[1], "bigint", pa.int64(), False),
+            Column(_EXTRA[2], "bigint", pa.int64(), False),
+            Column(_EXTRA[3], "integer", pa.int64(), False),
+        ]
+        cols = list(plan.columns) + extra
+        schema = pa.schema([c.field() for c in cols])
+        self.ext_plan = dataclasses.replace(
+            plan, stream=dataclasses.replace(stream, schema=schema), columns=cols, by_name={c.name: c for c in cols}
+        )
+
+    def one(self, sql: str) -> tuple:
+        return self.src._fetchall(sql)[0]
+
+    def mark(self) -> Position:
+        """The shadow high-water mark taken before a snapshot (see the module docstring)."""
+        q = self.src.quote
+        if self.src.dialect == "postgresql":
+            return {"txid": int(self.one("SELECT txid_snapshot_xmin(txid_current_snapshot())")[0])}
+        if self.src.dialect == "mysql":
+            return {"seq": 0, "gaps": []}
+        return {"seq": int(self.one(f"SELECT coalesce(max({q(SEQ)}), 0) FROM {self.d.shadow}")[0])}
+
+    def chunk_end(self, where: str) -> tuple[int | None, int]:
+        """``(last seq, rows)`` of the next chunk of shadow rows matching ``where``."""
+        q = self.src.quote
+        hi, n = self.one(
+            f"SELECT max(s), count(*) FROM (SELECT {q(SEQ)} AS s FROM {self.d.shadow} WHERE {where} "
+            f"ORDER BY {q(SEQ)} LIMIT {self.chunk}) x"
+        )
+        return (int(hi) if hi is not None else None), int(n)
+
+    def images(self, where: str) -> Iterator[pa.RecordBatch]:
+        """The current rows of the keys whose shadow rows match ``where``: one per key (its
+        last shadow row), in that row's seq order, as batches of the extended plan."""
+        q, d = self.src.quote, self.d
+        keyset = set(self.stream.primary_key)
+        sel = [c.select.format(f"{'c' if c.name in keyset else 't'}.{q(c.name)}") + f" AS {q(c.name)}"
+               for c in self.plan.columns]
+        k0 = q(self.keys[0].name)
+        sel += [f"c.{q(OP)} AS {q(_EXTRA[0])}", f"c.{q(SEQ)} AS {q(_EXTRA[1])}", f"c.{q(AT)} AS {q(_EXTRA[2])}",
+                f"CASE WHEN t.{k0} IS NULL THEN 1 ELSE 0 END AS {q(_EXTRA[3])}"]
+        klist = ", ".join(q(c.name) for c in self.keys)
+        inner = (
+            f"SELECT {', '.join(f's.{q(c.name)}' for c in self.keys)}, s.{q(OP)}, s.{q(SEQ)}, s.{q(AT)} "
+            f"FROM {d.shadow} s JOIN (SELECT max({q(SEQ)}) AS m FROM {d.shadow} WHERE {where} GROUP BY {klist}) g "
+            f"ON g.m = s.{q(SEQ)}"
+        )
+        on = " AND ".join(f"t.{q(c.name)} = c.{q(c.name)}" for c in self.keys)
+        sql = f"SELECT {', '.join(sel)} FROM ({inner}) c LEFT JOIN {d.base} t ON {on} ORDER BY c.{q(SEQ)}"
+        return self.src._rebatched(sql, [], self.ext_plan, self.batch_size)
+
+    def batch(self, ext: pa.RecordBatch, position: Position) -> ReadBatch:
+        """A change batch of ``stream.change_schema`` from a batch of the extended plan."""
+        n = len(self.stream.schema)
+        missing = pc.equal(ext.column(n + 3), 1)
+        inserted = pc.equal(ext.column(n), "I")
+        op = pc.if_else(missing, "delete", pc.if_else(inserted, "insert", "update"))
+        ts = ext.column(n + 2).cast(pa.timestamp("us", tz="UTC"))
+        pos = pa.repeat(pa.scalar(encode_position(position), pa.string()), ext.num_rows)
+        data = pa.RecordBatch.from_arrays(list(ext.columns[:n]) + [op, pos, ts], schema=self.stream.change_schema)
+        return ReadBatch(data, position)
+
+
+def _last_seq(ext: pa.RecordBatch) -> int:
+    return int(ext.column(_EXTRA[1])[-1].as_py())
+
+
+def _lookahead(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """``(batch, is_last)`` pairs, holding one batch back."""
+    held = None
+    for b in batches:
+        if held is not None:
+            yield held, False
+        held = b
+    if held is not None:
+        yield held, True
+
+
+def _snapshot(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
+    """The table's rows (``_op`` read), resuming inside the snapshot; returns the position
+    after it (the mark without ``snapshot``)."""
+    after = {k: v for k, v in pos.items() if k != "snapshot"}
+    i_pos = ctx.stream.change_schema.get_field_index(META_COLUMNS[1])
+    field = ctx.stream.change_schema.field(i_pos)
+    for rb in ctx.src._read_full(ctx.plan, pos["snapshot"]):
+        p = after if rb.final else {**after, "snapshot": rb.position}
+        col = pa.repeat(pa.scalar(encode_position(p), pa.string()), rb.data.num_rows)
+        yield ReadBatch(rb.data.set_column(i_pos, field, col), p, resumable=rb.resumable, final=rb.final)
+    return after
+
+
+def _changes_seq(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
+    """SQLite: ``seq > S`` in chunks (one writer at a time: no late commits)."""
+    q = ctx.src.quote
+    s = int(pos["seq"])
+    while True:
+        hi, n = ctx.chunk_end(f"{q(SEQ)} > {s}")
+        if not n:
+            return
+        for ext in ctx.images(f"{q(SEQ)} > {s} AND {q(SEQ)} <= {hi}"):
+            yield ctx.batch(ext, {**pos, "seq": _last_seq(ext)})
+        s = hi
+        if n < ctx.chunk:
+            return
+
+
+def _changes_pg(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
+    """PostgreSQL: the closed set of rows with ``X <= txid < X2`` in seq order, then the next."""
+    q = ctx.src.quote
+    base = {"mode": "trigger", "install": pos["install"]}
+    x = int(pos["txid"])
+    x2 = pos.get("upto")
+    s = pos.get("seq") if x2 is not None else None
+    windows = 0
+    while windows < 2:  # the window a position was inside, then a fresh one
+        windows += 1
+        if x2 is None:
+            x2 = int(ctx.one("SELECT txid_snapshot_xmin(txid_current_snapshot())")[0])
+            s = None
+            if x2 <= x:
+                return
+        window = f"{q(TXID)} >= {x} AND {q(TXID)} < {int(x2)}"
+        while True:
+            where = window + (f" AND {q(SEQ)} > {int(s)}" if s is not None else "")
+            hi, n = ctx.chunk_end(where)
+            if not n:
+                break
+            last_chunk = n < ctx.chunk
+            for ext, is_last in _lookahead(ctx.images(f"{where} AND {q(SEQ)} <= {hi}")):
+                if last_chunk and is_last:
+                    p = {**base, "txid": int(x2)}
+                else:
+                    p = {**base, "txid": x, "upto": int(x2), "seq": _last_seq(ext)}
+                yield ctx.batch(ext, p)
+            s = hi
+            if last_chunk:
+                break
+        x, x2 = int(x2), None
+
+
+def _changes_mysql(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
+    """MariaDB/MySQL: re-scan the gaps below the high-water mark, then read forward."""
+    q = ctx.src.quote
+    seq = int(pos["seq"])
+    gaps: list[list[Any]] = [list(g) for g in pos.get("gaps") or []]
+    here = lambda g: {"mode": "trigger", "install": pos["install"], "seq": seq, "gaps": g}
+    yielded_last = True
+    if gaps:
+        expired = _expired(ctx, gaps)  # before looking: see the module docstring
+        in_gaps = " OR ".join(f"{q(SEQ)} BETWEEN {int(a)} AND {int(b)}" for a, b, _ in gaps)
+        found = [int(r[0]) for r in ctx.src._fetchall(
+            f"SELECT {q(SEQ)} FROM {ctx.d.shadow} WHERE {in_gaps} ORDER BY {q(SEQ)}")]  # late rows only: few
+        left = [g for g in _subtract(gaps, found) if not expired(g)]
+        if found:
+            for ext, is_last in _lookahead(ctx.images(f"({in_gaps})")):
+                yield ctx.batch(ext, here(left if is_last else gaps))
+        yielded_last = bool(found) or left == gaps
+        gaps = left
+    step = max(1, int(ctx.one("SELECT @@auto_increment_increment")[0]))
+    while True:
+        hi, n = ctx.chunk_end(f"{q(SEQ)} > {seq}")
+        if not n:
+            break
+        # the gaps of (seq, hi], found before the rows are read (see the module docstring)
+        rows = ctx.src._fetchall(
+            f"SELECT prev, s, UNIX_TIMESTAMP(NOW(6)) FROM (SELECT {q(SEQ)} AS s, "
+            f"COALESCE(LAG({q(SEQ)}) OVER (ORDER BY {q(SEQ)}), {seq}) AS prev FROM {ctx.d.shadow} "  # MariaDB: no LAG default
+
+            f"WHERE {q(SEQ)} > {seq} AND {q(SEQ)} <= {hi}) x WHERE s - prev > {step}")
+        new = [[int(p) + 1, int(s) - 1, float(t)] for p, s, t in rows]
+        for ext in ctx.images(f"{q(SEQ)} > {seq} AND {q(SEQ)} <= {hi}"):
+            p = _last_seq(ext)
+            batch_pos = here(gaps + [g for g in new if g[1] < p])
+            batch_pos["seq"] = p
+            yield ctx.batch(ext, batch_pos)
+            yielded_last = True
+        gaps = gaps + new
+        seq = hi
+        if n < ctx.chunk:
+            break
+    if not yielded_last:  # gaps were dropped and nothing else moved: keep that in the log
+        yield ReadBatch(ctx.batch(_empty(ctx), here(gaps)).data, here(gaps))
+
+
+def _empty(ctx: _Ctx) -> pa.RecordBatch:
+    schema = ctx.ext_plan.stream.schema
+    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+
+
+def _subtract(gaps: list[list[Any]], found: list[int]) -> list[list[Any]]:
+    """``gaps`` (``[a, b, t]``, disjoint) without the values in ``found`` (sorted)."""
+    if not found:
+        return gaps
+    import bisect
+
+    out = []
+    for a, b, t in gaps:
+        lo, hi = bisect.bisect_left(found, a), bisect.bisect_right(found, b)
+        start = a
+        for v in found[lo:hi]:
+            if v > start:
+                out.append([start, v - 1, t])
+            start = v + 1
+        if start <= b:
+            out.append([start, b, t])
+    return out
+
+
+def _expired(ctx: _Ctx, gaps: list[list[Any]]):  # noqa: ANN202 - a predicate
+    """A predicate: whether no transaction that could fill a gap is still running."""
+    import pymysql
+
+    try:
+        conn = ctx.src._connect()
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT UNIX_TIMESTAMP(MIN(trx_started)), UNIX_TIMESTAMP(NOW(6)) FROM information_schema.INNODB_TRX "
+                "WHERE trx_mysql_thread_id <> CONNECTION_ID()")
+            oldest, now = cur.fetchone()
+    except pymysql.MySQLError:  # no PROCESS privilege: fall back to the gap's age
+        timeout = float(ctx.stream.options.get("gap_timeout") or _GAP_TIMEOUT)
+        now = float(ctx.one("SELECT UNIX_TIMESTAMP(NOW(6))")[0])
+        return lambda g: now - float(g[2]) > timeout
+    # INNODB_TRX is a cache refreshed at most every 0.1 s: a gap newer than a second waits.
+    # trx_started has whole seconds, rounded down: "started after t" only when its second is later.
+    fresh = float(now) - 1.0
+    if oldest is None:
+        return lambda g: float(g[2]) < fresh
+    return lambda g: float(g[2]) < fresh and float(oldest) > float(g[2])
