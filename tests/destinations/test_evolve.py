@@ -543,3 +543,80 @@ def test_arrow_widening_rules(old: pa.DataType, new: pa.DataType, wider: bool) -
 )
 def test_declared_widening_rules(old: str, new: str, dialect: str, wider: bool) -> None:
     assert _evolve.sql_wider(old, new, dialect) is wider
+
+
+# ------------------------------------------------------------------ keys, replace, missing tables
+
+_KEY_TYPES = {"postgres": ("integer", "bigint"), "mysql": ("int(11)", "bigint(20)"), "sqlite": ("INTEGER", "BIGINT"), "duckdb": ("integer", "bigint")}
+
+
+def _keyed(kind: str, version: int) -> Stream:
+    sql = _KEY_TYPES[kind][version - 1]
+    id_field = pa.field("id", pa.int32() if version == 1 else pa.int64(), False, metadata={SQL_TYPE_KEY: sql.encode()})
+    return _stream(kind, [id_field, pa.field("v", pa.string())])
+
+
+def test_key_column_widens(t: Target) -> None:
+    """``id`` integer → bigint, the usual migration of a growing table: the key stays a key."""
+    s1, s2 = _keyed(t.kind, 1), _keyed(t.kind, 2)
+    d = t.make("merge")
+    try:
+        d.prepare(s1)
+        d.write(s1, changes(s1, [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}], "insert"), last_offset=0)
+        d.evolve(s2, s1)
+        d.write(s2, changes(s2, [{"id": BIG, "v": "big"}, {"id": 1, "v": "a2"}, {"id": 2, "v": None}], ["insert", "update", "delete"]), last_offset=1)
+        d.write(s2, changes(s2, [{"id": BIG, "v": "big2"}], "update"), last_offset=2)
+    finally:
+        d.close()
+    assert t.h.rows("items") == [(1, "a2"), (BIG, "big2")]
+    if t.kind in ("postgres", "mysql", "duckdb"):
+        assert t.types("items")["id"] in ("bigint", "bigint(20)")
+
+
+@pytest.mark.parametrize("first", ["evolve", "truncate"])
+def test_replace_pending_table_follows(t: Target, first: str) -> None:
+    """A drift or a truncate in the middle of a ``replace`` reaches the pending table too."""
+    s1, s2 = v1(t.kind), v2(t.kind)
+    d = t.make("replace")
+    try:
+        d.prepare(s1)
+        d.begin_replace(s1)
+        d.write(s1, changes(s1, V1_ROWS[:1], "read"), last_offset=0)
+        if first == "truncate":
+            d.truncate(s1, last_offset=1)
+            assert d.applied_offset(s1) == 1
+        d.evolve(s2, s1)
+        d.write(s2, changes(s2, [{"id": 2, "name": LONG, "qty": BIG, "price": WIDE, "note": "n"}], "read"), last_offset=2)
+        d.commit_replace(s2, last_offset=3)
+        assert d.applied_offset(s2) == 3
+    finally:
+        d.close()
+    assert t.h.columns("items") == ["id", "name", "qty", "price", "note"]
+    rows = [(2, LONG, BIG, WIDE, "n")]
+    if first == "evolve":
+        rows.insert(0, (1, "a", 1, Decimal("1.10"), None))
+    assert _norm(t.h.rows("items")) == _norm(rows)
+
+
+def test_evolve_creates_a_missing_table(t: Target) -> None:
+    s1, s2 = v1(t.kind), v2(t.kind)
+    d = t.make("merge")
+    try:
+        d.evolve(s2, s1)
+        d.write(s2, changes(s2, [{"id": 1, "name": "a", "qty": 1, "price": None, "note": "x"}], "insert"), last_offset=0)
+    finally:
+        d.close()
+    assert t.h.rows("items") == [(1, "a", 1, None, "x")]
+
+
+def test_key_change_recorded_in_the_log_schema_is_refused() -> None:
+    """The delivery builds the new version from the log record's schema, which carries the
+    key in its metadata while ``primary_key`` is the previous version's."""
+    md1 = {b"replicant.primary_key": b"id"}
+    md2 = {b"replicant.primary_key": b"id,name"}
+    fields = [pa.field("id", pa.int64(), False), pa.field("name", pa.string())]
+    s1 = cf.make_stream("items", fields, metadata=md1)
+    s2 = cf.make_stream("items", fields, metadata=md2)
+    with pytest.raises(SchemaDriftError, match=r"primary key changed from \(id\) to \(id, name\)"):
+        _evolve.plan("wh", s2, s1, ["id", "name"], dialect=None)
+    assert _evolve.plan("wh", s1, s1, ["id", "name"], dialect=None) == _evolve.Plan()

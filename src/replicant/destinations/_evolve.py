@@ -106,11 +106,12 @@ def plan(
     problems: list[str] = []
     out = Plan()
 
-    keys = {fold(c) for c in (*stream.primary_key, *old.primary_key)}
-    key_changed = [fold(k) for k in stream.primary_key] != [fold(k) for k in old.primary_key]
+    old_key, new_key = _key(old), _key(stream)
+    keys = {fold(c) for c in (*new_key, *old_key)}
+    key_changed = [fold(k) for k in new_key] != [fold(k) for k in old_key]
     if key_changed:
         problems.append(
-            f"the primary key changed from ({', '.join(old.primary_key)}) to ({', '.join(stream.primary_key)}), "
+            f"the primary key changed from ({', '.join(old_key)}) to ({', '.join(new_key)}), "
             f"which the table's rows cannot follow (merge matches rows by key); {hint}"
         )
 
@@ -160,6 +161,19 @@ def plan(
     if problems:
         raise SchemaDriftError(f"{where}: the source schema changed in a way the table cannot follow: " + "; ".join(problems))
     return out
+
+
+#: Schema metadata the engine writes into the log: the stream's key columns, comma-separated.
+_KEY_METADATA = b"replicant.primary_key"
+
+
+def _key(stream: Stream) -> tuple[str, ...]:
+    """The stream's key: the one the log recorded in the schema when there is one (a
+    version of the stream built from a log record keeps the previous ``primary_key``)."""
+    raw = (stream.schema.metadata or {}).get(_KEY_METADATA)
+    if raw is None:
+        return tuple(stream.primary_key)
+    return tuple(k for k in raw.decode().split(",") if k)
 
 
 # --------------------------------------------------------------------------- Arrow types
