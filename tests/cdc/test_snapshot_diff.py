@@ -248,10 +248,14 @@ def test_acknowledge_is_idempotent_and_ignores_other_positions(tmp_path: Path, r
         second = _run(src, s, first[-1].position)
         src.acknowledge(s, first[-1].position)  # an older done position, after a newer one
         assert _ops(second, s) == {(5,): "delete"}
-        assert _changes(_run(src, s, second[-1].position), s) == []
+        third = _run(src, s, second[-1].position)
+        assert _changes(third, s) == []
         home = snapshot_diff._home(src.workdir, s)
-        assert sorted(p.name for p in home.iterdir()) == ["previous.parquet", "runs"]
-        assert list((home / "runs").iterdir()) == []  # promoted runs leave no files
+        assert sorted(p.name for p in home.iterdir()) == ["previous.json", "runs"]
+        # only the previous snapshot's keys remain: no rows, no diff, no older runs
+        (kept,) = (home / "runs").iterdir()
+        assert kept.name == third[-1].position["run"]
+        assert sorted(p.name for p in kept.iterdir()) == ["diffed.json", "keys-00000.parquet", "run.json"]
 
 
 def test_read_from_none_is_a_full_snapshot_even_with_a_previous_one(tmp_path: Path, request: pytest.FixtureRequest) -> None:

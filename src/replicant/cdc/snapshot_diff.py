@@ -7,17 +7,17 @@ Needs only SELECT at the source and catches hard deletes. Each run:
    the rows as Arrow IPC files (every Arrow type round-trips exactly, intervals included),
    and ``(key columns, row hash, row number)`` as Parquet. One pair of files per *part*
    (``chunk_size`` rows), so a crash resumes at the last complete part.
-2. **diff**: DuckDB joins the new ``(key, hash)`` snapshot with the previous one, out of core
-   (``memory_limit``, spilling to the run's folder): a new key is an insert, a changed hash an
-   update (both written to ``upserts.parquet`` as row numbers, in row order), a vanished key a
-   delete (``deletes.parquet``: its key columns).
+2. **diff**: DuckDB joins the new ``(key, hash)`` snapshot with the previous one in one full
+   outer join, out of core (``memory_limit``, spilling to the run's folder): a new key is an
+   insert, a changed hash an update (both as row numbers, in row order), a vanished key a
+   delete (its key columns, after the upserts), written to ``diff.parquet``.
 3. **emit**: inserts and updates carry the new row (taken from the IPC files by row number),
    then deletes carry the key columns and nulls. The first run, or a run from position None,
    has no previous snapshot to compare with and emits every row as ``read``.
 
 A run's snapshot becomes the *previous* one only when the engine acknowledges the run's
-``done`` position (:func:`acknowledge`: an atomic rename), i.e. once every change is durable
-in the staging log. Until then, a new run diffs against the older snapshot again and
+``done`` position (:func:`acknowledge`: ``previous.json`` atomically replaced to name the
+run), i.e. once every change is durable in the staging log. Until then, a new run diffs against the older snapshot again and
 re-derives the same changes (the log and merge destinations absorb the repeat).
 
 Positions (the resume rule of :mod:`replicant.sources.base` holds for each)::
@@ -37,13 +37,13 @@ run too (a logged warning): the changes are derived again against the previous s
 
 Folder layout, under ``source.workdir/snapshot_diff/<stream>/``::
 
-    previous.parquet          key columns, __sd_hash, __sd_row of the last acknowledged run
-    runs/ID/run.json          {"base": diff against previous?, "ts": extract time}
+    previous.json             {"run": ID, "parts": K, "key": [...], "hash": ...}: the last
+                              acknowledged run, whose folder keeps only its keys-*.parquet
+    runs/ID/run.json          {"base": diff against previous?, "ts": extract time, …}
     runs/ID/rows-00000.arrow  the rows of part 0 (Arrow IPC file, the stream's schema)
-    runs/ID/keys-00000.parquet
-    runs/ID/snapshot.parquet  all parts' keys and hashes (becomes previous.parquet)
-    runs/ID/upserts.parquet   __sd_row, __sd_op (1 insert, 2 update), by __sd_row
-    runs/ID/deletes.parquet   key columns
+    runs/ID/keys-00000.parquet  part 0's key columns, __sd_hash, __sd_row
+    runs/ID/diff.parquet      __sd_row, __sd_op (1 insert, 2 update, 3 delete), key columns;
+                              by __sd_row, deletes (no row) last
     runs/ID/diffed.json       the diff is complete: counts
 
 Limits: the key (``primary_key``) must be unique. Row hashes are DuckDB's 64-bit
@@ -98,9 +98,11 @@ _ROW = "__sd_row"
 _OP = "__sd_op"
 #: ``__sd_op`` codes index this array.
 _OPS = pa.array([OP_READ, OP_INSERT, OP_UPDATE, OP_DELETE], pa.string())
-_PREVIOUS = "previous.parquet"
+_PREVIOUS = "previous.json"
 _HASH_TAG = f"duckdb-hash {duckdb.__version__}"
-_TAG_KEY = b"replicant.snapshot_diff.hash"
+#: Parquet options for the (key, hash, row) files: hashes and row numbers do not compress,
+#: and dictionary encoding them costs more than the rest of the write (measured: 8x).
+_KEYS_PARQUET: dict[str, Any] = {"use_dictionary": False, "compression": "none", "write_statistics": False}
 _DEFAULT_MEMORY = "512MB"
 
 
@@ -150,15 +152,42 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _load_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Writes ``path`` atomically and durably (temporary file, fsync, rename, fsync folder)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value))
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
 def _promote(home: Path, run_id: str) -> None:
+    """Makes run ``run_id`` the previous snapshot, if it completed and is not already."""
+    previous = _load_json(home / _PREVIOUS)
+    if previous is not None and previous.get("run") == run_id:
+        return  # already promoted (a repeated acknowledgement: touch nothing, a run may be going)
     run_dir = home / "runs" / run_id
-    snap = run_dir / "snapshot.parquet"
-    if snap.exists() and (run_dir / "diffed.json").exists():
-        os.replace(snap, home / _PREVIOUS)  # atomic: the old previous is gone in the same step
-        _fsync(home)
-        log.debug("snapshot_diff: run %s promoted to previous snapshot", run_id)
-    if run_dir.exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
+    counts = _load_json(run_dir / "diffed.json")
+    meta = _load_json(run_dir / "run.json")
+    if counts is None or meta is None:
+        return  # gone (superseded by a newer run) or never finished: nothing to promote
+    _write_json(home / _PREVIOUS, {"run": run_id, "parts": counts["parts"], "key": meta["key"], "hash": meta["hash"]})
+    log.debug("snapshot_diff: run %s promoted to previous snapshot", run_id)
+    for old in (home / "runs").iterdir():
+        if old.name != run_id:
+            shutil.rmtree(old, ignore_errors=True)
+    for f in run_dir.iterdir():  # the rows and the diff are emitted: keep the keys only
+        if f.is_dir():
+            shutil.rmtree(f, ignore_errors=True)
+        elif not (f.name.startswith("keys-") or f.suffix == ".json"):
+            f.unlink()
 
 
 def _sql_str(value: str | Path) -> str:
@@ -178,18 +207,24 @@ class _Run:
 
     @classmethod
     def start(cls, home: Path, stream: Stream, base: bool) -> _Run:
+        previous = _load_json(home / _PREVIOUS)
         runs = home / "runs"
-        if runs.exists():  # runs that crashed or were superseded
+        if runs.exists():  # runs that crashed or were superseded, not the previous snapshot
             for old in runs.iterdir():
-                shutil.rmtree(old, ignore_errors=True)
-        if base:
-            base = _previous_usable(home / _PREVIOUS, stream)
+                if previous is None or old.name != previous.get("run"):
+                    shutil.rmtree(old, ignore_errors=True)
+        base = base and _previous_usable(home, previous, stream)
         run = cls(home, uuid.uuid4().hex[:16], base, utcnow())
         run.dir.mkdir(parents=True)
-        (run.dir / "run.json").write_text(json.dumps({"base": base, "ts": run.ts.isoformat()}))
-        _fsync(run.dir / "run.json")
-        _fsync(run.dir)
+        meta = {"base": base, "ts": run.ts.isoformat(), "key": list(stream.primary_key), "hash": _HASH_TAG}
+        _write_json(run.dir / "run.json", meta)
+        _fsync(runs)
         return run
+
+    def previous_parts(self) -> list[Path]:
+        previous = _load_json(self.home / _PREVIOUS) or {}
+        prev = _Run(self.home, str(previous["run"]), True, self.ts)
+        return [prev.keys_path(k) for k in range(int(previous["parts"]))]
 
     @classmethod
     def resume(cls, home: Path, run_id: str) -> _Run | None:
@@ -228,24 +263,26 @@ class _Run:
             return None
 
 
-def _previous_usable(path: Path, stream: Stream) -> bool:
+def _previous_usable(home: Path, previous: dict[str, Any] | None, stream: Stream) -> bool:
     """Whether the previous snapshot can be diffed against: it exists and has this key."""
-    if not path.exists():
+    if previous is None:
         return False
-    schema = pq.read_schema(path)
-    expected = [*stream.primary_key, _HASH, _ROW]
-    if schema.names != expected:
+    prev = _Run(home, str(previous["run"]), True, utcnow())
+    if any(not prev.keys_path(k).exists() for k in range(int(previous["parts"]))):
+        log.warning("stream %r: the previous snapshot's files are missing; emitting a full snapshot "
+                    "(rows deleted since the last run cannot be detected this once)", stream.name)
+        return False
+    if previous["key"] != list(stream.primary_key):
         log.warning(
             "stream %r: the previous snapshot has key %s, the stream now %s; emitting a full "
             "snapshot (rows deleted since the last run cannot be detected this once)",
-            stream.name, schema.names[:-2], list(stream.primary_key),
+            stream.name, previous["key"], list(stream.primary_key),
         )
         return False
-    tag = (schema.metadata or {}).get(_TAG_KEY, b"").decode()
-    if tag != _HASH_TAG:
+    if previous["hash"] != _HASH_TAG:
         log.warning(
             "stream %r: the previous snapshot was hashed by %r, this run hashes with %r; "
-            "every row will be reported as updated once", stream.name, tag, _HASH_TAG,
+            "every row will be reported as updated once", stream.name, previous["hash"], _HASH_TAG,
         )
     return True
 
@@ -336,7 +373,7 @@ class _PartWriter:
         self.rows = 0
         self._rows = pa.ipc.new_file(str(run.rows_path(part)) + ".tmp", stream.schema)
         self._keys_schema = _keys_schema(stream)
-        self._keys = pq.ParquetWriter(str(run.keys_path(part)) + ".tmp", self._keys_schema)
+        self._keys = pq.ParquetWriter(str(run.keys_path(part)) + ".tmp", self._keys_schema, **_KEYS_PARQUET)
 
     def write(self, data: pa.RecordBatch, hashes: pa.Array, first_row: int) -> None:
         self._rows.write_batch(data)
@@ -397,49 +434,37 @@ def _read_phase(source: Any, stream: Stream, run: _Run, con: duckdb.DuckDBPyConn
 
 
 def _diff_phase(stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Merges the parts' keys into snapshot.parquet and, against the previous snapshot,
-    writes upserts.parquet and deletes.parquet. Returns the counts (also in diffed.json)."""
+    """Against the previous snapshot, writes diff.parquet; returns the counts (also in
+    diffed.json, which marks the diff complete)."""
     parts = run.parts()
-    snap = run.dir / "snapshot.parquet"
-    keys_schema = _keys_schema(stream).with_metadata({_TAG_KEY: _HASH_TAG.encode()})
-    with pq.ParquetWriter(str(snap) + ".tmp", keys_schema) as w:
-        for k in range(parts):
-            pf = pq.ParquetFile(run.keys_path(k))
-            for b in pf.iter_batches(batch_size=1 << 20):
-                w.write_batch(pa.RecordBatch.from_arrays(b.columns, schema=keys_schema))
-    _fsync(Path(str(snap) + ".tmp"))
-    os.replace(str(snap) + ".tmp", snap)
-    total = pq.ParquetFile(snap).metadata.num_rows
-    counts = {"rows": total, "upserts": total, "deletes": 0}
+    if parts == 0:  # an empty table: one empty part, so that there is a snapshot to promote
+        _PartWriter(run, 0, stream).close()
+        parts = 1
+    new_parts = [run.keys_path(k) for k in range(parts)]
+    total = sum(pq.ParquetFile(p).metadata.num_rows for p in new_parts)
+    counts = {"parts": parts, "rows": total, "changes": total}
     if run.base:
-        prev = run.home / _PREVIOUS
         on = " AND ".join(
             f"n.{_ident(k)} {'IS NOT DISTINCT FROM' if stream.schema.field(k).nullable else '='} o.{_ident(k)}"
             for k in stream.primary_key
         )
-        new, old = f"read_parquet({_sql_str(snap)})", f"read_parquet({_sql_str(prev)})"
-        ups, dels = run.dir / "upserts.parquet", run.dir / "deletes.parquet"
+
+        def scan(paths: list[Path]) -> str:
+            return f"read_parquet([{', '.join(_sql_str(p) for p in paths)}])"
+
+        keys = ", ".join(f"o.{_ident(k)} AS {_ident(k)}" for k in stream.primary_key)
+        diff = run.dir / "diff.parquet"
         con.execute(
             f"COPY (SELECT n.{_ROW} AS {_ROW}, "
-            f"(CASE WHEN o.{_HASH} IS NULL THEN 1 ELSE 2 END)::UTINYINT AS {_OP} "
-            f"FROM {new} n LEFT JOIN {old} o ON {on} "
-            f"WHERE o.{_HASH} IS DISTINCT FROM n.{_HASH} ORDER BY n.{_ROW}) "
-            f"TO {_sql_str(str(ups) + '.tmp')} (FORMAT parquet)"
+            f"(CASE WHEN n.{_HASH} IS NULL THEN 3 WHEN o.{_HASH} IS NULL THEN 1 ELSE 2 END)::UTINYINT AS {_OP}, "
+            f"{keys} FROM {scan(new_parts)} n FULL OUTER JOIN {scan(run.previous_parts())} o ON {on} "
+            f"WHERE o.{_HASH} IS DISTINCT FROM n.{_HASH} ORDER BY n.{_ROW} NULLS LAST) "
+            f"TO {_sql_str(str(diff) + '.tmp')} (FORMAT parquet)"
         )
-        keys = ", ".join(f"o.{_ident(k)}" for k in stream.primary_key)
-        con.execute(
-            f"COPY (SELECT {keys} FROM {old} o ANTI JOIN {new} n ON {on}) "
-            f"TO {_sql_str(str(dels) + '.tmp')} (FORMAT parquet)"
-        )
-        for final in (ups, dels):
-            _fsync(Path(str(final) + ".tmp"))
-            os.replace(str(final) + ".tmp", final)
-        counts["upserts"] = pq.ParquetFile(ups).metadata.num_rows
-        counts["deletes"] = pq.ParquetFile(dels).metadata.num_rows
-    (run.dir / "diffed.json.tmp").write_text(json.dumps(counts))
-    _fsync(run.dir / "diffed.json.tmp")
-    os.replace(run.dir / "diffed.json.tmp", run.dir / "diffed.json")
-    _fsync(run.dir)
+        _fsync(Path(str(diff) + ".tmp"))
+        os.replace(str(diff) + ".tmp", diff)
+        counts["changes"] = pq.ParquetFile(diff).metadata.num_rows
+    _write_json(run.dir / "diffed.json", counts)
     shutil.rmtree(run.dir / "tmp", ignore_errors=True)
     return counts
 
@@ -544,23 +569,22 @@ def _emit_phase(stream: Stream, run: _Run, counts: dict[str, int], after: int, b
                 emitted += b.num_rows
                 yield ReadBatch(_change(stream, b.columns, pa.repeat(pa.scalar(OP_READ), b.num_rows), pos(), run.ts), pos())
             return
-        n_up = counts["upserts"]
-        if after < n_up:
-            ups = pq.ParquetFile(run.dir / "upserts.parquet").iter_batches(batch_size=batch_size)
-            for b in _skip(ups, after):
-                rows = b.column(_ROW).to_numpy()
-                data = store.take(rows)
-                ops = _OPS.take(b.column(_OP))
-                emitted += b.num_rows
-                yield ReadBatch(_change(stream, data.columns, ops, pos(), run.ts), pos())
-        dels = pq.ParquetFile(run.dir / "deletes.parquet").iter_batches(batch_size=batch_size)
-        for b in _skip(dels, max(0, after - n_up)):
-            n = b.num_rows
-            cols = [
-                b.column(f.name).cast(f.type) if f.name in stream.primary_key else pa.nulls(n, f.type)
-                for f in stream.schema
-            ]
-            emitted += n
-            yield ReadBatch(_change(stream, cols, pa.repeat(pa.scalar(OP_DELETE), n), pos(), run.ts), pos())
+        changes = pq.ParquetFile(run.dir / "diff.parquet").iter_batches(batch_size=batch_size)
+        for b in _skip(changes, after):
+            n_up = b.num_rows - b.column(_ROW).null_count  # deletes (no row number) come last
+            if n_up:
+                up = b.slice(0, n_up)
+                data = store.take(up.column(_ROW).to_numpy())
+                emitted += n_up
+                yield ReadBatch(_change(stream, data.columns, _OPS.take(up.column(_OP)), pos(), run.ts), pos())
+            if n_up < b.num_rows:
+                dels = b.slice(n_up)
+                n = dels.num_rows
+                cols = [
+                    dels.column(f.name).cast(f.type) if f.name in stream.primary_key else pa.nulls(n, f.type)
+                    for f in stream.schema
+                ]
+                emitted += n
+                yield ReadBatch(_change(stream, cols, pa.repeat(pa.scalar(OP_DELETE), n), pos(), run.ts), pos())
     finally:
         store.close()
