@@ -112,3 +112,18 @@ def test_retention_units() -> None:
 def test_redact_hides_any_password(password: str) -> None:
     text = f"could not connect to postgresql://app:{password}@db.example:5432/shop"
     assert redact(text) == "could not connect to postgresql://app:***@db.example:5432/shop"
+
+
+def test_destination_settings_are_validated_with_key_paths() -> None:
+    problems = _problems({
+        "pipeline": "p",
+        "source": {"type": "sqlite", "url": "sqlite:///x.db"},
+        "destinations": [
+            {"name": "push", "type": "http", "url": "http://x", "methd": "POST"},
+            {"name": "files", "type": "files", "path": "/tmp/out", "write": "merge"},
+            {"name": "duck", "type": "duckdb", "fromat": "parquet"},
+        ],
+    })
+    assert problems["destinations[0].methd"] == "unknown key (did you mean 'method'?)"
+    assert "cannot merge" in problems["destinations[1].write"]
+    assert problems["destinations[2].fromat"].startswith("unknown key")

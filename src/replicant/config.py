@@ -118,6 +118,7 @@ class DestinationConfig(_Model):
     path: str | None = Field(None, description="File path (duckdb, sqlite).")
     schema_name: str | None = Field(None, alias="schema", description="Target schema (or MySQL database).")
     batch_size: int | None = Field(None, gt=0, description="Rows per write transaction (per request for http).")
+    streams: list[str] | None = Field(None, description="Only these streams (by name); default: every stream.")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -311,6 +312,10 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
             problems.extend(e.problems)
             continue
         extras = {k: v for k, v in d.items() if k not in base}
+        caps = getattr(cls, "capabilities", None)
+        write = d.get("write", "append")
+        if caps is not None and ((write == "merge" and not caps.merge) or (write == "replace" and not caps.replace)):
+            problems.append((f"destinations[{i}].write", f"a {d.get('type')} destination cannot {write}; use append"))
         model = getattr(cls, "settings", None)
         if model is None:
             for k in extras:
@@ -320,7 +325,7 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
             model.model_validate(extras)
         except ValidationError as e:
             for err in e.errors():
-                key = f"destinations[{i}].{_loc(tuple(err['loc']))}"
+                key = f"destinations[{i}]" + (f".{_loc(tuple(err['loc']))}" if err["loc"] else "")
                 if err["type"] == "extra_forbidden":
                     known = _fields_of(DestinationConfig) + list(model.model_fields)
                     problems.append((key, f"unknown key{_suggest(str(err['loc'][-1]), known)}"))

@@ -156,9 +156,14 @@ class Engine:
                 problems.append((f"source.streams ({s.name})", f"a {self.config.source.type} source cannot read mode {s.mode!r}; it reads {', '.join(sorted(modes))}"))
         for i, d in enumerate(self.config.destinations):
             if d.write == "replace":
-                bad = [s.name for s in streams if s.mode != "full"]
+                bad = [s.name for s in streams if s.mode != "full" and (not d.streams or s.name in d.streams)]
                 if bad:
                     problems.append((f"destinations[{i}].write", f"replace needs mode full; streams {', '.join(bad)} are not"))
+        names = {s.name for s in streams}
+        for i, d in enumerate(self.config.destinations):
+            for n in d.streams or ():
+                if n not in names:
+                    problems.append((f"destinations[{i}].streams", f"no stream named {n!r}{_suggest(n, sorted(names))}"))
         if problems:
             raise ConfigError("invalid pipeline file", problems)
         return streams
@@ -187,8 +192,8 @@ class Engine:
             done = {s.name: threading.Event() for s in streams}
             deliveries = [
                 Delivery(
-                    d, streams, lg, state, self.config.pipeline, done=done, stop=self.stop_event, follow=follow,
-                    errors=result.errors, on_rows=self.observer.rows_written,
+                    d, _chosen(d, streams), lg, state, self.config.pipeline, done=done, stop=self.stop_event,
+                    follow=follow, errors=result.errors, on_rows=self.observer.rows_written,
                 )
                 for d in destinations
             ]
@@ -472,6 +477,19 @@ class Engine:
         return error is None
 
 _KEY_METADATA = b"replicant.primary_key"
+
+
+def _chosen(dest: Any, streams: list[Stream]) -> list[Stream]:
+    """The streams a destination receives (its ``streams:`` setting, default all)."""
+    only = dest.config.streams
+    return streams if not only else [s for s in streams if s.name in only]
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _keyed(stream: Stream) -> Stream:

@@ -91,6 +91,8 @@ def resolve_destination_config(cfg: PipelineConfig, dest: DestinationConfig, ind
             path = f"{cfg.pipeline}.{'duckdb' if dest.type == 'duckdb' else 'db'}"
         p = Path(path)
         update["path"] = str(p if p.is_absolute() else (cfg.base_dir / p).resolve())
+    elif dest.type == "files" and dest.path and "://" not in dest.path and not Path(dest.path).is_absolute():
+        update["path"] = str((cfg.base_dir / dest.path).resolve())
     elif dest.type not in _SQL_URL_TYPES:
         pass  # http, files, nats…: their class validates its own settings
     elif dest.url is None:
