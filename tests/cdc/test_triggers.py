@@ -431,3 +431,61 @@ def test_deletes_reach_a_merge_destination(db: Db, tmp_path: Path) -> None:
     con.close()
     want = {(r["order_id"], r["line"]): r["note"] for r in _table(db, lines).values()}
     assert got == want == {(1, 1): "back", (2, 2): "o2l2", (2, 3): "o2l3"}
+
+
+def test_changes_during_the_snapshot_are_re_applied(db: Db) -> None:
+    """The mark is taken before the snapshot: a change committed while it runs, or by a
+    transaction open when it starts, arrives after it."""
+    _tables(db)
+    src, st = _source(db, batch_size=2, chunk_size=2)
+    items = st["items"]
+    with src:
+        triggers.install(src, [items])
+        open_txn = None
+        if db.kind == "postgres":
+            open_txn = psycopg.connect(db.url)
+            open_txn.execute("UPDATE items SET name = 'open at start' WHERE id = 7")
+        elif db.kind == "mysql":
+            open_txn = _my(db, autocommit=False)
+            open_txn.cursor().execute("UPDATE items SET name = 'open at start' WHERE id = 7")
+        reader = triggers.read(src, items, None)
+        state: dict = {}
+        _apply(state, [next(reader)], items)  # rows 1, 2
+        db.execute("UPDATE items SET qty = -1 WHERE id IN (1, 6)", "DELETE FROM items WHERE id = 2",
+                   "DELETE FROM items WHERE id = 5", "INSERT INTO items VALUES (60, 'during', 1)")
+        if open_txn is not None:
+            open_txn.commit()
+            open_txn.close()
+        rest = list(reader)
+        _apply(state, rest, items)
+        pos = rest[-1].position
+        assert "snapshot" not in pos
+        more, _ = _read(src, items, pos)  # PostgreSQL: a window closes when the reader looks again
+        _apply(state, more, items)
+        assert state == _table(db, items)
+        assert state[(7,)]["name"] == ("open at start" if open_txn is not None else "n7")
+
+
+def test_hostile_and_long_identifiers(db: Db) -> None:
+    name = 'Odd "q" `t` ' + "x" * (44 if db.kind != "sqlite" else 80)
+    t, k1, k2 = db.q(name), db.q('k "1"'), db.q("k`2")
+    db.execute(f"CREATE TABLE {t} ({k1} integer NOT NULL, {k2} varchar(20) NOT NULL, v integer, PRIMARY KEY ({k1}, {k2}))",
+               f"INSERT INTO {t} VALUES (1, 'a', 1), (2, 'b', 2)")
+    src = db.source("all")
+    with src:
+        (s,) = [dataclasses.replace(s, mode="trigger") for s in src.discover() if s.table_name == name]
+        done = triggers.install(src, [s])
+        assert len(done) == (2 if db.kind == "postgres" else 4)
+        d = dialect_for(src, s)
+        assert len(d.shadow_name.encode()) <= 63
+        state: dict = {}
+        _, pos = _read(src, s, None)
+        db.execute(f"UPDATE {t} SET {k2} = 'c' WHERE {k1} = 1", f"DELETE FROM {t} WHERE {k1} = 2",
+                   f"INSERT INTO {t} VALUES (3, 'z', 3)")
+        _apply(state, list(triggers.read(src, s, None)), s)
+        ops = _apply(state, _read(src, s, pos)[0], s)
+        assert ("delete", (1, "a")) in ops and ("insert", (1, "c")) in ops and ("delete", (2, "b")) in ops
+        assert state == _table(db, s)
+        triggers.acknowledge(src, s, _read(src, s, pos)[1])
+        assert _shadow_count(db, src, s) == 0
+        assert len(triggers.uninstall(src, [s])) == len(done)

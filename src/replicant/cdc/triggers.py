@@ -61,6 +61,13 @@ SQLite
     Positions ``{"mode": "trigger", "install": ID, "seq": S}``; ``acknowledge`` deletes
     ``seq <= S``.
 
+Measured on this project's loaded 2-vCPU machine (100,000-row table, 150,000 shadow rows
+from two ``UPDATE`` statements): reading the 100,000 changes took 1-3 s on PostgreSQL 15
+(its planner chooses hash joins once autovacuum has analysed the shadow table), 1.4 s on
+MariaDB 10.11 and 1.0 s on SQLite; the purge 0.2 s, 3.5 s (by key, see above) and 0.1 s.
+A shadow table serves one pipeline: two pipelines reading one table would purge each
+other's rows.
+
 While the snapshot runs, positions also hold ``"snapshot"``: the ``full`` position inside
 it (null before its first batch); the mark is kept in ``txid``/``seq``. Each batch's
 position is the one after its rows (the resume rule of :mod:`replicant.sources.base`): the
