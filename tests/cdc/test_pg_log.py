@@ -491,3 +491,133 @@ def test_partitioned_table_changes_arrive_under_the_parent(pg_url: str) -> None:
     finally:
         src.uninstall([])
         src.close()
+
+
+# ---------------------------------------------------------------- schema changes while capturing
+
+
+def _collect(src, streams, positions, resume, *, ack: bool = True) -> list[ChangeSet]:
+    """Change sets without the fixed-schema check of ``_capture`` (schemas change here)."""
+    out = []
+    for cs in src.capture(streams, positions, resume=resume, follow=False, stop=threading.Event()):
+        out.append(cs)
+        if ack:
+            src.acknowledge_capture(cs.position)
+    return out
+
+
+def _rows(changesets: list[ChangeSet], name: str) -> list[tuple[pa.Schema, dict]]:
+    return [(cs.batches[name].schema, r) for cs in changesets if name in cs.batches for r in cs.batches[name].to_pylist()]
+
+
+def _fresh(src, name: str, metadata) -> pa.Schema:
+    """What a fresh discover() gives for ``name`` now, with the capture's schema metadata."""
+    s = next(s for s in src.discover() if s.name == name)
+    return dataclasses.replace(s, schema=s.schema.with_metadata(metadata)).change_schema
+
+
+def test_added_column_and_widened_types_are_followed(pg_url: str) -> None:
+    _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, n int, s varchar(10))", "CREATE TABLE u (id int PRIMARY KEY)",
+          "INSERT INTO t VALUES (1, 1, 'a')")
+    src = _source(pg_url)
+    try:
+        streams = _streams(src, ["t", "u"])
+        md = {**streams[0].schema.metadata, b"replicant.primary_key": b"id"}  # as the engine tags it
+        streams[0] = dataclasses.replace(streams[0], schema=streams[0].schema.with_metadata(md))
+        log = Log(streams)
+        log.run(src)
+        old = streams[0].change_schema
+        _exec(pg_url, "INSERT INTO t VALUES (2, 2, 'b')", "INSERT INTO u VALUES (1)",
+              "ALTER TABLE t ADD COLUMN c text",
+              "ALTER TABLE t ALTER COLUMN n TYPE bigint, ALTER COLUMN s TYPE varchar(50)",
+              "INSERT INTO t VALUES (3, 3000000000, 'a much longer text', 'x')",
+              "UPDATE t SET c = 'y' WHERE id = 1", "INSERT INTO u VALUES (2)")
+        got = _collect(src, streams, dict(log.positions), log.resume)
+        new = _fresh(src, "t", md)
+        assert new.field("n").type == pa.int64() and new.field("s").metadata[b"replicant.sql_type"] == b"character varying(50)"
+        rows = _rows(got, "t")
+        assert [(r["_op"], r["id"]) for _, r in rows] == [("insert", 2), ("insert", 3), ("update", 1)]
+        assert rows[0][0].equals(old, check_metadata=True)  # read before the change: the old schema
+        for schema, _ in rows[1:]:  # identical to a fresh discovery, field metadata included
+            assert schema.equals(new, check_metadata=True)
+        assert {k: v for k, v in rows[1][1].items() if not k.startswith("_")} == {
+            "id": 3, "n": 3000000000, "s": "a much longer text", "c": "x"}
+        assert rows[2][1]["c"] == "y"
+        assert [r["id"] for _, r in _rows(got, "u")] == [1, 2]
+        lsns = [cs.position["lsn"] for cs in got]
+        assert lsns == sorted(lsns)
+
+        # a restart with the streams discovered again sees no change (the schema is the same)
+        again = _streams(src, ["t", "u"])
+        again[0] = dataclasses.replace(again[0], schema=again[0].schema.with_metadata(md))
+        log2 = Log(again)
+        log2.positions, log2.resume = {s.name: got[-1].position_of(s.name) or log.positions[s.name] for s in streams}, got[-1].position
+        _exec(pg_url, "INSERT INTO t VALUES (4, 4, 'd', 'z')")
+        tail = log2.run(src)  # _capture checks every batch against the stream's schema
+        assert [r["id"] for _, r in _rows(tail, "t")] == [4]
+        assert _rows(tail, "t")[0][0].equals(new, check_metadata=True)
+    finally:
+        src.uninstall([])
+        src.close()
+
+
+def test_dropped_column_and_a_change_inside_one_transaction(pg_url: str) -> None:
+    _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, a text, b text)")
+    src = _source(pg_url)
+    try:
+        streams = _streams(src, ["t"])
+        log = Log(streams)
+        log.run(src)
+        before = (dict(log.positions), dict(log.resume))
+        _exec(pg_url, "INSERT INTO t VALUES (10, 'a', 'b')")
+        with psycopg.connect(pg_url) as c:  # one transaction: a row, the change, a row
+            c.execute("INSERT INTO t VALUES (11, 'a', 'b')")
+            c.execute("ALTER TABLE t DROP COLUMN b")
+            c.execute("ALTER TABLE t ADD COLUMN c int")
+            c.execute("INSERT INTO t VALUES (12, 'a', 5)")
+        _exec(pg_url, "DELETE FROM t WHERE id = 10")
+        got = _collect(src, streams, *before, ack=False)
+        rows = _rows(got, "t")
+        assert [(r["_op"], r["id"]) for _, r in rows] == [("insert", 10), ("insert", 11), ("insert", 12), ("delete", 10)]
+        assert rows[0][0].names == ["id", "a", "b", "_op", "_pos", "_ts"] and rows[0][1]["b"] == "b"
+        new = _fresh(src, "t", streams[0].schema.metadata)
+        assert new.names == ["id", "a", "c", "_op", "_pos", "_ts"]
+        for schema, _ in rows[1:]:
+            assert schema.equals(new, check_metadata=True)
+        # the transaction is whole, in one change set; its row from before the change has c null
+        assert rows[1][1]["_pos"] == rows[2][1]["_pos"]
+        assert sum(1 for cs in got if "t" in cs.batches and any(r["id"] == 11 for r in cs.batches["t"].to_pylist())) == 1
+        assert (rows[1][1]["c"], rows[2][1]["c"]) == (None, 5)
+
+        # a restart from before the change, with streams discovered after it, emits each row in
+        # the schema it had in the log
+        fresh = _streams(src, ["t"])
+        again = _collect(src, fresh, *before)
+        assert [(s.names, r["id"]) for s, r in _rows(again, "t")] == [(s.names, r["id"]) for s, r in rows]
+    finally:
+        src.uninstall([])
+        src.close()
+
+
+def test_include_keeps_new_columns_out(pg_url: str) -> None:
+    _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, a varchar(5), secret text)")
+    src = PostgresSource(SourceConfig(type="postgres", url=pg_url,
+                                      streams=[{"table": "t", "mode": "log", "include": ["a"]}]))
+    src.pipeline = "t" + uuid.uuid4().hex[:8]
+    try:
+        from replicant.sources.select import resolve_streams
+
+        streams = resolve_streams(src.config, src.discover())
+        assert streams[0].schema.names == ["id", "a"]
+        log = Log(streams)
+        log.run(src)
+        _exec(pg_url, "ALTER TABLE t ADD COLUMN extra text", "INSERT INTO t VALUES (1, 'x', 's', 'e')",
+              "ALTER TABLE t ALTER COLUMN a TYPE varchar(9)", "INSERT INTO t VALUES (2, 'longer', 's', 'e')")
+        rows = _rows(_collect(src, streams, dict(log.positions), log.resume), "t")
+        assert [(s.names, r["id"]) for s, r in rows] == [(["id", "a", "_op", "_pos", "_ts"], 1),
+                                                        (["id", "a", "_op", "_pos", "_ts"], 2)]
+        assert rows[0][0].field("a").metadata[b"replicant.sql_type"] == b"character varying(5)"
+        assert rows[1][0].field("a").metadata[b"replicant.sql_type"] == b"character varying(9)"
+    finally:
+        src.uninstall([])
+        src.close()

@@ -39,6 +39,26 @@ engine acknowledged (:meth:`PgLogCapture.acknowledge`). When idle, a heartbeat c
 with no batches carries the walsender's ``wal_end`` so an idle database (or one whose other
 databases write) does not retain WAL without bound; ``follow=False`` ends with one too.
 
+Schema changes: pgoutput sends a ``Relation`` message before a table's first change in a
+session and again after its columns changed, describing the table as of that point of the
+log. When its columns, types or type modifiers differ from the ones the stream was last
+described from, the table is described again by the source's own discovery (so types and
+``replicant.sql_type`` metadata are those a fresh ``discover()`` gives; a column whose type
+in the catalog has moved on since is described from the message's type instead), keeping
+the stream's key, options, ``include``/``exclude`` and schema metadata, and the table's
+following changes are emitted in that schema: a new column appears, a dropped one is gone
+(destinations keep it and write NULL), a changed type has its new type. Whether a
+destination can follow is its ``evolve``'s decision. Change sets never split a
+transaction, and a stream has one schema per change set, so at a change the committed
+transactions read so far are yielded first (their rows keep the old schema); rows of the
+*same* transaction that came before the change are emitted in the new schema (a new
+column null, values read as the column's new type). The current schema of every stream is
+kept for the whole capture; a restart starts from the streams the engine discovered, and
+the first ``Relation`` of each table is checked against them (a restart re-reading changes
+from before an ``ALTER`` emits them in the schema they had). Not carried by the log: a
+default of an added column (rows written before the ``ALTER`` stay NULL in it at the
+destination), and renames (a drop and an add, which destinations refuse to guess).
+
 Values: see :mod:`replicant.cdc.pgoutput`. Deletes under ``REPLICA IDENTITY DEFAULT`` carry
 the key columns only (others null); under ``FULL`` every column. An update whose TOASTed
 values did not change carries them as "unchanged": under ``FULL`` they are taken from the old
@@ -51,6 +71,8 @@ updates once published.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import logging
 import re
 import select
@@ -72,6 +94,7 @@ from replicant.model import (
     OP_INSERT,
     OP_READ,
     OP_UPDATE,
+    SQL_TYPE_KEY,
     Position,
     Stream,
     encode_position,
@@ -111,6 +134,7 @@ class _Target:
     index: list[int] = field(default_factory=list)
     key_index: list[int] = field(default_factory=list)
     relation: Relation | None = None
+    shape: tuple | None = None  #: the :attr:`Relation.shape` ``stream`` was last described from
 
 
 @dataclass
@@ -132,6 +156,7 @@ class _Pending:
         self.ends: list[int] = []
         self.stamps: list[int] = []
         self.truncated: set[str] = set()
+        self.truncated_in: dict[str, int] = {}  # stream → transaction number of its (last) truncate
         self.count = 0
         self.since: float | None = None
         self.last_end = 0
@@ -160,6 +185,7 @@ class _Pending:
         if r is not None:
             self.count -= len(r.ops)
         self.truncated.add(name)
+        self.truncated_in[name] = len(self.ends)
         if self.since is None:
             self.since = time.monotonic()
 
@@ -167,6 +193,45 @@ class _Pending:
         self.ends.append(end)
         self.stamps.append(ts_us)
         self.last_end = end
+
+    def has_committed(self, name: str) -> bool:
+        """Whether stream ``name`` has rows of committed transactions (not only of the open one)."""
+        r = self.rows.get(name)
+        return r is not None and bool(r.txn) and r.txn[0] < len(self.ends)
+
+    def split(self) -> tuple[_Pending, _Pending]:
+        """(the committed transactions, the open one): rows are in arrival order, so the open
+        transaction's rows are the tail of every stream's rows."""
+        n = len(self.ends)
+        done, rest = _Pending(), _Pending()
+        done.ends, done.stamps, done.last_end, done.since = self.ends, self.stamps, self.last_end, self.since
+        rest.last_end = self.last_end
+        for name, r in self.rows.items():
+            cut = bisect.bisect_left(r.txn, n)
+            if cut:
+                done.rows[name] = _Rows([c[:cut] for c in r.cols], r.ops[:cut], r.txn[:cut], r.window[:cut], r.unchanged)
+                done.count += cut
+            if cut < len(r.ops):
+                k = len(r.ops) - cut
+                rest.rows[name] = _Rows([c[cut:] for c in r.cols], r.ops[cut:], [0] * k, r.window[cut:], r.unchanged)
+                rest.count += k
+        for name in self.truncated:
+            into = rest if self.truncated_in[name] == n else done
+            into.truncated.add(name)
+            into.truncated_in[name] = 0 if into is rest else self.truncated_in[name]
+        if rest:
+            rest.since = time.monotonic()
+        return done, rest
+
+    def reshape(self, name: str, old: list[str], new: list[str]) -> None:
+        """Stream ``name``'s pending rows (of the open transaction) laid out for its new
+        columns: a column kept keeps its values (read as its new type when flushed), a new
+        one is null, a dropped one goes."""
+        r = self.rows.get(name)
+        if r is None:
+            return
+        by = dict(zip(old, r.cols))
+        r.cols = [by[c] if c in by else [None] * len(r.ops) for c in new]
 
 
 class PgLogCapture:
@@ -669,8 +734,24 @@ class PgLogCapture:
                         rel = msg[1]
                         t = by_table.get((rel.namespace, rel.name))
                         by_oid[rel.oid] = t
-                        if t is not None:
-                            self._bind(t, rel)
+                        if t is None:
+                            continue
+                        if rel.shape != t.shape:
+                            new = self._describe(t, rel)
+                            t.shape = rel.shape
+                            if not new.schema.equals(t.stream.schema, check_metadata=True):
+                                name = t.stream.name
+                                if pending.has_committed(name):
+                                    # the rows read so far keep the schema they were read with
+                                    done, pending = pending.split()
+                                    cs = self._flush(done, targets, window)
+                                    yielded = done.last_end
+                                    yield cs
+                                pending.reshape(name, t.stream.schema.names, new.schema.names)
+                                _log.info("stream %s: the table changed (%s); following it", name,
+                                          _changes(t.stream.schema, new.schema))
+                                t.stream = new
+                        self._bind(t, rel)
                     elif kind in ("I", "U", "D"):
                         t = by_oid.get(msg[1])
                         if t is None:
@@ -747,6 +828,60 @@ class PgLogCapture:
                 return False
             return True if truncate else "window"
         return True
+
+    def _describe(self, t: _Target, rel: Relation) -> Stream:
+        """``t.stream`` as of ``rel`` (the table at this point of the log): the columns ``rel``
+        lists, each described by the source's own discovery (so types and field metadata are
+        those a fresh ``discover()`` gives) — from the catalog as it is now when the column
+        has the same type there, else from ``rel``'s type (the catalog moved on since) —
+        filtered by the stream's ``include``/``exclude``; key, options and schema metadata
+        stay the stream's."""
+        s = t.stream
+        found = self.source._tables(only=s.table)
+        if not found:
+            raise FatalError(f"table {self._table(s)} does not exist (dropped or renamed?); fix `table:` of stream {s.name!r}")
+        table = found[0]
+        now = {c.name: c for c in table.columns}
+        current = {name: (typ, mod) for name, typ, mod in self._sql(
+            "SELECT attname, atttypid::bigint, atttypmod FROM pg_attribute WHERE attrelid = %s::oid AND attnum > 0 "
+            "AND NOT attisdropped", (str(rel.oid),))}
+        columns = []
+        for name, typ, mod in zip(rel.columns, rel.types, rel.typmods):
+            c = now.get(name)
+            if c is None or current.get(name) != (typ, mod):
+                c = self._column(name, typ, mod, nullable=c.nullable if c is not None else True)
+            columns.append(c)
+        described = self.source._stream(dataclasses.replace(table, columns=columns), self.source._default_schema())
+        fields = list(described.schema)
+        sc = self._stream_config(s)
+        if sc is not None and sc.include:
+            wanted = set(sc.include) | set(s.primary_key) | ({s.cursor} if s.cursor else set())
+            fields = [f for f in fields if f.name in wanted]
+        elif sc is not None and sc.exclude:
+            fields = [f for f in fields if f.name not in set(sc.exclude)]
+        return dataclasses.replace(s, schema=pa.schema(fields, metadata=s.schema.metadata))
+
+    def _column(self, name: str, typ: int, typmod: int, *, nullable: bool) -> Any:
+        """A column of type oid ``typ`` (``typmod``) as the source's catalog query would
+        describe it (domains resolved to their base type)."""
+        from replicant.sources.types import pg_column
+
+        rows = self._sql(
+            "SELECT format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE %s::int END), bt.typname, "
+            "bt.typtype, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE %s::int END, et.typname, et.typtype "
+            "FROM pg_type t JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+            "LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A' WHERE t.oid = %s::oid",
+            (typmod, typmod, str(typ)))
+        if not rows:
+            raise FatalError(f"column {name!r}: its type (oid {typ}) no longer exists; rediscover the stream (restart)")
+        sql_type, typname, typtype, mod, etypname, etyptype = rows[0]
+        return pg_column(name, sql_type, typname, typtype, int(mod), etypname, etyptype, nullable=nullable)
+
+    def _stream_config(self, s: Stream) -> Any:
+        streams = self.config.streams
+        if not isinstance(streams, list):
+            return None
+        return next((sc for sc in streams if sc.table == s.name), None)
 
     def _bind(self, t: _Target, rel: Relation) -> None:
         idx = {c: i for i, c in enumerate(rel.columns)}
@@ -866,3 +1001,18 @@ class PgLogCapture:
             cols[i] = pc.if_else(pa.array(m), joined.column(name).combine_chunks(), cols[i])
         out = pa.RecordBatch.from_arrays(cols, schema=batch.schema)
         return out.filter(pa.array(~gone)) if gone.any() else out
+
+
+def _changes(old: pa.Schema, new: pa.Schema) -> str:
+    """What changed between two versions of a stream's columns, for the log."""
+    before = {f.name: f for f in old}
+    after = {f.name: f for f in new}
+    out = [f"added {n}" for n in after if n not in before]
+    out += [f"dropped {n}" for n in before if n not in after]
+    for n, f in after.items():
+        b = before.get(n)
+        if b is not None and not b.equals(f, check_metadata=True):
+            was = (b.metadata or {}).get(SQL_TYPE_KEY, b"").decode() or str(b.type)
+            now = (f.metadata or {}).get(SQL_TYPE_KEY, b"").decode() or str(f.type)
+            out.append(f"{n}: {was} -> {now}" if was != now else f"{n}: nullable {b.nullable} -> {f.nullable}")
+    return ", ".join(out) or "column order"

@@ -70,6 +70,13 @@ class Relation:
     identity: str  #: replica identity: d(efault), n(othing), f(ull), i(ndex)
     columns: tuple[str, ...]
     key: tuple[bool, ...]  #: part of the replica identity
+    types: tuple[int, ...] = ()  #: per column, ``pg_attribute.atttypid`` (a domain's own oid)
+    typmods: tuple[int, ...] = ()  #: per column, ``pg_attribute.atttypmod`` (-1: none)
+
+    @property
+    def shape(self) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+        """Column names, type oids and type modifiers: what a schema change changes."""
+        return self.columns, self.types, self.typmods
 
 
 class Decoder:
@@ -79,7 +86,8 @@ class Decoder:
 
         ("B", final_lsn, commit_ts_us, xid)
         ("C", commit_lsn, end_lsn, commit_ts_us)
-        ("R", Relation)
+        ("R", Relation)                      sent before a table's first change in a session,
+                                             and again after its schema changed
         ("I", relid, new)
         ("U", relid, old_kind, old, new)     old_kind: "K" (key), "O" (full) or None
         ("D", relid, old_kind, old)
@@ -133,18 +141,24 @@ class Decoder:
         identity = chr(buf[pos])
         ncols = _H.unpack_from(buf, pos + 1)[0]
         pos += 3
-        cols, key = [], []
+        cols, key, types, mods = [], [], [], []
         for _ in range(ncols):
             flags = buf[pos]
             col, pos = _cstring(buf, pos + 1)
-            pos += 8  # type oid, type modifier: the stream's schema decides the Arrow type
+            types.append(_I.unpack_from(buf, pos)[0])
+            mods.append(_signed32(_I.unpack_from(buf, pos + 4)[0]))
+            pos += 8
             cols.append(col)
             key.append(bool(flags & 1))
-        return Relation(oid, namespace or "pg_catalog", name, identity, tuple(cols), tuple(key))
+        return Relation(oid, namespace or "pg_catalog", name, identity, tuple(cols), tuple(key), tuple(types), tuple(mods))
 
 
 def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _signed32(v: int) -> int:
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
