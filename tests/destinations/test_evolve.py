@@ -18,9 +18,7 @@ import pytest
 
 from replicant.config import DestinationConfig
 from replicant.destinations import _evolve
-from replicant.destinations.duckdb import DuckDBDestination
 from replicant.destinations.mysql import MySQLDestination
-from replicant.destinations.postgres import PostgresDestination
 from replicant.destinations.sqlite import SQLiteDestination
 from replicant.errors import SchemaDriftError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, Stream
@@ -620,3 +618,13 @@ def test_key_change_recorded_in_the_log_schema_is_refused() -> None:
     with pytest.raises(SchemaDriftError, match=r"primary key changed from \(id\) to \(id, name\)"):
         _evolve.plan("wh", s2, s1, ["id", "name"], dialect=None)
     assert _evolve.plan("wh", s1, s1, ["id", "name"], dialect=None) == _evolve.Plan()
+
+
+def test_plan_adds_a_column_the_table_lacks() -> None:
+    """A column of both versions that the table does not have (never prepared) is added."""
+    fields = [pa.field("id", pa.int64(), False), pa.field("a", pa.int32(), False)]
+    s1 = cf.make_stream("items", fields)
+    s2 = cf.make_stream("items", [fields[0], pa.field("a", pa.int64(), False)])
+    p = _evolve.plan("wh", s2, s1, ["id"], dialect=None)
+    assert [(f.name, f.type, f.nullable) for f in p.added] == [("a", pa.int64(), True)]
+    assert p.widened == [] and p.kept == []

@@ -26,8 +26,8 @@ Refused (:class:`~replicant.errors.SchemaDriftError`)
       (same position). The log cannot tell a rename from a drop plus an add at the same
       place, and following it as drop + add would leave the old values in one column and
       the new ones in another;
-    * a new ``NOT NULL`` column: the destination table has rows and the log does not carry
-      the source's default;
+    * a new ``NOT NULL`` column: the log does not carry the source's default for the rows
+      already in the table;
     * a changed primary key.
 
 A change is judged against the table as it is: a column the table already has is not
@@ -118,6 +118,9 @@ def plan(
     for i, f in enumerate(stream.schema):
         k = fold(f.name)
         before = old_by.get(k)
+        if before is not None and k not in have:
+            out.added.append(f.with_nullable(True))  # the table never got it: add it as prepare would
+            continue
         if before is not None:
             verdict = _compare(before, f, declared=declared, dialect=dialect or "")
             if verdict == "wider":
@@ -141,8 +144,8 @@ def plan(
             continue
         if not f.nullable:
             problems.append(
-                f"column {f.name} was added as NOT NULL, which destination {destination!r} cannot add to a table that "
-                f"has rows (the log does not carry the source's default): add the column to the destination table "
+                f"column {f.name} was added as NOT NULL, which destination {destination!r} cannot add (the log does "
+                f"not carry the source's default for the rows already there): add the column to the destination table "
                 f"yourself (nullable, or with that default) and resume, or {hint}"
             )
             continue
