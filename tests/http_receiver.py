@@ -91,6 +91,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
             timeout = 30
 
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming

@@ -132,11 +132,11 @@ def test_body_shape_and_json_mapping(receiver: Receiver) -> None:
 
 
 def test_keyless_stream_and_non_json_position(receiver: Receiver) -> None:
-    s = Stream(name="log", table=("log",), schema=pa.schema([pa.field("msg", pa.string())]))
+    s = Stream(name="log", table=("log",), schema=pa.schema([pa.field("Msg", pa.string())]))
     data = pa.Table.from_batches(
         [
-            with_meta(pa.record_batch({"msg": ["hello"]}), "insert", "file a.csv line 2", TS),
-            with_meta(pa.record_batch({"msg": ["bye"]}), "delete", '{"line":3}', TS),
+            with_meta(pa.record_batch({"Msg": ["hello"]}), "insert", "file a.csv line 2", TS),
+            with_meta(pa.record_batch({"Msg": ["bye"]}), "delete", '{"line":3}', TS),
         ]
     )
     d = _dest(receiver.url, method="put")
@@ -147,8 +147,8 @@ def test_keyless_stream_and_non_json_position(receiver: Receiver) -> None:
     [req] = receiver.requests
     assert req.method == "PUT"
     assert req.json["records"] == [
-        {"op": "insert", "key": None, "data": {"msg": "hello"}, "position": "file a.csv line 2", "ts": "2024-01-02T03:04:05.000006Z"},
-        {"op": "delete", "key": None, "data": {"msg": "bye"}, "position": {"line": 3}, "ts": "2024-01-02T03:04:05.000006Z"},
+        {"op": "insert", "key": None, "data": {"Msg": "hello"}, "position": "file a.csv line 2", "ts": "2024-01-02T03:04:05.000006Z"},
+        {"op": "delete", "key": None, "data": {"Msg": "bye"}, "position": {"line": 3}, "ts": "2024-01-02T03:04:05.000006Z"},
     ]
 
 
@@ -200,13 +200,15 @@ def test_batch_bytes_splits_deterministically(receiver: Receiver) -> None:
     rows = [{"id": i, "name": "x" * (i * 37 % 200), "qty": 1} for i in range(60)]
     rows[7]["name"] = "y" * 2000  # alone bigger than the limit: sent on its own
     limit = 1200
-    d = _dest(receiver.url, batch_size=25, batch_bytes=limit)
+    d = _dest(receiver.url, batch_size=25, batch_bytes=limit, concurrency=1)  # encoded in slices of 50 rows
+    d2 = _dest(receiver.url, batch_size=25, batch_bytes=limit, concurrency=8)  # all 60 rows at once
     try:
         d.write(ITEMS, _rows(ITEMS, rows), last_offset=59)
         n_first = len(receiver.requests)
-        d.write(ITEMS, _rows(ITEMS, rows), last_offset=59)
+        d2.write(ITEMS, _rows(ITEMS, rows), last_offset=59)
     finally:
         d.close()
+        d2.close()
     first, second = receiver.requests[:n_first], receiver.requests[n_first:]
     assert sorted((r.key, r.body) for r in first) == sorted((r.key, r.body) for r in second)
     assert n_first > 60 // 25 + 1  # split further than batch_size alone would
