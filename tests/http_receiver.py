@@ -184,8 +184,6 @@ class Receiver:
                 elif kind == "429":
                     rec.status, answer = 429, b"slow down"
                     headers["Retry-After"] = self.retry_after
-                elif kind == "slow":
-                    time.sleep(self.slow_seconds)  # the client times out; the body counts as processed
             elif self.reject is not None:
                 bad = [r["key"] for r in json.loads(body)["records"] if self.reject(r)]
                 if bad:
@@ -194,10 +192,12 @@ class Receiver:
                     if self.echo_auth:
                         answer_doc = {"you_sent": h.headers.get("Authorization"), **answer_doc}
                     answer = json.dumps(answer_doc).encode()
-            if self.delay and rec.outcome == "ok":
-                time.sleep(self.delay)
             with self._lock:
-                self.requests.append(rec)
+                self.requests.append(rec)  # recorded on arrival: processed, whatever the client sees later
+            if rec.outcome == "slow":
+                time.sleep(self.slow_seconds)  # the client times out before the answer
+            elif self.delay and rec.outcome == "ok":
+                time.sleep(self.delay)
             try:
                 h.send_response(rec.status)
                 for k, v in headers.items():

@@ -89,7 +89,6 @@ import json
 import logging
 import random
 import threading
-import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -153,6 +152,12 @@ class HttpSettings(BaseModel):
     timeout: float | str = Field(30.0, description="Seconds per request (connect, send, wait for the answer).")
     max_retries: int = Field(8, ge=0, description="Retries of one request before the write fails.")
     retry_max_seconds: float | str = Field(30.0, description="Longest wait between two attempts.")
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _header_text(cls, v: Any) -> Any:
+        # YAML reads `X-Version: 2` as a number; a header value is text
+        return {k: x if isinstance(x, (str, SecretStr)) else str(x) for k, x in v.items()} if isinstance(v, dict) else v
 
     @field_validator("method", mode="before")
     @classmethod
@@ -527,7 +532,7 @@ class HttpDestination(Destination):
             try:
                 r = client.request(o.method, self._request_url, content=content, headers=headers)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
-                raise _Transient(f"{type(e).__name__}: {e}") from None
+                raise _Transient(self._scrub(f"{type(e).__name__}: {e}")) from None
             except httpx.HTTPError as e:
                 raise FatalError(f"{where}: {type(e).__name__}: {self._scrub(str(e))}") from None
             if r.status_code >= 500 or r.status_code in _RETRY_STATUSES:
@@ -575,10 +580,10 @@ class HttpDestination(Destination):
             text = r.text
         except (UnicodeDecodeError, LookupError):
             text = repr(r.content[:chars])
-        text = text.strip()
+        text = self._scrub(text.strip())  # before cutting, so no secret is left half-masked
         if len(text) > chars:
             text = text[:chars] + "…"
-        return self._scrub(text) or "(empty body)"
+        return text or "(empty body)"
 
     def _dead_letter(self, stream: Stream, rejected: list[_Rejected]) -> None:
         from replicant.state.store import DeadLetter
