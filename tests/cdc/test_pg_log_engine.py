@@ -1,0 +1,242 @@
+"""PostgreSQL ``mode: log`` through the real :class:`~replicant.engine.Engine` in ``--follow``
+mode (in a thread), into a PostgreSQL and a DuckDB destination.
+
+* changes (inserts, updates, deletes, one transaction over two tables) arrive in both;
+* schema changes while capturing: a new nullable column and widened types are followed;
+  an incompatible change (a type changed to another, a dropped key column) pauses only that
+  stream, with a message naming the column and what to do, while another stream flows;
+* ``replicant status`` shows the slot and its lag after a run.
+
+The PostgreSQL destination is read while the engine runs (an independent connection);
+DuckDB only after the stop (an in-process reader would share the open file's lock).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from compare import fetch
+from replicant.config import parse
+from replicant.engine import Engine, RunResult
+
+
+def _exec(url: str, *sql: str) -> None:
+    with psycopg.connect(url, autocommit=True) as c:
+        for s in sql:
+            c.execute(s)
+
+
+def _pipeline(name: str, pg_url: str, dest_url: str, tmp_path: Path, tables: list[str]) -> dict:
+    return {
+        "pipeline": name,
+        "source": {"type": "postgres", "url": pg_url, "flush_interval": 0.1,
+                   "streams": [{"table": f"public.{t}", "mode": "log"} for t in tables]},
+        "destinations": [
+            {"name": "pg", "type": "postgres", "url": dest_url, "write": "merge"},
+            {"name": "duck", "type": "duckdb", "path": str(tmp_path / "d.duckdb"), "write": "merge"},
+        ],
+    }
+
+
+@pytest.fixture
+def dest_url(pg_server, unique_name: str) -> Iterator[str]:
+    name = f"dst_{unique_name}"[:60]
+    pg_server.create_database(name)
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
+    """A pipeline (so slot) name of its own: slots are per server, not per database."""
+    name = f"e2e_{unique_name}"[:40].lower()
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as c:  # the slot would hold WAL for the rest of the session
+        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                  (f"replicant_{name}",))
+
+
+@contextmanager
+def _following(cfg: Any) -> Iterator[dict]:
+    """Runs the engine with ``follow=True`` in a thread; yields a dict that gets ``"r"``
+    (the :class:`RunResult`) once the block ends and the engine stopped."""
+    engine = Engine(cfg)
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", engine.run(follow=True)), daemon=True)
+    t.start()
+    try:
+        yield out
+    finally:
+        engine.stop_event.set()
+        t.join(timeout=60)
+        assert not t.is_alive(), "follow mode stops promptly"
+
+
+def _wait(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cond():
+                return
+        except psycopg.Error:  # the table (or column) may not exist yet
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _same(kind: str, where: str, pg_url: str, table: str, cols: list[str]) -> bool:
+    return fetch(kind, where, table, cols) == fetch("postgres", pg_url, table, cols)
+
+
+def _pg_types(url: str, table: str) -> dict[str, str]:
+    with psycopg.connect(url) as c:
+        rows = c.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped", (table,)).fetchall()
+    return dict(rows)
+
+
+def _duck_types(path: Path, table: str) -> dict[str, str]:
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?",
+                           [table]).fetchall()
+    return dict(rows)
+
+
+A = ["id", "v", "n"]
+B = ["id", "w"]
+
+
+def test_changes_and_a_transaction_over_two_tables_arrive_in_both(tmp_path: Path, pg_url: str, dest_url: str,
+                                                                  pipeline_name: str) -> None:
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)", "CREATE TABLE b (id int PRIMARY KEY, w text)",
+          "INSERT INTO a SELECT g, 'v' || g, g FROM generate_series(1, 20) g", "INSERT INTO b VALUES (1, 'one')")
+    cfg = parse(_pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["a", "b"]), base_dir=tmp_path)
+    with _following(cfg) as out:
+        _wait(lambda: _same("postgres", dest_url, pg_url, "a", A) and _same("postgres", dest_url, pg_url, "b", B),
+              "the snapshot")
+        _exec(pg_url, "INSERT INTO a VALUES (21, 'new', 21)", "UPDATE a SET v = 'changed', n = NULL WHERE id = 3",
+              "DELETE FROM a WHERE id = 4")
+        with psycopg.connect(pg_url) as c:  # one transaction over both tables
+            c.execute("INSERT INTO a VALUES (22, 'txn', 22)")
+            c.execute("UPDATE b SET w = 'txn' WHERE id = 1")
+            c.execute("INSERT INTO b VALUES (2, 'two')")
+            c.execute("DELETE FROM a WHERE id = 5")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "a", A) and _same("postgres", dest_url, pg_url, "b", B),
+              "the changes in the PostgreSQL destination")
+        ids = [r[0] for r in fetch("postgres", dest_url, "a", ["id"])]
+        assert 21 in ids and 22 in ids and 4 not in ids and 5 not in ids
+        assert fetch("postgres", dest_url, "b", B) == [(1, "txn"), (2, "two")]
+    result: RunResult = out["r"]
+    assert result.ok, result.errors
+    assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "a", A)
+    assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "b", B)
+    assert result.rows_read["public.a"] >= 20 + 5 and result.rows_read["public.b"] == 3
+
+
+def test_added_column_and_widened_types_are_followed(tmp_path: Path, pg_url: str, dest_url: str,
+                                                      pipeline_name: str) -> None:
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v varchar(10), n int)",
+          "INSERT INTO a SELECT g, 'v' || g, g FROM generate_series(1, 10) g")
+    cfg = parse(_pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["a"]), base_dir=tmp_path)
+    cols = ["id", "v", "n", "c"]
+    with _following(cfg) as out:
+        _wait(lambda: _same("postgres", dest_url, pg_url, "a", A), "the snapshot")
+        _exec(pg_url, "INSERT INTO a VALUES (11, 'before', 11)")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "a", A), "a row before the change")
+        _exec(pg_url, "ALTER TABLE a ADD COLUMN c text",
+              "INSERT INTO a VALUES (12, 'with c', 12, 'c12')", "UPDATE a SET c = 'c1' WHERE id = 1")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "a", cols), "the new column in the PostgreSQL destination")
+        _exec(pg_url, "ALTER TABLE a ALTER COLUMN n TYPE bigint, ALTER COLUMN v TYPE varchar(50)",
+              "INSERT INTO a VALUES (13, 'a value longer than ten', 3000000000, 'c13')",
+              "UPDATE a SET n = -3000000000 WHERE id = 2")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "a", cols), "the widened values in the PostgreSQL destination")
+        types = _pg_types(dest_url, "a")
+        assert (types["c"], types["n"], types["v"]) == ("text", "bigint", "character varying(50)")
+    result: RunResult = out["r"]
+    assert result.ok, result.errors
+    duck = tmp_path / "d.duckdb"
+    assert _same("duckdb", str(duck), pg_url, "a", cols)
+    assert {(int(i), c) for i, c in fetch("duckdb", str(duck), "a", ["id", "c"]) if c is not None} == {
+        (1, "c1"), (12, "c12"), (13, "c13")}
+    assert (_duck_types(duck, "a")["n"], _duck_types(duck, "a")["c"]) == ("BIGINT", "VARCHAR")
+
+
+def test_incompatible_change_pauses_only_that_stream(tmp_path: Path, pg_url: str, dest_url: str,
+                                                     pipeline_name: str) -> None:
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)", "CREATE TABLE b (id int PRIMARY KEY, w text)",
+          "CREATE TABLE k (id int PRIMARY KEY, w text)",
+          "INSERT INTO a VALUES (1, 'one', 1)", "INSERT INTO b VALUES (1, 'one')", "INSERT INTO k VALUES (1, 'one')")
+    cfg = parse(_pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["a", "b", "k"]), base_dir=tmp_path)
+    with _following(cfg) as out:
+        _wait(lambda: all(_same("postgres", dest_url, pg_url, t, c) for t, c in (("a", A), ("b", B), ("k", B))),
+              "the snapshot")
+        _exec(pg_url, "ALTER TABLE a ALTER COLUMN n TYPE text", "INSERT INTO a VALUES (2, 'two', 'not a number')",
+              "ALTER TABLE k DROP COLUMN id", "INSERT INTO k VALUES ('keyless')",
+              "INSERT INTO b VALUES (2, 'two')")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "b", B), "stream b despite the paused ones")
+        _exec(pg_url, "UPDATE b SET w = 'still flowing' WHERE id = 1", "INSERT INTO a VALUES (3, 'three', 'x')")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "b", B), "stream b after the pause")
+        assert fetch("postgres", dest_url, "a", ["id", "n"]) == [(1, 1)], "stream a is paused where it was"
+        assert fetch("postgres", dest_url, "k", ["id", "w"]) == [(1, "one")], "stream k is paused where it was"
+    result: RunResult = out["r"]
+    assert not result.ok
+    by_stream = {s: [e for e in result.errors if f"stream {s}:" in e] for s in ("public.a", "public.b", "public.k")}
+    assert not by_stream["public.b"], result.errors
+    assert len(result.errors) == 4, result.errors  # a and k, in each destination
+    for e in by_stream["public.a"]:
+        assert "column n changed from" in e and "replay" in e, e
+    for e in by_stream["public.k"]:
+        assert "key column id is gone" in e and "replay" in e, e
+    assert {e.split(",")[0] for e in result.errors} == {"destination pg", "destination duck"}
+    assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "b", B)
+    assert fetch("duckdb", str(tmp_path / "d.duckdb"), "a", ["id", "n"]) == [(1, 1)]
+
+
+def test_status_shows_the_slot_lag_after_a_run(tmp_path: Path, pg_url: str, dest_url: str, pipeline_name: str) -> None:
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)", "INSERT INTO a VALUES (1, 'one', 1)")
+    data = _pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["a"])
+    result = Engine(parse(data, base_dir=tmp_path)).run()
+    assert result.ok, result.errors
+    _exec(pg_url, "INSERT INTO a SELECT g, repeat('x', 100), g FROM generate_series(2, 1000) g")  # WAL past the slot
+    f = tmp_path / "p.yml"
+    f.write_text(yaml.safe_dump(data))
+    p = subprocess.run([sys.executable, "-m", "replicant.cli", "status", str(f)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in p.stdout.splitlines()) if v}
+    assert lines.get("slot") == f"replicant_{pipeline_name}", p.stdout
+    assert int(lines["slot lag bytes"]) > 0, p.stdout
+    assert lines.get("slot active") == "False", p.stdout
+
+
+def test_restart_delivers_a_change_captured_before_a_stop(tmp_path: Path, pg_url: str, dest_url: str,
+                                                           pipeline_name: str) -> None:
+    """The log holds a widened column the destinations have not applied yet when the engine
+    restarts (and discovers the table already widened): the destinations still follow it."""
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v varchar(10), n int)", "INSERT INTO a VALUES (1, 'one', 1)")
+    cfg = parse(_pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["a"]), base_dir=tmp_path)
+    assert Engine(cfg).run().ok
+    _exec(pg_url, "ALTER TABLE a ALTER COLUMN n TYPE bigint, ALTER COLUMN v TYPE varchar(50), ADD COLUMN c text",
+          "INSERT INTO a VALUES (2, 'a value longer than ten', 3000000000, 'c')")
+    captured = Engine(cfg, destinations_factory=lambda: []).run()  # into the log only (a stop before delivery)
+    assert captured.ok and captured.rows_read["public.a"] == 1, captured
+    result = Engine(cfg).run()
+    assert result.ok, result.errors
+    cols = ["id", "v", "n", "c"]
+    assert _same("postgres", dest_url, pg_url, "a", cols)
+    assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "a", cols)
+    assert _pg_types(dest_url, "a")["n"] == "bigint"
