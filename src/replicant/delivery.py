@@ -78,6 +78,8 @@ class StreamWriter:
         self.last: int | None = None
         self.rows = 0
         self.offset = self._first_offset() if start is None else start
+        if start is None:
+            self.stream = self._applied_version(stream)
 
     def _first_offset(self) -> int:
         s = self.stream
@@ -93,6 +95,25 @@ class StreamWriter:
                 f"reset or replaced. Replay into it with `replicant replay --destination {self.dest.name} --from-start`."
             )
         return applied + 1
+
+    def _applied_version(self, stream: Stream) -> Stream:
+        """The stream in the schema of the last record the destination applied: records still
+        to deliver may be older than the stream as discovered now (a restart after the source
+        changed), and each must evolve the table from where it is."""
+        last = self.offset - 1
+        if last < max(self.log.start_offset(stream.name), 0):
+            return stream
+        for rec in self.log.read(stream.name, last, end=last + 1):
+            if rec.batch is not None:
+                schema = data_schema(rec.batch.schema)
+            else:
+                versions = self.log.schemas(stream.name)
+                if not 0 <= rec.schema_version < len(versions):
+                    return stream
+                schema = data_schema(versions[rec.schema_version])
+            if not schema.equals(stream.schema, check_metadata=True):
+                return dataclasses.replace(stream, schema=schema)
+        return stream
 
     def step(self, end: int | None = None) -> bool:
         """Delivers every record after the current offset (up to ``end``); True if there was any."""
