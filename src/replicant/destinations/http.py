@@ -51,9 +51,10 @@ that had already succeeded arrive a second time with the same key.
 
 Every change is pushed with its ``op`` whatever ``write:`` says (``append`` and ``merge`` both
 send deletes: the receiver applies them); ``merge`` needs key columns. ``replace`` is not
-supported. A TRUNCATE marker is pushed as one record ``{"op": "truncate", "key": null,
-"data": null, "position": null, "ts": null}``. Schema drift needs nothing here: new columns
-simply appear in ``data``.
+supported. :meth:`HttpDestination.truncate` pushes one record ``{"op": "truncate", "key":
+null, "data": null, "position": null, "ts": null}`` (the delivery does not call it for
+non-transactional destinations yet: it skips markers). Schema drift needs nothing here: new
+columns simply appear in ``data``.
 
 JSON mapping (encoded by DuckDB's ``to_json`` over the Arrow batch, in C++; no per-row
 Python; the request bodies are slices of one Arrow string buffer):
