@@ -13,6 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from replicant.cdc import snapshot_diff
 from replicant.errors import FatalError
@@ -347,3 +349,48 @@ def test_memory_stays_bounded_on_a_200k_row_table(pg_url: str, tmp_path: Path) -
         assert ops == {"update": 2_000, "delete": 200, "insert": 1_000}
         # Arrow memory held at any time is a few batches, not the table
         assert peak - start < table_bytes / 4, f"peak Arrow allocation {peak - start} bytes"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    states=st.lists(
+        st.dictionaries(
+            st.tuples(st.integers(0, 6), st.sampled_from(["a", "B", "é", ""])),
+            st.tuples(st.one_of(st.none(), st.text(max_size=5)), st.one_of(st.none(), st.integers(-3, 3))),
+            max_size=25,
+        ),
+        min_size=1, max_size=4,
+    ),
+    crash_after=st.integers(0, 6),
+)
+def test_property_every_run_converges_to_the_table(tmp_path_factory: pytest.TempPathFactory, states: list, crash_after: int) -> None:
+    """Any sequence of table states, with a crash after ``crash_after`` batches in each run
+    (0: none): applying every run's changes reproduces the table each time."""
+    tmp = tmp_path_factory.mktemp("prop")
+    path = tmp / "p.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (k integer NOT NULL, s text NOT NULL, v text, n integer, PRIMARY KEY (k, s))")
+    conn.commit()
+    db = Db("sqlite", "sqlite:///" + str(path))
+    src, s = _open(db, tmp, "t", batch_size=2, chunk_size=3)
+    state: dict = {}
+    position = None
+    with src:
+        for table in states:
+            conn.execute("DELETE FROM t")
+            conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", [(*k, *v) for k, v in table.items()])
+            conn.commit()
+            it = src.read(s, position)
+            head = [b for _, b in zip(range(crash_after), it)]
+            it.close()
+            batches = head + list(src.read(s, head[-1].position if head else position))
+            if head and head[-1].position.get("done"):
+                batches = head  # the run ended within the first batches
+            if position is None:
+                state = {}
+            state = _apply(state, batches, s)
+            assert state == {k: {"k": k[0], "s": k[1], "v": v[0], "n": v[1]} for k, v in table.items()}
+            position = batches[-1].position
+            if crash_after % 2:  # sometimes the acknowledgement is lost: reading from done promotes
+                src.acknowledge(s, position)
+    conn.close()

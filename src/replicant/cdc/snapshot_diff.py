@@ -383,6 +383,10 @@ class _PartWriter:
         self._keys.write_batch(pa.RecordBatch.from_arrays([*cols, hashes, rows], schema=self._keys_schema))
         self.rows += n
 
+    def abort(self) -> None:
+        self._rows.close()
+        self._keys.close()
+
     def close(self) -> None:
         """Closes, syncs and renames both files into place (a part exists whole or not at all)."""
         self._rows.close()
@@ -429,8 +433,7 @@ def _read_phase(source: Any, stream: Stream, run: _Run, con: duckdb.DuckDBPyConn
                     yield ReadBatch(_empty_change(stream), pos)
     finally:
         if writer is not None:  # interrupted: the part stays a .tmp and is dropped on resume
-            writer._rows.close()
-            writer._keys.close()
+            writer.abort()
 
 
 def _diff_phase(stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -475,23 +478,28 @@ def _diff_phase(stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection) -> di
 class _RowStore:
     """Random access to the run's rows by row number, one IPC record batch at a time.
 
-    The IPC files are memory-mapped: batches are zero-copy views, and taking a few rows
-    touches only their pages (file pages the kernel can drop, not process memory).
+    Batch sizes are learnt through a memory map (zero-copy: only the batches' headers are
+    touched); rows are then read with plain file reads, one batch at a time, so that the
+    process holds one batch, not the mapped file.
     """
 
     def __init__(self, run: _Run) -> None:
-        self._files: list[pa.MemoryMappedFile] = []
+        self._files: list[pa.OSFile] = []
         self._where: list[tuple[pa.ipc.RecordBatchFileReader, int]] = []
         starts: list[int] = []
         n = 0
         for k in range(run.parts()):
-            f = pa.memory_map(str(run.rows_path(k)))
+            path = str(run.rows_path(k))
+            with pa.memory_map(path) as mm:
+                mapped = pa.ipc.open_file(mm)
+                sizes = [mapped.get_batch(i).num_rows for i in range(mapped.num_record_batches)]
+            f = pa.OSFile(path)
             self._files.append(f)
             reader = pa.ipc.open_file(f)
-            for i in range(reader.num_record_batches):
+            for i, size in enumerate(sizes):
                 starts.append(n)
                 self._where.append((reader, i))
-                n += reader.get_batch(i).num_rows
+                n += size
         self.starts = np.array(starts, dtype=np.int64)
         self.total = n
         self._cached: tuple[int, pa.RecordBatch] | None = None
