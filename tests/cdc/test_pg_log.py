@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from replicant.config import SourceConfig
-from replicant.errors import ConfigError
+from replicant.errors import ConfigError, FatalError
 from replicant.model import strip_meta
 from replicant.sources.base import ChangeSet
 from replicant.sources.postgres import PostgresSource
@@ -551,7 +551,8 @@ def test_added_column_and_widened_types_are_followed(pg_url: str) -> None:
         again = _streams(src, ["t", "u"])
         again[0] = dataclasses.replace(again[0], schema=again[0].schema.with_metadata(md))
         log2 = Log(again)
-        log2.positions, log2.resume = {s.name: got[-1].position_of(s.name) or log.positions[s.name] for s in streams}, got[-1].position
+        log2.positions = {s.name: got[-1].position_of(s.name) or log.positions[s.name] for s in streams}
+        log2.resume = got[-1].position
         _exec(pg_url, "INSERT INTO t VALUES (4, 4, 'd', 'z')")
         tail = log2.run(src)  # _capture checks every batch against the stream's schema
         assert [r["id"] for _, r in _rows(tail, "t")] == [4]
@@ -618,6 +619,21 @@ def test_include_keeps_new_columns_out(pg_url: str) -> None:
                                                         (["id", "a", "_op", "_pos", "_ts"], 2)]
         assert rows[0][0].field("a").metadata[b"replicant.sql_type"] == b"character varying(5)"
         assert rows[1][0].field("a").metadata[b"replicant.sql_type"] == b"character varying(9)"
+    finally:
+        src.uninstall([])
+        src.close()
+
+
+def test_generated_column_is_refused_with_what_to_do(pg_url: str) -> None:
+    _exec(pg_url, "CREATE TABLE g (id int PRIMARY KEY, a int, twice int GENERATED ALWAYS AS (a * 2) STORED)")
+    src = _source(pg_url)
+    try:
+        streams = _streams(src, ["g"])
+        log = Log(streams)
+        log.run(src)
+        _exec(pg_url, "INSERT INTO g (id, a) VALUES (1, 1)")
+        with pytest.raises(FatalError, match=r"'twice'.*generated.*exclude"):
+            log.run(src)
     finally:
         src.uninstall([])
         src.close()

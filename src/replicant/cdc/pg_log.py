@@ -842,9 +842,18 @@ class PgLogCapture:
             raise FatalError(f"table {self._table(s)} does not exist (dropped or renamed?); fix `table:` of stream {s.name!r}")
         table = found[0]
         now = {c.name: c for c in table.columns}
-        current = {name: (typ, mod) for name, typ, mod in self._sql(
-            "SELECT attname, atttypid::bigint, atttypmod FROM pg_attribute WHERE attrelid = %s::oid AND attnum > 0 "
-            "AND NOT attisdropped", (str(rel.oid),))}
+        current, generated = {}, set()
+        for name, typ, mod, gen in self._sql(
+                "SELECT attname, atttypid::bigint, atttypmod, COALESCE(to_jsonb(a) ->> 'attgenerated', '') <> '' "
+                "FROM pg_attribute a WHERE attrelid = %s::oid AND attnum > 0 AND NOT attisdropped", (str(rel.oid),)):
+            current[name] = (typ, mod)
+            if gen:
+                generated.add(name)
+        lost = [f.name for f in s.schema if f.name in generated and f.name not in rel.columns]
+        if lost:  # pgoutput never sends generated columns
+            raise FatalError(f"stream {s.name!r}: column(s) {', '.join(map(repr, lost))} of {self._table(s)} are generated, "
+                             "and logical replication does not carry generated columns; exclude them (`exclude:`) "
+                             "or read the stream in another mode")
         columns = []
         for name, typ, mod in zip(rel.columns, rel.types, rel.typmods):
             c = now.get(name)
