@@ -123,6 +123,9 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
         )
     if source.workdir is None:
         raise FatalError(f"stream {stream.name!r}: mode snapshot_diff needs the source's workdir (set by the engine)")
+    clash = sorted({_HASH, _ROW, _OP} & set(stream.schema.names))
+    if clash:
+        raise FatalError(f"stream {stream.name!r}: column(s) {clash} collide with snapshot_diff's own; exclude them")
     return _read(source, stream, position)
 
 
