@@ -540,8 +540,8 @@ def test_open_log_maps_locations_to_backends(tmp_path: Path) -> None:
     with open_log(str(tmp_path / "a"), readonly=True) as log:
         assert log.read_only
     with pytest.raises(ConfigError) as error:
-        open_log("nats://user:s3cret@nats.example:4222/replicant")
-    assert "NATS JetStream backend is not available yet" in str(error.value) and "s3cret" not in str(error.value)
+        open_log("nats://user:s3cret@nats.example:4222/bad.name")
+    assert "'bad.name'" in str(error.value) and "s3cret" not in str(error.value)
     assert error.value.problems[0][0] == "log"
     with pytest.raises(ConfigError, match="s3://"):
         open_log("s3://bucket/log")

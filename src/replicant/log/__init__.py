@@ -44,13 +44,15 @@ def open_log(location: str | Path, **options: Any) -> Log:
     """Opens the staging log at ``location`` (the pipeline file's ``log:`` value).
 
     Args:
-        location: a folder path (``~`` expanded) or a ``file://`` URL: a :class:`LocalLog`.
+        location: a folder path (``~`` expanded) or a ``file://`` URL: a :class:`LocalLog`;
+            ``nats://host:port[/prefix]`` (or ``tls://``): a :class:`replicant.log.nats.NatsLog`.
         **options: passed to the backend, e.g. ``compression="lz4"``, ``read_only=True``
             (``readonly=True`` is accepted too).
 
     Raises:
-        ConfigError: a scheme with no backend yet (``nats://``, ``s3://``…), at key ``log``.
-        FatalError: another process writes to the log (see :class:`LocalLog`).
+        ConfigError: a scheme with no backend yet (``s3://``…), at key ``log``.
+        ConnectionError: the NATS server cannot be reached.
+        FatalError: another process writes to the log (see :class:`LocalLog`, ``NatsLog``).
     """
     from replicant.log.local import LocalLog
 
@@ -66,10 +68,9 @@ def open_log(location: str | Path, **options: Any) -> Log:
             raise ConfigError("unsupported staging log location", [("log", f"file URL with a remote host {parts.netloc!r}")])
         return LocalLog(unquote(parts.path), **options)
     if scheme in ("nats", "tls", "nats+tls"):
-        raise ConfigError(
-            "unsupported staging log location",
-            [("log", "the NATS JetStream backend is not available yet; use a local folder path for now")],
-        )
+        from replicant.log.nats import NatsLog
+
+        return NatsLog(text, **options)
     raise ConfigError(
         "unsupported staging log location",
         [("log", f"no staging log backend for {scheme}:// yet; use a local folder path or file:// URL")],

@@ -29,8 +29,8 @@ A payload larger than one message allows (the server's ``max_payload``, 1 MiB by
 is cut into *parts*: every part but the last is a message with only a ``Replicant-Part``
 header (``<offset>/<index>``), published first; the last part carries the record headers
 and the sequences of the others. The record exists once that last message is stored, so
-parts left by a crash are orphans: readers never see them and a writer deletes them when it
-opens the stream.
+parts left by a crash are orphans: no record lists them, readers skip them, and retention
+purges them with the records around them.
 """
 
 from __future__ import annotations

@@ -249,15 +249,16 @@ class NatsLog(Log):
             return None
 
         try:
-            self._nc = await nats.connect(
+            connecting = nats.connect(
                 self._server,
                 name=f"replicant-log {self.prefix}",
                 connect_timeout=min(self.timeout, 5),
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=-1,  # once connected, ride out server restarts
                 reconnect_time_wait=0.5,
                 error_cb=quiet,
             )
+            self._nc = await asyncio.wait_for(connecting, self.timeout)  # the first connect is not retried forever
         except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
             raise ConnectionError(f"staging log at {self.location}: cannot connect to the NATS server ({type(exc).__name__})") from exc
         self._js = self._nc.jetstream(timeout=self.timeout)
@@ -394,22 +395,24 @@ class NatsLog(Log):
                 pass  # it goes away after inactive_threshold
         return messages
 
-    async def _index(self, st: _Stream, start_seq: int, upto: int | None, records: Records) -> tuple[list[int], int]:
-        """Adds the records from ``start_seq`` on to ``records``; returns the orphan parts at
-        the end and the number of messages seen."""
+    async def _index(self, st: _Stream, start_seq: int, upto: int | None, records: Records) -> int:
+        """Adds the records from ``start_seq`` on to ``records``; returns the number of
+        messages seen. Parts no record lists (a crashed append's) are skipped; they stay on
+        the server until retention purges them (deleting the last message of a subject makes
+        nats-server 2.9 forget the subject's last sequence, which the append guard needs)."""
         msgs = await self._scan(st.data_subject, start_seq, upto, headers_only=True)
-        parts: list[tuple[int, int]] = []
+        parts = 0
         for msg in msgs:
             headers = msg.headers or {}
             seq = msg.metadata.sequence.stream
             size = int(headers.get("Nats-Msg-Size", 0)) + sum(len(k) + len(v) + 4 for k, v in headers.items())
             if H_OFFSET in headers:
-                records.add_headers(headers, seq, size + sum(s for _, s in parts))
-                parts = []
+                records.add_headers(headers, seq, size + parts)
+                parts = 0
             else:
-                parts.append((seq, size))
+                parts += size  # a part: its size counts for the record after it
             st.last_seq = max(st.last_seq, seq)
-        return [seq for seq, _ in parts], len(msgs)
+        return len(msgs)
 
     async def _load_schemas(self, st: _Stream) -> None:
         for msg in await self._scan(st.schema_subject, st.schema_seq + 1, None, headers_only=False):
@@ -417,7 +420,7 @@ class NatsLog(Log):
             st.schema_seq = msg.metadata.sequence.stream
 
     async def _load(self, st: _Stream) -> None:
-        """Builds the stream's index from the server (writer: once, deleting orphan parts)."""
+        """Builds the stream's index from the server (a writer: once)."""
         records = Records()
         st.last_seq = st.schema_seq = 0
         st.schemas = []
@@ -425,12 +428,8 @@ class NatsLog(Log):
             upto = (await self._js.stream_info(self.stream_name)).state.last_seq
         except nats.js.errors.NotFoundError:
             upto = 0  # read-only, before the first writer created the JetStream stream
-        orphans, seen = await self._index(st, 1, upto, records)
+        seen = await self._index(st, 1, upto, records)
         await self._load_schemas(st)
-        if orphans and not self.read_only:
-            for seq in orphans:
-                await self._js.delete_msg(self.stream_name, seq)
-            st.last_seq = records.seq[-1] if len(records) else 0
         if st.shortened and not self.read_only:
             try:
                 await self._js.get_last_msg(self.stream_name, st.name_subject, direct=self._direct)
@@ -459,7 +458,7 @@ class NatsLog(Log):
         count = (info.state.subjects or {}).get(st.data_subject, 0)
         if upto > st.scanned:
             records, known = st.records, len(st.records)
-            _, seen = await self._index(st, st.scanned + 1, upto, records)
+            seen = await self._index(st, st.scanned + 1, upto, records)
             st.msgs += seen
             st.scanned = upto
             if len(records) > known:
