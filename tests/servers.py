@@ -349,6 +349,8 @@ def _start_mysql_once(timeout: float) -> MysqlServer:
     port = free_port()
     tmpdir = base / "tmp"
     tmpdir.mkdir(exist_ok=True)
+    if is_root():  # mariadbd runs as mysql and must write there
+        shutil.chown(tmpdir, user="mysql", group="mysql")
     cmd = [
         mariadbd, "--no-defaults", *user_opt, f"--datadir={data}", f"--port={port}",
         "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={base / 'mariadbd.pid'}",
