@@ -341,7 +341,7 @@ class NatsLog(Log):
                     f"within {ttl:g} s and another writer may have taken over); stop and run again"
                 )
                 return
-            except _TRANSIENT:
+            except (*_TRANSIENT, nats.errors.Error):
                 continue  # the next refresh may still be in time; appends are guarded anyway
 
     async def _release_lock(self) -> None:
@@ -379,7 +379,8 @@ class NatsLog(Log):
                 sub = await self._js.pull_subscribe_bind(consumer=info.name, stream=self.stream_name)
                 try:
                     while pending > 0:
-                        for msg in await sub.fetch(min(pending, _SCAN_BATCH), timeout=self.timeout):
+                        batch = _SCAN_BATCH if headers_only else 16  # whole messages: up to max_payload each
+                        for msg in await sub.fetch(min(pending, batch), timeout=self.timeout):
                             meta = msg.metadata
                             if upto is not None and meta.sequence.stream > upto:
                                 pending = 0
