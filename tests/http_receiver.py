@@ -18,6 +18,9 @@ told to misbehave:
 - ``max_body``: bodies longer than this are answered 413.
 - ``echo_auth``: rejection answers repeat the request's ``Authorization`` header (as some
   servers do), to check that the client masks it.
+- ``on_request``: called with each :class:`Received` in the handler's thread, after it is
+  recorded and before it is answered (e.g. to SIGKILL the client between a push and its
+  offset commit); the answer is sent after the callback returns.
 
 ``max_in_flight`` is the largest number of requests being handled at once.
 """
@@ -68,6 +71,7 @@ class Receiver:
     delay: float = 0.0
     max_body: int | None = None
     echo_auth: bool = False
+    on_request: Callable[[Received], None] | None = None
     requests: list[Received] = field(default_factory=list)
     max_in_flight: int = 0
 
@@ -194,6 +198,8 @@ class Receiver:
                     answer = json.dumps(answer_doc).encode()
             with self._lock:
                 self.requests.append(rec)  # recorded on arrival: processed, whatever the client sees later
+            if self.on_request is not None:
+                self.on_request(rec)
             if rec.outcome == "slow":
                 time.sleep(self.slow_seconds)  # the client times out before the answer
             elif self.delay and rec.outcome == "ok":

@@ -1,0 +1,366 @@
+"""Non-transactional destinations (http, files, nats) end to end, through the engine and the CLI.
+
+* SIGKILL between a push and its offset commit: the receiver kills ``replicant run`` inside
+  the handler of the k-th request; the re-run sends that batch again with the same
+  idempotency key and body, and the records (de-duplicated by key) equal the source.
+* Files: ``replicant run`` killed while writing to a local folder and to S3 (moto); after a
+  re-run, every file is named by its log range and the files read back equal the source.
+* Replay from the start, an offset and a time into http, files (local, S3) and nats repeats
+  the first deliveries exactly (batch ids, file names and bytes, Nats-Msg-Id), so the
+  receivers hold no duplicates.
+* Fan-out in ``--follow`` to http, files and PostgreSQL with the http endpoint down for a
+  while: the other two keep up, all three converge after it recovers, ``status`` shows lag 0.
+* 4xx rejections go to dead letters: ``replicant run`` warns, ``replicant status`` counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+from http_receiver import Receiver, Received
+from replicant.config import parse
+from replicant.destinations.http import batch_id
+from replicant.engine import Engine
+from replicant.log import open_log
+
+try:  # tests/ as a package
+    from .s3 import s3_bucket, s3_server  # noqa: F401
+except ImportError:  # default layout: tests/ on sys.path
+    from s3 import s3_bucket, s3_server  # noqa: F401
+
+CLI = [sys.executable, "-m", "replicant.cli"]
+COLS = ("id", "name", "price", "updated_at")
+ENV = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _source(path: Path, n: int) -> None:
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, updated_at INTEGER NOT NULL)")
+        c.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", [(i, f"item {i}", i * 0.25, i) for i in range(1, n + 1)])
+
+
+def _exec(path: Path, sql: str, params: Any = ()) -> None:
+    with sqlite3.connect(path) as c:
+        c.execute(sql, params)
+
+
+def _source_rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as c:
+        return [tuple(r) for r in c.execute(f"SELECT {', '.join(COLS)} FROM items ORDER BY id")]
+
+
+def _pipeline(name: str, src: Path, dests: list[dict], *, mode: str = "full", **source: Any) -> dict:
+    stream: dict[str, Any] = {"table": "items", "mode": mode}
+    if mode == "cursor":
+        stream["cursor"] = "updated_at"
+    return {
+        "pipeline": name,
+        "source": {"type": "sqlite", "url": f"sqlite:///{src}", "batch_size": 500, "streams": [stream], **source},
+        "destinations": dests,
+    }
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _http_rows(rcv: Receiver) -> list[tuple]:
+    """The data of every accepted record, once per idempotency key, sorted (duplicates kept)."""
+    return sorted(tuple(r["data"][c] for c in COLS) for r in rcv.records())
+
+
+def _files_rows(path: str, filesystem: Any = None) -> list[tuple]:
+    """The rows of every data file under ``path`` (a stream's folder), sorted (duplicates kept)."""
+    if filesystem is not None:
+        filesystem.invalidate_cache()
+    table = ds.dataset(path, format="parquet", partitioning="hive", filesystem=filesystem).to_table(columns=list(COLS))
+    return sorted(zip(*(table.column(c).to_pylist() for c in COLS)))
+
+
+def _log_ranges(base: Path, pipeline: str, stream: str = "items") -> list[tuple[int, int]]:
+    """``(first, last)`` offsets of every data record of the pipeline's staging log."""
+    lg = open_log(str(base / ".replicant" / pipeline / "log"), read_only=True)
+    try:
+        return [(r.offset, r.next_offset - 1) for r in lg.read(stream, lg.start_offset(stream)) if r.batch is not None and r.batch.num_rows]
+    finally:
+        lg.close()
+
+
+def _batch_ids(ranges: list[tuple[int, int]], pipeline: str, dest: str, size: int) -> set[str]:
+    """The idempotency keys of requests of ``size`` rows cut from each record's first offset."""
+    return {
+        batch_id(pipeline, dest, "items", a, min(a + size - 1, last))
+        for first, last in ranges
+        for a in range(first, last + 1, size)
+    }
+
+
+def _files(root: str, fs: Any = None) -> dict[str, str]:
+    """Relative path → sha256 of every data file and manifest under ``root``."""
+    out = {}
+    if fs is None:
+        for folder, _, names in os.walk(root):
+            for n in names:
+                p = os.path.join(folder, n)
+                out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    else:
+        fs.invalidate_cache()  # listings cached by an earlier find would hide newer objects
+        for p in fs.find(root):
+            out[p.removeprefix(root + "/")] = hashlib.sha256(fs.cat_file(p)).hexdigest()
+    return out
+
+
+def _names(files: dict[str, str]) -> set[str]:
+    return {os.path.basename(p) for p in files if p.endswith(".parquet")}
+
+
+def _wait(cond, timeout: float = 30.0, what: str = "the destinations to converge") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cond():
+                return
+        except Exception:  # noqa: BLE001 - a table or folder may not exist yet
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _status(pipeline_file: Path) -> str:
+    p = subprocess.run([*CLI, "status", str(pipeline_file)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def _status_offsets(text: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """(destination, stream) → (applied offset, lag) from the destinations table of `status`."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
+        if len(cells) == 4 and re.fullmatch(r"-?\d+", cells[2]) and re.fullmatch(r"[\d,]+", cells[3]):
+            out[(cells[0], cells[1])] = (int(cells[2]), int(cells[3].replace(",", "")))
+    return out
+
+
+class _Tap:
+    """A plain NATS subscriber on ``subject`` (its own loop and thread): sees every publish,
+    including those JetStream then drops as duplicates."""
+
+    def __init__(self, url: str, subject: str) -> None:
+        import nats
+
+        self.msgs: list[tuple[str, dict]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def cb(m: Any) -> None:
+            self.msgs.append(((m.headers or {}).get("Nats-Msg-Id"), json.loads(m.data)))
+
+        async def sub() -> Any:
+            nc = await nats.connect(url)
+            await nc.subscribe(subject, cb=cb)
+            await nc.flush()
+            return nc
+
+        self._nc = self._run(sub())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def take(self) -> list[tuple[str, dict]]:
+        """What arrived since the last call (after a round trip to the server)."""
+        self._run(self._nc.flush())
+        got, self.msgs = self.msgs, []
+        return got
+
+    def close(self) -> None:
+        self._run(self._nc.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def _stored(url: str, stream_name: str) -> list[tuple[str, dict]]:
+    """(Nats-Msg-Id, body) of every message JetStream stored in ``stream_name``, in order."""
+    import nats
+
+    async def read() -> list[tuple[str, dict]]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(stream_name)
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1 if info.state.messages else info.state.first_seq):
+                m = await js.get_msg(stream_name, seq)
+                out.append(((m.headers or {}).get("Nats-Msg-Id"), json.loads(m.data)))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def _delete_stream(url: str, stream_name: str) -> None:
+    import nats
+
+    async def run() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().delete_stream(stream_name)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(run())
+    except Exception:  # noqa: BLE001 - cleanup: the test may not have created it
+        pass
+
+
+# ------------------------------------------------------------------ 1. SIGKILL between push and offset commit
+
+
+def test_sigkill_between_push_and_offset_commit_resends_the_same_batch(tmp_path: Path) -> None:
+    src = tmp_path / "src.db"
+    _source(src, 5000)
+    k = random.Random(4).randint(5, 16)  # a request past the first record's two
+    proc: dict[str, subprocess.Popen] = {}
+    seen: list[Received] = []
+    killed: list[Received] = []
+    lock = threading.Lock()
+
+    def on_request(rec: Received) -> None:
+        with lock:
+            seen.append(rec)
+            if len(seen) != k:
+                return
+            killed.append(rec)
+        p = proc["run"]
+        os.kill(p.pid, signal.SIGKILL)  # recorded, not yet answered: the offset cannot be committed
+        p.wait(timeout=30)
+
+    with Receiver(on_request=on_request) as rcv:
+        f = _write(tmp_path / "p.yml", _pipeline("kill", src, [{"name": "push", "type": "http", "url": rcv.url, "batch_size": 250}],
+                                                    mode="cursor"))  # full would reload the table on the re-run
+        proc["run"] = subprocess.Popen([*CLI, "run", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        _, err = proc["run"].communicate(timeout=120)
+        assert proc["run"].returncode == -signal.SIGKILL, err.decode()
+        assert killed, "the k-th request arrived"
+        victim = killed[0]
+        first_run = len(rcv.requests)
+        first_keys = [r.key for r in rcv.requests]
+
+        rcv.on_request = None
+        p = subprocess.run([*CLI, "run", str(f)], capture_output=True, text=True, env=ENV, timeout=120)
+        assert p.returncode == 0, p.stderr
+        again = rcv.requests[first_run:]
+        resent = [r for r in again if r.key == victim.key]
+        assert resent, "the batch whose answer never came was sent again"
+        assert all(r.body == victim.body for r in resent), "with the same body"
+        assert first_keys[0] not in {r.key for r in again}, "batches whose offset was committed are not sent again"
+
+        accepted = rcv.accepted()  # asserts every key always carried the same body
+        assert set(accepted) == _batch_ids(_log_ranges(tmp_path, "kill"), "kill", "push", 250), "no key missing, none extra"
+        assert _http_rows(rcv) == _source_rows(src)
+        assert len(accepted) == 20
+
+
+# ------------------------------------------------------------------ 2. files: SIGKILL while writing, re-run
+
+
+def _data_files(root: Path) -> int:
+    return sum(1 for _, _, names in os.walk(root) for n in names if n.endswith(".parquet")) if root.exists() else 0
+
+
+@pytest.mark.slow
+def test_files_killed_while_writing_converge_without_duplicates(tmp_path: Path, s3_server, s3_bucket: str) -> None:  # noqa: F811
+    src = tmp_path / "src.db"
+    _source(src, 10_000)
+    lake = tmp_path / "lake"
+    s3_url = f"s3://{s3_bucket}/lake"
+    fs = s3_server.filesystem()
+    dests = [
+        {"name": "lake", "type": "files", "path": str(lake)},
+        {"name": "s3", "type": "files", "path": s3_url, "storage_options": s3_server.storage_options},
+    ]
+    data = _pipeline("files", src, dests, mode="cursor")
+    f = _write(tmp_path / "p.yml", data)
+    rng = random.Random(11)
+    interrupted = 0
+    for _ in range(3):
+        n = _data_files(lake / "items") + rng.randint(2, 12)  # kill once n files are there
+        p = subprocess.Popen([*CLI, "run", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        try:
+            deadline = time.monotonic() + 120
+            while p.poll() is None and _data_files(lake / "items") < n and time.monotonic() < deadline:
+                time.sleep(0.005)
+            p.send_signal(signal.SIGKILL)
+            _, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        fs.invalidate_cache()
+        local, remote = _data_files(lake / "items"), sum(1 for x in fs.find(s3_url) if x.endswith(".parquet"))
+        if p.returncode == -signal.SIGKILL and min(local, remote) < len(_log_ranges(tmp_path, "files")):
+            interrupted += 1  # killed with records of the log not yet in files
+        # the next round goes on from what the previous ones committed; fresh rows make it write again
+        _exec(src, "UPDATE items SET name = name || '+', updated_at = updated_at + 100000 WHERE id % 5 = 0")
+    assert interrupted >= 1, "the kills landed while files were still being written"
+    p = subprocess.run([*CLI, "run", str(f)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 0, p.stderr
+
+    ranges = _log_ranges(tmp_path, "files")
+    expected = {f"{a:020d}-{b:020d}.parquet" for a, b in ranges}
+    assert _names(_files(str(lake))) == expected
+    assert _names(_files(f"{s3_bucket}/lake", fs)) == expected
+    # files hold change events: every version of every row, each exactly once
+    events = sorted(
+        tuple(r) for a, b in ranges for r in _log_rows(tmp_path, "files", a, b)
+    )
+    assert len(events) == sum(b - a + 1 for a, b in ranges)
+    local_rows = duckdb.sql(
+        f"SELECT {', '.join(COLS)} FROM read_parquet('{lake}/items/**/*.parquet', hive_partitioning = true) ORDER BY ALL"
+    ).fetchall()
+    assert [tuple(r) for r in local_rows] == events
+    assert _files_rows(f"{s3_bucket}/lake/items", fs) == events
+    latest = duckdb.sql(
+        f"SELECT {', '.join(COLS)} FROM read_parquet('{lake}/items/**/*.parquet', hive_partitioning = true) "
+        "QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated_at DESC) = 1 ORDER BY id"
+    ).fetchall()
+    assert [tuple(r) for r in latest] == _source_rows(src)
+
+
+def _log_rows(base: Path, pipeline: str, first: int, last: int) -> list[tuple]:
+    lg = open_log(str(base / ".replicant" / pipeline / "log"), read_only=True)
+    try:
+        out = []
+        for r in lg.read("items", first, end=last + 1):
+            if r.batch is not None:
+                out += list(zip(*(r.batch.column(c).to_pylist() for c in COLS)))
+        return out
+    finally:
+        lg.close()
