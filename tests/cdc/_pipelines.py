@@ -152,9 +152,10 @@ def wait_slot_released(url: str, slot: str, timeout: float = 20) -> int | None:
     return holder[0]
 
 
-def durable_lsn(base: Path, pipeline: str, streams: list[str]) -> tuple[int | None, int | None]:
+def durable_lsn(base: Path, pipeline: str, streams: list[str]) -> tuple[int | None, int | None, list[str]]:
     """What survived a kill: (lsn of the ``(capture)`` checkpoint in the state store, highest
-    ``lsn`` of the streams' last log positions). None where nothing is there."""
+    ``lsn`` of the streams' last log positions, streams whose snapshot is unfinished in the
+    log). None where nothing is there."""
     home = base / ".replicant" / pipeline
     cp_lsn = None
     if (home / "state.db").exists():
@@ -166,6 +167,7 @@ def durable_lsn(base: Path, pipeline: str, streams: list[str]) -> tuple[int | No
         finally:
             store.close()
     log_lsn = None
+    snapshotting = []
     if (home / "log").exists():
         lg = open_log(home / "log", read_only=True)
         try:
@@ -175,9 +177,11 @@ def durable_lsn(base: Path, pipeline: str, streams: list[str]) -> tuple[int | No
                 pos = lg.last_position(name) or {}
                 if pos.get("lsn") is not None:
                     log_lsn = max(log_lsn or 0, int(pos["lsn"]))
+                if "snapshot" in pos:
+                    snapshotting.append(name)
         finally:
             lg.close()
-    return cp_lsn, log_lsn
+    return cp_lsn, log_lsn, snapshotting
 
 
 # --------------------------------------------------------------------------- writer
@@ -228,19 +232,19 @@ class RandomWriter(threading.Thread):
                       (tid, aid, delta, self.rnd.choice([None, "x", "note " + str(delta)])))
         elif r < 0.65:
             n = self.rnd.randint(1, 20)
-            c.execute("INSERT INTO accounts SELECT g, g %% 10 + 1, 0, md5(g::text) FROM generate_series(%s, %s) g",
+            c.execute("INSERT INTO accounts SELECT g, g %% 10 + 1, 0, md5(g::text) FROM generate_series(%s::int, %s::int) g",
                       (self.next_aid + 1, self.next_aid + n))
             self.next_aid += n
         elif r < 0.78:
-            c.execute("DELETE FROM accounts WHERE aid BETWEEN %s AND %s", (aid, aid + self.rnd.randint(0, 3)))
+            c.execute("DELETE FROM accounts WHERE aid BETWEEN %s::int AND %s::int", (aid, aid + self.rnd.randint(0, 3)))
         elif r < 0.86:  # a key change: the log has a delete of the old key, then the new row
             self.next_aid += 1
             c.execute("UPDATE accounts SET aid = %s WHERE aid = %s", (self.next_aid, aid))
         elif r < 0.97:
             c.execute("UPDATE accounts SET filler = CASE WHEN filler IS NULL THEN md5(aid::text) END, "
-                      "bid = bid %% 10 + 1 WHERE aid BETWEEN %s AND %s", (aid, aid + self.rnd.randint(1, 50)))
+                      "bid = bid %% 10 + 1 WHERE aid BETWEEN %s::int AND %s::int", (aid, aid + self.rnd.randint(1, 50)))
         elif r < 0.99:
-            c.execute("UPDATE accounts SET abalance = abalance + 1 WHERE aid BETWEEN %s AND %s", (aid, aid + 3000))
+            c.execute("UPDATE accounts SET abalance = abalance + 1 WHERE aid BETWEEN %s::int AND %s::int", (aid, aid + 3000))
         else:
             c.execute("DELETE FROM tellers WHERE tid = %s", (self.rnd.randint(1, 100),))
             c.execute("INSERT INTO tellers VALUES (%s, 1, 0, 'back') ON CONFLICT (tid) DO NOTHING", (self.rnd.randint(1, 100),))
