@@ -1,0 +1,926 @@
+"""``mode: log`` on MySQL/MariaDB: the row binlog, read as a replica with ``mysql-replication``.
+
+One binlog connection (``BinLogStreamReader``, registered with ``server_id``) serves every
+``log`` stream of the source. :meth:`BinlogCapture.capture` follows
+:meth:`replicant.sources.base.Source.capture`.
+
+Positions (JSON)::
+
+    capture, and a stream's position once it is streaming
+        {"file": "binlog.000003", "pos": 1234}
+    a stream in the middle of its initial snapshot
+        {"file": F, "pos": P, "snapshot": {"after": [last key values]}}
+
+``file``/``pos`` is the binlog coordinate *after* the last whole transaction (the end of its
+XID event, or of a DDL statement); positions compare as (file number, pos). A change belongs
+to a stream when its transaction ends *after* the stream's position; changes at or before
+it are skipped for that stream (they are in the log already). The binlog is read from the
+engine's ``resume`` position (the last acknowledged one); a stream that was ahead of it
+simply skips what it already has.
+
+Initial snapshot (streams whose position is None), without a global lock on MariaDB:
+``START TRANSACTION WITH CONSISTENT SNAPSHOT`` then ``SHOW STATUS LIKE 'binlog_snapshot_%'``
+gives the binlog coordinate S that matches the snapshot exactly (on MySQL: a brief
+``FLUSH TABLES WITH READ LOCK`` around ``SHOW MASTER STATUS``). Every pending table is read
+in that transaction (PyMySQL ``SSCursor``, key order, the same select expressions as a
+``full`` read, converted by :func:`replicant.sources.types.conform` to exactly the same Arrow
+types), ``_op = "read"``, each batch with the stream position
+``{"file": S.file, "pos": S.pos, "snapshot": {"after": key}}`` and the last batch with
+``{"file": S.file, "pos": S.pos}``; then the binlog is read from S (or from ``resume`` if
+that is older).
+
+A crash in the middle of a snapshot: the stream's position still holds S and the last key
+read. The next capture opens a *new* consistent snapshot S2 >= S, reads the keys after the
+last one, and streams the binlog from S for that stream. Every change after S is replayed
+with its full row image, in order, on top of rows read at S or S2, so a merge destination
+converges to the table exactly (a row changed between S and S2 is overwritten by the same
+or a later image). A table without a usable key restarts its snapshot from the first row
+(its destination can only append, so rows read before the crash appear twice).
+
+Values are exact and equal what a ``full`` read returns: the binlog decoder is told each
+column's signedness, enum/set labels and (as ``binary``) its character set, so strings are
+decoded here in the column's own character set, ``BINARY(n)`` gets back the trailing zero
+bytes the binlog strips, ``BIT`` becomes an integer (``BIT(1)`` a boolean), ``SET`` its
+comma-separated text, ``TIMESTAMP`` a UTC instant, ``TIME`` a time of day (a ``TIME`` beyond
+a day is an error, as in a full read).
+
+Server requirements (checked at start, by ``replicant cdc install`` and ``status``):
+``log_bin`` on, ``binlog_format=ROW``, ``binlog_row_image=FULL``; ``binlog_row_metadata=FULL``
+(MariaDB 10.5+, MySQL 8.0.14+) is recommended: without it, binlog columns are matched to the
+table by position, which breaks for rows logged before a column was added in the middle of
+a table. The user needs ``REPLICATION SLAVE`` and ``REPLICATION CLIENT`` (and ``RELOAD`` for
+the MySQL snapshot lock).
+
+Schema changes: an ``ALTER TABLE`` (any DDL naming a captured table) re-reads the table from
+the catalog; new columns join the stream (columns that existed when the capture started but
+were not in the stream stay excluded) and later batches follow the new schema, flushed apart
+from batches in the old one. ``TRUNCATE`` sets ``ChangeSet.truncated``. An ``UPDATE`` that
+changes the primary key is emitted as a delete of the old key and an insert of the new row.
+
+GTID positions are not used (file/pos work on MariaDB and MySQL alike; after a fail-over to
+another server a stream needs a new snapshot).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from replicant.errors import ConnectionError, FatalError, RetriableError
+from replicant.model import (
+    OP_DELETE,
+    OP_INSERT,
+    OP_READ,
+    OP_UPDATE,
+    Position,
+    Stream,
+    encode_position,
+    utcnow,
+    with_meta,
+)
+from replicant.sources.base import ChangeSet
+from replicant.sources.types import Column, conform, decode_value, encode_value, is_keyable
+
+__all__ = ["BinlogCapture"]
+
+log = logging.getLogger(__name__)
+
+#: How often an idle binlog connection hands control back (server heartbeat), so ``stop``
+#: is seen within about a second.
+_POLL = 0.5
+_CONNECT_CODES = {1040, 1044, 1045, 1129, 1130, 2002, 2003, 2005, 2006, 2013}
+#: binlog field types whose bytes the decoder would decode itself: we take the bytes.
+_STRING_FIELDS = {15, 249, 250, 251, 252, 253, 254}  # VARCHAR, *BLOB, VAR_STRING, STRING
+_ENUM, _SET = 247, 248
+_INT_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "integer": 32, "bigint": 64}
+_LABEL = re.compile(r"'((?:[^']|'')*)'")
+_LENGTH = re.compile(r"^\w+\((\d+)\)")
+_TRUNCATE = re.compile(r"^\s*TRUNCATE\s+(?:TABLE\s+)?(?P<name>.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+_DDL = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(ALTER|CREATE|DROP|RENAME)\b", re.IGNORECASE | re.DOTALL)
+_DML = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REPLACE|LOAD)\b", re.IGNORECASE | re.DOTALL)
+#: MySQL character set → Python codec (the rest: the same name, if Python knows it).
+_CODECS = {
+    "utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "cp1252", "latin2": "iso8859-2",
+    "ucs2": "utf-16-be", "utf16": "utf-16-be", "utf16le": "utf-16-le", "utf32": "utf-32-be",
+    "greek": "iso8859-7", "hebrew": "iso8859-8", "latin5": "iso8859-9", "latin7": "iso8859-13",
+    "sjis": "shift_jis", "ujis": "euc_jp", "eucjpms": "euc_jp", "euckr": "euc_kr", "koi8r": "koi8_r",
+    "koi8u": "koi8_u", "tis620": "tis-620", "armscii8": "utf-8", "swe7": "utf-8", "keybcs2": "utf-8",
+    "dec8": "utf-8", "hp8": "utf-8", "geostd8": "utf-8",
+}
+
+
+def _key(pos: Position) -> tuple[int, int]:
+    """A binlog coordinate as something that orders: (file number, byte offset)."""
+    name = str(pos["file"])
+    suffix = name.rsplit(".", 1)[-1]
+    return (int(suffix) if suffix.isdigit() else 0, int(pos["pos"]))
+
+
+def _coord(pos: Position) -> Position:
+    return {"file": str(pos["file"]), "pos": int(pos["pos"])}
+
+
+def _min(a: Position | None, b: Position | None) -> Position | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if _key(a) <= _key(b) else b
+
+
+def _labels(sql_type: str) -> list[str]:
+    """The labels of ``enum('a','b c')``/``set(...)`` as COLUMN_TYPE writes them."""
+    inner = sql_type[sql_type.find("(") + 1: sql_type.rfind(")")]
+    return [m.replace("''", "'") for m in _LABEL.findall(inner)]
+
+
+def _data_type(col: Column) -> str:
+    return re.split(r"[\s(]", col.sql_type.strip().lower(), maxsplit=1)[0]
+
+
+def _codec(charset: str | None) -> str:
+    name = (charset or "utf8mb4").lower()
+    codec = _CODECS.get(name, name)
+    try:
+        codecs.lookup(codec)
+    except LookupError:
+        return "utf-8"
+    return codec
+
+
+# ---------------------------------------------------------------------------- value conversion
+
+
+def _converter(col: Column) -> Callable[[Any], Any] | None:
+    """Turns one value as ``mysql-replication`` decodes it into the Python value of the Arrow
+    type a ``full`` read gives (None: the value is right as it is)."""
+    t, dt = col.arrow, _data_type(col)
+    if pa.types.is_unsigned_integer(t) and dt in _INT_BITS:
+        wrap = 1 << _INT_BITS[dt]
+        return lambda v: v + wrap if v is not None and v < 0 else v
+    if dt == "bit":
+        if pa.types.is_boolean(t):
+            return lambda v: None if v is None else int(v, 2) != 0
+        return lambda v: None if v is None else int(v, 2)
+    if dt == "year":
+        return lambda v: 0 if v == 1900 else v  # YEAR 0000 is byte 0, which the decoder reads as 1900
+    if pa.types.is_timestamp(t) and t.tz:
+        return lambda v: None if v is None or v == datetime(1970, 1, 1) else v.replace(tzinfo=UTC)
+    if pa.types.is_time(t):
+        def time_us(v: Any) -> Any:
+            if v is None:
+                return None
+            us = (v.days * 86_400 + v.seconds) * 1_000_000 + v.microseconds
+            if not 0 <= us < 86_400_000_000:
+                raise ValueError(f"column {col.name!r}: {v} is not a time of day (a TIME beyond 00:00..24:00)")
+            return us
+        return time_us
+    if pa.types.is_binary(t):
+        m = _LENGTH.match(col.sql_type.strip().lower())
+        if dt == "binary" and m:  # BINARY(n): the binlog strips the trailing zero bytes
+            n = int(m[1])
+            return lambda v: None if v is None else bytes(v).ljust(n, b"\x00")
+        if dt in ("geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+                  "multipolygon", "geometrycollection", "geomcollection"):
+            return lambda v: None if v is None else bytes(v)[4:]  # SRID + WKB → WKB (ST_AsBinary)
+        return lambda v: v.encode("utf-8") if isinstance(v, str) else v
+    if pa.types.is_string(t):
+        codec = _codec(col.charset)
+        if dt == "set":
+            return lambda v: v if v is None or isinstance(v, str) else ",".join(sorted(v, key=_set_order(col)))
+
+        def text(v: Any) -> Any:
+            if isinstance(v, (bytes, bytearray)):
+                return bytes(v).decode(codec)
+            if isinstance(v, (dict, list, int, float, bool)):  # MySQL binary JSON
+                return json.dumps(v, ensure_ascii=False)
+            if v is not None and not isinstance(v, str):
+                return str(v)
+            return v
+        return text
+    return None
+
+
+def _set_order(col: Column) -> Callable[[str], int]:
+    order = {label: i for i, label in enumerate(_labels(col.sql_type))}
+    return lambda label: order.get(label, len(order))
+
+
+# ---------------------------------------------------------------------------- per stream state
+
+
+@dataclass
+class _Table:
+    """One captured stream: its current schema, its columns in the table, pending rows."""
+
+    stream: Stream
+    catalog: list[Column]  # the table's columns, in table order
+    excluded: frozenset[str]  # columns the stream leaves out on purpose
+    filter: Position | None  # changes at or before this coordinate are in the log already
+    fixes: list[Callable[[Any], Any] | None] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)  # committed, not yet yielded: data values
+    ops: list[str] = field(default_factory=list)
+    pos: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    widths_seen: set[int] = field(default_factory=set)
+    after: list[Any] | None = None  # snapshot: the last key read before a crash ([] unkeyed)
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        by_name = {c.name: c for c in self.catalog}
+        self.columns = [by_name.get(f.name) for f in self.stream.schema]
+        self.fixes = [_converter(c) if c is not None else None for c in self.columns]
+        self.names = [f.name for f in self.stream.schema]
+
+    def clear(self) -> None:
+        self.rows, self.ops, self.pos, self.ts = [], [], [], []
+
+    def batch(self) -> pa.RecordBatch:
+        schema = self.stream.change_schema
+        n = len(self.rows)
+        cols = list(zip(*self.rows)) if n else [() for _ in self.names]
+        arrays = []
+        for f, values, fix in zip(self.stream.schema, cols, self.fixes):
+            try:
+                if fix is not None:
+                    values = [fix(v) for v in values]
+                if pa.types.is_time(f.type):
+                    arrays.append(pa.array(values, pa.int64()).cast(f.type))
+                else:
+                    arrays.append(pa.array(values, f.type))
+            except (ValueError, TypeError, OverflowError, pa.ArrowException) as e:
+                raise FatalError(
+                    f"stream {self.stream.name!r}: column {f.name!r}: cannot read a binlog value as {f.type}: {e}"
+                ) from None
+        arrays.append(pa.array(self.ops, pa.string()))
+        arrays.append(pa.array(self.pos, pa.string()))
+        arrays.append(pa.array(self.ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")))
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# ---------------------------------------------------------------------------- the capture
+
+
+class BinlogCapture:
+    """The row binlog of one MySQL/MariaDB server, for the ``log`` streams of a
+    :class:`replicant.sources.mysql.MySQLSource` (see the module docstring)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._acked: Position | None = None
+        self._captured: Position | None = None
+        self._reader: Any = None
+        self._snap_conn: Any = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ connections
+
+    @property
+    def pipeline(self) -> str:
+        return getattr(self.source, "pipeline", None) or "replicant"
+
+    @property
+    def server_id(self) -> int:
+        """The replica id this reader registers with: ``source.server_id``, or one derived
+        from the pipeline name (stable across runs; two pipelines reading one server must
+        not share it, or the server drops the older connection)."""
+        configured = self.source.config.server_id
+        if configured:
+            return int(configured)
+        return 1_000_000 + zlib.crc32(f"replicant:{self.pipeline}".encode()) % 4_000_000_000
+
+    def _settings(self) -> dict[str, Any]:
+        u = self.source._u
+        kw: dict[str, Any] = {
+            "host": u.host or "localhost", "port": u.port or 3306, "user": u.username or "",
+            "password": u.password or "", "connect_timeout": 10,
+        }
+        if "unix_socket" in u.query:
+            kw["unix_socket"] = u.query["unix_socket"]
+        return kw
+
+    def _connect(self, **extra: Any) -> Any:
+        import pymysql
+
+        kw = self._settings()
+        try:
+            return pymysql.connect(database=self.source._u.database, charset="utf8mb4", autocommit=True, **kw, **extra)
+        except pymysql.MySQLError as e:
+            raise ConnectionError(f"cannot connect to {self.source._where_am_i()}: {self._scrub(e)}") from None
+
+    def _scrub(self, e: BaseException) -> str:
+        return self.source._scrub(str(e.args[-1]) if e.args else str(e))
+
+    def _translate(self, e: Exception, what: str) -> Exception:
+        code = e.args[0] if e.args else None
+        msg = f"{what} on {self.source._where_am_i()}: {self._scrub(e)}"
+        if code in _CONNECT_CODES:
+            return RetriableError(msg)
+        if code == 1236:
+            return FatalError(
+                f"{msg}. The binlog the capture must resume from is gone (purged, or another server): "
+                "keep binlogs longer (binlog_expire_logs_seconds) and restart the `log` streams from a new snapshot"
+            )
+        if code in (1227, 1045, 1142, 1044):
+            return FatalError(f"{msg}. Grant the user REPLICATION SLAVE, REPLICATION CLIENT (and RELOAD on MySQL)")
+        return FatalError(msg)
+
+    def _query(self, sql: str) -> list[tuple]:
+        import pymysql
+
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall())
+        except pymysql.MySQLError as e:
+            raise self._translate(e, f"running {sql!r}") from None
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ server facts
+
+    def _facts(self) -> dict[str, Any]:
+        row = self._query(
+            "SELECT VERSION(), @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image"
+        )[0]
+        meta = self._query("SHOW GLOBAL VARIABLES LIKE 'binlog_row_metadata'")
+        return {
+            "version": str(row[0]), "mariadb": "mariadb" in str(row[0]).lower(), "log_bin": bool(int(row[1] or 0)),
+            "binlog_format": str(row[2] or "").upper(), "binlog_row_image": str(row[3] or "").upper(),
+            "binlog_row_metadata": str(meta[0][1]).upper() if meta else None,
+        }
+
+    def _check(self, facts: dict[str, Any]) -> list[str]:
+        """Lines saying what is right; raises FatalError saying what to set otherwise."""
+        wrong = []
+        if not facts["log_bin"]:
+            wrong.append("the binary log is off: start the server with log_bin (log-bin=binlog) and a server_id")
+        if facts["binlog_format"] != "ROW":
+            wrong.append(f"binlog_format is {facts['binlog_format'] or 'unset'}: set binlog_format=ROW "
+                         "(SET GLOBAL binlog_format='ROW' and in the server's configuration)")
+        if facts["binlog_row_image"] != "FULL":
+            wrong.append(f"binlog_row_image is {facts['binlog_row_image'] or 'unset'}: set binlog_row_image=FULL")
+        if wrong:
+            raise FatalError(f"`mode: log` cannot read {self.source._where_am_i()}: " + "; ".join(wrong))
+        lines = ["log_bin is ON", "binlog_format is ROW", "binlog_row_image is FULL"]
+        if facts["binlog_row_metadata"] == "FULL":
+            lines.append("binlog_row_metadata is FULL")
+        elif facts["binlog_row_metadata"] is not None:
+            lines.append(f"binlog_row_metadata is {facts['binlog_row_metadata']} (FULL is recommended: binlog "
+                         "columns are then matched by name)")
+        return lines
+
+    def _master(self) -> Position:
+        """The end of the binlog now."""
+        import pymysql
+
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                return _coord(self._show_master(cur))
+        except pymysql.MySQLError as e:
+            raise self._translate(e, "reading the binlog position") from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _show_master(cur: Any) -> Position:
+        import pymysql
+
+        try:
+            cur.execute("SHOW MASTER STATUS")
+        except pymysql.err.ProgrammingError:  # MySQL 8.4 renamed it
+            cur.execute("SHOW BINARY LOG STATUS")
+        row = cur.fetchone()
+        if row is None:
+            raise FatalError("the binary log is off: start the server with log_bin (log-bin=binlog)")
+        return {"file": row[0], "pos": int(row[1])}
+
+    # ------------------------------------------------------------------ hooks
+
+    def install(self, streams: list[Stream]) -> list[str]:
+        """Nothing to create for a binlog reader: checks the server settings and says so."""
+        lines = self._check(self._facts())
+        return lines + [f"replica server_id {self.server_id} for pipeline {self.pipeline!r}"]
+
+    def uninstall(self, streams: list[Stream]) -> list[str]:
+        return ["nothing to remove: a binlog reader keeps no state on the server"]
+
+    def acknowledge(self, position: Position) -> None:
+        """A binlog has no slot to confirm; remembered only for :meth:`status`."""
+        if position and "file" in position and "pos" in position:
+            if self._acked is None or _key(position) >= _key(self._acked):
+                self._acked = _coord(position)
+
+    def status(self, streams: list[Stream]) -> dict[str, Any]:
+        facts = self._facts()
+        end = self._master()
+        out: dict[str, Any] = {
+            "binlog file": end["file"], "binlog pos": end["pos"], "binlog_format": facts["binlog_format"],
+            "binlog_row_image": facts["binlog_row_image"], "server_id": self.server_id,
+        }
+        at = self._acked or self._captured
+        if at is not None:
+            out["captured file"], out["captured pos"] = at["file"], at["pos"]
+            out["lag bytes"] = self._lag(at, end)
+        return out
+
+    def _lag(self, at: Position, end: Position) -> int:
+        if at["file"] == end["file"]:
+            return max(0, end["pos"] - at["pos"])
+        lag = 0
+        for name, size, *_ in self._query("SHOW BINARY LOGS"):
+            k = _key({"file": name, "pos": 0})[0]
+            if k == _key(at)[0]:
+                lag += max(0, int(size) - at["pos"])
+            elif _key(at)[0] < k < _key(end)[0]:
+                lag += int(size)
+            elif k == _key(end)[0]:
+                lag += end["pos"]
+        return lag
+
+    def close(self) -> None:
+        with self._lock:
+            reader, self._reader = self._reader, None
+            conn, self._snap_conn = self._snap_conn, None
+        for thing in (reader, conn):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # already broken: nothing left to release
+                    log.debug("closing a binlog connection failed", exc_info=True)
+
+    # ------------------------------------------------------------------ capture
+
+    def capture(
+        self,
+        streams: list[Stream],
+        positions: dict[str, Position | None],
+        *,
+        resume: Position | None,
+        follow: bool,
+        stop: threading.Event,
+    ) -> Iterator[ChangeSet]:
+        """See :meth:`replicant.sources.base.Source.capture` and the module docstring.
+
+        Raises:
+            FatalError: the server is not set up for row binlog capture (says what to set),
+                the binlog to resume from is purged, or a value cannot be read.
+            RetriableError: the connection was lost.
+        """
+        self._check(self._facts())
+        tables: dict[tuple[str, str], _Table] = {}
+        snapshot: list[_Table] = []
+        base = _coord(resume) if resume and "file" in resume else None
+        for s in streams:
+            cat = self._catalog(s)
+            pos = positions.get(s.name)
+            excluded = frozenset(c.name for c in cat) - set(s.schema.names)
+            t = _Table(s, cat, excluded, _coord(pos) if pos and "file" in pos else None)
+            tables[(s.table[0], s.table[-1])] = t
+            if pos is None or "file" not in pos or pos.get("snapshot") is not None:
+                snapshot.append(t)
+                if pos and "file" in pos:
+                    t.after = (pos.get("snapshot") or {}).get("after")
+                if t.filter is not None:  # a snapshot to finish: stream from where it began
+                    base = _min(base, t.filter)
+            elif resume is None:
+                base = _min(base, t.filter)
+        if snapshot:
+            point = yield from self._snapshot(snapshot, base, stop)
+            if point is None:  # stopped
+                return
+            base = _min(base, point)
+        if base is None:  # nothing to snapshot, nothing known: from now on
+            base = self._master()
+        yield from self._stream(tables, base, follow, stop)
+
+    # ------------------------------------------------------------------ snapshot
+
+    def _catalog(self, stream: Stream) -> list[Column]:
+        found = self.source._tables(only=stream.table)
+        if not found:
+            raise FatalError(
+                f"table {self.source._display(stream.table)} does not exist (dropped or renamed?); "
+                f"fix `table:` of stream {stream.name!r} or restore the table"
+            )
+        return found[0].columns
+
+    def _snapshot(self, pending: list[_Table], base: Position | None, stop: threading.Event) -> Iterator[ChangeSet]:
+        """Reads ``pending`` in one consistent snapshot; returns its binlog coordinate (None
+        when stopped)."""
+        import pymysql
+
+        conn = self._connect()
+        with self._lock:
+            self._snap_conn = conn
+        try:
+            point = self._consistent_point(conn)
+            for t in pending:
+                origin = t.filter or point
+                for batch, after in self._read_table(conn, t):
+                    sp: Position = dict(origin)
+                    if after is not None:
+                        sp["snapshot"] = {"after": after}
+                    data = with_meta(batch, OP_READ, encode_position(sp), utcnow())
+                    if after is None and t is pending[-1]:
+                        conn.rollback()  # read everything: release the snapshot (and its table locks) now
+                    yield ChangeSet({t.stream.name: data}, base or point, {t.stream.name: sp})
+                    if stop.is_set():
+                        return None
+                t.filter = origin
+            return point
+        except pymysql.MySQLError as e:
+            raise self._translate(e, "reading the initial snapshot") from None
+        finally:
+            with self._lock:
+                self._snap_conn = None
+            try:
+                conn.rollback()
+                conn.close()
+            except Exception:  # the connection broke: the server ends the transaction
+                log.debug("closing the snapshot connection failed", exc_info=True)
+
+    def _consistent_point(self, conn: Any) -> Position:
+        """Starts a consistent-snapshot transaction on ``conn``; the binlog coordinate it matches."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            mariadb = "mariadb" in str(cur.fetchone()[0]).lower()
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            if mariadb:
+                # https://mariadb.com/kb/en/enhancements-for-start-transaction-with-consistent-snapshot/
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                status = {str(k).lower(): v for k, v in cur.fetchall()}
+                return {"file": str(status["binlog_snapshot_file"]), "pos": int(status["binlog_snapshot_position"])}
+            cur.execute("FLUSH TABLES WITH READ LOCK")
+            try:
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                return _coord(self._show_master(cur))
+            finally:
+                cur.execute("UNLOCK TABLES")
+
+    def _read_table(self, conn: Any, t: _Table) -> Iterator[tuple[pa.RecordBatch, list[Any] | None]]:
+        """The table's rows after ``t.after`` in key order, in batches with the key of their
+        last row; the last batch (possibly empty) comes with None."""
+        src, stream = self.source, t.stream
+        plan = src._plan(stream)
+        size = int(stream.options.get("batch_size") or src.config.batch_size)
+        keys = plan.cols(stream.primary_key)
+        keyed = bool(keys) and all(not c.nullable and is_keyable(c.arrow) for c in keys)
+        after = t.after if keyed else None
+        params: list[Any] = []
+        where = []
+        if after:
+            values = [decode_value(v, c.arrow) for v, c in zip(after, keys)]
+            where.append(src._where(">", keys, values, params))
+        sel = ", ".join(_select(c).format(f"t.{src.quote(c.name)}") + f" AS {src.quote(c.name)}" for c in plan.columns)
+        sql = f"SELECT {sel} FROM {src._display(stream.table)} AS t"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if keyed:
+            sql += " ORDER BY " + ", ".join(f"t.{src.quote(c.name)}" for c in keys)
+        raw = [_raw_type(c) for c in plan.columns]
+        names = [c.name for c in plan.columns]
+
+        def convert(rows: list[tuple]) -> pa.RecordBatch:
+            cols = list(zip(*rows)) if rows else [() for _ in names]
+            try:
+                b = pa.RecordBatch.from_arrays([pa.array(v, r) for v, r in zip(cols, raw)], names=names)
+                return conform(b, stream.schema)
+            except (ValueError, TypeError, OverflowError, pa.ArrowException) as e:
+                raise FatalError(f"reading {src._display(stream.table)} (initial snapshot of stream "
+                                 f"{stream.name!r}): {e}") from None
+
+        import pymysql.cursors
+
+        with conn.cursor(pymysql.cursors.SSCursor) as cur:  # streams rows: memory stays flat
+            cur.execute(sql)  # keyset values are literals (MySQLSource._bind): no % to escape
+            held = cur.fetchmany(size)
+            while True:
+                nxt = cur.fetchmany(size) if len(held) == size else []
+                batch = convert(held)
+                if not nxt:
+                    yield batch, None
+                    return
+                last = src._key_values(batch, stream.primary_key) if keyed else []
+                yield batch, [encode_value(v) for v in last]  # unkeyed: [] (restarts after a crash)
+                held = nxt
+
+    # ------------------------------------------------------------------ binlog
+
+    def _stream(
+        self, tables: dict[tuple[str, str], _Table], start: Position, follow: bool, stop: threading.Event
+    ) -> Iterator[ChangeSet]:
+        import pymysql
+        from pymysqlreplication import BinLogStreamReader
+        from pymysqlreplication.event import (
+            GtidEvent,
+            HeartbeatLogEvent,
+            MariadbGtidEvent,
+            QueryEvent,
+            XidEvent,
+        )
+        from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+
+        cfg = self.source.config
+        target = None if follow else self._master()
+        committed = _coord(start)
+        self._captured = committed
+        if target is not None and _key(committed) >= _key(target):
+            return
+        batch_size = int(cfg.batch_size)
+        flush_every = float(cfg.flush_interval)
+        heartbeat = float(cfg.heartbeat)
+        reader = BinLogStreamReader(
+            connection_settings=self._settings(), server_id=self.server_id, resume_stream=True, blocking=True,
+            log_file=committed["file"], log_pos=committed["pos"],
+            only_schemas=sorted({k[0] for k in tables}), only_tables=sorted({k[1] for k in tables}),
+            slave_heartbeat=_POLL, enable_logging=False, pymysql_wrapper=_pymysql_connect,
+        )
+        with self._lock:
+            self._reader = reader
+        yielded = dict(committed)
+        last_yield = time.monotonic()
+        first_pending: float | None = None
+        truncated: set[str] = set()
+        txn: list[tuple[_Table, str, tuple, int]] = []
+        group_open = txn_open = False
+
+        def pending_rows() -> int:
+            return sum(len(t.rows) for t in tables.values())
+
+        def change_set() -> ChangeSet:
+            nonlocal yielded, last_yield, first_pending
+            batches = {t.stream.name: t.batch() for t in tables.values() if t.rows}
+            for t in tables.values():
+                if t.stream.name in truncated and t.stream.name not in batches:
+                    batches[t.stream.name] = t.batch()  # empty: carries the truncate
+                t.clear()
+            cs = ChangeSet(batches, dict(committed), None, frozenset(truncated))
+            truncated.clear()
+            yielded, last_yield, first_pending = dict(committed), time.monotonic(), None
+            self._captured = dict(committed)
+            return cs
+
+        def end_group() -> None:
+            nonlocal group_open, txn_open, first_pending, txn
+            end = {"file": reader.log_file, "pos": int(reader.log_pos)}
+            text = encode_position(end)
+            for t, op, values, ts in txn:
+                if t.filter is not None and _key(end) <= _key(t.filter):
+                    continue
+                t.rows.append(values)
+                t.ops.append(op)
+                t.pos.append(text)
+                t.ts.append(ts)
+                if first_pending is None:
+                    first_pending = time.monotonic()
+            txn = []
+            committed.update(end)
+            group_open = txn_open = False
+
+        def ddl(ev: Any) -> Iterator[ChangeSet]:
+            """A statement outside a transaction: TRUNCATE or DDL of a captured table."""
+            end = {"file": reader.log_file, "pos": int(reader.log_pos)}
+            query = ev.query
+            schema = ev.schema.decode() if isinstance(ev.schema, bytes) else str(ev.schema or "")
+            m = _TRUNCATE.match(query)
+            if m:
+                t = tables.get(_qualified(m["name"], schema))
+                if t is not None and (t.filter is None or _key(end) > _key(t.filter)):
+                    t.clear()
+                    truncated.add(t.stream.name)
+                return
+            if not _DDL.match(query):
+                return
+            low = query.lower()
+            for t in tables.values():
+                if t.stream.table[-1].lower() in low:
+                    changed = self._reshape(t)
+                    if changed is not None:
+                        if t.rows or truncated:
+                            yield change_set()
+                        t.stream = changed
+                        t.refresh()
+
+        try:
+            while True:
+                if stop.is_set():
+                    break
+                try:
+                    ev = reader.fetchone()
+                except pymysql.MySQLError as e:
+                    raise self._translate(e, "reading the binlog") from None
+                if ev is None:  # the server ended the dump
+                    raise RetriableError(f"the binlog connection to {self.source._where_am_i()} ended")
+                if isinstance(ev, (MariadbGtidEvent, GtidEvent)):
+                    group_open = True
+                    txn_open = isinstance(ev, MariadbGtidEvent) and not (ev.flags & 1)  # FL_STANDALONE
+                elif isinstance(ev, QueryEvent):
+                    q = ev.query.strip().upper()
+                    if q in ("BEGIN", "START TRANSACTION") or q.startswith("XA START"):
+                        group_open = txn_open = True
+                    elif q in ("COMMIT", "ROLLBACK") or q.startswith("XA COMMIT") or q.startswith("XA ROLLBACK"):
+                        end_group()
+                    else:
+                        self._statement(ev, tables)
+                        if not txn_open:  # DDL, TRUNCATE: a group of its own
+                            yield from ddl(ev)
+                            end_group()
+                elif isinstance(ev, XidEvent):
+                    end_group()
+                elif isinstance(ev, TableMapEvent):
+                    t = tables.get((ev.schema, ev.table))
+                    if t is not None:
+                        self._map_columns(t, ev)
+                elif isinstance(ev, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
+                    t = tables.get((ev.schema, ev.table))
+                    if t is not None:
+                        txn.extend(self._rows(t, ev))
+                        if not group_open:  # rows outside a group (should not happen): one group each
+                            end_group()
+                elif isinstance(ev, HeartbeatLogEvent):
+                    if not group_open:  # idle at the end of the binlog: everything is read
+                        here = {"file": ev.ident.rstrip("\x00") or committed["file"], "pos": int(reader.log_pos)}
+                        if _key(here) > _key(committed):
+                            committed.update(here)
+                elif not group_open:  # rotate, format description, GTID list…: between groups
+                    here = {"file": reader.log_file, "pos": int(reader.log_pos)}
+                    if _key(here) > _key(committed):
+                        committed.update(here)
+
+                if group_open:
+                    continue
+                now = time.monotonic()
+                caught_up = target is not None and _key(committed) >= _key(target)
+                n = pending_rows()
+                if n or truncated:
+                    if caught_up or n >= batch_size or (first_pending is not None and now - first_pending >= flush_every):
+                        yield change_set()
+                elif _key(committed) > _key(yielded) and (caught_up or now - last_yield >= heartbeat):
+                    yield change_set()  # no rows: the position still moves on
+                if caught_up:
+                    return
+            # stopped: whole transactions only (the one in progress is read again next time)
+            if pending_rows() or truncated:
+                yield change_set()
+        finally:
+            with self._lock:
+                self._reader = None
+            try:
+                reader.close()
+            except Exception:  # already broken
+                log.debug("closing the binlog reader failed", exc_info=True)
+
+    # ------------------------------------------------------------------ decoding
+
+    def _statement(self, ev: Any, tables: dict[tuple[str, str], _Table]) -> None:
+        """A DML statement in the binlog (statement-based logging in some session) on a
+        captured table cannot be decoded into rows: stop rather than lose it."""
+        if not _DML.match(ev.query):
+            return
+        low = ev.query.lower()
+        for t in tables.values():
+            if t.stream.table[-1].lower() in low:
+                raise FatalError(
+                    f"stream {t.stream.name!r}: the binlog holds a statement instead of rows ({ev.query[:80]!r}); "
+                    "a session wrote with binlog_format=STATEMENT/MIXED: set binlog_format=ROW globally and "
+                    "restart the stream from a new snapshot"
+                )
+
+    def _reshape(self, t: _Table) -> Stream | None:
+        """The stream with the table's current columns, or None when unchanged (or gone)."""
+        found = self.source._tables(only=t.stream.table)
+        if not found:
+            return None
+        t.catalog = found[0].columns
+        t.widths_seen.clear()
+        fields = [c.field() for c in t.catalog if c.name not in t.excluded]
+        schema = pa.schema(fields, metadata=t.stream.schema.metadata)
+        if schema.equals(t.stream.schema, check_metadata=True):
+            t.refresh()
+            return None
+        return replace(t.stream, schema=schema)
+
+    def _map_columns(self, t: _Table, ev: Any) -> None:
+        """Tells the decoder what the binlog's table map leaves out (without
+        ``binlog_row_metadata=FULL``): names, signedness, enum and set labels; and to hand
+        strings over as bytes (decoded here in the column's character set)."""
+        cols = ev.columns
+        named = all(c.name for c in cols)
+        if not named and len(cols) != len(t.catalog) and len(cols) not in t.widths_seen:
+            t.widths_seen.add(len(cols))
+            changed = self._reshape(t)  # a DDL the capture has not seen (it predates its start)
+            if changed is not None:
+                log.info("stream %s: table columns changed outside the captured binlog", t.stream.name)
+        by_name = {c.name: c for c in t.catalog}
+        if named:
+            mine = [by_name.get(c.name) for c in cols]
+        elif len(cols) <= len(t.catalog):
+            mine = list(t.catalog[: len(cols)])  # columns added since were appended (the usual ALTER … ADD)
+        else:
+            raise FatalError(
+                f"stream {t.stream.name!r}: the binlog has {len(cols)} columns for {self.source._display(t.stream.table)}, "
+                f"the table {len(t.catalog)}; set binlog_row_metadata=FULL so columns are matched by name, "
+                "and restart the stream from a new snapshot"
+            )
+        for c, m in zip(cols, mine):
+            if c.type in _STRING_FIELDS:
+                c.character_set_name = "binary"  # bytes: decoded by _converter in the column's charset
+            if m is None:
+                continue
+            if not c.name:
+                c.name = m.name
+            if pa.types.is_unsigned_integer(m.arrow):
+                c.unsigned = True
+            if c.type == _ENUM and not c.enum_values:
+                c.enum_values = [""] + _labels(m.sql_type)
+            if c.type == _SET and not c.set_values:
+                c.set_values = _labels(m.sql_type)
+
+    def _rows(self, t: _Table, ev: Any) -> Iterator[tuple[_Table, str, tuple, int]]:
+        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
+
+        ts = int(ev.timestamp) * 1_000_000
+        names = t.names
+        sets = {c.name for c in t.columns if c is not None and _data_type(c) == "set"}
+        keys = t.stream.primary_key
+
+        def values(image: dict[str, Any], nones: dict[str, Any]) -> tuple:
+            if sets:
+                image = {k: ("" if v is None and k in sets and nones.get(k) == "empty set" else v)
+                         for k, v in image.items()}
+            return tuple(image.get(n) for n in names)
+
+        for row in ev.rows:
+            if isinstance(ev, UpdateRowsEvent):
+                before, after = row["before_values"], row["after_values"]
+                if keys and any(before.get(k) != after.get(k) for k in keys):
+                    yield t, OP_DELETE, values(before, row["before_none_sources"]), ts
+                    yield t, OP_INSERT, values(after, row["after_none_sources"]), ts
+                else:
+                    yield t, OP_UPDATE, values(after, row["after_none_sources"]), ts
+            elif isinstance(ev, DeleteRowsEvent):
+                yield t, OP_DELETE, values(row["values"], row["none_sources"]), ts
+            else:
+                yield t, OP_INSERT, values(row["values"], row["none_sources"]), ts
+
+
+def _pymysql_connect(**kw: Any) -> Any:
+    """``pymysql.connect`` for the binlog reader, which still passes the deprecated ``db``."""
+    import pymysql
+
+    if "db" in kw:
+        kw["database"] = kw.pop("db")
+    return pymysql.connect(**kw)
+
+
+def _qualified(name: str, default_schema: str) -> tuple[str, str]:
+    """``db.t``, ```db`.`t``` or ``t`` (in ``default_schema``) as (schema, table)."""
+    parts = re.findall(r"`((?:[^`]|``)*)`|([^.`\s]+)", name.strip())
+    names = [(a.replace("``", "`") if a else b) for a, b in parts]
+    if len(names) >= 2:
+        return names[-2], names[-1]
+    return default_schema, names[0] if names else ""
+
+
+def _select(col: Column) -> str:
+    """The select expression for a snapshot read: a full read's, except FLOAT, which the
+    text protocol would round to 6 digits (connectorx reads it binary, exactly)."""
+    if pa.types.is_float32(col.arrow):
+        return "CAST({} AS DOUBLE)"
+    return col.select
+
+
+def _raw_type(col: Column) -> pa.DataType:
+    """The Arrow type of what PyMySQL returns for :func:`_select` of ``col`` (then
+    :func:`conform` converts it exactly as it converts connectorx's output)."""
+    sel = _select(col)
+    if sel == "{}":
+        return col.arrow
+    if sel == "CAST({} AS CHAR)":
+        return pa.string()
+    if sel == "CAST({} AS UNSIGNED)":
+        return pa.uint64()
+    if sel == "CAST({} AS DOUBLE)":
+        return pa.float64()
+    if sel.startswith("ST_AsBinary"):
+        return pa.binary()
+    return pa.int64()  # days, microseconds computed by the server
+
+
