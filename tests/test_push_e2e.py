@@ -214,10 +214,17 @@ def _stored(url: str, stream_name: str) -> list[tuple[str, dict]]:
         try:
             js = nc.jetstream()
             info = await js.stream_info(stream_name)
-            out = []
-            for seq in range(info.state.first_seq, info.state.last_seq + 1 if info.state.messages else info.state.first_seq):
-                m = await js.get_msg(stream_name, seq)
-                out.append(((m.headers or {}).get("Nats-Msg-Id"), json.loads(m.data)))
+            out: list[tuple[str, dict]] = []
+            if not info.state.messages:
+                return out
+            sub = await js.pull_subscribe(">", stream=stream_name)  # ephemeral: fetches in batches
+            try:
+                while len(out) < info.state.messages:
+                    for m in await sub.fetch(1000, timeout=10):
+                        out.append(((m.headers or {}).get("Nats-Msg-Id"), json.loads(m.data)))
+                        await m.ack()
+            finally:
+                await sub.unsubscribe()
             return out
         finally:
             await nc.close()
@@ -364,3 +371,69 @@ def _log_rows(base: Path, pipeline: str, first: int, last: int) -> list[tuple]:
         return out
     finally:
         lg.close()
+
+
+# ------------------------------------------------------------------ 3. replay into each non-transactional type
+
+
+def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, s3_bucket: str, nats_url: str, unique_name: str) -> None:  # noqa: F811
+    src = tmp_path / "src.db"
+    _source(src, 3000)
+    lake, s3_root = tmp_path / "lake", f"{s3_bucket}/lake"
+    fs = s3_server.filesystem()
+    js_stream = f"E2E_{unique_name}"
+    tap = _Tap(nats_url, f"e2e.{unique_name}.>")
+    try:
+        with Receiver() as rcv:
+            dests = [
+                {"name": "push", "type": "http", "url": rcv.url, "batch_size": 200},
+                {"name": "lake", "type": "files", "path": str(lake)},
+                {"name": "s3", "type": "files", "path": f"s3://{s3_root}", "storage_options": s3_server.storage_options},
+                {"name": "bus", "type": "nats", "url": nats_url, "subject": f"e2e.{unique_name}.{{stream}}", "stream_name": js_stream},
+            ]
+            cfg = parse(_pipeline("replay", src, dests, mode="cursor"), base_dir=tmp_path)
+            assert Engine(cfg).run().ok
+            t_mid = datetime.now(timezone.utc)
+            time.sleep(0.05)
+            _exec(src, "UPDATE items SET name = 'v2', updated_at = 7000 WHERE id <= 10")
+            assert Engine(cfg).run().ok
+            ranges = _log_ranges(tmp_path, "replay")
+            assert ranges[-1] == (3000, 3009)
+
+            # the first deliveries
+            http_first = {r.key: r.body for r in rcv.requests}
+            assert set(http_first) == _batch_ids(ranges, "replay", "push", 200) and all(r.status == 200 for r in rcv.requests)
+            files_first = {"lake": _files(str(lake)), "s3": _files(s3_root, fs)}
+            assert _names(files_first["lake"]) == _names(files_first["s3"]) == {f"{a:020d}-{b:020d}.parquet" for a, b in ranges}
+            published = tap.take()
+            stored = _stored(nats_url, js_stream)
+            assert [m for m, _ in published] == [m for m, _ in stored] == [f"replay:items:{i}" for i in range(3010)]
+
+            # what each destination holds equals the log (files, nats: events) or the source (http: by key)
+            events = sorted(r for a, b in ranges for r in _log_rows(tmp_path, "replay", a, b))
+            assert len(events) == 3010
+
+            def holds_no_duplicates() -> None:
+                assert sorted(tuple(r["data"][c] for c in COLS) for r in rcv.records()) == events
+                assert _files_rows(str(lake / "items")) == events
+                assert _files_rows(f"{s3_root}/items", fs) == events
+                assert sorted(tuple(b["data"][c] for c in COLS) for _, b in _stored(nats_url, js_stream)) == events
+
+            holds_no_duplicates()
+            # an offset inside a record (1500..1999) re-delivers that record whole: the same ids and names
+            for how, kwargs, first in (("start", {}, 0), ("offset", {"offset": 1700}, 1500), ("since", {"since": t_mid}, 3000)):
+                sent = len(rcv.requests)
+                for name in ("push", "lake", "s3", "bus"):
+                    r = Engine(cfg).replay(name, start=how, **kwargs)
+                    assert r.ok and r.rows_written[name]["items"] == 3010 - first, (how, name, r.rows_written)
+                again = {r.key: r.body for r in rcv.requests[sent:]}
+                expect_keys = {k for k in http_first if k in _batch_ids([(a, b) for a, b in ranges if b >= first], "replay", "push", 200)}
+                assert set(again) == expect_keys, how
+                assert all(http_first[k] == body for k, body in again.items()), f"{how}: the same bodies"
+                assert _files(str(lake)) == files_first["lake"] and _files(s3_root, fs) == files_first["s3"], f"{how}: same files, same bytes"
+                assert [m for m, _ in tap.take()] == [f"replay:items:{i}" for i in range(first, 3010)], how
+                assert [m for m, _ in _stored(nats_url, js_stream)] == [m for m, _ in stored], f"{how}: JetStream dropped the duplicates"
+                holds_no_duplicates()
+    finally:
+        tap.close()
+        _delete_stream(nats_url, js_stream)

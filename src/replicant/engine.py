@@ -328,6 +328,8 @@ class Engine:
                 end = lg.end_offset(name)
                 if first < lg.start_offset(name):
                     lg.read(name, first, end=first + 1).__next__()  # raises, naming what the log holds
+                if not dest.capabilities.transactional and first < end:
+                    first = _record_start(lg, name, first)  # requests and files are cut from whole records
                 w = StreamWriter(dest, stream, lg, state, self.config.pipeline, self.observer.rows_written, start=first)
                 w.step(end)
                 result.rows_written.setdefault(destination, {})[name] = w.rows
@@ -510,6 +512,20 @@ def _log_key(schema: pa.Schema) -> list[str]:
     """Key columns recorded in the schema metadata by the engine, if any."""
     raw = (schema.metadata or {}).get(_KEY_METADATA)
     return [k for k in raw.decode().split(",") if k] if raw else []
+
+
+def _record_start(lg: Log, stream: str, offset: int) -> int:
+    """The first offset of the log record holding ``offset``. A non-transactional destination
+    names its requests and files by whole records; a replay from inside one sends it whole
+    again (same batch ids, same file names) instead of a new range overlapping the first."""
+    low, step = lg.start_offset(stream), 1024
+    while True:
+        probe = start = max(offset - step, low)
+        for rec in lg.read(stream, probe, end=offset + 1):
+            start = rec.offset  # the last one holds ``offset``; only the first can be a slice
+        if start > probe or probe == low:
+            return start
+        step *= 4
 
 
 def _close_quietly(obj: Any) -> None:
