@@ -437,3 +437,90 @@ def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, 
     finally:
         tap.close()
         _delete_stream(nats_url, js_stream)
+
+
+# ------------------------------------------------------------------ 4. fan-out in --follow with http down for a while
+
+
+def test_follow_fan_out_http_down_then_recovered(tmp_path: Path, pg_url: str) -> None:
+    from compare import fetch
+
+    src = tmp_path / "src.db"
+    _source(src, 1000)
+    lake = tmp_path / "lake"
+    with Receiver(status=503) as rcv:
+        dests = [
+            {"name": "push", "type": "http", "url": rcv.url, "batch_size": 200, "max_retries": 0, "retry_max_seconds": 0.05},
+            {"name": "lake", "type": "files", "path": str(lake)},
+            {"name": "pg", "type": "postgres", "url": pg_url, "write": "merge"},
+        ]
+        data = _pipeline("fan", src, dests, mode="cursor", poll_interval=0.2)
+        f = _write(tmp_path / "p.yml", data)
+        engine = Engine(parse(data, base_dir=tmp_path))
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", engine.run(follow=True)))
+        t.start()
+
+        def pg_same() -> bool:
+            return fetch("postgres", pg_url, "items", list(COLS)) == fetch("sqlite", str(src), "items", list(COLS))
+
+        def lake_same() -> bool:
+            return _files_rows(str(lake / "items")) == _source_rows(src)  # inserts only: one event per row
+
+        def push_same() -> bool:
+            return _http_rows(rcv) == _source_rows(src)
+
+        try:
+            _wait(lambda: pg_same() and lake_same(), what="pg and files while http fails")
+            _exec(src, "INSERT INTO items VALUES (1001, 'live', 1.5, 1001)")
+            _wait(lambda: pg_same() and lake_same(), what="pg and files to follow a change while http fails")
+            assert len(rcv.requests) >= 2 and rcv.records() == [], "http was tried again and again, and accepted nothing"
+            assert {r.outcome for r in rcv.requests} == {"status"}
+
+            rcv.status = None  # the endpoint recovers
+            _wait(push_same, what="http to catch up after recovering")
+            _exec(src, "INSERT INTO items VALUES (1002, 'after', 2.5, 1002)")
+            _wait(lambda: push_same() and pg_same() and lake_same(), what="all three to converge")
+        finally:
+            engine.stop_event.set()
+            t.join(timeout=30)
+            assert not t.is_alive(), "follow mode stops promptly"
+        assert out["r"].ok, out["r"].errors
+        rcv.accepted()  # every key, retried many times, always carried the same body
+
+    text = _status(f)
+    end = _log_ranges(tmp_path, "fan")[-1][1]
+    assert end == 1001
+    assert {d: v for (d, s), v in _status_offsets(text).items() if s == "items"} == {"push": (end, 0), "lake": (end, 0), "pg": (end, 0)}, text
+
+
+# ------------------------------------------------------------------ 5. rejected records: dead letters, warning, status
+
+
+def test_rejected_records_are_dead_lettered_reported_by_run_and_status(tmp_path: Path) -> None:
+    src = tmp_path / "src.db"
+    _source(src, 1000)
+    with Receiver(reject=lambda r: r["key"]["id"] in (7, 507), reject_status=422) as rcv:
+        f = _write(tmp_path / "p.yml", _pipeline("dl", src, [{"name": "push", "type": "http", "url": rcv.url, "batch_size": 100}], mode="cursor"))
+        p = subprocess.run([*CLI, "run", str(f)], capture_output=True, text=True, env=ENV, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert "warning: 200 records of items rejected by push: in dead letters (see `replicant status`)" in p.stderr
+        assert rcv.outcomes() == {"ok": 8, "reject": 2}
+        rejected = set(range(1, 101)) | set(range(501, 601))  # the whole request holding each refused record
+        assert sorted(r[0] for r in _http_rows(rcv)) == [i for i in range(1, 1001) if i not in rejected]
+
+        text = _status(f)
+        assert "dead letters: items 200" in text, text
+        assert _status_offsets(text)[("push", "items")] == (999, 0), "the offset moved past the rejected records"
+
+        p = subprocess.run([*CLI, "run", str(f)], capture_output=True, text=True, env=ENV, timeout=120)
+        assert p.returncode == 0 and "warning" not in p.stderr, p.stderr  # nothing new was rejected
+        assert "dead letters: items 200" in _status(f)
+
+    from replicant.state import StateStore
+
+    with StateStore(f"sqlite:///{tmp_path / '.replicant' / 'dl' / 'state.db'}") as st:
+        letters = st.dead_letters("dl", "items", limit=1000)
+    assert len(letters) == 200
+    assert sorted(x["payload"]["key"]["id"] for x in letters) == sorted(rejected)
+    assert all("HTTP 422" in x["reason"] and x["destination"] == "push" and "log offset" in x["origin"] for x in letters)
