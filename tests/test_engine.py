@@ -202,3 +202,37 @@ def test_hostile_identifiers_round_trip(tmp_path: Path, pg_url: str, dkind: str,
     assert r.rows_read[HOSTILE_TABLE] == 250
     got = fetch(dkind, target, HOSTILE_TABLE, HOSTILE_COLS, schema=schema)
     assert got == fetch("postgres", pg_url, HOSTILE_TABLE, HOSTILE_COLS)
+
+
+# ---------------------------------------------------------------- cursor mode: soft deletes
+
+
+def test_cursor_soft_delete_column_deletes_at_the_destination(tmp_path: Path) -> None:
+    import sqlite3
+
+    src = tmp_path / "src.db"
+    with sqlite3.connect(src) as c:
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, updated_at INTEGER NOT NULL, deleted_at INTEGER)")
+        c.executemany("INSERT INTO t VALUES (?, ?, ?, NULL)", [(i, f"n{i}", i) for i in range(1, 101)])
+    dst = tmp_path / "d.duckdb"
+    cfg = _cfg(
+        tmp_path,
+        {"type": "sqlite", "url": f"sqlite:///{src}",
+         "streams": [{"table": "t", "mode": "cursor", "cursor": "updated_at", "soft_delete": "deleted_at"}]},
+        {"name": "d", "type": "duckdb", "path": str(dst), "write": "merge"},
+    )
+    assert Engine(cfg).run().ok
+    assert len(fetch("duckdb", str(dst), "t", ["id"])) == 100
+    with sqlite3.connect(src) as c:
+        c.execute("UPDATE t SET deleted_at = 500, updated_at = 500 WHERE id IN (3, 4)")
+        c.execute("UPDATE t SET name = 'kept', updated_at = 501 WHERE id = 5")
+    r = Engine(cfg).run()
+    assert r.ok and r.rows_read["t"] == 3
+    rows = {int(i): n for i, n in fetch("duckdb", str(dst), "t", ["id", "name"])}
+    assert 3 not in rows and 4 not in rows and rows[5] == "kept" and len(rows) == 98
+
+    bad = parse({"pipeline": "p", "source": {"type": "sqlite", "url": f"sqlite:///{src}",
+                 "streams": [{"table": "t", "mode": "cursor", "cursor": "updated_at", "soft_delete": "deleted"}]},
+                 "destinations": [{"name": "d", "type": "duckdb", "path": str(dst)}]}, base_dir=tmp_path)
+    with pytest.raises(Exception, match=r"soft_delete.*did you mean 'deleted_at'"):
+        Engine(bad).run()

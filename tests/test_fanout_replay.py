@@ -141,11 +141,15 @@ def test_follow_retries_a_failing_destination_while_the_others_keep_up(tmp_path:
     pg_server.drop_database(pg_db)
 
 
-def _pg_same(url: str, src: Path) -> bool:
+def _settled(check) -> bool:
     try:
-        return _same("postgres", url, src)
-    except Exception:  # noqa: BLE001 - the table may not exist yet
+        return check()
+    except Exception:  # noqa: BLE001 - the database or table may not exist yet
         return False
+
+
+def _pg_same(url: str, src: Path) -> bool:
+    return _settled(lambda: _same("postgres", url, src))
 
 
 # ---------------------------------------------------------------- replay
@@ -237,7 +241,7 @@ def test_cli_follow_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     p = subprocess.Popen([sys.executable, "-m", "replicant.cli", "run", str(f), "--follow"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        _wait(lambda: (tmp_path / "d.db").exists() and _same("sqlite", str(tmp_path / "d.db"), src), timeout=60)
+        _wait(lambda: _settled(lambda: _same("sqlite", str(tmp_path / "d.db"), src)), timeout=60)
         _exec_sqlite(src, "INSERT INTO items VALUES (777, 'while following', 777)")
         _wait(lambda: _same("sqlite", str(tmp_path / "d.db"), src), timeout=30)
         t0 = time.monotonic()

@@ -120,6 +120,12 @@ class DestinationConfig(_Model):
     batch_size: int | None = Field(None, gt=0, description="Rows per write transaction (per request for http).")
     streams: list[str] | None = Field(None, description="Only these streams (by name); default: every stream.")
 
+    def __repr_args__(self) -> Any:
+        extras = self.model_extra or {}
+        for key, value in super().__repr_args__():
+            # a type's own keys may hold secrets (auth, headers, storage_options): never shown
+            yield key, ("***" if key in extras else value)
+
     @property
     def options(self) -> dict[str, Any]:
         """The type-specific keys (validated by the destination's settings model)."""

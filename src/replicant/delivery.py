@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from replicant.destinations.base import Destination
 from replicant.errors import ConfigError, FatalError, SchemaDriftError
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Stream, data_schema
@@ -80,6 +81,7 @@ class StreamWriter:
         self.offset = self._first_offset() if start is None else start
         if start is None:
             self.stream = self._applied_version(stream)
+        self.version = self._version_of(self.stream)
 
     def _first_offset(self) -> int:
         s = self.stream
@@ -115,6 +117,14 @@ class StreamWriter:
                 return dataclasses.replace(stream, schema=schema)
         return stream
 
+    def _version_of(self, stream: Stream) -> int | None:
+        """The newest log schema version equal to ``stream.schema``, or None."""
+        versions = self.log.schemas(stream.name)
+        for i in range(len(versions) - 1, -1, -1):
+            if data_schema(versions[i]).equals(stream.schema, check_metadata=True):
+                return i
+        return None
+
     def step(self, end: int | None = None) -> bool:
         """Delivers every record after the current offset (up to ``end``); True if there was any."""
         stop_at = self.log.end_offset(self.stream.name) if end is None else end
@@ -134,16 +144,20 @@ class StreamWriter:
             return
         if self.mode == "replace" and not self.in_snapshot:
             return  # rows of a snapshot whose start this delivery did not see (replay from an offset)
-        schema = data_schema(rec.batch.schema)
+        batch = rec.batch
+        schema = data_schema(batch.schema)
         if not schema.equals(self.stream.schema, check_metadata=True):
-            self._flush()
-            new = dataclasses.replace(self.stream, schema=schema)
-            self.dest.evolve(new, self.stream)
-            self.stream = new
+            if self.version is not None and rec.schema_version < self.version:
+                batch = _conform(batch, self.stream)  # an older version into the newer table: no drift
+            else:
+                self._flush()
+                new = dataclasses.replace(self.stream, schema=schema)
+                self.dest.evolve(new, self.stream)
+                self.stream, self.version = new, rec.schema_version
         if not self.transactional:
-            self._write_chunks(rec)
+            self._write_record(rec, batch)
             return
-        self.pending.append(rec.batch)
+        self.pending.append(batch)
         self.pending_rows += rec.batch.num_rows
         self.last = rec.next_offset - 1
         if self.pending_rows >= self.batch_rows:
@@ -152,7 +166,9 @@ class StreamWriter:
     def _marker(self, rec: Any) -> None:
         kind = rec.marker.get("kind")
         if not self.transactional:
-            self._save(rec.offset)  # nothing to apply: files and events carry no table state
+            if kind == MARKER_TRUNCATE and type(self.dest).truncate is not Destination.truncate:
+                self.dest.truncate(self.stream, last_offset=rec.offset)  # e.g. an HTTP record saying so
+            self._save(rec.offset)  # snapshot markers: files and events carry no table state
             return
         if kind == MARKER_TRUNCATE:
             self._flush()
@@ -173,19 +189,18 @@ class StreamWriter:
         elif kind == MARKER_SNAPSHOT_ABORT:
             self.in_snapshot = False
 
-    def _write_chunks(self, rec: Any) -> None:
-        """Non-transactional: one write per chunk of the record, at fixed offsets."""
-        batch = rec.batch
+    def _write_record(self, rec: Any, batch: pa.RecordBatch) -> None:
+        """Non-transactional: one write per log record, so every delivery of it (a retry, a
+        restart, a replay) covers the same offsets; the destination cuts requests or files
+        from the record's first offset."""
         if batch.num_rows == 0:
             self._save(rec.offset)
             return
-        for start in range(0, batch.num_rows, self.batch_rows):
-            piece = batch.slice(start, self.batch_rows)
-            last = rec.offset + start + piece.num_rows - 1
-            self.dest.write(self.stream, pa.Table.from_batches([piece]), last_offset=last)
-            self._save(last)
-            self.rows += piece.num_rows
-            self.on_rows(self.dest.name, self.stream.name, piece.num_rows)
+        last = rec.offset + batch.num_rows - 1
+        self.dest.write(self.stream, pa.Table.from_batches([batch]), last_offset=last)
+        self._save(last)
+        self.rows += batch.num_rows
+        self.on_rows(self.dest.name, self.stream.name, batch.num_rows)
 
     def _flush(self) -> None:
         if self.last is None and not self.pending:
@@ -215,6 +230,27 @@ class StreamWriter:
             self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
         except Exception:  # noqa: BLE001 - the mirror is for `status`; the destination holds the truth
             log.debug("could not mirror offset", exc_info=True)
+
+
+def _conform(batch: pa.RecordBatch, stream: Stream) -> pa.RecordBatch:
+    """A batch of an older schema version in the stream's current schema: columns added
+    since are null, widened ones cast (columns dropped since are left out)."""
+    target = stream.change_schema
+    columns = []
+    for f in target:
+        i = batch.schema.get_field_index(f.name)
+        if i < 0:
+            columns.append(pa.nulls(batch.num_rows, f.type))
+            continue
+        col = batch.column(i)
+        try:
+            columns.append(col if col.type == f.type else col.cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise SchemaDriftError(
+                f"an older record of {stream.name!r} has column {f.name!r} as {col.type}, which does not fit the "
+                f"current {f.type}: {e}"
+            ) from None
+    return pa.RecordBatch.from_arrays(columns, schema=target)
 
 
 class Delivery:

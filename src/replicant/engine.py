@@ -55,7 +55,7 @@ from typing import Any
 import pyarrow as pa
 
 from replicant.config import PipelineConfig
-from replicant.errors import ConfigError, FatalError
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.delivery import Delivery, StreamWriter
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Position, Stream
@@ -374,38 +374,60 @@ class Engine:
         """Runs the ``log`` streams' change feed: append each change set, then acknowledge it."""
         pipeline = self.config.pipeline
         by_name = {s.name: s for s in streams}
-        positions = {s.name: _source_position(lg.last_position(s.name)) for s in streams}
-        cp = state.checkpoint(pipeline, CAPTURE_CHECKPOINT)
         totals = {s.name: (c.rows_total if (c := state.checkpoint(pipeline, s.name)) else 0) for s in streams}
         rows = dict.fromkeys(totals, 0)
         for s in streams:
             self.observer.stream_started(s.name, None)
         error: str | None = None
+        failures = 0
         try:
-            feed = source.capture(streams, positions, resume=cp.position if cp else None, follow=follow, stop=self.stop_event)
-            for cs in feed:
-                for name in cs.truncated:
-                    lg.append(name, None, position=cs.position_of(name), marker={"kind": MARKER_TRUNCATE})
-                for name, batch in cs.batches.items():
-                    lg.append(name, _tagged(batch, by_name[name]), position=cs.position_of(name))
-                    rows[name] += batch.num_rows
-                source.acknowledge_capture(cs.position)
-                state.save_checkpoint(pipeline, CAPTURE_CHECKPOINT, cs.position, rows_total=sum(rows.values()), log_offset=0)
-                for name in set(cs.batches) | set(cs.truncated):
-                    state.save_checkpoint(
-                        pipeline, name, cs.position_of(name), rows_total=totals[name] + rows[name], log_offset=lg.end_offset(name)
-                    )
-                    if name in cs.batches:
-                        self.observer.rows_read(name, cs.batches[name].num_rows)
+            while True:
+                try:
+                    self._capture_once(source, streams, by_name, lg, state, rows, totals, follow)
+                    return
+                except (RetriableError, ConnectionError) as e:
+                    if not follow or self.stop_event.is_set():
+                        raise
+                    failures += 1  # a lost connection: start the feed again from what is durable
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    log.warning("capture failed (%s); retrying in %.1f s", e, delay)
+                    _close_quietly(source)
+                    if self.stop_event.wait(delay):
+                        return
         except Exception as e:  # noqa: BLE001 - reported; the deliveries still drain what is logged
             error = f"capture of {', '.join(s.name for s in streams)}: {e}"
             log.debug("capture failed", exc_info=True)
             result.errors.append(error)
+            if follow:
+                self.stop_event.set()  # nothing more will come: end the run with the error
         finally:
             for s in streams:
                 result.rows_read[s.name] = rows[s.name]
                 done[s.name].set()
                 self.observer.stream_finished(s.name, error)
+
+    def _capture_once(
+        self, source: Source, streams: list[Stream], by_name: dict[str, Stream], lg: Log, state: Any,
+        rows: dict[str, int], totals: dict[str, int], follow: bool,
+    ) -> None:
+        pipeline = self.config.pipeline
+        positions = {s.name: _source_position(lg.last_position(s.name)) for s in streams}
+        cp = state.checkpoint(pipeline, CAPTURE_CHECKPOINT)
+        feed = source.capture(streams, positions, resume=cp.position if cp else None, follow=follow, stop=self.stop_event)
+        for cs in feed:
+            for name in cs.truncated:
+                lg.append(name, None, position=cs.position_of(name), marker={"kind": MARKER_TRUNCATE})
+            for name, batch in cs.batches.items():
+                lg.append(name, _tagged(batch, by_name[name]), position=cs.position_of(name))
+                rows[name] += batch.num_rows
+            source.acknowledge_capture(cs.position)
+            state.save_checkpoint(pipeline, CAPTURE_CHECKPOINT, cs.position, rows_total=sum(rows.values()), log_offset=0)
+            for name in set(cs.batches) | set(cs.truncated):
+                state.save_checkpoint(
+                    pipeline, name, cs.position_of(name), rows_total=totals[name] + rows[name], log_offset=lg.end_offset(name)
+                )
+                if name in cs.batches:
+                    self.observer.rows_read(name, cs.batches[name].num_rows)
 
     def _read_stream(self, source: Source, s: Stream, lg: Log, state: Any, result: RunResult) -> bool:
         """Reads one stream until caught up; False if it failed (the error is in ``result``)."""
@@ -460,7 +482,7 @@ class Engine:
                     pos["_snapshot"] = "open"
                     if not rb.resumable:
                         pos["_resumable"] = False
-                if rb.data.num_rows or not rb.final:
+                if rb.data.num_rows or not rb.final or not full:
                     lg.append(s.name, _tagged(rb.data, s), position=pos)
                 if rb.final and full:
                     lg.append(s.name, None, position={**rb.position, "_snapshot": "closed"}, marker={"kind": MARKER_SNAPSHOT_END})

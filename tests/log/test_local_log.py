@@ -667,3 +667,29 @@ def test_a_failed_disk_write_is_undone_and_the_next_append_lands_right(tmp_path:
     with LocalLog(tmp_path) as log:
         assert ids(log, "s") == list(range(8)) and log.last_position("s") == {"n": 8}
         assert read_ipc(segment_files(log, "s")[0]).column("id").to_pylist() == list(range(8))
+
+
+def test_recent_records_served_from_memory_equal_the_files(tmp_path: Path) -> None:
+    """The writer keeps its newest records in memory for readers in its process; every slice
+    read that way equals the same slice decoded from the files by another reader."""
+    with LocalLog(tmp_path) as log:
+        log.append("s", None, position={"n": 0}, marker={"kind": "snapshot_start"})
+        for i in range(6):
+            log.append("s", change_batch(1 + i * 50, 50), position={"n": i})
+        log.append("s", None, position={"n": 99}, marker={"kind": "snapshot_end"})
+        reader = LocalLog(tmp_path, read_only=True)
+        try:
+            end = log.end_offset("s")
+            assert log._stream("s").recent, "the newest records are kept"
+            for start in (0, 150, 175, 200, 249, 300, end - 1):
+                for stop in (None, 260, end):
+                    if stop is not None and stop <= start:
+                        continue
+                    mine = list(log.read("s", start, end=stop))
+                    theirs = list(reader.read("s", start, end=stop))
+                    assert [(r.offset, r.marker, r.position, r.schema_version, r.ts) for r in mine] == \
+                        [(r.offset, r.marker, r.position, r.schema_version, r.ts) for r in theirs]
+                    for a, b in zip(mine, theirs):
+                        assert (a.batch is None and b.batch is None) or a.batch.equals(b.batch)
+        finally:
+            reader.close()

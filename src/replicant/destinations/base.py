@@ -23,11 +23,10 @@ Writes, chosen per destination with ``write:``:
 Non-transactional destinations (``Capabilities.transactional`` False: HTTP, files, NATS)
 cannot store an offset with the data. For them the engine keeps the applied offset in the
 state store, written after :meth:`Destination.write` returns, and calls ``write`` once per
-*log record chunk*: the rows of one log record, cut into pieces of at most ``batch_size``
-rows counted from the record's first offset. The rows of a call are therefore exactly the
-offsets ``last_offset - num_rows + 1 .. last_offset``, the same on every retry, restart and
-replay: name files and idempotency keys after that range. ``applied_offset`` of such a
-destination returns -1 (the engine does not ask it).
+*log record*: the rows of a call are exactly the offsets ``last_offset - num_rows + 1 ..
+last_offset``, the same on every retry, restart and replay. Cut requests or files from that
+first offset (``batch_size`` rows each) and name them after their range. ``applied_offset``
+of such a destination returns -1 (the engine does not ask it).
 
 Tables are created from the stream's Arrow schema (see each module's type mapping; a
 field's ``replicant.sql_type`` metadata is used when source and destination share a

@@ -8,6 +8,7 @@ guards what readers may see; ``write_lock`` serialises appends, loading and rete
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from bisect import bisect_right
@@ -28,6 +29,8 @@ from replicant.model import Position, decode_position, encode_position
 __all__ = ["IndexCache", "StreamFiles"]
 
 _EMPTY_SCHEMA = pa.schema([])
+_RECENT_RECORDS = 4  #: newest records kept in memory for readers in the writing process
+_RECENT_BYTES = 64 << 20
 
 
 class IndexCache:
@@ -72,6 +75,9 @@ class StreamFiles:
         self.loaded = False
         self.cond = threading.Condition(threading.Lock())
         self.write_lock = threading.Lock()
+        # The newest records as appended (in memory): a reader in this process that keeps up
+        # with the writer (the engine's deliveries) gets them without decoding the file.
+        self.recent: tuple[LogRecord, ...] = ()
 
     # -- loading -----------------------------------------------------------------------
 
@@ -172,8 +178,32 @@ class StreamFiles:
                 segment.entries.add(entry)
                 self.end = segment.entries.nexts[-1]
                 self.last_time_us = time_us
+                if rows or marker is not None:
+                    self._remember(LogRecord(
+                        offset=entry["offset"], batch=batch if rows else None, marker=marker,
+                        position=decode_position(entry["position"]), schema_version=version,
+                        ts=micros_to_datetime(time_us),
+                    ))
                 self.cond.notify_all()
             return entry["offset"]
+
+    def _remember(self, record: LogRecord) -> None:
+        recent = (*self.recent, record)[-_RECENT_RECORDS:]
+        while len(recent) > 1 and sum(r.batch.nbytes for r in recent if r.batch is not None) > _RECENT_BYTES:
+            recent = recent[1:]
+        self.recent = recent
+
+    def _from_recent(self, recent: tuple[LogRecord, ...], start: int, stop: int) -> Iterator[LogRecord]:
+        for rec in recent:
+            if rec.next_offset <= start:
+                continue
+            if rec.offset >= stop:
+                break
+            if rec.batch is not None and (rec.offset < start or rec.next_offset > stop):
+                skip = max(start - rec.offset, 0)
+                batch = rec.batch.slice(skip, min(stop - rec.offset, rec.batch.num_rows) - skip)
+                rec = dataclasses.replace(rec, offset=rec.offset + skip, batch=batch)
+            yield rec
 
     def _create_folder(self, fsync: bool) -> None:
         (self.path / "schemas").mkdir(parents=True, exist_ok=True)
@@ -269,6 +299,9 @@ class StreamFiles:
                 f"stream {self.name!r}: offset {start} is no longer in the staging log at {root}; it holds {held}. "
                 f"Replay from offset {first} or later, or re-snapshot the stream"
             )
+        recent = self.recent
+        if recent and recent[0].offset <= start:
+            return self._from_recent(recent, start, stop)
         return self._records(segments, tail, tail_count, start, stop)
 
     def _records(

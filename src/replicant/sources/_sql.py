@@ -50,6 +50,7 @@ from replicant.errors import ConfigError, FatalError
 from replicant.model import (
     DIALECT_KEY,
     OP_READ,
+    OP_DELETE,
     OP_UPDATE,
     Position,
     Stream,
@@ -392,11 +393,24 @@ class SQLSource(Source):
                 if out.num_rows:
                     pos = state.position(with_seen=bool(lookback))
                     short = {k: v for k, v in pos.items() if k != "seen"}
-                    yield ReadBatch(with_meta(out, OP_UPDATE, encode_position(short), utcnow()), pos)
+                    changes = with_meta(out, OP_UPDATE, encode_position(short), utcnow())
+                    if stream.options.get("soft_delete"):
+                        changes = _soft_deletes(changes, stream.options["soft_delete"])
+                    yield ReadBatch(changes, pos)
             if n < chunk or last is None:
                 return
             params = []
             where = [self._where(">", order, self._key_values(last, [c.name for c in order]), params)]
+
+
+def _soft_deletes(batch: pa.RecordBatch, column: str) -> pa.RecordBatch:
+    """Rows whose soft-delete column is set (true, or any non-null value of another type)
+    become deletes: ``_op`` is rewritten vectorised."""
+    flag = batch.column(column)
+    marked = pc.fill_null(flag, False) if pa.types.is_boolean(flag.type) else pc.is_valid(flag)
+    i = batch.schema.get_field_index("_op")
+    ops = pc.if_else(marked, pa.scalar(OP_DELETE, pa.string()), batch.column(i))
+    return batch.set_column(i, batch.schema.field(i), ops)
 
 
 def _py(scalar: pa.Scalar, name: str) -> Any:

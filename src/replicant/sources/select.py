@@ -38,6 +38,13 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d|w)?\s*$", 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def _close(word: str, choices: list[str]) -> str:
+    import difflib
+
+    found = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
 def parse_lookback(value: float | str, *, temporal: bool) -> float | int:
     """The look-back as a number: seconds for a temporal cursor (``'5m'``, ``'1h'``, ``'2d'``
     or a number of seconds), cursor units for a numeric one (a plain number).
@@ -196,8 +203,15 @@ def _resolve_one(
                     problems.append((f"{key}.lookback", f"cursor {sc.cursor!r} is text; a look-back needs a number or time cursor"))
     elif sc.lookback is not None:
         problems.append((f"{key}.lookback", "is only used by mode cursor"))
+    if sc.soft_delete is not None:
+        if sc.mode != "cursor":
+            problems.append((f"{key}.soft_delete", f"is only used by mode cursor (mode {sc.mode} sees deletes itself)"))
+        elif sc.soft_delete not in schema.names:
+            problems.append((f"{key}.soft_delete", f"no column {sc.soft_delete!r} in {found.name}{_close(sc.soft_delete, schema.names)}"))
+        else:
+            options["soft_delete"] = sc.soft_delete
 
-    keep_always = set(pk) | ({sc.cursor} if sc.cursor else set())
+    keep_always = set(pk) | ({sc.cursor} if sc.cursor else set()) | ({sc.soft_delete} if sc.soft_delete else set())
     if sc.include:
         wanted = set(sc.include) | keep_always
         fields = [f for f in schema if f.name in wanted]
