@@ -192,7 +192,7 @@ def test_snapshot_hands_off_to_the_binlog_under_concurrent_writes(mysql_url: str
     sql(mysql_url, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)")
     sql(mysql_url, ("INSERT INTO t VALUES " + ", ".join(["(%s, %s)"] * 3000), [x for i in range(3000) for x in (i, i)]))
     src, streams = source(mysql_url, ["t"], unique_name, batch_size=200)
-    done = threading.Event()
+    done, twenty = threading.Event(), threading.Event()
     wrote: list[int] = []
 
     def writer() -> None:
@@ -206,6 +206,8 @@ def test_snapshot_hands_off_to_the_binlog_under_concurrent_writes(mysql_url: str
                     cur.execute("INSERT INTO t VALUES (%s, 0) ON DUPLICATE KEY UPDATE v = -1", (5000 + i,))
                     wrote.append(i)
                     i += 1
+                    if i == 20:
+                        twenty.set()
         finally:
             conn.close()
 
@@ -220,11 +222,15 @@ def test_snapshot_hands_off_to_the_binlog_under_concurrent_writes(mysql_url: str
                 read_sets += 1
                 if read_sets == 1:
                     th.start()  # writes while the snapshot is read
+                elif read_sets == 2:
+                    assert twenty.wait(10)
+                    during = len(wrote)
             elif not done.is_set():
                 done.set()
         done.set()
         th.join()
-        assert read_sets >= 15 and len(wrote) >= 30
+        assert read_sets >= 15 and during >= 20 and len(wrote) >= 30
+        assert any(op != "read" for op, _, _ in r.seen["t"])  # the binlog brought the writes
         r.run(src)  # catch up with what the writer did after the first capture's end
         assert r.state["t"] == full_rows(src, streams["t"])
 
@@ -262,6 +268,12 @@ def test_statement_binlog_format_is_refused(mysql_url: str, unique_name: str) ->
                 src.install(list(streams.values()))
         finally:
             sql(mysql_url, "SET GLOBAL binlog_format = 'ROW'")
+        sql(mysql_url, "SET GLOBAL binlog_row_image = 'MINIMAL'")
+        try:
+            with pytest.raises(FatalError, match="set binlog_row_image=FULL"):
+                list(src.capture(list(streams.values()), {"t": None}, resume=None, follow=False, stop=threading.Event()))
+        finally:
+            sql(mysql_url, "SET GLOBAL binlog_row_image = 'FULL'")
 
 
 MYSQL_DDL = """
@@ -284,7 +296,17 @@ ROW = (
 )
 
 
-def test_values_equal_a_full_read(mysql_url: str, unique_name: str) -> None:
+@pytest.fixture(params=["MINIMAL", "FULL"])
+def row_metadata(request: pytest.FixtureRequest, mysql_url: str) -> Any:
+    """binlog_row_metadata: MINIMAL (columns matched by position) or FULL (by name)."""
+    sql(mysql_url, f"SET GLOBAL binlog_row_metadata = '{request.param}'")
+    try:
+        yield request.param
+    finally:
+        sql(mysql_url, "SET GLOBAL binlog_row_metadata = 'MINIMAL'")
+
+
+def test_values_equal_a_full_read(mysql_url: str, unique_name: str, row_metadata: str) -> None:
     sql(mysql_url, MYSQL_DDL, "SET time_zone = '+00:00'", f"INSERT INTO ty VALUES {ROW.format(id=1)}",
         "INSERT INTO ty (id) VALUES (2)", "INSERT INTO ty (id, st, yr, e) VALUES (3, '', 0, 'a')")
     src, streams = source(mysql_url, ["ty"], unique_name)
@@ -373,3 +395,34 @@ def test_follow_stops_promptly_and_status(mysql_url: str, unique_name: str) -> N
         assert list(gen) == []
         assert (datetime.now() - started).total_seconds() < 2
         assert src.uninstall([streams["t"]])
+
+
+def test_through_the_engine_into_duckdb(tmp_path: Any, mysql_url: str, unique_name: str) -> None:
+    """Two catch-up runs of a real pipeline: the snapshot, then changes, a transaction over
+    two tables and a column added between the runs, merged into DuckDB."""
+    from compare import fetch
+
+    from replicant.config import parse
+    from replicant.engine import Engine
+
+    sql(mysql_url, "CREATE TABLE a (id int PRIMARY KEY, v varchar(10), d decimal(8,2))",
+        "CREATE TABLE b (id int PRIMARY KEY, w int)",
+        "INSERT INTO a VALUES (1, 'one', 1.10), (2, 'two', 2.20), (3, 'three', NULL)", "INSERT INTO b VALUES (1, 1)")
+    duck = str(tmp_path / "d.duckdb")
+    cfg = parse({
+        "pipeline": unique_name[:40],
+        "source": {"type": "mysql", "url": mysql_url, "streams": [{"table": "a", "mode": "log"}, {"table": "b", "mode": "log"}]},
+        "destinations": [{"name": "duck", "type": "duckdb", "path": duck, "write": "merge"}],
+    }, base_dir=tmp_path)
+    first = Engine(cfg).run()
+    assert first.ok, first.errors
+    assert fetch("duckdb", duck, "a", ["id", "v", "d"]) == fetch("mysql", mysql_url, "a", ["id", "v", "d"])
+
+    sql(mysql_url, "INSERT INTO a VALUES (4, 'four', 4.40)", "UPDATE a SET v = 'TWO' WHERE id = 2", "DELETE FROM a WHERE id = 1",
+        "BEGIN", "UPDATE a SET d = 3.30 WHERE id = 3", "INSERT INTO b VALUES (2, 2)", "COMMIT",
+        "ALTER TABLE a ADD COLUMN n int NULL", "INSERT INTO a VALUES (5, 'five', 5.50, 5)")
+    second = Engine(cfg).run()
+    assert second.ok, second.errors
+    assert fetch("duckdb", duck, "a", ["id", "v", "d", "n"]) == fetch("mysql", mysql_url, "a", ["id", "v", "d", "n"])
+    assert fetch("duckdb", duck, "b", ["id", "w"]) == fetch("mysql", mysql_url, "b", ["id", "w"])
+    assert second.rows_read["a"] == 5 and second.rows_read["b"] == 1  # changes only, not a new snapshot

@@ -29,6 +29,10 @@ types), ``_op = "read"``, each batch with the stream position
 ``{"file": S.file, "pos": S.pos}``; then the binlog is read from S (or from ``resume`` if
 that is older).
 
+The snapshot transaction keeps a metadata lock on each table it has read until the last
+table is read, so an ``ALTER TABLE`` of a captured table waits for the snapshot to end (as
+with ``mysqldump --single-transaction``); row writes do not wait.
+
 A crash in the middle of a snapshot: the stream's position still holds S and the last key
 read. The next capture opens a *new* consistent snapshot S2 >= S, reads the keys after the
 last one, and streams the binlog from S for that stream. Every change after S is replayed
@@ -483,6 +487,8 @@ class BinlogCapture:
             RetriableError: the connection was lost.
         """
         self._check(self._facts())
+        if not streams:
+            return
         tables: dict[tuple[str, str], _Table] = {}
         snapshot: list[_Table] = []
         base = _coord(resume) if resume and "file" in resume else None
