@@ -41,7 +41,8 @@ __all__ = ["Delivery", "StreamWriter"]
 
 log = logging.getLogger(__name__)
 
-_IDLE_SECONDS = 0.02
+_IDLE_SECONDS = 0.01
+_MIRROR_SECONDS = 0.5
 _MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -78,6 +79,8 @@ class StreamWriter:
         self.pending_rows = 0
         self.last: int | None = None
         self.rows = 0
+        self.unmirrored: int | None = None
+        self.mirrored_at = 0.0
         self.offset = self._first_offset() if start is None else start
         if start is None:
             self.stream = self._applied_version(stream)
@@ -225,9 +228,19 @@ class StreamWriter:
         """Non-transactional: the state store holds the truth."""
         self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
 
-    def _mirror(self, offset: int) -> None:
+    def _mirror(self, offset: int, *, now: bool = False) -> None:
+        """Copies the applied offset to the state store for ``status``, at most every
+        ``_MIRROR_SECONDS`` (the destination holds the truth); ``flush_mirror`` writes the last."""
+        self.unmirrored = offset
+        if now or time.monotonic() - self.mirrored_at >= _MIRROR_SECONDS:
+            self.flush_mirror()
+
+    def flush_mirror(self) -> None:
+        if self.unmirrored is None:
+            return
         try:
-            self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
+            self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, self.unmirrored, rows_total=self.rows)
+            self.unmirrored, self.mirrored_at = None, time.monotonic()
         except Exception:  # noqa: BLE001 - the mirror is for `status`; the destination holds the truth
             log.debug("could not mirror offset", exc_info=True)
 
@@ -340,6 +353,9 @@ class Delivery:
                 if self.stop.wait(delay):
                     return
                 continue
+            if not progressed:
+                for w in writers.values():
+                    w.flush_mirror()
             if finished and not progressed:
                 return
             if not progressed:

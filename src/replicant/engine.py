@@ -332,6 +332,7 @@ class Engine:
                     first = _record_start(lg, name, first)  # requests and files are cut from whole records
                 w = StreamWriter(dest, stream, lg, state, self.config.pipeline, self.observer.rows_written, start=first)
                 w.step(end)
+                w.flush_mirror()
                 result.rows_written.setdefault(destination, {})[name] = w.rows
             status = "succeeded"
             return result
@@ -421,11 +422,12 @@ class Engine:
                 lg.append(name, _tagged(batch, by_name[name]), position=cs.position_of(name))
                 rows[name] += batch.num_rows
             source.acknowledge_capture(cs.position)
-            state.save_checkpoint(pipeline, CAPTURE_CHECKPOINT, cs.position, rows_total=sum(rows.values()), log_offset=0)
-            for name in set(cs.batches) | set(cs.truncated):
-                state.save_checkpoint(
-                    pipeline, name, cs.position_of(name), rows_total=totals[name] + rows[name], log_offset=lg.end_offset(name)
-                )
+            touched = set(cs.batches) | set(cs.truncated)
+            state.save_checkpoints(pipeline, [
+                (CAPTURE_CHECKPOINT, cs.position, sum(rows.values()), 0),
+                *((name, cs.position_of(name), totals[name] + rows[name], lg.end_offset(name)) for name in sorted(touched)),
+            ])
+            for name in touched:
                 if name in cs.batches:
                     self.observer.rows_read(name, cs.batches[name].num_rows)
 
