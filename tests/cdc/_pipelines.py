@@ -47,7 +47,8 @@ def fingerprint(url: str, table: str, columns: list[str]) -> tuple[int, str | No
     cols = ", ".join('"' + c + '"' for c in columns)
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("SET TimeZone TO 'UTC'")
-        row = c.execute(f'SELECT count(*), md5(string_agg(t::text, \',\' ORDER BY t::text)) FROM (SELECT {cols} FROM "{table}") t').fetchone()
+        row = c.execute(f"SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) "
+                        f'FROM (SELECT {cols} FROM "{table}") t').fetchone()
     return int(row[0]), row[1]
 
 

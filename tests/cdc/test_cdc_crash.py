@@ -192,8 +192,8 @@ def test_follow_survives_sigkill_under_writes(tmp_path: Path, pg_url: str, pg_se
             code, seconds = final.terminate(timeout=15)
             assert code == 0, f"--follow exited {code} on SIGTERM:\n{final.output()[-3000:]}"
             counts = _assert_equal(pg_url, targets, keyless={"history"})
-            print(f"\n{killed} kills ({mid_snapshot} with a snapshot unfinished), {checked} slot checks, {commits} writer commits, caught up in {waited:.1f} s, "
-                  f"stopped in {seconds:.1f} s, rows {counts}")
+            print(f"\n{killed} kills ({mid_snapshot} with a snapshot unfinished), {checked} slot checks, "
+                  f"{commits} writer commits, caught up in {waited:.1f} s, stopped in {seconds:.1f} s, rows {counts}")
         finally:
             writer.stop_event.set()
             for p in procs:
