@@ -524,3 +524,23 @@ def test_rejected_records_are_dead_lettered_reported_by_run_and_status(tmp_path:
     assert len(letters) == 200
     assert sorted(x["payload"]["key"]["id"] for x in letters) == sorted(rejected)
     assert all("HTTP 422" in x["reason"] and x["destination"] == "push" and "log offset" in x["origin"] for x in letters)
+
+
+def test_record_start_finds_the_record_holding_an_offset(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from replicant.engine import _record_start
+    from replicant.log import LocalLog
+
+    lg = LocalLog(tmp_path / "log")
+    try:
+        starts = []
+        for n in (7000, 1, 3000, 2):  # a record far longer than the first probe step
+            starts.append(lg.append("s", pa.record_batch({"id": pa.array(range(n), pa.int64())}), position={"n": n}))
+        starts.append(lg.append("s", None, position=None, marker={"kind": "truncate"}))
+        ends = [*starts[1:], lg.end_offset("s")]
+        for first, nxt in zip(starts, ends):
+            for offset in {first, first + 1, (first + nxt) // 2, nxt - 1} & set(range(first, nxt)):
+                assert _record_start(lg, "s", offset) == first, offset
+    finally:
+        lg.close()
