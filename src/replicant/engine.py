@@ -421,12 +421,14 @@ class Engine:
             for name, batch in cs.batches.items():
                 lg.append(name, _tagged(batch, by_name[name]), position=cs.position_of(name))
                 rows[name] += batch.num_rows
-            source.acknowledge_capture(cs.position)
             touched = set(cs.batches) | set(cs.truncated)
             state.save_checkpoints(pipeline, [
                 (CAPTURE_CHECKPOINT, cs.position, sum(rows.values()), 0),
                 *((name, cs.position_of(name), totals[name] + rows[name], lg.end_offset(name)) for name in sorted(touched)),
             ])
+            # only now may the source forget it (confirm a slot): a heartbeat's position is
+            # durable nowhere but in the checkpoint just saved
+            source.acknowledge_capture(cs.position)
             for name in touched:
                 if name in cs.batches:
                     self.observer.rows_read(name, cs.batches[name].num_rows)
