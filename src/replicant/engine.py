@@ -65,7 +65,7 @@ __all__ = ["Engine", "RunResult", "Observer"]
 
 log = logging.getLogger(__name__)
 
-_QUEUE_DEPTH = 2
+_QUEUE_DEPTH = 1
 _DONE = object()
 #: The state-store checkpoint name of the ``log`` streams' shared change feed.
 CAPTURE_CHECKPOINT = "(capture)"

@@ -29,8 +29,8 @@ from replicant.model import Position, decode_position, encode_position
 __all__ = ["IndexCache", "StreamFiles"]
 
 _EMPTY_SCHEMA = pa.schema([])
-_RECENT_RECORDS = 4  #: newest records kept in memory for readers in the writing process
-_RECENT_BYTES = 64 << 20
+_RECENT_RECORDS = 2  #: newest records kept in memory for readers in the writing process
+_RECENT_BYTES = 48 << 20
 
 
 class IndexCache:

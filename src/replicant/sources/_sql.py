@@ -333,7 +333,10 @@ class SQLSource(Source):
         done = {"mode": "full", "snapshot": snapshot, "done": True}
 
         def emit(batch: pa.RecordBatch, pos: Position, **kw: Any) -> ReadBatch:
-            return ReadBatch(with_meta(batch, OP_READ, encode_position(pos), utcnow()), pos, **kw)
+            # each row's _pos names the key after its batch; the snapshot id stays in the log's
+            # position only: the text is repeated on every row (a third of a narrow batch)
+            row_pos = {k: v for k, v in pos.items() if k != "snapshot"}
+            return ReadBatch(with_meta(batch, OP_READ, encode_position(row_pos), utcnow()), pos, **kw)
 
         if not keyed:
             sql = self._query(plan, [], [], None)
