@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,8 @@ METHODS: tuple[str, ...] = tuple(m for j in JOBS for m in j.methods)
 
 
 def replicant_command() -> list[str] | None:
-    """The replicant CLI as a command, or None when it is not installed yet."""
-    exe = shutil.which("replicant")
+    """The replicant CLI as a command (beside this Python first, then on PATH), or None."""
+    beside = Path(sys.executable).with_name("replicant")
+    exe = str(beside) if beside.exists() else shutil.which("replicant")
     return [exe] if exe else None
 
