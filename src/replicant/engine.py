@@ -310,7 +310,7 @@ class Engine:
         try:
             dest.open()
             dest.dead_letter = self._dead_letter_sink(state, dest, result)
-            names = lg.streams()
+            names = [n for n in lg.streams() if not dcfg.streams or n in dcfg.streams]  # the streams it takes
             for name in names:
                 schemas = lg.schemas(name)
                 if not schemas:
@@ -327,7 +327,7 @@ class Engine:
                     first = lg.offset_at(name, since)
                 end = lg.end_offset(name)
                 if first < lg.start_offset(name):
-                    lg.read(name, first, end=first + 1).__next__()  # raises, naming what the log holds
+                    next(iter(lg.read(name, first, end=first + 1)), None)  # raises, naming what the log holds
                 if not dest.capabilities.transactional and first < end:
                     first = _record_start(lg, name, first)  # requests and files are cut from whole records
                 w = StreamWriter(dest, stream, lg, state, self.config.pipeline, self.observer.rows_written, start=first)
