@@ -1,0 +1,332 @@
+"""How :class:`~replicant.cdc.pg_log.PgLogCapture` turns decoded pgoutput messages into
+change sets (moved out of :mod:`replicant.cdc.pg_log`, whose docstring describes the
+whole capture).
+
+- :class:`_Target`: how one stream is decoded (its relation's column indexes).
+- :class:`_Rows`, :class:`_Pending`: the whole transactions read but not yet yielded.
+- :class:`_Changes`, a mixin of :class:`~replicant.cdc.pg_log.PgLogCapture`: describing a
+  table again when its ``Relation`` message changed (:meth:`_Changes._describe`), binding a
+  stream to a relation, adding a row message to the pending rows (an update that changes the
+  key becomes a delete and an update), and the pending rows → Arrow (``_flush``, ``_batch``,
+  ``_refetch`` of TOASTed values an update left out).
+- :func:`_changes`: what changed between two versions of a stream's columns, for the log.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from replicant.errors import FatalError
+from replicant.model import OP_DELETE, OP_INSERT, OP_UPDATE, SQL_TYPE_KEY, Stream
+from replicant.sources.base import ChangeSet
+
+from .pgoutput import UNCHANGED, Relation, to_arrow
+
+if TYPE_CHECKING:
+    from ._pg_snapshot import _Snap
+
+
+@dataclass
+class _Target:
+    """How one stream is decoded: its relation's column indexes, per stream column."""
+
+    stream: Stream
+    key: tuple[str, ...]
+    index: list[int] = field(default_factory=list)
+    key_index: list[int] = field(default_factory=list)
+    relation: Relation | None = None
+    shape: tuple | None = None  #: the :attr:`Relation.shape` ``stream`` was last described from
+
+
+@dataclass
+class _Rows:
+    """One stream's pending rows: raw column values, op, transaction number, window flag."""
+
+    cols: list[list[Any]]
+    ops: list[str] = field(default_factory=list)
+    txn: list[int] = field(default_factory=list)
+    window: list[bool] = field(default_factory=list)
+    unchanged: bool = False
+
+
+class _Pending:
+    """Whole transactions read but not yet yielded."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, _Rows] = {}
+        self.ends: list[int] = []
+        self.stamps: list[int] = []
+        self.truncated: set[str] = set()
+        self.truncated_in: dict[str, int] = {}  # stream → transaction number of its (last) truncate
+        self.count = 0
+        self.since: float | None = None
+        self.last_end = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.count or self.truncated)
+
+    def add(self, t: _Target, op: str, values: list[Any], window: bool) -> None:
+        r = self.rows.get(t.stream.name)
+        if r is None:
+            r = self.rows[t.stream.name] = _Rows([[] for _ in t.index])
+        for col, i in zip(r.cols, t.index):
+            v = values[i]
+            if v is UNCHANGED:
+                r.unchanged = True
+            col.append(v)
+        r.ops.append(op)
+        r.txn.append(len(self.ends))
+        r.window.append(window)
+        self.count += 1
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def truncate(self, name: str) -> None:
+        r = self.rows.pop(name, None)
+        if r is not None:
+            self.count -= len(r.ops)
+        self.truncated.add(name)
+        self.truncated_in[name] = len(self.ends)
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def commit(self, end: int, ts_us: int) -> None:
+        self.ends.append(end)
+        self.stamps.append(ts_us)
+        self.last_end = end
+
+    def has_committed(self, name: str) -> bool:
+        """Whether stream ``name`` has rows of committed transactions (not only of the open one)."""
+        r = self.rows.get(name)
+        return r is not None and bool(r.txn) and r.txn[0] < len(self.ends)
+
+    def split(self) -> tuple[_Pending, _Pending]:
+        """(the committed transactions, the open one): rows are in arrival order, so the open
+        transaction's rows are the tail of every stream's rows."""
+        n = len(self.ends)
+        done, rest = _Pending(), _Pending()
+        done.ends, done.stamps, done.last_end, done.since = self.ends, self.stamps, self.last_end, self.since
+        rest.last_end = self.last_end
+        for name, r in self.rows.items():
+            cut = bisect.bisect_left(r.txn, n)
+            if cut:
+                done.rows[name] = _Rows([c[:cut] for c in r.cols], r.ops[:cut], r.txn[:cut], r.window[:cut], r.unchanged)
+                done.count += cut
+            if cut < len(r.ops):
+                k = len(r.ops) - cut
+                rest.rows[name] = _Rows([c[cut:] for c in r.cols], r.ops[cut:], [0] * k, r.window[cut:], r.unchanged)
+                rest.count += k
+        for name in self.truncated:
+            into = rest if self.truncated_in[name] == n else done
+            into.truncated.add(name)
+            into.truncated_in[name] = 0 if into is rest else self.truncated_in[name]
+        if rest:
+            rest.since = time.monotonic()
+        return done, rest
+
+    def reshape(self, name: str, old: list[str], new: list[str]) -> None:
+        """Stream ``name``'s pending rows (of the open transaction) laid out for its new
+        columns: a column kept keeps its values (read as its new type when flushed), a new
+        one is null, a dropped one goes."""
+        r = self.rows.get(name)
+        if r is None:
+            return
+        by = dict(zip(old, r.cols))
+        r.cols = [by[c] if c in by else [None] * len(r.ops) for c in new]
+
+
+class _Changes:
+    """The decoding methods of :class:`~replicant.cdc.pg_log.PgLogCapture` (uses its
+    ``source``, ``config``, ``_sql``, ``_qi``, ``_table`` and ``_window_filter``)."""
+
+    source: Any
+    config: Any
+
+    def _describe(self, t: _Target, rel: Relation) -> Stream:
+        """``t.stream`` as of ``rel`` (the table at this point of the log): the columns ``rel``
+        lists, each described by the source's own discovery (so types and field metadata are
+        those a fresh ``discover()`` gives) — from the catalog as it is now when the column
+        has the same type there, else from ``rel``'s type (the catalog moved on since) —
+        filtered by the stream's ``include``/``exclude``; key, options and schema metadata
+        stay the stream's."""
+        s = t.stream
+        found = self.source._tables(only=s.table)
+        if not found:
+            raise FatalError(f"table {self._table(s)} does not exist (dropped or renamed?); fix `table:` of stream {s.name!r}")
+        table = found[0]
+        now = {c.name: c for c in table.columns}
+        current, generated = {}, set()
+        for name, typ, mod, gen in self._sql(
+                "SELECT attname, atttypid::bigint, atttypmod, COALESCE(to_jsonb(a) ->> 'attgenerated', '') <> '' "
+                "FROM pg_attribute a WHERE attrelid = %s::oid AND attnum > 0 AND NOT attisdropped", (str(rel.oid),)):
+            current[name] = (typ, mod)
+            if gen:
+                generated.add(name)
+        lost = [f.name for f in s.schema if f.name in generated and f.name not in rel.columns]
+        if lost:  # pgoutput never sends generated columns
+            raise FatalError(f"stream {s.name!r}: column(s) {', '.join(map(repr, lost))} of {self._table(s)} are generated, "
+                             "and logical replication does not carry generated columns; exclude them (`exclude:`) "
+                             "or read the stream in another mode")
+        columns = []
+        for name, typ, mod in zip(rel.columns, rel.types, rel.typmods):
+            c = now.get(name)
+            if c is None or current.get(name) != (typ, mod):
+                c = self._column(name, typ, mod, nullable=c.nullable if c is not None else True)
+            columns.append(c)
+        described = self.source._stream(dataclasses.replace(table, columns=columns), self.source._default_schema())
+        fields = list(described.schema)
+        sc = self._stream_config(s)
+        if sc is not None and sc.include:
+            wanted = set(sc.include) | set(s.primary_key) | ({s.cursor} if s.cursor else set())
+            fields = [f for f in fields if f.name in wanted]
+        elif sc is not None and sc.exclude:
+            fields = [f for f in fields if f.name not in set(sc.exclude)]
+        return dataclasses.replace(s, schema=pa.schema(fields, metadata=s.schema.metadata))
+
+    def _column(self, name: str, typ: int, typmod: int, *, nullable: bool) -> Any:
+        """A column of type oid ``typ`` (``typmod``) as the source's catalog query would
+        describe it (domains resolved to their base type)."""
+        from replicant.sources.types import pg_column
+
+        rows = self._sql(
+            "SELECT format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE %s::int END), bt.typname, "
+            "bt.typtype, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE %s::int END, et.typname, et.typtype "
+            "FROM pg_type t JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+            "LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A' WHERE t.oid = %s::oid",
+            (typmod, typmod, str(typ)))
+        if not rows:
+            raise FatalError(f"column {name!r}: its type (oid {typ}) no longer exists; rediscover the stream (restart)")
+        sql_type, typname, typtype, mod, etypname, etyptype = rows[0]
+        return pg_column(name, sql_type, typname, typtype, int(mod), etypname, etyptype, nullable=nullable)
+
+    def _stream_config(self, s: Stream) -> Any:
+        streams = self.config.streams
+        if not isinstance(streams, list):
+            return None
+        return next((sc for sc in streams if sc.table == s.name), None)
+
+    def _bind(self, t: _Target, rel: Relation) -> None:
+        idx = {c: i for i, c in enumerate(rel.columns)}
+        missing = [f.name for f in t.stream.schema if f.name not in idx]
+        if missing:
+            raise FatalError(f"stream {t.stream.name!r}: column(s) {', '.join(map(repr, missing))} no longer exist in "
+                             f"{self._table(t.stream)}; exclude them or restore them")
+        t.relation = rel
+        t.index = [idx[f.name] for f in t.stream.schema]
+        t.key_index = [idx[k] for k in t.key if k in idx]
+
+    def _row(self, pending: _Pending, t: _Target, msg: tuple, window: bool) -> None:
+        kind = msg[0]
+        if kind == "I":
+            pending.add(t, OP_INSERT, msg[2], window)
+        elif kind == "D":
+            pending.add(t, OP_DELETE, msg[3], window)
+        else:
+            _, _, old_kind, old, new = msg
+            if old is not None:
+                if old_kind == "O" and UNCHANGED in new:  # REPLICA IDENTITY FULL: the old row has them
+                    new = [o if v is UNCHANGED else v for v, o in zip(new, old)]
+                if t.key_index and any(old[i] != new[i] for i in t.key_index):
+                    pending.add(t, OP_DELETE, old, window)
+            pending.add(t, OP_UPDATE, new, window)
+
+    # ------------------------------------------------------------------ pending → Arrow
+
+    def _flush(self, pending: _Pending, targets: dict[str, _Target],
+               window: tuple[int, dict[str, _Snap]] | None) -> ChangeSet:
+        ends = np.array(pending.ends, dtype=np.int64)
+        stamps = np.array(pending.stamps, dtype=np.int64)
+        batches = {}
+        for name, rows in pending.rows.items():
+            t = targets[name]
+            batch = self._batch(t, rows, ends, stamps)
+            if window is not None and name in window[1] and any(rows.window):
+                batch = self._window_filter(batch, rows, window[1][name], t)
+            batches[name] = batch
+        for name in pending.truncated:
+            if name not in batches:
+                batches[name] = pa.RecordBatch.from_pylist([], schema=targets[name].stream.change_schema)
+        return ChangeSet(batches, {"lsn": pending.last_end}, None, frozenset(pending.truncated))
+
+    def _batch(self, t: _Target, rows: _Rows, ends: np.ndarray, stamps: np.ndarray) -> pa.RecordBatch:
+        s = t.stream
+        arrays = []
+        unchanged_masks: dict[int, np.ndarray] = {}
+        for i, (f, col) in enumerate(zip(s.schema, rows.cols)):
+            if rows.unchanged and any(v is UNCHANGED for v in col):
+                unchanged_masks[i] = np.array([v is UNCHANGED for v in col])
+                col = [None if v is UNCHANGED else v for v in col]
+            try:
+                arrays.append(to_arrow(pa.array(col, pa.binary()), f))
+            except ValueError as e:
+                raise FatalError(f"stream {s.name!r}: {e}; exclude the column or fix the value") from None
+        txn = np.array(rows.txn, dtype=np.int64)
+        lsn = pa.array(ends[txn])
+        pos = pc.binary_join_element_wise('{"lsn":', lsn.cast(pa.string()), "}", "")
+        ts = pa.array(stamps[txn], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        arrays += [pa.array(rows.ops, pa.string()), pos, ts]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=s.change_schema)
+        if unchanged_masks:
+            batch = self._refetch(t, batch, unchanged_masks)
+        return batch
+
+    def _refetch(self, t: _Target, batch: pa.RecordBatch, masks: dict[int, np.ndarray]) -> pa.RecordBatch:
+        """Fills TOASTed values an update did not change (REPLICA IDENTITY DEFAULT) with the
+        row's current values, read by key; rows gone since are dropped (their delete follows)."""
+        s = t.stream
+        if not s.primary_key:
+            raise FatalError(f"stream {s.name!r}: an update left TOASTed values out and the table has no key to re-read "
+                             f"them by; run ALTER TABLE {self._table(s)} REPLICA IDENTITY FULL")
+        need = np.zeros(batch.num_rows, dtype=bool)
+        for m in masks.values():
+            need |= m
+        rows = np.nonzero(need)[0]
+        keys = batch.select(list(s.primary_key)).take(pa.array(rows))
+        plan = self.source._plan(s)
+        params: list[Any] = []
+        kcols = plan.cols(s.primary_key)
+        arrays = []
+        for c in kcols:
+            texts = keys.column(c.name).cast(pa.string()).to_pylist() if not pa.types.is_binary(c.arrow) else \
+                ["\\x" + v.hex() for v in keys.column(c.name).to_pylist()]
+            params.append("{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in texts) + "}")
+            arrays.append(f"CAST(current_setting('replicant.p{len(params) - 1}') AS {c.sql_type}[])")
+        names = ", ".join(f"t.{self._qi(c.name)}" for c in kcols)
+        where = f"({names}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
+        sql = self.source._query(plan, [where], [], None)
+        fetched = pa.Table.from_batches(list(self.source._batches(sql, params, plan, 10_000)), schema=s.schema)
+        idx = pa.table({**{k: batch.column(k) for k in s.primary_key}, "__row": pa.array(np.arange(batch.num_rows))})
+        found = fetched.append_column("__found", pa.repeat(True, fetched.num_rows))
+        joined = idx.join(found, keys=list(s.primary_key), join_type="left outer").sort_by("__row")
+        cols = list(batch.columns)
+        gone = np.zeros(batch.num_rows, dtype=bool)
+        hit = pc.fill_null(joined.column("__found"), False).to_numpy(zero_copy_only=False)
+        gone |= need & ~hit
+        for i, m in masks.items():
+            name = s.schema.field(i).name
+            cols[i] = pc.if_else(pa.array(m), joined.column(name).combine_chunks(), cols[i])
+        out = pa.RecordBatch.from_arrays(cols, schema=batch.schema)
+        return out.filter(pa.array(~gone)) if gone.any() else out
+
+
+def _changes(old: pa.Schema, new: pa.Schema) -> str:
+    """What changed between two versions of a stream's columns, for the log."""
+    before = {f.name: f for f in old}
+    after = {f.name: f for f in new}
+    out = [f"added {n}" for n in after if n not in before]
+    out += [f"dropped {n}" for n in before if n not in after]
+    for n, f in after.items():
+        b = before.get(n)
+        if b is not None and not b.equals(f, check_metadata=True):
+            was = (b.metadata or {}).get(SQL_TYPE_KEY, b"").decode() or str(b.type)
+            now = (f.metadata or {}).get(SQL_TYPE_KEY, b"").decode() or str(f.type)
+            out.append(f"{n}: {was} -> {now}" if was != now else f"{n}: nullable {b.nullable} -> {f.nullable}")
+    return ", ".join(out) or "column order"
