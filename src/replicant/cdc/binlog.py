@@ -63,38 +63,30 @@ changes the primary key is emitted as a delete of the old key and an insert of t
 
 GTID positions are not used (file/pos work on MariaDB and MySQL alike; after a fail-over to
 another server a stream needs a new snapshot).
+
+Modules: this one holds the capture itself (connections, server checks, hooks, the
+capture's plan and the binlog reading loop); :mod:`._binlog_snapshot` the initial snapshot;
+:mod:`._binlog_values` binlog coordinates, value conversion, the per stream state
+(``_Table``) and row-event decoding. ``_Table``, ``_select`` and ``_raw_type`` stay
+importable from here.
 """
 
 from __future__ import annotations
 
-import codecs
-import json
 import logging
 import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from typing import Any
 
-import pyarrow as pa
-
 from replicant.errors import ConnectionError, FatalError, RetriableError
-from replicant.model import (
-    OP_DELETE,
-    OP_INSERT,
-    OP_READ,
-    OP_UPDATE,
-    Position,
-    Stream,
-    encode_position,
-    utcnow,
-    with_meta,
-)
+from replicant.model import Position, Stream, encode_position
 from replicant.sources.base import ChangeSet
-from replicant.sources.types import Column, conform, decode_value, encode_value, is_keyable
+
+from ._binlog_snapshot import _raw_type, _select, _Snapshot
+from ._binlog_values import _coord, _Decoding, _key, _min, _Table
 
 __all__ = ["BinlogCapture"]
 
@@ -104,181 +96,14 @@ log = logging.getLogger(__name__)
 #: is seen within about a second.
 _POLL = 0.5
 _CONNECT_CODES = {1040, 1044, 1045, 1129, 1130, 2002, 2003, 2005, 2006, 2013}
-#: binlog field types whose bytes the decoder would decode itself: we take the bytes.
-_STRING_FIELDS = {15, 249, 250, 251, 252, 253, 254}  # VARCHAR, *BLOB, VAR_STRING, STRING
-_ENUM, _SET = 247, 248
-_INT_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "integer": 32, "bigint": 64}
-_LABEL = re.compile(r"'((?:[^']|'')*)'")
-_LENGTH = re.compile(r"^\w+\((\d+)\)")
 _TRUNCATE = re.compile(r"^\s*TRUNCATE\s+(?:TABLE\s+)?(?P<name>.+?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 _DDL = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(ALTER|CREATE|DROP|RENAME)\b", re.IGNORECASE | re.DOTALL)
-_DML = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REPLACE|LOAD)\b", re.IGNORECASE | re.DOTALL)
-#: MySQL character set → Python codec (the rest: the same name, if Python knows it).
-_CODECS = {
-    "utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "cp1252", "latin2": "iso8859-2",
-    "ucs2": "utf-16-be", "utf16": "utf-16-be", "utf16le": "utf-16-le", "utf32": "utf-32-be",
-    "greek": "iso8859-7", "hebrew": "iso8859-8", "latin5": "iso8859-9", "latin7": "iso8859-13",
-    "sjis": "shift_jis", "ujis": "euc_jp", "eucjpms": "euc_jp", "euckr": "euc_kr", "koi8r": "koi8_r",
-    "koi8u": "koi8_u", "tis620": "tis-620", "armscii8": "utf-8", "swe7": "utf-8", "keybcs2": "utf-8",
-    "dec8": "utf-8", "hp8": "utf-8", "geostd8": "utf-8",
-}
-
-
-def _key(pos: Position) -> tuple[int, int]:
-    """A binlog coordinate as something that orders: (file number, byte offset)."""
-    name = str(pos["file"])
-    suffix = name.rsplit(".", 1)[-1]
-    return (int(suffix) if suffix.isdigit() else 0, int(pos["pos"]))
-
-
-def _coord(pos: Position) -> Position:
-    return {"file": str(pos["file"]), "pos": int(pos["pos"])}
-
-
-def _min(a: Position | None, b: Position | None) -> Position | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if _key(a) <= _key(b) else b
-
-
-def _labels(sql_type: str) -> list[str]:
-    """The labels of ``enum('a','b c')``/``set(...)`` as COLUMN_TYPE writes them."""
-    inner = sql_type[sql_type.find("(") + 1: sql_type.rfind(")")]
-    return [m.replace("''", "'") for m in _LABEL.findall(inner)]
-
-
-def _data_type(col: Column) -> str:
-    return re.split(r"[\s(]", col.sql_type.strip().lower(), maxsplit=1)[0]
-
-
-def _codec(charset: str | None) -> str:
-    name = (charset or "utf8mb4").lower()
-    codec = _CODECS.get(name, name)
-    try:
-        codecs.lookup(codec)
-    except LookupError:
-        return "utf-8"
-    return codec
-
-
-# ---------------------------------------------------------------------------- value conversion
-
-
-def _converter(col: Column) -> Callable[[Any], Any] | None:
-    """Turns one value as ``mysql-replication`` decodes it into the Python value of the Arrow
-    type a ``full`` read gives (None: the value is right as it is)."""
-    t, dt = col.arrow, _data_type(col)
-    if pa.types.is_unsigned_integer(t) and dt in _INT_BITS:
-        wrap = 1 << _INT_BITS[dt]
-        return lambda v: v + wrap if v is not None and v < 0 else v
-    if dt == "bit":
-        if pa.types.is_boolean(t):
-            return lambda v: None if v is None else int(v, 2) != 0
-        return lambda v: None if v is None else int(v, 2)
-    if dt == "year":
-        return lambda v: 0 if v == 1900 else v  # YEAR 0000 is byte 0, which the decoder reads as 1900
-    if pa.types.is_timestamp(t) and t.tz:
-        return lambda v: None if v is None or v == datetime(1970, 1, 1) else v.replace(tzinfo=UTC)
-    if pa.types.is_time(t):
-        def time_us(v: Any) -> Any:
-            if v is None:
-                return None
-            us = (v.days * 86_400 + v.seconds) * 1_000_000 + v.microseconds
-            if not 0 <= us < 86_400_000_000:
-                raise ValueError(f"column {col.name!r}: {v} is not a time of day (a TIME beyond 00:00..24:00)")
-            return us
-        return time_us
-    if pa.types.is_binary(t):
-        m = _LENGTH.match(col.sql_type.strip().lower())
-        if dt == "binary" and m:  # BINARY(n): the binlog strips the trailing zero bytes
-            n = int(m[1])
-            return lambda v: None if v is None else bytes(v).ljust(n, b"\x00")
-        if dt in ("geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
-                  "multipolygon", "geometrycollection", "geomcollection"):
-            return lambda v: None if v is None else bytes(v)[4:]  # SRID + WKB → WKB (ST_AsBinary)
-        return lambda v: v.encode("utf-8") if isinstance(v, str) else v
-    if pa.types.is_string(t):
-        codec = _codec(col.charset)
-        if dt == "set":
-            return lambda v: v if v is None or isinstance(v, str) else ",".join(sorted(v, key=_set_order(col)))
-
-        def text(v: Any) -> Any:
-            if isinstance(v, (bytes, bytearray)):
-                return bytes(v).decode(codec)
-            if isinstance(v, (dict, list, int, float, bool)):  # MySQL binary JSON
-                return json.dumps(v, ensure_ascii=False)
-            if v is not None and not isinstance(v, str):
-                return str(v)
-            return v
-        return text
-    return None
-
-
-def _set_order(col: Column) -> Callable[[str], int]:
-    order = {label: i for i, label in enumerate(_labels(col.sql_type))}
-    return lambda label: order.get(label, len(order))
-
-
-# ---------------------------------------------------------------------------- per stream state
-
-
-@dataclass
-class _Table:
-    """One captured stream: its current schema, its columns in the table, pending rows."""
-
-    stream: Stream
-    catalog: list[Column]  # the table's columns, in table order
-    excluded: frozenset[str]  # columns the stream leaves out on purpose
-    filter: Position | None  # changes at or before this coordinate are in the log already
-    fixes: list[Callable[[Any], Any] | None] = field(default_factory=list)
-    rows: list[tuple] = field(default_factory=list)  # committed, not yet yielded: data values
-    ops: list[str] = field(default_factory=list)
-    pos: list[str] = field(default_factory=list)
-    ts: list[int] = field(default_factory=list)
-    widths_seen: set[int] = field(default_factory=set)
-    after: list[Any] | None = None  # snapshot: the last key read before a crash ([] unkeyed)
-
-    def __post_init__(self) -> None:
-        self.refresh()
-
-    def refresh(self) -> None:
-        by_name = {c.name: c for c in self.catalog}
-        self.columns = [by_name.get(f.name) for f in self.stream.schema]
-        self.fixes = [_converter(c) if c is not None else None for c in self.columns]
-        self.names = [f.name for f in self.stream.schema]
-
-    def clear(self) -> None:
-        self.rows, self.ops, self.pos, self.ts = [], [], [], []
-
-    def batch(self) -> pa.RecordBatch:
-        schema = self.stream.change_schema
-        n = len(self.rows)
-        cols = list(zip(*self.rows)) if n else [() for _ in self.names]
-        arrays = []
-        for f, values, fix in zip(self.stream.schema, cols, self.fixes):
-            try:
-                if fix is not None:
-                    values = [fix(v) for v in values]
-                if pa.types.is_time(f.type):
-                    arrays.append(pa.array(values, pa.int64()).cast(f.type))
-                else:
-                    arrays.append(pa.array(values, f.type))
-            except (ValueError, TypeError, OverflowError, pa.ArrowException) as e:
-                raise FatalError(
-                    f"stream {self.stream.name!r}: column {f.name!r}: cannot read a binlog value as {f.type}: {e}"
-                ) from None
-        arrays.append(pa.array(self.ops, pa.string()))
-        arrays.append(pa.array(self.pos, pa.string()))
-        arrays.append(pa.array(self.ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")))
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 # ---------------------------------------------------------------------------- the capture
 
 
-class BinlogCapture:
+class BinlogCapture(_Snapshot, _Decoding):
     """The row binlog of one MySQL/MariaDB server, for the ``log`` streams of a
     :class:`replicant.sources.mysql.MySQLSource` (see the module docstring)."""
 
@@ -515,118 +340,6 @@ class BinlogCapture:
             base = self._master()
         yield from self._stream(tables, base, follow, stop)
 
-    # ------------------------------------------------------------------ snapshot
-
-    def _catalog(self, stream: Stream) -> list[Column]:
-        found = self.source._tables(only=stream.table)
-        if not found:
-            raise FatalError(
-                f"table {self.source._display(stream.table)} does not exist (dropped or renamed?); "
-                f"fix `table:` of stream {stream.name!r} or restore the table"
-            )
-        return found[0].columns
-
-    def _snapshot(self, pending: list[_Table], base: Position | None, stop: threading.Event) -> Iterator[ChangeSet]:
-        """Reads ``pending`` in one consistent snapshot; returns its binlog coordinate (None
-        when stopped)."""
-        import pymysql
-
-        conn = self._connect()
-        with self._lock:
-            self._snap_conn = conn
-        try:
-            point = self._consistent_point(conn)
-            for t in pending:
-                origin = t.filter or point
-                for batch, after in self._read_table(conn, t):
-                    sp: Position = dict(origin)
-                    if after is not None:
-                        sp["snapshot"] = {"after": after}
-                    data = with_meta(batch, OP_READ, encode_position(sp), utcnow())
-                    if after is None and t is pending[-1]:
-                        conn.rollback()  # read everything: release the snapshot (and its table locks) now
-                    yield ChangeSet({t.stream.name: data}, base or point, {t.stream.name: sp})
-                    if stop.is_set():
-                        return None
-                t.filter = origin
-            return point
-        except pymysql.MySQLError as e:
-            raise self._translate(e, "reading the initial snapshot") from None
-        finally:
-            with self._lock:
-                self._snap_conn = None
-            try:
-                conn.rollback()
-                conn.close()
-            except Exception:  # the connection broke: the server ends the transaction
-                log.debug("closing the snapshot connection failed", exc_info=True)
-
-    def _consistent_point(self, conn: Any) -> Position:
-        """Starts a consistent-snapshot transaction on ``conn``; the binlog coordinate it matches."""
-        with conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            mariadb = "mariadb" in str(cur.fetchone()[0]).lower()
-            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            if mariadb:
-                # https://mariadb.com/kb/en/enhancements-for-start-transaction-with-consistent-snapshot/
-                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
-                status = {str(k).lower(): v for k, v in cur.fetchall()}
-                return {"file": str(status["binlog_snapshot_file"]), "pos": int(status["binlog_snapshot_position"])}
-            cur.execute("FLUSH TABLES WITH READ LOCK")
-            try:
-                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                return _coord(self._show_master(cur))
-            finally:
-                cur.execute("UNLOCK TABLES")
-
-    def _read_table(self, conn: Any, t: _Table) -> Iterator[tuple[pa.RecordBatch, list[Any] | None]]:
-        """The table's rows after ``t.after`` in key order, in batches with the key of their
-        last row; the last batch (possibly empty) comes with None."""
-        src, stream = self.source, t.stream
-        plan = src._plan(stream)
-        size = int(stream.options.get("batch_size") or src.config.batch_size)
-        keys = plan.cols(stream.primary_key)
-        keyed = bool(keys) and all(not c.nullable and is_keyable(c.arrow) for c in keys)
-        after = t.after if keyed else None
-        params: list[Any] = []
-        where = []
-        if after:
-            values = [decode_value(v, c.arrow) for v, c in zip(after, keys)]
-            where.append(src._where(">", keys, values, params))
-        sel = ", ".join(_select(c).format(f"t.{src.quote(c.name)}") + f" AS {src.quote(c.name)}" for c in plan.columns)
-        sql = f"SELECT {sel} FROM {src._display(stream.table)} AS t"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        if keyed:
-            sql += " ORDER BY " + ", ".join(f"t.{src.quote(c.name)}" for c in keys)
-        raw = [_raw_type(c) for c in plan.columns]
-        names = [c.name for c in plan.columns]
-
-        def convert(rows: list[tuple]) -> pa.RecordBatch:
-            cols = list(zip(*rows)) if rows else [() for _ in names]
-            try:
-                b = pa.RecordBatch.from_arrays([pa.array(v, r) for v, r in zip(cols, raw)], names=names)
-                return conform(b, stream.schema)
-            except (ValueError, TypeError, OverflowError, pa.ArrowException) as e:
-                raise FatalError(f"reading {src._display(stream.table)} (initial snapshot of stream "
-                                 f"{stream.name!r}): {e}") from None
-
-        import pymysql.cursors
-
-        with conn.cursor(pymysql.cursors.SSCursor) as cur:  # streams rows: memory stays flat
-            cur.execute(sql)  # keyset values are literals (MySQLSource._bind): no % to escape
-            held = cur.fetchmany(size)
-            while True:
-                nxt = cur.fetchmany(size) if len(held) == size else []
-                batch = convert(held)
-                if not nxt:
-                    yield batch, None
-                    return
-                last = src._key_values(batch, stream.primary_key) if keyed else []
-                yield batch, [encode_value(v) for v in last]  # unkeyed: [] (restarts after a crash)
-                held = nxt
-
     # ------------------------------------------------------------------ binlog
 
     def _stream(
@@ -793,100 +506,6 @@ class BinlogCapture:
             except Exception:  # already broken
                 log.debug("closing the binlog reader failed", exc_info=True)
 
-    # ------------------------------------------------------------------ decoding
-
-    def _statement(self, ev: Any, tables: dict[tuple[str, str], _Table]) -> None:
-        """A DML statement in the binlog (statement-based logging in some session) on a
-        captured table cannot be decoded into rows: stop rather than lose it."""
-        if not _DML.match(ev.query):
-            return
-        low = ev.query.lower()
-        for t in tables.values():
-            if t.stream.table[-1].lower() in low:
-                raise FatalError(
-                    f"stream {t.stream.name!r}: the binlog holds a statement instead of rows ({ev.query[:80]!r}); "
-                    "a session wrote with binlog_format=STATEMENT/MIXED: set binlog_format=ROW globally and "
-                    "restart the stream from a new snapshot"
-                )
-
-    def _reshape(self, t: _Table) -> Stream | None:
-        """The stream with the table's current columns, or None when unchanged (or gone)."""
-        found = self.source._tables(only=t.stream.table)
-        if not found:
-            return None
-        t.catalog = found[0].columns
-        t.widths_seen.clear()
-        fields = [c.field() for c in t.catalog if c.name not in t.excluded]
-        schema = pa.schema(fields, metadata=t.stream.schema.metadata)
-        if schema.equals(t.stream.schema, check_metadata=True):
-            t.refresh()
-            return None
-        return replace(t.stream, schema=schema)
-
-    def _map_columns(self, t: _Table, ev: Any) -> None:
-        """Tells the decoder what the binlog's table map leaves out (without
-        ``binlog_row_metadata=FULL``): names, signedness, enum and set labels; and to hand
-        strings over as bytes (decoded here in the column's character set)."""
-        cols = ev.columns
-        named = all(c.name for c in cols)
-        if not named and len(cols) != len(t.catalog) and len(cols) not in t.widths_seen:
-            t.widths_seen.add(len(cols))
-            changed = self._reshape(t)  # a DDL the capture has not seen (it predates its start)
-            if changed is not None:
-                log.info("stream %s: table columns changed outside the captured binlog", t.stream.name)
-        by_name = {c.name: c for c in t.catalog}
-        if named:
-            mine = [by_name.get(c.name) for c in cols]
-        elif len(cols) <= len(t.catalog):
-            mine = list(t.catalog[: len(cols)])  # columns added since were appended (the usual ALTER … ADD)
-        else:
-            raise FatalError(
-                f"stream {t.stream.name!r}: the binlog has {len(cols)} columns for {self.source._display(t.stream.table)}, "
-                f"the table {len(t.catalog)}; set binlog_row_metadata=FULL so columns are matched by name, "
-                "and restart the stream from a new snapshot"
-            )
-        for c, m in zip(cols, mine):
-            if c.type in _STRING_FIELDS:
-                c.character_set_name = "binary"  # bytes: decoded by _converter in the column's charset
-            if m is None:
-                continue
-            if not c.name:
-                c.name = m.name
-            if pa.types.is_unsigned_integer(m.arrow):
-                c.unsigned = True
-            if c.type == _ENUM and not c.enum_values:
-                c.enum_values = [""] + _labels(m.sql_type)
-            if c.type == _SET and not c.set_values:
-                c.set_values = _labels(m.sql_type)
-
-    def _rows(self, t: _Table, ev: Any) -> Iterator[tuple[_Table, str, tuple, int]]:
-        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent
-
-        ts = int(ev.timestamp) * 1_000_000
-        names = t.names
-        sets = {c.name for c in t.columns if c is not None and _data_type(c) == "set"}
-        keys = t.stream.primary_key
-
-        def values(image: dict[str, Any], nones: dict[str, Any]) -> tuple:
-            if sets:
-                image = {k: ("" if v is None and k in sets and nones.get(k) == "empty set" else v)
-                         for k, v in image.items()}
-            return tuple(image.get(n) for n in names)
-
-        for row in ev.rows:
-            if isinstance(ev, UpdateRowsEvent):
-                before, after = row["before_values"], row["after_values"]
-                if keys and any(before.get(k) != after.get(k) for k in keys):
-                    yield t, OP_DELETE, values(before, row["before_none_sources"]), ts
-                    yield t, OP_INSERT, values(after, row["after_none_sources"]), ts
-                else:
-                    yield t, OP_UPDATE, values(after, row["after_none_sources"]), ts
-            elif isinstance(ev, DeleteRowsEvent):
-                yield t, OP_DELETE, values(row["values"], row["none_sources"]), ts
-            else:
-                yield t, OP_INSERT, values(row["values"], row["none_sources"]), ts
-
-
 def _pymysql_connect(**kw: Any) -> Any:
     """``pymysql.connect`` for the binlog reader, which still passes the deprecated ``db``."""
     import pymysql
@@ -903,30 +522,3 @@ def _qualified(name: str, default_schema: str) -> tuple[str, str]:
     if len(names) >= 2:
         return names[-2], names[-1]
     return default_schema, names[0] if names else ""
-
-
-def _select(col: Column) -> str:
-    """The select expression for a snapshot read: a full read's, except FLOAT, which the
-    text protocol would round to 6 digits (connectorx reads it binary, exactly)."""
-    if pa.types.is_float32(col.arrow):
-        return "CAST({} AS DOUBLE)"
-    return col.select
-
-
-def _raw_type(col: Column) -> pa.DataType:
-    """The Arrow type of what PyMySQL returns for :func:`_select` of ``col`` (then
-    :func:`conform` converts it exactly as it converts connectorx's output)."""
-    sel = _select(col)
-    if sel == "{}":
-        return col.arrow
-    if sel == "CAST({} AS CHAR)":
-        return pa.string()
-    if sel == "CAST({} AS UNSIGNED)":
-        return pa.uint64()
-    if sel == "CAST({} AS DOUBLE)":
-        return pa.float64()
-    if sel.startswith("ST_AsBinary"):
-        return pa.binary()
-    return pa.int64()  # days, microseconds computed by the server
-
-
