@@ -33,6 +33,12 @@ message and the append fails with a ``FatalError``, so two writers can never int
 nats-py is asyncio; the log runs its own event loop in a daemon thread and every
 synchronous method hands a coroutine to it (``run_coroutine_threadsafe``). Thread safety
 is LocalLog's: one writer thread per stream, any number of reader threads.
+
+Modules: this one holds :class:`NatsLog`'s options, writing, reading, retention and
+closing; :mod:`replicant.log._nats_conn` the event-loop bridge, opening the connection and
+stream, and the writer lock; :mod:`replicant.log._nats_index` the per stream record index
+(``_Stream``, loading and refreshing it); :mod:`replicant.log._nats_codec` the layout.
+``_Stream``, ``_TRANSIENT`` and ``_SCAN_BATCH`` stay importable from here.
 """
 
 from __future__ import annotations
@@ -40,26 +46,21 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import socket
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-import nats
-import nats.errors
 import nats.js.errors
 import pyarrow as pa
 import pyarrow.ipc as ipc
 from nats.js import api
 
-from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.errors import ConfigError, FatalError
 from replicant.log._nats_codec import (
     H_MARKER,
     H_OFFSET,
@@ -71,62 +72,23 @@ from replicant.log._nats_codec import (
     PREFIX_PATTERN,
     Records,
     decode_token,
-    encode_token,
     json_header,
 )
+from replicant.log._nats_conn import _TRANSIENT, _NatsConnection
+from replicant.log._nats_index import _SCAN_BATCH, _NatsIndex, _Stream
 from replicant.log.base import Log, LogRecord, Retention
 from replicant.log.files import datetime_to_micros, micros_to_datetime, now_micros
 from replicant.model import Position, decode_position, encode_position
 
 __all__ = ["NatsLog", "delete_nats_log"]
 
-T = TypeVar("T")
-
 _EXPECTED = api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed expected-last-sequence check
 _READ_AHEAD_BYTES = 32 << 20  # how much a reader fetches beyond the record it yields
-_SCAN_BATCH = 512
 _EMPTY_SCHEMA = pa.schema([])
-_TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.NoStreamResponseError,
-    asyncio.TimeoutError,
-)
 
 
-class _Stream:
-    """One stream's subjects, record index and schema versions in this process."""
-
-    def __init__(self, name: str, root: str) -> None:
-        self.name = name
-        self.token, self.shortened = encode_token(name)
-        self.data_subject = f"{root}.data.{self.token}"
-        self.schema_subject = f"{root}.schema.{self.token}"
-        self.name_subject = f"{root}.name.{self.token}"
-        self.records = Records()
-        self.schemas: list[pa.Schema] = []
-        self.schema_seq = 0  # sequence of the last schema message read or written
-        self.last_seq = 0  # sequence of the last message on the data subject (orphans included)
-        self.scanned = 0  # read-only: the stream sequence the index is complete up to
-        self.msgs = 0  # read-only: messages on the data subject up to ``scanned``
-        self.end = 0
-        self.last_time_us = 0
-        self.loaded = False
-        self.name_written = False
-        self.cond = threading.Condition(threading.Lock())
-        self.write_lock = threading.Lock()
-
-    def snapshot(self) -> tuple[Records, int, int]:
-        with self.cond:
-            return self.records, len(self.records), self.end
-
-
-class NatsLog(Log):
+class NatsLog(_NatsConnection, _NatsIndex, Log):
     """A staging log in NATS JetStream (see the module docstring for layout and protocol).
 
     Args:
@@ -218,256 +180,6 @@ class NatsLog(Log):
     def __repr__(self) -> str:
         return f"NatsLog({self.location!r}{', read_only=True' if self.read_only else ''})"
 
-    # -- the event loop bridge -----------------------------------------------------------
-
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Runs ``coro`` on the log's loop; translates NATS errors at this boundary."""
-        if self._loop.is_closed():
-            coro.close()
-            raise FatalError(f"staging log at {self.location} is closed")
-        return self._translate(lambda: self._submit(coro).result())
-
-    def _translate(self, get: Any) -> Any:
-        try:
-            return get()
-        except (FatalError, ConfigError, ConnectionError, RetriableError):
-            raise
-        except _TRANSIENT as exc:
-            raise RetriableError(f"staging log at {self.location}: the NATS server did not answer in time ({type(exc).__name__})") from exc
-        except nats.errors.NoServersError as exc:
-            raise ConnectionError(f"staging log at {self.location}: cannot reach the NATS server") from exc
-        except nats.js.errors.APIError as exc:
-            raise FatalError(f"staging log at {self.location}: JetStream refused a request: {exc.description} (code {exc.err_code})") from exc
-
-    # -- opening -------------------------------------------------------------------------
-
-    async def _open(self, replicas: int) -> None:
-        async def quiet(_: Exception) -> None:  # the caller gets the error; do not log it twice
-            return None
-
-        try:
-            connecting = nats.connect(
-                self._server,
-                name=f"replicant-log {self.prefix}",
-                connect_timeout=min(self.timeout, 5),
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,  # once connected, ride out server restarts
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
-            )
-            self._nc = await asyncio.wait_for(connecting, self.timeout)  # the first connect is not retried forever
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
-            raise ConnectionError(f"staging log at {self.location}: cannot connect to the NATS server ({type(exc).__name__})") from exc
-        self._js = self._nc.jetstream(timeout=self.timeout)
-        try:
-            info = await self._js.stream_info(self.stream_name)
-        except nats.js.errors.NotFoundError:
-            if self.read_only:
-                info = None  # an empty log: nothing to follow yet
-            else:
-                info = await self._create_stream(replicas)
-        except nats.js.errors.ServiceUnavailableError as exc:
-            raise ConnectionError(f"staging log at {self.location}: the NATS server has no JetStream (start it with -js)") from exc
-        self._direct = bool(info and info.config.allow_direct)
-
-    async def _create_stream(self, replicas: int) -> api.StreamInfo:
-        config = api.StreamConfig(
-            name=self.stream_name,
-            description=f"replicant staging log {self.prefix}",
-            subjects=[f"{self.root}.>"],
-            storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.LIMITS,
-            num_replicas=replicas,
-            allow_direct=True,
-        )
-        try:
-            return await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            return await self._js.stream_info(self.stream_name)  # another process created it first
-
-    # -- the writer lock -----------------------------------------------------------------
-
-    async def _acquire_lock(self, timeout: float | None, ttl: float) -> None:
-        try:
-            self._kv = await self._js.key_value(self.lock_bucket)
-        except nats.js.errors.BucketNotFoundError:
-            self._kv = await self._js.create_key_value(
-                bucket=self.lock_bucket, history=1, ttl=ttl, storage=api.StorageType.FILE,
-                description=f"writer lock of the replicant staging log {self.prefix}",
-            )
-        ttl = (await self._js.stream_info(f"KV_{self.lock_bucket}")).config.max_age or ttl
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "id": uuid.uuid4().hex, "since": time.time()}
-        self._lock_value = json.dumps(me).encode()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                self._lock_revision = await self._kv.create("writer", self._lock_value)
-                break
-            except nats.js.errors.KeyWrongLastSequenceError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise FatalError(await self._busy_message(ttl)) from None
-                await asyncio.sleep(0.1)
-        self._heartbeat = asyncio.ensure_future(self._keep_lock(ttl))
-
-    async def _busy_message(self, ttl: float) -> str:
-        try:
-            holder = json.loads((await self._kv.get("writer")).value)
-        except (nats.js.errors.KeyNotFoundError, ValueError, TypeError):
-            holder = {}
-        pid, host = holder.get("pid", "unknown"), holder.get("host", "unknown")
-        if pid == os.getpid() and host == socket.gethostname():
-            return (
-                f"pipeline log at {self.location} is already open for writing by another NatsLog in this "
-                f"process (pid {pid}); share that instance or close it first"
-            )
-        return (
-            f"pipeline log at {self.location} is in use by another process (pid {pid} on host {host}); stop that run "
-            f"or let it finish (pass lock_timeout= to wait for it; the lock of a writer that died expires "
-            f"within {ttl:g} s)"
-        )
-
-    async def _keep_lock(self, ttl: float) -> None:
-        """Refreshes the lock key every third of its time to live; notes when it is lost."""
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                self._lock_revision = await self._kv.update("writer", self._lock_value, last=self._lock_revision)
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-                self._lock_lost = (
-                    f"pipeline log at {self.location}: this process lost its writer lock (it was not refreshed "
-                    f"within {ttl:g} s and another writer may have taken over); stop and run again"
-                )
-                return
-            except (*_TRANSIENT, nats.errors.Error):
-                continue  # the next refresh may still be in time; appends are guarded anyway
-
-    async def _release_lock(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        if self._kv is not None and self._lock_revision and self._lock_lost is None:
-            try:
-                await self._kv.delete("writer", last=self._lock_revision)
-            except (nats.errors.Error, asyncio.TimeoutError):
-                pass  # expires with the bucket's age limit
-
-    # -- loading a stream's index --------------------------------------------------------
-
-    async def _scan(self, subject: str, start_seq: int, upto: int | None, headers_only: bool) -> list[Any]:
-        """Messages on ``subject`` with sequences from ``start_seq`` (up to ``upto``), via an
-        ephemeral pull consumer that knows how many there are."""
-        config = api.ConsumerConfig(
-            filter_subject=subject,
-            ack_policy=api.AckPolicy.NONE,
-            headers_only=headers_only or None,
-            inactive_threshold=60.0,
-            mem_storage=True,
-            num_replicas=1,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else api.DeliverPolicy.ALL,
-            opt_start_seq=start_seq if start_seq > 1 else None,
-        )
-        try:
-            info = await self._js.add_consumer(self.stream_name, config)
-        except nats.js.errors.NotFoundError:
-            return []  # the JetStream stream does not exist (yet)
-        messages: list[Any] = []
-        pending = info.num_pending
-        try:
-            if pending:
-                sub = await self._js.pull_subscribe_bind(consumer=info.name, stream=self.stream_name)
-                try:
-                    while pending > 0:
-                        batch = _SCAN_BATCH if headers_only else 16  # whole messages: up to max_payload each
-                        for msg in await sub.fetch(min(pending, batch), timeout=self.timeout):
-                            meta = msg.metadata
-                            if upto is not None and meta.sequence.stream > upto:
-                                pending = 0
-                                break
-                            messages.append(msg)
-                            pending = meta.num_pending
-                finally:
-                    await sub.unsubscribe()
-        finally:
-            try:
-                await self._js.delete_consumer(self.stream_name, info.name)
-            except (nats.errors.Error, asyncio.TimeoutError):
-                pass  # it goes away after inactive_threshold
-        return messages
-
-    async def _index(self, st: _Stream, start_seq: int, upto: int | None, records: Records) -> int:
-        """Adds the records from ``start_seq`` on to ``records``; returns the number of
-        messages seen. Parts no record lists (a crashed append's) are skipped; they stay on
-        the server until retention purges them (deleting the last message of a subject makes
-        nats-server 2.9 forget the subject's last sequence, which the append guard needs)."""
-        msgs = await self._scan(st.data_subject, start_seq, upto, headers_only=True)
-        parts = 0
-        for msg in msgs:
-            headers = msg.headers or {}
-            seq = msg.metadata.sequence.stream
-            size = int(headers.get("Nats-Msg-Size", 0)) + sum(len(k) + len(v) + 4 for k, v in headers.items())
-            if H_OFFSET in headers:
-                records.add_headers(headers, seq, size + parts)
-                parts = 0
-            else:
-                parts += size  # a part: its size counts for the record after it
-            st.last_seq = max(st.last_seq, seq)
-        return len(msgs)
-
-    async def _load_schemas(self, st: _Stream) -> None:
-        for msg in await self._scan(st.schema_subject, st.schema_seq + 1, None, headers_only=False):
-            st.schemas.append(ipc.read_schema(pa.py_buffer(msg.data)))
-            st.schema_seq = msg.metadata.sequence.stream
-
-    async def _load(self, st: _Stream) -> None:
-        """Builds the stream's index from the server (a writer: once)."""
-        records = Records()
-        st.last_seq = st.schema_seq = 0
-        st.schemas = []
-        try:
-            upto = (await self._js.stream_info(self.stream_name)).state.last_seq
-        except nats.js.errors.NotFoundError:
-            upto = 0  # read-only, before the first writer created the JetStream stream
-        seen = await self._index(st, 1, upto, records)
-        await self._load_schemas(st)
-        if st.shortened and not self.read_only:
-            try:
-                await self._js.get_last_msg(self.stream_name, st.name_subject, direct=self._direct)
-                st.name_written = True
-            except nats.js.errors.NotFoundError:
-                st.name_written = False
-        self._publish_index(st, records)
-        st.scanned, st.msgs = upto, seen
-
-    def _publish_index(self, st: _Stream, records: Records) -> None:
-        with st.cond:
-            st.records = records
-            if len(records):
-                st.end = records.nexts[-1]
-                st.last_time_us = max(st.last_time_us, records.time[-1])
-            st.cond.notify_all()
-
-    async def _refresh(self, st: _Stream) -> None:
-        """Read-only: adds what the writer appended since the last call (reloads after a purge)."""
-        try:
-            info = await self._js.stream_info(self.stream_name, subjects_filter=st.data_subject)
-        except nats.js.errors.NotFoundError:
-            return
-        self._direct = bool(info.config.allow_direct)
-        upto = info.state.last_seq
-        count = (info.state.subjects or {}).get(st.data_subject, 0)
-        if upto > st.scanned:
-            records, known = st.records, len(st.records)
-            seen = await self._index(st, st.scanned + 1, upto, records)
-            st.msgs += seen
-            st.scanned = upto
-            if len(records) > known:
-                if max(records.schema[known:]) >= len(st.schemas):
-                    await self._load_schemas(st)
-                self._publish_index(st, records)
-        if count < st.msgs:  # the writer purged (retention) or removed orphan parts
-            await self._load(st)
 
     def _stream(self, name: str) -> _Stream:
         with self._lock:

@@ -1,0 +1,205 @@
+"""The connection side of :class:`~replicant.log.nats.NatsLog` (moved out of
+:mod:`replicant.log.nats`, whose docstring describes the log, its lock and its threads).
+
+:class:`_NatsConnection`, a mixin of :class:`~replicant.log.nats.NatsLog`:
+
+- the event-loop bridge: every synchronous method hands a coroutine to the log's own loop
+  (``_submit``, ``_call``), and NATS errors become :mod:`replicant.errors` at that boundary
+  (``_translate``; ``_TRANSIENT`` are the errors worth a retry);
+- opening: connecting to the server and finding (or creating) the JetStream stream;
+- the exclusive writer lock: the ``writer`` key of the lock bucket, created, refreshed every
+  third of its time to live, released on close (``_acquire_lock``, ``_keep_lock``,
+  ``_release_lock``; ``_busy_message`` names the holder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+
+T = TypeVar("T")
+
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+    asyncio.TimeoutError,
+)
+
+
+class _NatsConnection:
+    """The connection and lock methods of :class:`~replicant.log.nats.NatsLog` (uses the
+    attributes its ``__init__`` sets)."""
+
+    prefix: str
+    location: str
+    read_only: bool
+    timeout: float
+    stream_name: str
+    lock_bucket: str
+    root: str
+    _server: str
+    _loop: asyncio.AbstractEventLoop
+    _thread: threading.Thread
+    _lock_lost: str | None
+    _lock_revision: int
+    _lock_value: bytes
+    _heartbeat: asyncio.Task | None
+    _nc: Any
+    _js: Any
+    _kv: Any
+    _direct: bool
+
+    # -- the event loop bridge -----------------------------------------------------------
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Runs ``coro`` on the log's loop; translates NATS errors at this boundary."""
+        if self._loop.is_closed():
+            coro.close()
+            raise FatalError(f"staging log at {self.location} is closed")
+        return self._translate(lambda: self._submit(coro).result())
+
+    def _translate(self, get: Any) -> Any:
+        try:
+            return get()
+        except (FatalError, ConfigError, ConnectionError, RetriableError):
+            raise
+        except _TRANSIENT as exc:
+            raise RetriableError(f"staging log at {self.location}: the NATS server did not answer in time ({type(exc).__name__})") from exc
+        except nats.errors.NoServersError as exc:
+            raise ConnectionError(f"staging log at {self.location}: cannot reach the NATS server") from exc
+        except nats.js.errors.APIError as exc:
+            raise FatalError(f"staging log at {self.location}: JetStream refused a request: {exc.description} (code {exc.err_code})") from exc
+
+    # -- opening -------------------------------------------------------------------------
+
+    async def _open(self, replicas: int) -> None:
+        async def quiet(_: Exception) -> None:  # the caller gets the error; do not log it twice
+            return None
+
+        try:
+            connecting = nats.connect(
+                self._server,
+                name=f"replicant-log {self.prefix}",
+                connect_timeout=min(self.timeout, 5),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,  # once connected, ride out server restarts
+                reconnect_time_wait=0.5,
+                error_cb=quiet,
+            )
+            self._nc = await asyncio.wait_for(connecting, self.timeout)  # the first connect is not retried forever
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise ConnectionError(f"staging log at {self.location}: cannot connect to the NATS server ({type(exc).__name__})") from exc
+        self._js = self._nc.jetstream(timeout=self.timeout)
+        try:
+            info = await self._js.stream_info(self.stream_name)
+        except nats.js.errors.NotFoundError:
+            if self.read_only:
+                info = None  # an empty log: nothing to follow yet
+            else:
+                info = await self._create_stream(replicas)
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise ConnectionError(f"staging log at {self.location}: the NATS server has no JetStream (start it with -js)") from exc
+        self._direct = bool(info and info.config.allow_direct)
+
+    async def _create_stream(self, replicas: int) -> api.StreamInfo:
+        config = api.StreamConfig(
+            name=self.stream_name,
+            description=f"replicant staging log {self.prefix}",
+            subjects=[f"{self.root}.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            num_replicas=replicas,
+            allow_direct=True,
+        )
+        try:
+            return await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            return await self._js.stream_info(self.stream_name)  # another process created it first
+
+    # -- the writer lock -----------------------------------------------------------------
+
+    async def _acquire_lock(self, timeout: float | None, ttl: float) -> None:
+        try:
+            self._kv = await self._js.key_value(self.lock_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            self._kv = await self._js.create_key_value(
+                bucket=self.lock_bucket, history=1, ttl=ttl, storage=api.StorageType.FILE,
+                description=f"writer lock of the replicant staging log {self.prefix}",
+            )
+        ttl = (await self._js.stream_info(f"KV_{self.lock_bucket}")).config.max_age or ttl
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "id": uuid.uuid4().hex, "since": time.time()}
+        self._lock_value = json.dumps(me).encode()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self._lock_revision = await self._kv.create("writer", self._lock_value)
+                break
+            except nats.js.errors.KeyWrongLastSequenceError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise FatalError(await self._busy_message(ttl)) from None
+                await asyncio.sleep(0.1)
+        self._heartbeat = asyncio.ensure_future(self._keep_lock(ttl))
+
+    async def _busy_message(self, ttl: float) -> str:
+        try:
+            holder = json.loads((await self._kv.get("writer")).value)
+        except (nats.js.errors.KeyNotFoundError, ValueError, TypeError):
+            holder = {}
+        pid, host = holder.get("pid", "unknown"), holder.get("host", "unknown")
+        if pid == os.getpid() and host == socket.gethostname():
+            return (
+                f"pipeline log at {self.location} is already open for writing by another NatsLog in this "
+                f"process (pid {pid}); share that instance or close it first"
+            )
+        return (
+            f"pipeline log at {self.location} is in use by another process (pid {pid} on host {host}); stop that run "
+            f"or let it finish (pass lock_timeout= to wait for it; the lock of a writer that died expires "
+            f"within {ttl:g} s)"
+        )
+
+    async def _keep_lock(self, ttl: float) -> None:
+        """Refreshes the lock key every third of its time to live; notes when it is lost."""
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                self._lock_revision = await self._kv.update("writer", self._lock_value, last=self._lock_revision)
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                self._lock_lost = (
+                    f"pipeline log at {self.location}: this process lost its writer lock (it was not refreshed "
+                    f"within {ttl:g} s and another writer may have taken over); stop and run again"
+                )
+                return
+            except (*_TRANSIENT, nats.errors.Error):
+                continue  # the next refresh may still be in time; appends are guarded anyway
+
+    async def _release_lock(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._kv is not None and self._lock_revision and self._lock_lost is None:
+            try:
+                await self._kv.delete("writer", last=self._lock_revision)
+            except (nats.errors.Error, asyncio.TimeoutError):
+                pass  # expires with the bucket's age limit
