@@ -79,7 +79,12 @@ class SourceConfig(_Model):
     streams: list[StreamConfig] | Literal["all"] = Field("all", description="A list of streams, or `all`.")
     default_mode: Mode = Field("full", description="Mode of streams found by `streams: all`.")
     schema_name: str | None = Field(None, alias="schema", description="Schema searched by `streams: all`.")
-    batch_size: int = Field(100_000, gt=0, description="Rows per batch read.")
+    batch_size: int = Field(
+        25_000,
+        gt=0,
+        description="Rows per batch read (and per staging-log record). 25k keeps a 5M-row PostgreSQL → "
+        "PostgreSQL sync near 250 MB peak RSS at the speed of 100k batches (measured 248-265 vs 316-328 MB).",
+    )
     chunk_size: int = Field(1_000_000, gt=0, description="Rows per resumable key-range chunk of a full read.")
     slot: str | None = Field(None, description="`mode: log` on PostgreSQL: replication slot name (default replicant_<pipeline>).")
     publication: str | None = Field(None, description="`mode: log` on PostgreSQL: publication name (default replicant_<pipeline>).")
