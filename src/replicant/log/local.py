@@ -165,6 +165,7 @@ class LocalLog(Log):
             st = self._streams.get(name)
             if st is None:
                 st = self._streams[name] = StreamFiles(name, self.stream_path(name), self._cache)
+                st.copy_reads = self.compression is not None
         if self.read_only:
             with st.write_lock:
                 st.refresh_for_reader()

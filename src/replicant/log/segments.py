@@ -347,15 +347,19 @@ class Segment:
 
     # -- reading records -------------------------------------------------------------
 
-    def records(self, entries: Entries, schema: pa.Schema, lo: int, hi: int, start: int, end: int) -> Iterator[LogRecord]:
+    def records(
+        self, entries: Entries, schema: pa.Schema, lo: int, hi: int, start: int, end: int, *, copy: bool = False
+    ) -> Iterator[LogRecord]:
         """Records of ``entries[lo:hi]``, sliced to offsets ``start .. end-1``.
 
         Batches are zero-copy views of the memory-mapped file (unless compressed or
-        dictionary-encoded); zero-row records are skipped (they hold no offsets).
+        dictionary-encoded); zero-row records are skipped (they hold no offsets). With
+        ``copy`` (compressed logs: decoding copies anyway) the bytes are read instead of
+        mapped, so the pages read do not stay in the process's resident set.
         Raises FileNotFoundError once retention removed the segment.
         """
         e = entries
-        mapped: pa.MemoryMappedFile | None = None
+        mapped: pa.MemoryMappedFile | pa.OSFile | None = None
         try:
             for i in range(lo, hi):
                 offset, rows, marker = e.offset[i], e.rows[i], e.marker[i]
@@ -368,7 +372,7 @@ class Segment:
                     if mapped is None or mapped.size() < e.end[i]:
                         if mapped is not None:
                             mapped.close()
-                        mapped = pa.memory_map(str(self.data_path))
+                        mapped = pa.OSFile(str(self.data_path)) if copy else pa.memory_map(str(self.data_path))
                     batch = self._decode(mapped, schema, e.start[i], e.end[i])
                     if offset < start or offset + rows > end:
                         skip = max(start - offset, 0)
@@ -387,7 +391,7 @@ class Segment:
                 mapped.close()  # buffers handed out keep their mapping alive
 
     @staticmethod
-    def _decode(mapped: pa.MemoryMappedFile, schema: pa.Schema, start: int, end: int) -> pa.RecordBatch:
+    def _decode(mapped: pa.MemoryMappedFile | pa.OSFile, schema: pa.Schema, start: int, end: int) -> pa.RecordBatch:
         mapped.seek(start)
         body = mapped.read_buffer(end - start)  # a view of the mapping, not a copy
         if not any(_has_dictionary(f.type) for f in schema):

@@ -78,6 +78,7 @@ class StreamFiles:
         # The newest records as appended (in memory): a reader in this process that keeps up
         # with the writer (the engine's deliveries) gets them without decoding the file.
         self.recent: tuple[LogRecord, ...] = ()
+        self.copy_reads = False  # read segment bytes instead of mapping them (compressed logs)
 
     # -- loading -----------------------------------------------------------------------
 
@@ -316,7 +317,9 @@ class StreamFiles:
             try:
                 entries, count = self._entries(segment, segments, tail, tail_count)
                 schema = self.schemas[segment.version] if segment.version is not None and segment.version >= 0 else _EMPTY_SCHEMA
-                yield from segment.records(entries, schema, entries.first_after(start, count), count, start, stop)
+                yield from segment.records(
+                    entries, schema, entries.first_after(start, count), count, start, stop, copy=self.copy_reads
+                )
             except FileNotFoundError as exc:
                 raise FatalError(
                     f"stream {self.name!r}: segment {segment.stem} was removed by retention while being read; "
