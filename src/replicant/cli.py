@@ -11,12 +11,14 @@ creates or removes what ``trigger`` and ``log`` streams need at the source.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -233,20 +235,24 @@ cdc = typer.Typer(no_args_is_help=True, help="Set up or remove change data captu
 app.add_typer(cdc, name="cdc")
 
 
-def _cdc(pipeline: Path, install: bool) -> None:
+@contextlib.contextmanager
+def _source_streams(cfg: Any) -> Iterator[tuple[Any, list]]:
+    """The pipeline's source (told its pipeline's name) and its streams as the engine sees them."""
     from replicant import runtime
     from replicant.engine import Engine
 
+    source = runtime.build_source(cfg)
     try:
-        cfg = _load(pipeline)
-        engine = Engine(cfg)
-        source = runtime.build_source(cfg)
-        try:
-            streams = engine.streams(source)
-            source.pipeline = cfg.pipeline
+        source.pipeline = cfg.pipeline
+        yield source, Engine(cfg).streams(source)
+    finally:
+        source.close()
+
+
+def _cdc(pipeline: Path, install: bool) -> None:
+    try:
+        with _source_streams(_load(pipeline)) as (source, streams):
             lines = source.install(streams) if install else source.uninstall(streams)
-        finally:
-            source.close()
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -321,16 +327,9 @@ def status(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")])
 
 def _cdc_status(cfg: Any) -> dict[str, Any]:
     """The source's change-feed facts (slot lag…); empty when the source cannot be reached."""
-    from replicant import runtime
-    from replicant.engine import Engine
-
     try:
-        source = runtime.build_source(cfg)
-        try:
-            source.pipeline = cfg.pipeline
-            return source.cdc_status(Engine(cfg).streams(source))
-        finally:
-            source.close()
+        with _source_streams(cfg) as (source, streams):
+            return source.cdc_status(streams)
     except Exception as e:  # noqa: BLE001 - status still shows what the log and state know
         return {"source": f"not reachable ({redact(str(e))})"}
 

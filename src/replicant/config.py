@@ -33,6 +33,7 @@ __all__ = [
     "normalize_url",
     "parse_duration",
     "parse_size",
+    "suggest",
 ]
 
 Mode = Literal["full", "cursor", "snapshot_diff", "trigger", "log"]
@@ -204,7 +205,7 @@ class PipelineConfig(_Model):
                 return d
         raise ConfigError(
             f"no destination named {name!r}",
-            [("destinations", f"have {', '.join(d.name for d in self.destinations)}{_suggest(name, [d.name for d in self.destinations])}")],
+            [("destinations", f"have {', '.join(d.name for d in self.destinations)}{suggest(name, [d.name for d in self.destinations])}")],
         )
 
 
@@ -232,8 +233,12 @@ def _substitute(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
     return _REF.sub(repl, value)
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
+def suggest(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` (case-insensitively if need be), or ""."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        low = {c.casefold(): c for c in choices}
+        close = [low[c] for c in difflib.get_close_matches(word.casefold(), list(low), n=1, cutoff=0.6)]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -285,7 +290,7 @@ def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
             if err["type"] == "extra_forbidden":
                 model = _model_at(loc)
                 known = _fields_of(model) if model else []
-                problems.append((key, f"unknown key{_suggest(str(loc[-1]), known)}"))
+                problems.append((key, f"unknown key{suggest(str(loc[-1]), known)}"))
             elif err["type"] == "missing":
                 problems.append((key, "required key is missing"))
             elif err["type"] == "literal_error" and "'all'" in err["msg"] and key.endswith("streams"):
@@ -330,7 +335,7 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
         model = getattr(cls, "settings", None)
         if model is None:
             for k in extras:
-                problems.append((f"destinations[{i}].{k}", f"unknown key{_suggest(str(k), _fields_of(DestinationConfig))}"))
+                problems.append((f"destinations[{i}].{k}", f"unknown key{suggest(str(k), _fields_of(DestinationConfig))}"))
             continue
         try:
             model.model_validate(extras)
@@ -339,7 +344,7 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
                 key = f"destinations[{i}]" + (f".{_loc(tuple(err['loc']))}" if err["loc"] else "")
                 if err["type"] == "extra_forbidden":
                     known = _fields_of(DestinationConfig) + list(model.model_fields)
-                    problems.append((key, f"unknown key{_suggest(str(err['loc'][-1]), known)}"))
+                    problems.append((key, f"unknown key{suggest(str(err['loc'][-1]), known)}"))
                 elif err["type"] == "missing":
                     problems.append((key, f"required key is missing for a {d.get('type')} destination"))
                 else:

@@ -54,11 +54,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from replicant.config import PipelineConfig
-from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.config import PipelineConfig, suggest
 from replicant.delivery import Delivery, StreamWriter
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
-from replicant.model import Position, Stream
+from replicant.model import Position, Stream, data_schema
+from replicant.registry import destination_class
 from replicant.sources.base import ReadBatch, Source
 
 __all__ = ["Engine", "RunResult", "Observer"]
@@ -163,7 +164,7 @@ class Engine:
         for i, d in enumerate(self.config.destinations):
             for n in d.streams or ():
                 if n not in names:
-                    problems.append((f"destinations[{i}].streams", f"no stream named {n!r}{_suggest(n, sorted(names))}"))
+                    problems.append((f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, sorted(names))}"))
         if problems:
             raise ConfigError("invalid pipeline file", problems)
         return streams
@@ -265,9 +266,7 @@ class Engine:
         lock = threading.Lock()
 
         def sink(stream: Stream, records: list) -> None:
-            for r in records:
-                if getattr(r, "destination", None) is None:
-                    object.__setattr__(r, "destination", dest.name)
+            records = [r if r.destination is not None else dataclasses.replace(r, destination=dest.name) for r in records]
             state.add_dead_letters(self.config.pipeline, stream.name, records)
             with lock:
                 per = result.dead_letters.setdefault(dest.name, {})
@@ -302,8 +301,6 @@ class Engine:
         state, lg = self._open_parts()
         index = [d.name for d in self.config.destinations].index(destination)
         dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
-        from replicant.registry import destination_class
-
         dest = destination_class(dcfg.type, index)(dcfg, pipeline=self.config.pipeline)
         run_id = state.start_run(self.config.pipeline, command=f"replay {destination}")
         status = "failed"
@@ -315,8 +312,6 @@ class Engine:
                 schemas = lg.schemas(name)
                 if not schemas:
                     continue
-                from replicant.model import data_schema
-
                 stream = self._log_stream(name, data_schema(schemas[-1]))
                 dest.prepare(stream)
                 if start == "start":
@@ -511,13 +506,6 @@ def _chosen(dest: Any, streams: list[Stream]) -> list[Stream]:
     """The streams a destination receives (its ``streams:`` setting, default all)."""
     only = dest.config.streams
     return streams if not only else [s for s in streams if s.name in only]
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _keyed(stream: Stream) -> Stream:

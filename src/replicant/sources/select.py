@@ -14,14 +14,13 @@ first schema of the search path, MySQL: the URL's database, SQLite: ``main``) an
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
 
-from replicant.config import SourceConfig, StreamConfig
+from replicant.config import SourceConfig, StreamConfig, suggest
 from replicant.errors import ConfigError
 from replicant.model import Stream
 from replicant.sources.types import is_keyable, is_numeric, is_temporal
@@ -36,13 +35,6 @@ _ALL_KINDS = ("table", "partitioned")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _close(word: str, choices: list[str]) -> str:
-    import difflib
-
-    found = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {found[0]!r}?)" if found else ""
 
 
 def parse_lookback(value: float | str, *, temporal: bool) -> float | int:
@@ -127,15 +119,7 @@ def _find(text: str, discovered: list[Stream]) -> tuple[Stream | None, str]:
     elsewhere = [s.name for s in discovered if s.table[-1] == text]
     if elsewhere:
         return None, f" in the default schema (did you mean {elsewhere[0]!r}?)"
-    return None, _suggest(text, [s.name for s in discovered])
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if not close:
-        low = {c.casefold(): c for c in choices}
-        close = [low[c] for c in difflib.get_close_matches(word.casefold(), list(low), n=1, cutoff=0.6)]
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return None, suggest(text, [s.name for s in discovered])
 
 
 def _options(config: SourceConfig, sc: StreamConfig | None, base: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +137,7 @@ def _check_columns(
     have = stream.schema.names
     for n in names:
         if n not in have:
-            problems.append((key, f"no {what} {n!r} in {stream.name}{_suggest(n, have)}"))
+            problems.append((key, f"no {what} {n!r} in {stream.name}{suggest(n, have)}"))
 
 
 def _resolve_one(
@@ -207,7 +191,7 @@ def _resolve_one(
         if sc.mode != "cursor":
             problems.append((f"{key}.soft_delete", f"is only used by mode cursor (mode {sc.mode} sees deletes itself)"))
         elif sc.soft_delete not in schema.names:
-            problems.append((f"{key}.soft_delete", f"no column {sc.soft_delete!r} in {found.name}{_close(sc.soft_delete, schema.names)}"))
+            problems.append((f"{key}.soft_delete", f"no column {sc.soft_delete!r} in {found.name}{suggest(sc.soft_delete, schema.names)}"))
         else:
             options["soft_delete"] = sc.soft_delete
 
