@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from replicant.model import Position
 
-__all__ = ["Log", "LogRecord", "Retention", "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT", "MARKER_TRUNCATE"]
+__all__ = ["check_append", "Log", "LogRecord", "Retention", "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT", "MARKER_TRUNCATE"]
 
 MARKER_SNAPSHOT_START = "snapshot_start"  #: a full read begins; ``replace`` writes start a new table
 MARKER_SNAPSHOT_END = "snapshot_end"  #: the full read is complete; ``replace`` swaps tables
@@ -68,6 +68,16 @@ class Retention:
 
     max_age_seconds: float | None = None
     max_bytes: int | None = None
+
+
+def check_append(batch: pa.RecordBatch | None, marker: dict[str, Any] | None) -> None:
+    """Raises ``ValueError``/``TypeError`` for a malformed :meth:`Log.append` call (every backend)."""
+    if (batch is None) == (marker is None):
+        raise ValueError("append takes either a batch or a marker")
+    if marker is not None and not (isinstance(marker, dict) and "kind" in marker):
+        raise ValueError(f"a marker is a dict with a 'kind', not {marker!r}")
+    if batch is not None and not isinstance(batch, pa.RecordBatch):
+        raise TypeError(f"append takes a pyarrow.RecordBatch, not {type(batch).__name__}")
 
 
 class Log(ABC):

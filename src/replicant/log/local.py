@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from replicant.errors import ConfigError, FatalError
-from replicant.log.base import Log, LogRecord, Retention
+from replicant.log.base import Log, LogRecord, Retention, check_append
 from replicant.log.files import WriterLock, datetime_to_micros, decode_stream, encode_stream, fsync_dir, write_durably
 from replicant.log.stream import IndexCache, StreamFiles
 from replicant.model import Position
@@ -187,12 +187,7 @@ class LocalLog(Log):
     ) -> int:
         """See :meth:`Log.append`. Raises ``FatalError`` if the disk write fails or the log
         is read-only or closed; ``ValueError``/``TypeError`` for a malformed call."""
-        if (batch is None) == (marker is None):
-            raise ValueError("append takes either a batch or a marker")
-        if marker is not None and not (isinstance(marker, dict) and "kind" in marker):
-            raise ValueError(f"a marker is a dict with a 'kind', not {marker!r}")
-        if batch is not None and not isinstance(batch, pa.RecordBatch):
-            raise TypeError(f"append takes a pyarrow.RecordBatch, not {type(batch).__name__}")
+        check_append(batch, marker)
         self._check_writable()
         st = self._stream(stream)
         return st.append(batch, position, marker, self._write_options, self.segment_bytes, self.fsync)

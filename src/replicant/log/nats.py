@@ -76,7 +76,7 @@ from replicant.log._nats_codec import (
 )
 from replicant.log._nats_conn import _TRANSIENT, _NatsConnection
 from replicant.log._nats_index import _SCAN_BATCH, _NatsIndex, _Stream
-from replicant.log.base import Log, LogRecord, Retention
+from replicant.log.base import Log, LogRecord, Retention, check_append
 from replicant.log.files import datetime_to_micros, micros_to_datetime, now_micros
 from replicant.model import Position, decode_position, encode_position
 
@@ -220,12 +220,7 @@ class NatsLog(_NatsConnection, _NatsIndex, Log):
             RetriableError: the server did not acknowledge in time; the record may or may
                 not exist (:meth:`last_position` tells), the index is re-read on the next call.
         """
-        if (batch is None) == (marker is None):
-            raise ValueError("append takes either a batch or a marker")
-        if marker is not None and not (isinstance(marker, dict) and "kind" in marker):
-            raise ValueError(f"a marker is a dict with a 'kind', not {marker!r}")
-        if batch is not None and not isinstance(batch, pa.RecordBatch):
-            raise TypeError(f"append takes a pyarrow.RecordBatch, not {type(batch).__name__}")
+        check_append(batch, marker)
         self._check_writable()
         st = self._stream(stream)
         with st.write_lock:
