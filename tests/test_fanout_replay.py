@@ -265,3 +265,20 @@ def test_follow_refuses_pipelines_with_only_full_streams(tmp_path: Path) -> None
     f.write_text(yaml.safe_dump(data))
     p = subprocess.run([sys.executable, "-m", "replicant.cli", "run", str(f), "--follow"], capture_output=True, text=True)
     assert p.returncode == 2 and "source.streams" in p.stderr
+
+
+def test_retention_in_the_pipeline_file_is_applied_after_a_run(tmp_path: Path) -> None:
+    src = tmp_path / "src.db"
+    _source_db(src, n=3000)
+    data = _pipeline(tmp_path, src, [{"name": "d", "type": "duckdb", "path": str(tmp_path / "d.duckdb"), "write": "merge"}])
+    data["retention"] = {"max_bytes": "8KiB"}
+    cfg = parse(data, base_dir=tmp_path)
+    lg = LocalLog(tmp_path / "log", segment_bytes=4096)
+    try:
+        assert Engine(cfg, log=lg).run().ok
+        start, end = lg.start_offset("items"), lg.end_offset("items")
+        assert 0 < start < end, "old segments were dropped, the newest kept"
+        assert lg.last_position("items") is not None
+        assert _same("duckdb", str(tmp_path / "d.duckdb"), src), "after the destination had applied them"
+    finally:
+        lg.close()

@@ -240,3 +240,27 @@ def test_restart_delivers_a_change_captured_before_a_stop(tmp_path: Path, pg_url
     assert _same("postgres", dest_url, pg_url, "a", cols)
     assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "a", cols)
     assert _pg_types(dest_url, "a")["n"] == "bigint"
+
+
+def test_an_idle_pipeline_still_moves_its_slot(tmp_path: Path, pg_url: str, dest_url: str, pipeline_name: str) -> None:
+    """The heartbeat: while the captured table is idle and only other tables write WAL, the
+    slot's confirmed position keeps advancing, so PostgreSQL does not retain WAL without bound."""
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)", "CREATE TABLE other (id int, pad text)",
+          "INSERT INTO a VALUES (1, 'x', 1)")
+    data = _pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["a"])
+    data["source"]["heartbeat"] = 0.5
+    cfg = parse(data, base_dir=tmp_path)
+
+    def confirmed() -> int:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            row = c.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                            (f"replicant_{pipeline_name}",)).fetchone()
+        return int(row[0]) if row and row[0] is not None else -1
+
+    with _following(cfg) as out:
+        _wait(lambda: _same("postgres", dest_url, pg_url, "a", A), "the snapshot")
+        _exec(pg_url, "INSERT INTO other SELECT g, repeat('p', 500) FROM generate_series(1, 20000) g")  # WAL, not captured
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            after_writes = int(c.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+        _wait(lambda: confirmed() >= after_writes, "the slot to move past WAL it has no changes in", timeout=30)
+    assert out["r"].ok, out["r"].errors
