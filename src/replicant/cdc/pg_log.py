@@ -79,6 +79,7 @@ importable from here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import select
@@ -351,7 +352,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                 for cs in self._stream(targets, positions, start, until=point, follow=False, stop=stop,
                                        window=(point, snaps)):
                     pos = cs.position["lsn"]
-                    yield cs
+                    yield _with_snapshot_progress(cs, snaps)
                 if stop.is_set():
                     return
             if snaps:
@@ -534,3 +535,17 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                     self._finish(conn)
                     self._repl = None
             return
+
+
+def _with_snapshot_progress(cs: ChangeSet, snaps: dict[str, _Snap]) -> ChangeSet:
+    """A catch-up window's change set, whose streams still being snapshotted keep their
+    snapshot progress in their positions: the rest of their snapshot (keys after ``after``)
+    is read only after the window, and a crash before then must resume it, not take the
+    stream for snapshotted (rows after ``after`` would never be read)."""
+    touched = [n for n in (*cs.batches, *cs.truncated) if n in snaps]
+    if not touched:
+        return cs
+    positions = dict(cs.stream_positions or {})
+    for name in touched:
+        positions[name] = {**cs.position_of(name), "snapshot": {"after": snaps[name].after}}
+    return dataclasses.replace(cs, stream_positions=positions)
