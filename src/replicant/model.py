@@ -20,8 +20,10 @@ the source from it yields exactly the rows *after* that batch (see
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -38,6 +40,10 @@ __all__ = [
     "DIALECT_KEY",
     "Stream",
     "Position",
+    "ReadBatch",
+    "ChangeSet",
+    "DeadLetter",
+    "ConnectorContext",
     "with_meta",
     "data_schema",
     "strip_meta",
@@ -116,6 +122,101 @@ class Stream:
     def change_schema(self) -> pa.Schema:
         """The schema of this stream's change batches: data columns then metadata columns."""
         return pa.schema(list(self.schema) + list(META_FIELDS), metadata=self.schema.metadata)
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    """One batch from a source.
+
+    Attributes:
+        data: a change batch (data columns plus ``_op``, ``_pos``, ``_ts``; see
+            :mod:`replicant.model`). May have zero rows (e.g. the last, empty page).
+        position: where to resume to get the rows after this batch.
+        resumable: False when ``position`` cannot be resumed from (mid-way through an
+            unkeyed full read); the stream must then restart from ``None``.
+        final: True on the last batch of a ``full`` snapshot (marks the snapshot complete).
+    """
+
+    data: pa.RecordBatch
+    position: Position
+    resumable: bool = True
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """Whole source transactions read by :meth:`Source.capture`, split by stream.
+
+    Attributes:
+        batches: per stream name, a change batch (``_op`` insert/update/delete, or read for
+            the initial snapshot). Streams without changes are absent.
+        position: the capture position *after* these transactions (``{"lsn": …}``,
+            ``{"file": …, "pos": …}``/``{"gtid": …}``). A transaction is never split
+            across two change sets.
+        stream_positions: optional per stream positions to append with that stream's batch
+            instead of ``position`` (e.g. snapshot progress of one table).
+        truncated: streams truncated in these transactions. The engine logs a
+            ``{"kind": "truncate"}`` marker for each *before* that stream's batch, so the batch
+            holds only the stream's changes after its (last) truncate.
+    """
+
+    batches: dict[str, pa.RecordBatch]
+    position: Position
+    stream_positions: dict[str, Position] | None = None
+    truncated: frozenset[str] = frozenset()
+
+    def position_of(self, stream: str) -> Position:
+        return (self.stream_positions or {}).get(stream, self.position)
+
+@dataclass(frozen=True, kw_only=True)
+class DeadLetter:
+    """A record that could not be processed, kept with why and where it came from.
+
+    Attributes:
+        reason: what was wrong (redacted before it is stored).
+        payload: the record as a JSON-able dict; values JSON cannot represent are stored
+            as their ``str()``.
+        origin: where it came from: file and line, or the source position.
+        destination: the destination that rejected it, or ``None`` when it failed before
+            reaching one (reading, transforming).
+        created_at: when it was rejected, timezone-aware (a naive datetime raises
+            ``ValueError`` when stored); ``None`` means now (the store's clock).
+    """
+
+    reason: str
+    payload: dict[str, Any]
+    origin: str
+    destination: str | None = None
+    created_at: datetime | None = None
+
+
+#: ``sink(stream, records)``: stores rejected records in the dead-letter store and counts them.
+DeadLetterSink = Callable[[Stream, list[DeadLetter]], None]
+
+
+@dataclass(frozen=True)
+class ConnectorContext:
+    """Where a connector runs, given to it at construction (never set from outside later).
+
+    Attributes:
+        pipeline: the pipeline name (part of slot, publication and offset-table keys).
+        tenant: the tenant id when the pipeline has ``tenants:``, else None.
+        workdir: a private folder for the connector's own files (``snapshot_diff`` keeps its
+            previous snapshot there), under the pipeline's home; None when it needs none.
+        dead_letter: where rejected records go (:data:`DeadLetterSink`); None: nowhere to put
+            them, so a connector that rejects a record raises instead.
+    """
+
+    pipeline: str
+    tenant: str | None = None
+    workdir: Path | None = None
+    dead_letter: DeadLetterSink | None = field(default=None, compare=False)
+
+    @property
+    def feed(self) -> str:
+        """The identity of this source feed: ``pipeline`` or ``pipeline.tenant``; names
+        replication slots, publications and the capture checkpoint."""
+        return self.pipeline if self.tenant is None else f"{self.pipeline}.{self.tenant}"
 
 
 def data_schema(schema: pa.Schema) -> pa.Schema:

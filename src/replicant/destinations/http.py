@@ -587,7 +587,7 @@ class HttpDestination(Destination):
         return text or "(empty body)"
 
     def _dead_letter(self, stream: Stream, rejected: list[_Rejected]) -> None:
-        from replicant.state.store import DeadLetter
+        from replicant.model import DeadLetter
 
         count = sum(r.piece.end - r.piece.start for r in rejected)
         if self.dead_letter is None:

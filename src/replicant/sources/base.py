@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from replicant.model import Position, Stream
+from replicant.model import ChangeSet, ConnectorContext, Position, ReadBatch, Stream
 
 __all__ = ["Capabilities", "ChangeSet", "ReadBatch", "Source"]
 
@@ -36,51 +36,6 @@ class Capabilities:
 
     modes: frozenset[str] = frozenset({"full"})
     chunked: bool = False  #: full reads resume at the chunk where they stopped
-
-
-@dataclass(frozen=True)
-class ReadBatch:
-    """One batch from a source.
-
-    Attributes:
-        data: a change batch (data columns plus ``_op``, ``_pos``, ``_ts``; see
-            :mod:`replicant.model`). May have zero rows (e.g. the last, empty page).
-        position: where to resume to get the rows after this batch.
-        resumable: False when ``position`` cannot be resumed from (mid-way through an
-            unkeyed full read); the stream must then restart from ``None``.
-        final: True on the last batch of a ``full`` snapshot (marks the snapshot complete).
-    """
-
-    data: pa.RecordBatch
-    position: Position
-    resumable: bool = True
-    final: bool = False
-
-
-@dataclass(frozen=True)
-class ChangeSet:
-    """Whole source transactions read by :meth:`Source.capture`, split by stream.
-
-    Attributes:
-        batches: per stream name, a change batch (``_op`` insert/update/delete, or read for
-            the initial snapshot). Streams without changes are absent.
-        position: the capture position *after* these transactions (``{"lsn": …}``,
-            ``{"file": …, "pos": …}``/``{"gtid": …}``). A transaction is never split
-            across two change sets.
-        stream_positions: optional per stream positions to append with that stream's batch
-            instead of ``position`` (e.g. snapshot progress of one table).
-        truncated: streams truncated in these transactions. The engine logs a
-            ``{"kind": "truncate"}`` marker for each *before* that stream's batch, so the batch
-            holds only the stream's changes after its (last) truncate.
-    """
-
-    batches: dict[str, pa.RecordBatch]
-    position: Position
-    stream_positions: dict[str, Position] | None = None
-    truncated: frozenset[str] = frozenset()
-
-    def position_of(self, stream: str) -> Position:
-        return (self.stream_positions or {}).get(stream, self.position)
 
 
 class Source(ABC):

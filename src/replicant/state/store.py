@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError, redact
-from replicant.model import Position, decode_position, encode_position, utcnow
+from replicant.model import DeadLetter, Position, decode_position, encode_position, utcnow
 from replicant.state import schema
 from replicant.state.schema import checkpoints, dead_letters, leases, offsets, runs
 
@@ -69,28 +69,6 @@ class DestinationOffset(NamedTuple):
     offset: int
     rows_total: int
     updated_at: datetime
-
-
-@dataclass(frozen=True, kw_only=True)
-class DeadLetter:
-    """A record that could not be processed, kept with why and where it came from.
-
-    Attributes:
-        reason: what was wrong (redacted before it is stored).
-        payload: the record as a JSON-able dict; values JSON cannot represent are stored
-            as their ``str()``.
-        origin: where it came from: file and line, or the source position.
-        destination: the destination that rejected it, or ``None`` when it failed before
-            reaching one (reading, transforming).
-        created_at: when it was rejected, timezone-aware (a naive datetime raises
-            ``ValueError`` when stored); ``None`` means now (the store's clock).
-    """
-
-    reason: str
-    payload: dict[str, Any]
-    origin: str
-    destination: str | None = None
-    created_at: datetime | None = None
 
 
 def _normalise_url(url: str | os.PathLike[str]) -> URL:
