@@ -529,7 +529,7 @@ def test_rejected_records_are_dead_lettered_reported_by_run_and_status(tmp_path:
 def test_record_start_finds_the_record_holding_an_offset(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from replicant.engine import _record_start
+    from replicant.replay import record_start as _record_start
     from replicant.log import LocalLog
 
     lg = LocalLog(tmp_path / "log")

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from replicant.errors import ConfigError, ReplicantError, redact
+from replicant.results import Observer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="replicant: data pipelines through a durable staging log.")
 err = Console(stderr=True, highlight=False)
@@ -69,7 +70,7 @@ def _load(path: Path):
     return load(path)
 
 
-class _Bars:
+class _Bars(Observer):
     """Rich progress bars: one per stream read and one per destination × stream written."""
 
     def __init__(self, progress: Progress) -> None:
@@ -237,14 +238,13 @@ app.add_typer(cdc, name="cdc")
 
 @contextlib.contextmanager
 def _source_streams(cfg: Any) -> Iterator[tuple[Any, list]]:
-    """The pipeline's source (told its pipeline's name) and its streams as the engine sees them."""
-    from replicant import runtime
+    """The pipeline's source and its streams as the engine sees them."""
     from replicant.engine import Engine
 
-    source = runtime.build_source(cfg)
+    engine = Engine(cfg)
+    source = engine.new_source()
     try:
-        source.pipeline = cfg.pipeline
-        yield source, Engine(cfg).streams(source)
+        yield source, engine.streams(source)
     finally:
         source.close()
 
@@ -273,30 +273,25 @@ def cdc_uninstall(pipeline: Annotated[Path, typer.Argument(help="The pipeline fi
 
 
 @app.command()
-def status(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")]) -> None:
+def status(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
     """Per stream: rows and position; per destination: applied offset and lag."""
-    from replicant import runtime
-
-    from replicant.engine import CAPTURE_CHECKPOINT
+    from replicant.engine import Engine
 
     try:
         cfg = _load(pipeline)
-        state = runtime.open_state(cfg)
-        lg = runtime.open_pipeline_log(cfg, read_only=True)
-        try:
-            checkpoints = state.checkpoints(cfg.pipeline)
-            capture = checkpoints.pop(CAPTURE_CHECKPOINT, None)
-            offsets = state.offsets(cfg.pipeline)
-            last = state.last_run(cfg.pipeline)
-            dead = state.dead_letter_count(cfg.pipeline)
-            streams = sorted(set(checkpoints) | set(lg.streams()))
-            ends = {s: lg.end_offset(s) for s in streams}
-        finally:
-            lg.close()
-            state.close()
+        st = Engine(cfg).status(ask_source=True)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
+    if as_json:
+        import json
+
+        out.print_json(json.dumps(st.to_dict()))
+        return
+    last = st.last_run
     if last:
         out.print(f"last run: {last['status']} at {last['started_at']:%Y-%m-%d %H:%M:%S} UTC, {last.get('rows') or 0:,} rows")
     else:
@@ -304,34 +299,22 @@ def status(pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")])
     t = Table(title=f"streams of {cfg.pipeline}")
     for c in ("stream", "rows", "log end offset", "position"):
         t.add_column(c)
-    for s in streams:
-        cp = checkpoints.get(s)
-        t.add_row(s, f"{cp.rows_total:,}" if cp else "0", str(ends[s]), _short(cp.position) if cp else "-")
+    for s in st.streams:
+        t.add_row(s.name, f"{s.rows:,}", str(s.log_end_offset), _short(s.position) if s.position is not None else "-")
     out.print(t)
-    if capture is not None:
-        out.print(f"change feed position: {_short(capture.position)}")
-        for k, v in _cdc_status(cfg).items():
+    if st.capture is not None:
+        out.print(f"change feed position: {_short(st.capture['position'])}")
+        for k, v in st.source.items():
             out.print(f"{k}: {v}", markup=False)
+    dead = {s.name: s.dead_letters for s in st.streams if s.dead_letters}
     if dead:
         out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))}")
     d = Table(title="destinations")
     for c in ("destination", "stream", "applied offset", "lag (rows)"):
         d.add_column(c)
-    for dest in cfg.destinations:
-        for s in streams:
-            off = offsets.get((dest.name, s))
-            applied = off[0] if off else -1
-            d.add_row(dest.name, s, str(applied), f"{max(ends[s] - 1 - applied, 0):,}")
+    for ds in st.destinations:
+        d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}")
     out.print(d)
-
-
-def _cdc_status(cfg: Any) -> dict[str, Any]:
-    """The source's change-feed facts (slot lag…); empty when the source cannot be reached."""
-    try:
-        with _source_streams(cfg) as (source, streams):
-            return source.cdc_status(streams)
-    except Exception as e:  # noqa: BLE001 - status still shows what the log and state know
-        return {"source": f"not reachable ({redact(str(e))})"}
 
 
 def _short(position: Any) -> str:

@@ -189,6 +189,9 @@ class PipelineConfig(_Model):
     state: SecretStr | None = Field(None, description="State store SQLAlchemy URL (default: SQLite beside the file).")
     log: str | None = Field(None, description="Staging log location: a path or fsspec URL.")
     retention: RetentionConfig | None = None
+    parallelism: int | None = Field(
+        None, gt=0, description="Streams read at once (default: the number of cores, at least 2)."
+    )
     base_dir: Path = Field(Path("."), exclude=True, description="Folder of the pipeline file (set by `load`).")
 
     @model_validator(mode="after")

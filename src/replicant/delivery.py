@@ -36,6 +36,7 @@ from replicant.destinations.base import Destination
 from replicant.errors import ConfigError, FatalError, SchemaDriftError
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Stream, data_schema
+from replicant.results import RunError
 
 __all__ = ["Delivery", "StreamWriter"]
 
@@ -274,7 +275,7 @@ class Delivery:
             appends this run); delivery ends when every stream is done and delivered.
         stop: set on shutdown; delivery finishes what the log holds, then returns.
         follow: retry a failing destination with back-off instead of giving up on it.
-        errors: where failures are reported (one line each).
+        on_error: receives each failure (:class:`~replicant.results.RunError`).
     """
 
     def __init__(
@@ -288,7 +289,7 @@ class Delivery:
         done: dict[str, threading.Event],
         stop: threading.Event,
         follow: bool,
-        errors: list[str],
+        on_error: Callable[[RunError], None],
         on_rows: Callable[[str, str, int], None],
     ) -> None:
         self.dest = dest
@@ -299,14 +300,13 @@ class Delivery:
         self.done = done
         self.stop = stop
         self.follow = follow
-        self.errors = errors
+        self.on_error = on_error
         self.on_rows = on_rows
         self.written: dict[str, int] = {s.name: 0 for s in streams}
 
-    def _fail(self, stream: Stream, e: BaseException) -> str:
-        msg = f"destination {self.dest.name}, stream {stream.name}: {e}"
+    def _fail(self, stream: Stream | None, e: BaseException) -> None:
         log.debug("delivery failed", exc_info=True)
-        return msg
+        self.on_error(RunError("delivery", str(e), stream=stream.name if stream else None, destination=self.dest.name))
 
     def _open(self) -> None:
         self.dest.close()  # after a failure: a fresh connection
@@ -339,11 +339,11 @@ class Delivery:
                         self.written[s.name] += w.rows - before
                     except (SchemaDriftError, FatalError, ConfigError) as e:
                         paused.add(s.name)  # this stream waits for the user; the others go on
-                        self.errors.append(self._fail(s, e))
+                        self._fail(s, e)
                 failures = 0
             except Exception as e:  # noqa: BLE001 - a failing destination must not stop the others
                 if not self.follow:
-                    self.errors.append(self._fail(s, e) if opened else f"destination {self.dest.name}: {e}")
+                    self._fail(s if opened else None, e)
                     return
                 failures += 1
                 delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 6))

@@ -1,0 +1,96 @@
+"""Planning: which streams a pipeline runs, from the source's discovery and the pipeline file.
+
+:func:`plan_streams` applies ``source.streams`` (mode, cursor, key, columns) on top of what the
+source discovered, checks every stream against what the source and each destination can do,
+and reports every problem at once with its key path. The streams it returns carry their key
+columns in the schema metadata, so the staging log (and a replay without the source) knows
+them: :func:`log_stream` rebuilds a stream from the log alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+from replicant.config import DestinationConfig, PipelineConfig, suggest
+from replicant.errors import ConfigError
+from replicant.model import Stream
+
+__all__ = ["KEY_METADATA", "chosen", "log_key", "log_stream", "plan_streams"]
+
+#: Schema metadata holding a stream's key columns, comma-separated.
+KEY_METADATA = b"replicant.primary_key"
+
+
+def plan_streams(config: PipelineConfig, discovered: list[Stream], modes: Iterable[str]) -> list[Stream]:
+    """The streams to run: ``discovered`` narrowed and shaped by ``config.source.streams``.
+
+    Args:
+        config: the pipeline.
+        discovered: what the source lists (:meth:`replicant.sources.base.Source.discover`).
+        modes: the read strategies the source supports.
+
+    Raises:
+        ConfigError: every problem at once, each with its key path (a mode the source cannot
+            read, ``replace`` on a non-``full`` stream, a destination naming an unknown stream).
+    """
+    from replicant.sources.select import resolve_streams
+
+    streams = [_keyed(s) for s in resolve_streams(config.source, discovered)]
+    modes = frozenset(modes)
+    problems: list[tuple[str, str]] = []
+    for s in streams:
+        if s.mode not in modes:
+            problems.append((
+                f"source.streams ({s.name})",
+                f"a {config.source.type} source cannot read mode {s.mode!r}; it reads {', '.join(sorted(modes))}",
+            ))
+    names = sorted(s.name for s in streams)
+    for i, d in enumerate(config.destinations):
+        if d.write == "replace":
+            bad = [s.name for s in chosen(d, streams) if s.mode != "full"]
+            if bad:
+                problems.append((f"destinations[{i}].write", f"replace needs mode full; streams {', '.join(bad)} are not"))
+        for n in d.streams or ():
+            if n not in names:
+                problems.append((f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}"))
+        tables = getattr(d, "tables", None)
+        if isinstance(tables, dict):
+            for n in tables:
+                if n not in names:
+                    problems.append((f"destinations[{i}].tables.{n}", f"no stream named {n!r}{suggest(n, names)}"))
+    if problems:
+        raise ConfigError("invalid pipeline file", problems)
+    return streams
+
+
+def chosen(dest: DestinationConfig, streams: list[Stream]) -> list[Stream]:
+    """The streams a destination receives (its ``streams:`` setting; default all)."""
+    only = dest.streams
+    return streams if not only else [s for s in streams if s.name in only]
+
+
+def log_stream(config: PipelineConfig, name: str, schema: pa.Schema) -> Stream:
+    """The stream ``name`` as the pipeline file and its log schema describe it, without the
+    source (a replay): the key comes from the file, else from the log's schema metadata."""
+    cfg_streams = config.source.streams if isinstance(config.source.streams, list) else []
+    for sc in cfg_streams:
+        if sc.table == name:
+            return Stream(name=name, table=tuple(name.split(".")), schema=schema,
+                          primary_key=tuple(sc.primary_key or log_key(schema)), cursor=sc.cursor, mode=sc.mode)
+    return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(log_key(schema)))
+
+
+def log_key(schema: pa.Schema) -> list[str]:
+    """Key columns recorded in the schema metadata by :func:`plan_streams`, if any."""
+    raw = (schema.metadata or {}).get(KEY_METADATA)
+    return [k for k in raw.decode().split(",") if k] if raw else []
+
+
+def _keyed(stream: Stream) -> Stream:
+    """The stream with its key columns in the schema metadata."""
+    md = dict(stream.schema.metadata or {})
+    md[KEY_METADATA] = ",".join(stream.primary_key).encode()
+    return dataclasses.replace(stream, schema=stream.schema.with_metadata(md))

@@ -1,0 +1,136 @@
+"""The status of a pipeline: one model for ``replicant status``, ``status --json`` and the API.
+
+:func:`collect` reads what the state store and the staging log know (no source needed), and,
+when asked, the source's change-feed facts (a replication slot's lag). :meth:`PipelineStatus.
+to_dict` gives the JSON form; every value in it is a plain JSON type and no secret is in it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from replicant.errors import redact
+from replicant.ingest import CAPTURE_CHECKPOINT
+from replicant.model import Position
+
+__all__ = ["DestinationStatus", "PipelineStatus", "StreamStatus", "collect"]
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """Where reading a stream stands.
+
+    Attributes:
+        name: the stream.
+        tenant: its tenant, if the pipeline has tenants.
+        rows: rows read so far (all runs).
+        log_end_offset: the offset the stream's staging log will give its next record.
+        position: the source position after the last batch durable in the log.
+        updated_at: when that checkpoint was saved.
+        dead_letters: records of this stream in the dead-letter store.
+    """
+
+    name: str
+    tenant: str | None
+    rows: int
+    log_end_offset: int
+    position: Position | None
+    updated_at: datetime | None
+    dead_letters: int = 0
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    """Where one destination stands with one stream.
+
+    Attributes:
+        destination: the destination's name.
+        stream: the stream.
+        tenant: its tenant, if any.
+        applied_offset: the last log offset it applied (-1: none yet).
+        lag: log offsets (rows and markers) it has still to apply.
+    """
+
+    destination: str
+    stream: str
+    tenant: str | None
+    applied_offset: int
+    lag: int
+
+
+@dataclass
+class PipelineStatus:
+    """Everything ``replicant status`` shows.
+
+    Attributes:
+        pipeline: the pipeline's name.
+        last_run: the newest run (id, command, status, started_at, finished_at, rows, error), or None.
+        streams: per stream (and tenant).
+        destinations: per destination and stream.
+        capture: the change feed's checkpoint (``position``, ``updated_at``) when the pipeline has
+            ``log`` streams, else None.
+        source: facts from the source (e.g. a slot's lag in bytes), when asked for and reachable.
+    """
+
+    pipeline: str
+    last_run: dict[str, Any] | None
+    streams: list[StreamStatus] = field(default_factory=list)
+    destinations: list[DestinationStatus] = field(default_factory=list)
+    capture: dict[str, Any] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as JSON-ready data (times in ISO 8601, UTC)."""
+        return json.loads(json.dumps(asdict(self), default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def collect(config: Any, *, state: Any, log: Any, source_facts: dict[str, Any] | None = None) -> PipelineStatus:
+    """The pipeline's status from its state store and staging log (both open).
+
+    Args:
+        source_facts: the source's change-feed facts, if the caller asked the source.
+    """
+    pipeline = config.pipeline
+    checkpoints = state.checkpoints(pipeline)
+    capture = checkpoints.pop(CAPTURE_CHECKPOINT, None)
+    offsets = state.offsets(pipeline)
+    dead = state.dead_letter_count(pipeline)
+    last = state.last_run(pipeline)
+    names = sorted(set(checkpoints) | set(log.streams()))
+    ends = {s: log.end_offset(s) for s in names}
+    status = PipelineStatus(pipeline, _run(last), source=dict(source_facts or {}))
+    for s in names:
+        cp = checkpoints.get(s)
+        status.streams.append(StreamStatus(
+            name=s, tenant=None, rows=cp.rows_total if cp else 0, log_end_offset=ends[s],
+            position=cp.position if cp else None, updated_at=cp.updated_at if cp else None,
+            dead_letters=dead.get(s, 0),
+        ))
+    for d in config.destinations:
+        for s in names:
+            if d.streams and s not in d.streams:
+                continue
+            off = offsets.get((d.name, s))
+            applied = off.offset if off else -1
+            status.destinations.append(DestinationStatus(d.name, s, None, applied, max(ends[s] - 1 - applied, 0)))
+    if capture is not None:
+        status.capture = {"position": capture.position, "updated_at": capture.updated_at}
+    return status
+
+
+def _run(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    out = dict(row)
+    if out.get("error"):
+        out["error"] = redact(str(out["error"]))
+    return out
