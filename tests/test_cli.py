@@ -45,6 +45,15 @@ def test_quickstart_demo_runs_and_status_reports(demo: Path, chinook_counts: dic
     assert s.returncode == 0, s.stderr
     assert "succeeded" in s.stdout
     assert "InvoiceLine" in s.stdout and "warehouse" in s.stdout
+    j = replicant("status", str(demo), "--json")
+    assert j.returncode == 0, j.stderr
+    import json
+
+    st = json.loads(j.stdout)
+    assert st["pipeline"] == "chinook" and st["last_run"]["status"] == "succeeded"
+    assert {s["name"]: s["rows"] for s in st["streams"]}["Track"] == chinook_counts["track"]
+    assert {(d["destination"], d["stream"]): d["lag"] for d in st["destinations"]}[("warehouse", "Track")] == 0
+    assert st["capture"] is None
     # relative paths resolve against the pipeline file, not the working directory
     r2 = replicant("run", "pipeline.yml", cwd=demo.parent)
     assert r2.returncode == 0, r2.stderr

@@ -195,14 +195,16 @@ def test_incompatible_change_pauses_only_that_stream(tmp_path: Path, pg_url: str
         assert fetch("postgres", dest_url, "k", ["id", "w"]) == [(1, "one")], "stream k is paused where it was"
     result: RunResult = out["r"]
     assert not result.ok
-    by_stream = {s: [e for e in result.errors if f"stream {s}:" in e] for s in ("public.a", "public.b", "public.k")}
+    by_stream = {s: [e for e in result.errors if e.stream == s] for s in ("public.a", "public.b", "public.k")}
     assert not by_stream["public.b"], result.errors
     assert len(result.errors) == 4, result.errors  # a and k, in each destination
     for e in by_stream["public.a"]:
-        assert "column n changed from" in e and "replay" in e, e
+        assert "column n changed from" in e.message and "replay" in e.message, e
     for e in by_stream["public.k"]:
-        assert "key column id is gone" in e and "replay" in e, e
-    assert {e.split(",")[0] for e in result.errors} == {"destination pg", "destination duck"}
+        assert "key column id is gone" in e.message and "replay" in e.message, e
+    assert {e.kind for e in result.errors} == {"delivery"}
+    assert {e.destination for e in result.errors} == {"pg", "duck"}
+    assert all(str(e).startswith(f"destination {e.destination}, stream {e.stream}: ") for e in result.errors)
     assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "b", B)
     assert fetch("duckdb", str(tmp_path / "d.duckdb"), "a", ["id", "n"]) == [(1, 1)]
 
