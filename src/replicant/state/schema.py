@@ -263,7 +263,7 @@ def _v2_tenant(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         inspector = sa.inspect(conn)
         for name, key in _V2_KEYS.items():
-            pk = inspector.get_pk_constraint(name)["name"]
+            pk = inspector.get_pk_constraint(name)["name"] or f"{name}_pkey"  # PostgreSQL's default name
             conn.exec_driver_sql(add.format(q(name)))
             conn.exec_driver_sql(
                 f"ALTER TABLE {q(name)} DROP CONSTRAINT {q(pk)}, ADD PRIMARY KEY ({', '.join(key)})"

@@ -155,8 +155,8 @@ class StateStore:
             "rows": 0,
         }
         with self._begin(write=True) as conn:
-            result = conn.execute(sa.insert(runs).values(**values))
-            return int(result.inserted_primary_key[0])
+            run_id = conn.execute(sa.insert(runs).values(**values).returning(runs.c.id)).scalar_one()
+            return int(run_id)
 
     def finish_run(self, run_id: int, status: str, *, error: str | None = None, rows: int = 0) -> None:
         """Records how a run ended. The error text is redacted before it is stored.
