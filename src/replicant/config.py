@@ -6,7 +6,7 @@ resolves relative paths against the file's folder and validates everything at on
 (``source.streams[1].mode``), and suggests the closest key for a typo.
 
 Secrets are resolved as late as possible: under a secret key (:data:`SECRET_KEYS`: URLs,
-``state``, ``auth``, ``headers``, ``storage_options``, passwords, tokens, keys) the config
+``state``, ``auth``, ``headers``, ``storage_options``, passwords, tokens) the config
 keeps the *reference* (``${env:NAME}``), checked to exist at load time but resolved only
 when a connector calls ``.get_secret_value()`` on the :class:`~replicant.secrets.Secret`
 (or :func:`~replicant.secrets.resolve_all` on options): masked in every repr and dump,
@@ -216,8 +216,10 @@ class PipelineConfig(_Model):
 
 
 #: Keys whose values (and everything under them) are secrets: their ``${env:…}`` references
-#: are checked at load time but kept, and resolved when a connector reads the value.
-SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer", "key", "secret"})
+#: are checked at load time but kept, and resolved when a connector reads the value. A field
+#: under one of these keys must be typed :class:`~replicant.secrets.Secret` (or be resolved
+#: with :func:`~replicant.secrets.resolve_all` when used), or it would see the reference.
+SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer"})
 
 
 def _substitute(value: Any, path: str, problems: list[tuple[str, str]], secret: bool = False) -> Any:
