@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,12 @@ def test_secret_fields_accept_plain_secret_strings() -> None:
     model = Model(url=SecretStr("sqlite:///x.db"))  # type: ignore[arg-type]
     assert isinstance(model.url, Secret) and model.url.get_secret_value() == "sqlite:///x.db"
     assert repr(model) == "Model(url=Secret('**********'))"
+
+
+def test_secrets_compare_by_reference_without_resolving(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RT_UNSET", raising=False)
+    a, b = Secret("x:${env:RT_UNSET}"), Secret("x:${env:RT_UNSET}")
+    assert a == b and hash(a) == hash(b) and a != Secret("x:${env:RT_OTHER}")
+    assert pickle.loads(pickle.dumps(a)) == a  # a worker process receives the reference
+    with pytest.raises(ConfigError, match="RT_UNSET"):
+        a.get_secret_value()

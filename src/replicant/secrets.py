@@ -105,7 +105,9 @@ class Secret(SecretStr):
     """A secret text that may hold references, resolved by :meth:`get_secret_value`.
 
     Masked like :class:`~pydantic.SecretStr` (``Secret('**********')``) in repr, str and
-    JSON dumps. A field typed ``Secret`` also accepts a plain ``SecretStr``.
+    JSON dumps. A field typed ``Secret`` also accepts a plain ``SecretStr``. Two secrets
+    are equal when their references are. Pickled (to a worker process) it keeps the
+    reference, resolved in that process's environment.
     """
 
     def get_secret_value(self) -> str:
@@ -123,6 +125,13 @@ class Secret(SecretStr):
         Still secret when the file wrote a value in clear instead of a reference: never log it.
         """
         return super().get_secret_value()
+
+    def __eq__(self, other: object) -> bool:
+        # by reference: comparing configs must neither resolve a secret nor fail on an unset one
+        return isinstance(other, Secret) and self.reference == other.reference
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: type[Any], handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
