@@ -63,6 +63,14 @@ class StateStore:
     Construction only parses the URL; :meth:`open` connects and creates or migrates the
     schema; :meth:`close` releases the connections. Usable as a context manager.
 
+    Identity is (pipeline, tenant, stream). Every method that reads or writes keyed rows
+    (checkpoints, offsets, dead letters) takes a keyword ``tenant``: ``None`` (the default)
+    is "no tenant", any other value a non-empty tenant id; a read returns exactly that
+    tenant's rows, so callers without tenants work as before. A source feed's capture
+    checkpoint is the stream ``"(capture)"`` of its tenant. Runs carry the tenant they were
+    narrowed to (``None``: the whole pipeline); :meth:`runs` lists every tenant's unless
+    asked for one. Every tenant's state at once: :meth:`pipeline_state` (and :meth:`tenants`).
+
     Args:
         url: ``sqlite:///path/state.db`` (or a bare file path), ``postgresql://…`` or
             ``postgresql+psycopg://…``. Plain PostgreSQL URLs use the psycopg 3 driver.
