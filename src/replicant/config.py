@@ -5,8 +5,13 @@ resolves relative paths against the file's folder and validates everything at on
 :class:`~replicant.errors.ConfigError` lists every problem with its key path
 (``source.streams[1].mode``), and suggests the closest key for a typo.
 
-Connection URLs are :class:`pydantic.SecretStr`: masked in every repr and log line, and
-read with ``.get_secret_value()`` only where a driver needs them.
+Secrets are resolved as late as possible: under a secret key (:data:`SECRET_KEYS`: URLs,
+``state``, ``auth``, ``headers``, ``storage_options``, passwords, tokens) the config
+keeps the *reference* (``${env:NAME}``), checked to exist at load time but resolved only
+when a connector calls ``.get_secret_value()`` on the :class:`~replicant.secrets.Secret`
+(or :func:`~replicant.secrets.resolve_all` on options): masked in every repr and dump,
+and a changed variable is seen by the next connection. References in other keys (paths,
+names, sizes) are substituted when the file is loaded.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from replicant.errors import ConfigError
+from replicant.secrets import Secret, reference_problems, resolve
 
 __all__ = [
     "StreamConfig",
@@ -76,7 +82,7 @@ class StreamConfig(_Model):
 
 class SourceConfig(_Model):
     type: str = Field(description="postgres | mysql | sqlite | …")
-    url: SecretStr | None = Field(None, description="Connection URL; `${env:NAME}` for secrets.")
+    url: Secret | None = Field(None, description="Connection URL; `${env:NAME}` for secrets.")
     streams: list[StreamConfig] | Literal["all"] = Field("all", description="A list of streams, or `all`.")
     default_mode: Mode = Field("full", description="Mode of streams found by `streams: all`.")
     schema_name: str | None = Field(None, alias="schema", description="Schema searched by `streams: all`.")
@@ -120,7 +126,7 @@ class DestinationConfig(_Model):
     name: str = Field(description="Unique name of this destination in the pipeline.")
     type: str = Field("duckdb", description="duckdb | postgres | mysql | sqlite | …")
     write: WriteMode = Field("append", description="append | merge | replace.")
-    url: SecretStr | None = Field(None, description="Connection URL (postgres, mysql).")
+    url: Secret | None = Field(None, description="Connection URL (postgres, mysql).")
     path: str | None = Field(None, description="File path (duckdb, sqlite).")
     schema_name: str | None = Field(None, alias="schema", description="Target schema (or MySQL database).")
     batch_size: int | None = Field(None, gt=0, description="Rows per write transaction (per request for http).")
@@ -186,7 +192,7 @@ class PipelineConfig(_Model):
     pipeline: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Pipeline name.")
     source: SourceConfig
     destinations: list[DestinationConfig] = Field(min_length=1)
-    state: SecretStr | None = Field(None, description="State store SQLAlchemy URL (default: SQLite beside the file).")
+    state: Secret | None = Field(None, description="State store SQLAlchemy URL (default: SQLite beside the file).")
     log: str | None = Field(None, description="Staging log location: a path or fsspec URL.")
     retention: RetentionConfig | None = None
     parallelism: int | None = Field(
@@ -212,28 +218,30 @@ class PipelineConfig(_Model):
         )
 
 
-_REF = re.compile(r"\$\{(?P<kind>env|secret):(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+#: Keys whose values (and everything under them) are secrets: their ``${env:…}`` references
+#: are checked at load time but kept, and resolved when a connector reads the value. A field
+#: under one of these keys must be typed :class:`~replicant.secrets.Secret` (or be resolved
+#: with :func:`~replicant.secrets.resolve_all` when used), or it would see the reference.
+SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer"})
 
 
-def _substitute(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    """Replaces ``${env:NAME}`` in every string, recording missing variables as problems."""
+def _substitute(value: Any, path: str, problems: list[tuple[str, str]], secret: bool = False) -> Any:
+    """Replaces ``${env:NAME}`` in every string outside :data:`SECRET_KEYS`; under them keeps
+    the reference. Records every reference that does not resolve now as a problem."""
     if isinstance(value, dict):
-        return {k: _substitute(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+        return {
+            k: _substitute(v, f"{path}.{k}" if path else str(k), problems, secret or k in SECRET_KEYS)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_substitute(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [_substitute(v, f"{path}[{i}]", problems, secret) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
-
-    def repl(m: re.Match[str]) -> str:
-        if m["kind"] == "secret":
-            problems.append((path, f"${{secret:{m['name']}}} needs the secret store of `replicant serve`; use ${{env:{m['name']}}}"))
-            return ""
-        if m["name"] not in os.environ:
-            problems.append((path, f"environment variable {m['name']} is not set"))
-            return ""
-        return os.environ[m["name"]]
-
-    return _REF.sub(repl, value)
+    found = reference_problems(value)
+    problems.extend((path, why) for why in found)
+    if secret or found:
+        return value
+    return resolve(value)
 
 
 def suggest(word: str, choices: list[str]) -> str:

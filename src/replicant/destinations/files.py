@@ -66,6 +66,7 @@ from replicant.destinations._records import iso_text, joined_lines, row_json, te
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import Stream
+from replicant.secrets import resolve_all
 
 __all__ = ["FilesDestination", "FilesSettings"]
 
@@ -156,7 +157,8 @@ class FilesDestination(Destination):
         if self._fs is not None:
             return
         try:
-            fs, root = fsspec.core.url_to_fs(self.path, **self.options.storage_options)
+            options = resolve_all(self.options.storage_options)  # secrets by reference: resolved now, not kept
+            fs, root = fsspec.core.url_to_fs(self.path, **options)
         except (ImportError, ValueError, TypeError) as e:
             raise ConfigError("invalid destination", [(f"destinations.{self.name}.path", f"cannot open {self._where()}: {type(e).__name__}")]) from None
         self._fs, self._root = fs, root.rstrip("/")

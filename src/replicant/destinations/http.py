@@ -78,7 +78,7 @@ column declared json/jsonb  embedded JSON (a string if it does not parse)
 (null for a delete of a keyed stream), ``position`` the ``_pos`` JSON decoded (a string if it
 is not JSON) and ``ts`` the ``_ts`` as above.
 
-Secrets: ``auth`` values and ``headers`` values are :class:`pydantic.SecretStr`; error
+Secrets: ``auth`` values and ``headers`` values are :class:`replicant.secrets.Secret` (references resolved when a request is built); error
 messages and dead-letter reasons show the URL without user info and query string, and any
 secret value found in a response body is masked.
 """
@@ -107,6 +107,7 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, s
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, FatalError, RetriableError
 from replicant.model import META_COLUMNS, SQL_TYPE_KEY, Stream, utcnow
+from replicant.secrets import Secret
 
 __all__ = ["HttpDestination", "HttpSettings", "batch_id"]
 
@@ -123,14 +124,14 @@ _JSON_TYPES = ("json", "jsonb")
 class BasicAuth(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str
-    password: SecretStr
+    password: Secret
 
 
 class AuthSettings(BaseModel):
     """Exactly one of ``bearer`` (a token) or ``basic`` (username and password)."""
 
     model_config = ConfigDict(extra="forbid")
-    bearer: SecretStr | None = Field(None, description="Token sent as `Authorization: Bearer …`.")
+    bearer: Secret | None = Field(None, description="Token sent as `Authorization: Bearer …`.")
     basic: BasicAuth | None = Field(None, description="HTTP basic authentication.")
 
     @model_validator(mode="after")
@@ -146,7 +147,7 @@ class HttpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["POST", "PUT"] = Field("POST", description="HTTP method of each request.")
-    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra request headers (values are secret).")
+    headers: dict[str, Secret] = Field(default_factory=dict, description="Extra request headers (values are secret).")
     auth: AuthSettings | None = Field(None, description="`{bearer: TOKEN}` or `{basic: {username, password}}`.")
     batch_bytes: int | str = Field(5_000_000, description="Largest request body: bytes or '5MB'.")
     concurrency: int = Field(4, gt=0, le=256, description="Requests in flight at once.")

@@ -4,6 +4,15 @@ Every table is prefixed ``replicant_`` so the store can share a database with ot
 applications. ``replicant_schema_version`` holds one row per migration applied;
 the highest number is the schema version of the database.
 
+Identity is (pipeline, tenant, stream): every keyed table has a non-null ``tenant``
+column where ``''`` means "no tenant" (a NULL in a primary key or unique index never
+equals another NULL, so an upsert would insert duplicates). The store's Python API
+speaks ``tenant: str | None`` and maps ``None`` to ``''``.
+
+Versions: 1 created the tables; 2 added ``tenant`` to runs, checkpoints, offsets and dead
+letters (keys ``(pipeline, tenant, stream)`` and ``(pipeline, tenant, destination, stream)``;
+existing rows get ``''``).
+
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
 written against the schema *as it was* at that version, never against the current
@@ -14,7 +23,7 @@ when a later migration changes a table, freeze the earlier migration's DDL first
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
@@ -55,15 +64,15 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime {value!r}: the state store needs a timezone-aware one")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 # SQLite makes only an INTEGER PRIMARY KEY an alias of the rowid (auto-increment).
@@ -84,6 +93,7 @@ runs = sa.Table(
     metadata,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
     sa.Column("pipeline", _NAME, nullable=False),
+    sa.Column("tenant", _NAME, nullable=False, server_default=""),  # '' = the whole pipeline / no tenant
     sa.Column("command", sa.String(32), nullable=False),
     sa.Column("owner", _NAME, nullable=True),
     sa.Column("status", sa.String(16), nullable=False),
@@ -92,12 +102,14 @@ runs = sa.Table(
     sa.Column("rows", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("replicant_runs_pipeline_idx", "pipeline", "id"),
+    sa.Index("replicant_runs_tenant_idx", "pipeline", "tenant", "id"),
 )
 
 checkpoints = sa.Table(
     "replicant_checkpoints",
     metadata,
     sa.Column("pipeline", _NAME, primary_key=True),
+    sa.Column("tenant", _NAME, primary_key=True, server_default=""),
     sa.Column("stream", _NAME, primary_key=True),
     sa.Column("position", sa.Text, nullable=True),  # JSON text; NULL = start over
     sa.Column("rows_total", sa.BigInteger, nullable=False),
@@ -109,6 +121,7 @@ offsets = sa.Table(
     "replicant_offsets",
     metadata,
     sa.Column("pipeline", _NAME, primary_key=True),
+    sa.Column("tenant", _NAME, primary_key=True, server_default=""),
     sa.Column("destination", _NAME, primary_key=True),
     sa.Column("stream", _NAME, primary_key=True),
     sa.Column("log_offset", sa.BigInteger, nullable=False),
@@ -121,13 +134,14 @@ dead_letters = sa.Table(
     metadata,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
     sa.Column("pipeline", _NAME, nullable=False),
+    sa.Column("tenant", _NAME, nullable=False, server_default=""),
     sa.Column("stream", _NAME, nullable=False),
     sa.Column("destination", _NAME, nullable=True),
     sa.Column("origin", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),  # JSON text
     sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Index("replicant_dead_letters_stream_idx", "pipeline", "stream", "id"),
+    sa.Index("replicant_dead_letters_tenant_stream_idx", "pipeline", "tenant", "stream", "id"),
 )
 
 leases = sa.Table(
@@ -140,13 +154,134 @@ leases = sa.Table(
 )
 
 
+def _v1_tables(md: sa.MetaData) -> list[sa.Table]:
+    """The tables as version 1 created them (frozen: version 2 changed all but leases)."""
+    return [
+        sa.Table(
+            "replicant_runs",
+            md,
+            sa.Column("id", _ID, primary_key=True, autoincrement=True),
+            sa.Column("pipeline", _NAME, nullable=False),
+            sa.Column("command", sa.String(32), nullable=False),
+            sa.Column("owner", _NAME, nullable=True),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("started_at", UTCDateTime, nullable=False),
+            sa.Column("finished_at", UTCDateTime, nullable=True),
+            sa.Column("rows", sa.BigInteger, nullable=False, server_default="0"),
+            sa.Column("error", sa.Text, nullable=True),
+            sa.Index("replicant_runs_pipeline_idx", "pipeline", "id"),
+        ),
+        sa.Table(
+            "replicant_checkpoints",
+            md,
+            sa.Column("pipeline", _NAME, primary_key=True),
+            sa.Column("stream", _NAME, primary_key=True),
+            sa.Column("position", sa.Text, nullable=True),
+            sa.Column("rows_total", sa.BigInteger, nullable=False),
+            sa.Column("log_offset", sa.BigInteger, nullable=False),
+            sa.Column("updated_at", UTCDateTime, nullable=False),
+        ),
+        sa.Table(
+            "replicant_offsets",
+            md,
+            sa.Column("pipeline", _NAME, primary_key=True),
+            sa.Column("destination", _NAME, primary_key=True),
+            sa.Column("stream", _NAME, primary_key=True),
+            sa.Column("log_offset", sa.BigInteger, nullable=False),
+            sa.Column("rows_total", sa.BigInteger, nullable=False),
+            sa.Column("updated_at", UTCDateTime, nullable=False),
+        ),
+        sa.Table(
+            "replicant_dead_letters",
+            md,
+            sa.Column("id", _ID, primary_key=True, autoincrement=True),
+            sa.Column("pipeline", _NAME, nullable=False),
+            sa.Column("stream", _NAME, nullable=False),
+            sa.Column("destination", _NAME, nullable=True),
+            sa.Column("origin", sa.Text, nullable=False),
+            sa.Column("reason", sa.Text, nullable=False),
+            sa.Column("payload", sa.Text, nullable=False),
+            sa.Column("created_at", UTCDateTime, nullable=False),
+            sa.Index("replicant_dead_letters_stream_idx", "pipeline", "stream", "id"),
+        ),
+    ]
+
+
 def _v1_initial(conn: Connection) -> None:
     """Version 1: runs, checkpoints, offsets, dead letters, leases."""
-    metadata.create_all(conn, tables=[runs, checkpoints, offsets, dead_letters, leases])
+    for table in _v1_tables(sa.MetaData()):
+        table.create(conn)
+    leases.create(conn)  # unchanged since version 1
+
+
+# Version 2's keyed tables as it created them on SQLite (rebuilt there: SQLite cannot
+# change a primary key in place). Frozen: a later change to the tables must not alter them.
+def _v2_sqlite_keyed(md: sa.MetaData, suffix: str) -> tuple[sa.Table, sa.Table]:
+    checkpoints_v2 = sa.Table(
+        f"replicant_checkpoints{suffix}",
+        md,
+        sa.Column("pipeline", _NAME, primary_key=True),
+        sa.Column("tenant", _NAME, primary_key=True, server_default=""),
+        sa.Column("stream", _NAME, primary_key=True),
+        sa.Column("position", sa.Text, nullable=True),
+        sa.Column("rows_total", sa.BigInteger, nullable=False),
+        sa.Column("log_offset", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+    )
+    offsets_v2 = sa.Table(
+        f"replicant_offsets{suffix}",
+        md,
+        sa.Column("pipeline", _NAME, primary_key=True),
+        sa.Column("tenant", _NAME, primary_key=True, server_default=""),
+        sa.Column("destination", _NAME, primary_key=True),
+        sa.Column("stream", _NAME, primary_key=True),
+        sa.Column("log_offset", sa.BigInteger, nullable=False),
+        sa.Column("rows_total", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+    )
+    return checkpoints_v2, offsets_v2
+
+
+_V2_KEYS = {
+    "replicant_checkpoints": ("pipeline", "tenant", "stream"),
+    "replicant_offsets": ("pipeline", "tenant", "destination", "stream"),
+}
+
+
+def _v2_tenant(conn: Connection) -> None:
+    """Version 2: a ``tenant`` column (``''`` = no tenant) in runs, checkpoints, offsets and
+    dead letters, part of the checkpoint and offset keys; every existing row gets ``''``."""
+    q = conn.dialect.identifier_preparer.quote
+    add = "ALTER TABLE {} ADD COLUMN tenant VARCHAR(255) DEFAULT '' NOT NULL"
+    for name in ("replicant_runs", "replicant_dead_letters"):
+        conn.exec_driver_sql(add.format(q(name)))
+    conn.exec_driver_sql("DROP INDEX replicant_dead_letters_stream_idx")
+    conn.exec_driver_sql(
+        "CREATE INDEX replicant_dead_letters_tenant_stream_idx ON replicant_dead_letters (pipeline, tenant, stream, id)"
+    )
+    conn.exec_driver_sql("CREATE INDEX replicant_runs_tenant_idx ON replicant_runs (pipeline, tenant, id)")
+    if conn.dialect.name == "postgresql":
+        inspector = sa.inspect(conn)
+        for name, key in _V2_KEYS.items():
+            pk = inspector.get_pk_constraint(name)["name"] or f"{name}_pkey"  # PostgreSQL's default name
+            conn.exec_driver_sql(add.format(q(name)))
+            conn.exec_driver_sql(
+                f"ALTER TABLE {q(name)} DROP CONSTRAINT {q(pk)}, ADD PRIMARY KEY ({', '.join(key)})"
+            )
+        return
+    for new in _v2_sqlite_keyed(sa.MetaData(), "_v2"):
+        name = new.name.removesuffix("_v2")
+        new.create(conn)
+        kept = [c.name for c in new.columns if c.name != "tenant"]
+        conn.exec_driver_sql(
+            f"INSERT INTO {new.name} ({', '.join(kept)}, tenant) SELECT {', '.join(kept)}, '' FROM {name}"
+        )
+        conn.exec_driver_sql(f"DROP TABLE {name}")
+        conn.exec_driver_sql(f"ALTER TABLE {new.name} RENAME TO {name}")
 
 
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C

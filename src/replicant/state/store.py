@@ -20,89 +20,56 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 
-from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError, redact
+from replicant.errors import ConnectionError, FatalError, RetriableError, redact
 from replicant.model import DeadLetter, Position, decode_position, encode_position, utcnow
 from replicant.state import schema
+from replicant.state._engine import configure_sqlite, first_line, normalise_url
+from replicant.state.records import (
+    ALL_TENANTS,
+    AllTenants,
+    Checkpoint,
+    DestinationOffset,
+    PipelineState,
+    TenantState,
+)
 from replicant.state.schema import checkpoints, dead_letters, leases, offsets, runs
 
-__all__ = ["StateStore", "Checkpoint", "DestinationOffset", "DeadLetter", "RUN_STATUSES"]
+__all__ = [
+    "StateStore",
+    "Checkpoint",
+    "DestinationOffset",
+    "DeadLetter",
+    "TenantState",
+    "PipelineState",
+    "ALL_TENANTS",
+    "RUN_STATUSES",
+]
 
 #: The statuses a finished run may have.
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
-
-_SQLITE_BUSY_TIMEOUT_MS = 30_000
-_PG_DRIVER = "postgresql+psycopg"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where a stream's source reading stands.
-
-    Attributes:
-        position: the source position after the last batch durable in the staging log,
-            or ``None`` to read from the start.
-        rows_total: rows read from the stream so far.
-        log_offset: the staging-log offset following that batch.
-        updated_at: when it was saved (UTC).
-    """
-
-    position: Position | None
-    rows_total: int
-    log_offset: int
-    updated_at: datetime
-
-
-class DestinationOffset(NamedTuple):
-    """The staging-log offset a destination has applied for a stream (a mirror for ``status``)."""
-
-    offset: int
-    rows_total: int
-    updated_at: datetime
-
-
-def _normalise_url(url: str | os.PathLike[str]) -> URL:
-    """Parses the store URL, choosing psycopg 3 for PostgreSQL; a bare path means SQLite."""
-    text = os.fspath(url)
-    if "://" not in text:
-        return URL.create("sqlite", database=text)
-    try:
-        parsed = sa.make_url(text)
-    except sa_exc.ArgumentError:
-        raise ConfigError(f"state store URL is not a valid URL: {redact(text)}") from None
-    driver = parsed.drivername
-    if driver in ("postgresql", "postgres", _PG_DRIVER):
-        return parsed.set(drivername=_PG_DRIVER)
-    if driver in ("sqlite", "sqlite+pysqlite"):
-        if parsed.database in (None, "", ":memory:") or "mode=memory" in text:
-            raise ConfigError("state store: an in-memory SQLite database cannot be shared; give a file, sqlite:///path")
-        return parsed
-    raise ConfigError(
-        f"state store URL scheme {driver!r} is not supported: use sqlite:///path, "
-        "postgresql:// or postgresql+psycopg://"
-    )
-
-
-def _first_line(exc: sa_exc.DBAPIError) -> str:
-    text = str(exc.orig) if exc.orig is not None else str(exc)
-    return redact(text.strip().splitlines()[0] if text.strip() else type(exc.orig).__name__)
-
 
 class StateStore:
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the
     schema; :meth:`close` releases the connections. Usable as a context manager.
+
+    Identity is (pipeline, tenant, stream). Every method that reads or writes keyed rows
+    (checkpoints, offsets, dead letters) takes a keyword ``tenant``: ``None`` (the default)
+    is "no tenant", any other value a non-empty tenant id; a read returns exactly that
+    tenant's rows, so callers without tenants work as before. A source feed's capture
+    checkpoint is the stream ``"(capture)"`` of its tenant. Runs carry the tenant they were
+    narrowed to (``None``: the whole pipeline); :meth:`runs` lists every tenant's unless
+    asked for one. Every tenant's state at once: :meth:`pipeline_state` (and :meth:`tenants`).
 
     Args:
         url: ``sqlite:///path/state.db`` (or a bare file path), ``postgresql://…`` or
@@ -114,7 +81,7 @@ class StateStore:
     """
 
     def __init__(self, url: str | os.PathLike[str], *, clock: Callable[[], datetime] = utcnow) -> None:
-        self._url = _normalise_url(url)
+        self._url = normalise_url(url)
         self._clock = clock
         self._engine: Engine | None = None
 
@@ -155,7 +122,7 @@ class StateStore:
             Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(self._url, pool_pre_ping=self.dialect == "postgresql")
         if self.dialect == "sqlite":
-            _configure_sqlite(engine)
+            configure_sqlite(engine)
         self._engine = engine
         try:
             with self._begin(write=True) as conn:
@@ -178,15 +145,26 @@ class StateStore:
 
     # -- runs ------------------------------------------------------------------------
 
-    def start_run(self, pipeline: str, *, command: str = "run", owner: str | None = None) -> int:
-        """Records a run as ``running``, started now; returns its id."""
+    def start_run(
+        self, pipeline: str, *, command: str = "run", owner: str | None = None, tenant: str | None = None
+    ) -> int:
+        """Records a run as ``running``, started now; returns its id.
+
+        ``tenant``: the tenant the run was narrowed to (``--tenant``); ``None`` for a run of
+        the whole pipeline (every tenant, or a pipeline without tenants).
+        """
+        values = {
+            "pipeline": pipeline,
+            "tenant": _key(tenant),
+            "command": command,
+            "owner": owner,
+            "status": "running",
+            "started_at": self._clock(),
+            "rows": 0,
+        }
         with self._begin(write=True) as conn:
-            result = conn.execute(
-                sa.insert(runs).values(
-                    pipeline=pipeline, command=command, owner=owner, status="running", started_at=self._clock(), rows=0
-                )
-            )
-            return int(result.inserted_primary_key[0])
+            run_id = conn.execute(sa.insert(runs).values(**values).returning(runs.c.id)).scalar_one()
+            return int(run_id)
 
     def finish_run(self, run_id: int, status: str, *, error: str | None = None, rows: int = 0) -> None:
         """Records how a run ended. The error text is redacted before it is stored.
@@ -207,81 +185,102 @@ class StateStore:
             if result.rowcount == 0:
                 raise ValueError(f"no run with id {run_id}")
 
-    def runs(self, pipeline: str, limit: int = 20) -> list[dict[str, Any]]:
+    def runs(
+        self, pipeline: str, limit: int = 20, *, tenant: str | AllTenants | None = ALL_TENANTS
+    ) -> list[dict[str, Any]]:
         """The pipeline's most recent runs, newest first.
 
-        Each run is a dict with ``id``, ``pipeline``, ``command``, ``owner``, ``status``
-        (``running`` or one of :data:`RUN_STATUSES`), ``started_at``, ``finished_at``
-        (``None`` while running), ``rows`` and ``error``.
-        """
-        query = sa.select(runs).where(runs.c.pipeline == pipeline).order_by(runs.c.id.desc()).limit(limit)
-        with self._begin() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
+        Runs are history, not keyed state: by default every run of the pipeline is listed,
+        whatever tenant it was narrowed to; ``tenant=`` keeps only the runs of that tenant
+        (``None``: only the runs of the whole pipeline).
 
-    def last_run(self, pipeline: str) -> dict[str, Any] | None:
-        """The pipeline's most recent run (see :meth:`runs`), or ``None``."""
-        found = self.runs(pipeline, limit=1)
+        Each run is a dict with ``id``, ``pipeline``, ``tenant`` (``None`` for a run of the
+        whole pipeline), ``command``, ``owner``, ``status`` (``running`` or one of
+        :data:`RUN_STATUSES`), ``started_at``, ``finished_at`` (``None`` while running),
+        ``rows`` and ``error``.
+        """
+        query = sa.select(runs).where(runs.c.pipeline == pipeline)
+        if tenant is not ALL_TENANTS:
+            query = query.where(runs.c.tenant == _key(tenant))
+        query = query.order_by(runs.c.id.desc()).limit(limit)
+        with self._begin() as conn:
+            return [_run(row) for row in conn.execute(query).mappings()]
+
+    def last_run(self, pipeline: str, *, tenant: str | AllTenants | None = ALL_TENANTS) -> dict[str, Any] | None:
+        """The pipeline's most recent run (see :meth:`runs`, also for ``tenant``), or ``None``."""
+        found = self.runs(pipeline, limit=1, tenant=tenant)
         return found[0] if found else None
 
     # -- checkpoints -----------------------------------------------------------------
 
     def save_checkpoint(
-        self, pipeline: str, stream: str, position: Position | None, *, rows_total: int, log_offset: int
+        self,
+        pipeline: str,
+        stream: str,
+        position: Position | None,
+        *,
+        rows_total: int,
+        log_offset: int,
+        tenant: str | None = None,
     ) -> None:
-        """Saves (replaces) a stream's checkpoint. ``position=None`` makes the stream start over.
+        """Saves (replaces) the checkpoint of ``(pipeline, tenant, stream)``.
 
-        Call it only once the batch the position covers is durable in the staging log.
+        ``position=None`` makes the stream start over. Call it only once the batch the
+        position covers is durable in the staging log. A source feed's capture checkpoint
+        is the stream ``"(capture)"`` of its tenant: one per tenant.
         """
-        values = {
-            "pipeline": pipeline,
-            "stream": stream,
-            "position": None if position is None else encode_position(position),
-            "rows_total": rows_total,
-            "log_offset": log_offset,
-            "updated_at": self._clock(),
-        }
+        values = _checkpoint_row(pipeline, _key(tenant), stream, position, rows_total, log_offset, self._clock())
         with self._begin(write=True) as conn:
             conn.execute(self._upsert(checkpoints, values))
 
-    def save_checkpoints(self, pipeline: str, items: list[tuple[str, Position | None, int, int]]) -> None:
-        """Saves several checkpoints ``(stream, position, rows_total, log_offset)`` in one
-        transaction (a change set touching several streams)."""
+    def save_checkpoints(
+        self, pipeline: str, items: list[tuple[str, Position | None, int, int]], *, tenant: str | None = None
+    ) -> None:
+        """Saves several checkpoints ``(stream, position, rows_total, log_offset)`` of one
+        tenant in one transaction (a change set touching several streams)."""
         now = self._clock()
+        key = _key(tenant)
         with self._begin(write=True) as conn:
             for stream, position, rows_total, log_offset in items:
-                values = {
-                    "pipeline": pipeline,
-                    "stream": stream,
-                    "position": None if position is None else encode_position(position),
-                    "rows_total": rows_total,
-                    "log_offset": log_offset,
-                    "updated_at": now,
-                }
-                conn.execute(self._upsert(checkpoints, values))
+                conn.execute(
+                    self._upsert(checkpoints, _checkpoint_row(pipeline, key, stream, position, rows_total, log_offset, now))
+                )
 
-    def checkpoint(self, pipeline: str, stream: str) -> Checkpoint | None:
-        """The stream's checkpoint, or ``None`` when it was never saved."""
-        query = sa.select(checkpoints).where(checkpoints.c.pipeline == pipeline, checkpoints.c.stream == stream)
+    def checkpoint(self, pipeline: str, stream: str, *, tenant: str | None = None) -> Checkpoint | None:
+        """The checkpoint of ``(pipeline, tenant, stream)``, or ``None`` when it was never saved."""
+        query = sa.select(checkpoints).where(
+            checkpoints.c.pipeline == pipeline, checkpoints.c.tenant == _key(tenant), checkpoints.c.stream == stream
+        )
         with self._begin() as conn:
             row = conn.execute(query).mappings().first()
         return None if row is None else _checkpoint(row)
 
-    def checkpoints(self, pipeline: str) -> dict[str, Checkpoint]:
-        """Every checkpoint of the pipeline, by stream name."""
-        query = sa.select(checkpoints).where(checkpoints.c.pipeline == pipeline).order_by(checkpoints.c.stream)
+    def checkpoints(self, pipeline: str, *, tenant: str | None = None) -> dict[str, Checkpoint]:
+        """Every checkpoint of one tenant of the pipeline (``None``: no tenant), by stream name.
+
+        Every tenant's at once: :meth:`pipeline_state`.
+        """
+        query = (
+            sa.select(checkpoints)
+            .where(checkpoints.c.pipeline == pipeline, checkpoints.c.tenant == _key(tenant))
+            .order_by(checkpoints.c.stream)
+        )
         with self._begin() as conn:
             return {row["stream"]: _checkpoint(row) for row in conn.execute(query).mappings()}
 
     # -- destination offsets -----------------------------------------------------------
 
-    def save_offset(self, pipeline: str, destination: str, stream: str, offset: int, *, rows_total: int) -> None:
-        """Mirrors the log offset a destination has applied for a stream.
+    def save_offset(
+        self, pipeline: str, destination: str, stream: str, offset: int, *, rows_total: int, tenant: str | None = None
+    ) -> None:
+        """Mirrors the log offset a destination has applied for ``(pipeline, tenant, stream)``.
 
         The transactional truth lives in the destination itself; this copy serves
         ``status`` and may lag behind it.
         """
         values = {
             "pipeline": pipeline,
+            "tenant": _key(tenant),
             "destination": destination,
             "stream": stream,
             "log_offset": offset,
@@ -291,27 +290,30 @@ class StateStore:
         with self._begin(write=True) as conn:
             conn.execute(self._upsert(offsets, values))
 
-    def offsets(self, pipeline: str) -> dict[tuple[str, str], DestinationOffset]:
-        """The pipeline's mirrored offsets, by ``(destination, stream)``."""
-        query = sa.select(offsets).where(offsets.c.pipeline == pipeline)
+    def offsets(self, pipeline: str, *, tenant: str | None = None) -> dict[tuple[str, str], DestinationOffset]:
+        """One tenant's mirrored offsets (``None``: no tenant), by ``(destination, stream)``.
+
+        Every tenant's at once: :meth:`pipeline_state`.
+        """
+        query = sa.select(offsets).where(offsets.c.pipeline == pipeline, offsets.c.tenant == _key(tenant))
         with self._begin() as conn:
-            return {
-                (row["destination"], row["stream"]): DestinationOffset(
-                    row["log_offset"], row["rows_total"], row["updated_at"]
-                )
-                for row in conn.execute(query).mappings()
-            }
+            return {(row["destination"], row["stream"]): _offset(row) for row in conn.execute(query).mappings()}
 
     # -- dead letters ------------------------------------------------------------------
 
-    def add_dead_letters(self, pipeline: str, stream: str, records: list[DeadLetter]) -> int:
-        """Stores rejected records in one bulk insert; returns how many were stored."""
+    def add_dead_letters(
+        self, pipeline: str, stream: str, records: list[DeadLetter], *, tenant: str | None = None
+    ) -> int:
+        """Stores rejected records of ``(pipeline, tenant, stream)`` in one bulk insert;
+        returns how many were stored."""
         if not records:
             return 0
         now = self._clock()
+        key = _key(tenant)
         rows = [
             {
                 "pipeline": pipeline,
+                "tenant": key,
                 "stream": stream,
                 "destination": r.destination,
                 "origin": r.origin,
@@ -325,8 +327,11 @@ class StateStore:
             conn.execute(sa.insert(dead_letters), rows)
         return len(rows)
 
-    def dead_letters(self, pipeline: str, stream: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The pipeline's (or one stream's) most recent dead letters, newest first.
+    def dead_letters(
+        self, pipeline: str, stream: str | None = None, limit: int = 100, *, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One tenant's (``None``: no tenant) most recent dead letters, of the pipeline or of
+        one stream, newest first.
 
         Each is a dict with ``id``, ``stream``, ``destination``, ``origin``, ``reason``,
         ``payload`` (decoded) and ``created_at``.
@@ -339,7 +344,7 @@ class StateStore:
             dead_letters.c.reason,
             dead_letters.c.payload,
             dead_letters.c.created_at,
-        ).where(dead_letters.c.pipeline == pipeline)
+        ).where(dead_letters.c.pipeline == pipeline, dead_letters.c.tenant == _key(tenant))
         if stream is not None:
             query = query.where(dead_letters.c.stream == stream)
         query = query.order_by(dead_letters.c.id.desc()).limit(limit)
@@ -349,15 +354,65 @@ class StateStore:
             letter["payload"] = json.loads(letter["payload"])
         return found
 
-    def dead_letter_count(self, pipeline: str) -> dict[str, int]:
-        """How many dead letters each stream of the pipeline has (streams with none are absent)."""
+    def dead_letter_count(self, pipeline: str, *, tenant: str | None = None) -> dict[str, int]:
+        """How many dead letters each stream of one tenant (``None``: no tenant) has
+        (streams with none are absent). Every tenant's at once: :meth:`pipeline_state`."""
         query = (
             sa.select(dead_letters.c.stream, sa.func.count())
-            .where(dead_letters.c.pipeline == pipeline)
+            .where(dead_letters.c.pipeline == pipeline, dead_letters.c.tenant == _key(tenant))
             .group_by(dead_letters.c.stream)
         )
         with self._begin() as conn:
             return {stream: int(count) for stream, count in conn.execute(query)}
+
+    # -- every tenant at once ------------------------------------------------------------
+
+    def tenants(self, pipeline: str) -> list[str | None]:
+        """Every tenant with a checkpoint, an offset, a dead letter or a run in the pipeline;
+        ``None`` (no tenant / whole pipeline) first, then by name."""
+        return list(self.pipeline_state(pipeline).tenants)
+
+    def pipeline_state(self, pipeline: str) -> PipelineState:
+        """Everything the store knows of a pipeline, per tenant, read in one transaction.
+
+        This is the data behind ``replicant status`` (and ``--json``, and the API): per
+        tenant, its checkpoints by stream (the capture checkpoint included, as stream
+        ``"(capture)"``), its mirrored destination offsets, its dead-letter counts and its
+        last run; plus the pipeline's last run of any tenant.
+        """
+        where_cp = checkpoints.c.pipeline == pipeline
+        where_off = offsets.c.pipeline == pipeline
+        where_dl = dead_letters.c.pipeline == pipeline
+        latest = (
+            sa.select(sa.func.max(runs.c.id)).where(runs.c.pipeline == pipeline).group_by(runs.c.tenant).scalar_subquery()
+        )
+        with self._begin() as conn:
+            cps = conn.execute(sa.select(checkpoints).where(where_cp).order_by(checkpoints.c.stream)).mappings().all()
+            offs = conn.execute(sa.select(offsets).where(where_off)).mappings().all()
+            counts = conn.execute(
+                sa.select(dead_letters.c.tenant, dead_letters.c.stream, sa.func.count())
+                .where(where_dl)
+                .group_by(dead_letters.c.tenant, dead_letters.c.stream)
+            ).all()
+            last = conn.execute(sa.select(runs).where(runs.c.id.in_(latest)).order_by(runs.c.id.desc())).mappings().all()
+        tenants: dict[str | None, TenantState] = {}
+
+        def of(key: str) -> TenantState:
+            tenant = key or None
+            if tenant not in tenants:
+                tenants[tenant] = TenantState(tenant=tenant)
+            return tenants[tenant]
+
+        for row in cps:
+            of(row["tenant"]).checkpoints[row["stream"]] = _checkpoint(row)
+        for row in offs:
+            of(row["tenant"]).offsets[(row["destination"], row["stream"])] = _offset(row)
+        for key, stream, count in counts:
+            of(key).dead_letters[stream] = int(count)
+        for row in last:
+            of(row["tenant"]).last_run = _run(row)
+        ordered = dict(sorted(tenants.items(), key=lambda item: (item[0] is not None, item[0] or "")))
+        return PipelineState(pipeline=pipeline, tenants=ordered, last_run=_run(last[0]) if last else None)
 
     # -- leases ------------------------------------------------------------------------
 
@@ -442,7 +497,7 @@ class StateStore:
         try:
             conn = self._engine.connect()
         except sa_exc.DBAPIError as exc:
-            raise ConnectionError(f"cannot reach the state store {self.url}: {_first_line(exc)}") from None
+            raise ConnectionError(f"cannot reach the state store {self.url}: {first_line(exc)}") from None
         try:
             with conn:
                 if write:
@@ -451,43 +506,14 @@ class StateStore:
                     yield conn
         except sa_exc.OperationalError as exc:
             # Lost connection, serialisation failure, SQLite lock timeout: worth a retry.
-            raise RetriableError(f"state store {self.url}: {_first_line(exc)}") from exc
+            raise RetriableError(f"state store {self.url}: {first_line(exc)}") from exc
         except sa_exc.DBAPIError as exc:
-            raise FatalError(f"state store {self.url}: {_first_line(exc)}") from exc
+            raise FatalError(f"state store {self.url}: {first_line(exc)}") from exc
         except sa_exc.StatementError as exc:
             # A value refused while binding (a naive datetime): the caller's mistake, unwrapped.
             if isinstance(exc.orig, ValueError):
                 raise exc.orig from None
             raise
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL, busy timeout, foreign keys; replicant, not sqlite3, emits BEGIN.
-
-    sqlite3's legacy transaction control neither begins a transaction before a SELECT nor
-    lets us choose ``BEGIN IMMEDIATE``; SQLAlchemy's documented recipe hands BEGIN to us:
-    https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#sqlite-enabling-transactions
-    """
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL: a commit survives a process crash without an fsync each; a power
-            # loss may drop the newest commits, always a suffix, and nothing here is the only
-            # copy of what it records (checkpoints trail the staging log; a lost offset of a
-            # non-transactional destination re-delivers under the same idempotency keys).
-            cursor.execute("PRAGMA synchronous = NORMAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(conn.get_execution_options().get("replicant_begin", "BEGIN"))
 
 
 def _ttl(ttl_seconds: float) -> timedelta:
@@ -503,3 +529,36 @@ def _checkpoint(row: Any) -> Checkpoint:
         log_offset=row["log_offset"],
         updated_at=row["updated_at"],
     )
+
+
+def _key(tenant: str | None) -> str:
+    """The stored tenant key: ``''`` for no tenant (NULLs never match in a key)."""
+    if tenant is None:
+        return ""
+    if not isinstance(tenant, str) or not tenant:
+        raise ValueError(f"tenant must be a non-empty string, or None for no tenant; not {tenant!r}")
+    return tenant
+
+
+def _run(row: Any) -> dict[str, Any]:
+    run = dict(row)
+    run["tenant"] = run["tenant"] or None
+    return run
+
+
+def _offset(row: Any) -> DestinationOffset:
+    return DestinationOffset(row["log_offset"], row["rows_total"], row["updated_at"])
+
+
+def _checkpoint_row(
+    pipeline: str, tenant: str, stream: str, position: Position | None, rows_total: int, log_offset: int, now: datetime
+) -> dict[str, Any]:
+    return {
+        "pipeline": pipeline,
+        "tenant": tenant,
+        "stream": stream,
+        "position": None if position is None else encode_position(position),
+        "rows_total": rows_total,
+        "log_offset": log_offset,
+        "updated_at": now,
+    }
