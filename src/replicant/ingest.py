@@ -114,7 +114,7 @@ class Ingest:
         n = rb.data.num_rows
         total = self._add_total(stream.name, n)
         self.state.save_checkpoint(self.pipeline, stream.name, rb.position, rows_total=total,
-                                   log_offset=self.log.end_offset(stream.name))
+                                   log_offset=self.log.end_offset(stream.name), tenant=self.tenant)
         source.acknowledge(stream, rb.position)
         return n
 
@@ -122,7 +122,7 @@ class Ingest:
 
     def capture_resume(self) -> Position | None:
         """The change feed's last acknowledged position (None on its first run)."""
-        cp = self.state.checkpoint(self.pipeline, CAPTURE_CHECKPOINT)
+        cp = self.state.checkpoint(self.pipeline, CAPTURE_CHECKPOINT, tenant=self.tenant)
         return cp.position if cp else None
 
     def add_changes(self, source: Any, cs: ChangeSet, streams: dict[str, Stream]) -> dict[str, int]:
@@ -141,7 +141,8 @@ class Ingest:
             for name in touched
         ]
         feed_total = self._add_total(CAPTURE_CHECKPOINT, sum(rows.values()))
-        self.state.save_checkpoints(self.pipeline, [(CAPTURE_CHECKPOINT, cs.position, feed_total, 0), *items])
+        self.state.save_checkpoints(self.pipeline, [(CAPTURE_CHECKPOINT, cs.position, feed_total, 0), *items],
+                                    tenant=self.tenant)
         source.acknowledge_capture(cs.position)
         return rows
 
@@ -155,7 +156,7 @@ class Ingest:
     def _add_total(self, name: str, rows: int) -> int:
         with self._lock:
             if name not in self._totals:
-                cp = self.state.checkpoint(self.pipeline, name)
+                cp = self.state.checkpoint(self.pipeline, name, tenant=self.tenant)
                 self._totals[name] = cp.rows_total if cp else 0
             self._totals[name] += rows
             return self._totals[name]

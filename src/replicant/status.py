@@ -94,36 +94,35 @@ def _json_default(value: Any) -> Any:
 
 
 def collect(config: Any, *, state: Any, log: Any, source_facts: dict[str, Any] | None = None) -> PipelineStatus:
-    """The pipeline's status from its state store and staging log (both open).
+    """The pipeline's status from its state store and staging log (both open), per tenant.
 
     Args:
         source_facts: the source's change-feed facts, if the caller asked the source.
     """
-    pipeline = config.pipeline
-    checkpoints = state.checkpoints(pipeline)
-    capture = checkpoints.pop(CAPTURE_CHECKPOINT, None)
-    offsets = state.offsets(pipeline)
-    dead = state.dead_letter_count(pipeline)
-    last = state.last_run(pipeline)
-    names = sorted(set(checkpoints) | set(log.streams()))
-    ends = {s: log.end_offset(s) for s in names}
-    status = PipelineStatus(pipeline, _run(last), source=dict(source_facts or {}))
-    for s in names:
-        cp = checkpoints.get(s)
-        status.streams.append(StreamStatus(
-            name=s, tenant=None, rows=cp.rows_total if cp else 0, log_end_offset=ends[s],
-            position=cp.position if cp else None, updated_at=cp.updated_at if cp else None,
-            dead_letters=dead.get(s, 0),
-        ))
-    for d in config.destinations:
+    saved = state.pipeline_state(config.pipeline)
+    status = PipelineStatus(config.pipeline, _run(saved.last_run), source=dict(source_facts or {}))
+    log_names = set(log.streams())
+    for tenant, ts in (saved.tenants or {None: saved.tenant(None)}).items():
+        checkpoints = dict(ts.checkpoints)
+        capture = checkpoints.pop(CAPTURE_CHECKPOINT, None)
+        names = sorted(set(checkpoints) | (log_names if tenant is None else set()))
+        ends = {s: log.end_offset(s) if s in log_names else 0 for s in names}
         for s in names:
-            if d.streams and s not in d.streams:
-                continue
-            off = offsets.get((d.name, s))
-            applied = off.offset if off else -1
-            status.destinations.append(DestinationStatus(d.name, s, None, applied, max(ends[s] - 1 - applied, 0)))
-    if capture is not None:
-        status.capture = {"position": capture.position, "updated_at": capture.updated_at}
+            cp = checkpoints.get(s)
+            status.streams.append(StreamStatus(
+                name=s, tenant=tenant, rows=cp.rows_total if cp else 0, log_end_offset=ends[s],
+                position=cp.position if cp else None, updated_at=cp.updated_at if cp else None,
+                dead_letters=ts.dead_letters.get(s, 0),
+            ))
+        for d in config.destinations:
+            for s in names:
+                if d.streams and s not in d.streams:
+                    continue
+                off = ts.offsets.get((d.name, s))
+                applied = off.offset if off else -1
+                status.destinations.append(DestinationStatus(d.name, s, tenant, applied, max(ends[s] - 1 - applied, 0)))
+        if capture is not None and tenant is None:
+            status.capture = {"position": capture.position, "updated_at": capture.updated_at}
     return status
 
 
