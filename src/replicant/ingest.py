@@ -19,6 +19,11 @@ is appended to every stream it touches, then the feed's position is saved as the
 checkpoint, then acknowledged. A heartbeat's position is durable nowhere but in that
 checkpoint, which is why it is saved before the source may forget it.
 
+Where resume positions come from, both read here and nowhere else: a stream's from its log
+(the append that made the rows durable carried it, so it can never lag behind them), the
+feed's from the state store (a heartbeat moves it without any row to append; appending a
+record per change set to carry it would cost an fsync per transaction).
+
 ``full`` reads are bracketed by ``snapshot_start`` / ``snapshot_end`` markers. A snapshot that
 cannot resume where it stopped (a table without a key) gets a ``snapshot_abort`` marker and
 starts over. The engine keeps its own keys in the positions it appends (``_snapshot``,
