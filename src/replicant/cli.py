@@ -237,13 +237,12 @@ app.add_typer(cdc, name="cdc")
 
 @contextlib.contextmanager
 def _source_streams(cfg: Any) -> Iterator[tuple[Any, list]]:
-    """The pipeline's source (told its pipeline's name) and its streams as the engine sees them."""
+    """The pipeline's source (its context names the pipeline) and its streams as the engine sees them."""
     from replicant import runtime
     from replicant.engine import Engine
 
     source = runtime.build_source(cfg)
     try:
-        source.pipeline = cfg.pipeline
         yield source, Engine(cfg).streams(source)
     finally:
         source.close()

@@ -186,7 +186,6 @@ class Engine:
         status = "failed"
         try:
             streams = self.streams(source)
-            self._bind_source(source)
             destinations = self._destinations_factory()
             for d in destinations:  # each opens in its delivery thread: one that fails does not stop the others
                 d.dead_letter = self._dead_letter_sink(state, d, result)
@@ -207,7 +206,6 @@ class Engine:
             try:
                 if logged:
                     capture_source = self._source_factory()
-                    self._bind_source(capture_source)
                     capture = threading.Thread(
                         target=self._capture, args=(capture_source, logged, lg, state, result, done, follow),
                         name="capture", daemon=True,
@@ -253,14 +251,6 @@ class Engine:
                 lg.close()
             if self._state is None:
                 state.close()
-
-    def _bind_source(self, source: Source) -> None:
-        from replicant import runtime
-
-        source.pipeline = self.config.pipeline  # type: ignore[attr-defined]
-        workdir = runtime.home(self.config) / "source"
-        workdir.mkdir(parents=True, exist_ok=True)
-        source.workdir = workdir
 
     def _dead_letter_sink(self, state: Any, dest: Any, result: RunResult) -> Callable[[Stream, list], None]:
         lock = threading.Lock()

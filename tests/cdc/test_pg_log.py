@@ -21,15 +21,13 @@ import pytest
 
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, FatalError
-from replicant.model import strip_meta
+from replicant.model import ConnectorContext, strip_meta
 from replicant.sources.base import ChangeSet
 from replicant.sources.postgres import PostgresSource
 
 
 def _source(url: str, **kw: Any) -> PostgresSource:
-    src = PostgresSource(SourceConfig(type="postgres", url=url, **kw))
-    src.pipeline = "t" + uuid.uuid4().hex[:8]
-    return src
+    return PostgresSource(SourceConfig(type="postgres", url=url, **kw), ConnectorContext("t" + uuid.uuid4().hex[:8]))
 
 
 def _streams(src: PostgresSource, names: list[str]) -> list:
@@ -629,8 +627,8 @@ def test_dropped_column_and_a_change_inside_one_transaction(pg_url: str) -> None
 def test_include_keeps_new_columns_out(pg_url: str) -> None:
     _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, a varchar(5), secret text)")
     src = PostgresSource(SourceConfig(type="postgres", url=pg_url,
-                                      streams=[{"table": "t", "mode": "log", "include": ["a"]}]))
-    src.pipeline = "t" + uuid.uuid4().hex[:8]
+                                      streams=[{"table": "t", "mode": "log", "include": ["a"]}]),
+                         ConnectorContext("t" + uuid.uuid4().hex[:8]))
     try:
         from replicant.sources.select import resolve_streams
 

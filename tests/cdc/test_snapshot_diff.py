@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from replicant.cdc import snapshot_diff
 from replicant.errors import FatalError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
 from sources.dbs import KINDS, Db
 
@@ -38,8 +38,7 @@ def db(request: pytest.FixtureRequest) -> Db:
 def _open(db: Db, tmp_path: Path, table: str, **kw: Any) -> tuple[Any, Stream]:
     """A source with a workdir, and ``table`` as a snapshot_diff stream."""
     entry = {"table": table, **{k: kw.pop(k) for k in ("primary_key",) if k in kw}}
-    src, (s,) = db.streams([entry], **kw)
-    src.workdir = tmp_path / "work"
+    src, (s,) = db.streams([entry], context=ConnectorContext("test", workdir=tmp_path / "work"), **kw)
     return src, dataclasses.replace(s, mode="snapshot_diff")
 
 

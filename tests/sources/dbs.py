@@ -12,11 +12,15 @@ import pyarrow as pa
 import pymysql
 
 from replicant.config import SourceConfig
+from replicant.model import ConnectorContext
 from replicant.registry import source_class
 from replicant.sources.base import ReadBatch
 from replicant.sources.select import resolve_streams
 
 KINDS = ["postgres", "mysql", "sqlite"]
+
+#: The context of a source in these tests: a pipeline name and no work dir.
+CONTEXT = ConnectorContext(pipeline="test")
 
 
 @dataclass
@@ -119,13 +123,13 @@ class Db:
     def config(self, streams: Any = "all", **kw: Any) -> SourceConfig:
         return SourceConfig(type=self.kind, url=self.url, streams=streams, **kw)
 
-    def source(self, streams: Any = "all", **kw: Any) -> Any:
-        return source_class(self.kind)(self.config(streams, **kw))
+    def source(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> Any:
+        return source_class(self.kind)(self.config(streams, **kw), context or CONTEXT)
 
-    def streams(self, streams: Any = "all", **kw: Any) -> tuple[Any, list]:
+    def streams(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> tuple[Any, list]:
         """``(source, resolved streams)``; close the source when done."""
         cfg = self.config(streams, **kw)
-        src = source_class(self.kind)(cfg)
+        src = source_class(self.kind)(cfg, context or CONTEXT)
         try:
             return src, resolve_streams(cfg, src.discover())
         except BaseException:

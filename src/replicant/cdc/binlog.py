@@ -119,7 +119,8 @@ class BinlogCapture(_Snapshot, _Decoding):
 
     @property
     def pipeline(self) -> str:
-        return getattr(self.source, "pipeline", None) or "replicant"
+        """The source feed this reader serves (``pipeline`` or ``pipeline.tenant``)."""
+        return str(self.source.context.feed)
 
     @property
     def server_id(self) -> int:

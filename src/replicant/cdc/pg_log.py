@@ -129,7 +129,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
 
     @property
     def _pipeline(self) -> str:
-        return getattr(self.source, "pipeline", None) or "replicant"
+        return str(self.source.context.feed)
 
     @property
     def slot(self) -> str:

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 from replicant.config import SourceConfig, normalize_url
 from replicant.errors import ConfigError, FatalError
 from replicant.model import (
+    ConnectorContext,
     DIALECT_KEY,
     OP_READ,
     OP_DELETE,
@@ -119,10 +120,10 @@ class SQLSource(Source):
     #: Whether ``(a, b) > (x, y)`` uses the index (MariaDB: it does not; expand it).
     row_values: ClassVar[bool] = True
 
-    def __init__(self, config: SourceConfig) -> None:
+    def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
         if config.url is None:
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs `url:`")])
-        self.config = config
+        super().__init__(config, context)
         dialect, self._url = normalize_url(config.url.get_secret_value())
         if dialect != self.dialect:
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs a {self.dialect} URL, not {dialect}")])

@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from replicant.config import SourceConfig
 from replicant.model import ChangeSet, ConnectorContext, Position, ReadBatch, Stream
 
 __all__ = ["Capabilities", "ChangeSet", "ReadBatch", "Source"]
@@ -44,13 +45,24 @@ class Source(ABC):
     Construction must not connect; :meth:`discover` and :meth:`read` connect lazily, and
     :meth:`close` releases everything. Driver errors are translated at this boundary into
     :mod:`replicant.errors` (wrong password → ``ConnectionError`` naming host and user).
+
+    Args:
+        config: the pipeline file's ``source:`` section (secrets already resolved).
+        context: where the source runs: pipeline name, tenant, work dir, dead-letter sink.
+            Nothing is set on a source from outside after construction.
     """
 
     capabilities: Capabilities = Capabilities()
 
-    #: A private folder for this source's own files (``snapshot_diff`` keeps its previous
-    #: snapshot here). Set by the engine before :meth:`read`; under the pipeline's home.
-    workdir: Path | None = None
+    def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def workdir(self) -> Path | None:
+        """A private folder for this source's own files (``snapshot_diff`` keeps its previous
+        snapshot here), from the context; None when the context gives none."""
+        return self.context.workdir
 
     @abstractmethod
     def discover(self) -> list[Stream]:

@@ -53,6 +53,7 @@ import pyarrow as pa
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.sources.base import Capabilities
+from replicant.model import ConnectorContext
 from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.select import split_name
 from replicant.sources.types import Column, conform, mysql_column
@@ -92,8 +93,8 @@ class MySQLSource(SQLSource):
     log_capture = "replicant.cdc.binlog:BinlogCapture"
     row_values = False
 
-    def __init__(self, config: SourceConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         from sqlalchemy.engine import make_url
 
         u = make_url(self._url)

@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.sources.base import Capabilities
+from replicant.model import ConnectorContext
 from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.types import Column, conform, pg_column
 
@@ -137,8 +138,8 @@ class PostgresSource(SQLSource):
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
     log_capture = "replicant.cdc.pg_log:PgLogCapture"
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         self._conn: Any = None
         self._schema: str | None = None
 

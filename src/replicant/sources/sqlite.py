@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 
 from replicant.config import SourceConfig
 from replicant.errors import ConnectionError, FatalError
+from replicant.model import ConnectorContext
 from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.types import Column, sqlite_column
 
@@ -78,8 +79,8 @@ class SQLiteSource(SQLSource):
 
     dialect = "sqlite"
 
-    def __init__(self, config: SourceConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         rest = self._url.split("://", 1)[1]
         self._path = Path(rest.removeprefix("/")).expanduser()
         self._conn: sqlite3.Connection | None = None
