@@ -77,7 +77,6 @@ import logging
 import re
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,13 +123,8 @@ class BinlogCapture(_Snapshot, _Decoding):
 
     @property
     def server_id(self) -> int:
-        """The replica id this reader registers with: ``source.server_id``, or one derived
-        from the pipeline name (stable across runs; two pipelines reading one server must
-        not share it, or the server drops the older connection)."""
-        configured = self.source.config.server_id
-        if configured:
-            return int(configured)
-        return 1_000_000 + zlib.crc32(f"replicant:{self.pipeline}".encode()) % 4_000_000_000
+        """The replica id this reader registers with (:attr:`MySQLSource.server_id`)."""
+        return int(self.source.server_id)
 
     def _settings(self) -> dict[str, Any]:
         u = self.source._u

@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import select
 import struct
 import threading
@@ -105,7 +104,6 @@ _log = logging.getLogger(__name__)
 
 _STATUS_EVERY = 10.0  # seconds between standby status updates (wal_sender_timeout is 60 s)
 _TICK = 0.2  # longest wait on the socket, so `stop` is seen promptly
-_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 
 
 class PgLogCapture(_Replication, _Snapshot, _Changes):
@@ -128,21 +126,12 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
     # ------------------------------------------------------------------ names
 
     @property
-    def _pipeline(self) -> str:
-        return str(self.source.context.feed)
-
-    @property
     def slot(self) -> str:
-        if self.config.slot:
-            if not _SLOT_NAME.match(self.config.slot):
-                raise ConfigError("invalid source", [("source.slot", f"{self.config.slot!r} is not a valid slot name: "
-                                                      "use 1-63 lower-case letters, digits and underscores")])
-            return self.config.slot
-        return re.sub(r"[^a-z0-9_]", "_", f"replicant_{self._pipeline}".lower())[:63]
+        return str(self.source.slot)
 
     @property
     def publication(self) -> str:
-        return self.config.publication or f"replicant_{self._pipeline}"
+        return str(self.source.publication)
 
     def _qi(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'

@@ -21,11 +21,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from replicant.config import SourceConfig
+from pydantic import BaseModel
+
+from replicant.config import SourceConfig, settings_problems
+from replicant.errors import ConfigError
 from replicant.model import ChangeSet, ConnectorContext, Position, ReadBatch, Stream
 
 __all__ = ["Capabilities", "ChangeSet", "ReadBatch", "Source"]
@@ -54,9 +57,25 @@ class Source(ABC):
 
     capabilities: Capabilities = Capabilities()
 
+    #: A pydantic model (``extra="forbid"``) of this type's own keys in ``source:`` (``slot``,
+    #: ``server_id``, a files source's ``glob``…), or None when it has none. Validated at load
+    #: time with key paths (``source.slot: …``) and again at construction; the validated
+    #: instance is :attr:`options`.
+    settings: ClassVar[type[BaseModel] | None] = None
+
     def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
         self.config = config
         self.context = context
+        extras = config.options
+        model = type(self).settings
+        if model is None:
+            problems = [(f"source.{k}", f"unknown key for a {config.type} source") for k in extras]
+        else:
+            problems = settings_problems(model, extras, "source", list(SourceConfig.model_fields))
+        if problems:
+            raise ConfigError("invalid source", problems)
+        #: The validated :attr:`settings` (None without a settings model).
+        self.options: Any = model.model_validate(extras) if model is not None else None
 
     @property
     def workdir(self) -> Path | None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -49,6 +50,7 @@ from typing import Any
 from urllib.parse import quote as urlquote
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
@@ -80,6 +82,17 @@ _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _CONNECT_CODES = {1044, 1045, 1049, 1698, 2002, 2003, 2005, 2006, 2013, 1040, 1129, 1130}
 
 
+class MySQLSettings(BaseModel):
+    """The keys of a MySQL/MariaDB ``source:`` beyond the common ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server_id: int | None = Field(
+        None, gt=0, lt=2**32,
+        description="`mode: log`: the replica server id to use (default: derived from the pipeline and tenant).",
+    )
+
+
 class MySQLSource(SQLSource):
     """Reads MySQL/MariaDB tables (``mysql://``, ``mysql+pymysql://``, ``mariadb://``).
 
@@ -91,6 +104,7 @@ class MySQLSource(SQLSource):
     dialect = "mysql"
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
     log_capture = "replicant.cdc.binlog:BinlogCapture"
+    settings = MySQLSettings
     row_values = False
 
     def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
@@ -102,6 +116,11 @@ class MySQLSource(SQLSource):
             raise ConfigError("invalid source", [("source.url", "a MySQL/MariaDB URL needs a database: mysql://user@host/db")])
         self._u = u
         self._conn: Any = None
+        #: The replica id the binlog reader registers with: ``server_id``, or one derived from
+        #: the source feed (stable across runs; two feeds reading one server must not share
+        #: it, or the server drops the older connection).
+        self.server_id: int = self.options.server_id or (
+            1_000_000 + zlib.crc32(f"replicant:{context.feed}".encode()) % 4_000_000_000)
 
     # ------------------------------------------------------------------ connection
 

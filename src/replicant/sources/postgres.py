@@ -33,6 +33,7 @@ and ``jsonb`` arrive as the ``arrow.json`` extension (its string storage is kept
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -40,6 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.sources.base import Capabilities
@@ -127,6 +129,31 @@ def _fix_infinities(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch
 
 
+class PostgresSettings(BaseModel):
+    """The keys of a PostgreSQL ``source:`` beyond the common ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slot: str | None = Field(
+        None, pattern=r"^[a-z0-9_]{1,63}$",
+        description="`mode: log`: replication slot name, 1-63 lower-case letters, digits and underscores "
+        "(default replicant_<pipeline>, with the tenant appended when there is one).",
+    )
+    publication: str | None = Field(
+        None, description="`mode: log`: publication name (default replicant_<pipeline>, with the tenant appended "
+        "when there is one).",
+    )
+
+
+def feed_names(context: ConnectorContext) -> tuple[str, str]:
+    """The default ``(slot, publication)`` of a source feed: ``replicant_<pipeline>``, or
+    ``replicant_<pipeline>_<tenant>`` with the tenant made a valid identifier."""
+    base = f"replicant_{context.pipeline}"
+    if context.tenant is not None:
+        base += "_" + re.sub(r"[^A-Za-z0-9_]", "_", context.tenant)
+    return re.sub(r"[^a-z0-9_]", "_", base.lower())[:63], base
+
+
 class PostgresSource(SQLSource):
     """Reads PostgreSQL tables (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``).
 
@@ -137,9 +164,14 @@ class PostgresSource(SQLSource):
     dialect = "postgresql"
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
     log_capture = "replicant.cdc.pg_log:PgLogCapture"
+    settings = PostgresSettings
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         super().__init__(config, context)
+        slot, publication = feed_names(context)
+        #: The replication slot and publication of ``mode: log`` (settings, else from the feed).
+        self.slot: str = self.options.slot or slot
+        self.publication: str = self.options.publication or publication
         self._conn: Any = None
         self._schema: str | None = None
 
