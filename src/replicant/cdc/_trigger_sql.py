@@ -195,7 +195,7 @@ END $replicant$""",
                 for s in statements:
                     conn.execute(s)
         except psycopg.Error as e:
-            raise FatalError(f"{self.base}: {self.src._scrub(str(e)).strip()}") from None
+            raise FatalError(f"{self.base}: {self.src.scrub(str(e)).strip()}") from None
 
 
 # ---------------------------------------------------------------------------- MySQL / MariaDB
@@ -305,7 +305,7 @@ class MySQLDialect(Dialect):
                     cur.execute(s)
         except pymysql.MySQLError as e:
             self.src.close()
-            raise FatalError(f"{self.base}: {self.src._scrub(str(e.args[-1]))}") from None
+            raise FatalError(f"{self.base}: {self.src.scrub(str(e.args[-1]))}") from None
 
 
 # ---------------------------------------------------------------------------- SQLite

@@ -143,14 +143,14 @@ class BinlogCapture(_Snapshot, _Decoding):
         try:
             return pymysql.connect(database=self.source._u.database, charset="utf8mb4", autocommit=True, **kw, **extra)
         except pymysql.MySQLError as e:
-            raise ConnectionError(f"cannot connect to {self.source._where_am_i()}: {self._scrub(e)}") from None
+            raise ConnectionError(f"cannot connect to {self.source.location()}: {self._scrub(e)}") from None
 
     def _scrub(self, e: BaseException) -> str:
-        return self.source._scrub(str(e.args[-1]) if e.args else str(e))
+        return self.source.scrub(str(e.args[-1]) if e.args else str(e))
 
     def _translate(self, e: Exception, what: str) -> Exception:
         code = e.args[0] if e.args else None
-        msg = f"{what} on {self.source._where_am_i()}: {self._scrub(e)}"
+        msg = f"{what} on {self.source.location()}: {self._scrub(e)}"
         if code in _CONNECT_CODES:
             return RetriableError(msg)
         if code == 1236:
@@ -199,7 +199,7 @@ class BinlogCapture(_Snapshot, _Decoding):
         if facts["binlog_row_image"] != "FULL":
             wrong.append(f"binlog_row_image is {facts['binlog_row_image'] or 'unset'}: set binlog_row_image=FULL")
         if wrong:
-            raise FatalError(f"`mode: log` cannot read {self.source._where_am_i()}: " + "; ".join(wrong))
+            raise FatalError(f"`mode: log` cannot read {self.source.location()}: " + "; ".join(wrong))
         lines = ["log_bin is ON", "binlog_format is ROW", "binlog_row_image is FULL"]
         if facts["binlog_row_metadata"] == "FULL":
             lines.append("binlog_row_metadata is FULL")
@@ -235,6 +235,10 @@ class BinlogCapture(_Snapshot, _Decoding):
         return {"file": row[0], "pos": int(row[1])}
 
     # ------------------------------------------------------------------ hooks
+
+    def check(self, streams: list[Stream]) -> list[str]:
+        """Checks the server's binlog settings; ``FatalError`` says what to set."""
+        return self._check(self._facts())
 
     def install(self, streams: list[Stream]) -> list[str]:
         """Nothing to create for a binlog reader: checks the server settings and says so."""
@@ -441,7 +445,7 @@ class BinlogCapture(_Snapshot, _Decoding):
                 except pymysql.MySQLError as e:
                     raise self._translate(e, "reading the binlog") from None
                 if ev is None:  # the server ended the dump
-                    raise RetriableError(f"the binlog connection to {self.source._where_am_i()} ended")
+                    raise RetriableError(f"the binlog connection to {self.source.location()} ended")
                 if isinstance(ev, (MariadbGtidEvent, GtidEvent)):
                     group_open = True
                     txn_open = isinstance(ev, MariadbGtidEvent) and not (ev.flags & 1)  # FL_STANDALONE

@@ -156,7 +156,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
             "FROM pg_roles r WHERE r.rolname = current_user")
         problems = []
         if wal_level != "logical":
-            problems.append(("source.url", f"wal_level is {wal_level!r} on {self.source._where_am_i()}: set "
+            problems.append(("source.url", f"wal_level is {wal_level!r} on {self.source.location()}: set "
                              "wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) "
                              "and restart the server"))
         if not (can_replicate or is_super):
@@ -208,7 +208,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         except psycopg.errors.InsufficientPrivilege as e:
             raise ConfigError("cannot create the publication for `mode: log`", [(
                 "source.publication",
-                f"{self.source._scrub(str(e)).strip()}: create it as the tables' owner (CREATE PUBLICATION "
+                f"{self.source.scrub(str(e)).strip()}: create it as the tables' owner (CREATE PUBLICATION "
                 f"{self._qi(pub)} FOR TABLE {', '.join(self._table(s) for s in streams)}) or set `publication:` "
                 "to an existing one")]) from None
         return done
@@ -228,6 +228,14 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         return rows[0]
 
     # ------------------------------------------------------------------ install / status
+
+    def check(self, streams: list[Stream]) -> list[str]:
+        """Checks the server (wal_level), the role (REPLICATION) and the tables (a key or a
+        replica identity) without changing anything; ``ConfigError`` says what to do."""
+        self._check_ready()
+        self._check_tables(streams)
+        return ["wal_level is logical, the role may replicate",
+                f"{len(streams)} table(s) can be read with `mode: log` (slot {self.slot}, publication {self.publication})"]
 
     def install(self, streams: list[Stream]) -> list[str]:
         """Creates the publication (or adds tables to it) and the slot when missing."""
@@ -420,7 +428,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                             try:
                                 conn.consume_input()
                             except pq.PQerror as e:
-                                raise RetriableError(f"lost the replication connection to {self.source._where_am_i()}: {e}") from None
+                                raise RetriableError(f"lost the replication connection to {self.source.location()}: {e}") from None
                         continue
                     if n < 0:
                         res = conn.get_result()

@@ -138,6 +138,15 @@ class SQLSource(Source):
         """The schema that bare table names refer to."""
         raise NotImplementedError
 
+    def location(self) -> str:
+        """Where this source reads, for messages: host, port, user and database (never a
+        password)."""
+        raise NotImplementedError
+
+    def _connect(self) -> Any:
+        """The open connection (opened on first use); ``ConnectionError`` saying why not."""
+        raise NotImplementedError
+
     def quote(self, name: str) -> str:
         """``name`` as a quoted identifier of this dialect."""
         return '"' + name.replace('"', '""') + '"'
@@ -150,6 +159,23 @@ class SQLSource(Source):
     def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Runs ``sql`` and streams its rows as batches of ``plan.stream.schema`` (any size)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self) -> list[str]:
+        """See :meth:`Source.check`. Connects, reads the catalog, resolves the configured streams
+        (a missing table or one without SELECT privilege is a ``ConfigError`` naming the
+        stream's key path), and for ``mode: log`` streams checks the server and role (wal_level
+        and REPLICATION; binlog settings)."""
+        from replicant.sources.select import resolve_streams
+
+        self._connect()
+        streams = resolve_streams(self.config, self.discover())
+        lines = [f"connected to {self.location()}", f"{len(streams)} stream(s) readable"]
+        logged = [s for s in streams if s.mode == "log"]
+        if logged:
+            lines += self._log().check(logged)
+        return lines
 
     # ------------------------------------------------------------------ discovery
 

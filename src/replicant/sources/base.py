@@ -99,6 +99,22 @@ class Source(ABC):
         order), so every batch of a stream can go in one Arrow IPC stream.
         """
 
+    def check(self) -> list[str]:
+        """Connects and checks what a run of the configured streams needs, without reading data.
+
+        Returns:
+            What was checked, one line each (for a CLI or the API).
+
+        Raises:
+            ConnectionError: the source cannot be reached, says precisely why (host and port
+                unreachable, wrong password for a named user, missing database); never shows
+                a password.
+            ConfigError: a configured stream's table is missing or not readable (privileges),
+                or the source is not set up for a stream's mode; with the key path.
+        """
+        streams = self.discover()
+        return [f"{len(streams)} stream(s) found"]
+
     def estimate_rows(self, stream: Stream) -> int | None:
         """A cheap estimate of the rows a full read returns (table statistics), for progress
         bars; None when unknown. Must not scan the table."""

@@ -79,6 +79,15 @@ _ORDER = " ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
 _CX_BATCH_ROWS = 32_768
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 #: PyMySQL error codes that mean "cannot connect or log in" (the mapping table).
+#: What a connection failure's error code means (the mapping table).
+_CONNECT_MEANING = {
+    2002: "nothing answers there (is the server running, is the socket right?)",
+    2003: "nothing answers there (is the server running, are host and port right?)",
+    2005: "unknown host",
+    1045: "access denied for user {user!r} (wrong password, or no such user from this host)",
+    1049: "database {db!r} does not exist",
+    1044: "user {user!r} may not use database {db!r}",
+}
 _CONNECT_CODES = {1044, 1045, 1049, 1698, 2002, 2003, 2005, 2006, 2013, 1040, 1129, 1130}
 
 
@@ -127,11 +136,11 @@ class MySQLSource(SQLSource):
     def quote(self, name: str) -> str:
         return "`" + name.replace("`", "``") + "`"
 
-    def _where_am_i(self) -> str:
+    def location(self) -> str:
         u = self._u
         return f"MySQL at {u.host or 'localhost'}:{u.port or 3306} as user {u.username or ''!r}, database {u.database!r}"
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         pw = self._u.password
         return text.replace(pw, "***") if pw else text
 
@@ -150,7 +159,10 @@ class MySQLSource(SQLSource):
             try:
                 self._conn = pymysql.connect(**kw)
             except pymysql.MySQLError as e:
-                raise ConnectionError(f"cannot connect to {self._where_am_i()}: {self._scrub(str(e.args[-1]))}") from None
+                why = _CONNECT_MEANING.get(e.args[0] if e.args else None, "").format(user=u.username or "", db=u.database)
+                raise ConnectionError(
+                    f"cannot connect to {self.location()}: {why + ': ' if why else ''}{self.scrub(str(e.args[-1]))}"
+                ) from None
         return self._conn
 
     def close(self) -> None:
@@ -175,8 +187,8 @@ class MySQLSource(SQLSource):
             code = e.args[0] if e.args else None
             self.close()
             if code in _CONNECT_CODES:
-                raise RetriableError(f"lost the connection to {self._where_am_i()}: {self._scrub(str(e.args[-1]))}") from None
-            raise FatalError(f"reading the catalog of {self._where_am_i()}: {self._scrub(str(e.args[-1]))}") from None
+                raise RetriableError(f"lost the connection to {self.location()}: {self.scrub(str(e.args[-1]))}") from None
+            raise FatalError(f"reading the catalog of {self.location()}: {self.scrub(str(e.args[-1]))}") from None
 
     def _cx_url(self) -> str:
         u = self._u
@@ -283,9 +295,9 @@ class MySQLSource(SQLSource):
         except BaseException as e:  # connectorx: RuntimeError, or a Rust panic (pyo3 PanicException)
             if isinstance(e, (GeneratorExit, KeyboardInterrupt, SystemExit, FatalError)):
                 raise
-            msg = self._scrub(str(e)).strip()
+            msg = self.scrub(str(e)).strip()
             if "1146" in msg:
                 raise FatalError(f"{what}: table {self._display(plan.stream.table)} does not exist") from None
             if "timed out waiting for connection" in msg or "os error" in msg:
-                raise RetriableError(f"{what}: cannot reach {self._where_am_i()}: {msg}") from None
+                raise RetriableError(f"{what}: cannot reach {self.location()}: {msg}") from None
             raise FatalError(f"{what}: {msg}") from None

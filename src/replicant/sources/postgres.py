@@ -177,14 +177,14 @@ class PostgresSource(SQLSource):
 
     # ------------------------------------------------------------------ connection
 
-    def _where_am_i(self) -> str:
+    def location(self) -> str:
         from sqlalchemy.engine import make_url
 
         u = make_url(self._url)
         host = u.host or u.query.get("host") or "localhost"
         return f"PostgreSQL at {host}:{u.port or 5432} as user {u.username or '(default)'!r}, database {u.database!r}"
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         from sqlalchemy.engine import make_url
 
         pw = make_url(self._url).password
@@ -198,9 +198,27 @@ class PostgresSource(SQLSource):
             try:
                 self._conn = adbc.connect(self._url, autocommit=True)
             except adbc_driver_manager.Error as e:
-                reason = self._scrub(str(e)).split("Failed to connect:", 1)[-1].strip()
-                raise ConnectionError(f"cannot connect to {self._where_am_i()}: {reason}") from None
+                reason = self.scrub(str(e)).split("Failed to connect:", 1)[-1].strip()
+                raise ConnectionError(f"cannot connect to {self.location()}: {self._why(reason)}{reason}") from None
         return self._conn
+
+    def _why(self, reason: str) -> str:
+        """What libpq's connection failure means, in a few words (the mapping table), or ""."""
+        from sqlalchemy.engine import make_url
+
+        u = make_url(self._url)
+        for marks, meaning in [
+            (("Connection refused", "could not translate host name", "timeout expired", "No route to host",
+              "Network is unreachable", "No such file or directory"),
+             "nothing answers there (is the server running, are host and port right?)"),
+            (("password authentication failed", "no password supplied"), f"wrong or missing password for user {u.username!r}"),
+            ((f'role "{u.username}" does not exist',), f"user {u.username!r} does not exist"),
+            ((f'database "{u.database}" does not exist',), f"database {u.database!r} does not exist"),
+            (("no pg_hba.conf entry",), "the server's pg_hba.conf does not let this user connect from here"),
+        ]:
+            if any(m in reason for m in marks):
+                return meaning + ": "
+        return ""
 
     def close(self) -> None:
         self._close_capture()
@@ -213,10 +231,10 @@ class PostgresSource(SQLSource):
     def _error(self, e: Exception, what: str) -> Exception:
         """A driver error as a replicant error (the mapping table)."""
         state = getattr(e, "sqlstate", None) or ""
-        msg = self._scrub(str(e)).split("Query was:", 1)[0].strip()
+        msg = self.scrub(str(e)).split("Query was:", 1)[0].strip()
         if state.startswith("08") or "server closed the connection" in msg or "no connection" in msg:
             self.close()
-            return RetriableError(f"lost the connection to {self._where_am_i()} while {what}: {msg}")
+            return RetriableError(f"lost the connection to {self.location()} while {what}: {msg}")
         if state in ("42P01", "3F000"):
             return FatalError(f"{what}: {msg}")
         if state.startswith("57"):  # cancelled, admin shutdown

@@ -85,6 +85,9 @@ class SQLiteSource(SQLSource):
         self._path = Path(rest.removeprefix("/")).expanduser()
         self._conn: sqlite3.Connection | None = None
 
+    def location(self) -> str:
+        return f"SQLite database {str(self._path.resolve())!r}"
+
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             path = self._path.resolve()
