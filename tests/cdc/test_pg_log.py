@@ -1,4 +1,4 @@
-"""PostgreSQL ``mode: log`` (replicant.cdc.pg_log) against a real server with wal_level=logical.
+"""PostgreSQL ``mode: log`` (replicant.sources.postgres.capture) against a real server with wal_level=logical.
 
 Every test drives ``PostgresSource.capture`` directly, acknowledges what it got like the
 engine does, applies the change sets in order to a dict keyed by primary key, and compares
@@ -195,7 +195,7 @@ def test_slot_is_confirmed_only_up_to_acknowledged_positions(shop, pg_url: str) 
     src, streams = shop
     log = Log(streams)
     log.run(src)
-    slot = src._log().slot
+    slot = src.slot
     acked = log.resume["lsn"]
     assert _confirmed(pg_url, slot) == acked
     for i in range(3):
@@ -483,7 +483,7 @@ def test_role_without_replication_gets_a_clear_error(pg_url: str, pg_server) -> 
 def test_install_status_uninstall(shop, pg_url: str) -> None:
     src, streams = shop
     done = src.install(streams)
-    cap = src._log()
+    cap = src  # the slot and publication names are the source's
     assert done == [f"created publication {cap.publication}", f"created replication slot {cap.slot}"]
     assert src.install(streams) == []
     status = src.cdc_status(streams)

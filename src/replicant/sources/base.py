@@ -16,19 +16,17 @@ mode) returns ``resumable=False`` positions; the engine then restarts that strea
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pyarrow as pa
-
 from pydantic import BaseModel
 
 from replicant.config import SourceConfig, settings_problems
-from replicant.errors import ConfigError
+from replicant.errors import ConfigError, FatalError
 from replicant.model import ChangeSet, ConnectorContext, Position, ReadBatch, Stream
 
 __all__ = ["Capabilities", "ChangeSet", "ReadBatch", "Source"]
@@ -39,11 +37,14 @@ class Capabilities:
     """What a source can do; checked by the engine instead of ``isinstance``."""
 
     modes: frozenset[str] = frozenset({"full"})
-    chunked: bool = False  #: full reads resume at the chunk where they stopped
+    #: ``full`` reads of a range reader go in key-range chunks of ``chunk_size`` rows (one
+    #: bounded query each) instead of one ordered query (read by ``strategies.full``)
+    chunked: bool = False
 
 
 class Source(ABC):
-    """Base of all sources. Subclasses set :attr:`capabilities` and implement three methods.
+    """Base of all sources. Subclasses set :attr:`capabilities` and implement :meth:`discover`,
+    the protocol of each mode they read (:mod:`replicant.sources.strategies`) and :meth:`close`.
 
     Construction must not connect; :meth:`discover` and :meth:`read` connect lazily, and
     :meth:`close` releases everything. Driver errors are translated at this boundary into
@@ -91,13 +92,33 @@ class Source(ABC):
         stream settings (mode, cursor, primary_key, include/exclude) on top.
         """
 
-    @abstractmethod
     def read(self, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
         """Reads ``stream`` after ``position`` until caught up, then returns.
 
+        Dispatches to the read strategy registered for ``stream.mode``
+        (:mod:`replicant.sources.strategies`); a source declares the modes it can read in
+        :attr:`capabilities` and implements the protocol each needs (``full``: :meth:`read_full`
+        or a range reader; ``snapshot_diff``: nothing more than ``full``).
+
         The batches' data follows ``stream.change_schema`` exactly (same names, types and
         order), so every batch of a stream can go in one Arrow IPC stream.
+
+        Raises:
+            FatalError: the source cannot read ``stream.mode`` (``log`` is read by :meth:`capture`).
         """
+        from replicant.sources.strategies import strategy
+
+        if stream.mode not in self.capabilities.modes:
+            raise FatalError(f"stream {stream.name!r}: a {self.config.type} source cannot read mode {stream.mode!r} "
+                             f"(it reads {', '.join(sorted(self.capabilities.modes))})")
+        return strategy(stream.mode).read(self, stream, position)
+
+    def read_full(self, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
+        """A ``full`` read of ``stream`` after ``position``, for a source that reads in full on its
+        own rather than through a range reader: ``_op`` ``read`` rows, the last batch empty and
+        ``final``; positions follow the resume rule (``resumable=False`` when a crash must
+        restart the stream)."""
+        raise NotImplementedError(f"{type(self).__name__} has no full read")
 
     def check(self) -> list[str]:
         """Connects and checks what a run of the configured streams needs, without reading data.
@@ -122,11 +143,16 @@ class Source(ABC):
 
     # ------------------------------------------------------------------ change data capture
 
-    def acknowledge(self, stream: Stream, position: Position) -> None:  # noqa: B027 - optional hook
+    def acknowledge(self, stream: Stream, position: Position) -> None:
         """Called by the engine once the batch :meth:`read` returned with ``position`` is durable
-        in the staging log. ``trigger`` purges shadow rows up to it; ``snapshot_diff``
-        promotes the snapshot it just compared. Must be idempotent: after a crash it may be
-        called again for an older position, or never for the last one."""
+        in the staging log; passed on to the stream's read strategy. ``trigger`` purges shadow
+        rows up to it; ``snapshot_diff`` promotes the snapshot it just compared. Must be
+        idempotent: after a crash it may be called again for an older position, or never for
+        the last one."""
+        from replicant.sources.strategies import STRATEGIES, strategy
+
+        if stream.mode in STRATEGIES:
+            strategy(stream.mode).acknowledge(self, stream, position)
 
     def capture(
         self,
@@ -155,7 +181,7 @@ class Source(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no log-based capture")
 
-    def acknowledge_capture(self, position: Position) -> None:  # noqa: B027 - optional hook
+    def acknowledge_capture(self, position: Position) -> None:
         """Called once every batch of the change set ending at ``position`` is durable in the log;
         the source may now let the server forget it (confirm a slot's flush LSN). The engine
         stores ``position`` too, and passes it back as ``capture(resume=…)``."""
@@ -174,10 +200,10 @@ class Source(ABC):
         """Extra facts for ``replicant status`` (e.g. ``{"slot lag bytes": 1234}``)."""
         return {}
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Releases connections. Idempotent."""
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self
 
     def __exit__(self, *exc: object) -> None:

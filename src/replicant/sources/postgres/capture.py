@@ -59,7 +59,7 @@ from before an ``ALTER`` emits them in the schema they had). Not carried by the 
 default of an added column (rows written before the ``ALTER`` stay NULL in it at the
 destination), and renames (a drop and an add, which destinations refuse to guess).
 
-Values: see :mod:`replicant.cdc.pgoutput`. Deletes under ``REPLICA IDENTITY DEFAULT`` carry
+Values: see :mod:`replicant.sources.postgres.pgoutput`. Deletes under ``REPLICA IDENTITY DEFAULT`` carry
 the key columns only (others null); under ``FULL`` every column. An update whose TOASTed
 values did not change carries them as "unchanged": under ``FULL`` they are taken from the old
 row; otherwise the rows are re-read by key (current values; a row gone since is dropped from
@@ -69,10 +69,10 @@ delete of the old key followed by the update. Tables without a primary key need
 updates once published.
 
 Modules: this one holds the capture itself (checks and setup, install/status, acknowledge,
-the capture's plan and the streaming loop); :mod:`._pg_replication` the control and
+the capture's plan and the streaming loop); :mod:`._replication` the control and
 replication-protocol connections (slot creation, ``START_REPLICATION``, standby status
-updates); :mod:`._pg_snapshot` the snapshot at ``X`` and the catch-up window;
-:mod:`._pg_changes` the pending transactions and their conversion to change sets (schema
+updates); :mod:`._snapshot` the snapshot at ``X`` and the catch-up window;
+:mod:`._changes` the pending transactions and their conversion to change sets (schema
 changes, TOASTed values). ``_Pending``, ``_Rows``, ``_Snap`` and ``_Target`` stay
 importable from here.
 """
@@ -93,9 +93,9 @@ from replicant.errors import ConfigError, FatalError, RetriableError
 from replicant.model import Position, Stream
 from replicant.sources.base import ChangeSet
 
-from ._pg_changes import _Changes, _changes, _Pending, _Rows, _Target
-from ._pg_replication import _Replication
-from ._pg_snapshot import _Snap, _Snapshot
+from ._changes import _Changes, _changes, _Pending, _Target
+from ._replication import _Replication
+from ._snapshot import _Snap, _Snapshot
 from .pgoutput import Decoder, lsn_text, parse_lsn
 
 __all__ = ["PgLogCapture"]

@@ -46,7 +46,7 @@ import zlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as urlquote
 
 import pyarrow as pa
@@ -54,11 +54,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
-from replicant.sources.base import Capabilities
-from replicant.model import ConnectorContext
+from replicant.model import ConnectorContext, Stream
 from replicant.sources._sql import SQLSource, Table, _Plan
+from replicant.sources.base import Capabilities
 from replicant.sources.select import split_name
 from replicant.sources.types import Column, conform, mysql_column
+
+if TYPE_CHECKING:
+    from replicant.sources.mysql.triggers import MySQLTriggers
 
 __all__ = ["MySQLSource"]
 
@@ -112,7 +115,7 @@ class MySQLSource(SQLSource):
 
     dialect = "mysql"
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
-    log_capture = "replicant.cdc.binlog:BinlogCapture"
+    log_capture = "replicant.sources.mysql.binlog:BinlogCapture"
     settings = MySQLSettings
     row_values = False
 
@@ -175,7 +178,7 @@ class MySQLSource(SQLSource):
             finally:
                 self._conn = None
 
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
         import pymysql
 
         conn = self._connect()
@@ -216,9 +219,9 @@ class MySQLSource(SQLSource):
     def _tables(self, only: tuple[str, ...] | None = None) -> list[Table]:
         if only is None:
             schemas = self._schemas()
-            rows = self._fetchall(_CATALOG.format(schemas=", ".join(["%s"] * len(schemas))) + _ORDER, tuple(schemas))
+            rows = self.fetchall(_CATALOG.format(schemas=", ".join(["%s"] * len(schemas))) + _ORDER, tuple(schemas))
         else:
-            rows = self._fetchall(_CATALOG.format(schemas="%s") + " AND c.TABLE_NAME = %s" + _ORDER, (only[0], only[-1]))
+            rows = self.fetchall(_CATALOG.format(schemas="%s") + " AND c.TABLE_NAME = %s" + _ORDER, (only[0], only[-1]))
         tables: dict[tuple[str, str], Table] = {}
         pks: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for schema, name, ttype, col, nullable, dtype, ctype, prec, scale, charset, collation, seq in rows:
@@ -240,7 +243,7 @@ class MySQLSource(SQLSource):
 
     def estimate_rows(self, stream: Any) -> int | None:
         try:
-            rows = self._fetchall(
+            rows = self.fetchall(
                 "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
                 (stream.table[0], stream.table[-1]))
         except (FatalError, RetriableError):
@@ -248,6 +251,11 @@ class MySQLSource(SQLSource):
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     # ------------------------------------------------------------------ reading
+
+    def trigger_sql(self, stream: Stream) -> MySQLTriggers:
+        from replicant.sources.mysql.triggers import MySQLTriggers
+
+        return MySQLTriggers(self, stream)
 
     def _bind(self, value: Any, column: Column, params: list[Any]) -> str:
         """A literal for ``value``, built only from digits, ISO dates and hex (see the module docstring)."""
@@ -282,7 +290,7 @@ class MySQLSource(SQLSource):
         import connectorx
 
         self._connect()  # a fast, clear login error (connectorx retries for 30 s)
-        what = f"reading {self._display(plan.stream.table)}"
+        what = f"reading {self.display(plan.stream.table)}"
         schema = plan.stream.schema
         try:
             reader = connectorx.read_sql(
@@ -297,7 +305,7 @@ class MySQLSource(SQLSource):
                 raise
             msg = self.scrub(str(e)).strip()
             if "1146" in msg:
-                raise FatalError(f"{what}: table {self._display(plan.stream.table)} does not exist") from None
+                raise FatalError(f"{what}: table {self.display(plan.stream.table)} does not exist") from None
             if "timed out waiting for connection" in msg or "os error" in msg:
                 raise RetriableError(f"{what}: cannot reach {self.location()}: {msg}") from None
             raise FatalError(f"{what}: {msg}") from None

@@ -1,7 +1,7 @@
-"""The connections of :class:`~replicant.cdc.pg_log.PgLogCapture` (moved out of
-:mod:`replicant.cdc.pg_log`, whose docstring describes the whole capture).
+"""The connections of :class:`~replicant.sources.postgres.capture.PgLogCapture` (moved out of
+:mod:`replicant.sources.postgres.capture`, whose docstring describes the whole capture).
 
-:class:`_Replication`, a mixin of :class:`~replicant.cdc.pg_log.PgLogCapture`: the
+:class:`_Replication`, a mixin of :class:`~replicant.sources.postgres.capture.PgLogCapture`: the
 autocommit *control* connection (psycopg, catalog queries; errors mapped to
 :mod:`replicant.errors`), and the replication-protocol connection (libpq ``pq.PGconn`` with
 ``replication=database``): opening it, its commands (``CREATE_REPLICATION_SLOT …
@@ -24,7 +24,7 @@ _PG_EPOCH_US = 946_684_800_000_000
 
 
 class _Replication:
-    """The connection methods of :class:`~replicant.cdc.pg_log.PgLogCapture` (uses its
+    """The connection methods of :class:`~replicant.sources.postgres.capture.PgLogCapture` (uses its
     ``source``, ``slot``, ``publication`` and ``_qi``; owns ``_ctl``, ``_repl``, ``_io``,
     ``_acked``, ``_sent_flush``, ``_last_status``, set by its ``__init__``)."""
 

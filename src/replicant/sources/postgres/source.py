@@ -37,17 +37,20 @@ import re
 from collections.abc import Iterator
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
-from replicant.sources.base import Capabilities
-from replicant.model import ConnectorContext
+from replicant.model import ConnectorContext, Stream
 from replicant.sources._sql import SQLSource, Table, _Plan
+from replicant.sources.base import Capabilities
 from replicant.sources.types import Column, conform, pg_column
+
+if TYPE_CHECKING:
+    from replicant.sources.postgres.triggers import PostgresTriggers
 
 __all__ = ["PostgresSource"]
 
@@ -163,7 +166,7 @@ class PostgresSource(SQLSource):
 
     dialect = "postgresql"
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
-    log_capture = "replicant.cdc.pg_log:PgLogCapture"
+    log_capture = "replicant.sources.postgres.capture:PgLogCapture"
     settings = PostgresSettings
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
@@ -242,7 +245,7 @@ class PostgresSource(SQLSource):
             return RetriableError(f"{what}: {msg}")
         return FatalError(f"{what}: {msg}")
 
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
         import adbc_driver_manager
 
         cur = self._connect().cursor()
@@ -258,14 +261,14 @@ class PostgresSource(SQLSource):
 
     def _default_schema(self) -> str:
         if self._schema is None:
-            self._schema = self._fetchall("SELECT current_schema()")[0][0] or "public"
+            self._schema = self.fetchall("SELECT current_schema()")[0][0] or "public"
         return self._schema
 
     def _tables(self, only: tuple[str, ...] | None = None) -> list[Table]:
         if only is None:
-            rows = self._fetchall(_CATALOG + _ORDER)
+            rows = self.fetchall(_CATALOG + _ORDER)
         else:
-            rows = self._fetchall(_CATALOG + " AND n.nspname = $1 AND c.relname = $2" + _ORDER, (only[0], only[-1]))
+            rows = self.fetchall(_CATALOG + " AND n.nspname = $1 AND c.relname = $2" + _ORDER, (only[0], only[-1]))
         tables: dict[tuple[str, str], Table] = {}
         pks: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for (nsp, rel, kind, is_part, readable, att, notnull, sql_type, typname, typtype, typmod,
@@ -286,7 +289,7 @@ class PostgresSource(SQLSource):
 
     def estimate_rows(self, stream: Any) -> int | None:
         try:
-            rows = self._fetchall(
+            rows = self.fetchall(
                 "SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = $1 AND c.relname = $2", (stream.table[0], stream.table[-1]))
         except (FatalError, RetriableError):
@@ -294,6 +297,11 @@ class PostgresSource(SQLSource):
         return int(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] >= 0 else None
 
     # ------------------------------------------------------------------ reading
+
+    def trigger_sql(self, stream: Stream) -> PostgresTriggers:
+        from replicant.sources.postgres.triggers import PostgresTriggers
+
+        return PostgresTriggers(self, stream)
 
     def _bind(self, value: Any, column: Column, params: list[Any]) -> str:
         params.append(_text(value))
@@ -303,7 +311,7 @@ class PostgresSource(SQLSource):
         import adbc_driver_manager
 
         schema = plan.stream.schema
-        what = f"reading {self._display(plan.stream.table)}"
+        what = f"reading {self.display(plan.stream.table)}"
         conn = self._connect()
         cur = conn.cursor()
         # COPY is cut into Arrow batches of about this many bytes (default 16 MB): smaller

@@ -1,10 +1,10 @@
-"""How :class:`~replicant.cdc.pg_log.PgLogCapture` turns decoded pgoutput messages into
-change sets (moved out of :mod:`replicant.cdc.pg_log`, whose docstring describes the
+"""How :class:`~replicant.sources.postgres.capture.PgLogCapture` turns decoded pgoutput messages into
+change sets (moved out of :mod:`replicant.sources.postgres.capture`, whose docstring describes the
 whole capture).
 
 - :class:`_Target`: how one stream is decoded (its relation's column indexes).
 - :class:`_Rows`, :class:`_Pending`: the whole transactions read but not yet yielded.
-- :class:`_Changes`, a mixin of :class:`~replicant.cdc.pg_log.PgLogCapture`: describing a
+- :class:`_Changes`, a mixin of :class:`~replicant.sources.postgres.capture.PgLogCapture`: describing a
   table again when its ``Relation`` message changed (:meth:`_Changes._describe`), binding a
   stream to a relation, adding a row message to the pending rows (an update that changes the
   key becomes a delete and an update), and the pending rows → Arrow (``_flush``, ``_batch``,
@@ -31,7 +31,7 @@ from replicant.sources.base import ChangeSet
 from .pgoutput import UNCHANGED, Relation, to_arrow
 
 if TYPE_CHECKING:
-    from ._pg_snapshot import _Snap
+    from ._snapshot import _Snap
 
 
 @dataclass
@@ -144,7 +144,7 @@ class _Pending:
 
 
 class _Changes:
-    """The decoding methods of :class:`~replicant.cdc.pg_log.PgLogCapture` (uses its
+    """The decoding methods of :class:`~replicant.sources.postgres.capture.PgLogCapture` (uses its
     ``source``, ``config``, ``_sql``, ``_qi``, ``_table`` and ``_window_filter``)."""
 
     source: Any

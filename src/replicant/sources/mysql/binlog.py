@@ -84,7 +84,7 @@ from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.model import Position, Stream, encode_position
 from replicant.sources.base import ChangeSet
 
-from ._binlog_snapshot import _raw_type, _select, _Snapshot
+from ._binlog_snapshot import _Snapshot
 from ._binlog_values import _coord, _Decoding, _key, _min, _Table
 
 __all__ = ["BinlogCapture"]
@@ -353,7 +353,12 @@ class BinlogCapture(_Snapshot, _Decoding):
             QueryEvent,
             XidEvent,
         )
-        from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+        from pymysqlreplication.row_event import (
+            DeleteRowsEvent,
+            TableMapEvent,
+            UpdateRowsEvent,
+            WriteRowsEvent,
+        )
 
         cfg = self.source.config
         target = None if follow else self._master()
