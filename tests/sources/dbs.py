@@ -136,6 +136,21 @@ class Db:
         finally:
             conn.close()
 
+    # ------------------------------------------------------------- credentials
+    def with_bad_credentials(self, secret: str) -> Db:
+        """The same server (or a missing file or folder) with credentials that cannot work."""
+        if self.kind in ("postgres", "mysql"):
+            scheme, rest = self.url.split("://", 1)
+            return Db(self.kind, f"{scheme}://nobody_here:{secret}@{rest.split('@', 1)[1]}")
+        return Db(self.kind, self.url.rstrip("/") + "-missing")
+
+    def where(self) -> str:
+        """What a connection error must name: ``host:port``, or the file or folder."""
+        if self.kind in ("postgres", "mysql"):
+            p = urlsplit(self.url)
+            return f"{p.hostname}:{p.port}"
+        return self.url.removeprefix("sqlite:///")
+
     # ------------------------------------------------------------- sources
     def config(self, streams: Any = "all", **kw: Any) -> SourceConfig:
         if self.kind == TOY:
@@ -154,6 +169,21 @@ class Db:
         except BaseException:
             src.close()
             raise
+
+
+def db_for(kind: str, request: Any) -> Db:
+    """A fresh, empty database of ``kind`` for the test of ``request`` (dropped afterwards)."""
+    if kind == "postgres":
+        return Db(kind, request.getfixturevalue("pg_url"))
+    if kind == "mysql":
+        return Db(kind, request.getfixturevalue("mysql_url"))
+    if kind == TOY:
+        folder = request.getfixturevalue("tmp_path") / "toy"
+        folder.mkdir()
+        return Db(kind, str(folder))
+    path = request.getfixturevalue("sqlite_path")
+    sqlite3.connect(path).close()
+    return Db(kind, "sqlite:///" + str(Path(path).resolve()))
 
 
 def _class(kind: str) -> Any:
@@ -177,7 +207,7 @@ def _toy_store(folder: str) -> Iterator[Any]:
             "SELECT table_name, constraint_column_names FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'"
         ).fetchall()}
         for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
-            table = con.sql(f'SELECT * FROM "{name}"').to_arrow_table()
+            table = con.sql("SELECT * FROM " + '"' + name.replace('"', '""') + '"').to_arrow_table()
             table = table.replace_schema_metadata({"primary_key": keys.get(name, "")})
             tmp = Path(folder) / f"{name}.arrow.tmp"
             with pa.ipc.new_file(tmp, table.schema) as w:
