@@ -69,8 +69,9 @@ class _Plan:
 
 
 class SQLSource(Source):
-    """Base of the SQL sources. Subclasses implement the ``_`` hooks below; nothing connects
-    before :meth:`discover` or :meth:`read`."""
+    """Base of the SQL sources. Subclasses implement the ``_`` hooks below (and
+    :meth:`location`, :meth:`trigger_sql`); nothing connects before :meth:`discover`,
+    :meth:`check` or :meth:`read`."""
 
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger"}), chunked=True)
     #: SQLAlchemy dialect name, also the schema's DIALECT_KEY metadata.
@@ -250,11 +251,30 @@ class SQLSource(Source):
         """See :class:`replicant.sources.strategies.TriggerSource`."""
         return self._plan(stream).columns
 
-    def query_batches(self, stream: Stream, sql: str, columns: list[Column], batch_size: int) -> Iterator[pa.RecordBatch]:
-        """See :class:`replicant.sources.strategies.TriggerSource`."""
-        schema = pa.schema([c.field() for c in columns])
+    def query_batches(self, stream: Stream, sql: str, columns: list[Column], batch_size: int,
+                      params: Sequence[Any] = ()) -> Iterator[pa.RecordBatch]:
+        """See :class:`replicant.sources.strategies.TriggerSource`. ``params`` are bound the way
+        this dialect's ``where_after`` bound them."""
+        if [f.name for f in stream.schema] == [c.name for c in columns]:
+            schema = stream.schema
+        else:
+            schema = pa.schema([c.field() for c in columns])
         plan = _Plan(replace(stream, schema=schema), columns, {c.name: c for c in columns})
-        return self._rebatched(sql, [], plan, batch_size)
+        return self._rebatched(sql, list(params), plan, batch_size)
+
+    def select_sql(self, stream: Stream, columns: list[Column], where: list[str]) -> str:
+        """``SELECT`` of ``columns`` (each with its read expression) from ``stream``'s table,
+        aliased ``t``, with the ``AND`` of ``where``."""
+        return self._query(_Plan(stream, columns, {c.name: c for c in columns}), where, [], None)
+
+    def catalog(self, table: tuple[str, ...]) -> Table | None:
+        """The catalog's description of one table now, or None when it is gone."""
+        found = self._tables(only=table)
+        return found[0] if found else None
+
+    def describe(self, table: Table) -> Stream:
+        """``table`` as a stream, named the way discovery names it."""
+        return self._stream(table, self._default_schema())
 
     def trigger_sql(self, stream: Stream) -> TriggerSQL:
         """This dialect's shadow table and triggers of ``stream`` (``mode: trigger``)."""

@@ -12,6 +12,20 @@ A source lists its streams and reads one stream from a saved position as an iter
 A source that cannot resume in the middle of a stream (a table without a key in ``full``
 mode) returns ``resumable=False`` positions; the engine then restarts that stream from
 ``None`` after a crash and marks the interrupted snapshot as aborted in the log.
+
+The contract, all a new source needs (tests/sources/toy.py is one in 70 lines):
+
+* ``__init__(config, context)``: the ``source:`` section and a
+  :class:`~replicant.model.ConnectorContext` (pipeline, tenant, work dir, dead-letter
+  sink). Must not connect. The type's own keys are declared by :attr:`Source.settings` and
+  arrive validated as :attr:`Source.options`.
+* :attr:`Source.capabilities`: the modes it reads (read, not decorative: :meth:`Source.read`
+  refuses others, the engine checks stream settings against them).
+* :meth:`Source.discover`, :meth:`Source.check`, :meth:`Source.close`.
+* for each mode, the protocol its read strategy needs (:mod:`replicant.sources.strategies`):
+  ``full`` → :meth:`Source.read_full` or a range reader; ``snapshot_diff`` → nothing more
+  than ``full``; ``cursor`` → a range reader; ``trigger`` → a trigger source; ``log`` →
+  :meth:`Source.capture` and :meth:`Source.acknowledge_capture`.
 """
 
 from __future__ import annotations

@@ -51,13 +51,13 @@ class _Snapshot:
     _snap_conn: Any
 
     def _catalog(self, stream: Stream) -> list[Column]:
-        found = self.source._tables(only=stream.table)
-        if not found:
+        found = self.source.catalog(stream.table)
+        if found is None:
             raise FatalError(
                 f"table {self.source.display(stream.table)} does not exist (dropped or renamed?); "
                 f"fix `table:` of stream {stream.name!r} or restore the table"
             )
-        return found[0].columns
+        return found.columns
 
     def _snapshot(self, pending: list[_Table], base: Position | None, stop: threading.Event) -> Iterator[ChangeSet]:
         """Reads ``pending`` in one consistent snapshot; returns its binlog coordinate (None

@@ -224,10 +224,10 @@ class _Decoding:
 
     def _reshape(self, t: _Table) -> Stream | None:
         """The stream with the table's current columns, or None when unchanged (or gone)."""
-        found = self.source._tables(only=t.stream.table)
-        if not found:
+        found = self.source.catalog(t.stream.table)
+        if found is None:
             return None
-        t.catalog = found[0].columns
+        t.catalog = found.columns
         t.widths_seen.clear()
         fields = [c.field() for c in t.catalog if c.name not in t.excluded]
         schema = pa.schema(fields, metadata=t.stream.schema.metadata)
