@@ -22,6 +22,7 @@ from replicant.sources.types import Column
 __all__ = ["MySQLTriggers"]
 
 class MySQLTriggers(TriggerSQL):
+    late_commits = "gaps"
     def __init__(self, source: Any, stream: Stream) -> None:
         super().__init__(source, stream)
         self.triggers = {ev: safe_name("_replicant_", self.table, "_" + ev[:3].lower()) for ev in ("INSERT", "UPDATE", "DELETE")}

@@ -24,6 +24,7 @@ from replicant.sources.types import Column
 __all__ = ["PostgresTriggers"]
 
 class PostgresTriggers(TriggerSQL):
+    late_commits = "txid"
     trigger = "_replicant_capture"
 
     def __init__(self, source: Any, stream: Stream) -> None:

@@ -75,14 +75,12 @@ class TriggerSource(RangeReader, Protocol):
     """What ``mode: trigger`` needs: range reads, plain SQL, the catalog's columns and the
     dialect's trigger DDL (a full read for the first snapshot goes through ``Source.read``)."""
 
-    dialect: str
-
     def quote(self, name: str) -> str:
         """``name`` as a quoted identifier."""
         ...
 
     def display(self, table: tuple[str, ...]) -> str:
-        """A table's quoted, qualified name."""
+        """A table's quoted, qualified name (used by the dialect's :class:`TriggerSQL`)."""
         ...
 
     def fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

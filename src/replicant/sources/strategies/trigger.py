@@ -133,7 +133,7 @@ def acknowledge(source: Any, stream: Stream, position: Position) -> None:
     if d.installed()[0] is None:
         return  # uninstalled: nothing to purge
     q = source.quote
-    if source.dialect == "postgresql":
+    if d.late_commits == "txid":
         where = f"{q(TXID)} < {int(position['txid'])}"
         if position.get("upto") is not None:
             where += f" OR ({q(TXID)} < {int(position['upto'])} AND {q(SEQ)} <= {int(position['seq'])})"
@@ -177,9 +177,9 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
         pos = {"mode": "trigger", "install": install_id, **ctx.mark(), "snapshot": None}
     if "snapshot" in pos:
         pos = yield from _snapshot(ctx, pos)
-    if source.dialect == "postgresql":
+    if d.late_commits == "txid":
         yield from _changes_pg(ctx, pos)
-    elif source.dialect == "mysql":
+    elif d.late_commits == "gaps":
         yield from _changes_mysql(ctx, pos)
     else:
         yield from _changes_seq(ctx, pos)
@@ -228,9 +228,9 @@ class _Ctx:
     def mark(self) -> Position:
         """The shadow high-water mark taken before a snapshot (see the module docstring)."""
         q = self.src.quote
-        if self.src.dialect == "postgresql":
+        if self.d.late_commits == "txid":
             return {"txid": int(self.one("SELECT txid_snapshot_xmin(txid_current_snapshot())")[0])}
-        if self.src.dialect == "mysql":
+        if self.d.late_commits == "gaps":
             return {"seq": 0, "gaps": []}
         return {"seq": int(self.one(f"SELECT coalesce(max({q(SEQ)}), 0) FROM {self.d.shadow}")[0])}
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from replicant.model import Stream
 from replicant.sources.types import Column
@@ -50,7 +50,14 @@ def safe_name(prefix: str, table: str, suffix: str = "") -> str:
 
 
 class TriggerSQL:
-    """The names and statements of one stream's capture objects in one dialect."""
+    """The names and statements of one stream's capture objects in one dialect; each dialect
+    subclasses it next to its source (``sources/postgres/triggers.py``…)."""
+
+    #: How the reader knows no earlier change can still commit (the late-commit rule of
+    #: :mod:`replicant.sources.strategies.trigger`): ``"txid"`` (transaction ids, PostgreSQL),
+    #: ``"gaps"`` (sequence gaps and running transactions, MySQL/MariaDB) or ``"seq"`` (one
+    #: writer at a time: the sequence alone, SQLite).
+    late_commits: ClassVar[str] = "seq"
 
     def __init__(self, source: Any, stream: Stream) -> None:
         self.src = source
