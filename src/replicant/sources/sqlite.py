@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from replicant.config import SourceConfig
 from replicant.errors import ConnectionError, FatalError
 from replicant.model import ConnectorContext, Stream
-from replicant.sources._sql import SQLSource, Table, _Plan
+from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, sqlite_column
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class SQLiteSource(SQLSource):
         params.append(value)
         return "?"
 
-    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, params: list[Any], plan: Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         schema = plan.stream.schema
         what = f"reading {self.display(plan.stream.table)}"
         try:

@@ -55,9 +55,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream
-from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.base import Capabilities
 from replicant.sources.select import split_name
+from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, conform, mysql_column
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class MySQLSource(SQLSource):
             return "'" + value.isoformat() + "'"
         raise FatalError(f"cannot compare column {column.name!r} with a {type(value).__name__} value")
 
-    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, params: list[Any], plan: Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         import connectorx
 
         self._connect()  # a fast, clear login error (connectorx retries for 30 s)

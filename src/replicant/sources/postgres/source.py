@@ -45,8 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream
-from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.base import Capabilities
+from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, conform, pg_column
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ class PostgresSource(SQLSource):
         params.append(_text(value))
         return f"CAST(current_setting('replicant.p{len(params) - 1}') AS {column.sql_type})"
 
-    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, params: list[Any], plan: Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         import adbc_driver_manager
 
         schema = plan.stream.schema

@@ -33,7 +33,7 @@ from replicant.sources.types import Column
 if TYPE_CHECKING:
     from replicant.sources.strategies.trigger_sql import TriggerSQL
 
-__all__ = ["SQLSource", "Table"]
+__all__ = ["Plan", "SQLSource", "Table"]
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Table:
 
 
 @dataclass
-class _Plan:
+class Plan:
     """How one stream is read: its table, columns and the target schema."""
 
     stream: Stream
@@ -120,7 +120,7 @@ class SQLSource(Source):
         what the driver needs to ``params``."""
         raise NotImplementedError
 
-    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, params: list[Any], plan: Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Runs ``sql`` and streams its rows as batches of ``plan.stream.schema`` (any size)."""
         raise NotImplementedError
 
@@ -161,7 +161,7 @@ class SQLSource(Source):
     def display(self, table: tuple[str, ...]) -> str:
         return ".".join(self.quote(p) for p in table)
 
-    def _plan(self, stream: Stream) -> _Plan:
+    def _plan(self, stream: Stream) -> Plan:
         found = self._tables(only=stream.table)
         if not found:
             raise FatalError(
@@ -175,7 +175,7 @@ class SQLSource(Source):
                 f"stream {stream.name!r}: column(s) {', '.join(map(repr, missing))} no longer exist in "
                 f"{self.display(stream.table)}; exclude them or restore them"
             )
-        return _Plan(stream, [by_name[f.name] for f in stream.schema], by_name)
+        return Plan(stream, [by_name[f.name] for f in stream.schema], by_name)
 
     # ------------------------------------------------------------------ queries
 
@@ -197,7 +197,7 @@ class SQLSource(Source):
         first = f"{names[0]} >= {self._bind(values[0], cols[0], params)}"
         return f"{first} AND ({' OR '.join(ors)})"
 
-    def _query(self, plan: _Plan, where: list[str], order: list[Column], limit: int | None) -> str:
+    def _query(self, plan: Plan, where: list[str], order: list[Column], limit: int | None) -> str:
         sel = ", ".join(c.select.format(f"t.{self.quote(c.name)}") + f" AS {self.quote(c.name)}" for c in plan.columns)
         sql = f"SELECT {sel} FROM {self.display(plan.stream.table)} AS t"
         if where:
@@ -208,7 +208,7 @@ class SQLSource(Source):
             sql += f" LIMIT {int(limit)}"
         return sql
 
-    def _rebatched(self, sql: str, params: list[Any], plan: _Plan, size: int) -> Iterator[pa.RecordBatch]:
+    def _rebatched(self, sql: str, params: list[Any], plan: Plan, size: int) -> Iterator[pa.RecordBatch]:
         """The query's rows in batches of exactly ``size`` rows (the last may be shorter)."""
         held: list[pa.RecordBatch] = []
         n = 0
@@ -259,13 +259,13 @@ class SQLSource(Source):
             schema = stream.schema
         else:
             schema = pa.schema([c.field() for c in columns])
-        plan = _Plan(replace(stream, schema=schema), columns, {c.name: c for c in columns})
+        plan = Plan(replace(stream, schema=schema), columns, {c.name: c for c in columns})
         return self._rebatched(sql, list(params), plan, batch_size)
 
     def select_sql(self, stream: Stream, columns: list[Column], where: list[str]) -> str:
         """``SELECT`` of ``columns`` (each with its read expression) from ``stream``'s table,
         aliased ``t``, with the ``AND`` of ``where``."""
-        return self._query(_Plan(stream, columns, {c.name: c for c in columns}), where, [], None)
+        return self._query(Plan(stream, columns, {c.name: c for c in columns}), where, [], None)
 
     def catalog(self, table: tuple[str, ...]) -> Table | None:
         """The catalog's description of one table now, or None when it is gone."""
