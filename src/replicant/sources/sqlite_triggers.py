@@ -61,9 +61,9 @@ class SQLiteTriggers(TriggerSQL):
         changed = " OR ".join(f"OLD.{q(c.name)} IS NOT NEW.{q(c.name)}" for c in keys)
         bodies = [
             f"AFTER INSERT ON {q(self.table)} BEGIN {ins} {sel('I', 'NEW')}; END",
-            f"AFTER UPDATE ON {q(self.table)} BEGIN "
-            f"{ins} {sel('D', 'OLD')} WHERE {changed}; {ins} {sel('I', 'NEW')} WHERE {changed}; "
-            f"{ins} {sel('U', 'NEW')} WHERE NOT ({changed}); END",
+            (f"AFTER UPDATE ON {q(self.table)} BEGIN "
+             f"{ins} {sel('D', 'OLD')} WHERE {changed}; {ins} {sel('I', 'NEW')} WHERE {changed}; "
+             f"{ins} {sel('U', 'NEW')} WHERE NOT ({changed}); END"),
             f"AFTER DELETE ON {q(self.table)} BEGIN {ins} {sel('D', 'OLD')}; END",
         ]
         have = {r[0] for r in self.src.fetchall(

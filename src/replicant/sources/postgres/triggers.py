@@ -52,10 +52,10 @@ class PostgresTriggers(TriggerSQL):
         stmts = []
         if install_id is None:
             stmts += [
-                f"CREATE TABLE {self.shadow} ({q(SEQ)} bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
-                f"{q(OP)} text NOT NULL, {self._key_defs(keys)}, "
-                f"{q(AT)} bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, "
-                f"{q(TXID)} bigint NOT NULL DEFAULT txid_current())",
+                (f"CREATE TABLE {self.shadow} ({q(SEQ)} bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                 f"{q(OP)} text NOT NULL, {self._key_defs(keys)}, "
+                 f"{q(AT)} bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, "
+                 f"{q(TXID)} bigint NOT NULL DEFAULT txid_current())"),
                 f"CREATE INDEX {q(safe_name('_replicant_txid_', self.table))} ON {self.shadow} ({q(TXID)}, {q(SEQ)})",
                 f"COMMENT ON TABLE {self.shadow} IS '{COMMENT}{self._new_id()}'",
             ]
@@ -82,8 +82,8 @@ BEGIN
   RETURN NULL;
 END $replicant$""",
                 f"DROP TRIGGER IF EXISTS {q(self.trigger)} ON {self.base}",
-                f"CREATE TRIGGER {q(self.trigger)} AFTER INSERT OR UPDATE OR DELETE ON {self.base} "
-                f"FOR EACH ROW EXECUTE FUNCTION {self.function}()",
+                (f"CREATE TRIGGER {q(self.trigger)} AFTER INSERT OR UPDATE OR DELETE ON {self.base} "
+                 f"FOR EACH ROW EXECUTE FUNCTION {self.function}()"),
             ]
             done.append(f"created trigger {q(self.trigger)} on {self.base}")
         else:
