@@ -127,3 +127,41 @@ def test_destination_settings_are_validated_with_key_paths() -> None:
     assert problems["destinations[0].methd"] == "unknown key (did you mean 'method'?)"
     assert "cannot merge" in problems["destinations[1].write"]
     assert problems["destinations[2].fromat"].startswith("unknown key")
+
+
+def test_source_settings_are_validated_with_key_paths() -> None:
+    problems = _problems({**BASE, "source": {"type": "postgres", "url": "postgresql://h/db", "slott": "s",
+                                             "slot": "Not A Slot", "server_id": 3}})
+    assert problems["source.slott"] == "unknown key (did you mean 'slot'?)"
+    assert problems["source.slot"].startswith("String should match pattern")
+    assert problems["source.server_id"].startswith("unknown key")  # a MySQL key, not PostgreSQL's
+    problems = _problems({**BASE, "source": {"type": "mysql", "url": "mysql://h/db", "server_id": 0, "slot": "x"}})
+    assert problems["source.server_id"] == "Input should be greater than 0"
+    assert problems["source.slot"].startswith("unknown key")
+    problems = _problems({**BASE, "source": {"type": "sqlite", "url": "sqlite:///a.db", "batchsize": 5}})
+    assert problems == {"source.batchsize": "unknown key (did you mean 'batch_size'?)"}
+    problems = _problems({**BASE, "source": {"type": "postgress", "url": "postgresql://h/db"}})
+    assert problems == {"source.type": "'postgress' is not a source type (did you mean 'postgres'?)"}
+
+
+def test_source_settings_reach_the_source_as_options() -> None:
+    from replicant.model import ConnectorContext
+    from replicant.sources.mysql import MySQLSource
+    from replicant.sources.postgres import PostgresSource
+
+    cfg = parse({**BASE, "source": {"type": "postgres", "url": "postgresql://h/db", "slot": "my_slot"}})
+    src = PostgresSource(cfg.source, ConnectorContext("shop"))
+    assert src.options.slot == "my_slot" and src.slot == "my_slot"
+    assert src.publication == "replicant_shop"  # unchanged default without a tenant
+    assert "my_slot" not in repr(cfg.source)  # a type's own keys are masked like secrets
+    src = PostgresSource(parse({**BASE, "source": {"type": "postgres", "url": "postgresql://h/db"}}).source,
+                         ConnectorContext("shop", tenant="Acme-Corp.eu"))
+    assert (src.slot, src.publication) == ("replicant_shop_acme_corp_eu", "replicant_shop_Acme_Corp_eu")
+    mysql = parse({**BASE, "source": {"type": "mysql", "url": "mysql://h/db"}}).source
+    one, other = MySQLSource(mysql, ConnectorContext("shop")), MySQLSource(mysql, ConnectorContext("shop", "acme"))
+    assert one.server_id != other.server_id and one.options.server_id is None
+    with pytest.raises(ConfigError) as e:  # constructed directly, the settings are still checked
+        from replicant.config import SourceConfig
+
+        PostgresSource(SourceConfig(type="postgres", url="postgresql://h/db", slott="x"), ConnectorContext("shop"))
+    assert dict(e.value.problems) == {"source.slott": "unknown key (did you mean 'slot'?)"}

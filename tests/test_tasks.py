@@ -11,10 +11,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from replicant.config import parse
+from replicant.config import SourceConfig, parse
 from replicant.engine import Engine
 from replicant.errors import FatalError
-from replicant.model import OP_READ, ReadBatch, Stream, encode_position, utcnow, with_meta
+from replicant.model import OP_READ, ConnectorContext, ReadBatch, Stream, encode_position, utcnow, with_meta
 from replicant.results import Observer, RunError
 from replicant.sources.base import Capabilities, Source
 
@@ -54,14 +54,15 @@ class _MemorySource(Source):
 
     capabilities = Capabilities(modes=frozenset({"full"}))
 
-    def __init__(self, names: list[str], gate: _Gate, broken: set[str]) -> None:
+    def __init__(self, config: SourceConfig, names: list[str], gate: _Gate, broken: set[str]) -> None:
+        super().__init__(config, ConnectorContext("tasks"))
         self.names, self.gate, self.broken = names, gate, broken
         self.schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.string())])
 
     def discover(self) -> list[Stream]:
         return [Stream(name=n, table=(n,), schema=self.schema, primary_key=("id",)) for n in self.names]
 
-    def read(self, stream: Stream, position: dict[str, Any] | None) -> Iterator[ReadBatch]:
+    def read_full(self, stream: Stream, position: dict[str, Any] | None) -> Iterator[ReadBatch]:
         self.gate.enter()
         try:
             if stream.name in self.broken:
@@ -110,7 +111,7 @@ def _engine(tmp_path: Path, names: list[str], *, parallelism: int, gate: _Gate, 
         "destinations": [{"name": "w", "type": "duckdb", "path": "w.duckdb", "write": "merge"}],
         "parallelism": parallelism,
     }, base_dir=tmp_path)
-    return Engine(cfg, observer=observer, source_factory=lambda: _MemorySource(names, gate, set(broken)))
+    return Engine(cfg, observer=observer, source_factory=lambda: _MemorySource(cfg.source, names, gate, set(broken)))
 
 
 def _counts(path: Path, names: list[str]) -> dict[str, int]:

@@ -40,15 +40,16 @@ TARGET = 2.0
 # ---------------------------------------------------------------------------- child steps
 
 
-def _stream(url: str, memory_limit: str):
+def _stream(url: str, memory_limit: str, workdir: Path):
     import dataclasses
 
     from replicant.config import SourceConfig
+    from replicant.model import ConnectorContext
     from replicant.registry import source_class
     from replicant.sources.select import resolve_streams
 
     cfg = SourceConfig(type="postgres", url=url, streams=[{"table": "accounts"}])
-    src = source_class("postgres")(cfg)
+    src = source_class("postgres")(cfg, ConnectorContext("bench", workdir=workdir))
     (s,) = resolve_streams(cfg, src.discover())
     s = dataclasses.replace(s, mode="snapshot_diff", options={**s.options, "memory_limit": memory_limit})
     return src, s
@@ -60,8 +61,7 @@ def child(args: argparse.Namespace) -> None:
 
     import pyarrow.compute as pc
 
-    src, s = _stream(args.url, args.memory_limit)
-    src.workdir = Path(args.workdir)
+    src, s = _stream(args.url, args.memory_limit, Path(args.workdir))
     state = Path(args.workdir) / "bench-position.json"
     rows, ops = 0, Counter()
     started = time.monotonic()

@@ -39,6 +39,7 @@ __all__ = [
     "normalize_url",
     "parse_duration",
     "parse_size",
+    "settings_problems",
     "suggest",
 ]
 
@@ -81,6 +82,14 @@ class StreamConfig(_Model):
 
 
 class SourceConfig(_Model):
+    """The ``source:`` section: the keys every source has. Keys beyond these are the source
+    type's own settings (``Source.settings``: ``slot``/``publication`` of PostgreSQL,
+    ``server_id`` of MySQL/MariaDB…), validated by :func:`parse` with their key paths and
+    again when the source is constructed; the source holds the validated model as
+    ``source.options``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
     type: str = Field(description="postgres | mysql | sqlite | …")
     url: Secret | None = Field(None, description="Connection URL; `${env:NAME}` for secrets.")
     streams: list[StreamConfig] | Literal["all"] = Field("all", description="A list of streams, or `all`.")
@@ -89,13 +98,9 @@ class SourceConfig(_Model):
     batch_size: int = Field(
         25_000,
         gt=0,
-        description="Rows per batch read (and per staging-log record). 25k keeps a 5M-row PostgreSQL → "
-        "PostgreSQL sync near 250 MB peak RSS at the speed of 100k batches (measured 248-265 vs 316-328 MB).",
+        description="Rows per batch read (and per staging-log record); bounds memory per stream.",
     )
     chunk_size: int = Field(1_000_000, gt=0, description="Rows per resumable key-range chunk of a full read.")
-    slot: str | None = Field(None, description="`mode: log` on PostgreSQL: replication slot name (default replicant_<pipeline>).")
-    publication: str | None = Field(None, description="`mode: log` on PostgreSQL: publication name (default replicant_<pipeline>).")
-    server_id: int | None = Field(None, gt=0, description="`mode: log` on MySQL/MariaDB: the replica server id to use.")
     heartbeat: float | str = Field(10.0, description="`mode: log`: how often an idle feed still advances its position (seconds or '30s').")
     poll_interval: float | str = Field(
         1.0, description="`--follow`: how often cursor, snapshot_diff and trigger streams are polled (seconds or '5s')."
@@ -103,6 +108,17 @@ class SourceConfig(_Model):
     flush_interval: float | str = Field(
         0.2, description="`--follow`: the longest a captured change waits before it is appended to the log (seconds)."
     )
+
+    def __repr_args__(self) -> Any:
+        extras = self.model_extra or {}
+        for key, value in super().__repr_args__():
+            # a type's own keys may hold secrets (tokens, auth headers): never shown
+            yield key, ("***" if key in extras else value)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The type-specific keys (validated by the source's settings model)."""
+        return dict(self.model_extra or {})
 
     @field_validator("heartbeat", "poll_interval", "flush_interval")
     @classmethod
@@ -291,6 +307,7 @@ def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
         raise ConfigError("invalid pipeline file", problems)
     data = dict(data)
     data.pop("base_dir", None)
+    _check_source_settings(data.get("source"), problems)
     _check_destination_settings(data.get("destinations"), problems)
     try:
         cfg = PipelineConfig.model_validate({**data, "base_dir": Path(base_dir)})
@@ -360,6 +377,56 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
                     problems.append((key, f"required key is missing for a {d.get('type')} destination"))
                 else:
                     problems.append((key, err["msg"].removeprefix("Value error, ")))
+
+
+def settings_problems(model: type[BaseModel], values: dict[str, Any], prefix: str, known: list[str]) -> list[tuple[str, str]]:
+    """Validates a connector type's own keys against its ``settings`` model.
+
+    Args:
+        model: the type's settings model (``extra="forbid"``).
+        values: the keys beyond the common ones.
+        prefix: the key path of the section (``source``, ``destinations[2]``).
+        known: the common keys, offered with the model's own as did-you-mean choices.
+
+    Returns:
+        ``(key path, message)`` per problem; empty when ``values`` is valid.
+    """
+    try:
+        model.model_validate(values)
+    except ValidationError as e:
+        out = []
+        for err in e.errors():
+            key = prefix + (f".{_loc(tuple(err['loc']))}" if err["loc"] else "")
+            if err["type"] == "extra_forbidden":
+                out.append((key, f"unknown key{suggest(str(err['loc'][-1]), known + list(model.model_fields))}"))
+            elif err["type"] == "missing":
+                out.append((key, "required key is missing"))
+            else:
+                out.append((key, err["msg"].removeprefix("Value error, ")))
+        return out
+    return []
+
+
+def _check_source_settings(source: Any, problems: list[tuple[str, str]]) -> None:
+    """Validates the source type's own keys against its class's ``settings`` model, on the raw
+    ``source`` mapping, so its problems join the others in one report."""
+    from replicant.registry import source_class
+
+    if not isinstance(source, dict) or not isinstance(source.get("type"), str):
+        return
+    try:
+        cls = source_class(source["type"])
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return
+    base = set(SourceConfig.model_fields) | set(_ALIASES.values())
+    extras = {k: v for k, v in source.items() if k not in base}
+    model = getattr(cls, "settings", None)
+    if model is None:
+        for k in extras:
+            problems.append((f"source.{k}", f"unknown key{suggest(str(k), _fields_of(SourceConfig))}"))
+        return
+    problems.extend(settings_problems(model, extras, "source", _fields_of(SourceConfig)))
 
 
 def load(path: str | os.PathLike[str]) -> PipelineConfig:

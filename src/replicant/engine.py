@@ -103,14 +103,7 @@ class Engine:
     def new_source(self) -> Any:
         """A new source instance for this pipeline (its own connection, opened lazily); the
         caller closes it."""
-        from replicant import runtime
-
-        source = self._source_factory()
-        source.pipeline = self.config.pipeline
-        workdir = runtime.home(self.config) / "source"
-        workdir.mkdir(parents=True, exist_ok=True)
-        source.workdir = workdir
-        return source
+        return self._source_factory()
 
     def streams(self, source: Any) -> list[Stream]:
         """Discovers the source and applies the pipeline's stream settings (:mod:`replicant.plan`)."""

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from replicant.config import DestinationConfig, PipelineConfig, SourceConfig, normalize_url
 from replicant.errors import ConfigError
+from replicant.model import ConnectorContext
 from replicant.registry import destination_class, source_class
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "resolve_source_config",
     "resolve_destination_config",
     "build_source",
+    "source_context",
     "build_destinations",
     "open_state",
     "open_pipeline_log",
@@ -108,9 +110,15 @@ def resolve_destination_config(cfg: PipelineConfig, dest: DestinationConfig, ind
 _SQL_URL_TYPES = ("postgres", "postgresql", "mysql", "mariadb")
 
 
-def build_source(cfg: PipelineConfig):
+def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:
+    """What a source of this pipeline is told at construction: its name, tenant and work dir
+    (``<home>/source``, created by the source when it needs it)."""
+    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=home(cfg) / "source")
+
+
+def build_source(cfg: PipelineConfig, context: ConnectorContext | None = None):
     cls = source_class(cfg.source.type)
-    return cls(resolve_source_config(cfg))
+    return cls(resolve_source_config(cfg), context or source_context(cfg))
 
 
 def build_destinations(cfg: PipelineConfig) -> list:

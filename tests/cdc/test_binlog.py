@@ -22,7 +22,7 @@ import pytest
 
 from replicant.config import SourceConfig
 from replicant.errors import FatalError
-from replicant.model import Position, Stream
+from replicant.model import ConnectorContext, Position, Stream
 from replicant.sources.base import ChangeSet
 from replicant.sources.mysql import MySQLSource
 
@@ -47,8 +47,7 @@ def sql(url: str, *statements: str | tuple[str, Any]) -> None:
 
 
 def source(url: str, tables: list[str], name: str, **kw: Any) -> tuple[MySQLSource, dict[str, Stream]]:
-    src = MySQLSource(SourceConfig(type="mysql", url=url, streams=[{"table": t} for t in tables], **kw))
-    src.pipeline = name  # type: ignore[attr-defined]  # the engine sets it before capture
+    src = MySQLSource(SourceConfig(type="mysql", url=url, streams=[{"table": t} for t in tables], **kw), ConnectorContext(name))
     found = {s.name: replace(s, mode="log") for s in src.discover() if s.name in tables}
     return src, found
 

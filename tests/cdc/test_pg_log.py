@@ -1,4 +1,4 @@
-"""PostgreSQL ``mode: log`` (replicant.cdc.pg_log) against a real server with wal_level=logical.
+"""PostgreSQL ``mode: log`` (replicant.sources.postgres.capture) against a real server with wal_level=logical.
 
 Every test drives ``PostgresSource.capture`` directly, acknowledges what it got like the
 engine does, applies the change sets in order to a dict keyed by primary key, and compares
@@ -21,15 +21,13 @@ import pytest
 
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, FatalError
-from replicant.model import strip_meta
+from replicant.model import ConnectorContext, strip_meta
 from replicant.sources.base import ChangeSet
 from replicant.sources.postgres import PostgresSource
 
 
 def _source(url: str, **kw: Any) -> PostgresSource:
-    src = PostgresSource(SourceConfig(type="postgres", url=url, **kw))
-    src.pipeline = "t" + uuid.uuid4().hex[:8]
-    return src
+    return PostgresSource(SourceConfig(type="postgres", url=url, **kw), ConnectorContext("t" + uuid.uuid4().hex[:8]))
 
 
 def _streams(src: PostgresSource, names: list[str]) -> list:
@@ -197,7 +195,7 @@ def test_slot_is_confirmed_only_up_to_acknowledged_positions(shop, pg_url: str) 
     src, streams = shop
     log = Log(streams)
     log.run(src)
-    slot = src._log().slot
+    slot = src.slot
     acked = log.resume["lsn"]
     assert _confirmed(pg_url, slot) == acked
     for i in range(3):
@@ -485,7 +483,7 @@ def test_role_without_replication_gets_a_clear_error(pg_url: str, pg_server) -> 
 def test_install_status_uninstall(shop, pg_url: str) -> None:
     src, streams = shop
     done = src.install(streams)
-    cap = src._log()
+    cap = src  # the slot and publication names are the source's
     assert done == [f"created publication {cap.publication}", f"created replication slot {cap.slot}"]
     assert src.install(streams) == []
     status = src.cdc_status(streams)
@@ -629,8 +627,8 @@ def test_dropped_column_and_a_change_inside_one_transaction(pg_url: str) -> None
 def test_include_keeps_new_columns_out(pg_url: str) -> None:
     _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, a varchar(5), secret text)")
     src = PostgresSource(SourceConfig(type="postgres", url=pg_url,
-                                      streams=[{"table": "t", "mode": "log", "include": ["a"]}]))
-    src.pipeline = "t" + uuid.uuid4().hex[:8]
+                                      streams=[{"table": "t", "mode": "log", "include": ["a"]}]),
+                         ConnectorContext("t" + uuid.uuid4().hex[:8]))
     try:
         from replicant.sources.select import resolve_streams
 

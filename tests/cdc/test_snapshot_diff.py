@@ -16,16 +16,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicant.cdc import snapshot_diff
+from replicant.sources.strategies import snapshot_diff
 from replicant.errors import FatalError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
-from sources.dbs import KINDS, Db
+from sources.dbs import KINDS, TOY, Db
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=[*KINDS, TOY])
 def db(request: pytest.FixtureRequest) -> Db:
+    """Each SQL source, and the non-SQL toy source: snapshot_diff needs only a full read."""
     kind = request.param
+    if kind == TOY:
+        return _db_of(kind, request)
     if kind == "postgres":
         return Db(kind, request.getfixturevalue("pg_url"))
     if kind == "mysql":
@@ -38,8 +41,7 @@ def db(request: pytest.FixtureRequest) -> Db:
 def _open(db: Db, tmp_path: Path, table: str, **kw: Any) -> tuple[Any, Stream]:
     """A source with a workdir, and ``table`` as a snapshot_diff stream."""
     entry = {"table": table, **{k: kw.pop(k) for k in ("primary_key",) if k in kw}}
-    src, (s,) = db.streams([entry], **kw)
-    src.workdir = tmp_path / "work"
+    src, (s,) = db.streams([entry], context=ConnectorContext("test", workdir=tmp_path / "work"), **kw)
     return src, dataclasses.replace(s, mode="snapshot_diff")
 
 
@@ -98,7 +100,7 @@ def _items(db: Db, n: int) -> None:
     amount = "decimal(12,2)"
     db.execute(
         f"CREATE TABLE items (id integer PRIMARY KEY, name {db.text} NOT NULL, amount {amount}, "
-        f"note {db.text}, at {db.timestamp})"
+        f"note {db.text}, {db.q('at')} {db.timestamp})"
     )
     db.insert("items", ["id", "name", "amount", "note", "at"],
               [(i, f"n{i}", str(Decimal(i) / 4), None if i % 3 else f"note {i}", f"2026-01-0{1 + i % 9} 10:00:00")
@@ -175,7 +177,7 @@ def _mutate(db: Db) -> None:
     )
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", TOY])
 def test_crash_at_every_batch_yields_each_change_exactly_once(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     db = _db_of(kind, request)
     _items(db, 30)
@@ -216,6 +218,10 @@ def test_crash_at_every_batch_yields_each_change_exactly_once(kind: str, request
 def _db_of(kind: str, request: pytest.FixtureRequest) -> Db:
     if kind == "postgres":
         return Db(kind, request.getfixturevalue("pg_url"))
+    if kind == TOY:
+        folder = request.getfixturevalue("tmp_path") / "toy"
+        folder.mkdir()
+        return Db(kind, str(folder))
     path = request.getfixturevalue("sqlite_path")
     sqlite3.connect(path).close()
     return Db(kind, "sqlite:///" + str(Path(path).resolve()))
@@ -252,7 +258,7 @@ def test_acknowledge_is_idempotent_and_ignores_other_positions(tmp_path: Path, r
         assert _ops(second, s) == {(5,): "delete"}
         third = _run(src, s, second[-1].position)
         assert _changes(third, s) == []
-        home = snapshot_diff._home(src.workdir, s)
+        home = snapshot_diff.home_of(src.workdir, s)
         assert sorted(p.name for p in home.iterdir()) == ["previous.json", "runs"]
         # only the previous snapshot's keys remain: no rows, no diff, no older runs
         (kept,) = (home / "runs").iterdir()

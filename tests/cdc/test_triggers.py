@@ -17,8 +17,7 @@ import psycopg
 import pymysql
 import pytest
 
-from replicant.cdc import triggers
-from replicant.cdc._trigger_sql import dialect_for
+from replicant.sources.strategies import trigger
 from replicant.errors import FatalError
 from sources.dbs import KINDS, Db  # tests/ is on sys.path (rootdir conftest)
 
@@ -104,12 +103,12 @@ def _apply(state: dict[tuple, dict], batches: list[Any], stream: Any) -> list[tu
 
 
 def _shadow_count(db: Db, src: Any, stream: Any) -> int:
-    d = dialect_for(src, stream)
+    d = src.trigger_sql(stream)
     return _rows(db, f"SELECT count(*) FROM {d.shadow}")[0][0]
 
 
 def _read(src: Any, stream: Any, position: Any) -> tuple[list[Any], Any]:
-    batches = list(triggers.read(src, stream, position))
+    batches = list(trigger.read(src, stream, position))
     return batches, (batches[-1].position if batches else position)
 
 
@@ -121,7 +120,7 @@ def test_snapshot_then_rounds_of_changes_equal_the_table(db: Db) -> None:
     src, st = _source(db, batch_size=2, chunk_size=3)
     items, lines = st["items"], st["order_lines"]
     with src:
-        done = triggers.install(src, [items, lines])
+        done = trigger.install(src, [items, lines])
         assert any(line.startswith("created trigger") and "items" in line for line in done)
         assert any(line.startswith("created table") and "_replicant_changes_order_lines" in line for line in done)
 
@@ -184,7 +183,7 @@ def test_one_transaction_over_two_tables(db: Db) -> None:
     src, st = _source(db)
     items, lines = st["items"], st["order_lines"]
     with src:
-        triggers.install(src, [items, lines])
+        trigger.install(src, [items, lines])
         _, pi = _read(src, items, None)
         _, pl = _read(src, lines, None)
         stmts = ["INSERT INTO items VALUES (50, 'order', 1)", "INSERT INTO order_lines VALUES (50, 1, 'first')",
@@ -218,21 +217,21 @@ def test_purge_only_after_acknowledge(db: Db) -> None:
     src, st = _source(db)
     items = st["items"]
     with src:
-        triggers.install(src, [items])
+        trigger.install(src, [items])
         _, pos = _read(src, items, None)
-        triggers.acknowledge(src, items, pos)  # nothing read yet in the shadow table: a no-op
+        trigger.acknowledge(src, items, pos)  # nothing read yet in the shadow table: a no-op
         db.execute("UPDATE items SET qty = -1 WHERE id < 4", "DELETE FROM items WHERE id = 7")
         assert _shadow_count(db, src, items) == 4
         batches, pos2 = _read(src, items, pos)
         assert sum(b.data.num_rows for b in batches) == 4
         assert _shadow_count(db, src, items) == 4, "reading does not purge"
-        triggers.acknowledge(src, items, pos)  # an older position: purges nothing read later
+        trigger.acknowledge(src, items, pos)  # an older position: purges nothing read later
         assert _shadow_count(db, src, items) == 4
-        triggers.acknowledge(src, items, pos2)
+        trigger.acknowledge(src, items, pos2)
         assert _shadow_count(db, src, items) == 0
-        triggers.acknowledge(src, items, pos2)  # idempotent
+        trigger.acknowledge(src, items, pos2)  # idempotent
         db.execute("INSERT INTO items VALUES (70, 'later', 1)")
-        triggers.acknowledge(src, items, pos2)
+        trigger.acknowledge(src, items, pos2)
         assert _shadow_count(db, src, items) == 1, "rows after the position are kept"
         assert _apply({}, _read(src, items, pos2)[0], items) == [("insert", (70,))]
 
@@ -242,12 +241,12 @@ def test_re_read_after_crash_loses_nothing(db: Db) -> None:
     src, st = _source(db, batch_size=2, chunk_size=3)
     items = st["items"]
     with src:
-        triggers.install(src, [items])
+        trigger.install(src, [items])
         snap, pos = _read(src, items, None)
         # a crash inside the snapshot: resume from its second batch
         state: dict = {}
         _apply(state, snap[:2], items)
-        rest = list(triggers.read(src, items, snap[1].position))
+        rest = list(trigger.read(src, items, snap[1].position))
         _apply(state, rest, items)
         assert state == _table(db, items)
         db.execute(*[f"INSERT INTO items VALUES ({i}, 'x{i}', {i})" for i in range(20, 31)],
@@ -276,7 +275,7 @@ def test_late_commit_is_not_lost(kind: str, request: pytest.FixtureRequest) -> N
     src, st = _source(db)
     items = st["items"]
     with src:
-        triggers.install(src, [items])
+        trigger.install(src, [items])
         _, pos = _read(src, items, None)
         if kind == "postgres":
             a = psycopg.connect(db.url)
@@ -293,7 +292,7 @@ def test_late_commit_is_not_lost(kind: str, request: pytest.FixtureRequest) -> N
             if kind == "mysql":
                 assert got == [(201,)]
                 assert pos["gaps"] and pos["gaps"][0][:2] == [pos["seq"] - 1, pos["seq"] - 1]
-            triggers.acknowledge(src, items, pos)  # must not purge the late row once it commits
+            trigger.acknowledge(src, items, pos)  # must not purge the late row once it commits
             a.commit()
         finally:
             a.close()
@@ -303,7 +302,7 @@ def test_late_commit_is_not_lost(kind: str, request: pytest.FixtureRequest) -> N
         assert set(got + got2) == {(200,), (201,)}
         if kind == "mysql":
             assert pos["gaps"] == [], "the gap is filled and no older transaction runs"
-        triggers.acknowledge(src, items, pos)
+        trigger.acknowledge(src, items, pos)
         assert _shadow_count(db, src, items) == 0
         assert sum(b.data.num_rows for b in _read(src, items, pos)[0]) == 0
 
@@ -314,7 +313,7 @@ def test_mysql_rolled_back_gap_is_dropped(mysql_url: str) -> None:
     src, st = _source(db)
     items = st["items"]
     with src:
-        triggers.install(src, [items])
+        trigger.install(src, [items])
         _, pos = _read(src, items, None)
         a = _my(db, autocommit=False)
         a.cursor().execute("INSERT INTO items VALUES (300, 'rolled back', 1)")
@@ -341,15 +340,15 @@ def test_install_is_idempotent_and_uninstall_removes_everything(db: Db) -> None:
     src, st = _source(db)
     items, lines = st["items"], st["order_lines"]
     with src:
-        triggers.install(src, [items, lines])
-        id1 = dialect_for(src, items).installed()
-        again = triggers.install(src, [items, lines])
+        trigger.install(src, [items, lines])
+        id1 = src.trigger_sql(items).installed()
+        again = trigger.install(src, [items, lines])
         assert again and all("already exists" in line for line in again)
-        assert dialect_for(src, items).installed() == id1 and id1[1]
-        done = triggers.uninstall(src, [items, lines])
+        assert src.trigger_sql(items).installed() == id1 and id1[1]
+        done = trigger.uninstall(src, [items, lines])
         assert any(line.startswith("dropped trigger") for line in done)
         assert any(line.startswith("dropped table") for line in done)
-        assert dialect_for(src, items).installed() == (None, False)
+        assert src.trigger_sql(items).installed() == (None, False)
         leftovers = {
             "postgres": "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_replicant%' "
                         "UNION ALL SELECT count(*) FROM pg_trigger WHERE tgname LIKE '\\_replicant%' "
@@ -361,9 +360,9 @@ def test_install_is_idempotent_and_uninstall_removes_everything(db: Db) -> None:
         }[db.kind]
         assert all(r[0] == 0 for r in _rows(db, leftovers))
         db.execute("UPDATE items SET qty = 1", "DELETE FROM order_lines")  # the application still writes
-        assert triggers.uninstall(src, [items, lines]) == []
+        assert trigger.uninstall(src, [items, lines]) == []
         with pytest.raises(FatalError, match="replicant cdc install"):
-            list(triggers.read(src, items, None))
+            list(trigger.read(src, items, None))
 
 
 def test_reading_without_install_is_a_clear_error(db: Db) -> None:
@@ -378,12 +377,12 @@ def test_reinstalled_shadow_table_is_refused(db: Db) -> None:
     src, st = _source(db)
     items = st["items"]
     with src:
-        triggers.install(src, [items])
+        trigger.install(src, [items])
         _, pos = _read(src, items, None)
-        triggers.uninstall(src, [items])
-        triggers.install(src, [items])
+        trigger.uninstall(src, [items])
+        trigger.install(src, [items])
         with pytest.raises(FatalError, match="re-created"):
-            list(triggers.read(src, items, pos))
+            list(trigger.read(src, items, pos))
 
 
 def test_table_without_key_is_refused(db: Db) -> None:
@@ -392,7 +391,7 @@ def test_table_without_key_is_refused(db: Db) -> None:
     with src:
         (s,) = [dataclasses.replace(s, mode="trigger") for s in src.discover() if s.name == "nokey"]
         with pytest.raises(FatalError, match="primary_key"):
-            triggers.install(src, [s])
+            trigger.install(src, [s])
 
 
 def test_deletes_reach_a_merge_destination(db: Db, tmp_path: Path) -> None:
@@ -408,7 +407,7 @@ def test_deletes_reach_a_merge_destination(db: Db, tmp_path: Path) -> None:
                              pipeline="p")
     offset = 0
     with src:
-        triggers.install(src, [lines])
+        trigger.install(src, [lines])
         dest.open()
         dest.prepare(lines)
         pos = None
@@ -440,7 +439,7 @@ def test_changes_during_the_snapshot_are_re_applied(db: Db) -> None:
     src, st = _source(db, batch_size=2, chunk_size=2)
     items = st["items"]
     with src:
-        triggers.install(src, [items])
+        trigger.install(src, [items])
         open_txn = None
         if db.kind == "postgres":
             open_txn = psycopg.connect(db.url)
@@ -448,7 +447,7 @@ def test_changes_during_the_snapshot_are_re_applied(db: Db) -> None:
         elif db.kind == "mysql":
             open_txn = _my(db, autocommit=False)
             open_txn.cursor().execute("UPDATE items SET name = 'open at start' WHERE id = 7")
-        reader = triggers.read(src, items, None)
+        reader = trigger.read(src, items, None)
         state: dict = {}
         _apply(state, [next(reader)], items)  # rows 1, 2
         db.execute("UPDATE items SET qty = -1 WHERE id IN (1, 6)", "DELETE FROM items WHERE id = 2",
@@ -474,18 +473,18 @@ def test_hostile_and_long_identifiers(db: Db) -> None:
     src = db.source("all")
     with src:
         (s,) = [dataclasses.replace(s, mode="trigger") for s in src.discover() if s.table_name == name]
-        done = triggers.install(src, [s])
+        done = trigger.install(src, [s])
         assert len(done) == (2 if db.kind == "postgres" else 4)
-        d = dialect_for(src, s)
+        d = src.trigger_sql(s)
         assert len(d.shadow_name.encode()) <= 63
         state: dict = {}
         _, pos = _read(src, s, None)
         db.execute(f"UPDATE {t} SET {k2} = 'c' WHERE {k1} = 1", f"DELETE FROM {t} WHERE {k1} = 2",
                    f"INSERT INTO {t} VALUES (3, 'z', 3)")
-        _apply(state, list(triggers.read(src, s, None)), s)
+        _apply(state, list(trigger.read(src, s, None)), s)
         ops = _apply(state, _read(src, s, pos)[0], s)
         assert ("delete", (1, "a")) in ops and ("insert", (1, "c")) in ops and ("delete", (2, "b")) in ops
         assert state == _table(db, s)
-        triggers.acknowledge(src, s, _read(src, s, pos)[1])
+        trigger.acknowledge(src, s, _read(src, s, pos)[1])
         assert _shadow_count(db, src, s) == 0
-        assert len(triggers.uninstall(src, [s])) == len(done)
+        assert len(trigger.uninstall(src, [s])) == len(done)

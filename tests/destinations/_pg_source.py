@@ -27,9 +27,10 @@ def read_pg_table(url: str, table: str, key: tuple[str, ...] = ("id",)) -> tuple
 
 def _read_with_source(url: str, table: str) -> tuple[Stream, pa.Table]:
     from replicant.config import SourceConfig
+    from replicant.model import ConnectorContext
     from replicant.sources.postgres import PostgresSource
 
-    src = PostgresSource(SourceConfig(type="postgres", url=url, streams=[{"table": f"public.{table}"}]))
+    src = PostgresSource(SourceConfig(type="postgres", url=url, streams=[{"table": f"public.{table}"}]), ConnectorContext("test"))
     try:
         stream = next(s for s in src.discover() if s.table[-1] == table)
         batches = [rb.data for rb in src.read(stream, None)]

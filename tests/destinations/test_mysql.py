@@ -483,6 +483,7 @@ def test_chinook_like_mixed_types(mysql_url: str, chinook_sqlite_path) -> None:
 def test_mysql_source_reads_what_the_destination_wrote(mysql_url: str) -> None:
     """replicant's own MySQL source reads the written table back with the same values."""
     from replicant.config import SourceConfig
+    from replicant.model import ConnectorContext
     from replicant.sources.mysql import MySQLSource
 
     fields = [
@@ -512,7 +513,7 @@ def test_mysql_source_reads_what_the_destination_wrote(mysql_url: str) -> None:
         d.write(s, changes(s, [row, {"id": 2}], "read"), last_offset=0)
     finally:
         d.close()
-    source = MySQLSource(SourceConfig(type="mysql", url=mysql_url))
+    source = MySQLSource(SourceConfig(type="mysql", url=mysql_url), ConnectorContext("test"))
     try:
         stream = next(x for x in source.discover() if x.table_name == "back")
         batches = [b.data for b in source.read(stream, None)]

@@ -364,6 +364,7 @@ def test_chinook_like_mixed_types(sqlite_path: Path, chinook_sqlite_path: Path) 
 def test_sqlite_source_reads_what_the_destination_wrote(sqlite_path: Path) -> None:
     """replicant's own SQLite source reads the written file back (after the destination closed)."""
     from replicant.config import SourceConfig
+    from replicant.model import ConnectorContext
     from replicant.sources.sqlite import SQLiteSource
 
     fields = [
@@ -395,7 +396,7 @@ def test_sqlite_source_reads_what_the_destination_wrote(sqlite_path: Path) -> No
         d.write(s, changes(s, [row, {"id": 2}], "read"), last_offset=0)
     finally:
         d.close()
-    source = SQLiteSource(SourceConfig(type="sqlite", url=f"sqlite:///{sqlite_path}"))
+    source = SQLiteSource(SourceConfig(type="sqlite", url=f"sqlite:///{sqlite_path}"), ConnectorContext("test"))
     try:
         stream = next(x for x in source.discover() if x.table_name == "back")
         batches = [b.data for b in source.read(stream, None)]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,11 +16,18 @@ import pyarrow as pa
 import pymysql
 
 from replicant.config import SourceConfig
+from replicant.model import ConnectorContext
 from replicant.registry import source_class
 from replicant.sources.base import ReadBatch
 from replicant.sources.select import resolve_streams
 
 KINDS = ["postgres", "mysql", "sqlite"]
+#: The non-SQL toy source (:mod:`.toy`): Arrow files in a folder, kept in step with a DuckDB
+#: file that the tests change with SQL (the source itself never sees SQL).
+TOY = "arrow"
+
+#: The context of a source in these tests: a pipeline name and no work dir.
+CONTEXT = ConnectorContext(pipeline="test")
 
 
 @dataclass
@@ -39,7 +50,7 @@ class Db:
     # ------------------------------------------------------------- DDL words
     @property
     def timestamp(self) -> str:
-        return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME"}[self.kind]
+        return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP"}[self.kind]
 
     @property
     def text(self) -> str:
@@ -47,7 +58,11 @@ class Db:
 
     # ------------------------------------------------------------- SQL
     def execute(self, *statements: str) -> None:
-        if self.kind == "postgres":
+        if self.kind == TOY:
+            with _toy_store(self.url) as con:
+                for s in statements:
+                    con.execute(s)
+        elif self.kind == "postgres":
             with psycopg.connect(self.url, autocommit=True) as conn:
                 for s in statements:
                     conn.execute(s)
@@ -73,9 +88,12 @@ class Db:
     def insert(self, table: str, columns: list[str], rows: list[tuple]) -> None:
         """Inserts ``rows`` with the driver's parameters (values never in the SQL text)."""
         cols = ", ".join(self.q(c) for c in columns)
-        mark = "?" if self.kind == "sqlite" else "%s"
+        mark = "?" if self.kind in ("sqlite", TOY) else "%s"
         sql = f"INSERT INTO {self.q(table)} ({cols}) VALUES ({', '.join([mark] * len(columns))})"
-        if self.kind == "postgres":
+        if self.kind == TOY:
+            with _toy_store(self.url) as con:
+                con.executemany(sql, rows)
+        elif self.kind == "postgres":
             with psycopg.connect(self.url, autocommit=True) as conn:
                 conn.cursor().executemany(sql, rows)
         elif self.kind == "mysql":
@@ -96,6 +114,9 @@ class Db:
                 conn.close()
 
     def scalar(self, sql: str) -> Any:
+        if self.kind == TOY:
+            with _toy_store(self.url) as con:
+                return con.execute(sql).fetchone()[0]
         if self.kind == "postgres":
             with psycopg.connect(self.url) as conn:
                 return conn.execute(sql).fetchone()[0]
@@ -115,22 +136,85 @@ class Db:
         finally:
             conn.close()
 
+    # ------------------------------------------------------------- credentials
+    def with_bad_credentials(self, secret: str) -> Db:
+        """The same server (or a missing file or folder) with credentials that cannot work."""
+        if self.kind in ("postgres", "mysql"):
+            scheme, rest = self.url.split("://", 1)
+            return Db(self.kind, f"{scheme}://nobody_here:{secret}@{rest.split('@', 1)[1]}")
+        return Db(self.kind, self.url.rstrip("/") + "-missing")
+
+    def where(self) -> str:
+        """What a connection error must name: ``host:port``, or the file or folder."""
+        if self.kind in ("postgres", "mysql"):
+            p = urlsplit(self.url)
+            return f"{p.hostname}:{p.port}"
+        return self.url.removeprefix("sqlite:///")
+
     # ------------------------------------------------------------- sources
     def config(self, streams: Any = "all", **kw: Any) -> SourceConfig:
+        if self.kind == TOY:
+            return SourceConfig(type=self.kind, streams=streams, folder=self.url, **kw)
         return SourceConfig(type=self.kind, url=self.url, streams=streams, **kw)
 
-    def source(self, streams: Any = "all", **kw: Any) -> Any:
-        return source_class(self.kind)(self.config(streams, **kw))
+    def source(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> Any:
+        return _class(self.kind)(self.config(streams, **kw), context or CONTEXT)
 
-    def streams(self, streams: Any = "all", **kw: Any) -> tuple[Any, list]:
+    def streams(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> tuple[Any, list]:
         """``(source, resolved streams)``; close the source when done."""
         cfg = self.config(streams, **kw)
-        src = source_class(self.kind)(cfg)
+        src = _class(self.kind)(cfg, context or CONTEXT)
         try:
             return src, resolve_streams(cfg, src.discover())
         except BaseException:
             src.close()
             raise
+
+
+def db_for(kind: str, request: Any) -> Db:
+    """A fresh, empty database of ``kind`` for the test of ``request`` (dropped afterwards)."""
+    if kind == "postgres":
+        return Db(kind, request.getfixturevalue("pg_url"))
+    if kind == "mysql":
+        return Db(kind, request.getfixturevalue("mysql_url"))
+    if kind == TOY:
+        folder = request.getfixturevalue("tmp_path") / "toy"
+        folder.mkdir()
+        return Db(kind, str(folder))
+    path = request.getfixturevalue("sqlite_path")
+    sqlite3.connect(path).close()
+    return Db(kind, "sqlite:///" + str(Path(path).resolve()))
+
+
+def _class(kind: str) -> Any:
+    if kind == TOY:
+        from .toy import ArrowFolderSource
+
+        return ArrowFolderSource
+    return source_class(kind)
+
+
+@contextlib.contextmanager
+def _toy_store(folder: str) -> Iterator[Any]:
+    """The toy source's DuckDB file; on leaving, every table is exported to ``<table>.arrow``
+    (key columns in the schema metadata), replaced atomically."""
+    import duckdb
+
+    con = duckdb.connect(str(Path(folder) / "store.duckdb"))
+    try:
+        yield con
+        keys = {t: ",".join(cols) for t, cols in con.execute(
+            "SELECT table_name, constraint_column_names FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'"
+        ).fetchall()}
+        for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+            table = con.sql("SELECT * FROM " + '"' + name.replace('"', '""') + '"').to_arrow_table()
+            table = table.replace_schema_metadata({"primary_key": keys.get(name, "")})
+            tmp = Path(folder) / f"{name}.arrow.tmp"
+            with pa.ipc.new_file(tmp, table.schema) as w:
+                w.write_table(table)
+            os.replace(tmp, Path(folder) / f"{name}.arrow")
+    finally:
+        con.close()
 
 
 def read_all(source: Any, stream: Any, position: Any = None) -> list[ReadBatch]:

@@ -13,7 +13,7 @@ import pytest
 from replicant.errors import ConfigError, FatalError
 from replicant.model import SQL_TYPE_KEY
 
-from .dbs import Db, data_of, read_all
+from .dbs import CONTEXT, Db, data_of, read_all
 
 DDL = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -188,7 +188,7 @@ def test_wrong_password_is_a_connection_error_without_it(pg_server, pg_url: str)
         c.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'right-one'")
     try:
         url = f"postgresql://{PASSWORD_ROLE}:wr0ng%40s3cret@{pg_server.host}:{pg_server.port}/{dbname}"
-        with PostgresSource(SourceConfig(type="postgres", url=url)) as src, pytest.raises(ConnectionError) as e:
+        with PostgresSource(SourceConfig(type="postgres", url=url), CONTEXT) as src, pytest.raises(ConnectionError) as e:
             src.discover()
         text = str(e.value)
         assert "wr0ng" not in text and "s3cret" not in text

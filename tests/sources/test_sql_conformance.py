@@ -16,7 +16,7 @@ from replicant.errors import ConfigError, ConnectionError, FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, decode_position
 from replicant.registry import source_class
 
-from .dbs import Db, data_of, read_all
+from .dbs import CONTEXT, Db, data_of, read_all
 
 CHINOOK_PKS = {
     "album": ("album_id",), "artist": ("artist_id",), "customer": ("customer_id",),
@@ -210,7 +210,7 @@ def test_bad_credentials_are_a_connection_error_without_the_password(empty_db: D
         scheme, rest = db.url.split("://", 1)
         hostpart = rest.split("@", 1)[1]
         url = f"{scheme}://nobody_here:{secret}@{hostpart}"
-    src = source_class(db.kind)(db.config().model_copy(update={"url": __import__("pydantic").SecretStr(url)}))
+    src = source_class(db.kind)(db.config().model_copy(update={"url": __import__("pydantic").SecretStr(url)}), CONTEXT)
     with pytest.raises(ConnectionError) as e:
         src.discover()
     text = str(e.value) + repr(e.value)
@@ -229,7 +229,7 @@ def test_constructing_a_source_does_not_connect() -> None:
 
     for kind, url in [("postgres", "postgresql://u:p@127.0.0.1:1/x"), ("mysql", "mysql://u:p@127.0.0.1:1/x"),
                       ("sqlite", "sqlite:////nonexistent/dir/x.db")]:
-        src = source_class(kind)(SourceConfig(type=kind, url=url))
+        src = source_class(kind)(SourceConfig(type=kind, url=url), CONTEXT)
         src.close()  # nothing to release, nothing raised
 
 
@@ -247,6 +247,6 @@ def test_every_url_form_is_accepted(chinook_db: Db, monkeypatch: pytest.MonkeyPa
 
     for url in forms:
         cfg = db.config([db.t("genre")]).model_copy(update={"url": SecretStr(url)})
-        with source_class(db.kind)(cfg) as src:
+        with source_class(db.kind)(cfg, CONTEXT) as src:
             (s,) = [x for x in src.discover() if x.name == db.t("genre")]
             assert data_of(read_all(src, s)).num_rows == 25, url

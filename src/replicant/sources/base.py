@@ -12,19 +12,35 @@ A source lists its streams and reads one stream from a saved position as an iter
 A source that cannot resume in the middle of a stream (a table without a key in ``full``
 mode) returns ``resumable=False`` positions; the engine then restarts that stream from
 ``None`` after a crash and marks the interrupted snapshot as aborted in the log.
+
+The contract, all a new source needs (tests/sources/toy.py is one in 70 lines):
+
+* ``__init__(config, context)``: the ``source:`` section and a
+  :class:`~replicant.model.ConnectorContext` (pipeline, tenant, work dir, dead-letter
+  sink). Must not connect. The type's own keys are declared by :attr:`Source.settings` and
+  arrive validated as :attr:`Source.options`.
+* :attr:`Source.capabilities`: the modes it reads (read, not decorative: :meth:`Source.read`
+  refuses others, the engine checks stream settings against them).
+* :meth:`Source.discover`, :meth:`Source.check`, :meth:`Source.close`.
+* for each mode, the protocol its read strategy needs (:mod:`replicant.sources.strategies`):
+  ``full`` → :meth:`Source.read_full` or a range reader; ``snapshot_diff`` → nothing more
+  than ``full``; ``cursor`` → a range reader; ``trigger`` → a trigger source; ``log`` →
+  :meth:`Source.capture` and :meth:`Source.acknowledge_capture`.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import pyarrow as pa
+from pydantic import BaseModel
 
+from replicant.config import SourceConfig, settings_problems
+from replicant.errors import ConfigError, FatalError
 from replicant.model import ChangeSet, ConnectorContext, Position, ReadBatch, Stream
 
 __all__ = ["Capabilities", "ChangeSet", "ReadBatch", "Source"]
@@ -35,22 +51,52 @@ class Capabilities:
     """What a source can do; checked by the engine instead of ``isinstance``."""
 
     modes: frozenset[str] = frozenset({"full"})
-    chunked: bool = False  #: full reads resume at the chunk where they stopped
+    #: ``full`` reads of a range reader go in key-range chunks of ``chunk_size`` rows (one
+    #: bounded query each) instead of one ordered query (read by ``strategies.full``)
+    chunked: bool = False
 
 
 class Source(ABC):
-    """Base of all sources. Subclasses set :attr:`capabilities` and implement three methods.
+    """Base of all sources. Subclasses set :attr:`capabilities` and implement :meth:`discover`,
+    the protocol of each mode they read (:mod:`replicant.sources.strategies`) and :meth:`close`.
 
     Construction must not connect; :meth:`discover` and :meth:`read` connect lazily, and
     :meth:`close` releases everything. Driver errors are translated at this boundary into
     :mod:`replicant.errors` (wrong password → ``ConnectionError`` naming host and user).
+
+    Args:
+        config: the pipeline file's ``source:`` section (secrets already resolved).
+        context: where the source runs: pipeline name, tenant, work dir, dead-letter sink.
+            Nothing is set on a source from outside after construction.
     """
 
     capabilities: Capabilities = Capabilities()
 
-    #: A private folder for this source's own files (``snapshot_diff`` keeps its previous
-    #: snapshot here). Set by the engine before :meth:`read`; under the pipeline's home.
-    workdir: Path | None = None
+    #: A pydantic model (``extra="forbid"``) of this type's own keys in ``source:`` (``slot``,
+    #: ``server_id``, a files source's ``glob``…), or None when it has none. Validated at load
+    #: time with key paths (``source.slot: …``) and again at construction; the validated
+    #: instance is :attr:`options`.
+    settings: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
+        self.config = config
+        self.context = context
+        extras = config.options
+        model = type(self).settings
+        if model is None:
+            problems = [(f"source.{k}", f"unknown key for a {config.type} source") for k in extras]
+        else:
+            problems = settings_problems(model, extras, "source", list(SourceConfig.model_fields))
+        if problems:
+            raise ConfigError("invalid source", problems)
+        #: The validated :attr:`settings` (None without a settings model).
+        self.options: Any = model.model_validate(extras) if model is not None else None
+
+    @property
+    def workdir(self) -> Path | None:
+        """A private folder for this source's own files (``snapshot_diff`` keeps its previous
+        snapshot here), from the context; None when the context gives none."""
+        return self.context.workdir
 
     @abstractmethod
     def discover(self) -> list[Stream]:
@@ -60,13 +106,49 @@ class Source(ABC):
         stream settings (mode, cursor, primary_key, include/exclude) on top.
         """
 
-    @abstractmethod
     def read(self, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
         """Reads ``stream`` after ``position`` until caught up, then returns.
 
+        Dispatches to the read strategy registered for ``stream.mode``
+        (:mod:`replicant.sources.strategies`); a source declares the modes it can read in
+        :attr:`capabilities` and implements the protocol each needs (``full``: :meth:`read_full`
+        or a range reader; ``snapshot_diff``: nothing more than ``full``).
+
         The batches' data follows ``stream.change_schema`` exactly (same names, types and
         order), so every batch of a stream can go in one Arrow IPC stream.
+
+        Raises:
+            FatalError: the source cannot read ``stream.mode`` (``log`` is read by :meth:`capture`).
         """
+        from replicant.sources.strategies import strategy
+
+        if stream.mode not in self.capabilities.modes:
+            raise FatalError(f"stream {stream.name!r}: a {self.config.type} source cannot read mode {stream.mode!r} "
+                             f"(it reads {', '.join(sorted(self.capabilities.modes))})")
+        return strategy(stream.mode).read(self, stream, position)
+
+    def read_full(self, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
+        """A ``full`` read of ``stream`` after ``position``, for a source that reads in full on its
+        own rather than through a range reader: ``_op`` ``read`` rows, the last batch empty and
+        ``final``; positions follow the resume rule (``resumable=False`` when a crash must
+        restart the stream)."""
+        raise NotImplementedError(f"{type(self).__name__} has no full read")
+
+    def check(self) -> list[str]:
+        """Connects and checks what a run of the configured streams needs, without reading data.
+
+        Returns:
+            What was checked, one line each (for a CLI or the API).
+
+        Raises:
+            ConnectionError: the source cannot be reached, says precisely why (host and port
+                unreachable, wrong password for a named user, missing database); never shows
+                a password.
+            ConfigError: a configured stream's table is missing or not readable (privileges),
+                or the source is not set up for a stream's mode; with the key path.
+        """
+        streams = self.discover()
+        return [f"{len(streams)} stream(s) found"]
 
     def estimate_rows(self, stream: Stream) -> int | None:
         """A cheap estimate of the rows a full read returns (table statistics), for progress
@@ -75,11 +157,16 @@ class Source(ABC):
 
     # ------------------------------------------------------------------ change data capture
 
-    def acknowledge(self, stream: Stream, position: Position) -> None:  # noqa: B027 - optional hook
+    def acknowledge(self, stream: Stream, position: Position) -> None:
         """Called by the engine once the batch :meth:`read` returned with ``position`` is durable
-        in the staging log. ``trigger`` purges shadow rows up to it; ``snapshot_diff``
-        promotes the snapshot it just compared. Must be idempotent: after a crash it may be
-        called again for an older position, or never for the last one."""
+        in the staging log; passed on to the stream's read strategy. ``trigger`` purges shadow
+        rows up to it; ``snapshot_diff`` promotes the snapshot it just compared. Must be
+        idempotent: after a crash it may be called again for an older position, or never for
+        the last one."""
+        from replicant.sources.strategies import STRATEGIES, strategy
+
+        if stream.mode in STRATEGIES:
+            strategy(stream.mode).acknowledge(self, stream, position)
 
     def capture(
         self,
@@ -108,7 +195,7 @@ class Source(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no log-based capture")
 
-    def acknowledge_capture(self, position: Position) -> None:  # noqa: B027 - optional hook
+    def acknowledge_capture(self, position: Position) -> None:
         """Called once every batch of the change set ending at ``position`` is durable in the log;
         the source may now let the server forget it (confirm a slot's flush LSN). The engine
         stores ``position`` too, and passes it back as ``capture(resume=…)``."""
@@ -127,10 +214,10 @@ class Source(ABC):
         """Extra facts for ``replicant status`` (e.g. ``{"slot lag bytes": 1234}``)."""
         return {}
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Releases connections. Idempotent."""
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self
 
     def __exit__(self, *exc: object) -> None:

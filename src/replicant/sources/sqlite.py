@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as urlquote
 
 import pyarrow as pa
@@ -43,8 +43,12 @@ import pyarrow.compute as pc
 
 from replicant.config import SourceConfig
 from replicant.errors import ConnectionError, FatalError
-from replicant.sources._sql import SQLSource, Table, _Plan
+from replicant.model import ConnectorContext, Stream
+from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, sqlite_column
+
+if TYPE_CHECKING:
+    from replicant.sources.sqlite_triggers import SQLiteTriggers
 
 __all__ = ["SQLiteSource"]
 
@@ -78,11 +82,14 @@ class SQLiteSource(SQLSource):
 
     dialect = "sqlite"
 
-    def __init__(self, config: SourceConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         rest = self._url.split("://", 1)[1]
         self._path = Path(rest.removeprefix("/")).expanduser()
         self._conn: sqlite3.Connection | None = None
+
+    def location(self) -> str:
+        return f"SQLite database {str(self._path.resolve())!r}"
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -108,7 +115,7 @@ class SQLiteSource(SQLSource):
             finally:
                 self._conn = None
 
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
             return self._connect().execute(sql, params).fetchall()
         except sqlite3.Error as e:
@@ -122,11 +129,11 @@ class SQLiteSource(SQLSource):
     def _tables(self, only: tuple[str, ...] | None = None) -> list[Table]:
         sql = ("SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') "
                "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")
-        rows = self._fetchall(sql + " AND name = ?", (only[-1],)) if only else self._fetchall(sql + " ORDER BY name")
+        rows = self.fetchall(sql + " AND name = ?", (only[-1],)) if only else self.fetchall(sql + " ORDER BY name")
         out = []
         for name, kind in rows:
             cols, pk = [], []
-            for _cid, col, declared, notnull, _default, pk_ord, hidden in self._fetchall(
+            for _cid, col, declared, notnull, _default, pk_ord, hidden in self.fetchall(
                 "SELECT * FROM pragma_table_xinfo(?)", (name,)
             ):
                 if hidden == 1:  # a virtual table's hidden column
@@ -141,6 +148,11 @@ class SQLiteSource(SQLSource):
 
     # ------------------------------------------------------------------ reading
 
+    def trigger_sql(self, stream: Stream) -> SQLiteTriggers:
+        from replicant.sources.sqlite_triggers import SQLiteTriggers
+
+        return SQLiteTriggers(self, stream)
+
     def _bind(self, value: Any, column: Column, params: list[Any]) -> str:
         if isinstance(value, datetime):
             value = value.isoformat(" ")
@@ -153,14 +165,14 @@ class SQLiteSource(SQLSource):
         params.append(value)
         return "?"
 
-    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, params: list[Any], plan: Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         schema = plan.stream.schema
-        what = f"reading {self._display(plan.stream.table)}"
+        what = f"reading {self.display(plan.stream.table)}"
         try:
             cur = self._connect().execute(sql, params)
         except sqlite3.Error as e:
             if "no such table" in str(e):
-                raise FatalError(f"{what}: table {self._display(plan.stream.table)} does not exist") from None
+                raise FatalError(f"{what}: table {self.display(plan.stream.table)} does not exist") from None
             raise FatalError(f"{what}: {e}") from None
         step = min(batch_size, _FETCH_ROWS)
         try:

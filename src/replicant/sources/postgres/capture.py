@@ -59,7 +59,7 @@ from before an ``ALTER`` emits them in the schema they had). Not carried by the 
 default of an added column (rows written before the ``ALTER`` stay NULL in it at the
 destination), and renames (a drop and an add, which destinations refuse to guess).
 
-Values: see :mod:`replicant.cdc.pgoutput`. Deletes under ``REPLICA IDENTITY DEFAULT`` carry
+Values: see :mod:`replicant.sources.postgres.pgoutput`. Deletes under ``REPLICA IDENTITY DEFAULT`` carry
 the key columns only (others null); under ``FULL`` every column. An update whose TOASTed
 values did not change carries them as "unchanged": under ``FULL`` they are taken from the old
 row; otherwise the rows are re-read by key (current values; a row gone since is dropped from
@@ -69,10 +69,10 @@ delete of the old key followed by the update. Tables without a primary key need
 updates once published.
 
 Modules: this one holds the capture itself (checks and setup, install/status, acknowledge,
-the capture's plan and the streaming loop); :mod:`._pg_replication` the control and
+the capture's plan and the streaming loop); :mod:`._replication` the control and
 replication-protocol connections (slot creation, ``START_REPLICATION``, standby status
-updates); :mod:`._pg_snapshot` the snapshot at ``X`` and the catch-up window;
-:mod:`._pg_changes` the pending transactions and their conversion to change sets (schema
+updates); :mod:`._snapshot` the snapshot at ``X`` and the catch-up window;
+:mod:`._changes` the pending transactions and their conversion to change sets (schema
 changes, TOASTed values). ``_Pending``, ``_Rows``, ``_Snap`` and ``_Target`` stay
 importable from here.
 """
@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import select
 import struct
 import threading
@@ -94,9 +93,9 @@ from replicant.errors import ConfigError, FatalError, RetriableError
 from replicant.model import Position, Stream
 from replicant.sources.base import ChangeSet
 
-from ._pg_changes import _Changes, _changes, _Pending, _Rows, _Target
-from ._pg_replication import _Replication
-from ._pg_snapshot import _Snap, _Snapshot
+from ._changes import _Changes, _changes, _Pending, _Target
+from ._replication import _Replication
+from ._snapshot import _Snap, _Snapshot
 from .pgoutput import Decoder, lsn_text, parse_lsn
 
 __all__ = ["PgLogCapture"]
@@ -105,7 +104,6 @@ _log = logging.getLogger(__name__)
 
 _STATUS_EVERY = 10.0  # seconds between standby status updates (wal_sender_timeout is 60 s)
 _TICK = 0.2  # longest wait on the socket, so `stop` is seen promptly
-_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 
 
 class PgLogCapture(_Replication, _Snapshot, _Changes):
@@ -128,21 +126,12 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
     # ------------------------------------------------------------------ names
 
     @property
-    def _pipeline(self) -> str:
-        return getattr(self.source, "pipeline", None) or "replicant"
-
-    @property
     def slot(self) -> str:
-        if self.config.slot:
-            if not _SLOT_NAME.match(self.config.slot):
-                raise ConfigError("invalid source", [("source.slot", f"{self.config.slot!r} is not a valid slot name: "
-                                                      "use 1-63 lower-case letters, digits and underscores")])
-            return self.config.slot
-        return re.sub(r"[^a-z0-9_]", "_", f"replicant_{self._pipeline}".lower())[:63]
+        return str(self.source.slot)
 
     @property
     def publication(self) -> str:
-        return self.config.publication or f"replicant_{self._pipeline}"
+        return str(self.source.publication)
 
     def _qi(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
@@ -167,7 +156,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
             "FROM pg_roles r WHERE r.rolname = current_user")
         problems = []
         if wal_level != "logical":
-            problems.append(("source.url", f"wal_level is {wal_level!r} on {self.source._where_am_i()}: set "
+            problems.append(("source.url", f"wal_level is {wal_level!r} on {self.source.location()}: set "
                              "wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) "
                              "and restart the server"))
         if not (can_replicate or is_super):
@@ -219,7 +208,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         except psycopg.errors.InsufficientPrivilege as e:
             raise ConfigError("cannot create the publication for `mode: log`", [(
                 "source.publication",
-                f"{self.source._scrub(str(e)).strip()}: create it as the tables' owner (CREATE PUBLICATION "
+                f"{self.source.scrub(str(e)).strip()}: create it as the tables' owner (CREATE PUBLICATION "
                 f"{self._qi(pub)} FOR TABLE {', '.join(self._table(s) for s in streams)}) or set `publication:` "
                 "to an existing one")]) from None
         return done
@@ -239,6 +228,14 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         return rows[0]
 
     # ------------------------------------------------------------------ install / status
+
+    def check(self, streams: list[Stream]) -> list[str]:
+        """Checks the server (wal_level), the role (REPLICATION) and the tables (a key or a
+        replica identity) without changing anything; ``ConfigError`` says what to do."""
+        self._check_ready()
+        self._check_tables(streams)
+        return ["wal_level is logical, the role may replicate",
+                f"{len(streams)} table(s) can be read with `mode: log` (slot {self.slot}, publication {self.publication})"]
 
     def install(self, streams: list[Stream]) -> list[str]:
         """Creates the publication (or adds tables to it) and the slot when missing."""
@@ -431,7 +428,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                             try:
                                 conn.consume_input()
                             except pq.PQerror as e:
-                                raise RetriableError(f"lost the replication connection to {self.source._where_am_i()}: {e}") from None
+                                raise RetriableError(f"lost the replication connection to {self.source.location()}: {e}") from None
                         continue
                     if n < 0:
                         res = conn.get_result()

@@ -1,9 +1,9 @@
-"""The snapshot side of :class:`~replicant.cdc.pg_log.PgLogCapture` (moved out of
-:mod:`replicant.cdc.pg_log`, whose docstring describes the whole capture).
+"""The snapshot side of :class:`~replicant.sources.postgres.capture.PgLogCapture` (moved out of
+:mod:`replicant.sources.postgres.capture`, whose docstring describes the whole capture).
 
 - :class:`_Snap`: a stream to snapshot at the snapshot point ``X``, from the start or after
   a key (an interrupted snapshot), possibly after a truncate marker.
-- :class:`_Snapshot`, a mixin of :class:`~replicant.cdc.pg_log.PgLogCapture`: importing the
+- :class:`_Snapshot`, a mixin of :class:`~replicant.sources.postgres.capture.PgLogCapture`: importing the
   exported snapshot into the source's connection (``SET TRANSACTION SNAPSHOT``), reading it
   with the source's own full read as ``_op = "read"`` change sets, and the catch-up *window*
   (changes committed before ``X`` while the slot is streamed up to it): which changes are
@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +22,20 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replicant.model import OP_READ, Position, Stream, encode_position, strip_meta, utcnow, with_meta
+from replicant.model import (
+    OP_READ,
+    Position,
+    Stream,
+    encode_position,
+    strip_meta,
+    utcnow,
+    with_meta,
+)
 from replicant.sources.base import ChangeSet
 from replicant.sources.types import decode_value, is_keyable
 
 if TYPE_CHECKING:
-    from ._pg_changes import _Rows, _Target
+    from ._changes import _Rows, _Target
 
 
 @dataclass
@@ -38,7 +47,7 @@ class _Snap:
 
 
 class _Snapshot:
-    """The snapshot methods of :class:`~replicant.cdc.pg_log.PgLogCapture` (uses its
+    """The snapshot methods of :class:`~replicant.sources.postgres.capture.PgLogCapture` (uses its
     ``source``)."""
 
     source: Any
@@ -83,10 +92,9 @@ class _Snapshot:
         todo = [s for s in streams if s.name in snaps]
         for n, s in enumerate(todo):
             snap = snaps[s.name]
-            plan = self.source._plan(s)
             start = {"mode": "full", "snapshot": "log", "after": snap.after} if snap.after is not None else None
             first = True
-            for rb in self.source._read_full(plan, start):
+            for rb in self.source.read(dataclasses.replace(s, mode="full"), start):
                 if rb.final:
                     spos: Position = {"lsn": point}
                 elif "after" in rb.position:

@@ -42,20 +42,26 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as urlquote
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.model import ConnectorContext, Stream
 from replicant.sources.base import Capabilities
-from replicant.sources._sql import SQLSource, Table, _Plan
 from replicant.sources.select import split_name
+from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, conform, mysql_column
+
+if TYPE_CHECKING:
+    from replicant.sources.mysql.triggers import MySQLTriggers
 
 __all__ = ["MySQLSource"]
 
@@ -76,7 +82,27 @@ _ORDER = " ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
 _CX_BATCH_ROWS = 32_768
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 #: PyMySQL error codes that mean "cannot connect or log in" (the mapping table).
+#: What a connection failure's error code means (the mapping table).
+_CONNECT_MEANING = {
+    2002: "nothing answers there (is the server running, is the socket right?)",
+    2003: "nothing answers there (is the server running, are host and port right?)",
+    2005: "unknown host",
+    1045: "access denied for user {user!r} (wrong password, or no such user from this host)",
+    1049: "database {db!r} does not exist",
+    1044: "user {user!r} may not use database {db!r}",
+}
 _CONNECT_CODES = {1044, 1045, 1049, 1698, 2002, 2003, 2005, 2006, 2013, 1040, 1129, 1130}
+
+
+class MySQLSettings(BaseModel):
+    """The keys of a MySQL/MariaDB ``source:`` beyond the common ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server_id: int | None = Field(
+        None, gt=0, lt=2**32,
+        description="`mode: log`: the replica server id to use (default: derived from the pipeline and tenant).",
+    )
 
 
 class MySQLSource(SQLSource):
@@ -89,11 +115,12 @@ class MySQLSource(SQLSource):
 
     dialect = "mysql"
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
-    log_capture = "replicant.cdc.binlog:BinlogCapture"
+    log_capture = "replicant.sources.mysql.binlog:BinlogCapture"
+    settings = MySQLSettings
     row_values = False
 
-    def __init__(self, config: SourceConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         from sqlalchemy.engine import make_url
 
         u = make_url(self._url)
@@ -101,17 +128,22 @@ class MySQLSource(SQLSource):
             raise ConfigError("invalid source", [("source.url", "a MySQL/MariaDB URL needs a database: mysql://user@host/db")])
         self._u = u
         self._conn: Any = None
+        #: The replica id the binlog reader registers with: ``server_id``, or one derived from
+        #: the source feed (stable across runs; two feeds reading one server must not share
+        #: it, or the server drops the older connection).
+        self.server_id: int = self.options.server_id or (
+            1_000_000 + zlib.crc32(f"replicant:{context.feed}".encode()) % 4_000_000_000)
 
     # ------------------------------------------------------------------ connection
 
     def quote(self, name: str) -> str:
         return "`" + name.replace("`", "``") + "`"
 
-    def _where_am_i(self) -> str:
+    def location(self) -> str:
         u = self._u
         return f"MySQL at {u.host or 'localhost'}:{u.port or 3306} as user {u.username or ''!r}, database {u.database!r}"
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         pw = self._u.password
         return text.replace(pw, "***") if pw else text
 
@@ -130,7 +162,10 @@ class MySQLSource(SQLSource):
             try:
                 self._conn = pymysql.connect(**kw)
             except pymysql.MySQLError as e:
-                raise ConnectionError(f"cannot connect to {self._where_am_i()}: {self._scrub(str(e.args[-1]))}") from None
+                why = _CONNECT_MEANING.get(e.args[0] if e.args else None, "").format(user=u.username or "", db=u.database)
+                raise ConnectionError(
+                    f"cannot connect to {self.location()}: {why + ': ' if why else ''}{self.scrub(str(e.args[-1]))}"
+                ) from None
         return self._conn
 
     def close(self) -> None:
@@ -143,7 +178,7 @@ class MySQLSource(SQLSource):
             finally:
                 self._conn = None
 
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
         import pymysql
 
         conn = self._connect()
@@ -155,8 +190,8 @@ class MySQLSource(SQLSource):
             code = e.args[0] if e.args else None
             self.close()
             if code in _CONNECT_CODES:
-                raise RetriableError(f"lost the connection to {self._where_am_i()}: {self._scrub(str(e.args[-1]))}") from None
-            raise FatalError(f"reading the catalog of {self._where_am_i()}: {self._scrub(str(e.args[-1]))}") from None
+                raise RetriableError(f"lost the connection to {self.location()}: {self.scrub(str(e.args[-1]))}") from None
+            raise FatalError(f"reading the catalog of {self.location()}: {self.scrub(str(e.args[-1]))}") from None
 
     def _cx_url(self) -> str:
         u = self._u
@@ -184,9 +219,9 @@ class MySQLSource(SQLSource):
     def _tables(self, only: tuple[str, ...] | None = None) -> list[Table]:
         if only is None:
             schemas = self._schemas()
-            rows = self._fetchall(_CATALOG.format(schemas=", ".join(["%s"] * len(schemas))) + _ORDER, tuple(schemas))
+            rows = self.fetchall(_CATALOG.format(schemas=", ".join(["%s"] * len(schemas))) + _ORDER, tuple(schemas))
         else:
-            rows = self._fetchall(_CATALOG.format(schemas="%s") + " AND c.TABLE_NAME = %s" + _ORDER, (only[0], only[-1]))
+            rows = self.fetchall(_CATALOG.format(schemas="%s") + " AND c.TABLE_NAME = %s" + _ORDER, (only[0], only[-1]))
         tables: dict[tuple[str, str], Table] = {}
         pks: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for schema, name, ttype, col, nullable, dtype, ctype, prec, scale, charset, collation, seq in rows:
@@ -208,7 +243,7 @@ class MySQLSource(SQLSource):
 
     def estimate_rows(self, stream: Any) -> int | None:
         try:
-            rows = self._fetchall(
+            rows = self.fetchall(
                 "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
                 (stream.table[0], stream.table[-1]))
         except (FatalError, RetriableError):
@@ -216,6 +251,11 @@ class MySQLSource(SQLSource):
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     # ------------------------------------------------------------------ reading
+
+    def trigger_sql(self, stream: Stream) -> MySQLTriggers:
+        from replicant.sources.mysql.triggers import MySQLTriggers
+
+        return MySQLTriggers(self, stream)
 
     def _bind(self, value: Any, column: Column, params: list[Any]) -> str:
         """A literal for ``value``, built only from digits, ISO dates and hex (see the module docstring)."""
@@ -246,11 +286,11 @@ class MySQLSource(SQLSource):
             return "'" + value.isoformat() + "'"
         raise FatalError(f"cannot compare column {column.name!r} with a {type(value).__name__} value")
 
-    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, params: list[Any], plan: Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         import connectorx
 
         self._connect()  # a fast, clear login error (connectorx retries for 30 s)
-        what = f"reading {self._display(plan.stream.table)}"
+        what = f"reading {self.display(plan.stream.table)}"
         schema = plan.stream.schema
         try:
             reader = connectorx.read_sql(
@@ -263,9 +303,9 @@ class MySQLSource(SQLSource):
         except BaseException as e:  # connectorx: RuntimeError, or a Rust panic (pyo3 PanicException)
             if isinstance(e, (GeneratorExit, KeyboardInterrupt, SystemExit, FatalError)):
                 raise
-            msg = self._scrub(str(e)).strip()
+            msg = self.scrub(str(e)).strip()
             if "1146" in msg:
-                raise FatalError(f"{what}: table {self._display(plan.stream.table)} does not exist") from None
+                raise FatalError(f"{what}: table {self.display(plan.stream.table)} does not exist") from None
             if "timed out waiting for connection" in msg or "os error" in msg:
-                raise RetriableError(f"{what}: cannot reach {self._where_am_i()}: {msg}") from None
+                raise RetriableError(f"{what}: cannot reach {self.location()}: {msg}") from None
             raise FatalError(f"{what}: {msg}") from None

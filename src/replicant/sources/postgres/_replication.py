@@ -1,7 +1,7 @@
-"""The connections of :class:`~replicant.cdc.pg_log.PgLogCapture` (moved out of
-:mod:`replicant.cdc.pg_log`, whose docstring describes the whole capture).
+"""The connections of :class:`~replicant.sources.postgres.capture.PgLogCapture` (moved out of
+:mod:`replicant.sources.postgres.capture`, whose docstring describes the whole capture).
 
-:class:`_Replication`, a mixin of :class:`~replicant.cdc.pg_log.PgLogCapture`: the
+:class:`_Replication`, a mixin of :class:`~replicant.sources.postgres.capture.PgLogCapture`: the
 autocommit *control* connection (psycopg, catalog queries; errors mapped to
 :mod:`replicant.errors`), and the replication-protocol connection (libpq ``pq.PGconn`` with
 ``replication=database``): opening it, its commands (``CREATE_REPLICATION_SLOT …
@@ -24,7 +24,7 @@ _PG_EPOCH_US = 946_684_800_000_000
 
 
 class _Replication:
-    """The connection methods of :class:`~replicant.cdc.pg_log.PgLogCapture` (uses its
+    """The connection methods of :class:`~replicant.sources.postgres.capture.PgLogCapture` (uses its
     ``source``, ``slot``, ``publication`` and ``_qi``; owns ``_ctl``, ``_repl``, ``_io``,
     ``_acked``, ``_sent_flush``, ``_last_status``, set by its ``__init__``)."""
 
@@ -45,7 +45,7 @@ class _Replication:
             try:
                 self._ctl = psycopg.connect(self.source._url, autocommit=True, connect_timeout=10)
             except psycopg.Error as e:
-                raise ConnectionError(f"cannot connect to {self.source._where_am_i()}: {self.source._scrub(str(e)).strip()}") from None
+                raise ConnectionError(f"cannot connect to {self.source.location()}: {self.source.scrub(str(e)).strip()}") from None
         return self._ctl
 
     def _sql(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -55,13 +55,13 @@ class _Replication:
             cur = self._control().execute(sql, params)
             return cur.fetchall() if cur.description else []
         except psycopg.Error as e:
-            msg = self.source._scrub(str(e)).strip()
+            msg = self.source.scrub(str(e)).strip()
             if (e.sqlstate or "").startswith("08") or self._ctl is None or self._ctl.closed or self._ctl.broken:
                 self._close_control()
-                raise RetriableError(f"lost the connection to {self.source._where_am_i()}: {msg}") from None
+                raise RetriableError(f"lost the connection to {self.source.location()}: {msg}") from None
             if isinstance(e, psycopg.errors.InsufficientPrivilege):
                 raise
-            raise FatalError(f"{self.source._where_am_i()}: {msg}") from None
+            raise FatalError(f"{self.source.location()}: {msg}") from None
 
     def _close_control(self) -> None:
         if self._ctl is not None:
@@ -78,9 +78,9 @@ class _Replication:
                              connect_timeout="10", application_name=f"replicant {self.slot}")
         conn = pq.PGconn.connect(info.encode())
         if conn.status != pq.ConnStatus.OK:
-            msg = self.source._scrub(conn.error_message.decode(errors="replace"))
+            msg = self.source.scrub(conn.error_message.decode(errors="replace"))
             conn.finish()
-            raise ConnectionError(f"cannot open a replication connection to {self.source._where_am_i()}: {msg.strip()}")
+            raise ConnectionError(f"cannot open a replication connection to {self.source.location()}: {msg.strip()}")
         return conn
 
     def _repl_exec(self, conn: Any, sql: str) -> Any:
@@ -89,7 +89,7 @@ class _Replication:
         res = conn.exec_(sql.encode())
         if res.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COPY_BOTH):
             msg = (res.error_message or conn.error_message).decode(errors="replace").strip()
-            raise FatalError(f"replication command failed on {self.source._where_am_i()}: {msg}")
+            raise FatalError(f"replication command failed on {self.source.location()}: {msg}")
         return res
 
     def _finish(self, conn: Any) -> None:
@@ -113,7 +113,7 @@ class _Replication:
         now_us = int(time.time() * 1e6) - _PG_EPOCH_US
         msg = b"r" + struct.pack(">QQQqB", max(received, flush), flush, flush, now_us, 1 if reply else 0)
         if conn.put_copy_data(msg) != 1 or conn.flush() != 0:
-            raise RetriableError(f"lost the replication connection to {self.source._where_am_i()}")
+            raise RetriableError(f"lost the replication connection to {self.source.location()}")
         self._sent_flush = flush
         self._last_status = time.monotonic()
 

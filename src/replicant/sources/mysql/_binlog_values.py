@@ -1,5 +1,5 @@
 """Binlog coordinates, value conversion and row-event decoding for
-:class:`~replicant.cdc.binlog.BinlogCapture` (moved out of :mod:`replicant.cdc.binlog`,
+:class:`~replicant.sources.mysql.binlog.BinlogCapture` (moved out of :mod:`replicant.sources.mysql.binlog`,
 whose docstring describes the whole capture and its values).
 
 - ``_key``/``_coord``/``_min``: binlog coordinates ``{"file", "pos"}`` and their order.
@@ -8,7 +8,7 @@ whose docstring describes the whole capture and its values).
   ``BINARY(n)``, ``TIMESTAMP``, ``TIME``, geometry).
 - :class:`_Table`: one captured stream's state (schema, catalog columns, pending rows) and
   its pending rows → Arrow.
-- :class:`_Decoding`, a mixin of :class:`~replicant.cdc.binlog.BinlogCapture`: the table map
+- :class:`_Decoding`, a mixin of :class:`~replicant.sources.mysql.binlog.BinlogCapture`: the table map
   told what the binlog leaves out (``_map_columns``), row events → rows (``_rows``; an update
   that changes the key becomes a delete and an insert), a table's columns re-read after DDL
   (``_reshape``) and statement-based DML refused (``_statement``).
@@ -31,7 +31,7 @@ from replicant.errors import FatalError
 from replicant.model import OP_DELETE, OP_INSERT, OP_UPDATE, Position, Stream
 from replicant.sources.types import Column
 
-log = logging.getLogger("replicant.cdc.binlog")  # the capture's logger
+log = logging.getLogger("replicant.sources.mysql.binlog")  # the capture's logger
 
 #: binlog field types whose bytes the decoder would decode itself: we take the bytes.
 _STRING_FIELDS = {15, 249, 250, 251, 252, 253, 254}  # VARCHAR, *BLOB, VAR_STRING, STRING
@@ -203,7 +203,7 @@ class _Table:
 
 
 class _Decoding:
-    """The decoding methods of :class:`~replicant.cdc.binlog.BinlogCapture` (uses its
+    """The decoding methods of :class:`~replicant.sources.mysql.binlog.BinlogCapture` (uses its
     ``source``)."""
 
     source: Any
@@ -224,10 +224,10 @@ class _Decoding:
 
     def _reshape(self, t: _Table) -> Stream | None:
         """The stream with the table's current columns, or None when unchanged (or gone)."""
-        found = self.source._tables(only=t.stream.table)
-        if not found:
+        found = self.source.catalog(t.stream.table)
+        if found is None:
             return None
-        t.catalog = found[0].columns
+        t.catalog = found.columns
         t.widths_seen.clear()
         fields = [c.field() for c in t.catalog if c.name not in t.excluded]
         schema = pa.schema(fields, metadata=t.stream.schema.metadata)
@@ -254,7 +254,7 @@ class _Decoding:
             mine = list(t.catalog[: len(cols)])  # columns added since were appended (the usual ALTER … ADD)
         else:
             raise FatalError(
-                f"stream {t.stream.name!r}: the binlog has {len(cols)} columns for {self.source._display(t.stream.table)}, "
+                f"stream {t.stream.name!r}: the binlog has {len(cols)} columns for {self.source.display(t.stream.table)}, "
                 f"the table {len(t.catalog)}; set binlog_row_metadata=FULL so columns are matched by name, "
                 "and restart the stream from a new snapshot"
             )

@@ -33,18 +33,24 @@ and ``jsonb`` arrive as the ``arrow.json`` extension (its string storage is kept
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
+from replicant.model import ConnectorContext, Stream
 from replicant.sources.base import Capabilities
-from replicant.sources._sql import SQLSource, Table, _Plan
+from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, conform, pg_column
+
+if TYPE_CHECKING:
+    from replicant.sources.postgres.triggers import PostgresTriggers
 
 __all__ = ["PostgresSource"]
 
@@ -126,6 +132,31 @@ def _fix_infinities(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch
 
 
+class PostgresSettings(BaseModel):
+    """The keys of a PostgreSQL ``source:`` beyond the common ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slot: str | None = Field(
+        None, pattern=r"^[a-z0-9_]{1,63}$",
+        description="`mode: log`: replication slot name, 1-63 lower-case letters, digits and underscores "
+        "(default replicant_<pipeline>, with the tenant appended when there is one).",
+    )
+    publication: str | None = Field(
+        None, description="`mode: log`: publication name (default replicant_<pipeline>, with the tenant appended "
+        "when there is one).",
+    )
+
+
+def feed_names(context: ConnectorContext) -> tuple[str, str]:
+    """The default ``(slot, publication)`` of a source feed: ``replicant_<pipeline>``, or
+    ``replicant_<pipeline>_<tenant>`` with the tenant made a valid identifier."""
+    base = f"replicant_{context.pipeline}"
+    if context.tenant is not None:
+        base += "_" + re.sub(r"[^A-Za-z0-9_]", "_", context.tenant)
+    return re.sub(r"[^a-z0-9_]", "_", base.lower())[:63], base
+
+
 class PostgresSource(SQLSource):
     """Reads PostgreSQL tables (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``).
 
@@ -135,23 +166,28 @@ class PostgresSource(SQLSource):
 
     dialect = "postgresql"
     capabilities = Capabilities(modes=frozenset({"full", "cursor", "snapshot_diff", "trigger", "log"}), chunked=True)
-    log_capture = "replicant.cdc.pg_log:PgLogCapture"
+    log_capture = "replicant.sources.postgres.capture:PgLogCapture"
+    settings = PostgresSettings
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
+        slot, publication = feed_names(context)
+        #: The replication slot and publication of ``mode: log`` (settings, else from the feed).
+        self.slot: str = self.options.slot or slot
+        self.publication: str = self.options.publication or publication
         self._conn: Any = None
         self._schema: str | None = None
 
     # ------------------------------------------------------------------ connection
 
-    def _where_am_i(self) -> str:
+    def location(self) -> str:
         from sqlalchemy.engine import make_url
 
         u = make_url(self._url)
         host = u.host or u.query.get("host") or "localhost"
         return f"PostgreSQL at {host}:{u.port or 5432} as user {u.username or '(default)'!r}, database {u.database!r}"
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         from sqlalchemy.engine import make_url
 
         pw = make_url(self._url).password
@@ -165,9 +201,27 @@ class PostgresSource(SQLSource):
             try:
                 self._conn = adbc.connect(self._url, autocommit=True)
             except adbc_driver_manager.Error as e:
-                reason = self._scrub(str(e)).split("Failed to connect:", 1)[-1].strip()
-                raise ConnectionError(f"cannot connect to {self._where_am_i()}: {reason}") from None
+                reason = self.scrub(str(e)).split("Failed to connect:", 1)[-1].strip()
+                raise ConnectionError(f"cannot connect to {self.location()}: {self._why(reason)}{reason}") from None
         return self._conn
+
+    def _why(self, reason: str) -> str:
+        """What libpq's connection failure means, in a few words (the mapping table), or ""."""
+        from sqlalchemy.engine import make_url
+
+        u = make_url(self._url)
+        for marks, meaning in [
+            (("Connection refused", "could not translate host name", "timeout expired", "No route to host",
+              "Network is unreachable", "No such file or directory"),
+             "nothing answers there (is the server running, are host and port right?)"),
+            (("password authentication failed", "no password supplied"), f"wrong or missing password for user {u.username!r}"),
+            ((f'role "{u.username}" does not exist',), f"user {u.username!r} does not exist"),
+            ((f'database "{u.database}" does not exist',), f"database {u.database!r} does not exist"),
+            (("no pg_hba.conf entry",), "the server's pg_hba.conf does not let this user connect from here"),
+        ]:
+            if any(m in reason for m in marks):
+                return meaning + ": "
+        return ""
 
     def close(self) -> None:
         self._close_capture()
@@ -180,10 +234,10 @@ class PostgresSource(SQLSource):
     def _error(self, e: Exception, what: str) -> Exception:
         """A driver error as a replicant error (the mapping table)."""
         state = getattr(e, "sqlstate", None) or ""
-        msg = self._scrub(str(e)).split("Query was:", 1)[0].strip()
+        msg = self.scrub(str(e)).split("Query was:", 1)[0].strip()
         if state.startswith("08") or "server closed the connection" in msg or "no connection" in msg:
             self.close()
-            return RetriableError(f"lost the connection to {self._where_am_i()} while {what}: {msg}")
+            return RetriableError(f"lost the connection to {self.location()} while {what}: {msg}")
         if state in ("42P01", "3F000"):
             return FatalError(f"{what}: {msg}")
         if state.startswith("57"):  # cancelled, admin shutdown
@@ -191,7 +245,7 @@ class PostgresSource(SQLSource):
             return RetriableError(f"{what}: {msg}")
         return FatalError(f"{what}: {msg}")
 
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
         import adbc_driver_manager
 
         cur = self._connect().cursor()
@@ -207,14 +261,14 @@ class PostgresSource(SQLSource):
 
     def _default_schema(self) -> str:
         if self._schema is None:
-            self._schema = self._fetchall("SELECT current_schema()")[0][0] or "public"
+            self._schema = self.fetchall("SELECT current_schema()")[0][0] or "public"
         return self._schema
 
     def _tables(self, only: tuple[str, ...] | None = None) -> list[Table]:
         if only is None:
-            rows = self._fetchall(_CATALOG + _ORDER)
+            rows = self.fetchall(_CATALOG + _ORDER)
         else:
-            rows = self._fetchall(_CATALOG + " AND n.nspname = $1 AND c.relname = $2" + _ORDER, (only[0], only[-1]))
+            rows = self.fetchall(_CATALOG + " AND n.nspname = $1 AND c.relname = $2" + _ORDER, (only[0], only[-1]))
         tables: dict[tuple[str, str], Table] = {}
         pks: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for (nsp, rel, kind, is_part, readable, att, notnull, sql_type, typname, typtype, typmod,
@@ -235,7 +289,7 @@ class PostgresSource(SQLSource):
 
     def estimate_rows(self, stream: Any) -> int | None:
         try:
-            rows = self._fetchall(
+            rows = self.fetchall(
                 "SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = $1 AND c.relname = $2", (stream.table[0], stream.table[-1]))
         except (FatalError, RetriableError):
@@ -244,15 +298,20 @@ class PostgresSource(SQLSource):
 
     # ------------------------------------------------------------------ reading
 
+    def trigger_sql(self, stream: Stream) -> PostgresTriggers:
+        from replicant.sources.postgres.triggers import PostgresTriggers
+
+        return PostgresTriggers(self, stream)
+
     def _bind(self, value: Any, column: Column, params: list[Any]) -> str:
         params.append(_text(value))
         return f"CAST(current_setting('replicant.p{len(params) - 1}') AS {column.sql_type})"
 
-    def _batches(self, sql: str, params: list[Any], plan: _Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _batches(self, sql: str, params: list[Any], plan: Plan, batch_size: int) -> Iterator[pa.RecordBatch]:
         import adbc_driver_manager
 
         schema = plan.stream.schema
-        what = f"reading {self._display(plan.stream.table)}"
+        what = f"reading {self.display(plan.stream.table)}"
         conn = self._connect()
         cur = conn.cursor()
         # COPY is cut into Arrow batches of about this many bytes (default 16 MB): smaller

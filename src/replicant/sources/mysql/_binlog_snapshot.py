@@ -1,7 +1,7 @@
-"""The initial snapshot of :class:`~replicant.cdc.binlog.BinlogCapture` (moved out of
-:mod:`replicant.cdc.binlog`, whose docstring describes how the snapshot meets the binlog).
+"""The initial snapshot of :class:`~replicant.sources.mysql.binlog.BinlogCapture` (moved out of
+:mod:`replicant.sources.mysql.binlog`, whose docstring describes how the snapshot meets the binlog).
 
-:class:`_Snapshot`, a mixin of :class:`~replicant.cdc.binlog.BinlogCapture`: the consistent
+:class:`_Snapshot`, a mixin of :class:`~replicant.sources.mysql.binlog.BinlogCapture`: the consistent
 snapshot transaction and its binlog coordinate (``_consistent_point``), reading each pending
 table in key order after its last key (``_read_table``, PyMySQL ``SSCursor``, converted by
 :func:`replicant.sources.types.conform` like a ``full`` read), and the ``_op = "read"``
@@ -19,17 +19,31 @@ from typing import Any
 import pyarrow as pa
 
 from replicant.errors import FatalError
-from replicant.model import OP_READ, Position, Stream, encode_position, utcnow, with_meta
+from replicant.model import (
+    OP_READ,
+    Position,
+    Stream,
+    encode_position,
+    utcnow,
+    with_meta,
+)
 from replicant.sources.base import ChangeSet
-from replicant.sources.types import Column, conform, decode_value, encode_value, is_keyable
+from replicant.sources.strategies.protocols import last_values
+from replicant.sources.types import (
+    Column,
+    conform,
+    decode_value,
+    encode_value,
+    is_keyable,
+)
 
 from ._binlog_values import _coord, _Table
 
-log = logging.getLogger("replicant.cdc.binlog")  # the capture's logger
+log = logging.getLogger("replicant.sources.mysql.binlog")  # the capture's logger
 
 
 class _Snapshot:
-    """The snapshot methods of :class:`~replicant.cdc.binlog.BinlogCapture` (uses its
+    """The snapshot methods of :class:`~replicant.sources.mysql.binlog.BinlogCapture` (uses its
     ``source``, ``_connect``, ``_translate``, ``_show_master``, ``_lock`` and ``_snap_conn``)."""
 
     source: Any
@@ -37,13 +51,13 @@ class _Snapshot:
     _snap_conn: Any
 
     def _catalog(self, stream: Stream) -> list[Column]:
-        found = self.source._tables(only=stream.table)
-        if not found:
+        found = self.source.catalog(stream.table)
+        if found is None:
             raise FatalError(
-                f"table {self.source._display(stream.table)} does not exist (dropped or renamed?); "
+                f"table {self.source.display(stream.table)} does not exist (dropped or renamed?); "
                 f"fix `table:` of stream {stream.name!r} or restore the table"
             )
-        return found[0].columns
+        return found.columns
 
     def _snapshot(self, pending: list[_Table], base: Position | None, stop: threading.Event) -> Iterator[ChangeSet]:
         """Reads ``pending`` in one consistent snapshot; returns its binlog coordinate (None
@@ -103,24 +117,25 @@ class _Snapshot:
         """The table's rows after ``t.after`` in key order, in batches with the key of their
         last row; the last batch (possibly empty) comes with None."""
         src, stream = self.source, t.stream
-        plan = src._plan(stream)
+        columns = src.columns(stream)
         size = int(stream.options.get("batch_size") or src.config.batch_size)
-        keys = plan.cols(stream.primary_key)
+        by_name = {c.name: c for c in columns}
+        keys = [by_name[k] for k in stream.primary_key]
         keyed = bool(keys) and all(not c.nullable and is_keyable(c.arrow) for c in keys)
         after = t.after if keyed else None
         params: list[Any] = []
         where = []
         if after:
             values = [decode_value(v, c.arrow) for v, c in zip(after, keys)]
-            where.append(src._where(">", keys, values, params))
-        sel = ", ".join(_select(c).format(f"t.{src.quote(c.name)}") + f" AS {src.quote(c.name)}" for c in plan.columns)
-        sql = f"SELECT {sel} FROM {src._display(stream.table)} AS t"
+            where.append(src.where_after(">", keys, values, params))
+        sel = ", ".join(_select(c).format(f"t.{src.quote(c.name)}") + f" AS {src.quote(c.name)}" for c in columns)
+        sql = f"SELECT {sel} FROM {src.display(stream.table)} AS t"
         if where:
             sql += " WHERE " + " AND ".join(where)
         if keyed:
             sql += " ORDER BY " + ", ".join(f"t.{src.quote(c.name)}" for c in keys)
-        raw = [_raw_type(c) for c in plan.columns]
-        names = [c.name for c in plan.columns]
+        raw = [_raw_type(c) for c in columns]
+        names = [c.name for c in columns]
 
         def convert(rows: list[tuple]) -> pa.RecordBatch:
             cols = list(zip(*rows)) if rows else [() for _ in names]
@@ -128,7 +143,7 @@ class _Snapshot:
                 b = pa.RecordBatch.from_arrays([pa.array(v, r) for v, r in zip(cols, raw)], names=names)
                 return conform(b, stream.schema)
             except (ValueError, TypeError, OverflowError, pa.ArrowException) as e:
-                raise FatalError(f"reading {src._display(stream.table)} (initial snapshot of stream "
+                raise FatalError(f"reading {src.display(stream.table)} (initial snapshot of stream "
                                  f"{stream.name!r}): {e}") from None
 
         import pymysql.cursors
@@ -142,7 +157,7 @@ class _Snapshot:
                 if not nxt:
                     yield batch, None
                     return
-                last = src._key_values(batch, stream.primary_key) if keyed else []
+                last = last_values(batch, stream.primary_key) if keyed else []
                 yield batch, [encode_value(v) for v in last]  # unkeyed: [] (restarts after a crash)
                 held = nxt
 

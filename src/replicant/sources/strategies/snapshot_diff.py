@@ -2,7 +2,8 @@
 
 Needs only SELECT at the source and catches hard deletes. Each run:
 
-1. **read**: the table is read with the source's keyed full read (key-range chunks); every
+1. **read**: the stream is read with the source's own ``full`` read (any source that has one:
+   key-range chunks of a SQL table, a file, an API); every
    batch is hashed per row by DuckDB (``hash(c1, c2, …)``) and written to the run's folder:
    the rows as Arrow IPC files (every Arrow type round-trips exactly, intervals included),
    and ``(key columns, row hash, row number)`` as Parquet. One pair of files per *part*
@@ -22,9 +23,9 @@ re-derives the same changes (the log and merge destinations absorb the repeat).
 
 Positions (the resume rule of :mod:`replicant.sources.base` holds for each)::
 
-    read phase   {"mode": "snapshot_diff", "run": ID, "phase": "read", "parts": K, "after": [key]}
+    read phase   {"mode": "snapshot_diff", "run": ID, "phase": "read", "parts": K, "full": POS}
                  on an empty batch after each complete part; resuming drops parts >= K and
-                 reads on after ``key``
+                 reads on from the full read's position POS (older positions: "after": [key])
     emit phase   {"mode": "snapshot_diff", "run": ID, "phase": "emit", "after": N}
                  N changes of the run emitted; resuming emits change N+1 on, without
                  touching the source
@@ -57,13 +58,10 @@ Stream options: ``memory_limit`` (DuckDB's, default ``512MB``), ``duckdb_threads
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
 import os
-import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -81,14 +79,22 @@ from replicant.model import (
     OP_READ,
     OP_UPDATE,
     Position,
+    ReadBatch,
     Stream,
     encode_position,
     strip_meta,
-    utcnow,
 )
-from replicant.sources.base import ReadBatch
+from replicant.sources.strategies.snapshot_files import (
+    Run,
+    fsync,
+    home_of,
+    ident,
+    promote,
+    sql_str,
+    write_json,
+)
 
-__all__ = ["read", "acknowledge"]
+__all__ = ["acknowledge", "home_of", "read"]
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +104,6 @@ _ROW = "__sd_row"
 _OP = "__sd_op"
 #: ``__sd_op`` codes index this array.
 _OPS = pa.array([OP_READ, OP_INSERT, OP_UPDATE, OP_DELETE], pa.string())
-_PREVIOUS = "previous.json"
-_HASH_TAG = f"duckdb-hash {duckdb.__version__}"
 #: Parquet options for the (key, hash, row) files: hashes and row numbers do not compress,
 #: and dictionary encoding them costs more than the rest of the write (measured: 8x).
 _KEYS_PARQUET: dict[str, Any] = {"use_dictionary": False, "compression": "none", "write_statistics": False}
@@ -110,7 +114,8 @@ _DEFAULT_MEMORY = "512MB"
 
 
 def read(source: Any, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
-    """Reads one snapshot_diff run of ``stream`` from ``source`` (a ``SQLSource``).
+    """Reads one snapshot_diff run of ``stream`` from ``source``: any source that can read it
+    in ``full`` mode (``Source.read`` of the stream in mode full is all this uses).
 
     Raises:
         FatalError: the stream has no key, or the source has no ``workdir`` (raised here,
@@ -121,8 +126,10 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
             f"stream {stream.name!r}: mode snapshot_diff needs a key to match rows between "
             "snapshots, and the table has no primary key; set `primary_key:` on the stream"
         )
+    if "full" not in source.capabilities.modes:
+        raise FatalError(f"stream {stream.name!r}: mode snapshot_diff needs a source that can read in full")
     if source.workdir is None:
-        raise FatalError(f"stream {stream.name!r}: mode snapshot_diff needs the source's workdir (set by the engine)")
+        raise FatalError(f"stream {stream.name!r}: mode snapshot_diff needs a workdir in the source's context")
     clash = sorted({_HASH, _ROW, _OP} & set(stream.schema.names))
     if clash:
         raise FatalError(f"stream {stream.name!r}: column(s) {clash} collide with snapshot_diff's own; exclude them")
@@ -135,174 +142,22 @@ def acknowledge(source: Any, stream: Stream, position: Position) -> None:
     gone) is left alone."""
     if source.workdir is None or not position or position.get("mode") != MODE or not position.get("done"):
         return
-    _promote(_home(source.workdir, stream), str(position["run"]))
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def _home(workdir: Path, stream: Stream) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stream.name)[:60]
-    digest = hashlib.sha1(stream.name.encode()).hexdigest()[:8]
-    return Path(workdir) / "snapshot_diff" / f"{safe}-{digest}"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Writes ``path`` atomically and durably (temporary file, fsync, rename, fsync folder)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value))
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _promote(home: Path, run_id: str) -> None:
-    """Makes run ``run_id`` the previous snapshot, if it completed and is not already."""
-    previous = _load_json(home / _PREVIOUS)
-    if previous is not None and previous.get("run") == run_id:
-        return  # already promoted (a repeated acknowledgement: touch nothing, a run may be going)
-    run_dir = home / "runs" / run_id
-    counts = _load_json(run_dir / "diffed.json")
-    meta = _load_json(run_dir / "run.json")
-    if counts is None or meta is None:
-        return  # gone (superseded by a newer run) or never finished: nothing to promote
-    _write_json(home / _PREVIOUS, {"run": run_id, "parts": counts["parts"], "key": meta["key"], "hash": meta["hash"]})
-    log.debug("snapshot_diff: run %s promoted to previous snapshot", run_id)
-    for old in (home / "runs").iterdir():
-        if old.name != run_id:
-            shutil.rmtree(old, ignore_errors=True)
-    for f in run_dir.iterdir():  # the rows and the diff are emitted: keep the keys only
-        if f.is_dir():
-            shutil.rmtree(f, ignore_errors=True)
-        elif not (f.name.startswith("keys-") or f.suffix == ".json"):
-            f.unlink()
-
-
-def _sql_str(value: str | Path) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-class _Run:
-    """One run's folder and facts."""
-
-    def __init__(self, home: Path, run_id: str, base: bool, ts: datetime) -> None:
-        self.home, self.id, self.base, self.ts = home, run_id, base, ts
-        self.dir = home / "runs" / run_id
-
-    @classmethod
-    def start(cls, home: Path, stream: Stream, base: bool) -> _Run:
-        previous = _load_json(home / _PREVIOUS)
-        runs = home / "runs"
-        if runs.exists():  # runs that crashed or were superseded, not the previous snapshot
-            for old in runs.iterdir():
-                if previous is None or old.name != previous.get("run"):
-                    shutil.rmtree(old, ignore_errors=True)
-        base = base and _previous_usable(home, previous, stream)
-        run = cls(home, uuid.uuid4().hex[:16], base, utcnow())
-        run.dir.mkdir(parents=True)
-        meta = {"base": base, "ts": run.ts.isoformat(), "key": list(stream.primary_key), "hash": _HASH_TAG}
-        _write_json(run.dir / "run.json", meta)
-        _fsync(runs)
-        return run
-
-    def previous_parts(self) -> list[Path]:
-        previous = _load_json(self.home / _PREVIOUS) or {}
-        prev = _Run(self.home, str(previous["run"]), True, self.ts)
-        return [prev.keys_path(k) for k in range(int(previous["parts"]))]
-
-    @classmethod
-    def resume(cls, home: Path, run_id: str) -> _Run | None:
-        run_dir = home / "runs" / run_id
-        try:
-            meta = json.loads((run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return cls(home, run_id, bool(meta["base"]), datetime.fromisoformat(meta["ts"]))
-
-    def rows_path(self, part: int) -> Path:
-        return self.dir / f"rows-{part:05d}.arrow"
-
-    def keys_path(self, part: int) -> Path:
-        return self.dir / f"keys-{part:05d}.parquet"
-
-    def parts(self) -> int:
-        """The number of complete parts (both files present), counted from 0."""
-        k = 0
-        while self.rows_path(k).exists() and self.keys_path(k).exists():
-            k += 1
-        return k
-
-    def drop_parts_from(self, k: int) -> None:
-        for p in self.dir.glob("rows-*.arrow"):
-            if int(p.stem.split("-")[1]) >= k:
-                p.unlink()
-        for p in self.dir.glob("keys-*.parquet"):
-            if int(p.stem.split("-")[1]) >= k:
-                p.unlink()
-
-    def diffed(self) -> dict[str, int] | None:
-        try:
-            return json.loads((self.dir / "diffed.json").read_text())
-        except (OSError, ValueError):
-            return None
-
-
-def _previous_usable(home: Path, previous: dict[str, Any] | None, stream: Stream) -> bool:
-    """Whether the previous snapshot can be diffed against: it exists and has this key."""
-    if previous is None:
-        return False
-    prev = _Run(home, str(previous["run"]), True, utcnow())
-    if any(not prev.keys_path(k).exists() for k in range(int(previous["parts"]))):
-        log.warning("stream %r: the previous snapshot's files are missing; emitting a full snapshot "
-                    "(rows deleted since the last run cannot be detected this once)", stream.name)
-        return False
-    if previous["key"] != list(stream.primary_key):
-        log.warning(
-            "stream %r: the previous snapshot has key %s, the stream now %s; emitting a full "
-            "snapshot (rows deleted since the last run cannot be detected this once)",
-            stream.name, previous["key"], list(stream.primary_key),
-        )
-        return False
-    if previous["hash"] != _HASH_TAG:
-        log.warning(
-            "stream %r: the previous snapshot was hashed by %r, this run hashes with %r; "
-            "every row will be reported as updated once", stream.name, previous["hash"], _HASH_TAG,
-        )
-    return True
+    promote(home_of(source.workdir, stream), str(position["run"]))
 
 
 # ---------------------------------------------------------------------------- the run
 
 
 def _read(source: Any, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
-    home = _home(source.workdir, stream)
+    home = home_of(source.workdir, stream)
     home.mkdir(parents=True, exist_ok=True)
-    run: _Run | None = None
+    run: Run | None = None
     resume: Position | None = None
     if position and position.get("mode") == MODE:
         if position.get("done"):
-            _promote(home, str(position["run"]))
+            promote(home, str(position["run"]))
         else:
-            run = _Run.resume(home, str(position["run"]))
+            run = Run.resume(home, str(position["run"]))
             resume = position
             if run is None:
                 log.warning(
@@ -310,13 +165,13 @@ def _read(source: Any, stream: Stream, position: Position | None) -> Iterator[Re
                     "(changes already emitted are derived again)", stream.name, position["run"],
                 )
     if run is None:
-        run, resume = _Run.start(home, stream, base=position is not None), None
+        run, resume = Run.start(home, stream, base=position is not None), None
     elif resume is not None and resume.get("phase") == "read" and run.parts() < int(resume["parts"]):
         log.warning("stream %r: snapshot_diff run %s lost parts; starting a new run", stream.name, run.id)
-        run, resume = _Run.start(home, stream, base=True), None
+        run, resume = Run.start(home, stream, base=True), None
     elif resume is not None and resume.get("phase") == "emit" and run.diffed() is None:
         log.warning("stream %r: snapshot_diff run %s lost its diff; starting a new run", stream.name, run.id)
-        run, resume = _Run.start(home, stream, base=True), None
+        run, resume = Run.start(home, stream, base=True), None
 
     batch_size = int(stream.options.get("batch_size") or source.config.batch_size)
     con = _connect(stream, run)
@@ -333,7 +188,7 @@ def _read(source: Any, stream: Stream, position: Position | None) -> Iterator[Re
     yield ReadBatch(_empty_change(stream), {"mode": MODE, "run": run.id, "done": True}, final=False)
 
 
-def _connect(stream: Stream, run: _Run) -> duckdb.DuckDBPyConnection:
+def _connect(stream: Stream, run: Run) -> duckdb.DuckDBPyConnection:
     config: dict[str, Any] = {
         "memory_limit": str(stream.options.get("memory_limit") or _DEFAULT_MEMORY),
         "temp_directory": str(run.dir / "tmp"),
@@ -359,7 +214,7 @@ def _hash(con: duckdb.DuckDBPyConnection, batch: pa.RecordBatch) -> pa.Array:
     table = _hashable(batch)
     con.register("__sd_batch", table)
     try:
-        cols = ", ".join(_ident(n) for n in table.column_names)
+        cols = ", ".join(ident(n) for n in table.column_names)
         out = con.sql(f"SELECT hash({cols}) AS h FROM __sd_batch").to_arrow_table().column(0).combine_chunks()
     finally:
         con.unregister("__sd_batch")
@@ -371,7 +226,7 @@ def _hash(con: duckdb.DuckDBPyConnection, batch: pa.RecordBatch) -> pa.Array:
 class _PartWriter:
     """Writes one part: the rows (Arrow IPC) and their keys, hashes and row numbers (Parquet)."""
 
-    def __init__(self, run: _Run, part: int, stream: Stream) -> None:
+    def __init__(self, run: Run, part: int, stream: Stream) -> None:
         self.run, self.part, self.stream = run, part, stream
         self.rows = 0
         self._rows = pa.ipc.new_file(str(run.rows_path(part)) + ".tmp", stream.schema)
@@ -396,30 +251,29 @@ class _PartWriter:
         self._keys.close()
         for final in (self.run.rows_path(self.part), self.run.keys_path(self.part)):
             tmp = Path(str(final) + ".tmp")
-            _fsync(tmp)
+            fsync(tmp)
             os.replace(tmp, final)
-        _fsync(self.run.dir)
+        fsync(self.run.dir)
 
 
-def _rows_before(run: _Run, parts: int) -> int:
+def _rows_before(run: Run, parts: int) -> int:
     return sum(pq.ParquetFile(run.keys_path(k)).metadata.num_rows for k in range(parts))
 
 
-def _read_phase(source: Any, stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection,
+def _read_phase(source: Any, stream: Stream, run: Run, con: duckdb.DuckDBPyConnection,
                 resume: Position | None) -> Iterator[ReadBatch]:
     """Reads the table into the run's parts; yields an empty batch after each complete part."""
-    plan = source._plan(stream)
     part_rows = int(stream.options.get("chunk_size") or source.config.chunk_size)
     part = int(resume["parts"]) if resume else 0
     run.drop_parts_from(part)
     for tmp in run.dir.glob("*.tmp"):
         tmp.unlink()
     row = _rows_before(run, part)
-    full_pos = {"mode": "full", "snapshot": run.id, "after": resume["after"]} if resume else None
+    full_pos = _full_position(run, resume)
     schema = stream.schema
     writer: _PartWriter | None = None
     try:
-        for rb in source._read_full(plan, full_pos):
+        for rb in source.read(dataclasses.replace(stream, mode="full"), full_pos):
             data = strip_meta(rb.data)
             if data.num_rows:
                 data = pa.RecordBatch.from_arrays(data.columns, schema=schema)
@@ -431,15 +285,25 @@ def _read_phase(source: Any, stream: Stream, run: _Run, con: duckdb.DuckDBPyConn
                 writer.close()
                 writer = None
                 part += 1
-                if rb.resumable and rb.position.get("after") is not None:
-                    pos = {"mode": MODE, "run": run.id, "phase": "read", "parts": part, "after": rb.position["after"]}
+                if rb.resumable and not rb.final:
+                    pos = {"mode": MODE, "run": run.id, "phase": "read", "parts": part, "full": rb.position}
                     yield ReadBatch(_empty_change(stream), pos)
     finally:
         if writer is not None:  # interrupted: the part stays a .tmp and is dropped on resume
             writer.abort()
 
 
-def _diff_phase(stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def _full_position(run: Run, resume: Position | None) -> Position | None:
+    """Where the full read resumes: the full position kept in the read phase's position (one
+    written before the full position was kept whole holds its keyset ``after`` only)."""
+    if not resume:
+        return None
+    if "full" in resume:
+        return dict(resume["full"])
+    return {"mode": "full", "snapshot": run.id, "after": resume["after"]}
+
+
+def _diff_phase(stream: Stream, run: Run, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Against the previous snapshot, writes diff.parquet; returns the counts (also in
     diffed.json, which marks the diff complete)."""
     parts = run.parts()
@@ -451,26 +315,26 @@ def _diff_phase(stream: Stream, run: _Run, con: duckdb.DuckDBPyConnection) -> di
     counts = {"parts": parts, "rows": total, "changes": total}
     if run.base:
         on = " AND ".join(
-            f"n.{_ident(k)} {'IS NOT DISTINCT FROM' if stream.schema.field(k).nullable else '='} o.{_ident(k)}"
+            f"n.{ident(k)} {'IS NOT DISTINCT FROM' if stream.schema.field(k).nullable else '='} o.{ident(k)}"
             for k in stream.primary_key
         )
 
         def scan(paths: list[Path]) -> str:
-            return f"read_parquet([{', '.join(_sql_str(p) for p in paths)}])"
+            return f"read_parquet([{', '.join(sql_str(p) for p in paths)}])"
 
-        keys = ", ".join(f"o.{_ident(k)} AS {_ident(k)}" for k in stream.primary_key)
+        keys = ", ".join(f"o.{ident(k)} AS {ident(k)}" for k in stream.primary_key)
         diff = run.dir / "diff.parquet"
         con.execute(
             f"COPY (SELECT n.{_ROW} AS {_ROW}, "
             f"(CASE WHEN n.{_HASH} IS NULL THEN 3 WHEN o.{_HASH} IS NULL THEN 1 ELSE 2 END)::UTINYINT AS {_OP}, "
             f"{keys} FROM {scan(new_parts)} n FULL OUTER JOIN {scan(run.previous_parts())} o ON {on} "
             f"WHERE o.{_HASH} IS DISTINCT FROM n.{_HASH} ORDER BY n.{_ROW} NULLS LAST) "
-            f"TO {_sql_str(str(diff) + '.tmp')} (FORMAT parquet)"
+            f"TO {sql_str(str(diff) + '.tmp')} (FORMAT parquet)"
         )
-        _fsync(Path(str(diff) + ".tmp"))
+        fsync(Path(str(diff) + ".tmp"))
         os.replace(str(diff) + ".tmp", diff)
         counts["changes"] = pq.ParquetFile(diff).metadata.num_rows
-    _write_json(run.dir / "diffed.json", counts)
+    write_json(run.dir / "diffed.json", counts)
     shutil.rmtree(run.dir / "tmp", ignore_errors=True)
     return counts
 
@@ -486,7 +350,7 @@ class _RowStore:
     process holds one batch, not the mapped file.
     """
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         self._files: list[pa.OSFile] = []
         self._where: list[tuple[pa.ipc.RecordBatchFileReader, int]] = []
         starts: list[int] = []
@@ -566,7 +430,7 @@ def _skip(batches: Iterator[pa.RecordBatch], skip: int) -> Iterator[pa.RecordBat
         yield b
 
 
-def _emit_phase(stream: Stream, run: _Run, counts: dict[str, int], after: int, batch_size: int) -> Iterator[ReadBatch]:
+def _emit_phase(stream: Stream, run: Run, counts: dict[str, int], after: int, batch_size: int) -> Iterator[ReadBatch]:
     """Yields the run's changes from change number ``after`` on."""
     store = _RowStore(run)
     try:

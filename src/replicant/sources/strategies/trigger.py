@@ -86,13 +86,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replicant.cdc._trigger_sql import AT, OP, SEQ, TXID, Dialect, dialect_for
 from replicant.errors import FatalError
-from replicant.model import META_COLUMNS, Position, Stream, encode_position
-from replicant.sources.base import ReadBatch
+from replicant.model import META_COLUMNS, Position, ReadBatch, Stream, encode_position
+from replicant.sources.strategies.protocols import TriggerSource, sizes
+from replicant.sources.strategies.trigger_sql import AT, OP, SEQ, TXID, TriggerSQL
 from replicant.sources.types import Column
 
-__all__ = ["install", "uninstall", "read", "acknowledge"]
+__all__ = ["acknowledge", "install", "read", "uninstall"]
+
+#: What this strategy needs of a source (checked before reading).
+NEEDS = TriggerSource
 
 _GAP_TIMEOUT = 900.0
 _EXTRA = ("__replicant_op", "__replicant_seq", "__replicant_at", "__replicant_missing")
@@ -108,8 +111,7 @@ def install(source: Any, streams: list[Stream]) -> list[str]:
     """
     done: list[str] = []
     for s in streams:
-        plan = source._plan(s)
-        done += dialect_for(source, s).create(_keys(plan, s))
+        done += source.trigger_sql(s).create(_keys(source.columns(s), s))
     return done
 
 
@@ -118,7 +120,7 @@ def uninstall(source: Any, streams: list[Stream]) -> list[str]:
     Idempotent; returns one line per object dropped."""
     done: list[str] = []
     for s in streams:
-        done += dialect_for(source, s).drop()
+        done += source.trigger_sql(s).drop()
     return done
 
 
@@ -127,11 +129,11 @@ def acknowledge(source: Any, stream: Stream, position: Position) -> None:
     the reader actually saw are deleted (see the module docstring); idempotent."""
     if not position or position.get("mode") != "trigger":
         return
-    d = dialect_for(source, stream)
+    d = source.trigger_sql(stream)
     if d.installed()[0] is None:
         return  # uninstalled: nothing to purge
     q = source.quote
-    if source.dialect == "postgresql":
+    if d.late_commits == "txid":
         where = f"{q(TXID)} < {int(position['txid'])}"
         if position.get("upto") is not None:
             where += f" OR ({q(TXID)} < {int(position['upto'])} AND {q(SEQ)} <= {int(position['seq'])})"
@@ -151,9 +153,11 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
         FatalError: the triggers are not installed (run ``replicant cdc install``), the
             shadow table was re-created since ``position``, or the table has no usable key.
     """
-    plan = source._plan(stream)
-    keys = _keys(plan, stream)
-    d = dialect_for(source, stream)
+    if not isinstance(source, TriggerSource):
+        raise FatalError(f"stream {stream.name!r}: a {type(source).__name__} cannot read `mode: trigger`")
+    columns = source.columns(stream)
+    keys = _keys(columns, stream)
+    d = source.trigger_sql(stream)
     install_id, has_triggers = d.installed()
     if install_id is None or not has_triggers:
         what = "shadow table" if install_id is None else "triggers"
@@ -161,7 +165,7 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
             f"stream {stream.name!r} (mode: trigger): the {what} of {d.base} are not installed; "
             f"run `replicant cdc install PIPELINE.yml` first"
         )
-    ctx = _Ctx(source, stream, plan, keys, d)
+    ctx = _Ctx(source, stream, columns, keys, d)
     pos = dict(position) if position and position.get("mode") == "trigger" else None
     if pos is not None and pos.get("install") != install_id:
         raise FatalError(
@@ -173,9 +177,9 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
         pos = {"mode": "trigger", "install": install_id, **ctx.mark(), "snapshot": None}
     if "snapshot" in pos:
         pos = yield from _snapshot(ctx, pos)
-    if source.dialect == "postgresql":
+    if d.late_commits == "txid":
         yield from _changes_pg(ctx, pos)
-    elif source.dialect == "mysql":
+    elif d.late_commits == "gaps":
         yield from _changes_mysql(ctx, pos)
     else:
         yield from _changes_seq(ctx, pos)
@@ -184,15 +188,16 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
 # ---------------------------------------------------------------------------- internals
 
 
-def _keys(plan: Any, stream: Stream) -> list[Column]:
+def _keys(columns: list[Column], stream: Stream) -> list[Column]:
     if not stream.primary_key:
         raise FatalError(
             f"stream {stream.name!r}: mode trigger needs a key; the table has no primary key, set `primary_key:`"
         )
-    missing = [k for k in stream.primary_key if k not in plan.by_name]
+    by_name = {c.name: c for c in columns}
+    missing = [k for k in stream.primary_key if k not in by_name]
     if missing:
         raise FatalError(f"stream {stream.name!r}: key column(s) {missing} are not in the table")
-    keys = plan.cols(stream.primary_key)
+    keys = [by_name[k] for k in stream.primary_key]
     nullable = [c.name for c in keys if c.nullable]
     if nullable:
         raise FatalError(
@@ -202,33 +207,30 @@ def _keys(plan: Any, stream: Stream) -> list[Column]:
 
 
 class _Ctx:
-    """One read: the stream, its query plan extended with the shadow columns, the dialect."""
+    """One read: the stream, its columns (and those extended with the shadow columns), the dialect."""
 
-    def __init__(self, source: Any, stream: Stream, plan: Any, keys: list[Column], d: Dialect) -> None:
-        self.src, self.stream, self.plan, self.keys, self.d = source, stream, plan, keys, d
-        self.batch_size = int(stream.options.get("batch_size") or source.config.batch_size)
-        self.chunk = int(stream.options.get("chunk_size") or source.config.chunk_size)
+    def __init__(self, source: TriggerSource, stream: Stream, columns: list[Column], keys: list[Column],
+                 d: TriggerSQL) -> None:
+        self.src, self.stream, self.columns, self.keys, self.d = source, stream, columns, keys, d
+        self.batch_size, self.chunk = sizes(source, stream)
         extra = [
             Column(_EXTRA[0], "text", pa.string(), False),
             Column(_EXTRA[1], "bigint", pa.int64(), False),
             Column(_EXTRA[2], "bigint", pa.int64(), False),
             Column(_EXTRA[3], "integer", pa.int64(), False),
         ]
-        cols = list(plan.columns) + extra
-        schema = pa.schema([c.field() for c in cols])
-        self.ext_plan = dataclasses.replace(
-            plan, stream=dataclasses.replace(stream, schema=schema), columns=cols, by_name={c.name: c for c in cols}
-        )
+        self.ext_columns = list(columns) + extra
+        self.ext_schema = pa.schema([c.field() for c in self.ext_columns])
 
     def one(self, sql: str) -> tuple:
-        return self.src._fetchall(sql)[0]
+        return self.src.fetchall(sql)[0]
 
     def mark(self) -> Position:
         """The shadow high-water mark taken before a snapshot (see the module docstring)."""
         q = self.src.quote
-        if self.src.dialect == "postgresql":
+        if self.d.late_commits == "txid":
             return {"txid": int(self.one("SELECT txid_snapshot_xmin(txid_current_snapshot())")[0])}
-        if self.src.dialect == "mysql":
+        if self.d.late_commits == "gaps":
             return {"seq": 0, "gaps": []}
         return {"seq": int(self.one(f"SELECT coalesce(max({q(SEQ)}), 0) FROM {self.d.shadow}")[0])}
 
@@ -243,11 +245,11 @@ class _Ctx:
 
     def images(self, where: str) -> Iterator[pa.RecordBatch]:
         """The current rows of the keys whose shadow rows match ``where``: one per key (its
-        last shadow row), in that row's seq order, as batches of the extended plan."""
+        last shadow row), in that row's seq order, as batches of the extended columns."""
         q, d = self.src.quote, self.d
         keyset = set(self.stream.primary_key)
         sel = [c.select.format(f"{'c' if c.name in keyset else 't'}.{q(c.name)}") + f" AS {q(c.name)}"
-               for c in self.plan.columns]
+               for c in self.columns]
         k0 = q(self.keys[0].name)
         sel += [f"c.{q(OP)} AS {q(_EXTRA[0])}", f"c.{q(SEQ)} AS {q(_EXTRA[1])}", f"c.{q(AT)} AS {q(_EXTRA[2])}",
                 f"CASE WHEN t.{k0} IS NULL THEN 1 ELSE 0 END AS {q(_EXTRA[3])}"]
@@ -259,10 +261,10 @@ class _Ctx:
         )
         on = " AND ".join(f"t.{q(c.name)} = c.{q(c.name)}" for c in self.keys)
         sql = f"SELECT {', '.join(sel)} FROM ({inner}) c LEFT JOIN {d.base} t ON {on} ORDER BY c.{q(SEQ)}"
-        return self.src._rebatched(sql, [], self.ext_plan, self.batch_size)
+        return self.src.query_batches(self.stream, sql, self.ext_columns, self.batch_size)
 
     def batch(self, ext: pa.RecordBatch, position: Position) -> ReadBatch:
-        """A change batch of ``stream.change_schema`` from a batch of the extended plan."""
+        """A change batch of ``stream.change_schema`` from a batch of the extended columns."""
         n = len(self.stream.schema)
         missing = pc.equal(ext.column(n + 3), 1)
         inserted = pc.equal(ext.column(n), "I")
@@ -294,7 +296,7 @@ def _snapshot(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
     after = {k: v for k, v in pos.items() if k != "snapshot"}
     i_pos = ctx.stream.change_schema.get_field_index(META_COLUMNS[1])
     field = ctx.stream.change_schema.field(i_pos)
-    for rb in ctx.src._read_full(ctx.plan, pos["snapshot"]):
+    for rb in ctx.src.read(dataclasses.replace(ctx.stream, mode="full"), pos["snapshot"]):
         p = after if rb.final else {**after, "snapshot": rb.position}
         col = pa.repeat(pa.scalar(encode_position(p), pa.string()), rb.data.num_rows)
         yield ReadBatch(rb.data.set_column(i_pos, field, col), p, resumable=rb.resumable, final=rb.final)
@@ -360,7 +362,7 @@ def _changes_mysql(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
     if gaps:
         expired = _expired(ctx, gaps)  # before looking: see the module docstring
         in_gaps = " OR ".join(f"{q(SEQ)} BETWEEN {int(a)} AND {int(b)}" for a, b, _ in gaps)
-        found = [int(r[0]) for r in ctx.src._fetchall(
+        found = [int(r[0]) for r in ctx.src.fetchall(
             f"SELECT {q(SEQ)} FROM {ctx.d.shadow} WHERE {in_gaps} ORDER BY {q(SEQ)}")]  # late rows only: few
         left = [g for g in _subtract(gaps, found) if not expired(g)]
         if found:
@@ -374,7 +376,7 @@ def _changes_mysql(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
         if not n:
             break
         # the gaps of (seq, hi], found before the rows are read (see the module docstring)
-        rows = ctx.src._fetchall(
+        rows = ctx.src.fetchall(
             f"SELECT prev, s, UNIX_TIMESTAMP(NOW(6)) FROM (SELECT {q(SEQ)} AS s, "
             f"COALESCE(LAG({q(SEQ)}) OVER (ORDER BY {q(SEQ)}), {seq}) AS prev FROM {ctx.d.shadow} "  # MariaDB: no LAG default
 
@@ -395,7 +397,7 @@ def _changes_mysql(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
 
 
 def _empty(ctx: _Ctx) -> pa.RecordBatch:
-    schema = ctx.ext_plan.stream.schema
+    schema = ctx.ext_schema
     return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
 
 
@@ -418,18 +420,13 @@ def _subtract(gaps: list[list[Any]], found: list[int]) -> list[list[Any]]:
     return out
 
 
-def _expired(ctx: _Ctx, gaps: list[list[Any]]):  # noqa: ANN202 - a predicate
+def _expired(ctx: _Ctx, gaps: list[list[Any]]):
     """A predicate: whether no transaction that could fill a gap is still running."""
-    import pymysql
-
     try:
-        conn = ctx.src._connect()
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT UNIX_TIMESTAMP(MIN(trx_started)), UNIX_TIMESTAMP(NOW(6)) FROM information_schema.INNODB_TRX "
-                "WHERE trx_mysql_thread_id <> CONNECTION_ID()")
-            oldest, now = cur.fetchone()
-    except pymysql.MySQLError:  # no PROCESS privilege: fall back to the gap's age
+        oldest, now = ctx.one(
+            "SELECT UNIX_TIMESTAMP(MIN(trx_started)), UNIX_TIMESTAMP(NOW(6)) FROM information_schema.INNODB_TRX "
+            "WHERE trx_mysql_thread_id <> CONNECTION_ID()")
+    except FatalError:  # no PROCESS privilege: fall back to the gap's age
         timeout = float(ctx.stream.options.get("gap_timeout") or _GAP_TIMEOUT)
         now = float(ctx.one("SELECT UNIX_TIMESTAMP(NOW(6))")[0])
         return lambda g: now - float(g[2]) > timeout

@@ -1,10 +1,10 @@
-"""How :class:`~replicant.cdc.pg_log.PgLogCapture` turns decoded pgoutput messages into
-change sets (moved out of :mod:`replicant.cdc.pg_log`, whose docstring describes the
+"""How :class:`~replicant.sources.postgres.capture.PgLogCapture` turns decoded pgoutput messages into
+change sets (moved out of :mod:`replicant.sources.postgres.capture`, whose docstring describes the
 whole capture).
 
 - :class:`_Target`: how one stream is decoded (its relation's column indexes).
 - :class:`_Rows`, :class:`_Pending`: the whole transactions read but not yet yielded.
-- :class:`_Changes`, a mixin of :class:`~replicant.cdc.pg_log.PgLogCapture`: describing a
+- :class:`_Changes`, a mixin of :class:`~replicant.sources.postgres.capture.PgLogCapture`: describing a
   table again when its ``Relation`` message changed (:meth:`_Changes._describe`), binding a
   stream to a relation, adding a row message to the pending rows (an update that changes the
   key becomes a delete and an update), and the pending rows → Arrow (``_flush``, ``_batch``,
@@ -31,7 +31,7 @@ from replicant.sources.base import ChangeSet
 from .pgoutput import UNCHANGED, Relation, to_arrow
 
 if TYPE_CHECKING:
-    from ._pg_snapshot import _Snap
+    from ._snapshot import _Snap
 
 
 @dataclass
@@ -144,7 +144,7 @@ class _Pending:
 
 
 class _Changes:
-    """The decoding methods of :class:`~replicant.cdc.pg_log.PgLogCapture` (uses its
+    """The decoding methods of :class:`~replicant.sources.postgres.capture.PgLogCapture` (uses its
     ``source``, ``config``, ``_sql``, ``_qi``, ``_table`` and ``_window_filter``)."""
 
     source: Any
@@ -158,10 +158,9 @@ class _Changes:
         filtered by the stream's ``include``/``exclude``; key, options and schema metadata
         stay the stream's."""
         s = t.stream
-        found = self.source._tables(only=s.table)
-        if not found:
+        table = self.source.catalog(s.table)
+        if table is None:
             raise FatalError(f"table {self._table(s)} does not exist (dropped or renamed?); fix `table:` of stream {s.name!r}")
-        table = found[0]
         now = {c.name: c for c in table.columns}
         current, generated = {}, set()
         for name, typ, mod, gen in self._sql(
@@ -181,7 +180,7 @@ class _Changes:
             if c is None or current.get(name) != (typ, mod):
                 c = self._column(name, typ, mod, nullable=c.nullable if c is not None else True)
             columns.append(c)
-        described = self.source._stream(dataclasses.replace(table, columns=columns), self.source._default_schema())
+        described = self.source.describe(dataclasses.replace(table, columns=columns))
         fields = list(described.schema)
         sc = self._stream_config(s)
         if sc is not None and sc.include:
@@ -290,9 +289,10 @@ class _Changes:
             need |= m
         rows = np.nonzero(need)[0]
         keys = batch.select(list(s.primary_key)).take(pa.array(rows))
-        plan = self.source._plan(s)
+        cols = self.source.columns(s)
+        by_name = {c.name: c for c in cols}
         params: list[Any] = []
-        kcols = plan.cols(s.primary_key)
+        kcols = [by_name[k] for k in s.primary_key]
         arrays = []
         for c in kcols:
             texts = keys.column(c.name).cast(pa.string()).to_pylist() if not pa.types.is_binary(c.arrow) else \
@@ -301,8 +301,8 @@ class _Changes:
             arrays.append(f"CAST(current_setting('replicant.p{len(params) - 1}') AS {c.sql_type}[])")
         names = ", ".join(f"t.{self._qi(c.name)}" for c in kcols)
         where = f"({names}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
-        sql = self.source._query(plan, [where], [], None)
-        fetched = pa.Table.from_batches(list(self.source._batches(sql, params, plan, 10_000)), schema=s.schema)
+        sql = self.source.select_sql(s, cols, [where])
+        fetched = pa.Table.from_batches(list(self.source.query_batches(s, sql, cols, 10_000, params)), schema=s.schema)
         idx = pa.table({**{k: batch.column(k) for k in s.primary_key}, "__row": pa.array(np.arange(batch.num_rows))})
         found = fetched.append_column("__found", pa.repeat(True, fetched.num_rows))
         joined = idx.join(found, keys=list(s.primary_key), join_type="left outer").sort_by("__row")

@@ -77,7 +77,6 @@ import logging
 import re
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,7 +84,7 @@ from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.model import Position, Stream, encode_position
 from replicant.sources.base import ChangeSet
 
-from ._binlog_snapshot import _raw_type, _select, _Snapshot
+from ._binlog_snapshot import _Snapshot
 from ._binlog_values import _coord, _Decoding, _key, _min, _Table
 
 __all__ = ["BinlogCapture"]
@@ -119,17 +118,13 @@ class BinlogCapture(_Snapshot, _Decoding):
 
     @property
     def pipeline(self) -> str:
-        return getattr(self.source, "pipeline", None) or "replicant"
+        """The source feed this reader serves (``pipeline`` or ``pipeline.tenant``)."""
+        return str(self.source.context.feed)
 
     @property
     def server_id(self) -> int:
-        """The replica id this reader registers with: ``source.server_id``, or one derived
-        from the pipeline name (stable across runs; two pipelines reading one server must
-        not share it, or the server drops the older connection)."""
-        configured = self.source.config.server_id
-        if configured:
-            return int(configured)
-        return 1_000_000 + zlib.crc32(f"replicant:{self.pipeline}".encode()) % 4_000_000_000
+        """The replica id this reader registers with (:attr:`MySQLSource.server_id`)."""
+        return int(self.source.server_id)
 
     def _settings(self) -> dict[str, Any]:
         u = self.source._u
@@ -148,14 +143,14 @@ class BinlogCapture(_Snapshot, _Decoding):
         try:
             return pymysql.connect(database=self.source._u.database, charset="utf8mb4", autocommit=True, **kw, **extra)
         except pymysql.MySQLError as e:
-            raise ConnectionError(f"cannot connect to {self.source._where_am_i()}: {self._scrub(e)}") from None
+            raise ConnectionError(f"cannot connect to {self.source.location()}: {self._scrub(e)}") from None
 
     def _scrub(self, e: BaseException) -> str:
-        return self.source._scrub(str(e.args[-1]) if e.args else str(e))
+        return self.source.scrub(str(e.args[-1]) if e.args else str(e))
 
     def _translate(self, e: Exception, what: str) -> Exception:
         code = e.args[0] if e.args else None
-        msg = f"{what} on {self.source._where_am_i()}: {self._scrub(e)}"
+        msg = f"{what} on {self.source.location()}: {self._scrub(e)}"
         if code in _CONNECT_CODES:
             return RetriableError(msg)
         if code == 1236:
@@ -204,7 +199,7 @@ class BinlogCapture(_Snapshot, _Decoding):
         if facts["binlog_row_image"] != "FULL":
             wrong.append(f"binlog_row_image is {facts['binlog_row_image'] or 'unset'}: set binlog_row_image=FULL")
         if wrong:
-            raise FatalError(f"`mode: log` cannot read {self.source._where_am_i()}: " + "; ".join(wrong))
+            raise FatalError(f"`mode: log` cannot read {self.source.location()}: " + "; ".join(wrong))
         lines = ["log_bin is ON", "binlog_format is ROW", "binlog_row_image is FULL"]
         if facts["binlog_row_metadata"] == "FULL":
             lines.append("binlog_row_metadata is FULL")
@@ -240,6 +235,10 @@ class BinlogCapture(_Snapshot, _Decoding):
         return {"file": row[0], "pos": int(row[1])}
 
     # ------------------------------------------------------------------ hooks
+
+    def check(self, streams: list[Stream]) -> list[str]:
+        """Checks the server's binlog settings; ``FatalError`` says what to set."""
+        return self._check(self._facts())
 
     def install(self, streams: list[Stream]) -> list[str]:
         """Nothing to create for a binlog reader: checks the server settings and says so."""
@@ -354,7 +353,12 @@ class BinlogCapture(_Snapshot, _Decoding):
             QueryEvent,
             XidEvent,
         )
-        from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+        from pymysqlreplication.row_event import (
+            DeleteRowsEvent,
+            TableMapEvent,
+            UpdateRowsEvent,
+            WriteRowsEvent,
+        )
 
         cfg = self.source.config
         target = None if follow else self._master()
@@ -446,7 +450,7 @@ class BinlogCapture(_Snapshot, _Decoding):
                 except pymysql.MySQLError as e:
                     raise self._translate(e, "reading the binlog") from None
                 if ev is None:  # the server ended the dump
-                    raise RetriableError(f"the binlog connection to {self.source._where_am_i()} ended")
+                    raise RetriableError(f"the binlog connection to {self.source.location()} ended")
                 if isinstance(ev, (MariadbGtidEvent, GtidEvent)):
                     group_open = True
                     txn_open = isinstance(ev, MariadbGtidEvent) and not (ev.flags & 1)  # FL_STANDALONE
