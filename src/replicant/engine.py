@@ -58,7 +58,7 @@ from replicant.config import PipelineConfig, suggest
 from replicant.delivery import Delivery, StreamWriter
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
-from replicant.model import Position, Stream, data_schema
+from replicant.model import ConnectorContext, Position, Stream, data_schema
 from replicant.registry import destination_class
 from replicant.sources.base import ReadBatch, Source
 
@@ -131,7 +131,8 @@ class Engine:
         self.config = config
         self.observer = observer or Observer()
         self._source_factory = source_factory or (lambda: runtime.build_source(config))
-        self._destinations_factory = destinations_factory or (lambda: runtime.build_destinations(config))
+        self._destinations_factory = destinations_factory or (lambda: runtime.build_destinations(config, self._destination_context))
+        self._destination_context: Callable[[Any], ConnectorContext] | None = None
         self._state = state
         self._log = log
         self.stop_event = threading.Event()
@@ -187,9 +188,10 @@ class Engine:
         try:
             streams = self.streams(source)
             self._bind_source(source)
-            destinations = self._destinations_factory()
-            for d in destinations:  # each opens in its delivery thread: one that fails does not stop the others
-                d.dead_letter = self._dead_letter_sink(state, d, result)
+            self._destination_context = lambda dcfg: ConnectorContext(
+                self.config.pipeline, dead_letter=self._dead_letter_sink(state, dcfg.name, result)
+            )
+            destinations = self._destinations_factory()  # each opens in its delivery thread
             done = {s.name: threading.Event() for s in streams}
             deliveries = [
                 Delivery(
@@ -262,14 +264,14 @@ class Engine:
         workdir.mkdir(parents=True, exist_ok=True)
         source.workdir = workdir
 
-    def _dead_letter_sink(self, state: Any, dest: Any, result: RunResult) -> Callable[[Stream, list], None]:
+    def _dead_letter_sink(self, state: Any, dest: str, result: RunResult) -> Callable[[Stream, list], None]:
         lock = threading.Lock()
 
         def sink(stream: Stream, records: list) -> None:
-            records = [r if r.destination is not None else dataclasses.replace(r, destination=dest.name) for r in records]
+            records = [r if r.destination is not None else dataclasses.replace(r, destination=dest) for r in records]
             state.add_dead_letters(self.config.pipeline, stream.name, records)
             with lock:
-                per = result.dead_letters.setdefault(dest.name, {})
+                per = result.dead_letters.setdefault(dest, {})
                 per[stream.name] = per.get(stream.name, 0) + len(records)
 
         return sink
@@ -301,12 +303,13 @@ class Engine:
         state, lg = self._open_parts()
         index = [d.name for d in self.config.destinations].index(destination)
         dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
-        dest = destination_class(dcfg.type, index)(dcfg, pipeline=self.config.pipeline)
+        dest = destination_class(dcfg.type, index)(
+            dcfg, ConnectorContext(self.config.pipeline, dead_letter=self._dead_letter_sink(state, dcfg.name, result))
+        )
         run_id = state.start_run(self.config.pipeline, command=f"replay {destination}")
         status = "failed"
         try:
             dest.open()
-            dest.dead_letter = self._dead_letter_sink(state, dest, result)
             names = [n for n in lg.streams() if not dcfg.streams or n in dcfg.streams]  # the streams it takes
             for name in names:
                 schemas = lg.schemas(name)

@@ -16,7 +16,7 @@ import pytest
 from replicant.config import DestinationConfig
 from replicant.destinations.duckdb import DEFAULT_MEMORY_LIMIT, DuckDBDestination
 from replicant.errors import ConnectionError, FatalError
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
 from . import conformance as cf
 
@@ -25,7 +25,7 @@ PIPELINE = "p1"
 
 def _dest(path: Path | None, write: str, schema: str | None = None) -> DuckDBDestination:
     cfg = DestinationConfig(name="wh", type="duckdb", write=write, path=str(path) if path else None, schema=schema)
-    return DuckDBDestination(cfg, pipeline=PIPELINE)
+    return DuckDBDestination(cfg, ConnectorContext(PIPELINE))
 
 
 def _reader(path: Path) -> duckdb.DuckDBPyConnection:

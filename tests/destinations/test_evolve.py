@@ -21,7 +21,7 @@ from replicant.destinations import _evolve
 from replicant.destinations.mysql import MySQLDestination
 from replicant.destinations.sqlite import SQLiteDestination
 from replicant.errors import SchemaDriftError
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, Stream
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext, Stream
 
 from . import conformance as cf
 from . import test_duckdb, test_mysql, test_postgres, test_sqlite
@@ -75,7 +75,7 @@ def _mysql(url: str) -> Target:
     db = unquote(urlsplit(url).path.lstrip("/"))
 
     def make(write: str, schema: str | None = None) -> MySQLDestination:
-        return MySQLDestination(DestinationConfig(name="my", type="mysql", url=url, write=write, schema=schema), pipeline="p")
+        return MySQLDestination(DestinationConfig(name="my", type="mysql", url=url, write=write, schema=schema), ConnectorContext("p"))
 
     def rows(table: str, schema: str | None = None) -> list[tuple] | None:
         found = test_mysql._query(url, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (db,))
@@ -94,7 +94,7 @@ def _mysql(url: str) -> Target:
 
 def _sqlite(path: Path) -> Target:
     def make(write: str, schema: str | None = None) -> SQLiteDestination:
-        return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), pipeline="p")
+        return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), ConnectorContext("p"))
 
     def rows(table: str, schema: str | None = None) -> list[tuple] | None:
         if not test_sqlite._query(path, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)):

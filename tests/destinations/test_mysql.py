@@ -15,7 +15,7 @@ import pytest
 from replicant.config import DestinationConfig
 from replicant.destinations.mysql import MySQLDestination
 from replicant.errors import ConnectionError, FatalError, RetriableError
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
 from . import conformance as cf
 from .conformance import changes, make_stream
@@ -64,7 +64,7 @@ def harness(mysql_url: str) -> cf.Harness:
 
     def make(write: str, schema: str | None = None) -> MySQLDestination:
         cfg = DestinationConfig(name="my", type="mysql", url=mysql_url, write=write, schema=schema)
-        return MySQLDestination(cfg, pipeline="p")
+        return MySQLDestination(cfg, ConnectorContext("p"))
 
     def exists(table: str, schema: str | None) -> bool:
         rows = _query(mysql_url, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (schema or db,))
@@ -118,7 +118,7 @@ def test_hostile_identifiers_in_url_database(harness: cf.Harness) -> None:
 
 
 def _dest(url: str, write: str = "merge", **kw: Any) -> MySQLDestination:
-    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url=url, write=write, **kw), pipeline="p")
+    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url=url, write=write, **kw), ConnectorContext("p"))
     d.open()
     return d
 
@@ -355,7 +355,7 @@ def test_fast_path_only_for_a_fresh_table(mysql_url: str, monkeypatch: pytest.Mo
 def test_wrong_password_is_a_connection_error(mysql_url: str) -> None:
     parts = urlsplit(mysql_url)
     bad = f"mysql://root:Sup3rSecret%21@{parts.hostname}:{parts.port}{parts.path}"
-    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url=bad), pipeline="p")
+    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url=bad), ConnectorContext("p"))
     with pytest.raises(ConnectionError) as info:
         d.open()
     text = str(info.value)
@@ -364,7 +364,7 @@ def test_wrong_password_is_a_connection_error(mysql_url: str) -> None:
 
 
 def test_unreachable_server_is_a_connection_error() -> None:
-    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url="mysql://u:pw@127.0.0.1:1/db"), pipeline="p")
+    d = MySQLDestination(DestinationConfig(name="my", type="mysql", url="mysql://u:pw@127.0.0.1:1/db"), ConnectorContext("p"))
     with pytest.raises(ConnectionError, match="127.0.0.1:1"):
         d.open()
 

@@ -16,7 +16,7 @@ from replicant.config import DestinationConfig
 from replicant.destinations import _pg_errors, _pg_sql
 from replicant.destinations.postgres import PostgresDestination
 from replicant.errors import ConnectionError, FatalError, RetriableError
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, Stream
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext, Stream
 
 from . import conformance as cf
 from ._pg_source import read_pg_table
@@ -26,7 +26,7 @@ PIPELINE = "p1"
 
 def _dest(url: str, write: str, schema: str | None = None, name: str = "pg") -> PostgresDestination:
     cfg = DestinationConfig(name=name, type="postgres", write=write, url=url, schema=schema)
-    return PostgresDestination(cfg, pipeline=PIPELINE)
+    return PostgresDestination(cfg, ConnectorContext(PIPELINE))
 
 
 def _harness(url: str) -> cf.Harness:

@@ -20,7 +20,7 @@ import pytest
 from replicant.config import DestinationConfig
 from replicant.destinations.sqlite import SQLiteDestination, _run
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
 from . import conformance as cf
 from .conformance import changes, make_stream
@@ -53,7 +53,7 @@ def _query(path: Path, sql: str, args: tuple | None = None) -> list[tuple]:
 @pytest.fixture
 def harness(sqlite_path: Path) -> cf.Harness:
     def make(write: str, schema: str | None = None) -> SQLiteDestination:
-        return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(sqlite_path), write=write), pipeline="p")
+        return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(sqlite_path), write=write), ConnectorContext("p"))
 
     def rows(table: str, schema: str | None = None) -> list[tuple] | None:
         if not _query(sqlite_path, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)):
@@ -67,7 +67,7 @@ def harness(sqlite_path: Path) -> cf.Harness:
 
 
 def _dest(path: Path, write: str = "merge") -> SQLiteDestination:
-    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), pipeline="p")
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), ConnectorContext("p"))
     d.open()
     return d
 
@@ -320,18 +320,18 @@ def test_locked_database_is_retriable(sqlite_path: Path, monkeypatch: pytest.Mon
 
 
 def test_missing_folder_is_a_connection_error(tmp_path: Path) -> None:
-    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(tmp_path / "nope" / "x.db")), pipeline="p")
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(tmp_path / "nope" / "x.db")), ConnectorContext("p"))
     with pytest.raises(ConnectionError, match="nope"):
         d.open()
 
 
 def test_url_and_schema_config(tmp_path: Path) -> None:
     target = tmp_path / "via url.db"
-    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", url=f"sqlite:///{target}"), pipeline="p")
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", url=f"sqlite:///{target}"), ConnectorContext("p"))
     d.open()
     d.close()
     assert target.exists()
-    bad = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(target), schema="other"), pipeline="p")
+    bad = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(target), schema="other"), ConnectorContext("p"))
     with pytest.raises(ConfigError):
         bad.open()
 

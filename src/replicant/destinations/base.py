@@ -37,14 +37,13 @@ bulk-loaded, never spliced into SQL.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel
 
-from replicant.model import Stream
+from replicant.model import ConnectorContext, DeadLetterSink, Stream
 
 __all__ = ["Capabilities", "Destination", "OFFSETS_TABLE", "WRITE_MODES"]
 
@@ -54,13 +53,20 @@ OFFSETS_TABLE = "_replicant_offsets"
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a destination can do; checked by the engine instead of ``isinstance``."""
+    """What a destination can do; read instead of ``isinstance`` or method-override checks.
 
-    transactional: bool = True  #: data and offset commit together
-    merge: bool = True
-    deletes: bool = True
-    replace: bool = True
-    bulk_load: bool = True
+    Readers: ``transactional`` by the engine and :mod:`replicant.delivery` (where the applied
+    offset is kept); ``merge`` and ``replace`` by :class:`Destination` at construction (a
+    ``write:`` the destination cannot do is a :class:`~replicant.errors.ConfigError`);
+    ``truncate`` by delivery (a non-transactional destination that cannot truncate skips
+    the marker) and by the conformance suite (tests/conformance), which also picks its
+    checks by these flags.
+    """
+
+    transactional: bool = True  #: data and offset commit together (:meth:`Destination.applied_offset` is exact)
+    merge: bool = True  #: ``write: merge`` (upsert by key, deletes applied)
+    replace: bool = True  #: ``write: replace`` (pending table + atomic swap)
+    truncate: bool = False  #: :meth:`Destination.truncate` applies a source TRUNCATE
 
 
 class Destination(ABC):
@@ -69,7 +75,9 @@ class Destination(ABC):
     Args:
         config: the destination's :class:`replicant.config.DestinationConfig` (name, type,
             write, url/path, schema…), with secrets already resolved.
-        pipeline: the pipeline name, part of the offsets table key.
+        context: where it runs (:class:`replicant.model.ConnectorContext`): the pipeline name
+            (part of the offsets table key) and the dead-letter sink. Nothing is set on a
+            destination from outside after construction.
 
     Construction must not connect; :meth:`open` does. Driver errors are translated here
     into :mod:`replicant.errors`.
@@ -82,15 +90,28 @@ class Destination(ABC):
     #: time with key paths; the validated instance is :attr:`options`.
     settings: ClassVar[type[BaseModel] | None] = None
 
-    def __init__(self, config, *, pipeline: str) -> None:
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
         self.config = config
         self.name: str = config.name
-        self.pipeline = pipeline
+        self._check_write(config)
+        self.context = context
+        self.pipeline = context.pipeline
         extras = dict(getattr(config, "model_extra", None) or {})
         self.options: Any = type(self).settings.model_validate(extras) if type(self).settings is not None else None
-        #: Set by the engine: ``dead_letter(stream, records)`` stores rejected records
-        #: (:class:`replicant.state.store.DeadLetter`) in the state store and counts them.
-        self.dead_letter: Callable[[Stream, list[Any]], None] | None = None
+        #: ``dead_letter(stream, records)`` stores rejected records
+        #: (:class:`replicant.model.DeadLetter`) and counts them; None when the context
+        #: gives no sink (a destination that rejects a record then raises instead).
+        self.dead_letter: DeadLetterSink | None = context.dead_letter
+
+    def _check_write(self, config: Any) -> None:
+        allowed = ["append"] + [m for m in ("merge", "replace") if getattr(self.capabilities, m)]
+        if config.write not in allowed:
+            from replicant.errors import ConfigError
+
+            raise ConfigError(
+                "invalid destination",
+                [(f"destinations.{self.name}.write", f"a {config.type} destination cannot `{config.write}`; use {' or '.join(allowed)}")],
+            )
 
     @abstractmethod
     def open(self) -> None:
@@ -143,7 +164,8 @@ class Destination(ABC):
 
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """The source table was truncated (a ``truncate`` log marker at ``last_offset``): remove
-        every row of the stream's table and record the offset, in one transaction."""
+        every row of the stream's table and record the offset, in one transaction.
+        Only called when ``capabilities.truncate``; the default refuses."""
         from replicant.errors import FatalError
 
         raise FatalError(f"destination {self.name!r} cannot apply a TRUNCATE of {stream.name!r}")

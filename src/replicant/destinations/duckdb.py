@@ -33,6 +33,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +49,7 @@ from replicant.destinations._duckdb_types import ddl_type, normalize, quote, sel
 from replicant.destinations._evolve import plan
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConnectionError, FatalError, RetriableError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "DuckDBDestination"]
 
@@ -82,12 +83,14 @@ class DuckDBDestination(Destination):
     :class:`~replicant.errors.FatalError` naming the stream and table.
     """
 
-    capabilities = Capabilities(transactional=True, merge=True, deletes=True, replace=True, bulk_load=True)
+    capabilities = Capabilities(transactional=True, merge=True, replace=True, truncate=True)
     dialect = "duckdb"
 
-    def __init__(self, config, *, pipeline: str, memory_limit: str | None = None, threads: int | None = None) -> None:
-        super().__init__(config, pipeline=pipeline)
-        self.path: str = config.path or f"{pipeline}.duckdb"
+    def __init__(
+        self, config: Any, context: ConnectorContext, *, memory_limit: str | None = None, threads: int | None = None
+    ) -> None:
+        super().__init__(config, context)
+        self.path: str = config.path or f"{self.pipeline}.duckdb"
         self.schema: str = config.schema_name or "main"
         self.memory_limit = memory_limit or os.environ.get("REPLICANT_DUCKDB_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
         self.threads = threads

@@ -65,7 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from replicant.destinations._records import iso_text, joined_lines, row_json, text_table
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
 __all__ = ["FilesDestination", "FilesSettings"]
 
@@ -119,18 +119,12 @@ class FilesDestination(Destination):
     the same file).
     """
 
-    capabilities = Capabilities(transactional=False, merge=False, deletes=True, replace=False, bulk_load=True)
+    capabilities = Capabilities(transactional=False, merge=False, replace=False, truncate=True)
     settings = FilesSettings
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         key = f"destinations.{self.name}"
-        if config.write != "append":
-            raise ConfigError(
-                "invalid destination",
-                [(f"{key}.write", f"a files destination only appends change events; `write: {config.write}` "
-                                  f"needs a table (use duckdb, postgres…), remove it or set `write: append`")],
-            )
         if not config.path:
             raise ConfigError("invalid destination", [(f"{key}.path", "a files destination needs `path:` (a folder or s3://bucket/prefix)")])
         path = str(config.path)

@@ -106,7 +106,7 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, s
 
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, FatalError, RetriableError
-from replicant.model import META_COLUMNS, SQL_TYPE_KEY, Stream, utcnow
+from replicant.model import META_COLUMNS, SQL_TYPE_KEY, ConnectorContext, Stream, utcnow
 
 __all__ = ["HttpDestination", "HttpSettings", "batch_id"]
 
@@ -278,18 +278,16 @@ class HttpDestination(Destination):
     """Pushes change batches to an HTTP endpoint as JSON (see the module docstring)."""
 
     settings = HttpSettings
-    capabilities = Capabilities(transactional=False, merge=True, deletes=True, replace=False, bulk_load=False)
+    capabilities = Capabilities(transactional=False, merge=True, replace=False, truncate=True)
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         where = f"destination {self.name!r}"
         if config.url is None:
             raise ConfigError(f"invalid {where}", [("url", "required key is missing for an http destination")])
         self._url = config.url.get_secret_value()
         if urlsplit(self._url).scheme not in ("http", "https"):
             raise ConfigError(f"invalid {where}", [("url", f"{_safe_url(self._url)!r} is not an http:// or https:// URL")])
-        if config.write == "replace":
-            raise ConfigError(f"invalid {where}", [("write", "an http destination cannot `replace`; use append or merge")])
         # user info in the URL is basic auth unless `auth:` says otherwise; never sent in the URL
         parts = urlsplit(self._url)
         self._url_auth: httpx.Auth | None = None

@@ -59,6 +59,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow as pa
@@ -81,7 +82,7 @@ from replicant.destinations._mysql_types import (
 )
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError
-from replicant.model import OP_DELETE, Stream
+from replicant.model import OP_DELETE, ConnectorContext, Stream
 
 __all__ = ["MySQLDestination"]
 
@@ -135,10 +136,10 @@ class MySQLDestination(Destination):
     otherwise, naming the table and stream.
     """
 
-    capabilities = Capabilities(transactional=True, merge=True, deletes=True, replace=True, bulk_load=True)
+    capabilities = Capabilities(transactional=True, merge=True, replace=True, truncate=True)
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         self._conn: pymysql.connections.Connection | None = None
         self._database = ""
         self._collation = "utf8mb4_bin"

@@ -62,7 +62,7 @@ from replicant.config import parse_duration
 from replicant.destinations._records import record_json
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
 __all__ = ["NatsDestination", "NatsSettings", "subject_for"]
 
@@ -132,18 +132,12 @@ class NatsSettings(BaseModel):
 class NatsDestination(Destination):
     """Publishes change records to NATS JetStream (see the module docstring)."""
 
-    capabilities = Capabilities(transactional=False, merge=False, deletes=True, replace=False, bulk_load=False)
+    capabilities = Capabilities(transactional=False, merge=False, replace=False, truncate=True)
     settings = NatsSettings
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         key = f"destinations.{self.name}"
-        if config.write != "append":
-            raise ConfigError(
-                "invalid destination",
-                [(f"{key}.write", f"a nats destination publishes change events; `write: {config.write}` is not "
-                                  f"possible, remove it or set `write: append`")],
-            )
         if config.url is None:
             raise ConfigError("invalid destination", [(f"{key}.url", "a nats destination needs `url:` (nats://host:4222)")])
         servers = [s.strip() for s in config.url.get_secret_value().split(",") if s.strip()]
@@ -152,7 +146,7 @@ class NatsDestination(Destination):
             raise ConfigError("invalid destination", [(f"{key}.url", "use nats://host:port (or tls://, ws://; comma-separated for a cluster)")])
         self._servers = servers
         opts: NatsSettings = self.options
-        self.stream_name = opts.stream_name or "REPLICANT_" + re.sub(r"[^A-Za-z0-9_-]", "_", pipeline).upper()
+        self.stream_name = opts.stream_name or "REPLICANT_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.pipeline).upper()
         self.timeout = float(opts.timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

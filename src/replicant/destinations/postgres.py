@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,7 +77,7 @@ from replicant.destinations._pg_types import (
 )
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
 __all__ = ["PostgresDestination"]
 
@@ -128,11 +129,11 @@ class PostgresDestination(Destination):
     else raises :class:`~replicant.errors.FatalError` naming the stream and table.
     """
 
-    capabilities = Capabilities(transactional=True, merge=True, deletes=True, replace=True, bulk_load=True)
+    capabilities = Capabilities(transactional=True, merge=True, replace=True, truncate=True)
     dialect = "postgresql"
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         self.schema: str = config.schema_name or "public"
         self._conn = None
         self._cur = None

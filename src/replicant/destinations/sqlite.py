@@ -62,6 +62,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,7 +82,7 @@ from replicant.destinations._mysql_types import (
 )
 from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError, SchemaDriftError
-from replicant.model import DIALECT_KEY, OP_DELETE, SQL_TYPE_KEY, Stream
+from replicant.model import DIALECT_KEY, OP_DELETE, SQL_TYPE_KEY, ConnectorContext, Stream
 
 __all__ = ["SQLiteDestination", "declared_type", "ddl_type"]
 
@@ -232,10 +233,10 @@ class SQLiteDestination(Destination):
     otherwise, naming the table and stream.
     """
 
-    capabilities = Capabilities(transactional=True, merge=True, deletes=True, replace=True, bulk_load=True)
+    capabilities = Capabilities(transactional=True, merge=True, replace=True, truncate=True)
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         self._conn = None
         self._path = ""
         self._targets: dict[str, _Target] = {}
