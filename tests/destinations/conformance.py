@@ -4,10 +4,9 @@ A destination's test module builds a :class:`Harness` (how to make the destinati
 read a table back through a *second* connection) and calls the ``check_*`` functions from
 its own tests. Every check asserts real outcomes: table contents, offsets, errors.
 
-The destination under test must call ``self._record(stream, last_offset)`` after its data
+An SQL destination calls its public ``store_offset(stream, last_offset)`` after its data
 statements inside the write transaction (the failure-injection point of
-:func:`check_offset_atomic`); a destination that does it differently passes its own
-``fail_after_data`` to the harness.
+:func:`check_offset_atomic`).
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ def _fail_after_data(dest: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("injected failure after the data statement")
 
-    monkeypatch.setattr(dest, "_record", boom)
+    monkeypatch.setattr(dest, "store_offset", boom)
 
 
 @dataclass

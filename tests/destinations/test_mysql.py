@@ -325,13 +325,13 @@ def test_unstorable_value_fails_whole_write(mysql_url: str) -> None:
 def test_fast_path_only_for_a_fresh_table(mysql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     s = make_stream("items", cf.ITEMS)
     merged: list[int] = []
-    original = MySQLDestination._merge
+    original = MySQLDestination.merge
 
-    def spy(self, cur, target, data, keys):
+    def spy(self, table, data):
         merged.append(data.num_rows)
-        return original(self, cur, target, data, keys)
+        return original(self, table, data)
 
-    monkeypatch.setattr(MySQLDestination, "_merge", spy)
+    monkeypatch.setattr(MySQLDestination, "merge", spy)
     d = _dest(mysql_url)
     try:
         d.prepare(s)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from replicant.config import DestinationConfig
-from replicant.destinations.sqlite import SQLiteDestination, _run
+from replicant.destinations.sqlite import SQLiteDestination
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
@@ -31,6 +31,11 @@ UTC = dt.timezone.utc
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _run(cur: Any, sql: str, params: tuple | None = None) -> None:
+    """A statement without rows, stepped to completion (ADBC's ``execute_update``)."""
+    cur.executemany(sql, [params] if params is not None else None)
 
 
 def _reader(path: Path):
@@ -66,8 +71,8 @@ def harness(sqlite_path: Path) -> cf.Harness:
     return cf.Harness(make=make, rows=rows, columns=columns)
 
 
-def _dest(path: Path, write: str = "merge") -> SQLiteDestination:
-    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), ConnectorContext("p"))
+def _dest(path: Path, write: str = "merge", **kw: Any) -> SQLiteDestination:
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), ConnectorContext("p"), **kw)
     d.open()
     return d
 
@@ -225,13 +230,13 @@ def test_same_dialect_declared_types(sqlite_path: Path) -> None:
 def test_fast_path_only_for_a_fresh_table(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = make_stream("items", cf.ITEMS)
     merged: list[int] = []
-    original = SQLiteDestination._merge
+    original = SQLiteDestination.merge
 
-    def spy(self, cur, target, data, keys):
+    def spy(self, table, data):
         merged.append(data.num_rows)
-        return original(self, cur, target, data, keys)
+        return original(self, table, data)
 
-    monkeypatch.setattr(SQLiteDestination, "_merge", spy)
+    monkeypatch.setattr(SQLiteDestination, "merge", spy)
     d = _dest(sqlite_path)
     try:
         d.prepare(s)
@@ -300,9 +305,8 @@ def test_replace_keeps_views_on_the_table(sqlite_path: Path) -> None:
 
 
 def test_locked_database_is_retriable(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("replicant.destinations.sqlite._BUSY_MS", 200)
     s = make_stream("items", cf.ITEMS)
-    d = _dest(sqlite_path, "append")
+    d = _dest(sqlite_path, "append", busy_timeout_ms=200)
     locker = _reader(sqlite_path)
     lock = locker.cursor()
     try:

@@ -125,7 +125,7 @@ class Destination(ABC):
     def prepare(self, stream: Stream) -> None:
         """Creates the stream's table from ``stream.schema`` if missing (idempotent).
 
-        The destination table name is ``stream.table_name`` in the configured schema.
+        The destination table name is :meth:`target_table` in the configured schema.
         A table that exists with the same columns is used as it is.
         """
 
@@ -142,6 +142,12 @@ class Destination(ABC):
     @abstractmethod
     def commit_replace(self, stream: Stream, *, last_offset: int) -> None:
         """Atomically swaps the pending table in and records ``last_offset``."""
+
+    def target_table(self, stream: Stream) -> str:
+        """The name of the table (or the files' folder name) ``stream`` is written to: the
+        destination's ``tables:`` mapping or template applied to it, by default the source
+        table's own name (``stream.table_name``)."""
+        return stream.table_name
 
     def require_key(self, stream: Stream) -> None:
         """Raises ``FatalError`` if ``write: merge`` meets a stream without key columns."""
