@@ -243,7 +243,7 @@ def test_memory_limit_is_set(path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     d = _dest(path, "append")
     d.open()
     try:
-        limit = d._con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        limit = d.query("SELECT current_setting('memory_limit')")[0][0]
     finally:
         d.close()
     assert limit.startswith("30.5 MiB")

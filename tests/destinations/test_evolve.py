@@ -401,7 +401,7 @@ def _execute(t: Target, sql: str) -> None:
         d = h.make("merge")  # a second connection to the same file, closed before the next test step
         d.open()
         try:
-            d._con.execute(sql)
+            d.execute(sql)
         finally:
             d.close()
     elif t.kind == "postgres":

@@ -270,6 +270,10 @@ class SQLDestination(Destination):
             SchemaDriftError: the table cannot follow (nothing is changed).
         """
 
+    def label(self, table: str) -> str:
+        """``table`` as messages name it (default: :meth:`qualified`)."""
+        return self.qualified(table)
+
     def fold(self, name: str) -> str:
         """How the dialect compares column names (default: case-insensitively)."""
         return name.casefold()
@@ -335,7 +339,7 @@ class SQLDestination(Destination):
         if stream is not None:
             parts.append(f"stream {stream.name!r}")
         if table is not None:
-            parts.append(f"table {self.qualified(table)}")
+            parts.append(f"table {self.label(table)}")
         return ", ".join(parts) + f" ({step})"
 
     # ------------------------------------------------------------------ the contract
