@@ -24,15 +24,18 @@ Two questions are answered here, both without a round trip to the server:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from replicant.destinations._sql_base import Encoded, TypeMapper
+from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
-__all__ = ["DIALECT", "JSONB_TEXT", "STAGE", "UUID_TEXT", "PgColumn", "cast_column", "ddl_type", "declared_type", "has_equality", "needs_cast", "normalize", "split_infinity", "wire_type"]
+__all__ = ["DIALECT", "JSONB_TEXT", "STAGE", "UUID_TEXT", "PgColumn", "PgTypes", "cast_column", "ddl_type", "declared_type", "has_equality", "needs_cast", "normalize", "split_infinity", "wire_type"]
 
 DIALECT = "postgresql"
 STAGE = object()  #: sentinel of :func:`wire_type`: stage the column and cast it in SQL
@@ -99,6 +102,38 @@ class PgColumn:
     element_category: str = ""
     nullable: bool = True
     has_default: bool = False
+
+
+# --------------------------------------------------------------------------- mapper
+
+
+class PgTypes(TypeMapper):
+    """The :class:`TypeMapper` of PostgreSQL.
+
+    A PostgreSQL source's declared type (:func:`declared_type`) is kept verbatim when the
+    server knows it (``known``: declared type text → whether the server parses it as one
+    existing type, filled by the destination with ``to_regtype`` before any DDL: only such
+    text is ever spliced into DDL); otherwise :func:`ddl_type` maps from Arrow. The
+    encoder is :func:`normalize`; the per-column wire casts for the target column
+    (:func:`wire_type`, :func:`cast_column`) depend on the catalog and live with the loader.
+    """
+
+    dialect = DIALECT
+
+    def __init__(self) -> None:
+        self.known: dict[str, bool] = {}
+
+    def ddl_type(self, field: pa.Field, schema: pa.Schema, *, key: bool = False) -> str:
+        declared = declared_type(field, schema)
+        if declared and self.known.get(declared, False):
+            return declared
+        try:
+            return ddl_type(field)
+        except TypeError as e:
+            raise FatalError(f"column {field.name!r}: {e}") from None
+
+    def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
+        return Encoded(normalize(rows), [None] * rows.num_columns)
 
 
 # --------------------------------------------------------------------------- DDL
