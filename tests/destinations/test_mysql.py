@@ -375,7 +375,7 @@ def test_lost_connection_is_retriable_then_reconnects(mysql_url: str) -> None:
     try:
         d.prepare(s)
         d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
-        thread_id = d._conn.thread_id()
+        [(thread_id,)] = d.query("SELECT CONNECTION_ID()")
         _query(mysql_url, f"KILL CONNECTION {int(thread_id)}")
         with pytest.raises(RetriableError):
             d.write(s, changes(s, [{"id": 2, "name": "b", "qty": 2}], "insert"), last_offset=1)
