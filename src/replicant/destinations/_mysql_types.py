@@ -40,6 +40,7 @@ from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 __all__ = [
     "DIALECT",
     "MySQLTypes",
+    "plain",
     "DEFAULT_KEY_CHARS",
     "MAX_KEY_CHARS",
     "quote",
@@ -292,14 +293,21 @@ def encode(table: pa.Table, declared: Mapping[str, str] | None = None) -> tuple[
     return pa.table(arrays, names=table.column_names), exprs
 
 
-def _encode_column(col: pa.ChunkedArray, declared: str) -> tuple[pa.ChunkedArray, str | None]:
+def plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``col`` with dictionaries decoded and extension types as their storage (zero-copy
+    for extensions): the value types every text encoder works on."""
     t = col.type
     if pa.types.is_dictionary(t):
         col = col.cast(t.value_type)
         t = col.type
     if isinstance(t, pa.ExtensionType):
         col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
-        t = col.type
+    return col
+
+
+def _encode_column(col: pa.ChunkedArray, declared: str) -> tuple[pa.ChunkedArray, str | None]:
+    col = plain(col)
+    t = col.type
     if declared.startswith("bit"):
         return col.cast(pa.uint64()), "CAST({v} AS UNSIGNED)"
     if pa.types.is_boolean(t):

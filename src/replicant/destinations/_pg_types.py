@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from replicant.destinations._mysql_types import json_text
 from replicant.destinations._sql_base import Encoded, TypeMapper
 from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
@@ -264,25 +265,12 @@ def _normalize_column(col: pa.ChunkedArray, t: pa.DataType) -> pa.ChunkedArray:
     if t == pa.uint64():
         return col.cast(pa.decimal128(20, 0))
     if _is_nested(t) or (_is_list(t) and (_is_list(t.value_type) or _is_nested(t.value_type))):
-        return _to_json_text(col)
+        return json_text(col)
     if _is_list(t) and not pa.types.is_fixed_size_list(t):
         value = _normalize_column(pa.chunked_array([c.flatten() for c in col.chunks], type=t.value_type), t.value_type)
         if value.type != t.value_type:
             return col.cast(pa.list_(value.type))
     return col
-
-
-def _to_json_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """JSON text of every value of a nested column (DuckDB ``to_json``, vectorised)."""
-    import duckdb  # lazy: only tables with nested columns need it
-
-    con = duckdb.connect()
-    try:
-        con.register("_replicant_nested", pa.table({"v": col}))
-        out = con.sql("SELECT to_json(v)::VARCHAR AS v FROM _replicant_nested").to_arrow_table()
-    finally:
-        con.close()
-    return out.column("v")
 
 
 def wire_type(t: pa.DataType, column: PgColumn) -> pa.DataType | object:

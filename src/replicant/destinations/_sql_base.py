@@ -173,8 +173,17 @@ class SQLDestination(Destination):
     insert_first: ClassVar[bool] = False
     #: A word for messages: ``PostgreSQL``, ``SQLite``…
     kind: ClassVar[str] = "SQL"
+    #: What a nullable column's DDL ends with (MySQL spells ``NULL`` out: some types default
+    #: to ``NOT NULL`` there), and what follows a ``CREATE TABLE``'s column list.
+    nullable: ClassVar[str] = ""
+    table_options: ClassVar[str] = ""
+
+    #: The identifier quote (MySQL: a backtick).
+    quote_char: ClassVar[str] = '"'
 
     types: TypeMapper
+    #: The schema (MySQL: database) holding the tables; set by ``__init__`` or :meth:`connect`.
+    schema: str = ""
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         super().__init__(config, context)
@@ -226,13 +235,14 @@ class SQLDestination(Destination):
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Runs a statement and returns its rows."""
 
-    @abstractmethod
     def quote(self, name: str) -> str:
-        """The identifier ``name`` quoted for the dialect."""
+        """The identifier ``name`` in :attr:`quote_char` (the character inside doubled)."""
+        q = self.quote_char
+        return q + name.replace(q, q + q) + q
 
-    @abstractmethod
     def qualified(self, table: str) -> str:
-        """The quoted, schema-qualified name of ``table``."""
+        """The quoted name of ``table`` in :attr:`schema`."""
+        return f"{self.quote(self.schema)}.{self.quote(table)}"
 
     @abstractmethod
     def columns(self, table: str) -> dict[str, ColumnInfo] | None:
@@ -242,10 +252,19 @@ class SQLDestination(Destination):
     def has_unique_key(self, table: str, key: Sequence[str]) -> bool:
         """Whether a primary key or unique index covers exactly ``key``."""
 
-    @abstractmethod
     def create_table(self, table: str, stream: Stream, key: Sequence[str]) -> None:
-        """``CREATE TABLE`` from ``stream.schema`` (types by :attr:`types`), with a primary
-        key on ``key`` when the dialect keeps one (empty: none)."""
+        """``CREATE TABLE`` from ``stream.schema`` (types by :attr:`types`; the stream's key
+        columns ``NOT NULL``, the others :attr:`nullable`), with a primary key on ``key``
+        when given (empty: none), and :attr:`table_options`."""
+        keys = {self.fold(k) for k in stream.primary_key}
+        cols = []
+        for f in stream.schema:
+            is_key = self.fold(f.name) in keys
+            ddl = self.types.ddl_type(f, stream.schema, key=is_key)
+            cols.append(f"{self.quote(f.name)} {ddl}{' NOT NULL' if is_key else self.nullable}")
+        if key:
+            cols.append(f"PRIMARY KEY ({', '.join(self.quote(k) for k in key)})")
+        self.execute(f"CREATE TABLE {self.qualified(table)} ({', '.join(cols)}){self.table_options}")
 
     @abstractmethod
     def insert(self, table: Table, rows: pa.Table, *, new_keys: bool = False) -> None:
@@ -276,7 +295,7 @@ class SQLDestination(Destination):
 
     def fold(self, name: str) -> str:
         """How the dialect compares column names (default: case-insensitively)."""
-        return name.casefold()
+        return name.lower()
 
     def table_name(self, stream: Stream) -> str:
         """The stored name of the stream's table (:meth:`target_table` as the dialect keeps it)."""
@@ -293,7 +312,7 @@ class SQLDestination(Destination):
 
     def add_column(self, table: str, f: pa.Field, schema: pa.Schema) -> None:
         """``ALTER TABLE … ADD COLUMN`` (nullable)."""
-        self.execute(f"ALTER TABLE {self.qualified(table)} ADD COLUMN {self.quote(f.name)} {self.types.ddl_type(f, schema)}")
+        self.execute(f"ALTER TABLE {self.qualified(table)} ADD COLUMN {self.quote(f.name)} {self.types.ddl_type(f, schema)}{self.nullable}")
 
     def delete_all(self, tables: Sequence[str]) -> None:
         """Empties ``tables`` in the open transaction (``DELETE``: transactional everywhere)."""

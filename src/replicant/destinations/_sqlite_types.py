@@ -24,6 +24,7 @@ from replicant.destinations._mysql_types import (
     is_nested,
     is_string,
     json_text,
+    plain,
     stored_type,
     time_text,
 )
@@ -102,13 +103,8 @@ def encode(table: pa.Table) -> pa.Table:
 
 
 def _encode_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    col = plain(col)
     t = col.type
-    if pa.types.is_dictionary(t):
-        col = col.cast(t.value_type)
-        t = col.type
-    if isinstance(t, pa.ExtensionType):
-        col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
-        t = col.type
     if pa.types.is_boolean(t) or pa.types.is_integer(t):
         return col.cast(pa.int64())  # safe cast: a uint64 beyond int64 raises
     if pa.types.is_floating(t):

@@ -162,11 +162,8 @@ class DuckDBDestination(SQLDestination):
 
     # ------------------------------------------------------------------ names and catalog
 
-    def quote(self, name: str) -> str:
-        return quote(name)
-
-    def qualified(self, table: str) -> str:
-        return f"{quote(self.schema)}.{quote(table)}"
+    def fold(self, name: str) -> str:
+        return name.casefold()
 
     def label(self, table: str) -> str:
         return f"{self.schema}.{table}"

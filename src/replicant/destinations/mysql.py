@@ -138,12 +138,14 @@ class MySQLDestination(SQLDestination):
 
     kind = "MySQL"
     merge_needs_unique_key = True
+    nullable = " NULL"
+    quote_char = "`"
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         super().__init__(config, context)
         self.types = MySQLTypes()
         self._conn: pymysql.connections.Connection | None = None
-        self._database = ""
 
     # ------------------------------------------------------------------ connection
 
@@ -173,8 +175,8 @@ class MySQLDestination(SQLDestination):
         """Connects, sets the session up (strict ``sql_mode``, UTC, ``READ COMMITTED``) and
         creates the configured database (``schema:``) and the offsets table if missing."""
         params = self._params()
-        self._database = self.config.schema_name or params["database"] or ""
-        if not self._database:
+        self.schema = self.config.schema_name or params["database"] or ""
+        if not self.schema:
             raise ConfigError(
                 f"destination {self.name!r} has no database",
                 [("url", "name a database in the URL (mysql://user@host/db) or set `schema:`")],
@@ -201,7 +203,7 @@ class MySQLDestination(SQLDestination):
             raise ConnectionError(f"cannot set up the session of {where}: [{code}] {msg}") from None
         self._conn = conn
         self.types = MySQLTypes(binary_collation(version))
-        offsets = f"{_escaped(self._database)}.{_escaped(OFFSETS_TABLE)}"
+        offsets = f"{_escaped(self.schema)}.{_escaped(OFFSETS_TABLE)}"
         self.offset_select = f"SELECT log_offset FROM {offsets} WHERE pipeline = %s AND stream = %s"
         self.offset_upsert = (
             f"INSERT INTO {offsets} (pipeline, stream, log_offset, updated_at) VALUES (%s, %s, %s, UTC_TIMESTAMP(6)) "
@@ -209,7 +211,7 @@ class MySQLDestination(SQLDestination):
         )
         key = f"VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {self.types.key_collation} NOT NULL"
         with self.transaction("open"):
-            self.execute(f"CREATE DATABASE IF NOT EXISTS {quote(self._database)} CHARACTER SET utf8mb4")
+            self.execute(f"CREATE DATABASE IF NOT EXISTS {quote(self.schema)} CHARACTER SET utf8mb4")
             self.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.qualified(OFFSETS_TABLE)} (pipeline {key}, stream {key}, "
                 "log_offset BIGINT NOT NULL, updated_at DATETIME(6) NOT NULL, PRIMARY KEY (pipeline, stream)) "
@@ -262,15 +264,6 @@ class MySQLDestination(SQLDestination):
 
     # ------------------------------------------------------------------ names and catalog
 
-    def quote(self, name: str) -> str:
-        return quote(name)
-
-    def qualified(self, table: str) -> str:
-        return f"{quote(self._database)}.{quote(table)}"
-
-    def fold(self, name: str) -> str:
-        return name.lower()
-
     def pending_name(self, table: str) -> str:
         return aux_name(table, PENDING_SUFFIX)
 
@@ -278,10 +271,10 @@ class MySQLDestination(SQLDestination):
         rows = self.query(
             "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, IS_NULLABLE, "
             "COLUMN_DEFAULT FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
-            (self._database, table),
+            (self.schema, table),
         )
         # information_schema compares names case-insensitively; table names are not.
-        rows = [r for r in rows if r[0] == self._database and r[1] == table]
+        rows = [r for r in rows if r[0] == self.schema and r[1] == table]
         if not rows:
             return None
         # MariaDB reports a column without a default as COLUMN_DEFAULT 'NULL' (10.2.7+), MySQL as NULL
@@ -295,19 +288,6 @@ class MySQLDestination(SQLDestination):
         for row in self.query(f"SHOW KEYS FROM {self.qualified(table)} WHERE Non_unique = 0"):
             keys.setdefault(row[2], set()).add(row[4].lower())
         return {k.lower() for k in key} in keys.values()
-
-    def create_table(self, table: str, stream: Stream, key: Sequence[str]) -> None:
-        keys = {k.lower() for k in stream.primary_key}
-        cols = []
-        for f in stream.schema:
-            is_key = f.name.lower() in keys
-            cols.append(f"{quote(f.name)} {self.types.ddl_type(f, stream.schema, key=is_key)}{' NOT NULL' if is_key else ' NULL'}")
-        if key:
-            cols.append(f"PRIMARY KEY ({', '.join(quote(k) for k in key)})")
-        self.execute(f"CREATE TABLE {self.qualified(table)} ({', '.join(cols)}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
-
-    def add_column(self, table: str, f: pa.Field, schema: pa.Schema) -> None:
-        self.execute(f"ALTER TABLE {self.qualified(table)} ADD COLUMN {quote(f.name)} {self.types.ddl_type(f, schema)} NULL")
 
     def swap(self, pending: str, table: str) -> None:
         """One atomic ``RENAME TABLE t TO old, pending TO t``, then ``DROP old``. DDL is not

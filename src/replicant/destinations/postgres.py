@@ -197,10 +197,7 @@ class PostgresDestination(SQLDestination):
     # ------------------------------------------------------------------ names and catalog
 
     def quote(self, name: str) -> str:
-        return sql.quote(name)
-
-    def qualified(self, table: str) -> str:
-        return sql.qualified(self.schema, table)
+        return sql.quote(name)  # refuses NUL, which PostgreSQL does not allow
 
     def label(self, table: str) -> str:
         return f"{self.schema}.{table}"

@@ -112,6 +112,7 @@ class SQLiteDestination(SQLDestination):
     def __init__(self, config: Any, context: ConnectorContext, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         super().__init__(config, context)
         self.types = SQLiteTypes()
+        self.schema = "main"
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: Any = None
         self._cur: Any = None
@@ -212,15 +213,6 @@ class SQLiteDestination(SQLDestination):
 
     # ------------------------------------------------------------------ names and catalog
 
-    def quote(self, name: str) -> str:
-        return quote(name)
-
-    def qualified(self, table: str) -> str:
-        return f"main.{quote(table)}"
-
-    def fold(self, name: str) -> str:
-        return name.lower()
-
     def columns(self, table: str) -> dict[str, Any] | None:
         rows = self.query("SELECT name, type, \"notnull\", dflt_value FROM pragma_table_info(?, 'main')", (table,))
         if not rows:
@@ -238,16 +230,6 @@ class SQLiteDestination(SQLDestination):
             if names == wanted:
                 return True
         return False
-
-    def create_table(self, table: str, stream: Stream, key: Sequence[str]) -> None:
-        keys = {k.lower() for k in stream.primary_key}
-        cols = [
-            f"{quote(f.name)} {self.types.ddl_type(f, stream.schema)}{' NOT NULL' if f.name.lower() in keys else ''}"
-            for f in stream.schema
-        ]
-        if key:
-            cols.append(f"PRIMARY KEY ({', '.join(quote(k) for k in key)})")
-        self.execute(f"CREATE TABLE {self.qualified(table)} ({', '.join(cols)})")
 
     # ------------------------------------------------------------------ rows
 
