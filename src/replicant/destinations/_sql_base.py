@@ -51,9 +51,14 @@ from typing import Any, ClassVar, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replicant.destinations._changes import all_reads, delete_mask, last_change_per_key, without_deletes
+from replicant.destinations._changes import (
+    all_reads,
+    delete_mask,
+    last_change_per_key,
+    without_deletes,
+)
 from replicant.destinations._evolve import Plan, plan
-from replicant.destinations.base import OFFSETS_TABLE, Capabilities, Destination
+from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
 
@@ -153,9 +158,10 @@ class Table:
         return [c for k, c in self.columns.items() if k not in have and c.nullable and not c.has_default]
 
 
-class KeyExists(Exception):  # noqa: N818 - a signal, not an error the user sees
+class KeyExists(Exception):
     """Raised by :meth:`SQLDestination.insert` with ``new_keys=True`` when a key already
-    exists; the base rolls back and merges the batch instead."""
+    exists; the base rolls back and merges the batch instead. A signal between the base
+    and a dialect that users never see (hence not an ``*Error``)."""
 
 
 class SQLDestination(Destination):
@@ -306,7 +312,7 @@ class SQLDestination(Destination):
         shortens it so that it never clips back to the table's own name."""
         return table + PENDING_SUFFIX
 
-    def check_types(self, schema: pa.Schema) -> None:  # noqa: B027 - a hook, empty by default
+    def check_types(self, schema: pa.Schema) -> None:
         """Called outside any transaction before DDL for ``schema`` (PostgreSQL asks the
         server which declared types exist)."""
 

@@ -32,7 +32,7 @@ from replicant.destinations._sql_base import Encoded, TypeMapper
 from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
-__all__ = ["DIALECT", "SQLiteTypes", "affinity", "declared_type", "ddl_type"]
+__all__ = ["DIALECT", "SQLiteTypes", "affinity", "ddl_type", "declared_type"]
 
 DIALECT = "sqlite"
 

@@ -82,6 +82,7 @@ class DuckDBDestination(SQLDestination):
     """
 
     kind = "DuckDB"
+    types: DuckDBTypes
     dialect = "duckdb"
 
     def __init__(
@@ -105,7 +106,7 @@ class DuckDBDestination(SQLDestination):
         """Opens (creating if needed) the DuckDB file and creates the schema and offsets table."""
         import duckdb
 
-        settings: dict[str, object] = {"memory_limit": self.memory_limit}
+        settings: dict[str, str | bool | int | float | list[str]] = {"memory_limit": self.memory_limit}
         if self.threads:
             settings["threads"] = self.threads
         try:

@@ -84,7 +84,13 @@ from replicant.destinations._mysql_types import (
 )
 from replicant.destinations._sql_base import PENDING_SUFFIX, SQLDestination, Table
 from replicant.destinations.base import OFFSETS_TABLE
-from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError
+from replicant.errors import (
+    ConfigError,
+    ConnectionError,
+    FatalError,
+    ReplicantError,
+    RetriableError,
+)
 from replicant.model import OP_DELETE, ConnectorContext, Stream
 
 __all__ = ["MySQLDestination"]
@@ -137,6 +143,7 @@ class MySQLDestination(SQLDestination):
     """
 
     kind = "MySQL"
+    types: MySQLTypes
     merge_needs_unique_key = True
     nullable = " NULL"
     quote_char = "`"
@@ -406,7 +413,7 @@ class MySQLDestination(SQLDestination):
 
 
 def _code(e: BaseException) -> tuple[int | None, str]:
-    args = getattr(e, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(e, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int):
         return args[0], str(args[1])
     return None, str(e)

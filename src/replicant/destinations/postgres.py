@@ -52,7 +52,12 @@ from replicant.config import normalize_url
 from replicant.destinations import _pg_sql as sql
 from replicant.destinations._changes import data_names, delete_mask
 from replicant.destinations._evolve import Plan
-from replicant.destinations._pg_errors import describe_url, message_of, sqlstate_of, translate
+from replicant.destinations._pg_errors import (
+    describe_url,
+    message_of,
+    sqlstate_of,
+    translate,
+)
 from replicant.destinations._pg_types import (
     JSONB_TEXT,
     STAGE,
@@ -109,6 +114,7 @@ class PostgresDestination(SQLDestination):
     """
 
     kind = "PostgreSQL"
+    types: PgTypes
     dialect = "postgresql"
     insert_first = True
 

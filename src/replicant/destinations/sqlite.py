@@ -67,7 +67,14 @@ from replicant.destinations._evolve import Plan, recreate_hint
 from replicant.destinations._sql_base import SQLDestination, Table
 from replicant.destinations._sqlite_types import DIALECT, SQLiteTypes, affinity
 from replicant.destinations.base import OFFSETS_TABLE
-from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError, RetriableError, SchemaDriftError
+from replicant.errors import (
+    ConfigError,
+    ConnectionError,
+    FatalError,
+    ReplicantError,
+    RetriableError,
+    SchemaDriftError,
+)
 from replicant.model import OP_DELETE, ConnectorContext, Stream
 
 __all__ = ["BUSY_TIMEOUT_MS", "SQLiteDestination"]
@@ -107,6 +114,7 @@ class SQLiteDestination(SQLDestination):
     """
 
     kind = "SQLite"
+    types: SQLiteTypes
     merge_needs_unique_key = True
 
     def __init__(self, config: Any, context: ConnectorContext, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
