@@ -147,7 +147,8 @@ class Destination(ABC):
         """The name of the table (or the files' folder name) ``stream`` is written to: the
         destination's ``tables:`` mapping or template applied to it, by default the source
         table's own name (``stream.table_name``)."""
-        return stream.table_name
+        table_for = getattr(self.config, "table_for", None)
+        return table_for(stream.name, stream.table) if table_for is not None else stream.table_name
 
     def require_key(self, stream: Stream) -> None:
         """Raises ``FatalError`` if ``write: merge`` meets a stream without key columns."""

@@ -9,6 +9,9 @@ Layout, one file per log record chunk written by the engine::
     <path>/<stream>/date=2026-11-21/00000000000000000100-00000000000000000199.parquet
     <path>/<stream>/_manifests/00000000000000000100-00000000000000000199.json
 
+``<stream>`` is the stream name, or the destination's ``tables:`` mapping or template applied
+to it when ``tables:`` is set (:meth:`Destination.target_table`).
+
 * The file is named by the log offset range of its rows (``first-last``, 20 digits so
   names sort by offset). The engine hands the same ranges on every retry, restart and
   replay, so a re-delivery *overwrites* the file instead of adding a copy: nothing doubled.
@@ -138,6 +141,10 @@ class FilesDestination(Destination):
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root = ""
 
+    def _folder_of(self, stream: Stream) -> str:
+        """The stream's folder: its name, or :meth:`target_table` when ``tables:`` is set."""
+        return _folder(stream.name if getattr(self.config, "tables", None) is None else self.target_table(stream))
+
     @property
     def extension(self) -> str:
         if self.format == "parquet":
@@ -170,7 +177,7 @@ class FilesDestination(Destination):
         self.open()
         first = last_offset - n + 1
         name = f"{first:020d}-{last_offset:020d}"
-        folder = _folder(stream.name)
+        folder = self._folder_of(stream)
         files = []
         for part, rows in self._parts(data):
             rel = f"{folder}/{part}/{name}{self.extension}" if part else f"{folder}/{name}{self.extension}"
@@ -195,7 +202,7 @@ class FilesDestination(Destination):
         self.open()
         name = f"{last_offset:020d}-{last_offset:020d}"
         manifest = {"stream": stream.name, "op": "truncate", "first_offset": last_offset, "last_offset": last_offset, "rows": 0, "files": []}
-        self._put(f"{_folder(stream.name)}/_manifests/{name}.json", json.dumps(manifest, indent=1).encode(), stream)
+        self._put(f"{self._folder_of(stream)}/_manifests/{name}.json", json.dumps(manifest, indent=1).encode(), stream)
 
     def evolve(self, stream: Stream, old: Stream) -> None:
         """Every file carries its own schema (and the manifest lists it): new columns and
