@@ -73,24 +73,6 @@ def h(path: Path) -> cf.Harness:
     return _harness(path)
 
 
-@pytest.mark.parametrize("check", cf.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_conformance(h: cf.Harness, check) -> None:
-    check(h)
-
-
-@pytest.mark.parametrize("write", ["merge", "append"])
-def test_offset_committed_with_data(h: cf.Harness, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
-    cf.check_offset_atomic(h, monkeypatch, write=write)
-
-
-def test_hostile_identifiers(h: cf.Harness) -> None:
-    cf.check_hostile_identifiers(h)
-
-
-def test_merge_without_key_is_fatal(h: cf.Harness) -> None:
-    cf.check_merge_needs_key(h)
-
-
 def test_tables_have_no_key_constraint_but_merge_by_key(path: Path) -> None:
     s = cf.make_stream("items", cf.ITEMS)
     d = _dest(path, "merge")

@@ -55,16 +55,6 @@ def h(pg_url: str) -> cf.Harness:
     return _harness(pg_url)
 
 
-@pytest.mark.parametrize("check", cf.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_conformance(h: cf.Harness, check) -> None:
-    check(h)
-
-
-@pytest.mark.parametrize("write", ["merge", "append"])
-def test_offset_committed_with_data(h: cf.Harness, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
-    cf.check_offset_atomic(h, monkeypatch, write=write)
-
-
 def test_offset_atomic_on_fast_path(h: cf.Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure after the direct COPY of a snapshot batch rolls the COPY back too."""
     s = cf.make_stream("items", cf.ITEMS)
@@ -80,10 +70,6 @@ def test_offset_atomic_on_fast_path(h: cf.Harness, monkeypatch: pytest.MonkeyPat
         assert h.rows("items") == []
     finally:
         d.close()
-
-
-def test_hostile_identifiers(h: cf.Harness) -> None:
-    cf.check_hostile_identifiers(h)
 
 
 def test_replace_old_table_readable_from_second_connection(pg_url: str) -> None:
@@ -161,10 +147,6 @@ def test_merge_into_table_without_unique_key(pg_url: str) -> None:
     finally:
         d.close()
     assert _harness(pg_url).rows("items") == [(1, "A", 10), (3, "c", 3)]
-
-
-def test_merge_without_key_is_fatal(h: cf.Harness) -> None:
-    cf.check_merge_needs_key(h)
 
 
 def test_bad_login_is_connection_error_without_password(pg_server) -> None:

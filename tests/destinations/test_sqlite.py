@@ -57,6 +57,11 @@ def _query(path: Path, sql: str, args: tuple | None = None) -> list[tuple]:
 
 @pytest.fixture
 def harness(sqlite_path: Path) -> cf.Harness:
+    return sqlite_harness(sqlite_path)
+
+
+def sqlite_harness(sqlite_path: Path) -> cf.Harness:
+    """Reads tables back through a second ADBC connection (the destination closed first)."""
     def make(write: str, schema: str | None = None) -> SQLiteDestination:
         return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(sqlite_path), write=write), ConnectorContext("p"))
 
@@ -75,23 +80,6 @@ def _dest(path: Path, write: str = "merge", **kw: Any) -> SQLiteDestination:
     d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), ConnectorContext("p"), **kw)
     d.open()
     return d
-
-
-# ------------------------------------------------------------------ conformance
-
-
-@pytest.mark.parametrize("check", cf.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_conformance(harness: cf.Harness, check) -> None:
-    check(harness)
-
-
-@pytest.mark.parametrize("write", ["merge", "append"])
-def test_offset_committed_with_rows(harness: cf.Harness, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
-    cf.check_offset_atomic(harness, monkeypatch, write=write)
-
-
-def test_hostile_identifiers(harness: cf.Harness) -> None:
-    cf.check_hostile_identifiers(harness, schema=None)
 
 
 def test_wal_mode(sqlite_path: Path) -> None:
