@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 
 from replicant.errors import FatalError
-from replicant.model import META_FIELDS, Stream
+from replicant.model import Stream
 
 TS = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -322,7 +322,7 @@ def _canon(value: Any, t: pa.DataType) -> Any:
         return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
     if pa.types.is_timestamp(t):
         if not isinstance(value, datetime):
-            value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            value = datetime.fromisoformat(str(value))  # ISO 8601, "Z" included (3.11+)
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
     return str(value)
 

@@ -9,6 +9,7 @@ Which checks run is decided by the destination's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -173,10 +174,8 @@ def _nats(request: pytest.FixtureRequest) -> cf.Harness:
     stream_name = f"T_{unique}"
 
     def drop() -> None:
-        try:
+        with contextlib.suppress(Exception):  # never created
             nats_admin(url, lambda js: js.delete_stream(stream_name))
-        except Exception:  # noqa: BLE001 - never created
-            pass
 
     request.addfinalizer(drop)
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from replicant.config import DestinationConfig
-from replicant.destinations import _evolve
+from replicant.destinations import drift
 from replicant.destinations.mysql import MySQLDestination
 from replicant.destinations.sqlite import SQLiteDestination
 from replicant.errors import SchemaDriftError
@@ -406,7 +406,7 @@ def _execute(t: Target, sql: str) -> None:
             d.close()
     elif t.kind == "postgres":
         d = h.make("merge")
-        url = d._url()
+        url = d.config.url.get_secret_value()
         with psycopg.connect(url, autocommit=True) as c:
             c.execute(sql)
     elif t.kind == "mysql":
@@ -415,7 +415,7 @@ def _execute(t: Target, sql: str) -> None:
         test_mysql._query(url, sql)
     else:
         d = h.make("merge")
-        test_sqlite._query(Path(d._file()), sql)
+        test_sqlite._query(Path(d.config.path), sql)
 
 
 # ------------------------------------------------------------------ truncate
@@ -509,7 +509,7 @@ def test_truncate_of_a_table_not_prepared_yet(t: Target) -> None:
     ],
 )
 def test_arrow_widening_rules(old: pa.DataType, new: pa.DataType, wider: bool) -> None:
-    assert _evolve.arrow_wider(old, new) is wider
+    assert drift.arrow_wider(old, new) is wider
 
 
 @pytest.mark.parametrize(
@@ -540,7 +540,7 @@ def test_arrow_widening_rules(old: pa.DataType, new: pa.DataType, wider: bool) -
     ],
 )
 def test_declared_widening_rules(old: str, new: str, dialect: str, wider: bool) -> None:
-    assert _evolve.sql_wider(old, new, dialect) is wider
+    assert drift.sql_wider(old, new, dialect) is wider
 
 
 # ------------------------------------------------------------------ keys, replace, missing tables
@@ -616,8 +616,8 @@ def test_key_change_recorded_in_the_log_schema_is_refused() -> None:
     s1 = cf.make_stream("items", fields, metadata=md1)
     s2 = cf.make_stream("items", fields, metadata=md2)
     with pytest.raises(SchemaDriftError, match=r"primary key changed from \(id\) to \(id, name\)"):
-        _evolve.plan("wh", s2, s1, ["id", "name"], dialect=None)
-    assert _evolve.plan("wh", s1, s1, ["id", "name"], dialect=None) == _evolve.Plan()
+        drift.plan("wh", s2, s1, ["id", "name"], dialect=None)
+    assert drift.plan("wh", s1, s1, ["id", "name"], dialect=None) == drift.Plan()
 
 
 def test_plan_adds_a_column_the_table_lacks() -> None:
@@ -625,6 +625,6 @@ def test_plan_adds_a_column_the_table_lacks() -> None:
     fields = [pa.field("id", pa.int64(), False), pa.field("a", pa.int32(), False)]
     s1 = cf.make_stream("items", fields)
     s2 = cf.make_stream("items", [fields[0], pa.field("a", pa.int64(), False)])
-    p = _evolve.plan("wh", s2, s1, ["id"], dialect=None)
+    p = drift.plan("wh", s2, s1, ["id"], dialect=None)
     assert [(f.name, f.type, f.nullable) for f in p.added] == [("a", pa.int64(), True)]
     assert p.widened == [] and p.kept == []

@@ -398,7 +398,7 @@ def test_url_is_required_and_checked() -> None:
 @pytest.mark.parametrize("unit,digits", [("s", ""), ("ms", ".005"), ("us", ".005000"), ("ns", ".005000000")])
 @pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris"])
 def test_timestamps_are_iso_8601_in_utc(unit: str, digits: str, tz: str | None) -> None:
-    from replicant.destinations._records import iso_text
+    from replicant.destinations.records import iso_text
 
     zone = UTC if tz else None
     values = [dt.datetime(2020, 1, 1, 0, 0, 0, 5000, tzinfo=zone), None, dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=zone)]

@@ -13,7 +13,6 @@ import pyarrow.compute
 import pytest
 
 from replicant.config import DestinationConfig
-from replicant.destinations import _pg_errors, _pg_sql
 from replicant.destinations.postgres import PostgresDestination
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext, Stream
@@ -24,6 +23,10 @@ from ._pg_source import read_pg_table
 PIPELINE = "p1"
 
 
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _dest(url: str, write: str, schema: str | None = None, name: str = "pg") -> PostgresDestination:
     cfg = DestinationConfig(name=name, type="postgres", write=write, url=url, schema=schema)
     return PostgresDestination(cfg, ConnectorContext(PIPELINE))
@@ -32,7 +35,7 @@ def _dest(url: str, write: str, schema: str | None = None, name: str = "pg") -> 
 def _harness(url: str) -> cf.Harness:
     def rows(table: str, schema: str | None = None) -> list[tuple] | None:
         with psycopg.connect(url, autocommit=True) as c:
-            q = f"{_pg_sql.qualified(schema or 'public', table)}"
+            q = f"{_quote(schema or 'public') + '.' + _quote(table)}"
             if c.execute("SELECT to_regclass(%s)", [q]).fetchone()[0] is None:
                 return None
             return sorted(c.execute(f"SELECT * FROM {q}").fetchall(), key=repr)
@@ -101,7 +104,8 @@ def test_replace_old_table_readable_from_second_connection(pg_url: str) -> None:
 
 def test_long_table_name_pending_never_clips_to_live_name(pg_url: str) -> None:
     name = "t" * 63
-    assert _pg_sql.pending_name(name) != name and len(_pg_sql.pending_name(name).encode()) <= 63
+    pending = _dest(pg_url, "replace").pending_name(name)
+    assert pending != name and len(pending.encode()) <= 63
     s = cf.make_stream(name, cf.ITEMS)
     d = _dest(pg_url, "replace")
     d.open()
@@ -188,19 +192,16 @@ def test_lost_connection_is_retriable_and_reconnects(pg_url: str) -> None:
     assert _harness(pg_url).rows("items") == [(1, "a", 1), (2, "b", 2)]
 
 
-class _FakeDriverError(Exception):
-    def __init__(self, sqlstate: str, text: str = "boom") -> None:
-        super().__init__(text)
-        self.sqlstate = sqlstate
-
-
 @pytest.mark.parametrize(
     ("state", "kind"),
     [("40001", RetriableError), ("40P01", RetriableError), ("08006", RetriableError), ("53300", RetriableError),
      ("28P01", ConnectionError), ("23505", FatalError), ("08P01", FatalError), ("42P01", FatalError)],
 )
 def test_error_translation_table(state: str, kind: type) -> None:
-    err = _pg_errors.translate(_FakeDriverError(state), "destination 'x', stream 's'")
+    import adbc_driver_manager
+
+    driver_error = adbc_driver_manager.DatabaseError("boom", status_code=adbc_driver_manager.AdbcStatusCode.IO, sqlstate=state)
+    err = _dest("postgresql://u@h/db", "merge").translate(driver_error, "destination 'x', stream 's'")
     assert type(err) is kind
     assert "stream 's'" in str(err)
 
@@ -264,9 +265,9 @@ _ROWS_AS_TEXT = "SELECT id, ARRAY[{cols}]::text[] FROM {table} ORDER BY id"
 
 
 def _text_rows(url: str, table: str, columns: list[str]) -> list[tuple]:
-    cols = ", ".join(f"{_pg_sql.quote(c)}::text" for c in columns)
+    cols = ", ".join(f"{_quote(c)}::text" for c in columns)
     with psycopg.connect(url, autocommit=True, options="-c TimeZone=UTC") as c:
-        return c.execute(_ROWS_AS_TEXT.format(cols=cols, table=_pg_sql.quote(table))).fetchall()
+        return c.execute(_ROWS_AS_TEXT.format(cols=cols, table=_quote(table))).fetchall()
 
 
 def _types(url: str, table: str) -> dict[str, str]:
@@ -340,7 +341,7 @@ def test_round_trip_direct_copy_without_staging(source_url: str, pg_url: str, mo
             d.close()
         with psycopg.connect(pg_url, autocommit=True, options="-c TimeZone=UTC") as c:
             got = c.execute(
-                f"SELECT id, ARRAY[{', '.join(f'{_pg_sql.quote(x)}::text' for x in columns)}]::text[] FROM {write}.alltypes ORDER BY id"
+                f"SELECT id, ARRAY[{', '.join(f'{_quote(x)}::text' for x in columns)}]::text[] FROM {write}.alltypes ORDER BY id"
             ).fetchall()
         assert got == [r for r in _text_rows(source_url, "alltypes", columns) if r[0] in (1, 2, 4)]
 
@@ -385,7 +386,7 @@ def test_append_and_replace_round_trip_with_declared_types(source_url: str, pg_u
             d.close()
         with psycopg.connect(pg_url, autocommit=True, options="-c TimeZone=UTC") as c:
             got = c.execute(
-                f"SELECT id, ARRAY[{', '.join(f'{_pg_sql.quote(x)}::text' for x in columns)}]::text[] FROM {schema}.alltypes ORDER BY id"
+                f"SELECT id, ARRAY[{', '.join(f'{_quote(x)}::text' for x in columns)}]::text[] FROM {schema}.alltypes ORDER BY id"
             ).fetchall()
         assert got == _text_rows(source_url, "alltypes", columns)
 

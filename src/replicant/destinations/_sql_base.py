@@ -31,7 +31,7 @@ The state machine (``write:`` is the configured write mode):
   transaction where the dialect's DDL is transactional.
 * :meth:`~SQLDestination.truncate` empties the table (and a pending one) with the offset.
 * :meth:`~SQLDestination.evolve` follows schema drift (rules in
-  :mod:`replicant.destinations._evolve`) on the table and a pending one, then re-prepares.
+  :mod:`replicant.destinations.drift`) on the table and a pending one, then re-prepares.
 
 Errors: every statement runs inside :meth:`~SQLDestination.transaction`, which commits, or
 rolls back and translates: driver errors through the dialect's :meth:`~SQLDestination.translate`
@@ -57,7 +57,7 @@ from replicant.destinations._changes import (
     last_change_per_key,
     without_deletes,
 )
-from replicant.destinations._evolve import Plan, plan
+from replicant.destinations.drift import Plan, plan
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
@@ -89,7 +89,7 @@ class TypeMapper(ABC):
         dialect: the SQLAlchemy dialect name whose declared column types
             (``replicant.sql_type`` field metadata) this mapper keeps verbatim, or None when
             it maps from Arrow types only (also what schema drift compares, see
-            :func:`replicant.destinations._evolve.plan`).
+            :func:`replicant.destinations.drift.plan`).
     """
 
     dialect: ClassVar[str | None] = None
@@ -504,7 +504,7 @@ class SQLDestination(Destination):
 
     def evolve(self, stream: Stream, old: Stream) -> None:
         """Follows the stream from ``old`` to ``stream`` (rules in
-        :mod:`replicant.destinations._evolve`) on the table and on a pending ``replace``
+        :mod:`replicant.destinations.drift`) on the table and on a pending ``replace``
         table, in one transaction, then re-reads the columns the writes use.
 
         A column gone from the stream stays in the table; rows written from then on hold

@@ -33,7 +33,7 @@ to it when ``tables:`` is set (:meth:`Destination.target_table`).
 Formats: ``parquet`` (Arrow types as they are; compression ``snappy`` by default, or
 ``zstd``, ``gzip``, ``lz4``, ``brotli``, ``none``), ``csv`` (``pyarrow.csv``, header row;
 decimals exact text, timestamps ISO 8601, binary base64, nested values JSON text) and
-``jsonl`` (one JSON object per line; mapping in :mod:`replicant.destinations._records`).
+``jsonl`` (one JSON object per line; mapping in :mod:`replicant.destinations.records`).
 CSV and JSON Lines may be compressed with ``gzip`` or ``zstd`` (``.csv.gz``, ``.jsonl.zst``),
 which DuckDB and pandas read directly.
 
@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from replicant.destinations._records import iso_text, joined_lines, row_json, text_table
+from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream

@@ -73,7 +73,7 @@ import pymysql
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import data_names, delete_mask
-from replicant.destinations._evolve import Plan
+from replicant.destinations.drift import Plan
 from replicant.destinations._mysql_types import (
     MySQLTypes,
     aux_name,

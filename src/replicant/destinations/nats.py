@@ -1,7 +1,7 @@
 """NATS destination: every change record published to JetStream as one JSON message.
 
 Message body (the same record shape as the HTTP push, built by
-:func:`replicant.destinations._records.record_json`, one DuckDB query per chunk)::
+:func:`replicant.destinations.records.record_json`, one DuckDB query per chunk)::
 
     {"op": "update", "key": {"id": 7}, "data": {"id": 7, "total": "12.30", ...},
      "position": {"lsn": "0/16B3748"}, "ts": "2026-11-21T10:00:00.123456Z"}
@@ -10,7 +10,7 @@ Message body (the same record shape as the HTTP push, built by
 column (``null`` for a delete of a keyed stream), ``position`` the row's ``_pos`` decoded,
 ``ts`` its ``_ts`` in ISO 8601 UTC. Value mapping (decimals as exact strings, binary as
 base64, timestamps ISO 8601, NaN as ``"NaN"``, json columns embedded):
-see :mod:`replicant.destinations._records`.
+see :mod:`replicant.destinations.records`.
 
 Subjects: ``subject`` is a template with ``{pipeline}`` and ``{stream}`` (default
 ``replicant.{pipeline}.{stream}``). Dots in a stream name stay subject separators
@@ -59,7 +59,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from replicant.config import parse_duration
-from replicant.destinations._records import record_json
+from replicant.destinations.records import record_json
 from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream

@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 from replicant.config import normalize_url
 from replicant.destinations import _pg_sql as sql
 from replicant.destinations._changes import data_names, delete_mask
-from replicant.destinations._evolve import Plan
+from replicant.destinations.drift import Plan
 from replicant.destinations._pg_errors import (
     describe_url,
     message_of,

@@ -63,7 +63,7 @@ import pyarrow.compute as pc
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import data_names, delete_mask
-from replicant.destinations._evolve import Plan, recreate_hint
+from replicant.destinations.drift import Plan, recreate_hint
 from replicant.destinations._sql_base import SQLDestination, Table
 from replicant.destinations._sqlite_types import DIALECT, SQLiteTypes, affinity
 from replicant.destinations.base import OFFSETS_TABLE
