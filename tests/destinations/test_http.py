@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from replicant.config import DestinationConfig, parse
-from replicant.destinations.http import HttpDestination, _retry_after, batch_id
+from replicant.destinations.http import HttpDestination, retry_after, batch_id
 from replicant.errors import ConfigError, FatalError, RetriableError
 from replicant.model import SQL_TYPE_KEY, ConnectorContext, DeadLetterSink, Stream, with_meta
 from replicant.state import StateStore
@@ -272,11 +272,11 @@ def test_retry_after_is_honoured() -> None:
 
 
 def test_retry_after_header_forms() -> None:
-    assert _retry_after("7") == 7.0
-    assert _retry_after(None) is None and _retry_after("soon") is None
+    assert retry_after("7") == 7.0
+    assert retry_after(None) is None and retry_after("soon") is None
     when = dt.datetime.now(UTC) + dt.timedelta(seconds=30)
-    assert 25 <= _retry_after(format_datetime(when, usegmt=True)) <= 31
-    assert _retry_after(format_datetime(dt.datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
+    assert 25 <= retry_after(format_datetime(when, usegmt=True)) <= 31
+    assert retry_after(format_datetime(dt.datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
 
 
 def test_exhausted_retries_raise_retriable_without_secrets() -> None:

@@ -108,7 +108,7 @@ from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, FatalError, RetriableError
 from replicant.model import META_COLUMNS, SQL_TYPE_KEY, ConnectorContext, Stream, utcnow
 
-__all__ = ["HttpDestination", "HttpSettings", "batch_id"]
+__all__ = ["HttpDestination", "HttpSettings", "batch_id", "retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class _Rejected:
     reason: str
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
     if not value:
         return None
@@ -535,7 +535,7 @@ class HttpDestination(Destination):
             except httpx.HTTPError as e:
                 raise FatalError(f"{where}: {type(e).__name__}: {self._scrub(str(e))}") from None
             if r.status_code >= 500 or r.status_code in _RETRY_STATUSES:
-                raise _Transient(f"HTTP {r.status_code}: {self._excerpt(r, 200)}", _retry_after(r.headers.get("Retry-After")))
+                raise _Transient(f"HTTP {r.status_code}: {self._excerpt(r, 200)}", retry_after(r.headers.get("Retry-After")))
             return r
 
         def wait_for(state: RetryCallState) -> float:
