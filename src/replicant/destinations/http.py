@@ -93,7 +93,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import duckdb
@@ -101,12 +101,19 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
+from replicant.destinations._http_records import record_sql
 from replicant.destinations.base import Capabilities, Destination
+from replicant.destinations.http_settings import HttpSettings
 from replicant.errors import ConfigError, FatalError, RetriableError
-from replicant.model import META_COLUMNS, SQL_TYPE_KEY, ConnectorContext, Stream, utcnow
+from replicant.model import META_COLUMNS, ConnectorContext, Stream, utcnow
 
 __all__ = ["HttpDestination", "HttpSettings", "batch_id", "retry_after"]
 
@@ -117,73 +124,6 @@ _REASON_CHARS = 1000
 _FIRST_WAIT = 0.5
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
-_JSON_TYPES = ("json", "jsonb")
-
-
-class BasicAuth(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    username: str
-    password: SecretStr
-
-
-class AuthSettings(BaseModel):
-    """Exactly one of ``bearer`` (a token) or ``basic`` (username and password)."""
-
-    model_config = ConfigDict(extra="forbid")
-    bearer: SecretStr | None = Field(None, description="Token sent as `Authorization: Bearer …`.")
-    basic: BasicAuth | None = Field(None, description="HTTP basic authentication.")
-
-    @model_validator(mode="after")
-    def _one(self) -> "AuthSettings":
-        if (self.bearer is None) == (self.basic is None):
-            raise ValueError("give exactly one of `bearer` or `basic`")
-        return self
-
-
-class HttpSettings(BaseModel):
-    """The keys of a ``type: http`` destination besides ``url`` and ``batch_size``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["POST", "PUT"] = Field("POST", description="HTTP method of each request.")
-    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra request headers (values are secret).")
-    auth: AuthSettings | None = Field(None, description="`{bearer: TOKEN}` or `{basic: {username, password}}`.")
-    batch_bytes: int | str = Field(5_000_000, description="Largest request body: bytes or '5MB'.")
-    concurrency: int = Field(4, gt=0, le=256, description="Requests in flight at once.")
-    timeout: float | str = Field(30.0, description="Seconds per request (connect, send, wait for the answer).")
-    max_retries: int = Field(8, ge=0, description="Retries of one request before the write fails.")
-    retry_max_seconds: float | str = Field(30.0, description="Longest wait between two attempts.")
-
-    @field_validator("headers", mode="before")
-    @classmethod
-    def _header_text(cls, v: Any) -> Any:
-        # YAML reads `X-Version: 2` as a number; a header value is text
-        return {k: x if isinstance(x, (str, SecretStr)) else str(x) for k, x in v.items()} if isinstance(v, dict) else v
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper(cls, v: Any) -> Any:
-        return v.upper() if isinstance(v, str) else v
-
-    @field_validator("batch_bytes")
-    @classmethod
-    def _size(cls, v: Any) -> int:
-        from replicant.config import parse_size
-
-        size = parse_size(v)
-        if size < 256:
-            raise ValueError("must be at least 256 bytes")
-        return size
-
-    @field_validator("timeout", "retry_max_seconds")
-    @classmethod
-    def _seconds(cls, v: Any) -> float:
-        from replicant.config import parse_duration
-
-        seconds = parse_duration(v)
-        if seconds <= 0:
-            raise ValueError("must be more than 0 seconds")
-        return seconds
 
 
 def batch_id(pipeline: str, destination: str, stream: str, first: int, last: int) -> str:
@@ -265,10 +205,6 @@ def _safe_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 # ------------------------------------------------------------------ the destination
@@ -412,7 +348,7 @@ class HttpDestination(Destination):
         key = (stream.name, data.schema)
         with self._lock:
             if key not in self._sql:
-                self._sql[key] = _record_sql(stream, data.schema)
+                self._sql[key] = record_sql(stream, data.schema)
             sql, precast = self._sql[key]
         for i in precast:  # what DuckDB cannot read (decimal256) becomes text in Arrow
             data = data.set_column(i, data.schema.field(i).name, pc.cast(data.column(i), pa.string()))
@@ -607,61 +543,3 @@ class HttpDestination(Destination):
 
 class _Aborted(Exception):
     """Another request of the same write failed: stop retrying this one."""
-
-
-# ------------------------------------------------------------------ the record SQL
-
-
-def _value_sql(f: pa.Field, col: str, precast: bool) -> str:
-    t = f.type
-    sql_type = (f.metadata or {}).get(SQL_TYPE_KEY, b"").decode(errors="replace").lower()
-    if precast:
-        return col
-    if pa.types.is_decimal(t):
-        return f"{col}::VARCHAR"
-    if pa.types.is_timestamp(t):
-        fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if t.tz is not None else "%Y-%m-%dT%H:%M:%S.%f"
-        return f"strftime({col}::TIMESTAMP, '{fmt}')"
-    if pa.types.is_floating(t):
-        return (
-            f"CASE WHEN isnan({col}) THEN '\"NaN\"'::JSON WHEN isinf({col}) AND {col} > 0 THEN '\"Infinity\"'::JSON "
-            f"WHEN isinf({col}) THEN '\"-Infinity\"'::JSON ELSE to_json({col}) END"
-        )
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        return f"base64({col}::BLOB)"
-    if sql_type in _JSON_TYPES and (pa.types.is_string(t) or pa.types.is_large_string(t)):
-        return f"CASE WHEN json_valid({col}) THEN json({col}) ELSE to_json({col}) END"
-    return col
-
-
-def _object(fields: list[tuple[int, pa.Field]], precast: list[int]) -> str:
-    """A JSON object of columns given as (position, field); the table's columns are ``c<position>``.
-
-    A struct literal (serialised by the outer ``to_json``, about a third faster) when the names
-    differ case-insensitively (DuckDB's struct keys do not), else ``json_object``."""
-    values = [(_lit(f.name), _value_sql(f, f"c{i}", i in precast)) for i, f in fields]
-    if len({f.name.lower() for _, f in fields}) == len(fields):
-        return "{" + ", ".join(f"{k}: {v}" for k, v in values) + "}"
-    return "json_object(" + ", ".join(f"{k}, {v}" for k, v in values) + ")"
-
-
-def _record_sql(stream: Stream, schema: pa.Schema) -> tuple[str, list[int]]:
-    """The DuckDB query turning the registered ``changes`` table into one JSON text per row,
-    and the column indexes to cast to text in Arrow first."""
-    precast_idx = [i for i, f in enumerate(schema) if pa.types.is_decimal(f.type) and (f.type.precision > 38 or pa.types.is_decimal256(f.type))]
-    data = [(i, f) for i, f in enumerate(schema) if f.name not in META_COLUMNS]
-    position = {f.name: i for i, f in data}
-    missing = [k for k in stream.primary_key if k not in position]
-    if missing:
-        raise FatalError(f"stream {stream.name!r}: key columns {missing} are not in the batch")
-    keys = [(position[k], schema.field(position[k])) for k in stream.primary_key]
-    key_sql = _object(keys, precast_idx) if keys else "NULL"
-    data_sql = _object(data, precast_idx) if data else "NULL"
-    if keys:
-        data_sql = f"CASE WHEN _op = 'delete' THEN NULL ELSE {data_sql} END"
-    record = (
-        f"to_json({{'op': _op, 'key': {key_sql}, 'data': {data_sql}, "
-        f"'position': CASE WHEN json_valid(_pos) THEN json(_pos) ELSE to_json(_pos) END, "
-        f"'ts': strftime(_ts::TIMESTAMP, '%Y-%m-%dT%H:%M:%S.%fZ')}})"
-    )
-    return f"SELECT {record} || ',' AS j FROM changes", precast_idx
