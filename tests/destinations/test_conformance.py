@@ -166,7 +166,15 @@ def _http(request: pytest.FixtureRequest) -> cf.Harness:
     def delivered() -> list[str]:
         return sorted(receiver.accepted())
 
-    return cf.Harness(make=make, rows=rows, columns=lambda table, schema=None: _columns_of(receiver.records()), delivered=delivered)
+    def bad_login() -> tuple[Destination, str, str]:
+        refusing = Receiver(status=401).start()
+        request.addfinalizer(refusing.stop)
+        cfg = DestinationConfig.model_validate({"name": "push", "type": "http", "url": refusing.url, "auth": {"bearer": PASSWORD}})
+        return HttpDestination(cfg, ConnectorContext("p")), "127.0.0.1", PASSWORD
+
+    return cf.Harness(
+        make=make, rows=rows, columns=lambda table, schema=None: _columns_of(receiver.records()), delivered=delivered, bad_login=bad_login
+    )
 
 
 def _nats(request: pytest.FixtureRequest) -> cf.Harness:

@@ -20,7 +20,7 @@ import pytest
 
 from replicant.config import DestinationConfig, parse
 from replicant.destinations.http import HttpDestination, retry_after, batch_id
-from replicant.errors import ConfigError, FatalError, RetriableError
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import SQL_TYPE_KEY, ConnectorContext, DeadLetterSink, Stream, with_meta
 from replicant.state import StateStore
 
@@ -333,13 +333,14 @@ def test_url_user_info_is_basic_auth_not_part_of_the_url(receiver: Receiver) -> 
     assert receiver.requests[0].headers["Authorization"] == "Basic " + base64.b64encode(b"bob:p@ss").decode()
 
 
-@pytest.mark.parametrize("status", [401, 403, 404])
-def test_endpoint_or_credential_errors_are_fatal(status: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("status", "error"), [(401, ConnectionError), (403, ConnectionError), (404, FatalError)])
+def test_endpoint_or_credential_errors_are_not_retried(status: int, error: type, tmp_path: Path) -> None:
+    """A refused login is a ConnectionError (as a database's), a wrong endpoint a FatalError."""
     store = StateStore(tmp_path / "state.sqlite").open()
     with Receiver(status=status) as rcv:
         d = _dest(rcv.url, auth={"bearer": "tok-SECRET-1"}, dead_letter=lambda stream, recs: store.add_dead_letters("p", stream.name, recs))
         try:
-            with pytest.raises(FatalError, match=str(status)) as ei:
+            with pytest.raises(error, match=str(status)) as ei:
                 d.write(ITEMS, _items(5), last_offset=4)
         finally:
             d.close()

@@ -41,8 +41,10 @@ that had already succeeded arrive a second time with the same key.
   full jitter (0.5 s doubling, at most ``retry_max_seconds``); a ``Retry-After`` (seconds or
   an HTTP date) is honoured up to ``retry_max_seconds``. After ``max_retries`` retries the
   write raises :class:`~replicant.errors.RetriableError`.
-- 401, 403, 404, 405, 407 and 3xx: the endpoint or the credentials are wrong, not the records;
-  :class:`~replicant.errors.FatalError` (nothing is dead-lettered).
+- 401, 403 and 407: the credentials were refused: :class:`~replicant.errors.ConnectionError`
+  naming the URL (never the credentials), as a refused database login; 404, 405 and 3xx: the
+  endpoint is wrong: :class:`~replicant.errors.FatalError`. Nothing is dead-lettered: the
+  records are fine.
 - 413 with more than one record: the request is split in two halves (each with its own,
   equally deterministic batch id) and both are sent.
 - any other 4xx (400, 409, 422, …, or 413 of a single record): every record of that request
@@ -112,7 +114,7 @@ from tenacity import (
 from replicant.destinations._http_records import record_sql
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.http_settings import HttpSettings
-from replicant.errors import ConfigError, FatalError, RetriableError
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import META_COLUMNS, ConnectorContext, Stream, utcnow
 
 __all__ = ["HttpDestination", "HttpSettings", "batch_id", "retry_after"]
@@ -124,6 +126,7 @@ _REASON_CHARS = 1000
 _FIRST_WAIT = 0.5
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
+_LOGIN_STATUSES = frozenset({401, 403, 407})
 
 
 def batch_id(pipeline: str, destination: str, stream: str, first: int, last: int) -> str:
@@ -503,6 +506,8 @@ class HttpDestination(Destination):
             what = {401: "the credentials were refused (check `auth`)", 403: "access is forbidden (check `auth` and `headers`)",
                     404: "no such endpoint (check `url`)", 405: f"the endpoint does not accept {o.method} (check `method`)",
                     407: "the proxy wants credentials"}.get(status, f"the endpoint redirects to {_safe_url(r.headers.get('Location', '?'))}; set `url` to the final address")
+            if status in _LOGIN_STATUSES:  # a refused login, as PostgreSQL's and MySQL's are
+                raise ConnectionError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
             raise FatalError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
         if status == 413 and piece.end - piece.start > 1:
             mid = (piece.start + piece.end) // 2
