@@ -13,6 +13,7 @@ transaction; a check replaces it with a failing one.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -287,19 +288,20 @@ TYPES = [
     pa.field("b", pa.bool_()),
     pa.field("d", pa.date32()),
     pa.field("ts", pa.timestamp("us", tz="UTC")),
+    pa.field("bin", pa.binary()),
 ]
 TYPE_ROWS = [
     {"id": 1, "i8": 7, "i32": 42, "f": 0.5, "dec": Decimal("12.30"), "s": "plain", "b": True,
-     "d": date(2024, 1, 2), "ts": datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)},
-    {"id": 2, "i8": None, "i32": None, "f": None, "dec": None, "s": None, "b": None, "d": None, "ts": None},
+     "d": date(2024, 1, 2), "ts": datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "bin": b"\x00\x01\xff"},
+    {"id": 2, "i8": None, "i32": None, "f": None, "dec": None, "s": None, "b": None, "d": None, "ts": None, "bin": None},
     {"id": 3, "i8": -128, "i32": 2**31 - 1, "f": -1e300, "dec": Decimal("-9999999999.99"), "s": "", "b": False,
-     "d": date(1970, 1, 1), "ts": datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)},
+     "d": date(1970, 1, 1), "ts": datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "bin": b""},
     {"id": 4, "i8": 127, "i32": -(2**31), "f": 1.25e-7, "dec": Decimal("0.01"), "s": 'q "double" \'single\' \\ back\nline\ttab',
-     "b": True, "d": date(2038, 1, 19), "ts": datetime(2038, 1, 19, 3, 14, 7, tzinfo=UTC)},
+     "b": True, "d": date(2038, 1, 19), "ts": datetime(2038, 1, 19, 3, 14, 7, tzinfo=UTC), "bin": b"'\"\\\n"},
     {"id": 5, "i8": 0, "i32": 0, "f": 0.0, "dec": Decimal("0.00"), "s": "NULL", "b": False, "d": date(2000, 2, 29),
-     "ts": datetime(2000, 2, 29, 12, 0, tzinfo=UTC)},
+     "ts": datetime(2000, 2, 29, 12, 0, tzinfo=UTC), "bin": b"NULL"},
     {"id": 6, "i8": 1, "i32": 1, "f": 3.0, "dec": Decimal("1.00"), "s": "ünïcødé ✓ 漢字 🙂", "b": True, "d": date(2024, 12, 31),
-     "ts": datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC)},
+     "ts": datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC), "bin": "✓".encode()},
 ]
 
 
@@ -320,6 +322,8 @@ def _canon(value: Any, t: pa.DataType) -> Any:
         if isinstance(value, datetime):
             return value.date()
         return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+    if pa.types.is_binary(t):
+        return bytes(value) if not isinstance(value, str) else base64.b64decode(value)  # JSON carries base64
     if pa.types.is_timestamp(t):
         if not isinstance(value, datetime):
             value = datetime.fromisoformat(str(value))  # ISO 8601, "Z" included (3.11+)
@@ -330,7 +334,8 @@ def _canon(value: Any, t: pa.DataType) -> Any:
 def check_types_round_trip(h: Harness) -> None:
     """Integers at their limits, floats, exact decimals, strings with quotes, backslashes,
     control characters and unicode, ``""`` apart from NULL and from the text ``NULL``,
-    booleans, dates and UTC timestamps with microseconds: read back equal."""
+    booleans, dates, UTC timestamps with microseconds and binary (NUL, quotes, empty): read
+    back equal."""
     s = make_stream("types", TYPES)
     d = _opened(h, "append")
     try:
