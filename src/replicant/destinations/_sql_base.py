@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
@@ -57,8 +57,8 @@ from replicant.destinations._changes import (
     last_change_per_key,
     without_deletes,
 )
-from replicant.destinations.drift import Plan, plan
 from replicant.destinations.base import Capabilities, Destination
+from replicant.destinations.drift import Plan, plan
 from replicant.errors import FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
 
@@ -139,7 +139,7 @@ class Table:
         unique: a primary key or unique index on exactly the stream's key exists.
         insert_first: try a plain bulk insert for batches of distinct new keys (until one
             meets an existing key).
-        extra: dialect state for this table (PostgreSQL: nothing; kept open for dialects).
+        key: the stream's key columns (merge matches rows by them).
     """
 
     name: str
@@ -148,7 +148,6 @@ class Table:
     unique: bool = False
     insert_first: bool = False
     key: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def nulls(self, present: Sequence[str], fold: Callable[[str], str]) -> list[Any]:
         """Columns a write must set to NULL: not among ``present`` (dropped at the source,

@@ -28,10 +28,13 @@ last_offset``, the same on every retry, restart and replay. Cut requests or file
 first offset (``batch_size`` rows each) and name them after their range. ``applied_offset``
 of such a destination returns -1 (the engine does not ask it).
 
-Tables are created from the stream's Arrow schema (see each module's type mapping; a
-field's ``replicant.sql_type`` metadata is used when source and destination share a
-dialect). Identifiers are always quoted by the dialect; values are always parameters or
-bulk-loaded, never spliced into SQL.
+Tables are named by :meth:`Destination.target_table` (the destination's ``tables:``, by
+default the source table's name) and created from the stream's Arrow schema by the
+dialect's :class:`~replicant.destinations._sql_base.TypeMapper` (a field's
+``replicant.sql_type`` metadata is used when source and destination share a dialect). The
+SQL destinations share one implementation of this contract,
+:class:`~replicant.destinations._sql_base.SQLDestination`. Identifiers are always quoted by
+the dialect; values are always parameters or bulk-loaded, never spliced into SQL.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from pydantic import BaseModel
 
 from replicant.model import ConnectorContext, DeadLetterSink, Stream
 
-__all__ = ["Capabilities", "Destination", "OFFSETS_TABLE", "WRITE_MODES"]
+__all__ = ["OFFSETS_TABLE", "WRITE_MODES", "Capabilities", "Destination"]
 
 WRITE_MODES = ("append", "merge", "replace")
 OFFSETS_TABLE = "_replicant_offsets"
@@ -59,8 +62,9 @@ class Capabilities:
     offset is kept); ``merge`` and ``replace`` by :class:`Destination` at construction (a
     ``write:`` the destination cannot do is a :class:`~replicant.errors.ConfigError`);
     ``truncate`` by delivery (a non-transactional destination that cannot truncate skips
-    the marker) and by the conformance suite (tests/conformance), which also picks its
-    checks by these flags.
+    the marker). The conformance suite (tests/destinations/test_conformance.py) picks its
+    checks by these flags. ``merge``/``replace`` are also checked when the pipeline file is
+    parsed (:mod:`replicant.config`), with the key path.
     """
 
     transactional: bool = True  #: data and offset commit together (:meth:`Destination.applied_offset` is exact)
@@ -181,10 +185,10 @@ class Destination(ABC):
         """Records ``last_offset`` with no data (markers, empty batches). Default: an empty write."""
         self.write(stream, stream.change_schema.empty_table(), last_offset=last_offset)
 
-    def close(self) -> None:  # noqa: B027
+    def close(self) -> None:
         """Releases connections. Idempotent."""
 
-    def __enter__(self) -> "Destination":
+    def __enter__(self) -> Destination:
         self.open()
         return self
 
