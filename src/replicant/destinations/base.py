@@ -101,7 +101,8 @@ class Destination(ABC):
         self.context = context
         self.pipeline = context.pipeline
         extras = dict(getattr(config, "model_extra", None) or {})
-        self.options: Any = type(self).settings.model_validate(extras) if type(self).settings is not None else None
+        settings = type(self).settings
+        self.options: Any = settings.model_validate(extras) if settings is not None else None
         #: ``dead_letter(stream, records)`` stores rejected records
         #: (:class:`replicant.model.DeadLetter`) and counts them; None when the context
         #: gives no sink (a destination that rejects a record then raises instead).
