@@ -14,6 +14,8 @@ transaction; a check replaces it with a failing one.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -24,7 +26,7 @@ import pyarrow as pa
 import pytest
 
 from replicant.errors import FatalError
-from replicant.model import Stream
+from replicant.model import SQL_TYPE_KEY, Stream
 
 TS = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -469,6 +471,161 @@ def check_empty_and_reprepare(h: Harness) -> None:
     finally:
         d.close()
     assert h.rows("items") == []
+
+
+TRICKY_STRINGS = [
+    None,
+    "",
+    "NULL",
+    "\\N",
+    "back\\slash",
+    "ends with \\",
+    'quote " and ""',
+    "comma, semi; tab\tend",
+    "line\nbreak\r\nwindows",
+    "emoji 😀 𝄞 (4-byte)",
+    "ünïcødé ß 漢字",
+    " padded  ",
+    "'single'",
+]
+
+
+def test_strings_nulls_and_bytes_round_trip(mysql_url: str) -> None:
+    n = len(TRICKY_STRINGS)
+    blobs = [None, b"", b"\x00", bytes(range(256)), b"\\N", b'"', b"NULL", b"\n,\r"] + [b"x"] * (n - 8)
+    s = make_stream(
+        "vals",
+        [pa.field("id", pa.int64()), pa.field("s", pa.string()), pa.field("b", pa.binary()), pa.field("ls", pa.large_string())],
+    )
+    rows = [{"id": i, "s": v, "b": blobs[i], "ls": v} for i, v in enumerate(TRICKY_STRINGS)]
+    d = _dest(mysql_url, "append")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows, "insert"), last_offset=0)
+    finally:
+        d.close()
+    got = _query(mysql_url, "SELECT id, s, b, ls FROM vals ORDER BY id")
+    assert got == [(r["id"], r["s"], r["b"], r["ls"]) for r in rows]
+
+
+def check_strings_and_bytes(h: Harness) -> None:
+    """Text and bytes that break naive loaders (CSV, COPY, JSON): NULL apart from ``""`` and
+    from the text ``NULL``, ``\\N``, backslashes, quotes, separators, line breaks, 4-byte
+    UTF-8, padding; bytes with NUL, every byte value, quotes and separators."""
+    n = len(TRICKY_STRINGS)
+    blobs = [None, b"", b"\x00", bytes(range(256)), b"\\N", b'"', b"NULL", b"\n,\r"] + [b"x"] * (n - 8)
+    fields = [pa.field("id", pa.int64()), pa.field("s", pa.string()), pa.field("b", pa.binary()), pa.field("ls", pa.large_string())]
+    s = make_stream("vals", fields)
+    rows = [{"id": i, "s": v, "b": blobs[i], "ls": v} for i, v in enumerate(TRICKY_STRINGS)]
+    d = _opened(h, "append")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows, "insert"), last_offset=0)
+    finally:
+        d.close()
+    got = sorted(tuple(_canon(v, f.type) for v, f in zip(row, fields)) for row in h.rows("vals") or [])
+    assert got == [(r["id"], r["s"], r["b"], r["ls"]) for r in rows]
+
+
+def check_fast_path_only_for_a_fresh_table(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshot reads into a table this object found empty skip the merge; anything else
+    (a change, a read after a change, a read into a table found non-empty) merges."""
+    s = make_stream("items", ITEMS)
+    cls = type(h.make("merge"))
+    merged: list[int] = []
+    original = cls.merge
+
+    def spy(self: Any, table: Any, data: pa.Table) -> None:
+        merged.append(data.num_rows)
+        original(self, table, data)
+
+    monkeypatch.setattr(cls, "merge", spy)
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": i, "name": "r", "qty": i} for i in range(3)], "read"), last_offset=0)
+        assert merged == []
+        d.write(s, changes(s, [{"id": 0, "name": "u", "qty": 0}], "update"), last_offset=1)
+        d.write(s, changes(s, [{"id": 5, "name": "r", "qty": 5}], "read"), last_offset=2)
+        assert merged == [1, 1]
+    finally:
+        d.close()
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, [{"id": 1, "name": "again", "qty": 1}], "read"), last_offset=3)
+        assert merged == [1, 1, 1]
+    finally:
+        d.close()
+    assert h.rows("items") == [(0, "u", 0), (1, "again", 1), (2, "r", 2), (5, "r", 5)]
+
+
+def chinook_tracks(path: Any) -> tuple[list[pa.Field], list[dict]]:
+    """Chinook's tracks joined to an invoice: mixed types, NULLs, a backslash in a name."""
+    con = sqlite3.connect(path)
+    try:
+        rows = con.execute(
+            "SELECT t.TrackId, t.Name, t.Composer, t.Milliseconds, t.UnitPrice, i.InvoiceDate, i.BillingState "
+            "FROM Track t LEFT JOIN InvoiceLine l ON l.TrackId = t.TrackId LEFT JOIN Invoice i ON i.InvoiceId = l.InvoiceId "
+            "GROUP BY t.TrackId ORDER BY t.TrackId"
+        ).fetchall()
+    finally:
+        con.close()
+    fields = [
+        pa.field("TrackId", pa.int32()),
+        pa.field("Name", pa.string(), metadata={SQL_TYPE_KEY: b"nvarchar(200)"}),
+        pa.field("Composer", pa.string()),
+        pa.field("Milliseconds", pa.int32()),
+        pa.field("UnitPrice", pa.decimal128(10, 2)),
+        pa.field("InvoiceDate", pa.timestamp("us")),
+        pa.field("BillingState", pa.string()),
+    ]
+    out = [
+        {
+            "TrackId": r[0],
+            "Name": r[1],
+            "Composer": r[2],
+            "Milliseconds": r[3],
+            "UnitPrice": Decimal(str(r[4])).quantize(Decimal("0.01")),
+            "InvoiceDate": dt.datetime.fromisoformat(r[5]) if r[5] else None,
+            "BillingState": r[6],
+        }
+        for r in rows
+    ]
+    return fields, out
+
+
+def test_chinook_like_mixed_types(mysql_url: str, chinook_sqlite_path) -> None:
+    fields, rows = _chinook_tracks(chinook_sqlite_path)
+    assert any("\\" in r["Name"] for r in rows) and any(r["BillingState"] is None for r in rows)
+    s = make_stream("Track", fields, key=("TrackId",))
+    d = _dest(mysql_url)
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows[:2000], "read"), last_offset=0)
+        d.write(s, changes(s, rows[1500:], "update"), last_offset=1)  # overlapping: upserts
+    finally:
+        d.close()
+    got = _query(mysql_url, "SELECT * FROM Track ORDER BY TrackId")
+    assert got == [tuple(r.values()) for r in rows]
+    assert _query(mysql_url, "SELECT SUM(UnitPrice) FROM Track") == [(sum(r["UnitPrice"] for r in rows),)]
+    assert _query(mysql_url, "SELECT Name FROM Track WHERE TrackId = 3448")[0][0].count("\\") == 1
+
+
+def check_mixed_real_data(h: Harness, chinook_path: Any) -> None:
+    """3,503 Chinook tracks merged in two overlapping writes (the overlap upserts)."""
+    fields, rows = chinook_tracks(chinook_path)
+    assert any("\\" in r["Name"] for r in rows) and any(r["BillingState"] is None for r in rows)
+    s = make_stream("Track", fields, key=("TrackId",))
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        d.write(s, changes(s, rows[:2000], "read"), last_offset=0)
+        d.write(s, changes(s, rows[1500:], "update"), last_offset=1)
+    finally:
+        d.close()
+    got = sorted(tuple(_canon(v, f.type) for v, f in zip(row, fields)) for row in h.rows("Track") or [])
+    assert got == [tuple(_canon(r[f.name], f.type) for f in fields) for r in rows]
 
 
 #: Checks of the SQL state machine, for every transactional kind (replace: where it replaces).

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.parquet as pq
 import pytest
-from http_receiver import Receiver  # tests/ is on the path (as in test_http)
 
+from http_receiver import Receiver  # tests/ is on the path (as in test_http)
 from replicant.config import DestinationConfig
 from replicant.destinations.base import Destination
 from replicant.destinations.files import FilesDestination
@@ -251,6 +251,20 @@ def test_empty_batch(h: cf.Harness) -> None:
 
 def test_hostile_identifiers(h: cf.Harness) -> None:
     cf.check_hostile_identifiers(h)
+
+
+def test_strings_and_bytes(h: cf.Harness) -> None:
+    cf.check_strings_and_bytes(h)
+
+
+def test_mixed_real_data(h: cf.Harness, chinook_sqlite_path: Path) -> None:
+    _require(h, merge=True)
+    cf.check_mixed_real_data(h, chinook_sqlite_path)
+
+
+def test_fast_path_only_for_a_fresh_table(h: cf.Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    _require(h, transactional=True, merge=True)
+    cf.check_fast_path_only_for_a_fresh_table(h, monkeypatch)
 
 
 def test_merge_applies_deletes(h: cf.Harness) -> None:

@@ -24,9 +24,8 @@ from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
 from . import conformance as cf
 from .conformance import changes, make_stream
-from .test_mysql import TRICKY_STRINGS, _chinook_tracks
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _q(name: str) -> str:
@@ -90,10 +89,11 @@ def test_wal_mode(sqlite_path: Path) -> None:
 # ------------------------------------------------------------------ values
 
 
-def test_strings_nulls_and_bytes_round_trip(sqlite_path: Path) -> None:
+def test_nul_inside_a_string_round_trips(sqlite_path: Path) -> None:
+    """SQLite (unlike PostgreSQL) stores NUL inside TEXT; the suite's string check cannot
+    include it, so it is checked here."""
     s = make_stream("vals", [pa.field("id", pa.int64()), pa.field("s", pa.string()), pa.field("b", pa.binary())])
-    rows = [{"id": i, "s": v, "b": v.encode() if v is not None else None} for i, v in enumerate(TRICKY_STRINGS)]
-    rows.append({"id": 100, "s": "nul \x00 inside", "b": bytes(range(256))})
+    rows = [{"id": 100, "s": "nul \x00 inside", "b": bytes(range(256))}]
     d = _dest(sqlite_path, "append")
     try:
         d.prepare(s)
@@ -215,36 +215,6 @@ def test_same_dialect_declared_types(sqlite_path: Path) -> None:
 # ------------------------------------------------------------------ paths and errors
 
 
-def test_fast_path_only_for_a_fresh_table(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = make_stream("items", cf.ITEMS)
-    merged: list[int] = []
-    original = SQLiteDestination.merge
-
-    def spy(self, table, data):
-        merged.append(data.num_rows)
-        return original(self, table, data)
-
-    monkeypatch.setattr(SQLiteDestination, "merge", spy)
-    d = _dest(sqlite_path)
-    try:
-        d.prepare(s)
-        d.write(s, changes(s, [{"id": i, "name": "r", "qty": i} for i in range(3)], "read"), last_offset=0)
-        assert merged == []
-        d.write(s, changes(s, [{"id": 0, "name": "u", "qty": 0}], "update"), last_offset=1)
-        d.write(s, changes(s, [{"id": 5, "name": "r", "qty": 5}], "read"), last_offset=2)
-        assert merged == [1, 1]
-    finally:
-        d.close()
-    d = _dest(sqlite_path)
-    try:
-        d.prepare(s)
-        d.write(s, changes(s, [{"id": 1, "name": "again", "qty": 1}], "read"), last_offset=3)
-        assert merged == [1, 1, 1]
-    finally:
-        d.close()
-    assert _query(sqlite_path, "SELECT id, name FROM items ORDER BY id") == [(0, "u"), (1, "again"), (2, "r"), (5, "r")]
-
-
 def test_replace_old_table_readable_from_another_connection(sqlite_path: Path) -> None:
     s = make_stream("items", cf.ITEMS)
     d = _dest(sqlite_path, "replace")
@@ -329,28 +299,6 @@ def test_url_and_schema_config(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ Chinook-like data
-
-
-def test_chinook_like_mixed_types(sqlite_path: Path, chinook_sqlite_path: Path) -> None:
-    fields, rows = _chinook_tracks(chinook_sqlite_path)
-    s = make_stream("Track", fields, key=("TrackId",))
-    d = _dest(sqlite_path)
-    try:
-        d.prepare(s)
-        d.write(s, changes(s, rows[:2000], "read"), last_offset=0)
-        d.write(s, changes(s, rows[1500:], "update"), last_offset=1)
-    finally:
-        d.close()
-    got = _query(sqlite_path, "SELECT * FROM Track ORDER BY TrackId")
-
-    def back(r: dict[str, Any]) -> tuple:
-        date = r["InvoiceDate"].isoformat(" ", "microseconds") if r["InvoiceDate"] else None
-        return (r["TrackId"], r["Name"], r["Composer"], r["Milliseconds"], str(r["UnitPrice"]), date, r["BillingState"])
-
-    assert got == [back(r) for r in rows]
-    total = _query(sqlite_path, "SELECT group_concat(UnitPrice, '|') FROM Track")[0][0]
-    assert sum(Decimal(x) for x in total.split("|")) == sum(r["UnitPrice"] for r in rows)  # exact, unlike REAL storage
-    assert _query(sqlite_path, "SELECT Name FROM Track WHERE TrackId = 3448")[0][0].count("\\") == 1
 
 
 def test_sqlite_source_reads_what_the_destination_wrote(sqlite_path: Path) -> None:
