@@ -33,6 +33,15 @@ The state machine (``write:`` is the configured write mode):
 * :meth:`~SQLDestination.evolve` follows schema drift (rules in
   :mod:`replicant.destinations.drift`) on the table and a pending one, then re-prepares.
 
+Adding a dialect: subclass :class:`SQLDestination`, set ``kind`` (and ``quote_char``,
+``nullable``, ``table_options``, ``merge_needs_unique_key``, ``insert_first`` where the
+defaults do not fit), write a :class:`TypeMapper`, and implement ``connected``, ``connect``,
+``close``, ``begin``/``commit``/``rollback``, ``translate``, ``execute``/``query``,
+``columns``, ``has_unique_key``, ``insert``, ``merge`` and ``apply_evolution``; override
+``swap``, ``delete_all``, ``pending_name``, ``fold`` or ``create_table`` only for a dialect
+quirk. Register it in :mod:`replicant.registry` and add its line to the conformance suite
+(tests/destinations/test_conformance.py).
+
 Errors: every statement runs inside :meth:`~SQLDestination.transaction`, which commits, or
 rolls back and translates: driver errors through the dialect's :meth:`~SQLDestination.translate`
 (connection lost, deadlock → :class:`~replicant.errors.RetriableError`, the rest
