@@ -48,10 +48,24 @@ from pydantic import BaseModel
 
 from replicant.model import ConnectorContext, DeadLetterSink, Stream
 
-__all__ = ["OFFSETS_TABLE", "WRITE_MODES", "Capabilities", "Destination"]
+__all__ = ["OFFSETS_TABLE", "WRITE_MODES", "Capabilities", "Destination", "positive_seconds"]
 
 WRITE_MODES = ("append", "merge", "replace")
 OFFSETS_TABLE = "_replicant_offsets"
+
+
+def positive_seconds(value: float | str) -> float:
+    """A settings duration (seconds, or ``'90s'``, ``'5m'``…) that must be more than zero.
+
+    Raises:
+        ValueError: not a duration, or not more than 0 seconds (pydantic reports it with the key path).
+    """
+    from replicant.config import parse_duration
+
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be more than 0 seconds")
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,9 @@ import pyarrow.compute as pc
 
 from replicant.destinations._changes import data_names, delete_mask
 from replicant.destinations._duckdb_types import DuckDBTypes, quote
-from replicant.destinations.drift import Plan
 from replicant.destinations._sql_base import SQLDestination, Table
 from replicant.destinations.base import OFFSETS_TABLE
+from replicant.destinations.drift import Plan
 from replicant.errors import ConnectionError, FatalError, ReplicantError, RetriableError
 from replicant.model import ConnectorContext, Stream
 

@@ -65,8 +65,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
 from replicant.destinations.base import Capabilities, Destination
+from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream
 

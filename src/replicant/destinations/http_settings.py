@@ -14,6 +14,8 @@ from pydantic import (
     model_validator,
 )
 
+from replicant.destinations.base import positive_seconds
+
 __all__ = ["AuthSettings", "BasicAuth", "HttpSettings"]
 
 
@@ -75,9 +77,4 @@ class HttpSettings(BaseModel):
     @field_validator("timeout", "retry_max_seconds")
     @classmethod
     def _seconds(cls, v: Any) -> float:
-        from replicant.config import parse_duration
-
-        seconds = parse_duration(v)
-        if seconds <= 0:
-            raise ValueError("must be more than 0 seconds")
-        return seconds
+        return positive_seconds(v)

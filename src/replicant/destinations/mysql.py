@@ -73,7 +73,6 @@ import pymysql
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import data_names, delete_mask
-from replicant.destinations.drift import Plan
 from replicant.destinations._mysql_types import (
     MySQLTypes,
     aux_name,
@@ -84,6 +83,7 @@ from replicant.destinations._mysql_types import (
 )
 from replicant.destinations._sql_base import PENDING_SUFFIX, SQLDestination, Table
 from replicant.destinations.base import OFFSETS_TABLE
+from replicant.destinations.drift import Plan
 from replicant.errors import (
     ConfigError,
     ConnectionError,

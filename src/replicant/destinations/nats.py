@@ -58,9 +58,8 @@ from urllib.parse import quote, urlsplit
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from replicant.config import parse_duration
+from replicant.destinations.base import Capabilities, Destination, positive_seconds
 from replicant.destinations.records import record_json
-from replicant.destinations.base import Capabilities, Destination
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream
 
@@ -104,10 +103,7 @@ class NatsSettings(BaseModel):
     @field_validator("timeout", "duplicate_window")
     @classmethod
     def _seconds(cls, v: Any) -> float:
-        seconds = parse_duration(v)
-        if seconds <= 0:
-            raise ValueError("must be more than 0 seconds")
-        return seconds
+        return positive_seconds(v)
 
     @field_validator("subject")
     @classmethod

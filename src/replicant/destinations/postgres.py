@@ -51,7 +51,6 @@ import pyarrow.compute as pc
 from replicant.config import normalize_url
 from replicant.destinations import _pg_sql as sql
 from replicant.destinations._changes import data_names, delete_mask
-from replicant.destinations.drift import Plan
 from replicant.destinations._pg_errors import (
     describe_url,
     message_of,
@@ -72,6 +71,7 @@ from replicant.destinations._pg_types import (
 )
 from replicant.destinations._sql_base import KeyExists, SQLDestination, Table
 from replicant.destinations.base import OFFSETS_TABLE
+from replicant.destinations.drift import Plan
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
 

@@ -63,10 +63,10 @@ import pyarrow.compute as pc
 
 from replicant.config import normalize_url
 from replicant.destinations._changes import data_names, delete_mask
-from replicant.destinations.drift import Plan, recreate_hint
 from replicant.destinations._sql_base import SQLDestination, Table
 from replicant.destinations._sqlite_types import DIALECT, SQLiteTypes, affinity
 from replicant.destinations.base import OFFSETS_TABLE
+from replicant.destinations.drift import Plan, recreate_hint
 from replicant.errors import (
     ConfigError,
     ConnectionError,
