@@ -176,11 +176,12 @@ def receiver_stats(url: str, reset: bool = False) -> dict:
 def run_destination(url: str, stream, table, batch_size: int, rows_per_write: int, concurrency: int) -> float:
     from replicant.config import DestinationConfig
     from replicant.destinations.http import HttpDestination
+    from replicant.model import ConnectorContext
 
     cfg = DestinationConfig.model_validate(
         {"name": "push", "type": "http", "url": f"{url}/push", "batch_size": batch_size, "concurrency": concurrency}
     )
-    dest = HttpDestination(cfg, pipeline="bench")
+    dest = HttpDestination(cfg, ConnectorContext("bench"))
     dest.open()
     try:
         t0 = time.perf_counter()

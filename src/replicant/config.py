@@ -133,6 +133,36 @@ class SourceConfig(_Model):
         return v
 
 
+#: The placeholders a ``tables:`` template may use.
+TABLE_PLACEHOLDERS = ("stream", "schema", "table")
+
+
+def table_template_fields(template: str) -> list[str]:
+    """The placeholders of a ``tables:`` template.
+
+    Raises:
+        ValueError: an unknown placeholder (with the closest known one), a positional or
+            formatted one (``{0}``, ``{table!r}``, ``{table:>5}``), or unbalanced braces.
+    """
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"{template!r} is not a valid template ({e}); write a literal brace as {{{{ or }}}}") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TABLE_PLACEHOLDERS:
+            known = ", ".join("{" + p + "}" for p in TABLE_PLACEHOLDERS)
+            raise ValueError(f"unknown placeholder {{{name}}} in {template!r}{suggest(name, list(TABLE_PLACEHOLDERS))}; use {known}")
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} in {template!r} takes no format or conversion")
+        names.append(name)
+    return names
+
+
 class DestinationConfig(_Model):
     """One entry of ``destinations``. Keys beyond these are the destination type's own
     settings (``Destination.settings``), validated by :func:`parse` with their key paths."""
@@ -147,6 +177,34 @@ class DestinationConfig(_Model):
     schema_name: str | None = Field(None, alias="schema", description="Target schema (or MySQL database).")
     batch_size: int | None = Field(None, gt=0, description="Rows per write transaction (per request for http).")
     streams: list[str] | None = Field(None, description="Only these streams (by name); default: every stream.")
+    tables: dict[str, str] | str | None = Field(
+        None,
+        description="Target table per stream: a mapping from stream name to table name, or a template with "
+        "{stream}, {schema} and {table} (the source's schema and table); default: the source table's own name.",
+    )
+
+    @field_validator("tables")
+    @classmethod
+    def _tables(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            table_template_fields(v)  # raises ValueError naming an unknown placeholder
+            if not v.strip():
+                raise ValueError("the template is empty; leave `tables:` out to keep the source table names")
+        elif isinstance(v, dict):
+            empty = [k for k, t in v.items() if not t.strip()]
+            if empty:
+                raise ValueError(f"stream {empty[0]!r} is mapped to an empty table name")
+        return v
+
+    def table_for(self, stream: str, table: tuple[str, ...]) -> str:
+        """The target table of stream ``stream`` whose source name parts are ``table``
+        (``("public", "orders")``): by ``tables:``, else ``table[-1]``."""
+        if isinstance(self.tables, str):
+            schema = table[-2] if len(table) > 1 else ""
+            return self.tables.format(stream=stream, schema=schema, table=table[-1])
+        if isinstance(self.tables, dict):
+            return self.tables.get(stream, table[-1])
+        return table[-1]
 
     def __repr_args__(self) -> Any:
         extras = self.model_extra or {}

@@ -32,7 +32,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from replicant.destinations.base import Destination
 from replicant.errors import ConfigError, FatalError, SchemaDriftError
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Stream, data_schema
@@ -170,7 +169,7 @@ class StreamWriter:
     def _marker(self, rec: Any) -> None:
         kind = rec.marker.get("kind")
         if not self.transactional:
-            if kind == MARKER_TRUNCATE and type(self.dest).truncate is not Destination.truncate:
+            if kind == MARKER_TRUNCATE and self.dest.capabilities.truncate:
                 self.dest.truncate(self.stream, last_offset=rec.offset)  # e.g. an HTTP record saying so
             self._save(rec.offset)  # snapshot markers: files and events carry no table state
             return

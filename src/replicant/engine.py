@@ -31,11 +31,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from replicant.config import PipelineConfig
+from replicant.config import DestinationConfig, PipelineConfig
 from replicant.delivery import Delivery
 from replicant.ingest import CAPTURE_CHECKPOINT, Ingest
 from replicant.log.base import Log, Retention
-from replicant.model import DeadLetter, Stream
+from replicant.model import ConnectorContext, DeadLetter, Stream
 from replicant.plan import chosen, plan_streams
 from replicant.replay import ReplayStart, replay_into
 from replicant.results import Observer, RunError, RunResult
@@ -61,7 +61,8 @@ class Engine:
         source_factory, destinations_factory, state, log: injected parts (tests, the Python
             API); by default they are built from ``config`` (see :mod:`replicant.runtime`).
             ``source_factory`` is called once per concurrent stream task and once for the
-            change feed: each gets its own connection.
+            change feed: each gets its own connection. ``destinations_factory(context_for)``
+            builds the destinations, each with ``context_for(its config)``.
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class Engine:
         *,
         observer: Observer | None = None,
         source_factory: Callable[[], Any] | None = None,
-        destinations_factory: Callable[[], list[Any]] | None = None,
+        destinations_factory: Callable[[Callable[[DestinationConfig], ConnectorContext]], list[Any]] | None = None,
         state: Any = None,
         log: Log | None = None,
     ) -> None:
@@ -79,7 +80,7 @@ class Engine:
         self.config = config
         self.observer = observer or Observer()
         self._source_factory = source_factory or (lambda: runtime.build_source(config))
-        self._destinations_factory = destinations_factory or (lambda: runtime.build_destinations(config))
+        self._destinations_factory = destinations_factory or (lambda context_for: runtime.build_destinations(config, context_for))
         self._state = state
         self._log = log
         self.stop_event = threading.Event()
@@ -121,6 +122,11 @@ class Engine:
 
         return report
 
+    def _destination_context(self, state: Any, dest_name: str, result: RunResult) -> ConnectorContext:
+        """What a destination is built with: the pipeline, and a dead-letter sink that stores
+        its rejected records and counts them in ``result``."""
+        return ConnectorContext(self.config.pipeline, dead_letter=self._dead_letter_sink(state, dest_name, result))
+
     def _dead_letter_sink(self, state: Any, dest_name: str, result: RunResult) -> Callable[[Stream, list[DeadLetter]], None]:
         lock = threading.Lock()
 
@@ -154,9 +160,7 @@ class Engine:
         try:
             planner = self.new_source()
             streams = self.streams(planner)
-            destinations = self._destinations_factory()
-            for d in destinations:  # each opens in its delivery thread: one that fails does not stop the others
-                d.dead_letter = self._dead_letter_sink(state, d.name, result)
+            destinations = self._destinations_factory(lambda dcfg: self._destination_context(state, dcfg.name, result))
             self._run(streams, destinations, state, lg, result, report, follow)
             self._apply_retention(lg, streams)
             status = "succeeded" if result.ok else "failed"
@@ -253,7 +257,7 @@ class Engine:
         state, lg = self._open_parts()
         index = [d.name for d in self.config.destinations].index(destination)
         dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
-        dest = destination_class(dcfg.type, index)(dcfg, pipeline=self.config.pipeline)
+        dest = destination_class(dcfg.type, index)(dcfg, self._destination_context(state, dcfg.name, result))
         command = f"replay {destination}"
         run_id = state.start_run(self.config.pipeline, command=command)
         result.run_id = run_id
@@ -261,7 +265,6 @@ class Engine:
         status = "failed"
         try:
             dest.open()
-            dest.dead_letter = self._dead_letter_sink(state, dest.name, result)
             replay_into(self.config, dest, lg, state, result, self.observer, start=start, offset=offset, since=since)
             status = "succeeded"
             return result

@@ -8,6 +8,7 @@ keeps state and log under ``<folder>/.replicant/<pipeline>/``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -121,11 +122,20 @@ def build_source(cfg: PipelineConfig, context: ConnectorContext | None = None):
     return cls(resolve_source_config(cfg), context or source_context(cfg))
 
 
-def build_destinations(cfg: PipelineConfig) -> list:
+def build_destinations(
+    cfg: PipelineConfig, context_for: Callable[[DestinationConfig], ConnectorContext] | None = None
+) -> list:
+    """The pipeline's destinations, not opened.
+
+    Args:
+        context_for: the :class:`~replicant.model.ConnectorContext` each destination is built
+            with (its dead-letter sink, …); default: the pipeline name only.
+    """
     out = []
     for i, d in enumerate(cfg.destinations):
         cls = destination_class(d.type, i)
-        out.append(cls(resolve_destination_config(cfg, d, i), pipeline=cfg.pipeline))
+        context = context_for(d) if context_for is not None else ConnectorContext(cfg.pipeline)
+        out.append(cls(resolve_destination_config(cfg, d, i), context))
     return out
 
 

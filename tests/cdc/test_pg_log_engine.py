@@ -234,7 +234,7 @@ def test_restart_delivers_a_change_captured_before_a_stop(tmp_path: Path, pg_url
     assert Engine(cfg).run().ok
     _exec(pg_url, "ALTER TABLE a ALTER COLUMN n TYPE bigint, ALTER COLUMN v TYPE varchar(50), ADD COLUMN c text",
           "INSERT INTO a VALUES (2, 'a value longer than ten', 3000000000, 'c')")
-    captured = Engine(cfg, destinations_factory=lambda: []).run()  # into the log only (a stop before delivery)
+    captured = Engine(cfg, destinations_factory=lambda context_for: []).run()  # into the log only (a stop before delivery)
     assert captured.ok and captured.rows_read["public.a"] == 1, captured
     result = Engine(cfg).run()
     assert result.ok, result.errors

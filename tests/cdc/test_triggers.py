@@ -399,12 +399,13 @@ def test_deletes_reach_a_merge_destination(db: Db, tmp_path: Path) -> None:
 
     from replicant.config import DestinationConfig
     from replicant.destinations.duckdb import DuckDBDestination
+    from replicant.model import ConnectorContext
 
     _tables(db)
     src, st = _source(db)
     lines = st["order_lines"]
     dest = DuckDBDestination(DestinationConfig(name="wh", type="duckdb", write="merge", path=str(tmp_path / "w.duckdb")),
-                             pipeline="p")
+                             ConnectorContext("p"))
     offset = 0
     with src:
         trigger.install(src, [lines])

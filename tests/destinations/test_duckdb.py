@@ -16,7 +16,7 @@ import pytest
 from replicant.config import DestinationConfig
 from replicant.destinations.duckdb import DEFAULT_MEMORY_LIMIT, DuckDBDestination
 from replicant.errors import ConnectionError, FatalError
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
 from . import conformance as cf
 
@@ -25,7 +25,7 @@ PIPELINE = "p1"
 
 def _dest(path: Path | None, write: str, schema: str | None = None) -> DuckDBDestination:
     cfg = DestinationConfig(name="wh", type="duckdb", write=write, path=str(path) if path else None, schema=schema)
-    return DuckDBDestination(cfg, pipeline=PIPELINE)
+    return DuckDBDestination(cfg, ConnectorContext(PIPELINE))
 
 
 def _reader(path: Path) -> duckdb.DuckDBPyConnection:
@@ -71,24 +71,6 @@ def path(tmp_path: Path) -> Path:
 @pytest.fixture
 def h(path: Path) -> cf.Harness:
     return _harness(path)
-
-
-@pytest.mark.parametrize("check", cf.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_conformance(h: cf.Harness, check) -> None:
-    check(h)
-
-
-@pytest.mark.parametrize("write", ["merge", "append"])
-def test_offset_committed_with_data(h: cf.Harness, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
-    cf.check_offset_atomic(h, monkeypatch, write=write)
-
-
-def test_hostile_identifiers(h: cf.Harness) -> None:
-    cf.check_hostile_identifiers(h)
-
-
-def test_merge_without_key_is_fatal(h: cf.Harness) -> None:
-    cf.check_merge_needs_key(h)
 
 
 def test_tables_have_no_key_constraint_but_merge_by_key(path: Path) -> None:
@@ -243,7 +225,7 @@ def test_memory_limit_is_set(path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     d = _dest(path, "append")
     d.open()
     try:
-        limit = d._con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        limit = d.query("SELECT current_setting('memory_limit')")[0][0]
     finally:
         d.close()
     assert limit.startswith("30.5 MiB")

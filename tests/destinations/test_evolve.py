@@ -17,11 +17,11 @@ import pyarrow as pa
 import pytest
 
 from replicant.config import DestinationConfig
-from replicant.destinations import _evolve
+from replicant.destinations import drift
 from replicant.destinations.mysql import MySQLDestination
 from replicant.destinations.sqlite import SQLiteDestination
 from replicant.errors import SchemaDriftError
-from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, Stream
+from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext, Stream
 
 from . import conformance as cf
 from . import test_duckdb, test_mysql, test_postgres, test_sqlite
@@ -75,7 +75,7 @@ def _mysql(url: str) -> Target:
     db = unquote(urlsplit(url).path.lstrip("/"))
 
     def make(write: str, schema: str | None = None) -> MySQLDestination:
-        return MySQLDestination(DestinationConfig(name="my", type="mysql", url=url, write=write, schema=schema), pipeline="p")
+        return MySQLDestination(DestinationConfig(name="my", type="mysql", url=url, write=write, schema=schema), ConnectorContext("p"))
 
     def rows(table: str, schema: str | None = None) -> list[tuple] | None:
         found = test_mysql._query(url, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (db,))
@@ -94,7 +94,7 @@ def _mysql(url: str) -> Target:
 
 def _sqlite(path: Path) -> Target:
     def make(write: str, schema: str | None = None) -> SQLiteDestination:
-        return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), pipeline="p")
+        return SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write=write), ConnectorContext("p"))
 
     def rows(table: str, schema: str | None = None) -> list[tuple] | None:
         if not test_sqlite._query(path, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)):
@@ -401,12 +401,12 @@ def _execute(t: Target, sql: str) -> None:
         d = h.make("merge")  # a second connection to the same file, closed before the next test step
         d.open()
         try:
-            d._con.execute(sql)
+            d.execute(sql)
         finally:
             d.close()
     elif t.kind == "postgres":
         d = h.make("merge")
-        url = d._url()
+        url = d.config.url.get_secret_value()
         with psycopg.connect(url, autocommit=True) as c:
             c.execute(sql)
     elif t.kind == "mysql":
@@ -415,7 +415,7 @@ def _execute(t: Target, sql: str) -> None:
         test_mysql._query(url, sql)
     else:
         d = h.make("merge")
-        test_sqlite._query(Path(d._file()), sql)
+        test_sqlite._query(Path(d.config.path), sql)
 
 
 # ------------------------------------------------------------------ truncate
@@ -509,7 +509,7 @@ def test_truncate_of_a_table_not_prepared_yet(t: Target) -> None:
     ],
 )
 def test_arrow_widening_rules(old: pa.DataType, new: pa.DataType, wider: bool) -> None:
-    assert _evolve.arrow_wider(old, new) is wider
+    assert drift.arrow_wider(old, new) is wider
 
 
 @pytest.mark.parametrize(
@@ -540,7 +540,7 @@ def test_arrow_widening_rules(old: pa.DataType, new: pa.DataType, wider: bool) -
     ],
 )
 def test_declared_widening_rules(old: str, new: str, dialect: str, wider: bool) -> None:
-    assert _evolve.sql_wider(old, new, dialect) is wider
+    assert drift.sql_wider(old, new, dialect) is wider
 
 
 # ------------------------------------------------------------------ keys, replace, missing tables
@@ -616,8 +616,8 @@ def test_key_change_recorded_in_the_log_schema_is_refused() -> None:
     s1 = cf.make_stream("items", fields, metadata=md1)
     s2 = cf.make_stream("items", fields, metadata=md2)
     with pytest.raises(SchemaDriftError, match=r"primary key changed from \(id\) to \(id, name\)"):
-        _evolve.plan("wh", s2, s1, ["id", "name"], dialect=None)
-    assert _evolve.plan("wh", s1, s1, ["id", "name"], dialect=None) == _evolve.Plan()
+        drift.plan("wh", s2, s1, ["id", "name"], dialect=None)
+    assert drift.plan("wh", s1, s1, ["id", "name"], dialect=None) == drift.Plan()
 
 
 def test_plan_adds_a_column_the_table_lacks() -> None:
@@ -625,6 +625,6 @@ def test_plan_adds_a_column_the_table_lacks() -> None:
     fields = [pa.field("id", pa.int64(), False), pa.field("a", pa.int32(), False)]
     s1 = cf.make_stream("items", fields)
     s2 = cf.make_stream("items", [fields[0], pa.field("a", pa.int64(), False)])
-    p = _evolve.plan("wh", s2, s1, ["id"], dialect=None)
+    p = drift.plan("wh", s2, s1, ["id"], dialect=None)
     assert [(f.name, f.type, f.nullable) for f in p.added] == [("a", pa.int64(), True)]
     assert p.widened == [] and p.kept == []

@@ -17,7 +17,7 @@ import pytest
 from replicant.config import DestinationConfig, parse
 from replicant.destinations.files import FilesDestination
 from replicant.errors import ConfigError
-from replicant.model import META_FIELDS, Stream
+from replicant.model import META_FIELDS, ConnectorContext, Stream
 
 try:  # tests/ as a package
     from ..s3 import s3_bucket, s3_server  # noqa: F401
@@ -74,7 +74,7 @@ def _chunks(total: int = 10, size: int = 4) -> list[tuple[pa.Table, int]]:
 
 def _dest(path: str, **settings) -> FilesDestination:
     cfg = DestinationConfig(name="files", type="files", path=path, **settings)
-    return FilesDestination(cfg, pipeline="shop")
+    return FilesDestination(cfg, ConnectorContext("shop"))
 
 
 def _write_all(dest: FilesDestination, chunks: list[tuple[pa.Table, int]]) -> None:
@@ -325,14 +325,14 @@ def test_settings_errors_have_key_paths() -> None:
 @pytest.mark.parametrize("write", ["merge", "replace"])
 def test_merge_and_replace_are_refused(tmp_path: Path, write: str) -> None:
     with pytest.raises(ConfigError) as e:
-        FilesDestination(DestinationConfig(name="out", type="files", path=str(tmp_path), write=write), pipeline="shop")
+        FilesDestination(DestinationConfig(name="out", type="files", path=str(tmp_path), write=write), ConnectorContext("shop"))
     [(key, what)] = e.value.problems
     assert key == "destinations.out.write" and "append" in what
 
 
 def test_path_is_required() -> None:
     with pytest.raises(ConfigError) as e:
-        FilesDestination(DestinationConfig(name="out", type="files"), pipeline="shop")
+        FilesDestination(DestinationConfig(name="out", type="files"), ConnectorContext("shop"))
     assert e.value.problems[0][0] == "destinations.out.path"
 
 

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pytest
 
 from replicant.config import DestinationConfig, parse
-from replicant.destinations.http import HttpDestination, _retry_after, batch_id
-from replicant.errors import ConfigError, FatalError, RetriableError
-from replicant.model import SQL_TYPE_KEY, Stream, with_meta
+from replicant.destinations.http import HttpDestination, retry_after, batch_id
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.model import SQL_TYPE_KEY, ConnectorContext, DeadLetterSink, Stream, with_meta
 from replicant.state import StateStore
 
 from http_receiver import Receiver
@@ -52,9 +52,18 @@ def _items(n: int, start: int = 0, op: str = "insert") -> pa.Table:
     return _rows(ITEMS, [{"id": i, "name": f"item {i}", "qty": i % 7} for i in range(start, start + n)], op)
 
 
-def _dest(url: str, *, pipeline: str = "p", name: str = "push", write: str = "append", batch_size: int | None = None, **settings: Any) -> HttpDestination:
+def _dest(
+    url: str,
+    *,
+    pipeline: str = "p",
+    name: str = "push",
+    write: str = "append",
+    batch_size: int | None = None,
+    dead_letter: DeadLetterSink | None = None,
+    **settings: Any,
+) -> HttpDestination:
     cfg = DestinationConfig.model_validate({"name": name, "type": "http", "url": url, "write": write, "batch_size": batch_size, **settings})
-    d = HttpDestination(cfg, pipeline=pipeline)
+    d = HttpDestination(cfg, ConnectorContext(pipeline, dead_letter=dead_letter))
     d.open()
     return d
 
@@ -263,11 +272,11 @@ def test_retry_after_is_honoured() -> None:
 
 
 def test_retry_after_header_forms() -> None:
-    assert _retry_after("7") == 7.0
-    assert _retry_after(None) is None and _retry_after("soon") is None
+    assert retry_after("7") == 7.0
+    assert retry_after(None) is None and retry_after("soon") is None
     when = dt.datetime.now(UTC) + dt.timedelta(seconds=30)
-    assert 25 <= _retry_after(format_datetime(when, usegmt=True)) <= 31
-    assert _retry_after(format_datetime(dt.datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
+    assert 25 <= retry_after(format_datetime(when, usegmt=True)) <= 31
+    assert retry_after(format_datetime(dt.datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
 
 
 def test_exhausted_retries_raise_retriable_without_secrets() -> None:
@@ -324,14 +333,14 @@ def test_url_user_info_is_basic_auth_not_part_of_the_url(receiver: Receiver) -> 
     assert receiver.requests[0].headers["Authorization"] == "Basic " + base64.b64encode(b"bob:p@ss").decode()
 
 
-@pytest.mark.parametrize("status", [401, 403, 404])
-def test_endpoint_or_credential_errors_are_fatal(status: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("status", "error"), [(401, ConnectionError), (403, ConnectionError), (404, FatalError)])
+def test_endpoint_or_credential_errors_are_not_retried(status: int, error: type, tmp_path: Path) -> None:
+    """A refused login is a ConnectionError (as a database's), a wrong endpoint a FatalError."""
     store = StateStore(tmp_path / "state.sqlite").open()
     with Receiver(status=status) as rcv:
-        d = _dest(rcv.url, auth={"bearer": "tok-SECRET-1"})
-        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        d = _dest(rcv.url, auth={"bearer": "tok-SECRET-1"}, dead_letter=lambda stream, recs: store.add_dead_letters("p", stream.name, recs))
         try:
-            with pytest.raises(FatalError, match=str(status)) as ei:
+            with pytest.raises(error, match=str(status)) as ei:
                 d.write(ITEMS, _items(5), last_offset=4)
         finally:
             d.close()
@@ -347,8 +356,7 @@ def test_rejected_records_go_to_dead_letters(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.sqlite").open()
     bad = {3, 17}
     with Receiver(reject=lambda r: r["key"]["id"] in bad, reject_status=422) as rcv:
-        d = _dest(rcv.url, batch_size=5)
-        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        d = _dest(rcv.url, batch_size=5, dead_letter=lambda stream, recs: store.add_dead_letters("p", stream.name, recs))
         try:
             d.write(ITEMS, _items(25), last_offset=1024)  # offsets 1000..1024
         finally:
@@ -373,8 +381,7 @@ def test_rejection_body_is_truncated_and_masked(tmp_path: Path) -> None:
     with Receiver(reject=lambda r: True, reject_status=400, echo_auth=True) as rcv:
         # the server's answer names the rejected keys; make the names long and echo the token
         long_rows = [{"id": i, "name": "n", "qty": 0} for i in range(400)]
-        d = _dest(rcv.url, auth={"bearer": token})
-        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        d = _dest(rcv.url, auth={"bearer": token}, dead_letter=lambda stream, recs: store.add_dead_letters("p", stream.name, recs))
         try:
             d.write(ITEMS, _rows(ITEMS, long_rows), last_offset=399)
         finally:
@@ -400,8 +407,7 @@ def test_payload_too_large_is_split(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.sqlite").open()
     rows = [{"id": i, "name": "z" * (5000 if i == 5 else 40), "qty": i} for i in range(16)]
     with Receiver(max_body=1500) as rcv:
-        d = _dest(rcv.url, batch_size=16)
-        d.dead_letter = lambda stream, recs: store.add_dead_letters("p", stream.name, recs)
+        d = _dest(rcv.url, batch_size=16, dead_letter=lambda stream, recs: store.add_dead_letters("p", stream.name, recs))
         try:
             d.write(ITEMS, _rows(ITEMS, rows), last_offset=15)
         finally:
@@ -454,7 +460,7 @@ def test_config_accepts_units_and_resolves_env(monkeypatch: pytest.MonkeyPatch) 
     cfg = parse({"pipeline": "p", "source": {"type": "sqlite", "url": "sqlite:///x.db"},
                  "destinations": [{"name": "push", "type": "http", "url": "http://x/push", "batch_size": 500,
                                    "batch_bytes": "1MB", "timeout": "2m", "auth": {"bearer": "${env:PUSH_TOKEN}"}}]})
-    d = HttpDestination(cfg.destinations[0], pipeline="p")
+    d = HttpDestination(cfg.destinations[0], ConnectorContext("p"))
     assert (d.batch_size, d.options.batch_bytes, d.options.timeout) == (500, 1_000_000, 120.0)
     assert d.options.auth.bearer.get_secret_value() == "tok-from-env"
     assert "tok-from-env" not in repr(d.options)
@@ -463,10 +469,10 @@ def test_config_accepts_units_and_resolves_env(monkeypatch: pytest.MonkeyPatch) 
 
 def test_bad_url_and_replace_refused() -> None:
     with pytest.raises(ConfigError, match="not an http"):
-        HttpDestination(DestinationConfig(name="push", type="http", url="ftp://x/y"), pipeline="p")
+        HttpDestination(DestinationConfig(name="push", type="http", url="ftp://x/y"), ConnectorContext("p"))
     with pytest.raises(ConfigError, match="cannot `replace`"):
-        HttpDestination(DestinationConfig(name="push", type="http", url="http://x", write="replace"), pipeline="p")
-    d = HttpDestination(DestinationConfig(name="push", type="http", url="http://x", write="merge"), pipeline="p")
+        HttpDestination(DestinationConfig(name="push", type="http", url="http://x", write="replace"), ConnectorContext("p"))
+    d = HttpDestination(DestinationConfig(name="push", type="http", url="http://x", write="merge"), ConnectorContext("p"))
     keyless = Stream(name="log", table=("log",), schema=pa.schema([pa.field("msg", pa.string())]))
     with pytest.raises(FatalError, match="needs a key"):
         d.prepare(keyless)

@@ -21,7 +21,7 @@ import pytest
 from replicant.config import DestinationConfig, parse
 from replicant.destinations.nats import NatsDestination, subject_for
 from replicant.errors import ConfigError, ConnectionError, RetriableError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
 UTC = dt.timezone.utc
 TS = dt.datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC)
@@ -71,7 +71,7 @@ def _dest(url: str, unique: str, **settings) -> NatsDestination:
     settings.setdefault("subject", f"t.{unique}.{{stream}}")
     settings.setdefault("stream_name", f"T_{unique}")
     cfg = DestinationConfig(name="bus", type="nats", url=url, **settings)
-    return NatsDestination(cfg, pipeline="shop")
+    return NatsDestination(cfg, ConnectorContext("shop"))
 
 
 @dataclass
@@ -375,7 +375,7 @@ def test_settings_errors_have_key_paths() -> None:
         parse(_pipeline(subject="x.{table}"))
     assert "{pipeline} and {stream}" in dict(e.value.problems)["destinations[0].subject"]
     cfg = parse(_pipeline(subject="cdc.{stream}", timeout="30s"))
-    dest = NatsDestination(cfg.destinations[0], pipeline="shop.eu")
+    dest = NatsDestination(cfg.destinations[0], ConnectorContext("shop.eu"))
     assert dest.stream_name == "REPLICANT_SHOP_EU" and dest.options.timeout == 30.0
     assert dest.subject(STREAM) == "cdc.public.orders"
 
@@ -383,22 +383,22 @@ def test_settings_errors_have_key_paths() -> None:
 @pytest.mark.parametrize("write", ["merge", "replace"])
 def test_merge_and_replace_are_refused(write: str) -> None:
     with pytest.raises(ConfigError) as e:
-        NatsDestination(DestinationConfig(name="bus", type="nats", url="nats://h:4222", write=write), pipeline="shop")
+        NatsDestination(DestinationConfig(name="bus", type="nats", url="nats://h:4222", write=write), ConnectorContext("shop"))
     assert e.value.problems[0][0] == "destinations.bus.write"
 
 
 def test_url_is_required_and_checked() -> None:
     with pytest.raises(ConfigError) as e:
-        NatsDestination(DestinationConfig(name="bus", type="nats"), pipeline="shop")
+        NatsDestination(DestinationConfig(name="bus", type="nats"), ConnectorContext("shop"))
     assert e.value.problems[0][0] == "destinations.bus.url"
     with pytest.raises(ConfigError):
-        NatsDestination(DestinationConfig(name="bus", type="nats", url="http://h:4222"), pipeline="shop")
+        NatsDestination(DestinationConfig(name="bus", type="nats", url="http://h:4222"), ConnectorContext("shop"))
 
 
 @pytest.mark.parametrize("unit,digits", [("s", ""), ("ms", ".005"), ("us", ".005000"), ("ns", ".005000000")])
 @pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris"])
 def test_timestamps_are_iso_8601_in_utc(unit: str, digits: str, tz: str | None) -> None:
-    from replicant.destinations._records import iso_text
+    from replicant.destinations.records import iso_text
 
     zone = UTC if tz else None
     values = [dt.datetime(2020, 1, 1, 0, 0, 0, 5000, tzinfo=zone), None, dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=zone)]

@@ -12,10 +12,14 @@ timestamps with a zone → ``TIMESTAMPTZ``; binary → ``BLOB``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import pyarrow as pa
 
-__all__ = ["ddl_type", "normalize", "quote", "select_expr"]
+from replicant.destinations._sql_base import Encoded, TypeMapper
+from replicant.errors import FatalError
+
+__all__ = ["DuckDBTypes", "ddl_type", "normalize", "quote", "select_expr"]
 
 
 def quote(name: str) -> str:
@@ -111,3 +115,25 @@ def select_expr(ref: str, field: pa.Field, target_type: str) -> str:
     if mapped.upper() == target_type.upper():
         return ref
     return f"CAST({ref} AS {target_type})"
+
+
+class DuckDBTypes(TypeMapper):
+    """The :class:`TypeMapper` of DuckDB: :func:`ddl_type`; :func:`normalize` with a ``CAST``
+    where the Arrow type does not map to the target column's type (:func:`select_expr`)."""
+
+    dialect = None  # never a source dialect: declared types are hints only
+
+    def ddl_type(self, field: pa.Field, schema: pa.Schema, *, key: bool = False) -> str:
+        try:
+            return ddl_type(field)
+        except TypeError as e:
+            raise FatalError(f"column {field.name!r}: {e}") from None
+
+    def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
+        rows = normalize(rows)
+        exprs: list[str | None] = []
+        for f in rows.schema:
+            target = declared.get(f.name.casefold())
+            expr = select_expr("{v}", f, target) if target is not None else "{v}"
+            exprs.append(None if expr == "{v}" else expr)
+        return Encoded(rows, exprs)

@@ -26,17 +26,21 @@ shared with the SQLite destination.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from hashlib import sha1
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from replicant.destinations._sql_base import Encoded, TypeMapper
 from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
 __all__ = [
     "DIALECT",
+    "MySQLTypes",
+    "plain",
     "DEFAULT_KEY_CHARS",
     "MAX_KEY_CHARS",
     "quote",
@@ -161,6 +165,24 @@ def _decimal_type(t: pa.DataType) -> str:
     return "LONGTEXT"  # exact as text; MySQL DECIMAL holds at most 65 digits, 30 after the point
 
 
+class MySQLTypes(TypeMapper):
+    """The :class:`TypeMapper` of MariaDB/MySQL: :func:`ddl_type` with the server's binary
+    no-pad collation for key strings (``key_collation``), and :func:`encode` (CSV-safe text,
+    with ``UNHEX``/``CAST`` expressions applied by ``LOAD DATA … SET``)."""
+
+    dialect = DIALECT
+
+    def __init__(self, key_collation: str = "utf8mb4_bin") -> None:
+        self.key_collation = key_collation
+
+    def ddl_type(self, field: pa.Field, schema: pa.Schema, *, key: bool = False) -> str:
+        return ddl_type(field, schema, key=key, key_collation=self.key_collation)
+
+    def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
+        data, exprs = encode(rows, {k: v.lower() for k, v in declared.items()})
+        return Encoded(data, exprs)
+
+
 def ddl_type(field: pa.Field, schema: pa.Schema, *, key: bool = False, key_collation: str = "utf8mb4_bin") -> str:
     """The column type for ``field`` in a ``CREATE TABLE``.
 
@@ -249,7 +271,7 @@ def _mapped(t: pa.DataType, name: str) -> str:
 # --------------------------------------------------------------------------- values
 
 
-def encode(table: pa.Table, declared: dict[str, str] | None = None) -> tuple[pa.Table, list[str | None]]:
+def encode(table: pa.Table, declared: Mapping[str, str] | None = None) -> tuple[pa.Table, list[str | None]]:
     """Rewrites ``table`` so that ``pyarrow.csv`` writes text ``LOAD DATA`` reads exactly.
 
     Args:
@@ -271,14 +293,21 @@ def encode(table: pa.Table, declared: dict[str, str] | None = None) -> tuple[pa.
     return pa.table(arrays, names=table.column_names), exprs
 
 
-def _encode_column(col: pa.ChunkedArray, declared: str) -> tuple[pa.ChunkedArray, str | None]:
+def plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``col`` with dictionaries decoded and extension types as their storage (zero-copy
+    for extensions): the value types every text encoder works on."""
     t = col.type
     if pa.types.is_dictionary(t):
         col = col.cast(t.value_type)
         t = col.type
     if isinstance(t, pa.ExtensionType):
         col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
-        t = col.type
+    return col
+
+
+def _encode_column(col: pa.ChunkedArray, declared: str) -> tuple[pa.ChunkedArray, str | None]:
+    col = plain(col)
+    t = col.type
     if declared.startswith("bit"):
         return col.cast(pa.uint64()), "CAST({v} AS UNSIGNED)"
     if pa.types.is_boolean(t):

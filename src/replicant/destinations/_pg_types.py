@@ -24,15 +24,19 @@ Two questions are answered here, both without a round trip to the server:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from replicant.destinations._mysql_types import json_text
+from replicant.destinations._sql_base import Encoded, TypeMapper
+from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
-__all__ = ["DIALECT", "JSONB_TEXT", "STAGE", "UUID_TEXT", "PgColumn", "cast_column", "ddl_type", "declared_type", "has_equality", "needs_cast", "normalize", "split_infinity", "wire_type"]
+__all__ = ["DIALECT", "JSONB_TEXT", "STAGE", "UUID_TEXT", "PgColumn", "PgTypes", "cast_column", "ddl_type", "declared_type", "has_equality", "needs_cast", "normalize", "split_infinity", "wire_type"]
 
 DIALECT = "postgresql"
 STAGE = object()  #: sentinel of :func:`wire_type`: stage the column and cast it in SQL
@@ -99,6 +103,38 @@ class PgColumn:
     element_category: str = ""
     nullable: bool = True
     has_default: bool = False
+
+
+# --------------------------------------------------------------------------- mapper
+
+
+class PgTypes(TypeMapper):
+    """The :class:`TypeMapper` of PostgreSQL.
+
+    A PostgreSQL source's declared type (:func:`declared_type`) is kept verbatim when the
+    server knows it (``known``: declared type text → whether the server parses it as one
+    existing type, filled by the destination with ``to_regtype`` before any DDL: only such
+    text is ever spliced into DDL); otherwise :func:`ddl_type` maps from Arrow. The
+    encoder is :func:`normalize`; the per-column wire casts for the target column
+    (:func:`wire_type`, :func:`cast_column`) depend on the catalog and live with the loader.
+    """
+
+    dialect = DIALECT
+
+    def __init__(self) -> None:
+        self.known: dict[str, bool] = {}
+
+    def ddl_type(self, field: pa.Field, schema: pa.Schema, *, key: bool = False) -> str:
+        declared = declared_type(field, schema)
+        if declared and self.known.get(declared, False):
+            return declared
+        try:
+            return ddl_type(field)
+        except TypeError as e:
+            raise FatalError(f"column {field.name!r}: {e}") from None
+
+    def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
+        return Encoded(normalize(rows), [None] * rows.num_columns)
 
 
 # --------------------------------------------------------------------------- DDL
@@ -229,25 +265,12 @@ def _normalize_column(col: pa.ChunkedArray, t: pa.DataType) -> pa.ChunkedArray:
     if t == pa.uint64():
         return col.cast(pa.decimal128(20, 0))
     if _is_nested(t) or (_is_list(t) and (_is_list(t.value_type) or _is_nested(t.value_type))):
-        return _to_json_text(col)
+        return json_text(col)
     if _is_list(t) and not pa.types.is_fixed_size_list(t):
         value = _normalize_column(pa.chunked_array([c.flatten() for c in col.chunks], type=t.value_type), t.value_type)
         if value.type != t.value_type:
             return col.cast(pa.list_(value.type))
     return col
-
-
-def _to_json_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """JSON text of every value of a nested column (DuckDB ``to_json``, vectorised)."""
-    import duckdb  # lazy: only tables with nested columns need it
-
-    con = duckdb.connect()
-    try:
-        con.register("_replicant_nested", pa.table({"v": col}))
-        out = con.sql("SELECT to_json(v)::VARCHAR AS v FROM _replicant_nested").to_arrow_table()
-    finally:
-        con.close()
-    return out.column("v")
 
 
 def wire_type(t: pa.DataType, column: PgColumn) -> pa.DataType | object:

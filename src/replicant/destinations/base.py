@@ -28,39 +28,63 @@ last_offset``, the same on every retry, restart and replay. Cut requests or file
 first offset (``batch_size`` rows each) and name them after their range. ``applied_offset``
 of such a destination returns -1 (the engine does not ask it).
 
-Tables are created from the stream's Arrow schema (see each module's type mapping; a
-field's ``replicant.sql_type`` metadata is used when source and destination share a
-dialect). Identifiers are always quoted by the dialect; values are always parameters or
-bulk-loaded, never spliced into SQL.
+Tables are named by :meth:`Destination.target_table` (the destination's ``tables:``, by
+default the source table's name) and created from the stream's Arrow schema by the
+dialect's :class:`~replicant.destinations._sql_base.TypeMapper` (a field's
+``replicant.sql_type`` metadata is used when source and destination share a dialect). The
+SQL destinations share one implementation of this contract,
+:class:`~replicant.destinations._sql_base.SQLDestination`. Identifiers are always quoted by
+the dialect; values are always parameters or bulk-loaded, never spliced into SQL.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel
 
-from replicant.model import Stream
+from replicant.model import ConnectorContext, DeadLetterSink, Stream
 
-__all__ = ["Capabilities", "Destination", "OFFSETS_TABLE", "WRITE_MODES"]
+__all__ = ["OFFSETS_TABLE", "WRITE_MODES", "Capabilities", "Destination", "positive_seconds"]
 
 WRITE_MODES = ("append", "merge", "replace")
 OFFSETS_TABLE = "_replicant_offsets"
 
 
+def positive_seconds(value: float | str) -> float:
+    """A settings duration (seconds, or ``'90s'``, ``'5m'``…) that must be more than zero.
+
+    Raises:
+        ValueError: not a duration, or not more than 0 seconds (pydantic reports it with the key path).
+    """
+    from replicant.config import parse_duration
+
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be more than 0 seconds")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What a destination can do; checked by the engine instead of ``isinstance``."""
+    """What a destination can do; read instead of ``isinstance`` or method-override checks.
 
-    transactional: bool = True  #: data and offset commit together
-    merge: bool = True
-    deletes: bool = True
-    replace: bool = True
-    bulk_load: bool = True
+    Readers: ``transactional`` by the engine and :mod:`replicant.delivery` (where the applied
+    offset is kept); ``merge`` and ``replace`` by :class:`Destination` at construction (a
+    ``write:`` the destination cannot do is a :class:`~replicant.errors.ConfigError`);
+    ``truncate`` by delivery (a non-transactional destination that cannot truncate skips
+    the marker). The conformance suite (tests/destinations/test_conformance.py) picks its
+    checks by these flags. ``merge``/``replace`` are also checked when the pipeline file is
+    parsed (:mod:`replicant.config`), with the key path.
+    """
+
+    transactional: bool = True  #: data and offset commit together (:meth:`Destination.applied_offset` is exact)
+    merge: bool = True  #: ``write: merge`` (upsert by key, deletes applied)
+    replace: bool = True  #: ``write: replace`` (pending table + atomic swap)
+    truncate: bool = False  #: :meth:`Destination.truncate` applies a source TRUNCATE
 
 
 class Destination(ABC):
@@ -69,7 +93,9 @@ class Destination(ABC):
     Args:
         config: the destination's :class:`replicant.config.DestinationConfig` (name, type,
             write, url/path, schema…), with secrets already resolved.
-        pipeline: the pipeline name, part of the offsets table key.
+        context: where it runs (:class:`replicant.model.ConnectorContext`): the pipeline name
+            (part of the offsets table key) and the dead-letter sink. Nothing is set on a
+            destination from outside after construction.
 
     Construction must not connect; :meth:`open` does. Driver errors are translated here
     into :mod:`replicant.errors`.
@@ -82,15 +108,29 @@ class Destination(ABC):
     #: time with key paths; the validated instance is :attr:`options`.
     settings: ClassVar[type[BaseModel] | None] = None
 
-    def __init__(self, config, *, pipeline: str) -> None:
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
         self.config = config
         self.name: str = config.name
-        self.pipeline = pipeline
+        self._check_write(config)
+        self.context = context
+        self.pipeline = context.pipeline
         extras = dict(getattr(config, "model_extra", None) or {})
-        self.options: Any = type(self).settings.model_validate(extras) if type(self).settings is not None else None
-        #: Set by the engine: ``dead_letter(stream, records)`` stores rejected records
-        #: (:class:`replicant.state.store.DeadLetter`) in the state store and counts them.
-        self.dead_letter: Callable[[Stream, list[Any]], None] | None = None
+        settings = type(self).settings
+        self.options: Any = settings.model_validate(extras) if settings is not None else None
+        #: ``dead_letter(stream, records)`` stores rejected records
+        #: (:class:`replicant.model.DeadLetter`) and counts them; None when the context
+        #: gives no sink (a destination that rejects a record then raises instead).
+        self.dead_letter: DeadLetterSink | None = context.dead_letter
+
+    def _check_write(self, config: Any) -> None:
+        allowed = ["append"] + [m for m in ("merge", "replace") if getattr(self.capabilities, m)]
+        if config.write not in allowed:
+            from replicant.errors import ConfigError
+
+            raise ConfigError(
+                "invalid destination",
+                [(f"destinations.{self.name}.write", f"a {config.type} destination cannot `{config.write}`; use {' or '.join(allowed)}")],
+            )
 
     @abstractmethod
     def open(self) -> None:
@@ -104,7 +144,7 @@ class Destination(ABC):
     def prepare(self, stream: Stream) -> None:
         """Creates the stream's table from ``stream.schema`` if missing (idempotent).
 
-        The destination table name is ``stream.table_name`` in the configured schema.
+        The destination table name is :meth:`target_table` in the configured schema.
         A table that exists with the same columns is used as it is.
         """
 
@@ -121,6 +161,13 @@ class Destination(ABC):
     @abstractmethod
     def commit_replace(self, stream: Stream, *, last_offset: int) -> None:
         """Atomically swaps the pending table in and records ``last_offset``."""
+
+    def target_table(self, stream: Stream) -> str:
+        """The name of the table (or the files' folder name) ``stream`` is written to: the
+        destination's ``tables:`` mapping or template applied to it, by default the source
+        table's own name (``stream.table_name``)."""
+        table_for = getattr(self.config, "table_for", None)
+        return table_for(stream.name, stream.table) if table_for is not None else stream.table_name
 
     def require_key(self, stream: Stream) -> None:
         """Raises ``FatalError`` if ``write: merge`` meets a stream without key columns."""
@@ -143,7 +190,8 @@ class Destination(ABC):
 
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """The source table was truncated (a ``truncate`` log marker at ``last_offset``): remove
-        every row of the stream's table and record the offset, in one transaction."""
+        every row of the stream's table and record the offset, in one transaction.
+        Only called when ``capabilities.truncate``; the default refuses."""
         from replicant.errors import FatalError
 
         raise FatalError(f"destination {self.name!r} cannot apply a TRUNCATE of {stream.name!r}")
@@ -152,10 +200,10 @@ class Destination(ABC):
         """Records ``last_offset`` with no data (markers, empty batches). Default: an empty write."""
         self.write(stream, stream.change_schema.empty_table(), last_offset=last_offset)
 
-    def close(self) -> None:  # noqa: B027
+    def close(self) -> None:
         """Releases connections. Idempotent."""
 
-    def __enter__(self) -> "Destination":
+    def __enter__(self) -> Destination:
         self.open()
         return self
 

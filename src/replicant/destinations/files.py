@@ -9,6 +9,9 @@ Layout, one file per log record chunk written by the engine::
     <path>/<stream>/date=2026-11-21/00000000000000000100-00000000000000000199.parquet
     <path>/<stream>/_manifests/00000000000000000100-00000000000000000199.json
 
+``<stream>`` is the stream name, or the destination's ``tables:`` mapping or template applied
+to it when ``tables:`` is set (:meth:`Destination.target_table`).
+
 * The file is named by the log offset range of its rows (``first-last``, 20 digits so
   names sort by offset). The engine hands the same ranges on every retry, restart and
   replay, so a re-delivery *overwrites* the file instead of adding a copy: nothing doubled.
@@ -30,7 +33,7 @@ Layout, one file per log record chunk written by the engine::
 Formats: ``parquet`` (Arrow types as they are; compression ``snappy`` by default, or
 ``zstd``, ``gzip``, ``lz4``, ``brotli``, ``none``), ``csv`` (``pyarrow.csv``, header row;
 decimals exact text, timestamps ISO 8601, binary base64, nested values JSON text) and
-``jsonl`` (one JSON object per line; mapping in :mod:`replicant.destinations._records`).
+``jsonl`` (one JSON object per line; mapping in :mod:`replicant.destinations.records`).
 CSV and JSON Lines may be compressed with ``gzip`` or ``zstd`` (``.csv.gz``, ``.jsonl.zst``),
 which DuckDB and pandas read directly.
 
@@ -62,10 +65,10 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from replicant.destinations._records import iso_text, joined_lines, row_json, text_table
 from replicant.destinations.base import Capabilities, Destination
+from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 from replicant.secrets import resolve_all
 
 __all__ = ["FilesDestination", "FilesSettings"]
@@ -120,18 +123,12 @@ class FilesDestination(Destination):
     the same file).
     """
 
-    capabilities = Capabilities(transactional=False, merge=False, deletes=True, replace=False, bulk_load=True)
+    capabilities = Capabilities(transactional=False, merge=False, replace=False, truncate=True)
     settings = FilesSettings
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         key = f"destinations.{self.name}"
-        if config.write != "append":
-            raise ConfigError(
-                "invalid destination",
-                [(f"{key}.write", f"a files destination only appends change events; `write: {config.write}` "
-                                  f"needs a table (use duckdb, postgres…), remove it or set `write: append`")],
-            )
         if not config.path:
             raise ConfigError("invalid destination", [(f"{key}.path", "a files destination needs `path:` (a folder or s3://bucket/prefix)")])
         path = str(config.path)
@@ -144,6 +141,10 @@ class FilesDestination(Destination):
         self.compression = opts.compression or default
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root = ""
+
+    def _folder_of(self, stream: Stream) -> str:
+        """The stream's folder: its name, or :meth:`target_table` when ``tables:`` is set."""
+        return _folder(stream.name if getattr(self.config, "tables", None) is None else self.target_table(stream))
 
     @property
     def extension(self) -> str:
@@ -178,7 +179,7 @@ class FilesDestination(Destination):
         self.open()
         first = last_offset - n + 1
         name = f"{first:020d}-{last_offset:020d}"
-        folder = _folder(stream.name)
+        folder = self._folder_of(stream)
         files = []
         for part, rows in self._parts(data):
             rel = f"{folder}/{part}/{name}{self.extension}" if part else f"{folder}/{name}{self.extension}"
@@ -203,7 +204,7 @@ class FilesDestination(Destination):
         self.open()
         name = f"{last_offset:020d}-{last_offset:020d}"
         manifest = {"stream": stream.name, "op": "truncate", "first_offset": last_offset, "last_offset": last_offset, "rows": 0, "files": []}
-        self._put(f"{_folder(stream.name)}/_manifests/{name}.json", json.dumps(manifest, indent=1).encode(), stream)
+        self._put(f"{self._folder_of(stream)}/_manifests/{name}.json", json.dumps(manifest, indent=1).encode(), stream)
 
     def evolve(self, stream: Stream, old: Stream) -> None:
         """Every file carries its own schema (and the manifest lists it): new columns and

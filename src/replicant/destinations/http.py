@@ -41,8 +41,10 @@ that had already succeeded arrive a second time with the same key.
   full jitter (0.5 s doubling, at most ``retry_max_seconds``); a ``Retry-After`` (seconds or
   an HTTP date) is honoured up to ``retry_max_seconds``. After ``max_retries`` retries the
   write raises :class:`~replicant.errors.RetriableError`.
-- 401, 403, 404, 405, 407 and 3xx: the endpoint or the credentials are wrong, not the records;
-  :class:`~replicant.errors.FatalError` (nothing is dead-lettered).
+- 401, 403 and 407: the credentials were refused: :class:`~replicant.errors.ConnectionError`
+  naming the URL (never the credentials), as a refused database login; 404, 405 and 3xx: the
+  endpoint is wrong: :class:`~replicant.errors.FatalError`. Nothing is dead-lettered: the
+  records are fine.
 - 413 with more than one record: the request is split in two halves (each with its own,
   equally deterministic batch id) and both are sent.
 - any other 4xx (400, 409, 422, …, or 413 of a single record): every record of that request
@@ -93,7 +95,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import duckdb
@@ -101,15 +103,21 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
+from replicant.destinations._http_records import record_sql
 from replicant.destinations.base import Capabilities, Destination
-from replicant.errors import ConfigError, FatalError, RetriableError
-from replicant.model import META_COLUMNS, SQL_TYPE_KEY, Stream, utcnow
-from replicant.secrets import Secret
+from replicant.destinations.http_settings import HttpSettings
+from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.model import META_COLUMNS, ConnectorContext, Stream, utcnow
 
-__all__ = ["HttpDestination", "HttpSettings", "batch_id"]
+__all__ = ["HttpDestination", "HttpSettings", "batch_id", "retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -118,73 +126,7 @@ _REASON_CHARS = 1000
 _FIRST_WAIT = 0.5
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
-_JSON_TYPES = ("json", "jsonb")
-
-
-class BasicAuth(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    username: str
-    password: Secret
-
-
-class AuthSettings(BaseModel):
-    """Exactly one of ``bearer`` (a token) or ``basic`` (username and password)."""
-
-    model_config = ConfigDict(extra="forbid")
-    bearer: Secret | None = Field(None, description="Token sent as `Authorization: Bearer …`.")
-    basic: BasicAuth | None = Field(None, description="HTTP basic authentication.")
-
-    @model_validator(mode="after")
-    def _one(self) -> "AuthSettings":
-        if (self.bearer is None) == (self.basic is None):
-            raise ValueError("give exactly one of `bearer` or `basic`")
-        return self
-
-
-class HttpSettings(BaseModel):
-    """The keys of a ``type: http`` destination besides ``url`` and ``batch_size``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["POST", "PUT"] = Field("POST", description="HTTP method of each request.")
-    headers: dict[str, Secret] = Field(default_factory=dict, description="Extra request headers (values are secret).")
-    auth: AuthSettings | None = Field(None, description="`{bearer: TOKEN}` or `{basic: {username, password}}`.")
-    batch_bytes: int | str = Field(5_000_000, description="Largest request body: bytes or '5MB'.")
-    concurrency: int = Field(4, gt=0, le=256, description="Requests in flight at once.")
-    timeout: float | str = Field(30.0, description="Seconds per request (connect, send, wait for the answer).")
-    max_retries: int = Field(8, ge=0, description="Retries of one request before the write fails.")
-    retry_max_seconds: float | str = Field(30.0, description="Longest wait between two attempts.")
-
-    @field_validator("headers", mode="before")
-    @classmethod
-    def _header_text(cls, v: Any) -> Any:
-        # YAML reads `X-Version: 2` as a number; a header value is text
-        return {k: x if isinstance(x, (str, SecretStr)) else str(x) for k, x in v.items()} if isinstance(v, dict) else v
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper(cls, v: Any) -> Any:
-        return v.upper() if isinstance(v, str) else v
-
-    @field_validator("batch_bytes")
-    @classmethod
-    def _size(cls, v: Any) -> int:
-        from replicant.config import parse_size
-
-        size = parse_size(v)
-        if size < 256:
-            raise ValueError("must be at least 256 bytes")
-        return size
-
-    @field_validator("timeout", "retry_max_seconds")
-    @classmethod
-    def _seconds(cls, v: Any) -> float:
-        from replicant.config import parse_duration
-
-        seconds = parse_duration(v)
-        if seconds <= 0:
-            raise ValueError("must be more than 0 seconds")
-        return seconds
+_LOGIN_STATUSES = frozenset({401, 403, 407})
 
 
 def batch_id(pipeline: str, destination: str, stream: str, first: int, last: int) -> str:
@@ -243,7 +185,7 @@ class _Rejected:
     reason: str
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
     if not value:
         return None
@@ -268,10 +210,6 @@ def _safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 # ------------------------------------------------------------------ the destination
 
 
@@ -279,18 +217,16 @@ class HttpDestination(Destination):
     """Pushes change batches to an HTTP endpoint as JSON (see the module docstring)."""
 
     settings = HttpSettings
-    capabilities = Capabilities(transactional=False, merge=True, deletes=True, replace=False, bulk_load=False)
+    capabilities = Capabilities(transactional=False, merge=True, replace=False, truncate=True)
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         where = f"destination {self.name!r}"
         if config.url is None:
             raise ConfigError(f"invalid {where}", [("url", "required key is missing for an http destination")])
         self._url = config.url.get_secret_value()
         if urlsplit(self._url).scheme not in ("http", "https"):
             raise ConfigError(f"invalid {where}", [("url", f"{_safe_url(self._url)!r} is not an http:// or https:// URL")])
-        if config.write == "replace":
-            raise ConfigError(f"invalid {where}", [("write", "an http destination cannot `replace`; use append or merge")])
         # user info in the URL is basic auth unless `auth:` says otherwise; never sent in the URL
         parts = urlsplit(self._url)
         self._url_auth: httpx.Auth | None = None
@@ -415,7 +351,7 @@ class HttpDestination(Destination):
         key = (stream.name, data.schema)
         with self._lock:
             if key not in self._sql:
-                self._sql[key] = _record_sql(stream, data.schema)
+                self._sql[key] = record_sql(stream, data.schema)
             sql, precast = self._sql[key]
         for i in precast:  # what DuckDB cannot read (decimal256) becomes text in Arrow
             data = data.set_column(i, data.schema.field(i).name, pc.cast(data.column(i), pa.string()))
@@ -538,7 +474,7 @@ class HttpDestination(Destination):
             except httpx.HTTPError as e:
                 raise FatalError(f"{where}: {type(e).__name__}: {self._scrub(str(e))}") from None
             if r.status_code >= 500 or r.status_code in _RETRY_STATUSES:
-                raise _Transient(f"HTTP {r.status_code}: {self._excerpt(r, 200)}", _retry_after(r.headers.get("Retry-After")))
+                raise _Transient(f"HTTP {r.status_code}: {self._excerpt(r, 200)}", retry_after(r.headers.get("Retry-After")))
             return r
 
         def wait_for(state: RetryCallState) -> float:
@@ -570,6 +506,8 @@ class HttpDestination(Destination):
             what = {401: "the credentials were refused (check `auth`)", 403: "access is forbidden (check `auth` and `headers`)",
                     404: "no such endpoint (check `url`)", 405: f"the endpoint does not accept {o.method} (check `method`)",
                     407: "the proxy wants credentials"}.get(status, f"the endpoint redirects to {_safe_url(r.headers.get('Location', '?'))}; set `url` to the final address")
+            if status in _LOGIN_STATUSES:  # a refused login, as PostgreSQL's and MySQL's are
+                raise ConnectionError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
             raise FatalError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
         if status == 413 and piece.end - piece.start > 1:
             mid = (piece.start + piece.end) // 2
@@ -610,61 +548,3 @@ class HttpDestination(Destination):
 
 class _Aborted(Exception):
     """Another request of the same write failed: stop retrying this one."""
-
-
-# ------------------------------------------------------------------ the record SQL
-
-
-def _value_sql(f: pa.Field, col: str, precast: bool) -> str:
-    t = f.type
-    sql_type = (f.metadata or {}).get(SQL_TYPE_KEY, b"").decode(errors="replace").lower()
-    if precast:
-        return col
-    if pa.types.is_decimal(t):
-        return f"{col}::VARCHAR"
-    if pa.types.is_timestamp(t):
-        fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if t.tz is not None else "%Y-%m-%dT%H:%M:%S.%f"
-        return f"strftime({col}::TIMESTAMP, '{fmt}')"
-    if pa.types.is_floating(t):
-        return (
-            f"CASE WHEN isnan({col}) THEN '\"NaN\"'::JSON WHEN isinf({col}) AND {col} > 0 THEN '\"Infinity\"'::JSON "
-            f"WHEN isinf({col}) THEN '\"-Infinity\"'::JSON ELSE to_json({col}) END"
-        )
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        return f"base64({col}::BLOB)"
-    if sql_type in _JSON_TYPES and (pa.types.is_string(t) or pa.types.is_large_string(t)):
-        return f"CASE WHEN json_valid({col}) THEN json({col}) ELSE to_json({col}) END"
-    return col
-
-
-def _object(fields: list[tuple[int, pa.Field]], precast: list[int]) -> str:
-    """A JSON object of columns given as (position, field); the table's columns are ``c<position>``.
-
-    A struct literal (serialised by the outer ``to_json``, about a third faster) when the names
-    differ case-insensitively (DuckDB's struct keys do not), else ``json_object``."""
-    values = [(_lit(f.name), _value_sql(f, f"c{i}", i in precast)) for i, f in fields]
-    if len({f.name.lower() for _, f in fields}) == len(fields):
-        return "{" + ", ".join(f"{k}: {v}" for k, v in values) + "}"
-    return "json_object(" + ", ".join(f"{k}, {v}" for k, v in values) + ")"
-
-
-def _record_sql(stream: Stream, schema: pa.Schema) -> tuple[str, list[int]]:
-    """The DuckDB query turning the registered ``changes`` table into one JSON text per row,
-    and the column indexes to cast to text in Arrow first."""
-    precast_idx = [i for i, f in enumerate(schema) if pa.types.is_decimal(f.type) and (f.type.precision > 38 or pa.types.is_decimal256(f.type))]
-    data = [(i, f) for i, f in enumerate(schema) if f.name not in META_COLUMNS]
-    position = {f.name: i for i, f in data}
-    missing = [k for k in stream.primary_key if k not in position]
-    if missing:
-        raise FatalError(f"stream {stream.name!r}: key columns {missing} are not in the batch")
-    keys = [(position[k], schema.field(position[k])) for k in stream.primary_key]
-    key_sql = _object(keys, precast_idx) if keys else "NULL"
-    data_sql = _object(data, precast_idx) if data else "NULL"
-    if keys:
-        data_sql = f"CASE WHEN _op = 'delete' THEN NULL ELSE {data_sql} END"
-    record = (
-        f"to_json({{'op': _op, 'key': {key_sql}, 'data': {data_sql}, "
-        f"'position': CASE WHEN json_valid(_pos) THEN json(_pos) ELSE to_json(_pos) END, "
-        f"'ts': strftime(_ts::TIMESTAMP, '%Y-%m-%dT%H:%M:%S.%fZ')}})"
-    )
-    return f"SELECT {record} || ',' AS j FROM changes", precast_idx

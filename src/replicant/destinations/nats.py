@@ -1,7 +1,7 @@
 """NATS destination: every change record published to JetStream as one JSON message.
 
 Message body (the same record shape as the HTTP push, built by
-:func:`replicant.destinations._records.record_json`, one DuckDB query per chunk)::
+:func:`replicant.destinations.records.record_json`, one DuckDB query per chunk)::
 
     {"op": "update", "key": {"id": 7}, "data": {"id": 7, "total": "12.30", ...},
      "position": {"lsn": "0/16B3748"}, "ts": "2026-11-21T10:00:00.123456Z"}
@@ -10,7 +10,7 @@ Message body (the same record shape as the HTTP push, built by
 column (``null`` for a delete of a keyed stream), ``position`` the row's ``_pos`` decoded,
 ``ts`` its ``_ts`` in ISO 8601 UTC. Value mapping (decimals as exact strings, binary as
 base64, timestamps ISO 8601, NaN as ``"NaN"``, json columns embedded):
-see :mod:`replicant.destinations._records`.
+see :mod:`replicant.destinations.records`.
 
 Subjects: ``subject`` is a template with ``{pipeline}`` and ``{stream}`` (default
 ``replicant.{pipeline}.{stream}``). Dots in a stream name stay subject separators
@@ -58,11 +58,10 @@ from urllib.parse import quote, urlsplit
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from replicant.config import parse_duration
-from replicant.destinations._records import record_json
-from replicant.destinations.base import Capabilities, Destination
+from replicant.destinations.base import Capabilities, Destination, positive_seconds
+from replicant.destinations.records import record_json
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
-from replicant.model import Stream
+from replicant.model import ConnectorContext, Stream
 
 __all__ = ["NatsDestination", "NatsSettings", "subject_for"]
 
@@ -104,10 +103,7 @@ class NatsSettings(BaseModel):
     @field_validator("timeout", "duplicate_window")
     @classmethod
     def _seconds(cls, v: Any) -> float:
-        seconds = parse_duration(v)
-        if seconds <= 0:
-            raise ValueError("must be more than 0 seconds")
-        return seconds
+        return positive_seconds(v)
 
     @field_validator("subject")
     @classmethod
@@ -132,18 +128,12 @@ class NatsSettings(BaseModel):
 class NatsDestination(Destination):
     """Publishes change records to NATS JetStream (see the module docstring)."""
 
-    capabilities = Capabilities(transactional=False, merge=False, deletes=True, replace=False, bulk_load=False)
+    capabilities = Capabilities(transactional=False, merge=False, replace=False, truncate=True)
     settings = NatsSettings
 
-    def __init__(self, config, *, pipeline: str) -> None:
-        super().__init__(config, pipeline=pipeline)
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
         key = f"destinations.{self.name}"
-        if config.write != "append":
-            raise ConfigError(
-                "invalid destination",
-                [(f"{key}.write", f"a nats destination publishes change events; `write: {config.write}` is not "
-                                  f"possible, remove it or set `write: append`")],
-            )
         if config.url is None:
             raise ConfigError("invalid destination", [(f"{key}.url", "a nats destination needs `url:` (nats://host:4222)")])
         servers = [s.strip() for s in config.url.get_secret_value().split(",") if s.strip()]
@@ -152,7 +142,7 @@ class NatsDestination(Destination):
             raise ConfigError("invalid destination", [(f"{key}.url", "use nats://host:port (or tls://, ws://; comma-separated for a cluster)")])
         self._servers = servers
         opts: NatsSettings = self.options
-        self.stream_name = opts.stream_name or "REPLICANT_" + re.sub(r"[^A-Za-z0-9_-]", "_", pipeline).upper()
+        self.stream_name = opts.stream_name or "REPLICANT_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.pipeline).upper()
         self.timeout = float(opts.timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -1,0 +1,550 @@
+"""The SQL destination base: one write/replace/truncate/evolve state machine for every dialect.
+
+:class:`SQLDestination` implements the whole :class:`~replicant.destinations.base.Destination`
+contract once — which statement runs in which transaction, the fast path, the pending table
+of ``replace``, schema drift, the ``_replicant_offsets`` row written *in the same transaction*
+as the data, and the error handling (:meth:`SQLDestination.transaction`) — and a dialect is a
+small class that supplies primitives: connect, quote, bulk-load rows into a table, merge a
+batch of last changes per key, catalog look-ups and DDL, with a :class:`TypeMapper` for Arrow
+↔ its types. Adding a dialect means writing those primitives, nothing of the state machine.
+
+The state machine (``write:`` is the configured write mode):
+
+* :meth:`~SQLDestination.prepare` creates the target table (key constraint unless ``append``)
+  or adds the stream's new columns, and notes whether it was empty (``fresh``).
+* :meth:`~SQLDestination.write`:
+
+  - ``append``: one transaction: :meth:`~SQLDestination.insert` of the rows that are not
+    deletes, then :meth:`~SQLDestination.store_offset`.
+  - ``merge``: the last change per key is picked (Arrow). **Fast path**: a batch of snapshot
+    reads into a ``fresh`` table (empty when prepared, written since only by this object
+    with snapshot reads), or — where the dialect sets :attr:`~SQLDestination.insert_first`
+    and the table has a unique key — a batch of distinct new keys without deletes, is
+    bulk-inserted with ``new_keys=True``; a dialect that then meets an existing key raises
+    :class:`KeyExists`, the transaction is rolled back, the table leaves the fast path for
+    good, and the batch is merged. Otherwise one transaction: :meth:`~SQLDestination.merge`
+    then the offset.
+  - ``replace``: rows go into the pending table (committed without an offset).
+
+* :meth:`~SQLDestination.begin_replace` (re)creates the pending table;
+  :meth:`~SQLDestination.commit_replace` swaps it in and records the offset, in one
+  transaction where the dialect's DDL is transactional.
+* :meth:`~SQLDestination.truncate` empties the table (and a pending one) with the offset.
+* :meth:`~SQLDestination.evolve` follows schema drift (rules in
+  :mod:`replicant.destinations.drift`) on the table and a pending one, then re-prepares.
+
+Adding a dialect: subclass :class:`SQLDestination`, set ``kind`` (and ``quote_char``,
+``nullable``, ``table_options``, ``merge_needs_unique_key``, ``insert_first`` where the
+defaults do not fit), write a :class:`TypeMapper`, and implement ``connected``, ``connect``,
+``close``, ``begin``/``commit``/``rollback``, ``translate``, ``execute``/``query``,
+``columns``, ``has_unique_key``, ``insert``, ``merge`` and ``apply_evolution``; override
+``swap``, ``delete_all``, ``pending_name``, ``fold`` or ``create_table`` only for a dialect
+quirk. Register it in :mod:`replicant.registry` and add its line to the conformance suite
+(tests/destinations/test_conformance.py).
+
+Errors: every statement runs inside :meth:`~SQLDestination.transaction`, which commits, or
+rolls back and translates: driver errors through the dialect's :meth:`~SQLDestination.translate`
+(connection lost, deadlock → :class:`~replicant.errors.RetriableError`, the rest
+:class:`~replicant.errors.FatalError`), Arrow conversion errors → ``FatalError``, each naming
+the destination, stream, table and step; interrupts and bugs are rolled back and re-raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from replicant.destinations._changes import (
+    all_reads,
+    delete_mask,
+    last_change_per_key,
+    without_deletes,
+)
+from replicant.destinations.base import Capabilities, Destination
+from replicant.destinations.drift import Plan, plan
+from replicant.errors import FatalError, ReplicantError
+from replicant.model import ConnectorContext, Stream
+
+__all__ = ["PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
+
+PENDING_SUFFIX = "__replicant_pending"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Rows ready for a dialect's bulk loader (see :meth:`TypeMapper.encode`).
+
+    Attributes:
+        data: the columns rewritten (Arrow kernels) into types the loader sends exactly.
+        exprs: per column, ``None`` (store the loaded value as it is) or an SQL expression
+            with ``{v}`` standing for the loaded value (``UNHEX({v})``, ``CAST({v} AS UUID)``).
+    """
+
+    data: pa.Table
+    exprs: list[str | None]
+
+
+class TypeMapper(ABC):
+    """Arrow ↔ one SQL dialect, in one place: the DDL type of a new column and the encoder
+    of the values a bulk load sends. One signature for every dialect.
+
+    Attributes:
+        dialect: the SQLAlchemy dialect name whose declared column types
+            (``replicant.sql_type`` field metadata) this mapper keeps verbatim, or None when
+            it maps from Arrow types only (also what schema drift compares, see
+            :func:`replicant.destinations.drift.plan`).
+    """
+
+    dialect: ClassVar[str | None] = None
+
+    @abstractmethod
+    def ddl_type(self, field: pa.Field, schema: pa.Schema, *, key: bool = False) -> str:
+        """The column type of ``field`` (of ``schema``) in a new table; ``key``: it is part of
+        the primary key (MySQL bounds key strings).
+
+        Raises:
+            FatalError: an Arrow type the dialect cannot store, naming the column.
+        """
+
+    @abstractmethod
+    def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
+        """``rows`` as the dialect's loader sends them into columns of the ``declared`` types
+        (by folded column name; missing names: the type :meth:`ddl_type` would give).
+        Column-wise Arrow kernels only: no per-row Python.
+
+        Raises:
+            pa.ArrowInvalid: a value the target cannot hold (translated to FatalError).
+        """
+
+
+class ColumnInfo(Protocol):
+    """A column of an existing table as a dialect's catalog describes it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type_sql(self) -> str: ...
+    @property
+    def nullable(self) -> bool: ...
+    @property
+    def has_default(self) -> bool: ...
+
+
+@dataclass
+class Table:
+    """What a destination object knows about one table it writes.
+
+    Attributes:
+        name: the table name as stored.
+        columns: by folded name (:meth:`SQLDestination.fold`).
+        fresh: empty when prepared, written since only by this object with snapshot reads:
+            the fast path (a bulk insert, no upsert) is safe.
+        unique: a primary key or unique index on exactly the stream's key exists.
+        insert_first: try a plain bulk insert for batches of distinct new keys (until one
+            meets an existing key).
+        key: the stream's key columns (merge matches rows by them).
+    """
+
+    name: str
+    columns: dict[str, Any]
+    fresh: bool = False
+    unique: bool = False
+    insert_first: bool = False
+    key: tuple[str, ...] = ()
+
+    def nulls(self, present: Sequence[str], fold: Callable[[str], str]) -> list[Any]:
+        """Columns a write must set to NULL: not among ``present`` (dropped at the source,
+        kept here), nullable and without a default (a column added by hand with a default
+        is left alone)."""
+        have = {fold(n) for n in present}
+        return [c for k, c in self.columns.items() if k not in have and c.nullable and not c.has_default]
+
+
+class KeyExists(Exception):
+    """Raised by :meth:`SQLDestination.insert` with ``new_keys=True`` when a key already
+    exists; the base rolls back and merges the batch instead. A signal between the base
+    and a dialect that users never see (hence not an ``*Error``)."""
+
+
+class SQLDestination(Destination):
+    """A transactional SQL destination; subclasses supply the dialect primitives below.
+
+    Class attributes a dialect sets: :attr:`types` (built in ``__init__``/``connect``),
+    :attr:`merge_needs_unique_key` (merge statements need a key constraint: an existing
+    table without one is refused) and :attr:`insert_first` (see the module docstring).
+    """
+
+    capabilities = Capabilities(transactional=True, merge=True, replace=True, truncate=True)
+    #: Merging needs a primary key or unique index on the key (ON CONFLICT, ON DUPLICATE KEY).
+    merge_needs_unique_key: ClassVar[bool] = False
+    #: Try a plain bulk insert of batches of new keys into a table with a unique key.
+    insert_first: ClassVar[bool] = False
+    #: A word for messages: ``PostgreSQL``, ``SQLite``…
+    kind: ClassVar[str] = "SQL"
+    #: What a nullable column's DDL ends with (MySQL spells ``NULL`` out: some types default
+    #: to ``NOT NULL`` there), and what follows a ``CREATE TABLE``'s column list.
+    nullable: ClassVar[str] = ""
+    table_options: ClassVar[str] = ""
+
+    #: The identifier quote (MySQL: a backtick).
+    quote_char: ClassVar[str] = '"'
+
+    types: TypeMapper
+    #: The schema (MySQL: database) holding the tables; set by ``__init__`` or :meth:`connect`.
+    schema: str = ""
+
+    def __init__(self, config: Any, context: ConnectorContext) -> None:
+        super().__init__(config, context)
+        self._tables: dict[str, Table] = {}
+        self._pending: dict[str, Table] = {}
+        #: ``SELECT log_offset …`` and the offset upsert, with parameters (pipeline, stream[,
+        #: offset]) in the driver's style; set by :meth:`connect`.
+        self.offset_select = ""
+        self.offset_upsert = ""
+
+    # ------------------------------------------------------------------ dialect primitives
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool:
+        """Whether a connection is open."""
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Connects, sets the session up, creates the schema and the offsets table if
+        missing, and sets :attr:`offset_select`/:attr:`offset_upsert`.
+
+        Raises:
+            ConnectionError: naming host (or file), never the password.
+        """
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Starts a transaction (a no-op for drivers that are never in autocommit)."""
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Rolls back; closes the connection if that fails (the next call reconnects)."""
+
+    @abstractmethod
+    def translate(self, error: Exception, where: str) -> ReplicantError | None:
+        """The replicant error for a driver error (``where`` names destination, stream,
+        table and step), or None when ``error`` is not the driver's. May close the
+        connection (lost, killed) so that the next call reconnects."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        """Runs a statement that returns no rows."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Runs a statement and returns its rows."""
+
+    def quote(self, name: str) -> str:
+        """The identifier ``name`` in :attr:`quote_char` (the character inside doubled)."""
+        q = self.quote_char
+        return q + name.replace(q, q + q) + q
+
+    def qualified(self, table: str) -> str:
+        """The quoted name of ``table`` in :attr:`schema`."""
+        return f"{self.quote(self.schema)}.{self.quote(table)}"
+
+    @abstractmethod
+    def columns(self, table: str) -> dict[str, ColumnInfo] | None:
+        """The table's columns by folded name, in table order, or None if it does not exist."""
+
+    @abstractmethod
+    def has_unique_key(self, table: str, key: Sequence[str]) -> bool:
+        """Whether a primary key or unique index covers exactly ``key``."""
+
+    def create_table(self, table: str, stream: Stream, key: Sequence[str]) -> None:
+        """``CREATE TABLE`` from ``stream.schema`` (types by :attr:`types`; the stream's key
+        columns ``NOT NULL``, the others :attr:`nullable`), with a primary key on ``key``
+        when given (empty: none), and :attr:`table_options`."""
+        keys = {self.fold(k) for k in stream.primary_key}
+        cols = []
+        for f in stream.schema:
+            is_key = self.fold(f.name) in keys
+            ddl = self.types.ddl_type(f, stream.schema, key=is_key)
+            cols.append(f"{self.quote(f.name)} {ddl}{' NOT NULL' if is_key else self.nullable}")
+        if key:
+            cols.append(f"PRIMARY KEY ({', '.join(self.quote(k) for k in key)})")
+        self.execute(f"CREATE TABLE {self.qualified(table)} ({', '.join(cols)}){self.table_options}")
+
+    @abstractmethod
+    def insert(self, table: Table, rows: pa.Table, *, new_keys: bool = False) -> None:
+        """Bulk-loads ``rows`` (data columns only, no deletes) into ``table``, in the open
+        transaction. ``new_keys``: the caller expects none of the keys to exist; raise
+        :class:`KeyExists` if one does (or overwrite it, where the loader can)."""
+
+    @abstractmethod
+    def merge(self, table: Table, changes: pa.Table) -> None:
+        """Applies ``changes`` (a change table holding at most one change per key of
+        ``table.key``, at least one row) in the open transaction: rows whose ``_op`` is
+        ``delete`` delete their key, the others upsert it (columns of :meth:`Table.nulls`
+        set to NULL)."""
+
+    @abstractmethod
+    def apply_evolution(self, table: str, columns: dict[str, ColumnInfo], change: Plan, stream: Stream, old: Stream) -> None:
+        """Applies ``change`` (new columns, widened ones) to ``table`` in the open transaction;
+        a widened column whose current type is neither the old nor the new one (changed by
+        hand) is left as it is.
+
+        Raises:
+            SchemaDriftError: the table cannot follow (nothing is changed).
+        """
+
+    def label(self, table: str) -> str:
+        """``table`` as messages name it (default: :meth:`qualified`)."""
+        return self.qualified(table)
+
+    def fold(self, name: str) -> str:
+        """How the dialect compares column names (default: case-insensitively)."""
+        return name.lower()
+
+    def table_name(self, stream: Stream) -> str:
+        """The stored name of the stream's table (:meth:`target_table` as the dialect keeps it)."""
+        return self.target_table(stream)
+
+    def pending_name(self, table: str) -> str:
+        """The pending table of ``replace`` for ``table``; a dialect with a name length limit
+        shortens it so that it never clips back to the table's own name."""
+        return table + PENDING_SUFFIX
+
+    def check_types(self, schema: pa.Schema) -> None:
+        """Called outside any transaction before DDL for ``schema`` (PostgreSQL asks the
+        server which declared types exist)."""
+
+    def add_column(self, table: str, f: pa.Field, schema: pa.Schema) -> None:
+        """``ALTER TABLE … ADD COLUMN`` (nullable)."""
+        self.execute(f"ALTER TABLE {self.qualified(table)} ADD COLUMN {self.quote(f.name)} {self.types.ddl_type(f, schema)}{self.nullable}")
+
+    def delete_all(self, tables: Sequence[str]) -> None:
+        """Empties ``tables`` in the open transaction (``DELETE``: transactional everywhere)."""
+        for t in tables:
+            self.execute(f"DELETE FROM {self.qualified(t)}")
+
+    def swap(self, pending: str, table: str) -> None:
+        """Puts ``pending`` in the place of ``table`` (which may not exist), in the open transaction."""
+        self.execute(f"DROP TABLE IF EXISTS {self.qualified(table)}")
+        self.execute(f"ALTER TABLE {self.qualified(pending)} RENAME TO {self.quote(table)}")
+
+    # ------------------------------------------------------------------ transaction
+
+    @contextlib.contextmanager
+    def transaction(self, step: str, stream: Stream | None = None, table: str | None = None) -> Iterator[None]:
+        """Runs the body in one transaction: commit on success; on any error roll back, then
+        raise a replicant error naming destination, stream, table and ``step`` (driver
+        errors through :meth:`translate`, Arrow conversion errors as FatalError); anything
+        else (an interrupt, a bug, :class:`KeyExists`) is rolled back and re-raised as it is."""
+        self.open()
+        try:
+            self.begin()
+            yield
+            self.commit()
+        except BaseException as e:
+            self.rollback()
+            if not isinstance(e, Exception) or isinstance(e, KeyExists):
+                raise
+            where = self._where(step, stream, table)
+            if isinstance(e, FatalError):
+                raise FatalError(f"{where}: {e}") from e
+            if isinstance(e, ReplicantError):
+                raise
+            translated = self.translate(e, where)
+            if translated is not None:
+                raise translated from e
+            if isinstance(e, (pa.ArrowException, TypeError, ValueError, OSError)):  # a value Arrow cannot convert
+                raise FatalError(f"{where}: {type(e).__name__}: {e}") from e
+            raise
+
+    def _where(self, step: str, stream: Stream | None, table: str | None) -> str:
+        parts = [f"{self.kind} destination {self.name!r}"]
+        if stream is not None:
+            parts.append(f"stream {stream.name!r}")
+        if table is not None:
+            parts.append(f"table {self.label(table)}")
+        return ", ".join(parts) + f" ({step})"
+
+    # ------------------------------------------------------------------ the contract
+
+    def open(self) -> None:
+        """Connects (see :meth:`connect`); a no-op when connected."""
+        if not self.connected:
+            self.connect()
+
+    def applied_offset(self, stream: Stream) -> int:
+        with self.transaction("read offset", stream):
+            rows = self.query(self.offset_select, (self.pipeline, stream.name))
+        return int(rows[0][0]) if rows else -1
+
+    def store_offset(self, stream: Stream, last_offset: int) -> None:
+        """Upserts the stream's row of ``_replicant_offsets``. Called inside the write
+        transaction after the data statements (the crash point the conformance suite
+        injects a failure at, by wrapping this method)."""
+        self.execute(self.offset_upsert, (self.pipeline, stream.name, int(last_offset)))
+
+    def prepare(self, stream: Stream) -> None:
+        """Creates the table if missing, else adds the stream's new columns (nullable).
+
+        Raises:
+            FatalError: key columns missing from the stream; ``merge`` into an existing
+                table without a unique key where the dialect's merge needs one.
+        """
+        self._check_key(stream)
+        self.check_types(stream.schema)
+        name = self.table_name(stream)
+        key = tuple(stream.primary_key)
+        with self.transaction("prepare", stream, name):
+            columns = self.columns(name)
+            if columns is None:
+                self.create_table(name, stream, key if self.config.write != "append" else ())
+                empty = True
+            else:
+                for f in stream.schema:
+                    if self.fold(f.name) not in columns:
+                        self.add_column(name, f, stream.schema)
+                empty = not self.query(f"SELECT 1 FROM {self.qualified(name)} LIMIT 1")
+            unique = bool(key) and self.has_unique_key(name, key)
+            if self.config.write == "merge" and key and not unique and self.merge_needs_unique_key:
+                raise FatalError(
+                    f"table {self.qualified(name)} has no primary key or unique index on ({', '.join(key)}), which "
+                    f"`merge` of stream {stream.name!r} needs; add one, or drop the table to have it created"
+                )
+            columns = self.columns(name) or {}
+        known = self._tables.get(stream.name)
+        fresh = empty if known is None else known.fresh and empty
+        self._tables[stream.name] = Table(
+            name, columns, fresh=fresh, unique=unique, insert_first=self.insert_first and unique, key=key
+        )
+
+    def _table(self, stream: Stream) -> Table:
+        if stream.name not in self._tables:
+            self.prepare(stream)
+        return self._tables[stream.name]
+
+    def _check_key(self, stream: Stream) -> None:
+        names = {self.fold(f.name) for f in stream.schema}
+        missing = [k for k in stream.primary_key if self.fold(k) not in names]
+        if missing:
+            raise FatalError(
+                f"destination {self.name!r}, stream {stream.name!r}: key column(s) {', '.join(missing)} are not columns of the stream"
+            )
+
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+        """Applies ``data`` by the write mode and records ``last_offset`` in the same
+        transaction (under ``replace``: into the pending table, without an offset)."""
+        mode = self.config.write
+        if mode == "replace":
+            pending = self._pending.get(stream.name)
+            if pending is None:
+                raise FatalError(f"destination {self.name!r}, stream {stream.name!r}: write under `replace` before begin_replace")
+            with self.transaction("write", stream, pending.name):
+                self.insert(pending, without_deletes(data))
+            return
+        self.require_key(stream)
+        table = self._table(stream)
+        if mode == "append":
+            with self.transaction("write", stream, table.name):
+                self.insert(table, without_deletes(data))
+                self.store_offset(stream, last_offset)
+            return
+        if (table.fresh and all_reads(data)) or (table.insert_first and _new_keys_only(data, table.key)):
+            try:
+                with self.transaction("write", stream, table.name):
+                    self.insert(table, without_deletes(data), new_keys=True)
+                    self.store_offset(stream, last_offset)
+                return
+            except KeyExists:
+                table.insert_first = False
+        table.fresh = False
+        with self.transaction("merge", stream, table.name):
+            changes = last_change_per_key(data, table.key)
+            if changes.num_rows:
+                self.merge(table, changes)
+            self.store_offset(stream, last_offset)
+
+    def begin_replace(self, stream: Stream) -> None:
+        """Creates an empty pending table (dropping a leftover one from a crash)."""
+        self._check_key(stream)
+        self.check_types(stream.schema)
+        name = self.pending_name(self.table_name(stream))
+        with self.transaction("begin replace", stream, name):
+            self.execute(f"DROP TABLE IF EXISTS {self.qualified(name)}")
+            self.create_table(name, stream, tuple(stream.primary_key))
+            columns = self.columns(name) or {}
+        self._pending[stream.name] = Table(name, columns, fresh=True, key=tuple(stream.primary_key))
+
+    def commit_replace(self, stream: Stream, *, last_offset: int) -> None:
+        """Swaps the pending table in and records the offset, in one transaction (readers
+        see the old table until the commit; see each dialect's :meth:`swap`)."""
+        pending = self._pending.get(stream.name)
+        if pending is None:
+            raise FatalError(f"destination {self.name!r}, stream {stream.name!r}: commit_replace without begin_replace")
+        name = self.table_name(stream)
+        with self.transaction("commit replace", stream, name):
+            self.swap(pending.name, name)
+            self.store_offset(stream, last_offset)
+            columns = self.columns(name) or {}
+            unique = bool(pending.key) and self.has_unique_key(name, pending.key)
+        del self._pending[stream.name]
+        self._tables[stream.name] = Table(
+            name, columns, fresh=False, unique=unique, insert_first=self.insert_first and unique, key=pending.key
+        )
+
+    def truncate(self, stream: Stream, *, last_offset: int) -> None:
+        """Empties the stream's table (and its pending ``replace`` table) and records
+        ``last_offset``, in one transaction."""
+        table = self._table(stream)
+        pending = self._pending.get(stream.name)
+        with self.transaction("truncate", stream, table.name):
+            self.delete_all([table.name] + ([pending.name] if pending is not None else []))
+            self.store_offset(stream, last_offset)
+
+    def evolve(self, stream: Stream, old: Stream) -> None:
+        """Follows the stream from ``old`` to ``stream`` (rules in
+        :mod:`replicant.destinations.drift`) on the table and on a pending ``replace``
+        table, in one transaction, then re-reads the columns the writes use.
+
+        A column gone from the stream stays in the table; rows written from then on hold
+        NULL in it. Idempotent: what the table already has is skipped (a dialect whose DDL
+        commits implicitly may be left half-way by a crash; the engine calls it again).
+
+        Raises:
+            SchemaDriftError: a change the table cannot follow (nothing is changed).
+        """
+        # the key is checked by the drift rules (which say what to do) and then by prepare()
+        self.check_types(stream.schema)
+        self.check_types(old.schema)
+        name = self.table_name(stream)
+        pending = self._pending.get(stream.name)
+        with self.transaction("evolve", stream, name):
+            for table in [name] + ([pending.name] if pending is not None else []):
+                columns = self.columns(table)
+                if columns is None:
+                    if table == name:
+                        self.create_table(name, stream, tuple(stream.primary_key) if self.config.write != "append" else ())
+                    continue
+                change = plan(self.name, stream, old, [c.name for c in columns.values()], dialect=self.types.dialect, fold=self.fold)
+                self.apply_evolution(table, columns, change, stream, old)
+            if pending is not None:
+                pending.columns = self.columns(pending.name) or {}
+        self.prepare(stream)
+
+
+def _new_keys_only(data: pa.Table, key: tuple[str, ...]) -> bool:
+    """No deletes and no key twice: a plain insert applies the batch if none of its keys exists."""
+    if data.num_rows == 0 or pc.any(delete_mask(data)).as_py():
+        return False
+    return last_change_per_key(data, key).num_rows == data.num_rows
+
+
