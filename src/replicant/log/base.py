@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +28,10 @@ import pyarrow as pa
 
 from replicant.model import Position
 
-__all__ = ["check_append", "Log", "LogRecord", "Retention", "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT", "MARKER_TRUNCATE"]
+__all__ = [
+    "check_append", "Log", "LogRecord", "Retention",
+    "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT", "MARKER_TRUNCATE",
+]
 
 MARKER_SNAPSHOT_START = "snapshot_start"  #: a full read begins; ``replace`` writes start a new table
 MARKER_SNAPSHOT_END = "snapshot_end"  #: the full read is complete; ``replace`` swaps tables
