@@ -12,8 +12,10 @@ into the log or skipped.
 
 Schemas are kept beside the data as numbered versions; each record names its version.
 
-Backends: :class:`replicant.log.local.LocalLog` (Arrow IPC segment files on a local disk
-or any fsspec filesystem); a NATS JetStream backend implements the same interface.
+Backends: :class:`replicant.log.local.LocalLog` (Arrow IPC segment files in a folder on a
+local disk: its durability rests on fsync and file locks, which object stores and most
+fsspec filesystems do not offer) and :class:`replicant.log.nats.NatsLog` (NATS JetStream).
+:func:`replicant.log.open_log` picks one from the pipeline's ``log:`` location.
 """
 
 from __future__ import annotations
