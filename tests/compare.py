@@ -42,7 +42,7 @@ def norm(v: Any) -> Any:
         return Decimal(repr(v)).quantize(Decimal("1.0000000000")).normalize()
     if isinstance(v, dt.datetime):
         if v.tzinfo is not None:
-            v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            v = v.astimezone(dt.UTC).replace(tzinfo=None)
         return v.isoformat(sep=" ")
     if isinstance(v, (dt.date, dt.time)):
         return v.isoformat()

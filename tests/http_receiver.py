@@ -90,7 +90,7 @@ class Receiver:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/push"
 
-    def start(self) -> "Receiver":
+    def start(self) -> Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,7 +98,7 @@ class Receiver:
             disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
             timeout = 30
 
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+            def do_POST(self) -> None:  # the stdlib's naming
                 receiver._handle(self)
 
             do_PUT = do_POST
@@ -125,7 +125,7 @@ class Receiver:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "Receiver":
+    def __enter__(self) -> Receiver:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

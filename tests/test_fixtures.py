@@ -9,9 +9,10 @@ import sqlite3
 import uuid
 from urllib.parse import urlsplit
 
-import datasets
 import psycopg
 import pymysql
+
+import datasets
 
 
 def _mysql_connect(url: str) -> pymysql.connections.Connection:
@@ -169,7 +170,7 @@ def test_chinook_mysql_counts_and_backslashes(chinook_mysql_url, chinook_counts)
     assert fks == 11
 
 
-def test_chinook_mysql_copies_are_independent(chinook_mysql_url, _chinook_mysql_template):
+def test_chinook_mysql_copies_are_independent(chinook_mysql_url, _chinook_mysql_template):  # noqa: PT019 - its value is used
     conn = _mysql_connect(chinook_mysql_url)
     try:
         with conn.cursor() as cur:

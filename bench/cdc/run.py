@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import common  # noqa: E402 - bench/common.py
+import common  # bench/common.py
 
 TABLES = ("pgbench_accounts", "pgbench_tellers", "pgbench_branches")
 
@@ -111,7 +110,7 @@ class Probe:
                 time.sleep(0.005)
             self.stop.wait(0.05)
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         self.latencies = []
         self.stop.clear()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -155,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         f = pipeline(work, server.url("src"), server.url("dst"))
         replicant = str(Path(sys.executable).with_name("replicant"))
         t0 = time.monotonic()
-        follow = subprocess.Popen([replicant, "run", str(f), "--follow"], stdout=open(work / "follow.out", "wb"),
-                                  stderr=open(work / "follow.err", "wb"), start_new_session=True)
+        with open(work / "follow.out", "wb") as out, open(work / "follow.err", "wb") as err:  # the child keeps its copies
+            follow = subprocess.Popen([replicant, "run", str(f), "--follow"], stdout=out, stderr=err, start_new_session=True)
         proc = psutil.Process(follow.pid)
         sampling = threading.Event()
 
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "-R", str(tps), "src"], what="pgbench", env=env)
                 ended = time.monotonic()
                 history = count(src_conn, "pgbench_history")
-                catch = wait_for(lambda: count(dst_conn, "pgbench_history") >= history, 600, "catch-up")
+                catch = wait_for(lambda history=history: count(dst_conn, "pgbench_history") >= history, 600, "catch-up")
                 catch = max(catch, 0.0) if time.monotonic() > ended else 0.0
             achieved = next((float(line.split("=")[1].split()[0]) for line in out.splitlines() if line.startswith("tps")), float("nan"))
             lat = probe.latencies

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import common  # noqa: E402 - bench/common.py
+import common  # bench/common.py
 
 DB = "replicant_bench_snapshot_diff"
 TARGET = 2.0

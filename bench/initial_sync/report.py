@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from common import MB, fmt_rate, median
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from common import MB, fmt_rate, median
 
 #: Peak RSS target for replicant (BENCHMARKS.md), bytes.
 RSS_LIMIT = 256 * MB

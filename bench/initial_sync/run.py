@@ -161,7 +161,8 @@ def run_dataset(ctx, ds, src_db: str, jobs, repeat: int, con, *, loaded: bool = 
                         status = "-"
                     con.print(f"  {ds.name} {rep + 1}/{repeat} {r.method:<30} {r.measurement.seconds:8.2f} s "
                               f"{fmt_rate(ds.rows / r.measurement.seconds):>9} rows/s "
-                              f"{r.measurement.peak_rss / MB:7.0f} MB (anon {r.measurement.peak_anon / MB:4.0f})  load {r.measurement.load:4.1f}  {status}")
+                              f"{r.measurement.peak_rss / MB:7.0f} MB (anon {r.measurement.peak_anon / MB:4.0f})"
+                              f"  load {r.measurement.load:4.1f}  {status}")
             except BenchError as exc:
                 for m in job.methods:
                     if m in results:

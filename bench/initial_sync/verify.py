@@ -80,7 +80,7 @@ def fingerprint_duckdb(path: str, schema: str, table: str, columns) -> dict:
 
 def compare(expected: dict, got: dict, columns) -> list[str]:
     """List the aggregates that differ (empty when the copy is right)."""
-    kinds = {c: k for c, k in columns}
+    kinds = dict(columns)
     problems = []
     for name, want in expected.items():
         have = got.get(name)

@@ -24,7 +24,6 @@ import datetime as dt
 import fnmatch
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
-from common import MB, REPO, BenchError, fmt_rate, git_commit, machine_info, make_workdir, median, run_measured  # noqa: E402
+from common import MB, REPO, BenchError, fmt_rate, git_commit, machine_info, make_workdir, median, run_measured
 
 BACKENDS = ["local", "local-lz4", "nats", "nats-lz4"]
 
@@ -73,7 +72,7 @@ def make_batches(rows: int, batch: int, wide_cols: int | None) -> list:
                 else:
                     cols[f"s{c}"] = pa.array(np.char.add("value ", rng.integers(0, 10**6, n).astype(str)).tolist())
         data = pa.record_batch(cols)
-        out.append(with_meta(data, "snapshot", json.dumps({"chunk": first}), dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)))
+        out.append(with_meta(data, "snapshot", json.dumps({"chunk": first}), dt.datetime(2026, 11, 21, tzinfo=dt.UTC)))
     return out
 
 

@@ -78,7 +78,7 @@ class ConfigError(ReplicantError):
         return "\n".join(lines)
 
 
-class ConnectionError(ReplicantError):  # noqa: A001 - deliberate: replicant.errors.ConnectionError
+class ConnectionError(ReplicantError):  # deliberately shadows the builtin
     """A system could not be reached or refused the login. The message names it, never the password."""
 
 

@@ -266,6 +266,7 @@ class _Rows(Observer):
             self.read[stream] += rows
 
 
+@pytest.mark.slow
 def test_snapshot_hand_off_under_heavy_writes(tmp_path: Path, pg_url: str, pg_server, unique_name: str) -> None:
     rows = 200_000
     make_crash_source(pg_url, rows)

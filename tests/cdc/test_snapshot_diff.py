@@ -177,6 +177,7 @@ def _mutate(db: Db) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgres", TOY])
 def test_crash_at_every_batch_yields_each_change_exactly_once(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     db = _db_of(kind, request)
@@ -318,6 +319,7 @@ def test_postgres_types_survive_exactly(pg_url: str, tmp_path: Path) -> None:
         assert big == Decimal("123456789012345678901234567890.12345678901234567891")
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_on_a_200k_row_table(pg_url: str, tmp_path: Path) -> None:
     db = Db("postgres", pg_url)
     db.execute(
@@ -356,6 +358,7 @@ def test_memory_stays_bounded_on_a_200k_row_table(pg_url: str, tmp_path: Path) -
         assert peak - start < table_bytes / 4, f"peak Arrow allocation {peak - start} bytes"
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     states=st.lists(

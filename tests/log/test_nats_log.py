@@ -75,7 +75,7 @@ def test_a_batch_larger_than_a_message_is_cut_into_parts_and_read_back_whole(nat
         assert log.append("s", wide_batch(100_000, 10), position={"n": 100_010}) == 100_001
         messages = subject_count(nats_url, log, "s")
         assert messages >= 2 + 4  # the marker, the small batch, and the big one in parts
-        (record, small) = list(log.read("s", 1))
+        (record, _small) = list(log.read("s", 1))
         assert record.batch.equals(batch) and record.position == {"n": 100_000}
         (sliced,) = list(log.read("s", 50_001, end=50_011))
         assert sliced.offset == 50_001 and sliced.batch.column("id").to_pylist() == list(range(50_000, 50_010))
@@ -107,7 +107,7 @@ def test_a_restart_rebuilds_the_index_and_skips_parts_of_a_crashed_append(nats_u
     with NatsLog(nats_url, prefix=prefix) as log:
         log.append("s", wide_batch(0, 5), position={"n": 5})
         log.append("s", None, position={"n": 5}, marker={"kind": "snapshot_end"})
-        subject, stream_name = log._stream("s").data_subject, log.stream_name
+        subject = log._stream("s").data_subject
 
     async def crash(js: Any) -> None:  # the first part of a big append, then the writer died
         await js.publish(subject, b"\x00" * 1000, headers={"Replicant-Part": "6/0"})
@@ -166,9 +166,8 @@ def test_a_second_writer_process_gets_a_clear_error_or_waits(nats_url: str, pref
 
 
 def test_a_second_writer_in_the_same_process_is_refused(nats_url: str, prefix: str) -> None:
-    with NatsLog(nats_url, prefix=prefix):
-        with pytest.raises(FatalError, match=f"another NatsLog in this process \\(pid {os.getpid()}\\)"):
-            NatsLog(nats_url, prefix=prefix)
+    with NatsLog(nats_url, prefix=prefix), pytest.raises(FatalError, match=f"another NatsLog in this process \\(pid {os.getpid()}\\)"):
+        NatsLog(nats_url, prefix=prefix)
     with NatsLog(nats_url, prefix=prefix) as log:  # released on close
         assert log.end_offset("s") == 0
 
@@ -179,7 +178,7 @@ def test_the_lock_of_a_killed_writer_expires(nats_url: str, prefix: str) -> None
     child.wait(timeout=10)
     child.stdout.close()
     child.stdin.close()
-    with pytest.raises(FatalError, match="the lock of a writer that died expires within 1.5 s"):
+    with pytest.raises(FatalError, match=r"the lock of a writer that died expires within 1\.5 s"):
         NatsLog(nats_url, prefix=prefix)
     with NatsLog(nats_url, prefix=prefix, lock_timeout=10) as log:
         assert log.append("s", None, position=None, marker={"kind": "after"}) == 1

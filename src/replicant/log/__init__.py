@@ -1,5 +1,7 @@
-"""The staging log: the contract (:mod:`.base`), local segments (:mod:`.local`), and
-:func:`open_log`, which picks a backend from the pipeline's ``log:`` location."""
+"""The staging log: the contract (:mod:`.base`), its backends (local segments in
+:mod:`.local`, NATS JetStream in :mod:`.nats`), and :func:`open_log`, which picks one from
+the pipeline's ``log:`` location: a local folder or ``file://`` URL, or ``nats://``/``tls://``.
+Object stores (``s3://``, other fsspec URLs) are not staging log locations."""
 
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def open_log(location: str | Path, **options: Any) -> Log:
             (``readonly=True`` is accepted too).
 
     Raises:
-        ConfigError: a scheme with no backend yet (``s3://``…), at key ``log``.
+        ConfigError: any other scheme (``s3://`` and other fsspec URLs included: the local
+            log needs fsync and file locks), at key ``log``.
         ConnectionError: the NATS server cannot be reached.
         FatalError: another process writes to the log (see :class:`LocalLog`, ``NatsLog``).
     """
@@ -73,5 +76,5 @@ def open_log(location: str | Path, **options: Any) -> Log:
         return NatsLog(text, **options)
     raise ConfigError(
         "unsupported staging log location",
-        [("log", f"no staging log backend for {scheme}:// yet; use a local folder path or file:// URL")],
+        [("log", f"no staging log backend for {scheme}://; use a local folder, a file:// URL or nats://host:port/prefix")],
     )

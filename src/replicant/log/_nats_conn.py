@@ -91,7 +91,8 @@ class _NatsConnection:
         except nats.errors.NoServersError as exc:
             raise ConnectionError(f"staging log at {self.location}: cannot reach the NATS server") from exc
         except nats.js.errors.APIError as exc:
-            raise FatalError(f"staging log at {self.location}: JetStream refused a request: {exc.description} (code {exc.err_code})") from exc
+            raise FatalError(f"staging log at {self.location}: JetStream refused a request: {exc.description}"
+                             f" (code {exc.err_code})") from exc
 
     # -- opening -------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class _NatsConnection:
                 error_cb=quiet,
             )
             self._nc = await asyncio.wait_for(connecting, self.timeout)  # the first connect is not retried forever
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ConnectionError(f"staging log at {self.location}: cannot connect to the NATS server ({type(exc).__name__})") from exc
         self._js = self._nc.jetstream(timeout=self.timeout)
         try:
@@ -201,5 +202,5 @@ class _NatsConnection:
         if self._kv is not None and self._lock_revision and self._lock_lost is None:
             try:
                 await self._kv.delete("writer", last=self._lock_revision)
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 pass  # expires with the bucket's age limit

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
@@ -98,7 +97,7 @@ class _NatsIndex:
         finally:
             try:
                 await self._js.delete_consumer(self.stream_name, info.name)
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 pass  # it goes away after inactive_threshold
         return messages
 

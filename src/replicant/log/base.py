@@ -12,15 +12,17 @@ into the log or skipped.
 
 Schemas are kept beside the data as numbered versions; each record names its version.
 
-Backends: :class:`replicant.log.local.LocalLog` (Arrow IPC segment files on a local disk
-or any fsspec filesystem); a NATS JetStream backend implements the same interface.
+Backends: :class:`replicant.log.local.LocalLog` (Arrow IPC segment files in a folder on a
+local disk: its durability rests on fsync and file locks, which object stores and most
+fsspec filesystems do not offer) and :class:`replicant.log.nats.NatsLog` (NATS JetStream).
+:func:`replicant.log.open_log` picks one from the pipeline's ``log:`` location.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +30,10 @@ import pyarrow as pa
 
 from replicant.model import Position
 
-__all__ = ["check_append", "Log", "LogRecord", "Retention", "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT", "MARKER_TRUNCATE"]
+__all__ = [
+    "check_append", "Log", "LogRecord", "Retention",
+    "MARKER_SNAPSHOT_START", "MARKER_SNAPSHOT_END", "MARKER_SNAPSHOT_ABORT", "MARKER_TRUNCATE",
+]
 
 MARKER_SNAPSHOT_START = "snapshot_start"  #: a full read begins; ``replace`` writes start a new table
 MARKER_SNAPSHOT_END = "snapshot_end"  #: the full read is complete; ``replace`` swaps tables

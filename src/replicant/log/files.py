@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -86,11 +86,11 @@ def parse_segment_stem(stem: str) -> tuple[int, int] | None:
     match = _SEGMENT_STEM.match(stem)
     if match is None:
         return None
-    created = datetime.strptime(match[2], _STEM_TIME).replace(tzinfo=timezone.utc)
+    created = datetime.strptime(match[2], _STEM_TIME).replace(tzinfo=UTC)
     return int(match[1]), datetime_to_micros(created)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def micros_to_datetime(us: int) -> datetime:
@@ -101,7 +101,7 @@ def micros_to_datetime(us: int) -> datetime:
 def datetime_to_micros(ts: datetime) -> int:
     """Microseconds since the epoch; a naive datetime is taken as UTC."""
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
     delta = ts - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 

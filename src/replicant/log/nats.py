@@ -38,7 +38,6 @@ Modules: this one holds :class:`NatsLog`'s options, writing, reading, retention 
 closing; :mod:`replicant.log._nats_conn` the event-loop bridge, opening the connection and
 stream, and the writer lock; :mod:`replicant.log._nats_index` the per stream record index
 (``_Stream``, loading and refreshing it); :mod:`replicant.log._nats_codec` the layout.
-``_Stream``, ``_TRANSIENT`` and ``_SCAN_BATCH`` stay importable from here.
 """
 
 from __future__ import annotations
@@ -74,8 +73,8 @@ from replicant.log._nats_codec import (
     decode_token,
     json_header,
 )
-from replicant.log._nats_conn import _TRANSIENT, _NatsConnection
-from replicant.log._nats_index import _SCAN_BATCH, _NatsIndex, _Stream
+from replicant.log._nats_conn import _NatsConnection
+from replicant.log._nats_index import _NatsIndex, _Stream
 from replicant.log.base import Log, LogRecord, Retention, check_append
 from replicant.log.files import datetime_to_micros, micros_to_datetime, now_micros
 from replicant.model import Position, decode_position, encode_position

@@ -22,7 +22,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -99,6 +99,13 @@ class Entries:
 
     __slots__ = ("offset", "rows", "start", "end", "time", "position", "marker", "nexts")
     _INTS = ("offset", "rows", "start", "end", "time")
+    # set by name in __init__; declared for the type checker
+    offset: array[int]
+    rows: array[int]
+    start: array[int]
+    end: array[int]
+    time: array[int]
+    nexts: array[int]
 
     def __init__(self) -> None:
         for name in self._INTS + ("nexts",):
@@ -291,26 +298,27 @@ class Segment:
         """
         if self.damaged:
             raise OSError(f"an earlier write to {self.stem} failed and could not be undone; reopen the log to recover it")
-        if self._data_fd is None:
+        if self._data_fd is None or self._index_fd is None:  # both or neither: opened together
             self._data_fd = os.open(self.data_path, os.O_WRONLY | os.O_APPEND)
             self._index_fd = os.open(self.index_path, os.O_WRONLY | os.O_APPEND)
+        data_fd, index_fd = self._data_fd, self._index_fd
         start = entry["start"] = self.data_end
         size = body.size if body is not None else 0
         entry["end"] = start + size
         line = (json.dumps({name: entry.get(name) for name in _COLUMNS}, separators=(",", ":")) + "\n").encode()
         try:
-            if size:
-                write_all(self._data_fd, body)
+            if body is not None and size:
+                write_all(data_fd, body)
                 if fsync:
-                    _sync(self._data_fd)
-            write_all(self._index_fd, line)
+                    _sync(data_fd)
+            write_all(index_fd, line)
             if fsync:
-                _sync(self._index_fd)
+                _sync(index_fd)
         except OSError:
             # Undo a partial write (a full disk…), so the next append's byte range is right.
             try:
-                os.ftruncate(self._data_fd, start)
-                os.ftruncate(self._index_fd, self._index_read)
+                os.ftruncate(data_fd, start)
+                os.ftruncate(index_fd, self._index_read)
             except OSError:
                 self.damaged = True
             raise
@@ -383,7 +391,7 @@ class Segment:
                     batch=batch,
                     marker=None if marker is None else json.loads(marker),
                     position=decode_position(e.position[i]),
-                    schema_version=self.version,
+                    schema_version=cast(int, self.version),  # set by create() or the first index line
                     ts=micros_to_datetime(e.time[i]),
                 )
         finally:

@@ -161,7 +161,7 @@ class StreamFiles:
             body = encode_batch(batch, options) if rows else None
             min_ts, max_ts = ts_range(batch) if rows else (None, None)
             segment, time_us = self._writable_segment(version, body is not None, segment_bytes, fsync)
-            entry = {
+            entry: dict[str, Any] = {
                 "offset": self.end,
                 "rows": rows,
                 "schema": version,
@@ -280,7 +280,7 @@ class StreamFiles:
             return segments, tail, len(tail) if tail is not None else 0, self.end
 
     def _entries(self, segment: Segment, segments: list[Segment], tail: Entries | None, tail_count: int) -> tuple[Entries, int]:
-        if segment is segments[-1]:
+        if segment is segments[-1] and tail is not None:  # not None: segments is not empty
             return tail, tail_count
         entries = self.cache.load(segment)
         return entries, len(entries)
