@@ -104,6 +104,7 @@ _log = logging.getLogger(__name__)
 
 _STATUS_EVERY = 10.0  # seconds between standby status updates (wal_sender_timeout is 60 s)
 _TICK = 0.2  # longest wait on the socket, so `stop` is seen promptly
+_SLOT_RELEASE_SECONDS = 10.0  # how long a slot still held by a closing walsender is waited for
 
 
 class PgLogCapture(_Replication, _Snapshot, _Changes):
@@ -224,7 +225,15 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
             raise FatalError(f"replication slot {self.slot!r} exists but is not a pgoutput slot of this database; "
                              "set `slot:` to another name or drop it (SELECT pg_drop_replication_slot(...))")
         if pid is not None:
-            raise RetriableError(f"replication slot {self.slot!r} is in use by process {pid} (another replicant run?)")
+            # the walsender of a connection that just closed (ours, or a killed run's) releases
+            # the slot a moment after the client is gone: wait for that, bounded
+            deadline = time.monotonic() + _SLOT_RELEASE_SECONDS
+            while pid is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                found = self._sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
+                pid = found[0][0] if found else None
+            if pid is not None:
+                raise RetriableError(f"replication slot {self.slot!r} is in use by process {pid} (another replicant run?)")
         return rows[0]
 
     # ------------------------------------------------------------------ install / status
