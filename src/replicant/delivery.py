@@ -91,9 +91,9 @@ class StreamWriter:
         if self.transactional:
             applied = self.dest.applied_offset(s)
         else:
-            off = self.state.offsets(self.pipeline).get((self.dest.name, s.name))
+            off = self.state.offsets(self.pipeline, tenant=s.tenant).get((self.dest.name, s.name))
             applied = off.offset if off else -1
-        end = self.log.end_offset(s.name)
+        end = self.log.end_offset(s.log_name)
         if applied >= end:
             raise FatalError(
                 f"it has applied log offset {applied} but the log of {s.name!r} ends at {end}: the staging log was "
@@ -106,13 +106,13 @@ class StreamWriter:
         to deliver may be older than the stream as discovered now (a restart after the source
         changed), and each must evolve the table from where it is."""
         last = self.offset - 1
-        if last < max(self.log.start_offset(stream.name), 0):
+        if last < max(self.log.start_offset(stream.log_name), 0):
             return stream
-        for rec in self.log.read(stream.name, last, end=last + 1):
+        for rec in self.log.read(stream.log_name, last, end=last + 1):
             if rec.batch is not None:
                 schema = data_schema(rec.batch.schema)
             else:
-                versions = self.log.schemas(stream.name)
+                versions = self.log.schemas(stream.log_name)
                 if not 0 <= rec.schema_version < len(versions):
                     return stream
                 schema = data_schema(versions[rec.schema_version])
@@ -122,7 +122,7 @@ class StreamWriter:
 
     def _version_of(self, stream: Stream) -> int | None:
         """The newest log schema version equal to ``stream.schema``, or None."""
-        versions = self.log.schemas(stream.name)
+        versions = self.log.schemas(stream.log_name)
         for i in range(len(versions) - 1, -1, -1):
             if data_schema(versions[i]).equals(stream.schema, check_metadata=True):
                 return i
@@ -130,10 +130,10 @@ class StreamWriter:
 
     def step(self, end: int | None = None) -> bool:
         """Delivers every record after the current offset (up to ``end``); True if there was any."""
-        stop_at = self.log.end_offset(self.stream.name) if end is None else end
+        stop_at = self.log.end_offset(self.stream.log_name) if end is None else end
         if self.offset >= stop_at:
             return False
-        for rec in self.log.read(self.stream.name, self.offset, end=stop_at):
+        for rec in self.log.read(self.stream.log_name, self.offset, end=stop_at):
             self._take(rec)
             self.offset = rec.next_offset
         self._flush()
@@ -226,7 +226,8 @@ class StreamWriter:
 
     def _save(self, offset: int) -> None:
         """Non-transactional: the state store holds the truth."""
-        self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
+        self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows,
+                               tenant=self.stream.tenant)
 
     def _mirror(self, offset: int, *, now: bool = False) -> None:
         """Copies the applied offset to the state store for ``status``, at most every
@@ -239,7 +240,8 @@ class StreamWriter:
         if self.unmirrored is None:
             return
         try:
-            self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, self.unmirrored, rows_total=self.rows)
+            self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, self.unmirrored, rows_total=self.rows,
+                                   tenant=self.stream.tenant)
             self.unmirrored, self.mirrored_at = None, time.monotonic()
         except Exception:  # noqa: BLE001 - the mirror is for `status`; the destination holds the truth
             log.debug("could not mirror offset", exc_info=True)

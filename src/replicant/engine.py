@@ -63,6 +63,8 @@ class Engine:
             ``source_factory`` is called once per concurrent stream task and once for the
             change feed: each gets its own connection. ``destinations_factory(context_for)``
             builds the destinations, each with ``context_for(its config)``.
+        tenant: run the feed of this tenant: its source, its log streams, checkpoints and
+            destination offsets (identity is pipeline, tenant, stream).
     """
 
     def __init__(
@@ -74,12 +76,14 @@ class Engine:
         destinations_factory: Callable[[Callable[[DestinationConfig], ConnectorContext]], list[Any]] | None = None,
         state: Any = None,
         log: Log | None = None,
+        tenant: str | None = None,
     ) -> None:
         from replicant import runtime
 
         self.config = config
+        self.tenant = tenant
         self.observer = observer or Observer()
-        self._source_factory = source_factory or (lambda: runtime.build_source(config))
+        self._source_factory = source_factory or (lambda: runtime.build_source(config, runtime.source_context(config, tenant)))
         self._destinations_factory = destinations_factory or (lambda context_for: runtime.build_destinations(config, context_for))
         self._state = state
         self._log = log
@@ -108,7 +112,7 @@ class Engine:
 
     def streams(self, source: Any) -> list[Stream]:
         """Discovers the source and applies the pipeline's stream settings (:mod:`replicant.plan`)."""
-        return plan_streams(self.config, source.discover(), source.capabilities.modes)
+        return plan_streams(self.config, source.discover(), source.capabilities.modes, tenant=self.tenant)
 
     @property
     def parallelism(self) -> int:
@@ -132,7 +136,7 @@ class Engine:
 
         def sink(stream: Stream, records: list[DeadLetter]) -> None:
             records = [r if r.destination is not None else dataclasses.replace(r, destination=dest_name) for r in records]
-            state.add_dead_letters(self.config.pipeline, stream.name, records)
+            state.add_dead_letters(self.config.pipeline, stream.name, records, tenant=stream.tenant)
             with lock:
                 per = result.dead_letters.setdefault(dest_name, {})
                 per[stream.name] = per.get(stream.name, 0) + len(records)
@@ -151,7 +155,7 @@ class Engine:
         report = self._reporter(result)
         state, lg = self._open_parts()
         command = "follow" if follow else "run"
-        run_id = state.start_run(self.config.pipeline, command=command)
+        run_id = state.start_run(self.config.pipeline, command=command, tenant=self.tenant)
         result.run_id = run_id
         self.observer.run_started(self.config.pipeline, run_id, command)
         status = "failed"
@@ -185,7 +189,7 @@ class Engine:
         self, streams: list[Stream], destinations: list[Any], state: Any, lg: Log, result: RunResult,
         report: Callable[[RunError], None], follow: bool,
     ) -> None:
-        ingest = Ingest(self.config.pipeline, lg, state)
+        ingest = Ingest(self.config.pipeline, lg, state, tenant=self.tenant)
         done = {s.name: threading.Event() for s in streams}
         deliveries = [
             Delivery(d, chosen(d.config, streams), lg, state, self.config.pipeline, done=done, stop=self.stop_event,
@@ -259,13 +263,14 @@ class Engine:
         dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
         dest = destination_class(dcfg.type, index)(dcfg, self._destination_context(state, dcfg.name, result))
         command = f"replay {destination}"
-        run_id = state.start_run(self.config.pipeline, command=command)
+        run_id = state.start_run(self.config.pipeline, command=command, tenant=self.tenant)
         result.run_id = run_id
         self.observer.run_started(self.config.pipeline, run_id, command)
         status = "failed"
         try:
             dest.open()
-            replay_into(self.config, dest, lg, state, result, self.observer, start=start, offset=offset, since=since)
+            replay_into(self.config, dest, lg, state, result, self.observer, start=start, offset=offset, since=since,
+                        tenant=self.tenant)
             status = "succeeded"
             return result
         except BaseException as e:

@@ -76,7 +76,7 @@ class Ingest:
         key columns) without copying data."""
         if batch is not None:
             batch = _tagged(batch, stream)
-        self.log.append(stream.name, batch, position=position, marker=marker)
+        self.log.append(stream.log_name, batch, position=position, marker=marker)
 
     # ------------------------------------------------------------------ per-stream reads
 
@@ -85,7 +85,7 @@ class Ingest:
         the log (None: from the start). For a ``full`` stream, opens a new snapshot (a
         ``snapshot_start`` marker) unless one is open and resumable, and aborts one that cannot
         resume."""
-        last = self.log.last_position(stream.name)
+        last = self.log.last_position(stream.log_name)
         resume = _source_position(last)
         if stream.mode != "full":
             return resume
@@ -119,7 +119,7 @@ class Ingest:
         n = rb.data.num_rows
         total = self._add_total(stream.name, n)
         self.state.save_checkpoint(self.pipeline, stream.name, rb.position, rows_total=total,
-                                   log_offset=self.log.end_offset(stream.name), tenant=self.tenant)
+                                   log_offset=self.log.end_offset(stream.log_name), tenant=self.tenant)
         source.acknowledge(stream, rb.position)
         return n
 
@@ -142,7 +142,7 @@ class Ingest:
             rows[name] = batch.num_rows
         touched = sorted(set(cs.batches) | set(cs.truncated))
         items: list[tuple[str, Position | None, int, int]] = [
-            (name, cs.position_of(name), self._add_total(name, rows.get(name, 0)), self.log.end_offset(name))
+            (name, cs.position_of(name), self._add_total(name, rows.get(name, 0)), self.log.end_offset(streams[name].log_name))
             for name in touched
         ]
         feed_total = self._add_total(CAPTURE_CHECKPOINT, sum(rows.values()))
@@ -154,7 +154,7 @@ class Ingest:
     def feed_positions(self, streams: list[Stream]) -> dict[str, Position | None]:
         """Per ``log`` stream, the last source position durable in the log (None: that stream
         still needs its initial snapshot)."""
-        return {s.name: _source_position(self.log.last_position(s.name)) for s in streams}
+        return {s.name: _source_position(self.log.last_position(s.log_name)) for s in streams}
 
     # ------------------------------------------------------------------ bookkeeping
 

@@ -40,6 +40,7 @@ __all__ = [
     "DIALECT_KEY",
     "Stream",
     "Position",
+    "log_stream_name",
     "ReadBatch",
     "ChangeSet",
     "DeadLetter",
@@ -101,8 +102,10 @@ class Stream:
             field metadata where the source knows the declared type.
         primary_key: key column names; empty when the table has none and none was set.
         cursor: the cursor column for ``mode: cursor``.
-        mode: the read strategy, ``full`` or ``cursor`` (later: ``snapshot_diff``, ``trigger``, ``log``).
+        mode: the read strategy: ``full``, ``cursor``, ``snapshot_diff``, ``trigger`` or ``log``.
         options: source-specific extras (look-back, chunk size, soft-delete column…).
+        tenant: the tenant whose source this stream is read from, or None. Identity is
+            (pipeline, tenant, stream): see :attr:`log_name`.
     """
 
     name: str
@@ -112,6 +115,14 @@ class Stream:
     cursor: str | None = None
     mode: str = "full"
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    tenant: str | None = None
+
+    @property
+    def log_name(self) -> str:
+        """The stream's name in the staging log and in destination offsets: ``name``, or
+        ``tenant/name`` for a tenant's stream, so two tenants' ``orders`` never share a log
+        or an offset (state-store rows carry the tenant in their own column)."""
+        return log_stream_name(self.name, self.tenant)
 
     @property
     def table_name(self) -> str:
@@ -217,6 +228,11 @@ class ConnectorContext:
         """The identity of this source feed: ``pipeline`` or ``pipeline.tenant``; names
         replication slots, publications and the capture checkpoint."""
         return self.pipeline if self.tenant is None else f"{self.pipeline}.{self.tenant}"
+
+
+def log_stream_name(stream: str, tenant: str | None) -> str:
+    """See :attr:`Stream.log_name`."""
+    return stream if tenant is None else f"{tenant}/{stream}"
 
 
 def data_schema(schema: pa.Schema) -> pa.Schema:

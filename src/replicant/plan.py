@@ -24,13 +24,17 @@ __all__ = ["KEY_METADATA", "chosen", "log_key", "log_stream", "plan_streams"]
 KEY_METADATA = b"replicant.primary_key"
 
 
-def plan_streams(config: PipelineConfig, discovered: list[Stream], modes: Iterable[str]) -> list[Stream]:
+def plan_streams(
+    config: PipelineConfig, discovered: list[Stream], modes: Iterable[str], *, tenant: str | None = None
+) -> list[Stream]:
     """The streams to run: ``discovered`` narrowed and shaped by ``config.source.streams``.
 
     Args:
         config: the pipeline.
         discovered: what the source lists (:meth:`replicant.sources.base.Source.discover`).
         modes: the read strategies the source supports.
+        tenant: the tenant whose source was discovered; its streams carry it (their
+            :attr:`~replicant.model.Stream.log_name` includes it).
 
     Raises:
         ConfigError: every problem at once, each with its key path (a mode the source cannot
@@ -38,7 +42,7 @@ def plan_streams(config: PipelineConfig, discovered: list[Stream], modes: Iterab
     """
     from replicant.sources.select import resolve_streams
 
-    streams = [_keyed(s) for s in resolve_streams(config.source, discovered)]
+    streams = [_keyed(s, tenant) for s in resolve_streams(config.source, discovered)]
     modes = frozenset(modes)
     problems: list[tuple[str, str]] = []
     for s in streams:
@@ -72,15 +76,16 @@ def chosen(dest: DestinationConfig, streams: list[Stream]) -> list[Stream]:
     return streams if not only else [s for s in streams if s.name in only]
 
 
-def log_stream(config: PipelineConfig, name: str, schema: pa.Schema) -> Stream:
-    """The stream ``name`` as the pipeline file and its log schema describe it, without the
-    source (a replay): the key comes from the file, else from the log's schema metadata."""
+def log_stream(config: PipelineConfig, name: str, schema: pa.Schema, *, tenant: str | None = None) -> Stream:
+    """The stream ``name`` (of ``tenant``) as the pipeline file and its log schema describe it,
+    without the source (a replay): the key comes from the file, else from the log's schema
+    metadata."""
     cfg_streams = config.source.streams if isinstance(config.source.streams, list) else []
     for sc in cfg_streams:
         if sc.table == name:
-            return Stream(name=name, table=tuple(name.split(".")), schema=schema,
-                          primary_key=tuple(sc.primary_key or log_key(schema)), cursor=sc.cursor, mode=sc.mode)
-    return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(log_key(schema)))
+            return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(sc.primary_key or log_key(schema)),
+                          cursor=sc.cursor, mode=sc.mode, tenant=tenant)
+    return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(log_key(schema)), tenant=tenant)
 
 
 def log_key(schema: pa.Schema) -> list[str]:
@@ -89,8 +94,8 @@ def log_key(schema: pa.Schema) -> list[str]:
     return [k for k in raw.decode().split(",") if k] if raw else []
 
 
-def _keyed(stream: Stream) -> Stream:
-    """The stream with its key columns in the schema metadata."""
+def _keyed(stream: Stream, tenant: str | None) -> Stream:
+    """The stream with its key columns in the schema metadata, and its tenant."""
     md = dict(stream.schema.metadata or {})
     md[KEY_METADATA] = ",".join(stream.primary_key).encode()
-    return dataclasses.replace(stream, schema=stream.schema.with_metadata(md))
+    return dataclasses.replace(stream, schema=stream.schema.with_metadata(md), tenant=tenant)

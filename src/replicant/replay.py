@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from replicant.delivery import StreamWriter
 from replicant.log.base import Log
-from replicant.model import data_schema
+from replicant.model import data_schema, log_stream_name
 from replicant.plan import log_stream
 from replicant.results import Observer, RunResult
 
@@ -36,19 +36,22 @@ def replay_into(
     start: ReplayStart,
     offset: int | None = None,
     since: datetime | None = None,
+    tenant: str | None = None,
 ) -> None:
-    """Re-delivers every stream of ``lg`` that ``dest`` takes, from ``start``; adds the rows
-    delivered to ``result``. ``dest`` is open.
+    """Re-delivers every stream of ``lg`` that ``dest`` takes (of ``tenant``, when given), from
+    ``start``; adds the rows delivered to ``result``. ``dest`` is open.
 
     Raises:
         FatalError: ``offset`` lies before what the log still holds (the message says what it holds).
     """
-    names = [n for n in lg.streams() if not dest.config.streams or n in dest.config.streams]
-    for name in names:
-        schemas = lg.schemas(name)
+    prefix = "" if tenant is None else f"{tenant}/"
+    names = [n.removeprefix(prefix) for n in lg.streams() if n.startswith(prefix)]
+    for name in [n for n in names if not dest.config.streams or n in dest.config.streams]:
+        schemas = lg.schemas(log_stream_name(name, tenant))
         if not schemas:
             continue
-        stream = log_stream(config, name, data_schema(schemas[-1]))
+        stream = log_stream(config, name, data_schema(schemas[-1]), tenant=tenant)
+        name = stream.log_name
         dest.prepare(stream)
         if start == "start":
             first = lg.start_offset(name)
@@ -65,7 +68,7 @@ def replay_into(
         w = StreamWriter(dest, stream, lg, state, config.pipeline, observer.rows_written, start=first)
         w.step(end)
         w.flush_mirror()
-        result.rows_written.setdefault(dest.name, {})[name] = w.rows
+        result.rows_written.setdefault(dest.name, {})[stream.name] = w.rows
 
 
 def record_start(lg: Log, stream: str, offset: int) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from replicant.errors import redact
 from replicant.ingest import CAPTURE_CHECKPOINT
-from replicant.model import Position
+from replicant.model import Position, log_stream_name
 
 __all__ = ["DestinationStatus", "PipelineStatus", "StreamStatus", "collect"]
 
@@ -105,8 +105,12 @@ def collect(config: Any, *, state: Any, log: Any, source_facts: dict[str, Any] |
     for tenant, ts in (saved.tenants or {None: saved.tenant(None)}).items():
         checkpoints = dict(ts.checkpoints)
         capture = checkpoints.pop(CAPTURE_CHECKPOINT, None)
-        names = sorted(set(checkpoints) | (log_names if tenant is None else set()))
-        ends = {s: log.end_offset(s) if s in log_names else 0 for s in names}
+        if tenant is None:  # the log streams of no tenant's
+            in_log = {n for n in log_names if not any(n.startswith(f"{t}/") for t in saved.tenants if t)}
+        else:
+            in_log = {n.removeprefix(f"{tenant}/") for n in log_names if n.startswith(f"{tenant}/")}
+        names = sorted(set(checkpoints) | in_log)
+        ends = {s: log.end_offset(log_stream_name(s, tenant)) if s in in_log else 0 for s in names}
         for s in names:
             cp = checkpoints.get(s)
             status.streams.append(StreamStatus(

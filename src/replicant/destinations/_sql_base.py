@@ -384,14 +384,14 @@ class SQLDestination(Destination):
 
     def applied_offset(self, stream: Stream) -> int:
         with self.transaction("read offset", stream):
-            rows = self.query(self.offset_select, (self.pipeline, stream.name))
+            rows = self.query(self.offset_select, (self.pipeline, stream.log_name))
         return int(rows[0][0]) if rows else -1
 
     def store_offset(self, stream: Stream, last_offset: int) -> None:
         """Upserts the stream's row of ``_replicant_offsets``. Called inside the write
         transaction after the data statements (the crash point the conformance suite
         injects a failure at, by wrapping this method)."""
-        self.execute(self.offset_upsert, (self.pipeline, stream.name, int(last_offset)))
+        self.execute(self.offset_upsert, (self.pipeline, stream.log_name, int(last_offset)))
 
     def prepare(self, stream: Stream) -> None:
         """Creates the table if missing, else adds the stream's new columns (nullable).

@@ -144,7 +144,7 @@ class FilesDestination(Destination):
 
     def _folder_of(self, stream: Stream) -> str:
         """The stream's folder: its name, or :meth:`target_table` when ``tables:`` is set."""
-        return _folder(stream.name if getattr(self.config, "tables", None) is None else self.target_table(stream))
+        return _folder(stream.log_name if getattr(self.config, "tables", None) is None else self.target_table(stream))
 
     @property
     def extension(self) -> str:

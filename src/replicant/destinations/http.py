@@ -398,7 +398,7 @@ class HttpDestination(Destination):
         overhead = len(head) + 32 + len('","records":[]}')
 
         def body(p: _Piece) -> tuple[str, bytes]:
-            bid = batch_id(self.pipeline, self.name, stream.name, p.first, p.last)
+            bid = batch_id(self.pipeline, self.name, stream.log_name, p.first, p.last)
             return bid, b"".join((head, bid.encode(), b'","records":[', p.enc.records(p.start, p.end), b"]}"))
 
         assert self._pool is not None

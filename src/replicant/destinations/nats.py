@@ -172,7 +172,7 @@ class NatsDestination(Destination):
         self._call(self._ensure_stream(subject), f"prepare the stream for {subject}")
 
     def subject(self, stream: Stream) -> str:
-        return subject_for(self.options.subject, self.pipeline, stream.name)
+        return subject_for(self.options.subject, self.pipeline, stream.log_name)
 
     def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
         n = data.num_rows
@@ -262,7 +262,7 @@ class NatsDestination(Destination):
 
     def _send(self, stream: Stream, texts: list[str], first: int) -> None:
         subject = self.subject(stream)
-        prefix = f"{self.pipeline}:{quote(stream.name, safe='')}:"
+        prefix = f"{self.pipeline}:{quote(stream.log_name, safe='')}:"
         what = f"publish offsets {first}..{first + len(texts) - 1} of {stream.name!r} to {subject}"
         self._call(self._publish(subject, texts, prefix, first), what)
 
