@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -167,7 +167,7 @@ def test_replay_from_start_offset_and_time_leaves_merge_destinations_unchanged(t
         dest = {"name": "d", "type": kind, "url": where, "write": "merge"}
     cfg = parse(_pipeline(tmp_path, src, [dest]), base_dir=tmp_path)
     assert Engine(cfg).run().ok
-    t_mid = datetime.now(timezone.utc)
+    t_mid = datetime.now(UTC)
     time.sleep(0.05)
     _exec_sqlite(src, "UPDATE items SET name = 'v2', updated_at = 7000 WHERE id <= 10")
     assert Engine(cfg).run().ok

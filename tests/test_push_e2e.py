@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from http_receiver import Receiver, Received
+from http_receiver import Received, Receiver
 from replicant.config import parse
 from replicant.destinations.http import batch_id
 from replicant.engine import Engine
@@ -393,7 +393,7 @@ def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, 
             ]
             cfg = parse(_pipeline("replay", src, dests, mode="cursor"), base_dir=tmp_path)
             assert Engine(cfg).run().ok
-            t_mid = datetime.now(timezone.utc)
+            t_mid = datetime.now(UTC)
             time.sleep(0.05)
             _exec(src, "UPDATE items SET name = 'v2', updated_at = 7000 WHERE id <= 10")
             assert Engine(cfg).run().ok
@@ -529,8 +529,8 @@ def test_rejected_records_are_dead_lettered_reported_by_run_and_status(tmp_path:
 def test_record_start_finds_the_record_holding_an_offset(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from replicant.replay import record_start as _record_start
     from replicant.log import LocalLog
+    from replicant.replay import record_start as _record_start
 
     lg = LocalLog(tmp_path / "log")
     try:

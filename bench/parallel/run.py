@@ -25,7 +25,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
-from common import MB, REPO, BenchError, Measurement, checkpoint, fmt_rate, make_workdir, recreate_database, run_measured, start_pg  # noqa: E402
+from common import (  # noqa: E402
+    MB,
+    REPO,
+    BenchError,
+    Measurement,
+    checkpoint,
+    fmt_rate,
+    make_workdir,
+    recreate_database,
+    run_measured,
+    start_pg,
+)
 
 SOURCE_DB = "par_src"
 TARGET_DB = "par_dst"

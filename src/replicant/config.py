@@ -73,7 +73,7 @@ class StreamConfig(_Model):
     )
 
     @model_validator(mode="after")
-    def _cursor_needs_column(self) -> "StreamConfig":
+    def _cursor_needs_column(self) -> StreamConfig:
         if self.mode == "cursor" and not self.cursor:
             raise ValueError("mode 'cursor' needs `cursor:` (the audit column to follow)")
         if self.include and self.exclude:
@@ -275,7 +275,7 @@ class PipelineConfig(_Model):
     base_dir: Path = Field(Path("."), exclude=True, description="Folder of the pipeline file (set by `load`).")
 
     @model_validator(mode="after")
-    def _unique_destinations(self) -> "PipelineConfig":
+    def _unique_destinations(self) -> PipelineConfig:
         names = [d.name for d in self.destinations]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -17,8 +17,8 @@ import psycopg
 import pymysql
 import pytest
 
-from replicant.sources.strategies import trigger
 from replicant.errors import FatalError
+from replicant.sources.strategies import trigger
 from sources.dbs import KINDS, Db  # tests/ is on sys.path (rootdir conftest)
 
 ITEMS_KEY = ("id",)

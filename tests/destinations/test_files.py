@@ -24,7 +24,7 @@ try:  # tests/ as a package
 except ImportError:  # default layout: tests/ on sys.path
     from s3 import s3_bucket, s3_server  # noqa: F401
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DAY1 = dt.datetime(2026, 11, 21, 23, 59, 59, 999999, tzinfo=UTC)
 DAY2 = dt.datetime(2026, 11, 22, 0, 0, 0, tzinfo=UTC)
 

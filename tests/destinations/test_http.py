@@ -18,15 +18,14 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from http_receiver import Receiver
 from replicant.config import DestinationConfig, parse
-from replicant.destinations.http import HttpDestination, retry_after, batch_id
+from replicant.destinations.http import HttpDestination, batch_id, retry_after
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import SQL_TYPE_KEY, ConnectorContext, DeadLetterSink, Stream, with_meta
 from replicant.state import StateStore
 
-from http_receiver import Receiver
-
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TS = dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
 
 ITEMS = Stream(

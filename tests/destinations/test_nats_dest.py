@@ -23,7 +23,7 @@ from replicant.destinations.nats import NatsDestination, subject_for
 from replicant.errors import ConfigError, ConnectionError, RetriableError
 from replicant.model import ConnectorContext, Stream
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TS = dt.datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC)
 
 STREAM = Stream(

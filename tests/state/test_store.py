@@ -6,16 +6,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
 from replicant.errors import ConfigError, ConnectionError
-from replicant.state import Checkpoint, DeadLetter, DestinationOffset, StateStore
-from replicant.state import schema
+from replicant.state import Checkpoint, DeadLetter, DestinationOffset, StateStore, schema
 
-UTC = timezone.utc
+UTC = UTC
 LATEST = len(schema.MIGRATIONS)
 
 

@@ -42,7 +42,6 @@ import threading
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from replicant.destinations._mysql_types import decimal_text
 from replicant.model import META_COLUMNS, OP_DELETE, SQL_TYPE_KEY
