@@ -43,7 +43,7 @@ from replicant.engine import Engine
 from replicant.log import open_log
 
 try:  # tests/ as a package
-    from .s3 import s3_bucket, s3_server  # noqa: F401
+    from .s3 import s3_bucket, s3_server
 except ImportError:  # default layout: tests/ on sys.path
     from s3 import s3_bucket, s3_server  # noqa: F401
 
@@ -304,7 +304,7 @@ def _data_files(root: Path) -> int:
 
 
 @pytest.mark.slow
-def test_files_killed_while_writing_converge_without_duplicates(tmp_path: Path, s3_server, s3_bucket: str) -> None:  # noqa: F811
+def test_files_killed_while_writing_converge_without_duplicates(tmp_path: Path, s3_server, s3_bucket: str) -> None:
     src = tmp_path / "src.db"
     _source(src, 10_000)
     lake = tmp_path / "lake"
@@ -376,7 +376,7 @@ def _log_rows(base: Path, pipeline: str, first: int, last: int) -> list[tuple]:
 # ------------------------------------------------------------------ 3. replay into each non-transactional type
 
 
-def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, s3_bucket: str, nats_url: str, unique_name: str) -> None:  # noqa: F811
+def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, s3_bucket: str, nats_url: str, unique_name: str) -> None:
     src = tmp_path / "src.db"
     _source(src, 3000)
     lake, s3_root = tmp_path / "lake", f"{s3_bucket}/lake"

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
-from common import (  # noqa: E402
+from common import (
     MB,
     REPO,
     BenchError,

@@ -314,5 +314,5 @@ class Engine:
 def _close_quietly(obj: Any) -> None:
     try:
         obj.close()
-    except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
+    except Exception:  # closing after a failure must not hide the failure
         log.debug("close failed", exc_info=True)

@@ -20,7 +20,7 @@ from replicant.errors import ConfigError
 from replicant.model import META_FIELDS, ConnectorContext, Stream
 
 try:  # tests/ as a package
-    from ..s3 import s3_bucket, s3_server  # noqa: F401
+    from ..s3 import s3_bucket, s3_server
 except ImportError:  # default layout: tests/ on sys.path
     from s3 import s3_bucket, s3_server  # noqa: F401
 
@@ -345,7 +345,7 @@ def test_storage_options_are_not_shown(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-def test_s3_round_trip_and_replay(s3_server, s3_bucket: str, fmt: str) -> None:  # noqa: F811
+def test_s3_round_trip_and_replay(s3_server, s3_bucket: str, fmt: str) -> None:
     url = f"s3://{s3_bucket}/lake"
     dest = _dest(url, format=fmt, storage_options=s3_server.storage_options)
     chunks = _chunks()
@@ -376,7 +376,7 @@ def test_s3_round_trip_and_replay(s3_server, s3_bucket: str, fmt: str) -> None: 
     assert (m["rows"], m["format"]) == (2, fmt)
 
 
-def test_s3_missing_bucket_is_a_connection_error(s3_server) -> None:  # noqa: F811
+def test_s3_missing_bucket_is_a_connection_error(s3_server) -> None:
     from replicant.errors import ConnectionError
 
     dest = _dest("s3://no-such-bucket-replicant/x", storage_options=s3_server.storage_options)

@@ -293,7 +293,7 @@ def test_dead_letters_bulk_insert_list_and_count(make_store: Callable[..., State
 
     statements: list[tuple[str, bool]] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
         if "replicant_dead_letters" in statement:
             statements.append((statement.split()[0].upper(), executemany))
 

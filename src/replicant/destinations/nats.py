@@ -208,7 +208,7 @@ class NatsDestination(Destination):
         if nc is not None and not nc.is_closed:
             try:
                 asyncio.run_coroutine_threadsafe(nc.close(), loop).result(self.timeout)
-            except Exception:  # noqa: BLE001 - closing: the connection is dropped either way
+            except Exception:  # closing: the connection is dropped either way
                 log.debug("closing the NATS connection failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
