@@ -430,7 +430,9 @@ def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, 
                 expect_keys = {k for k in http_first if k in _batch_ids([(a, b) for a, b in ranges if b >= first], "replay", "push", 200)}
                 assert set(again) == expect_keys, how
                 assert all(http_first[k] == body for k, body in again.items()), f"{how}: the same bodies"
-                assert _files(str(lake)) == files_first["lake"] and _files(s3_root, fs) == files_first["s3"], f"{how}: same files, same bytes"
+                assert _files(str(lake)) == files_first["lake"] and _files(s3_root, fs) == files_first["s3"], (
+                    f"{how}: same files, same bytes"
+                )
                 assert [m for m, _ in tap.take()] == [f"replay:items:{i}" for i in range(first, 3010)], how
                 assert [m for m, _ in _stored(nats_url, js_stream)] == [m for m, _ in stored], f"{how}: JetStream dropped the duplicates"
                 holds_no_duplicates()
@@ -491,7 +493,9 @@ def test_follow_fan_out_http_down_then_recovered(tmp_path: Path, pg_url: str) ->
     text = _status(f)
     end = _log_ranges(tmp_path, "fan")[-1][1]
     assert end == 1001
-    assert {d: v for (d, s), v in _status_offsets(text).items() if s == "items"} == {"push": (end, 0), "lake": (end, 0), "pg": (end, 0)}, text
+    assert {d: v for (d, s), v in _status_offsets(text).items() if s == "items"} == {"push": (end, 0), "lake": (end, 0), "pg": (end, 0)}, (
+        text
+    )
 
 
 # ------------------------------------------------------------------ 5. rejected records: dead letters, warning, status
@@ -501,7 +505,9 @@ def test_rejected_records_are_dead_lettered_reported_by_run_and_status(tmp_path:
     src = tmp_path / "src.db"
     _source(src, 1000)
     with Receiver(reject=lambda r: r["key"]["id"] in (7, 507), reject_status=422) as rcv:
-        f = _write(tmp_path / "p.yml", _pipeline("dl", src, [{"name": "push", "type": "http", "url": rcv.url, "batch_size": 100}], mode="cursor"))
+        f = _write(
+            tmp_path / "p.yml", _pipeline("dl", src, [{"name": "push", "type": "http", "url": rcv.url, "batch_size": 100}], mode="cursor")
+        )
         p = subprocess.run([*CLI, "run", str(f)], capture_output=True, text=True, env=ENV, timeout=120)
         assert p.returncode == 0, p.stderr
         assert "warning: 200 records of items rejected by push: in dead letters (see `replicant status`)" in p.stderr

@@ -94,7 +94,11 @@ def _read_local(root: Path, fmt: str) -> pa.Table:
         texts = con.sql(f"SELECT json FROM read_ndjson_objects('{glob}')").fetchall()
         rows = sorted((json.loads(t) for (t,) in texts), key=lambda r: r["id"])
         return pa.Table.from_pylist(rows)
-    reader = "read_parquet('{}', hive_partitioning = true)" if fmt == "parquet" else "read_csv('{}', hive_partitioning = true, all_varchar = true)"
+    reader = (
+        "read_parquet('{}', hive_partitioning = true)"
+        if fmt == "parquet"
+        else "read_csv('{}', hive_partitioning = true, all_varchar = true)"
+    )
     table = con.sql(f"SELECT * FROM {reader.format(glob)}").to_arrow_table()
     return table.sort_by([("id", "ascending")]) if fmt == "parquet" else table.take(pc.sort_indices(table["id"].cast(pa.int64())))
 

@@ -139,7 +139,9 @@ class NatsDestination(Destination):
         servers = [s.strip() for s in config.url.get_secret_value().split(",") if s.strip()]
         bad = [s for s in servers if urlsplit(s).scheme not in ("nats", "tls", "ws", "wss")]
         if not servers or bad:
-            raise ConfigError("invalid destination", [(f"{key}.url", "use nats://host:port (or tls://, ws://; comma-separated for a cluster)")])
+            raise ConfigError(
+                "invalid destination", [(f"{key}.url", "use nats://host:port (or tls://, ws://; comma-separated for a cluster)")]
+            )
         self._servers = servers
         opts: NatsSettings = self.options
         self.stream_name = opts.stream_name or "REPLICANT_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.pipeline).upper()
