@@ -169,8 +169,8 @@ def test_source_settings_reach_the_source_as_options() -> None:
     mysql = parse({**BASE, "source": {"type": "mysql", "url": "mysql://h/db"}}).source
     one, other = MySQLSource(mysql, ConnectorContext("shop")), MySQLSource(mysql, ConnectorContext("shop", "acme"))
     assert one.server_id != other.server_id and one.options.server_id is None
-    with pytest.raises(ConfigError) as e:  # constructed directly, the settings are still checked
-        from replicant.config import SourceConfig
+    from replicant.config import SourceConfig
 
+    with pytest.raises(ConfigError) as e:  # constructed directly, the settings are still checked
         PostgresSource(SourceConfig(type="postgres", url="postgresql://h/db", slott="x"), ConnectorContext("shop"))
     assert dict(e.value.problems) == {"source.slott": "unknown key (did you mean 'slot'?)"}

@@ -245,7 +245,7 @@ def test_cli_follow_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         _wait(lambda: _same("sqlite", str(tmp_path / "d.db"), src), timeout=30)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=30)
+        _out, err = p.communicate(timeout=30)
         assert time.monotonic() - t0 < 10, "stops within seconds"
     finally:
         if p.poll() is None:

@@ -326,7 +326,7 @@ def test_files_killed_while_writing_converge_without_duplicates(tmp_path: Path, 
             while p.poll() is None and _data_files(lake / "items") < n and time.monotonic() < deadline:
                 time.sleep(0.005)
             p.send_signal(signal.SIGKILL)
-            _, err = p.communicate(timeout=30)
+            _, _err = p.communicate(timeout=30)
         finally:
             if p.poll() is None:
                 p.kill()
@@ -540,9 +540,8 @@ def test_record_start_finds_the_record_holding_an_offset(tmp_path: Path) -> None
 
     lg = LocalLog(tmp_path / "log")
     try:
-        starts = []
-        for n in (7000, 1, 3000, 2):  # a record far longer than the first probe step
-            starts.append(lg.append("s", pa.record_batch({"id": pa.array(range(n), pa.int64())}), position={"n": n}))
+        # a record far longer than the first probe step
+        starts = [lg.append("s", pa.record_batch({"id": pa.array(range(n), pa.int64())}), position={"n": n}) for n in (7000, 1, 3000, 2)]
         starts.append(lg.append("s", None, position=None, marker={"kind": "truncate"}))
         ends = [*starts[1:], lg.end_offset("s")]
         for first, nxt in zip(starts, ends):

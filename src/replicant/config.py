@@ -420,8 +420,7 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
             problems.append((f"destinations[{i}].write", f"a {d.get('type')} destination cannot {write}; use append"))
         model = getattr(cls, "settings", None)
         if model is None:
-            for k in extras:
-                problems.append((f"destinations[{i}].{k}", f"unknown key{suggest(str(k), _fields_of(DestinationConfig))}"))
+            problems.extend((f"destinations[{i}].{k}", f"unknown key{suggest(str(k), _fields_of(DestinationConfig))}") for k in extras)
             continue
         try:
             model.model_validate(extras)
@@ -481,8 +480,7 @@ def _check_source_settings(source: Any, problems: list[tuple[str, str]]) -> None
     extras = {k: v for k, v in source.items() if k not in base}
     model = getattr(cls, "settings", None)
     if model is None:
-        for k in extras:
-            problems.append((f"source.{k}", f"unknown key{suggest(str(k), _fields_of(SourceConfig))}"))
+        problems.extend((f"source.{k}", f"unknown key{suggest(str(k), _fields_of(SourceConfig))}") for k in extras)
         return
     problems.extend(settings_problems(model, extras, "source", _fields_of(SourceConfig)))
 

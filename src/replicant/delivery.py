@@ -208,10 +208,7 @@ class StreamWriter:
     def _flush(self) -> None:
         if self.last is None and not self.pending:
             return
-        if self.pending:
-            table = pa.Table.from_batches(self.pending)
-        else:
-            table = self.stream.change_schema.empty_table()
+        table = pa.Table.from_batches(self.pending) if self.pending else self.stream.change_schema.empty_table()
         if self.mode == "replace":
             if table.num_rows:
                 self.dest.write(self.stream, table, last_offset=self.last)
@@ -304,7 +301,7 @@ class Delivery:
         self.written: dict[str, int] = {s.name: 0 for s in streams}
 
     def _fail(self, stream: Stream | None, e: BaseException) -> None:
-        log.debug("delivery failed", exc_info=True)
+        log.debug("delivery failed", exc_info=e)
         self.on_error(RunError("delivery", str(e), stream=stream.name if stream else None, destination=self.dest.name))
 
     def _open(self) -> None:

@@ -418,10 +418,14 @@ def check_bad_credentials(h: Harness) -> None:
     d, host, password = h.bad_login()
     try:
         s = make_stream("items", ITEMS)
-        with pytest.raises(ConnectionError) as e:
+
+        def use() -> None:  # a destination may connect at open or only when first used
             d.open()
             d.prepare(s)
             d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+
+        with pytest.raises(ConnectionError) as e:
+            use()
     finally:
         d.close()
     assert host in str(e.value)

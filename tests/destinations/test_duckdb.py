@@ -246,7 +246,7 @@ def test_locked_file_is_connection_error(path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "ok"
         d = _dest(path, "append")
-        with pytest.raises(ConnectionError, match="warehouse.duckdb"):
+        with pytest.raises(ConnectionError, match=r"warehouse\.duckdb"):
             d.open()
     finally:
         holder.stdin.close()

@@ -189,9 +189,10 @@ def v2(kind: str) -> Stream:
 
 def _norm(rows: list[tuple] | None) -> list[tuple]:
     """Rows with decimals as Decimal (SQLite stores them as exact text) and ints as int."""
-    out = []
-    for r in rows or []:
-        out.append(tuple(Decimal(v) if isinstance(v, str) and v.replace(".", "", 1).lstrip("-").isdigit() and "." in v else v for v in r))
+    out = [
+        tuple(Decimal(v) if isinstance(v, str) and v.replace(".", "", 1).lstrip("-").isdigit() and "." in v else v for v in r)
+        for r in rows or []
+    ]
     return sorted(out, key=repr)
 
 

@@ -268,7 +268,7 @@ def test_destination_offsets(make_store: Callable[..., StateStore]) -> None:
         ("warehouse", "orders"): (120, 1200, clock.now),
         ("push", "orders"): (40, 400, clock.now - timedelta(seconds=2)),
     }
-    offset, rows_total, updated_at = found[("push", "orders")]
+    offset, _rows_total, updated_at = found[("push", "orders")]
     assert isinstance(found[("push", "orders")], DestinationOffset) and offset == 40
     assert updated_at.tzinfo == UTC
 
@@ -398,12 +398,19 @@ def test_concurrent_acquire_yields_one_holder(make_store: Callable[..., StateSto
         won: list[str] = []
         errors: list[BaseException] = []
 
-        def contend(owner: str, store: StateStore) -> None:
+        def contend(
+            owner: str,
+            store: StateStore,
+            name: str = name,
+            barrier: threading.Barrier = barrier,
+            won: list[str] = won,
+            errors: list[BaseException] = errors,
+        ) -> None:
             try:
                 barrier.wait(timeout=30)
                 if store.acquire_lease(name, owner, 60):
                     won.append(owner)
-            except BaseException as exc:  # reported below: a thread's failure must fail the test
+            except BaseException as exc:  # noqa: BLE001 - reported below: a thread's failure must fail the test
                 errors.append(exc)
 
         threads = [

@@ -233,7 +233,7 @@ class NatsDestination(Destination):
         except TimeoutError:
             future.cancel()
             raise RetriableError(f"destination {self.name!r}: NATS at {self._where()} did not answer ({what})") from None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the boundary: any client error becomes one of replicant's errors
             raise self._translate(e, what) from None
 
     def _translate(self, e: BaseException, what: str) -> Exception:

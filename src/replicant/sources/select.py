@@ -135,9 +135,7 @@ def _check_columns(
     if not names:
         return
     have = stream.schema.names
-    for n in names:
-        if n not in have:
-            problems.append((key, f"no {what} {n!r} in {stream.name}{suggest(n, have)}"))
+    problems.extend((key, f"no {what} {n!r} in {stream.name}{suggest(n, have)}") for n in names if n not in have)
 
 
 def _resolve_one(

@@ -255,10 +255,8 @@ class SQLSource(Source):
                       params: Sequence[Any] = ()) -> Iterator[pa.RecordBatch]:
         """See :class:`replicant.sources.strategies.TriggerSource`. ``params`` are bound the way
         this dialect's ``where_after`` bound them."""
-        if [f.name for f in stream.schema] == [c.name for c in columns]:
-            schema = stream.schema
-        else:
-            schema = pa.schema([c.field() for c in columns])
+        same = [f.name for f in stream.schema] == [c.name for c in columns]
+        schema = stream.schema if same else pa.schema([c.field() for c in columns])
         plan = Plan(replace(stream, schema=schema), columns, {c.name: c for c in columns})
         return self._rebatched(sql, list(params), plan, batch_size)
 

@@ -219,7 +219,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
             "FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid WHERE slot_name = %s", (self.slot,))
         if not rows:
             return None
-        plugin, same_db, confirmed, pid = rows[0]
+        plugin, same_db, _confirmed, pid = rows[0]
         if plugin != "pgoutput" or not same_db:
             raise FatalError(f"replication slot {self.slot!r} exists but is not a pgoutput slot of this database; "
                              "set `slot:` to another name or drop it (SELECT pg_drop_replication_slot(...))")
@@ -423,7 +423,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                         with self._io:
                             if time.monotonic() - self._last_status >= 0.5:
                                 self._status(conn, reply=True, received=wal_end)
-                        r, _, _ = select.select([conn.socket], [], [], _TICK)
+                        _r, _, _ = select.select([conn.socket], [], [], _TICK)
                         with self._io:
                             try:
                                 conn.consume_input()

@@ -341,10 +341,7 @@ def _changes_pg(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
                 break
             last_chunk = n < ctx.chunk
             for ext, is_last in _lookahead(ctx.images(f"{where} AND {q(SEQ)} <= {hi}")):
-                if last_chunk and is_last:
-                    p = {**base, "txid": int(x2)}
-                else:
-                    p = {**base, "txid": x, "upto": int(x2), "seq": _last_seq(ext)}
+                p = {**base, "txid": int(x2)} if last_chunk and is_last else {**base, "txid": x, "upto": int(x2), "seq": _last_seq(ext)}
                 yield ctx.batch(ext, p)
             s = hi
             if last_chunk:
@@ -357,7 +354,9 @@ def _changes_mysql(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
     q = ctx.src.quote
     seq = int(pos["seq"])
     gaps: list[list[Any]] = [list(g) for g in pos.get("gaps") or []]
-    here = lambda g: {"mode": "trigger", "install": pos["install"], "seq": seq, "gaps": g}
+    def here(g: list[list[Any]]) -> Position:  # reads `seq` when called, as it advances
+        return {"mode": "trigger", "install": pos["install"], "seq": seq, "gaps": g}
+
     yielded_last = True
     if gaps:
         expired = _expired(ctx, gaps)  # before looking: see the module docstring
