@@ -109,7 +109,7 @@ class _SpeedColumn(TextColumn):
     def __init__(self) -> None:
         super().__init__("")
 
-    def render(self, task: Any):  # type: ignore[override]
+    def render(self, task: Any):
         from rich.text import Text
 
         speed = task.finished_speed or task.speed
@@ -165,8 +165,8 @@ def run(
     out.print(table)
     _report_dead_letters(result)
     if not result.ok:
-        for e in result.errors:
-            err.print(f"error: {e}", markup=False)
+        for error in result.errors:
+            err.print(f"error: {error}", markup=False)
         raise typer.Exit(EXIT_FAILED)
 
 

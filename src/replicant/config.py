@@ -348,7 +348,9 @@ def _fields_of(model: type[BaseModel]) -> list[str]:
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] | None = PipelineConfig
-    nested = {"source": SourceConfig, "destinations": DestinationConfig, "streams": StreamConfig, "retention": RetentionConfig}
+    nested: dict[str, type[BaseModel]] = {
+        "source": SourceConfig, "destinations": DestinationConfig, "streams": StreamConfig, "retention": RetentionConfig
+    }
     for part in loc[:-1]:
         if isinstance(part, str) and part in nested:
             model = nested[part]

@@ -225,7 +225,7 @@ class StreamWriter:
         """Non-transactional: the state store holds the truth."""
         self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows)
 
-    def _mirror(self, offset: int, *, now: bool = False) -> None:
+    def _mirror(self, offset: int | None, *, now: bool = False) -> None:
         """Copies the applied offset to the state store for ``status``, at most every
         ``_MIRROR_SECONDS`` (the destination holds the truth); ``flush_mirror`` writes the last."""
         self.unmirrored = offset

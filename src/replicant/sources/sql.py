@@ -290,7 +290,7 @@ class SQLSource(Source):
             self._log_capture_obj = getattr(importlib.import_module(module), cls)(self)
         return self._log_capture_obj
 
-    def capture(self, streams, positions, *, resume, follow, stop):  # type: ignore[no-untyped-def]
+    def capture(self, streams, positions, *, resume, follow, stop):
         return self._log().capture(streams, positions, resume=resume, follow=follow, stop=stop)
 
     def acknowledge_capture(self, position: Position) -> None:
