@@ -375,7 +375,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         """Streams the slot from ``start``; returns at ``until`` (a transaction committing at or
         after it, or the walsender idle past it), or, following, when ``stop`` is set."""
         cfg = self.config
-        from psycopg import pq
+        import psycopg
 
         batch_size = int(cfg.batch_size)
         flush_every = float(cfg.flush_interval)
@@ -427,7 +427,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                         with self._io:
                             try:
                                 conn.consume_input()
-                            except pq.PQerror as e:
+                            except psycopg.OperationalError as e:  # what PGconn.consume_input raises
                                 raise RetriableError(f"lost the replication connection to {self.source.location()}: {e}") from None
                         continue
                     if n < 0:
