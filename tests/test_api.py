@@ -63,7 +63,7 @@ def test_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert len(blocks) >= 2
     namespace: dict[str, object] = {}
     for code in blocks:
-        exec(compile(code, "docs/python-api.md", "exec"), namespace)  # noqa: S102 - the docs' own example
+        exec(compile(code, "docs/python-api.md", "exec"), namespace)  # the docs' own example
     printed = capsys.readouterr().out
     assert "{'Album': 347, 'Artist': 275}" in printed or "{'Artist': 275, 'Album': 347}" in printed
     assert "Track: +" in printed  # the observer example ran the whole file

@@ -104,7 +104,7 @@ def test_wrong_password_is_short_and_secret(tmp_path: Path, pg_server, pg_url: s
         c.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'right-one'")
     try:
         url = f"postgresql://{PASSWORD_ROLE}:wrong-s3cret@{pg_server.host}:{pg_server.port}/{pg_url.rsplit('/', 1)[1]}"
-        p = _write(tmp_path, f"pipeline: x\nsource: {{type: postgres, url: '${{env:SRC_URL}}', streams: all}}\n"
+        p = _write(tmp_path, "pipeline: x\nsource: {type: postgres, url: '${env:SRC_URL}', streams: all}\n"
                              "destinations: [{name: w}]\n")
         r = replicant("run", str(p), env={"SRC_URL": url})
         out = r.stderr + r.stdout

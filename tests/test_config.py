@@ -59,7 +59,12 @@ def test_missing_env_reference_names_the_key(monkeypatch) -> None:
 
 
 def test_streams_shorthand_and_all() -> None:
-    cfg = parse({**BASE, "source": {"type": "sqlite", "url": "sqlite:///a", "streams": ["Album", {"table": "Track", "mode": "cursor", "cursor": "x"}]}})
+    cfg = parse(
+        {
+            **BASE,
+            "source": {"type": "sqlite", "url": "sqlite:///a", "streams": ["Album", {"table": "Track", "mode": "cursor", "cursor": "x"}]},
+        }
+    )
     assert [s.table for s in cfg.source.streams] == ["Album", "Track"]
     assert parse(BASE).source.streams == "all"
 
@@ -108,7 +113,11 @@ def test_retention_units() -> None:
     assert "not a size" in problems["retention.max_bytes"]
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="@/:", blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=30))
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_characters="@/:", blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=30
+    )
+)
 def test_redact_hides_any_password(password: str) -> None:
     text = f"could not connect to postgresql://app:{password}@db.example:5432/shop"
     assert redact(text) == "could not connect to postgresql://app:***@db.example:5432/shop"
@@ -160,8 +169,8 @@ def test_source_settings_reach_the_source_as_options() -> None:
     mysql = parse({**BASE, "source": {"type": "mysql", "url": "mysql://h/db"}}).source
     one, other = MySQLSource(mysql, ConnectorContext("shop")), MySQLSource(mysql, ConnectorContext("shop", "acme"))
     assert one.server_id != other.server_id and one.options.server_id is None
-    with pytest.raises(ConfigError) as e:  # constructed directly, the settings are still checked
-        from replicant.config import SourceConfig
+    from replicant.config import SourceConfig
 
+    with pytest.raises(ConfigError) as e:  # constructed directly, the settings are still checked
         PostgresSource(SourceConfig(type="postgres", url="postgresql://h/db", slott="x"), ConnectorContext("shop"))
     assert dict(e.value.problems) == {"source.slott": "unknown key (did you mean 'slot'?)"}

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -167,7 +167,7 @@ def test_replay_from_start_offset_and_time_leaves_merge_destinations_unchanged(t
         dest = {"name": "d", "type": kind, "url": where, "write": "merge"}
     cfg = parse(_pipeline(tmp_path, src, [dest]), base_dir=tmp_path)
     assert Engine(cfg).run().ok
-    t_mid = datetime.now(timezone.utc)
+    t_mid = datetime.now(UTC)
     time.sleep(0.05)
     _exec_sqlite(src, "UPDATE items SET name = 'v2', updated_at = 7000 WHERE id <= 10")
     assert Engine(cfg).run().ok
@@ -245,7 +245,7 @@ def test_cli_follow_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         _wait(lambda: _same("sqlite", str(tmp_path / "d.db"), src), timeout=30)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=30)
+        _out, err = p.communicate(timeout=30)
         assert time.monotonic() - t0 < 10, "stops within seconds"
     finally:
         if p.poll() is None:

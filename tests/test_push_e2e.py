@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,14 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from http_receiver import Receiver, Received
+from http_receiver import Received, Receiver
 from replicant.config import parse
 from replicant.destinations.http import batch_id
 from replicant.engine import Engine
 from replicant.log import open_log
 
 try:  # tests/ as a package
-    from .s3 import s3_bucket, s3_server  # noqa: F401
+    from .s3 import s3_bucket, s3_server
 except ImportError:  # default layout: tests/ on sys.path
     from s3 import s3_bucket, s3_server  # noqa: F401
 
@@ -304,7 +304,7 @@ def _data_files(root: Path) -> int:
 
 
 @pytest.mark.slow
-def test_files_killed_while_writing_converge_without_duplicates(tmp_path: Path, s3_server, s3_bucket: str) -> None:  # noqa: F811
+def test_files_killed_while_writing_converge_without_duplicates(tmp_path: Path, s3_server, s3_bucket: str) -> None:
     src = tmp_path / "src.db"
     _source(src, 10_000)
     lake = tmp_path / "lake"
@@ -326,7 +326,7 @@ def test_files_killed_while_writing_converge_without_duplicates(tmp_path: Path, 
             while p.poll() is None and _data_files(lake / "items") < n and time.monotonic() < deadline:
                 time.sleep(0.005)
             p.send_signal(signal.SIGKILL)
-            _, err = p.communicate(timeout=30)
+            _, _err = p.communicate(timeout=30)
         finally:
             if p.poll() is None:
                 p.kill()
@@ -376,7 +376,7 @@ def _log_rows(base: Path, pipeline: str, first: int, last: int) -> list[tuple]:
 # ------------------------------------------------------------------ 3. replay into each non-transactional type
 
 
-def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, s3_bucket: str, nats_url: str, unique_name: str) -> None:  # noqa: F811
+def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, s3_bucket: str, nats_url: str, unique_name: str) -> None:
     src = tmp_path / "src.db"
     _source(src, 3000)
     lake, s3_root = tmp_path / "lake", f"{s3_bucket}/lake"
@@ -393,7 +393,7 @@ def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, 
             ]
             cfg = parse(_pipeline("replay", src, dests, mode="cursor"), base_dir=tmp_path)
             assert Engine(cfg).run().ok
-            t_mid = datetime.now(timezone.utc)
+            t_mid = datetime.now(UTC)
             time.sleep(0.05)
             _exec(src, "UPDATE items SET name = 'v2', updated_at = 7000 WHERE id <= 10")
             assert Engine(cfg).run().ok
@@ -430,7 +430,9 @@ def test_replay_repeats_the_first_deliveries_exactly(tmp_path: Path, s3_server, 
                 expect_keys = {k for k in http_first if k in _batch_ids([(a, b) for a, b in ranges if b >= first], "replay", "push", 200)}
                 assert set(again) == expect_keys, how
                 assert all(http_first[k] == body for k, body in again.items()), f"{how}: the same bodies"
-                assert _files(str(lake)) == files_first["lake"] and _files(s3_root, fs) == files_first["s3"], f"{how}: same files, same bytes"
+                assert _files(str(lake)) == files_first["lake"] and _files(s3_root, fs) == files_first["s3"], (
+                    f"{how}: same files, same bytes"
+                )
                 assert [m for m, _ in tap.take()] == [f"replay:items:{i}" for i in range(first, 3010)], how
                 assert [m for m, _ in _stored(nats_url, js_stream)] == [m for m, _ in stored], f"{how}: JetStream dropped the duplicates"
                 holds_no_duplicates()
@@ -491,7 +493,9 @@ def test_follow_fan_out_http_down_then_recovered(tmp_path: Path, pg_url: str) ->
     text = _status(f)
     end = _log_ranges(tmp_path, "fan")[-1][1]
     assert end == 1001
-    assert {d: v for (d, s), v in _status_offsets(text).items() if s == "items"} == {"push": (end, 0), "lake": (end, 0), "pg": (end, 0)}, text
+    assert {d: v for (d, s), v in _status_offsets(text).items() if s == "items"} == {"push": (end, 0), "lake": (end, 0), "pg": (end, 0)}, (
+        text
+    )
 
 
 # ------------------------------------------------------------------ 5. rejected records: dead letters, warning, status
@@ -501,7 +505,9 @@ def test_rejected_records_are_dead_lettered_reported_by_run_and_status(tmp_path:
     src = tmp_path / "src.db"
     _source(src, 1000)
     with Receiver(reject=lambda r: r["key"]["id"] in (7, 507), reject_status=422) as rcv:
-        f = _write(tmp_path / "p.yml", _pipeline("dl", src, [{"name": "push", "type": "http", "url": rcv.url, "batch_size": 100}], mode="cursor"))
+        f = _write(
+            tmp_path / "p.yml", _pipeline("dl", src, [{"name": "push", "type": "http", "url": rcv.url, "batch_size": 100}], mode="cursor")
+        )
         p = subprocess.run([*CLI, "run", str(f)], capture_output=True, text=True, env=ENV, timeout=120)
         assert p.returncode == 0, p.stderr
         assert "warning: 200 records of items rejected by push: in dead letters (see `replicant status`)" in p.stderr
@@ -529,14 +535,13 @@ def test_rejected_records_are_dead_lettered_reported_by_run_and_status(tmp_path:
 def test_record_start_finds_the_record_holding_an_offset(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from replicant.replay import record_start as _record_start
     from replicant.log import LocalLog
+    from replicant.replay import record_start as _record_start
 
     lg = LocalLog(tmp_path / "log")
     try:
-        starts = []
-        for n in (7000, 1, 3000, 2):  # a record far longer than the first probe step
-            starts.append(lg.append("s", pa.record_batch({"id": pa.array(range(n), pa.int64())}), position={"n": n}))
+        # a record far longer than the first probe step
+        starts = [lg.append("s", pa.record_batch({"id": pa.array(range(n), pa.int64())}), position={"n": n}) for n in (7000, 1, 3000, 2)]
         starts.append(lg.append("s", None, position=None, marker={"kind": "truncate"}))
         ends = [*starts[1:], lg.end_offset("s")]
         for first, nxt in zip(starts, ends):

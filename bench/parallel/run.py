@@ -25,7 +25,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
-from common import MB, REPO, BenchError, Measurement, checkpoint, fmt_rate, make_workdir, recreate_database, run_measured, start_pg  # noqa: E402
+from common import (
+    MB,
+    REPO,
+    BenchError,
+    Measurement,
+    checkpoint,
+    fmt_rate,
+    make_workdir,
+    recreate_database,
+    run_measured,
+    start_pg,
+)
 
 SOURCE_DB = "par_src"
 TARGET_DB = "par_dst"
@@ -86,7 +97,8 @@ def replicant(server, work: Path, target: str, parallelism: int, tables: int) ->
     folder.mkdir(parents=True)
     src = f"postgresql://{server.user}@{server.host}:{server.port}/{SOURCE_DB}"
     if target == "pg":
-        dest = f"  - name: out\n    type: postgres\n    url: postgresql://{server.user}@{server.host}:{server.port}/{TARGET_DB}\n    schema: p{parallelism}\n    write: merge\n"
+        dest = (f"  - name: out\n    type: postgres\n    url: postgresql://{server.user}@{server.host}:{server.port}/{TARGET_DB}\n"
+                f"    schema: p{parallelism}\n    write: merge\n")
     else:
         dest = "  - name: out\n    type: duckdb\n    path: out.duckdb\n    write: merge\n"
     streams = "".join(f"    - public.t{i:02d}\n" for i in range(tables))

@@ -19,6 +19,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,7 +109,7 @@ class _SpeedColumn(TextColumn):
     def __init__(self) -> None:
         super().__init__("")
 
-    def render(self, task: Any):  # type: ignore[override]
+    def render(self, task: Any):
         from rich.text import Text
 
         speed = task.finished_speed or task.speed
@@ -164,8 +165,8 @@ def run(
     out.print(table)
     _report_dead_letters(result)
     if not result.ok:
-        for e in result.errors:
-            err.print(f"error: {e}", markup=False)
+        for error in result.errors:
+            err.print(f"error: {error}", markup=False)
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -217,17 +218,17 @@ def replay(
 
 
 def _parse_since(text: str) -> Any:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from replicant.config import parse_duration
 
     try:
         ts = datetime.fromisoformat(text)
-        return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
     except ValueError:
         pass
     try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError:
         raise ConfigError("bad --since", [("--since", f"{text!r} is neither an ISO 8601 time nor an age like 90m or 2h")]) from None
 

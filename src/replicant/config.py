@@ -73,7 +73,7 @@ class StreamConfig(_Model):
     )
 
     @model_validator(mode="after")
-    def _cursor_needs_column(self) -> "StreamConfig":
+    def _cursor_needs_column(self) -> StreamConfig:
         if self.mode == "cursor" and not self.cursor:
             raise ValueError("mode 'cursor' needs `cursor:` (the audit column to follow)")
         if self.include and self.exclude:
@@ -275,7 +275,7 @@ class PipelineConfig(_Model):
     base_dir: Path = Field(Path("."), exclude=True, description="Folder of the pipeline file (set by `load`).")
 
     @model_validator(mode="after")
-    def _unique_destinations(self) -> "PipelineConfig":
+    def _unique_destinations(self) -> PipelineConfig:
         names = [d.name for d in self.destinations]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -348,7 +348,9 @@ def _fields_of(model: type[BaseModel]) -> list[str]:
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] | None = PipelineConfig
-    nested = {"source": SourceConfig, "destinations": DestinationConfig, "streams": StreamConfig, "retention": RetentionConfig}
+    nested: dict[str, type[BaseModel]] = {
+        "source": SourceConfig, "destinations": DestinationConfig, "streams": StreamConfig, "retention": RetentionConfig
+    }
     for part in loc[:-1]:
         if isinstance(part, str) and part in nested:
             model = nested[part]
@@ -420,8 +422,7 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
             problems.append((f"destinations[{i}].write", f"a {d.get('type')} destination cannot {write}; use append"))
         model = getattr(cls, "settings", None)
         if model is None:
-            for k in extras:
-                problems.append((f"destinations[{i}].{k}", f"unknown key{suggest(str(k), _fields_of(DestinationConfig))}"))
+            problems.extend((f"destinations[{i}].{k}", f"unknown key{suggest(str(k), _fields_of(DestinationConfig))}") for k in extras)
             continue
         try:
             model.model_validate(extras)
@@ -481,8 +482,7 @@ def _check_source_settings(source: Any, problems: list[tuple[str, str]]) -> None
     extras = {k: v for k, v in source.items() if k not in base}
     model = getattr(cls, "settings", None)
     if model is None:
-        for k in extras:
-            problems.append((f"source.{k}", f"unknown key{suggest(str(k), _fields_of(SourceConfig))}"))
+        problems.extend((f"source.{k}", f"unknown key{suggest(str(k), _fields_of(SourceConfig))}") for k in extras)
         return
     problems.extend(settings_problems(model, extras, "source", _fields_of(SourceConfig)))
 

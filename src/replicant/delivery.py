@@ -208,10 +208,7 @@ class StreamWriter:
     def _flush(self) -> None:
         if self.last is None and not self.pending:
             return
-        if self.pending:
-            table = pa.Table.from_batches(self.pending)
-        else:
-            table = self.stream.change_schema.empty_table()
+        table = pa.Table.from_batches(self.pending) if self.pending else self.stream.change_schema.empty_table()
         if self.mode == "replace":
             if table.num_rows:
                 self.dest.write(self.stream, table, last_offset=self.last)
@@ -229,7 +226,7 @@ class StreamWriter:
         self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, offset, rows_total=self.rows,
                                tenant=self.stream.tenant)
 
-    def _mirror(self, offset: int, *, now: bool = False) -> None:
+    def _mirror(self, offset: int | None, *, now: bool = False) -> None:
         """Copies the applied offset to the state store for ``status``, at most every
         ``_MIRROR_SECONDS`` (the destination holds the truth); ``flush_mirror`` writes the last."""
         self.unmirrored = offset
@@ -243,7 +240,7 @@ class StreamWriter:
             self.state.save_offset(self.pipeline, self.dest.name, self.stream.name, self.unmirrored, rows_total=self.rows,
                                    tenant=self.stream.tenant)
             self.unmirrored, self.mirrored_at = None, time.monotonic()
-        except Exception:  # noqa: BLE001 - the mirror is for `status`; the destination holds the truth
+        except Exception:  # the mirror is for `status`; the destination holds the truth
             log.debug("could not mirror offset", exc_info=True)
 
 
@@ -306,7 +303,7 @@ class Delivery:
         self.written: dict[str, int] = {s.name: 0 for s in streams}
 
     def _fail(self, stream: Stream | None, e: BaseException) -> None:
-        log.debug("delivery failed", exc_info=True)
+        log.debug("delivery failed", exc_info=e)
         self.on_error(RunError("delivery", str(e), stream=stream.name if stream else None, destination=self.dest.name))
 
     def _open(self) -> None:

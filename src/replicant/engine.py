@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from replicant.config import DestinationConfig, PipelineConfig
 from replicant.delivery import Delivery
@@ -205,7 +205,8 @@ class Engine:
         capture_source: Any = None
         tasks = StreamTasks(
             ingest, self.new_source, polled, parallelism=self.parallelism, follow=follow,
-            poll_interval=self.config.source.poll_interval, stop=self.stop_event, observer=self.observer,
+            # a float once validated: SourceConfig._seconds parses '5s' into seconds
+            poll_interval=cast(float, self.config.source.poll_interval), stop=self.stop_event, observer=self.observer,
             on_done=lambda name: done[name].set(), on_error=report,
         )
         captured: dict[str, int] = {}
@@ -244,8 +245,10 @@ class Engine:
         r = self.config.retention
         if r is None or (r.max_age is None and r.max_bytes is None):
             return
+        # numbers once validated: RetentionConfig parses '7d' into seconds and '10GB' into bytes
+        retention = Retention(max_age_seconds=cast(float | None, r.max_age), max_bytes=cast(int | None, r.max_bytes))
         for s in streams:
-            lg.apply_retention(s.name, Retention(max_age_seconds=r.max_age, max_bytes=r.max_bytes))
+            lg.apply_retention(s.name, retention)
 
     # ------------------------------------------------------------------ replay, status
 
@@ -319,5 +322,5 @@ class Engine:
 def _close_quietly(obj: Any) -> None:
     try:
         obj.close()
-    except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
+    except Exception:  # closing after a failure must not hide the failure
         log.debug("close failed", exc_info=True)

@@ -44,27 +44,25 @@ def plan_streams(
 
     streams = [_keyed(s, tenant) for s in resolve_streams(config.source, discovered)]
     modes = frozenset(modes)
-    problems: list[tuple[str, str]] = []
-    for s in streams:
-        if s.mode not in modes:
-            problems.append((
-                f"source.streams ({s.name})",
-                f"a {config.source.type} source cannot read mode {s.mode!r}; it reads {', '.join(sorted(modes))}",
-            ))
+    problems: list[tuple[str, str]] = [
+        (f"source.streams ({s.name})", f"a {config.source.type} source cannot read mode {s.mode!r}; it reads {', '.join(sorted(modes))}")
+        for s in streams
+        if s.mode not in modes
+    ]
     names = sorted(s.name for s in streams)
     for i, d in enumerate(config.destinations):
         if d.write == "replace":
             bad = [s.name for s in chosen(d, streams) if s.mode != "full"]
             if bad:
                 problems.append((f"destinations[{i}].write", f"replace needs mode full; streams {', '.join(bad)} are not"))
-        for n in d.streams or ():
-            if n not in names:
-                problems.append((f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}"))
+        problems.extend(
+            (f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}") for n in d.streams or () if n not in names
+        )
         tables = getattr(d, "tables", None)
         if isinstance(tables, dict):
-            for n in tables:
-                if n not in names:
-                    problems.append((f"destinations[{i}].tables.{n}", f"no stream named {n!r}{suggest(n, names)}"))
+            problems.extend(
+                (f"destinations[{i}].tables.{n}", f"no stream named {n!r}{suggest(n, names)}") for n in tables if n not in names
+            )
     if problems:
         raise ConfigError("invalid pipeline file", problems)
     return streams

@@ -213,7 +213,7 @@ class StreamTasks:
                         error = str(e)
                 except FatalError as e:
                     error = str(e)
-                except Exception as e:  # noqa: BLE001 - one stream's failure must not stop the others
+                except Exception as e:  # one stream's failure must not stop the others
                     log.debug("stream %s failed", s.name, exc_info=True)
                     error = f"{type(e).__name__}: {redact(str(e))}"
                     _close_quietly(source)  # its connection may be broken: the next stream gets a fresh one
@@ -269,7 +269,7 @@ def run_capture(
                 _close_quietly(source)
                 if stop.wait(delay):
                     return rows
-    except Exception as e:  # noqa: BLE001 - reported; the deliveries still drain what is logged
+    except Exception as e:  # reported; the deliveries still drain what is logged
         error = f"capture of {', '.join(by_name)}: {e}"
         log.debug("capture failed", exc_info=True)
         on_error(RunError("capture", error, tenant=ingest.tenant))
@@ -287,5 +287,5 @@ def _close_quietly(obj: Any) -> None:
         return
     try:
         obj.close()
-    except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
+    except Exception:  # closing after a failure must not hide the failure
         log.debug("close failed", exc_info=True)

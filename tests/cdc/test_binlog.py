@@ -68,7 +68,7 @@ class Replica:
     def __init__(self, streams: dict[str, Stream]) -> None:
         self.streams = streams
         self.state: dict[str, dict[Any, dict]] = {n: {} for n in streams}
-        self.positions: dict[str, Position | None] = {n: None for n in streams}
+        self.positions: dict[str, Position | None] = dict.fromkeys(streams)
         self.resume: Position | None = None
         self.seen: dict[str, list[tuple]] = {n: [] for n in streams}  # (op, _pos, key) of changes
         self.schemas: dict[str, list[pa.Schema]] = {n: [] for n in streams}
@@ -401,7 +401,6 @@ def test_through_the_engine_into_duckdb(tmp_path: Any, mysql_url: str, unique_na
     """Two catch-up runs of a real pipeline: the snapshot, then changes, a transaction over
     two tables and a column added between the runs, merged into DuckDB."""
     from compare import fetch
-
     from replicant.config import parse
     from replicant.engine import Engine
 

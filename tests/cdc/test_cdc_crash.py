@@ -151,7 +151,7 @@ def test_follow_survives_sigkill_under_writes(tmp_path: Path, pg_url: str, pg_se
                 # most kills count from the moment it replicates (past the start-up); while a snapshot
                 # is unfinished, early ones, so that snapshots and resumed snapshots get killed too
                 if snapshot_open or rnd.random() >= 0.25:
-                    wait_until(lambda: _replicating(pg_url, name) or not f.alive(), 60, "a replication connection", every=0.02)
+                    wait_until(lambda f=f: _replicating(pg_url, name) or not f.alive(), 60, "a replication connection", every=0.02)
                 time.sleep(rnd.uniform(0.3, 1.2) if snapshot_open else rnd.uniform(0.3, 3.0))
                 mid_way = f.kill()
                 assert writer.is_alive(), f"writer failed: {writer.error!r}"

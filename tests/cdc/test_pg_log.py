@@ -102,7 +102,7 @@ def _confirmed(url: str, slot: str) -> int:
 
 
 def _drop_slot(src) -> None:
-    src.uninstall([s for s in src.discover()])
+    src.uninstall(list(src.discover()))
     src.close()
 
 
@@ -325,7 +325,7 @@ def test_a_crash_inside_the_catch_up_window_still_finishes_the_snapshot(pg_url: 
 
 def test_stream_added_later_is_snapshotted_at_a_consistent_point(shop, pg_url: str) -> None:
     src, streams = shop
-    orders, customers = streams
+    orders, _customers = streams
     log = Log([orders])
     log.run(src)
     _exec(pg_url, "INSERT INTO orders VALUES (500, 1, 'x', 1)", "UPDATE customers SET name = 'early' WHERE id = 3")
@@ -456,7 +456,7 @@ def test_log_values_are_identical_to_the_full_read(pg_url: str) -> None:
             assert a.equals(b), (name, a, b)
         # updates decode the same way
         _exec(pg_url, "UPDATE alltypes SET i2 = 7 WHERE id = 1")
-        upd = [cs for cs in _capture(src, [stream], dict(log.positions), log.resume) if cs.batches][0].batches["alltypes"]
+        upd = next(cs for cs in _capture(src, [stream], dict(log.positions), log.resume) if cs.batches).batches["alltypes"]
         row = strip_meta(upd).to_pylist()[0]
         assert row == {**full.slice(0, 1).to_pylist()[0], "i2": 7}
     finally:

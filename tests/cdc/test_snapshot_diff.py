@@ -16,10 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicant.sources.strategies import snapshot_diff
 from replicant.errors import FatalError
 from replicant.model import ConnectorContext, Stream
-
+from replicant.sources.strategies import snapshot_diff
 from sources.dbs import KINDS, TOY, Db
 
 
@@ -280,9 +279,8 @@ def test_a_table_without_a_key_needs_primary_key(tmp_path: Path, request: pytest
     db = _db_of("sqlite", request)
     db.execute("CREATE TABLE nokey (a integer, b text)", "INSERT INTO nokey VALUES (1, 'x'), (1, 'y')")
     src, s = _open(db, tmp_path, "nokey")
-    with src:
-        with pytest.raises(FatalError, match="primary_key"):
-            src.read(s, None)
+    with src, pytest.raises(FatalError, match="primary_key"):
+        src.read(s, None)
     # with a key set by the user, it works
     src, s = _open(db, tmp_path, "nokey", primary_key=["a", "b"])
     with src:
@@ -408,7 +406,6 @@ def test_engine_runs_keep_a_merge_destination_equal_to_the_table(pg_url: str, tm
     """End to end through the engine (workdir, staging log, acknowledgement): PostgreSQL →
     DuckDB with ``write: merge``, three runs, deletes included."""
     from compare import fetch
-
     from replicant.config import parse
     from replicant.engine import Engine
 

@@ -17,8 +17,8 @@ import psycopg
 import pymysql
 import pytest
 
-from replicant.sources.strategies import trigger
 from replicant.errors import FatalError
+from replicant.sources.strategies import trigger
 from sources.dbs import KINDS, Db  # tests/ is on sys.path (rootdir conftest)
 
 ITEMS_KEY = ("id",)
@@ -318,9 +318,9 @@ def test_mysql_rolled_back_gap_is_dropped(mysql_url: str) -> None:
         a = _my(db, autocommit=False)
         a.cursor().execute("INSERT INTO items VALUES (300, 'rolled back', 1)")
         db.execute("INSERT INTO items VALUES (301, 'kept', 1)")
-        b, pos = _read(src, items, pos)
+        _b, pos = _read(src, items, pos)
         assert len(pos["gaps"]) == 1
-        b2, pos2 = _read(src, items, pos)
+        _b2, pos2 = _read(src, items, pos)
         assert pos2["gaps"] == pos["gaps"], "still open: the gap stays"
         a.rollback()
         a.close()

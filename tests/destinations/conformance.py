@@ -154,11 +154,17 @@ def check_merge(h: Harness) -> None:
 
 
 def check_merge_composite_key(h: Harness) -> None:
-    s = make_stream("lines", [pa.field("order", pa.int32()), pa.field("line", pa.int32()), pa.field("v", pa.string())], key=("order", "line"))
+    s = make_stream(
+        "lines", [pa.field("order", pa.int32()), pa.field("line", pa.int32()), pa.field("v", pa.string())], key=("order", "line")
+    )
     d = _opened(h, "merge")
     try:
         d.prepare(s)
-        d.write(s, changes(s, [{"order": 1, "line": 1, "v": "a"}, {"order": 1, "line": 2, "v": "b"}, {"order": 2, "line": 1, "v": "c"}], "insert"), last_offset=0)
+        d.write(
+            s,
+            changes(s, [{"order": 1, "line": 1, "v": "a"}, {"order": 1, "line": 2, "v": "b"}, {"order": 2, "line": 1, "v": "c"}], "insert"),
+            last_offset=0,
+        )
         d.write(s, changes(s, [{"order": 1, "line": 2, "v": None}, {"order": 2, "line": 1, "v": "C"}], ["delete", "update"]), last_offset=1)
     finally:
         d.close()
@@ -186,7 +192,11 @@ def check_offset_atomic(h: Harness, monkeypatch: pytest.MonkeyPatch, write: str 
         with monkeypatch.context() as m:
             h.fail_after_data(d, m)
             with pytest.raises(Exception, match="injected failure"):
-                d.write(s, changes(s, [{"id": 1, "name": None, "qty": None}, {"id": 2, "name": "b", "qty": 2}], ["delete", "insert"]), last_offset=1)
+                d.write(
+                    s,
+                    changes(s, [{"id": 1, "name": None, "qty": None}, {"id": 2, "name": "b", "qty": 2}], ["delete", "insert"]),
+                    last_offset=1,
+                )
         assert d.applied_offset(s) == 0
         assert h.rows("items") == [(1, "a", 1)]
         # the destination is still usable after the failure
@@ -258,7 +268,10 @@ def check_hostile_identifiers(h: Harness) -> None:
         d.prepare(s)
         d.write(s, changes(s, first, "insert"), last_offset=1)
         if caps.merge:
-            second = [{'I"d': 2, "select": None, "Mixed Case": None, "ünï`còdé": None}, {'I"d': 1, "select": "A", "Mixed Case": 10, "ünï`còdé": "ü"}]
+            second = [
+                {'I"d': 2, "select": None, "Mixed Case": None, "ünï`còdé": None},
+                {'I"d': 1, "select": "A", "Mixed Case": 10, "ünï`còdé": "ü"},
+            ]
             d.write(s, changes(s, second, ["delete", "update"]), last_offset=3)
             if caps.transactional:
                 assert d.applied_offset(s) == 3
@@ -405,10 +418,14 @@ def check_bad_credentials(h: Harness) -> None:
     d, host, password = h.bad_login()
     try:
         s = make_stream("items", ITEMS)
-        with pytest.raises(ConnectionError) as e:
+
+        def use() -> None:  # a destination may connect at open or only when first used
             d.open()
             d.prepare(s)
             d.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}], "insert"), last_offset=0)
+
+        with pytest.raises(ConnectionError) as e:
+            use()
     finally:
         d.close()
     assert host in str(e.value)

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.parquet as pq
 import pytest
-from http_receiver import Receiver  # tests/ is on the path (as in test_http)
 
+from http_receiver import Receiver  # tests/ is on the path (as in test_http)
 from replicant.config import DestinationConfig
 from replicant.destinations.base import Destination
 from replicant.destinations.files import FilesDestination

@@ -85,7 +85,9 @@ def test_tables_have_no_key_constraint_but_merge_by_key(path: Path) -> None:
         d.close()
     con = _reader(path)
     try:
-        assert con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'items' AND constraint_type = 'PRIMARY KEY'").fetchone() == (0,)
+        assert con.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'items' AND constraint_type = 'PRIMARY KEY'"
+        ).fetchone() == (0,)
     finally:
         con.close()
     assert _harness(path).rows("items") == [(1, "b", 2)]
@@ -101,7 +103,11 @@ def test_merge_into_existing_keyed_table(path: Path) -> None:
     d.open()
     try:
         d.prepare(s)
-        d.write(s, cf.changes(s, [{"id": 1, "name": "A", "qty": 10}, {"id": 2}, {"id": 3, "name": "c", "qty": 3}], ["update", "delete", "insert"]), last_offset=0)
+        d.write(
+            s,
+            cf.changes(s, [{"id": 1, "name": "A", "qty": 10}, {"id": 2}, {"id": 3, "name": "c", "qty": 3}], ["update", "delete", "insert"]),
+            last_offset=0,
+        )
         d.write(s, cf.changes(s, [{"id": 3, "name": "C", "qty": 30}], ["update"]), last_offset=1)
     finally:
         d.close()
@@ -206,7 +212,8 @@ def test_interval_keeps_months_days_and_micros(path: Path) -> None:
         d.close()
     con = _reader(path)
     try:
-        assert con.execute("SELECT datepart('month', iv), datepart('day', iv), datepart('microseconds', iv) FROM iv").fetchone() == (-1, 2, -1)
+        row = con.execute("SELECT datepart('month', iv), datepart('day', iv), datepart('microseconds', iv) FROM iv").fetchone()
+        assert row == (-1, 2, -1)
     finally:
         con.close()
 
@@ -239,7 +246,7 @@ def test_locked_file_is_connection_error(path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "ok"
         d = _dest(path, "append")
-        with pytest.raises(ConnectionError, match="warehouse.duckdb"):
+        with pytest.raises(ConnectionError, match=r"warehouse\.duckdb"):
             d.open()
     finally:
         holder.stdin.close()
@@ -266,10 +273,22 @@ def test_write_error_names_stream_and_table(path: Path) -> None:
 def test_infinity_sentinels_become_duckdb_infinity(path: Path) -> None:
     """PostgreSQL sources deliver ±infinity as ± the integer's max: DuckDB's own encoding."""
     m = 2**63 - 1
-    s = cf.make_stream("inf", [pa.field("id", pa.int32()), pa.field("ts", pa.timestamp("us")), pa.field("tz", pa.timestamp("us", tz="UTC")), pa.field("d", pa.date32())])
+    s = cf.make_stream(
+        "inf",
+        [
+            pa.field("id", pa.int32()),
+            pa.field("ts", pa.timestamp("us")),
+            pa.field("tz", pa.timestamp("us", tz="UTC")),
+            pa.field("d", pa.date32()),
+        ],
+    )
     data = pa.table(
-        {"id": pa.array([1, 2], pa.int32()), "ts": pa.array([m, -m], pa.timestamp("us")), "tz": pa.array([-m, m], pa.timestamp("us", tz="UTC")),
-         "d": pa.array([2**31 - 1, -(2**31 - 1)], pa.date32())}
+        {
+            "id": pa.array([1, 2], pa.int32()),
+            "ts": pa.array([m, -m], pa.timestamp("us")),
+            "tz": pa.array([-m, m], pa.timestamp("us", tz="UTC")),
+            "d": pa.array([2**31 - 1, -(2**31 - 1)], pa.date32()),
+        }
     )
     meta = cf.changes(s, [{"id": 1}, {"id": 2}], "insert")
     table = pa.Table.from_arrays(list(data.columns) + meta.columns[-3:], schema=s.change_schema)

@@ -126,10 +126,27 @@ def t(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
 
 #: The declared types a source of the destination's own dialect reports, v1 → v2.
 DECLARED = {
-    "postgres": ("postgresql", {"qty": ("integer", "bigint"), "name": ("character varying(10)", "character varying(40)"), "price": ("numeric(10,2)", "numeric(12,2)")}),
-    "mysql": ("mysql", {"qty": ("int(11)", "bigint(20)"), "name": ("varchar(10)", "varchar(40)"), "price": ("decimal(10,2)", "decimal(12,2)")}),
+    "postgres": (
+        "postgresql",
+        {
+            "qty": ("integer", "bigint"),
+            "name": ("character varying(10)", "character varying(40)"),
+            "price": ("numeric(10,2)", "numeric(12,2)"),
+        },
+    ),
+    "mysql": (
+        "mysql",
+        {"qty": ("int(11)", "bigint(20)"), "name": ("varchar(10)", "varchar(40)"), "price": ("decimal(10,2)", "decimal(12,2)")},
+    ),
     "sqlite": ("sqlite", {"qty": ("INTEGER", "BIGINT"), "name": ("VARCHAR(10)", "VARCHAR(40)")}),
-    "duckdb": ("postgresql", {"qty": ("integer", "bigint"), "name": ("character varying(10)", "character varying(40)"), "price": ("numeric(10,2)", "numeric(12,2)")}),
+    "duckdb": (
+        "postgresql",
+        {
+            "qty": ("integer", "bigint"),
+            "name": ("character varying(10)", "character varying(40)"),
+            "price": ("numeric(10,2)", "numeric(12,2)"),
+        },
+    ),
 }
 
 
@@ -172,9 +189,10 @@ def v2(kind: str) -> Stream:
 
 def _norm(rows: list[tuple] | None) -> list[tuple]:
     """Rows with decimals as Decimal (SQLite stores them as exact text) and ints as int."""
-    out = []
-    for r in rows or []:
-        out.append(tuple(Decimal(v) if isinstance(v, str) and v.replace(".", "", 1).lstrip("-").isdigit() and "." in v else v for v in r))
+    out = [
+        tuple(Decimal(v) if isinstance(v, str) and v.replace(".", "", 1).lstrip("-").isdigit() and "." in v else v for v in r)
+        for r in rows or []
+    ]
     return sorted(out, key=repr)
 
 
@@ -545,7 +563,12 @@ def test_declared_widening_rules(old: str, new: str, dialect: str, wider: bool) 
 
 # ------------------------------------------------------------------ keys, replace, missing tables
 
-_KEY_TYPES = {"postgres": ("integer", "bigint"), "mysql": ("int(11)", "bigint(20)"), "sqlite": ("INTEGER", "BIGINT"), "duckdb": ("integer", "bigint")}
+_KEY_TYPES = {
+    "postgres": ("integer", "bigint"),
+    "mysql": ("int(11)", "bigint(20)"),
+    "sqlite": ("INTEGER", "BIGINT"),
+    "duckdb": ("integer", "bigint"),
+}
 
 
 def _keyed(kind: str, version: int) -> Stream:
@@ -562,7 +585,11 @@ def test_key_column_widens(t: Target) -> None:
         d.prepare(s1)
         d.write(s1, changes(s1, [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}], "insert"), last_offset=0)
         d.evolve(s2, s1)
-        d.write(s2, changes(s2, [{"id": BIG, "v": "big"}, {"id": 1, "v": "a2"}, {"id": 2, "v": None}], ["insert", "update", "delete"]), last_offset=1)
+        d.write(
+            s2,
+            changes(s2, [{"id": BIG, "v": "big"}, {"id": 1, "v": "a2"}, {"id": 2, "v": None}], ["insert", "update", "delete"]),
+            last_offset=1,
+        )
         d.write(s2, changes(s2, [{"id": BIG, "v": "big2"}], "update"), last_offset=2)
     finally:
         d.close()

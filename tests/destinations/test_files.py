@@ -20,11 +20,11 @@ from replicant.errors import ConfigError
 from replicant.model import META_FIELDS, ConnectorContext, Stream
 
 try:  # tests/ as a package
-    from ..s3 import s3_bucket, s3_server  # noqa: F401
+    from ..s3 import s3_bucket, s3_server
 except ImportError:  # default layout: tests/ on sys.path
     from s3 import s3_bucket, s3_server  # noqa: F401
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DAY1 = dt.datetime(2026, 11, 21, 23, 59, 59, 999999, tzinfo=UTC)
 DAY2 = dt.datetime(2026, 11, 22, 0, 0, 0, tzinfo=UTC)
 
@@ -94,7 +94,11 @@ def _read_local(root: Path, fmt: str) -> pa.Table:
         texts = con.sql(f"SELECT json FROM read_ndjson_objects('{glob}')").fetchall()
         rows = sorted((json.loads(t) for (t,) in texts), key=lambda r: r["id"])
         return pa.Table.from_pylist(rows)
-    reader = "read_parquet('{}', hive_partitioning = true)" if fmt == "parquet" else "read_csv('{}', hive_partitioning = true, all_varchar = true)"
+    reader = (
+        "read_parquet('{}', hive_partitioning = true)"
+        if fmt == "parquet"
+        else "read_csv('{}', hive_partitioning = true, all_varchar = true)"
+    )
     table = con.sql(f"SELECT * FROM {reader.format(glob)}").to_arrow_table()
     return table.sort_by([("id", "ascending")]) if fmt == "parquet" else table.take(pc.sort_indices(table["id"].cast(pa.int64())))
 
@@ -345,7 +349,7 @@ def test_storage_options_are_not_shown(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-def test_s3_round_trip_and_replay(s3_server, s3_bucket: str, fmt: str) -> None:  # noqa: F811
+def test_s3_round_trip_and_replay(s3_server, s3_bucket: str, fmt: str) -> None:
     url = f"s3://{s3_bucket}/lake"
     dest = _dest(url, format=fmt, storage_options=s3_server.storage_options)
     chunks = _chunks()
@@ -376,7 +380,7 @@ def test_s3_round_trip_and_replay(s3_server, s3_bucket: str, fmt: str) -> None: 
     assert (m["rows"], m["format"]) == (2, fmt)
 
 
-def test_s3_missing_bucket_is_a_connection_error(s3_server) -> None:  # noqa: F811
+def test_s3_missing_bucket_is_a_connection_error(s3_server) -> None:
     from replicant.errors import ConnectionError
 
     dest = _dest("s3://no-such-bucket-replicant/x", storage_options=s3_server.storage_options)

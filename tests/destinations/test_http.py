@@ -18,15 +18,14 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from http_receiver import Receiver
 from replicant.config import DestinationConfig, parse
-from replicant.destinations.http import HttpDestination, retry_after, batch_id
+from replicant.destinations.http import HttpDestination, batch_id, retry_after
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import SQL_TYPE_KEY, ConnectorContext, DeadLetterSink, Stream, with_meta
 from replicant.state import StateStore
 
-from http_receiver import Receiver
-
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TS = dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
 
 ITEMS = Stream(
@@ -101,7 +100,8 @@ def test_body_shape_and_json_mapping(receiver: Receiver) -> None:
     )
     s = Stream(name="shop.things", table=("shop", "things"), schema=schema, primary_key=("id",))
     rows = [
-        {"id": 1, "Id": 10, "name": 'quote " back \\ nl \n ctl \x01 é😀', "amount": Decimal("12.50"), "big": Decimal("12345678901234567890123456789012345678901234.567"),
+        {"id": 1, "Id": 10, "name": 'quote " back \\ nl \n ctl \x01 é😀', "amount": Decimal("12.50"),
+         "big": Decimal("12345678901234567890123456789012345678901234.567"),
          "at": TS, "local": dt.datetime(2024, 5, 6, 7, 8, 9, 123000), "day": dt.date(2024, 2, 29), "raw": b"\x00\xffab",
          "score": float("nan"), "ok": True, "tags": ["a", "b"], "doc": '{"x": [1, 2]}'},
         {"id": 2, "Id": None, "name": None, "amount": None, "big": None, "at": None, "local": None, "day": None, "raw": None,
@@ -368,7 +368,13 @@ def test_rejected_records_go_to_dead_letters(tmp_path: Path) -> None:
     assert [x["payload"]["key"]["id"] for x in letters] == [0, 1, 2, 3, 4, 15, 16, 17, 18, 19]
     first = letters[0]
     assert first["destination"] == "push"
-    assert first["payload"] == {"op": "insert", "key": {"id": 0}, "data": {"id": 0, "name": "item 0", "qty": 0}, "position": {"n": 0}, "ts": "2024-01-02T03:04:05.000006Z"}
+    assert first["payload"] == {
+        "op": "insert",
+        "key": {"id": 0},
+        "data": {"id": 0, "name": "item 0", "qty": 0},
+        "position": {"n": 0},
+        "ts": "2024-01-02T03:04:05.000006Z",
+    }
     assert first["origin"].startswith("log offset 1000,")
     assert letters[-1]["origin"].startswith("log offset 1019,")
     assert "HTTP 422" in first["reason"] and '"invalid records"' in first["reason"] and "[{\"id\": 3}]" in first["reason"]

@@ -23,7 +23,7 @@ from replicant.destinations.nats import NatsDestination, subject_for
 from replicant.errors import ConfigError, ConnectionError, RetriableError
 from replicant.model import ConnectorContext, Stream
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TS = dt.datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC)
 
 STREAM = Stream(
@@ -395,7 +395,7 @@ def test_url_is_required_and_checked() -> None:
         NatsDestination(DestinationConfig(name="bus", type="nats", url="http://h:4222"), ConnectorContext("shop"))
 
 
-@pytest.mark.parametrize("unit,digits", [("s", ""), ("ms", ".005"), ("us", ".005000"), ("ns", ".005000000")])
+@pytest.mark.parametrize(("unit", "digits"), [("s", ""), ("ms", ".005"), ("us", ".005000"), ("ns", ".005000000")])
 @pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris"])
 def test_timestamps_are_iso_8601_in_utc(unit: str, digits: str, tz: str | None) -> None:
     from replicant.destinations.records import iso_text

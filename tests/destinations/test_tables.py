@@ -75,7 +75,7 @@ def test_template_names_the_folder_of_a_files_destination(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    "tables,problem",
+    ("tables", "problem"),
     [
         ("{schema}_{tabel}", "unknown placeholder {tabel}"),
         ("{0}", "unknown placeholder {0}"),

@@ -47,10 +47,7 @@ def test_unreachable_port_names_host_and_port(kind: str) -> None:
 
 
 def test_missing_database_is_named(empty_db: Db, tmp_path: Path) -> None:
-    if empty_db.kind == "sqlite":
-        url = "sqlite:///" + str(tmp_path / "nowhere.db")
-    else:
-        url = empty_db.url.rsplit("/", 1)[0] + "/no_such_db_here"
+    url = "sqlite:///" + str(tmp_path / "nowhere.db") if empty_db.kind == "sqlite" else empty_db.url.rsplit("/", 1)[0] + "/no_such_db_here"
     with Db(empty_db.kind, url).source() as src, pytest.raises(ConnectionError) as e:
         src.check()
     text = str(e.value)

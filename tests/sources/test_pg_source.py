@@ -175,11 +175,10 @@ def test_infinities_and_numeric_specials_are_kept(pg_url: str) -> None:
 def test_wrong_password_is_a_connection_error_without_it(pg_server, pg_url: str) -> None:
     import os
 
-    from servers import PASSWORD_ROLE
-
     from replicant.config import SourceConfig
     from replicant.errors import ConnectionError
     from replicant.sources.postgres import PostgresSource
+    from servers import PASSWORD_ROLE
 
     if os.environ.get("REPLICANT_TEST_PG_URL"):
         pytest.skip("needs the throwaway server's pg_hba, which asks PASSWORD_ROLE for a password")

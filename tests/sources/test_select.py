@@ -150,7 +150,7 @@ def test_parse_lookback(value, temporal: bool, expected) -> None:
 
 @pytest.mark.parametrize(("value", "temporal"), [("5m", False), ("-1", True), (-3, True), ("soon", True), (True, True)])
 def test_parse_lookback_rejects(value, temporal: bool) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"look-back|the cursor is numeric"):
         parse_lookback(value, temporal=temporal)
 
 

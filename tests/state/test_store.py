@@ -6,16 +6,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
 from replicant.errors import ConfigError, ConnectionError
-from replicant.state import Checkpoint, DeadLetter, DestinationOffset, StateStore
-from replicant.state import schema
+from replicant.state import Checkpoint, DeadLetter, DestinationOffset, StateStore, schema
 
-UTC = timezone.utc
+UTC = UTC
 LATEST = len(schema.MIGRATIONS)
 
 
@@ -269,7 +268,7 @@ def test_destination_offsets(make_store: Callable[..., StateStore]) -> None:
         ("warehouse", "orders"): (120, 1200, clock.now),
         ("push", "orders"): (40, 400, clock.now - timedelta(seconds=2)),
     }
-    offset, rows_total, updated_at = found[("push", "orders")]
+    offset, _rows_total, updated_at = found[("push", "orders")]
     assert isinstance(found[("push", "orders")], DestinationOffset) and offset == 40
     assert updated_at.tzinfo == UTC
 
@@ -294,7 +293,7 @@ def test_dead_letters_bulk_insert_list_and_count(make_store: Callable[..., State
 
     statements: list[tuple[str, bool]] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
         if "replicant_dead_letters" in statement:
             statements.append((statement.split()[0].upper(), executemany))
 
@@ -399,12 +398,19 @@ def test_concurrent_acquire_yields_one_holder(make_store: Callable[..., StateSto
         won: list[str] = []
         errors: list[BaseException] = []
 
-        def contend(owner: str, store: StateStore) -> None:
+        def contend(
+            owner: str,
+            store: StateStore,
+            name: str = name,
+            barrier: threading.Barrier = barrier,
+            won: list[str] = won,
+            errors: list[BaseException] = errors,
+        ) -> None:
             try:
                 barrier.wait(timeout=30)
                 if store.acquire_lease(name, owner, 60):
                     won.append(owner)
-            except BaseException as exc:  # reported below: a thread's failure must fail the test
+            except BaseException as exc:  # noqa: BLE001 - reported below: a thread's failure must fail the test
                 errors.append(exc)
 
         threads = [

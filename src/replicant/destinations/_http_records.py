@@ -54,7 +54,9 @@ def _object(fields: list[tuple[int, pa.Field]], precast: list[int]) -> str:
 def record_sql(stream: Stream, schema: pa.Schema) -> tuple[str, list[int]]:
     """The DuckDB query turning the registered ``changes`` table into one JSON text per row,
     and the column indexes to cast to text in Arrow first."""
-    precast_idx = [i for i, f in enumerate(schema) if pa.types.is_decimal(f.type) and (f.type.precision > 38 or pa.types.is_decimal256(f.type))]
+    precast_idx = [
+        i for i, f in enumerate(schema) if pa.types.is_decimal(f.type) and (f.type.precision > 38 or pa.types.is_decimal256(f.type))
+    ]
     data = [(i, f) for i, f in enumerate(schema) if f.name not in META_COLUMNS]
     position = {f.name: i for i, f in data}
     missing = [k for k in stream.primary_key if k not in position]

@@ -45,7 +45,10 @@ def is_connection_lost(exc: BaseException) -> bool:
         return True
     if not state:
         text = str(exc).lower()
-        return any(s in text for s in ("server closed the connection", "connection to server", "no connection", "terminating connection", "ssl syscall"))
+        return any(
+            s in text
+            for s in ("server closed the connection", "connection to server", "no connection", "terminating connection", "ssl syscall")
+        )
     return False
 
 

@@ -36,7 +36,22 @@ from replicant.destinations._sql_base import Encoded, TypeMapper
 from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
-__all__ = ["DIALECT", "JSONB_TEXT", "STAGE", "UUID_TEXT", "PgColumn", "PgTypes", "cast_column", "ddl_type", "declared_type", "has_equality", "needs_cast", "normalize", "split_infinity", "wire_type"]
+__all__ = [
+    "DIALECT",
+    "JSONB_TEXT",
+    "STAGE",
+    "UUID_TEXT",
+    "PgColumn",
+    "PgTypes",
+    "cast_column",
+    "ddl_type",
+    "declared_type",
+    "has_equality",
+    "needs_cast",
+    "normalize",
+    "split_infinity",
+    "wire_type",
+]
 
 DIALECT = "postgresql"
 STAGE = object()  #: sentinel of :func:`wire_type`: stage the column and cast it in SQL

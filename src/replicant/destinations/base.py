@@ -200,7 +200,7 @@ class Destination(ABC):
         """Records ``last_offset`` with no data (markers, empty batches). Default: an empty write."""
         self.write(stream, stream.change_schema.empty_table(), last_offset=last_offset)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections. Idempotent."""
 
     def __enter__(self) -> Destination:

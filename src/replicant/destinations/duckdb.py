@@ -249,7 +249,11 @@ class DuckDBDestination(SQLDestination):
         for before, f in change.widened:
             column = columns[f.name.casefold()]
             wanted = self.types.ddl_type(f, stream.schema)
-            current, new, was = column.type_sql.upper(), self._canonical(wanted).upper(), self._canonical(self.types.ddl_type(before, old.schema)).upper()
+            current, new, was = (
+                column.type_sql.upper(),
+                self._canonical(wanted).upper(),
+                self._canonical(self.types.ddl_type(before, old.schema)).upper(),
+            )
             if current != new and current == was:
                 self.execute(f"ALTER TABLE {self.qualified(table)} ALTER COLUMN {quote(column.name)} SET DATA TYPE {wanted}")
 

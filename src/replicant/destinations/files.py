@@ -161,7 +161,9 @@ class FilesDestination(Destination):
             options = resolve_all(self.options.storage_options)  # secrets by reference: resolved now, not kept
             fs, root = fsspec.core.url_to_fs(self.path, **options)
         except (ImportError, ValueError, TypeError) as e:
-            raise ConfigError("invalid destination", [(f"destinations.{self.name}.path", f"cannot open {self._where()}: {type(e).__name__}")]) from None
+            raise ConfigError(
+                "invalid destination", [(f"destinations.{self.name}.path", f"cannot open {self._where()}: {type(e).__name__}")]
+            ) from None
         self._fs, self._root = fs, root.rstrip("/")
         if self._local:
             os.makedirs(self._root, exist_ok=True)
@@ -203,7 +205,14 @@ class FilesDestination(Destination):
         ``_manifests/<offset>-<offset>.json`` with ``"op": "truncate"``."""
         self.open()
         name = f"{last_offset:020d}-{last_offset:020d}"
-        manifest = {"stream": stream.name, "op": "truncate", "first_offset": last_offset, "last_offset": last_offset, "rows": 0, "files": []}
+        manifest = {
+            "stream": stream.name,
+            "op": "truncate",
+            "first_offset": last_offset,
+            "last_offset": last_offset,
+            "rows": 0,
+            "files": [],
+        }
         self._put(f"{self._folder_of(stream)}/_manifests/{name}.json", json.dumps(manifest, indent=1).encode(), stream)
 
     def evolve(self, stream: Stream, old: Stream) -> None:

@@ -503,9 +503,13 @@ class HttpDestination(Destination):
         if 200 <= status < 300:
             return None
         if status in _FATAL_STATUSES or 300 <= status < 400:
-            what = {401: "the credentials were refused (check `auth`)", 403: "access is forbidden (check `auth` and `headers`)",
-                    404: "no such endpoint (check `url`)", 405: f"the endpoint does not accept {o.method} (check `method`)",
-                    407: "the proxy wants credentials"}.get(status, f"the endpoint redirects to {_safe_url(r.headers.get('Location', '?'))}; set `url` to the final address")
+            what = {
+                401: "the credentials were refused (check `auth`)",
+                403: "access is forbidden (check `auth` and `headers`)",
+                404: "no such endpoint (check `url`)",
+                405: f"the endpoint does not accept {o.method} (check `method`)",
+                407: "the proxy wants credentials",
+            }.get(status, f"the endpoint redirects to {_safe_url(r.headers.get('Location', '?'))}; set `url` to the final address")
             if status in _LOGIN_STATUSES:  # a refused login, as PostgreSQL's and MySQL's are
                 raise ConnectionError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
             raise FatalError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")

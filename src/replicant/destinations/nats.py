@@ -139,7 +139,9 @@ class NatsDestination(Destination):
         servers = [s.strip() for s in config.url.get_secret_value().split(",") if s.strip()]
         bad = [s for s in servers if urlsplit(s).scheme not in ("nats", "tls", "ws", "wss")]
         if not servers or bad:
-            raise ConfigError("invalid destination", [(f"{key}.url", "use nats://host:port (or tls://, ws://; comma-separated for a cluster)")])
+            raise ConfigError(
+                "invalid destination", [(f"{key}.url", "use nats://host:port (or tls://, ws://; comma-separated for a cluster)")]
+            )
         self._servers = servers
         opts: NatsSettings = self.options
         self.stream_name = opts.stream_name or "REPLICANT_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.pipeline).upper()
@@ -208,7 +210,7 @@ class NatsDestination(Destination):
         if nc is not None and not nc.is_closed:
             try:
                 asyncio.run_coroutine_threadsafe(nc.close(), loop).result(self.timeout)
-            except Exception:  # noqa: BLE001 - closing: the connection is dropped either way
+            except Exception:  # closing: the connection is dropped either way
                 log.debug("closing the NATS connection failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
@@ -231,7 +233,7 @@ class NatsDestination(Destination):
         except TimeoutError:
             future.cancel()
             raise RetriableError(f"destination {self.name!r}: NATS at {self._where()} did not answer ({what})") from None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the boundary: any client error becomes one of replicant's errors
             raise self._translate(e, what) from None
 
     def _translate(self, e: BaseException, what: str) -> Exception:

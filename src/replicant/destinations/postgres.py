@@ -137,7 +137,9 @@ class PostgresDestination(SQLDestination):
             raise ConfigError("invalid destination", [(f"destinations.{self.name}.url", "a postgres destination needs `url:`")])
         dialect, url = normalize_url(self.config.url.get_secret_value())
         if dialect != "postgresql":
-            raise ConfigError("invalid destination", [(f"destinations.{self.name}.url", "a postgres destination needs a postgresql:// URL")])
+            raise ConfigError(
+                "invalid destination", [(f"destinations.{self.name}.url", "a postgres destination needs a postgresql:// URL")]
+            )
         return url
 
     @property

@@ -42,7 +42,6 @@ import threading
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from replicant.destinations._mysql_types import decimal_text
 from replicant.model import META_COLUMNS, OP_DELETE, SQL_TYPE_KEY
@@ -185,7 +184,7 @@ def record_json(table: pa.Table, key: tuple[str, ...] | list[str], *, newline: b
     select = (
         "json_object("
         f"'op', {_ident('_op')}, "
-        f"'key', {_struct(plain, [k for k in key])}, "
+        f"'key', {_struct(plain, list(key))}, "
         f"'data', {data_sql}, "
         f"'position', CASE WHEN json_valid({pos}) THEN json({pos}) ELSE to_json({pos}) END, "
         f"'ts', {_ident('_ts')})"

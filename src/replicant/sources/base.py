@@ -195,7 +195,7 @@ class Source(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no log-based capture")
 
-    def acknowledge_capture(self, position: Position) -> None:
+    def acknowledge_capture(self, position: Position) -> None:  # noqa: B027 - optional hook
         """Called once every batch of the change set ending at ``position`` is durable in the log;
         the source may now let the server forget it (confirm a slot's flush LSN). The engine
         stores ``position`` too, and passes it back as ``capture(resume=…)``."""
@@ -214,7 +214,7 @@ class Source(ABC):
         """Extra facts for ``replicant status`` (e.g. ``{"slot lag bytes": 1234}``)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections. Idempotent."""
 
     def __enter__(self) -> Source:

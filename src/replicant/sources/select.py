@@ -104,17 +104,17 @@ def _find(text: str, discovered: list[Stream]) -> tuple[Stream | None, str]:
             return hits[0], ""
     # case-insensitive, only when unique
     low = text.casefold()
-    hits = {id(s): s for n, s in by_name.items() if n.casefold() == low}
-    if not hits and parts:
+    folded = {id(s): s for n, s in by_name.items() if n.casefold() == low}
+    if not folded and parts:
         lp = tuple(p.casefold() for p in parts)
-        hits = {
+        folded = {
             id(s): s for s in discovered
             if (len(lp) == 1 and s.name.casefold() == lp[0]) or tuple(p.casefold() for p in s.table) == lp
         }
-    if len(hits) == 1:
-        return next(iter(hits.values())), ""
-    if len(hits) > 1:
-        names = sorted(s.name for s in hits.values())
+    if len(folded) == 1:
+        return next(iter(folded.values())), ""
+    if len(folded) > 1:
+        names = sorted(s.name for s in folded.values())
         return None, f" (ambiguous without exact case: {', '.join(repr(n) for n in names)})"
     elsewhere = [s.name for s in discovered if s.table[-1] == text]
     if elsewhere:
@@ -135,9 +135,7 @@ def _check_columns(
     if not names:
         return
     have = stream.schema.names
-    for n in names:
-        if n not in have:
-            problems.append((key, f"no {what} {n!r} in {stream.name}{suggest(n, have)}"))
+    problems.extend((key, f"no {what} {n!r} in {stream.name}{suggest(n, have)}") for n in names if n not in have)
 
 
 def _resolve_one(

@@ -255,10 +255,8 @@ class SQLSource(Source):
                       params: Sequence[Any] = ()) -> Iterator[pa.RecordBatch]:
         """See :class:`replicant.sources.strategies.TriggerSource`. ``params`` are bound the way
         this dialect's ``where_after`` bound them."""
-        if [f.name for f in stream.schema] == [c.name for c in columns]:
-            schema = stream.schema
-        else:
-            schema = pa.schema([c.field() for c in columns])
+        same = [f.name for f in stream.schema] == [c.name for c in columns]
+        schema = stream.schema if same else pa.schema([c.field() for c in columns])
         plan = Plan(replace(stream, schema=schema), columns, {c.name: c for c in columns})
         return self._rebatched(sql, list(params), plan, batch_size)
 
@@ -292,7 +290,7 @@ class SQLSource(Source):
             self._log_capture_obj = getattr(importlib.import_module(module), cls)(self)
         return self._log_capture_obj
 
-    def capture(self, streams, positions, *, resume, follow, stop):  # type: ignore[no-untyped-def]
+    def capture(self, streams, positions, *, resume, follow, stop):
         return self._log().capture(streams, positions, resume=resume, follow=follow, stop=stop)
 
     def acknowledge_capture(self, position: Position) -> None:

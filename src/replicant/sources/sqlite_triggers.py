@@ -57,7 +57,9 @@ class SQLiteTriggers(TriggerSQL):
             done.append(f"table {self.shadow} already exists")
         cols = ", ".join(q(c.name) for c in keys)
         ins = f"INSERT INTO {q(self.shadow_name)} ({q(OP)}, {cols}, {q(AT)})"  # unqualified inside triggers
-        sel = lambda op, rec: f"SELECT '{op}', {', '.join(f'{rec}.{q(c.name)}' for c in keys)}, {self.NOW}"
+        def sel(op: str, rec: str) -> str:
+            return f"SELECT '{op}', {', '.join(f'{rec}.{q(c.name)}' for c in keys)}, {self.NOW}"
+
         changed = " OR ".join(f"OLD.{q(c.name)} IS NOT NEW.{q(c.name)}" for c in keys)
         bodies = [
             f"AFTER INSERT ON {q(self.table)} BEGIN {ins} {sel('I', 'NEW')}; END",

@@ -191,9 +191,9 @@ def mysql_column(
     """
     dt = data_type.lower()
     ct = column_type.lower()
-    col = lambda arrow, select="{}": Column(
-        name, column_type, arrow, nullable, select, charset, collation
-    )
+    def col(arrow: pa.DataType, select: str = "{}") -> Column:
+        return Column(name, column_type, arrow, nullable, select, charset, collation)
+
     if dt in _MY_INTS:
         return col(_MY_INTS[dt][1 if "unsigned" in ct else 0])
     if dt in ("decimal", "numeric"):
@@ -240,7 +240,9 @@ def sqlite_column(name: str, declared: str, nullable: bool = True) -> Column:
     a declared type is read as text.
     """
     up = declared.upper().strip()
-    col = lambda arrow, select="{}": Column(name, declared, arrow, nullable, select)
+    def col(arrow: pa.DataType, select: str = "{}") -> Column:
+        return Column(name, declared, arrow, nullable, select)
+
     if not up:
         return col(pa.string(), "CAST({} AS TEXT)")
     if up == "DATE":

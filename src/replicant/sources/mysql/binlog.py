@@ -250,9 +250,8 @@ class BinlogCapture(_Snapshot, _Decoding):
 
     def acknowledge(self, position: Position) -> None:
         """A binlog has no slot to confirm; remembered only for :meth:`status`."""
-        if position and "file" in position and "pos" in position:
-            if self._acked is None or _key(position) >= _key(self._acked):
-                self._acked = _coord(position)
+        if position and "file" in position and "pos" in position and (self._acked is None or _key(position) >= _key(self._acked)):
+            self._acked = _coord(position)
 
     def status(self, streams: list[Stream]) -> dict[str, Any]:
         facts = self._facts()
@@ -458,7 +457,7 @@ class BinlogCapture(_Snapshot, _Decoding):
                     q = ev.query.strip().upper()
                     if q in ("BEGIN", "START TRANSACTION") or q.startswith("XA START"):
                         group_open = txn_open = True
-                    elif q in ("COMMIT", "ROLLBACK") or q.startswith("XA COMMIT") or q.startswith("XA ROLLBACK"):
+                    elif q in ("COMMIT", "ROLLBACK") or q.startswith(("XA COMMIT", "XA ROLLBACK")):
                         end_group()
                     else:
                         self._statement(ev, tables)

@@ -41,7 +41,7 @@ class MySQLTriggers(TriggerSQL):
         rows = self.src.fetchall(
             "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
             (schema, self.shadow_name))
-        rows = [r for r in rows]
+        rows = list(rows)
         if not rows:
             return None, False
         m = INSTALL_ID.search(rows[0][0] or "")
@@ -71,7 +71,9 @@ class MySQLTriggers(TriggerSQL):
             done.append(f"table {self.shadow} already exists")
         cols = ", ".join(q(c.name) for c in keys)
         now = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
-        row = lambda op, rec: f"('{op}', {', '.join(f'{rec}.{q(c.name)}' for c in keys)}, {now})"
+        def row(op: str, rec: str) -> str:
+            return f"('{op}', {', '.join(f'{rec}.{q(c.name)}' for c in keys)}, {now})"
+
         ins = f"INSERT INTO {self.shadow} ({q(OP)}, {cols}, {q(AT)}) VALUES"
         same = " AND ".join(f"OLD.{q(c.name)} <=> NEW.{q(c.name)}" for c in keys)
         bodies = {

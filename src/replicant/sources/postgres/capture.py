@@ -220,7 +220,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
             "FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid WHERE slot_name = %s", (self.slot,))
         if not rows:
             return None
-        plugin, same_db, confirmed, pid = rows[0]
+        plugin, same_db, _confirmed, pid = rows[0]
         if plugin != "pgoutput" or not same_db:
             raise FatalError(f"replication slot {self.slot!r} exists but is not a pgoutput slot of this database; "
                              "set `slot:` to another name or drop it (SELECT pg_drop_replication_slot(...))")
@@ -384,7 +384,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         """Streams the slot from ``start``; returns at ``until`` (a transaction committing at or
         after it, or the walsender idle past it), or, following, when ``stop`` is set."""
         cfg = self.config
-        from psycopg import pq
+        import psycopg
 
         batch_size = int(cfg.batch_size)
         flush_every = float(cfg.flush_interval)
@@ -432,11 +432,11 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                         with self._io:
                             if time.monotonic() - self._last_status >= 0.5:
                                 self._status(conn, reply=True, received=wal_end)
-                        r, _, _ = select.select([conn.socket], [], [], _TICK)
+                        _r, _, _ = select.select([conn.socket], [], [], _TICK)
                         with self._io:
                             try:
                                 conn.consume_input()
-                            except pq.PQerror as e:
+                            except psycopg.OperationalError as e:  # what PGconn.consume_input raises
                                 raise RetriableError(f"lost the replication connection to {self.source.location()}: {e}") from None
                         continue
                     if n < 0:

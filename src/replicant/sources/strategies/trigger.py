@@ -80,7 +80,7 @@ uninstall and the install, and is refused with a message.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -234,14 +234,15 @@ class _Ctx:
             return {"seq": 0, "gaps": []}
         return {"seq": int(self.one(f"SELECT coalesce(max({q(SEQ)}), 0) FROM {self.d.shadow}")[0])}
 
-    def chunk_end(self, where: str) -> tuple[int | None, int]:
-        """``(last seq, rows)`` of the next chunk of shadow rows matching ``where``."""
+    def chunk_end(self, where: str) -> tuple[int, int]:
+        """``(last seq, rows)`` of the next chunk of shadow rows matching ``where``; the last
+        seq is 0 when no row matches (callers look at ``rows`` first)."""
         q = self.src.quote
         hi, n = self.one(
             f"SELECT max(s), count(*) FROM (SELECT {q(SEQ)} AS s FROM {self.d.shadow} WHERE {where} "
             f"ORDER BY {q(SEQ)} LIMIT {self.chunk}) x"
         )
-        return (int(hi) if hi is not None else None), int(n)
+        return (int(hi) if hi is not None else 0), int(n)
 
     def images(self, where: str) -> Iterator[pa.RecordBatch]:
         """The current rows of the keys whose shadow rows match ``where``: one per key (its
@@ -290,7 +291,7 @@ def _lookahead(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBat
         yield held, True
 
 
-def _snapshot(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
+def _snapshot(ctx: _Ctx, pos: Position) -> Generator[ReadBatch, None, Position]:
     """The table's rows (``_op`` read), resuming inside the snapshot; returns the position
     after it (the mark without ``snapshot``)."""
     after = {k: v for k, v in pos.items() if k != "snapshot"}
@@ -341,10 +342,7 @@ def _changes_pg(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
                 break
             last_chunk = n < ctx.chunk
             for ext, is_last in _lookahead(ctx.images(f"{where} AND {q(SEQ)} <= {hi}")):
-                if last_chunk and is_last:
-                    p = {**base, "txid": int(x2)}
-                else:
-                    p = {**base, "txid": x, "upto": int(x2), "seq": _last_seq(ext)}
+                p = {**base, "txid": int(x2)} if last_chunk and is_last else {**base, "txid": x, "upto": int(x2), "seq": _last_seq(ext)}
                 yield ctx.batch(ext, p)
             s = hi
             if last_chunk:
@@ -357,7 +355,9 @@ def _changes_mysql(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
     q = ctx.src.quote
     seq = int(pos["seq"])
     gaps: list[list[Any]] = [list(g) for g in pos.get("gaps") or []]
-    here = lambda g: {"mode": "trigger", "install": pos["install"], "seq": seq, "gaps": g}
+    def here(g: list[list[Any]]) -> Position:  # reads `seq` when called, as it advances
+        return {"mode": "trigger", "install": pos["install"], "seq": seq, "gaps": g}
+
     yielded_last = True
     if gaps:
         expired = _expired(ctx, gaps)  # before looking: see the module docstring
