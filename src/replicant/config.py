@@ -267,7 +267,7 @@ class PipelineConfig(_Model):
     source: SourceConfig
     destinations: list[DestinationConfig] = Field(min_length=1)
     state: Secret | None = Field(None, description="State store SQLAlchemy URL (default: SQLite beside the file).")
-    log: str | None = Field(None, description="Staging log location: a path or fsspec URL.")
+    log: str | None = Field(None, description="Staging log location: a local folder, a file:// URL or nats://host:port/prefix.")
     retention: RetentionConfig | None = None
     parallelism: int | None = Field(
         None, gt=0, description="Streams read at once (default: the number of cores, at least 2)."

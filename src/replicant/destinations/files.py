@@ -37,12 +37,11 @@ decimals exact text, timestamps ISO 8601, binary base64, nested values JSON text
 CSV and JSON Lines may be compressed with ``gzip`` or ``zstd`` (``.csv.gz``, ``.jsonl.zst``),
 which DuckDB and pandas read directly.
 
-Measured on this project's shared 2-core machine (one 200k-row chunk, 7 columns with a
-decimal and two timestamps, local disk, fsync included): Parquet 1.36 M rows/s, CSV
-1.13 M, JSON Lines 0.82 M.
+docs/measurements.md (Files) has the write rate of each format.
 
-The folder names a stream by its name with every character other than letters, digits,
-``.``, ``_`` and ``-`` replaced by ``_`` (``public.orders`` stays ``public.orders``).
+The folder names a stream by its log name (``tenant/name`` for a tenant's stream) with every
+character other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``
+(``public.orders`` stays ``public.orders``, ``acme/orders`` becomes ``acme_orders``).
 """
 
 from __future__ import annotations

@@ -35,23 +35,8 @@ them with ``ESCAPED BY ''``; the few scalars are PyMySQL parameters).
 Security note: with ``local_infile`` on, PyMySQL sends the file the *server* names; only
 point a destination at a server you trust (as with any MySQL client that enables it).
 
-Why ``LOAD DATA`` (measured on this project's 2-core machine, MariaDB 10.11, 1M-row
-11-column "wide" table with a primary key, 100k-row batches, Arrow → table):
-
-=====================================  ==========
-route                                  rows/s
-=====================================  ==========
-PyMySQL ``executemany`` (multi-row     28 k
-INSERT, Python values)
-``LOAD DATA LOCAL`` of pyarrow CSV     110–145 k
-(temp file; CSV writing is 0.8 s/1M)
-=====================================  ==========
-
-Through this class (same machine, 1M rows in 100k-row writes, throwaway MariaDB with ROW
-binlog and ``innodb_flush_log_at_trx_commit=1``; best of four runs on a shared, noisy
-machine): narrow (int key, 2 ints, 84 chars) append 326 k rows/s, merge of a snapshot
-(fast path) 326 k, merge upserting existing keys 162 k; wide append 197 k, fast path
-174 k, upsert 75 k.
+Rows are loaded with ``LOAD DATA LOCAL`` of a CSV that pyarrow writes, 4-5× a multi-row
+``INSERT`` of Python values; docs/measurements.md (MariaDB / MySQL) has the figures.
 
 The write/replace/truncate/evolve state machine is :mod:`replicant.destinations._sql_base`;
 this module supplies MariaDB/MySQL's primitives.

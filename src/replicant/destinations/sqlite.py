@@ -32,20 +32,8 @@ this one's locks (`How To Corrupt An SQLite Database File, 2.2.1
 Other processes (a BI tool, ``sqlite3`` in a shell) are unaffected, and so is any file
 other than the destination's.
 
-Why ADBC (measured on this project's 2-core machine, SQLite 3.40, 1M rows, 100k-row
-batches, with a primary key; rows/s of the insert step alone, Arrow conversion excluded):
-
-==========================================  ============  ==========
-route                                       narrow (4)    wide (11)
-==========================================  ============  ==========
-stdlib ``sqlite3`` ``executemany`` over     315 k         227 k
-``zip(*columns.to_pylist())``
-ADBC ``adbc_ingest``                        714 k         445 k
-==========================================  ============  ==========
-
-Through this class, Arrow conversion included (best of four runs on a shared, noisy
-machine): narrow append 614 k rows/s, merge of a snapshot (fast path) 561 k, merge
-upserting existing keys 542 k; wide 298 k, 275 k, 398 k.
+Rows are inserted with ADBC's ``adbc_ingest``, about twice ``sqlite3``'s ``executemany``;
+docs/measurements.md (SQLite) has the figures.
 
 The write/replace/truncate/evolve state machine is :mod:`replicant.destinations._sql_base`;
 this module supplies SQLite's primitives. Types: :mod:`replicant.destinations._sqlite_types`.

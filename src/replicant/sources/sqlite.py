@@ -1,18 +1,7 @@
 """SQLite source: ``full`` and ``cursor`` reads through the standard library's ``sqlite3``.
 
-Measured on this project's machine (2 vCPU, SQLite 3.40, 1,000,000-row tables; narrow =
-int key, 2 ints, char(84); wide = 11 columns incl. numeric(12,2), text, datetime, date,
-boolean; read in key order into Arrow, each in its own process, best of 5 interleaved
-runs on a loaded machine):
-
-===========================================  ============  ===========  =========
-method                                       narrow rows/s  wide rows/s  peak RSS
-===========================================  ============  ===========  =========
-``sqlite3`` ``fetchmany`` → columns → Arrow  0.57 M         0.20 M       90-220 MB
-ADBC SQLite driver                           1.28 M         0.89 M       ~85 MB
-connectorx                                   1.64 M         0.51 M       ~95-115 MB
-this source (``sqlite3``, typed, exact)      0.50 M         0.24 M       120-196 MB
-===========================================  ============  ===========  =========
+docs/measurements.md (SQLite) has the read rates and memory of ``sqlite3``, the ADBC SQLite
+driver and connectorx measured side by side, behind this choice.
 
 ``sqlite3`` is chosen although slower: SQLite types values per row, not per column, and
 both Arrow-native readers fail on real files. ADBC infers each column's type from the first

@@ -1,19 +1,7 @@
 """MySQL/MariaDB source: ``full`` and ``cursor`` reads through connectorx, catalog through PyMySQL.
 
-Measured on this project's machine (2 vCPU, MariaDB 10.11, 1,000,000-row tables; narrow =
-int key, 2 ints, char(84); wide = 11 columns incl. decimal(12,2), text, timestamp(6),
-datetime(6), date; read in key order into Arrow, each in its own process, best of 5
-interleaved runs on a loaded machine):
-
-=====================================================  ============  ===========  =========
-method                                                 narrow rows/s  wide rows/s  peak RSS
-=====================================================  ============  ===========  =========
-connectorx ``arrow_stream`` (binary protocol)          1.37 M         0.45 M       ~115 MB
-connectorx with this module's exact SQL expressions    1.01 M         0.30 M       ~115 MB
-PyMySQL ``SSCursor`` → columns → ``pa.array``          0.15 M         0.04 M       ~220 MB
-PyMySQL, values kept as text, cast in Arrow (earlier)  0.16 M         0.07 M       ~300 MB
-this source (connectorx, exact)                        1.15 M         0.30 M       ~160-220 MB
-=====================================================  ============  ===========  =========
+docs/measurements.md (MySQL / MariaDB) has the read rates and memory of connectorx and
+PyMySQL measured side by side, behind this choice.
 
 connectorx (Rust, Arrow-native) is chosen: 6-10× PyMySQL, which decodes every value in
 Python. Its conversions are made exact in the select list (:func:`.types.mysql_column`):

@@ -1,24 +1,10 @@
 """PostgreSQL source: ``full`` and ``cursor`` reads through ADBC's binary ``COPY``.
 
-Measured on this project's machine (2 vCPU, PostgreSQL 15, 1,000,000-row tables; narrow =
-pgbench_accounts shape, wide = 11 columns incl. numeric(12,2), text, timestamptz; read in
-key order into Arrow, each in its own process, best of 5 interleaved runs while other jobs
-loaded the machine; rates are comparable side by side only):
-
-==============================================  ============  ===========  =========
-method                                          narrow rows/s  wide rows/s  peak RSS
-==============================================  ============  ===========  =========
-ADBC ``fetch_record_batch`` (COPY stream)       1.00 M         0.28-0.47 M  ~120 MB
-ADBC with a bind parameter (``$1``)             0.63 M         0.31 M       360-525 MB
-connectorx ``arrow_stream``                     0.59 M         0.40-0.48 M  ~120 MB
-this source (ADBC COPY, 4 MB batches, exact)    1.38 M         0.28-0.54 M  ~180 MB
-==============================================  ============  ===========  =========
-
-A 20,000,000-row narrow table reads at 0.92 M rows/s with peak RSS flat at 166-182 MB per
-5 M rows (batches of 100,000).
+docs/measurements.md (PostgreSQL) has the read rates and memory of ADBC, ADBC with a bind
+parameter and connectorx measured side by side, behind this choice.
 
 ADBC streams a query through ``COPY (…) TO STDOUT (FORMAT binary)`` only when it has no
-bind parameters; with one it buffers the whole result (the memory column above). So the
+bind parameters; with one it buffers the whole result (see the memory figures). So the
 key values of a keyset chunk are bound as parameters of a ``set_config`` call first, and
 the chunk query reads them back with ``current_setting('replicant.pN')`` cast to the key
 column's own type: values stay parameters, the index is used (``current_setting`` is
