@@ -37,6 +37,7 @@ __all__ = [
     "load",
     "parse",
     "normalize_url",
+    "sqlite_url_against",
     "parse_duration",
     "parse_size",
     "settings_problems",
@@ -527,3 +528,12 @@ def normalize_url(url: str) -> tuple[str, str]:
     dialect = _SCHEME_ALIASES[m["scheme"].lower()]
     scheme = "postgresql" if dialect == "postgresql" else dialect
     return dialect, f"{scheme}://{m['rest']}"
+
+
+def sqlite_url_against(url: str, base_dir: Path) -> str:
+    """``sqlite:///relative.db`` made absolute against ``base_dir`` (the pipeline file's
+    folder); ``sqlite:////absolute.db`` and ``:memory:`` stay as they are."""
+    prefix, _, rest = url.partition(":///")
+    if not rest or rest.startswith("/") or rest == ":memory:":
+        return url
+    return f"{prefix}:///{(base_dir / rest).resolve()}"

@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from replicant.config import DestinationConfig, PipelineConfig, SourceConfig, normalize_url
-from replicant.errors import ConfigError
+from replicant.config import DestinationConfig, PipelineConfig, SourceConfig, sqlite_url_against
 from replicant.model import ConnectorContext
 from replicant.registry import destination_class, source_class
 
@@ -37,14 +34,6 @@ def home(cfg: PipelineConfig) -> Path:
     return cfg.base_dir / ".replicant" / cfg.pipeline
 
 
-def _sqlite_url(url: str, base: Path) -> str:
-    """Makes ``sqlite:///relative.db`` absolute against ``base``; ``sqlite:////abs`` stays."""
-    prefix, _, rest = url.partition(":///")
-    if not rest or rest.startswith("/") or rest == ":memory:":
-        return url
-    return f"{prefix}:///{(base / rest).resolve()}"
-
-
 def state_url(cfg: PipelineConfig) -> str:
     if cfg.state is None:
         path = home(cfg) / "state.db"
@@ -52,7 +41,7 @@ def state_url(cfg: PipelineConfig) -> str:
         return f"sqlite:///{path}"
     url = cfg.state.get_secret_value()
     if url.startswith("sqlite"):
-        return _sqlite_url(url, cfg.base_dir)
+        return sqlite_url_against(url, cfg.base_dir)
     return url
 
 
@@ -66,49 +55,14 @@ def log_location(cfg: PipelineConfig) -> str:
 
 
 def resolve_source_config(cfg: PipelineConfig) -> SourceConfig:
-    """The source config with its URL checked and relative SQLite paths made absolute."""
-    src = cfg.source
-    if src.url is None:
-        raise ConfigError("invalid pipeline file", [("source.url", f"a {src.type} source needs `url:`")])
-    try:
-        dialect, _ = normalize_url(src.url.get_secret_value())
-    except ConfigError as e:
-        raise ConfigError("invalid pipeline file", [("source." + k, m) for k, m in e.problems]) from None
-    if dialect == "sqlite":
-        fixed = _sqlite_url(src.url.get_secret_value(), cfg.base_dir)
-        path = Path(fixed.partition(":///")[2])
-        if not path.exists():
-            raise ConfigError("invalid pipeline file", [("source.url", f"SQLite file {str(path)!r} does not exist")])
-        src = src.model_copy(update={"url": SecretStr(fixed)})
-    return src
+    """The ``source:`` section completed by its type (relative paths, required keys)."""
+    return source_class(cfg.source.type).resolve_config(cfg.source, base_dir=cfg.base_dir)
 
 
 def resolve_destination_config(cfg: PipelineConfig, dest: DestinationConfig, index: int) -> DestinationConfig:
-    key = f"destinations[{index}]"
-    update: dict[str, object] = {}
-    if dest.type in ("duckdb", "sqlite"):
-        path = dest.path
-        if path is None and dest.url is not None:
-            path = dest.url.get_secret_value().partition(":///")[2] or None
-        if path is None:
-            path = f"{cfg.pipeline}.{'duckdb' if dest.type == 'duckdb' else 'db'}"
-        p = Path(path)
-        update["path"] = str(p if p.is_absolute() else (cfg.base_dir / p).resolve())
-    elif dest.type == "files" and dest.path and "://" not in dest.path and not Path(dest.path).is_absolute():
-        update["path"] = str((cfg.base_dir / dest.path).resolve())
-    elif dest.type not in _SQL_URL_TYPES:
-        pass  # http, files, nats…: their class validates its own settings
-    elif dest.url is None:
-        raise ConfigError("invalid pipeline file", [(f"{key}.url", f"a {dest.type} destination needs `url:`")])
-    else:
-        try:
-            normalize_url(dest.url.get_secret_value())
-        except ConfigError as e:
-            raise ConfigError("invalid pipeline file", [(f"{key}.{k}", m) for k, m in e.problems]) from None
-    return dest.model_copy(update=update) if update else dest
-
-
-_SQL_URL_TYPES = ("postgres", "postgresql", "mysql", "mariadb")
+    """A destination's section completed by its type (paths, default file, required ``url``)."""
+    cls = destination_class(dest.type, index)
+    return cls.resolve_config(dest, base_dir=cfg.base_dir, pipeline=cfg.pipeline, key=f"destinations[{index}]")
 
 
 def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:

@@ -55,11 +55,13 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from replicant.config import normalize_url
 from replicant.destinations._changes import (
     all_reads,
     delete_mask,
@@ -68,7 +70,7 @@ from replicant.destinations._changes import (
 )
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
-from replicant.errors import FatalError, ReplicantError
+from replicant.errors import ConfigError, FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
 
 __all__ = ["PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
@@ -187,6 +189,9 @@ class SQLDestination(Destination):
     insert_first: ClassVar[bool] = False
     #: A word for messages: ``PostgreSQL``, ``SQLite``…
     kind: ClassVar[str] = "SQL"
+    #: The file suffix of an embedded database (DuckDB, SQLite), whose ``path`` defaults to
+    #: ``<pipeline>.<suffix>`` beside the pipeline file; None for a server reached by ``url``.
+    embedded_suffix: ClassVar[str | None] = None
     #: What a nullable column's DDL ends with (MySQL spells ``NULL`` out: some types default
     #: to ``NOT NULL`` there), and what follows a ``CREATE TABLE``'s column list.
     nullable: ClassVar[str] = ""
@@ -198,6 +203,24 @@ class SQLDestination(Destination):
     types: TypeMapper
     #: The schema (MySQL: database) holding the tables; set by ``__init__`` or :meth:`connect`.
     schema: str = ""
+
+    @classmethod
+    def resolve_config(cls, config: Any, *, base_dir: Path, pipeline: str, key: str) -> Any:
+        """An embedded database gets an absolute ``path`` (from ``path``, a ``sqlite:///`` style
+        ``url``, or ``<pipeline>.<suffix>``); a server needs a supported ``url``."""
+        if cls.embedded_suffix is not None:
+            path = config.path
+            if path is None and config.url is not None:
+                path = config.url.get_secret_value().partition(":///")[2] or None
+            p = Path(path or f"{pipeline}.{cls.embedded_suffix}")
+            return config.model_copy(update={"path": str(p if p.is_absolute() else (base_dir / p).resolve())})
+        if config.url is None:
+            raise ConfigError("invalid pipeline file", [(f"{key}.url", f"a {config.type} destination needs `url:`")])
+        try:
+            normalize_url(config.url.get_secret_value())
+        except ConfigError as e:
+            raise ConfigError("invalid pipeline file", [(f"{key}.{k}", m) for k, m in e.problems]) from None
+        return config
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         super().__init__(config, context)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -131,6 +132,17 @@ class Destination(ABC):
                 "invalid destination",
                 [(f"destinations.{self.name}.write", f"a {config.type} destination cannot `{config.write}`; use {' or '.join(allowed)}")],
             )
+
+    @classmethod
+    def resolve_config(cls, config: Any, *, base_dir: Path, pipeline: str, key: str) -> Any:
+        """Completes this type's config before construction, without connecting: what a
+        relative path means, a default file name, a required key. Errors name ``key``
+        (``destinations[1]``). Default: a relative local ``path`` is made absolute against
+        ``base_dir`` (the pipeline file's folder)."""
+        path = getattr(config, "path", None)
+        if path and "://" not in path and not Path(path).is_absolute():
+            return config.model_copy(update={"path": str((base_dir / path).resolve())})
+        return config
 
     @abstractmethod
     def open(self) -> None:

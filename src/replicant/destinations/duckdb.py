@@ -82,6 +82,7 @@ class DuckDBDestination(SQLDestination):
     """
 
     kind = "DuckDB"
+    embedded_suffix = "duckdb"
     types: DuckDBTypes
     dialect = "duckdb"
 

@@ -102,6 +102,7 @@ class SQLiteDestination(SQLDestination):
     """
 
     kind = "SQLite"
+    embedded_suffix = "db"
     types: SQLiteTypes
     merge_needs_unique_key = True
 

@@ -92,6 +92,13 @@ class Source(ABC):
         #: The validated :attr:`settings` (None without a settings model).
         self.options: Any = model.model_validate(extras) if model is not None else None
 
+    @classmethod
+    def resolve_config(cls, config: SourceConfig, *, base_dir: Path) -> SourceConfig:
+        """Completes this type's ``source:`` section before construction, without connecting:
+        what a relative path means, a required key (errors name ``source.<key>``). Default:
+        unchanged."""
+        return config
+
     @property
     def workdir(self) -> Path | None:
         """A private folder for this source's own files (``snapshot_diff`` keeps its previous

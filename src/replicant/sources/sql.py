@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
@@ -83,6 +84,17 @@ class SQLSource(Source):
     log_capture: ClassVar[str | None] = None
     #: Whether ``(a, b) > (x, y)`` uses the index (MariaDB: it does not; expand it).
     row_values: ClassVar[bool] = True
+
+    @classmethod
+    def resolve_config(cls, config: SourceConfig, *, base_dir: Path) -> SourceConfig:
+        """A SQL source needs a supported ``url:`` (checked here, with its key path)."""
+        if config.url is None:
+            raise ConfigError("invalid pipeline file", [("source.url", f"a {config.type} source needs `url:`")])
+        try:
+            normalize_url(config.url.get_secret_value())
+        except ConfigError as e:
+            raise ConfigError("invalid pipeline file", [("source." + k, m) for k, m in e.problems]) from None
+        return config
 
     def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
         if config.url is None:

@@ -30,9 +30,10 @@ from urllib.parse import quote as urlquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replicant.config import SourceConfig
-from replicant.errors import ConnectionError, FatalError
+from replicant.config import SourceConfig, sqlite_url_against
+from replicant.errors import ConfigError, ConnectionError, FatalError
 from replicant.model import ConnectorContext, Stream
+from replicant.secrets import Secret
 from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, sqlite_column
 
@@ -70,6 +71,17 @@ class SQLiteSource(SQLSource):
     """
 
     dialect = "sqlite"
+
+    @classmethod
+    def resolve_config(cls, config: SourceConfig, *, base_dir: Path) -> SourceConfig:
+        """``sqlite:///relative.db`` is relative to the pipeline file's folder; the file must exist."""
+        config = super().resolve_config(config, base_dir=base_dir)
+        assert config.url is not None  # checked above
+        url = sqlite_url_against(config.url.get_secret_value(), base_dir)
+        path = Path(url.partition(":///")[2])
+        if not path.exists():
+            raise ConfigError("invalid pipeline file", [("source.url", f"SQLite file {str(path)!r} does not exist")])
+        return config.model_copy(update={"url": Secret(url)})
 
     def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
