@@ -174,3 +174,55 @@ def test_source_settings_reach_the_source_as_options() -> None:
     with pytest.raises(ConfigError) as e:  # constructed directly, the settings are still checked
         PostgresSource(SourceConfig(type="postgres", url="postgresql://h/db", slott="x"), ConnectorContext("shop"))
     assert dict(e.value.problems) == {"source.slott": "unknown key (did you mean 'slot'?)"}
+
+
+# ------------------------------------------------------------ issue 9, item 15: one round
+
+
+def test_repeated_yaml_keys_are_rejected_with_path_and_both_lines(tmp_path: Path) -> None:
+    p = tmp_path / "p.yml"
+    p.write_text("pipeline: p\nsource:\n  type: sqlite\n  url: 'sqlite:///a.db'\n  url: 'sqlite:///b.db'\n"
+                 "destinations:\n  - name: d\n    write: merge\n    write: append\npipeline: q\n")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    problems = dict(e.value.problems)
+    assert problems["source.url"] == "key 'url' is repeated: line 4 and line 5; keep one"
+    assert problems["destinations[0].write"] == "key 'write' is repeated: line 8 and line 9; keep one"
+    assert problems["pipeline"] == "key 'pipeline' is repeated: line 1 and line 10; keep one"
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("${LAKE}", "'${LAKE}' is not a reference (no kind): write ${env:LAKE} for an environment variable"),
+        ("${env:bad name}", "'bad name' is not a valid name in '${env:bad name}': a name has letters, digits and _ "
+                            "and does not start with a digit, e.g. ${env:bad_name}"),
+        ("${vault:LAKE}", "unknown reference kind 'vault' in '${vault:LAKE}': write ${env:LAKE} (an environment "
+                          "variable) or ${secret:LAKE}"),
+        ("${env:LAKE", "unclosed reference '${env:LAKE': write ${env:LAKE} (a reference ends with })"),
+    ],
+)
+def test_malformed_references_are_rejected_with_what_to_write(written: str, expected: str) -> None:
+    problems = _problems({**BASE, "destinations": [{"name": "d", "path": f"{written}/out.duckdb"}]})
+    assert problems == {"destinations[0].path": expected}
+    # under a secret key too (where references are kept, not substituted)
+    problems = _problems({**BASE, "state": f"postgresql://u:{written}@h/state"})
+    assert problems == {"state": expected}
+
+
+def test_reference_problems_join_the_other_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    problems = _problems({
+        "pipeline": "p",
+        "source": {"type": "postgres", "url": "postgresql://u:${env:NOT_SET_ANYWHERE}@h/db", "batch_size": "${NAME}",
+                   "slott": "s"},
+        "destinations": [{"name": "d", "wirte": "merge"}, {"name": "e", "type": "postgres", "sizee": 1}],
+    })
+    assert problems == {
+        "source.url": "environment variable NOT_SET_ANYWHERE is not set",
+        "source.batch_size": "'${NAME}' is not a reference (no kind): write ${env:NAME} for an environment variable",
+        "source.slott": "unknown key (did you mean 'slot'?)",
+        "destinations[0].wirte": "unknown key (did you mean 'write'?)",
+        "destinations[1].sizee": problems["destinations[1].sizee"],
+    }
+    assert problems["destinations[1].sizee"].startswith("unknown key")

@@ -126,6 +126,9 @@ def run(
 
     try:
         cfg = _load(pipeline)
+        from replicant.runtime import check_connectors
+
+        check_connectors(cfg)  # every section's problems in this report, not in the next run's
         if follow and _only_full(cfg):
             raise ConfigError(
                 "--follow needs a change-data-capture mode",
