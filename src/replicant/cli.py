@@ -54,10 +54,10 @@ def _fail(e: BaseException) -> None:
     if _State.debug:
         err.print(redact("".join(traceback.format_exception(e))), markup=False)
     if isinstance(e, ConfigError):
-        err.print(f"error: {e}", markup=False)
+        err.print(f"error: {e}", markup=False, soft_wrap=True)  # one line per problem, also for grep
         raise typer.Exit(EXIT_CONFIG)
     if isinstance(e, ReplicantError):
-        err.print(f"error: {e}", markup=False)
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
     err.print(f"internal error: {type(e).__name__}: {redact(str(e))}", markup=False)
     if not _State.debug:
