@@ -223,3 +223,17 @@ def test_a_password_with_url_characters_connects_and_never_shows(tmp_path: Path,
         with pg_server.connect(db) as c:
             c.execute("DROP TABLE IF EXISTS t")  # its grant would keep the role
             c.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+
+
+def test_a_whole_url_variable_with_an_unencoded_password_is_a_config_error(tmp_path: Path) -> None:
+    """Issue 9, item 10: `${env:SRC_URL}` holding `p@ss:w/rd#1` unencoded was an internal error,
+    `abc/Slash9` a port error quoting `abc`, `hunter2@TopSecretTail` a host name: now each is
+    exit 2 naming the key, with no piece of the password."""
+    p = _write(tmp_path, "pipeline: x\nsource: {type: postgres, url: '${env:SRC_URL}', streams: all}\n"
+                         "destinations: [{name: w}]\nstate: '${env:STATE_URL}'\n")
+    for password in ["hunter2@TopSecretTail", "abc/Slash9", "p@ss:w/rd#1"]:
+        url = f"postgresql://app:{password}@127.0.0.1:9/db"
+        r = replicant("run", str(p), env={"SRC_URL": url, "STATE_URL": url.replace("/db", "/state")})
+        assert r.returncode == 2, r.stderr
+        assert "source.url: " in r.stderr and "state: " in r.stderr and "Traceback" not in r.stderr
+        assert not _fragments(password) & _fragments(r.stdout + r.stderr), r.stderr

@@ -226,3 +226,30 @@ def test_reference_problems_join_the_other_problems(monkeypatch: pytest.MonkeyPa
         "destinations[1].sizee": problems["destinations[1].sizee"],
     }
     assert problems["destinations[1].sizee"].startswith("unknown key")
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("postgresql://app:hunter2@TopSecretTail@127.0.0.1/db", "more than one @ before the host"),
+        ("postgresql://app:abc/Slash9@127.0.0.1/db", "the port is not a number"),
+        ("mysql://app:p@ss:w/rd#1@127.0.0.1/db", "a # in the URL"),
+        ("postgresql://app:12/34@127.0.0.1/db", "an @ after the host"),
+    ],
+)
+def test_a_url_with_an_unencoded_password_is_refused_without_showing_it(url: str, why: str) -> None:
+    """Issue 9, item 10's siblings: a password written in clear (or a whole URL in one
+    variable) whose @ / # were not encoded is a config error, not a host name in an error
+    message or an internal error; no piece of the password is shown."""
+    with pytest.raises(ConfigError) as e:
+        normalize_url(url)
+    (key, what), = e.value.problems
+    assert key == "url" and what.startswith(why) and "user:${env:PASSWORD}@host" in what
+    password = url.split("://app:", 1)[1].rsplit("@", 1)[0]
+    assert not any(password[i:i + 4] in str(e.value) for i in range(len(password) - 3))
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h/db?application_name=a@b", "postgresql://u:p%40ss@h1:5432,h2:5433/db",
+                                 "postgresql://[::1]:5432/db", "mysql://root@h/db?unix_socket=/tmp/my.sock"])
+def test_well_formed_urls_pass_the_userinfo_check(url: str) -> None:
+    assert normalize_url(url)[0] in ("postgresql", "mysql")

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from replicant.errors import ConfigError
-from replicant.secrets import Secret, reference_problems, resolve
+from replicant.secrets import Secret, reference_problems, resolve, userinfo_problem
 from replicant.yaml_load import load_yaml
 
 __all__ = [
@@ -550,6 +550,9 @@ def normalize_url(url: str) -> tuple[str, str]:
             [("url", f"{shown} is not a supported URL; use postgresql://, mysql://, mariadb:// or sqlite:///path")],
         )
     dialect = _SCHEME_ALIASES[m["scheme"].lower()]
+    problem = None if dialect == "sqlite" else userinfo_problem(url)
+    if problem:
+        raise ConfigError("bad URL", [("url", problem)])
     scheme = "postgresql" if dialect == "postgresql" else dialect
     return dialect, f"{scheme}://{m['rest']}"
 

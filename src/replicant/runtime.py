@@ -15,6 +15,7 @@ from replicant.config import DestinationConfig, PipelineConfig, SourceConfig, sq
 from replicant.errors import ConfigError
 from replicant.model import ConnectorContext
 from replicant.registry import destination_class, source_class
+from replicant.secrets import userinfo_problem
 
 __all__ = [
     "home",
@@ -44,6 +45,9 @@ def state_url(cfg: PipelineConfig) -> str:
     url = cfg.state.get_secret_value()
     if url.startswith("sqlite"):
         return sqlite_url_against(url, cfg.base_dir)
+    problem = userinfo_problem(url)
+    if problem:
+        raise ConfigError("invalid pipeline file", [("state", problem)])
     return url
 
 
@@ -76,6 +80,9 @@ def check_connectors(cfg: PipelineConfig) -> None:
         ConfigError: every problem of every section, with its key path.
     """
     problems: list[tuple[str, str]] = []
+    if cfg.state is not None and not cfg.state.reference.startswith("sqlite"):
+        problem = userinfo_problem(cfg.state.get_secret_value())
+        problems += [("state", problem)] if problem else []
     for index in range(-1, len(cfg.destinations)):  # -1: the source
         try:
             if index < 0:

@@ -26,7 +26,16 @@ from pydantic_core import core_schema
 
 from replicant.errors import ConfigError
 
-__all__ = ["REFERENCE", "Secret", "SecretStore", "reference_problems", "resolve", "resolve_all", "set_secret_store"]
+__all__ = [
+    "REFERENCE",
+    "Secret",
+    "SecretStore",
+    "reference_problems",
+    "resolve",
+    "resolve_all",
+    "set_secret_store",
+    "userinfo_problem",
+]
 
 #: ``${env:NAME}`` or ``${secret:NAME}``.
 REFERENCE = re.compile(r"\$\{(?P<kind>env|secret):(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
@@ -114,6 +123,36 @@ def _as_name(text: str) -> str:
     """``text`` made a valid name (``bad name`` → ``bad_name``, ``9x`` → ``_9x``)."""
     name = re.sub(r"[^A-Za-z0-9_]", "_", text) or "NAME"
     return "_" + name if name[0].isdigit() else name
+
+
+def userinfo_problem(url: str) -> str | None:
+    """Why a server URL cannot mean what was written, when a password in it was not
+    percent-encoded (written in clear, or a whole URL in one variable): an ``@`` left in
+    the user info, a ``#``, or a password cut at its ``/ ? #`` and taken for a host and
+    port. ``None`` when the URL is well-formed. The message never quotes the URL.
+    """
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo, at, hostport = authority.rpartition("@")
+    path = rest[len(authority):].split("?", 1)[0]
+    fix = (
+        "percent-encode user and password (@ as %40, / as %2F, ? as %3F, # as %23, % as %25), or write the "
+        "password as a reference, user:${env:PASSWORD}@host, which replicant encodes"
+    )
+    if "@" in userinfo:
+        return f"more than one @ before the host (an unencoded @ in the password?): {fix}"
+    if "#" in rest:
+        return f"a # in the URL (an unencoded # in the password?): {fix}"
+    for host in hostport.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        port = port.rpartition(":")[2] if ":" in port else ""
+        if port and not port.isdigit():
+            return f"the port is not a number (a password cut at an unencoded / or ?): {fix}"
+    if not at and "@" in path:
+        return f"an @ after the host (a password cut at an unencoded / or ?): {fix}"
+    return None
 
 
 def resolve(text: str) -> str:
