@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from pydantic import GetCoreSchemaHandler, SecretStr
 from pydantic_core import core_schema
@@ -34,6 +34,7 @@ __all__ = [
     "resolve",
     "resolve_all",
     "set_secret_store",
+    "split_userinfo",
     "userinfo_problem",
 ]
 
@@ -153,6 +154,20 @@ def userinfo_problem(url: str) -> str | None:
     if not at and "@" in path:
         return f"an @ after the host (a password cut at an unencoded / or ?): {fix}"
     return None
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``(url without user info, user, password)``, user and password percent-decoded (None
+    when absent): for a client that reads a URL's user info without decoding it (nats-py),
+    given the credentials as arguments instead. Call it when connecting; do not keep them.
+    """
+    scheme, sep, rest = url.partition("://")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if not sep or "@" not in authority:
+        return url, None, None
+    userinfo, _, hostport = authority.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{hostport}{rest[len(authority):]}", unquote(user), unquote(password) if colon else None
 
 
 def resolve(text: str) -> str:
