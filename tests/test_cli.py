@@ -237,3 +237,44 @@ def test_a_whole_url_variable_with_an_unencoded_password_is_a_config_error(tmp_p
         assert r.returncode == 2, r.stderr
         assert "source.url: " in r.stderr and "state: " in r.stderr and "Traceback" not in r.stderr
         assert not _fragments(password) & _fragments(r.stdout + r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("password", ["hunter2@TopSecretTail", "p@ss:w/rd#1"])
+def test_a_mysql_password_with_url_characters_reads_and_writes(tmp_path: Path, mysql_server, mysql_url: str, password: str) -> None:
+    """Issue 9, item 10 on MariaDB: one user with such a password, referenced in the source's
+    and the destination's URL, reads and writes; nothing shows a piece of it."""
+    import os
+    import sqlite3
+
+    if os.environ.get("REPLICANT_TEST_MYSQL_URL"):
+        pytest.skip("creates a user on the throwaway server")
+    db = mysql_url.rsplit("/", 1)[1]
+    user = f"rp{abs(hash(password)) % 10**6}"
+    conn = mysql_server.connect(db)
+    try:
+        with conn.cursor() as c:
+            c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            c.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
+            c.execute(f"CREATE DATABASE `{db}_out`")
+            c.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY %s", (password,))
+            c.execute(f"GRANT ALL ON `{db}`.* TO '{user}'@'127.0.0.1'")
+            c.execute(f"GRANT ALL ON `{db}_out`.* TO '{user}'@'127.0.0.1'")
+        base = f"mysql://{user}:${{env:RT_MY_PW}}@{mysql_server.host}:{mysql_server.port}"
+        p = _write(tmp_path, f"pipeline: x\nsource: {{type: mysql, url: '{base}/{db}', streams: [t]}}\n"
+                             f"destinations: [{{name: w, type: mysql, url: '{base}/{db}_out'}}]\n")
+        ok = replicant("run", str(p), env={"RT_MY_PW": password})
+        assert ok.returncode == 0, ok.stderr
+        with conn.cursor() as c:
+            c.execute(f"SELECT count(*) FROM `{db}_out`.t")
+            assert c.fetchone()[0] == 2
+        bad = replicant("run", str(p), env={"RT_MY_PW": password[::-1]})
+        assert bad.returncode == 1 and "access denied" in bad.stderr, bad.stderr
+        with sqlite3.connect(tmp_path / ".replicant" / "x" / "state.db") as s:
+            stored = "\n".join(map(str, s.execute("SELECT * FROM replicant_runs").fetchall()))
+        pieces = _fragments(password) | _fragments(password[::-1])
+        assert not pieces & _fragments(ok.stdout + ok.stderr + bad.stdout + bad.stderr + stored)
+    finally:
+        with conn.cursor() as c:
+            c.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+            c.execute(f"DROP DATABASE IF EXISTS `{db}_out`")
+        conn.close()
