@@ -3,7 +3,9 @@
 ``load(path)`` reads a YAML pipeline file, substitutes ``${env:NAME}`` references,
 resolves relative paths against the file's folder and validates everything at once: a
 :class:`~replicant.errors.ConfigError` lists every problem with its key path
-(``source.streams[1].mode``), and suggests the closest key for a typo.
+(``source.streams[1].mode``), and suggests the closest key for a typo. Repeated keys
+(:mod:`replicant.yaml_load`), malformed references, pydantic errors, each connector type's
+own settings and cross-checks all go into that one report.
 
 Secrets are resolved as late as possible: under a secret key (:data:`SECRET_KEYS`: URLs,
 ``state``, ``auth``, ``headers``, ``storage_options``, passwords, tokens) the config
