@@ -174,3 +174,82 @@ def test_source_settings_reach_the_source_as_options() -> None:
     with pytest.raises(ConfigError) as e:  # constructed directly, the settings are still checked
         PostgresSource(SourceConfig(type="postgres", url="postgresql://h/db", slott="x"), ConnectorContext("shop"))
     assert dict(e.value.problems) == {"source.slott": "unknown key (did you mean 'slot'?)"}
+
+
+# ------------------------------------------------------------ issue 9, item 15: one round
+
+
+def test_repeated_yaml_keys_are_rejected_with_path_and_both_lines(tmp_path: Path) -> None:
+    p = tmp_path / "p.yml"
+    p.write_text("pipeline: p\nsource:\n  type: sqlite\n  url: 'sqlite:///a.db'\n  url: 'sqlite:///b.db'\n"
+                 "destinations:\n  - name: d\n    write: merge\n    write: append\npipeline: q\n")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    problems = dict(e.value.problems)
+    assert problems["source.url"] == "key 'url' is repeated: line 4 and line 5; keep one"
+    assert problems["destinations[0].write"] == "key 'write' is repeated: line 8 and line 9; keep one"
+    assert problems["pipeline"] == "key 'pipeline' is repeated: line 1 and line 10; keep one"
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("${LAKE}", "'${LAKE}' is not a reference (no kind): write ${env:LAKE} for an environment variable"),
+        ("${env:bad name}", "'bad name' is not a valid name in '${env:bad name}': a name has letters, digits and _ "
+                            "and does not start with a digit, e.g. ${env:bad_name}"),
+        ("${vault:LAKE}", "unknown reference kind 'vault' in '${vault:LAKE}': write ${env:LAKE} (an environment "
+                          "variable) or ${secret:LAKE}"),
+        ("${env:LAKE", "unclosed reference '${env:LAKE': write ${env:LAKE} (a reference ends with })"),
+    ],
+)
+def test_malformed_references_are_rejected_with_what_to_write(written: str, expected: str) -> None:
+    problems = _problems({**BASE, "destinations": [{"name": "d", "path": f"{written}/out.duckdb"}]})
+    assert problems == {"destinations[0].path": expected}
+    # under a secret key too (where references are kept, not substituted)
+    problems = _problems({**BASE, "state": f"postgresql://u:{written}@h/state"})
+    assert problems == {"state": expected}
+
+
+def test_reference_problems_join_the_other_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    problems = _problems({
+        "pipeline": "p",
+        "source": {"type": "postgres", "url": "postgresql://u:${env:NOT_SET_ANYWHERE}@h/db", "batch_size": "${NAME}",
+                   "slott": "s"},
+        "destinations": [{"name": "d", "wirte": "merge"}, {"name": "e", "type": "postgres", "sizee": 1}],
+    })
+    assert problems == {
+        "source.url": "environment variable NOT_SET_ANYWHERE is not set",
+        "source.batch_size": "'${NAME}' is not a reference (no kind): write ${env:NAME} for an environment variable",
+        "source.slott": "unknown key (did you mean 'slot'?)",
+        "destinations[0].wirte": "unknown key (did you mean 'write'?)",
+        "destinations[1].sizee": problems["destinations[1].sizee"],
+    }
+    assert problems["destinations[1].sizee"].startswith("unknown key")
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("postgresql://app:hunter2@TopSecretTail@127.0.0.1/db", "more than one @ before the host"),
+        ("postgresql://app:abc/Slash9@127.0.0.1/db", "the port is not a number"),
+        ("mysql://app:p@ss:w/rd#1@127.0.0.1/db", "a # in the URL"),
+        ("postgresql://app:12/34@127.0.0.1/db", "an @ after the host"),
+    ],
+)
+def test_a_url_with_an_unencoded_password_is_refused_without_showing_it(url: str, why: str) -> None:
+    """Issue 9, item 10's siblings: a password written in clear (or a whole URL in one
+    variable) whose @ / # were not encoded is a config error, not a host name in an error
+    message or an internal error; no piece of the password is shown."""
+    with pytest.raises(ConfigError) as e:
+        normalize_url(url)
+    (key, what), = e.value.problems
+    assert key == "url" and what.startswith(why) and "user:${env:PASSWORD}@host" in what
+    password = url.split("://app:", 1)[1].rsplit("@", 1)[0]
+    assert not any(password[i:i + 4] in str(e.value) for i in range(len(password) - 3))
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h/db?application_name=a@b", "postgresql://u:p%40ss@h1:5432,h2:5433/db",
+                                 "postgresql://[::1]:5432/db", "mysql://root@h/db?unix_socket=/tmp/my.sock"])
+def test_well_formed_urls_pass_the_userinfo_check(url: str) -> None:
+    assert normalize_url(url)[0] in ("postgresql", "mysql")

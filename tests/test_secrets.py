@@ -173,3 +173,44 @@ def test_secrets_compare_by_reference_without_resolving(monkeypatch: pytest.Monk
     assert pickle.loads(pickle.dumps(a)) == a  # a worker process receives the reference
     with pytest.raises(ConfigError, match="RT_UNSET"):
         a.get_secret_value()
+
+
+# ------------------------------------------------------------ issue 9, item 10: encoded into URLs
+
+SPECIAL_PASSWORDS = ["hunter2@TopSecretTail", "abc/Slash9", "p@ss:w/rd#1", "100%?[x] ok"]
+
+
+@pytest.mark.parametrize("password", SPECIAL_PASSWORDS)
+def test_a_reference_in_a_urls_userinfo_is_percent_encoded(monkeypatch: pytest.MonkeyPatch, password: str) -> None:
+    from urllib.parse import urlsplit
+
+    from psycopg.conninfo import conninfo_to_dict
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.setenv("RT_PW", password)
+    monkeypatch.setenv("RT_USER", "app@corp")
+    url = Secret("postgresql://${env:RT_USER}:${env:RT_PW}@db.example:6432/shop?sslmode=disable").get_secret_value()
+    # every parser on the way to a driver sees the same user, password, host, port and database
+    info = conninfo_to_dict(url)
+    assert (info["user"], info["password"], info["host"], info["port"], info["dbname"]) == (
+        "app@corp", password, "db.example", "6432", "shop")
+    u = make_url(url)
+    assert (u.username, u.password, u.host, u.port, u.database) == ("app@corp", password, "db.example", 6432, "shop")
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.port) == ("db.example", 6432)
+    # outside user info the value is used as it is
+    assert secrets.resolve("${env:RT_PW}") == password
+    assert secrets.resolve("https://h/x?key=${env:RT_PW}") == f"https://h/x?key={password}"
+
+
+def test_a_variable_holding_user_and_password_keeps_its_colon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RT_CREDS", "app:p@ss")
+    assert secrets.resolve("mysql://${env:RT_CREDS}@h/db") == "mysql://app:p%40ss@h/db"
+
+
+@pytest.mark.parametrize("password", SPECIAL_PASSWORDS[:3])
+def test_redact_masks_an_unencoded_password_whole(password: str) -> None:
+    from replicant.errors import redact
+
+    shown = redact(f"cannot connect to postgresql://app:{password}@127.0.0.1:5432/db: refused")
+    assert shown == "cannot connect to postgresql://app:***@127.0.0.1:5432/db: refused"

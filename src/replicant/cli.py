@@ -54,10 +54,10 @@ def _fail(e: BaseException) -> None:
     if _State.debug:
         err.print(redact("".join(traceback.format_exception(e))), markup=False)
     if isinstance(e, ConfigError):
-        err.print(f"error: {e}", markup=False)
+        err.print(f"error: {e}", markup=False, soft_wrap=True)  # one line per problem, also for grep
         raise typer.Exit(EXIT_CONFIG)
     if isinstance(e, ReplicantError):
-        err.print(f"error: {e}", markup=False)
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
     err.print(f"internal error: {type(e).__name__}: {redact(str(e))}", markup=False)
     if not _State.debug:
@@ -126,6 +126,9 @@ def run(
 
     try:
         cfg = _load(pipeline)
+        from replicant.runtime import check_connectors
+
+        check_connectors(cfg)  # every section's problems in this report, not in the next run's
         if follow and _only_full(cfg):
             raise ConfigError(
                 "--follow needs a change-data-capture mode",

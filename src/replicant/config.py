@@ -3,7 +3,9 @@
 ``load(path)`` reads a YAML pipeline file, substitutes ``${env:NAME}`` references,
 resolves relative paths against the file's folder and validates everything at once: a
 :class:`~replicant.errors.ConfigError` lists every problem with its key path
-(``source.streams[1].mode``), and suggests the closest key for a typo.
+(``source.streams[1].mode``), and suggests the closest key for a typo. Repeated keys
+(:mod:`replicant.yaml_load`), malformed references, pydantic errors, each connector type's
+own settings and cross-checks all go into that one report.
 
 Secrets are resolved as late as possible: under a secret key (:data:`SECRET_KEYS`: URLs,
 ``state``, ``auth``, ``headers``, ``storage_options``, passwords, tokens) the config
@@ -26,7 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from replicant.errors import ConfigError
-from replicant.secrets import Secret, reference_problems, resolve
+from replicant.secrets import Secret, reference_problems, resolve, userinfo_problem
+from replicant.yaml_load import load_yaml
 
 __all__ = [
     "StreamConfig",
@@ -277,10 +280,9 @@ class PipelineConfig(_Model):
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> PipelineConfig:
-        names = [d.name for d in self.destinations]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"destination names must be unique: {', '.join(dupes)} repeated")
+        repeated = _repeated_names([d.name for d in self.destinations])
+        if repeated:
+            raise ValueError(repeated)
         return self
 
     def destination(self, name: str) -> DestinationConfig:
@@ -291,6 +293,11 @@ class PipelineConfig(_Model):
             f"no destination named {name!r}",
             [("destinations", f"have {', '.join(d.name for d in self.destinations)}{suggest(name, [d.name for d in self.destinations])}")],
         )
+
+
+def _repeated_names(names: list[Any]) -> str | None:
+    dupes = sorted({str(n) for n in names if names.count(n) > 1})
+    return f"destination names must be unique: {', '.join(dupes)} repeated" if dupes else None
 
 
 #: Keys whose values (and everything under them) are secrets: their ``${env:…}`` references
@@ -363,13 +370,18 @@ def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
     if not isinstance(data, dict):
         raise ConfigError("the pipeline file must be a mapping with `pipeline:`, `source:` and `destinations:`")
     problems: list[tuple[str, str]] = []
-    data = _substitute(data, "", problems)
-    if problems:
-        raise ConfigError("invalid pipeline file", problems)
+    data = _substitute(data, "", problems)  # its problems join the others: one report
     data = dict(data)
     data.pop("base_dir", None)
+    reference_messages: dict[str, list[str]] = {}
+    for k, m in problems:
+        reference_messages.setdefault(k, []).append(m)
     _check_source_settings(data.get("source"), problems)
     _check_destination_settings(data.get("destinations"), problems)
+    if isinstance(data.get("destinations"), list):  # cross-check here: the model's runs only when all is valid
+        repeated = _repeated_names([d.get("name") for d in data["destinations"] if isinstance(d, dict) and d.get("name")])
+        if repeated:
+            problems.append(("destinations", repeated))
     try:
         cfg = PipelineConfig.model_validate({**data, "base_dir": Path(base_dir)})
     except ValidationError as e:
@@ -386,14 +398,18 @@ def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
                 problems.append((key, "must be a list of streams or `all`"))
             else:
                 msg = err["msg"].removeprefix("Value error, ")
-                problems.append((key or "(top level)", msg))
-        # one problem per key; drop a union's "wrong branch" line when the list branch said more
-        seen: dict[str, str] = {}
+                if key or ("destinations", msg) not in problems:  # not the cross-check again
+                    problems.append((key or "(top level)", msg))
+        # one problem per key (a bad reference says more than the type error it causes), but
+        # every problem of the references; drop a union's "wrong branch" line when the list
+        # branch said more
+        seen: dict[str, list[str]] = {}
         for k, m in problems:
             if m.startswith("must be a list of streams") and any(o.startswith(k + "[") for o, _ in problems):
                 continue
-            seen.setdefault(k, m)
-        raise ConfigError("invalid pipeline file", list(seen.items())) from None
+            if k not in seen or m in reference_messages.get(k, ()):
+                seen.setdefault(k, []).append(m)
+        raise ConfigError("invalid pipeline file", [(k, m) for k, ms in seen.items() for m in dict.fromkeys(ms)]) from None
     if problems:
         raise ConfigError("invalid pipeline file", problems)
     return cfg
@@ -495,11 +511,21 @@ def load(path: str | os.PathLike[str]) -> PipelineConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read pipeline file {str(p)!r}: {e.strerror}") from None
+    repeated: tuple[tuple[str, str], ...] = ()
     try:
-        data = yaml.safe_load(text)
+        try:
+            data = load_yaml(text)
+        except ConfigError as e:  # repeated keys: reported with every other problem
+            repeated, data = e.problems, yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse(data, base_dir=p.resolve().parent)
+    try:
+        cfg = parse(data, base_dir=p.resolve().parent)
+    except ConfigError as e:
+        raise ConfigError(e.message, [*repeated, *e.problems]) from None
+    if repeated:
+        raise ConfigError("invalid pipeline file", repeated)
+    return cfg
 
 
 _SCHEME_ALIASES = {
@@ -526,6 +552,9 @@ def normalize_url(url: str) -> tuple[str, str]:
             [("url", f"{shown} is not a supported URL; use postgresql://, mysql://, mariadb:// or sqlite:///path")],
         )
     dialect = _SCHEME_ALIASES[m["scheme"].lower()]
+    problem = None if dialect == "sqlite" else userinfo_problem(url)
+    if problem:
+        raise ConfigError("bad URL", [("url", problem)])
     scheme = "postgresql" if dialect == "postgresql" else dialect
     return dialect, f"{scheme}://{m['rest']}"
 

@@ -29,12 +29,19 @@ __all__ = [
     "redact",
 ]
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@/ \t\r\n]*)(?P<tail>@)")
+#: ``scheme://user:password@``: the password runs to the *last* ``@`` before white space,
+#: so one written unencoded (``p@ss/w#1``) is masked whole, not up to its own ``@`` or ``/``
+#: (masking a little too much, say an ``@`` in a query, is the safe mistake).
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<tail>@)")
 _KV_PASSWORD = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<pw>'[^']*'|\"[^\"]*\"|[^\s;,]+)")
 
 
 def redact(text: str) -> str:
-    """Masks passwords in URLs (``scheme://user:***@host``) and ``password=...`` pairs."""
+    """Masks passwords in URLs (``scheme://user:***@host``) and ``password=...`` pairs.
+
+    A password that a driver split into other parts (a host ``tail@127.0.0.1`` after a
+    bare ``@``) cannot be recognised here: references are encoded into URLs for that
+    (:func:`replicant.secrets.resolve`)."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     return _KV_PASSWORD.sub(lambda m: f"{m['head']}***", text)
 

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from replicant.config import DestinationConfig, PipelineConfig, SourceConfig, sqlite_url_against
+from replicant.errors import ConfigError
 from replicant.model import ConnectorContext
 from replicant.registry import destination_class, source_class
+from replicant.secrets import userinfo_problem
 
 __all__ = [
     "home",
@@ -21,6 +23,7 @@ __all__ = [
     "log_location",
     "resolve_source_config",
     "resolve_destination_config",
+    "check_connectors",
     "build_source",
     "source_context",
     "build_destinations",
@@ -42,6 +45,9 @@ def state_url(cfg: PipelineConfig) -> str:
     url = cfg.state.get_secret_value()
     if url.startswith("sqlite"):
         return sqlite_url_against(url, cfg.base_dir)
+    problem = userinfo_problem(url)
+    if problem:
+        raise ConfigError("invalid pipeline file", [("state", problem)])
     return url
 
 
@@ -63,6 +69,30 @@ def resolve_destination_config(cfg: PipelineConfig, dest: DestinationConfig, ind
     """A destination's section completed by its type (paths, default file, required ``url``)."""
     cls = destination_class(dest.type, index)
     return cls.resolve_config(dest, base_dir=cfg.base_dir, pipeline=cfg.pipeline, key=f"destinations[{index}]")
+
+
+def check_connectors(cfg: PipelineConfig) -> None:
+    """Completes every section as :func:`build_source` and :func:`build_destinations` will,
+    without connecting, so that what the connector types find (a required ``url``, a
+    missing SQLite file) is reported at once, not one section per run.
+
+    Raises:
+        ConfigError: every problem of every section, with its key path.
+    """
+    problems: list[tuple[str, str]] = []
+    if cfg.state is not None and not cfg.state.reference.startswith("sqlite"):
+        problem = userinfo_problem(cfg.state.get_secret_value())
+        problems += [("state", problem)] if problem else []
+    for index in range(-1, len(cfg.destinations)):  # -1: the source
+        try:
+            if index < 0:
+                resolve_source_config(cfg)
+            else:
+                resolve_destination_config(cfg, cfg.destinations[index], index)
+        except ConfigError as e:
+            problems.extend(e.problems or [("(pipeline)", e.message)])
+    if problems:
+        raise ConfigError("invalid pipeline file", problems)
 
 
 def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:

@@ -271,8 +271,9 @@ def test_deleted_stream_raises_retriable_and_is_recreated(dest_factory, nats_url
 class _OwnNats:
     """A nats-server this test can stop and start again on the same port and store."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *args: str) -> None:
         self.base = base
+        self.args = args  # more nats-server options (--user, --pass)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -284,7 +285,8 @@ class _OwnNats:
 
     def start(self) -> None:
         binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        cmd = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.base / "js"), "-l", str(self.base / "nats.log")]
+        cmd = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.base / "js"), "-l", str(self.base / "nats.log"),
+               *self.args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while True:
@@ -343,6 +345,40 @@ def test_unreachable_server_is_a_connection_error(unique_name: str) -> None:
         assert f"127.0.0.1:{port}" in str(e.value) and "s3cret" not in str(e.value)
     finally:
         dest.close()
+
+
+@pytest.mark.parametrize("password", ["hunter2@TopSecretTail", "p@ss:w/rd#1", "100% sure?"])
+def test_a_referenced_password_with_url_characters_logs_in(
+    tmp_path: Path, unique_name: str, monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    """Issue 9, item 10: `${env:…}` in a NATS URL's user info is percent-encoded and nats-py
+    does not decode user info, so the destination and the staging log hand it the decoded
+    credentials; a wrong password is refused without showing it."""
+    from replicant.config import parse
+    from replicant.log import open_log
+
+    server = _OwnNats(tmp_path, "--user", "app", "--pass", password)
+    server.start()
+    monkeypatch.setenv("RT_NATS_PW", password)
+    url = f"nats://app:${{env:RT_NATS_PW}}@127.0.0.1:{server.port}"
+    dest = _dest(url, unique_name, timeout=2)
+    try:
+        _write_all(dest, _chunks(4))
+        # the log URL is not a secret key: substituted (and encoded) when the file is loaded
+        cfg = parse({**_pipeline(url=url), "log": f"{url}/authlog"})
+        with open_log(cfg.log) as log:
+            assert log.append("s", None, position=None, marker={"kind": "snapshot_start"}) == 0
+        monkeypatch.setenv("RT_NATS_PW", password[::-1])
+        wrong = _dest(url, unique_name + "w", timeout=2)
+        try:
+            with pytest.raises(ConnectionError) as e:
+                wrong.open()
+            assert not any(password[i:i + 4] in str(e.value) for i in range(len(password) - 3))
+        finally:
+            wrong.close()
+    finally:
+        dest.close()
+        server.stop()
 
 
 # --------------------------------------------------------------------------- configuration

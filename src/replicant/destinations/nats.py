@@ -62,6 +62,7 @@ from replicant.destinations.base import Capabilities, Destination, positive_seco
 from replicant.destinations.records import record_json
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream
+from replicant.secrets import split_userinfo
 
 __all__ = ["NatsDestination", "NatsSettings", "subject_for"]
 
@@ -276,8 +277,13 @@ class NatsDestination(Destination):
 
         if self._nc is not None and not self._nc.is_closed:
             return
+        # nats-py does not decode a URL's user info (a referenced password is encoded into it)
+        servers = [split_userinfo(s) for s in self._servers]
+        user, password = next(((u, pw) for _, u, pw in servers if u is not None), (None, None))
+        credentials = {"token": user} if user is not None and password is None else {"user": user, "password": password}
         self._nc = await nats.connect(
-            servers=self._servers,
+            servers=[s for s, _, _ in servers],
+            **credentials,
             connect_timeout=self.timeout,
             allow_reconnect=True,
             # finite, so a dead server fails the connect instead of looping forever; a

@@ -31,6 +31,7 @@ import nats.js.errors
 from nats.js import api
 
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.secrets import split_userinfo
 
 T = TypeVar("T")
 
@@ -100,9 +101,13 @@ class _NatsConnection:
         async def quiet(_: Exception) -> None:  # the caller gets the error; do not log it twice
             return None
 
+        # nats-py does not decode a URL's user info (a referenced password is encoded into it)
+        server, user, password = split_userinfo(self._server)
+        credentials = {"token": user} if user is not None and password is None else {"user": user, "password": password}
         try:
             connecting = nats.connect(
-                self._server,
+                server,
+                **credentials,
                 name=f"replicant-log {self.prefix}",
                 connect_timeout=min(self.timeout, 5),
                 allow_reconnect=True,
