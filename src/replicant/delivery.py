@@ -168,6 +168,9 @@ class StreamWriter:
 
     def _marker(self, rec: Any) -> None:
         kind = rec.marker.get("kind")
+        if kind == MARKER_SNAPSHOT_START and self.mode != "replace":
+            self._flush()  # a write never holds rows of two snapshots, and the destination hears of each
+            self.dest.begin_snapshot(self.stream, str(rec.marker.get("id", rec.offset)))
         if not self.transactional:
             if kind == MARKER_TRUNCATE and self.dest.capabilities.truncate:
                 self.dest.truncate(self.stream, last_offset=rec.offset)  # e.g. an HTTP record saying so

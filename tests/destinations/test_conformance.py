@@ -267,6 +267,11 @@ def test_fast_path_only_for_a_fresh_table(h: cf.Harness, monkeypatch: pytest.Mon
     cf.check_fast_path_only_for_a_fresh_table(h, monkeypatch)
 
 
+def test_two_snapshots_into_a_fresh_table(h: cf.Harness) -> None:
+    _require(h, merge=True)
+    cf.check_two_snapshots_into_a_fresh_table(h)
+
+
 def test_merge_applies_deletes(h: cf.Harness) -> None:
     _require(h, merge=True)
     cf.check_merge_deletes(h)
