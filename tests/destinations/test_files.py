@@ -312,6 +312,19 @@ def test_names_that_sanitise_alike_keep_their_own_folders(tmp_path: Path) -> Non
         assert sorted(ids) == [10 * i, 10 * i + 1], name
 
 
+def test_tenants_sharing_a_mapped_folder_keep_their_files(tmp_path: Path) -> None:
+    """``tables:`` maps two tenants' ``orders`` to one folder, at the same offsets: both stay."""
+    dest = _dest(str(tmp_path), tables="{table}")
+    for i, tenant in enumerate(["acme", "globex"]):
+        s = Stream(name="public.orders", table=("public", "orders"), schema=STREAM.schema, primary_key=("id",), tenant=tenant)
+        dest.prepare(s)
+        dest.write(s, _rows(2, start=10 * i), last_offset=1)
+    ids = ds.dataset(str(tmp_path / "orders"), format="parquet", partitioning="hive").to_table()["id"].to_pylist()
+    assert sorted(ids) == [0, 1, 10, 11]
+    names = sorted(p.name for p in (tmp_path / "orders").rglob("*.*"))
+    assert names == sorted(f"{t}-{0:020d}-{1:020d}{ext}" for t in ("acme", "globex") for ext in (".json", ".parquet"))
+
+
 def test_two_streams_mapped_to_one_folder_are_refused(tmp_path: Path) -> None:
     dest = _dest(str(tmp_path), tables="{table}")
     one = Stream(name="public.items", table=("public", "items"), schema=STREAM.schema, primary_key=("id",))

@@ -46,7 +46,9 @@ every other character replaced by ``_`` and ``~`` plus 8 hex digits of its SHA-2
 (``a b`` → ``a_b~c8687a08``, ``acme/orders`` → ``acme_orders~…``), so names that sanitise
 alike never share a folder (:mod:`replicant.destinations._names`). Two streams that
 ``tables:`` maps to one folder are refused by :meth:`FilesDestination.prepare` (their files,
-named by offsets, would overwrite each other).
+named by offsets, would overwrite each other). Tenants' streams that ``tables:`` maps to one
+folder share it, as they share a SQL table: there each file and manifest name starts with the
+tenant's id (folder-escaped the same way) and ``-``, since every tenant's offsets start at 0.
 """
 
 from __future__ import annotations
@@ -151,6 +153,12 @@ class FilesDestination(Destination):
         self._root = ""
         self._owners: dict[str, str] = {}  # folder -> the stream (log name) writing into it
 
+    def _file_name(self, stream: Stream, first: int, last: int) -> str:
+        """``<first>-<last>`` (20 digits each), after ``<tenant>-`` when tenants share the folder."""
+        name = f"{first:020d}-{last:020d}"
+        shared = stream.tenant is not None and getattr(self.config, "tables", None) is not None
+        return f"{_folder(stream.tenant)}-{name}" if shared and stream.tenant is not None else name
+
     def _folder_of(self, stream: Stream) -> str:
         """The stream's folder: its name, or :meth:`target_table` when ``tables:`` is set."""
         return _folder(stream.log_name if getattr(self.config, "tables", None) is None else self.target_table(stream))
@@ -188,12 +196,12 @@ class FilesDestination(Destination):
                 (``tables:`` maps both to one name), naming both.
         """
         folder = self._folder_of(stream)
-        owner = self._owners.setdefault(folder, stream.log_name)
-        if owner != stream.log_name:
+        owner = self._owners.setdefault(folder, stream.name)  # tenants of one stream share it (names differ)
+        if owner != stream.name:
             raise ConfigError(
                 "invalid destination",
                 [(f"destinations.{self.name}.tables",
-                  f"streams {owner!r} and {stream.log_name!r} would both write into folder {folder!r} and overwrite "
+                  f"streams {owner!r} and {stream.name!r} would both write into folder {folder!r} and overwrite "
                   "each other's files; map them to different names")],
             )
         self.open()
@@ -204,7 +212,7 @@ class FilesDestination(Destination):
             return
         self.open()
         first = last_offset - n + 1
-        name = f"{first:020d}-{last_offset:020d}"
+        name = self._file_name(stream, first, last_offset)
         folder = self._folder_of(stream)
         files = []
         for part, rows in self._parts(data):
@@ -228,7 +236,7 @@ class FilesDestination(Destination):
         """Files hold events, so a TRUNCATE is recorded, not applied: a manifest
         ``_manifests/<offset>-<offset>.json`` with ``"op": "truncate"``."""
         self.open()
-        name = f"{last_offset:020d}-{last_offset:020d}"
+        name = self._file_name(stream, last_offset, last_offset)
         manifest = {
             "stream": stream.name,
             "op": "truncate",
