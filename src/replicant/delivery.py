@@ -16,6 +16,11 @@ Where the applied offset lives:
   re-delivery after a crash, or a replay, repeats exactly the same offset ranges (the same
   idempotency keys, the same file names).
 
+Snapshots: at a ``snapshot_start`` marker (outside ``replace``) pending rows are written first
+and the destination is told (``destination.begin_snapshot``), so one write never holds two
+snapshots' rows and a "fresh table" shortcut ends where a second snapshot of the same keys
+begins (a delivery that failed once finds both in the log).
+
 Schema versions: when a record's schema differs from the stream's current one, pending
 rows are flushed and ``destination.evolve(new, old)`` runs first. A drift the destination
 cannot absorb pauses that stream (with the destination's message) while others go on.
@@ -168,6 +173,9 @@ class StreamWriter:
 
     def _marker(self, rec: Any) -> None:
         kind = rec.marker.get("kind")
+        if kind == MARKER_SNAPSHOT_START and self.mode != "replace":
+            self._flush()  # a write never holds rows of two snapshots, and the destination hears of each
+            self.dest.begin_snapshot(self.stream, str(rec.marker.get("id", rec.offset)))
         if not self.transactional:
             if kind == MARKER_TRUNCATE and self.dest.capabilities.truncate:
                 self.dest.truncate(self.stream, last_offset=rec.offset)  # e.g. an HTTP record saying so

@@ -559,6 +559,34 @@ def check_fast_path_only_for_a_fresh_table(h: Harness, monkeypatch: pytest.Monke
     assert h.rows("items") == [(0, "u", 0), (1, "again", 1), (2, "r", 2), (5, "r", 5)]
 
 
+def check_two_snapshots_into_a_fresh_table(h: Harness) -> None:
+    """Rows of two snapshots for the same keys reach a fresh table (a delivery that failed
+    once, then found both in the log): in one write, and across writes with the second
+    snapshot's start between them. Each key is held once, with its last value."""
+    s = make_stream("items", ITEMS)
+    d = _opened(h, "merge")
+    try:
+        d.prepare(s)
+        first = [{"id": i, "name": "a", "qty": i} for i in range(4)]
+        second = [{"id": i, "name": "b", "qty": i} for i in range(4)]
+        d.write(s, changes(s, first + second, "read"), last_offset=9)
+        assert h.rows("items") == [(i, "b", i) for i in range(4)]
+        t = make_stream("other", ITEMS)
+        d.prepare(t)
+        d.begin_snapshot(t, "one")
+        d.write(t, changes(t, first, "read"), last_offset=4)
+        d.begin_snapshot(t, "two")
+        d.write(t, changes(t, second[:2] + [{"id": 9, "name": "b", "qty": 9}], "read"), last_offset=8)
+    finally:
+        d.close()
+    if _caps_of(h).transactional:
+        assert h.rows("other") == [(0, "b", 0), (1, "b", 1), (2, "a", 2), (3, "a", 3), (9, "b", 9)]
+
+
+def _caps_of(h: Harness) -> Any:
+    return h.make("append").capabilities
+
+
 def chinook_tracks(path: Any) -> tuple[list[pa.Field], list[dict]]:
     """Chinook's tracks joined to an invoice: mixed types, NULLs, a backslash in a name."""
     con = sqlite3.connect(path)

@@ -10,6 +10,7 @@ Which checks run is decided by the destination's
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -115,7 +116,10 @@ def _columns_of(records: list[dict[str, Any]]) -> list[str]:
 
 def _folder(name: str) -> str:
     """The folder a files destination writes a table into (documented in its module)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+    if name and not re.search(r"[^A-Za-z0-9._-]", name) and not name.startswith("."):
+        return name
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+    return f"{readable}~{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _files(request: pytest.FixtureRequest) -> cf.Harness:
@@ -265,6 +269,11 @@ def test_mixed_real_data(h: cf.Harness, chinook_sqlite_path: Path) -> None:
 def test_fast_path_only_for_a_fresh_table(h: cf.Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     _require(h, transactional=True, merge=True)
     cf.check_fast_path_only_for_a_fresh_table(h, monkeypatch)
+
+
+def test_two_snapshots_into_a_fresh_table(h: cf.Harness) -> None:
+    _require(h, merge=True)
+    cf.check_two_snapshots_into_a_fresh_table(h)
 
 
 def test_merge_applies_deletes(h: cf.Harness) -> None:

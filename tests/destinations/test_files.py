@@ -290,7 +290,51 @@ def test_stream_names_become_safe_folders(tmp_path: Path) -> None:
     dest.open()
     dest.write(odd, _rows(1), last_offset=0)
     files = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")]
-    assert files == ["_my_orders_x/date=2026-11-21/00000000000000000000-00000000000000000000.parquet"]
+    assert files == ["_my_orders_x~36081826/date=2026-11-21/00000000000000000000-00000000000000000000.parquet"]
+
+
+def test_names_that_sanitise_alike_keep_their_own_folders(tmp_path: Path) -> None:
+    """Issue 9 item 6: ``a b``/``a_b`` and ``Ünï``/``_n_`` overwrote each other's files."""
+    dest = _dest(str(tmp_path))
+    dest.open()
+    names = ["a b", "a_b", "Ünï", "_n_", "public.orders", "acme/orders"]
+    for i, name in enumerate(names):
+        s = Stream(name=name, table=(name,), schema=STREAM.schema, primary_key=("id",))
+        dest.prepare(s)
+        dest.write(s, _rows(2, start=10 * i), last_offset=1)  # every stream at the same offsets
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == sorted(["a_b~c8687a08", "a_b", "_n_~216999f2", "_n_", "public.orders", "acme_orders~874229ea"])
+    for i, name in enumerate(names):
+        manifests = list(tmp_path.glob("*/_manifests/*.json"))
+        assert len(manifests) == len(names)
+        (folder,) = {m.parent.parent.name for m in manifests if json.loads(m.read_text())["stream"] == name}
+        ids = ds.dataset(str(tmp_path / folder), format="parquet", partitioning="hive").to_table()["id"].to_pylist()
+        assert sorted(ids) == [10 * i, 10 * i + 1], name
+
+
+def test_tenants_sharing_a_mapped_folder_keep_their_files(tmp_path: Path) -> None:
+    """``tables:`` maps two tenants' ``orders`` to one folder, at the same offsets: both stay."""
+    dest = _dest(str(tmp_path), tables="{table}")
+    for i, tenant in enumerate(["acme", "globex"]):
+        s = Stream(name="public.orders", table=("public", "orders"), schema=STREAM.schema, primary_key=("id",), tenant=tenant)
+        dest.prepare(s)
+        dest.write(s, _rows(2, start=10 * i), last_offset=1)
+    ids = ds.dataset(str(tmp_path / "orders"), format="parquet", partitioning="hive").to_table()["id"].to_pylist()
+    assert sorted(ids) == [0, 1, 10, 11]
+    names = sorted(p.name for p in (tmp_path / "orders").rglob("*.*"))
+    assert names == sorted(f"{t}-{0:020d}-{1:020d}{ext}" for t in ("acme", "globex") for ext in (".json", ".parquet"))
+
+
+def test_two_streams_mapped_to_one_folder_are_refused(tmp_path: Path) -> None:
+    dest = _dest(str(tmp_path), tables="{table}")
+    one = Stream(name="public.items", table=("public", "items"), schema=STREAM.schema, primary_key=("id",))
+    two = Stream(name="sales.items", table=("sales", "items"), schema=STREAM.schema, primary_key=("id",))
+    dest.prepare(one)
+    dest.prepare(one)  # the same stream again is fine
+    with pytest.raises(ConfigError) as e:
+        dest.prepare(two)
+    assert e.value.problems[0][0] == "destinations.files.tables"
+    assert "'public.items'" in str(e.value) and "'sales.items'" in str(e.value)
 
 
 def test_truncate_is_recorded_in_a_manifest(tmp_path: Path) -> None:

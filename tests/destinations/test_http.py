@@ -7,6 +7,7 @@ a non-transactional destination: the rows of offsets ``last_offset - n + 1 .. la
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator
@@ -78,6 +79,21 @@ def _ids(records: list[dict[str, Any]]) -> list[int]:
 
 
 # ------------------------------------------------------------------ body and mapping
+
+
+def test_a_tenants_body_names_its_tenant(receiver: Receiver) -> None:
+    d = _dest(receiver.url, pipeline="shop")
+    try:
+        for tenant in ("acme", "globex"):
+            s = dataclasses.replace(ITEMS, tenant=tenant)
+            d.write(s, _items(1), last_offset=0)  # the same stream and offsets in both
+        d.write(ITEMS, _items(1), last_offset=0)
+    finally:
+        d.close()
+    bodies = receiver.accepted().values()
+    assert sorted(((b["stream"], b.get("tenant")) for b in bodies), key=repr) == [
+        ("shop.items", "acme"), ("shop.items", "globex"), ("shop.items", None)]  # three batches: three keys
+    assert all(list(b) == ["pipeline", "stream", "tenant", "batch_id", "records"] for b in bodies if "tenant" in b)
 
 
 def test_body_shape_and_json_mapping(receiver: Receiver) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pytest
@@ -386,9 +387,54 @@ def test_a_referenced_password_with_url_characters_logs_in(
 
 def test_subject_tokens_are_sanitised() -> None:
     assert subject_for("replicant.{pipeline}.{stream}", "shop", "public.orders") == "replicant.shop.public.orders"
-    assert subject_for("replicant.{pipeline}.{stream}", "shop", "my orders*") == "replicant.shop.my_orders_"
-    assert subject_for("x.{stream}", "p", "a..b>") == "x.a._.b_"
-    assert subject_for("x.{stream}.events", "p", ".lead\ttab") == "x._.lead_tab.events"
+    assert subject_for("replicant.{pipeline}.{stream}", "shop", "my orders*") == "replicant.shop.my_orders_~c3bafbb4"
+    assert subject_for("x.{stream}", "p", "a..b>") == "x.a._~e3b0c442.b_~08a37669"
+    assert subject_for("x.{stream}.events", "p", ".lead\ttab") == "x._~e3b0c442.lead_tab~aff4ff6f.events"
+    # names that sanitise alike get subjects of their own; safe tokens are kept
+    assert len({subject_for("x.{stream}", "p", n) for n in ("a b", "a_b", "a\tb", "a*b", "_", "")}) == 6
+    assert subject_for("x.{stream}", "p", "a_b") == "x.a_b"
+
+
+def test_names_that_sanitise_alike_get_their_own_subjects_and_messages_name_their_stream(
+    dest_factory, nats_url: str, unique_name: str
+) -> None:
+    """Issue 9 item 6: ``a b`` and ``a_b`` shared a subject and a message did not say its stream."""
+    import nats
+
+    dest = dest_factory()
+    streams = [
+        Stream(name="a b", table=("a b",), schema=STREAM.schema, primary_key=("id",)),
+        Stream(name="a_b", table=("a_b",), schema=STREAM.schema, primary_key=("id",)),
+        Stream(name="Ünï", table=("Ünï",), schema=STREAM.schema, primary_key=("id",), tenant="acme/eu"),
+    ]
+    for i, s in enumerate(streams):
+        dest.prepare(s)
+        dest.write(s, _rows(2, start=10 * i), last_offset=1)
+
+    async def read() -> list[tuple[str, dict, int]]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(f"T_{unique_name}")
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                m = await js.get_msg(f"T_{unique_name}", seq)
+                out.append((m.subject, dict(m.headers or {}), json.loads(m.data)["key"]["id"]))
+            return out
+        finally:
+            await nc.close()
+
+    msgs = asyncio.run(read())
+    assert len(msgs) == 6
+    by_stream: dict[tuple[str, str | None], set[int]] = {}
+    subjects: dict[tuple[str, str | None], set[str]] = {}
+    for subject, headers, key in msgs:
+        origin = (unquote(headers["Replicant-Stream"]), unquote(headers["Replicant-Tenant"]) if "Replicant-Tenant" in headers else None)
+        assert unquote(headers["Replicant-Pipeline"]) == "shop"
+        by_stream.setdefault(origin, set()).add(key)
+        subjects.setdefault(origin, set()).add(subject)
+    assert by_stream == {("a b", None): {0, 1}, ("a_b", None): {10, 11}, ("Ünï", "acme/eu"): {20, 21}}
+    assert len({next(iter(v)) for v in subjects.values()}) == 3 and all(len(v) == 1 for v in subjects.values())
 
 
 def _pipeline(**dest) -> dict:

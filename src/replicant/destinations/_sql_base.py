@@ -18,7 +18,9 @@ The state machine (``write:`` is the configured write mode):
     deletes, then :meth:`~SQLDestination.store_offset`.
   - ``merge``: the last change per key is picked (Arrow). **Fast path**: a batch of snapshot
     reads into a ``fresh`` table (empty when prepared, written since only by this object
-    with snapshot reads), or — where the dialect sets :attr:`~SQLDestination.insert_first`
+    with reads of *one* snapshot: :meth:`~SQLDestination.begin_snapshot` of a second one
+    after rows went in, or any other write, ends it; the batch is de-duplicated by key first,
+    as one write may hold a key twice), or — where the dialect sets :attr:`~SQLDestination.insert_first`
     and the table has a unique key — a batch of distinct new keys without deletes, is
     bulk-inserted with ``new_keys=True``; a dialect that then meets an existing key raises
     :class:`KeyExists`, the transaction is rolled back, the table leaves the fast path for
@@ -145,8 +147,9 @@ class Table:
     Attributes:
         name: the table name as stored.
         columns: by folded name (:meth:`SQLDestination.fold`).
-        fresh: empty when prepared, written since only by this object with snapshot reads:
-            the fast path (a bulk insert, no upsert) is safe.
+        fresh: empty when prepared, written since only by this object with reads of one
+            snapshot: the fast path (a bulk insert, no upsert) is safe.
+        loaded: rows went in through the fast path (a later snapshot's start ends ``fresh``).
         unique: a primary key or unique index on exactly the stream's key exists.
         insert_first: try a plain bulk insert for batches of distinct new keys (until one
             meets an existing key).
@@ -156,6 +159,7 @@ class Table:
     name: str
     columns: dict[str, Any]
     fresh: bool = False
+    loaded: bool = False
     unique: bool = False
     insert_first: bool = False
     key: tuple[str, ...] = ()
@@ -447,7 +451,8 @@ class SQLDestination(Destination):
         known = self._tables.get(stream.name)
         fresh = empty if known is None else known.fresh and empty
         self._tables[stream.name] = Table(
-            name, columns, fresh=fresh, unique=unique, insert_first=self.insert_first and unique, key=key
+            name, columns, fresh=fresh, loaded=known is not None and known.loaded, unique=unique,
+            insert_first=self.insert_first and unique, key=key,
         )
 
     def _table(self, stream: Stream) -> Table:
@@ -481,11 +486,15 @@ class SQLDestination(Destination):
                 self.insert(table, without_deletes(data))
                 self.store_offset(stream, last_offset)
             return
-        if (table.fresh and all_reads(data)) or (table.insert_first and _new_keys_only(data, table.key)):
+        fast = table.fresh and all_reads(data)
+        if fast or (table.insert_first and _new_keys_only(data, table.key)):
+            # two snapshots' rows (or an overlapping chunk) may hold a key twice: last one wins
+            rows = without_deletes(last_change_per_key(data, table.key) if fast else data)
             try:
                 with self.transaction("write", stream, table.name):
-                    self.insert(table, without_deletes(data), new_keys=True)
+                    self.insert(table, rows, new_keys=True)
                     self.store_offset(stream, last_offset)
+                table.loaded = table.loaded or (fast and rows.num_rows > 0)
                 return
             except KeyExists:
                 table.insert_first = False
@@ -495,6 +504,13 @@ class SQLDestination(Destination):
             if changes.num_rows:
                 self.merge(table, changes)
             self.store_offset(stream, last_offset)
+
+    def begin_snapshot(self, stream: Stream, snapshot: str) -> None:
+        """A new snapshot of ``stream`` starts: a table that took rows through the fast path
+        leaves it for good (the new snapshot's keys are mostly there already)."""
+        table = self._tables.get(stream.name)
+        if table is not None and table.loaded:
+            table.fresh = False
 
     def begin_replace(self, stream: Stream) -> None:
         """Creates an empty pending table (dropping a leftover one from a crash)."""

@@ -200,6 +200,13 @@ class Destination(ABC):
 
         raise SchemaDriftError(f"destination {self.name!r} cannot change the table of {stream.name!r}")
 
+    def begin_snapshot(self, stream: Stream, snapshot: str) -> None:  # noqa: B027 - optional hook
+        """Delivery reached the start of snapshot ``snapshot`` (the ``snapshot_start`` marker's
+        id) of ``stream``; every row before it is written. Rows after it may repeat keys the
+        table already holds: a destination with a shortcut for rows into an empty table
+        (the SQL fast path) must stop taking it once an earlier snapshot's rows went in.
+        Not called under ``write: replace`` (:meth:`begin_replace` is). Default: nothing."""
+
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """The source table was truncated (a ``truncate`` log marker at ``last_offset``): remove
         every row of the stream's table and record the offset, in one transaction.

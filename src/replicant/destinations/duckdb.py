@@ -9,8 +9,9 @@ runs plain SQL over it in one transaction with the ``_replicant_offsets`` upsert
 ``merge``
     The last change per key is picked in Arrow, then ``DELETE FROM t USING batch`` for
     every key of the batch and ``INSERT … SELECT`` of the rows that are not deletes. A
-    snapshot batch into a table that was empty when this object prepared it skips the
-    ``DELETE`` (the fast path).
+    batch of one snapshot's reads into a table that was empty when this object prepared it
+    (and has taken no earlier snapshot's rows) skips the ``DELETE`` (the fast path; rules in
+    :mod:`replicant.destinations._sql_base`).
 ``replace``
     Rows go into ``<table>__replicant_pending``; :meth:`commit_replace` drops the table
     and renames the pending one in its place, with the offset, in one transaction.

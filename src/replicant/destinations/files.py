@@ -39,9 +39,16 @@ which DuckDB and pandas read directly.
 
 docs/measurements.md (Files) has the write rate of each format.
 
-The folder names a stream by its log name (``tenant/name`` for a tenant's stream) with every
-character other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``
-(``public.orders`` stays ``public.orders``, ``acme/orders`` becomes ``acme_orders``).
+The folder names a stream by its log name (``tenant/name`` for a tenant's stream), or by its
+``tables:`` target. A name of only letters, digits, ``.``, ``_`` and ``-`` (not starting with
+``.``) is the folder name as it is (``public.orders`` stays ``public.orders``); any other has
+every other character replaced by ``_`` and ``~`` plus 8 hex digits of its SHA-256 appended
+(``a b`` → ``a_b~c8687a08``, ``acme/orders`` → ``acme_orders~…``), so names that sanitise
+alike never share a folder (:mod:`replicant.destinations._names`). Two streams that
+``tables:`` maps to one folder are refused by :meth:`FilesDestination.prepare` (their files,
+named by offsets, would overwrite each other). Tenants' streams that ``tables:`` maps to one
+folder share it, as they share a SQL table: there each file and manifest name starts with the
+tenant's id (folder-escaped the same way) and ``-``, since every tenant's offsets start at 0.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from replicant.destinations._names import readable_unique
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
@@ -110,8 +118,11 @@ class FilesSettings(BaseModel):
         return codec
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
 def _folder(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+    return readable_unique(name, _UNSAFE, lead_dot=True)
 
 
 class FilesDestination(Destination):
@@ -140,6 +151,13 @@ class FilesDestination(Destination):
         self.compression = opts.compression or default
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root = ""
+        self._owners: dict[str, str] = {}  # folder -> the stream (log name) writing into it
+
+    def _file_name(self, stream: Stream, first: int, last: int) -> str:
+        """``<first>-<last>`` (20 digits each), after ``<tenant>-`` when tenants share the folder."""
+        name = f"{first:020d}-{last:020d}"
+        shared = stream.tenant is not None and getattr(self.config, "tables", None) is not None
+        return f"{_folder(stream.tenant)}-{name}" if shared and stream.tenant is not None else name
 
     def _folder_of(self, stream: Stream) -> str:
         """The stream's folder: its name, or :meth:`target_table` when ``tables:`` is set."""
@@ -171,6 +189,21 @@ class FilesDestination(Destination):
         return -1
 
     def prepare(self, stream: Stream) -> None:
+        """Opens the filesystem and claims the stream's folder.
+
+        Raises:
+            ConfigError: another stream of this destination writes into the same folder
+                (``tables:`` maps both to one name), naming both.
+        """
+        folder = self._folder_of(stream)
+        owner = self._owners.setdefault(folder, stream.name)  # tenants of one stream share it (names differ)
+        if owner != stream.name:
+            raise ConfigError(
+                "invalid destination",
+                [(f"destinations.{self.name}.tables",
+                  f"streams {owner!r} and {stream.name!r} would both write into folder {folder!r} and overwrite "
+                  "each other's files; map them to different names")],
+            )
         self.open()
 
     def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
@@ -179,7 +212,7 @@ class FilesDestination(Destination):
             return
         self.open()
         first = last_offset - n + 1
-        name = f"{first:020d}-{last_offset:020d}"
+        name = self._file_name(stream, first, last_offset)
         folder = self._folder_of(stream)
         files = []
         for part, rows in self._parts(data):
@@ -203,7 +236,7 @@ class FilesDestination(Destination):
         """Files hold events, so a TRUNCATE is recorded, not applied: a manifest
         ``_manifests/<offset>-<offset>.json`` with ``"op": "truncate"``."""
         self.open()
-        name = f"{last_offset:020d}-{last_offset:020d}"
+        name = self._file_name(stream, last_offset, last_offset)
         manifest = {
             "stream": stream.name,
             "op": "truncate",

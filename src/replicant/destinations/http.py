@@ -21,7 +21,8 @@ One request per batch, body::
      "records": [{"op": "insert", "key": {"id": 7}, "data": {"id": 7, ...},
                   "position": {...}, "ts": "2024-01-02T03:04:05.000006Z"}, ...]}
 
-with the header ``Idempotency-Key: <batch_id>``.
+with the header ``Idempotency-Key: <batch_id>``. A tenant's stream adds ``"tenant": "<id>"``
+after ``"stream"`` (two tenants' ``orders`` are told apart by it).
 
 Delivery (the non-transactional contract of :mod:`replicant.destinations.base`): the engine
 calls :meth:`HttpDestination.write` with the rows of log offsets ``last_offset - n + 1 ..
@@ -394,7 +395,8 @@ class HttpDestination(Destination):
     def _deliver(self, stream: Stream, slices) -> None:
         """Sends the requests of every encoded slice (at most ``concurrency`` at once) and waits
         for all; then dead-letters the rejected records or raises the first failure."""
-        head = f'{{"pipeline":{json.dumps(self.pipeline)},"stream":{json.dumps(stream.name)},"batch_id":"'.encode()
+        tenant = "" if stream.tenant is None else f',"tenant":{json.dumps(stream.tenant)}'
+        head = f'{{"pipeline":{json.dumps(self.pipeline)},"stream":{json.dumps(stream.name)}{tenant},"batch_id":"'.encode()
         overhead = len(head) + 32 + len('","records":[]}')
 
         def body(p: _Piece) -> tuple[str, bytes]:

@@ -14,9 +14,15 @@ see :mod:`replicant.destinations.records`.
 
 Subjects: ``subject`` is a template with ``{pipeline}`` and ``{stream}`` (default
 ``replicant.{pipeline}.{stream}``). Dots in a stream name stay subject separators
-(``public.orders`` → ``replicant.shop.public.orders``, as Debezium names topics); in each
-token, whitespace, ``*``, ``>`` and control characters become ``_``, and an empty token
-becomes ``_``.
+(``public.orders`` → ``replicant.shop.public.orders``, as Debezium names topics). A token
+holding whitespace, ``*``, ``>`` or control characters, or an empty one, has them replaced by
+``_`` and ``~`` plus 8 hex digits of the SHA-256 of the original token appended (``a b`` →
+``a_b~c8687a08``), so two names never share a subject
+(:mod:`replicant.destinations._names`); tokens without them are kept as they are.
+
+Every message names its origin in headers: ``Replicant-Pipeline``, ``Replicant-Stream``
+(the stream's name) and, for a tenant's stream, ``Replicant-Tenant``; each value
+percent-encoded as UTF-8 (``urllib.parse.unquote`` gives the name back).
 
 JetStream stream: :meth:`NatsDestination.prepare` finds the stream that captures the
 subject; if none does, it adds the subject to ``stream_name`` (default
@@ -58,6 +64,7 @@ from urllib.parse import quote, urlsplit
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from replicant.destinations._names import readable_unique
 from replicant.destinations.base import Capabilities, Destination, positive_seconds
 from replicant.destinations.records import record_json
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
@@ -75,8 +82,9 @@ _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _token(text: str) -> str:
-    """Dots kept as separators; each token made valid (never empty, no wildcard, no space)."""
-    return ".".join(_BAD_TOKEN_CHARS.sub("_", part) or "_" for part in text.split("."))
+    """Dots kept as separators; each token made valid (never empty, no wildcard, no space)
+    and distinct from every other token's (see the module docstring)."""
+    return ".".join(readable_unique(part, _BAD_TOKEN_CHARS) for part in text.split("."))
 
 
 def subject_for(template: str, pipeline: str, stream: str) -> str:
@@ -266,8 +274,11 @@ class NatsDestination(Destination):
     def _send(self, stream: Stream, texts: list[str], first: int) -> None:
         subject = self.subject(stream)
         prefix = f"{self.pipeline}:{quote(stream.log_name, safe='')}:"
+        origin = {"Replicant-Pipeline": quote(self.pipeline, safe=""), "Replicant-Stream": quote(stream.name, safe="")}
+        if stream.tenant is not None:
+            origin["Replicant-Tenant"] = quote(stream.tenant, safe="")
         what = f"publish offsets {first}..{first + len(texts) - 1} of {stream.name!r} to {subject}"
-        self._call(self._publish(subject, texts, prefix, first), what)
+        self._call(self._publish(subject, texts, prefix, first, origin), what)
 
     async def _connect(self) -> None:
         import nats
@@ -328,8 +339,9 @@ class NatsDestination(Destination):
         await js.update_stream(config)
         self._ready.add(subject)
 
-    async def _publish(self, subject: str, texts: list[str], prefix: str, first: int) -> None:
-        """Publishes every text in order without waiting, then awaits every ack."""
+    async def _publish(self, subject: str, texts: list[str], prefix: str, first: int, origin: dict[str, str]) -> None:
+        """Publishes every text in order without waiting, then awaits every ack; ``origin``:
+        headers every message carries besides its ``Nats-Msg-Id``."""
         import nats.js.errors as jse
 
         if self._nc is None or self._nc.is_closed:
@@ -344,7 +356,7 @@ class NatsDestination(Destination):
             acked = 0
             for i, text in enumerate(texts):
                 futures.append(
-                    await js.publish_async(subject, text.encode(), headers={"Nats-Msg-Id": f"{prefix}{first + i}"})
+                    await js.publish_async(subject, text.encode(), headers={**origin, "Nats-Msg-Id": f"{prefix}{first + i}"})
                 )
                 if len(futures) - acked >= 2 * _WINDOW:
                     await asyncio.wait_for(asyncio.gather(*futures[acked : acked + _WINDOW]), self.timeout)
