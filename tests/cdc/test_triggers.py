@@ -489,3 +489,35 @@ def test_hostile_and_long_identifiers(db: Db) -> None:
         trigger.acknowledge(src, s, _read(src, s, pos)[1])
         assert _shadow_count(db, src, s) == 0
         assert len(trigger.uninstall(src, [s])) == len(done)
+
+
+
+def test_a_second_pipeline_on_the_shadow_table_is_refused_not_silently_robbed(db: Db) -> None:
+    """Issue 9.1: two pipelines (two positions: a copy of the pipeline file run from another
+    folder has its own state) reading one shadow table. The reader purges what it
+    acknowledged, so the second one would delete rows the first has not read: it is
+    refused, and a purge by a pipeline that does not own the table deletes nothing."""
+    _tables(db)
+    src, st = _source(db)
+    items = st["items"]
+    with src:
+        trigger.install(src, [items])
+        _, pos_a = _read(src, items, None)  # the original's snapshot ...
+        _, pos_copy = _read(src, items, None)  # ... and the copy's, both before any acknowledgement
+        trigger.acknowledge(src, items, pos_a)  # the original's first purge claims the table
+        db.execute("UPDATE items SET qty = 100 WHERE id = 1")
+        with pytest.raises(FatalError, match=r"read by another pipeline.*cdc uninstall.*cdc install"):
+            list(trigger.read(src, items, None))  # the copy, started again from scratch
+        with pytest.raises(FatalError, match="read by another pipeline"):
+            list(trigger.read(src, items, pos_copy))  # the copy, resuming
+        trigger.acknowledge(src, items, {**pos_copy, "txid": 2**62, "seq": 2**62})  # a late purge of the copy
+        assert _shadow_count(db, src, items) > 0  # deleted nothing
+        got, pos_a = _read(src, items, pos_a)  # the original reads on, nothing lost
+        assert [(r["id"], r["qty"]) for b in got for r in b.data.to_pylist()] == [(1, 100)]
+        trigger.acknowledge(src, items, pos_a)
+        assert _shadow_count(db, src, items) == 0
+        # the documented hand-over: a new shadow table has no owner
+        trigger.uninstall(src, [items])
+        trigger.install(src, [items])
+        got, _ = _read(src, items, None)
+        assert sorted(r["id"] for b in got for r in b.data.to_pylist()) == list(range(1, 8))

@@ -100,7 +100,7 @@ class MySQLTriggers(TriggerSQL):
             stmts.append(f"DROP TRIGGER IF EXISTS {self.qualified(name)}")
             if name in have:
                 done.append(f"dropped trigger {self.q(name)} on {self.base}")
-        stmts.append(f"DROP TABLE IF EXISTS {self.shadow}")
+        stmts += [f"DROP TABLE IF EXISTS {self.shadow}", f"DROP TABLE IF EXISTS {self.owner_table}"]
         if install_id is not None:
             done.append(f"dropped table {self.shadow}")
         self.execute(stmts)

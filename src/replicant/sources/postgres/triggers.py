@@ -101,7 +101,8 @@ END $replicant$""",
             stmts.append(f"DROP TRIGGER IF EXISTS {self.q(self.trigger)} ON {self.base}")
             if has_trigger:
                 done.append(f"dropped trigger {self.q(self.trigger)} on {self.base}")
-        stmts += [f"DROP FUNCTION IF EXISTS {self.function}()", f"DROP TABLE IF EXISTS {self.shadow}"]
+        stmts += [f"DROP FUNCTION IF EXISTS {self.function}()", f"DROP TABLE IF EXISTS {self.shadow}",
+                  f"DROP TABLE IF EXISTS {self.owner_table}"]
         if install_id is not None:
             done.append(f"dropped table {self.shadow}")
         self.execute(stmts)
