@@ -261,7 +261,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         raise FatalError(
             f"replication slot {self.slot!r} was confirmed up to {lsn_text(confirmed)}, beyond this pipeline's "
             f"checkpoint {lsn_text(own)}: another consumer of the slot (a copy of this pipeline with its own "
-            "state folder, or another tool) received the changes in between, and PostgreSQL no longer has them. "
+            "state folder, or another tool) took the changes in between, and PostgreSQL no longer has them for this pipeline. "
             "Give each copy its own `slot:` and `publication:` in its source settings; then re-snapshot this "
             "pipeline: `replicant cdc uninstall <pipeline file>` drops the slot and the publication, and the next "
             "`replicant run` creates them again and snapshots every `mode: log` stream")
