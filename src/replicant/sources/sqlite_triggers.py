@@ -42,6 +42,9 @@ class SQLiteTriggers(TriggerSQL):
             "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name IN (?, ?, ?)", tuple(self.triggers))
         return (m[1] if m else ""), found[0][0] == len(self.triggers)
 
+    def has_owner_table(self) -> bool:
+        return bool(self.src.fetchall("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (self.owner_name,)))
+
     def create(self, keys: list[Column]) -> list[str]:
         q = self.q
         install_id, _ = self.installed()

@@ -116,7 +116,9 @@ def install(source: Any, streams: list[Stream]) -> list[str]:
     """
     done: list[str] = []
     for s in streams:
-        done += source.trigger_sql(s).create(_keys(source.columns(s), s))
+        d = source.trigger_sql(s)
+        done += d.create(_keys(source.columns(s), s))
+        d.create_owner_table()
     return done
 
 
@@ -148,6 +150,8 @@ def acknowledge(source: Any, stream: Stream, position: Position) -> None:
         if gaps:
             where += " AND NOT (" + " OR ".join(f"{q(SEQ)} BETWEEN {int(a)} AND {int(b)}" for a, b, _ in gaps) + ")"
     if position.get("owner"):  # the first purge claims the table; another pipeline's purges delete nothing
+        if not d.has_owner_table():
+            return  # uninstalled meanwhile: nothing to purge
         d.claim(str(position["owner"]))
         where = f"({where}) AND {d.owned_by(str(position['owner']))}"
     d.purge(where)

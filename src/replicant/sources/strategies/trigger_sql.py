@@ -73,7 +73,8 @@ class TriggerSQL:
         self.base = source.display(stream.table)
         self.shadow_name = safe_name(SHADOW, self.table)
         self.shadow = self.qualified(self.shadow_name)
-        self.owner_table = self.qualified(safe_name(OWNER, self.table))
+        self.owner_name = safe_name(OWNER, self.table)
+        self.owner_table = self.qualified(self.owner_name)
 
     def qualified(self, name: str) -> str:
         return ".".join(self.src.quote(p) for p in (*self.stream.table[:-1], name))
@@ -104,10 +105,20 @@ class TriggerSQL:
 
     # -------------------------------------------------------------- the reading pipeline
 
+    def has_owner_table(self) -> bool:
+        """Whether ``_replicant_owner_T`` exists (a catalog query: no privilege needed)."""
+        raise NotImplementedError
+
+    def create_owner_table(self) -> None:
+        """Creates ``_replicant_owner_T`` (``cdc install``; a read does when an install made
+        before it existed lacks it)."""
+        self.execute([f"CREATE TABLE IF NOT EXISTS {self.owner_table} ({self.q('owner')} VARCHAR(64) NOT NULL)"])
+
     def owner(self) -> str | None:
         """The id of the pipeline that reads this shadow table (None: none claimed it yet).
         Creates the owner table when missing."""
-        self.execute([f"CREATE TABLE IF NOT EXISTS {self.owner_table} ({self.q('owner')} VARCHAR(64) NOT NULL)"])
+        if not self.has_owner_table():
+            self.create_owner_table()
         rows = self.src.fetchall(f"SELECT {self.q('owner')} FROM {self.owner_table}")
         return str(rows[0][0]) if rows else None
 
@@ -115,7 +126,6 @@ class TriggerSQL:
         """Makes ``owner`` the pipeline that reads (and purges) this shadow table, unless
         another pipeline already is (one statement: two first purges cannot both win)."""
         self.execute([
-            f"CREATE TABLE IF NOT EXISTS {self.owner_table} ({self.q('owner')} VARCHAR(64) NOT NULL)",
             f"INSERT INTO {self.owner_table} ({self.q('owner')}) SELECT '{_hex(owner)}' FROM (SELECT 1 AS one) x "
             f"WHERE NOT EXISTS (SELECT 1 FROM {self.owner_table})",
         ])
