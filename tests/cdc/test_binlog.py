@@ -425,3 +425,26 @@ def test_through_the_engine_into_duckdb(tmp_path: Any, mysql_url: str, unique_na
     assert fetch("duckdb", duck, "a", ["id", "v", "d", "n"]) == fetch("mysql", mysql_url, "a", ["id", "v", "d", "n"])
     assert fetch("duckdb", duck, "b", ["id", "w"]) == fetch("mysql", mysql_url, "b", ["id", "w"])
     assert second.rows_read["a"] == 5 and second.rows_read["b"] == 1  # changes only, not a new snapshot
+
+
+def test_a_copy_reading_the_same_binlog_takes_nothing_from_the_original(mysql_url: str, unique_name: str) -> None:
+    """Issue 9.1: unlike a PostgreSQL slot, a binlog position is not consumed. Two pipelines
+    with the same name (a copy of the file run from another folder: same derived server_id,
+    its own state) each keep their own position and read the same binlog from it: the
+    original, resumed after the copy ran, still gets every change."""
+    sql(mysql_url, "CREATE TABLE cp (id int PRIMARY KEY, v varchar(20))", "INSERT INTO cp VALUES (1, 'a')")
+    src, streams = source(mysql_url, ["cp"], unique_name)
+    copy_src, copy_streams = source(mysql_url, ["cp"], unique_name)
+    assert copy_src.server_id == src.server_id
+    with src, copy_src:
+        original, copy = Replica(streams), Replica(copy_streams)
+        original.run(src)
+        sql(mysql_url, "INSERT INTO cp VALUES (2, 'b')", "UPDATE cp SET v = 'A' WHERE id = 1")
+        copy.run(copy_src)
+        sql(mysql_url, "INSERT INTO cp VALUES (3, 'c')")
+        copy.run(copy_src)
+        sql(mysql_url, "DELETE FROM cp WHERE id = 2")
+        original.run(src)
+        assert [op for op, _, _ in original.seen["cp"]] == ["insert", "update", "insert", "delete"]
+        assert original.state["cp"] == full_rows(src, streams["cp"])
+        assert sorted(copy.state["cp"]) == [(1,), (2,), (3,)]  # the delete came after the copy's last run

@@ -266,3 +266,60 @@ def test_an_idle_pipeline_still_moves_its_slot(tmp_path: Path, pg_url: str, dest
             after_writes = int(c.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
         _wait(lambda: confirmed() >= after_writes, "the slot to move past WAL it has no changes in", timeout=30)
     assert out["r"].ok, out["r"].errors
+
+
+def test_a_copy_in_another_folder_cannot_silently_steal_the_originals_changes(tmp_path: Path, pg_url: str,
+                                                                              pipeline_name: str) -> None:
+    """Issue 9.1: the same pipeline file in two folders (two state stores, one slot name). The
+    copy confirms the shared slot past the original's checkpoint; the original must refuse
+    with advice instead of resuming from its own LSN and skipping what the copy took."""
+    import duckdb
+
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)",
+          "INSERT INTO a SELECT g, 'v' || g, g FROM generate_series(1, 5) g")
+
+    def write(folder: str) -> Path:
+        home = tmp_path / folder
+        home.mkdir()
+        data = {"pipeline": pipeline_name,
+                "source": {"type": "postgres", "url": pg_url, "streams": [{"table": "public.a", "mode": "log"}]},
+                "destinations": [{"name": "duck", "type": "duckdb", "path": str(home / "d.duckdb"), "write": "merge"}]}
+        f = home / "pipeline.yaml"
+        f.write_text(yaml.safe_dump(data))
+        return f
+
+    def run(f: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicant.cli", "run", str(f)], capture_output=True, text=True,
+                              timeout=120, cwd=f.parent)
+
+    def ids(f: Path) -> list[int]:
+        with duckdb.connect(str(f.parent / "d.duckdb"), read_only=True) as con:
+            return [r[0] for r in con.execute("SELECT id FROM a ORDER BY id").fetchall()]
+
+    original, copy = write("original"), write("copy")
+    p = run(original)
+    assert p.returncode == 0, p.stdout + p.stderr
+    _exec(pg_url, "INSERT INTO a VALUES (6, 'restart', 6)")
+    p = run(original)  # a normal restart resumes from its own checkpoint
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert ids(original) == [1, 2, 3, 4, 5, 6]
+
+    _exec(pg_url, "INSERT INTO a VALUES (7, 'taken by the copy', 7)")
+    p = run(copy)  # first run of the copy: it snapshots, then confirms the shared slot past the original
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert ids(copy) == [1, 2, 3, 4, 5, 6, 7]
+
+    _exec(pg_url, "INSERT INTO a VALUES (8, 'after', 8)")
+    p = run(original)
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode != 0, f"the original resumed past the changes the copy took: {ids(original)}\n{out}"
+    assert "another consumer" in out and "`slot:`" in out and "cdc uninstall" in out, out
+    assert 7 not in ids(original)  # refused, not half-delivered
+
+    # the documented way out: the copy gets its own slot, the original re-snapshots
+    p = subprocess.run([sys.executable, "-m", "replicant.cli", "cdc", "uninstall", str(original)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = run(original)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert ids(original) == [1, 2, 3, 4, 5, 6, 7, 8]

@@ -489,3 +489,79 @@ def test_hostile_and_long_identifiers(db: Db) -> None:
         trigger.acknowledge(src, s, _read(src, s, pos)[1])
         assert _shadow_count(db, src, s) == 0
         assert len(trigger.uninstall(src, [s])) == len(done)
+
+
+
+def test_a_second_pipeline_on_the_shadow_table_is_refused_not_silently_robbed(db: Db) -> None:
+    """Issue 9.1: two pipelines (two positions: a copy of the pipeline file run from another
+    folder has its own state) reading one shadow table. The reader purges what it
+    acknowledged, so the second one would delete rows the first has not read: it is
+    refused, and a purge by a pipeline that does not own the table deletes nothing."""
+    _tables(db)
+    src, st = _source(db)
+    items = st["items"]
+    with src:
+        trigger.install(src, [items])
+        _, pos_a = _read(src, items, None)  # the original's snapshot ...
+        _, pos_copy = _read(src, items, None)  # ... and the copy's, both before any acknowledgement
+        trigger.acknowledge(src, items, pos_a)  # the original's first purge claims the table
+        db.execute("UPDATE items SET qty = 100 WHERE id = 1")
+        with pytest.raises(FatalError, match=r"read by another pipeline.*cdc uninstall.*cdc install"):
+            list(trigger.read(src, items, None))  # the copy, started again from scratch
+        with pytest.raises(FatalError, match="read by another pipeline"):
+            list(trigger.read(src, items, pos_copy))  # the copy, resuming
+        trigger.acknowledge(src, items, {**pos_copy, "txid": 2**62, "seq": 2**62})  # a late purge of the copy
+        assert _shadow_count(db, src, items) > 0  # deleted nothing
+        got, pos_a = _read(src, items, pos_a)  # the original reads on, nothing lost
+        assert [(r["id"], r["qty"]) for b in got for r in b.data.to_pylist()] == [(1, 100)]
+        trigger.acknowledge(src, items, pos_a)
+        assert _shadow_count(db, src, items) == 0
+        # the documented hand-over: a new shadow table has no owner
+        trigger.uninstall(src, [items])
+        trigger.install(src, [items])
+        got, _ = _read(src, items, None)
+        assert sorted(r["id"] for b in got for r in b.data.to_pylist()) == list(range(1, 8))
+
+
+def test_a_copy_of_the_pipeline_in_another_folder_is_refused_end_to_end(pg_url: str, tmp_path: Path) -> None:
+    """Issue 9.1 through the command line: ``cdc install`` and runs of the original, then the
+    same pipeline file run from another folder (its own state) is refused with the message,
+    and the original goes on without losing a change."""
+    import subprocess
+    import sys
+
+    import duckdb
+    import yaml
+
+    db = Db("postgres", pg_url)
+    db.execute("CREATE TABLE tc (id integer PRIMARY KEY, v text)", "INSERT INTO tc VALUES (1, 'a'), (2, 'b')")
+
+    def write(folder: str) -> Path:
+        home = tmp_path / folder
+        home.mkdir()
+        f = home / "pipeline.yaml"
+        f.write_text(yaml.safe_dump({
+            "pipeline": "trigger_copy",
+            "source": {"type": "postgres", "url": pg_url, "streams": [{"table": "public.tc", "mode": "trigger"}]},
+            "destinations": [{"name": "duck", "type": "duckdb", "path": str(home / "d.duckdb"), "write": "merge"}]}))
+        return f
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicant.cli", *args], capture_output=True, text=True, timeout=120)
+
+    def rows(f: Path) -> list[tuple]:
+        with duckdb.connect(str(f.parent / "d.duckdb"), read_only=True) as con:
+            return con.execute("SELECT id, v FROM tc ORDER BY id").fetchall()
+
+    original, copy = write("original"), write("copy")
+    for args in (("cdc", "install", str(original)), ("run", str(original))):
+        p = cli(*args)
+        assert p.returncode == 0, p.stdout + p.stderr
+    db.execute("UPDATE tc SET v = 'A' WHERE id = 1")
+    p = cli("run", str(copy))
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode != 0 and "read by another pipeline" in out and "cdc uninstall" in out, out
+    db.execute("INSERT INTO tc VALUES (3, 'c')")
+    p = cli("run", str(original))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert rows(original) == [(1, "A"), (2, "b"), (3, "c")]

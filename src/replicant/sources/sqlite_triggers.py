@@ -42,6 +42,9 @@ class SQLiteTriggers(TriggerSQL):
             "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name IN (?, ?, ?)", tuple(self.triggers))
         return (m[1] if m else ""), found[0][0] == len(self.triggers)
 
+    def has_owner_table(self) -> bool:
+        return bool(self.src.fetchall("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (self.owner_name,)))
+
     def create(self, keys: list[Column]) -> list[str]:
         q = self.q
         install_id, _ = self.installed()
@@ -84,7 +87,7 @@ class SQLiteTriggers(TriggerSQL):
         have = {r[0] for r in self.src.fetchall(
             "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name IN (?, ?, ?)", tuple(self.triggers))}
         stmts = [f"DROP TRIGGER IF EXISTS {self.qualified(n)}" for n in self.triggers]
-        stmts.append(f"DROP TABLE IF EXISTS {self.shadow}")
+        stmts += [f"DROP TABLE IF EXISTS {self.shadow}", f"DROP TABLE IF EXISTS {self.owner_table}"]
         done = [f"dropped trigger {self.q(n)} on {self.base}" for n in self.triggers if n in have]
         if install_id is not None:
             done.append(f"dropped table {self.shadow}")

@@ -61,6 +61,16 @@ were not in the stream stay excluded) and later batches follow the new schema, f
 from batches in the old one. ``TRUNCATE`` sets ``ChangeSet.truncated``. An ``UPDATE`` that
 changes the primary key is emitted as a delete of the old key and an insert of the new row.
 
+Two readers of one server (say a copy of the pipeline file run from another folder, with
+its own state store and log) cannot take changes from each other, unlike two consumers of
+one PostgreSQL slot: reading the binlog consumes nothing on the server, each reader resumes
+from the position in its own state, and the server purges binlogs by age
+(``binlog_expire_logs_seconds``), never because a replica read them (a purged file is error
+1236 above: a clear refusal, not a silent skip). What a copy shares is the derived
+``server_id``: run *at the same time*, the server drops the older of the two connections,
+which reconnects (a ``RetriableError``) from its own position; give each its own
+``server_id:`` to run both. Tested by ``test_a_copy_reading_the_same_binlog_takes_nothing_from_the_original``.
+
 GTID positions are not used (file/pos work on MariaDB and MySQL alike; after a fail-over to
 another server a stream needs a new snapshot).
 

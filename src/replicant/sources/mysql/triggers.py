@@ -51,6 +51,11 @@ class MySQLTriggers(TriggerSQL):
             "AND TRIGGER_NAME IN (%s, %s, %s)", (schema, self.table, *names))
         return (m[1] if m else ""), {r[0] for r in found} == set(names)
 
+    def has_owner_table(self) -> bool:
+        return bool(list(self.src.fetchall(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (self.stream.table[0], self.owner_name))))
+
     def _existing_triggers(self) -> set[str]:
         rows = self.src.fetchall(
             "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s AND TRIGGER_NAME IN (%s, %s, %s)",
@@ -100,7 +105,7 @@ class MySQLTriggers(TriggerSQL):
             stmts.append(f"DROP TRIGGER IF EXISTS {self.qualified(name)}")
             if name in have:
                 done.append(f"dropped trigger {self.q(name)} on {self.base}")
-        stmts.append(f"DROP TABLE IF EXISTS {self.shadow}")
+        stmts += [f"DROP TABLE IF EXISTS {self.shadow}", f"DROP TABLE IF EXISTS {self.owner_table}"]
         if install_id is not None:
             done.append(f"dropped table {self.shadow}")
         self.execute(stmts)

@@ -236,6 +236,36 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                 raise RetriableError(f"replication slot {self.slot!r} is in use by process {pid} (another replicant run?)")
         return rows[0]
 
+    def _check_owner(self, resume: Position | None, confirmed: int) -> None:
+        """Refuses a slot confirmed beyond this pipeline's own ``(capture)`` checkpoint.
+
+        The engine confirms the slot only up to a position it saved as that checkpoint first
+        (:mod:`replicant.ingest`: log, checkpoint, then acknowledge), so for the pipeline whose
+        state store owns the slot ``confirmed_flush_lsn <= checkpoint`` always holds, a crash
+        or a lost acknowledgement included (the slot then lags, never leads). A slot ahead of
+        it was confirmed by another consumer, typically a copy of this pipeline file run from
+        another folder (same ``pipeline:``, so same slot name, its own state store): the
+        changes in between were delivered there, PostgreSQL has discarded them, and resuming
+        would silently skip them. Without a checkpoint (first run, or a crash before the first
+        one) every stream is snapshotted anyway, so nothing is lost to this pipeline.
+
+        Why no owner id: a slot has nowhere to carry one (no comment, no options), and keeping
+        it in a source table would need write access there; the LSN test detects exactly the
+        harmful case, for either copy, whichever runs second.
+        """
+        if resume is None or resume.get("lsn") is None:
+            return
+        own = int(resume["lsn"])
+        if confirmed <= own:
+            return
+        raise FatalError(
+            f"replication slot {self.slot!r} was confirmed up to {lsn_text(confirmed)}, beyond this pipeline's "
+            f"checkpoint {lsn_text(own)}: another consumer of the slot (a copy of this pipeline with its own "
+            "state folder, or another tool) took the changes in between, and PostgreSQL no longer has them for this pipeline. "
+            "Give each copy its own `slot:` and `publication:` in its source settings; then re-snapshot this "
+            "pipeline: `replicant cdc uninstall <pipeline file>` drops the slot and the publication, and the next "
+            "`replicant run` creates them again and snapshots every `mode: log` stream")
+
     # ------------------------------------------------------------------ install / status
 
     def check(self, streams: list[Stream]) -> list[str]:
@@ -336,6 +366,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                 point, snapshot_name = self._create_slot(exporter, self.slot, temporary=False)
                 start = point
             else:
+                self._check_owner(resume, parse_lsn(slot[2]) if slot[2] else 0)
                 start = max(int((resume or {}).get("lsn") or 0), parse_lsn(slot[2]) if slot[2] else 0)
                 for s in streams:
                     pos = positions.get(s.name)

@@ -45,6 +45,11 @@ class PostgresTriggers(TriggerSQL):
             "AND t.tgname = $3 AND t.tgenabled <> 'D'", (schema, self.table, self.trigger))
         return (m[1] if m else ""), bool(trig[0][0])
 
+    def has_owner_table(self) -> bool:
+        return bool(self.src.fetchall(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            (self.stream.table[0], self.owner_name)))
+
     def create(self, keys: list[Column]) -> list[str]:
         q = self.q
         done = []
@@ -101,7 +106,8 @@ END $replicant$""",
             stmts.append(f"DROP TRIGGER IF EXISTS {self.q(self.trigger)} ON {self.base}")
             if has_trigger:
                 done.append(f"dropped trigger {self.q(self.trigger)} on {self.base}")
-        stmts += [f"DROP FUNCTION IF EXISTS {self.function}()", f"DROP TABLE IF EXISTS {self.shadow}"]
+        stmts += [f"DROP FUNCTION IF EXISTS {self.function}()", f"DROP TABLE IF EXISTS {self.shadow}",
+                  f"DROP TABLE IF EXISTS {self.owner_table}"]
         if install_id is not None:
             done.append(f"dropped table {self.shadow}")
         self.execute(stmts)

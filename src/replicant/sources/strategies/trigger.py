@@ -66,7 +66,11 @@ from two ``UPDATE`` statements): reading the 100,000 changes took 1-3 s on Postg
 (its planner chooses hash joins once autovacuum has analysed the shadow table), 1.4 s on
 MariaDB 10.11 and 1.0 s on SQLite; the purge 0.2 s, 3.5 s (by key, see above) and 0.1 s.
 A shadow table serves one pipeline: two pipelines reading one table would purge each
-other's rows.
+other's rows. So the reader records itself: a stream read from the start gets an owner id
+(``"owner"`` in its positions) and its first acknowledgement claims the table with it
+(``_replicant_owner_T``); a read by any other id (a copy of the pipeline with its own
+state) is refused with a message, and a purge deletes only while its id is the table's
+(the condition is part of the ``DELETE``).
 
 While the snapshot runs, positions also hold ``"snapshot"``: the ``full`` position inside
 it (null before its first batch); the mark is kept in ``txid``/``seq``. Each batch's
@@ -80,6 +84,7 @@ uninstall and the install, and is refused with a message.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
@@ -111,7 +116,9 @@ def install(source: Any, streams: list[Stream]) -> list[str]:
     """
     done: list[str] = []
     for s in streams:
-        done += source.trigger_sql(s).create(_keys(source.columns(s), s))
+        d = source.trigger_sql(s)
+        done += d.create(_keys(source.columns(s), s))
+        d.create_owner_table()
     return done
 
 
@@ -142,6 +149,11 @@ def acknowledge(source: Any, stream: Stream, position: Position) -> None:
         gaps = position.get("gaps") or []
         if gaps:
             where += " AND NOT (" + " OR ".join(f"{q(SEQ)} BETWEEN {int(a)} AND {int(b)}" for a, b, _ in gaps) + ")"
+    if position.get("owner"):  # the first purge claims the table; another pipeline's purges delete nothing
+        if not d.has_owner_table():
+            return  # uninstalled meanwhile: nothing to purge
+        d.claim(str(position["owner"]))
+        where = f"({where}) AND {d.owned_by(str(position['owner']))}"
     d.purge(where)
 
 
@@ -173,8 +185,11 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
             f"stream's position (uninstall/install?), so changes in between are unknown; start the stream over "
             f"with a new snapshot (remove its checkpoint)"
         )
+    owner = _check_owner(ctx, pos)
     if pos is None:
-        pos = {"mode": "trigger", "install": install_id, **ctx.mark(), "snapshot": None}
+        pos = {"mode": "trigger", "install": install_id, "owner": owner, **ctx.mark(), "snapshot": None}
+    else:
+        pos["owner"] = owner
     if "snapshot" in pos:
         pos = yield from _snapshot(ctx, pos)
     if d.late_commits == "txid":
@@ -186,6 +201,32 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
 
 
 # ---------------------------------------------------------------------------- internals
+
+
+def _check_owner(ctx: _Ctx, pos: Position | None) -> str:
+    """The owner id this read carries in its positions; refuses when another pipeline reads
+    (so purges) the shadow table.
+
+    A stream's first acknowledgement claims the table for the id its positions carry
+    (:meth:`TriggerSQL.claim`, only while nobody has); from then on a read whose position
+    has another id, or none, or a read from the start (a copy of the pipeline file run from
+    another folder, with its own state) is refused before it reads anything, and a purge
+    deletes only while its id is the table's. A read from the start gets a new id, so two
+    snapshots before any acknowledgement do not stop each other. Positions written before
+    owners were recorded carry none: such a stream gets an id while nobody claimed the table.
+    """
+    current = ctx.d.owner()
+    mine = (pos or {}).get("owner")
+    if current is None or (mine is not None and current == mine):
+        return str(mine) if mine is not None else uuid.uuid4().hex[:16]
+    raise FatalError(
+        f"stream {ctx.stream.name!r} (mode: trigger): the shadow table {ctx.d.shadow} of {ctx.d.base} is read by "
+        "another pipeline (a copy of this pipeline file run from another folder, another pipeline with this table, "
+        "or this pipeline before its state was removed). Its acknowledgements purge the changes it read, so two "
+        "pipelines cannot share a shadow table: one of them would silently miss changes. Keep one reader (move the "
+        "other to `mode: log` or `cursor`); to hand the table to this pipeline, stop the other one and run "
+        "`replicant cdc uninstall` then `replicant cdc install` on this pipeline file (a new, empty shadow table "
+        "with no owner; this pipeline then snapshots the table again)")
 
 
 def _keys(columns: list[Column], stream: Stream) -> list[Column]:
@@ -322,7 +363,7 @@ def _changes_seq(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
 def _changes_pg(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
     """PostgreSQL: the closed set of rows with ``X <= txid < X2`` in seq order, then the next."""
     q = ctx.src.quote
-    base = {"mode": "trigger", "install": pos["install"]}
+    base = {"mode": "trigger", "install": pos["install"], "owner": pos["owner"]}
     x = int(pos["txid"])
     x2 = pos.get("upto")
     s = pos.get("seq") if x2 is not None else None
@@ -356,7 +397,7 @@ def _changes_mysql(ctx: _Ctx, pos: Position) -> Iterator[ReadBatch]:
     seq = int(pos["seq"])
     gaps: list[list[Any]] = [list(g) for g in pos.get("gaps") or []]
     def here(g: list[list[Any]]) -> Position:  # reads `seq` when called, as it advances
-        return {"mode": "trigger", "install": pos["install"], "seq": seq, "gaps": g}
+        return {"mode": "trigger", "install": pos["install"], "owner": pos["owner"], "seq": seq, "gaps": g}
 
     yielded_last = True
     if gaps:
