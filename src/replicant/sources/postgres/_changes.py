@@ -303,18 +303,23 @@ class _Changes:
         where = f"({names}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
         sql = self.source.select_sql(s, cols, [where])
         fetched = pa.Table.from_batches(list(self.source.query_batches(s, sql, cols, 10_000, params)), schema=s.schema)
+        # match by key only (a pyarrow join carries only flat non-key columns): each row's index
+        # into `fetched`, or null when its row is gone; the values are then `take`n, any type
         idx = pa.table({**{k: batch.column(k) for k in s.primary_key}, "__row": pa.array(np.arange(batch.num_rows))})
-        found = fetched.append_column("__found", pa.repeat(True, fetched.num_rows))
+        found = pa.table({**{k: fetched.column(k) for k in s.primary_key},
+                          "__found": pa.array(np.arange(fetched.num_rows))})
         joined = idx.join(found, keys=list(s.primary_key), join_type="left outer").sort_by("__row")
-        cols = list(batch.columns)
-        gone = np.zeros(batch.num_rows, dtype=bool)
-        hit = pc.fill_null(joined.column("__found"), False).to_numpy(zero_copy_only=False)
-        gone |= need & ~hit
+        at = joined.column("__found").combine_chunks()
+        gone = need & ~at.is_valid().to_numpy(zero_copy_only=False)
+        out = list(batch.columns)
+        rows_now = np.arange(batch.num_rows)
         for i, m in masks.items():
-            name = s.schema.field(i).name
-            cols[i] = pc.if_else(pa.array(m), joined.column(name).combine_chunks(), cols[i])
-        out = pa.RecordBatch.from_arrays(cols, schema=batch.schema)
-        return out.filter(pa.array(~gone)) if gone.any() else out
+            refetched = fetched.column(s.schema.field(i).name).take(at).combine_chunks()
+            # row r's value: refetched[r] where it was left out, else its own (a `take` from both)
+            both = pa.concat_arrays([out[i], refetched.cast(out[i].type)])
+            out[i] = both.take(pa.array(np.where(m, rows_now + batch.num_rows, rows_now)))
+        result = pa.RecordBatch.from_arrays(out, schema=batch.schema)
+        return result.filter(pa.array(~gone)) if gone.any() else result
 
 
 def _changes(old: pa.Schema, new: pa.Schema) -> str:
