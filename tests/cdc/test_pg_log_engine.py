@@ -266,3 +266,35 @@ def test_an_idle_pipeline_still_moves_its_slot(tmp_path: Path, pg_url: str, dest
             after_writes = int(c.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
         _wait(lambda: confirmed() >= after_writes, "the slot to move past WAL it has no changes in", timeout=30)
     assert out["r"].ok, out["r"].errors
+
+
+def test_follow_reconnects_after_the_source_crashes(tmp_path: Path, dest_url: str, unique_name: str) -> None:
+    """Issue 9 item 12: ``pg_ctl stop -m immediate`` on the source during ``--follow`` (the
+    capture used to catch ``pq.PQerror``, which psycopg does not have, and ended the run with an
+    AttributeError); the run reconnects once the server is back and converges."""
+    import servers
+
+    server = servers.start_postgres()  # its own server: crashing the session's would hit other tests
+    try:
+        server.create_database("src")
+        src_url = server.url("src")
+        _exec(src_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)",
+              "INSERT INTO a SELECT g, 'v' || g, g FROM generate_series(1, 20) g")
+        cfg = parse(_pipeline(f"crash_{unique_name}"[:40], src_url, dest_url, tmp_path, ["a"]), base_dir=tmp_path)
+        with _following(cfg) as out:
+            _wait(lambda: _same("postgres", dest_url, src_url, "a", A), "the snapshot")
+            _exec(src_url, "INSERT INTO a VALUES (21, 'before the crash', 21)")
+            _wait(lambda: _same("postgres", dest_url, src_url, "a", A), "a change before the crash")
+            server.crash()
+            time.sleep(2)  # the outage: the capture loses both connections and retries meanwhile
+            server.start()
+            _exec(src_url, "INSERT INTO a VALUES (22, 'after the crash', 22)", "UPDATE a SET v = 'changed' WHERE id = 1",
+                  "DELETE FROM a WHERE id = 2")
+            _wait(lambda: _same("postgres", dest_url, src_url, "a", A), "the changes after the restart", timeout=120)
+            ids = [r[0] for r in fetch("postgres", dest_url, "a", ["id"])]
+            assert 22 in ids and 2 not in ids
+        result: RunResult = out["r"]
+        assert result.ok, result.errors
+        assert _same("duckdb", str(tmp_path / "d.duckdb"), src_url, "a", A)
+    finally:
+        server.stop()
