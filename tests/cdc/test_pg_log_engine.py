@@ -298,3 +298,29 @@ def test_follow_reconnects_after_the_source_crashes(tmp_path: Path, dest_url: st
         assert _same("duckdb", str(tmp_path / "d.duckdb"), src_url, "a", A)
     finally:
         server.stop()
+
+
+def test_unchanged_toast_of_a_dropped_column_does_not_stop_the_other_stream(tmp_path: Path, pg_url: str, dest_url: str,
+                                                                           pipeline_name: str) -> None:
+    """Issue 9 item 3 in ``--follow``: an update left a TOASTed value out, then its column was
+    dropped. The other stream keeps flowing, and this one is snapshotted again (the capture
+    restarts) and converges, instead of the whole capture ending."""
+    big = "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 32768) g"
+    _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, big text, small int)", "ALTER TABLE t ALTER big SET STORAGE EXTERNAL",
+          f"INSERT INTO t VALUES (1, ({big}), 0), (2, 'short', 0)", "CREATE TABLE b (id int PRIMARY KEY, w text)",
+          "INSERT INTO b VALUES (1, 'one')")
+    cfg = parse(_pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["t", "b"]), base_dir=tmp_path)
+    cols = ["id", "small"]
+    with _following(cfg) as out:
+        _wait(lambda: _same("postgres", dest_url, pg_url, "t", cols) and _same("postgres", dest_url, pg_url, "b", B),
+              "the snapshot")
+        _exec(pg_url, "UPDATE t SET small = small + 1", "ALTER TABLE t DROP COLUMN big", "INSERT INTO b VALUES (2, 'two')")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "b", B), "stream b")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "t", cols), "stream t, snapshotted again")
+        _exec(pg_url, "UPDATE t SET small = 9 WHERE id = 2", "INSERT INTO b VALUES (3, 'three')")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "t", cols) and _same("postgres", dest_url, pg_url, "b", B),
+              "both streams after that")
+        assert fetch("postgres", dest_url, "t", cols) == [(1, 1), (2, 9)]
+    result: RunResult = out["r"]
+    assert result.ok, result.errors
+    assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "t", cols)
