@@ -243,7 +243,8 @@ class _Changes:
         missing = [f.name for f in t.stream.schema if f.name not in idx]
         if missing:
             raise FatalError(f"stream {t.stream.name!r}: column(s) {', '.join(map(repr, missing))} no longer exist in "
-                             f"{self._table(t.stream)}; exclude them or restore them")
+                             f"{self._table(t.stream)} (dropped or renamed during the run); run again: each run "
+                             "reads the table's columns anew")
         t.relation = rel
         t.index = [idx[f.name] for f in t.stream.schema]
         t.key_index = [idx[k] for k in t.key if k in idx]
