@@ -757,3 +757,22 @@ def test_unchanged_toast_of_a_column_dropped_since_snapshots_that_stream_again(p
     finally:
         src.uninstall([])
         src.close()
+
+
+def test_unchanged_toast_under_replica_identity_full_survives_a_later_drop(pg_url: str) -> None:
+    """Issue 9 item 3, where the value is in the log: under ``REPLICA IDENTITY FULL`` the old
+    row carries the TOASTed value, so a column dropped after the update changes nothing."""
+    _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, big text, small int)", "ALTER TABLE t ALTER big SET STORAGE EXTERNAL",
+          "ALTER TABLE t REPLICA IDENTITY FULL", f"INSERT INTO t VALUES (1, ({_BIG}), 0)")
+    src = _source(pg_url)
+    try:
+        log = Log(_streams(src, ["t"]))
+        log.run(src)
+        _exec(pg_url, "UPDATE t SET small = 1", "ALTER TABLE t DROP COLUMN big")
+        got = log.run(src)
+        (update,) = [r for cs in got if "t" in cs.batches for r in cs.batches["t"].to_pylist()]
+        assert (update["_op"], len(update["big"]), update["small"]) == ("update", 1_048_576, 1)
+        assert "snapshot" not in log.positions["t"]
+    finally:
+        src.uninstall([])
+        src.close()
