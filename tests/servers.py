@@ -118,6 +118,7 @@ class PgServer:
     bindir: Path | None = None
     _stopped: bool = field(default=False, repr=False)
     _watchdog: subprocess.Popen | None = field(default=None, repr=False)
+    _start_cmd: list[str] | None = field(default=None, repr=False)
 
     def url(self, dbname: str = "postgres") -> str:
         """Return ``postgresql://user@host:port/dbname`` for ``dbname``."""
@@ -158,6 +159,23 @@ class PgServer:
     def log_path(self) -> Path | None:
         """Server log file of a throwaway server."""
         return self.base_dir / "server.log" if self.base_dir else None
+
+    def crash(self) -> None:
+        """Stop a throwaway server the way a crash does (``pg_ctl stop -m immediate``: no
+        shutdown checkpoint, clients cut off); :meth:`start` brings it back (with crash recovery)."""
+        if self.base_dir is None or self.bindir is None or self._start_cmd is None:
+            raise RuntimeError("only a throwaway server can be crashed")
+        subprocess.run(_pg_stop_cmd(self.bindir, self.base_dir / "data", "immediate"),
+                       cwd=self.base_dir, capture_output=True, check=True)
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start a throwaway server again after :meth:`crash`, on the same port; returns
+        once it accepts connections."""
+        if self.base_dir is None or self._start_cmd is None:
+            raise RuntimeError("only a throwaway server can be started again")
+        log = self.base_dir / "server.log"
+        run_setup(self._start_cmd, cwd=self.base_dir, what="pg_ctl start", log=log)
+        wait_until(lambda: self.connect().close(), timeout, "PostgreSQL", log)
 
     def stop(self) -> None:
         """Stop a throwaway server (fast shutdown) and delete its directory.
@@ -216,11 +234,12 @@ def _start_postgres_once(timeout: float) -> PgServer:
         "-c max_replication_slots=20", "-c max_wal_senders=20", "-c fsync=on",
         "-c max_connections=200",
     ])
+    start = [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+             "-w", "-t", str(int(timeout)), "start"]
     server = PgServer(host="127.0.0.1", port=port, base_dir=base, bindir=bindir,
-                      _watchdog=start_watchdog("pg", base, _pg_stop_cmd(bindir, data, "fast")))
+                      _watchdog=start_watchdog("pg", base, _pg_stop_cmd(bindir, data, "fast")), _start_cmd=start)
     try:
-        run_setup([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-              "-w", "-t", str(int(timeout)), "start"], cwd=base, what="pg_ctl start", log=log)
+        run_setup(start, cwd=base, what="pg_ctl start", log=log)
         wait_until(lambda: server.connect().close(), timeout, "PostgreSQL", log)
     except BaseException as exc:
         # Leave the directory for inspection, but do not leave a server running.

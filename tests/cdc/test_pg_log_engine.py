@@ -323,3 +323,61 @@ def test_a_copy_in_another_folder_cannot_silently_steal_the_originals_changes(tm
     p = run(original)
     assert p.returncode == 0, p.stdout + p.stderr
     assert ids(original) == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_follow_reconnects_after_the_source_crashes(tmp_path: Path, dest_url: str, unique_name: str) -> None:
+    """Issue 9 item 12: ``pg_ctl stop -m immediate`` on the source during ``--follow`` (the
+    capture used to catch ``pq.PQerror``, which psycopg does not have, and ended the run with an
+    AttributeError); the run reconnects once the server is back and converges."""
+    import servers
+
+    server = servers.start_postgres()  # its own server: crashing the session's would hit other tests
+    try:
+        server.create_database("src")
+        src_url = server.url("src")
+        _exec(src_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)",
+              "INSERT INTO a SELECT g, 'v' || g, g FROM generate_series(1, 20) g")
+        cfg = parse(_pipeline(f"crash_{unique_name}"[:40], src_url, dest_url, tmp_path, ["a"]), base_dir=tmp_path)
+        with _following(cfg) as out:
+            _wait(lambda: _same("postgres", dest_url, src_url, "a", A), "the snapshot")
+            _exec(src_url, "INSERT INTO a VALUES (21, 'before the crash', 21)")
+            _wait(lambda: _same("postgres", dest_url, src_url, "a", A), "a change before the crash")
+            server.crash()
+            time.sleep(2)  # the outage: the capture loses both connections and retries meanwhile
+            server.start()
+            _exec(src_url, "INSERT INTO a VALUES (22, 'after the crash', 22)", "UPDATE a SET v = 'changed' WHERE id = 1",
+                  "DELETE FROM a WHERE id = 2")
+            _wait(lambda: _same("postgres", dest_url, src_url, "a", A), "the changes after the restart", timeout=120)
+            ids = [r[0] for r in fetch("postgres", dest_url, "a", ["id"])]
+            assert 22 in ids and 2 not in ids
+        result: RunResult = out["r"]
+        assert result.ok, result.errors
+        assert _same("duckdb", str(tmp_path / "d.duckdb"), src_url, "a", A)
+    finally:
+        server.stop()
+
+
+def test_unchanged_toast_of_a_dropped_column_does_not_stop_the_other_stream(tmp_path: Path, pg_url: str, dest_url: str,
+                                                                           pipeline_name: str) -> None:
+    """Issue 9 item 3 in ``--follow``: an update left a TOASTed value out, then its column was
+    dropped. The other stream keeps flowing, and this one is snapshotted again (the capture
+    restarts) and converges, instead of the whole capture ending."""
+    big = "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 32768) g"
+    _exec(pg_url, "CREATE TABLE t (id int PRIMARY KEY, big text, small int)", "ALTER TABLE t ALTER big SET STORAGE EXTERNAL",
+          f"INSERT INTO t VALUES (1, ({big}), 0), (2, 'short', 0)", "CREATE TABLE b (id int PRIMARY KEY, w text)",
+          "INSERT INTO b VALUES (1, 'one')")
+    cfg = parse(_pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["t", "b"]), base_dir=tmp_path)
+    cols = ["id", "small"]
+    with _following(cfg) as out:
+        _wait(lambda: _same("postgres", dest_url, pg_url, "t", cols) and _same("postgres", dest_url, pg_url, "b", B),
+              "the snapshot")
+        _exec(pg_url, "UPDATE t SET small = small + 1", "ALTER TABLE t DROP COLUMN big", "INSERT INTO b VALUES (2, 'two')")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "b", B), "stream b")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "t", cols), "stream t, snapshotted again")
+        _exec(pg_url, "UPDATE t SET small = 9 WHERE id = 2", "INSERT INTO b VALUES (3, 'three')")
+        _wait(lambda: _same("postgres", dest_url, pg_url, "t", cols) and _same("postgres", dest_url, pg_url, "b", B),
+              "both streams after that")
+        assert fetch("postgres", dest_url, "t", cols) == [(1, 1), (2, 9)]
+    result: RunResult = out["r"]
+    assert result.ok, result.errors
+    assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "t", cols)

@@ -185,7 +185,8 @@ class SQLSource(Source):
         if missing:
             raise FatalError(
                 f"stream {stream.name!r}: column(s) {', '.join(map(repr, missing))} no longer exist in "
-                f"{self.display(stream.table)}; exclude them or restore them"
+                f"{self.display(stream.table)} (dropped or renamed during the run); run again: each run "
+                "reads the table's columns anew"
             )
         return Plan(stream, [by_name[f.name] for f in stream.schema], by_name)
 

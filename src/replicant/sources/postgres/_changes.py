@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +27,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replicant.errors import FatalError
-from replicant.model import OP_DELETE, OP_INSERT, OP_UPDATE, SQL_TYPE_KEY, Stream
+from replicant.model import OP_DELETE, OP_INSERT, OP_UPDATE, SQL_TYPE_KEY, Position, Stream
 from replicant.sources.base import ChangeSet
 
 from .pgoutput import UNCHANGED, Relation, to_arrow
 
 if TYPE_CHECKING:
     from ._snapshot import _Snap
+
+_log = logging.getLogger(__name__)
+
+
+class _Gone(Exception):
+    """An update left TOASTed values out and the table no longer has their column(s) (dropped
+    or renamed since): their values at that point of the log can be read from nowhere."""
+
+    def __init__(self, columns: list[str]) -> None:
+        super().__init__(columns)
+        self.columns = columns
 
 
 @dataclass
@@ -149,6 +162,8 @@ class _Changes:
 
     source: Any
     config: Any
+    _table: Callable[[Stream], str]  #: the quoted table name (PgLogCapture's)
+    _again: set[str]  #: streams to snapshot again (:meth:`_flush`); their changes are skipped meanwhile
 
     def _describe(self, t: _Target, rel: Relation) -> Stream:
         """``t.stream`` as of ``rel`` (the table at this point of the log): the columns ``rel``
@@ -180,7 +195,18 @@ class _Changes:
             if c is None or current.get(name) != (typ, mod):
                 c = self._column(name, typ, mod, nullable=c.nullable if c is not None else True)
             columns.append(c)
-        described = self.source.describe(dataclasses.replace(table, columns=columns))
+        return self._chosen(s, self.source.describe(dataclasses.replace(table, columns=columns)))
+
+    def _as_now(self, s: Stream) -> Stream:
+        """``s`` described from the catalog as it is now (what a snapshot read now returns)."""
+        table = self.source.catalog(s.table)
+        if table is None:
+            raise FatalError(f"table {self._table(s)} does not exist (dropped or renamed?); fix `table:` of stream {s.name!r}")
+        return self._chosen(s, self.source.describe(table))
+
+    def _chosen(self, s: Stream, described: Stream) -> Stream:
+        """``described``'s columns filtered by ``s``'s ``include``/``exclude``; key, options and
+        schema metadata stay ``s``'s."""
         fields = list(described.schema)
         sc = self._stream_config(s)
         if sc is not None and sc.include:
@@ -217,7 +243,8 @@ class _Changes:
         missing = [f.name for f in t.stream.schema if f.name not in idx]
         if missing:
             raise FatalError(f"stream {t.stream.name!r}: column(s) {', '.join(map(repr, missing))} no longer exist in "
-                             f"{self._table(t.stream)}; exclude them or restore them")
+                             f"{self._table(t.stream)} (dropped or renamed during the run); run again: each run "
+                             "reads the table's columns anew")
         t.relation = rel
         t.index = [idx[f.name] for f in t.stream.schema]
         t.key_index = [idx[k] for k in t.key if k in idx]
@@ -244,16 +271,29 @@ class _Changes:
         ends = np.array(pending.ends, dtype=np.int64)
         stamps = np.array(pending.stamps, dtype=np.int64)
         batches = {}
+        again: dict[str, Position] = {}
         for name, rows in pending.rows.items():
             t = targets[name]
-            batch = self._batch(t, rows, ends, stamps)
+            try:
+                batch = self._batch(t, rows, ends, stamps)
+            except _Gone as e:
+                # the value is in no place we can read: this stream alone starts over from a new
+                # snapshot (the next capture sees its position's "snapshot" and truncates first)
+                _log.warning("stream %s: an update left TOASTed values of %s out, and %s no longer has that column "
+                             "(dropped or renamed since): the stream is snapshotted again (ALTER TABLE %s REPLICA "
+                             "IDENTITY FULL carries such values in the log)", name, ", ".join(e.columns),
+                             self._table(t.stream), self._table(t.stream))
+                self._again.add(name)
+                again[name] = {"lsn": pending.last_end, "snapshot": {"after": None}}
+                batches[name] = pa.RecordBatch.from_pylist([], schema=t.stream.change_schema)
+                continue
             if window is not None and name in window[1] and any(rows.window):
                 batch = self._window_filter(batch, rows, window[1][name], t)
             batches[name] = batch
         for name in pending.truncated:
             if name not in batches:
                 batches[name] = pa.RecordBatch.from_pylist([], schema=targets[name].stream.change_schema)
-        return ChangeSet(batches, {"lsn": pending.last_end}, None, frozenset(pending.truncated))
+        return ChangeSet(batches, {"lsn": pending.last_end}, again or None, frozenset(pending.truncated))
 
     def _batch(self, t: _Target, rows: _Rows, ends: np.ndarray, stamps: np.ndarray) -> pa.RecordBatch:
         s = t.stream
@@ -289,10 +329,15 @@ class _Changes:
             need |= m
         rows = np.nonzero(need)[0]
         keys = batch.select(list(s.primary_key)).take(pa.array(rows))
-        cols = self.source.columns(s)
-        by_name = {c.name: c for c in cols}
+        table = self.source.catalog(s.table)
+        now = {c.name: c for c in table.columns} if table is not None else {}
+        left_out = [s.schema.field(i).name for i in masks]
+        gone = [n for n in (*s.primary_key, *left_out) if n not in now]
+        if gone:
+            raise _Gone(gone)
         params: list[Any] = []
-        kcols = [by_name[k] for k in s.primary_key]
+        kcols = [now[k] for k in s.primary_key]
+        cols = kcols + [now[n] for n in left_out if n not in s.primary_key]
         arrays = []
         for c in kcols:
             texts = keys.column(c.name).cast(pa.string()).to_pylist() if not pa.types.is_binary(c.arrow) else \
@@ -302,19 +347,25 @@ class _Changes:
         names = ", ".join(f"t.{self._qi(c.name)}" for c in kcols)
         where = f"({names}) IN (SELECT * FROM unnest({', '.join(arrays)}))"
         sql = self.source.select_sql(s, cols, [where])
-        fetched = pa.Table.from_batches(list(self.source.query_batches(s, sql, cols, 10_000, params)), schema=s.schema)
+        got = list(self.source.query_batches(s, sql, cols, 10_000, params))
+        fetched = pa.Table.from_batches(got) if got else pa.schema([c.field() for c in cols]).empty_table()
+        # match by key only (a pyarrow join carries only flat non-key columns): each row's index
+        # into `fetched`, or null when its row is gone; the values are then `take`n, any type
         idx = pa.table({**{k: batch.column(k) for k in s.primary_key}, "__row": pa.array(np.arange(batch.num_rows))})
-        found = fetched.append_column("__found", pa.repeat(True, fetched.num_rows))
+        found = pa.table({**{k: fetched.column(k) for k in s.primary_key},
+                          "__found": pa.array(np.arange(fetched.num_rows))})
         joined = idx.join(found, keys=list(s.primary_key), join_type="left outer").sort_by("__row")
-        cols = list(batch.columns)
-        gone = np.zeros(batch.num_rows, dtype=bool)
-        hit = pc.fill_null(joined.column("__found"), False).to_numpy(zero_copy_only=False)
-        gone |= need & ~hit
+        at = joined.column("__found").combine_chunks()
+        lost = need & ~at.is_valid().to_numpy(zero_copy_only=False)
+        out = list(batch.columns)
+        rows_now = np.arange(batch.num_rows)
         for i, m in masks.items():
-            name = s.schema.field(i).name
-            cols[i] = pc.if_else(pa.array(m), joined.column(name).combine_chunks(), cols[i])
-        out = pa.RecordBatch.from_arrays(cols, schema=batch.schema)
-        return out.filter(pa.array(~gone)) if gone.any() else out
+            refetched = fetched.column(s.schema.field(i).name).take(at).combine_chunks()
+            # row r's value: refetched[r] where it was left out, else its own (a `take` from both)
+            both = pa.concat_arrays([out[i], refetched.cast(out[i].type)])
+            out[i] = both.take(pa.array(np.where(m, rows_now + batch.num_rows, rows_now)))
+        result = pa.RecordBatch.from_arrays(out, schema=batch.schema)
+        return result.filter(pa.array(~lost)) if lost.any() else result
 
 
 def _changes(old: pa.Schema, new: pa.Schema) -> str:

@@ -63,7 +63,12 @@ Values: see :mod:`replicant.sources.postgres.pgoutput`. Deletes under ``REPLICA 
 the key columns only (others null); under ``FULL`` every column. An update whose TOASTed
 values did not change carries them as "unchanged": under ``FULL`` they are taken from the old
 row; otherwise the rows are re-read by key (current values; a row gone since is dropped from
-the batch, its delete follows in the log). An update that changes the key is emitted as a
+the batch, its delete follows in the log). When such a column was dropped or renamed since,
+its value is in no place the capture can read: that stream alone gets an empty batch whose
+position asks for a new snapshot (``{"lsn": N, "snapshot": {"after": None}}``), its later
+changes are skipped, and it is snapshotted again (after a truncate marker, as its table is
+now) by the next capture — at once when following (the capture ends with a
+``RetriableError`` and is restarted), else by the next run; other streams go on. An update that changes the key is emitted as a
 delete of the old key followed by the update. Tables without a primary key need
 ``REPLICA IDENTITY FULL`` (or ``USING INDEX``): without it PostgreSQL would reject their
 updates once published.
@@ -123,6 +128,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
         self._sent_flush = 0
         self._last_status = 0.0
         self._in_snapshot = False
+        self._again: set[str] = set()
 
     # ------------------------------------------------------------------ names
 
@@ -345,6 +351,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                 follow: bool, stop: threading.Event) -> Iterator[ChangeSet]:
         """See :meth:`replicant.sources.base.Source.capture` and the module docstring."""
         positions = dict(positions)
+        self._again = set()
         if not streams:
             return
         self._check_ready()
@@ -380,6 +387,9 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                     point, snapshot_name = self._create_slot(exporter, f"replicant_tmp_{uuid.uuid4().hex[:12]}", temporary=True)
             if snaps:
                 self._begin_snapshot(snapshot_name)
+                # a stream snapshotted again (its column dropped, say) is read as its table is now
+                streams = [self._as_now(s) if snaps.get(s.name, _Snap()).truncate else s for s in streams]
+                targets = {s.name: _Target(s, s.primary_key) for s in streams}
         finally:
             # the imported snapshot lives on in the reading transaction; a temporary slot goes
             self._finish(exporter)
@@ -406,6 +416,10 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
             return
         yield from self._stream(targets, positions, pos, until=None if follow else target_lsn, follow=follow,
                                 stop=stop, window=None)
+        if self._again and follow and not stop.is_set():
+            # the caller starts the capture again from what is durable: it snapshots them
+            raise RetriableError(f"stream(s) {', '.join(sorted(self._again))} must be snapshotted again; "
+                                 "restarting the capture")
 
     # ------------------------------------------------------------------ streaming
 
@@ -438,6 +452,8 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                 while True:
                     if stop.is_set() and not in_txn:
                         break
+                    if self._again and follow and not in_txn and not pending:
+                        break  # a stream must be snapshotted again: `capture` restarts
                     with self._io:
                         n, data = conn.get_copy_data(1)
                         if n == 0:
@@ -527,7 +543,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                         self._bind(t, rel)
                     elif kind in ("I", "U", "D"):
                         t = by_oid.get(msg[1])
-                        if t is None:
+                        if t is None or t.stream.name in self._again:  # skipped until snapshotted again
                             continue
                         name = t.stream.name
                         use = skip.get(name)
@@ -540,7 +556,7 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                     elif kind == "T":
                         for oid in msg[1]:
                             t = by_oid.get(oid)
-                            if t is None:
+                            if t is None or t.stream.name in self._again:
                                 continue
                             use = self._wanted(t.stream.name, final, floor, window, truncate=True)
                             if use is not False:
