@@ -40,23 +40,16 @@ with no batches carries the walsender's ``wal_end`` so an idle database (or one 
 databases write) does not retain WAL without bound; ``follow=False`` ends with one too.
 
 Schema changes: pgoutput sends a ``Relation`` message before a table's first change in a
-session and again after its columns changed, describing the table as of that point of the
-log. When its columns, types or type modifiers differ from the ones the stream was last
-described from, the table is described again by the source's own discovery (so types and
-``replicant.sql_type`` metadata are those a fresh ``discover()`` gives; a column whose type
-in the catalog has moved on since is described from the message's type instead), keeping
-the stream's key, options, ``include``/``exclude`` and schema metadata, and the table's
+session and again after its columns changed. When columns, types or type modifiers differ
+from the ones the stream was last described from, the table is described again by the
+source's own discovery (keeping the stream's key, options, ``include``/``exclude``), and its
 following changes are emitted in that schema: a new column appears, a dropped one is gone
-(destinations keep it and write NULL), a changed type has its new type. Whether a
-destination can follow is its ``evolve``'s decision. Change sets never split a
-transaction, and a stream has one schema per change set, so at a change the committed
-transactions read so far are yielded first (their rows keep the old schema); rows of the
-*same* transaction that came before the change are emitted in the new schema (a new
-column null, values read as the column's new type). The current schema of every stream is
-kept for the whole capture; a restart starts from the streams the engine discovered, and
-the first ``Relation`` of each table is checked against them (a restart re-reading changes
-from before an ``ALTER`` emits them in the schema they had). Not carried by the log: a
-default of an added column (rows written before the ``ALTER`` stay NULL in it at the
+(destinations keep it and write NULL), a changed type has its new type; whether a destination
+can follow is its ``evolve``'s decision. Change sets never split a transaction and a stream
+has one schema per change set, so at a change the transactions read so far are yielded first;
+rows of the *same* transaction before the change are emitted in the new schema. A restart
+checks each table's first ``Relation`` against the discovered streams. Not carried by the
+log: a default of an added column (rows written before the ``ALTER`` stay NULL in it at the
 destination), and renames (a drop and an add, which destinations refuse to guess).
 
 Values: see :mod:`replicant.sources.postgres.pgoutput`. Deletes under ``REPLICA IDENTITY DEFAULT`` carry
@@ -68,8 +61,8 @@ its value is in no place the capture can read: that stream alone gets an empty b
 position asks for a new snapshot (``{"lsn": N, "snapshot": {"after": None}}``), its later
 changes are skipped, and it is snapshotted again (after a truncate marker, as its table is
 now) by the next capture — at once when following (the capture ends with a
-``RetriableError`` and is restarted), else by the next run; other streams go on. An update that changes the key is emitted as a
-delete of the old key followed by the update. Tables without a primary key need
+``RetriableError`` and is restarted), else by the next run; other streams go on. An update
+that changes the key is emitted as a delete of the old key followed by the update. Tables without a primary key need
 ``REPLICA IDENTITY FULL`` (or ``USING INDEX``): without it PostgreSQL would reject their
 updates once published.
 
