@@ -159,11 +159,13 @@ class Engine:
         result.run_id = run_id
         self.observer.run_started(self.config.pipeline, run_id, command)
         status = "failed"
-        planner = None
         destinations: list[Any] = []
         try:
-            planner = self.new_source()
-            streams = self.streams(planner)
+            planner = self.new_source()  # discovery only: the stream tasks open their own
+            try:
+                streams = self.streams(planner)
+            finally:
+                _close_quietly(planner)
             destinations = self._destinations_factory(lambda dcfg: self._destination_context(state, dcfg.name, result))
             self._run(streams, destinations, state, lg, result, report, follow)
             self._apply_retention(lg, streams)
@@ -180,8 +182,6 @@ class Engine:
                              rows=sum(result.rows_read.values()))
             for d in destinations:
                 _close_quietly(d)
-            if planner is not None:
-                _close_quietly(planner)
             self._close_parts(state, lg)
             self.observer.run_finished(result, status)
 

@@ -142,8 +142,6 @@ class StreamTasks:
         ]
         for w in workers:
             w.start()
-        stopper = threading.Thread(target=self._wake_on_stop, name="stream-stop", daemon=True)
-        stopper.start()
         for w in workers:
             w.join()
         with self._cond:
@@ -152,13 +150,9 @@ class StreamTasks:
             self._due.clear()
             self._cond.notify_all()
 
-    def _wake_on_stop(self) -> None:
-        self.stop.wait()
-        with self._cond:
-            self._cond.notify_all()
-
     def _next(self) -> Stream | None:
-        """The next due stream, waiting for it; None when there is nothing left to do."""
+        """The next due stream, waiting for it; None when there is nothing left to do or
+        ``stop`` is set (checked at least every half second)."""
         with self._cond:
             while True:
                 if self.stop.is_set():
