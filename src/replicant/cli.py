@@ -218,6 +218,8 @@ def replay(
         t.add_row(s, f"{n:,}")
     out.print(t)
     _report_dead_letters(result)
+    for w in result.warnings:
+        err.print(f"warning: {w}".replace("PIPELINE.yml", str(pipeline)), markup=False)
 
 
 def _parse_since(text: str) -> Any:
