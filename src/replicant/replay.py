@@ -81,7 +81,7 @@ def replay_into(
                     f"to {dest.name}, and a later `run` will not deliver them (it goes on from the log's end); to "
                     f"fill them: `replicant replay PIPELINE.yml --destination {dest.name} --from-start`"
                 )
-                log.warning("%s", msg)
+                log.info("%s", msg)  # a warning through the result: the CLI prints it once
                 result.warnings.append(msg)
         w = StreamWriter(dest, stream, lg, state, config.pipeline, observer.rows_written, start=first)
         w.step(end)
