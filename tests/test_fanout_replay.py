@@ -227,6 +227,35 @@ def test_replay_cli_needs_exactly_one_starting_point(tmp_path: Path) -> None:
     assert "items" in p.stdout
 
 
+def test_replay_since_into_an_empty_destination_warns_of_the_gap_and_how_to_fill_it(tmp_path: Path) -> None:
+    """Issue 9 item 9: a replay from an offset or a time into a destination that has not
+    applied what lies before it moves its offset past a gap no later ``run`` fills; the CLI
+    and the ``RunResult`` say so, with the command that fills it."""
+    src = tmp_path / "src.db"
+    _source_db(src, n=2000)
+    d = {"name": "d", "type": "duckdb", "path": "d.duckdb", "write": "merge"}
+    e = {"name": "e", "type": "duckdb", "path": "e.duckdb", "write": "merge"}
+    g = {"name": "g", "type": "duckdb", "path": "g.duckdb", "write": "merge"}
+    f = tmp_path / "p.yml"
+    f.write_text(yaml.safe_dump(_pipeline(tmp_path, src, [d])))
+    cli = [sys.executable, "-m", "replicant.cli"]
+    assert subprocess.run([*cli, "run", str(f)], capture_output=True, text=True, cwd=tmp_path).returncode == 0
+    f.write_text(yaml.safe_dump(_pipeline(tmp_path, src, [d, e, g])))  # a new, empty destination
+    p = subprocess.run([*cli, "replay", str(f), "--destination", "e", "--offset", "1500"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    said = " ".join((p.stdout + p.stderr).split())
+    assert "items" in said and "1,500 records" in said and "not delivered" in said, said
+    assert "replicant replay" in said and "--destination e --from-start" in said, said
+    cfg = parse(yaml.safe_load(f.read_text()), base_dir=tmp_path)
+    r = Engine(cfg).replay("g", start="offset", offset=1500)
+    assert [w for w in r.warnings if "items" in w and "--destination g --from-start" in w], r.warnings
+    assert not [w for w in r.warnings if "tags" in w], "nothing of tags was delivered: no gap"
+    r = Engine(cfg).replay("g", start="start")  # what the warning says fills the gap
+    assert not r.warnings
+    assert _same("duckdb", str(tmp_path / "g.duckdb"), src)
+
+
 # ---------------------------------------------------------------- --follow from the CLI
 
 

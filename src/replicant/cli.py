@@ -218,6 +218,8 @@ def replay(
         t.add_row(s, f"{n:,}")
     out.print(t)
     _report_dead_letters(result)
+    for w in result.warnings:
+        err.print(f"warning: {w}".replace("PIPELINE.yml", str(pipeline)), markup=False)
 
 
 def _parse_since(text: str) -> Any:
@@ -281,7 +283,7 @@ def status(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Per stream: rows and position; per destination: applied offset and lag."""
+    """Per stream: rows and position; per destination: applied offset, lag and paused streams (with why)."""
     from replicant.engine import Engine
 
     try:
@@ -319,6 +321,10 @@ def status(
     for ds in st.destinations:
         d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}")
     out.print(d)
+    for ds in st.destinations:
+        if ds.paused:
+            out.print(f"paused: {ds.destination} / {ds.stream} since {ds.paused_at:%Y-%m-%d %H:%M:%S} UTC: {ds.paused}",
+                      markup=False)
 
 
 def _short(position: Any) -> str:

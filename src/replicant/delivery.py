@@ -37,7 +37,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from replicant.errors import ConfigError, FatalError, SchemaDriftError
+from replicant.errors import ConfigError, FatalError, SchemaDriftError, redact
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Stream, data_schema
 from replicant.results import RunError
@@ -86,6 +86,7 @@ class StreamWriter:
         self.rows = 0
         self.unmirrored: int | None = None
         self.mirrored_at = 0.0
+        self.resumed = False
         self.offset = self._first_offset() if start is None else start
         if start is None:
             self.stream = self._applied_version(stream)
@@ -210,6 +211,7 @@ class StreamWriter:
         last = rec.offset + batch.num_rows - 1
         self.dest.write(self.stream, pa.Table.from_batches([batch]), last_offset=last)
         self._save(last)
+        self._resume()
         self.rows += batch.num_rows
         self.on_rows(self.dest.name, self.stream.name, batch.num_rows)
 
@@ -227,7 +229,14 @@ class StreamWriter:
         self.rows += n
         if n:
             self.on_rows(self.dest.name, self.stream.name, n)
+            self._resume()
         self.pending, self.pending_rows, self.last = [], 0, None
+
+    def _resume(self) -> None:
+        """A delivery succeeded: a pause of this stream recorded for ``status`` is over."""
+        if not self.resumed:
+            self.state.resume_stream(self.pipeline, self.dest.name, self.stream.name, tenant=self.stream.tenant)
+            self.resumed = True
 
     def _save(self, offset: int) -> None:
         """Non-transactional: the state store holds the truth."""
@@ -314,6 +323,21 @@ class Delivery:
         log.debug("delivery failed", exc_info=e)
         self.on_error(RunError("delivery", str(e), stream=stream.name if stream else None, destination=self.dest.name))
 
+    def _pause(self, stream: Stream, e: BaseException) -> None:
+        """``stream`` waits for the user at this destination (the others go on): say so now, in
+        the log and in the state store, where ``replicant status`` shows it from any process."""
+        reason = redact(str(e))
+        log.warning(
+            "destination %s paused stream %s: %s. The other streams go on; this one stays paused (shown by "
+            "`replicant status`) until it is delivered again: fix the cause, then run or replay as the reason says.",
+            self.dest.name, stream.name, reason,
+        )
+        try:
+            self.state.pause_stream(self.pipeline, self.dest.name, stream.name, reason, tenant=stream.tenant)
+        except Exception:  # the pause is reported through on_error as well
+            log.warning("could not record the pause of %s in the state store", stream.name, exc_info=True)
+        self._fail(stream, e)
+
     def _open(self) -> None:
         self.dest.close()  # after a failure: a fresh connection
         self.dest.open()
@@ -345,7 +369,7 @@ class Delivery:
                         self.written[s.name] += w.rows - before
                     except (SchemaDriftError, FatalError, ConfigError) as e:
                         paused.add(s.name)  # this stream waits for the user; the others go on
-                        self._fail(s, e)
+                        self._pause(s, e)
                 failures = 0
             except Exception as e:  # noqa: BLE001 - a failing destination must not stop the others
                 if not self.follow:

@@ -4,6 +4,14 @@
 record at or after a time. A ``merge`` destination ends as it was (upserts by key are
 idempotent); a non-transactional one (HTTP, files, NATS) is re-sent whole log records, so
 its idempotency keys and file names repeat those of the first delivery.
+
+A replay from an offset or a time into a destination that has not applied the records before
+that point (a new, empty destination, or one far behind) leaves them out for good: the
+destination's applied offset moves to the log's end, so a later ``run`` goes on from there and
+never fills the gap. Replay does what it was asked, and says so: a warning per stream (in the
+CLI's output and in :attr:`RunResult.warnings`) names the records not delivered and the command
+that fills them, ``replicant replay --destination NAME --from-start`` (a merge destination ends
+as it would have; an append one gets the replayed range twice).
 """
 
 from __future__ import annotations
@@ -65,10 +73,30 @@ def replay_into(
             next(iter(lg.read(name, first, end=first + 1)), None)  # raises, naming what the log holds
         if not dest.capabilities.transactional and first < end:
             first = record_start(lg, name, first)  # requests and files are cut from whole records
+        if first < end:
+            gap = _gap(dest, stream, state, config.pipeline, lg.start_offset(name), first)
+            if gap:
+                msg = (
+                    f"{gap:,} records of {stream.name} before offset {first} (the replay's start) were not delivered "
+                    f"to {dest.name}, and a later `run` will not deliver them (it goes on from the log's end); to "
+                    f"fill them: `replicant replay PIPELINE.yml --destination {dest.name} --from-start`"
+                )
+                log.info("%s", msg)  # a warning through the result: the CLI prints it once
+                result.warnings.append(msg)
         w = StreamWriter(dest, stream, lg, state, config.pipeline, observer.rows_written, start=first)
         w.step(end)
         w.flush_mirror()
         result.rows_written.setdefault(dest.name, {})[stream.name] = w.rows
+
+
+def _gap(dest: Any, stream: Any, state: Any, pipeline: str, log_start: int, first: int) -> int:
+    """How many log offsets before ``first`` (and still in the log) ``dest`` has not applied."""
+    if dest.capabilities.transactional:
+        applied = dest.applied_offset(stream)
+    else:
+        off = state.offsets(pipeline, tenant=stream.tenant).get((dest.name, stream.name))
+        applied = off.offset if off else -1
+    return max(first - max(applied + 1, log_start), 0)
 
 
 def record_start(lg: Log, stream: str, offset: int) -> int:

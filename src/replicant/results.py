@@ -60,6 +60,8 @@ class RunResult:
         rows_written: per destination, per stream, rows applied in this run.
         errors: every failure, structured (``str(error)`` is a one-line message).
         dead_letters: per destination, per stream, records rejected in this run.
+        warnings: what the run did that the user may not expect (e.g. a replay that left
+            records undelivered), each a one-line message naming what to do.
         seconds: wall time of the run.
         run_id: the run's id in the state store.
     """
@@ -69,6 +71,7 @@ class RunResult:
     rows_written: dict[str, dict[str, int]] = field(default_factory=dict)
     errors: list[RunError] = field(default_factory=list)
     dead_letters: dict[str, dict[str, int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     run_id: int | None = None
 

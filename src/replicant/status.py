@@ -52,6 +52,10 @@ class DestinationStatus:
         tenant: its tenant, if any.
         applied_offset: the last log offset it applied (-1: none yet).
         lag: log offsets (rows and markers) it has still to apply.
+        paused: why this destination paused the stream (schema drift, a fatal delivery
+            error), or None; it stays paused until a delivery of it succeeds (a run after the
+            fix, or a replay).
+        paused_at: when it paused, or None.
     """
 
     destination: str
@@ -59,6 +63,8 @@ class DestinationStatus:
     tenant: str | None
     applied_offset: int
     lag: int
+    paused: str | None = None
+    paused_at: datetime | None = None
 
 
 @dataclass
@@ -124,7 +130,11 @@ def collect(config: Any, *, state: Any, log: Any, source_facts: dict[str, Any] |
                     continue
                 off = ts.offsets.get((d.name, s))
                 applied = off.offset if off else -1
-                status.destinations.append(DestinationStatus(d.name, s, tenant, applied, max(ends[s] - 1 - applied, 0)))
+                pause = ts.paused.get((d.name, s))
+                status.destinations.append(DestinationStatus(
+                    d.name, s, tenant, applied, max(ends[s] - 1 - applied, 0),
+                    paused=redact(pause.reason) if pause else None, paused_at=pause.paused_at if pause else None,
+                ))
         if capture is not None and tenant is None:
             status.capture = {"position": capture.position, "updated_at": capture.updated_at}
     return status

@@ -13,6 +13,8 @@ DuckDB only after the stop (an in-process reader would share the open file's loc
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psycopg
 import pytest
 import yaml
@@ -207,6 +210,50 @@ def test_incompatible_change_pauses_only_that_stream(tmp_path: Path, pg_url: str
     assert all(str(e).startswith(f"destination {e.destination}, stream {e.stream}: ") for e in result.errors)
     assert _same("duckdb", str(tmp_path / "d.duckdb"), pg_url, "b", B)
     assert fetch("duckdb", str(tmp_path / "d.duckdb"), "a", ["id", "n"]) == [(1, 1)]
+
+
+def test_a_paused_stream_is_logged_and_shown_by_status_while_follow_runs(
+        tmp_path: Path, pg_url: str, dest_url: str, pipeline_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 9 item 14: schema drift pauses stream a at both destinations during ``--follow``: a
+    WARNING says so at once, and ``status`` (``--json`` and the table) from another process shows
+    it paused with the reason, per destination, until a delivery of it succeeds (a replay)."""
+    _exec(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)", "CREATE TABLE b (id int PRIMARY KEY, w text)",
+          "INSERT INTO a VALUES (1, 'one', 1)", "INSERT INTO b VALUES (1, 'one')")
+    data = _pipeline(pipeline_name, pg_url, dest_url, tmp_path, ["a", "b"])
+    f = tmp_path / "p.yml"
+    f.write_text(yaml.safe_dump(data))
+    cfg = parse(data, base_dir=tmp_path)
+    cli = [sys.executable, "-m", "replicant.cli"]
+
+    def status() -> dict:
+        p = subprocess.run([*cli, "status", str(f), "--json"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def paused(st: dict) -> dict[tuple[str, str], str]:
+        return {(d["destination"], d["stream"]): d["paused"] for d in st["destinations"] if d["paused"]}
+
+    caplog.set_level(logging.WARNING, logger="replicant")
+    with _following(cfg):
+        _wait(lambda: all(_same("postgres", dest_url, pg_url, t, c) for t, c in (("a", A), ("b", B))), "the snapshot")
+        assert not paused(status())
+        _exec(pg_url, "ALTER TABLE a ALTER COLUMN n TYPE text", "INSERT INTO a VALUES (2, 'two', 'not a number')",
+              "INSERT INTO b VALUES (2, 'two')")
+        _wait(lambda: len(paused(status())) == 2, "status to show stream a paused at both destinations")
+        st = paused(status())  # from another process, while follow runs
+        assert set(st) == {("pg", "public.a"), ("duck", "public.a")}, st
+        assert all("column n changed from" in reason and "replay" in reason for reason in st.values()), st
+        table = subprocess.run([*cli, "status", str(f)], capture_output=True, text=True, timeout=60)
+        said = " ".join(table.stdout.split())
+        assert "paused: pg / public.a since" in said and "paused: duck / public.a since" in said, table.stdout
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING and "paused stream public.a" in r.getMessage()]
+        assert {r.getMessage().split()[1] for r in warned} == {"pg", "duck"}, [r.getMessage() for r in caplog.records]
+        assert all("column n changed from" in r.getMessage() and "replicant status" in r.getMessage() for r in warned)
+    # resumed at duck by a successful replay into a table rebuilt from the log; still paused at pg
+    with duckdb.connect(str(tmp_path / "d.duckdb")) as c:
+        c.execute("DROP TABLE a")
+    assert Engine(cfg).replay("duck", start="start").rows_written["duck"]["public.a"] > 0
+    assert set(paused(status())) == {("pg", "public.a")}
 
 
 def test_status_shows_the_slot_lag_after_a_run(tmp_path: Path, pg_url: str, dest_url: str, pipeline_name: str) -> None:

@@ -89,8 +89,23 @@ def test_open_creates_prefixed_tables_and_reopen_is_idempotent(store_url: str) -
         "replicant_offsets",
         "replicant_dead_letters",
         "replicant_leases",
+        "replicant_paused",
     }
     assert sorted(versions) == list(range(1, LATEST + 1))
+
+
+def test_a_paused_stream_is_kept_per_destination_until_resumed(store_url: str) -> None:
+    with StateStore(store_url) as store:
+        store.pause_stream("p", "d1", "s", "column n changed", tenant="acme")
+        store.pause_stream("p", "d1", "s", "column n changed again", tenant="acme")  # the newest reason
+        store.pause_stream("p", "d2", "s", "fatal")
+        state = store.pipeline_state("p")
+        assert state.tenant("acme").paused[("d1", "s")].reason == "column n changed again"
+        assert list(state.tenant(None).paused) == [("d2", "s")]
+        store.resume_stream("p", "d1", "s", tenant="acme")
+        store.resume_stream("p", "d1", "s", tenant="acme")  # no pause: a no-op
+        assert not store.pipeline_state("p").tenant("acme").paused
+        assert list(store.pipeline_state("p").tenant(None).paused) == [("d2", "s")]
 
 
 def test_store_written_by_newer_replicant_is_refused(store_url: str) -> None:

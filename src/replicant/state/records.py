@@ -13,7 +13,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from replicant.model import Position
 
-__all__ = ["ALL_TENANTS", "AllTenants", "Checkpoint", "DestinationOffset", "TenantState", "PipelineState"]
+__all__ = ["ALL_TENANTS", "AllTenants", "Checkpoint", "DestinationOffset", "Pause", "TenantState", "PipelineState"]
 
 
 class _All(enum.Enum):
@@ -54,6 +54,13 @@ class DestinationOffset(NamedTuple):
     updated_at: datetime
 
 
+class Pause(NamedTuple):
+    """Why and since when a destination paused a stream (see :meth:`StateStore.pause_stream`)."""
+
+    reason: str
+    paused_at: datetime
+
+
 @dataclass
 class TenantState:
     """One tenant's state in a pipeline (see :meth:`StateStore.pipeline_state`).
@@ -64,6 +71,7 @@ class TenantState:
             the stream ``"(capture)"``.
         offsets: mirrored destination offsets by ``(destination, stream)``.
         dead_letters: dead-letter count by stream (streams with none are absent).
+        paused: streams a destination paused, by ``(destination, stream)``.
         last_run: the latest run narrowed to this tenant (``None`` tenant: the latest run
             of the whole pipeline), as :meth:`StateStore.runs` returns it, or ``None``.
     """
@@ -72,6 +80,7 @@ class TenantState:
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
     offsets: dict[tuple[str, str], DestinationOffset] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
+    paused: dict[tuple[str, str], Pause] = field(default_factory=dict)
     last_run: dict[str, Any] | None = None
 
 

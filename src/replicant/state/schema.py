@@ -11,7 +11,7 @@ speaks ``tenant: str | None`` and maps ``None`` to ``''``.
 
 Versions: 1 created the tables; 2 added ``tenant`` to runs, checkpoints, offsets and dead
 letters (keys ``(pipeline, tenant, stream)`` and ``(pipeline, tenant, destination, stream)``;
-existing rows get ``''``).
+existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destination paused, and why).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -39,6 +39,7 @@ __all__ = [
     "offsets",
     "dead_letters",
     "leases",
+    "paused",
     "MIGRATIONS",
     "current_version",
     "migrate",
@@ -151,6 +152,21 @@ leases = sa.Table(
     sa.Column("owner", _NAME, nullable=False),
     sa.Column("acquired_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+
+
+# A stream one destination paused (schema drift, a fatal delivery error), until a successful
+# delivery or replay of it resumes it: ``status`` shows it from any process.
+paused = sa.Table(
+    "replicant_paused",
+    metadata,
+    sa.Column("pipeline", _NAME, primary_key=True),
+    sa.Column("tenant", _NAME, primary_key=True, server_default=""),
+    sa.Column("destination", _NAME, primary_key=True),
+    sa.Column("stream", _NAME, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("paused_at", UTCDateTime, nullable=False),
 )
 
 
@@ -280,8 +296,22 @@ def _v2_tenant(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {new.name} RENAME TO {name}")
 
 
+def _v3_paused(conn: Connection) -> None:
+    """Version 3: ``replicant_paused``, the streams a destination paused and why."""
+    sa.Table(  # frozen: as version 3 created it
+        "replicant_paused",
+        sa.MetaData(),
+        sa.Column("pipeline", _NAME, primary_key=True),
+        sa.Column("tenant", _NAME, primary_key=True, server_default=""),
+        sa.Column("destination", _NAME, primary_key=True),
+        sa.Column("stream", _NAME, primary_key=True),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("paused_at", UTCDateTime, nullable=False),
+    ).create(conn)
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C

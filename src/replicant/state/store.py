@@ -38,10 +38,11 @@ from replicant.state.records import (
     AllTenants,
     Checkpoint,
     DestinationOffset,
+    Pause,
     PipelineState,
     TenantState,
 )
-from replicant.state.schema import checkpoints, dead_letters, leases, offsets, runs
+from replicant.state.schema import checkpoints, dead_letters, leases, offsets, paused, runs
 
 __all__ = [
     "StateStore",
@@ -299,6 +300,32 @@ class StateStore:
         with self._begin() as conn:
             return {(row["destination"], row["stream"]): _offset(row) for row in conn.execute(query).mappings()}
 
+    # -- paused streams ----------------------------------------------------------------
+
+    def pause_stream(
+        self, pipeline: str, destination: str, stream: str, reason: str, *, tenant: str | None = None
+    ) -> None:
+        """Records that ``destination`` paused ``stream`` (schema drift, a fatal delivery
+        error) and why; :meth:`resume_stream` ends it. ``reason`` must hold no secret."""
+        values = {
+            "pipeline": pipeline,
+            "tenant": _key(tenant),
+            "destination": destination,
+            "stream": stream,
+            "reason": reason,
+            "paused_at": self._clock(),
+        }
+        with self._begin(write=True) as conn:
+            conn.execute(self._upsert(paused, values))
+
+    def resume_stream(self, pipeline: str, destination: str, stream: str, *, tenant: str | None = None) -> None:
+        """Forgets a pause of ``stream`` at ``destination`` (a delivery of it succeeded); a no-op if none."""
+        with self._begin(write=True) as conn:
+            conn.execute(sa.delete(paused).where(
+                paused.c.pipeline == pipeline, paused.c.tenant == _key(tenant),
+                paused.c.destination == destination, paused.c.stream == stream,
+            ))
+
     # -- dead letters ------------------------------------------------------------------
 
     def add_dead_letters(
@@ -383,6 +410,7 @@ class StateStore:
         where_cp = checkpoints.c.pipeline == pipeline
         where_off = offsets.c.pipeline == pipeline
         where_dl = dead_letters.c.pipeline == pipeline
+        where_paused = paused.c.pipeline == pipeline
         latest = (
             sa.select(sa.func.max(runs.c.id)).where(runs.c.pipeline == pipeline).group_by(runs.c.tenant).scalar_subquery()
         )
@@ -395,6 +423,7 @@ class StateStore:
                 .group_by(dead_letters.c.tenant, dead_letters.c.stream)
             ).all()
             last = conn.execute(sa.select(runs).where(runs.c.id.in_(latest)).order_by(runs.c.id.desc())).mappings().all()
+            pauses = conn.execute(sa.select(paused).where(where_paused)).mappings().all()
         tenants: dict[str | None, TenantState] = {}
 
         def of(key: str) -> TenantState:
@@ -409,6 +438,8 @@ class StateStore:
             of(row["tenant"]).offsets[(row["destination"], row["stream"])] = _offset(row)
         for key, stream, count in counts:
             of(key).dead_letters[stream] = int(count)
+        for row in pauses:
+            of(row["tenant"]).paused[(row["destination"], row["stream"])] = Pause(row["reason"], row["paused_at"])
         for row in last:
             of(row["tenant"]).last_run = _run(row)
         ordered = dict(sorted(tenants.items(), key=lambda item: (item[0] is not None, item[0] or "")))
