@@ -271,9 +271,9 @@ class Engine:
         started = time.monotonic()
         result = RunResult(self.config.pipeline)
         self.config.destination(destination)  # a ConfigError naming the known ones
-        state, lg = self._open_parts()
         index = [d.name for d in self.config.destinations].index(destination)
         dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
+        state, lg = self._open_parts()  # after the config checks: an invalid file creates nothing
         dest = destination_class(dcfg.type, index)(dcfg, self._destination_context(state, dcfg.name, result))
         command = f"replay {destination}"
         run_id = state.start_run(self.config.pipeline, command=command, tenant=self.tenant)
