@@ -85,3 +85,33 @@ def test_merge_into_keyless_stream_is_refused_before_anything_is_written(tmp_pat
     if dst.exists():
         with duckdb.connect(str(dst), read_only=True) as con:
             assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'keyed'").fetchone()[0] == 0
+
+
+def test_destinations_that_cannot_merge_append_a_keyed_stream_by_default(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from replicant.config import DestinationConfig
+    from replicant.destinations.files import FilesDestination
+    from replicant.destinations.nats import NatsDestination
+    from replicant.model import ConnectorContext, Stream
+
+    keyed = Stream(name="t", table=("t",), schema=pa.schema([("id", pa.int64())]), primary_key=("id",))
+    files = FilesDestination(DestinationConfig(name="f", type="files", path=str(tmp_path)), ConnectorContext("p"))
+    bus = NatsDestination(DestinationConfig(name="n", type="nats", url="nats://127.0.0.1:4222"), ConnectorContext("p"))
+    assert files.write_mode(keyed) == "append" and bus.write_mode(keyed) == "append"
+
+
+def test_every_write_mode_problem_of_every_destination_in_one_report(tmp_path: Path) -> None:
+    cfg = parse(
+        {"pipeline": "wd", "source": {"type": "sqlite", "url": f"sqlite:///{_source(tmp_path)}",
+                                      "streams": [{"table": "keyed", "mode": "cursor", "cursor": "id"}, "keyless"]},
+         "destinations": [{"name": "w", "type": "duckdb", "path": str(tmp_path / "w.duckdb"), "write": "merge"},
+                          {"name": "r", "type": "sqlite", "path": str(tmp_path / "r.db"), "write": "replace"}]},
+        base_dir=tmp_path,
+    )
+    with pytest.raises(ConfigError) as e:
+        Engine(cfg).run()
+    problems = dict(e.value.problems)
+    assert "'keyless'" in problems["destinations[0].write"]
+    assert "'keyed'" in problems["destinations[1].write"] and "full" in problems["destinations[1].write"]
+    assert not (tmp_path / ".replicant").exists() and not (tmp_path / "w.duckdb").exists()
