@@ -65,10 +65,10 @@ def _fail(e: BaseException) -> None:
     raise typer.Exit(EXIT_INTERNAL)
 
 
-def _load(path: Path):
+def _load(path: Path, *, secrets_needed: bool = True):
     from replicant.config import load
 
-    return load(path)
+    return load(path, secrets_needed=secrets_needed)
 
 
 class _Bars(Observer):
@@ -287,7 +287,7 @@ def status(
     from replicant.engine import Engine
 
     try:
-        cfg = _load(pipeline)
+        cfg = _load(pipeline, secrets_needed=False)  # status reads the state and the log, not the source
         st = Engine(cfg).status(ask_source=True)
     except Exception as e:  # noqa: BLE001
         _fail(e)

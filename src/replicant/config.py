@@ -175,7 +175,11 @@ class DestinationConfig(_Model):
 
     name: str = Field(description="Unique name of this destination in the pipeline.")
     type: str = Field("duckdb", description="duckdb | postgres | mysql | sqlite | …")
-    write: WriteMode = Field("append", description="append | merge | replace.")
+    write: WriteMode | None = Field(
+        None,
+        description="append | merge | replace. Not set: each stream with a key is merged and a keyless stream "
+        "is appended (a destination that cannot merge, such as files or nats, appends).",
+    )
     url: Secret | None = Field(None, description="Connection URL (postgres, mysql).")
     path: str | None = Field(None, description="File path (duckdb, sqlite).")
     schema_name: str | None = Field(None, alias="schema", description="Target schema (or MySQL database).")
@@ -220,6 +224,14 @@ class DestinationConfig(_Model):
     def options(self) -> dict[str, Any]:
         """The type-specific keys (validated by the destination's settings model)."""
         return dict(self.model_extra or {})
+
+    def write_for(self, primary_key: Any, *, can_merge: bool = True) -> WriteMode:
+        """The write mode of a stream with key columns ``primary_key`` here: ``write:`` when
+        the file sets it, else ``merge`` for a keyed stream (re-reads stay one copy) if the
+        destination can merge, else ``append``."""
+        if self.write is not None:
+            return self.write
+        return "merge" if primary_key and can_merge else "append"
 
 
 _DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)?\s*$")
@@ -307,19 +319,23 @@ def _repeated_names(names: list[Any]) -> str | None:
 SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer"})
 
 
-def _substitute(value: Any, path: str, problems: list[tuple[str, str]], secret: bool = False) -> Any:
+def _substitute(
+    value: Any, path: str, problems: list[tuple[str, str]], secret: bool = False, secrets_needed: bool = True
+) -> Any:
     """Replaces ``${env:NAME}`` in every string outside :data:`SECRET_KEYS`; under them keeps
-    the reference. Records every reference that does not resolve now as a problem."""
+    the reference. Records every reference that does not resolve now as a problem (under a
+    secret key other than ``state``, only a malformed one unless ``secrets_needed``)."""
     if isinstance(value, dict):
         return {
-            k: _substitute(v, f"{path}.{k}" if path else str(k), problems, secret or k in SECRET_KEYS)
+            k: _substitute(v, f"{path}.{k}" if path else str(k), problems, secret or k in SECRET_KEYS,
+                           secrets_needed or (not path and k == "state"))
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_substitute(v, f"{path}[{i}]", problems, secret) for i, v in enumerate(value)]
+        return [_substitute(v, f"{path}[{i}]", problems, secret, secrets_needed) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
-    found = reference_problems(value)
+    found = reference_problems(value, must_resolve=secrets_needed or not secret)
     problems.extend((path, why) for why in found)
     if secret or found:
         return value
@@ -365,12 +381,16 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def parse(data: Any, *, base_dir: Path | str = ".") -> PipelineConfig:
-    """Validates a pipeline given as a dict (the YAML's content); raises ``ConfigError``."""
+def parse(data: Any, *, base_dir: Path | str = ".", secrets_needed: bool = True) -> PipelineConfig:
+    """Validates a pipeline given as a dict (the YAML's content); raises ``ConfigError``.
+
+    With ``secrets_needed=False`` (``replicant status``, which reads only the state and the
+    log) a secret reference that does not resolve now is no problem, except under ``state``;
+    a connector using it fails when it reads the secret."""
     if not isinstance(data, dict):
         raise ConfigError("the pipeline file must be a mapping with `pipeline:`, `source:` and `destinations:`")
     problems: list[tuple[str, str]] = []
-    data = _substitute(data, "", problems)  # its problems join the others: one report
+    data = _substitute(data, "", problems, secrets_needed=secrets_needed)  # its problems join the others: one report
     data = dict(data)
     data.pop("base_dir", None)
     reference_messages: dict[str, list[str]] = {}
@@ -434,7 +454,7 @@ def _check_destination_settings(destinations: Any, problems: list[tuple[str, str
             continue
         extras = {k: v for k, v in d.items() if k not in base}
         caps = getattr(cls, "capabilities", None)
-        write = d.get("write", "append")
+        write = d.get("write")
         if caps is not None and ((write == "merge" and not caps.merge) or (write == "replace" and not caps.replace)):
             problems.append((f"destinations[{i}].write", f"a {d.get('type')} destination cannot {write}; use append"))
         model = getattr(cls, "settings", None)
@@ -504,8 +524,9 @@ def _check_source_settings(source: Any, problems: list[tuple[str, str]]) -> None
     problems.extend(settings_problems(model, extras, "source", _fields_of(SourceConfig)))
 
 
-def load(path: str | os.PathLike[str]) -> PipelineConfig:
-    """Reads and validates a pipeline file. Relative paths inside resolve against its folder."""
+def load(path: str | os.PathLike[str], *, secrets_needed: bool = True) -> PipelineConfig:
+    """Reads and validates a pipeline file. Relative paths inside resolve against its folder.
+    ``secrets_needed``: see :func:`parse`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -520,7 +541,7 @@ def load(path: str | os.PathLike[str]) -> PipelineConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     try:
-        cfg = parse(data, base_dir=p.resolve().parent)
+        cfg = parse(data, base_dir=p.resolve().parent, secrets_needed=secrets_needed)
     except ConfigError as e:
         raise ConfigError(e.message, [*repeated, *e.problems]) from None
     if repeated:

@@ -76,7 +76,7 @@ class StreamWriter:
         self.state = state
         self.pipeline = pipeline
         self.on_rows = on_rows
-        self.mode = dest.config.write
+        self.mode = dest.write_mode(stream)
         self.transactional = dest.capabilities.transactional
         self.batch_rows = dest.config.batch_size or (200_000 if self.transactional else 1_000)
         self.in_snapshot = False

@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from replicant.config import DestinationConfig, PipelineConfig
 from replicant.delivery import Delivery
+from replicant.errors import ConfigError
 from replicant.ingest import CAPTURE_CHECKPOINT, Ingest
 from replicant.log.base import Log, Retention
 from replicant.model import ConnectorContext, DeadLetter, Stream
@@ -153,6 +154,17 @@ class Engine:
         started = time.monotonic()
         result = RunResult(self.config.pipeline)
         report = self._reporter(result)
+        planner = self.new_source()  # discovery only: the stream tasks open their own
+        streams: list[Stream] | None = None
+        discovery_error: BaseException | None = None
+        try:
+            streams = self.streams(planner)
+        except ConfigError:  # an invalid pipeline stops before the state store or the log is created
+            raise
+        except BaseException as e:  # noqa: BLE001 - raised below, once the run is recorded
+            discovery_error = e
+        finally:
+            _close_quietly(planner)
         state, lg = self._open_parts()
         command = "follow" if follow else "run"
         run_id = state.start_run(self.config.pipeline, command=command, tenant=self.tenant)
@@ -161,11 +173,9 @@ class Engine:
         status = "failed"
         destinations: list[Any] = []
         try:
-            planner = self.new_source()  # discovery only: the stream tasks open their own
-            try:
-                streams = self.streams(planner)
-            finally:
-                _close_quietly(planner)
+            if discovery_error is not None:
+                raise discovery_error
+            assert streams is not None
             destinations = self._destinations_factory(lambda dcfg: self._destination_context(state, dcfg.name, result))
             self._run(streams, destinations, state, lg, result, report, follow)
             self._apply_retention(lg, streams)
@@ -261,9 +271,9 @@ class Engine:
         started = time.monotonic()
         result = RunResult(self.config.pipeline)
         self.config.destination(destination)  # a ConfigError naming the known ones
-        state, lg = self._open_parts()
         index = [d.name for d in self.config.destinations].index(destination)
         dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
+        state, lg = self._open_parts()  # after the config checks: an invalid file creates nothing
         dest = destination_class(dcfg.type, index)(dcfg, self._destination_context(state, dcfg.name, result))
         command = f"replay {destination}"
         run_id = state.start_run(self.config.pipeline, command=command, tenant=self.tenant)
@@ -289,10 +299,15 @@ class Engine:
 
     def status(self, *, ask_source: bool = False) -> PipelineStatus:
         """The pipeline's status (:mod:`replicant.status`); with ``ask_source``, also the
-        source's change-feed facts (a slot's lag), or why it could not be reached."""
+        source's change-feed facts (a slot's lag), or why it could not be reached.
+
+        Read-only: a pipeline that never ran (no state file) gets an empty status (no last
+        run) and no state store, log or folder is created."""
         from replicant import runtime
 
         facts: dict[str, Any] = {}
+        if self._state is None and not runtime.state_exists(self.config):
+            return PipelineStatus(self.config.pipeline, None)  # never ran: nothing to read, nothing created
         state = self._state if self._state is not None else runtime.open_state(self.config)
         lg = self._log if self._log is not None else runtime.open_pipeline_log(self.config, read_only=True)
         try:

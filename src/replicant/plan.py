@@ -38,7 +38,9 @@ def plan_streams(
 
     Raises:
         ConfigError: every problem at once, each with its key path (a mode the source cannot
-            read, ``replace`` on a non-``full`` stream, a destination naming an unknown stream).
+            read, ``replace`` on a non-``full`` stream, ``merge`` of a stream without a key, a
+            write mode the destination cannot do, a destination naming an unknown stream),
+            before anything is read or written.
     """
     from replicant.sources.select import resolve_streams
 
@@ -51,10 +53,7 @@ def plan_streams(
     ]
     names = sorted(s.name for s in streams)
     for i, d in enumerate(config.destinations):
-        if d.write == "replace":
-            bad = [s.name for s in chosen(d, streams) if s.mode != "full"]
-            if bad:
-                problems.append((f"destinations[{i}].write", f"replace needs mode full; streams {', '.join(bad)} are not"))
+        problems.extend(_write_problems(i, d, chosen(d, streams)))
         problems.extend(
             (f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}") for n in d.streams or () if n not in names
         )
@@ -66,6 +65,38 @@ def plan_streams(
     if problems:
         raise ConfigError("invalid pipeline file", problems)
     return streams
+
+
+def _write_problems(index: int, dest: DestinationConfig, streams: list[Stream]) -> list[tuple[str, str]]:
+    """What stops ``streams`` from being written to destination ``index`` by its write mode
+    (:meth:`~replicant.config.DestinationConfig.write_for`): merge needs a key, replace a
+    full read, and the destination must be able to do the mode."""
+    from replicant.registry import destination_class
+
+    try:
+        caps = getattr(destination_class(dest.type, index), "capabilities", None)
+    except ConfigError as e:
+        return list(e.problems)
+    can_merge = caps is None or caps.merge
+    key = f"destinations[{index}].write"
+    if dest.write is not None and caps is not None and not getattr(caps, dest.write, True):
+        return [(key, f"a {dest.type} destination cannot {dest.write}; use append")]
+    modes = {s.name: dest.write_for(s.primary_key, can_merge=can_merge) for s in streams}
+    problems = []
+    keyless = [s.name for s in streams if modes[s.name] == "merge" and not s.primary_key]
+    if keyless:
+        problems.append((key, f"merge needs a key and {_names(keyless)} {'has' if len(keyless) == 1 else 'have'} none: set "
+                              "`primary_key:` for it under source.streams, leave it out of this destination with "
+                              f"`destinations[{index}].streams:`, or write it with `write: append`"))
+    not_full = [s.name for s in streams if modes[s.name] == "replace" and s.mode != "full"]
+    if not_full:
+        problems.append((key, f"replace needs mode full; {_names(not_full)} {'is' if len(not_full) == 1 else 'are'} not: "
+                              f"use `write: merge`, or leave it out with `destinations[{index}].streams:`"))
+    return problems
+
+
+def _names(streams: list[str]) -> str:
+    return ("stream " if len(streams) == 1 else "streams ") + ", ".join(repr(n) for n in streams)
 
 
 def chosen(dest: DestinationConfig, streams: list[Stream]) -> list[Stream]:

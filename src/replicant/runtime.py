@@ -27,6 +27,7 @@ __all__ = [
     "build_source",
     "source_context",
     "build_destinations",
+    "state_exists",
     "open_state",
     "open_pipeline_log",
 ]
@@ -38,10 +39,9 @@ def home(cfg: PipelineConfig) -> Path:
 
 
 def state_url(cfg: PipelineConfig) -> str:
+    """The state store's URL (nothing is created: :func:`open_state` creates the folder)."""
     if cfg.state is None:
-        path = home(cfg) / "state.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
+        return f"sqlite:///{home(cfg) / 'state.db'}"
     url = cfg.state.get_secret_value()
     if url.startswith("sqlite"):
         return sqlite_url_against(url, cfg.base_dir)
@@ -121,6 +121,19 @@ def build_destinations(
         context = context_for(d) if context_for is not None else ConnectorContext(cfg.pipeline)
         out.append(cls(resolve_destination_config(cfg, d, i), context))
     return out
+
+
+def state_exists(cfg: PipelineConfig) -> bool:
+    """False when the pipeline's SQLite state file (the embedded default or a ``sqlite:``
+    ``state:``) does not exist yet: the pipeline never ran, and a reader (``status``) must
+    not create it. True for a server-backed state store."""
+    url = state_url(cfg)
+    if not url.startswith("sqlite"):
+        return True
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return not database or database == ":memory:" or Path(database).expanduser().exists()
 
 
 def open_state(cfg: PipelineConfig):

@@ -77,19 +77,21 @@ def _lookup(kind: str, name: str) -> tuple[str | None, str]:
     return _store(name), f"secret {name} is not in the secret store"
 
 
-def reference_problems(text: str) -> list[str]:
+def reference_problems(text: str, *, must_resolve: bool = True) -> list[str]:
     """What is wrong with the references in ``text`` (empty: each one resolves now).
 
     Every ``${`` must open a well-formed reference: ``${NAME}`` (no kind), ``${env:bad
     name}``, an unknown kind (``${vault:X}``) and an unclosed ``${env:X`` are problems
-    saying what to write instead, never taken literally. Checks existence only; no value
-    is returned or kept.
+    saying what to write instead, never taken literally. Checks existence only (not with
+    ``must_resolve=False``: then only the form is checked); no value is returned or kept.
     """
     found = []
     for opening in _OPENING.finditer(text):
         m = REFERENCE.match(text, opening.start())
         if m is None:
             found.append(_malformed(text, opening.start()))
+            continue
+        if not must_resolve:
             continue
         value, why = _lookup(m["kind"], m["name"])
         if value is None:

@@ -434,7 +434,7 @@ class SQLDestination(Destination):
         with self.transaction("prepare", stream, name):
             columns = self.columns(name)
             if columns is None:
-                self.create_table(name, stream, key if self.config.write != "append" else ())
+                self.create_table(name, stream, key if self.write_mode(stream) != "append" else ())
                 empty = True
             else:
                 for f in stream.schema:
@@ -442,7 +442,7 @@ class SQLDestination(Destination):
                         self.add_column(name, f, stream.schema)
                 empty = not self.query(f"SELECT 1 FROM {self.qualified(name)} LIMIT 1")
             unique = bool(key) and self.has_unique_key(name, key)
-            if self.config.write == "merge" and key and not unique and self.merge_needs_unique_key:
+            if self.write_mode(stream) == "merge" and key and not unique and self.merge_needs_unique_key:
                 raise FatalError(
                     f"table {self.qualified(name)} has no primary key or unique index on ({', '.join(key)}), which "
                     f"`merge` of stream {stream.name!r} needs; add one, or drop the table to have it created"
@@ -471,7 +471,7 @@ class SQLDestination(Destination):
     def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
         """Applies ``data`` by the write mode and records ``last_offset`` in the same
         transaction (under ``replace``: into the pending table, without an offset)."""
-        mode = self.config.write
+        mode = self.write_mode(stream)
         if mode == "replace":
             pending = self._pending.get(stream.name)
             if pending is None:
@@ -571,7 +571,7 @@ class SQLDestination(Destination):
                 columns = self.columns(table)
                 if columns is None:
                     if table == name:
-                        self.create_table(name, stream, tuple(stream.primary_key) if self.config.write != "append" else ())
+                        self.create_table(name, stream, tuple(stream.primary_key) if self.write_mode(stream) != "append" else ())
                     continue
                 change = plan(self.name, stream, old, [c.name for c in columns.values()], dialect=self.types.dialect, fold=self.fold)
                 self.apply_evolution(table, columns, change, stream, old)

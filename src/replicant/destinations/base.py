@@ -125,7 +125,7 @@ class Destination(ABC):
 
     def _check_write(self, config: Any) -> None:
         allowed = ["append"] + [m for m in ("merge", "replace") if getattr(self.capabilities, m)]
-        if config.write not in allowed:
+        if config.write is not None and config.write not in allowed:
             from replicant.errors import ConfigError
 
             raise ConfigError(
@@ -181,9 +181,18 @@ class Destination(ABC):
         table_for = getattr(self.config, "table_for", None)
         return table_for(stream.name, stream.table) if table_for is not None else stream.table_name
 
+    def write_mode(self, stream: Stream) -> str:
+        """How ``stream`` is written here: ``write:`` of the pipeline file, or when it is not
+        set ``merge`` for a keyed stream (if this destination can merge) and ``append`` for a
+        keyless one (:meth:`replicant.config.DestinationConfig.write_for`)."""
+        write_for = getattr(self.config, "write_for", None)
+        if write_for is None:  # a config object without the default rule (tests, the Python API)
+            return self.config.write or "append"
+        return write_for(stream.primary_key, can_merge=self.capabilities.merge)
+
     def require_key(self, stream: Stream) -> None:
         """Raises ``FatalError`` if ``write: merge`` meets a stream without key columns."""
-        if self.config.write == "merge" and not stream.primary_key:
+        if self.write_mode(stream) == "merge" and not stream.primary_key:
             from replicant.errors import FatalError
 
             raise FatalError(
