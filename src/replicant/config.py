@@ -85,7 +85,23 @@ class StreamConfig(_Model):
         return self
 
 
-class SourceConfig(_Model):
+class _Section(_Model):
+    """A ``source:`` or destination section: common keys, plus the connector type's own keys
+    (allowed as extras, validated by the type's ``settings`` model)."""
+
+    def __repr_args__(self) -> Any:
+        extras = self.model_extra or {}
+        for key, value in super().__repr_args__():
+            # a type's own keys may hold secrets (tokens, auth, headers, storage_options): never shown
+            yield key, ("***" if key in extras else value)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The type-specific keys (validated by the connector's settings model)."""
+        return dict(self.model_extra or {})
+
+
+class SourceConfig(_Section):
     """The ``source:`` section: the keys every source has. Keys beyond these are the source
     type's own settings (``Source.settings``: ``slot``/``publication`` of PostgreSQL,
     ``server_id`` of MySQL/MariaDB…), validated by :func:`parse` with their key paths and
@@ -112,17 +128,6 @@ class SourceConfig(_Model):
     flush_interval: float | str = Field(
         0.2, description="`--follow`: the longest a captured change waits before it is appended to the log (seconds)."
     )
-
-    def __repr_args__(self) -> Any:
-        extras = self.model_extra or {}
-        for key, value in super().__repr_args__():
-            # a type's own keys may hold secrets (tokens, auth headers): never shown
-            yield key, ("***" if key in extras else value)
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The type-specific keys (validated by the source's settings model)."""
-        return dict(self.model_extra or {})
 
     @field_validator("heartbeat", "poll_interval", "flush_interval")
     @classmethod
@@ -167,7 +172,7 @@ def table_template_fields(template: str) -> list[str]:
     return names
 
 
-class DestinationConfig(_Model):
+class DestinationConfig(_Section):
     """One entry of ``destinations``. Keys beyond these are the destination type's own
     settings (``Destination.settings``), validated by :func:`parse` with their key paths."""
 
@@ -213,17 +218,6 @@ class DestinationConfig(_Model):
         if isinstance(self.tables, dict):
             return self.tables.get(stream, table[-1])
         return table[-1]
-
-    def __repr_args__(self) -> Any:
-        extras = self.model_extra or {}
-        for key, value in super().__repr_args__():
-            # a type's own keys may hold secrets (auth, headers, storage_options): never shown
-            yield key, ("***" if key in extras else value)
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The type-specific keys (validated by the destination's settings model)."""
-        return dict(self.model_extra or {})
 
     def write_for(self, primary_key: Any, *, can_merge: bool = True) -> WriteMode:
         """The write mode of a stream with key columns ``primary_key`` here: ``write:`` when

@@ -37,7 +37,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from replicant.errors import ConfigError, FatalError, SchemaDriftError, redact
+from replicant.errors import ConfigError, FatalError, SchemaDriftError, redact, retry_delay
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Stream, data_schema
 from replicant.results import RunError
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 _IDLE_SECONDS = 0.01
 _MIRROR_SECONDS = 0.5
-_MAX_BACKOFF_SECONDS = 30.0
 
 
 class StreamWriter:
@@ -376,7 +375,7 @@ class Delivery:
                     self._fail(s if opened else None, e)
                     return
                 failures += 1
-                delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 6))
+                delay = retry_delay(failures)
                 log.warning("destination %s failed (%s); retrying in %.1f s", self.dest.name, e, delay)
                 writers.clear()  # resume from what the destination committed
                 opened = False

@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ConnectionError",
     "RetriableError",
+    "retry_delay",
     "FatalError",
     "RecordError",
     "SchemaDriftError",
@@ -90,7 +91,13 @@ class ConnectionError(ReplicantError):  # deliberately shadows the builtin
 
 
 class RetriableError(ReplicantError):
-    """A transient failure: retrying with back-off may succeed."""
+    """A transient failure: retrying with back-off may succeed (:func:`retry_delay`)."""
+
+
+def retry_delay(failures: int, *, most: float = 30.0) -> float:
+    """Seconds to wait before the next attempt after ``failures`` failures in a row:
+    exponential from 1 s, at most ``most``."""
+    return min(most, 0.5 * 2 ** min(failures, 6))
 
 
 class FatalError(ReplicantError):

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from replicant.errors import ConnectionError, FatalError, RetriableError, redact
+from replicant.errors import ConnectionError, FatalError, RetriableError, redact, retry_delay
 from replicant.ingest import Ingest
 from replicant.model import ReadBatch, Stream
 from replicant.results import Observer, RunError
@@ -35,13 +35,8 @@ log = logging.getLogger(__name__)
 
 _QUEUE_DEPTH = 1
 _DONE = object()
-_MAX_BACKOFF_SECONDS = 30.0
 
 ErrorSink = Callable[[RunError], None]
-
-
-def _backoff(failures: int) -> float:
-    return min(_MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 6))
 
 
 def read_stream(ingest: Ingest, source: Any, stream: Stream, stop: threading.Event, observer: Observer) -> int:
@@ -199,7 +194,7 @@ class StreamTasks:
                 except (RetriableError, ConnectionError) as e:
                     if self.follow and not self.stop.is_set():
                         failures[s.name] = failures.get(s.name, 0) + 1
-                        again = _backoff(failures[s.name])
+                        again = retry_delay(failures[s.name])
                         log.warning("stream %s failed (%s); retrying in %.1f s", s.name, e, again)
                         _close_quietly(source)
                         source = None
@@ -258,7 +253,7 @@ def run_capture(
                 if not follow or stop.is_set():
                     raise
                 failures += 1  # a lost connection: start the feed again from what is durable
-                delay = _backoff(failures)
+                delay = retry_delay(failures)
                 log.warning("capture failed (%s); retrying in %.1f s", e, delay)
                 _close_quietly(source)
                 if stop.wait(delay):
