@@ -30,6 +30,7 @@ from replicant.destinations.nats import NatsDestination
 from replicant.model import ConnectorContext
 
 from . import conformance as cf
+from . import conformance_values as cv
 from .test_duckdb import _harness as duckdb_harness
 from .test_mysql import _query as mysql_query
 from .test_mysql import mysql_harness
@@ -246,7 +247,7 @@ def _require(h: cf.Harness, **wanted: bool) -> None:
 
 
 def test_types_round_trip(h: cf.Harness) -> None:
-    cf.check_types_round_trip(h)
+    cv.check_types_round_trip(h)
 
 
 def test_empty_batch(h: cf.Harness) -> None:
@@ -258,12 +259,12 @@ def test_hostile_identifiers(h: cf.Harness) -> None:
 
 
 def test_strings_and_bytes(h: cf.Harness) -> None:
-    cf.check_strings_and_bytes(h)
+    cv.check_strings_and_bytes(h)
 
 
 def test_mixed_real_data(h: cf.Harness, chinook_sqlite_path: Path) -> None:
     _require(h, merge=True)
-    cf.check_mixed_real_data(h, chinook_sqlite_path)
+    cv.check_mixed_real_data(h, chinook_sqlite_path)
 
 
 def test_fast_path_only_for_a_fresh_table(h: cf.Harness, monkeypatch: pytest.MonkeyPatch) -> None:
