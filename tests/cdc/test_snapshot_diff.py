@@ -19,22 +19,13 @@ from hypothesis import strategies as st
 from replicant.errors import FatalError
 from replicant.model import ConnectorContext, Stream
 from replicant.sources.strategies import snapshot_diff
-from sources.dbs import KINDS, TOY, Db
+from sources.dbs import KINDS, TOY, Db, db_for
 
 
 @pytest.fixture(params=[*KINDS, TOY])
 def db(request: pytest.FixtureRequest) -> Db:
     """Each SQL source, and the non-SQL toy source: snapshot_diff needs only a full read."""
-    kind = request.param
-    if kind == TOY:
-        return _db_of(kind, request)
-    if kind == "postgres":
-        return Db(kind, request.getfixturevalue("pg_url"))
-    if kind == "mysql":
-        return Db(kind, request.getfixturevalue("mysql_url"))
-    path = request.getfixturevalue("sqlite_path")
-    sqlite3.connect(path).close()
-    return Db(kind, "sqlite:///" + str(Path(path).resolve()))
+    return db_for(request.param, request)
 
 
 def _open(db: Db, tmp_path: Path, table: str, **kw: Any) -> tuple[Any, Stream]:
@@ -179,7 +170,7 @@ def _mutate(db: Db) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgres", TOY])
 def test_crash_at_every_batch_yields_each_change_exactly_once(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    db = _db_of(kind, request)
+    db = db_for(kind, request)
     _items(db, 30)
     src, s = _open(db, tmp_path, "items", batch_size=3, chunk_size=8)
     with src:
@@ -215,18 +206,6 @@ def test_crash_at_every_batch_yields_each_change_exactly_once(kind: str, request
         assert _changes(_run(src, s, tail[-1].position), s) == []
 
 
-def _db_of(kind: str, request: pytest.FixtureRequest) -> Db:
-    if kind == "postgres":
-        return Db(kind, request.getfixturevalue("pg_url"))
-    if kind == TOY:
-        folder = request.getfixturevalue("tmp_path") / "toy"
-        folder.mkdir()
-        return Db(kind, str(folder))
-    path = request.getfixturevalue("sqlite_path")
-    sqlite3.connect(path).close()
-    return Db(kind, "sqlite:///" + str(Path(path).resolve()))
-
-
 def test_a_run_never_acknowledged_is_derived_again(db: Db, tmp_path: Path) -> None:
     _items(db, 30)
     src, s = _open(db, tmp_path, "items", batch_size=5, chunk_size=100)
@@ -244,7 +223,7 @@ def test_a_run_never_acknowledged_is_derived_again(db: Db, tmp_path: Path) -> No
 
 
 def test_acknowledge_is_idempotent_and_ignores_other_positions(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    db = _db_of("sqlite", request)
+    db = db_for("sqlite", request)
     _items(db, 10)
     src, s = _open(db, tmp_path, "items", batch_size=4)
     with src:
@@ -267,7 +246,7 @@ def test_acknowledge_is_idempotent_and_ignores_other_positions(tmp_path: Path, r
 
 
 def test_read_from_none_is_a_full_snapshot_even_with_a_previous_one(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    db = _db_of("sqlite", request)
+    db = db_for("sqlite", request)
     _items(db, 10)
     src, s = _open(db, tmp_path, "items")
     with src:
@@ -276,7 +255,7 @@ def test_read_from_none_is_a_full_snapshot_even_with_a_previous_one(tmp_path: Pa
 
 
 def test_a_table_without_a_key_needs_primary_key(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    db = _db_of("sqlite", request)
+    db = db_for("sqlite", request)
     db.execute("CREATE TABLE nokey (a integer, b text)", "INSERT INTO nokey VALUES (1, 'x'), (1, 'y')")
     src, s = _open(db, tmp_path, "nokey")
     with src, pytest.raises(FatalError, match="primary_key"):
