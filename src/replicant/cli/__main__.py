@@ -1,0 +1,5 @@
+"""``python -m replicant.cli``."""
+
+from replicant.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""``replicant status``: per stream rows and position, per destination offset, lag and pauses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from replicant.cli._app import app, out
+from replicant.cli._app import fail as _fail
+from replicant.cli._app import load_config as _load
+
+
+@app.command()
+def status(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Per stream: rows and position; per destination: applied offset, lag and paused streams (with why)."""
+    from replicant.engine import Engine
+
+    try:
+        cfg = _load(pipeline, secrets_needed=False)  # status reads the state and the log, not the source
+        st = Engine(cfg).status(ask_source=True)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    if as_json:
+        import json
+
+        out.print_json(json.dumps(st.to_dict()))
+        return
+    last = st.last_run
+    if last:
+        out.print(f"last run: {last['status']} at {last['started_at']:%Y-%m-%d %H:%M:%S} UTC, {last.get('rows') or 0:,} rows")
+    else:
+        out.print("no run yet")
+    t = Table(title=f"streams of {cfg.pipeline}")
+    for c in ("stream", "rows", "log end offset", "position"):
+        t.add_column(c)
+    for s in st.streams:
+        t.add_row(s.name, f"{s.rows:,}", str(s.log_end_offset), _short(s.position) if s.position is not None else "-")
+    out.print(t)
+    if st.capture is not None:
+        out.print(f"change feed position: {_short(st.capture['position'])}")
+        for k, v in st.source.items():
+            out.print(f"{k}: {v}", markup=False)
+    dead = {s.name: s.dead_letters for s in st.streams if s.dead_letters}
+    if dead:
+        out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))}")
+    d = Table(title="destinations")
+    for c in ("destination", "stream", "applied offset", "lag (rows)"):
+        d.add_column(c)
+    for ds in st.destinations:
+        d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}")
+    out.print(d)
+    for ds in st.destinations:
+        if ds.paused:
+            out.print(f"paused: {ds.destination} / {ds.stream} since {ds.paused_at:%Y-%m-%d %H:%M:%S} UTC: {ds.paused}",
+                      markup=False)
+
+
+def _short(position: Any) -> str:
+    import json
+
+    text = json.dumps(position, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
