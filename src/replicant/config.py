@@ -190,6 +190,11 @@ class DestinationConfig(_Section):
     schema_name: str | None = Field(None, alias="schema", description="Target schema (or MySQL database).")
     batch_size: int | None = Field(None, gt=0, description="Rows per write transaction (per request for http).")
     streams: list[str] | None = Field(None, description="Only these streams (by name); default: every stream.")
+    on_bad_record: Literal["dead_letter", "fail"] = Field(
+        "dead_letter",
+        description="A record this destination rejects for its values: `dead_letter` (the default) stores it in the "
+        "dead letters with the destination's message and writes the rest; `fail` pauses the stream at it.",
+    )
     tables: dict[str, str] | str | None = Field(
         None,
         description="Target table per stream: a mapping from stream name to table name, or a template with "

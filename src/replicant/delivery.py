@@ -35,9 +35,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from replicant.errors import ConfigError, FatalError, SchemaDriftError, redact, retry_delay
+from replicant.errors import ConfigError, FatalError, RecordError, SchemaDriftError, redact, retry_delay
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Stream, data_schema
 from replicant.results import RunError
@@ -80,6 +81,7 @@ class StreamWriter:
         self.batch_rows = dest.config.batch_size or (200_000 if self.transactional else 1_000)
         self.in_snapshot = False
         self.pending: list[pa.RecordBatch] = []
+        self.pending_offsets: list[np.ndarray] = []  # the log offset of each pending row (dead letters' origin)
         self.pending_rows = 0
         self.last: int | None = None
         self.rows = 0
@@ -166,6 +168,7 @@ class StreamWriter:
             self._write_record(rec, batch)
             return
         self.pending.append(batch)
+        self.pending_offsets.append(np.arange(rec.offset, rec.offset + batch.num_rows, dtype=np.int64))
         self.pending_rows += rec.batch.num_rows
         self.last = rec.next_offset - 1
         if self.pending_rows >= self.batch_rows:
@@ -218,18 +221,19 @@ class StreamWriter:
         if self.last is None and not self.pending:
             return
         table = pa.Table.from_batches(self.pending) if self.pending else self.stream.change_schema.empty_table()
+        offsets = pa.array(np.concatenate(self.pending_offsets) if self.pending_offsets else np.zeros(0, np.int64))
         if self.mode == "replace":
             if table.num_rows:
-                self.dest.write(self.stream, table, last_offset=self.last)
+                self.dest.write(self.stream, table, last_offset=self.last, offsets=offsets)
         else:
-            self.dest.write(self.stream, table, last_offset=self.last)
+            self.dest.write(self.stream, table, last_offset=self.last, offsets=offsets)
             self._mirror(self.last)
         n = table.num_rows
         self.rows += n
         if n:
             self.on_rows(self.dest.name, self.stream.name, n)
             self._resume()
-        self.pending, self.pending_rows, self.last = [], 0, None
+        self.pending, self.pending_offsets, self.pending_rows, self.last = [], [], 0, None
 
     def _resume(self) -> None:
         """A delivery succeeded: a pause of this stream recorded for ``status`` is over."""
@@ -337,11 +341,20 @@ class Delivery:
             log.warning("could not record the pause of %s in the state store", stream.name, exc_info=True)
         self._fail(stream, e)
 
-    def _open(self) -> None:
+    def _open(self, paused: set[str]) -> None:
+        """Connects and prepares every stream. A stream whose table the destination refuses
+        (a content or configuration reason: names it cannot hold, columns colliding when
+        folded) pauses alone; the others are delivered. A connection failure raises."""
         self.dest.close()  # after a failure: a fresh connection
         self.dest.open()
         for s in self.streams:
-            self.dest.prepare(s)
+            if s.name in paused:
+                continue
+            try:
+                self.dest.prepare(s)
+            except (SchemaDriftError, FatalError, ConfigError, RecordError) as e:
+                paused.add(s.name)
+                self._pause(s, e)
 
     def run(self) -> None:
         writers: dict[str, StreamWriter] = {}
@@ -354,7 +367,7 @@ class Delivery:
             progressed = False
             try:
                 if not opened:
-                    self._open()
+                    self._open(paused)
                     opened = True
                 for s in self.streams:
                     if s.name in paused:
@@ -366,7 +379,7 @@ class Delivery:
                         before = w.rows
                         progressed |= w.step()
                         self.written[s.name] += w.rows - before
-                    except (SchemaDriftError, FatalError, ConfigError) as e:
+                    except (SchemaDriftError, FatalError, ConfigError, RecordError) as e:
                         paused.add(s.name)  # this stream waits for the user; the others go on
                         self._pause(s, e)
                 failures = 0

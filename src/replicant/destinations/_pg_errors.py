@@ -17,6 +17,10 @@ format, ``22*`` data, ``23*`` constraint,
 ``42*`` syntax/undefined…)
 =========================================  ===================  =========================
 
+During a write, :func:`is_content_error` (classes ``22`` and ``23``) marks the error as one
+of the rows' values: the SQL base then finds the rejected rows and dead-letters them
+(:mod:`replicant.destinations._bad_records`) instead of raising the ``FatalError``.
+
 Messages never carry the connection URL or password: libpq's messages do not contain
 them, and every :class:`~replicant.errors.ReplicantError` redacts URLs on creation anyway.
 """
@@ -27,13 +31,20 @@ from urllib.parse import unquote, urlsplit
 
 from replicant.errors import ConnectionError, FatalError, ReplicantError, RetriableError
 
-__all__ = ["describe_url", "is_connection_lost", "message_of", "sqlstate_of", "translate"]
+__all__ = ["describe_url", "is_connection_lost", "is_content_error", "message_of", "sqlstate_of", "translate"]
 
 _RETRY_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
 
 
 def sqlstate_of(exc: BaseException) -> str:
     return (getattr(exc, "sqlstate", None) or "").upper()
+
+
+def is_content_error(exc: BaseException) -> bool:
+    """True when the server rejected the *values* of a write (SQLSTATE class ``22`` data
+    exception, ``23`` integrity constraint violation): the rows go to the dead letters
+    (:mod:`replicant.destinations._bad_records`) instead of failing the stream."""
+    return sqlstate_of(exc)[:2] in ("22", "23")
 
 
 def is_connection_lost(exc: BaseException) -> bool:

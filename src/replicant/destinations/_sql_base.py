@@ -47,135 +47,42 @@ quirk. Register it in :mod:`replicant.registry` and add its line to the conforma
 Errors: every statement runs inside :meth:`~SQLDestination.transaction`, which commits, or
 rolls back and translates: driver errors through the dialect's :meth:`~SQLDestination.translate`
 (connection lost, deadlock → :class:`~replicant.errors.RetriableError`, the rest
-:class:`~replicant.errors.FatalError`), Arrow conversion errors → ``FatalError``, each naming
-the destination, stream, table and step; interrupts and bugs are rolled back and re-raised.
+:class:`~replicant.errors.FatalError`), except those the dialect's
+:meth:`~SQLDestination.is_content_error` calls the rows' fault (and Arrow's ``ArrowInvalid``,
+a value the encoder cannot convert), raised as :class:`~replicant.errors.RecordError`; each
+names the destination, stream, table and step; interrupts and bugs are rolled back and
+re-raised. :meth:`~SQLDestination.write` turns a ``RecordError`` into dead letters and
+writes the other rows (:mod:`replicant.destinations._bad_records`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from replicant.config import normalize_url
+from replicant.destinations import _bad_records
 from replicant.destinations._changes import (
     all_reads,
     delete_mask,
     last_change_per_key,
     without_deletes,
 )
+from replicant.destinations._sql_parts import ColumnInfo, Encoded, KeyExists, Table, TypeMapper
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
-from replicant.errors import ConfigError, FatalError, ReplicantError
+from replicant.errors import ConfigError, FatalError, RecordError, ReplicantError
 from replicant.model import ConnectorContext, Stream
 
 __all__ = ["PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
 
 PENDING_SUFFIX = "__replicant_pending"
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Rows ready for a dialect's bulk loader (see :meth:`TypeMapper.encode`).
-
-    Attributes:
-        data: the columns rewritten (Arrow kernels) into types the loader sends exactly.
-        exprs: per column, ``None`` (store the loaded value as it is) or an SQL expression
-            with ``{v}`` standing for the loaded value (``UNHEX({v})``, ``CAST({v} AS UUID)``).
-    """
-
-    data: pa.Table
-    exprs: list[str | None]
-
-
-class TypeMapper(ABC):
-    """Arrow ↔ one SQL dialect, in one place: the DDL type of a new column and the encoder
-    of the values a bulk load sends. One signature for every dialect.
-
-    Attributes:
-        dialect: the SQLAlchemy dialect name whose declared column types
-            (``replicant.sql_type`` field metadata) this mapper keeps verbatim, or None when
-            it maps from Arrow types only (also what schema drift compares, see
-            :func:`replicant.destinations.drift.plan`).
-    """
-
-    dialect: ClassVar[str | None] = None
-
-    @abstractmethod
-    def ddl_type(self, field: pa.Field, schema: pa.Schema, *, key: bool = False) -> str:
-        """The column type of ``field`` (of ``schema``) in a new table; ``key``: it is part of
-        the primary key (MySQL bounds key strings).
-
-        Raises:
-            FatalError: an Arrow type the dialect cannot store, naming the column.
-        """
-
-    @abstractmethod
-    def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
-        """``rows`` as the dialect's loader sends them into columns of the ``declared`` types
-        (by folded column name; missing names: the type :meth:`ddl_type` would give).
-        Column-wise Arrow kernels only: no per-row Python.
-
-        Raises:
-            pa.ArrowInvalid: a value the target cannot hold (translated to FatalError).
-        """
-
-
-class ColumnInfo(Protocol):
-    """A column of an existing table as a dialect's catalog describes it."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def type_sql(self) -> str: ...
-    @property
-    def nullable(self) -> bool: ...
-    @property
-    def has_default(self) -> bool: ...
-
-
-@dataclass
-class Table:
-    """What a destination object knows about one table it writes.
-
-    Attributes:
-        name: the table name as stored.
-        columns: by folded name (:meth:`SQLDestination.fold`).
-        fresh: empty when prepared, written since only by this object with reads of one
-            snapshot: the fast path (a bulk insert, no upsert) is safe.
-        loaded: rows went in through the fast path (a later snapshot's start ends ``fresh``).
-        unique: a primary key or unique index on exactly the stream's key exists.
-        insert_first: try a plain bulk insert for batches of distinct new keys (until one
-            meets an existing key).
-        key: the stream's key columns (merge matches rows by them).
-    """
-
-    name: str
-    columns: dict[str, Any]
-    fresh: bool = False
-    loaded: bool = False
-    unique: bool = False
-    insert_first: bool = False
-    key: tuple[str, ...] = ()
-
-    def nulls(self, present: Sequence[str], fold: Callable[[str], str]) -> list[Any]:
-        """Columns a write must set to NULL: not among ``present`` (dropped at the source,
-        kept here), nullable and without a default (a column added by hand with a default
-        is left alone)."""
-        have = {fold(n) for n in present}
-        return [c for k, c in self.columns.items() if k not in have and c.nullable and not c.has_default]
-
-
-class KeyExists(Exception):
-    """Raised by :meth:`SQLDestination.insert` with ``new_keys=True`` when a key already
-    exists; the base rolls back and merges the batch instead. A signal between the base
-    and a dialect that users never see (hence not an ``*Error``)."""
 
 
 class SQLDestination(Destination):
@@ -201,6 +108,8 @@ class SQLDestination(Destination):
     nullable: ClassVar[str] = ""
     table_options: ClassVar[str] = ""
 
+    #: How :meth:`fold` compares column names, for messages.
+    name_rule: ClassVar[str] = "ignoring case"
     #: The identifier quote (MySQL: a backtick).
     quote_char: ClassVar[str] = '"'
 
@@ -267,6 +176,11 @@ class SQLDestination(Destination):
         """The replicant error for a driver error (``where`` names destination, stream,
         table and step), or None when ``error`` is not the driver's. May close the
         connection (lost, killed) so that the next call reconnects."""
+
+    def is_content_error(self, error: Exception) -> bool:
+        """Whether the driver error ``error`` rejects the written *values* (a data exception,
+        a constraint): the dialect's one classification seam for dead letters. Default: never."""
+        return False
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
@@ -371,8 +285,9 @@ class SQLDestination(Destination):
     def transaction(self, step: str, stream: Stream | None = None, table: str | None = None) -> Iterator[None]:
         """Runs the body in one transaction: commit on success; on any error roll back, then
         raise a replicant error naming destination, stream, table and ``step`` (driver
-        errors through :meth:`translate`, Arrow conversion errors as FatalError); anything
-        else (an interrupt, a bug, :class:`KeyExists`) is rolled back and re-raised as it is."""
+        errors through :meth:`translate`, content errors and ``ArrowInvalid`` as RecordError,
+        other Arrow conversion errors as FatalError); anything else (an interrupt, a bug,
+        :class:`KeyExists`) is rolled back and re-raised as it is."""
         self.open()
         try:
             self.begin()
@@ -380,16 +295,20 @@ class SQLDestination(Destination):
             self.commit()
         except BaseException as e:
             self.rollback()
-            if not isinstance(e, Exception) or isinstance(e, KeyExists):
+            if not isinstance(e, Exception) or isinstance(e, (KeyExists, _bad_records.RolledBack)):
                 raise
             where = self._where(step, stream, table)
-            if isinstance(e, FatalError):
-                raise FatalError(f"{where}: {e}") from e
+            if isinstance(e, (FatalError, RecordError)):
+                raise type(e)(f"{where}: {e}") from e
             if isinstance(e, ReplicantError):
                 raise
             translated = self.translate(e, where)
             if translated is not None:
+                if self.is_content_error(e):
+                    raise RecordError(translated.message) from e
                 raise translated from e
+            if isinstance(e, pa.ArrowInvalid):  # a value the dialect's encoder cannot convert
+                raise RecordError(f"{where}: {type(e).__name__}: {e}") from e
             if isinstance(e, (pa.ArrowException, TypeError, ValueError, OSError)):  # a value Arrow cannot convert
                 raise FatalError(f"{where}: {type(e).__name__}: {e}") from e
             raise
@@ -428,9 +347,18 @@ class SQLDestination(Destination):
                 table without a unique key where the dialect's merge needs one.
         """
         self._check_key(stream)
+        self._check_names(stream)
         self.check_types(stream.schema)
         name = self.table_name(stream)
         key = tuple(stream.primary_key)
+        try:
+            self._prepare(stream, name, key)
+        except (RecordError, FatalError) as e:
+            if isinstance(e.__cause__, ReplicantError) or e.__cause__ is None:
+                raise  # our own refusal, which says what to do
+            raise FatalError(f"{e}; {_EXCLUDE_HINT}") from e
+
+    def _prepare(self, stream: Stream, name: str, key: tuple[str, ...]) -> None:
         with self.transaction("prepare", stream, name):
             columns = self.columns(name)
             if columns is None:
@@ -455,6 +383,20 @@ class SQLDestination(Destination):
             insert_first=self.insert_first and unique, key=key,
         )
 
+    def _check_names(self, stream: Stream) -> None:
+        """Refuses column names that are one name here (:meth:`fold`: ``Name`` and ``name``
+        where names are case-insensitive), naming them and what to do."""
+        seen: dict[str, list[str]] = {}
+        for f in stream.schema:
+            seen.setdefault(self.fold(f.name), []).append(f.name)
+        clashes = [names for names in seen.values() if len(names) > 1]
+        if clashes:
+            listed = "; ".join(" and ".join(repr(n) for n in names) for names in clashes)
+            raise FatalError(
+                f"{self.kind} destination {self.name!r}, stream {stream.name!r}: columns {listed} are one column name "
+                f"in {self.kind} (which compares names {self.name_rule}); {_EXCLUDE_HINT}"
+            )
+
     def _table(self, stream: Stream) -> Table:
         if stream.name not in self._tables:
             self.prepare(stream)
@@ -468,9 +410,56 @@ class SQLDestination(Destination):
                 f"destination {self.name!r}, stream {stream.name!r}: key column(s) {', '.join(missing)} are not columns of the stream"
             )
 
-    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int, offsets: pa.Array | None = None) -> None:
         """Applies ``data`` by the write mode and records ``last_offset`` in the same
-        transaction (under ``replace``: into the pending table, without an offset)."""
+        transaction (under ``replace``: into the pending table, without an offset).
+
+        Rows the database rejects for their values (:meth:`is_content_error`) are found by
+        bisection in rolled-back transactions, stored as dead letters, and the other rows are
+        then written with ``last_offset`` in one transaction
+        (:func:`replicant.destinations._bad_records.set_aside`: the rules, and without a
+        dead-letter store or with ``on_bad_record: fail``, a FatalError).
+
+        Args:
+            offsets: the log offset of each row (a transactional delivery batches several
+                log records, with markers between them); None: ``last_offset - n + 1 ..
+                last_offset``.
+        """
+        rows, at = data, _bad_records.row_offsets(data, offsets, last_offset)
+        for cumulative in (False, True):  # the second round: rows rejected only next to others
+            try:
+                self._apply(stream, rows, last_offset)
+                return
+            except RecordError as e:
+                rows, at = _bad_records.set_aside(
+                    self, stream, rows, at, e, lambda part: self._probe(stream, part), cumulative=cumulative
+                )
+        try:
+            self._apply(stream, rows, last_offset)
+        except RecordError as e:
+            raise FatalError(f"{e} (the rows left after setting the rejected ones aside still fail)") from e
+
+    def _probe(self, stream: Stream, rows: pa.Table) -> None:
+        """Applies ``rows`` as :meth:`write` would, without the offset, and rolls back.
+
+        Raises:
+            RecordError: the database rejects a value of ``rows``.
+        """
+        mode = self.write_mode(stream)
+        target = self._pending[stream.name] if mode == "replace" and stream.name in self._pending else self._table(stream)
+        try:
+            with self.transaction("write", stream, target.name):
+                if mode == "merge":
+                    changes = last_change_per_key(rows, target.key)
+                    if changes.num_rows:
+                        self.merge(target, changes)
+                else:
+                    self.insert(target, without_deletes(rows))
+                raise _bad_records.RolledBack
+        except _bad_records.RolledBack:
+            return
+
+    def _apply(self, stream: Stream, data: pa.Table, last_offset: int) -> None:
         mode = self.write_mode(stream)
         if mode == "replace":
             pending = self._pending.get(stream.name)
@@ -578,6 +567,12 @@ class SQLDestination(Destination):
             if pending is not None:
                 pending.columns = self.columns(pending.name) or {}
         self.prepare(stream)
+
+
+_EXCLUDE_HINT = (
+    "leave such columns out with `exclude:` on the stream in the pipeline file (source.streams[…].exclude), or this "
+    "stream out of this destination with its `streams:`; the other streams are delivered meanwhile"
+)
 
 
 def _new_keys_only(data: pa.Table, key: tuple[str, ...]) -> bool:

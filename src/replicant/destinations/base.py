@@ -161,10 +161,20 @@ class Destination(ABC):
         """
 
     @abstractmethod
-    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int, offsets: pa.Array | None = None) -> None:
         """Applies ``data`` (a change batch table) by the configured write mode and records
         ``last_offset`` in the same transaction (except under ``replace``, where rows go to
-        the pending table and the offset is recorded by :meth:`commit_replace`)."""
+        the pending table and the offset is recorded by :meth:`commit_replace`).
+
+        ``offsets``: the log offset of each row, given to transactional destinations (whose
+        writes batch several log records); None: the rows are ``last_offset - n + 1 ..
+        last_offset`` (always so for a non-transactional destination).
+
+        A record the destination rejects for its content goes to :attr:`dead_letter` with
+        the destination's message, the record and its origin (``log offset N, …``), and the
+        other rows are written: a poison record never blocks a stream. Without a dead-letter
+        sink, or with ``on_bad_record: fail``, the write raises
+        :class:`~replicant.errors.FatalError` instead."""
 
     @abstractmethod
     def begin_replace(self, stream: Stream) -> None:

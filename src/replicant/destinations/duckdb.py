@@ -157,6 +157,12 @@ class DuckDBDestination(SQLDestination):
             return RetriableError(f"{where}: transaction conflict, retry: {error}")
         return FatalError(f"{where}: {error}")
 
+    def is_content_error(self, error: Exception) -> bool:
+        """A constraint (``IntegrityError``) or a value that does not convert or fit (``DataError``)."""
+        import duckdb
+
+        return isinstance(error, (duckdb.IntegrityError, duckdb.DataError))
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         self.connection.execute(sql, list(params) if params is not None else None)
 

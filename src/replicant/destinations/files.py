@@ -206,7 +206,7 @@ class FilesDestination(Destination):
             )
         self.open()
 
-    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int, offsets: pa.Array | None = None) -> None:
         n = data.num_rows
         if n == 0:
             return

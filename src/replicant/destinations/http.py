@@ -323,7 +323,7 @@ class HttpDestination(Destination):
 
     # -------------------------------------------------------------- writing
 
-    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int, offsets: pa.Array | None = None) -> None:
         """Pushes the rows of offsets ``last_offset - n + 1 .. last_offset``; returns when every
         request is accepted or its records dead-lettered.
 

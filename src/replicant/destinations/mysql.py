@@ -73,6 +73,7 @@ from replicant.errors import (
     ConfigError,
     ConnectionError,
     FatalError,
+    RecordError,
     ReplicantError,
     RetriableError,
 )
@@ -83,6 +84,14 @@ __all__ = ["MySQLDestination"]
 #: Server error codes after which the same work may succeed: lock wait timeout, deadlock,
 #: server gone away, lost connection, connection killed, client idle timeout.
 _RETRIABLE = frozenset({1205, 1213, 2006, 2013, 2014, 1927, 4031})
+#: Errors about the rows' values (strict mode; https://mariadb.com/kb/en/mariadb-error-codes/):
+#: 1048 column cannot be null, 1062 duplicate entry, 1264 out of range, 1265 data truncated,
+#: 1292 incorrect date/time value, 1300 invalid character string, 1366 incorrect value for a
+#: column, 1367 illegal double, 1406 data too long, 1411 incorrect value for a function,
+#: 1416 cannot get a geometry object, 1451/1452 foreign key, 1690 value out of range,
+#: 3140 invalid JSON (MySQL), 3819 (MySQL) and 4025 (MariaDB) check constraint violated,
+#: 4038 a JSON syntax error (MariaDB).
+_CONTENT = frozenset({1048, 1062, 1264, 1265, 1292, 1300, 1366, 1367, 1406, 1411, 1416, 1451, 1452, 1690, 3140, 3819, 4025, 4038})
 _SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO,ERROR_FOR_DIVISION_BY_ZERO"
 _STAGE = "_replicant_stage"
 _OLD = "__replicant_old"
@@ -241,6 +250,9 @@ class MySQLDestination(SQLDestination):
             return RetriableError(f"{where}: [{code}] {msg}; retry")
         return FatalError(f"{where} failed: [{code}] {msg}")
 
+    def is_content_error(self, error: Exception) -> bool:
+        return isinstance(error, pymysql.MySQLError) and _code(error)[0] in _CONTENT
+
     def _cursor(self) -> Any:
         assert self._conn is not None
         return self._conn.cursor()
@@ -332,6 +344,8 @@ class MySQLDestination(SQLDestination):
         warnings = cur.fetchall()
         if warnings or (not replace and loaded != rows.num_rows):
             detail = "; ".join(f"{w[0]} {w[1]}: {w[2]}" for w in warnings) or f"{loaded} of {rows.num_rows} rows loaded"
+            if warnings and all(int(w[1]) in _CONTENT for w in warnings):  # LOAD DATA's rejected values: warnings
+                raise RecordError(f"the server rejects a value: {detail}")
             raise FatalError(
                 f"loading {rows.num_rows} rows into {self.qualified(table)} would change data ({detail}); "
                 "nothing was written"

@@ -40,7 +40,10 @@ order on one connection, so JetStream stores them in that order; then all acks a
 awaited. ``write`` returns only when every message is acknowledged (stored). Any failure
 (server gone, no stream, timeout, storage limit) raises :class:`RetriableError`; the
 engine retries the whole chunk, and already stored messages are dropped as duplicates.
-A message larger than the server's ``max_payload`` raises :class:`FatalError`.
+A record larger than the server's ``max_payload`` (with its headers) is not published: it
+goes to the dead letters with its origin and the others are published (their message ids
+are their own offsets, so the gap is the rejected record); without a dead-letter store, or
+with ``on_bad_record: fail``, the write raises :class:`FatalError`.
 
 Measured on this project's shared 2-core machine (server on the same machine): about
 9-11 k messages/s, the same as nats-py's own ``publish_async`` loop (the Python client is
@@ -61,6 +64,7 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -185,20 +189,27 @@ class NatsDestination(Destination):
     def subject(self, stream: Stream) -> str:
         return subject_for(self.options.subject, self.pipeline, stream.log_name)
 
-    def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int, offsets: pa.Array | None = None) -> None:
         n = data.num_rows
         if n == 0:
             return
         self.open()
         texts = record_json(data, stream.primary_key).to_pylist()  # one message each: the wire format's unit
         first = last_offset - n + 1
-        self._send(stream, texts, first)
+        offsets = list(range(first, last_offset + 1))
+        too_big = self._too_big(stream, texts, first)
+        if too_big:
+            self._set_aside(stream, data, offsets, too_big)
+            texts = [t for i, t in enumerate(texts) if i not in too_big]
+            offsets = [o for i, o in enumerate(offsets) if i not in too_big]
+        if texts:
+            self._send(stream, texts, offsets)
 
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """Publishes ``{"op": "truncate", "key": null, "data": null, "position": null, "ts": null}``
         with the marker's offset as message id: consumers decide what a TRUNCATE means."""
         self.open()
-        self._send(stream, ['{"op":"truncate","key":null,"data":null,"position":null,"ts":null}'], last_offset)
+        self._send(stream, ['{"op":"truncate","key":null,"data":null,"position":null,"ts":null}'], [last_offset])
 
     def evolve(self, stream: Stream, old: Stream) -> None:
         """JSON messages have no fixed schema: new and widened columns need nothing here."""
@@ -271,14 +282,47 @@ class NatsDestination(Destination):
             return RetriableError(f"{where}: {type(e).__name__} ({what})")
         return e if isinstance(e, Exception) else RuntimeError(str(e))
 
-    def _send(self, stream: Stream, texts: list[str], first: int) -> None:
-        subject = self.subject(stream)
-        prefix = f"{self.pipeline}:{quote(stream.log_name, safe='')}:"
+    def _headers(self, stream: Stream) -> dict[str, str]:
+        """Headers every message of ``stream`` carries besides its ``Nats-Msg-Id``."""
         origin = {"Replicant-Pipeline": quote(self.pipeline, safe=""), "Replicant-Stream": quote(stream.name, safe="")}
         if stream.tenant is not None:
             origin["Replicant-Tenant"] = quote(stream.tenant, safe="")
-        what = f"publish offsets {first}..{first + len(texts) - 1} of {stream.name!r} to {subject}"
-        self._call(self._publish(subject, texts, prefix, first, origin), what)
+        return origin
+
+    def _too_big(self, stream: Stream, texts: list[str], first: int) -> dict[int, str]:
+        """Per index of a message over the server's ``max_payload`` (body and headers, as the
+        server counts them), the reason; empty when the limit is unknown."""
+        limit = self._nc.max_payload if self._nc is not None else 0
+        if not limit:
+            return {}
+        head = len(f"NATS/1.0\r\nNats-Msg-Id: {self.pipeline}:{quote(stream.log_name, safe='')}:{first}\r\n\r\n")
+        head += sum(len(k) + len(v) + 4 for k, v in self._headers(stream).items()) + 20  # room for a longer offset
+        found = {}
+        for i, text in enumerate(texts):
+            size = len(text.encode()) + head
+            if size > limit:
+                found[i] = (f"destination {self.name!r}: NATS at {self._where()}: the record is {size:,} bytes with its headers, "
+                            f"more than the server's max_payload of {limit:,} bytes")
+        return found
+
+    def _set_aside(self, stream: Stream, data: pa.Table, offsets: list[int], too_big: dict[int, str]) -> None:
+        """Sends the records at ``too_big`` to the dead letters, or raises FatalError when
+        there is no dead-letter store or ``on_bad_record: fail``."""
+        from replicant.destinations._bad_records import letters_for
+
+        first = next(iter(too_big.values()))
+        if self.dead_letter is None or getattr(self.config, "on_bad_record", "dead_letter") == "fail":
+            raise FatalError(f"{first} (stream {stream.name!r}); raise max_payload on the server or exclude large columns")
+        index = sorted(too_big)
+        letters = letters_for(self, stream, data.take(index), np.array([offsets[i] for i in index]), [too_big[i] for i in index])
+        log.warning("destination %r, stream %r: %d record(s) over max_payload, sent to dead letters", self.name, stream.name, len(letters))
+        self.dead_letter(stream, letters)
+
+    def _send(self, stream: Stream, texts: list[str], offsets: list[int]) -> None:
+        subject = self.subject(stream)
+        prefix = f"{self.pipeline}:{quote(stream.log_name, safe='')}:"
+        what = f"publish offsets {offsets[0]}..{offsets[-1]} of {stream.name!r} to {subject}"
+        self._call(self._publish(subject, texts, prefix, offsets, self._headers(stream)), what)
 
     async def _connect(self) -> None:
         import nats
@@ -339,9 +383,10 @@ class NatsDestination(Destination):
         await js.update_stream(config)
         self._ready.add(subject)
 
-    async def _publish(self, subject: str, texts: list[str], prefix: str, first: int, origin: dict[str, str]) -> None:
-        """Publishes every text in order without waiting, then awaits every ack; ``origin``:
-        headers every message carries besides its ``Nats-Msg-Id``."""
+    async def _publish(self, subject: str, texts: list[str], prefix: str, offsets: list[int], origin: dict[str, str]) -> None:
+        """Publishes every text in order without waiting, then awaits every ack; ``offsets``:
+        each text's log offset (its ``Nats-Msg-Id``); ``origin``: headers every message
+        carries besides its ``Nats-Msg-Id``."""
         import nats.js.errors as jse
 
         if self._nc is None or self._nc.is_closed:
@@ -356,7 +401,7 @@ class NatsDestination(Destination):
             acked = 0
             for i, text in enumerate(texts):
                 futures.append(
-                    await js.publish_async(subject, text.encode(), headers={**origin, "Nats-Msg-Id": f"{prefix}{first + i}"})
+                    await js.publish_async(subject, text.encode(), headers={**origin, "Nats-Msg-Id": f"{prefix}{offsets[i]}"})
                 )
                 if len(futures) - acked >= 2 * _WINDOW:
                     await asyncio.wait_for(asyncio.gather(*futures[acked : acked + _WINDOW]), self.timeout)

@@ -53,6 +53,7 @@ from replicant.destinations import _pg_sql as sql
 from replicant.destinations._changes import data_names, delete_mask
 from replicant.destinations._pg_errors import (
     describe_url,
+    is_content_error,
     message_of,
     sqlstate_of,
     translate,
@@ -195,6 +196,9 @@ class PostgresDestination(SQLDestination):
 
         return translate(error, where) if isinstance(error, adbc_driver_manager.Error) else None
 
+    def is_content_error(self, error: Exception) -> bool:
+        return is_content_error(error)
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         self._cur.execute(sql, tuple(params) if params is not None else None)
 
@@ -209,6 +213,8 @@ class PostgresDestination(SQLDestination):
 
     def label(self, table: str) -> str:
         return f"{self.schema}.{table}"
+
+    name_rule = "exactly, clipped to 63 bytes"
 
     def fold(self, name: str) -> str:
         """PostgreSQL compares quoted names exactly, as stored (clipped to 63 bytes)."""

@@ -198,6 +198,16 @@ class SQLiteDestination(SQLDestination):
             return RetriableError(f"{where}: the database is locked ({error}); retry")
         return FatalError(f"{where} failed: {type(error).__name__}: {error}")
 
+    def is_content_error(self, error: Exception) -> bool:
+        """A constraint (``NOT NULL``, ``CHECK``, ``UNIQUE``, foreign key), a ``STRICT``
+        table's type check or a value over the size limit."""
+        import adbc_driver_manager
+
+        if isinstance(error, (adbc_driver_manager.IntegrityError, adbc_driver_manager.DataError)):
+            return True
+        text = str(error)
+        return isinstance(error, _driver_errors()) and any(m in text for m in _CONTENT_MESSAGES)
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         """Runs a statement that returns no rows, to completion: through ADBC's
         ``execute_update`` (``executemany`` with one parameter row, or none), which steps
@@ -287,6 +297,9 @@ class SQLiteDestination(SQLDestination):
                 )
         for f in change.added:
             self.add_column(table, f, stream.schema)
+
+
+_CONTENT_MESSAGES = ("constraint failed", "cannot store", "datatype mismatch", "string or blob too big")
 
 
 def _driver_errors() -> tuple[type[BaseException], ...]:

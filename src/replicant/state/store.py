@@ -33,6 +33,7 @@ from replicant.errors import ConnectionError, FatalError, RetriableError, redact
 from replicant.model import DeadLetter, Position, decode_position, encode_position, utcnow
 from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
+from replicant.state._letters import letter_rows
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
@@ -332,26 +333,19 @@ class StateStore:
         self, pipeline: str, stream: str, records: list[DeadLetter], *, tenant: str | None = None
     ) -> int:
         """Stores rejected records of ``(pipeline, tenant, stream)`` in one bulk insert;
-        returns how many were stored."""
+        returns how many were stored.
+
+        A record a destination rejected (``destination`` set) is stored once per destination
+        and ``origin`` (its log offset): a re-delivery of the same log records after a crash
+        or a replay, which rejects them again, adds nothing.
+        """
         if not records:
             return 0
-        now = self._clock()
-        key = _key(tenant)
-        rows = [
-            {
-                "pipeline": pipeline,
-                "tenant": key,
-                "stream": stream,
-                "destination": r.destination,
-                "origin": r.origin,
-                "reason": redact(r.reason),
-                "payload": json.dumps(r.payload, sort_keys=True, default=str),
-                "created_at": r.created_at or now,
-            }
-            for r in records
-        ]
+        now, key = self._clock(), _key(tenant)
         with self._begin(write=True) as conn:
-            conn.execute(sa.insert(dead_letters), rows)
+            rows = letter_rows(conn, pipeline, key, stream, records, now)
+            if rows:
+                conn.execute(sa.insert(dead_letters), rows)
         return len(rows)
 
     def dead_letters(
