@@ -137,7 +137,8 @@ class Engine:
 
         def sink(stream: Stream, records: list[DeadLetter]) -> None:
             records = [r if r.destination is not None else dataclasses.replace(r, destination=dest_name) for r in records]
-            state.add_dead_letters(self.config.pipeline, stream.name, records, tenant=stream.tenant)
+            # once: a re-delivery (after a crash, a replay) rejects the same records again
+            state.add_dead_letters(self.config.pipeline, stream.name, records, tenant=stream.tenant, once=True)
             with lock:
                 per = result.dead_letters.setdefault(dest_name, {})
                 per[stream.name] = per.get(stream.name, 0) + len(records)

@@ -71,7 +71,7 @@ def store(tmp_path: Path) -> Any:
 
 
 def _with_sink(d: Any, store: Any) -> Any:
-    d.dead_letter = lambda stream, records: store.add_dead_letters("p", stream.name, records)
+    d.dead_letter = lambda stream, records: store.add_dead_letters("p", stream.name, records, once=True)
     return d
 
 

@@ -1,5 +1,6 @@
 """The rows :meth:`replicant.state.store.StateStore.add_dead_letters` inserts: one per record,
-reasons redacted, and a record a destination rejected only once per destination and origin."""
+reasons redacted; with ``once``, a record a destination rejected only once per destination
+and origin."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ __all__ = ["letter_rows"]
 _CHUNK = 500  # origins per IN list
 
 
-def letter_rows(conn: Any, pipeline: str, tenant: str, stream: str, records: list[DeadLetter], now: datetime) -> list[dict[str, Any]]:
-    """The table rows for ``records`` (``tenant`` as stored: ``''`` for none), leaving out a
-    destination's rejection already stored with the same destination and origin (its log
-    offset): a re-delivery after a crash, or a replay, rejects the same records again."""
+def letter_rows(
+    conn: Any, pipeline: str, tenant: str, stream: str, records: list[DeadLetter], now: datetime, *, once: bool = False
+) -> list[dict[str, Any]]:
+    """The table rows for ``records`` (``tenant`` as stored: ``''`` for none). ``once``: leave
+    out a destination's rejection already stored (or given twice) with the same destination
+    and origin (its log offset): a re-delivery after a crash, or a replay, rejects the same
+    records again."""
     seen: set[tuple[str, str]] = set()
-    rejected = [r for r in records if r.destination is not None]
+    rejected = [r for r in records if r.destination is not None] if once else []
     for start in range(0, len(rejected), _CHUNK):
         part = rejected[start:start + _CHUNK]
         found = conn.execute(sa.select(dead_letters.c.destination, dead_letters.c.origin).where(
@@ -34,7 +38,7 @@ def letter_rows(conn: Any, pipeline: str, tenant: str, stream: str, records: lis
         seen.update((d, o) for d, o in found)
     rows = []
     for r in records:
-        if r.destination is not None:
+        if once and r.destination is not None:
             if (r.destination, r.origin) in seen:
                 continue
             seen.add((r.destination, r.origin))

@@ -330,20 +330,21 @@ class StateStore:
     # -- dead letters ------------------------------------------------------------------
 
     def add_dead_letters(
-        self, pipeline: str, stream: str, records: list[DeadLetter], *, tenant: str | None = None
+        self, pipeline: str, stream: str, records: list[DeadLetter], *, tenant: str | None = None, once: bool = False
     ) -> int:
         """Stores rejected records of ``(pipeline, tenant, stream)`` in one bulk insert;
         returns how many were stored.
 
-        A record a destination rejected (``destination`` set) is stored once per destination
-        and ``origin`` (its log offset): a re-delivery of the same log records after a crash
-        or a replay, which rejects them again, adds nothing.
+        ``once``: a record a destination rejected (``destination`` set) is stored once per
+        destination and ``origin`` (its log offset), so a re-delivery of the same log records
+        after a crash, or a replay, which rejects them again, adds nothing (the engine's
+        destination sink sets it).
         """
         if not records:
             return 0
         now, key = self._clock(), _key(tenant)
         with self._begin(write=True) as conn:
-            rows = letter_rows(conn, pipeline, key, stream, records, now)
+            rows = letter_rows(conn, pipeline, key, stream, records, now, once=once)
             if rows:
                 conn.execute(sa.insert(dead_letters), rows)
         return len(rows)
