@@ -20,8 +20,12 @@ import psycopg
 import pyarrow as pa
 import pytest
 
+from http_receiver import Receiver  # tests/ is on the path (as in test_http)
 from replicant.config import DestinationConfig
+from replicant.destinations.files import FilesDestination
+from replicant.destinations.http import HttpDestination
 from replicant.errors import FatalError
+from replicant.model import ConnectorContext
 from replicant.state.store import StateStore
 
 from . import conformance as cf
@@ -182,3 +186,89 @@ def test_without_a_dead_letter_store_or_with_fail_the_stream_stops(request: pyte
             d.close()
     assert h.rows("items") == []
     assert store.dead_letters("p") == []
+
+
+# ------------------------------------------------------------------ non-transactional kinds
+
+
+def _event_letter_checks(store: Any, dest: str, words: str) -> None:
+    [letter] = store.dead_letters("p")
+    assert letter["destination"] == dest
+    assert letter["origin"] == 'log offset 203, position {"i": 3}'
+    assert letter["payload"]["key"] == {"id": 4} and letter["payload"]["data"]["id"] == 4
+    assert re.search(words, letter["reason"]), letter["reason"]
+
+
+def test_nats_record_over_max_payload_goes_to_dead_letters(request: pytest.FixtureRequest, store: Any) -> None:
+    """A record larger than the server's max_payload (1 MiB by default) is dead-lettered; the
+    others are published with their own offsets as message ids; a re-delivery adds nothing."""
+    h = KINDS["nats"](request)
+    s = cf.make_stream("items", cf.ITEMS)
+    rows = [dict(r, name="x" * 1_100_000) if r["name"] == "poison" else r for r in ROWS]
+    for _ in range(2):  # the second: a re-delivery of the same chunk (a retry, a restart)
+        d = _with_sink(cf.opened(h, "append"), store)
+        try:
+            d.prepare(s)
+            d.write(s, cf.changes(s, rows, "insert"), last_offset=205)  # offsets 200..205
+        finally:
+            d.close()
+    assert h.rows("items") == GOOD
+    assert h.delivered() == sorted(f"p:items:{o}" for o in (200, 201, 202, 204, 205))
+    _event_letter_checks(store, "bus", r"the record is 1,100,\d+ bytes with its headers, more than the server's max_payload of 1,048,576")
+    assert len(store.dead_letters("p")[0]["payload"]["data"]["name"]) == 1_100_000  # the value as the source had it
+
+
+def test_http_record_the_endpoint_rejects_goes_to_dead_letters(store: Any) -> None:
+    """The endpoint answers 422 for the request holding the poison record: with one record
+    per request (``batch_size: 1``) exactly that record is dead-lettered, the others delivered."""
+    s = cf.make_stream("items", cf.ITEMS)
+    with Receiver(reject=lambda r: r["data"]["name"] == "poison", reject_status=422) as rcv:
+        cfg = DestinationConfig.model_validate({"name": "push", "type": "http", "url": rcv.url, "batch_size": 1})
+        d = _with_sink(HttpDestination(cfg, ConnectorContext("p")), store)
+        d.open()
+        try:
+            d.write(s, cf.changes(s, ROWS, "insert"), last_offset=205)
+        finally:
+            d.close()
+        assert sorted(r["key"]["id"] for r in rcv.records()) == [1, 2, 3, 5, 6]
+    _event_letter_checks(store, "push", r"^HTTP 422 from POST")
+
+
+def test_files_record_that_cannot_be_encoded_goes_to_dead_letters(
+    request: pytest.FixtureRequest, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parquet, CSV and JSON Lines hold every Arrow value sources produce today, so the encoder
+    is made to refuse one value (fault injection): that record is dead-lettered with the
+    encoder's message, the chunk's file holds the others, and a type every row fails on is
+    not dead-lettered but fails the write."""
+    real = FilesDestination._encode
+
+    def encode(self: Any, table: pa.Table) -> pa.Buffer:
+        if "poison" in table.column("name").to_pylist():
+            raise pa.ArrowInvalid("injected: the format cannot hold 'poison'")
+        return real(self, table)
+
+    monkeypatch.setattr(FilesDestination, "_encode", encode)
+    h = KINDS["files"](request)
+    s = cf.make_stream("items", cf.ITEMS)
+    d = _with_sink(cf.opened(h, "append"), store)
+    try:
+        d.prepare(s)
+        d.write(s, cf.changes(s, ROWS, "insert"), last_offset=205)
+    finally:
+        d.close()
+    assert h.rows("items") == GOOD
+    assert h.delivered() == [
+        "items/_manifests/00000000000000000200-00000000000000000205.json",
+        "items/date=2024-01-02/00000000000000000200-00000000000000000205.parquet",
+    ]
+    _event_letter_checks(store, "files", r"cannot write as parquet: ArrowInvalid: injected")
+
+    monkeypatch.setattr(FilesDestination, "_encode", lambda self, table: (_ for _ in ()).throw(pa.ArrowNotImplementedError("no such type")))
+    d = _with_sink(cf.opened(h, "append"), store)
+    try:
+        with pytest.raises(FatalError, match=r"no such type.*exclude:"):
+            d.write(s, cf.changes(s, ROWS, "insert"), last_offset=305)
+    finally:
+        d.close()
+    assert len(store.dead_letters("p")) == 1

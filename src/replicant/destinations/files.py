@@ -37,6 +37,13 @@ decimals exact text, timestamps ISO 8601, binary base64, nested values JSON text
 CSV and JSON Lines may be compressed with ``gzip`` or ``zstd`` (``.csv.gz``, ``.jsonl.zst``),
 which DuckDB and pandas read directly.
 
+A record the format cannot hold (encoding it fails while an empty table of the same columns
+encodes) goes to the dead letters with its origin (``log offset N``) and the reason, and the
+other rows are written under the chunk's name (found by bisection, see
+:mod:`replicant.destinations._bad_records`); a failure of the columns' types, or no
+dead-letter store, or ``on_bad_record: fail``, raises :class:`FatalError`. Parquet, CSV and
+JSON Lines hold every value of the Arrow types sources produce today, so this is a guard.
+
 docs/measurements.md (Files) has the write rate of each format.
 
 The folder names a stream by its log name (``tenant/name`` for a tenant's stream), or by its
@@ -56,12 +63,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -74,16 +83,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from replicant.destinations._names import readable_unique
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
-from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
+from replicant.errors import ConfigError, ConnectionError, FatalError, RecordError, RetriableError
 from replicant.model import ConnectorContext, Stream
 from replicant.secrets import resolve_all
 
 __all__ = ["FilesDestination", "FilesSettings"]
 
+log = logging.getLogger(__name__)
+
 _PARQUET_CODECS = ("snappy", "zstd", "gzip", "lz4", "brotli", "none")
 _TEXT_CODECS = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 _PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 _EPOCH = dt.datetime(1970, 1, 1)
+#: What encoding a value the format cannot hold raises (Arrow's writers, DuckDB's JSON).
+_ENCODE_ERRORS: tuple[type[Exception], ...] = (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, duckdb.Error)
 _PARTITIONS = {"date": "date=%Y-%m-%d", "hour": "date=%Y-%m-%d/hour=%H"}
 
 
@@ -214,16 +227,21 @@ class FilesDestination(Destination):
         first = last_offset - n + 1
         name = self._file_name(stream, first, last_offset)
         folder = self._folder_of(stream)
+        try:
+            parts = [(part, rows, self._encode(rows)) for part, rows in self._parts(data)]
+        except _ENCODE_ERRORS as e:  # a value the format cannot hold: set that record aside
+            data = self._set_aside(stream, data, first, e)
+            parts = [(part, rows, self._encode(rows)) for part, rows in self._parts(data)] if data.num_rows else []
         files = []
-        for part, rows in self._parts(data):
+        for part, rows, body in parts:
             rel = f"{folder}/{part}/{name}{self.extension}" if part else f"{folder}/{name}{self.extension}"
-            self._put(rel, self._encode(rows), stream)
+            self._put(rel, body, stream)
             files.append({"path": rel, "rows": rows.num_rows, **_ts_range(rows)})
         manifest = {
             "stream": stream.name,
             "first_offset": first,
             "last_offset": last_offset,
-            "rows": n,
+            "rows": data.num_rows,
             "format": self.format,
             "compression": self.compression,
             **_ts_range(data),
@@ -295,6 +313,34 @@ class FilesDestination(Destination):
         if len(unique) == 1:
             return [(folder(unique[0]), data)]
         return [(folder(u), data.filter(pa.array(inverse == k))) for k, u in enumerate(unique)]
+
+    def _set_aside(self, stream: Stream, data: pa.Table, first: int, error: Exception) -> pa.Table:
+        """The rows of ``data`` (at offsets from ``first``) that encode; the others go to the
+        dead letters (:mod:`replicant.destinations._bad_records`). A failure of the columns'
+        types (an empty table fails too), no dead-letter store or ``on_bad_record: fail``
+        raise FatalError."""
+        from replicant.destinations._bad_records import find_rejected, letters_for
+
+        where = f"destination {self.name!r}, stream {stream.name!r}: cannot write as {self.format}"
+        try:
+            self._encode(data.slice(0, 0))
+        except _ENCODE_ERRORS:
+            raise FatalError(f"{where}: {type(error).__name__}: {error}; leave the column out with `exclude:`") from error
+        if self.dead_letter is None or getattr(self.config, "on_bad_record", "dead_letter") == "fail":
+            raise FatalError(f"{where}: {type(error).__name__}: {error} (no dead-letter store, or `on_bad_record: fail`)") from error
+
+        def probe(rows: pa.Table) -> None:
+            try:
+                self._encode(rows)
+            except _ENCODE_ERRORS as e:
+                raise RecordError(f"{where}: {type(e).__name__}: {e}") from None
+
+        keep, rejected = find_rejected(data, probe, f"{where}: {type(error).__name__}: {error}", cumulative=False)
+        index = np.array([i for i, _ in rejected], dtype=np.int64)
+        letters = letters_for(self, stream, data.take(index), index + first, [why for _, why in rejected])
+        log.warning("destination %r, stream %r: %d record(s) cannot be encoded, sent to dead letters", self.name, stream.name, len(letters))
+        self.dead_letter(stream, letters)
+        return data.take(keep)
 
     def _encode(self, table: pa.Table) -> pa.Buffer:
         sink = pa.BufferOutputStream()
