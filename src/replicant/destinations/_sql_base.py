@@ -80,7 +80,7 @@ from replicant.destinations.drift import Plan, plan
 from replicant.errors import ConfigError, FatalError, RecordError, ReplicantError
 from replicant.model import ConnectorContext, Stream
 
-__all__ = ["PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
+__all__ = ["EXCLUDE_HINT", "PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
 
 PENDING_SUFFIX = "__replicant_pending"
 
@@ -348,15 +348,15 @@ class SQLDestination(Destination):
         """
         self._check_key(stream)
         self._check_names(stream)
-        self.check_types(stream.schema)
         name = self.table_name(stream)
         key = tuple(stream.primary_key)
         try:
+            self.check_types(stream.schema)
             self._prepare(stream, name, key)
         except (RecordError, FatalError) as e:
-            if isinstance(e.__cause__, ReplicantError) or e.__cause__ is None:
-                raise  # our own refusal, which says what to do
-            raise FatalError(f"{e}; {_EXCLUDE_HINT}") from e
+            if isinstance(e.__cause__, ReplicantError) or e.__cause__ is None:  # our own refusal says what to do
+                raise e if f"stream {stream.name!r}" in str(e) else FatalError(f"stream {stream.name!r}: {e}") from e
+            raise FatalError(f"{e}; {EXCLUDE_HINT}") from e
 
     def _prepare(self, stream: Stream, name: str, key: tuple[str, ...]) -> None:
         with self.transaction("prepare", stream, name):
@@ -394,7 +394,7 @@ class SQLDestination(Destination):
             listed = "; ".join(" and ".join(repr(n) for n in names) for names in clashes)
             raise FatalError(
                 f"{self.kind} destination {self.name!r}, stream {stream.name!r}: columns {listed} are one column name "
-                f"in {self.kind} (which compares names {self.name_rule}); {_EXCLUDE_HINT}"
+                f"in {self.kind} (which compares names {self.name_rule}); {EXCLUDE_HINT}"
             )
 
     def _table(self, stream: Stream) -> Table:
@@ -569,7 +569,8 @@ class SQLDestination(Destination):
         self.prepare(stream)
 
 
-_EXCLUDE_HINT = (
+#: What to do about columns a destination cannot hold (only options that exist).
+EXCLUDE_HINT = (
     "leave such columns out with `exclude:` on the stream in the pipeline file (source.streams[…].exclude), or this "
     "stream out of this destination with its `streams:`; the other streams are delivered meanwhile"
 )

@@ -66,6 +66,7 @@ from replicant.destinations._mysql_types import (
     is_text_type,
     quote,
 )
+from replicant.destinations._sql_base import EXCLUDE_HINT as _EXCLUDE_HINT
 from replicant.destinations._sql_base import PENDING_SUFFIX, SQLDestination, Table
 from replicant.destinations.base import OFFSETS_TABLE
 from replicant.destinations.drift import Plan
@@ -267,6 +268,16 @@ class MySQLDestination(SQLDestination):
             return list(cur.fetchall())
 
     # ------------------------------------------------------------------ names and catalog
+
+    def check_types(self, schema: pa.Schema) -> None:
+        """Refuses column names MariaDB/MySQL cannot hold: characters outside the Basic
+        Multilingual Plane (emoji; https://mariadb.com/kb/en/identifier-names/), naming them."""
+        refused = [f.name for f in schema if any(ord(ch) > 0xFFFF for ch in f.name)]
+        if refused:
+            raise FatalError(
+                f"MySQL destination {self.name!r}: column name(s) {', '.join(repr(n) for n in refused)} hold characters "
+                f"beyond U+FFFF (such as emoji), which MariaDB and MySQL identifiers cannot; {_EXCLUDE_HINT}"
+            )
 
     def pending_name(self, table: str) -> str:
         return aux_name(table, PENDING_SUFFIX)
