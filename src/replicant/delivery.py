@@ -24,6 +24,11 @@ begins (a delivery that failed once finds both in the log).
 Schema versions: when a record's schema differs from the stream's current one, pending
 rows are flushed and ``destination.evolve(new, old)`` runs first. A drift the destination
 cannot absorb pauses that stream (with the destination's message) while others go on.
+
+Poison records and streams: a record the destination rejects for its values goes to the dead
+letters inside ``destination.write`` and the rest is written (transactional destinations get
+each row's log offset, ``offsets=``, for the dead letter's origin); a stream whose table the
+destination refuses at ``prepare`` pauses alone, like a drift, and the others are delivered.
 """
 
 from __future__ import annotations
