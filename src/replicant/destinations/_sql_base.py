@@ -70,6 +70,7 @@ from replicant.destinations._changes import (
     last_change_per_key,
     without_deletes,
 )
+from replicant.destinations._refused import set_aside
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
 from replicant.errors import ConfigError, FatalError, ReplicantError
@@ -125,6 +126,11 @@ class TypeMapper(ABC):
         Raises:
             pa.ArrowInvalid: a value the target cannot hold (translated to FatalError).
         """
+
+    def refused(self, rows: pa.Table) -> dict[int, str]:
+        """Rows with a value this dialect cannot hold at all: row index → reason (default none;
+        the write dead-letters them, :mod:`replicant.destinations._refused`)."""
+        return {}
 
 
 class ColumnInfo(Protocol):
@@ -470,7 +476,9 @@ class SQLDestination(Destination):
 
     def write(self, stream: Stream, data: pa.Table, *, last_offset: int) -> None:
         """Applies ``data`` by the write mode and records ``last_offset`` in the same
-        transaction (under ``replace``: into the pending table, without an offset)."""
+        transaction (under ``replace``: into the pending table, without an offset); rows
+        :meth:`TypeMapper.refused` names go to the dead letters first."""
+        data = set_aside(self, stream, data, self.types.refused(data), last_offset=last_offset)
         mode = self.write_mode(stream)
         if mode == "replace":
             pending = self._pending.get(stream.name)

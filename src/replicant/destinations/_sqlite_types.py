@@ -29,6 +29,7 @@ from replicant.destinations._mysql_types import (
     time_text,
 )
 from replicant.destinations._sql_base import Encoded, TypeMapper
+from replicant.destinations._values import date_text, patch_timestamps
 from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
@@ -121,11 +122,16 @@ def _encode_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
         # UTC wall time for zoned values (they are UTC instants; a naive cast is also 25x
         # faster than a zoned one), microseconds at most: the text SQLite's date functions
         # and replicant's SQLite source read back.
+        # Years outside 0001–9999 and ±infinity: the lossless text of _values (+10000-…,
+        # -0043-… astronomical, infinity), never Arrow's "<value out of range: …>".
         unit = "us" if t.unit == "ns" else t.unit
-        return pc.cast(col, pa.timestamp(unit), safe=False).cast(pa.string())
+        naive = pc.cast(col, pa.timestamp(unit), safe=False)
+        return patch_timestamps(naive, naive.cast(pa.string()), sep=" ")
     if pa.types.is_time(t) and t.unit == "ns":
         return pc.cast(col, pa.time64("us"), safe=False).cast(pa.string())
-    if pa.types.is_date(t) or pa.types.is_time(t):
+    if pa.types.is_date(t):
+        return date_text(col)
+    if pa.types.is_time(t):
         return col.cast(pa.string())
     if pa.types.is_duration(t):
         return time_text(col)
