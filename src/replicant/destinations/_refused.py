@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from replicant.destinations.base import Destination
-from replicant.destinations.records import row_json
 from replicant.model import DeadLetter, Stream
 
 __all__ = ["set_aside"]
@@ -34,6 +33,8 @@ def set_aside(dest: Destination, stream: Stream, data: pa.Table, refused: dict[i
     Per-row Python runs over the refused rows only (rare by nature)."""
     if not refused or dest.dead_letter is None:
         return data
+    from replicant.destinations.records import row_json  # records imports the type mappers, which import this
+
     rows = sorted(refused)
     first = last_offset - data.num_rows + 1
     texts = row_json(data.take(pa.array(rows, pa.int64()))).to_pylist()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -48,6 +49,17 @@ class SQLiteTypes(TypeMapper):
 
     def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
         return Encoded(encode(rows), [None] * rows.num_columns)
+
+    def refused(self, rows: pa.Table) -> dict[int, str]:
+        """Rows with a ``NaN`` float: SQLite stores NaN as NULL (``sqlite3_bind_double``),
+        which would lose the value silently. ``±inf`` it keeps."""
+        out: dict[int, str] = {}
+        for name, col in zip(rows.column_names, rows.columns):
+            if pa.types.is_floating(col.type) and col.null_count < len(col):
+                mask = pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)
+                for i in np.nonzero(mask)[0].tolist():
+                    out.setdefault(i, f"column {name!r}: NaN cannot be stored in SQLite (it would become NULL)")
+        return out
 
 
 def declared_type(f: pa.Field, schema: pa.Schema) -> str | None:
