@@ -25,3 +25,11 @@ def test_connector_conformance_line_is_the_suites() -> None:
     suite = (ROOT / "tests" / "sources" / "test_conformance.py").read_text()
     line = next(b.strip() for b in blocks if b.startswith("SOURCES"))
     assert line in suite.splitlines()
+
+
+def test_types_lossless_forms_example_prints_what_it_shows(capsys) -> None:
+    """docs/types.md, *Values outside ordinary ranges*: the example runs and prints its last line."""
+    block = next(b for b in _python_blocks(ROOT / "docs" / "types.md") if "row_json" in b)
+    exec(compile(block, "docs/types.md", "exec"), {})  # the documentation's own example
+    shown = block.strip().splitlines()[-1].removeprefix("# ")
+    assert capsys.readouterr().out.strip() == shown

@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import re
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -32,13 +31,13 @@ import pyarrow.parquet as pq
 import pymysql
 import pytest
 
+from destinations.test_nats_dest import _admin as nats_admin
+from destinations.test_nats_dest import _messages as nats_messages
 from http_receiver import Receiver
 from replicant.config import parse
 from replicant.engine import Engine
 from replicant.state import StateStore
 
-from destinations.test_nats_dest import _admin as nats_admin
-from destinations.test_nats_dest import _messages as nats_messages
 from .test_pg_log import TYPES_DDL, TYPES_ROWS
 
 _BIG = "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 256) g"  # 8 kB, stored out of line (TOAST)

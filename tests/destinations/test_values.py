@@ -179,12 +179,25 @@ def test_sqlite_stores_far_dates_as_lossless_text_and_dead_letters_nan(tmp_path:
     assert sorted(rows) == [1, 3, 4, 5], "the NaN row went to the dead letters, the others were written"
     for i, (d_, ts, tz, n, iv, f) in rows.items():
         assert (d_, ts, tz) == (DATES[i][0], DATES[i][1].replace("T", " "), DATES[i][2].replace("T", " ").removesuffix("Z"))
-        assert (n, iv) == (_plain(i), INTERVAL_TEXT[i])
+        assert (n, iv, f) == (_plain(i), INTERVAL_TEXT[i], {1: 1.5, 3: 0.0, 4: None, 5: -2.0}[i])
     ((stream, letter),) = letters.got
     assert stream.name == "public.far" and letter.destination == "lite"
     assert letter.origin == 'log offset 11, position {"lsn":102}'  # row 2 of offsets 10..14
     assert "'f'" in letter.reason and "NaN" in letter.reason
     assert letter.payload["id"] == 2 and letter.payload["d"] == "-infinity"
+
+
+def test_sqlite_without_a_dead_letter_store_refuses_nan_instead_of_storing_null(tmp_path: Path) -> None:
+    """Before: the NaN was stored as NULL, silently."""
+    path = tmp_path / "d.sqlite"
+    d = SQLiteDestination(DestinationConfig(name="lite", type="sqlite", path=str(path), write="merge"), ConnectorContext("p"))
+    d.prepare(STREAM)
+    with pytest.raises(FatalError, match=r"column 'f': NaN cannot be stored in SQLite"):
+        d.write(STREAM, _batch(), last_offset=4)
+    assert d.applied_offset(STREAM) == -1
+    d.close()
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT count(*) FROM far").fetchone() == (0,)
 
 
 def test_duckdb_keeps_the_digits_of_decimals_wider_than_38(tmp_path: Path) -> None:
@@ -233,7 +246,7 @@ def test_mariadb_dead_letters_what_it_cannot_hold_and_writes_the_rest(mysql_url:
 def test_mariadb_without_a_dead_letter_store_still_refuses_the_write(mysql_url: str) -> None:
     d = _maria(mysql_url, None)
     d.prepare(STREAM)
-    with pytest.raises(FatalError):
+    with pytest.raises(FatalError, match=r"no dead-letter store; first: column 'd': infinity is outside the years"):
         d.write(STREAM, _batch(), last_offset=4)
     assert d.applied_offset(STREAM) == -1
     d.close()

@@ -6,8 +6,8 @@ values have no representation in its dialect (MariaDB: a date before year 1 or a
 then stores each such row in the dead-letter store, with the reason and its origin (the
 stream's log offset and the row's source position), and applies the rest of the batch.
 
-Without a dead-letter store nothing is set aside: the write fails as the server refuses
-the value (a clear error, never silent loss).
+Without a dead-letter store the write fails with a :class:`FatalError` naming the first
+such value, and nothing of the batch is written (a clear error, never silent loss).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from replicant.destinations.base import Destination
+from replicant.errors import FatalError
 from replicant.model import DeadLetter, Stream
 
 __all__ = ["set_aside"]
@@ -26,13 +27,24 @@ __all__ = ["set_aside"]
 log = logging.getLogger(__name__)
 
 
-def set_aside(dest: Destination, stream: Stream, data: pa.Table, refused: dict[int, str], *, last_offset: int) -> pa.Table:
+def set_aside(dest: Destination, stream: Stream, data: pa.Table, refused: dict[int, str], *, last_offset: int,
+              where: str) -> pa.Table:
     """Dead-letters the rows of ``data`` named in ``refused`` (row index → reason) and
     returns the others. Row ``i`` of ``data`` has log offset ``last_offset - len(data) + 1 + i``.
+    ``where`` names the target table in messages.
 
-    Per-row Python runs over the refused rows only (rare by nature)."""
-    if not refused or dest.dead_letter is None:
+    Per-row Python runs over the refused rows only (rare by nature).
+
+    Raises:
+        FatalError: there are such rows and no dead-letter store.
+    """
+    if not refused:
         return data
+    if dest.dead_letter is None:
+        raise FatalError(
+            f"destination {dest.name!r}, stream {stream.name!r}, table {where}: {len(refused)} records hold values it "
+            f"cannot store and there is no dead-letter store; first: {refused[min(refused)]}"
+        )
     from replicant.destinations.records import row_json  # records imports the type mappers, which import this
 
     rows = sorted(refused)

@@ -128,8 +128,7 @@ class TypeMapper(ABC):
         """
 
     def refused(self, rows: pa.Table) -> dict[int, str]:
-        """Rows with a value this dialect cannot hold at all: row index → reason (default none;
-        the write dead-letters them, :mod:`replicant.destinations._refused`)."""
+        """Rows with a value the dialect cannot hold: index → reason (see :mod:`._refused`)."""
         return {}
 
 
@@ -478,7 +477,8 @@ class SQLDestination(Destination):
         """Applies ``data`` by the write mode and records ``last_offset`` in the same
         transaction (under ``replace``: into the pending table, without an offset); rows
         :meth:`TypeMapper.refused` names go to the dead letters first."""
-        data = set_aside(self, stream, data, self.types.refused(data), last_offset=last_offset)
+        refused = self.types.refused(data)
+        data = set_aside(self, stream, data, refused, last_offset=last_offset, where=self.qualified(self.table_name(stream)))
         mode = self.write_mode(stream)
         if mode == "replace":
             pending = self._pending.get(stream.name)

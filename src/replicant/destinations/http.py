@@ -106,7 +106,6 @@ import duckdb
 import httpx
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from tenacity import (
     RetryCallState,
     RetryError,
