@@ -229,13 +229,22 @@ def test_mariadb_dead_letters_what_it_cannot_hold_and_writes_the_rest(mysql_url:
     d.prepare(STREAM)
     d.write(STREAM, _batch(), last_offset=4)
     assert d.applied_offset(STREAM) == 4
+    first = _batch().slice(4, 1)  # the year 1 is held: only years outside 0001–9999 are refused
+    first = first.set_column(1, "d", pa.array([_days("0001-01-01")], pa.int32()).view(pa.date32()))
+    first = first.set_column(0, "id", pa.array([6], pa.int64()))
+    first = first.set_column(2, "ts", pa.array([_micros("0001-01-01T00:00:00")], pa.int64()).view(pa.timestamp("us")))
+    d.write(STREAM, first, last_offset=5)
     d.close()
     conn = pymysql.connect(**_pymysql_args(mysql_url))
     with conn.cursor() as cur:
-        cur.execute("SELECT id, d, n, iv FROM far")
+        cur.execute("SELECT id, d, n, iv FROM far ORDER BY id")
         rows = cur.fetchall()
+        cur.execute("SELECT CAST(ts AS CHAR) FROM far WHERE id = 6")
+        (year_one,) = cur.fetchone()
     conn.close()
-    assert rows == ((5, dt.date(2024, 2, 29), Decimal("1.5000000000"), "P0M0DT0S"),)
+    assert rows == ((5, dt.date(2024, 2, 29), Decimal("1.5000000000"), "P0M0DT0S"),
+                    (6, dt.date(1, 1, 1), Decimal("1.5000000000"), "P0M0DT0S"))
+    assert year_one == "0001-01-01 00:00:00.000000"
     assert sorted(x.payload["id"] for _, x in letters.got) == [1, 2, 3, 4]
     reasons = {x.payload["id"]: x.reason for _, x in letters.got}
     assert "'d': infinity is outside the years" in reasons[1]
