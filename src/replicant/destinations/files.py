@@ -31,9 +31,10 @@ to it when ``tables:`` is set (:meth:`Destination.target_table`).
   deletes included. Only ``write: append`` exists; ``merge`` and ``replace`` need a table.
 
 Formats: ``parquet`` (Arrow types as they are, but an ``interval`` as a struct of
-``months``, ``days``, ``nanoseconds``, which Parquet's millisecond ``INTERVAL`` cannot hold; compression ``snappy`` by default, or
-``zstd``, ``gzip``, ``lz4``, ``brotli``, ``none``), ``csv`` (``pyarrow.csv``, header row;
-decimals exact text, timestamps ISO 8601, binary base64, nested values JSON text) and
+``months``, ``days``, ``nanoseconds``, which Parquet's millisecond ``INTERVAL`` cannot hold;
+compression ``snappy`` by default, or ``zstd``, ``gzip``, ``lz4``, ``brotli``, ``none``), ``csv`` (``pyarrow.csv``, header row;
+decimals exact text, timestamps ISO 8601, intervals ISO 8601 durations, ``infinity`` and
+years outside 0001–9999 in their lossless text, binary base64, nested values JSON text) and
 ``jsonl`` (one JSON object per line; mapping in :mod:`replicant.destinations.records`).
 CSV and JSON Lines may be compressed with ``gzip`` or ``zstd`` (``.csv.gz``, ``.jsonl.zst``),
 which DuckDB and pandas read directly.
