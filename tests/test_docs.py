@@ -51,3 +51,11 @@ def test_bad_records_example_dead_letters_the_record_and_writes_the_rest(tmp_pat
         [letter] = st.dead_letters("shop")
     assert letter["payload"]["data"] == {"id": 2, "name": "far too long a name"}
     assert "CHECK constraint failed" in letter["reason"] and letter["origin"].startswith("log offset ")
+
+
+def test_types_lossless_forms_example_prints_what_it_shows(capsys) -> None:
+    """docs/types.md, *Values outside ordinary ranges*: the example runs and prints its last line."""
+    block = next(b for b in _python_blocks(ROOT / "docs" / "types.md") if "row_json" in b)
+    exec(compile(block, "docs/types.md", "exec"), {})  # the documentation's own example
+    shown = block.strip().splitlines()[-1].removeprefix("# ")
+    assert capsys.readouterr().out.strip() == shown

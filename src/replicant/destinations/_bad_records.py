@@ -42,7 +42,7 @@ import pyarrow as pa
 from replicant.errors import FatalError, RecordError
 from replicant.model import DeadLetter, Stream
 
-__all__ = ["MOST_REJECTED", "RolledBack", "find_rejected", "letters_for", "set_aside"]
+__all__ = ["MOST_REJECTED", "RolledBack", "find_rejected", "letters_for", "set_aside", "set_aside_refused"]
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +161,36 @@ def set_aside(
     )
     dest.dead_letter(stream, letters)
     return rows.take(keep), offsets[keep]
+
+
+def set_aside_refused(
+    dest: Any, stream: Stream, rows: pa.Table, offsets: np.ndarray, refused: dict[int, str]
+) -> tuple[pa.Table, np.ndarray]:
+    """Dead-letters the rows a type mapper knows up front the dialect cannot hold
+    (``refused``: row index → reason, :meth:`TypeMapper.refused`) and returns the others with
+    their log offsets. Per-row Python runs over the refused rows only.
+
+    Raises:
+        FatalError: there are such rows and no dead-letter store, or ``on_bad_record: fail``.
+    """
+    if not refused:
+        return rows, offsets
+    first = refused[min(refused)]
+    if getattr(dest.config, "on_bad_record", "dead_letter") == "fail":
+        raise FatalError(
+            f"destination {dest.name!r}, stream {stream.name!r}: {len(refused)} records hold values it cannot store and "
+            f"it has `on_bad_record: fail`; first: {first}"
+        )
+    if dest.dead_letter is None:
+        raise FatalError(
+            f"destination {dest.name!r}, stream {stream.name!r}: {len(refused)} records hold values it cannot store and "
+            f"there is no dead-letter store; first: {first}"
+        )
+    index = np.array(sorted(refused), dtype=np.int64)
+    letters = letters_for(dest, stream, rows.take(index), offsets[index], [refused[int(i)] for i in index])
+    log.warning("destination %r, stream %r: %d records hold values it cannot store, sent to dead letters; first: %s",
+                dest.name, stream.name, len(letters), first)
+    dest.dead_letter(stream, letters)
+    keep = np.ones(rows.num_rows, dtype=bool)
+    keep[index] = False
+    return rows.filter(pa.array(keep)), offsets[keep]

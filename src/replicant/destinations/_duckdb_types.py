@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
+from replicant.destinations._mysql_types import decimal_text
 from replicant.destinations._sql_base import Encoded, TypeMapper
 from replicant.errors import FatalError
 
@@ -98,7 +99,7 @@ def normalize(table: pa.Table) -> pa.Table:
     for field, col in zip(table.schema, table.columns):
         t = field.type
         if pa.types.is_decimal(t) and (pa.types.is_decimal256(t) or t.precision > 38):
-            col, changed = col.cast(pa.string()), True
+            col, changed = decimal_text(col), True  # plain digits: Arrow's cast writes 0E-10
         elif t == pa.float16():
             col, changed = col.cast(pa.float32()), True
         columns.append(col)

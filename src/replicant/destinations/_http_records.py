@@ -5,11 +5,35 @@ concatenation). Value mapping as documented in :mod:`replicant.destinations.http
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from replicant.destinations._mysql_types import decimal_text, interval_text
+from replicant.destinations._values import date_text
+from replicant.destinations.records import iso_text
 from replicant.errors import FatalError
 from replicant.model import META_COLUMNS, SQL_TYPE_KEY, Stream
 
-__all__ = ["record_sql"]
+__all__ = ["precast", "record_sql"]
+
+
+def _needs_precast(t: pa.DataType) -> bool:
+    """Columns turned into text in Arrow first: decimals DuckDB cannot read (decimal256),
+    and dates, timestamps and intervals, whose lossless text (``infinity``, ``+10000-…``,
+    ``-0043-…``, ``P14M3DT4.5S``) DuckDB's own formatting does not give."""
+    wide = pa.types.is_decimal(t) and (t.precision > 38 or pa.types.is_decimal256(t))
+    return wide or pa.types.is_date(t) or pa.types.is_timestamp(t) or t == pa.month_day_nano_interval()
+
+
+def precast(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The text of a column :func:`record_sql` listed to cast first (vectorised)."""
+    t = col.type
+    if pa.types.is_decimal(t):
+        return decimal_text(col)
+    if pa.types.is_date(t):
+        return date_text(col)
+    if pa.types.is_timestamp(t):  # microseconds, as the push always wrote them
+        return iso_text(col if t.unit == "us" else pc.cast(col, pa.timestamp("us", t.tz), safe=False))
+    return interval_text(col)
 
 _JSON_TYPES = ("json", "jsonb")
 
@@ -54,9 +78,7 @@ def _object(fields: list[tuple[int, pa.Field]], precast: list[int]) -> str:
 def record_sql(stream: Stream, schema: pa.Schema) -> tuple[str, list[int]]:
     """The DuckDB query turning the registered ``changes`` table into one JSON text per row,
     and the column indexes to cast to text in Arrow first."""
-    precast_idx = [
-        i for i, f in enumerate(schema) if pa.types.is_decimal(f.type) and (f.type.precision > 38 or pa.types.is_decimal256(f.type))
-    ]
+    precast_idx = [i for i, f in enumerate(schema) if f.name not in META_COLUMNS and _needs_precast(f.type)]
     data = [(i, f) for i, f in enumerate(schema) if f.name not in META_COLUMNS]
     position = {f.name: i for i, f in data}
     missing = [k for k in stream.primary_key if k not in position]

@@ -182,6 +182,34 @@ class MySQLTypes(TypeMapper):
         data, exprs = encode(rows, {k: v.lower() for k, v in declared.items()})
         return Encoded(data, exprs)
 
+    def refused(self, rows: pa.Table) -> dict[int, str]:
+        """Rows with a date or timestamp outside the years 0001–9999 (``±infinity``, 44 BC,
+        year 10000: ``DATE``/``DATETIME`` stop at 9999 and have no infinity) or a ``NaN``/
+        ``±inf`` float (``DOUBLE`` has none). Masks are vectorised; reasons are built for the
+        refused rows only."""
+        from replicant.destinations._values import date_text, is_odd, odd_mask, patch_timestamps
+
+        out: dict[int, str] = {}
+        for name, col in zip(rows.column_names, rows.columns):
+            col = plain(col)
+            t = col.type
+            if pa.types.is_date(t) or pa.types.is_timestamp(t):
+                if not is_odd(col):
+                    continue
+                arr = col.combine_chunks()
+                mask = odd_mask(arr)
+                bad = arr.filter(pa.array(mask))
+                texts = date_text(pa.chunked_array([bad])) if pa.types.is_date(t) else patch_timestamps(
+                    pa.chunked_array([bad]), pa.chunked_array([bad.cast(pa.string())]), sep=" ")
+                what = "DATE" if pa.types.is_date(t) else "DATETIME"
+                for i, text in zip(np.nonzero(mask)[0].tolist(), texts.to_pylist()):
+                    out.setdefault(i, f"column {name!r}: {text} is outside the years MySQL/MariaDB {what} holds (0001–9999)")
+            elif pa.types.is_floating(t):
+                mask = pc.fill_null(pc.invert(pc.is_finite(col)), False).to_numpy(zero_copy_only=False)
+                for i in np.nonzero(mask)[0].tolist():
+                    out.setdefault(i, f"column {name!r}: {col[i].as_py()} cannot be stored in MySQL/MariaDB (no NaN or infinity)")
+        return out
+
 
 def ddl_type(field: pa.Field, schema: pa.Schema, *, key: bool = False, key_collation: str = "utf8mb4_bin") -> str:
     """The column type for ``field`` in a ``CREATE TABLE``.

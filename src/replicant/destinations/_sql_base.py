@@ -414,7 +414,8 @@ class SQLDestination(Destination):
         """Applies ``data`` by the write mode and records ``last_offset`` in the same
         transaction (under ``replace``: into the pending table, without an offset).
 
-        Rows the database rejects for their values (:meth:`is_content_error`) are found by
+        Rows :meth:`TypeMapper.refused` names (values the dialect cannot hold at all) go to
+        the dead letters first. Rows the database rejects for their values (:meth:`is_content_error`) are found by
         bisection in rolled-back transactions, stored as dead letters, and the other rows are
         then written with ``last_offset`` in one transaction
         (:func:`replicant.destinations._bad_records.set_aside`: the rules, and without a
@@ -426,6 +427,7 @@ class SQLDestination(Destination):
                 last_offset``.
         """
         rows, at = data, _bad_records.row_offsets(data, offsets, last_offset)
+        rows, at = _bad_records.set_aside_refused(self, stream, rows, at, self.types.refused(rows))
         for cumulative in (False, True):  # the second round: rows rejected only next to others
             try:
                 self._apply(stream, rows, last_offset)

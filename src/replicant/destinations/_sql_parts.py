@@ -60,6 +60,12 @@ class TypeMapper(ABC):
             pa.ArrowInvalid: a value the target cannot hold (translated to FatalError).
         """
 
+    def refused(self, rows: pa.Table) -> dict[int, str]:
+        """Rows with a value the dialect cannot hold at all (MariaDB: ``±infinity``, a year
+        outside 0001–9999, ``NaN``): row index → reason. They go to the dead letters before
+        the write (:func:`replicant.destinations._bad_records.set_aside_refused`)."""
+        return {}
+
 
 class ColumnInfo(Protocol):
     """A column of an existing table as a dialect's catalog describes it."""

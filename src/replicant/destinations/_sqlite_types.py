@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -29,6 +30,7 @@ from replicant.destinations._mysql_types import (
     time_text,
 )
 from replicant.destinations._sql_base import Encoded, TypeMapper
+from replicant.destinations._values import date_text, patch_timestamps
 from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
 
@@ -47,6 +49,17 @@ class SQLiteTypes(TypeMapper):
 
     def encode(self, rows: pa.Table, declared: Mapping[str, str]) -> Encoded:
         return Encoded(encode(rows), [None] * rows.num_columns)
+
+    def refused(self, rows: pa.Table) -> dict[int, str]:
+        """Rows with a ``NaN`` float: SQLite stores NaN as NULL (``sqlite3_bind_double``),
+        which would lose the value silently. ``±inf`` it keeps."""
+        out: dict[int, str] = {}
+        for name, col in zip(rows.column_names, rows.columns):
+            if pa.types.is_floating(col.type) and col.null_count < len(col):
+                mask = pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)
+                for i in np.nonzero(mask)[0].tolist():
+                    out.setdefault(i, f"column {name!r}: NaN cannot be stored in SQLite (it would become NULL)")
+        return out
 
 
 def declared_type(f: pa.Field, schema: pa.Schema) -> str | None:
@@ -121,11 +134,16 @@ def _encode_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
         # UTC wall time for zoned values (they are UTC instants; a naive cast is also 25x
         # faster than a zoned one), microseconds at most: the text SQLite's date functions
         # and replicant's SQLite source read back.
+        # Years outside 0001–9999 and ±infinity: the lossless text of _values (+10000-…,
+        # -0043-… astronomical, infinity), never Arrow's "<value out of range: …>".
         unit = "us" if t.unit == "ns" else t.unit
-        return pc.cast(col, pa.timestamp(unit), safe=False).cast(pa.string())
+        naive = pc.cast(col, pa.timestamp(unit), safe=False)
+        return patch_timestamps(naive, naive.cast(pa.string()), sep=" ")
     if pa.types.is_time(t) and t.unit == "ns":
         return pc.cast(col, pa.time64("us"), safe=False).cast(pa.string())
-    if pa.types.is_date(t) or pa.types.is_time(t):
+    if pa.types.is_date(t):
+        return date_text(col)
+    if pa.types.is_time(t):
         return col.cast(pa.string())
     if pa.types.is_duration(t):
         return time_text(col)

@@ -30,9 +30,11 @@ to it when ``tables:`` is set (:meth:`Destination.target_table`).
 * Files keep the metadata columns ``_op``, ``_pos`` and ``_ts``: they hold change events,
   deletes included. Only ``write: append`` exists; ``merge`` and ``replace`` need a table.
 
-Formats: ``parquet`` (Arrow types as they are; compression ``snappy`` by default, or
-``zstd``, ``gzip``, ``lz4``, ``brotli``, ``none``), ``csv`` (``pyarrow.csv``, header row;
-decimals exact text, timestamps ISO 8601, binary base64, nested values JSON text) and
+Formats: ``parquet`` (Arrow types as they are, but an ``interval`` as a struct of
+``months``, ``days``, ``nanoseconds``, which Parquet's millisecond ``INTERVAL`` cannot hold;
+compression ``snappy`` by default, or ``zstd``, ``gzip``, ``lz4``, ``brotli``, ``none``), ``csv`` (``pyarrow.csv``, header row;
+decimals exact text, timestamps ISO 8601, intervals ISO 8601 durations, ``infinity`` and
+years outside 0001–9999 in their lossless text, binary base64, nested values JSON text) and
 ``jsonl`` (one JSON object per line; mapping in :mod:`replicant.destinations.records`).
 CSV and JSON Lines may be compressed with ``gzip`` or ``zstd`` (``.csv.gz``, ``.jsonl.zst``),
 which DuckDB and pandas read directly.
@@ -81,6 +83,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from replicant.destinations._names import readable_unique
+from replicant.destinations._values import INTERVAL_STRUCT, interval_struct
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
 from replicant.errors import ConfigError, ConnectionError, FatalError, RecordError, RetriableError
@@ -346,7 +349,7 @@ class FilesDestination(Destination):
         sink = pa.BufferOutputStream()
         if self.format == "parquet":
             codec = None if self.compression == "none" else self.compression
-            pq.write_table(table, sink, compression=codec)
+            pq.write_table(_parquet_ready(table), sink, compression=codec)
             return sink.getvalue()
         out = sink if self.compression == "none" else pa.CompressedOutputStream(sink, self.compression)
         if self.format == "csv":
@@ -392,6 +395,17 @@ class FilesDestination(Destination):
             raise RetriableError(
                 f"destination {self.name!r}: could not write {rel!r} under {self._where()} (stream {stream.name!r}): {_short(e)}"
             ) from None
+
+
+def _parquet_ready(table: pa.Table) -> pa.Table:
+    """``table`` with the columns Parquet cannot hold exactly in another lossless form:
+    ``month_day_nano_interval`` (PostgreSQL ``interval``) as a struct of ``months``, ``days``
+    and ``nanoseconds`` (:data:`replicant.destinations._values.INTERVAL_STRUCT`)."""
+    for i, f in enumerate(table.schema):
+        if f.type == pa.month_day_nano_interval():
+            field = pa.field(f.name, INTERVAL_STRUCT, f.nullable, f.metadata)
+            table = table.set_column(i, field, interval_struct(table.column(i)))
+    return table
 
 
 def _ts_range(table: pa.Table) -> dict[str, str | None]:

@@ -72,6 +72,9 @@ decimal                     string, exact (``"12.50"``)
 timestamp with time zone    ISO 8601 in UTC, microseconds: ``"2024-01-02T03:04:05.000006Z"``
 timestamp without zone      ISO 8601 without offset (the source's wall time)
 date / time                 ``"2024-01-02"`` / ``"03:04:05.000123"``
+dates, timestamps outside   ``"infinity"``, ``"-infinity"``, ``"+10000-01-01…"``, 44 BC as
+years 0001–9999             ``"-0043-03-15…"`` (astronomical years; :mod:`._values`)
+interval                    ISO 8601 duration by components: ``"P14M3DT4.5S"``
 binary                      base64 string
 list, struct                array, object (inner values as DuckDB renders them)
 column declared json/jsonb  embedded JSON (a string if it does not parse)
@@ -103,7 +106,6 @@ import duckdb
 import httpx
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -112,6 +114,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from replicant.destinations._http_records import precast as precast_column
 from replicant.destinations._http_records import record_sql
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.http_settings import HttpSettings
@@ -354,8 +357,8 @@ class HttpDestination(Destination):
             if key not in self._sql:
                 self._sql[key] = record_sql(stream, data.schema)
             sql, precast = self._sql[key]
-        for i in precast:  # what DuckDB cannot read (decimal256) becomes text in Arrow
-            data = data.set_column(i, data.schema.field(i).name, pc.cast(data.column(i), pa.string()))
+        for i in precast:  # decimal256, dates, timestamps, intervals: their lossless text, in Arrow
+            data = data.set_column(i, data.schema.field(i).name, precast_column(data.column(i)))
         for i, f in enumerate(data.schema):
             if pa.types.is_timestamp(f.type) and f.type.tz is not None:
                 # the stored values are UTC: dropping the zone keeps them (DuckDB then formats UTC)

@@ -27,8 +27,13 @@ timestamp with a time zone     string, ISO 8601 in UTC with ``Z``: ``"2026-11-21
                                3/6/9 for ms/us/ns)
 timestamp without time zone    string, ISO 8601 without offset: ``"2026-11-21T01:02:03.456789"``
 date                           string ``"2026-11-21"``
+dates, timestamps beyond       ``"infinity"``, ``"-infinity"``; years after 9999 as ``"+10000-01-01…"``,
+0001–9999                      before year 1 in astronomical numbering, 44 BC ``"-0043-03-15…"``
+                               (:mod:`replicant.destinations._values`)
 time                           string ``"01:02:03.456789"`` (DuckDB's text)
-duration, interval             string, DuckDB's interval text (``"00:00:01.5"``, ``"1 month 2 days"``)
+interval                       string, ISO 8601 duration by PostgreSQL's components (months,
+                               days, seconds, each with its sign): ``"P14M3DT4.5S"``
+duration                       string, DuckDB's interval text (``"00:00:01.5"``)
 list, struct, map              array / object, encoded by DuckDB (inner decimals become numbers,
                                inner NaN is not valid JSON: flatten such columns first)
 dictionary, extension types    as their value / storage type
@@ -43,7 +48,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from replicant.destinations._mysql_types import decimal_text
+from replicant.destinations._mysql_types import decimal_text, interval_text
+from replicant.destinations._values import date_text, patch_timestamps
 from replicant.model import META_COLUMNS, OP_DELETE, SQL_TYPE_KEY
 
 __all__ = ["record_json", "row_json", "text_table", "iso_text", "joined_lines"]
@@ -92,12 +98,13 @@ def iso_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
         out = con.sql(f"SELECT {expr} AS v FROM _replicant_ts").to_arrow_table()["v"]
     finally:
         con.unregister("_replicant_ts")
-    return out
+    return patch_timestamps(col, out, sep="T", zulu=t.tz is not None)
 
 
 def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
     """Arrow-side rewrites before DuckDB: dictionaries decoded, extensions to storage,
-    decimals and timestamps to text, fixed-size binary to binary."""
+    decimals, dates, timestamps and intervals to their lossless text, fixed-size binary to
+    binary."""
     t = col.type
     if isinstance(t, pa.ExtensionType):
         col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
@@ -109,6 +116,10 @@ def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
         return decimal_text(col)
     if pa.types.is_timestamp(t):
         return iso_text(col)
+    if pa.types.is_date(t):
+        return date_text(col)
+    if pa.types.is_interval(t):
+        return interval_text(col)
     if pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t):
         return col.cast(pa.large_binary())
     if pa.types.is_string_view(t):

@@ -230,16 +230,64 @@ def _convert(raw: pa.Array, t: pa.DataType, sql_type: str) -> pa.Array:
 
 
 def _temporal(s: pa.Array, t: pa.DataType) -> pa.Array:
-    """Dates and timestamps; ``±infinity`` as ±max of the integer, like the full read."""
+    """Dates and timestamps; ``±infinity`` as ±max of the integer, like the full read; years
+    before Christ (``0044-03-15 BC``) and after 9999 (``10000-01-01``), which Arrow's parser
+    refuses, by :func:`_far_values` (those rows only)."""
     inf, ninf = pc.equal(s, "infinity"), pc.equal(s, "-infinity")
-    if not (pc.any(inf).as_py() or pc.any(ninf).as_py()):
+    far = pc.or_(pc.ends_with(s, " BC"), pc.match_substring_regex(s, r"^\d{5,}-"))
+    special = pc.or_(pc.or_(inf, ninf), far)
+    if not pc.any(special).as_py():
         return s.cast(t)
     filler = "1970-01-01 00:00:00+00" if getattr(t, "tz", None) else "1970-01-01"
-    fixed = pc.if_else(pc.or_(inf, ninf), filler, s).cast(t)
+    fixed = pc.if_else(special, filler, s).cast(t)
     ints = pa.int32() if pa.types.is_date32(t) else pa.int64()
     top = 2 ** (ints.bit_width - 1) - 1
-    out = pc.if_else(inf, top, pc.if_else(ninf, -top, fixed.view(ints)))
+    values = fixed.view(ints)
+    mask = pc.fill_null(far, False)
+    if pc.any(mask).as_py():
+        texts = s.filter(mask).to_pylist()
+        values = pc.replace_with_mask(values, mask, pa.array(_far_values(texts, t), ints))
+    out = pc.if_else(inf, top, pc.if_else(ninf, -top, values))
     return out.cast(ints).view(t)
+
+
+_FAR = re.compile(r"^(\d+)-(\d\d)-(\d\d)(?: (\d\d):(\d\d):(\d\d)(?:\.(\d+))?)?(?:[+-]\d\d(?::\d\d){0,2})?( BC)?$")
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date, astronomical year (Hinnant)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def _far_values(texts: list[str], t: pa.DataType) -> list[int]:
+    """The integer values of dates/timestamps before year 1 or after 9999 (rare: per-row
+    Python over these rows only). The walsender prints them in UTC (``+00``).
+
+    Raises:
+        pa.ArrowInvalid: text of another shape, or a timestamp past the int64 range (year 294247)."""
+    out = []
+    for text in texts:
+        m = _FAR.match(text)
+        if m is None:
+            raise pa.ArrowInvalid(f"unexpected date/time text {text!r}")
+        year = int(m[1])
+        days = _days_from_civil(1 - year if m[8] else year, int(m[2]), int(m[3]))
+        if pa.types.is_date32(t):
+            out.append(days)
+            continue
+        per = _PER_SECOND[t.unit]
+        frac = int(((m[7] or "") + "0" * 9)[:9]) * per // 10**9
+        value = ((days * 24 + int(m[4] or 0)) * 60 + int(m[5] or 0)) * 60 + int(m[6] or 0)
+        value = value * per + frac
+        if not -(2**63) < value < 2**63 - 1:
+            raise pa.ArrowInvalid(f"{text!r} is beyond the range of {t}")
+        out.append(value)
+    return out
 
 
 _HEX = np.full(256, 0, dtype=np.uint8)
