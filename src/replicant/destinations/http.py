@@ -548,7 +548,8 @@ class HttpDestination(Destination):
                 record = json.loads(text[:-1])
                 origin = f"log offset {p.first + i}, position {json.dumps(record.get('position'))}"
                 letters.append(DeadLetter(reason=r.reason, payload=record, origin=origin, destination=self.name))
-        log.warning("destination %r, stream %r: %d records rejected, sent to dead letters", self.name, stream.name, count)
+        # info, not warning: the run reports dead letters once (RunResult.dead_letters, the CLI's summary)
+        log.info("destination %r, stream %r: %d records rejected, sent to dead letters", self.name, stream.name, count)
         self.dead_letter(stream, letters)
 
 
