@@ -347,6 +347,15 @@ class HttpDestination(Destination):
         slices = (_Encoded(self._encode(stream, data.slice(s, step)), first + s) for s in range(0, n, step))
         self._deliver(stream, slices)
 
+    def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
+        """Pushes dead-lettered records again, as :meth:`write` would, but keyed by ``retry_id``
+        (batch ids hashed from it, not from log offsets: the receiver sees a new request, and
+        the same one if this retry is repeated). No offset is involved."""
+        if self._client is None:
+            raise FatalError(f"destination {self.name!r}: redeliver() before open()")
+        if data.num_rows:
+            self._deliver(stream, iter([_Encoded(self._encode(stream, data), 0)]), retry_id=retry_id)
+
     def _encode(self, stream: Stream, data: pa.Table) -> pa.LargeStringArray:
         """One JSON record per row, each followed by a comma, as one Arrow string array."""
         key = (stream.name, data.schema)
@@ -392,15 +401,17 @@ class HttpDestination(Destination):
                 s = e
         return pieces
 
-    def _deliver(self, stream: Stream, slices) -> None:
+    def _deliver(self, stream: Stream, slices, *, retry_id: str | None = None) -> None:
         """Sends the requests of every encoded slice (at most ``concurrency`` at once) and waits
-        for all; then dead-letters the rejected records or raises the first failure."""
+        for all; then dead-letters the rejected records or raises the first failure. Batch ids
+        come from the log offsets, or from ``retry_id`` for a re-sent dead letter."""
+        keyed = stream.log_name if retry_id is None else f"{stream.log_name}\x1fretry {retry_id}"
         tenant = "" if stream.tenant is None else f',"tenant":{json.dumps(stream.tenant)}'
         head = f'{{"pipeline":{json.dumps(self.pipeline)},"stream":{json.dumps(stream.name)}{tenant},"batch_id":"'.encode()
         overhead = len(head) + 32 + len('","records":[]}')
 
         def body(p: _Piece) -> tuple[str, bytes]:
-            bid = batch_id(self.pipeline, self.name, stream.log_name, p.first, p.last)
+            bid = batch_id(self.pipeline, self.name, keyed, p.first, p.last)
             return bid, b"".join((head, bid.encode(), b'","records":[', p.enc.records(p.start, p.end), b"]}"))
 
         assert self._pool is not None
