@@ -42,7 +42,17 @@ from typing import Any
 import pyarrow as pa
 
 from replicant.errors import RecordError, ReplicantError, redact
-from replicant.model import OP_INSERT, SQL_TYPE_KEY, ConnectorContext, DeadLetter, Stream, data_schema, log_stream_name, utcnow
+from replicant.model import (
+    OP_INSERT,
+    SQL_TYPE_KEY,
+    ConnectorContext,
+    DeadLetter,
+    Stream,
+    data_schema,
+    encode_position,
+    log_stream_name,
+    utcnow,
+)
 
 __all__ = ["RetryReport", "payload_table", "retry", "stream_in_log"]
 
@@ -69,7 +79,7 @@ class RetryReport:
 
 def _columns_and_meta(payload: dict[str, Any]) -> tuple[dict[str, Any], str, Any, Any]:
     """``(columns, op, position, ts)`` of either payload form (see the module docstring)."""
-    if _RECORD_KEYS <= payload.keys() and isinstance(payload.get("data"), dict | None):
+    if payload.keys() >= _RECORD_KEYS and isinstance(payload.get("data"), dict | None):
         columns = payload["data"] if payload["data"] is not None else (payload.get("key") or {})
         return columns, str(payload["op"] or OP_INSERT), payload.get("position"), payload.get("ts")
     columns = {k: v for k, v in payload.items() if k not in ("_op", "_pos", "_ts")}
@@ -97,9 +107,10 @@ def _array(f: pa.Field, value: Any) -> pa.Array:
         return pa.array([_time(str(value), t)], pa.int64()).cast(pa.int32() if t.bit_width == 32 else pa.int64()).view(t)
     elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
         value = base64.b64decode(value, validate=True) if isinstance(value, str) else bytes(value)
-    elif pa.types.is_string(t) or pa.types.is_large_string(t):
-        if not isinstance(value, str):  # an embedded JSON value (a json/jsonb column), or a number
-            value = json.dumps(value, separators=(",", ":")) if sql_type in ("json", "jsonb") or isinstance(value, dict | list) else str(value)
+    elif (pa.types.is_string(t) or pa.types.is_large_string(t)) and not isinstance(value, str):
+        # an embedded JSON value (a json/jsonb column), or a number
+        embedded = sql_type in ("json", "jsonb") or isinstance(value, dict | list)
+        value = json.dumps(value, separators=(",", ":")) if embedded else str(value)
     return pa.array([value], t)
 
 
@@ -116,7 +127,7 @@ def payload_table(stream: Stream, payload: dict[str, Any], origin: str = "") -> 
             arrays.append(_array(f, columns.get(f.name)))
         except (pa.ArrowException, ValueError, TypeError, KeyError) as e:
             raise RecordError(f"column {f.name!r}: {columns.get(f.name)!r} does not fit its type {f.type} now: {e}") from None
-    pos = position if isinstance(position, str) else json.dumps(position if position is not None else origin)
+    pos = position if isinstance(position, str) else origin if position is None else encode_position(position)
     try:
         stamp = pa.array([str(ts)], pa.string()).cast(pa.timestamp("us", tz="UTC")) if ts else None
     except pa.ArrowException:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from replicant.state import ALL_TENANTS, DeadLetter, StateStore
 
 try:  # tests/ as a package
-    from .test_store import FakeClock, make_store, store_url  # noqa: F401
+    from .test_store import FakeClock, make_store, store_url
 except ImportError:
-    from test_store import FakeClock, make_store, store_url  # noqa: F401
+    from test_store import FakeClock, make_store, store_url  # noqa: F401 - fixtures
 
 
 def _letter(i: int, destination: str | None = "push") -> DeadLetter:
