@@ -210,9 +210,20 @@ class FilesDestination(Destination):
         n = data.num_rows
         if n == 0:
             return
-        self.open()
         first = last_offset - n + 1
-        name = self._file_name(stream, first, last_offset)
+        self._write_file(stream, data, self._file_name(stream, first, last_offset), {"first_offset": first, "last_offset": last_offset})
+
+    def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
+        """Writes re-sent dead letters as one file (and manifest) named ``retry-<retry_id>``
+        beside the offset-named ones, so readers of the folder find them; a repeat of the same
+        retry writes the same name again (no offset is involved)."""
+        if data.num_rows:
+            self._write_file(stream, data, f"retry-{retry_id}", {"retry": retry_id})
+
+    def _write_file(self, stream: Stream, data: pa.Table, name: str, identity: dict[str, Any]) -> None:
+        """The file(s) of ``data`` named ``name`` (one per partition) and their manifest."""
+        self.open()
+        n = data.num_rows
         folder = self._folder_of(stream)
         files = []
         for part, rows in self._parts(data):
@@ -221,8 +232,7 @@ class FilesDestination(Destination):
             files.append({"path": rel, "rows": rows.num_rows, **_ts_range(rows)})
         manifest = {
             "stream": stream.name,
-            "first_offset": first,
-            "last_offset": last_offset,
+            **identity,
             "rows": n,
             "format": self.format,
             "compression": self.compression,

@@ -194,6 +194,14 @@ class NatsDestination(Destination):
         first = last_offset - n + 1
         self._send(stream, texts, first)
 
+    def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
+        """Publishes re-sent dead letters with message ids from ``retry_id``
+        (``<pipeline>:<stream>:retry-<retry_id>:<n>``) instead of log offsets: JetStream's
+        de-duplication sees new messages, and the same ones if this retry is repeated."""
+        if data.num_rows:
+            self.open()
+            self._send(stream, record_json(data, stream.primary_key).to_pylist(), 0, retry_id=retry_id)
+
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """Publishes ``{"op": "truncate", "key": null, "data": null, "position": null, "ts": null}``
         with the marker's offset as message id: consumers decide what a TRUNCATE means."""
@@ -271,9 +279,11 @@ class NatsDestination(Destination):
             return RetriableError(f"{where}: {type(e).__name__} ({what})")
         return e if isinstance(e, Exception) else RuntimeError(str(e))
 
-    def _send(self, stream: Stream, texts: list[str], first: int) -> None:
+    def _send(self, stream: Stream, texts: list[str], first: int, *, retry_id: str | None = None) -> None:
         subject = self.subject(stream)
         prefix = f"{self.pipeline}:{quote(stream.log_name, safe='')}:"
+        if retry_id is not None:
+            prefix += f"retry-{retry_id}:"
         origin = {"Replicant-Pipeline": quote(self.pipeline, safe=""), "Replicant-Stream": quote(stream.name, safe="")}
         if stream.tenant is not None:
             origin["Replicant-Tenant"] = quote(stream.tenant, safe="")
