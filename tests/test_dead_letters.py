@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from http_receiver import Receiver
-from replicant.state import StateStore
+from replicant.state import DeadLetter, StateStore
 
 CLI = [sys.executable, "-m", "replicant.cli"]
 ENV = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
@@ -169,3 +169,26 @@ def test_retry_refuses_while_the_pipeline_runs(tmp_path: Path) -> None:
         assert p.returncode == 1 and "log" in p.stderr, p.stderr
         assert len(_letters(tmp_path)) == 100 and all(x["attempts"] == 0 for x in _letters(tmp_path))
         assert len(rcv.requests) == 2, "nothing was sent"
+
+
+def test_show_and_list_never_print_a_password(tmp_path: Path) -> None:
+    _source(tmp_path / "src.db", 1)
+    f = _pipeline(tmp_path, "http://127.0.0.1:9/push")
+    home = tmp_path / ".replicant" / "dl"
+    home.mkdir(parents=True)
+    with StateStore(f"sqlite:///{home / 'state.db'}") as st:
+        st.add_dead_letters("dl", "items", [DeadLetter(
+            reason="refused", payload={"id": 1, "dsn": "postgresql://app:hunter2@db/shop", "note": "password=hunter2"},
+            origin="file mysql://root:hunter2@h/x line 3", destination="push")])
+        (letter,) = st.find_dead_letters("dl")
+    shown = _cli("dead-letters", "show", str(f), str(letter["id"]))
+    listed = _cli("dead-letters", "list", str(f))
+    as_json = _cli("dead-letters", "list", str(f), "--json")
+    for p in (shown, listed, as_json):
+        assert p.returncode == 0, p.stderr
+        assert "hunter2" not in p.stdout + p.stderr
+    assert json.loads(shown.stdout)["payload"]["dsn"] == "postgresql://app:***@db/shop"
+    (tmp_path / "never").mkdir()
+    never = _pipeline(tmp_path / "never", "http://127.0.0.1:9/push", name="never")
+    assert "no dead letters in never" in _cli("dead-letters", "list", str(never)).stdout
+    assert not (tmp_path / "never" / ".replicant").exists(), "listing a pipeline that never ran creates nothing"

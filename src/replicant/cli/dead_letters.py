@@ -38,8 +38,20 @@ def _first_line(text: str, width: int = 100) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it redacted (values, not the JSON text: a mask must not
+    break the document)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def _jsonable(letter: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in letter.items()}
+    return _redacted({k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in letter.items()})
 
 
 def _find(cfg: Any, **filters: Any) -> list[dict[str, Any]]:
@@ -76,7 +88,7 @@ def list_letters(
         _fail(e)
         return
     if as_json:
-        rows = [{k: v for k, v in _jsonable(x).items() if k != "payload"} | {"reason": redact(x["reason"])} for x in found]
+        rows = [{k: v for k, v in _jsonable(x).items() if k != "payload"} for x in found]
         out.print_json(json.dumps(rows))
         return
     if not found:
@@ -105,7 +117,7 @@ def show(pipeline: Pipeline, letter_id: Annotated[int, typer.Argument(metavar="I
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
-    out.print_json(redact(json.dumps(_jsonable(found[0]))))
+    out.print_json(json.dumps(_jsonable(found[0])))
 
 
 @letters_app.command("discard")
