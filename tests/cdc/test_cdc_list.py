@@ -92,6 +92,8 @@ def test_drop_slot_refuses_an_active_slot_and_the_pipelines_own(tmp_path: Path, 
     finally:
         follow.terminate(60)
     wait_until(lambda: confirmed_lsn(pg_url, slot)[1] is None, 30, "the slot to be released")
+    own = _slots(json.loads(_cli("cdc", "list", str(live), "--json").stdout))[slot]
+    assert own["active"] is False and "/" in own["checkpoint_lsn"], "the pipeline's own slot shows its state's capture checkpoint"
     p = _cli("cdc", "drop-slot", str(live), "--slot", slot)
     assert p.returncode == 1 and "this pipeline's own" in p.stderr and "cdc uninstall" in p.stderr
     assert confirmed_lsn(pg_url, slot)[0] is not None

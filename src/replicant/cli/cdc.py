@@ -72,6 +72,27 @@ def _load_source_part(path: Path) -> Any:
     return parse({**data, "destinations": placeholder}, base_dir=path.resolve().parent)
 
 
+def _add_checkpoint(cfg: Any, found: dict[str, Any]) -> None:
+    """This pipeline's slot gets ``checkpoint_lsn``: where its state store says capture stands
+    (the slot is confirmed up to it at most). Read-only: nothing is created for a pipeline
+    that never ran."""
+    from replicant import runtime
+    from replicant.ingest import CAPTURE_CHECKPOINT
+
+    own = [s for s in found.get("slots", []) if s["owner"] == "this pipeline"]
+    if not own or not runtime.state_exists(cfg):
+        return
+    with runtime.open_state(cfg) as state:
+        cp = state.checkpoint(cfg.pipeline, CAPTURE_CHECKPOINT)
+    lsn = (cp.position or {}).get("lsn") if cp is not None else None
+    if isinstance(lsn, int):  # positions keep LSNs as integers; people read them as PostgreSQL prints them
+        from replicant.sources.postgres.pgoutput import lsn_text
+
+        lsn = lsn_text(lsn)
+    for s in own:
+        s["checkpoint_lsn"] = None if lsn is None else str(lsn)
+
+
 @cdc.command("list")
 def cdc_list(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline file (only `pipeline:` and `source:` are needed).")],
@@ -90,6 +111,7 @@ def cdc_list(
             found = source.cdc_objects()
         finally:
             source.close()
+        _add_checkpoint(cfg, found)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -104,12 +126,12 @@ def cdc_list(
         out.print(str(found["note"]), markup=False)
         return
     slots = Table(title="replication slots (whole server)")
-    for c in ("slot", "database", "active", "confirmed flush", "restart", "retained WAL", "owner"):
+    for c in ("slot", "database", "active", "confirmed flush", "restart", "retained WAL", "owner", "checkpoint"):
         slots.add_column(c, justify="right" if c == "retained WAL" else "left")
     for s in found["slots"]:
         active = f"yes (pid {s['active_pid']})" if s["active"] else "no"
         slots.add_row(s["slot"], s["database"] or "-", active, s["confirmed_flush_lsn"] or "-", s["restart_lsn"] or "-",
-                      s["retained_wal"], s["owner"])
+                      s["retained_wal"], s["owner"], s.get("checkpoint_lsn") or "-")
     out.print(slots if found["slots"] else "no replication slots of replicant")
     pubs = Table(title=f"publications (database {found['database']})")
     for c in ("publication", "tables", "owner"):
