@@ -4,7 +4,7 @@
   the HTTP push / ``record_json``, the flat row of ``row_json``) back into the stream's schema,
   value for value: decimals past 38 digits, timestamps with and without zone, dates, times,
   binary, NaN and infinities, JSON columns, big integers.
-* ``replicant dead-letters retry`` into PostgreSQL: the records land by the write mode, the
+* ``replicant dead-letters retry`` into PostgreSQL, MariaDB, SQLite and DuckDB: the records land by the write mode, the
   applied offset in ``_replicant_offsets`` stays where it was, a payload that no longer fits
   the column stays with that reason.
 """
@@ -25,6 +25,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from compare import fetch, norm
 from replicant.dead_letters import payload_table
 from replicant.destinations.records import record_json, row_json
 from replicant.errors import RecordError
@@ -101,45 +102,74 @@ def test_payload_that_no_longer_fits_names_the_column() -> None:
     assert row.column("_op").to_pylist() == ["insert"]
 
 
-def test_retry_into_postgres_keeps_the_applied_offset(tmp_path: Path, pg_url: str) -> None:
+def _target(kind: str, tmp: Path, request: pytest.FixtureRequest) -> tuple[dict, str]:
+    """The destination section and the connection target of ``kind`` (a fresh database)."""
+    if kind in ("postgres", "mysql"):
+        url = request.getfixturevalue("pg_url" if kind == "postgres" else "mysql_url")
+        return {"url": url}, url
+    path = str(tmp / f"dest.{kind}")
+    return {"path": path}, path
+
+
+def _execute(kind: str, target: str, sql: str) -> None:
+    if kind == "postgres":
+        with psycopg.connect(target) as c:
+            c.execute(sql)
+    elif kind == "mysql":
+        from urllib.parse import urlsplit
+
+        import pymysql
+
+        u = urlsplit(target)
+        con = pymysql.connect(host=u.hostname, port=u.port or 3306, user=u.username or "root", password=u.password or "",
+                              database=u.path.lstrip("/"), autocommit=True)
+        with con:
+            con.cursor().execute(sql)
+    elif kind == "sqlite":
+        with sqlite3.connect(target) as c:
+            c.execute(sql)
+    else:
+        import duckdb
+
+        with duckdb.connect(target) as c:
+            c.execute(sql)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql", "sqlite", "duckdb"])
+def test_retry_into_a_sql_destination_keeps_the_applied_offset(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
     src = tmp_path / "src.db"
     with sqlite3.connect(src) as c:
         c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL)")
         c.executemany("INSERT INTO items VALUES (?, ?, ?)", [(i, f"item {i}", i * 0.5) for i in range(1, 11)])
+    section, target = _target(kind, tmp_path, request)
     f = tmp_path / "p.yml"
     f.write_text(yaml.safe_dump({
-        "pipeline": "dlpg",
+        "pipeline": "dlsql",
         "source": {"type": "sqlite", "url": f"sqlite:///{src}", "streams": [{"table": "items", "mode": "full"}]},
-        "destinations": [{"name": "pg", "type": "postgres", "url": pg_url, "write": "merge"}],
+        "destinations": [{"name": "db", "type": kind, "write": "merge", **section}],
     }))
     p = subprocess.run([*CLI, "run", str(f)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-
-    def offsets() -> list[tuple]:
-        with psycopg.connect(pg_url) as c:
-            return c.execute("SELECT stream, log_offset FROM _replicant_offsets").fetchall()
-
-    def rows() -> list[tuple]:
-        with psycopg.connect(pg_url) as c:
-            return c.execute("SELECT id, name, price FROM items ORDER BY id").fetchall()
-
-    applied = offsets()
+    applied = fetch(kind, target, "_replicant_offsets", ["stream", "log_offset"])
     assert applied and applied[0][1] >= 0
-    with psycopg.connect(pg_url) as c:  # as if a poison-record check had kept 3 and 4 out
-        c.execute("DELETE FROM items WHERE id IN (3, 4)")
-    state = tmp_path / ".replicant" / "dlpg" / "state.db"
+    _execute(kind, target, "DELETE FROM items WHERE id IN (3, 4)")  # as if a poison-record check had kept them out
+    state = tmp_path / ".replicant" / "dlsql" / "state.db"
     with StateStore(f"sqlite:///{state}") as st:
-        st.add_dead_letters("dlpg", "items", [
-            DeadLetter(reason="poison", payload={"id": 3, "name": "item 3", "price": 1.5}, origin="offset 2", destination="pg"),
+        st.add_dead_letters("dlsql", "items", [
+            DeadLetter(reason="poison", payload={"id": 3, "name": "item 3", "price": 1.5}, origin="offset 2", destination="db"),
             DeadLetter(reason="poison", payload={"id": 4, "name": "item 4 fixed", "price": 2.0, "_op": "update"},
-                       origin="offset 3", destination="pg"),
-            DeadLetter(reason="poison", payload={"id": "four", "name": "x", "price": 1}, origin="offset 9", destination="pg"),
+                       origin="offset 3", destination="db"),
+            DeadLetter(reason="poison", payload={"id": "four", "name": "x", "price": 1}, origin="offset 9", destination="db"),
         ])
-    p = subprocess.run([*CLI, "dead-letters", "retry", str(f), "--all", "--destination", "pg"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([*CLI, "dead-letters", "retry", str(f), "--all", "--destination", "db"], capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == 0, p.stderr
     assert "retried 3: 2 accepted (removed), 1 rejected again (kept)" in p.stdout, p.stdout
-    assert rows() == [(i, "item 4 fixed" if i == 4 else f"item {i}", i * 0.5) for i in range(1, 11)]
-    assert offsets() == applied, "a retry neither moves the applied offset back nor forward"
+    want = [tuple(norm(v) for v in (i, "item 4 fixed" if i == 4 else f"item {i}", i * 0.5)) for i in range(1, 11)]
+    assert fetch(kind, target, "items", ["id", "name", "price"]) == sorted(want, key=lambda r: tuple(str(x) for x in r))
+    assert fetch(kind, target, "_replicant_offsets", ["stream", "log_offset"]) == applied, (
+        "a retry neither moves the applied offset back nor forward"
+    )
     with StateStore(f"sqlite:///{state}") as st:
-        (left,) = st.find_dead_letters("dlpg")
+        (left,) = st.find_dead_letters("dlsql")
     assert left["payload"]["id"] == "four" and left["attempts"] == 1 and "column 'id'" in left["reason"]
