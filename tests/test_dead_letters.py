@@ -95,6 +95,7 @@ def test_list_show_and_discard(tmp_path: Path) -> None:
     assert len(json.loads(_cli("dead-letters", "list", str(f), "--json", "--stream", "items", "--limit", "500").stdout)) == 200
     table = _cli("dead-letters", "list", str(f), "--limit", "2")
     assert table.returncode == 0 and str(letters[0]["id"]) in table.stdout and "log offset" in table.stdout
+    assert "more than 2" in table.stdout and "more than" not in _cli("dead-letters", "list", str(f), "--limit", "200").stdout
 
     one = letters[-1]
     p = _cli("dead-letters", "show", str(f), str(one["id"]))

@@ -83,10 +83,11 @@ def list_letters(
     """Lists dead letters, newest first: id, stream, destination, origin, when, attempts, why."""
     try:
         cfg = _load(pipeline, secrets_needed=False)
-        found = _find(cfg, stream=stream, destination=destination, tenant=tenant, limit=limit)
+        found = _find(cfg, stream=stream, destination=destination, tenant=tenant, limit=limit + 1)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
+    more, found = len(found) > limit, found[:limit]
     if as_json:
         rows = [{k: v for k, v in _jsonable(x).items() if k != "payload"} for x in found]
         out.print_json(json.dumps(rows))
@@ -104,6 +105,8 @@ def list_letters(
                   redact(_first_line(x["origin"], 60)), f"{x['created_at']:%Y-%m-%d %H:%M:%S}", str(x["attempts"]),
                   redact(_first_line(x["reason"])))
     out.print(t)
+    if more:
+        out.print(f"(more than {limit:,}: raise --limit, or narrow with --destination, --stream, --tenant)", markup=False)
 
 
 @letters_app.command("show")
