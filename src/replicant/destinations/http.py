@@ -35,6 +35,10 @@ restarts and replays (as long as ``batch_size`` and ``batch_bytes`` are unchange
 de-duplicate on it: a chunk whose write failed half-way is sent again whole, and the requests
 that had already succeeded arrive a second time with the same key.
 
+A dead letter re-sent by ``replicant dead-letters retry`` (:meth:`HttpDestination.redeliver`)
+is one request of its own whose ``batch_id`` is hashed from the letter's id and attempt number
+instead of log offsets: new to the receiver, and the same again if that attempt is repeated.
+
 ``write`` returns only when every request was answered 2xx or its records were dead-lettered:
 
 - 2xx: accepted.
