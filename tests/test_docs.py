@@ -59,3 +59,47 @@ def test_types_lossless_forms_example_prints_what_it_shows(capsys) -> None:
     exec(compile(block, "docs/types.md", "exec"), {})  # the documentation's own example
     shown = block.strip().splitlines()[-1].removeprefix("# ")
     assert capsys.readouterr().out.strip() == shown
+
+
+def _blocks(path: Path, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), re.S)
+
+
+def test_dead_letters_example_runs(tmp_path: Path) -> None:
+    """docs/dead-letters.md's example, run as written: its pipeline against a real HTTP
+    server, each command of its session in order, each output line it shows found."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from http_receiver import Receiver
+
+    doc = ROOT / "docs" / "dead-letters.md"
+    (pipeline,) = _blocks(doc, "yaml")
+    session = _blocks(doc, "console")[-1]
+    with sqlite3.connect(tmp_path / "shop.db") as c:
+        c.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total NUMERIC)")
+        c.executemany("INSERT INTO orders VALUES (?, ?, ?)", [(1, "ann", 10), (2, "bob", -5), (3, "cy", 7), (4, "ann", 3)])
+    unknown = {"cy"}  # the endpoint does not know this customer yet
+    with Receiver(reject=lambda r: r["data"]["total"] < 0 or r["data"]["customer"] in unknown) as rcv:
+        (tmp_path / "shop.yml").write_text(pipeline.replace("http://127.0.0.1:8080/push", rcv.url))
+        steps: list[tuple[str, list[str]]] = []
+        for line in session.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            elif line.strip():
+                steps[-1][1].append(line.strip())
+        assert [cmd.split()[1:3] for cmd, _ in steps][3] == ["dead-letters", "retry"]
+        for cmd, expected in steps:
+            if " retry " in cmd:
+                unknown.clear()  # "once the customer is created on their side"
+            args = cmd.split()
+            assert args[0] == "replicant"
+            p = subprocess.run([sys.executable, "-m", "replicant.cli", *args[1:]], capture_output=True, text=True,
+                               cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, timeout=120)
+            assert p.returncode == 0, f"{cmd}: {p.stderr}"
+            for want in expected:
+                assert want in p.stdout + p.stderr, f"{cmd}: {want!r} not in\n{p.stdout}{p.stderr}"
+        got = sorted(r["data"]["id"] for r in rcv.records())
+    assert got == [1, 3, 4], "order 3 arrived on retry; order 2 was discarded"

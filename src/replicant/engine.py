@@ -250,7 +250,7 @@ class Engine:
             result.rows_read.update(captured)
             for x in deliveries:
                 for name, n in x.written.items():
-                    result.rows_written.setdefault(x.dest.name, {})[name] = n
+                    result.delivered(x.dest.name, name, n)
 
     def _apply_retention(self, lg: Log, streams: list[Stream]) -> None:
         r = self.config.retention

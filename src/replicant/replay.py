@@ -86,7 +86,7 @@ def replay_into(
         w = StreamWriter(dest, stream, lg, state, config.pipeline, observer.rows_written, start=first)
         w.step(end)
         w.flush_mirror()
-        result.rows_written.setdefault(dest.name, {})[stream.name] = w.rows
+        result.delivered(dest.name, stream.name, w.rows)
 
 
 def _gap(dest: Any, stream: Any, state: Any, pipeline: str, log_start: int, first: int) -> int:

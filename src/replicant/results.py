@@ -57,7 +57,8 @@ class RunResult:
     Attributes:
         pipeline: the pipeline's name.
         rows_read: per stream, rows appended to the staging log in this run.
-        rows_written: per destination, per stream, rows applied in this run.
+        rows_written: per destination, per stream, rows the destination accepted in this run
+            (dead-lettered rows are not in it: see ``dead_letters``).
         errors: every failure, structured (``str(error)`` is a one-line message).
         dead_letters: per destination, per stream, records rejected in this run.
         warnings: what the run did that the user may not expect (e.g. a replay that left
@@ -78,6 +79,13 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def delivered(self, destination: str, stream: str, rows: int) -> None:
+        """Records that ``rows`` rows of ``stream`` went through ``destination``'s write path in
+        this run: ``rows_written`` counts those it accepted, that is ``rows`` less the ones it
+        dead-lettered (counted in ``dead_letters`` by the sink while they were written)."""
+        rejected = self.dead_letters.get(destination, {}).get(stream, 0)
+        self.rows_written.setdefault(destination, {})[stream] = max(rows - rejected, 0)
 
 
 class Observer:

@@ -329,12 +329,15 @@ def test_dead_letters_bulk_insert_list_and_count(make_store: Callable[..., State
     assert [d["origin"] for d in recent] == [f"orders.csv:{i + 2}" for i in range(299, 294, -1)]  # newest first
     assert recent[0] == {
         "id": recent[0]["id"],
+        "tenant": None,
         "stream": "orders",
         "destination": "push",
         "origin": "orders.csv:301",
         "reason": "bad value 299 (password=***",
         "payload": {"id": 299, "nested": {"tags": ["a", "b"]}, "at": str(when)},
         "created_at": clock.now,
+        "attempts": 0,
+        "retried_at": None,
     }
     oldest = store.dead_letters("shop", "orders", limit=300)[-1]
     assert oldest["created_at"] == when and oldest["destination"] is None

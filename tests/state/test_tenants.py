@@ -144,7 +144,7 @@ def test_version_1_store_is_migrated_keeping_every_row(store_url: str) -> None:
     _build_v1(store_url)
     clock = FakeClock()
     with StateStore(store_url, clock=clock) as store:
-        assert store.schema_version() == len(schema.MIGRATIONS) == 3
+        assert store.schema_version() == len(schema.MIGRATIONS) == 4
 
         # every row kept, readable through the API as tenant None
         assert store.checkpoints("shop") == {
@@ -160,6 +160,7 @@ def test_version_1_store_is_migrated_keeping_every_row(store_url: str) -> None:
             ("row 4", None, {"id": 4}),
             ("row 3", "warehouse", {"id": 3}),
         ]
+        assert [(d["attempts"], d["retried_at"]) for d in letters] == [(0, None), (0, None)]  # version 4
         runs = store.runs("shop")
         assert [(r["command"], r["status"], r["rows"], r["tenant"]) for r in runs] == [
             ("follow", "running", 0, None),
@@ -202,18 +203,18 @@ def test_version_1_store_is_migrated_keeping_every_row(store_url: str) -> None:
     finally:
         engine.dispose()
     assert tenants == [""]
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
 
     # opening again is a no-op: nothing re-applied, nothing lost
     with StateStore(store_url, clock=clock) as again:
-        assert again.schema_version() == 3
+        assert again.schema_version() == 4
         assert again.checkpoint("shop", "public.orders", tenant="acme").position == {"lsn": "1/0"}
         assert len(again.checkpoints("shop")) == 3
         assert len(again.runs("shop")) == 3
 
 
 def test_fresh_store_has_the_migrated_schema(store_url: str) -> None:
-    """A new store runs migrations 1 and 2: its tables equal those of a migrated one."""
+    """A new store runs every migration: its tables equal those the table objects describe."""
     StateStore(store_url).open().close()
     engine = raw_engine(store_url)
     try:

@@ -49,7 +49,8 @@ def status(
             out.print(f"{k}: {v}", markup=False)
     dead = {s.name: s.dead_letters for s in st.streams if s.dead_letters}
     if dead:
-        out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))}")
+        out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))} "
+                  f"(`replicant dead-letters list {pipeline}` shows them)", markup=False)
     d = Table(title="destinations")
     for c in ("destination", "stream", "applied offset", "lag (rows)"):
         d.add_column(c)

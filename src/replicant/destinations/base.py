@@ -234,6 +234,33 @@ class Destination(ABC):
 
         raise FatalError(f"destination {self.name!r} cannot apply a TRUNCATE of {stream.name!r}")
 
+    def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
+        """Sends dead-lettered records again (``replicant dead-letters retry``): ``data`` is a
+        change table rebuilt from their payloads, outside the log's offsets. Records rejected
+        again go to :attr:`dead_letter`, as in :meth:`write`. ``retry_id`` names this attempt
+        (the same on a repeat of it), for a destination that keys requests or files by it.
+
+        The applied offset must neither move back nor forward. Default: a transactional
+        destination applies ``data`` by its write mode and records, in the same transaction,
+        the offset it has already applied (the caller holds the staging log's writer lock, so
+        no delivery moves it meanwhile); under ``replace`` it refuses (the next snapshot
+        rewrites the table). A non-transactional destination refuses unless it overrides this
+        (its :meth:`write` names requests, files or messages by log offsets).
+
+        Raises:
+            FatalError: this destination cannot re-send records.
+        """
+        from replicant.errors import FatalError
+
+        if not self.capabilities.transactional:
+            raise FatalError(f"destination {self.name!r} cannot re-send dead letters yet; discard them once handled")
+        if self.write_mode(stream) == "replace":
+            raise FatalError(
+                f"destination {self.name!r} writes {stream.name!r} with `replace`: the next snapshot rewrites the table; "
+                "discard these dead letters once it has"
+            )
+        self.write(stream, data, last_offset=self.applied_offset(stream))
+
     def record_offset(self, stream: Stream, last_offset: int) -> None:
         """Records ``last_offset`` with no data (markers, empty batches). Default: an empty write."""
         self.write(stream, stream.change_schema.empty_table(), last_offset=last_offset)

@@ -226,13 +226,28 @@ class FilesDestination(Destination):
         n = data.num_rows
         if n == 0:
             return
-        self.open()
         first = last_offset - n + 1
-        name = self._file_name(stream, first, last_offset)
+        self._write_file(stream, data, self._file_name(stream, first, last_offset), {"first_offset": first, "last_offset": last_offset},
+                         first=first)
+
+    def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
+        """Writes re-sent dead letters as one file (and manifest) named ``retry-<retry_id>``
+        beside the offset-named ones, so readers of the folder find them; a repeat of the same
+        retry writes the same name again (no offset is involved)."""
+        if data.num_rows:
+            self._write_file(stream, data, f"retry-{retry_id}", {"retry": retry_id}, first=None)
+
+    def _write_file(self, stream: Stream, data: pa.Table, name: str, identity: dict[str, Any], *, first: int | None) -> None:
+        """The file(s) of ``data`` named ``name`` (one per partition) and their manifest.
+        ``first``: the log offset of the first row, for the dead letters of records the
+        format cannot hold; None (a retry of dead letters): such a record fails the write."""
+        self.open()
         folder = self._folder_of(stream)
         try:
             parts = [(part, rows, self._encode(rows)) for part, rows in self._parts(data)]
         except _ENCODE_ERRORS as e:  # a value the format cannot hold: set that record aside
+            if first is None:
+                raise
             data = self._set_aside(stream, data, first, e)
             parts = [(part, rows, self._encode(rows)) for part, rows in self._parts(data)] if data.num_rows else []
         files = []
@@ -242,8 +257,7 @@ class FilesDestination(Destination):
             files.append({"path": rel, "rows": rows.num_rows, **_ts_range(rows)})
         manifest = {
             "stream": stream.name,
-            "first_offset": first,
-            "last_offset": last_offset,
+            **identity,
             "rows": data.num_rows,
             "format": self.format,
             "compression": self.compression,

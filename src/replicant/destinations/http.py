@@ -35,6 +35,10 @@ restarts and replays (as long as ``batch_size`` and ``batch_bytes`` are unchange
 de-duplicate on it: a chunk whose write failed half-way is sent again whole, and the requests
 that had already succeeded arrive a second time with the same key.
 
+A dead letter re-sent by ``replicant dead-letters retry`` (:meth:`HttpDestination.redeliver`)
+is one request of its own whose ``batch_id`` is hashed from the letter's id and attempt number
+instead of log offsets: new to the receiver, and the same again if that attempt is repeated.
+
 ``write`` returns only when every request was answered 2xx or its records were dead-lettered:
 
 - 2xx: accepted.
@@ -350,6 +354,15 @@ class HttpDestination(Destination):
         slices = (_Encoded(self._encode(stream, data.slice(s, step)), first + s) for s in range(0, n, step))
         self._deliver(stream, slices)
 
+    def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
+        """Pushes dead-lettered records again, as :meth:`write` would, but keyed by ``retry_id``
+        (batch ids hashed from it, not from log offsets: the receiver sees a new request, and
+        the same one if this retry is repeated). No offset is involved."""
+        if self._client is None:
+            raise FatalError(f"destination {self.name!r}: redeliver() before open()")
+        if data.num_rows:
+            self._deliver(stream, iter([_Encoded(self._encode(stream, data), 0)]), retry_id=retry_id)
+
     def _encode(self, stream: Stream, data: pa.Table) -> pa.LargeStringArray:
         """One JSON record per row, each followed by a comma, as one Arrow string array."""
         key = (stream.name, data.schema)
@@ -395,15 +408,17 @@ class HttpDestination(Destination):
                 s = e
         return pieces
 
-    def _deliver(self, stream: Stream, slices) -> None:
+    def _deliver(self, stream: Stream, slices, *, retry_id: str | None = None) -> None:
         """Sends the requests of every encoded slice (at most ``concurrency`` at once) and waits
-        for all; then dead-letters the rejected records or raises the first failure."""
+        for all; then dead-letters the rejected records or raises the first failure. Batch ids
+        come from the log offsets, or from ``retry_id`` for a re-sent dead letter."""
+        keyed = stream.log_name if retry_id is None else f"{stream.log_name}\x1fretry {retry_id}"
         tenant = "" if stream.tenant is None else f',"tenant":{json.dumps(stream.tenant)}'
         head = f'{{"pipeline":{json.dumps(self.pipeline)},"stream":{json.dumps(stream.name)}{tenant},"batch_id":"'.encode()
         overhead = len(head) + 32 + len('","records":[]}')
 
         def body(p: _Piece) -> tuple[str, bytes]:
-            bid = batch_id(self.pipeline, self.name, stream.log_name, p.first, p.last)
+            bid = batch_id(self.pipeline, self.name, keyed, p.first, p.last)
             return bid, b"".join((head, bid.encode(), b'","records":[', p.enc.records(p.start, p.end), b"]}"))
 
         assert self._pool is not None
@@ -551,7 +566,8 @@ class HttpDestination(Destination):
                 record = json.loads(text[:-1])
                 origin = f"log offset {p.first + i}, position {json.dumps(record.get('position'))}"
                 letters.append(DeadLetter(reason=r.reason, payload=record, origin=origin, destination=self.name))
-        log.warning("destination %r, stream %r: %d records rejected, sent to dead letters", self.name, stream.name, count)
+        # info, not warning: the run reports dead letters once (RunResult.dead_letters, the CLI's summary)
+        log.info("destination %r, stream %r: %d records rejected, sent to dead letters", self.name, stream.name, count)
         self.dead_letter(stream, letters)
 
 

@@ -205,6 +205,15 @@ class NatsDestination(Destination):
         if texts:
             self._send(stream, texts, offsets)
 
+    def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
+        """Publishes re-sent dead letters with message ids from ``retry_id``
+        (``<pipeline>:<stream>:retry-<retry_id>:<n>``) instead of log offsets: JetStream's
+        de-duplication sees new messages, and the same ones if this retry is repeated."""
+        if data.num_rows:
+            self.open()
+            texts = record_json(data, stream.primary_key).to_pylist()
+            self._send(stream, texts, list(range(len(texts))), retry_id=retry_id)
+
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """Publishes ``{"op": "truncate", "key": null, "data": null, "position": null, "ts": null}``
         with the marker's offset as message id: consumers decide what a TRUNCATE means."""
@@ -318,9 +327,13 @@ class NatsDestination(Destination):
         log.warning("destination %r, stream %r: %d record(s) over max_payload, sent to dead letters", self.name, stream.name, len(letters))
         self.dead_letter(stream, letters)
 
-    def _send(self, stream: Stream, texts: list[str], offsets: list[int]) -> None:
+    def _send(self, stream: Stream, texts: list[str], offsets: list[int], *, retry_id: str | None = None) -> None:
+        """Publishes ``texts`` with message ids ``<pipeline>:<stream>:<offset>`` (a retry of dead
+        letters: ``<pipeline>:<stream>:retry-<retry_id>:<n>``)."""
         subject = self.subject(stream)
         prefix = f"{self.pipeline}:{quote(stream.log_name, safe='')}:"
+        if retry_id is not None:
+            prefix += f"retry-{retry_id}:"
         what = f"publish offsets {offsets[0]}..{offsets[-1]} of {stream.name!r} to {subject}"
         self._call(self._publish(subject, texts, prefix, offsets, self._headers(stream)), what)
 

@@ -221,6 +221,21 @@ class Source(ABC):
         """Extra facts for ``replicant status`` (e.g. ``{"slot lag bytes": 1234}``)."""
         return {}
 
+    def cdc_objects(self) -> dict[str, Any]:
+        """``replicant cdc list``: what replicant keeps at the source's server for change capture
+        (replication slots, publications, shadow tables), JSON-able, each with its owner
+        (``this pipeline`` or not); a ``note`` where the source keeps nothing of the kind.
+        Default: such a note."""
+        return {"note": f"a {self.config.type} source keeps no replication slots or publications"}
+
+    def drop_slot(self, slot: str | None, publication: str | None, *, force: bool) -> list[str]:
+        """``replicant cdc drop-slot``: drops an orphaned replication slot and/or publication;
+        returns one line per object dropped. Never an active slot; this pipeline's own only
+        with ``force``. Default: refuses (nothing of the kind here)."""
+        from replicant.errors import FatalError
+
+        raise FatalError(f"a {self.config.type} source has no replication slots or publications to drop")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections. Idempotent."""
 

@@ -11,7 +11,8 @@ speaks ``tenant: str | None`` and maps ``None`` to ``''``.
 
 Versions: 1 created the tables; 2 added ``tenant`` to runs, checkpoints, offsets and dead
 letters (keys ``(pipeline, tenant, stream)`` and ``(pipeline, tenant, destination, stream)``;
-existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destination paused, and why).
+existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destination paused, and why);
+4 added ``attempts`` and ``retried_at`` to dead letters (``replicant dead-letters retry``).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -142,6 +143,8 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),  # JSON text
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # retries that were rejected again
+    sa.Column("retried_at", UTCDateTime, nullable=True),  # the last such retry
     sa.Index("replicant_dead_letters_tenant_stream_idx", "pipeline", "tenant", "stream", "id"),
 )
 
@@ -310,8 +313,18 @@ def _v3_paused(conn: Connection) -> None:
     ).create(conn)
 
 
+def _v4_retries(conn: Connection) -> None:
+    """Version 4: ``attempts`` (0 for every existing dead letter) and ``retried_at`` in
+    ``replicant_dead_letters``, kept by ``replicant dead-letters retry``."""
+    q = conn.dialect.identifier_preparer.quote
+    table = q("replicant_dead_letters")
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN attempts INTEGER DEFAULT 0 NOT NULL")
+    stamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN retried_at {stamp}")
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused, _v4_retries]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C

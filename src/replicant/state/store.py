@@ -16,9 +16,8 @@ lease TTLs much longer than their skew.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,9 +30,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from replicant.errors import ConnectionError, FatalError, RetriableError, redact
 from replicant.model import DeadLetter, Position, decode_position, encode_position, utcnow
+from replicant.state import dead_letters as dead
 from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
-from replicant.state._letters import letter_rows
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
@@ -58,6 +57,7 @@ __all__ = [
 
 #: The statuses a finished run may have.
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
+
 
 class StateStore:
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
@@ -344,7 +344,7 @@ class StateStore:
             return 0
         now, key = self._clock(), _key(tenant)
         with self._begin(write=True) as conn:
-            rows = letter_rows(conn, pipeline, key, stream, records, now, once=once)
+            rows = dead.letter_rows(conn, pipeline, key, stream, records, now, once=once)
             if rows:
                 conn.execute(sa.insert(dead_letters), rows)
         return len(rows)
@@ -353,28 +353,43 @@ class StateStore:
         self, pipeline: str, stream: str | None = None, limit: int = 100, *, tenant: str | None = None
     ) -> list[dict[str, Any]]:
         """One tenant's (``None``: no tenant) most recent dead letters, of the pipeline or of
-        one stream, newest first.
+        one stream, newest first (see :meth:`find_dead_letters` for every tenant's)."""
+        return self.find_dead_letters(pipeline, stream=stream, tenant=tenant, limit=limit)
 
-        Each is a dict with ``id``, ``stream``, ``destination``, ``origin``, ``reason``,
-        ``payload`` (decoded) and ``created_at``.
+    def find_dead_letters(
+        self, pipeline: str, *, ids: Sequence[int] | None = None, stream: str | None = None,
+        destination: str | None = None, tenant: str | AllTenants | None = ALL_TENANTS, limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The pipeline's dead letters, newest first: those with these ``ids`` (if given), of
+        ``stream``, ``destination`` and ``tenant`` (default: every tenant), at most ``limit``.
+
+        Each is a dict with ``id``, ``tenant`` (``None``: no tenant), ``stream``,
+        ``destination``, ``origin``, ``reason``, ``payload`` (decoded), ``created_at``,
+        ``attempts`` (retries rejected again) and ``retried_at`` (the last, or ``None``).
         """
-        query = sa.select(
-            dead_letters.c.id,
-            dead_letters.c.stream,
-            dead_letters.c.destination,
-            dead_letters.c.origin,
-            dead_letters.c.reason,
-            dead_letters.c.payload,
-            dead_letters.c.created_at,
-        ).where(dead_letters.c.pipeline == pipeline, dead_letters.c.tenant == _key(tenant))
-        if stream is not None:
-            query = query.where(dead_letters.c.stream == stream)
-        query = query.order_by(dead_letters.c.id.desc()).limit(limit)
+        key = tenant if tenant is ALL_TENANTS else _key(tenant)
+        where = dead.matching(pipeline, ids=ids, stream=stream, destination=destination, tenant_key=key)
+        query = sa.select(*dead.COLUMNS).where(*where).order_by(dead_letters.c.id.desc()).limit(limit)
         with self._begin() as conn:
-            found = [dict(row) for row in conn.execute(query).mappings()]
-        for letter in found:
-            letter["payload"] = json.loads(letter["payload"])
-        return found
+            return [dead.decoded(row) for row in conn.execute(query).mappings()]
+
+    def discard_dead_letters(
+        self, pipeline: str, *, ids: Sequence[int] | None = None, stream: str | None = None,
+        destination: str | None = None, tenant: str | AllTenants | None = ALL_TENANTS,
+    ) -> int:
+        """Deletes the dead letters :meth:`find_dead_letters` would list with these filters (no
+        filter at all: every one of the pipeline); returns how many were deleted."""
+        key = tenant if tenant is ALL_TENANTS else _key(tenant)
+        where = dead.matching(pipeline, ids=ids, stream=stream, destination=destination, tenant_key=key)
+        with self._begin(write=True) as conn:
+            return int(conn.execute(sa.delete(dead_letters).where(*where)).rowcount)
+
+    def rejected_again(self, pipeline: str, letter_id: int, reason: str) -> None:
+        """A retried dead letter was rejected again: keeps it with ``reason`` (redacted),
+        ``attempts`` one higher and ``retried_at`` now."""
+        values = {"reason": redact(reason), "attempts": dead_letters.c.attempts + 1, "retried_at": self._clock()}
+        with self._begin(write=True) as conn:
+            conn.execute(sa.update(dead_letters).where(*dead.matching(pipeline, ids=[letter_id])).values(**values))
 
     def dead_letter_count(self, pipeline: str, *, tenant: str | None = None) -> dict[str, int]:
         """How many dead letters each stream of one tenant (``None``: no tenant) has

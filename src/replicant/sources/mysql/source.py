@@ -131,6 +131,11 @@ class MySQLSource(SQLSource):
         u = self._u
         return f"MySQL at {u.host or 'localhost'}:{u.port or 3306} as user {u.username or ''!r}, database {u.database!r}"
 
+    def cdc_objects(self) -> dict[str, Any]:
+        return {"server": self.location(), "note": (
+            "MariaDB/MySQL binlog capture keeps no replication slots or publications: the server keeps its binlogs "
+            "for binlog_expire_logs_seconds (expire_logs_days) whatever replicant does; nothing to drop")}
+
     def scrub(self, text: str) -> str:
         pw = self._u.password
         return text.replace(pw, "***") if pw else text

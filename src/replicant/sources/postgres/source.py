@@ -173,6 +173,18 @@ class PostgresSource(SQLSource):
         host = u.host or u.query.get("host") or "localhost"
         return f"PostgreSQL at {host}:{u.port or 5432} as user {u.username or '(default)'!r}, database {u.database!r}"
 
+    def cdc_objects(self) -> dict[str, Any]:
+        """Slots, publications and shadow tables on this server (:mod:`.slots`)."""
+        from .slots import list_objects
+
+        return list_objects(self._url, slot=self.slot, publication=self.publication, where=self.location(), scrub=self.scrub)
+
+    def drop_slot(self, slot: str | None, publication: str | None, *, force: bool) -> list[str]:
+        from .slots import drop
+
+        return drop(self._url, slot=slot, publication=publication, own_slot=self.slot, own_publication=self.publication,
+                    force=force, where=self.location(), scrub=self.scrub)
+
     def scrub(self, text: str) -> str:
         from sqlalchemy.engine import make_url
 
