@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from replicant.model import DeadLetter, Position, decode_position, encode_positi
 from replicant.state import dead_letters as dead
 from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
+from replicant.state._leases import LeaseMixin
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
@@ -42,7 +43,7 @@ from replicant.state.records import (
     PipelineState,
     TenantState,
 )
-from replicant.state.schema import checkpoints, dead_letters, leases, offsets, paused, runs
+from replicant.state.schema import checkpoints, dead_letters, offsets, paused, runs
 
 __all__ = [
     "StateStore",
@@ -59,7 +60,7 @@ __all__ = [
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
 
 
-class StateStore:
+class StateStore(LeaseMixin):
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the
@@ -455,63 +456,6 @@ class StateStore:
         ordered = dict(sorted(tenants.items(), key=lambda item: (item[0] is not None, item[0] or "")))
         return PipelineState(pipeline=pipeline, tenants=ordered, last_run=_run(last[0]) if last else None)
 
-    # -- leases ------------------------------------------------------------------------
-
-    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        """Takes the lease ``name`` for ``ttl_seconds`` if it is free, expired or already ``owner``'s.
-
-        Atomic across processes and hosts: one statement (an UPSERT whose update only
-        happens when the held lease expired or belongs to ``owner``), inside a
-        ``BEGIN IMMEDIATE`` transaction on SQLite. Re-acquiring one's own lease extends it.
-
-        Returns:
-            whether ``owner`` now holds the lease.
-        """
-        now = self._clock()
-        expires = now + _ttl(ttl_seconds)
-        insert = self._insert(leases).values(name=name, owner=owner, acquired_at=now, expires_at=expires)
-        excluded = insert.excluded
-        mine = leases.c.owner == excluded.owner
-        statement = insert.on_conflict_do_update(
-            index_elements=[leases.c.name],
-            set_={
-                "owner": excluded.owner,
-                "acquired_at": sa.case((mine, leases.c.acquired_at), else_=excluded.acquired_at),
-                "expires_at": excluded.expires_at,
-            },
-            where=sa.or_(mine, leases.c.expires_at <= now),
-        ).returning(leases.c.owner)
-        with self._begin(write=True) as conn:
-            return conn.execute(statement).first() is not None
-
-    def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        """Extends ``owner``'s lease to ``ttl_seconds`` from now.
-
-        Returns:
-            ``False`` when ``owner`` no longer holds an unexpired lease: it must stop the
-            work the lease guarded (another owner may have taken it over).
-        """
-        now = self._clock()
-        statement = (
-            sa.update(leases)
-            .where(leases.c.name == name, leases.c.owner == owner, leases.c.expires_at > now)
-            .values(expires_at=now + _ttl(ttl_seconds))
-        )
-        with self._begin(write=True) as conn:
-            return conn.execute(statement).rowcount == 1
-
-    def release_lease(self, name: str, owner: str) -> bool:
-        """Gives the lease up; returns whether ``owner`` held it (expired or not)."""
-        statement = sa.delete(leases).where(leases.c.name == name, leases.c.owner == owner)
-        with self._begin(write=True) as conn:
-            return conn.execute(statement).rowcount == 1
-
-    def lease_holder(self, name: str) -> str | None:
-        """The owner of the unexpired lease ``name``, or ``None``."""
-        query = sa.select(leases.c.owner).where(leases.c.name == name, leases.c.expires_at > self._clock())
-        with self._begin() as conn:
-            return conn.execute(query).scalar()
-
     # -- plumbing ----------------------------------------------------------------------
 
     def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
@@ -555,12 +499,6 @@ class StateStore:
             if isinstance(exc.orig, ValueError):
                 raise exc.orig from None
             raise
-
-
-def _ttl(ttl_seconds: float) -> timedelta:
-    if not ttl_seconds > 0:
-        raise ValueError(f"lease ttl_seconds must be positive, not {ttl_seconds!r}")
-    return timedelta(seconds=ttl_seconds)
 
 
 def _checkpoint(row: Any) -> Checkpoint:
