@@ -322,7 +322,7 @@ class HttpDestination(Destination):
         first = last_offset - n + 1
         step = self.batch_size * 2 * self.options.concurrency
         slices = (Encoded(self._encode(stream, data.slice(s, step)), first + s) for s in range(0, n, step))
-        self._deliver(stream, slices, strict=True)
+        self._deliver(stream, slices)
 
     def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
         """Pushes dead-lettered records again, as :meth:`write` would, but keyed by ``retry_id``
@@ -331,7 +331,7 @@ class HttpDestination(Destination):
         if self._client is None:
             raise FatalError(f"destination {self.name!r}: redeliver() before open()")
         if data.num_rows:
-            self._deliver(stream, iter([Encoded(self._encode(stream, data), 0)]), retry_id=retry_id)
+            self._deliver(stream, iter([Encoded(self._encode(stream, data), 0)]), retry_id=retry_id, strict=False)
 
     def _encode(self, stream: Stream, data: pa.Table) -> pa.LargeStringArray:
         """One JSON record per row, each followed by a comma, as one Arrow string array."""
@@ -359,7 +359,7 @@ class HttpDestination(Destination):
             cur.close()
         return out.cast(pa.large_string()).combine_chunks()
 
-    def _deliver(self, stream: Stream, slices, *, retry_id: str | None = None, strict: bool = False) -> None:
+    def _deliver(self, stream: Stream, slices, *, retry_id: str | None = None, strict: bool = True) -> None:
         """Sends the requests of every encoded slice (at most ``concurrency`` at once) and waits
         for all; then dead-letters the records rejected alone or raises the first failure. Batch
         ids come from the log offsets, or from ``retry_id`` for a re-sent dead letter.
