@@ -65,25 +65,26 @@ def _letters(tmp: Path, pipeline: str = "dl") -> list[dict[str, Any]]:
 
 
 def test_run_counts_only_accepted_rows_and_warns_once(tmp_path: Path) -> None:
-    """Failed before the fix: the table said 1,000 rows went to ``push`` although 200 were
+    """Failed before the fix: the table said 1,000 rows went to ``push`` although some were
     rejected, and stderr carried the rejection three times (twice logged by the destination,
-    once by the CLI)."""
+    once by the CLI). (Since issue 9 item 8 only the rejected records themselves are dead
+    letters, not their whole requests: 2, not 200.)"""
     _source(tmp_path / "src.db", 1000)
     with Receiver(reject=lambda r: r["key"]["id"] in (7, 507), reject_status=422) as rcv:
         p = _cli("run", str(_pipeline(tmp_path, rcv.url)))
     assert p.returncode == 0, p.stderr
-    assert _summary(p.stdout)["items"] == ["1,000", "800"], p.stdout
+    assert _summary(p.stdout)["items"] == ["1,000", "998"], p.stdout
     rejected_lines = [line for line in p.stderr.splitlines() if "rejected" in line]
-    assert rejected_lines == ["warning: 200 records of items rejected by push: in dead letters (see `replicant status`)"], p.stderr
+    assert rejected_lines == ["warning: 2 records of items rejected by push: in dead letters (see `replicant status`)"], p.stderr
 
 
 def test_list_show_and_discard(tmp_path: Path) -> None:
     _source(tmp_path / "src.db", 300)
-    with Receiver(reject=lambda r: r["key"]["id"] in (7, 207), reject_status=422) as rcv:
+    with Receiver(reject=lambda r: r["key"]["id"] % 10 == 7, reject_status=422) as rcv:  # 7, 17, … 297
         f = _pipeline(tmp_path, rcv.url)
         assert _cli("run", str(f)).returncode == 0
     letters = _letters(tmp_path)
-    assert len(letters) == 200
+    assert len(letters) == 30
 
     p = _cli("dead-letters", "list", str(f), "--limit", "3", "--json")
     assert p.returncode == 0, p.stderr
@@ -92,43 +93,43 @@ def test_list_show_and_discard(tmp_path: Path) -> None:
     assert set(listed[0]) == {"id", "tenant", "stream", "destination", "origin", "reason", "created_at", "attempts", "retried_at"}
     assert listed[0]["destination"] == "push" and listed[0]["reason"].startswith("HTTP 422")
     assert json.loads(_cli("dead-letters", "list", str(f), "--json", "--destination", "nowhere").stdout) == []
-    assert len(json.loads(_cli("dead-letters", "list", str(f), "--json", "--stream", "items", "--limit", "500").stdout)) == 200
+    assert len(json.loads(_cli("dead-letters", "list", str(f), "--json", "--stream", "items", "--limit", "500").stdout)) == 30
     table = _cli("dead-letters", "list", str(f), "--limit", "2")
     assert table.returncode == 0 and str(letters[0]["id"]) in table.stdout and "log offset" in table.stdout
-    assert "more than 2" in table.stdout and "more than" not in _cli("dead-letters", "list", str(f), "--limit", "200").stdout
+    assert "more than 2" in table.stdout and "more than" not in _cli("dead-letters", "list", str(f), "--limit", "30").stdout
 
     one = letters[-1]
     p = _cli("dead-letters", "show", str(f), str(one["id"]))
     assert p.returncode == 0, p.stderr
     shown = json.loads(p.stdout)
-    assert shown["payload"] == one["payload"] and shown["payload"]["data"]["id"] == 1
+    assert shown["payload"] == one["payload"] and shown["payload"]["data"]["id"] == 7
     assert shown["reason"] == one["reason"] and shown["origin"] == one["origin"]
     missing = _cli("dead-letters", "show", str(f), "999999")
     assert missing.returncode == 2 and "no dead letter 999999" in missing.stderr
 
     nothing_said = _cli("dead-letters", "discard", str(f))
     assert nothing_said.returncode == 2 and "ids or --all" in nothing_said.stderr
-    assert len(_letters(tmp_path)) == 200, "discard without ids or --all deletes nothing"
+    assert len(_letters(tmp_path)) == 30, "discard without ids or --all deletes nothing"
     p = _cli("dead-letters", "discard", str(f), str(letters[0]["id"]), str(letters[1]["id"]))
     assert p.returncode == 0 and "discarded 2 dead letters" in p.stdout, p.stdout + p.stderr
     p = _cli("dead-letters", "discard", str(f), "--all", "--destination", "push")
-    assert p.returncode == 0 and "discarded 198 dead letters" in p.stdout
+    assert p.returncode == 0 and "discarded 28 dead letters" in p.stdout
     assert _letters(tmp_path) == []
 
 
 def test_retry_resends_accepted_ones_are_removed_rejected_ones_stay(tmp_path: Path) -> None:
     _source(tmp_path / "src.db", 1000)
-    refused = {7, 507}
+    refused = {7, 507, 508, 509}
     with Receiver(reject=lambda r: r["key"]["id"] in refused, reject_status=422) as rcv:
         f = _pipeline(tmp_path, rcv.url)
         assert _cli("run", str(f)).returncode == 0
-        assert len(_letters(tmp_path)) == 200
+        assert len(_letters(tmp_path)) == 4
         first_keys = set(rcv.accepted())
 
-        refused.discard(507)  # the receiver was fixed for 507; 7 is still refused
+        refused.difference_update({507, 508, 509})  # the receiver was fixed for those; 7 is still refused
         p = _cli("dead-letters", "retry", str(f), "--all")
         assert p.returncode == 0, p.stderr
-        assert "retried 200: 199 accepted (removed), 1 rejected again (kept)" in p.stdout, p.stdout
+        assert "retried 4: 3 accepted (removed), 1 rejected again (kept)" in p.stdout, p.stdout
         (left,) = _letters(tmp_path)
         assert left["payload"]["key"] == {"id": 7} and left["attempts"] == 1 and left["retried_at"] is not None
         assert left["reason"].startswith("HTTP 422") and '"keys": [{"id": 7}]' in left["reason"]
@@ -139,7 +140,7 @@ def test_retry_resends_accepted_ones_are_removed_rejected_ones_stay(tmp_path: Pa
         assert len(rcv.records()) == 999, "no record twice"
         assert all(got[i]["data"] == {"id": i, "name": f"item {i}", "price": i * 0.25, "updated_at": i} for i in got)
         retried = set(rcv.accepted()) - first_keys
-        assert len(retried) == 199, "each dead letter is re-sent on its own, under its own idempotency key"
+        assert len(retried) == 3, "each dead letter is re-sent on its own, under its own idempotency key"
 
         p = _cli("dead-letters", "retry", str(f), str(left["id"]))
         assert p.returncode == 0 and "1 rejected again" in p.stdout
@@ -162,14 +163,15 @@ def test_retry_refuses_while_the_pipeline_runs(tmp_path: Path) -> None:
     with Receiver(reject=lambda r: r["key"]["id"] == 7) as rcv:
         f = _pipeline(tmp_path, rcv.url)
         assert _cli("run", str(f)).returncode == 0
+        sent = len(rcv.requests)
         running = open_log(str(tmp_path / ".replicant" / "dl" / "log"))  # what a run holds: the log's writer lock
         try:
             p = _cli("dead-letters", "retry", str(f), "--all")
         finally:
             running.close()
         assert p.returncode == 1 and "log" in p.stderr, p.stderr
-        assert len(_letters(tmp_path)) == 100 and all(x["attempts"] == 0 for x in _letters(tmp_path))
-        assert len(rcv.requests) == 2, "nothing was sent"
+        assert len(_letters(tmp_path)) == 1 and all(x["attempts"] == 0 for x in _letters(tmp_path))
+        assert len(rcv.requests) == sent, "nothing was sent"
 
 
 def test_show_and_list_never_print_a_password(tmp_path: Path) -> None:

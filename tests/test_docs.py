@@ -36,7 +36,7 @@ def test_bad_records_example_dead_letters_the_record_and_writes_the_rest(tmp_pat
     from replicant.state.store import StateStore
     from replicant.yaml_load import load_yaml
 
-    [example] = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "bad-records.md").read_text(), re.S)
+    [example] = [b for b in _yaml_blocks(ROOT / "docs" / "bad-records.md") if "name: warehouse" in b]
     with sqlite3.connect(tmp_path / "shop.db") as c:
         c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
         c.executemany("INSERT INTO items VALUES (?, ?)", [(1, "tea"), (2, "far too long a name"), (3, "jam")])
@@ -51,6 +51,39 @@ def test_bad_records_example_dead_letters_the_record_and_writes_the_rest(tmp_pat
         [letter] = st.dead_letters("shop")
     assert letter["payload"]["data"] == {"id": 2, "name": "far too long a name"}
     assert "CHECK constraint failed" in letter["reason"] and letter["origin"].startswith("log offset ")
+
+
+def _yaml_blocks(path: Path) -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", path.read_text(), re.S)
+
+
+def test_bad_records_http_example_dead_letters_only_the_rejected_record(tmp_path: Path) -> None:
+    """docs/bad-records.md, *HTTP*: its pipeline file, run against a real receiver (only the
+    URL replaced) that refuses one record of 1,000, dead-letters that record alone."""
+    import sqlite3
+
+    from http_receiver import Receiver
+    from replicant.config import parse
+    from replicant.engine import Engine
+    from replicant.state.store import StateStore
+    from replicant.yaml_load import load_yaml
+
+    [example] = [b for b in _yaml_blocks(ROOT / "docs" / "bad-records.md") if "type: http" in b]
+    with sqlite3.connect(tmp_path / "shop.db") as c:
+        c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        c.executemany("INSERT INTO items VALUES (?, ?)", [(i, "bad" if i == 421 else f"item {i}") for i in range(1, 1001)])
+    with Receiver(reject=lambda r: r["data"]["name"] == "bad", reject_status=422) as rcv:
+        text = example.replace("https://reports.example/api/push", rcv.url)
+        assert text != example
+        result = Engine(parse(load_yaml(text), base_dir=tmp_path)).run()
+        assert result.ok, result.errors
+        assert result.dead_letters == {"push": {"items": 1}}
+        assert sorted(r["data"]["id"] for r in rcv.records()) == [i for i in range(1, 1001) if i != 421]
+        assert len(rcv.requests) <= 1 + 20  # "about 20 more requests"
+    with StateStore(f"sqlite:///{tmp_path / '.replicant' / 'shop' / 'state.db'}") as st:
+        [letter] = st.dead_letters("shop")
+    assert letter["payload"]["data"] == {"id": 421, "name": "bad"}
+    assert letter["reason"].startswith("HTTP 422 from POST") and '"keys": [{"id": 421}]' in letter["reason"]
 
 
 def test_types_lossless_forms_example_prints_what_it_shows(capsys) -> None:

@@ -219,11 +219,12 @@ def test_nats_record_over_max_payload_goes_to_dead_letters(request: pytest.Fixtu
 
 
 def test_http_record_the_endpoint_rejects_goes_to_dead_letters(store: Any) -> None:
-    """The endpoint answers 422 for the request holding the poison record: with one record
-    per request (``batch_size: 1``) exactly that record is dead-lettered, the others delivered."""
+    """The endpoint answers 422 for the request holding the poison record: the request is split
+    down to that record, which alone is dead-lettered; the others are delivered (all six rows
+    in one request: the default ``batch_size``; before the split, this took ``batch_size: 1``)."""
     s = cf.make_stream("items", cf.ITEMS)
     with Receiver(reject=lambda r: r["data"]["name"] == "poison", reject_status=422) as rcv:
-        cfg = DestinationConfig.model_validate({"name": "push", "type": "http", "url": rcv.url, "batch_size": 1})
+        cfg = DestinationConfig.model_validate({"name": "push", "type": "http", "url": rcv.url})
         d = _with_sink(HttpDestination(cfg, ConnectorContext("p")), store)
         d.open()
         try:

@@ -14,6 +14,8 @@ Configuration (``type: http``; ``url`` and ``batch_size`` are common destination
       timeout: 30               # seconds per request
       max_retries: 8
       retry_max_seconds: 30     # longest wait between attempts (back-off and Retry-After)
+      max_rejected: 100         # records of one write rejected alone before the write fails
+      on_bad_record: dead_letter   # or `fail`: a rejected record pauses the stream
 
 One request per batch, body::
 
@@ -50,11 +52,26 @@ instead of log offsets: new to the receiver, and the same again if that attempt 
   naming the URL (never the credentials), as a refused database login; 404, 405 and 3xx: the
   endpoint is wrong: :class:`~replicant.errors.FatalError`. Nothing is dead-lettered: the
   records are fine.
-- 413 with more than one record: the request is split in two halves (each with its own,
-  equally deterministic batch id) and both are sent.
-- any other 4xx (400, 409, 422, …, or 413 of a single record): every record of that request
-  goes to the dead-letter store (``self.dead_letter``) with the status and the response body
-  (first 1,000 characters) as reason; without a dead-letter store, ``FatalError``.
+- any other 4xx (400, 409, 413, 422, …): the endpoint refused the request for what it holds.
+  A request of more than one record is split in two halves, the first ``n // 2`` records and
+  the rest, each sent as a request of its own with the batch id of its offset range, and so on
+  down to single records: only the records the endpoint rejects *alone* go to the dead-letter
+  store (``self.dead_letter``), each with its own request's status and response body (first
+  1,000 characters, secrets masked) as reason, the record as payload and ``log offset N,
+  position P`` as origin; the rest is delivered. The halves depend only on the offsets, so a
+  re-delivery or a replay splits the same way and sends the same batch ids (the receiver
+  de-duplicates the halves it accepted before; the state store keeps one dead letter per log
+  offset). The split runs depth first in the thread that sent the request: one poison record
+  in a request of 1,000 costs 20 more requests (10 more rejected on the way down, 10 accepted
+  halves), and a write holding *k* of them at most about ``2 k log2(batch_size)``.
+- more than ``max_rejected`` (default 100) records of one write rejected alone: not bad
+  records but a wrong endpoint or body format (an endpoint that refuses everything costs
+  about ``2 × max_rejected`` requests to find out): :class:`~replicant.errors.FatalError`,
+  nothing of the write is dead-lettered and the stream pauses, its offset where it was.
+- without a dead-letter store, or with ``on_bad_record: fail``, the first content rejection
+  raises :class:`~replicant.errors.FatalError` with the endpoint's answer, without splitting
+  (a 413 of several records is still split: the records may be fine in smaller requests).
+  A dead letter re-sent by ``retry`` is dead-lettered again whatever ``on_bad_record`` says.
 
 Every change is pushed with its ``op`` whatever ``write:`` says (``append`` and ``merge`` both
 send deletes: the receiver applies them); ``merge`` needs key columns. ``replace`` is not
@@ -95,20 +112,17 @@ secret value found in a response body is masked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import duckdb
 import httpx
-import numpy as np
 import pyarrow as pa
 from tenacity import (
     RetryCallState,
@@ -118,12 +132,14 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from replicant.destinations._http_pieces import Encoded, Piece, batch_id, plan, retry_after
+from replicant.destinations._http_pieces import safe_url as _safe_url
 from replicant.destinations._http_records import precast as precast_column
 from replicant.destinations._http_records import record_sql
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.http_settings import HttpSettings
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
-from replicant.model import META_COLUMNS, ConnectorContext, Stream, utcnow
+from replicant.model import META_COLUMNS, ConnectorContext, Stream
 
 __all__ = ["HttpDestination", "HttpSettings", "batch_id", "retry_after"]
 
@@ -137,12 +153,6 @@ _FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
 _LOGIN_STATUSES = frozenset({401, 403, 407})
 
 
-def batch_id(pipeline: str, destination: str, stream: str, first: int, last: int) -> str:
-    """The idempotency key of the request carrying log offsets ``first .. last`` (inclusive)."""
-    text = "\x1f".join((pipeline, destination, stream, str(first), str(last)))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 # ------------------------------------------------------------------ errors inside a request
 
 
@@ -154,68 +164,28 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-class _Encoded:
-    """Encoded records of consecutive log offsets ``first ..``: one JSON text per row, each
-    followed by a comma, in one Arrow buffer (a request body takes a slice of it)."""
-
-    def __init__(self, rows: pa.LargeStringArray, first: int) -> None:
-        self.rows = rows
-        self.first = first
-        self.offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + len(rows) + 1]
-        values = rows.buffers()[2]
-        self.buf = memoryview(values) if values is not None else memoryview(b"")
-
-    def records(self, start: int, end: int) -> memoryview:
-        """The JSON records of rows ``start .. end - 1`` joined by commas (no trailing comma)."""
-        return self.buf[self.offsets[start] : self.offsets[end] - 1]
-
-
-@dataclass
-class _Piece:
-    """One request: rows ``start .. end - 1`` of ``enc`` (log offsets ``enc.first + start ..``)."""
-
-    enc: _Encoded
-    start: int
-    end: int
-
-    @property
-    def first(self) -> int:
-        return self.enc.first + self.start
-
-    @property
-    def last(self) -> int:
-        return self.enc.first + self.end - 1
-
-
 @dataclass
 class _Rejected:
-    piece: _Piece
+    """A piece the endpoint refused for its content (or size), with the reason to store."""
+
+    piece: Piece
+    status: int
     reason: str
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - utcnow()).total_seconds())
+class _Tally:
+    """Records of one write rejected alone, counted across the threads sending its requests."""
 
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.count = 0
+        self._lock = threading.Lock()
 
-def _safe_url(url: str) -> str:
-    """The URL without user info, query or fragment: what messages may show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    def add(self) -> bool:
+        """Counts one more rejected record; true when there are more than ``most``."""
+        with self._lock:
+            self.count += 1
+            return self.count > self.most
 
 
 # ------------------------------------------------------------------ the destination
@@ -325,7 +295,7 @@ class HttpDestination(Destination):
         if self._client is None:
             raise FatalError(f"destination {self.name!r}: truncate() before open()")
         record = '{"op":"truncate","key":null,"data":null,"position":null,"ts":null},'
-        enc = _Encoded(pa.array([record], pa.large_string()), last_offset)
+        enc = Encoded(pa.array([record], pa.large_string()), last_offset)
         self._deliver(stream, iter([enc]))
 
     # -------------------------------------------------------------- writing
@@ -351,7 +321,7 @@ class HttpDestination(Destination):
             return
         first = last_offset - n + 1
         step = self.batch_size * 2 * self.options.concurrency
-        slices = (_Encoded(self._encode(stream, data.slice(s, step)), first + s) for s in range(0, n, step))
+        slices = (Encoded(self._encode(stream, data.slice(s, step)), first + s) for s in range(0, n, step))
         self._deliver(stream, slices)
 
     def redeliver(self, stream: Stream, data: pa.Table, *, retry_id: str) -> None:
@@ -361,7 +331,7 @@ class HttpDestination(Destination):
         if self._client is None:
             raise FatalError(f"destination {self.name!r}: redeliver() before open()")
         if data.num_rows:
-            self._deliver(stream, iter([_Encoded(self._encode(stream, data), 0)]), retry_id=retry_id)
+            self._deliver(stream, iter([Encoded(self._encode(stream, data), 0)]), retry_id=retry_id, strict=False)
 
     def _encode(self, stream: Stream, data: pa.Table) -> pa.LargeStringArray:
         """One JSON record per row, each followed by a comma, as one Arrow string array."""
@@ -389,35 +359,17 @@ class HttpDestination(Destination):
             cur.close()
         return out.cast(pa.large_string()).combine_chunks()
 
-    def _plan(self, enc: _Encoded, overhead: int) -> list[_Piece]:
-        """Cuts rows into requests: ``batch_size`` rows from the first, then by ``batch_bytes``.
-
-        ``enc`` starts at a multiple of ``batch_size`` rows from the chunk's first offset."""
-        limit: int = self.options.batch_bytes
-        cum = enc.offsets - enc.offsets[0]  # bytes (with commas) before each row
-        n = len(cum) - 1
-        pieces: list[_Piece] = []
-        for w in range(0, n, self.batch_size):
-            end_w = min(w + self.batch_size, n)
-            s = w
-            while s < end_w:
-                # body = overhead + row bytes - the last row's trailing comma
-                e = int(np.searchsorted(cum, cum[s] + limit - overhead + 1, side="right")) - 1
-                e = min(max(e, s + 1), end_w)
-                pieces.append(_Piece(enc, s, e))
-                s = e
-        return pieces
-
-    def _deliver(self, stream: Stream, slices, *, retry_id: str | None = None) -> None:
+    def _deliver(self, stream: Stream, slices, *, retry_id: str | None = None, strict: bool = True) -> None:
         """Sends the requests of every encoded slice (at most ``concurrency`` at once) and waits
-        for all; then dead-letters the rejected records or raises the first failure. Batch ids
-        come from the log offsets, or from ``retry_id`` for a re-sent dead letter."""
+        for all; then dead-letters the records rejected alone or raises the first failure. Batch
+        ids come from the log offsets, or from ``retry_id`` for a re-sent dead letter.
+        ``strict``: honour ``on_bad_record: fail`` (a write; not a re-sent dead letter)."""
         keyed = stream.log_name if retry_id is None else f"{stream.log_name}\x1fretry {retry_id}"
         tenant = "" if stream.tenant is None else f',"tenant":{json.dumps(stream.tenant)}'
         head = f'{{"pipeline":{json.dumps(self.pipeline)},"stream":{json.dumps(stream.name)}{tenant},"batch_id":"'.encode()
         overhead = len(head) + 32 + len('","records":[]}')
 
-        def body(p: _Piece) -> tuple[str, bytes]:
+        def body(p: Piece) -> tuple[str, bytes]:
             bid = batch_id(self.pipeline, self.name, keyed, p.first, p.last)
             return bid, b"".join((head, bid.encode(), b'","records":[', p.enc.records(p.start, p.end), b"]}"))
 
@@ -427,9 +379,10 @@ class HttpDestination(Destination):
         rejected: list[_Rejected] = []
         pending: set[Future] = set()
         error: BaseException | None = None
+        tally = _Tally(self.options.max_rejected)
 
-        def submit(p: _Piece) -> None:
-            pending.add(pool.submit(self._send, stream, p, body, abort))
+        def submit(p: Piece) -> None:
+            pending.add(pool.submit(self._push, stream, p, body, abort, tally, strict))
 
         def collect(block: bool) -> None:
             nonlocal error
@@ -446,16 +399,11 @@ class HttpDestination(Destination):
                         for other in pending:
                             other.cancel()
                     continue
-                outcome = fut.result()
-                if isinstance(outcome, _Rejected):
-                    rejected.append(outcome)
-                elif isinstance(outcome, tuple) and error is None:  # 413: send the halves
-                    for half in outcome:
-                        submit(half)
+                rejected.extend(fut.result())
 
         try:
             for enc in slices:
-                for p in self._plan(enc, overhead):
+                for p in plan(enc, self.batch_size, self.options.batch_bytes, overhead):
                     submit(p)
                 collect(block=False)
                 if error is not None:
@@ -471,9 +419,53 @@ class HttpDestination(Destination):
         if rejected:
             self._dead_letter(stream, rejected)
 
-    def _send(self, stream: Stream, piece: _Piece, body, abort: threading.Event):
-        """Sends one request with retries. Returns None (accepted), a ``_Rejected``, or the two
-        halves of a piece the server found too large."""
+    def _push(self, stream: Stream, piece: Piece, body, abort: threading.Event, tally: _Tally, strict: bool) -> list[_Rejected]:
+        """Sends ``piece``; a piece of more than one record the endpoint rejects (413, or any
+        other 4xx for its content) is split in halves, depth first and in this thread (so a
+        wrong endpoint costs about two requests per record counted by ``tally`` before the
+        guard stops it, not one per record of the batch), down to the records it rejects
+        alone. Returns those.
+
+        Raises:
+            FatalError: a record was rejected and there is no dead-letter store or
+                ``on_bad_record: fail`` (if ``strict``), both without splitting; or more than
+                ``max_rejected`` records of this write were rejected alone.
+        """
+        where = f"destination {self.name!r}, stream {stream.name!r}"
+        fail = self.dead_letter is None or (strict and getattr(self.config, "on_bad_record", "dead_letter") == "fail")
+        todo, alone = [piece], []
+        while todo and not abort.is_set():
+            p = todo.pop()
+            r = self._send(stream, p, body, abort)
+            if r is None:
+                continue
+            if fail and not (r.status == 413 and p.size > 1):
+                if self.dead_letter is None:
+                    raise FatalError(
+                        f"{where}: the endpoint rejected {p.size} records and there is no dead-letter store; its answer: {r.reason}"
+                    )
+                raise FatalError(
+                    f"{where}: {r.reason}; the destination has `on_bad_record: fail`: fix the record at the source or the "
+                    f"endpoint, then run again (or set `on_bad_record: dead_letter` to set such records aside)"
+                )
+            if p.size > 1:
+                log.info("%s: HTTP %d for offsets %d..%d, splitting the request in two", where, r.status, p.first, p.last)
+                left, right = p.halves()
+                todo += [right, left]  # the left half next: depth first, in offset order
+                continue
+            alone.append(r)
+            if tally.add():
+                raise FatalError(
+                    f"{where}: more than {tally.most:,} records of one write were rejected: this looks like a wrong endpoint "
+                    f"or body format rather than bad records; check `url` and what the endpoint expects, then run again "
+                    f"(nothing of this write was dead-lettered; raise `max_rejected` if that many bad records are expected); "
+                    f"last: {r.reason}"
+                )
+        return alone
+
+    def _send(self, stream: Stream, piece: Piece, body, abort: threading.Event) -> _Rejected | None:
+        """Sends one request with retries. Returns None (accepted, or given up because another
+        request of the write failed) or the endpoint's rejection (413 or a content 4xx)."""
         o: HttpSettings = self.options
         bid, content = body(piece)
         where = (
@@ -533,11 +525,8 @@ class HttpDestination(Destination):
             if status in _LOGIN_STATUSES:  # a refused login, as PostgreSQL's and MySQL's are
                 raise ConnectionError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
             raise FatalError(f"{where}: HTTP {status}: {what}; {self._excerpt(r, 200)}")
-        if status == 413 and piece.end - piece.start > 1:
-            mid = (piece.start + piece.end) // 2
-            log.info("%s: HTTP 413, splitting the request in two", where)
-            return (_Piece(piece.enc, piece.start, mid), _Piece(piece.enc, mid, piece.end))
-        return _Rejected(piece, f"HTTP {status} from {o.method} {self.shown_url} (batch id {bid}): {self._excerpt(r, _REASON_CHARS)}")
+        reason = f"HTTP {status} from {o.method} {self.shown_url} (batch id {bid}): {self._excerpt(r, _REASON_CHARS)}"
+        return _Rejected(piece, status, reason)
 
     def _excerpt(self, r: httpx.Response, chars: int) -> str:
         try:
@@ -550,24 +539,20 @@ class HttpDestination(Destination):
         return text or "(empty body)"
 
     def _dead_letter(self, stream: Stream, rejected: list[_Rejected]) -> None:
+        """Stores each record the endpoint rejected alone, with its answer and log offset."""
         from replicant.model import DeadLetter
 
-        count = sum(r.piece.end - r.piece.start for r in rejected)
-        if self.dead_letter is None:
-            raise FatalError(
-                f"destination {self.name!r}, stream {stream.name!r}: the endpoint rejected {count} records and there is "
-                f"no dead-letter store; first: {rejected[0].reason}"
-            )
+        assert self.dead_letter is not None  # without a store, _push raised at the first rejection
         letters = []
         for r in sorted(rejected, key=lambda r: r.piece.first):
             # the rejection path only: per-record Python is fine here
             p = r.piece
-            for i, text in enumerate(p.enc.rows.slice(p.start, p.end - p.start).to_pylist()):
+            for i, text in enumerate(p.enc.rows.slice(p.start, p.size).to_pylist()):
                 record = json.loads(text[:-1])
                 origin = f"log offset {p.first + i}, position {json.dumps(record.get('position'))}"
                 letters.append(DeadLetter(reason=r.reason, payload=record, origin=origin, destination=self.name))
         # info, not warning: the run reports dead letters once (RunResult.dead_letters, the CLI's summary)
-        log.info("destination %r, stream %r: %d records rejected, sent to dead letters", self.name, stream.name, count)
+        log.info("destination %r, stream %r: %d records rejected, sent to dead letters", self.name, stream.name, len(letters))
         self.dead_letter(stream, letters)
 
 

@@ -53,6 +53,12 @@ class HttpSettings(BaseModel):
     timeout: float | str = Field(30.0, description="Seconds per request (connect, send, wait for the answer).")
     max_retries: int = Field(8, ge=0, description="Retries of one request before the write fails.")
     retry_max_seconds: float | str = Field(30.0, description="Longest wait between two attempts.")
+    max_rejected: int = Field(
+        100,
+        ge=0,
+        description="Records of one write the endpoint may reject alone (each dead-lettered) before the write fails "
+        "instead: more look like a wrong endpoint or body format than bad records.",
+    )
 
     @field_validator("headers", mode="before")
     @classmethod
