@@ -149,3 +149,33 @@ def test_a_second_signal_exits_at_once(tmp_path: Path, black_hole: BlackHole) ->
         proc.kill()
     assert proc.returncode == 130
     assert took < 5, f"took {took:.1f} s after the second signal"
+
+
+def test_the_operations_doc_example_is_a_valid_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/operations.md's timeouts example parses, with the durations it states."""
+    import re
+
+    import yaml
+
+    from replicant.config import parse
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text(encoding="utf-8")
+    example = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", text, re.S)[0])
+    for name in ("PGPASSWORD", "MYSQL_PASSWORD"):
+        monkeypatch.setenv(name, "pw")
+    cfg = parse(example)
+    assert cfg.source.connect_timeout == 30.0
+    assert {d.name: d.connect_timeout for d in cfg.destinations} == {"reporting": 5.0, "push": 5.0, "events": 5.0}
+    assert parse({**example, "source": {k: v for k, v in example["source"].items() if k != "connect_timeout"}}
+                 ).source.connect_timeout == 10.0  # the default
+
+
+@pytest.mark.parametrize("value", ["soon", 0, "-1s"])
+def test_a_bad_connect_timeout_names_its_key(tmp_path: Path, value: object) -> None:
+    from replicant.config import parse
+    from replicant.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse({"pipeline": "p", "source": {"type": "sqlite", "url": "sqlite:///x.db"},
+               "destinations": [{"name": "d", "connect_timeout": value}]}, base_dir=tmp_path)
+    assert [k for k, _ in caught.value.problems] == ["destinations[0].connect_timeout"]
