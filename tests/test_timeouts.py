@@ -179,3 +179,57 @@ def test_a_bad_connect_timeout_names_its_key(tmp_path: Path, value: object) -> N
         parse({"pipeline": "p", "source": {"type": "sqlite", "url": "sqlite:///x.db"},
                "destinations": [{"name": "d", "connect_timeout": value}]}, base_dir=tmp_path)
     assert [k for k, _ in caught.value.problems] == ["destinations[0].connect_timeout"]
+
+
+def test_sigterm_while_a_read_waits_in_libpq_ends_the_run_and_the_next_run_completes(tmp_path: Path, pg_url: str) -> None:
+    """The snapshot's query waits for a lock inside libpq (a C call): SIGTERM still ends the
+    run within the grace, and the next run copies everything (the state stayed consistent)."""
+    import duckdb
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g")
+    p = _pipeline(tmp_path, f"{{type: postgres, url: '{pg_url}', streams: [public.t]}}",
+                  f"{{name: w, path: '{tmp_path / 'w.duckdb'}'}}")
+    with psycopg.connect(pg_url) as locker:
+        locker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        proc = _spawn("run", str(p), "--stop-grace", "1")
+        try:
+            deadline = time.monotonic() + 60
+            with psycopg.connect(pg_url, autocommit=True) as watcher:
+                while not watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND datname = current_database()").fetchone()[0]:
+                    assert time.monotonic() < deadline and proc.poll() is None, "the read never waited for the lock"
+                    time.sleep(0.05)
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=20)
+            took = time.monotonic() - sent
+        finally:
+            proc.kill()
+        locker.rollback()
+    assert proc.returncode == 143, stderr
+    assert took < 10, f"took {took:.1f} s after the signal"
+    again = replicant("run", str(p))
+    assert again.returncode == 0, again.stderr
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT id) FROM t").fetchone() == (100, 100)
+
+
+def test_sigterm_while_a_destination_write_hangs_ends_the_run(
+    tmp_path: Path, black_hole: BlackHole, chinook_sqlite_path: Path
+) -> None:
+    p = _pipeline(tmp_path, _sqlite_source(chinook_sqlite_path),
+                  f"{{name: far, type: http, url: 'http://127.0.0.1:{black_hole.port}/', timeout: 120s}}")
+    proc = _spawn("run", str(p), "--stop-grace", "1")
+    try:
+        black_hole.wait_for_connection(time.monotonic() + 60)  # the write is waiting for an answer
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert took < 10, f"took {took:.1f} s after the signal"
