@@ -95,6 +95,18 @@ class _Section(_Model):
             # a type's own keys may hold secrets (tokens, auth, headers, storage_options): never shown
             yield key, ("***" if key in extras else value)
 
+    connect_timeout: float | str = Field(
+        10.0, description="Network connectors: the longest wait to connect and log in (seconds or '30s')."
+    )
+
+    @field_validator("connect_timeout")
+    @classmethod
+    def _connect_seconds(cls, v: Any) -> float:
+        seconds = parse_duration(v)
+        if seconds <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return seconds
+
     @property
     def options(self) -> dict[str, Any]:
         """The type-specific keys (validated by the connector's settings model)."""

@@ -145,6 +145,7 @@ class StreamWriter:
         stop_at = self.log.end_offset(self.stream.log_name) if end is None else end
         if self.offset >= stop_at:
             return False
+        log.debug("%s/%s: delivering log offsets %d..%d", self.dest.name, self.stream.name, self.offset, stop_at - 1)
         for rec in self.log.read(self.stream.log_name, self.offset, end=stop_at):
             self._take(rec)
             self.offset = rec.next_offset
@@ -351,6 +352,7 @@ class Delivery:
         (a content or configuration reason: names it cannot hold, columns colliding when
         folded) pauses alone; the others are delivered. A connection failure raises."""
         self.dest.close()  # after a failure: a fresh connection
+        log.debug("opening destination %s (%s)", self.dest.name, type(self.dest).__name__)
         self.dest.open()
         for s in self.streams:
             if s.name in paused:

@@ -159,7 +159,9 @@ class Engine:
         streams: list[Stream] | None = None
         discovery_error: BaseException | None = None
         try:
+            log.debug("discovering the streams of %s", self.config.pipeline)
             streams = self.streams(planner)
+            log.debug("planned %d streams: %s", len(streams), ", ".join(f"{s.name} ({s.mode})" for s in streams))
         except ConfigError:  # an invalid pipeline stops before the state store or the log is created
             raise
         except BaseException as e:  # noqa: BLE001 - raised below, once the run is recorded

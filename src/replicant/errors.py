@@ -6,6 +6,7 @@ Branch by what the caller should do::
     ├── ConfigError          fail at start, report every problem at once, with the key path
     ├── ConnectionError      could not reach a system; says which, never the password
     ├── RetriableError       transient: retry with back-off (a mix-in, so a driver error keeps its kind)
+    │   └── DiskFullError    the staging log's or state store's disk is full: wait for space, retry
     ├── FatalError           stop this stream, keep others running, say what to do
     ├── RecordError          one bad record: goes to the dead-letter store with its origin
     └── SchemaDriftError     a change the destination cannot absorb
@@ -24,6 +25,7 @@ __all__ = [
     "ConnectionError",
     "RetriableError",
     "retry_delay",
+    "DiskFullError",
     "FatalError",
     "RecordError",
     "SchemaDriftError",
@@ -92,6 +94,14 @@ class ConnectionError(ReplicantError):  # deliberately shadows the builtin
 
 class RetriableError(ReplicantError):
     """A transient failure: retrying with back-off may succeed (:func:`retry_delay`)."""
+
+
+class DiskFullError(RetriableError):
+    """No space left where the staging log or the state store writes (``ENOSPC``, ``EDQUOT``).
+
+    Nothing was lost: the failed append was undone and no checkpoint moved. ``--follow``
+    waits and retries with back-off until there is space again, like a destination outage;
+    a plain ``run`` stops that stream with this error."""
 
 
 def retry_delay(failures: int, *, most: float = 30.0) -> float:

@@ -32,12 +32,16 @@ starts over. The engine keeps its own keys in the positions it appends (``_snaps
 
 from __future__ import annotations
 
+import errno
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
 
+from replicant.errors import DiskFullError
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import ChangeSet, Position, ReadBatch, Stream
 
@@ -76,7 +80,13 @@ class Ingest:
         key columns) without copying data."""
         if batch is not None:
             batch = _tagged(batch, stream)
-        self.log.append(stream.log_name, batch, position=position, marker=marker)
+        try:
+            self.log.append(stream.log_name, batch, position=position, marker=marker)
+        except OSError as e:
+            if e.errno not in _DISK_FULL:
+                raise
+            where = getattr(self.log, "root", None) or getattr(self.log, "location", None) or "the staging log"
+            raise DiskFullError(f"disk full at {where} ({e.strerror}) appending to {stream.name!r}") from None
 
     # ------------------------------------------------------------------ per-stream reads
 
@@ -118,8 +128,9 @@ class Ingest:
             self.append(stream, None, {**rb.position, "_snapshot": "closed"}, marker={"kind": MARKER_SNAPSHOT_END})
         n = rb.data.num_rows
         total = self._add_total(stream.name, n)
-        self.state.save_checkpoint(self.pipeline, stream.name, rb.position, rows_total=total,
-                                   log_offset=self.log.end_offset(stream.log_name), tenant=self.tenant)
+        with _state_disk_full():
+            self.state.save_checkpoint(self.pipeline, stream.name, rb.position, rows_total=total,
+                                       log_offset=self.log.end_offset(stream.log_name), tenant=self.tenant)
         source.acknowledge(stream, rb.position)
         return n
 
@@ -146,8 +157,9 @@ class Ingest:
             for name in touched
         ]
         feed_total = self._add_total(CAPTURE_CHECKPOINT, sum(rows.values()))
-        self.state.save_checkpoints(self.pipeline, [(CAPTURE_CHECKPOINT, cs.position, feed_total, 0), *items],
-                                    tenant=self.tenant)
+        with _state_disk_full():
+            self.state.save_checkpoints(self.pipeline, [(CAPTURE_CHECKPOINT, cs.position, feed_total, 0), *items],
+                                        tenant=self.tenant)
         source.acknowledge_capture(cs.position)
         return rows
 
@@ -165,6 +177,22 @@ class Ingest:
                 self._totals[name] = cp.rows_total if cp else 0
             self._totals[name] += rows
             return self._totals[name]
+
+
+#: ``errno`` values of a full disk: no space, or the user's quota is used up.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextmanager
+def _state_disk_full() -> Iterator[None]:
+    """A state-store write that failed for want of space (SQLite: ``database or disk is full``)
+    as :class:`DiskFullError`: the log already holds the batch, so a retry loses nothing."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "errno", None) not in _DISK_FULL and "database or disk is full" not in str(e):
+            raise
+        raise DiskFullError(f"disk full at the state store ({str(e).splitlines()[0]})") from None
 
 
 def _engine_keys(pos: Position | None) -> dict[str, Any]:

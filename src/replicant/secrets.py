@@ -73,7 +73,8 @@ def _lookup(kind: str, name: str) -> tuple[str | None, str]:
     if kind == "env":
         return os.environ.get(name), f"environment variable {name} is not set"
     if _store is None:
-        return None, f"${{secret:{name}}} needs the secret store of `replicant serve`; use ${{env:{name}}}"
+        return None, (f"${{secret:{name}}} needs a secret store, which this version does not have yet; use "
+                      f"${{env:{name}}} and set the environment variable {name}")
     return _store(name), f"secret {name} is not in the secret store"
 
 

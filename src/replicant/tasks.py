@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from replicant.errors import ConnectionError, FatalError, RetriableError, redact, retry_delay
+from replicant.errors import ConnectionError, DiskFullError, FatalError, RetriableError, redact, retry_delay
 from replicant.ingest import Ingest
 from replicant.model import ReadBatch, Stream
 from replicant.results import Observer, RunError
@@ -195,7 +195,10 @@ class StreamTasks:
                     if self.follow and not self.stop.is_set():
                         failures[s.name] = failures.get(s.name, 0) + 1
                         again = retry_delay(failures[s.name])
-                        log.warning("stream %s failed (%s); retrying in %.1f s", s.name, e, again)
+                        if isinstance(e, DiskFullError):  # like a destination outage: wait for space
+                            log.warning("%s; waiting and retrying in %.1f s", e, again)
+                        else:
+                            log.warning("stream %s failed (%s); retrying in %.1f s", s.name, e, again)
                         _close_quietly(source)
                         source = None
                     else:
@@ -254,7 +257,10 @@ def run_capture(
                     raise
                 failures += 1  # a lost connection: start the feed again from what is durable
                 delay = retry_delay(failures)
-                log.warning("capture failed (%s); retrying in %.1f s", e, delay)
+                if isinstance(e, DiskFullError):
+                    log.warning("%s; waiting and retrying in %.1f s", e, delay)
+                else:
+                    log.warning("capture failed (%s); retrying in %.1f s", e, delay)
                 _close_quietly(source)
                 if stop.wait(delay):
                     return rows

@@ -477,7 +477,7 @@ def test_a_second_writer_process_gets_a_clear_error_or_waits(tmp_path: Path) -> 
             LocalLog(tmp_path)
         assert str(error.value) == (
             f"pipeline log at {tmp_path} is in use by another process (pid {child.pid}); stop that run "
-            "or let it finish (pass lock_timeout= to wait for it)"
+            "or let it finish, then run again"
         )
         with LocalLog(tmp_path, read_only=True) as reader:  # readers need no lock
             assert reader.last_position("s") == {"by": "child"}

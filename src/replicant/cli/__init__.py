@@ -16,7 +16,7 @@ import os
 import sys
 
 from replicant.cli import cdc, dead_letters, run, status  # noqa: F401 - each registers its commands on the app
-from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err
+from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERNAL", "app", "main"]
 
@@ -35,7 +35,7 @@ def _memory_pool() -> None:
 def main() -> None:
     _memory_pool()
     try:
-        app()
+        app(args=hoist_debug(sys.argv[1:]), prog_name="replicant")
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

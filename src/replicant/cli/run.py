@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from datetime import UTC
 from pathlib import Path
@@ -15,6 +14,8 @@ from rich.table import Table
 from replicant.cli._app import EXIT_FAILED, app, err, out
 from replicant.cli._app import fail as _fail
 from replicant.cli._app import load_config as _load
+from replicant.cli._progress import DEFAULT_INTERVAL, ProgressLines
+from replicant.cli._stop import DEFAULT_GRACE, Stopped, run_until_signalled
 from replicant.errors import ConfigError
 from replicant.results import Observer
 
@@ -68,10 +69,19 @@ class _SpeedColumn(TextColumn):
 def run(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
     follow: Annotated[bool, typer.Option("--follow", help="Keep streaming after catching up (needs CDC modes).")] = False,
+    stop_grace: Annotated[float, typer.Option(
+        "--stop-grace", min=0, help="Seconds to wind down after SIGINT/SIGTERM before exiting at once.")] = DEFAULT_GRACE,
+    progress_interval: Annotated[float, typer.Option(
+        "--progress-interval", min=0,
+        help="Seconds between progress lines when stderr is not a terminal (0: one per batch).")] = DEFAULT_INTERVAL,
 ) -> None:
-    """Initial sync and catch-up, then exit 0 (non-zero with a message on failure)."""
+    """Initial sync and catch-up, then exit 0 (non-zero with a message on failure).
+
+    SIGINT/SIGTERM stop it in any phase: it winds down (exit 0 for ``--follow``, else 128 +
+    the signal number), or exits at once after ``--stop-grace`` seconds or a second signal."""
     from replicant.engine import Engine
 
+    stopped = Stopped()
     try:
         cfg = _load(pipeline)
         from replicant.runtime import check_connectors
@@ -92,19 +102,14 @@ def run(
             console=err,
             disable=not err.is_terminal,
         )
-        engine = Engine(cfg, observer=_Bars(progress))
-
-        def stop(signum: int, frame: Any) -> None:
-            if engine.stop_event.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now
-            engine.stop_event.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, stop)
+        # no terminal (CI, a log file): progress bars would show nothing until the end
+        observer: Observer = _Bars(progress) if err.is_terminal else ProgressLines(progress_interval)
+        engine = Engine(cfg, observer=observer)
         with progress:
-            result = engine.run(follow=follow)
+            result = run_until_signalled(lambda: engine.run(follow=follow), engine.stop_event, stopped, grace=stop_grace,
+                                         before_exit=progress.stop)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes a message and an exit code
-        _fail(e)
+        _fail(e, exit_code=stopped.exit_code if stopped.signum else None)
         return
     table = Table(title=f"pipeline {cfg.pipeline}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f} s")
     table.add_column("stream")
@@ -117,8 +122,11 @@ def run(
     _report_dead_letters(result)
     if not result.ok:
         for error in result.errors:
-            err.print(f"error: {error}", markup=False)
-        raise typer.Exit(EXIT_FAILED)
+            err.print(f"error: {error}", markup=False, soft_wrap=True)
+        raise typer.Exit(stopped.exit_code if stopped.signum else EXIT_FAILED)
+    if stopped.signum is not None and not follow:  # interrupted before catching up
+        err.print("interrupted: the next run resumes from the last checkpoint", markup=False)
+        raise typer.Exit(stopped.exit_code)
 
 
 def _only_full(cfg: Any) -> bool:

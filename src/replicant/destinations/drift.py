@@ -54,7 +54,7 @@ def recreate_hint(destination: str) -> str:
     """What to do when a table cannot follow: rebuild it from the log."""
     return (
         f"drop the table and rebuild it with `replicant replay PIPELINE.yml --destination {destination} --from-start`, "
-        "or add a transform that keeps the old shape"
+        "or, for a column whose type changed, leave it out with `exclude:` on its stream (under source.streams)"
     )
 
 

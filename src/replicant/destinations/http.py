@@ -140,6 +140,7 @@ from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.http_settings import HttpSettings
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import META_COLUMNS, ConnectorContext, Stream
+from replicant.timeouts import timeout_hint
 
 __all__ = ["HttpDestination", "HttpSettings", "batch_id", "retry_after"]
 
@@ -257,7 +258,7 @@ class HttpDestination(Destination):
         self._client = httpx.Client(
             headers=headers,
             auth=auth,
-            timeout=httpx.Timeout(o.timeout),
+            timeout=httpx.Timeout(o.timeout, connect=min(float(o.timeout), float(self.config.connect_timeout))),
             limits=httpx.Limits(max_connections=o.concurrency, max_keepalive_connections=o.concurrency),
             follow_redirects=False,
         )
@@ -481,7 +482,11 @@ class HttpDestination(Destination):
                 raise _Aborted()
             try:
                 r = client.request(o.method, self._request_url, content=content, headers=headers)
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+            except httpx.ConnectTimeout:
+                raise _Transient(timeout_hint(float(self.config.connect_timeout), f"destinations.{self.name}.connect_timeout")) from None
+            except httpx.TimeoutException:
+                raise _Transient(timeout_hint(float(o.timeout), f"destinations.{self.name}.timeout")) from None
+            except (httpx.NetworkError, httpx.RemoteProtocolError) as e:
                 raise _Transient(self._scrub(f"{type(e).__name__}: {e}")) from None
             except httpx.HTTPError as e:
                 raise FatalError(f"{where}: {type(e).__name__}: {self._scrub(str(e))}") from None

@@ -79,6 +79,7 @@ from replicant.errors import (
     RetriableError,
 )
 from replicant.model import OP_DELETE, ConnectorContext, Stream
+from replicant.timeouts import pymysql_timeouts, set_pymysql_read_timeout, timed_out, timeout_hint
 
 __all__ = ["MySQLDestination"]
 
@@ -188,9 +189,13 @@ class MySQLDestination(SQLDestination):
             f"database {params['database'] or ''!r}, user {params['user']!r}"
         )
         try:
-            conn = pymysql.connect(**params, charset="utf8mb4", local_infile=True, autocommit=False, connect_timeout=10)
+            seconds = float(self.config.connect_timeout)
+            conn = pymysql.connect(**params, charset="utf8mb4", local_infile=True, autocommit=False, **pymysql_timeouts(seconds))
+            set_pymysql_read_timeout(conn, None)  # logged in: a long load may take its time
         except pymysql.MySQLError as e:
             code, msg = _code(e)
+            if timed_out(msg):
+                msg = timeout_hint(seconds, f"destinations.{self.name}.connect_timeout")
             raise ConnectionError(f"cannot connect to {where}: [{code}] {msg}") from None
         try:
             with conn.cursor() as cur:

@@ -74,6 +74,7 @@ from replicant.destinations.records import record_json
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.model import ConnectorContext, Stream
 from replicant.secrets import split_userinfo
+from replicant.timeouts import timeout_hint
 
 __all__ = ["NatsDestination", "NatsSettings", "subject_for"]
 
@@ -159,6 +160,7 @@ class NatsDestination(Destination):
         opts: NatsSettings = self.options
         self.stream_name = opts.stream_name or "REPLICANT_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.pipeline).upper()
         self.timeout = float(opts.timeout)
+        self.connect_timeout = float(config.connect_timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._nc: Any = None
@@ -258,9 +260,15 @@ class NatsDestination(Destination):
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result(self.timeout * 3 + 5)  # the coroutines time themselves out; this is a backstop
+            # the coroutines time themselves out; this is a backstop (a connect makes up to
+            # 1 + _RECONNECT_ATTEMPTS attempts of connect_timeout each)
+            most = self.connect_timeout * (_RECONNECT_ATTEMPTS + 1) if what == "connect" else self.timeout * 3
+            return future.result(most + 5)
         except TimeoutError:
             future.cancel()
+            if what == "connect":
+                hint = timeout_hint(self.connect_timeout, f"destinations.{self.name}.connect_timeout")
+                raise ConnectionError(f"destination {self.name!r}: cannot connect to NATS at {self._where()}: {hint}") from None
             raise RetriableError(f"destination {self.name!r}: NATS at {self._where()} did not answer ({what})") from None
         except Exception as e:  # noqa: BLE001 - the boundary: any client error becomes one of replicant's errors
             raise self._translate(e, what) from None
@@ -277,7 +285,8 @@ class NatsDestination(Destination):
                               "raise max_payload on the server or exclude large columns")
         if isinstance(e, ne.NoServersError):
             if what == "connect":
-                return ConnectionError(f"{where} cannot be reached ({what})")
+                return ConnectionError(f"{where} cannot be reached ({what}); is the server up? "
+                                       f"`destinations.{self.name}.connect_timeout` ({self.connect_timeout:g} s) bounds each attempt")
             return RetriableError(f"{where} cannot be reached ({what})")
         if isinstance(e, ne.AuthorizationError):
             return ConnectionError(f"{where} refused the login ({what}); check the user and password in `url:`")
@@ -352,7 +361,7 @@ class NatsDestination(Destination):
         self._nc = await nats.connect(
             servers=[s for s, _, _ in servers],
             **credentials,
-            connect_timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
             allow_reconnect=True,
             # finite, so a dead server fails the connect instead of looping forever; a
             # connection closed after these attempts is opened again by the next write

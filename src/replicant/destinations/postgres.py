@@ -75,6 +75,7 @@ from replicant.destinations.base import OFFSETS_TABLE
 from replicant.destinations.drift import Plan
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
+from replicant.timeouts import libpq_url, timed_out, timeout_hint
 
 __all__ = ["PostgresDestination"]
 
@@ -155,9 +156,12 @@ class PostgresDestination(SQLDestination):
 
         url = self._url()
         try:
-            self._conn = adbc_pg.connect(url, autocommit=False)
+            self._conn = adbc_pg.connect(libpq_url(url, float(self.config.connect_timeout)), autocommit=False)
         except adbc_driver_manager.Error as e:
-            raise ConnectionError(f"destination {self.name!r}: cannot connect to {describe_url(url)}: {message_of(e)}") from None
+            why = message_of(e)
+            if timed_out(why):
+                why = timeout_hint(float(self.config.connect_timeout), f"destinations.{self.name}.connect_timeout")
+            raise ConnectionError(f"destination {self.name!r}: cannot connect to {describe_url(url)}: {why}") from None
         self._cur = self._conn.cursor()
         self.offset_select = sql.select_offset(self.schema, OFFSETS_TABLE)
         self.offset_upsert = sql.upsert_offset(self.schema, OFFSETS_TABLE)

@@ -182,8 +182,7 @@ class _NatsConnection:
             )
         return (
             f"pipeline log at {self.location} is in use by another process (pid {pid} on host {host}); stop that run "
-            f"or let it finish (pass lock_timeout= to wait for it; the lock of a writer that died expires "
-            f"within {ttl:g} s)"
+            f"or let it finish, then run again (the lock of a writer that died expires within {ttl:g} s)"
         )
 
     async def _keep_lock(self, ttl: float) -> None:

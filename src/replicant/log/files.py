@@ -191,7 +191,7 @@ class WriterLock:
             )
         return (
             f"pipeline log at {root} is in use by another process (pid {pid}); stop that run "
-            "or let it finish (pass lock_timeout= to wait for it)"
+            "or let it finish, then run again"
         )
 
     def release(self) -> None:

@@ -101,6 +101,8 @@ class SQLSource(Source):
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs `url:`")])
         super().__init__(config, context)
         dialect, self._url = normalize_url(config.url.get_secret_value())
+        #: Seconds to connect and log in (``source.connect_timeout``).
+        self.connect_timeout = float(config.connect_timeout)
         if dialect != self.dialect:
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs a {self.dialect} URL, not {dialect}")])
 

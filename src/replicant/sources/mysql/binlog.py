@@ -93,6 +93,7 @@ from typing import Any
 from replicant.errors import ConnectionError, FatalError, RetriableError
 from replicant.model import Position, Stream, encode_position
 from replicant.sources.base import ChangeSet
+from replicant.timeouts import pymysql_timeouts, set_pymysql_read_timeout, timed_out, timeout_hint
 
 from ._binlog_snapshot import _Snapshot
 from ._binlog_values import _coord, _Decoding, _key, _min, _Table
@@ -140,7 +141,7 @@ class BinlogCapture(_Snapshot, _Decoding):
         u = self.source._u
         kw: dict[str, Any] = {
             "host": u.host or "localhost", "port": u.port or 3306, "user": u.username or "",
-            "password": u.password or "", "connect_timeout": 10,
+            "password": u.password or "", **pymysql_timeouts(self.source.connect_timeout),
         }
         if "unix_socket" in u.query:
             kw["unix_socket"] = u.query["unix_socket"]
@@ -151,9 +152,14 @@ class BinlogCapture(_Snapshot, _Decoding):
 
         kw = self._settings()
         try:
-            return pymysql.connect(database=self.source._u.database, charset="utf8mb4", autocommit=True, **kw, **extra)
+            conn = pymysql.connect(database=self.source._u.database, charset="utf8mb4", autocommit=True, **kw, **extra)
         except pymysql.MySQLError as e:
-            raise ConnectionError(f"cannot connect to {self.source.location()}: {self._scrub(e)}") from None
+            why = self._scrub(e)
+            if timed_out(why):
+                why = timeout_hint(self.source.connect_timeout, "source.connect_timeout")
+            raise ConnectionError(f"cannot connect to {self.source.location()}: {why}") from None
+        set_pymysql_read_timeout(conn, None)  # logged in: a long query may take its time
+        return conn
 
     def _scrub(self, e: BaseException) -> str:
         return self.source.scrub(str(e.args[-1]) if e.args else str(e))
@@ -525,7 +531,9 @@ def _pymysql_connect(**kw: Any) -> Any:
 
     if "db" in kw:
         kw["database"] = kw.pop("db")
-    return pymysql.connect(**kw)
+    conn = pymysql.connect(**kw)
+    set_pymysql_read_timeout(conn, None)  # logged in: the binlog stream waits on the server's heartbeats
+    return conn
 
 
 def _qualified(name: str, default_schema: str) -> tuple[str, str]:

@@ -47,6 +47,7 @@ from replicant.sources.base import Capabilities
 from replicant.sources.select import split_name
 from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, conform, mysql_column
+from replicant.timeouts import pymysql_timeouts, set_pymysql_read_timeout, timed_out, timeout_hint
 
 if TYPE_CHECKING:
     from replicant.sources.mysql.triggers import MySQLTriggers
@@ -148,14 +149,17 @@ class MySQLSource(SQLSource):
             kw: dict[str, Any] = {
                 "host": u.host or "localhost", "port": u.port or 3306, "user": u.username or "",
                 "password": u.password or "", "database": u.database, "charset": "utf8mb4",
-                "autocommit": True, "connect_timeout": 10,
+                "autocommit": True, **pymysql_timeouts(self.connect_timeout),
             }
             if "unix_socket" in u.query:
                 kw["unix_socket"] = u.query["unix_socket"]
             try:
                 self._conn = pymysql.connect(**kw)
+                set_pymysql_read_timeout(self._conn, None)  # a long query may take its time once logged in
             except pymysql.MySQLError as e:
                 why = _CONNECT_MEANING.get(e.args[0] if e.args else None, "").format(user=u.username or "", db=u.database)
+                if timed_out(str(e.args[-1]) if e.args else ""):
+                    why = timeout_hint(self.connect_timeout, "source.connect_timeout")
                 raise ConnectionError(
                     f"cannot connect to {self.location()}: {why + ': ' if why else ''}{self.scrub(str(e.args[-1]))}"
                 ) from None

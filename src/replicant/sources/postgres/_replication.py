@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from replicant.errors import ConnectionError, FatalError, RetriableError
+from replicant.timeouts import libpq_seconds
 
 from .pgoutput import SESSION_OPTIONS, lsn_text, parse_lsn
 
@@ -43,7 +44,7 @@ class _Replication:
             import psycopg
 
             try:
-                self._ctl = psycopg.connect(self.source._url, autocommit=True, connect_timeout=10)
+                self._ctl = psycopg.connect(self.source._url, autocommit=True, connect_timeout=libpq_seconds(self.source.connect_timeout))
             except psycopg.Error as e:
                 raise ConnectionError(f"cannot connect to {self.source.location()}: {self.source.scrub(str(e)).strip()}") from None
         return self._ctl
@@ -75,7 +76,7 @@ class _Replication:
         from psycopg.conninfo import make_conninfo
 
         info = make_conninfo(self.source._url, replication="database", options=SESSION_OPTIONS,
-                             connect_timeout="10", application_name=f"replicant {self.slot}")
+                             connect_timeout=str(libpq_seconds(self.source.connect_timeout)), application_name=f"replicant {self.slot}")
         conn = pq.PGconn.connect(info.encode())
         if conn.status != pq.ConnStatus.OK:
             msg = self.source.scrub(conn.error_message.decode(errors="replace"))

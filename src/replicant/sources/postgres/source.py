@@ -34,6 +34,7 @@ from replicant.model import ConnectorContext, Stream
 from replicant.sources.base import Capabilities
 from replicant.sources.sql import Plan, SQLSource, Table
 from replicant.sources.types import Column, conform, pg_column
+from replicant.timeouts import libpq_url, timed_out, timeout_hint
 
 if TYPE_CHECKING:
     from replicant.sources.postgres.triggers import PostgresTriggers
@@ -197,7 +198,7 @@ class PostgresSource(SQLSource):
             import adbc_driver_postgresql.dbapi as adbc
 
             try:
-                self._conn = adbc.connect(self._url, autocommit=True)
+                self._conn = adbc.connect(libpq_url(self._url, self.connect_timeout), autocommit=True)
             except adbc_driver_manager.Error as e:
                 reason = self.scrub(str(e)).split("Failed to connect:", 1)[-1].strip()
                 raise ConnectionError(f"cannot connect to {self.location()}: {self._why(reason)}{reason}") from None
@@ -208,6 +209,8 @@ class PostgresSource(SQLSource):
         from sqlalchemy.engine import make_url
 
         u = make_url(self._url)
+        if timed_out(reason):
+            return timeout_hint(self.connect_timeout, "source.connect_timeout") + ": "
         for marks, meaning in [
             (("Connection refused", "could not translate host name", "timeout expired", "No route to host",
               "Network is unreachable", "No such file or directory"),

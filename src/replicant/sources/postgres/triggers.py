@@ -20,6 +20,7 @@ from replicant.sources.strategies.trigger_sql import (
     safe_name,
 )
 from replicant.sources.types import Column
+from replicant.timeouts import libpq_seconds
 
 __all__ = ["PostgresTriggers"]
 
@@ -119,7 +120,7 @@ END $replicant$""",
         import psycopg
 
         try:
-            with psycopg.connect(self.src._url, connect_timeout=10) as conn, conn.transaction():
+            with psycopg.connect(self.src._url, connect_timeout=libpq_seconds(self.src.connect_timeout)) as conn, conn.transaction():
                 for s in statements:
                     conn.execute(s)
         except psycopg.Error as e:
