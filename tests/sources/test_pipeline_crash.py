@@ -47,7 +47,7 @@ def _changes(db: Path, rng: random.Random, stop: threading.Event, upstream: Path
                         c.execute("DELETE FROM accounts WHERE id = (SELECT id FROM accounts ORDER BY random() LIMIT 1)")
             result = Engine(load(upstream)).run()
             assert result.ok, result.errors
-    except BaseException as e:  # reported by the test thread
+    except BaseException as e:  # noqa: BLE001 - re-raised by the test thread through `errors`
         errors.append(e)
 
 
