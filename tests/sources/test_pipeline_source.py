@@ -299,3 +299,42 @@ def test_snapshot_markers_and_schema_versions_pass_through(tmp_path: Path) -> No
     assert [s.names for s in derived_log.schemas("accounts")][-1][:4] == ["id", "name", "balance", "note"]
     assert fetch("duckdb", str(tmp_path / "copy.duckdb"), "accounts", [*COLS, "note"]) == fetch(
         "sqlite", str(tmp_path / "bank.db"), "accounts", [*COLS, "note"])
+
+
+def test_upstream_log_on_nats(tmp_path: Path, nats_url: str, unique_name: str) -> None:
+    """An upstream whose ``log:`` is NATS JetStream is read through the same interface; the
+    derived pipeline's own log is local."""
+    from replicant.log.nats import delete_nats_log
+
+    up = _upstream_sqlite(tmp_path)
+    up.write_text(up.read_text() + f"log: {nats_url}/{unique_name}\n")
+    derived = _derived(tmp_path, "copy", "bank.yml")
+    try:
+        _run(up)
+        _change_sqlite(tmp_path, "DELETE FROM accounts WHERE id = 5", "UPDATE accounts SET name = 'q' WHERE id = 6")
+        _run(up)
+        assert _run(derived).rows_read == {"accounts": 52}
+        assert fetch("duckdb", str(tmp_path / "copy.duckdb"), "accounts", COLS) == _sqlite_rows(tmp_path)
+        assert _run(derived).rows_read == {"accounts": 0}
+    finally:
+        delete_nats_log(nats_url, unique_name)
+
+
+def test_tenant_identity_is_kept(tmp_path: Path) -> None:
+    """Run for a tenant, a derived pipeline reads that tenant's upstream streams
+    (``acme/accounts``) into its own ``acme/accounts``, and no other tenant's."""
+    up = _upstream_sqlite(tmp_path)
+    derived = _derived(tmp_path, "copy", "bank.yml")
+    for tenant in ("acme", "globex"):
+        result = Engine(load(up), tenant=tenant).run()
+        assert result.ok, result.errors
+    _change_sqlite(tmp_path, "DELETE FROM accounts WHERE id = 9")
+    assert Engine(load(up), tenant="acme").run().ok
+    result = Engine(load(derived), tenant="acme").run()
+    assert result.ok, result.errors
+    assert result.rows_read == {"accounts": 51}  # acme's snapshot and its delete; none of globex's
+    derived_log = open_log(tmp_path / ".replicant" / "copy" / "log", read_only=True)
+    assert derived_log.streams() == ["acme/accounts"]
+    upstream_log = open_log(tmp_path / ".replicant" / "bank" / "log", read_only=True)
+    assert [r.batch.to_pylist() for r in derived_log.read("acme/accounts") if r.batch is not None] == [
+        r.batch.to_pylist() for r in upstream_log.read("acme/accounts") if r.batch is not None]
