@@ -278,6 +278,14 @@ def test_derived_streams_are_log_mode_and_a_bad_upstream_names_the_key(tmp_path:
     assert result.returncode == 1 and "run `replicant run` on the upstream first" in " ".join(result.stderr.split())
     status = _cli("status", "copy.yml", "--json", cwd=tmp_path)
     assert status.returncode == 0 and json.loads(status.stdout)["pipeline"] == "copy"
+    not_derived = _cli("resync", "bank.yml", "--stream", "accounts", cwd=tmp_path)
+    assert not_derived.returncode == 2 and "source.type" in not_derived.stderr and "type: pipeline" in not_derived.stderr
+    _run(tmp_path / "bank.yml")
+    full = _derived(tmp_path, "full", "bank.yml")
+    full.write_text(full.read_text().replace("streams: [accounts]", "streams: [{table: accounts, mode: full}]"))
+    with pytest.raises(ConfigError) as e:
+        Engine(load(full)).run()
+    assert e.value.problems[0][0] == "source.streams (accounts)" and "reads log" in e.value.problems[0][1]
 
 
 def test_snapshot_markers_and_schema_versions_pass_through(tmp_path: Path) -> None:
