@@ -164,6 +164,10 @@ def test_two_derived_pipelines_read_one_upstream_independently(tmp_path: Path) -
     assert _run(two).rows_read == {"accounts": 52}  # the snapshot and both changes
     _run(one)
     assert _run(one).rows_read == {"accounts": 0}  # caught up: nothing twice
+    status = json.loads(_cli("status", "one.yml", "--json", cwd=tmp_path).stdout)
+    ends = status["source"]["upstream end offsets"]
+    assert ends == {"accounts": status["streams"][0]["position"]["offset"]}
+    assert status["source"]["upstream"].startswith("pipeline 'bank' (log at ")
     for name in ("one", "two"):
         assert fetch("duckdb", str(tmp_path / f"{name}.duckdb"), "accounts", COLS) == _sqlite_rows(tmp_path)
     with sqlite3.connect(tmp_path / ".replicant" / "bank" / "state.db") as c:

@@ -1,7 +1,7 @@
 """``replicant resync PIPELINE.yml --stream NAME [--tenant ID]``: a fresh copy of one stream.
 
 For a derived pipeline (``source: type: pipeline``) a resync re-reads the stream from the start
-of its upstream's staging log: its destinations are emptied (a ``truncate`` in the derived log)
+of its upstream's staging log: its SQL destinations are emptied (a ``truncate`` in the derived log)
 and the next ``replicant run`` reprocesses everything with today's logic, without touching the
 original source (:func:`replicant.sources.pipeline.resync_stream`).
 """

@@ -208,6 +208,13 @@ class PipelineSource(Source):
                 if stop.is_set() or lg.wait(self.upstream_name(s), nexts[s.name], _WAIT / len(streams)):
                     break
 
+    def cdc_status(self, streams: list[Stream]) -> dict[str, Any]:
+        """For ``replicant status``: the upstream pipeline and its log's end offset per stream
+        (compare with each stream's position ``offset`` to see how far behind this one is)."""
+        lg = self.upstream_log()
+        return {"upstream": f"pipeline {self.upstream.pipeline!r} ({_where(self.upstream)})",
+                "upstream end offsets": {s.name: lg.end_offset(self.upstream_name(s)) for s in streams}}
+
     def _next_offset(self, lg: Log, stream: Stream, position: Position | None) -> int:
         """The next upstream offset to read for ``stream``; checks the upstream log still holds it."""
         nxt = int((position or {}).get("offset", 0))
@@ -246,7 +253,7 @@ class PipelineSource(Source):
 def resync_stream(config: PipelineConfig, stream: str, *, tenant: str | None = None) -> int:
     """Starts ``stream`` of the derived pipeline ``config`` over from its upstream log's start:
     appends a ``truncate`` marker to the derived log with position ``{"offset": start}``, so
-    every destination empties its table and the next run re-reads the whole upstream stream
+    every destination that can truncate empties its table and the next run re-reads the whole upstream stream
     (with today's logic). Needs the derived log for writing: fails while a run holds it.
 
     Returns:
