@@ -350,3 +350,35 @@ def test_tenant_identity_is_kept(tmp_path: Path) -> None:
     upstream_log = open_log(tmp_path / ".replicant" / "bank" / "log", read_only=True)
     assert [r.batch.to_pylist() for r in derived_log.read("acme/accounts") if r.batch is not None] == [
         r.batch.to_pylist() for r in upstream_log.read("acme/accounts") if r.batch is not None]
+
+
+def test_upstream_retention_behind_the_derived_offset_is_a_clear_error(tmp_path: Path) -> None:
+    """The upstream's retention dropped records a derived stream still needs: its run fails
+    naming both pipelines and what the log holds; a resync refuses too, since the upstream
+    log no longer starts with a snapshot (a re-read would miss rows)."""
+    from replicant.log.base import Retention
+    from replicant.log.local import LocalLog
+
+    up = _upstream_sqlite(tmp_path)
+    up.write_text(up.read_text().replace("mode: snapshot_diff", "mode: full"))
+    derived = _derived(tmp_path, "copy", "bank.yml")
+
+    def run_upstream() -> LocalLog:
+        lg = LocalLog(tmp_path / ".replicant" / "bank" / "log", segment_bytes=1)  # a segment per record
+        result = Engine(load(up), log=lg).run()
+        assert result.ok, result.errors
+        return lg
+
+    run_upstream().close()
+    _run(derived)
+    run_upstream().close()
+    lg = run_upstream()
+    start = lg.apply_retention("accounts", Retention(max_bytes=1))
+    lg.close()
+    assert start > 52
+    bad = _cli("run", "copy.yml", cwd=tmp_path)
+    message = " ".join(bad.stderr.split())
+    assert bad.returncode == 1 and "derived pipeline 'copy'" in message and "upstream pipeline 'bank'" in message
+    assert "no longer holds offset 52" in message and "(older records were dropped)" in message
+    refused = _cli("resync", "copy.yml", "--stream", "accounts", cwd=tmp_path)
+    assert refused.returncode == 1 and "a re-read would miss rows" in " ".join(refused.stderr.split())
