@@ -136,3 +136,48 @@ def test_dead_letters_example_runs(tmp_path: Path) -> None:
                 assert want in p.stdout + p.stderr, f"{cmd}: {want!r} not in\n{p.stdout}{p.stderr}"
         got = sorted(r["data"]["id"] for r in rcv.records())
     assert got == [1, 3, 4], "order 3 arrived on retry; order 2 was discarded"
+
+
+def test_derived_pipelines_example_runs(tmp_path: Path) -> None:
+    """docs/derived-pipelines.md: its two pipeline files and its session, run as written (a
+    change at the source between the runs); the derived table equals the source."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from compare import fetch
+
+    doc = ROOT / "docs" / "derived-pipelines.md"
+    bank, reporting = _blocks(doc, "yaml")
+    (tmp_path / "bank.yml").write_text(bank)
+    (tmp_path / "reporting.yml").write_text(reporting)
+    with sqlite3.connect(tmp_path / "bank.db") as c:
+        c.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT, balance NUMERIC)")
+        c.executemany("INSERT INTO accounts VALUES (?, ?, ?)", [(1, "ann", 10), (2, "bob", 20), (3, "cy", 30)])
+    session = _blocks(doc, "console")[0]
+    steps: list[tuple[str, list[str]]] = []
+    for line in session.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif line.strip():
+            steps[-1][1].append(line.strip())
+    assert [cmd for cmd, _ in steps][:2] == ["replicant run bank.yml", "replicant run reporting.yml"]
+    for i, (cmd, expected) in enumerate(steps):
+        if i == 2:  # "after a change at the source, the same again"
+            with sqlite3.connect(tmp_path / "bank.db") as c:
+                c.execute("UPDATE accounts SET balance = 0 WHERE id = 1")
+                c.execute("DELETE FROM accounts WHERE id = 2")
+            for again in ("bank.yml", "reporting.yml"):
+                p = subprocess.run([sys.executable, "-m", "replicant.cli", "run", again], capture_output=True, text=True,
+                                   cwd=tmp_path, timeout=120)
+                assert p.returncode == 0, p.stderr
+        p = subprocess.run([sys.executable, "-m", "replicant.cli", *cmd.split()[1:]], capture_output=True, text=True,
+                           cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, timeout=120)
+        assert p.returncode == 0, f"{cmd}: {p.stderr}"
+        shown = " ".join((p.stdout + p.stderr).split())
+        for want in expected:
+            assert want in shown, f"{cmd}: {want!r} not in\n{shown}"
+    cols = ["id", "owner", "balance"]
+    source = fetch("sqlite", str(tmp_path / "bank.db"), "accounts", cols)
+    assert len(source) == 2 and fetch("duckdb", str(tmp_path / "reporting.duckdb"), "accounts", cols) == source

@@ -141,6 +141,13 @@ class SourceConfig(_Section):
         0.2, description="`--follow`: the longest a captured change waits before it is appended to the log (seconds)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_reads_log(cls, data: Any) -> Any:
+        from replicant.sources.pipeline import with_log_modes  # a derived pipeline's streams are `log`
+
+        return with_log_modes(data)
+
     @field_validator("heartbeat", "poll_interval", "flush_interval")
     @classmethod
     def _seconds(cls, v: Any) -> float:

@@ -142,16 +142,18 @@ class Ingest:
         return cp.position if cp else None
 
     def add_changes(self, source: Any, cs: ChangeSet, streams: dict[str, Stream]) -> dict[str, int]:
-        """Appends a change set to every stream it touches (a truncate marker before a
-        truncated stream's rows), saves the feed's and those streams' checkpoints in one
+        """Appends a change set to every stream it touches (a truncate marker, then its other
+        markers, before a stream's rows), saves the feed's and those streams' checkpoints in one
         transaction, then acknowledges the feed position; returns rows per stream."""
         rows: dict[str, int] = {}
         for name in cs.truncated:
             self.append(streams[name], None, cs.position_of(name), marker={"kind": MARKER_TRUNCATE})
+        for name, marker in (cs.markers or {}).items():
+            self.append(streams[name], None, cs.position_of(name), marker=marker)
         for name, batch in cs.batches.items():
             self.append(streams[name], batch, cs.position_of(name))
             rows[name] = batch.num_rows
-        touched = sorted(set(cs.batches) | set(cs.truncated))
+        touched = sorted(set(cs.batches) | set(cs.truncated) | set(cs.markers or ()))
         items: list[tuple[str, Position | None, int, int]] = [
             (name, cs.position_of(name), self._add_total(name, rows.get(name, 0)), self.log.end_offset(streams[name].log_name))
             for name in touched

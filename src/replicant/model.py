@@ -169,12 +169,15 @@ class ChangeSet:
         truncated: streams truncated in these transactions. The engine logs a
             ``{"kind": "truncate"}`` marker for each *before* that stream's batch, so the batch
             holds only the stream's changes after its (last) truncate.
+        markers: per stream, another marker (``snapshot_start``, ``snapshot_end``…) the engine
+            logs for it, before its batch: a derived pipeline passes its upstream's markers on.
     """
 
     batches: dict[str, pa.RecordBatch]
     position: Position
     stream_positions: dict[str, Position] | None = None
     truncated: frozenset[str] = frozenset()
+    markers: dict[str, dict[str, Any]] | None = None
 
     def position_of(self, stream: str) -> Position:
         return (self.stream_positions or {}).get(stream, self.position)

@@ -23,6 +23,7 @@ SOURCES: dict[str, str] = {
     "mysql": "replicant.sources.mysql:MySQLSource",
     "mariadb": "replicant.sources.mysql:MySQLSource",
     "sqlite": "replicant.sources.sqlite:SQLiteSource",
+    "pipeline": "replicant.sources.pipeline:PipelineSource",
 }
 
 DESTINATIONS: dict[str, str] = {

@@ -1,0 +1,36 @@
+"""``replicant resync PIPELINE.yml --stream NAME [--tenant ID]``: a fresh copy of one stream.
+
+For a derived pipeline (``source: type: pipeline``) a resync re-reads the stream from the start
+of its upstream's staging log: its SQL destinations are emptied (a ``truncate`` in the derived log)
+and the next ``replicant run`` reprocesses everything with today's logic, without touching the
+original source (:func:`replicant.sources.pipeline.resync_stream`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from replicant.cli._app import app, out
+from replicant.cli._app import fail as _fail
+from replicant.cli._app import load_config as _load
+
+
+@app.command()
+def resync(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
+    stream: Annotated[list[str], typer.Option("--stream", help="The stream to start over (repeat for several).")],
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's stream.")] = None,
+) -> None:
+    """Starts streams over: a derived pipeline re-reads them from its upstream log's start on its next run."""
+    from replicant.sources.pipeline import resync_stream
+
+    try:
+        cfg = _load(pipeline)
+        for name in stream:
+            start = resync_stream(cfg, name, tenant=tenant)
+            out.print(f"{name}: starts over from upstream offset {start} on the next `replicant run {pipeline}`", markup=False)
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes a message and an exit code
+        _fail(e)
