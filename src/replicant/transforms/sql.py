@@ -80,7 +80,9 @@ class _DuckDB(Transform):
         self._con: Any = None
         self._lock = threading.Lock()
 
-    def query(self, batch: pa.RecordBatch, sql: str) -> pa.Table:
+    def query(self, batch: pa.RecordBatch, sql: str, *, scrub: bool = False) -> pa.Table:
+        """``sql`` over ``batch``; a DuckDB error becomes a ValueError (``scrub``: without the
+        values it quotes, for batches with rows)."""
         with self._lock:
             if self._con is None:
                 self._con = duckdb.connect()
@@ -89,14 +91,14 @@ class _DuckDB(Transform):
             try:
                 return self._con.sql(sql).to_arrow_table()
             except duckdb.Error as e:
-                raise ValueError(_scrubbed(e)) from None
+                raise ValueError(_scrubbed(e) if scrub else _first_line(e)) from None
             finally:
                 self._con.unregister("batch")
 
     def run(self, batch: pa.RecordBatch, sql: str) -> pa.Table:
         """:meth:`query` for a batch with rows: a failure stops the stream (FatalError)."""
         try:
-            return self.query(batch, sql)
+            return self.query(batch, sql, scrub=True)
         except ValueError as e:
             raise FatalError(f"{self.name}: {e}") from None
 
