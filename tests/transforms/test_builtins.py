@@ -156,3 +156,32 @@ def test_a_transform_before_the_log_scoped_to_other_streams_leaves_this_one_alon
     run(tmp_path, data)
     assert "phone" not in rows(kind, tmp_path, url)[0] and rows(kind, tmp_path, url)[0]["name"] == "***"
     assert os.environ["PII_KEY"] == KEY
+
+
+def test_python_api_takes_transforms_as_dicts_and_objects(tmp_path: Path, target) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    import replicant
+    from replicant.transforms import Transform
+
+    class Shout(Transform):
+        """A user's own stateless transform: upper-cases ``name``."""
+
+        name = "shout"
+
+        def output_schema(self, schema: pa.Schema) -> pa.Schema:
+            return schema
+
+        def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+            i = batch.schema.get_field_index("name")
+            return batch.set_column(i, batch.schema.field(i), pc.utf8_upper(batch.column(i)))
+
+    kind, url = target
+    p = replicant.Pipeline(pipeline(tmp_path, destination(kind, tmp_path, url)), base_dir=tmp_path,
+                           transforms=[{"mask": {"phone": "redact"}}, Shout()])
+    assert p.run().ok
+    assert [(r["name"], r["phone"]) for r in rows(kind, tmp_path, url)] == [("ADA", "***"), ("BO", "***"), ("CY", "***")]
+    with pytest.raises(replicant.ConfigError) as e:
+        replicant.Pipeline(pipeline(tmp_path, destination(kind, tmp_path, url)), transforms=[{"mask": {"phone": "blur"}}])
+    assert "transforms[0].mask.phone" in dict(e.value.problems)
