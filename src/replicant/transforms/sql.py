@@ -246,7 +246,8 @@ class Sql(_DuckDB):
         lost = [k for k in key_of(schema) if k not in result.schema.names]
         if lost:
             raise ValueError(f"sql: the result has no key column {lost[0]!r}; keep the stream's key")
-        return pa.schema(fields, metadata=schema.metadata), arrays
+        order = sorted(range(len(fields)), key=lambda i: fields[i].name in META_COLUMNS)  # data, then metadata
+        return pa.schema([fields[i] for i in order], metadata=schema.metadata), [arrays[i] for i in order]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         out, _ = self._shape(schema, self.query(_empty(schema), self.sql))
