@@ -1,7 +1,7 @@
 """Transform lists in the pipeline file: checked with their key paths, built into transforms.
 
 One syntax in every placement: a list of one-key mappings (``- rename: {a: b}``), each of
-which may carry ``streams: [...]`` to scope it. :func:`check` finds what is wrong without a
+which may carry ``streams: [...]`` to scope it. :func:`specs` finds what is wrong without a
 schema (unknown names, a stateful transform before the log, a ``derive`` that does not parse,
 a ``python:`` target that does not import); :class:`~replicant.transforms.chain.TransformChain`
 finds the rest against each stream's schema (a ``rename`` of a missing column). Keys (``key:``)
@@ -16,7 +16,7 @@ from typing import Any
 from replicant.errors import ConfigError
 from replicant.transforms.base import Transform
 
-__all__ = ["BUILT_INS", "STATEFUL", "MASK_KEY_REFERENCE", "TransformSpec", "build", "check", "specs"]
+__all__ = ["BUILT_INS", "MASK_KEY_REFERENCE", "STATEFUL", "TransformSpec", "build", "specs"]
 
 BUILT_INS = ("rename", "cast", "derive", "filter", "select", "drop", "mask", "encrypt", "sql", "python")
 #: Stateful transforms: derived pipelines only.

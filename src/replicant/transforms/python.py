@@ -80,7 +80,7 @@ class PythonFunction(Transform):
         lost = [k for k in key_of(batch.schema) if k not in out.schema.names]
         if lost:
             raise ValueError(f"{self.target} dropped the key column {lost[0]!r}")
-        order = [n for n in out.schema.names if n not in META_COLUMNS] + [m for m in META_COLUMNS]
+        order = [n for n in out.schema.names if n not in META_COLUMNS] + list(META_COLUMNS)
         schema = pa.schema(fields, metadata=batch.schema.metadata)
         return pa.RecordBatch.from_arrays(out.columns, schema=schema).select(order)
 

@@ -194,10 +194,8 @@ class Filter(_DuckDB):
         op = batch.column(batch.schema.get_field_index("_op"))
         delete = pc.equal(op, OP_DELETE)
         key = key_of(batch.schema)
-        if key:
-            to_delete = pc.and_(pc.equal(op, OP_UPDATE), pc.invert(keep))
-        else:
-            to_delete = pa.repeat(pa.scalar(False), batch.num_rows)
+        none = pa.repeat(pa.scalar(False), batch.num_rows)
+        to_delete = pc.and_(pc.equal(op, OP_UPDATE), pc.invert(keep)) if key else none  # keyless: cannot delete
         passes = pc.or_(pc.or_(keep, delete), to_delete)
         if pc.all(keep).as_py():
             return batch
