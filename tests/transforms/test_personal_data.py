@@ -57,14 +57,14 @@ def _arrow_text(path: Path) -> str:
             table = opener(pa.BufferReader(data)).read_all()
         except (pa.ArrowInvalid, OSError):
             continue
-        return json.dumps(table.to_pylist(), default=str)
+        return json.dumps(table.to_pylist(), default=str, ensure_ascii=False)
     return ""
 
 
 def _duckdb_text(path: Path) -> str:
     with duckdb.connect(str(path), read_only=True) as c:
         tables = [r[0] for r in c.execute("SELECT table_name FROM information_schema.tables").fetchall()]
-        return json.dumps([c.execute(f'SELECT * FROM "{t}"').fetchall() for t in tables], default=str)
+        return json.dumps([c.execute(f'SELECT * FROM "{t}"').fetchall() for t in tables], default=str, ensure_ascii=False)
 
 
 def _sqlite_text(path: Path) -> str:
@@ -77,6 +77,7 @@ def test_no_clear_personal_value_anywhere_and_the_key_decrypts(tmp_path: Path, c
         clear = c.execute("SELECT CustomerId, Email, Phone FROM Customer ORDER BY CustomerId").fetchall()
     secrets = sorted({v for _, e, p in clear for v in (e, p) if v}, key=len, reverse=True)
     assert len(secrets) > 100
+    secrets += [KEY, "a mask key"]  # nor the keys themselves
     (tmp_path / "pipeline.yml").write_text(PIPELINE)
     with sqlite3.connect(tmp_path / "strict.sqlite") as c:  # a table the user made, with a rule: dead letters
         c.execute('CREATE TABLE "Customer" ("CustomerId" INTEGER PRIMARY KEY, "FirstName" TEXT, "LastName" TEXT, '
