@@ -62,9 +62,7 @@ class PythonFunction(Transform):
     def _call(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         out = self.function(batch)
         if isinstance(out, pa.Table):
-            out = out.combine_chunks()
-            out = pa.RecordBatch.from_arrays([c.combine_chunks() for c in out.columns], schema=out.schema) if out.num_rows \
-                else pa.RecordBatch.from_arrays([pa.array([], f.type) for f in out.schema], schema=out.schema)
+            out = pa.RecordBatch.from_arrays([c.combine_chunks() for c in out.columns], schema=out.schema)
         if not isinstance(out, pa.RecordBatch):
             raise ValueError(f"{self.target} returned {type(out).__name__}, not a pyarrow RecordBatch or Table")
         missing = [m for m in META_FIELDS if m.name not in out.schema.names]

@@ -120,8 +120,10 @@ class Derive(_DuckDB):
         self.expressions = dict(expressions)
         self._select = ", ".join(f"({e}) AS {quote(c)}" for c, e in self.expressions.items())
 
-    def _computed(self, batch: pa.RecordBatch, *, empty: bool) -> pa.Table:
-        return self.query(batch, f"SELECT {self._select} FROM batch") if empty else self.run(batch, f"SELECT {self._select} FROM batch")
+    def _computed(self, batch: pa.RecordBatch, *, checking: bool) -> pa.Table:
+        """The derived columns; ``checking`` (an empty batch, at planning): a ValueError, else a FatalError."""
+        sql = f"SELECT {self._select} FROM batch"
+        return self.query(batch, sql) if checking else self.run(batch, sql)
 
     def _combine(self, schema: pa.Schema, columns: list[Any], computed: pa.Table) -> tuple[pa.Schema, list[Any]]:
         fields, arrays = [], []
@@ -153,12 +155,12 @@ class Derive(_DuckDB):
         lost = [c for c in self.expressions if c in key_of(schema)]
         if lost:
             raise ValueError(f"derive: {lost[0]!r} is a key column of the stream; derive a new column instead")
-        computed = self._computed(_empty(schema), empty=True)
+        computed = self._computed(_empty(schema), checking=True)
         out, _ = self._combine(schema, [None] * len(schema), computed)
         return out
 
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        computed = self._computed(batch, empty=False).combine_chunks()
+        computed = self._computed(batch, checking=False).combine_chunks()
         schema, arrays = self._combine(batch.schema, list(batch.columns), computed)
         arrays = [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in arrays]
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
