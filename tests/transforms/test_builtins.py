@@ -110,8 +110,9 @@ def _source() -> list[tuple]:
 def test_sql_runs_a_duckdb_query_over_the_batch(tmp_path: Path, target) -> None:
     kind, url = target
     query = "SELECT *, country || '-' || CAST(id AS VARCHAR) AS tag FROM batch WHERE status = 'active'"
-    run(tmp_path, pipeline(tmp_path, destination(kind, tmp_path, url, transforms=[{"sql": query}])))
+    result = run(tmp_path, pipeline(tmp_path, destination(kind, tmp_path, url, transforms=[{"sql": query}])))
     assert [(r["id"], r["tag"]) for r in rows(kind, tmp_path, url)] == [(1, "UK-1"), (2, "SE-2")]
+    assert result.rows_read["customers"] == 3 and result.rows_written["d"]["customers"] == 2, "the rows it wrote"
 
 
 def test_python_function_gets_and_returns_an_arrow_batch(tmp_path: Path, target, monkeypatch: pytest.MonkeyPatch) -> None:

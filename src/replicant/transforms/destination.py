@@ -52,10 +52,12 @@ class TransformedDestination:
         if not new.schema.equals(before.schema, check_metadata=True):
             self.dest.evolve(new, before)
 
-    def write(self, stream: Stream, data: pa.Table, *, last_offset: int, offsets: pa.Array | None = None) -> None:
+    def write(self, stream: Stream, data: pa.Table, *, last_offset: int, offsets: pa.Array | None = None) -> int:
+        """Writes the transformed rows; returns how many (delivery counts those, not the log's)."""
         out = self._rows(stream, data)
         self.dest.write(self.out(stream), out, last_offset=last_offset,
                         offsets=offsets if offsets is not None and out.num_rows == data.num_rows else None)
+        return out.num_rows
 
     def applied_offset(self, stream: Stream) -> int:
         return int(self.dest.applied_offset(self.out(stream)))
