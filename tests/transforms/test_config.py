@@ -78,6 +78,10 @@ def test_schema_problems_are_reported_by_the_planner_with_key_paths(tmp_path: Pa
         Engine(parse(data, base_dir=tmp_path)).run()
     problems = dict(e.value.problems)
     assert problems["transforms[0].rename"] == "stream 'customers': rename: no column 'x'"
+    data["transforms"] = [{"drop": ["phone"], "streams": ["custmers"]}]
+    with pytest.raises(ConfigError) as e:
+        Engine(parse(data, base_dir=tmp_path)).run()
+    assert dict(e.value.problems)["transforms[0].streams"] == "no stream named 'custmers' (did you mean 'customers'?)"
     data["transforms"] = [{"rename": {"emial": "mail"}}]
     with pytest.raises(ConfigError) as e:
         Engine(parse(data, base_dir=tmp_path)).run()
