@@ -30,7 +30,8 @@ def test_every_transform_problem_at_once_with_its_key_path() -> None:
                    "streams": [{"table": "customers", "transforms": [{"aggregate": {"by": ["id"]}}, {"mask": {"email": "hush"}}]}]},
         "transforms": [{"rename": {"a": "b"}}, {"derive": {"total_cents": "total * (100"}}, {"renam": {"a": "b"}},
                        {"encrypt": {"phone": {"deterministic": True}}}, {"drop": ["x"], "select": ["y"]}],
-        "destinations": [{"name": "d", "transforms": [{"python": "no_such_module_xyz:fn"}, {"sql": "DELETE FROM batch"}]}],
+        "destinations": [{"name": "d", "transforms": [{"python": "no_such_module_xyz:fn"}, {"sql": "DELETE FROM batch"},
+                                                      {"join": {"with": "accounts"}, "as": "enriched"}, {"drop": ["x"], "as": "y"}]}],
         "mode": "x",
     })
     assert "does not parse" in problems["transforms[1].derive.total_cents"]
@@ -42,6 +43,8 @@ def test_every_transform_problem_at_once_with_its_key_path() -> None:
     assert "did you mean 'hash'" in problems["source.streams[0].transforms[1].mask.email"]
     assert problems["destinations[0].transforms[0].python"].startswith("cannot import 'no_such_module_xyz:fn'")
     assert problems["destinations[0].transforms[1].sql"] == "must be one SELECT statement over `batch`"
+    assert "stateful" in problems["destinations[0].transforms[2].join"], "`as:` beside a stateful one: where it goes"
+    assert "stateless one keeps its stream's name" in problems["destinations[0].transforms[3].as"]
     assert problems["mode"].startswith("unknown key"), "transform problems join the others in one report"
 
 

@@ -36,6 +36,7 @@ class TransformSpec:
     kind: str
     value: Any
     streams: tuple[str, ...] | None = None
+    output_name: str | None = None  # `as:`: a stateful transform's output stream
 
 
 def specs(entries: Any, path: str, problems: list[tuple[str, str]], *, scoped: bool = True) -> list[TransformSpec]:
@@ -70,6 +71,7 @@ def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool)
         return None
     entry = dict(entry)
     streams = entry.pop("streams", None)
+    output_name = entry.pop("as", None)
     if streams is not None and (not scoped or not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)):
         problems.append((f"{where}.streams", "a list of stream names" if scoped else
                          "has no meaning in a stream's own transforms (they take that stream only)"))
@@ -81,6 +83,10 @@ def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool)
     key = f"{where}.{kind}"
     if kind in STATEFUL:
         problems.append((key, f"{kind} {_WHERE_STATEFUL}"))
+        return None
+    if output_name is not None:
+        problems.append((f"{where}.as", "names the output stream of a stateful transform (aggregate, join, "
+                                        "python: module:Class); a stateless one keeps its stream's name"))
         return None
     if kind not in BUILT_INS:
         problems.append((key, f"unknown transform{suggest(str(kind), list(BUILT_INS + STATEFUL))}; "
