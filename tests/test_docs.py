@@ -181,3 +181,72 @@ def test_derived_pipelines_example_runs(tmp_path: Path) -> None:
     cols = ["id", "owner", "balance"]
     source = fetch("sqlite", str(tmp_path / "bank.db"), "accounts", cols)
     assert len(source) == 2 and fetch("duckdb", str(tmp_path / "reporting.duckdb"), "accounts", cols) == source
+
+
+def _jsonl(block: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in block.strip().splitlines()]
+
+
+def _matches(got: object, shown: object) -> bool:
+    """Equal, or for a shown text ending in ``…`` (a random tail), got starts with the rest."""
+    if isinstance(shown, str) and shown.endswith("…") and isinstance(got, str):
+        return got.startswith(shown[:-1]) and len(got) > len(shown)
+    return got == shown
+
+
+def test_transforms_examples_give_the_outputs_shown(tmp_path: Path, monkeypatch, capsys) -> None:
+    """docs/transforms.md: each built-in's YAML, run on the page's input batch, gives the page's
+    output, and the decrypt example prints what it shows."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from replicant.model import META_FIELDS
+    from replicant.transforms.base import KEY_METADATA
+    from replicant.transforms.chain import Step, TransformChain
+    from replicant.transforms.config import build, specs
+    from replicant.yaml_load import load_yaml
+
+    monkeypatch.setenv("REPLICANT_MASK_KEY", "docs-mask-key")
+    monkeypatch.setenv("PII_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    blocks = re.findall(r"```(\w+)\n(.*?)```", (ROOT / "docs" / "transforms.md").read_text(), re.S)
+    inputs = _jsonl(next(b for lang, b in blocks if lang == "jsonl"))
+    n = len(inputs)
+    data = {k: pa.array([r[k] for r in inputs]) for k in inputs[0] if k != "_op"}
+    meta = [pa.array([r["_op"] for r in inputs]), pa.array(["{}"] * n),
+            pa.array([datetime(2026, 1, 1, tzinfo=UTC)] * n, pa.timestamp("us", tz="UTC"))]
+    schema = pa.schema([pa.field(k, a.type) for k, a in data.items()] + list(META_FIELDS), metadata={KEY_METADATA: b"id"})
+    batch = pa.RecordBatch.from_arrays([*data.values(), *meta], schema=schema)
+
+    checked, pending = [], None
+    for lang, block in blocks:
+        if lang == "python" and block.startswith("# shop_udf.py"):
+            (tmp_path / "shop_udf.py").write_text(block)
+        elif lang == "python":
+            exec(compile(block, "docs/transforms.md", "exec"), {})  # the documentation's own example
+            assert capsys.readouterr().out.strip() == block.strip().splitlines()[-1].removeprefix("# ")
+            checked.append("decrypt")
+        elif lang == "yaml" and block.startswith("transforms:"):
+            pending = load_yaml(block)["transforms"]
+        elif lang == "jsonl" and pending is not None:
+            problems: list = []
+            chain = TransformChain([Step(s.path, None, build(s)) for s in specs(pending, "transforms", problems)])
+            assert not problems, problems
+            got = [{k: v for k, v in r.items() if k not in ("_pos", "_ts")} for r in chain.apply("customers", batch).to_pylist()]
+            shown = _jsonl(block)
+            assert [list(r) for r in got] == [list(r) for r in shown], pending
+            for g, s in zip(got, shown, strict=True):
+                assert all(_matches(_plain(g[k]), s[k]) for k in s), (pending, g, s)
+            checked.append(next(iter(pending[0])))
+            pending = None
+    assert checked == ["rename", "cast", "derive", "filter", "select", "drop", "mask", "encrypt", "decrypt", "sql", "python"]
+
+
+def _plain(v: object) -> object:
+    """A value as the page's JSON shows it (a decimal as its text)."""
+    from decimal import Decimal
+
+    return str(v) if isinstance(v, Decimal) else v

@@ -32,18 +32,24 @@ class Pipeline:
         base_dir: the folder relative paths of a dict resolve against (default: the current
             folder); a file's own folder is used for a path.
         observer: run events (progress, metrics) for every run of this pipeline.
+        transforms: transforms of every stream before the log, after the file's own
+            ``transforms:``: entries shaped like the YAML (``{"mask": {"email": "hash"}}``) or
+            :class:`~replicant.transforms.base.Transform` objects (docs/transforms.md).
 
     Raises:
         ConfigError: the pipeline is invalid; every problem with its key path.
     """
 
-    def __init__(self, source: PipelineLike, *, base_dir: str | os.PathLike[str] = ".", observer: Observer | None = None) -> None:
+    def __init__(self, source: PipelineLike, *, base_dir: str | os.PathLike[str] = ".", observer: Observer | None = None,
+                 transforms: list[Any] | None = None) -> None:
         if isinstance(source, PipelineConfig):
             self.config = source
         elif isinstance(source, Mapping):
             self.config = parse(dict(source), base_dir=Path(base_dir).resolve())
         else:
             self.config = load(source)
+        if transforms:
+            self.config = _with_transforms(self.config, list(transforms))
         self.observer = observer
         #: Set it (from any thread) to stop a running :meth:`run`, e.g. ``run(follow=True)``.
         self.stop_event = threading.Event()
@@ -87,6 +93,20 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r})"
+
+
+def _with_transforms(config: PipelineConfig, transforms: list[Any]) -> PipelineConfig:
+    """``config`` with ``transforms`` after its top-level ones; ConfigError for a bad entry
+    (key path ``transforms[i]``, counted after the file's)."""
+    from replicant.errors import ConfigError
+    from replicant.transforms.config import specs
+
+    entries = [*(config.transforms or []), *transforms]
+    problems: list[tuple[str, str]] = []
+    specs(entries, "transforms", problems)
+    if problems:
+        raise ConfigError("invalid transforms", problems)
+    return config.model_copy(update={"transforms": entries})
 
 
 def run(source: PipelineLike, *, follow: bool = False, observer: Observer | None = None,

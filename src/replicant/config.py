@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from replicant.errors import ConfigError
 from replicant.secrets import Secret, reference_problems, resolve, userinfo_problem
+from replicant.transforms.placement import check as transform_problems
 from replicant.yaml_load import load_yaml
 
 __all__ = [
@@ -75,6 +76,7 @@ class StreamConfig(_Model):
         description="For `mode: cursor`: a column marking deleted rows (true, or a non-null time); "
         "such rows are emitted as deletes.",
     )
+    transforms: list[Any] | None = Field(None, description="This stream's transforms, before the log (docs/transforms.md).")
 
     @model_validator(mode="after")
     def _cursor_needs_column(self) -> StreamConfig:
@@ -219,6 +221,7 @@ class DestinationConfig(_Section):
         description="Target table per stream: a mapping from stream name to table name, or a template with "
         "{stream}, {schema} and {table} (the source's schema and table); default: the source table's own name.",
     )
+    transforms: list[Any] | None = Field(None, description="Transforms at delivery to this destination only.")
 
     @field_validator("tables")
     @classmethod
@@ -303,6 +306,7 @@ class PipelineConfig(_Model):
     state: Secret | None = Field(None, description="State store SQLAlchemy URL (default: SQLite beside the file).")
     log: str | None = Field(None, description="Staging log location: a local folder, a file:// URL or nats://host:port/prefix.")
     retention: RetentionConfig | None = None
+    transforms: list[Any] | None = Field(None, description="Transforms of every stream, before the log (stateless only).")
     parallelism: int | None = Field(
         None, gt=0, description="Streams read at once (default: the number of cores, at least 2)."
     )
@@ -334,7 +338,7 @@ def _repeated_names(names: list[Any]) -> str | None:
 #: are checked at load time but kept, and resolved when a connector reads the value. A field
 #: under one of these keys must be typed :class:`~replicant.secrets.Secret` (or be resolved
 #: with :func:`~replicant.secrets.resolve_all` when used), or it would see the reference.
-SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer"})
+SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer", "key"})
 
 
 def _substitute(
@@ -416,6 +420,7 @@ def parse(data: Any, *, base_dir: Path | str = ".", secrets_needed: bool = True)
         reference_messages.setdefault(k, []).append(m)
     _check_source_settings(data.get("source"), problems)
     _check_destination_settings(data.get("destinations"), problems)
+    transform_problems(data, problems)  # every transform list, with its key paths
     if isinstance(data.get("destinations"), list):  # cross-check here: the model's runs only when all is valid
         repeated = _repeated_names([d.get("name") for d in data["destinations"] if isinstance(d, dict) and d.get("name")])
         if repeated:

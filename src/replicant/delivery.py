@@ -217,24 +217,24 @@ class StreamWriter:
             self._save(rec.offset)
             return
         last = rec.offset + batch.num_rows - 1
-        self.dest.write(self.stream, pa.Table.from_batches([batch]), last_offset=last)
+        n = _rows_written(self.dest.write(self.stream, pa.Table.from_batches([batch]), last_offset=last), batch.num_rows)
         self._save(last)
         self._resume()
-        self.rows += batch.num_rows
-        self.on_rows(self.dest.name, self.stream.name, batch.num_rows)
+        self.rows += n
+        self.on_rows(self.dest.name, self.stream.name, n)
 
     def _flush(self) -> None:
         if self.last is None and not self.pending:
             return
         table = pa.Table.from_batches(self.pending) if self.pending else self.stream.change_schema.empty_table()
         offsets = pa.array(np.concatenate(self.pending_offsets) if self.pending_offsets else np.zeros(0, np.int64))
+        n = table.num_rows
         if self.mode == "replace":
             if table.num_rows:
-                self.dest.write(self.stream, table, last_offset=self.last, offsets=offsets)
+                n = _rows_written(self.dest.write(self.stream, table, last_offset=self.last, offsets=offsets), n)
         else:
-            self.dest.write(self.stream, table, last_offset=self.last, offsets=offsets)
+            n = _rows_written(self.dest.write(self.stream, table, last_offset=self.last, offsets=offsets), n)
             self._mirror(self.last)
-        n = table.num_rows
         self.rows += n
         if n:
             self.on_rows(self.dest.name, self.stream.name, n)
@@ -268,6 +268,12 @@ class StreamWriter:
             self.unmirrored, self.mirrored_at = None, time.monotonic()
         except Exception:  # the mirror is for `status`; the destination holds the truth
             log.debug("could not mirror offset", exc_info=True)
+
+
+def _rows_written(returned: Any, given: int) -> int:
+    """The rows a write wrote: what it returned when it says (a destination behind transforms
+    that filter), else the rows it was given."""
+    return returned if isinstance(returned, int) and not isinstance(returned, bool) else given
 
 
 def _conform(batch: pa.RecordBatch, stream: Stream) -> pa.RecordBatch:

@@ -42,6 +42,8 @@ from replicant.replay import ReplayStart, replay_into
 from replicant.results import Observer, RunError, RunResult
 from replicant.status import PipelineStatus, collect
 from replicant.tasks import StreamTasks, run_capture
+from replicant.transforms.destination import TransformedDestination
+from replicant.transforms.placement import at_destination, before_log
 
 __all__ = ["CAPTURE_CHECKPOINT", "Engine", "Observer", "RunError", "RunResult", "default_parallelism"]
 
@@ -179,7 +181,8 @@ class Engine:
             if discovery_error is not None:
                 raise discovery_error
             assert streams is not None
-            destinations = self._destinations_factory(lambda dcfg: self._destination_context(state, dcfg.name, result))
+            destinations = [self._transformed(d) for d in
+                            self._destinations_factory(lambda dcfg: self._destination_context(state, dcfg.name, result))]
             self._run(streams, destinations, state, lg, result, report, follow)
             self._apply_retention(lg, streams)
             status = "succeeded" if result.ok else "failed"
@@ -202,10 +205,12 @@ class Engine:
         self, streams: list[Stream], destinations: list[Any], state: Any, lg: Log, result: RunResult,
         report: Callable[[RunError], None], follow: bool,
     ) -> None:
-        ingest = Ingest(self.config.pipeline, lg, state, tenant=self.tenant)
+        pre = before_log(self.config)
+        ingest = Ingest(self.config.pipeline, lg, state, tenant=self.tenant, transforms=pre)
+        logged_streams = [pre.output_stream(s) for s in streams]  # what the log holds: the transforms' output
         done = {s.name: threading.Event() for s in streams}
         deliveries = [
-            Delivery(d, chosen(d.config, streams), lg, state, self.config.pipeline, done=done, stop=self.stop_event,
+            Delivery(d, chosen(d.config, logged_streams), lg, state, self.config.pipeline, done=done, stop=self.stop_event,
                      follow=follow, on_error=report, on_rows=self.observer.rows_written)
             for d in destinations
         ]
@@ -254,6 +259,15 @@ class Engine:
                 for name, n in x.written.items():
                     result.delivered(x.dest.name, name, n)
 
+    def _transformed(self, dest: Any) -> Any:
+        """``dest`` behind its ``transforms:`` (:class:`~replicant.transforms.destination.TransformedDestination`)."""
+        names = [d.name for d in self.config.destinations]
+        if dest.name not in names:
+            return dest
+        index = names.index(dest.name)
+        chain = at_destination(self.config.destinations[index], index)
+        return TransformedDestination(dest, chain) if chain else dest
+
     def _apply_retention(self, lg: Log, streams: list[Stream]) -> None:
         r = self.config.retention
         if r is None or (r.max_age is None and r.max_bytes is None):
@@ -277,7 +291,7 @@ class Engine:
         index = [d.name for d in self.config.destinations].index(destination)
         dcfg = runtime.resolve_destination_config(self.config, self.config.destinations[index], index)
         state, lg = self._open_parts()  # after the config checks: an invalid file creates nothing
-        dest = destination_class(dcfg.type, index)(dcfg, self._destination_context(state, dcfg.name, result))
+        dest = self._transformed(destination_class(dcfg.type, index)(dcfg, self._destination_context(state, dcfg.name, result)))
         command = f"replay {destination}"
         run_id = state.start_run(self.config.pipeline, command=command, tenant=self.tenant)
         result.run_id = run_id

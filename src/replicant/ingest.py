@@ -2,7 +2,7 @@
 
 Every batch of every read strategy reaches the log through :meth:`Ingest.append`, so there is
 exactly one place where rows are tagged with their stream's schema metadata, where transforms
-before the log will run, and where they become durable. The exactly-once rules, in order:
+before the log run (a masked column is never stored in clear), and where they become durable. The exactly-once rules, in order:
 
 1. :meth:`Ingest.append` returns only once the batch is durable in the log, together with the
    source position *after* its rows. The log is the checkpoint of record: a restart resumes
@@ -62,10 +62,12 @@ class Ingest:
         lg: the staging log.
         state: the state store (:class:`replicant.state.StateStore`).
         tenant: the tenant whose source feeds this ingest, if the pipeline has tenants.
+        transforms: the transforms before the log, or None.
     """
 
-    def __init__(self, pipeline: str, lg: Log, state: Any, *, tenant: str | None = None) -> None:
+    def __init__(self, pipeline: str, lg: Log, state: Any, *, tenant: str | None = None, transforms: Any = None) -> None:
         self.pipeline = pipeline
+        self.transforms = transforms
         self.log = lg
         self.state = state
         self.tenant = tenant
@@ -77,9 +79,13 @@ class Ingest:
     def append(self, stream: Stream, batch: pa.RecordBatch | None, position: Position, *, marker: dict[str, Any] | None = None) -> None:
         """Makes ``batch`` (or ``marker``) durable in ``stream``'s log with the source
         ``position`` after it. The batch is tagged with the stream's schema metadata (its
-        key columns) without copying data."""
+        key columns) without copying data, then goes through the transforms before the log
+        (``transforms``: a :class:`~replicant.transforms.chain.TransformChain`), so the log
+        holds only their output."""
         if batch is not None:
             batch = _tagged(batch, stream)
+            if self.transforms:
+                batch = self.transforms.apply(stream.name, batch)
         try:
             self.log.append(stream.log_name, batch, position=position, marker=marker)
         except OSError as e:

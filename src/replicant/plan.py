@@ -52,8 +52,9 @@ def plan_streams(
         if s.mode not in modes
     ]
     names = sorted(s.name for s in streams)
+    logged = _transform_problems(config, streams, problems)
     for i, d in enumerate(config.destinations):
-        problems.extend(_write_problems(i, d, chosen(d, streams)))
+        problems.extend(_write_problems(i, d, chosen(d, logged)))
         problems.extend(
             (f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}") for n in d.streams or () if n not in names
         )
@@ -65,6 +66,29 @@ def plan_streams(
     if problems:
         raise ConfigError("invalid pipeline file", problems)
     return streams
+
+
+def _transform_problems(config: PipelineConfig, streams: list[Stream], problems: list[tuple[str, str]]) -> list[Stream]:
+    """Adds what does not fit in the transform lists (a key that does not resolve, a column a
+    stream has not) to ``problems``; returns the streams as the log will hold them."""
+    from replicant.transforms.placement import at_destination, before_log
+
+    try:
+        pre = before_log(config)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return streams
+    found = pre.problems(streams)
+    problems.extend(found)
+    if found:
+        return streams
+    logged = [pre.output_stream(s) for s in streams]
+    for i, d in enumerate(config.destinations):
+        try:
+            problems.extend(at_destination(d, i).problems(chosen(d, logged)))
+        except ConfigError as e:
+            problems.extend(e.problems)
+    return logged
 
 
 def _write_problems(index: int, dest: DestinationConfig, streams: list[Stream]) -> list[tuple[str, str]]:
@@ -112,7 +136,8 @@ def log_stream(config: PipelineConfig, name: str, schema: pa.Schema, *, tenant: 
     cfg_streams = config.source.streams if isinstance(config.source.streams, list) else []
     for sc in cfg_streams:
         if sc.table == name:
-            return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(sc.primary_key or log_key(schema)),
+            key = sc.primary_key if sc.primary_key and all(k in schema.names for k in sc.primary_key) else log_key(schema)
+            return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(key),
                           cursor=sc.cursor, mode=sc.mode, tenant=tenant)
     return Stream(name=name, table=tuple(name.split(".")), schema=schema, primary_key=tuple(log_key(schema)), tenant=tenant)
 
