@@ -164,11 +164,12 @@ def set_aside(
 
 
 def set_aside_refused(
-    dest: Any, stream: Stream, rows: pa.Table, offsets: np.ndarray, refused: dict[int, str]
+    dest: Any, stream: Stream, rows: pa.Table, offsets: np.ndarray, refused: dict[int, str], *, where: str
 ) -> tuple[pa.Table, np.ndarray]:
     """Dead-letters the rows a type mapper knows up front the dialect cannot hold
     (``refused``: row index → reason, :meth:`TypeMapper.refused`) and returns the others with
-    their log offsets. Per-row Python runs over the refused rows only.
+    their log offsets. ``where`` names the target table in messages. Per-row Python runs
+    over the refused rows only.
 
     Raises:
         FatalError: there are such rows and no dead-letter store, or ``on_bad_record: fail``.
@@ -178,13 +179,13 @@ def set_aside_refused(
     first = refused[min(refused)]
     if getattr(dest.config, "on_bad_record", "dead_letter") == "fail":
         raise FatalError(
-            f"destination {dest.name!r}, stream {stream.name!r}: {len(refused)} records hold values it cannot store and "
-            f"it has `on_bad_record: fail`; first: {first}"
+            f"destination {dest.name!r}, stream {stream.name!r}, table {where}: {len(refused)} records hold values it "
+            f"cannot store and it has `on_bad_record: fail`; first: {first}"
         )
     if dest.dead_letter is None:
         raise FatalError(
-            f"destination {dest.name!r}, stream {stream.name!r}: {len(refused)} records hold values it cannot store and "
-            f"there is no dead-letter store; first: {first}"
+            f"destination {dest.name!r}, stream {stream.name!r}, table {where}: {len(refused)} records hold values it "
+            f"cannot store and there is no dead-letter store; first: {first}"
         )
     index = np.array(sorted(refused), dtype=np.int64)
     letters = letters_for(dest, stream, rows.take(index), offsets[index], [refused[int(i)] for i in index])

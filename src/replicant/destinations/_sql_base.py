@@ -427,7 +427,10 @@ class SQLDestination(Destination):
                 last_offset``.
         """
         rows, at = data, _bad_records.row_offsets(data, offsets, last_offset)
-        rows, at = _bad_records.set_aside_refused(self, stream, rows, at, self.types.refused(rows))
+        refused = self.types.refused(rows)
+        if refused:
+            where = self.qualified(self.table_name(stream))
+            rows, at = _bad_records.set_aside_refused(self, stream, rows, at, refused, where=where)
         for cumulative in (False, True):  # the second round: rows rejected only next to others
             try:
                 self._apply(stream, rows, last_offset)
