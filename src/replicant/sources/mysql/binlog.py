@@ -62,9 +62,10 @@ from batches in the old one. A new column that gives existing rows a value (a de
 ``AUTO_INCREMENT``, generated, ``NOT NULL``: no row event carries those values) makes that
 stream be snapshotted again: its position becomes ``{…, "snapshot": {"after": None}}``, its
 changes are skipped, and the next capture (at once when following: it restarts) reads it
-after a truncate marker from a new snapshot, streaming it from that snapshot's coordinate (an image from before would overwrite the new
-value). ``TRUNCATE`` sets ``ChangeSet.truncated``. An ``UPDATE`` that changes the primary key
-is emitted as a delete of the old key and an insert of the new row.
+after a truncate marker from a new snapshot, streaming it from that snapshot's coordinate
+(an image from before would overwrite the new value). ``TRUNCATE`` sets
+``ChangeSet.truncated``. An ``UPDATE`` that changes the primary key is emitted as a delete
+of the old key and an insert of the new row.
 
 Two readers of one server (say a copy of the pipeline file run from another folder, with
 its own state store and log) cannot take changes from each other, unlike two consumers of
