@@ -59,9 +59,12 @@ def read_stream(ingest: Ingest, source: Any, stream: Stream, stop: threading.Eve
     resume = ingest.resume(stream)
     if resume is not None and stream.mode in ("cursor", "trigger") and refilled(ingest, source, stream):
         # rows whose cursor (or shadow table) did not move would never be read again: start
-        # over, after a truncate marker, so every destination holds the table as it is now
-        ingest.append(stream, None, {}, marker={"kind": MARKER_TRUNCATE})
-        resume = None
+        # over, after a truncate marker (whose position a crash resumes from), so every
+        # destination holds the table as it is now
+        from replicant.sources.strategies import strategy
+
+        resume = strategy(stream.mode).snapshot_again(resume)
+        ingest.append(stream, None, resume or {}, marker={"kind": MARKER_TRUNCATE})
     observer.stream_started(stream.name, source.estimate_rows(stream) if stream.mode == "full" else None)
     q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
     stop_reader = threading.Event()

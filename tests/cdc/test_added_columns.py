@@ -148,17 +148,22 @@ def _rows(dest_url: str) -> int:
         return 0
 
 
-@pytest.mark.parametrize("mode", ["cursor", "snapshot_diff"])
+@pytest.mark.parametrize("mode", ["cursor", "trigger", "snapshot_diff"])
 @pytest.mark.parametrize("ddl", [ADDED["default"], ADDED["volatile_default"]], ids=["default", "volatile_default"])
 def test_polled_stream_backfills_a_column_added_between_runs(tmp_path: Path, pg_url: str, dest_url: str,
                                                              pipeline_name: str, ddl: str, mode: str) -> None:
-    """``cursor``: rows whose cursor did not move would never be read again, so the stream is
-    read again in full once; ``snapshot_diff`` compares every row anyway."""
+    """``cursor``/``trigger``: rows whose cursor (or shadow table) did not move would never be
+    read again, so the stream is read again in full once, after a truncate marker;
+    ``snapshot_diff`` compares every row anyway (this test passed before the fix too)."""
     _table(pg_url)
     stream: dict = {"table": "public.t", "mode": mode, "primary_key": ["id"]}
     if mode == "cursor":
         stream["cursor"] = "updated_at"
     cfg = _config(pipeline_name, pg_url, dest_url, tmp_path, stream)
+    if mode == "trigger":  # `replicant cdc install`
+        engine = Engine(cfg)
+        with engine.new_source() as src:
+            src.install(engine.streams(src))
     _run(cfg)
     exec_sql(pg_url, f"ALTER TABLE t ADD COLUMN {ddl}", "UPDATE t SET v = 'changed', updated_at = now() WHERE id = 3")
     _run(cfg)
@@ -166,7 +171,7 @@ def test_polled_stream_backfills_a_column_added_between_runs(tmp_path: Path, pg_
     exec_sql(pg_url, "UPDATE t SET v = 'after', updated_at = now() WHERE id = 5")
     again = _run(cfg)
     _assert_equal(pg_url, dest_url, tmp_path)
-    if mode == "cursor":  # read in full once, not at every run
+    if mode != "snapshot_diff":  # read in full once, not at every run
         assert again.rows_read["public.t"] < 104
     assert fetch("postgres", dest_url, "t", ["v"]).count(("after",)) == 1
 
@@ -257,3 +262,37 @@ def test_binlog_stream_backfills_a_column_added_while_following(tmp_path: Path, 
     result: RunResult = out["r"]
     assert result.ok, result.errors
     _maria_equal(mysql_url, dest_url, tmp_path, rows=103)
+
+
+# --------------------------------------------------------------------------- the docs' example
+
+
+def test_docs_example_backfills_an_added_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/schema-evolution.md's pipeline, verbatim: a SQLite ``cursor`` stream whose table
+    gains ``NOT NULL DEFAULT 'open'`` between two runs holds the default at DuckDB for every
+    row, though no cursor moved."""
+    import re
+    import sqlite3
+
+    import yaml
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "schema-evolution.md").read_text()
+    pipeline = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", doc, re.S)[0])
+    con = sqlite3.connect(tmp_path / "shop.db")
+    with con:
+        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL, updated_at TEXT NOT NULL)")
+        con.executemany("INSERT INTO orders VALUES (?, ?, '2026-01-01 00:00:00')", [(i, i * 1.5) for i in range(1, 51)])
+    cfg = parse(pipeline, base_dir=tmp_path)
+    _run(cfg)
+    with con:
+        con.execute("ALTER TABLE orders ADD COLUMN status text NOT NULL DEFAULT 'open'")
+        con.execute("UPDATE orders SET status = 'paid', updated_at = '2026-01-02 00:00:00' WHERE id = 7")
+    con.close()
+    with caplog.at_level(logging.WARNING, logger="replicant"):
+        _run(cfg)
+    cols = ["id", "total", "status"]
+    assert fetch("duckdb", str(tmp_path / "warehouse.duckdb"), "orders", cols) == fetch(
+        "sqlite", str(tmp_path / "shop.db"), "orders", cols)
+    statuses = [r[0] for r in fetch("duckdb", str(tmp_path / "warehouse.duckdb"), "orders", ["status"])]
+    assert statuses.count("open") == 49 and statuses.count("paid") == 1
+    assert any("'status'" in r.getMessage() and "snapshotted again" in r.getMessage() for r in caplog.records)
