@@ -266,7 +266,9 @@ def run_capture(
                 positions = ingest.feed_positions(streams)
                 for s in streams:  # a column added while not capturing (or before a crash)
                     pos = positions.get(s.name)
-                    if pos is not None and "snapshot" not in pos and refilled(ingest, source, s):
+                    if pos is None or ("snapshot" in pos and (pos["snapshot"] or {}).get("after") is None):
+                        continue  # snapshotted from scratch anyway
+                    if refilled(ingest, source, s):  # a snapshot half done too: its rows lack the column
                         positions[s.name] = {**pos, "snapshot": {"after": None}}
                 feed = source.capture(streams, positions, resume=ingest.capture_resume(), follow=follow, stop=stop)
                 for cs in feed:
