@@ -102,6 +102,20 @@ def test_log_stream_backfills_a_column_added_between_runs(tmp_path: Path, pg_url
     assert again.rows_read["public.t"] == 3
 
 
+def test_log_stream_with_an_added_generated_column_stops_with_advice(tmp_path: Path, pg_url: str, dest_url: str,
+                                                                     pipeline_name: str) -> None:
+    """PostgreSQL's logical replication does not carry generated columns: a stored generated
+    column added between runs is not silently left NULL; the run says what to do."""
+    _table(pg_url)
+    cfg = _config(pipeline_name, pg_url, dest_url, tmp_path, {"table": "public.t", "mode": "log"})
+    _run(cfg)
+    exec_sql(pg_url, "ALTER TABLE t ADD COLUMN c int GENERATED ALWAYS AS (id * 2) STORED",
+             "UPDATE t SET v = 'changed' WHERE id = 3")
+    result = Engine(cfg).run()
+    assert not result.ok
+    assert any("generated" in e.message and "exclude" in e.message for e in result.errors), result.errors
+
+
 @pytest.mark.parametrize("ddl", [ADDED["default"], ADDED["volatile_default"]], ids=["default", "volatile_default"])
 def test_log_stream_backfills_a_column_added_while_following(tmp_path: Path, pg_url: str, dest_url: str,
                                                              pipeline_name: str, ddl: str) -> None:
