@@ -176,6 +176,15 @@ class Ingest:
         still needs its initial snapshot)."""
         return {s.name: _source_position(self.log.last_position(s.log_name)) for s in streams}
 
+    def added_columns(self, stream: Stream) -> list[str]:
+        """``stream``'s columns that the schema of its last batch in the log lacks: added at the
+        source since it was last read (none while the log holds no batch of it)."""
+        schemas = self.log.schemas(stream.log_name)
+        if not schemas:
+            return []
+        have = set(schemas[-1].names)
+        return [f.name for f in stream.schema if f.name not in have]
+
     # ------------------------------------------------------------------ bookkeeping
 
     def _add_total(self, name: str, rows: int) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 
 from replicant.errors import ConnectionError, DiskFullError, FatalError, RetriableError, redact, retry_delay
 from replicant.ingest import Ingest
+from replicant.log.base import MARKER_TRUNCATE
 from replicant.model import ReadBatch, Stream
 from replicant.results import Observer, RunError
 
@@ -39,10 +40,31 @@ _DONE = object()
 ErrorSink = Callable[[RunError], None]
 
 
+def refilled(ingest: Ingest, source: Any, stream: Stream) -> dict[str, str]:
+    """The columns of ``stream`` added since it was last read that fill the rows which already
+    existed (:meth:`~replicant.sources.base.Source.filled_columns`), each with why; logged at
+    WARNING, since the caller reads the stream again in full."""
+    added = ingest.added_columns(stream)
+    filled = source.filled_columns(stream, added) if added else {}
+    if filled:
+        log.warning("stream %s: column(s) %s added since it was last read give(s) the existing rows a value (%s); "
+                    "the stream is snapshotted again so that every destination gets it", stream.name,
+                    ", ".join(map(repr, filled)), "; ".join(f"{c}: {why}" for c, why in filled.items()))
+    return filled
+
+
 def read_stream(ingest: Ingest, source: Any, stream: Stream, stop: threading.Event, observer: Observer) -> int:
     """Reads ``stream`` from where its log ends until caught up (or ``stop``); returns the rows
     appended. Errors propagate (after the reader thread has stopped)."""
     resume = ingest.resume(stream)
+    if resume is not None and stream.mode in ("cursor", "trigger") and refilled(ingest, source, stream):
+        # rows whose cursor (or shadow table) did not move would never be read again: start
+        # over, after a truncate marker (whose position a crash resumes from), so every
+        # destination holds the table as it is now
+        from replicant.sources.strategies import strategy
+
+        resume = strategy(stream.mode).snapshot_again(resume)
+        ingest.append(stream, None, resume or {}, marker={"kind": MARKER_TRUNCATE})
     observer.stream_started(stream.name, source.estimate_rows(stream) if stream.mode == "full" else None)
     q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
     stop_reader = threading.Event()
@@ -245,6 +267,12 @@ def run_capture(
         while True:
             try:
                 positions = ingest.feed_positions(streams)
+                for s in streams:  # a column added while not capturing (or before a crash)
+                    pos = positions.get(s.name)
+                    if pos is None or ("snapshot" in pos and (pos["snapshot"] or {}).get("after") is None):
+                        continue  # snapshotted from scratch anyway
+                    if refilled(ingest, source, s):  # a snapshot half done too: its rows lack the column
+                        positions[s.name] = {**pos, "snapshot": {"after": None}}
                 feed = source.capture(streams, positions, resume=ingest.capture_resume(), follow=follow, stop=stop)
                 for cs in feed:
                     for name, n in ingest.add_changes(source, cs, by_name).items():

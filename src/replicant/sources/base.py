@@ -162,6 +162,15 @@ class Source(ABC):
         bars; None when unknown. Must not scan the table."""
         return None
 
+    def filled_columns(self, stream: Stream, names: list[str]) -> dict[str, str]:
+        """Of ``names`` (columns of ``stream`` that appeared since it was last read), those that
+        can hold a value in rows that existed before they were added, each with why (``DEFAULT
+        7``, ``NOT NULL``, ``GENERATED …``): an ``ADD COLUMN … DEFAULT`` fills existing rows
+        without a change any incremental read would see, so the engine reads such a stream
+        again in full. The default, for sources whose rows are never rewritten (files, APIs):
+        none."""
+        return {}
+
     # ------------------------------------------------------------------ change data capture
 
     def acknowledge(self, stream: Stream, position: Position) -> None:
@@ -191,7 +200,12 @@ class Source(ABC):
             streams: the ``log`` streams.
             positions: per stream, the last position durable in the staging log (None: that
                 stream needs its initial snapshot). A change at or before a stream's position
-                is already in the log and must not be yielded again for it.
+                is already in the log and must not be yielded again for it. A position whose
+                ``snapshot`` is ``{"after": None}`` asks for a new snapshot of that stream from
+                scratch, after a truncate marker (``ChangeSet.truncated``), its changes up to
+                that snapshot skipped: the capture records it itself when a stream must start
+                over, and the engine asks it when a column added since the stream was last read
+                fills existing rows (:meth:`filled_columns`).
             resume: the last capture position the engine acknowledged (None on the first run).
                 Restart the feed from here; everything after it is re-read and filtered per
                 stream by ``positions``.

@@ -147,6 +147,24 @@ class SQLiteSource(SQLSource):
             out.append(Table(("main", name), kind, cols, tuple(c for _, c in sorted(pk))))
         return out
 
+    def filled_columns(self, stream: Stream, names: list[str]) -> dict[str, str]:
+        """See :meth:`Source.filled_columns`: from ``pragma_table_xinfo``, a column filled at
+        existing rows has a default other than NULL, is generated (``hidden`` 2 or 3), or is
+        ``NOT NULL`` (SQLite adds one only with a default)."""
+        wanted = set(names)
+        found = {}
+        for _cid, col, _declared, notnull, default, _pk, hidden in self.fetchall(
+                "SELECT * FROM pragma_table_xinfo(?)", (stream.table[-1],)):
+            if col not in wanted:
+                continue
+            if hidden in (2, 3):
+                found[col] = "GENERATED ALWAYS AS (…)"
+            elif default is not None and str(default).upper() != "NULL":
+                found[col] = f"DEFAULT {default}"
+            elif notnull:
+                found[col] = "NOT NULL"
+        return found
+
     # ------------------------------------------------------------------ reading
 
     def trigger_sql(self, stream: Stream) -> SQLiteTriggers:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -49,6 +49,7 @@ class _Snapshot:
     source: Any
     _lock: threading.Lock
     _snap_conn: Any
+    _reshape: Callable[[_Table], Stream | None]  #: the decoder's (``_Decoding._reshape``)
 
     def _catalog(self, stream: Stream) -> list[Column]:
         found = self.source.catalog(stream.table)
@@ -58,6 +59,23 @@ class _Snapshot:
                 f"fix `table:` of stream {stream.name!r} or restore the table"
             )
         return found.columns
+
+    def _as_now(self, t: _Table) -> None:
+        """``t`` as its table is now, for a snapshot from scratch: the columns the stream's
+        ``include``/``exclude`` choose (not only those it was discovered with)."""
+        streams = self.source.config.streams
+        sc = next((c for c in streams if c.table == t.stream.name), None) if isinstance(streams, list) else None
+        names = {c.name for c in t.catalog}
+        if sc is not None and sc.include:
+            s = t.stream
+            wanted = set(sc.include) | set(s.primary_key) | ({s.cursor} if s.cursor else set())
+            t.excluded = frozenset(names - wanted)
+        else:
+            t.excluded = frozenset(names & set(sc.exclude or ())) if sc is not None else frozenset()
+        changed = self._reshape(t)
+        if changed is not None:
+            t.stream = changed
+            t.refresh()
 
     def _snapshot(self, pending: list[_Table], base: Position | None, stop: threading.Event) -> Iterator[ChangeSet]:
         """Reads ``pending`` in one consistent snapshot; returns its binlog coordinate (None
@@ -71,6 +89,7 @@ class _Snapshot:
             point = self._consistent_point(conn)
             for t in pending:
                 origin = t.filter or point
+                first = t.truncate
                 for batch, after in self._read_table(conn, t):
                     sp: Position = dict(origin)
                     if after is not None:
@@ -78,7 +97,9 @@ class _Snapshot:
                     data = with_meta(batch, OP_READ, encode_position(sp), utcnow())
                     if after is None and t is pending[-1]:
                         conn.rollback()  # read everything: release the snapshot (and its table locks) now
-                    yield ChangeSet({t.stream.name: data}, base or point, {t.stream.name: sp})
+                    yield ChangeSet({t.stream.name: data}, base or point, {t.stream.name: sp},
+                                    frozenset({t.stream.name}) if first else frozenset())
+                    first = False
                     if stop.is_set():
                         return None
                 t.filter = origin

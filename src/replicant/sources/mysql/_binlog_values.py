@@ -166,6 +166,7 @@ class _Table:
     ts: list[int] = field(default_factory=list)
     widths_seen: set[int] = field(default_factory=set)
     after: list[Any] | None = None  # snapshot: the last key read before a crash ([] unkeyed)
+    truncate: bool = False  # snapshot again from scratch: a truncate marker first
 
     def __post_init__(self) -> None:
         self.refresh()

@@ -58,8 +58,14 @@ the MySQL snapshot lock).
 Schema changes: an ``ALTER TABLE`` (any DDL naming a captured table) re-reads the table from
 the catalog; new columns join the stream (columns that existed when the capture started but
 were not in the stream stay excluded) and later batches follow the new schema, flushed apart
-from batches in the old one. ``TRUNCATE`` sets ``ChangeSet.truncated``. An ``UPDATE`` that
-changes the primary key is emitted as a delete of the old key and an insert of the new row.
+from batches in the old one. A new column that gives existing rows a value (a default,
+``AUTO_INCREMENT``, generated, ``NOT NULL``: no row event carries those values) makes that
+stream be snapshotted again: its position becomes ``{…, "snapshot": {"after": None}}``, its
+changes are skipped, and the next capture (at once when following: it restarts) reads it
+after a truncate marker from a new snapshot, streaming it from that snapshot's coordinate
+(an image from before would overwrite the new value). ``TRUNCATE`` sets
+``ChangeSet.truncated``. An ``UPDATE`` that changes the primary key is emitted as a delete
+of the old key and an insert of the new row.
 
 Two readers of one server (say a copy of the pipeline file run from another folder, with
 its own state store and log) cannot take changes from each other, unlike two consumers of
@@ -341,6 +347,9 @@ class BinlogCapture(_Snapshot, _Decoding):
                 snapshot.append(t)
                 if pos and "file" in pos:
                     t.after = (pos.get("snapshot") or {}).get("after")
+                    if t.after is None:  # snapshotted again from scratch: older changes would
+                        t.filter, t.truncate = None, True  # overwrite its rows with older images
+                        self._as_now(t)
                 if t.filter is not None:  # a snapshot to finish: stream from where it began
                     base = _min(base, t.filter)
             elif resume is None:
@@ -353,6 +362,17 @@ class BinlogCapture(_Snapshot, _Decoding):
         if base is None:  # nothing to snapshot, nothing known: from now on
             base = self._master()
         yield from self._stream(tables, base, follow, stop)
+
+    def _refilled(self, old: Stream, new: Stream) -> bool:
+        """Whether a column ``new`` adds to ``old`` gives the rows that already existed a value
+        (``ADD COLUMN … DEFAULT``: no row event carries it); logged at WARNING."""
+        added = [n for n in new.schema.names if n not in old.schema.names]
+        filled = self.source.filled_columns(new, added) if added else {}
+        if filled:
+            log.warning("stream %s: column(s) %s added to %s give(s) the existing rows a value (%s), which the binlog "
+                        "does not carry: the stream is snapshotted again", new.name, ", ".join(map(repr, filled)),
+                        self.source.display(new.table), "; ".join(f"{c}: {why}" for c, why in filled.items()))
+        return bool(filled)
 
     # ------------------------------------------------------------------ binlog
 
@@ -396,6 +416,7 @@ class BinlogCapture(_Snapshot, _Decoding):
         last_yield = time.monotonic()
         first_pending: float | None = None
         truncated: set[str] = set()
+        again: set[str] = set()  # streams to snapshot again: their changes are skipped meanwhile
         txn: list[tuple[_Table, str, tuple, int]] = []
         group_open = txn_open = False
 
@@ -453,8 +474,16 @@ class BinlogCapture(_Snapshot, _Decoding):
                     if changed is not None:
                         if t.rows or truncated:
                             yield change_set()
-                        t.stream = changed
+                        old, t.stream = t.stream, changed
                         t.refresh()
+                        if self._refilled(old, changed):
+                            # its existing rows changed without a row event: this stream alone
+                            # is snapshotted again (the next capture: at once when following)
+                            again.add(t.stream.name)
+                            yield ChangeSet({t.stream.name: t.batch()}, dict(committed),
+                                            {t.stream.name: {**end, "snapshot": {"after": None}}})
+            for key in [k for k, t in tables.items() if t.stream.name in again]:
+                del tables[key]
 
         try:
             while True:
@@ -480,6 +509,9 @@ class BinlogCapture(_Snapshot, _Decoding):
                         if not txn_open:  # DDL, TRUNCATE: a group of its own
                             yield from ddl(ev)
                             end_group()
+                            if again and follow:
+                                raise RetriableError(f"stream(s) {', '.join(sorted(again))} must be snapshotted "
+                                                     "again; restarting the capture")
                 elif isinstance(ev, XidEvent):
                     end_group()
                 elif isinstance(ev, TableMapEvent):

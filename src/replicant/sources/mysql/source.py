@@ -197,6 +197,29 @@ class MySQLSource(SQLSource):
             auth += ":" + urlquote(u.password, safe="")
         return f"mysql://{auth}@{u.host or 'localhost'}:{u.port or 3306}/{urlquote(u.database, safe='')}?prefer_socket=false"
 
+    def filled_columns(self, stream: Stream, names: list[str]) -> dict[str, str]:
+        """See :meth:`Source.filled_columns`: from ``information_schema.COLUMNS``, a column
+        filled at existing rows has a default other than NULL, a generation expression or
+        ``auto_increment``, or is ``NOT NULL`` (existing rows then get the type's implicit
+        default)."""
+        wanted = set(names)
+        found = {}
+        for name, default, generated, extra, nullable in self.fetchall(
+                "SELECT COLUMN_NAME, COLUMN_DEFAULT, GENERATION_EXPRESSION, EXTRA, IS_NULLABLE "
+                "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                (stream.table[0], stream.table[-1])):
+            if name not in wanted:
+                continue
+            if generated:
+                found[name] = f"GENERATED ALWAYS AS ({generated})"
+            elif "auto_increment" in (extra or "").lower():
+                found[name] = "AUTO_INCREMENT"
+            elif default is not None and str(default).upper() != "NULL":
+                found[name] = f"DEFAULT {default}"
+            elif nullable == "NO":
+                found[name] = "NOT NULL"
+        return found
+
     # ------------------------------------------------------------------ catalog
 
     def _default_schema(self) -> str:

@@ -79,12 +79,13 @@ class _Pending:
         self.stamps: list[int] = []
         self.truncated: set[str] = set()
         self.truncated_in: dict[str, int] = {}  # stream → transaction number of its (last) truncate
+        self.refill: set[str] = set()  # streams to snapshot again, to be recorded by the next flush
         self.count = 0
         self.since: float | None = None
         self.last_end = 0
 
     def __bool__(self) -> bool:
-        return bool(self.count or self.truncated)
+        return bool(self.count or self.truncated or self.refill)
 
     def add(self, t: _Target, op: str, values: list[Any], window: bool) -> None:
         r = self.rows.get(t.stream.name)
@@ -128,6 +129,7 @@ class _Pending:
         done, rest = _Pending(), _Pending()
         done.ends, done.stamps, done.last_end, done.since = self.ends, self.stamps, self.last_end, self.since
         rest.last_end = self.last_end
+        rest.refill = self.refill  # marked in the open transaction
         for name, r in self.rows.items():
             cut = bisect.bisect_left(r.txn, n)
             if cut:
@@ -144,6 +146,18 @@ class _Pending:
         if rest:
             rest.since = time.monotonic()
         return done, rest
+
+    def snapshot_again(self, name: str) -> None:
+        """Stream ``name`` will be snapshotted again: its rows (and truncate) of the open
+        transaction go, the snapshot covers them; the next flush records its position."""
+        r = self.rows.pop(name, None)
+        if r is not None:
+            self.count -= len(r.ops)
+        self.truncated.discard(name)
+        self.truncated_in.pop(name, None)
+        self.refill.add(name)
+        if self.since is None:
+            self.since = time.monotonic()
 
     def reshape(self, name: str, old: list[str], new: list[str]) -> None:
         """Stream ``name``'s pending rows (of the open transaction) laid out for its new
@@ -196,6 +210,26 @@ class _Changes:
                 c = self._column(name, typ, mod, nullable=c.nullable if c is not None else True)
             columns.append(c)
         return self._chosen(s, self.source.describe(dataclasses.replace(table, columns=columns)))
+
+    def _refill(self, t: _Target, old: pa.Schema, pending: _Pending,
+                window: tuple[int, dict[str, _Snap]] | None) -> None:
+        """After ``t.stream`` changed from ``old``: when an added column gives the rows that
+        already existed a value (``ADD COLUMN … DEFAULT``, identity, ``NOT NULL``: the log
+        carries no change for those rows), the stream is snapshotted again, as for a lost
+        TOASTed value (:meth:`_flush`): its later changes are skipped, the snapshot has them.
+        A stream being snapshotted at X already reads the table as it is then."""
+        name = t.stream.name
+        if name in self._again or (window is not None and name in window[1]):
+            return
+        added = [f.name for f in t.stream.schema if f.name not in old.names]
+        filled = self.source.filled_columns(t.stream, added) if added else {}
+        if not filled:
+            return
+        _log.warning("stream %s: column(s) %s added to %s give(s) the existing rows a value (%s), which the log does "
+                     "not carry: the stream is snapshotted again", name, ", ".join(map(repr, filled)),
+                     self._table(t.stream), "; ".join(f"{c}: {why}" for c, why in filled.items()))
+        self._again.add(name)
+        pending.snapshot_again(name)
 
     def _as_now(self, s: Stream) -> Stream:
         """``s`` described from the catalog as it is now (what a snapshot read now returns)."""
@@ -290,6 +324,9 @@ class _Changes:
             if window is not None and name in window[1] and any(rows.window):
                 batch = self._window_filter(batch, rows, window[1][name], t)
             batches[name] = batch
+        for name in pending.refill:
+            again[name] = {"lsn": pending.last_end, "snapshot": {"after": None}}
+            batches[name] = pa.RecordBatch.from_pylist([], schema=targets[name].stream.change_schema)
         for name in pending.truncated:
             if name not in batches:
                 batches[name] = pa.RecordBatch.from_pylist([], schema=targets[name].stream.change_schema)

@@ -48,9 +48,11 @@ following changes are emitted in that schema: a new column appears, a dropped on
 can follow is its ``evolve``'s decision. Change sets never split a transaction and a stream
 has one schema per change set, so at a change the transactions read so far are yielded first;
 rows of the *same* transaction before the change are emitted in the new schema. A restart
-checks each table's first ``Relation`` against the discovered streams. Not carried by the
-log: a default of an added column (rows written before the ``ALTER`` stay NULL in it at the
-destination), and renames (a drop and an add, which destinations refuse to guess).
+checks each table's first ``Relation`` against the discovered streams. An added column that
+gives existing rows a value (a default, identity or ``NOT NULL``: the log has no change for
+those rows) makes the stream be snapshotted again, as below for a lost TOASTed value (one
+added while not capturing is found by the engine, against the log's last schema). Not
+carried by the log: renames (a drop and an add, which destinations refuse to guess).
 
 Values: see :mod:`replicant.sources.postgres.pgoutput`. Deletes under ``REPLICA IDENTITY DEFAULT`` carry
 the key columns only (others null); under ``FULL`` every column. An update whose TOASTed
@@ -532,7 +534,8 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
                                 pending.reshape(name, t.stream.schema.names, new.schema.names)
                                 _log.info("stream %s: the table changed (%s); following it", name,
                                           _changes(t.stream.schema, new.schema))
-                                t.stream = new
+                                old, t.stream = t.stream.schema, new
+                                self._refill(t, old, pending, window)
                         self._bind(t, rel)
                     elif kind in ("I", "U", "D"):
                         t = by_oid.get(msg[1])

@@ -297,6 +297,32 @@ class PostgresSource(SQLSource):
             return None
         return int(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] >= 0 else None
 
+    def filled_columns(self, stream: Stream, names: list[str]) -> dict[str, str]:
+        """See :meth:`Source.filled_columns`: from the catalog, a column filled at existing rows
+        has a default (``pg_attrdef``; a constant one is ``attmissingval`` since PostgreSQL 11,
+        a volatile one rewrote the table), is an identity or generated column, or is ``NOT
+        NULL`` (a table with rows can only get such a column with a value)."""
+        wanted = set(names)
+        found = {}
+        for att, default, identity, generated, notnull in self.fetchall(
+                "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, "
+                "COALESCE(to_jsonb(a) ->> 'attgenerated', ''), a.attnotnull "
+                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                (stream.table[0], stream.table[-1])):
+            if att not in wanted:
+                continue
+            if generated:
+                found[att] = f"GENERATED ALWAYS AS ({default})"
+            elif identity:
+                found[att] = "GENERATED AS IDENTITY"
+            elif default is not None and not default.upper().startswith("NULL"):
+                found[att] = f"DEFAULT {default}"
+            elif notnull:
+                found[att] = "NOT NULL"
+        return found
+
     # ------------------------------------------------------------------ reading
 
     def trigger_sql(self, stream: Stream) -> PostgresTriggers:

@@ -58,6 +58,11 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
     return _read(source, stream, position)
 
 
+def snapshot_again(position: Position) -> Position | None:
+    """From the start: rows whose cursor did not move are read only so."""
+    return None
+
+
 def acknowledge(source: Any, stream: Stream, position: Position) -> None:
     """Nothing to release: the position is the whole state."""
 

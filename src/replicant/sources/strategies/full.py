@@ -52,6 +52,11 @@ def read(source: Any, stream: Stream, position: Position | None) -> Iterator[Rea
     return iter(source.read_full(stream, position))
 
 
+def snapshot_again(position: Position) -> Position | None:
+    """A ``full`` stream reads every row at each run anyway: from the start."""
+    return None
+
+
 def acknowledge(source: Any, stream: Stream, position: Position) -> None:
     """Nothing to release: a full read keeps no state at the source."""
 

@@ -34,6 +34,12 @@ class ReadStrategy(Protocol):
         """``position`` is durable in the staging log (idempotent; see ``Source.acknowledge``)."""
         ...
 
+    def snapshot_again(self, position: Position) -> Position | None:
+        """The position from which a stream at ``position`` reads every row again (an added
+        column filled the existing rows, see ``Source.filled_columns``), changes after it
+        included; None: from the start."""
+        ...
+
 
 @runtime_checkable
 class RangeReader(Protocol):

@@ -131,6 +131,13 @@ def uninstall(source: Any, streams: list[Stream]) -> list[str]:
     return done
 
 
+def snapshot_again(position: Position) -> Position | None:
+    """A new snapshot (after a new shadow mark), keeping the stream's install and owner ids
+    (a read from the start would be another pipeline's); the changes after ``position`` are
+    read again after it, as current images (idempotent)."""
+    return {**position, "snapshot": None}
+
+
 def acknowledge(source: Any, stream: Stream, position: Position) -> None:
     """Purges the shadow rows read up to ``position`` (durable in the staging log). Only rows
     the reader actually saw are deleted (see the module docstring); idempotent."""
