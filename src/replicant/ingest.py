@@ -119,9 +119,10 @@ class Ingest:
     def _open_snapshot(self, stream: Stream) -> None:
         self.append(stream, None, {"_snapshot": "open"}, marker={"kind": MARKER_SNAPSHOT_START, "id": uuid.uuid4().hex})
 
-    def add_read(self, source: Any, stream: Stream, rb: ReadBatch) -> int:
+    def add_read(self, source: Any, stream: Stream, rb: ReadBatch, *, acknowledge: bool = True) -> int:
         """Appends one batch of :meth:`~replicant.sources.base.Source.read`, saves the
-        checkpoint and acknowledges it to ``source``; returns its row count."""
+        checkpoint and (``acknowledge``) acknowledges it to ``source``; returns its row count.
+        A caller whose read is still open on the source's connection acknowledges later."""
         full = stream.mode == "full"
         pos = dict(rb.position)
         if full:
@@ -137,7 +138,8 @@ class Ingest:
         with _state_disk_full():
             self.state.save_checkpoint(self.pipeline, stream.name, rb.position, rows_total=total,
                                        log_offset=self.log.end_offset(stream.log_name), tenant=self.tenant)
-        source.acknowledge(stream, rb.position)
+        if acknowledge:
+            source.acknowledge(stream, rb.position)
         return n
 
     # ------------------------------------------------------------------ the change feed

@@ -87,15 +87,21 @@ def read_stream(ingest: Ingest, source: Any, stream: Stream, stop: threading.Eve
     reader = threading.Thread(target=produce, name=f"reader-{stream.name}", daemon=True)
     reader.start()
     rows = 0
+    durable: Any = None  # the position of the last batch made durable, acknowledged at the end
     try:
         while True:
             item = q.get()
             if item is _DONE:
+                # the read is over, its cursor closed: the source's connection is free for the
+                # acknowledgement (a trigger purge), which must not run beside an open read
+                if durable is not None:
+                    source.acknowledge(stream, durable)
                 return rows
             if isinstance(item, BaseException):
                 raise item
             rb: ReadBatch = item
-            n = ingest.add_read(source, stream, rb)
+            n = ingest.add_read(source, stream, rb, acknowledge=False)
+            durable = rb.position
             rows += n
             observer.rows_read(stream.name, n)
     finally:
