@@ -62,6 +62,8 @@ class PipelineSettings(BaseModel):
         description="The upstream pipeline: its file (relative to this file's folder), or its name when its "
         "file (`NAME.yml` or any `*.yml` with `pipeline: NAME`) is in this file's folder."
     )
+    stateful: list[Any] = Field(default_factory=list, description="Set by replicant from the pipeline's `transforms:` "
+                                "(its stateful entries: aggregate); not written by hand.")
 
 
 def find_upstream(reference: str, base_dir: Path) -> Path:
@@ -109,7 +111,19 @@ class PipelineSource(Source):
         super().__init__(config, context)
         self._upstream: PipelineConfig | None = None
         self._log: Log | None = None
+        self._stage: Any = None
 
+    @property
+    def stage(self) -> Any:
+        """The stateful transforms (:class:`~replicant.sources._stateful.StatefulStage`), or None."""
+        if self._stage is None and self.options.stateful:
+            from replicant.sources._stateful import StatefulStage, build_stateful
+
+            names = [n.removeprefix(f"{self.context.tenant}/") for n in self.upstream_log().streams()]
+            workdir = self.context.workdir or Path(".replicant") / self.context.pipeline / "source"
+            self._stage = StatefulStage(build_stateful(self.options.stateful, names),
+                                        workdir.parent / "stateful" / f"{self.context.tenant or 'state'}.duckdb")
+        return self._stage
     # ------------------------------------------------------------------ the upstream
 
     @property
@@ -131,7 +145,9 @@ class PipelineSource(Source):
 
     def upstream_name(self, stream: Stream | str) -> str:
         """The stream's name in the upstream log: ``tenant/name`` when this source reads a tenant."""
-        return log_stream_name(stream if isinstance(stream, str) else stream.name, self.context.tenant)
+        name = stream if isinstance(stream, str) else stream.name
+        t = self.stage.transform_of(name) if self.stage is not None else None
+        return log_stream_name(t.input if t is not None else name, self.context.tenant)
 
     # ------------------------------------------------------------------ the contract
 
@@ -159,7 +175,7 @@ class PipelineSource(Source):
         if not out:
             raise FatalError(f"pipeline {self.context.pipeline!r}: the log of upstream pipeline {self.upstream.pipeline!r} "
                              f"({_where(self.upstream)}) holds no streams yet; run `replicant run` on the upstream first")
-        return out
+        return self.stage.streams(out) if self.stage is not None else out
 
     def check(self) -> list[str]:
         streams = self.discover()
@@ -182,6 +198,19 @@ class PipelineSource(Source):
         """
         lg = self.upstream_log()
         nexts = {s.name: self._next_offset(lg, s, positions.get(s.name)) for s in streams}
+        stage = self.stage
+        for s in streams:
+            if stage is not None and stage.transform_of(s.name) is not None:
+                stage.catch_up(stage.transform_of(s.name), lg, self.upstream_name(s), nexts[s.name])
+        try:
+            yield from self._records(lg, streams, nexts, follow, stop)
+        finally:
+            if stage is not None:
+                stage.rollback()  # what was not acknowledged is not durable downstream
+
+    def _records(self, lg: Log, streams: list[Stream], nexts: dict[str, int], follow: bool,
+                 stop: threading.Event) -> Iterator[ChangeSet]:
+        stage = self.stage
         while True:
             for s in streams:
                 up = self.upstream_name(s)
@@ -192,7 +221,14 @@ class PipelineSource(Source):
                     continue
                 for rec in lg.read(up, nexts[s.name], end=end):
                     pos = {"offset": rec.next_offset, "ts": rec.ts.isoformat()}
-                    if rec.marker is None:
+                    t = stage.transform_of(s.name) if stage is not None else None
+                    if t is not None:  # a stateful transform's output; committed by acknowledge_capture
+                        out = stage.apply(t, rec)
+                        if out is None:
+                            yield ChangeSet({}, pos, stream_positions={s.name: pos}, truncated=frozenset({s.name}))
+                        else:
+                            yield ChangeSet({s.name: out}, pos, stream_positions={s.name: pos})
+                    elif rec.marker is None:
                         assert rec.batch is not None
                         yield ChangeSet({s.name: rec.batch}, pos, stream_positions={s.name: pos})
                     elif rec.marker.get("kind") == MARKER_TRUNCATE:
@@ -208,12 +244,22 @@ class PipelineSource(Source):
                 if stop.is_set() or lg.wait(self.upstream_name(s), nexts[s.name], _WAIT / len(streams)):
                     break
 
+    def acknowledge_capture(self, position: Position) -> None:
+        """The output of the last record is durable in the derived log: commits the stateful
+        transforms' state with it (see :mod:`replicant.sources._stateful`)."""
+        if self._stage is not None:
+            self._stage.commit()
+
     def cdc_status(self, streams: list[Stream]) -> dict[str, Any]:
         """For ``replicant status``: the upstream pipeline and its log's end offset per stream
-        (compare with each stream's position ``offset`` to see how far behind this one is)."""
+        (compare with each stream's position ``offset`` to see how far behind this one is), and
+        the stateful transforms' state (file, bytes, rows per table)."""
         lg = self.upstream_log()
-        return {"upstream": f"pipeline {self.upstream.pipeline!r} ({_where(self.upstream)})",
-                "upstream end offsets": {s.name: lg.end_offset(self.upstream_name(s)) for s in streams}}
+        out = {"upstream": f"pipeline {self.upstream.pipeline!r} ({_where(self.upstream)})",
+               "upstream end offsets": {s.name: lg.end_offset(self.upstream_name(s)) for s in streams}}
+        if self.stage is not None:
+            out["state"] = self.stage.status()
+        return out
 
     def _next_offset(self, lg: Log, stream: Stream, position: Position | None) -> int:
         """The next upstream offset to read for ``stream``; checks the upstream log still holds it."""
@@ -245,6 +291,9 @@ class PipelineSource(Source):
         )
 
     def close(self) -> None:
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
         if self._log is not None:
             self._log.close()
             self._log = None

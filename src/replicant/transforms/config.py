@@ -16,7 +16,7 @@ from typing import Any
 from replicant.errors import ConfigError
 from replicant.transforms.base import Transform
 
-__all__ = ["BUILT_INS", "MASK_KEY_REFERENCE", "STATEFUL", "TransformSpec", "build", "specs"]
+__all__ = ["BUILT_INS", "MASK_KEY_REFERENCE", "STATEFUL", "TransformSpec", "build", "specs", "stateful_entries"]
 
 BUILT_INS = ("rename", "cast", "derive", "filter", "select", "drop", "mask", "encrypt", "sql", "python")
 #: Stateful transforms: derived pipelines only.
@@ -39,10 +39,12 @@ class TransformSpec:
     output_name: str | None = None  # `as:`: a stateful transform's output stream
 
 
-def specs(entries: Any, path: str, problems: list[tuple[str, str]], *, scoped: bool = True) -> list[TransformSpec]:
+def specs(entries: Any, path: str, problems: list[tuple[str, str]], *, scoped: bool = True,
+          derived: bool = False) -> list[TransformSpec]:
     """The entries of the transform list at ``path``; each problem found is added to
     ``problems`` (with its key path) and its entry left out. ``scoped``: entries may carry
-    ``streams:`` (not under a single stream)."""
+    ``streams:`` (not under a single stream). ``derived``: the top-level list of a derived
+    pipeline, where stateful entries are taken (:func:`stateful_entries` picks them)."""
     if entries is None:
         return []
     if not isinstance(entries, list):
@@ -57,13 +59,13 @@ def specs(entries: Any, path: str, problems: list[tuple[str, str]], *, scoped: b
             else:
                 out.append(TransformSpec(where, "object", entry))
             continue
-        spec = _spec(entry, where, problems, scoped)
+        spec = _spec(entry, where, problems, scoped, derived)
         if spec is not None:
             out.append(spec)
     return out
 
 
-def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool) -> TransformSpec | None:
+def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool, derived: bool = False) -> TransformSpec | None:
     from replicant.config import suggest
 
     if not isinstance(entry, dict):
@@ -81,6 +83,10 @@ def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool)
         return None
     [(kind, value)] = entry.items()
     key = f"{where}.{kind}"
+    if kind in STATEFUL and derived:
+        found = _stateful_problems(kind, value, key, streams)
+        problems.extend(found)
+        return None if found else TransformSpec(where, kind, value, tuple(streams) if streams else None, output_name)
     if kind in STATEFUL:
         problems.append((key, f"{kind} {_WHERE_STATEFUL}"))
         return None
@@ -95,6 +101,40 @@ def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool)
     found = _value_problems(kind, value, key)
     problems.extend(found)
     return None if found else TransformSpec(where, kind, value, tuple(streams) if streams is not None else None)
+
+
+def _stateful_problems(kind: str, value: Any, key: str, streams: Any) -> list[tuple[str, str]]:
+    """What is wrong with a stateful entry of a derived pipeline (without a schema)."""
+    from replicant.transforms.sql import check_expression
+
+    if streams is not None and len(streams) != 1:
+        return [(f"{key}.streams", f"{kind} reads one stream: name it alone")]
+    if kind != "aggregate":
+        return [(key, f"{kind} is not built yet; aggregate is")]
+    if not isinstance(value, dict):
+        return [(key, "a mapping: {by: [column, …], values: {name: DuckDB aggregate expression}}")]
+    extra = set(value) - {"by", "values", "as"}
+    if extra:
+        return [(f"{key}.{sorted(extra)[0]}", "unknown key; aggregate takes by, values and as")]
+    by, values = value.get("by"), value.get("values")
+    out = []
+    if not isinstance(by, list) or not by or not all(isinstance(b, str) for b in by):
+        out.append((f"{key}.by", "a list of group column names"))
+    if not isinstance(values, dict) or not values:
+        out.append((f"{key}.values", "a mapping from output column to DuckDB aggregate expression (`sum(amount)`)"))
+        return out
+    for col, expr in values.items():
+        try:
+            check_expression(expr)
+        except ValueError as e:
+            out.append((f"{key}.values.{col}", str(e)))
+    return out
+
+
+def stateful_entries(entries: Any) -> list[dict[str, Any]]:
+    """The stateful entries of a derived pipeline's checked top-level ``transforms:``, as
+    written (with ``streams:`` and ``as:``)."""
+    return [dict(e) for e in entries or [] if isinstance(e, dict) and any(k in STATEFUL for k in e)]
 
 
 def _value_problems(kind: str, value: Any, key: str) -> list[tuple[str, str]]:

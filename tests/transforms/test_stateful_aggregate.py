@@ -1,0 +1,94 @@
+"""Stateful ``aggregate`` in a derived pipeline: the output equals the GROUP BY recomputed on
+the upstream source after inserts, updates, a move to another group, deletes and a group
+emptied (real SQLite upstream through its staging log, DuckDB destination)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import duckdb
+
+from replicant.config import load
+from replicant.engine import Engine
+
+AGG = """
+transforms:
+  - aggregate:
+      by: [client_id]
+      values:
+        deposits: "sum(amount) FILTER (WHERE kind = 'deposit')"
+        n: "count(*)"
+        n_amount: "count(amount)"
+        avg_amount: "avg(amount)"
+        lo: "min(amount)"
+        hi: "max(amount)"
+    as: client_totals
+"""
+#: the same aggregate, computed directly on the source (SQLite)
+SOURCE_SQL = ("SELECT client_id, sum(amount) FILTER (WHERE kind = 'deposit'), count(*), count(amount), avg(amount), "
+              "min(amount), max(amount) FROM transactions GROUP BY client_id ORDER BY client_id")
+DEST_SQL = "SELECT client_id, deposits, n, n_amount, avg_amount, lo, hi FROM client_totals ORDER BY client_id"
+
+
+def setup(folder: Path) -> tuple[Path, Path]:
+    with sqlite3.connect(folder / "bank.db") as c:
+        c.execute("CREATE TABLE transactions (id INTEGER PRIMARY KEY, client_id INTEGER, kind TEXT, amount DOUBLE)")
+        c.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?)",
+                      [(i, i % 5, "deposit" if i % 3 else "withdrawal", float(i * 7 % 23)) for i in range(1, 61)])
+    (folder / "bank.yml").write_text("""
+pipeline: bank
+source:
+  type: sqlite
+  url: sqlite:///bank.db
+  streams: [{table: transactions, mode: snapshot_diff}]
+destinations: [{name: wh, type: duckdb, path: bank.duckdb}]
+""")
+    (folder / "totals.yml").write_text("""
+pipeline: totals
+source: {type: pipeline, pipeline: bank.yml}
+destinations:
+  - {name: wh, type: duckdb, path: totals.duckdb, write: merge}
+""" + AGG)
+    return folder / "bank.yml", folder / "totals.yml"
+
+
+def run(path: Path) -> None:
+    result = Engine(load(path)).run()
+    assert result.ok, result.errors
+
+
+def change(folder: Path, *sql: str) -> None:
+    with sqlite3.connect(folder / "bank.db") as c:
+        for s in sql:
+            c.execute(s)
+
+
+def source_rows(folder: Path) -> list[tuple]:
+    with sqlite3.connect(folder / "bank.db") as c:
+        return [tuple(round(v, 9) if isinstance(v, float) else v for v in r) for r in c.execute(SOURCE_SQL).fetchall()]
+
+
+def dest_rows(folder: Path) -> list[tuple]:
+    with duckdb.connect(str(folder / "totals.duckdb"), read_only=True) as c:
+        return [tuple(round(v, 9) if isinstance(v, float) else v for v in r) for r in c.execute(DEST_SQL).fetchall()]
+
+
+def test_aggregate_equals_group_by_under_inserts_updates_moves_and_deletes(tmp_path: Path) -> None:
+    bank, totals = setup(tmp_path)
+    steps = [
+        (),  # the initial snapshot
+        ("INSERT INTO transactions VALUES (100, 1, 'deposit', 50), (101, 7, 'deposit', NULL)",),  # a new group, a NULL
+        ("UPDATE transactions SET amount = amount + 1000 WHERE id IN (3, 4)",),  # max changes
+        ("UPDATE transactions SET client_id = 2 WHERE id = 100",),  # moves a row to another group
+        ("DELETE FROM transactions WHERE amount = (SELECT max(amount) FROM transactions)",),  # a max deleted
+        ("DELETE FROM transactions WHERE client_id = 7",),  # group 7 emptied: deleted downstream
+        ("UPDATE transactions SET kind = 'withdrawal' WHERE client_id = 3",),  # FILTER result becomes NULL
+    ]
+    for sql in steps:
+        change(tmp_path, *sql)
+        run(bank)
+        run(totals)
+        assert dest_rows(tmp_path) == source_rows(tmp_path), sql
+    assert 7 not in [r[0] for r in dest_rows(tmp_path)]
+    assert len(dest_rows(tmp_path)) == 5
