@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from replicant.log.base import MARKER_TRUNCATE, Log
 from replicant.model import META_COLUMNS, Stream
+from replicant.transforms.base import key_of
 
 __all__ = ["StatefulStage", "build_stateful"]
 
@@ -32,6 +33,8 @@ def build_stateful(entries: list[dict[str, Any]], inputs: list[str]) -> list[Any
     """The stateful transforms of checked ``transforms:`` entries (see
     :mod:`replicant.transforms.config`), each with ``.input`` set to the stream it reads."""
     from replicant.transforms.aggregate import Aggregate
+    from replicant.transforms.config import join_value
+    from replicant.transforms.join import Join
 
     out = []
     for e in entries:
@@ -44,8 +47,12 @@ def build_stateful(entries: list[dict[str, Any]], inputs: list[str]) -> list[Any
 
             raise ConfigError("invalid pipeline file", [("transforms", f"{kind} needs `streams: [NAME]`: which stream it reads")])
         name = name or value.get("as") or src
+        t: Any
         if kind == "aggregate":
             t = Aggregate(value["by"], value["values"], name)
+        elif kind == "join":
+            value = join_value(value)
+            t = Join(value["with"], value["on"], list(value.get("columns") or []), value.get("how", "inner"), name)
         else:  # pragma: no cover - refused by the config check
             raise ValueError(kind)
         t.input = src
@@ -73,65 +80,92 @@ class StatefulStage:
         return {t.input for t in self.transforms.values()}
 
     def streams(self, discovered: list[Stream]) -> list[Stream]:
-        """``discovered`` with each stateful input replaced by its outputs."""
+        """``discovered`` with each stateful input replaced by its outputs.
+
+        Raises:
+            ConfigError: a transform reads a stream the upstream log has not, or does not fit
+                its schema.
+        """
+        from replicant.errors import ConfigError
+
         by_name = {s.name: s for s in discovered}
         out = [s for s in discovered if s.name not in self.inputs()]
         for name, t in self.transforms.items():
-            src = by_name.get(t.input)
-            if src is None:
-                from replicant.errors import ConfigError
-
-                raise ConfigError("invalid pipeline file", [("transforms", f"{t.name} reads stream {t.input!r}, which the "
-                                                                            "upstream log does not hold")])
+            missing = [n for n in t.sides.values() if n not in by_name]
+            if missing:
+                raise ConfigError("invalid pipeline file", [("transforms", f"{t.name} {name!r} reads stream {missing[0]!r}, "
+                                                                            "which the upstream log does not hold")])
+            src = by_name[t.input]
             try:
-                change = t.output_schema(src.change_schema)
+                if "with" in t.sides:
+                    t.bind(by_name[t.sides["with"]].change_schema)
+                change = t.remember(src.change_schema)
             except ValueError as e:
-                from replicant.errors import ConfigError
-
                 raise ConfigError("invalid pipeline file", [(f"transforms ({t.name} {name})", str(e))]) from None
             data = pa.schema([f for f in change if f.name not in META_COLUMNS], metadata=change.metadata)
             out.append(dataclasses.replace(src, name=name, table=tuple(name.split(".")), schema=data,
-                                           primary_key=tuple(t.by), options={**src.options, "input": t.input}))
+                                           primary_key=tuple(key_of(change)), options={**src.options, "input": t.input}))
         return out
+
+    def bind(self, lg: Log, tenant: str | None) -> None:
+        """Gives each transform its streams' latest schemas from the upstream log (a join's
+        output schema needs its ``with`` stream's)."""
+        from replicant.model import META_FIELDS, data_schema, log_stream_name
+
+        def change(name: str) -> pa.Schema:
+            schemas = lg.schemas(log_stream_name(name, tenant))
+            data = data_schema(schemas[-1]) if schemas else pa.schema([])
+            return pa.schema(list(data) + list(META_FIELDS), metadata=data.metadata)
+
+        for t in self.transforms.values():
+            if "with" in t.sides:
+                t.bind(change(t.sides["with"]))
+            t.remember(change(t.input))
 
     def transform_of(self, stream: str) -> Any:
         return self.transforms.get(stream)
 
-    def catch_up(self, t: Any, lg: Log, upstream: str, position: int) -> None:
-        """Brings ``t``'s committed state to the derived log's ``position`` (see the module
-        docstring), emitting nothing."""
+    def catch_up(self, t: Any, side: str, lg: Log, upstream: str, position: int) -> None:
+        """Brings the committed state of ``t``'s ``side`` to the derived log's ``position`` (see
+        the module docstring), emitting nothing."""
         state = self.state
-        applied = state.applied(t.owner)
+        owner = f"{t.owner}/{side}"
+        applied = state.applied(owner)
         if applied is not None and applied > position:  # resynced behind the state: start over
             state.begin()
-            t.reset(state)
+            self._reset(t, side)
+            state.set_applied(owner, 0)
             state.commit()
-            applied = None
+            applied = 0
         start = applied or 0
         if start >= position:
             return
         state.begin()
         if applied is None:
-            t.reset(state)
+            self._reset(t, side)
         for rec in lg.read(upstream, start, end=position):
-            self.apply(t, rec)
+            self.apply(t, side, rec)
         state.commit()
 
-    def apply(self, t: Any, rec: Any) -> pa.RecordBatch | None:
-        """Applies upstream record ``rec`` to ``t``'s state (in the open transaction); its
-        output batch (None for a truncate)."""
+    def _reset(self, t: Any, side: str) -> None:
+        t.reset(self.state, side)
+
+    def apply(self, t: Any, side: str, rec: Any) -> tuple[pa.RecordBatch, bool]:
+        """Applies upstream record ``rec`` of ``t``'s ``side`` to the state (in the open
+        transaction); its output batch, and whether the output is truncated first."""
         state = self.state
         state.begin()
-        out = None
+        truncated = False
         if rec.marker is None:
-            out = t.process(rec.batch, state)
+            out = t.process(side, rec.batch, state)
         elif rec.marker.get("kind") == MARKER_TRUNCATE:
-            t.reset(state)
-        state.set_applied(t.owner, rec.next_offset)
-        return out
-
-    def empty(self, t: Any, schema: pa.Schema) -> pa.RecordBatch:
-        return pa.RecordBatch.from_pylist([], schema=t.output_schema(schema))
+            self._reset(t, side)
+            truncated = side == "main"
+            out = t.recompute_all(state) if not truncated else t.empty()
+        else:  # snapshot markers: nothing to say downstream; the position moves on
+            out = t.empty()
+        state.set_applied(f"{t.owner}/{side}", rec.next_offset)
+        return out, truncated
 
     def commit(self) -> None:
         if self._state is not None:

@@ -86,10 +86,26 @@ class Aggregate(Transform):
             con.close()
         return with_key(pa.schema(list(out) + list(META_FIELDS)), self.by)
 
-    def process(self, batch: pa.RecordBatch, state: Any) -> pa.RecordBatch:
+    @property
+    def sides(self) -> dict[str, str]:
+        """The upstream streams it reads, by side."""
+        return {"main": self.input}
+
+    def remember(self, schema: pa.Schema) -> pa.Schema:
+        """Keeps (and returns) the output schema of input change schema ``schema``."""
+        self._out_schema = self.output_schema(schema)
+        return self._out_schema
+
+    def empty(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pylist([], schema=self._out_schema)
+
+    def recompute_all(self, state: Any) -> pa.RecordBatch:  # pragma: no cover - one side: a truncate empties the output
+        return self.empty()
+
+    def process(self, side: str, batch: pa.RecordBatch, state: Any) -> pa.RecordBatch:
         """The output change batch of one input change batch; changes ``state`` (in its open
         transaction)."""
-        out_schema = self.output_schema(batch.schema)
+        out_schema = self.remember(batch.schema)
         key = key_of(batch.schema)
         rows = f"{self.owner}.rows"
         data = pa.schema([f for f in batch.schema if f.name not in META_COLUMNS])
@@ -124,6 +140,6 @@ class Aggregate(Transform):
             return pa.RecordBatch.from_pylist([], schema=out_schema)
         return pa.concat_tables(parts).combine_chunks().to_batches()[0]
 
-    def reset(self, state: Any) -> None:
+    def reset(self, state: Any, side: str = "main") -> None:
         """Forgets the state (a truncate or resync of the input)."""
         state.clear(self.owner)

@@ -109,8 +109,8 @@ def _stateful_problems(kind: str, value: Any, key: str, streams: Any) -> list[tu
 
     if streams is not None and len(streams) != 1:
         return [(f"{key}.streams", f"{kind} reads one stream: name it alone")]
-    if kind != "aggregate":
-        return [(key, f"{kind} is not built yet; aggregate is")]
+    if kind == "join":
+        return _join_problems(value, key)
     if not isinstance(value, dict):
         return [(key, "a mapping: {by: [column, …], values: {name: DuckDB aggregate expression}}")]
     extra = set(value) - {"by", "values", "as"}
@@ -128,6 +128,34 @@ def _stateful_problems(kind: str, value: Any, key: str, streams: Any) -> list[tu
             check_expression(expr)
         except ValueError as e:
             out.append((f"{key}.values.{col}", str(e)))
+    return out
+
+
+def join_value(value: Any) -> Any:
+    """A ``join:`` mapping with its ``on:`` key as written: YAML 1.1 reads a bare ``on`` as true."""
+    if isinstance(value, dict) and True in value and "on" not in value:
+        return {("on" if k is True else k): v for k, v in value.items()}
+    return value
+
+
+def _join_problems(value: Any, key: str) -> list[tuple[str, str]]:
+    value = join_value(value)
+    if not isinstance(value, dict):
+        return [(key, "a mapping: {with: STREAM, on: {column: its key column}, columns: [...], how: inner|left}")]
+    extra = set(value) - {"with", "on", "columns", "how", "as"}
+    if extra:
+        return [(f"{key}.{sorted(extra)[0]}", "unknown key; join takes with, on, columns, how and as")]
+    out = []
+    if not isinstance(value.get("with"), str):
+        out.append((f"{key}.with", "the name of the stream joined (as in the upstream log)"))
+    on = value.get("on")
+    if not isinstance(on, dict) or not on or not all(isinstance(k, str) and isinstance(v, str) for k, v in on.items()):
+        out.append((f"{key}.on", "a mapping from this stream's column to the joined stream's key column"))
+    cols = value.get("columns", [])
+    if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+        out.append((f"{key}.columns", "a list of the joined stream's columns to add"))
+    if value.get("how", "inner") not in ("inner", "left"):
+        out.append((f"{key}.how", "inner or left"))
     return out
 
 

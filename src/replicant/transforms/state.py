@@ -125,6 +125,9 @@ class KeyedState:
             self.con.execute(f"DROP TABLE {_q(t)}")
         self.con.execute("DELETE FROM _applied WHERE owner = ?", [owner])
 
+    def execute(self, statement: str) -> None:
+        self.con.execute(statement)
+
     def sql(self, query: str, **tables: Any) -> pa.Table:
         """``query`` run over the state, with ``tables`` (Arrow) registered by name."""
         for n, t in tables.items():
