@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from replicant.errors import ConfigError
 from replicant.log.base import MARKER_TRUNCATE, Log
 from replicant.model import META_COLUMNS, Stream
 from replicant.transforms.base import key_of
@@ -43,16 +44,22 @@ def build_stateful(entries: list[dict[str, Any]], inputs: list[str]) -> list[Any
         [(kind, value)] = e.items()
         src = streams[0] if streams else (inputs[0] if len(inputs) == 1 else None)
         if src is None:
-            from replicant.errors import ConfigError
-
             raise ConfigError("invalid pipeline file", [("transforms", f"{kind} needs `streams: [NAME]`: which stream it reads")])
-        name = name or value.get("as") or src
+        name = name or (value.get("as") if isinstance(value, dict) else None) or src
         t: Any
         if kind == "aggregate":
             t = Aggregate(value["by"], value["values"], name)
         elif kind == "join":
             value = join_value(value)
             t = Join(value["with"], value["on"], list(value.get("columns") or []), value.get("how", "inner"), name)
+        elif kind == "python":
+            from replicant.transforms.python import import_target
+            from replicant.transforms.python_stateful import PythonStateful
+
+            try:
+                t = PythonStateful(value, import_target(value), name)
+            except ValueError as err:
+                raise ConfigError("invalid pipeline file", [(f"transforms ({kind})", str(err))]) from None
         else:  # pragma: no cover - refused by the config check
             raise ValueError(kind)
         t.input = src
@@ -86,8 +93,6 @@ class StatefulStage:
             ConfigError: a transform reads a stream the upstream log has not, or does not fit
                 its schema.
         """
-        from replicant.errors import ConfigError
-
         by_name = {s.name: s for s in discovered}
         out = [s for s in discovered if s.name not in self.inputs()]
         for name, t in self.transforms.items():

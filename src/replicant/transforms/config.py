@@ -16,7 +16,7 @@ from typing import Any
 from replicant.errors import ConfigError
 from replicant.transforms.base import Transform
 
-__all__ = ["BUILT_INS", "MASK_KEY_REFERENCE", "STATEFUL", "TransformSpec", "build", "specs", "stateful_entries"]
+__all__ = ["BUILT_INS", "MASK_KEY_REFERENCE", "STATEFUL", "TransformSpec", "build", "is_stateful", "specs", "stateful_entries"]
 
 BUILT_INS = ("rename", "cast", "derive", "filter", "select", "drop", "mask", "encrypt", "sql", "python")
 #: Stateful transforms: derived pipelines only.
@@ -83,6 +83,8 @@ def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool,
         return None
     [(kind, value)] = entry.items()
     key = f"{where}.{kind}"
+    if kind == "python" and derived and _is_class(value):
+        return TransformSpec(where, kind, value, tuple(streams) if streams else None, output_name)
     if kind in STATEFUL and derived:
         found = _stateful_problems(kind, value, key, streams)
         problems.extend(found)
@@ -159,10 +161,26 @@ def _join_problems(value: Any, key: str) -> list[tuple[str, str]]:
     return out
 
 
+def _is_class(value: Any) -> bool:
+    from replicant.transforms.python import import_target, is_stateful_target
+
+    try:
+        return is_stateful_target(import_target(value))
+    except ValueError:
+        return False
+
+
+def is_stateful(kind: str, value: Any) -> bool:
+    """An entry that runs in a derived pipeline's stateful stage: aggregate, join, or
+    ``python: module:Class``."""
+    return kind in STATEFUL or (kind == "python" and _is_class(value))
+
+
 def stateful_entries(entries: Any) -> list[dict[str, Any]]:
     """The stateful entries of a derived pipeline's checked top-level ``transforms:``, as
     written (with ``streams:`` and ``as:``)."""
-    return [dict(e) for e in entries or [] if isinstance(e, dict) and any(k in STATEFUL for k in e)]
+    return [dict(e) for e in entries or [] if isinstance(e, dict)
+            and any(is_stateful(k, v) for k, v in e.items() if k not in ("streams", "as"))]
 
 
 def _value_problems(kind: str, value: Any, key: str) -> list[tuple[str, str]]:

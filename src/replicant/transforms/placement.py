@@ -14,7 +14,7 @@ from typing import Any
 
 from replicant.errors import ConfigError
 from replicant.transforms.chain import Step, TransformChain
-from replicant.transforms.config import STATEFUL, TransformSpec, build, specs
+from replicant.transforms.config import TransformSpec, build, is_stateful, specs
 
 __all__ = ["at_destination", "before_log", "check"]
 
@@ -52,7 +52,8 @@ def before_log(config: Any) -> TransformChain:
     """The chain that runs before the log. Raises ConfigError (a key that does not resolve)."""
     problems: list[tuple[str, str]] = []
     derived = config.source.type == "pipeline"  # its stateful entries run in the source (replicant.sources._stateful)
-    entries = [(s, s.streams) for s in specs(config.transforms, "transforms", problems, derived=derived) if s.kind not in STATEFUL]
+    entries = [(s, s.streams) for s in specs(config.transforms, "transforms", problems, derived=derived)
+                if not (derived and is_stateful(s.kind, s.value))]
     streams = config.source.streams if isinstance(config.source.streams, list) else []
     for j, sc in enumerate(streams):
         entries += [(s, (sc.table,)) for s in specs(sc.transforms, f"source.streams[{j}].transforms", problems, scoped=False)]
