@@ -92,3 +92,22 @@ def test_aggregate_equals_group_by_under_inserts_updates_moves_and_deletes(tmp_p
         assert dest_rows(tmp_path) == source_rows(tmp_path), sql
     assert 7 not in [r[0] for r in dest_rows(tmp_path)]
     assert len(dest_rows(tmp_path)) == 5
+
+
+def test_status_shows_state_size_and_rows(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    bank, totals = setup(tmp_path)
+    run(bank)
+    run(totals)
+    out = subprocess.run([sys.executable, "-m", "replicant.cli", "status", str(totals), "--json"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)["source"]["state"]
+    assert state["rows"] == {"aggregate:client_totals.rows": 60}  # the row cache: every upstream row's last image
+    assert state["bytes"] > 0 and state["file"].endswith("stateful/state.duckdb")
+    text = subprocess.run([sys.executable, "-m", "replicant.cli", "status", str(totals)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert "aggregate:client_totals.rows" in text.stdout and "state.duckdb" in text.stdout.replace("\n", "")
