@@ -111,3 +111,23 @@ def test_status_shows_state_size_and_rows(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-m", "replicant.cli", "status", str(totals)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert "aggregate:client_totals.rows" in text.stdout and "state.duckdb" in text.stdout.replace("\n", "")
+
+
+def test_docs_aggregate_example_runs(tmp_path: Path) -> None:
+    """docs/transforms.md's aggregate pipeline file, as written, over the same upstream."""
+    import re
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "transforms.md").read_text()
+    [example] = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "as: client_totals" in b]
+    bank, totals = setup(tmp_path)
+    totals.write_text(example)
+    change(tmp_path, "UPDATE transactions SET client_id = 9 WHERE id < 5")
+    run(bank)
+    run(totals)
+    with sqlite3.connect(tmp_path / "bank.db") as c:
+        want = c.execute("SELECT client_id, sum(amount) FILTER (WHERE kind = 'deposit'), count(*), round(avg(amount), 9), "
+                         "max(amount) FROM transactions GROUP BY client_id ORDER BY client_id").fetchall()
+    with duckdb.connect(str(tmp_path / "totals.duckdb"), read_only=True) as c:
+        got = c.execute("SELECT client_id, deposits, n, round(avg_amount, 9), largest FROM client_totals "
+                        "ORDER BY client_id").fetchall()
+    assert got == want
