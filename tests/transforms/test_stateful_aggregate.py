@@ -5,6 +5,7 @@ emptied (real SQLite upstream through its staging log, DuckDB destination)."""
 from __future__ import annotations
 
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -31,7 +32,7 @@ SOURCE_SQL = ("SELECT client_id, sum(amount) FILTER (WHERE kind = 'deposit'), co
 DEST_SQL = "SELECT client_id, deposits, n, n_amount, avg_amount, lo, hi FROM client_totals ORDER BY client_id"
 
 
-def setup(folder: Path) -> tuple[Path, Path]:
+def setup(folder: Path, pg_url: str | None = None) -> tuple[Path, Path]:
     with sqlite3.connect(folder / "bank.db") as c:
         c.execute("CREATE TABLE transactions (id INTEGER PRIMARY KEY, client_id INTEGER, kind TEXT, amount DOUBLE)")
         c.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?)",
@@ -49,7 +50,7 @@ pipeline: totals
 source: {type: pipeline, pipeline: bank.yml}
 destinations:
   - {name: wh, type: duckdb, path: totals.duckdb, write: merge}
-""" + AGG)
+""" + (f'  - {{name: pg, type: postgres, url: "{pg_url}", write: merge}}\n' if pg_url else "") + AGG)
     return folder / "bank.yml", folder / "totals.yml"
 
 
@@ -74,8 +75,15 @@ def dest_rows(folder: Path) -> list[tuple]:
         return [tuple(round(v, 9) if isinstance(v, float) else v for v in r) for r in c.execute(DEST_SQL).fetchall()]
 
 
-def test_aggregate_equals_group_by_under_inserts_updates_moves_and_deletes(tmp_path: Path) -> None:
-    bank, totals = setup(tmp_path)
+def pg_rows(url: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url) as c:
+        return [tuple(round(float(v), 9) if isinstance(v, float | Decimal) else v for v in r) for r in c.execute(DEST_SQL)]
+
+
+def test_aggregate_equals_group_by_under_inserts_updates_moves_and_deletes(tmp_path: Path, pg_url: str) -> None:
+    bank, totals = setup(tmp_path, pg_url)
     steps = [
         (),  # the initial snapshot
         ("INSERT INTO transactions VALUES (100, 1, 'deposit', 50), (101, 7, 'deposit', NULL)",),  # a new group, a NULL
@@ -90,6 +98,7 @@ def test_aggregate_equals_group_by_under_inserts_updates_moves_and_deletes(tmp_p
         run(bank)
         run(totals)
         assert dest_rows(tmp_path) == source_rows(tmp_path), sql
+        assert pg_rows(pg_url) == source_rows(tmp_path), sql
     assert 7 not in [r[0] for r in dest_rows(tmp_path)]
     assert len(dest_rows(tmp_path)) == 5
 
