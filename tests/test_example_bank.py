@@ -20,9 +20,9 @@ ENRICHED = ("SELECT t.id, t.account_id, t.kind, t.amount, a.client_id, a.branch 
             "JOIN accounts a ON t.account_id = a.id ORDER BY t.id")
 DEPOSITS = ("SELECT a.client_id, coalesce(sum(t.amount) FILTER (WHERE t.kind = 'deposit'), 0), count(*) "
             "FROM transactions t JOIN accounts a ON t.account_id = a.id GROUP BY a.client_id ORDER BY 1")
-TAX = (f"SELECT d.client_id, c.name, d.deposits, round(d.deposits * c.tax_rate, 2) FROM "
-       f"(SELECT a.client_id, coalesce(sum(t.amount) FILTER (WHERE t.kind = 'deposit'), 0) AS deposits FROM transactions t "
-       f"JOIN accounts a ON t.account_id = a.id GROUP BY a.client_id) d JOIN clients c ON d.client_id = c.id ORDER BY 1")
+TAX = ("SELECT d.client_id, c.name, d.deposits, round(d.deposits * c.tax_rate, 2) FROM "
+       "(SELECT a.client_id, coalesce(sum(t.amount) FILTER (WHERE t.kind = 'deposit'), 0) AS deposits FROM transactions t "
+       "JOIN accounts a ON t.account_id = a.id GROUP BY a.client_id) d JOIN clients c ON d.client_id = c.id ORDER BY 1")
 DERIVED = {
     "enriched": (ENRICHED, "SELECT id, account_id, kind, amount, client_id, branch FROM enriched ORDER BY id"),
     "deposits": (DEPOSITS, "SELECT client_id, deposits, transactions FROM client_deposits ORDER BY 1"),
