@@ -32,7 +32,8 @@ destinations: [{name: wh, type: duckdb, path: bank.duckdb}]
 """)
     (folder / "enriched.yml").write_text(f"""
 pipeline: enriched
-source: {{type: pipeline, pipeline: bank.yml}}
+source: {{type: pipeline, pipeline: bank.yml, streams: [transactions, accounts]}}  # upstream names: the join's input
+                                                                                     # stands for its output
 transforms:
   - join: {{with: accounts, on: {{account_id: id}}, columns: [client_id, branch], how: {how}}}
     streams: [transactions]

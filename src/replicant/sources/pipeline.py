@@ -136,6 +136,25 @@ class PipelineSource(Source):
                 raise ConfigError("invalid pipeline file", [("source.pipeline", f"names pipeline {self.context.pipeline!r} itself")])
         return self._upstream
 
+    def planning_config(self, config: PipelineConfig) -> PipelineConfig:
+        """``config`` with each stateful transform's input listed under ``source.streams``
+        replaced by that transform's output stream(s) (a derived pipeline's ``streams:`` names
+        upstream streams; the input is not in the derived log, its outputs are)."""
+        stage = self.stage
+        listed = config.source.streams
+        if stage is None or not isinstance(listed, list):
+            return config
+        outputs: dict[str, list[str]] = {}
+        for name, t in stage.transforms.items():
+            outputs.setdefault(t.input, []).append(name)
+        streams = []
+        for sc in listed:
+            if sc.table in outputs:
+                streams += [sc.model_copy(update={"table": out}) for out in outputs[sc.table]]
+            else:
+                streams.append(sc)
+        return config.model_copy(update={"source": config.source.model_copy(update={"streams": streams})})
+
     def upstream_log(self) -> Log:
         """The upstream's staging log, opened read-only (once; :meth:`close` closes it)."""
         if self._log is None:
