@@ -40,11 +40,11 @@ def build_stateful(entries: list[dict[str, Any]], inputs: list[str]) -> list[Any
     out = []
     for e in entries:
         e = dict(e)
-        streams, name = e.pop("streams", None), e.pop("as", None)
+        streams, name, path = e.pop("streams", None), e.pop("as", None), e.pop("_path", "transforms")
         [(kind, value)] = e.items()
         src = streams[0] if streams else (inputs[0] if len(inputs) == 1 else None)
         if src is None:
-            raise ConfigError("invalid pipeline file", [("transforms", f"{kind} needs `streams: [NAME]`: which stream it reads")])
+            raise ConfigError("invalid pipeline file", [(f"{path}.streams", f"{kind} needs `streams: [NAME]`: which stream it reads")])
         name = name or (value.get("as") if isinstance(value, dict) else None) or src
         t: Any
         if kind == "aggregate":
@@ -59,10 +59,11 @@ def build_stateful(entries: list[dict[str, Any]], inputs: list[str]) -> list[Any
             try:
                 t = PythonStateful(value, import_target(value), name)
             except ValueError as err:
-                raise ConfigError("invalid pipeline file", [(f"transforms ({kind})", str(err))]) from None
+                raise ConfigError("invalid pipeline file", [(f"{path}.{kind}", str(err))]) from None
         else:  # pragma: no cover - refused by the config check
             raise ValueError(kind)
         t.input = src
+        t.path = f"{path}.{kind}"
         out.append(t)
     return out
 
@@ -98,15 +99,15 @@ class StatefulStage:
         for name, t in self.transforms.items():
             missing = [n for n in t.sides.values() if n not in by_name]
             if missing:
-                raise ConfigError("invalid pipeline file", [("transforms", f"{t.name} {name!r} reads stream {missing[0]!r}, "
-                                                                            "which the upstream log does not hold")])
+                raise ConfigError("invalid pipeline file", [(t.path, f"{t.name} {name!r} reads stream {missing[0]!r}, "
+                                                                     "which the upstream log does not hold")])
             src = by_name[t.input]
             try:
                 if "with" in t.sides:
                     t.bind(by_name[t.sides["with"]].change_schema)
                 change = t.remember(src.change_schema)
             except ValueError as e:
-                raise ConfigError("invalid pipeline file", [(f"transforms ({t.name} {name})", str(e))]) from None
+                raise ConfigError("invalid pipeline file", [(t.path, f"stream {name!r}: {e}")]) from None
             data = pa.schema([f for f in change if f.name not in META_COLUMNS], metadata=change.metadata)
             out.append(dataclasses.replace(src, name=name, table=tuple(name.split(".")), schema=data,
                                            primary_key=tuple(key_of(change)), options={**src.options, "input": t.input}))

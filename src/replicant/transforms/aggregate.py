@@ -62,7 +62,8 @@ class Aggregate(Transform):
         self.values = dict(values)
         self.output_name = output_name
         self.owner = f"aggregate:{output_name}"
-        self.input = ""  # the stream it reads (set from `streams:`)
+        self.input = ""
+        self.path = "transforms"  # its key path (``transforms[0].aggregate``), for errors
 
     def _select(self, source: str, where: str = "") -> str:
         by = ", ".join(_q(b) for b in self.by)

@@ -178,8 +178,8 @@ def is_stateful(kind: str, value: Any) -> bool:
 
 def stateful_entries(entries: Any) -> list[dict[str, Any]]:
     """The stateful entries of a derived pipeline's checked top-level ``transforms:``, as
-    written (with ``streams:`` and ``as:``)."""
-    return [dict(e) for e in entries or [] if isinstance(e, dict)
+    written (with ``streams:`` and ``as:``), each with its key path under ``_path``."""
+    return [{**e, "_path": f"transforms[{i}]"} for i, e in enumerate(entries or []) if isinstance(e, dict)
             and any(is_stateful(k, v) for k, v in e.items() if k not in ("streams", "as"))]
 
 

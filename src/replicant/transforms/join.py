@@ -57,6 +57,7 @@ class Join(Transform):
         self.output_name = output_name
         self.owner = f"join:{output_name}"
         self.input = ""
+        self.path = "transforms"  # its key path (``transforms[0].aggregate``), for errors
         self._with_schema: pa.Schema | None = None
 
     @property

@@ -63,6 +63,7 @@ class PythonStateful(Transform):
         self.output_name = output_name
         self.owner = f"python:{output_name}"
         self.input = ""
+        self.path = "transforms"  # its key path (``transforms[0].aggregate``), for errors
 
     @property
     def sides(self) -> dict[str, str]:
