@@ -140,3 +140,24 @@ def test_docs_aggregate_example_runs(tmp_path: Path) -> None:
         got = c.execute("SELECT client_id, deposits, n, round(avg_amount, 9), largest FROM client_totals "
                         "ORDER BY client_id").fetchall()
     assert got == want
+
+
+def test_resync_rebuilds_the_output_and_its_state(tmp_path: Path) -> None:
+    """`replicant resync` of an aggregate's output starts its state over from the upstream log
+    (the state is ahead of the derived log's new position): the output is rebuilt equal to the
+    GROUP BY, not added onto the old state."""
+    import subprocess
+    import sys
+
+    bank, totals = setup(tmp_path)
+    run(bank)
+    run(totals)
+    change(tmp_path, "UPDATE transactions SET client_id = 8 WHERE id < 10", "DELETE FROM transactions WHERE id > 50")
+    run(bank)
+    out = subprocess.run([sys.executable, "-m", "replicant.cli", "resync", str(totals), "--stream", "client_totals"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    run(totals)
+    assert dest_rows(tmp_path) == source_rows(tmp_path)
+    with duckdb.connect(str(tmp_path / ".replicant" / "totals" / "stateful" / "state.duckdb"), read_only=True) as c:
+        assert c.execute('SELECT count(*) FROM "aggregate:client_totals.rows"').fetchone() == (50,)
