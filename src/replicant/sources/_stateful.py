@@ -137,12 +137,14 @@ class StatefulStage:
         state = self.state
         owner = f"{t.owner}/{side}"
         applied = state.applied(owner)
-        if applied is not None and applied > position:  # resynced behind the state: start over
+        if applied is not None and applied > position:
+            # the derived stream was resynced (a truncate marker at the upstream offset it restarts
+            # from) or its log recreated: its output is empty there, so is the state
             state.begin()
             self._reset(t, side)
-            state.set_applied(owner, 0)
+            state.set_applied(owner, position)
             state.commit()
-            applied = 0
+            return
         start = applied or 0
         if start >= position:
             return
