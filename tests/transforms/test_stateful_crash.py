@@ -1,12 +1,15 @@
 """Exactly once for stateful transforms: a derived pipeline with an ``aggregate`` and a
 ``join`` whose ``run --follow`` is SIGKILLed at random instants while the upstream keeps
 changing (inserts, updates that move rows between groups and accounts, deletes on both
-tables); at the end every aggregate and join equals the SQL computed on the source. And the
+tables); at the end every aggregate and join equals the SQL computed on the source, and a
+python transform that counts changes per client (not idempotent) has counted each upstream
+change exactly once. And the
 case a random kill rarely hits, made on purpose: state committed behind the derived log (a
 kill between the output's append and the state's commit)."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
@@ -59,10 +62,53 @@ transforms:
   - join: {with: accounts, on: {account_id: id}, columns: [branch]}
     streams: [transactions]
     as: enriched
+  - python: crash_counter:ChangeCounter
+    streams: [transactions]
+    as: change_counts
 destinations:
-  - {name: wh, type: duckdb, path: derived.duckdb, write: merge, streams: [client_totals, enriched]}
+  - {name: wh, type: duckdb, path: derived.duckdb, write: merge, streams: [client_totals, enriched, change_counts]}
 """)
+    (folder / "crash_counter.py").write_text(COUNTER)
     return folder / "bank.yml", folder / "derived.yml"
+
+
+#: Not idempotent, unlike aggregate and join: a change applied twice to its state counts twice.
+COUNTER = """
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class ChangeCounter:
+    key = ["client_id"]
+    state_key = ["client_id"]
+    state_schema = pa.schema([("client_id", pa.int64()), ("changes", pa.int64())])
+
+    def output_schema(self, schema):
+        return self.state_schema
+
+    def process(self, batch, state):
+        rows = pa.table({"client_id": batch["client_id"]}).filter(pc.is_valid(batch["client_id"]))
+        counts = rows.group_by("client_id").aggregate([([], "count_all")])
+        t = counts.join(state.get(counts.select(["client_id"])), "client_id", join_type="left outer")
+        out = pa.table({"client_id": t["client_id"], "changes": pc.add(pc.fill_null(t["changes"], 0), t["count_all"])})
+        state.put(out)
+        return out
+"""
+
+
+def change_counts_equal_the_upstream_log(folder: Path) -> None:
+    """Each upstream change row counted exactly once by the python transform's state."""
+    from collections import Counter
+
+    from replicant.log import open_log
+
+    want: Counter[int] = Counter()
+    for rec in open_log(folder / ".replicant" / "bank" / "log", read_only=True).read("transactions"):
+        if rec.batch is not None:
+            want.update(v for v in rec.batch.column("client_id").to_pylist() if v is not None)
+    with duckdb.connect(str(folder / "derived.duckdb"), read_only=True) as d:
+        got = dict(d.execute("SELECT client_id, changes FROM change_counts").fetchall())
+    assert got == dict(want)
 
 
 def change(db: Path, rng: random.Random, count: int, next_id: int) -> int:
@@ -104,7 +150,9 @@ def run(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_stateful_follow_survives_sigkill_while_the_upstream_changes(tmp_path: Path) -> None:
+def test_stateful_follow_survives_sigkill_while_the_upstream_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")  # the follow subprocesses
+    monkeypatch.syspath_prepend(str(tmp_path))
     rng = random.Random(1206)
     bank, derived = setup(tmp_path, 20_000)
     run(bank)
@@ -138,12 +186,14 @@ def test_stateful_follow_survives_sigkill_while_the_upstream_changes(tmp_path: P
     assert kills == KILLS
     run(derived)  # catch up with the upstream's last run
     assert_equal_to_source(tmp_path)
+    change_counts_equal_the_upstream_log(tmp_path)
 
 
-def test_state_committed_behind_the_log_is_caught_up_without_emitting(tmp_path: Path) -> None:
+def test_state_committed_behind_the_log_is_caught_up_without_emitting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kill after the output's append but before the state's commit leaves the state behind
     the derived log: made here by putting back an older copy of the state file. The next run
     re-applies the upstream records between to the state without emitting them again."""
+    monkeypatch.syspath_prepend(str(tmp_path))
     rng = random.Random(7)
     bank, derived = setup(tmp_path, 2_000)
     run(bank)
@@ -158,3 +208,4 @@ def test_state_committed_behind_the_log_is_caught_up_without_emitting(tmp_path: 
     run(bank)
     run(derived)
     assert_equal_to_source(tmp_path)
+    change_counts_equal_the_upstream_log(tmp_path)
