@@ -161,3 +161,30 @@ def test_resync_rebuilds_the_output_and_its_state(tmp_path: Path) -> None:
     assert dest_rows(tmp_path) == source_rows(tmp_path)
     with duckdb.connect(str(tmp_path / ".replicant" / "totals" / "stateful" / "state.duckdb"), read_only=True) as c:
         assert c.execute('SELECT count(*) FROM "aggregate:client_totals.rows"').fetchone() == (50,)
+
+
+def test_status_shows_state_rows_while_a_follow_holds_the_state(tmp_path: Path) -> None:
+    """A running `run --follow` holds the DuckDB file; status shows the rows it last published."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from cdc._pipelines import Follow
+
+    bank, totals = setup(tmp_path)
+    run(bank)
+    follow = Follow(totals, "status")
+    try:
+        deadline, state = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            out = subprocess.run([sys.executable, "-m", "replicant.cli", "status", str(totals), "--json"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            state = json.loads(out.stdout).get("source", {}).get("state", {})
+            if state.get("running") and state.get("rows") == {"aggregate:client_totals.rows": 60}:
+                break
+            assert follow.alive(), follow.output()
+        assert state.get("running") and state["rows"] == {"aggregate:client_totals.rows": 60}, state
+    finally:
+        follow.kill()

@@ -17,6 +17,9 @@ without emitting; a state ahead of it (the derived stream was resynced) starts o
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,9 @@ from replicant.model import META_COLUMNS, Stream
 from replicant.transforms.base import key_of
 
 __all__ = ["StatefulStage", "build_stateful"]
+
+#: At most how often (seconds) a running stage writes its state's size and rows for ``status``.
+_PUBLISH_EVERY = 1.0
 
 
 def build_stateful(entries: list[dict[str, Any]], inputs: list[str]) -> list[Any]:
@@ -75,6 +81,8 @@ class StatefulStage:
         self.transforms = {t.output_name: t for t in transforms}
         self.path = path
         self._state: Any = None
+        self._published = float("-inf")
+        self._dirty = False
 
     @property
     def state(self) -> Any:
@@ -178,6 +186,24 @@ class StatefulStage:
     def commit(self) -> None:
         if self._state is not None:
             self._state.commit()
+            self._dirty = True
+            if time.monotonic() - self._published >= _PUBLISH_EVERY:
+                self.publish()
+
+    def publish(self) -> None:
+        """Publishes the state's figures if they changed since last time (also when the
+        capture goes idle, so a status during a quiet follow is current)."""
+        if self._state is not None and self._dirty:
+            self._published, self._dirty = time.monotonic(), False
+            self._publish()
+
+    def _publish(self) -> None:
+        """Writes the state's size and rows beside it (``<file>.status.json``), for a ``status``
+        that cannot open the file a running pipeline holds."""
+        side = self.path.with_name(self.path.name + ".status.json")
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps(self._state.sizes()))
+        os.replace(tmp, side)
 
     def rollback(self) -> None:
         if self._state is not None:
@@ -196,8 +222,12 @@ class StatefulStage:
         try:
             st = KeyedState.__new__(KeyedState)
             st.path, st.con, st._open = self.path, duckdb.connect(str(self.path), read_only=True), False
-        except duckdb.Error:
-            return {"file": str(self.path), "bytes": self.path.stat().st_size, "rows": "in use by a running pipeline"}
+        except duckdb.Error:  # a running pipeline holds it: what it last published
+            side = self.path.with_name(self.path.name + ".status.json")
+            try:
+                return {**json.loads(side.read_text()), "bytes": self.path.stat().st_size, "running": True}
+            except (OSError, ValueError):
+                return {"file": str(self.path), "bytes": self.path.stat().st_size, "rows": "in use by a running pipeline"}
         try:
             return dict(st.sizes())
         finally:
@@ -205,5 +235,6 @@ class StatefulStage:
 
     def close(self) -> None:
         if self._state is not None:
+            self.publish()  # the last figures, for a status run after this one
             self._state.close()
             self._state = None

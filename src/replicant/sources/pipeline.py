@@ -268,6 +268,8 @@ class PipelineSource(Source):
                         return
             if not follow or stop.is_set():
                 return
+            if stage is not None:
+                stage.publish()  # caught up: the state's figures for `status`
             for c in cursors:  # idle: wait a little on each upstream stream for an append
                 if stop.is_set() or lg.wait(c.upstream, c.next, _WAIT / len(cursors)):
                     break
