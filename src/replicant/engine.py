@@ -114,8 +114,12 @@ class Engine:
         return self._source_factory()
 
     def streams(self, source: Any) -> list[Stream]:
-        """Discovers the source and applies the pipeline's stream settings (:mod:`replicant.plan`)."""
-        return plan_streams(self.config, source.discover(), source.capabilities.modes, tenant=self.tenant)
+        """Discovers the source and applies the pipeline's stream settings (:mod:`replicant.plan`);
+        a source may restate them first (a derived pipeline: a stateful transform's input
+        listed under ``source.streams`` stands for its output streams)."""
+        planning = getattr(source, "planning_config", None)
+        config = planning(self.config) if planning is not None else self.config
+        return plan_streams(config, source.discover(), source.capabilities.modes, tenant=self.tenant)
 
     @property
     def parallelism(self) -> int:

@@ -61,8 +61,16 @@ def log_location(cfg: PipelineConfig) -> str:
 
 
 def resolve_source_config(cfg: PipelineConfig) -> SourceConfig:
-    """The ``source:`` section completed by its type (relative paths, required keys)."""
-    return source_class(cfg.source.type).resolve_config(cfg.source, base_dir=cfg.base_dir)
+    """The ``source:`` section completed by its type (relative paths, required keys); a derived
+    pipeline's source also takes the stateful entries of ``transforms:`` (they run there)."""
+    resolved = source_class(cfg.source.type).resolve_config(cfg.source, base_dir=cfg.base_dir)
+    if cfg.source.type == "pipeline":
+        from replicant.transforms.config import stateful_entries
+
+        found = stateful_entries(cfg.transforms)
+        if found:
+            resolved = resolved.model_copy(update={"stateful": found})
+    return resolved
 
 
 def resolve_destination_config(cfg: PipelineConfig, dest: DestinationConfig, index: int) -> DestinationConfig:

@@ -34,6 +34,7 @@ start.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,8 @@ class PipelineSettings(BaseModel):
         description="The upstream pipeline: its file (relative to this file's folder), or its name when its "
         "file (`NAME.yml` or any `*.yml` with `pipeline: NAME`) is in this file's folder."
     )
+    stateful: list[Any] = Field(default_factory=list, description="Set by replicant from the pipeline's `transforms:` "
+                                "(its stateful entries: aggregate); not written by hand.")
 
 
 def find_upstream(reference: str, base_dir: Path) -> Path:
@@ -109,7 +112,19 @@ class PipelineSource(Source):
         super().__init__(config, context)
         self._upstream: PipelineConfig | None = None
         self._log: Log | None = None
+        self._stage: Any = None
 
+    @property
+    def stage(self) -> Any:
+        """The stateful transforms (:class:`~replicant.sources._stateful.StatefulStage`), or None."""
+        if self._stage is None and self.options.stateful:
+            from replicant.sources._stateful import StatefulStage, build_stateful
+
+            names = [n.removeprefix(f"{self.context.tenant}/") for n in self.upstream_log().streams()]
+            workdir = self.context.workdir or Path(".replicant") / self.context.pipeline / "source"
+            self._stage = StatefulStage(build_stateful(self.options.stateful, names),
+                                        workdir.parent / "stateful" / f"{self.context.tenant or 'state'}.duckdb")
+        return self._stage
     # ------------------------------------------------------------------ the upstream
 
     @property
@@ -121,6 +136,25 @@ class PipelineSource(Source):
                 raise ConfigError("invalid pipeline file", [("source.pipeline", f"names pipeline {self.context.pipeline!r} itself")])
         return self._upstream
 
+    def planning_config(self, config: PipelineConfig) -> PipelineConfig:
+        """``config`` with each stateful transform's input listed under ``source.streams``
+        replaced by that transform's output stream(s) (a derived pipeline's ``streams:`` names
+        upstream streams; the input is not in the derived log, its outputs are)."""
+        stage = self.stage
+        listed = config.source.streams
+        if stage is None or not isinstance(listed, list):
+            return config
+        outputs: dict[str, list[str]] = {}
+        for name, t in stage.transforms.items():
+            outputs.setdefault(t.input, []).append(name)
+        streams = []
+        for sc in listed:
+            if sc.table in outputs:
+                streams += [sc.model_copy(update={"table": out}) for out in outputs[sc.table]]
+            else:
+                streams.append(sc)
+        return config.model_copy(update={"source": config.source.model_copy(update={"streams": streams})})
+
     def upstream_log(self) -> Log:
         """The upstream's staging log, opened read-only (once; :meth:`close` closes it)."""
         if self._log is None:
@@ -131,7 +165,9 @@ class PipelineSource(Source):
 
     def upstream_name(self, stream: Stream | str) -> str:
         """The stream's name in the upstream log: ``tenant/name`` when this source reads a tenant."""
-        return log_stream_name(stream if isinstance(stream, str) else stream.name, self.context.tenant)
+        name = stream if isinstance(stream, str) else stream.name
+        t = self.stage.transform_of(name) if self.stage is not None else None
+        return log_stream_name(t.input if t is not None else name, self.context.tenant)
 
     # ------------------------------------------------------------------ the contract
 
@@ -159,7 +195,7 @@ class PipelineSource(Source):
         if not out:
             raise FatalError(f"pipeline {self.context.pipeline!r}: the log of upstream pipeline {self.upstream.pipeline!r} "
                              f"({_where(self.upstream)}) holds no streams yet; run `replicant run` on the upstream first")
-        return out
+        return self.stage.streams(out) if self.stage is not None else out
 
     def check(self) -> list[str]:
         streams = self.discover()
@@ -175,63 +211,104 @@ class PipelineSource(Source):
         stop: threading.Event,
     ) -> Iterator[ChangeSet]:
         """Emits each upstream record after each stream's position as one change set (see the
-        module docstring); ``resume`` is not needed (every stream carries its own offset).
+        module docstring); ``resume`` is not needed (every stream carries its own offset). The
+        output stream of a stateful transform reads its input's records (a ``join`` both its
+        sides': its position holds the ``with`` side's under ``"with"``) and emits their output.
 
         Raises:
             FatalError: the upstream log no longer holds a stream's next offset.
         """
         lg = self.upstream_log()
-        nexts = {s.name: self._next_offset(lg, s, positions.get(s.name)) for s in streams}
+        stage = self.stage
+        cursors: list[_Cursor] = []
+        for s in streams:
+            t = stage.transform_of(s.name) if stage is not None else None
+            sides = t.sides if t is not None else {"main": s.name}
+            for side, name in sides.items():
+                pos = positions.get(s.name) or {}
+                pos = (pos.get(side) or {}) if side != "main" else pos
+                up = log_stream_name(name, self.context.tenant)
+                cursors.append(_Cursor(s, side, up, self._next_offset(lg, s, pos, up=up), pos.get("ts"), t))
+        if stage is not None:
+            stage.bind(lg, self.context.tenant)
+            for c in cursors:
+                if c.transform is not None:
+                    stage.catch_up(c.transform, c.side, lg, c.upstream, c.next)
+        try:
+            yield from self._records(lg, cursors, follow, stop)
+        finally:
+            if stage is not None:
+                stage.rollback()  # what was not acknowledged is not durable downstream
+
+    def _records(self, lg: Log, cursors: list[_Cursor], follow: bool, stop: threading.Event) -> Iterator[ChangeSet]:
+        stage = self.stage
         while True:
-            for s in streams:
-                up = self.upstream_name(s)
-                end = lg.end_offset(up)
-                if end < nexts[s.name]:
-                    raise self._gone(s, nexts[s.name], lg)
-                if end == nexts[s.name]:
+            for c in cursors:
+                end = lg.end_offset(c.upstream)
+                if end < c.next:
+                    raise self._gone(c.stream, c.next, lg, up=c.upstream)
+                if end == c.next:
                     continue
-                for rec in lg.read(up, nexts[s.name], end=end):
-                    pos = {"offset": rec.next_offset, "ts": rec.ts.isoformat()}
-                    if rec.marker is None:
+                for rec in lg.read(c.upstream, c.next, end=end):
+                    c.next, c.ts = rec.next_offset, rec.ts.isoformat()
+                    name = c.stream.name
+                    pos = _position(cursors, c.stream)
+                    if c.transform is not None:  # a stateful transform's output; committed by acknowledge_capture
+                        out, truncated = stage.apply(c.transform, c.side, rec)
+                        yield ChangeSet({name: out}, pos, stream_positions={name: pos},
+                                        truncated=frozenset({name}) if truncated else frozenset())
+                    elif rec.marker is None:
                         assert rec.batch is not None
-                        yield ChangeSet({s.name: rec.batch}, pos, stream_positions={s.name: pos})
+                        yield ChangeSet({name: rec.batch}, pos, stream_positions={name: pos})
                     elif rec.marker.get("kind") == MARKER_TRUNCATE:
-                        yield ChangeSet({}, pos, stream_positions={s.name: pos}, truncated=frozenset({s.name}))
+                        yield ChangeSet({}, pos, stream_positions={name: pos}, truncated=frozenset({name}))
                     else:
-                        yield ChangeSet({}, pos, stream_positions={s.name: pos}, markers={s.name: dict(rec.marker)})
-                    nexts[s.name] = rec.next_offset
+                        yield ChangeSet({}, pos, stream_positions={name: pos}, markers={name: dict(rec.marker)})
                     if stop.is_set():
                         return
             if not follow or stop.is_set():
                 return
-            for s in streams:  # idle: wait a little on each stream for an upstream append
-                if stop.is_set() or lg.wait(self.upstream_name(s), nexts[s.name], _WAIT / len(streams)):
+            if stage is not None:
+                stage.publish()  # caught up: the state's figures for `status`
+            for c in cursors:  # idle: wait a little on each upstream stream for an append
+                if stop.is_set() or lg.wait(c.upstream, c.next, _WAIT / len(cursors)):
                     break
+
+    def acknowledge_capture(self, position: Position) -> None:
+        """The output of the last record is durable in the derived log: commits the stateful
+        transforms' state with it (see :mod:`replicant.sources._stateful`)."""
+        if self._stage is not None:
+            self._stage.commit()
 
     def cdc_status(self, streams: list[Stream]) -> dict[str, Any]:
         """For ``replicant status``: the upstream pipeline and its log's end offset per stream
-        (compare with each stream's position ``offset`` to see how far behind this one is)."""
+        (compare with each stream's position ``offset`` to see how far behind this one is), and
+        the stateful transforms' state (file, bytes, rows per table)."""
         lg = self.upstream_log()
-        return {"upstream": f"pipeline {self.upstream.pipeline!r} ({_where(self.upstream)})",
-                "upstream end offsets": {s.name: lg.end_offset(self.upstream_name(s)) for s in streams}}
+        out = {"upstream": f"pipeline {self.upstream.pipeline!r} ({_where(self.upstream)})",
+               "upstream end offsets": {s.name: lg.end_offset(self.upstream_name(s)) for s in streams}}
+        if self.stage is not None:
+            out["state"] = self.stage.status()
+        return out
 
-    def _next_offset(self, lg: Log, stream: Stream, position: Position | None) -> int:
-        """The next upstream offset to read for ``stream``; checks the upstream log still holds it."""
+    def _next_offset(self, lg: Log, stream: Stream, position: Position | None, *, up: str | None = None) -> int:
+        """The next upstream offset to read for ``stream`` (from upstream stream ``up``, default
+        its own); checks the upstream log still holds it."""
         nxt = int((position or {}).get("offset", 0))
-        up = self.upstream_name(stream)
+        up = up or self.upstream_name(stream)
         start = lg.start_offset(up)
         if nxt < start or nxt > lg.end_offset(up):
-            raise self._gone(stream, nxt, lg)
+            raise self._gone(stream, nxt, lg, up=up)
         if nxt > start and (position or {}).get("ts") is not None:
             # the record before ``nxt`` must be the one last read: a log recreated and grown past
             # ``nxt`` again holds other records there (appended at another time)
             last = next(iter(lg.read(up, nxt - 1, end=nxt)), None)
             if last is None or last.ts.isoformat() != position["ts"]:  # type: ignore[index]
-                raise self._gone(stream, nxt, lg, replaced=True)
+                raise self._gone(stream, nxt, lg, replaced=True, up=up)
         return nxt
 
-    def _gone(self, stream: Stream, nxt: int, lg: Log, *, replaced: bool = False) -> FatalError:
-        up = self.upstream_name(stream)
+    def _gone(self, stream: Stream, nxt: int, lg: Log, *, replaced: bool = False, up: str | None = None) -> FatalError:
+        up = up or self.upstream_name(stream)
         start, end = lg.start_offset(up), lg.end_offset(up)
         why = (f"holds offsets {start}..{end - 1} only" if end > start else "is empty") + (
             " (it was reset or recreated behind this pipeline)" if nxt > end else " (older records were dropped)")
@@ -245,9 +322,38 @@ class PipelineSource(Source):
         )
 
     def close(self) -> None:
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+@dataclasses.dataclass
+class _Cursor:
+    """Where one upstream stream is read for one derived stream (a join reads two)."""
+
+    stream: Stream
+    side: str  # "main", or "with" (a join's looked-up stream)
+    upstream: str
+    next: int
+    ts: str | None
+    transform: Any
+
+
+def _position(cursors: list[_Cursor], stream: Stream) -> Position:
+    """``stream``'s position: its main upstream's next offset and last read record's time, and
+    each other side's under its name."""
+    pos: dict[str, Any] = {}
+    for c in cursors:
+        if c.stream is stream:
+            here = {"offset": c.next, "ts": c.ts}
+            if c.side == "main":
+                pos.update(here)
+            else:
+                pos[c.side] = here
+    return pos
 
 
 def resync_stream(config: PipelineConfig, stream: str, *, tenant: str | None = None) -> int:

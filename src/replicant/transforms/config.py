@@ -16,7 +16,7 @@ from typing import Any
 from replicant.errors import ConfigError
 from replicant.transforms.base import Transform
 
-__all__ = ["BUILT_INS", "MASK_KEY_REFERENCE", "STATEFUL", "TransformSpec", "build", "specs"]
+__all__ = ["BUILT_INS", "MASK_KEY_REFERENCE", "STATEFUL", "TransformSpec", "build", "is_stateful", "specs", "stateful_entries"]
 
 BUILT_INS = ("rename", "cast", "derive", "filter", "select", "drop", "mask", "encrypt", "sql", "python")
 #: Stateful transforms: derived pipelines only.
@@ -39,10 +39,12 @@ class TransformSpec:
     output_name: str | None = None  # `as:`: a stateful transform's output stream
 
 
-def specs(entries: Any, path: str, problems: list[tuple[str, str]], *, scoped: bool = True) -> list[TransformSpec]:
+def specs(entries: Any, path: str, problems: list[tuple[str, str]], *, scoped: bool = True,
+          derived: bool = False) -> list[TransformSpec]:
     """The entries of the transform list at ``path``; each problem found is added to
     ``problems`` (with its key path) and its entry left out. ``scoped``: entries may carry
-    ``streams:`` (not under a single stream)."""
+    ``streams:`` (not under a single stream). ``derived``: the top-level list of a derived
+    pipeline, where stateful entries are taken (:func:`stateful_entries` picks them)."""
     if entries is None:
         return []
     if not isinstance(entries, list):
@@ -57,13 +59,13 @@ def specs(entries: Any, path: str, problems: list[tuple[str, str]], *, scoped: b
             else:
                 out.append(TransformSpec(where, "object", entry))
             continue
-        spec = _spec(entry, where, problems, scoped)
+        spec = _spec(entry, where, problems, scoped, derived)
         if spec is not None:
             out.append(spec)
     return out
 
 
-def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool) -> TransformSpec | None:
+def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool, derived: bool = False) -> TransformSpec | None:
     from replicant.config import suggest
 
     if not isinstance(entry, dict):
@@ -81,6 +83,12 @@ def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool)
         return None
     [(kind, value)] = entry.items()
     key = f"{where}.{kind}"
+    if kind == "python" and derived and _is_class(value):
+        return TransformSpec(where, kind, value, tuple(streams) if streams else None, output_name)
+    if kind in STATEFUL and derived:
+        found = _stateful_problems(kind, value, key, streams)
+        problems.extend(found)
+        return None if found else TransformSpec(where, kind, value, tuple(streams) if streams else None, output_name)
     if kind in STATEFUL:
         problems.append((key, f"{kind} {_WHERE_STATEFUL}"))
         return None
@@ -95,6 +103,84 @@ def _spec(entry: Any, where: str, problems: list[tuple[str, str]], scoped: bool)
     found = _value_problems(kind, value, key)
     problems.extend(found)
     return None if found else TransformSpec(where, kind, value, tuple(streams) if streams is not None else None)
+
+
+def _stateful_problems(kind: str, value: Any, key: str, streams: Any) -> list[tuple[str, str]]:
+    """What is wrong with a stateful entry of a derived pipeline (without a schema)."""
+    from replicant.transforms.sql import check_expression
+
+    if streams is not None and len(streams) != 1:
+        return [(f"{key}.streams", f"{kind} reads one stream: name it alone")]
+    if kind == "join":
+        return _join_problems(value, key)
+    if not isinstance(value, dict):
+        return [(key, "a mapping: {by: [column, …], values: {name: DuckDB aggregate expression}}")]
+    extra = set(value) - {"by", "values", "as"}
+    if extra:
+        return [(f"{key}.{sorted(extra)[0]}", "unknown key; aggregate takes by, values and as")]
+    by, values = value.get("by"), value.get("values")
+    out = []
+    if not isinstance(by, list) or not by or not all(isinstance(b, str) for b in by):
+        out.append((f"{key}.by", "a list of group column names"))
+    if not isinstance(values, dict) or not values:
+        out.append((f"{key}.values", "a mapping from output column to DuckDB aggregate expression (`sum(amount)`)"))
+        return out
+    for col, expr in values.items():
+        try:
+            check_expression(expr)
+        except ValueError as e:
+            out.append((f"{key}.values.{col}", str(e)))
+    return out
+
+
+def join_value(value: Any) -> Any:
+    """A ``join:`` mapping with its ``on:`` key as written: YAML 1.1 reads a bare ``on`` as true."""
+    if isinstance(value, dict) and True in value and "on" not in value:
+        return {("on" if k is True else k): v for k, v in value.items()}
+    return value
+
+
+def _join_problems(value: Any, key: str) -> list[tuple[str, str]]:
+    value = join_value(value)
+    if not isinstance(value, dict):
+        return [(key, "a mapping: {with: STREAM, on: {column: its key column}, columns: [...], how: inner|left}")]
+    extra = set(value) - {"with", "on", "columns", "how", "as"}
+    if extra:
+        return [(f"{key}.{sorted(extra)[0]}", "unknown key; join takes with, on, columns, how and as")]
+    out = []
+    if not isinstance(value.get("with"), str):
+        out.append((f"{key}.with", "the name of the stream joined (as in the upstream log)"))
+    on = value.get("on")
+    if not isinstance(on, dict) or not on or not all(isinstance(k, str) and isinstance(v, str) for k, v in on.items()):
+        out.append((f"{key}.on", "a mapping from this stream's column to the joined stream's key column"))
+    cols = value.get("columns", [])
+    if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+        out.append((f"{key}.columns", "a list of the joined stream's columns to add"))
+    if value.get("how", "inner") not in ("inner", "left"):
+        out.append((f"{key}.how", "inner or left"))
+    return out
+
+
+def _is_class(value: Any) -> bool:
+    from replicant.transforms.python import import_target, is_stateful_target
+
+    try:
+        return is_stateful_target(import_target(value))
+    except ValueError:
+        return False
+
+
+def is_stateful(kind: str, value: Any) -> bool:
+    """An entry that runs in a derived pipeline's stateful stage: aggregate, join, or
+    ``python: module:Class``."""
+    return kind in STATEFUL or (kind == "python" and _is_class(value))
+
+
+def stateful_entries(entries: Any) -> list[dict[str, Any]]:
+    """The stateful entries of a derived pipeline's checked top-level ``transforms:``, as
+    written (with ``streams:`` and ``as:``), each with its key path under ``_path``."""
+    return [{**e, "_path": f"transforms[{i}]"} for i, e in enumerate(entries or []) if isinstance(e, dict)
+            and any(is_stateful(k, v) for k, v in e.items() if k not in ("streams", "as"))]
 
 
 def _value_problems(kind: str, value: Any, key: str) -> list[tuple[str, str]]:

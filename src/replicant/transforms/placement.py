@@ -14,15 +14,15 @@ from typing import Any
 
 from replicant.errors import ConfigError
 from replicant.transforms.chain import Step, TransformChain
-from replicant.transforms.config import TransformSpec, build, specs
+from replicant.transforms.config import TransformSpec, build, is_stateful, specs
 
 __all__ = ["at_destination", "before_log", "check"]
 
 
 def check(data: dict[str, Any], problems: list[tuple[str, str]]) -> None:
     """Adds the problems of every transform list of a raw pipeline mapping (no schema needed)."""
-    specs(data.get("transforms"), "transforms", problems)
     source = data.get("source")
+    specs(data.get("transforms"), "transforms", problems, derived=isinstance(source, dict) and source.get("type") == "pipeline")
     if isinstance(source, dict) and isinstance(source.get("streams"), list):
         for j, s in enumerate(source["streams"]):
             if isinstance(s, dict):
@@ -51,7 +51,9 @@ def _chain(entries: list[tuple[TransformSpec, tuple[str, ...] | None]]) -> Trans
 def before_log(config: Any) -> TransformChain:
     """The chain that runs before the log. Raises ConfigError (a key that does not resolve)."""
     problems: list[tuple[str, str]] = []
-    entries = [(s, s.streams) for s in specs(config.transforms, "transforms", problems)]
+    derived = config.source.type == "pipeline"  # its stateful entries run in the source (replicant.sources._stateful)
+    entries = [(s, s.streams) for s in specs(config.transforms, "transforms", problems, derived=derived)
+                if not (derived and is_stateful(s.kind, s.value))]
     streams = config.source.streams if isinstance(config.source.streams, list) else []
     for j, sc in enumerate(streams):
         entries += [(s, (sc.table,)) for s in specs(sc.transforms, f"source.streams[{j}].transforms", problems, scoped=False)]
