@@ -137,7 +137,10 @@ def test_follow_killed_around_the_re_snapshot_of_an_added_default_converges(tmp_
             assert all(r[2] is not None and r[3] is not None for r in want)
             assert fetch("postgres", dst, "t", cols) == want
             truncates = _truncate_markers(tmp_path, name)
-            assert truncates >= 2, f"both ALTERs snapshot the stream again ({truncates} truncate markers)"
+            # each ALTER is followed by a re-snapshot, but when the second lands while the first
+            # one's snapshot is unfinished, that snapshot starts over (no second truncate
+            # marker) and covers both: the equality above is the guarantee, this the evidence
+            assert truncates >= 1, f"the ALTERs snapshot the stream again ({truncates} truncate markers)"
             print(f"\n{KILLS} kills ({mid_snapshot} with a snapshot unfinished), {commits} writer commits, "
                   f"{truncates} re-snapshots begun")
         finally:
