@@ -34,7 +34,7 @@ from replicant.model import META_COLUMNS, META_FIELDS, OP_DELETE, OP_UPDATE
 from replicant.transforms.base import Transform, data_names, key_of, need_columns, with_key
 from replicant.transforms.sql import quote as _q
 
-__all__ = ["Aggregate", "latest_changes"]
+__all__ = ["Aggregate", "emit", "latest_changes"]
 
 
 def latest_changes(state: Any, batch: pa.RecordBatch, key: list[str]) -> pa.Table:
@@ -125,22 +125,28 @@ class Aggregate(Transform):
         groups = state.sql(self._select(f"{_q(rows)} r", f"WHERE EXISTS (SELECT 1 FROM _t t WHERE {on})"), _t=touched)
         on2 = " AND ".join(f"g.{_q(b)} IS NOT DISTINCT FROM t.{_q(b)}" for b in self.by)
         gone = state.sql(f"SELECT * FROM _t t WHERE NOT EXISTS (SELECT 1 FROM _g g WHERE {on2})", _t=touched, _g=groups)
-        pos = batch.column("_pos")[batch.num_rows - 1] if batch.num_rows else pa.scalar("", pa.string())
-        ts = batch.column("_ts")[batch.num_rows - 1] if batch.num_rows else pa.scalar(0, pa.timestamp("us", tz="UTC"))
-        parts = []
-        for table, op in ((groups, OP_UPDATE), (gone, OP_DELETE)):
-            n = table.num_rows
-            if not n:
-                continue
-            cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
-                    for f in out_schema if f.name not in META_COLUMNS]
-            cols += [pa.repeat(pa.scalar(op, pa.string()), n), pa.repeat(pos.cast(pa.string()), n),
-                     pa.repeat(ts.cast(pa.timestamp("us", tz="UTC")), n)]
-            parts.append(pa.Table.from_arrays(cols, schema=out_schema))
-        if not parts:
-            return pa.RecordBatch.from_pylist([], schema=out_schema)
-        return pa.concat_tables(parts).combine_chunks().to_batches()[0]
+        return emit(out_schema, batch, ((groups, OP_UPDATE), (gone, OP_DELETE)))
 
     def reset(self, state: Any, side: str = "main") -> None:
         """Forgets the state (a truncate or resync of the input)."""
         state.clear(self.owner)
+
+
+def emit(out_schema: pa.Schema, like: pa.RecordBatch, parts: tuple[tuple[pa.Table, str], ...]) -> pa.RecordBatch:
+    """One output change batch of ``out_schema``: each ``(table, op)`` of ``parts`` as rows of
+    that op (missing columns null), all carrying the position and time of ``like``'s last row."""
+    pos = like.column("_pos")[like.num_rows - 1] if like.num_rows else pa.scalar("", pa.string())
+    ts = like.column("_ts")[like.num_rows - 1] if like.num_rows else pa.scalar(0, pa.timestamp("us", tz="UTC"))
+    tables = []
+    for table, op in parts:
+        n = table.num_rows
+        if not n:
+            continue
+        cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
+                for f in out_schema if f.name not in META_COLUMNS]
+        cols += [pa.repeat(pa.scalar(op, pa.string()), n), pa.repeat(pos.cast(pa.string()), n),
+                 pa.repeat(ts.cast(pa.timestamp("us", tz="UTC")), n)]
+        tables.append(pa.Table.from_arrays(cols, schema=out_schema))
+    if not tables:
+        return pa.RecordBatch.from_pylist([], schema=out_schema)
+    return pa.concat_tables(tables).combine_chunks().to_batches()[0]

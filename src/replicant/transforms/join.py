@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from replicant.model import META_COLUMNS, META_FIELDS, OP_DELETE, OP_UPDATE
-from replicant.transforms.aggregate import latest_changes
+from replicant.transforms.aggregate import emit, latest_changes
 from replicant.transforms.base import Transform, data_names, key_of, need_columns, with_key
 from replicant.transforms.sql import quote as _q
 
@@ -143,21 +143,7 @@ class Join(Transform):
         ksel = " AND ".join(f"r.{_q(k)} IS NOT DISTINCT FROM t.{_q(k)}" for k in key)
         unmatched = state.sql(f"SELECT * FROM _t t WHERE NOT EXISTS (SELECT 1 FROM _r r WHERE {ksel})", _t=touched, _r=rows)
         deletes = pa.concat_tables([gone.select(key), unmatched.select(key)], promote_options="permissive")
-        pos = like.column("_pos")[like.num_rows - 1] if like.num_rows else pa.scalar("", pa.string())
-        ts = like.column("_ts")[like.num_rows - 1] if like.num_rows else pa.scalar(0, pa.timestamp("us", tz="UTC"))
-        parts = []
-        for table, op in ((rows, OP_UPDATE), (deletes, OP_DELETE)):
-            n = table.num_rows
-            if not n:
-                continue
-            arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
-                      for f in out_schema if f.name not in META_COLUMNS]
-            arrays += [pa.repeat(pa.scalar(op, pa.string()), n), pa.repeat(pos.cast(pa.string()), n),
-                       pa.repeat(ts.cast(pa.timestamp("us", tz="UTC")), n)]
-            parts.append(pa.Table.from_arrays(arrays, schema=out_schema))
-        if not parts:
-            return pa.RecordBatch.from_pylist([], schema=out_schema)
-        return pa.concat_tables(parts).combine_chunks().to_batches()[0]
+        return emit(out_schema, like, ((rows, OP_UPDATE), (deletes, OP_DELETE)))
 
     # ------------------------------------------------------------------ helpers
 
