@@ -77,6 +77,8 @@ class StreamConfig(_Model):
         "such rows are emitted as deletes.",
     )
     transforms: list[Any] | None = Field(None, description="This stream's transforms, before the log (docs/transforms.md).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The source type's own keys of this stream "
+                                    "(an http stream's `path`, `paginate`…), gathered by the type; validated by it.")
 
     @model_validator(mode="after")
     def _cursor_needs_column(self) -> StreamConfig:
@@ -147,8 +149,9 @@ class SourceConfig(_Section):
     @classmethod
     def _derived_reads_log(cls, data: Any) -> Any:
         from replicant.sources.pipeline import with_log_modes  # a derived pipeline's streams are `log`
+        from replicant.sources.stream_entries import with_stream_entries
 
-        return with_log_modes(data)
+        return with_stream_entries(with_log_modes(data))
 
     @field_validator("heartbeat", "poll_interval", "flush_interval")
     @classmethod
