@@ -50,6 +50,7 @@ class Api:
     delay: float = 0.0
     slow: float = 2.0
     token_ttl: float = 3600.0
+    limit_reset: float | None = None  #: answer `X-RateLimit-Remaining: 0` and this `X-RateLimit-Reset`
     served: dict[str, int] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
@@ -153,6 +154,13 @@ class Api:
         denied = await self._gate(req)
         if denied is not None:
             return denied
+        r = self._answer(req)
+        if self.limit_reset is not None:
+            r.headers["X-RateLimit-Remaining"] = "0"
+            r.headers["X-RateLimit-Reset"] = str(self.limit_reset)
+        return r
+
+    def _answer(self, req: web.Request) -> web.Response:
         style, res = req.match_info["style"], req.match_info["res"]
         q = req.query
         if style == "offset":

@@ -159,6 +159,7 @@ class ApiClient:
             if e.status is None and "connect" in e.what:
                 raise ConnectionError(f"{where} {e.what} after {tries} attempt(s)") from None
             raise RetriableError(f"{where} {e.what} after {tries} attempt(s)") from None
+        where = f"GET {self.safe(r.request.url)}"  # as sent: with an api key in the query, masked
         if r.status_code in (401, 403):
             raise ConnectionError(f"{where} answered {r.status_code}: the credentials were refused (check `auth:`)")
         if r.status_code >= 400:

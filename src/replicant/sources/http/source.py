@@ -45,6 +45,7 @@ from replicant.config import SourceConfig, StreamConfig, settings_problems
 from replicant.errors import ConfigError, FatalError
 from replicant.model import OP_READ, OP_UPDATE, ConnectorContext, Position, ReadBatch, Stream, encode_position, utcnow, with_meta
 from replicant.sources.base import Capabilities, Source
+from replicant.sources.select import parse_lookback
 from replicant.sources.http.client import ApiClient
 from replicant.sources.http.paginate import Pager, records_of
 from replicant.sources.http.records import RESCUED, arrow_type, infer_schema, to_table
@@ -67,17 +68,15 @@ class HttpSource(Source):
     def stream_entry(cls, entry: dict[str, Any]) -> dict[str, Any]:
         """A raw ``streams:`` entry in the common shape: ``name`` is the stream (``table``), the
         http keys go under ``options``, ``incremental:`` means ``mode: cursor`` on its field."""
-        own = set(HttpStreamSettings.model_fields) | {"schema"}
-        out = {k: v for k, v in entry.items() if k not in own}
-        out["options"] = {k: v for k, v in entry.items() if k in own}
+        common = set(StreamConfig.model_fields) | {"name"}  # any other key is checked as an http key
+        out = {k: v for k, v in entry.items() if k in common}
+        out["options"] = {k: v for k, v in entry.items() if k not in common}
         if "name" in out and "table" not in out:
             out["table"] = out.pop("name")
         inc = entry.get("incremental")
         if isinstance(inc, dict) and isinstance(inc.get("cursor_path"), str):
             out.setdefault("mode", "cursor")
             out.setdefault("cursor", inc["cursor_path"].removeprefix("$."))
-            if inc.get("lookback") is not None:
-                out.setdefault("lookback", inc["lookback"])
         return out
 
     def __init__(self, config: SourceConfig, context: ConnectorContext, *, clock: Any = None, sleep: Any = None) -> None:
@@ -95,6 +94,11 @@ class HttpSource(Source):
             if found:
                 continue
             st = HttpStreamSettings.model_validate(sc.options)
+            if st.incremental is not None and st.incremental.lookback is not None:
+                try:
+                    parse_lookback(st.incremental.lookback, temporal=True)
+                except ValueError as e:
+                    problems.append((f"{key}.incremental.lookback", str(e)))
             for col, t in st.schema_.items():
                 try:
                     arrow_type(t)
@@ -102,10 +106,11 @@ class HttpSource(Source):
                     problems.append((f"{key}.schema.{col}", str(e)))
             self._streams[sc.table] = st
             self._configs[sc.table] = sc
+        index = {sc.table: i for i, sc in enumerate(config.streams)}
         for name, st in self._streams.items():
             for parent, _ in _PARENT.findall(self._path(name, st)):
-                if parent not in self._streams:
-                    i = list(self._streams).index(name)
+                if parent not in index:
+                    i = index[name]
                     problems.append((f"source.streams[{i}].path", f"names stream {parent!r}, which is not listed"))
         if problems:
             raise ConfigError("invalid source", problems)
@@ -316,7 +321,7 @@ class HttpSource(Source):
         since = pos.get("cursor", inc.initial)
         pager = self._pager(st)
         resuming = "page" in pos and pager.resumable and isinstance(pos.get("page"), dict)
-        filt = pos.get("filter") if "filter" in pos else _minus(since, stream.options.get("lookback"))
+        filt = pos.get("filter") if "filter" in pos else _minus(since, _lookback(st))
         high = pos.get("max", since)
         params = self._params(st)
         if inc.param and filt is not None:
@@ -338,7 +343,7 @@ class HttpSource(Source):
         cursors: dict[str, Any] = dict(pos.get("cursors") or {})
         for value in list(self._parent_values(*parent)):
             since = cursors.get(str(value), inc.initial)
-            filt = _minus(since, stream.options.get("lookback"))
+            filt = _minus(since, _lookback(st))
             params = self._params(st)
             if inc.param and filt is not None:
                 params[inc.param] = filt
@@ -370,6 +375,11 @@ def _cursor(table: pa.Table, column: str | None, floor: Any, high: Any) -> tuple
         if pa.types.is_timestamp(table.column(column).type):
             col = pc.utf8_replace_slice(col, 10, 11, "T")  # Arrow writes a space; positions hold isoformat
     return high, pc.fill_null(pc.greater(col, pa.scalar(floor)), False)
+
+
+def _lookback(st: HttpStreamSettings) -> float | int | None:
+    inc = st.incremental
+    return parse_lookback(inc.lookback, temporal=True) if inc is not None and inc.lookback is not None else None
 
 
 def _jsonable(v: Any) -> Any:
