@@ -145,9 +145,12 @@ class Api:
             rows = [r for r in rows if r["id"] > after]
         return rows
 
-    def _count(self, resource: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _count(self, resource: str, rows: list[dict[str, Any]], style: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             self.served[resource] = self.served.get(resource, 0) + len(rows)
+            if style is not None:
+                key = f"/{style}/{resource}"
+                self.served[key] = self.served.get(key, 0) + len(rows)
         return rows
 
     async def _page_style(self, req: web.Request) -> web.Response:
@@ -177,7 +180,7 @@ class Api:
         after = int(base64.urlsafe_b64decode(token).decode()) if style == "cursor" and token else \
             (int(token) if token else None)
         rows = self._select(res, req, after)
-        part = self._count(res, rows[:limit])
+        part = self._count(res, rows[:limit], style)
         more = len(rows) > limit
         last = part[-1]["id"] if part else None
         if style == "cursor":
