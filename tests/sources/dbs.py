@@ -25,6 +25,10 @@ KINDS = ["postgres", "mysql", "sqlite"]
 #: The non-SQL toy source (:mod:`.toy`): Arrow files in a folder, kept in step with a DuckDB
 #: file that the tests change with SQL (the source itself never sees SQL).
 TOY = "arrow"
+#: The http source, reading the toy source's Arrow files through a real API (:mod:`.http_api`,
+#: ``/db/<table>``, pages linked by ``Link`` headers, bearer auth): the handle declares what a
+#: user of an API declares (each table's path, key and column types), the source reads JSON.
+HTTP = "http"
 
 #: The context of a source in these tests: a pipeline name and no work dir.
 CONTEXT = ConnectorContext(pipeline="test")
@@ -32,8 +36,10 @@ CONTEXT = ConnectorContext(pipeline="test")
 
 @dataclass
 class Db:
-    kind: str  #: postgres | mysql | sqlite
-    url: str
+    kind: str  #: postgres | mysql | sqlite | arrow | http
+    url: str  #: a URL, or the folder of the toy store (arrow, http)
+    api: str | None = None  #: http: the API's base URL
+    token: str | None = None  #: http: the bearer token the handle sends
 
     # ------------------------------------------------------------- names
     def t(self, snake: str) -> str:
@@ -50,7 +56,8 @@ class Db:
     # ------------------------------------------------------------- DDL words
     @property
     def timestamp(self) -> str:
-        return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP"}[self.kind]
+        return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP",
+                HTTP: "TIMESTAMP"}[self.kind]
 
     @property
     def text(self) -> str:
@@ -58,7 +65,7 @@ class Db:
 
     # ------------------------------------------------------------- SQL
     def execute(self, *statements: str) -> None:
-        if self.kind == TOY:
+        if self.kind in (TOY, HTTP):
             with _toy_store(self.url) as con:
                 for s in statements:
                     con.execute(s)
@@ -88,9 +95,9 @@ class Db:
     def insert(self, table: str, columns: list[str], rows: list[tuple]) -> None:
         """Inserts ``rows`` with the driver's parameters (values never in the SQL text)."""
         cols = ", ".join(self.q(c) for c in columns)
-        mark = "?" if self.kind in ("sqlite", TOY) else "%s"
+        mark = "?" if self.kind in ("sqlite", TOY, HTTP) else "%s"
         sql = f"INSERT INTO {self.q(table)} ({cols}) VALUES ({', '.join([mark] * len(columns))})"
-        if self.kind == TOY:
+        if self.kind in (TOY, HTTP):
             with _toy_store(self.url) as con:
                 con.executemany(sql, rows)
         elif self.kind == "postgres":
@@ -114,7 +121,7 @@ class Db:
                 conn.close()
 
     def scalar(self, sql: str) -> Any:
-        if self.kind == TOY:
+        if self.kind in (TOY, HTTP):
             with _toy_store(self.url) as con:
                 return con.execute(sql).fetchone()[0]
         if self.kind == "postgres":
@@ -142,6 +149,8 @@ class Db:
         if self.kind in ("postgres", "mysql"):
             scheme, rest = self.url.split("://", 1)
             return Db(self.kind, f"{scheme}://nobody_here:{secret}@{rest.split('@', 1)[1]}")
+        if self.kind == HTTP:
+            return Db(self.kind, self.url, self.api, secret)
         return Db(self.kind, self.url.rstrip("/") + "-missing")
 
     def where(self) -> str:
@@ -149,12 +158,16 @@ class Db:
         if self.kind in ("postgres", "mysql"):
             p = urlsplit(self.url)
             return f"{p.hostname}:{p.port}"
+        if self.kind == HTTP:
+            return urlsplit(str(self.api)).netloc
         return self.url.removeprefix("sqlite:///")
 
     # ------------------------------------------------------------- sources
     def config(self, streams: Any = "all", **kw: Any) -> SourceConfig:
         if self.kind == TOY:
             return SourceConfig(type=self.kind, streams=streams, folder=self.url, **kw)
+        if self.kind == HTTP:
+            return self._api_config(streams, **kw)
         return SourceConfig(type=self.kind, url=self.url, streams=streams, **kw)
 
     def source(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> Any:
@@ -171,6 +184,43 @@ class Db:
             raise
 
 
+    def _api_config(self, streams: Any, batch_size: int = 100, **kw: Any) -> SourceConfig:
+        """The http source's config for the toy store's tables: each ``streams`` entry (or every
+        table for ``all``, or a probe when there is none) with its path, key and column types."""
+        from urllib.parse import quote
+
+        names = [p.stem for p in sorted(Path(self.url).glob("*.arrow"))] if streams == "all" else list(streams)
+        entries = []
+        for name in names or ["probe"]:
+            path = Path(self.url) / f"{name}.arrow"
+            entry: dict[str, Any] = {"name": name, "path": "/db/" + quote(name, safe="")}
+            if path.is_file():
+                schema = pa.ipc.open_file(path).schema
+                entry["primary_key"] = [k for k in (schema.metadata or {}).get(b"primary_key", b"").decode().split(",") if k]
+                entry["schema"] = {f.name: _api_type(f.type) for f in schema}
+            entries.append(entry)
+        return SourceConfig.model_validate({
+            "type": "http", "base_url": self.api, "streams": entries, "params": {"limit": batch_size},
+            "paginate": {"type": "link_header"}, "auth": {"type": "bearer", "token": self.token}, **kw})
+
+
+def _api_type(t: pa.DataType) -> str:
+    """The ``schema:`` type an API user declares for a column of this Arrow type."""
+    if pa.types.is_decimal(t):
+        return f"decimal({t.precision},{t.scale})"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "number"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "timestamptz" if t.tz else "timestamp"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    return "string"
+
+
 def db_for(kind: str, request: Any) -> Db:
     """A fresh, empty database of ``kind`` for the test of ``request`` (dropped afterwards)."""
     if kind == "postgres":
@@ -181,6 +231,14 @@ def db_for(kind: str, request: Any) -> Db:
         folder = request.getfixturevalue("tmp_path") / "toy"
         folder.mkdir()
         return Db(kind, str(folder))
+    if kind == HTTP:
+        from .http_api import TOKEN, Api
+
+        folder = request.getfixturevalue("tmp_path") / "api"
+        folder.mkdir()
+        api = Api(auth="bearer", folder=str(folder)).start()
+        request.addfinalizer(api.stop)
+        return Db(kind, str(folder), api.url, TOKEN)
     path = request.getfixturevalue("sqlite_path")
     sqlite3.connect(path).close()
     return Db(kind, "sqlite:///" + str(Path(path).resolve()))

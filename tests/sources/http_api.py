@@ -55,6 +55,7 @@ class Api:
     log: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     port: int = 0
+    folder: str | None = None  #: serves ``<folder>/<table>.arrow`` (the toy source's files) at ``/db/<table>``
 
     # ------------------------------------------------------------------ test side
 
@@ -194,6 +195,29 @@ class Api:
             return web.json_response(part, headers=headers)
         return web.json_response({"data": part, "links": {"next": next_url}})
 
+    async def _db(self, req: web.Request) -> web.Response:
+        """A table of Arrow files as pages linked by ``Link: rel="next"``; values JSON can not
+        hold (decimals, dates, times) as text."""
+        import json
+        from pathlib import Path
+
+        import pyarrow as pa
+
+        denied = await self._gate(req)
+        if denied is not None:
+            return denied
+        path = Path(str(self.folder)) / f"{req.match_info['table']}.arrow"
+        if not path.is_file():
+            return web.json_response({"error": "no such table"}, status=404)
+        with pa.memory_map(str(path)) as f:
+            table = pa.ipc.open_file(f).read_all()
+        offset, limit = int(req.query.get("offset", 0)), int(req.query.get("limit", 100))
+        rows = table.slice(offset, limit).to_pylist()
+        headers = {}
+        if offset + limit < table.num_rows:
+            headers["Link"] = f'<{req.url.with_query({**req.query, "offset": str(offset + limit)})}>; rel="next"'
+        return web.Response(text=json.dumps(rows, default=str), content_type="application/json", headers=headers)
+
     async def _issues(self, req: web.Request) -> web.Response:
         denied = await self._gate(req)
         return denied or web.json_response(self._count("issues", self._select("issues", req)))
@@ -213,6 +237,7 @@ class Api:
         app.router.add_post("/oauth/token", self._token)
         app.router.add_get("/issues", self._issues)
         app.router.add_get("/issues/{number}/comments", self._comments)
+        app.router.add_get("/db/{table}", self._db)
         app.router.add_get("/{style}/{res}", self._page_style)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

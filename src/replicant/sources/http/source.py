@@ -297,12 +297,10 @@ class HttpSource(Source):
         else:
             pager = self._pager(st)
             state = live["page"] if live and pager.resumable and isinstance(live.get("page"), dict) else pager.first()
-            for records, nxt in self._pages(st, self._url(self._path(stream.name, st)), self._params(st), state):
-                if nxt is None:
-                    break_pos: Position = {"mode": "full", "page": None}
-                    yield ReadBatch(self._page(stream, records, break_pos), break_pos,
-                                    resumable=pager.resumable)
-                else:
+            last_in = live is not None and pager.resumable and "page" in live and live["page"] is None
+            pages = () if last_in else self._pages(st, self._url(self._path(stream.name, st)), self._params(st), state)
+            for records, nxt in pages:
+                if records:  # an empty page moves nothing the next position does not
                     pos = {"mode": "full", "page": nxt}
                     yield ReadBatch(self._page(stream, records, pos), pos, resumable=pager.resumable)
         yield ReadBatch(self._page(stream, [], done), done, final=True)
