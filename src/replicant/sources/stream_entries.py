@@ -16,7 +16,7 @@ __all__ = ["with_stream_entries"]
 
 def with_stream_entries(data: Any) -> Any:
     """The raw ``source:`` mapping with each ``streams:`` entry reshaped by its type (see above)."""
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str) or not isinstance(data.get("streams"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         return data
     from replicant.errors import ConfigError
     from replicant.registry import source_class
@@ -27,8 +27,10 @@ def with_stream_entries(data: Any) -> Any:
         return data
     if reshape is None:
         return data
-    streams = [reshape(s) if isinstance(s, dict) else s for s in data["streams"]]
-    out = {**data, "streams": streams}
+    out = dict(data)
+    if isinstance(data.get("streams"), list):  # `- name` is short for `- name: name`
+        out["streams"] = [reshape(s if isinstance(s, dict) else {"name": s}) if isinstance(s, (dict, str)) else s
+                          for s in data["streams"]]
     default = getattr(source_class(data["type"]), "default_stream_mode", None)
     if default is not None:
         out.setdefault("default_mode", default)
