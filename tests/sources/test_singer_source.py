@@ -29,7 +29,7 @@ from replicant.model import ConnectorContext
 from replicant.sources.singer import SingerSource, arrow_schema
 from replicant.runtime import open_state
 
-TAP = "pipelinewise-tap-postgres==2.1.0"
+TAP = "pipelinewise-tap-postgres>=1.8,<3"
 
 
 @pytest.fixture(scope="session")
