@@ -11,7 +11,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,21 +27,6 @@ from replicant.errors import FatalError
 from replicant.model import ConnectorContext
 from replicant.sources.singer import SingerSource, arrow_schema
 from replicant.runtime import open_state
-
-TAP = "pipelinewise-tap-postgres>=1.8,<3"
-
-
-@pytest.fixture(scope="session")
-def tap_postgres(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tap-postgres`` in its own venv (the tap pins its own singer and psycopg2)."""
-    folder = tmp_path_factory.mktemp("tap-postgres-venv")
-    venv.create(folder, with_pip=True)
-    done = subprocess.run([str(folder / "bin" / "pip"), "install", "-q", TAP], capture_output=True, text=True,
-                          timeout=900, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot install {TAP} from the package index: {done.stderr.strip().splitlines()[-1:]}")
-    return folder / "bin" / "tap-postgres"
-
 
 def _pipeline(tmp_path: Path, tap: Path, url: str, streams: list[dict[str, Any]]) -> Path:
     u = urlsplit(url)
