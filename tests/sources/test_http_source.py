@@ -299,7 +299,7 @@ def test_a_new_field_follows_on_new_columns(api: Api, rule: str) -> None:
                 list(src.read(s, None))
             return
         batches = list(src.read(s, None))
-    last = [r for b in batches for r in b.data.to_pylist() if r["id"] == 11][0]
+    last = next(r for b in batches for r in b.data.to_pylist() if r["id"] == 11)
     if rule == "add":
         assert last["extra"] == 7 and "extra" in batches[-1].data.schema.names
     else:

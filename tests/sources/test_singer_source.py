@@ -11,7 +11,6 @@ import random
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,8 +24,9 @@ from replicant.config import SourceConfig, load
 from replicant.engine import Engine
 from replicant.errors import FatalError
 from replicant.model import ConnectorContext
-from replicant.sources.singer import SingerSource, arrow_schema
 from replicant.runtime import open_state
+from replicant.sources.singer import SingerSource, arrow_schema
+
 
 def _pipeline(tmp_path: Path, tap: Path, url: str, streams: list[dict[str, Any]]) -> Path:
     u = urlsplit(url)
@@ -138,10 +138,10 @@ _FAKE_TAP = textwrap.dedent('''
 
 
 @pytest.fixture
-def fake_tap(tmp_path: Path) -> Iterator[list[str]]:
+def fake_tap(tmp_path: Path) -> list[str]:
     script = tmp_path / "tap_things.py"
     script.write_text(_FAKE_TAP)
-    yield [sys.executable, str(script)]
+    return [sys.executable, str(script)]
 
 
 def _source(cmd: list[str], **kw: Any) -> SingerSource:

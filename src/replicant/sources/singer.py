@@ -49,7 +49,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -187,7 +187,7 @@ class SingerSource(Source):
     def _argv(self) -> list[str]:
         cmd = self.options.command
         argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
-        if not argv or shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
+        if not argv or (shutil.which(argv[0]) is None and not Path(argv[0]).is_file()):
             raise ConnectionError(f"singer tap {argv[0] if argv else '(empty command)'!r} not found: install it or "
                                   "give `command:` its full path")
         return argv
@@ -264,7 +264,7 @@ class SingerSource(Source):
         for entry in self.catalog().get("streams", []):
             name = entry.get("tap_stream_id") or entry["stream"]
             schema, skipped = arrow_schema(entry.get("schema") or {})
-            top = next((m.get("metadata", {}) for m in entry.get("metadata", []) if not m.get("breadcrumb")), {})
+            top: dict[str, Any] = next((m.get("metadata", {}) for m in entry.get("metadata", []) if not m.get("breadcrumb")), {})
             key = tuple(entry.get("key_properties") or top.get("table-key-properties") or ())
             if skipped:
                 log.warning("singer stream %s: field(s) %s have no single JSON type and are not read", name, ", ".join(skipped))
@@ -282,7 +282,7 @@ class SingerSource(Source):
         for entry in self.catalog().get("streams", []):
             name = entry.get("tap_stream_id") or entry["stream"]
             entry = json.loads(json.dumps(entry))
-            st = self._streams.get(name, SingerStreamSettings())
+            st = self._streams.get(name) or SingerStreamSettings.model_validate({})
             for m in entry.setdefault("metadata", []):
                 if not m.get("breadcrumb"):
                     md = m.setdefault("metadata", {})
@@ -322,12 +322,13 @@ class SingerSource(Source):
             with open(err, "wb") as e:
                 self._proc = proc = subprocess.Popen([*self._argv(), *args], stdout=subprocess.PIPE, stderr=e)
             assert proc.stdout is not None
+            stdout = cast(io.BufferedReader, proc.stdout)  # unbuffered reads of what is there: read1
             pending = b""
             current: Position = {"state": state}
             batch_lines = max(1, self.config.batch_size)
             lines: list[bytes] = []
             while not stop.is_set():
-                block = proc.stdout.read1(_BLOCK)
+                block = stdout.read1(_BLOCK)
                 if block:
                     parts = (pending + block).split(b"\n")
                     pending = parts.pop()

@@ -31,7 +31,7 @@ from replicant.sources.http.settings import Paginate
 
 __all__ = ["Pager"]
 
-_NONE = Paginate(type="none")
+_NONE = Paginate.model_validate({"type": "none"})
 
 
 class Pager:

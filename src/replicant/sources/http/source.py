@@ -43,13 +43,23 @@ import pyarrow.compute as pc
 
 from replicant.config import SourceConfig, StreamConfig, settings_problems
 from replicant.errors import ConfigError, FatalError
-from replicant.model import OP_READ, OP_UPDATE, ConnectorContext, Position, ReadBatch, Stream, encode_position, utcnow, with_meta
+from replicant.model import (
+    OP_READ,
+    OP_UPDATE,
+    ConnectorContext,
+    Position,
+    ReadBatch,
+    Stream,
+    encode_position,
+    utcnow,
+    with_meta,
+)
 from replicant.sources.base import Capabilities, Source
-from replicant.sources.select import parse_lookback
 from replicant.sources.http.client import ApiClient
 from replicant.sources.http.paginate import Pager, records_of
 from replicant.sources.http.records import RESCUED, arrow_type, infer_schema, to_table
 from replicant.sources.http.settings import HttpSettings, HttpStreamSettings
+from replicant.sources.select import parse_lookback
 
 __all__ = ["HttpSource"]
 
@@ -289,9 +299,8 @@ class HttpSource(Source):
             for k, value in enumerate(self._parent_values(*parent), start=1):
                 if k <= skip:
                     continue
-                pages = list(self._pages(st, self._child_url(stream.name, value), self._params(st),
-                                         self._pager(st).first()))
-                records = [r for page, _ in pages for r in page]
+                child = self._pages(st, self._child_url(stream.name, value), self._params(st), self._pager(st).first())
+                records = [r for page, _ in child for r in page]
                 pos = {"mode": "full", "parents": k}
                 yield ReadBatch(self._page(stream, records, pos, parent=value), pos, resumable=presume)
         else:
