@@ -521,6 +521,9 @@ def _check_source_settings(source: Any, problems: list[tuple[str, str]]) -> None
         problems.extend((f"source.{k}", f"unknown key{suggest(str(k), _fields_of(SourceConfig))}") for k in extras)
         return
     problems.extend(settings_problems(model, extras, "source", _fields_of(SourceConfig)))
+    from replicant.sources.stream_entries import stream_problems  # a type's own per-stream keys
+
+    problems.extend(stream_problems(cls, source.get("streams")))
 
 
 def load(path: str | os.PathLike[str], *, secrets_needed: bool = True) -> PipelineConfig:

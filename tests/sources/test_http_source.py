@@ -317,3 +317,30 @@ def test_config_problems_name_their_key() -> None:
     keys = [k for k, _ in e.value.problems]
     assert "source.streams[0].paginat" in keys and "source.streams[1].paginate" in keys
     assert "source.streams[2].schema.x" in keys and "source.streams[3].path" in keys
+
+
+def test_a_pipeline_file_with_a_typo_in_a_stream_key_fails_to_load_naming_it(tmp_path) -> None:
+    from replicant.config import load
+
+    path = tmp_path / "p.yml"
+    path.write_text("pipeline: p\nsource:\n  type: http\n  base_url: http://x\n  streams:\n"
+                    "    - {name: a, path: /a, paginat: {type: offset}}\n"
+                    "destinations: [{name: wh, type: duckdb, path: wh.duckdb}]\n")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert ("source.streams[0].paginat", "unknown key (did you mean 'paginate'?)") in e.value.problems
+
+
+def test_a_full_child_stream_resumes_after_the_last_durable_parent(api: Api) -> None:
+    api.put("issues", [{"id": n, "number": n} for n in (1, 2, 3, 4)])
+    api.put("comments", [{"id": i, "issue": 1 + i % 4, "body": f"c{i}"} for i in range(1, 13)])
+    src, (_, comments) = make(api, [{"name": "issues", "path": "/issues", "primary_key": ["id"]},
+                                    {"name": "comments", "path": "/issues/{issues.number}/comments", "primary_key": ["id"]}])
+    with src:
+        it = src.read(comments, None)
+        head = [next(it), next(it)]
+        it.close()
+        assert head[-1].resumable and head[-1].position == {"mode": "full", "parents": 2}
+        served = api.served["comments"]
+        tail = list(src.read(comments, head[-1].position))
+    assert ids(head + tail) == list(range(1, 13)) and api.served["comments"] - served == 6

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["with_stream_entries"]
+__all__ = ["stream_problems", "with_stream_entries"]
 
 
 def with_stream_entries(data: Any) -> Any:
@@ -35,3 +35,21 @@ def with_stream_entries(data: Any) -> Any:
     if default is not None:
         out.setdefault("default_mode", default)
     return out
+
+
+def stream_problems(cls: Any, streams: Any) -> list[tuple[str, str]]:
+    """The problems of the raw ``streams:`` entries' type-specific keys, checked against the
+    source class's ``stream_settings`` model when the file is loaded (``source.streams[1].paginat:
+    unknown key (did you mean 'paginate'?)``); none for types without one."""
+    from replicant.config import StreamConfig, settings_problems
+
+    model = getattr(cls, "stream_settings", None)
+    reshape = getattr(cls, "stream_entry", None)
+    if model is None or reshape is None or not isinstance(streams, list):
+        return []
+    problems: list[tuple[str, str]] = []
+    for i, raw in enumerate(streams):
+        if isinstance(raw, dict):
+            options = reshape(raw).get("options") or {}
+            problems += settings_problems(model, options, f"source.streams[{i}]", list(StreamConfig.model_fields))
+    return problems
