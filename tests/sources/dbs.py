@@ -29,6 +29,11 @@ TOY = "arrow"
 #: ``/db/<table>``, pages linked by ``Link`` headers, bearer auth): the handle declares what a
 #: user of an API declares (each table's path, key and column types), the source reads JSON.
 HTTP = "http"
+#: The singer source, running a Singer tap over the toy source's Arrow files
+#: (:mod:`.singer_toy_tap`); it reads through its change feed (``log`` streams), see :func:`reads`.
+SINGER = "singer"
+#: Kinds whose test data lives in the toy store (a DuckDB file exported to Arrow files).
+_TOY_STORE = (TOY, HTTP, SINGER)
 
 #: The context of a source in these tests: a pipeline name and no work dir.
 CONTEXT = ConnectorContext(pipeline="test")
@@ -57,7 +62,7 @@ class Db:
     @property
     def timestamp(self) -> str:
         return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP",
-                HTTP: "TIMESTAMP"}[self.kind]
+                HTTP: "TIMESTAMP", SINGER: "TIMESTAMP"}[self.kind]
 
     @property
     def text(self) -> str:
@@ -65,7 +70,7 @@ class Db:
 
     # ------------------------------------------------------------- SQL
     def execute(self, *statements: str) -> None:
-        if self.kind in (TOY, HTTP):
+        if self.kind in _TOY_STORE:
             with _toy_store(self.url) as con:
                 for s in statements:
                     con.execute(s)
@@ -95,9 +100,9 @@ class Db:
     def insert(self, table: str, columns: list[str], rows: list[tuple]) -> None:
         """Inserts ``rows`` with the driver's parameters (values never in the SQL text)."""
         cols = ", ".join(self.q(c) for c in columns)
-        mark = "?" if self.kind in ("sqlite", TOY, HTTP) else "%s"
+        mark = "?" if self.kind in ("sqlite", *_TOY_STORE) else "%s"
         sql = f"INSERT INTO {self.q(table)} ({cols}) VALUES ({', '.join([mark] * len(columns))})"
-        if self.kind in (TOY, HTTP):
+        if self.kind in _TOY_STORE:
             with _toy_store(self.url) as con:
                 con.executemany(sql, rows)
         elif self.kind == "postgres":
@@ -121,7 +126,7 @@ class Db:
                 conn.close()
 
     def scalar(self, sql: str) -> Any:
-        if self.kind in (TOY, HTTP):
+        if self.kind in _TOY_STORE:
             with _toy_store(self.url) as con:
                 return con.execute(sql).fetchone()[0]
         if self.kind == "postgres":
@@ -149,7 +154,7 @@ class Db:
         if self.kind in ("postgres", "mysql"):
             scheme, rest = self.url.split("://", 1)
             return Db(self.kind, f"{scheme}://nobody_here:{secret}@{rest.split('@', 1)[1]}")
-        if self.kind == HTTP:
+        if self.kind in (HTTP, SINGER):
             return Db(self.kind, self.url, self.api, secret)
         return Db(self.kind, self.url.rstrip("/") + "-missing")
 
@@ -160,6 +165,8 @@ class Db:
             return f"{p.hostname}:{p.port}"
         if self.kind == HTTP:
             return urlsplit(str(self.api)).netloc
+        if self.kind == SINGER:
+            return self.url
         return self.url.removeprefix("sqlite:///")
 
     # ------------------------------------------------------------- sources
@@ -168,6 +175,13 @@ class Db:
             return SourceConfig(type=self.kind, streams=streams, folder=self.url, **kw)
         if self.kind == HTTP:
             return self._api_config(streams, **kw)
+        if self.kind == SINGER:
+            import sys
+
+            tap = [sys.executable, str(Path(__file__).with_name("singer_toy_tap.py"))]
+            every = kw.pop("batch_size", 1000)
+            return SourceConfig.model_validate({"type": "singer", "command": tap, "streams": streams, "config": {
+                "folder": self.url, "password": self.token, "state_every": every}, **kw})
         return SourceConfig(type=self.kind, url=self.url, streams=streams, **kw)
 
     def source(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> Any:
@@ -231,6 +245,12 @@ def db_for(kind: str, request: Any) -> Db:
         folder = request.getfixturevalue("tmp_path") / "toy"
         folder.mkdir()
         return Db(kind, str(folder))
+    if kind == SINGER:
+        from .singer_toy_tap import PASSWORD
+
+        folder = request.getfixturevalue("tmp_path") / "tap"
+        folder.mkdir()
+        return Db(kind, str(folder), None, PASSWORD)
     if kind == HTTP:
         from .http_api import TOKEN, Api
 
@@ -275,8 +295,28 @@ def _toy_store(folder: str) -> Iterator[Any]:
         con.close()
 
 
+def reads(source: Any, stream: Any, position: Any = None) -> Iterator[ReadBatch]:
+    """``stream`` read after ``position``: by :meth:`~replicant.sources.base.Source.read`, or, for
+    a ``log`` stream, by the source's change feed (``capture``, resumed from ``position``), each
+    change set as one batch (empty when it only moves the position)."""
+    if stream.mode != "log":
+        yield from source.read(stream, position)
+        return
+    import threading
+
+    feed = source.capture([stream], {stream.name: None}, resume=position, follow=False, stop=threading.Event())
+    try:
+        for cs in feed:
+            batch = cs.batches.get(stream.name)
+            if batch is None:
+                batch = pa.RecordBatch.from_pylist([], schema=stream.change_schema)
+            yield ReadBatch(batch, cs.position)
+    finally:
+        feed.close()
+
+
 def read_all(source: Any, stream: Any, position: Any = None) -> list[ReadBatch]:
-    return list(source.read(stream, position))
+    return list(reads(source, stream, position))
 
 
 def data_of(batches: list[ReadBatch]) -> pa.Table:

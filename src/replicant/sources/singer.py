@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -60,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from replicant.config import SourceConfig, StreamConfig, settings_problems
 from replicant.errors import ConfigError, ConnectionError, FatalError
 from replicant.model import OP_INSERT, ChangeSet, ConnectorContext, Position, Stream, encode_position, utcnow, with_meta
-from replicant.secrets import resolve_all
+from replicant.secrets import REFERENCE, resolve_all
 from replicant.sources.base import Capabilities, Source
 
 __all__ = ["SingerSettings", "SingerSource", "SingerStreamSettings", "arrow_schema"]
@@ -68,6 +69,7 @@ __all__ = ["SingerSettings", "SingerSource", "SingerStreamSettings", "arrow_sche
 log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20
+_SECRET_KEY = re.compile(r"(?i)pass|secret|token|key|credential|private|auth")
 _HEAD = pj.ParseOptions(explicit_schema=pa.schema([("type", pa.string()), ("stream", pa.string())]),
                         unexpected_field_behavior="ignore")
 
@@ -192,20 +194,29 @@ class SingerSource(Source):
                                   "give `command:` its full path")
         return argv
 
+    def _name(self) -> str:
+        """The tap as messages name it: its command line, shortened."""
+        text = shlex.join(self._argv())
+        return text if len(text) <= 120 else text[:117] + "..."
+
     def _secrets(self) -> list[str]:
+        """The config values to mask in messages: those written as references, and those under
+        a key that names a secret (``password``, ``client_secret``, ``api_key``, ``token``…)."""
         values: list[str] = []
 
-        def walk(v: Any) -> None:
+        def walk(v: Any, secret: bool) -> None:
             if isinstance(v, dict):
-                for x in v.values():
-                    walk(x)
+                for k, x in v.items():
+                    walk(x, secret or bool(_SECRET_KEY.search(str(k))))
             elif isinstance(v, list):
                 for x in v:
-                    walk(x)
-            elif isinstance(v, str) and len(v) >= 4:
-                values.append(v)
+                    walk(x, secret)
+            elif isinstance(v, str) and (secret or REFERENCE.search(v)):
+                resolved = resolve_all(v)
+                if len(resolved) >= 3:
+                    values.append(resolved)
 
-        walk(resolve_all(self.options.config or {}))
+        walk(self.options.config or {}, False)
         return values
 
     def _scrub(self, text: str) -> str:
@@ -233,7 +244,7 @@ class SingerSource(Source):
     def _failed(self, what: str, code: int, stderr: Path) -> FatalError:
         lines = stderr.read_text(errors="replace").splitlines()[-self.options.stderr_lines:] if stderr.exists() else []
         tail = "\n".join(lines)
-        return FatalError(self._scrub(f"singer tap {self._argv()[0]!r} {what} exited with {code}" + (f":\n{tail}" if tail else "")))
+        return FatalError(self._scrub(f"singer tap {self._name()!r} {what} exited with {code}" + (f":\n{tail}" if tail else "")))
 
     def catalog(self) -> dict[str, Any]:
         """The tap's catalog: the ``catalog:`` file, or what ``--discover`` prints (cached)."""
@@ -274,7 +285,7 @@ class SingerSource(Source):
         return out
 
     def check(self) -> list[str]:
-        return [f"singer tap {self._argv()[0]!r}: {len(self.discover())} stream(s) in its catalog"]
+        return [f"singer tap {self._name()!r}: {len(self.discover())} stream(s) in its catalog"]
 
     def _selected_catalog(self, streams: list[Stream]) -> dict[str, Any]:
         wanted = {s.name for s in streams}
@@ -364,7 +375,7 @@ class SingerSource(Source):
         try:
             head = pj.read_json(io.BytesIO(b"\n".join(lines)), parse_options=_HEAD)
         except pa.ArrowInvalid as e:
-            raise FatalError(f"singer tap {self._argv()[0]!r} printed a line that is not a JSON object ({e})") from None
+            raise FatalError(f"singer tap {self._name()!r} printed a line that is not a JSON object ({e})") from None
         kinds = head.column("type").to_numpy(zero_copy_only=False)
         names = head.column("stream").to_numpy(zero_copy_only=False)
         cuts = np.flatnonzero(kinds == "STATE")
