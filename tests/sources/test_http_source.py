@@ -344,3 +344,31 @@ def test_a_full_child_stream_resumes_after_the_last_durable_parent(api: Api) -> 
         served = api.served["comments"]
         tail = list(src.read(comments, head[-1].position))
     assert ids(head + tail) == list(range(1, 13)) and api.served["comments"] - served == 6
+
+
+def test_an_api_key_the_server_copies_into_its_next_links_never_reaches_a_position(api: Api) -> None:
+    api.auth = "api_key_query"
+    api.put("items", items(25))
+    src, (s,) = make(api, [{"name": "items", "primary_key": ["id"], **STYLES["link_header"]}],
+                     auth=AUTHS["api_key_query"])
+    with src:
+        batches = list(src.read(s, None))
+        assert ids(batches) == list(range(1, 26))
+        assert "api_key=" in api.log[-1]  # the server's link carried it; the auth sent it again
+        for b in batches:
+            assert TOKEN not in str(b.position) and TOKEN not in "".join(b.data.column("_pos").to_pylist())
+        assert ids(list(src.read(s, batches[0].position))) == list(range(11, 26))
+
+
+def test_sources_of_one_api_share_its_request_budget(api: Api) -> None:
+    api.put("items", items(30))
+    t = FakeTime()
+    stream = [{"name": "items", **STYLES["cursor"]}]
+    a, (sa,) = make(api, stream, time=t, rate_limit={"requests": 4, "per": "1s"})
+    b, (sb,) = make(api, stream, time=t, rate_limit={"requests": 4, "per": "1s"})
+    with a, b:
+        list(a.read(sa, None))
+        list(b.read(sb, None))
+    # 2 × (discovery + 3 pages) = 8 requests at 4 per second: two windows, one wait of 1 s (each
+    # source alone, with 4 requests, would never wait)
+    assert t.sleeps == [1.0]

@@ -1,7 +1,9 @@
 """Requests of the http source: a request budget, the server's rate-limit headers, retries.
 
 - ``rate_limit: {requests: N, per: 1s}``: at most N requests start in any window of ``per``
-  seconds (a sliding window over the start times of the last N requests).
+  seconds (a sliding window over the start times of the last N requests), counted over every
+  stream of the process that reads the same ``base_url`` (each worker thread has its own source
+  instance; the budget is the API's, so they share it).
 - ``Retry-After`` (seconds or an HTTP date) on a 429 or 503 is the wait before the next attempt
   (capped by ``retry_max_seconds``).
 - ``RateLimit-Remaining``/``X-RateLimit-Remaining`` of 0 with ``RateLimit-Reset``/
@@ -44,6 +46,24 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+class _Budget:
+    """The start times of the last requests to one API, shared by the clients that read it."""
+
+    def __init__(self) -> None:
+        self.starts: collections.deque[float] = collections.deque()
+        self.not_before = 0.0
+        self.lock = threading.Lock()
+
+
+_BUDGETS: dict[tuple[Any, ...], _Budget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def _budget(key: tuple[Any, ...]) -> _Budget:
+    with _BUDGETS_LOCK:
+        return _BUDGETS.setdefault(key, _Budget())
+
+
 class ApiClient:
     """One HTTP client (connection pool) of a source, shared by its streams' reads.
 
@@ -61,9 +81,10 @@ class ApiClient:
         self.clock = clock
         self.sleep = sleep
         self._client = httpx.Client(auth=auth, timeout=settings.timeout, verify=settings.verify, follow_redirects=True)
-        self._starts: collections.deque[float] = collections.deque()
-        self._not_before = 0.0
-        self._lock = threading.Lock()
+        limit = settings.rate_limit
+        owner = getattr(clock, "__self__", clock)  # one budget per clock: tests run their own
+        self._budget = _budget((settings.base_url, limit.requests if limit else None, limit.per if limit else None,
+                                id(owner)))
         #: Requests sent (attempts included), for status and tests.
         self.requests = 0
 
@@ -78,22 +99,32 @@ class ApiClient:
                 text = text.replace(value, "***").replace(httpx.URL("", params={"x": value}).query.decode()[2:], "***")
         return text
 
+    def without_secrets(self, url: str) -> str:
+        """``url`` without the query parameters that hold a secret (an api key a server copied
+        into its next link): what may be kept in a position; the auth adds the key again."""
+        u = httpx.URL(url)
+        secrets = {v for v in self.secrets() if v}
+        kept = [(k, v) for k, v in u.params.multi_items() if v not in secrets]
+        return str(u.copy_with(params=kept)) if len(kept) != len(u.params.multi_items()) else url
+
     # ------------------------------------------------------------------ pacing
 
     def _pace(self) -> None:
         """Waits for the budget and for a rate-limit reset the server announced."""
-        with self._lock:
+        b = self._budget
+        with b.lock:
             while True:
                 now = self.clock()
-                wait = self._not_before - now
+                wait = b.not_before - now
                 limit = self.settings.rate_limit
                 if limit is not None:
-                    while self._starts and self._starts[0] <= now - limit.per:
-                        self._starts.popleft()
-                    if len(self._starts) >= limit.requests:
-                        wait = max(wait, self._starts[0] + limit.per - now)
+                    while b.starts and b.starts[0] <= now - limit.per:
+                        b.starts.popleft()
+                    if len(b.starts) >= limit.requests:
+                        wait = max(wait, b.starts[0] + limit.per - now)
                 if wait <= 0:
-                    self._starts.append(now)
+                    if limit is not None:
+                        b.starts.append(now)
                     return
                 self.sleep(wait)
 
@@ -112,8 +143,8 @@ class ApiClient:
         if seconds > 1e9:  # a Unix time
             seconds -= time.time()
         seconds = min(max(seconds, 0.0), self.settings.retry_max_seconds)
-        with self._lock:
-            self._not_before = max(self._not_before, self.clock() + seconds)
+        with self._budget.lock:
+            self._budget.not_before = max(self._budget.not_before, self.clock() + seconds)
 
     # ------------------------------------------------------------------ one request
 

@@ -188,6 +188,8 @@ class HttpSource(Source):
                                  "JSON") from None
             records = records_of(body, records_path)
             nxt = pager.next(state, r, body, len(records))
+            if nxt is not None and "url" in nxt:  # positions are stored and shown: never a key in them
+                nxt = {**nxt, "url": self.client.without_secrets(nxt["url"])}
             yield records, nxt
             if nxt is None:
                 return
