@@ -203,16 +203,18 @@ class Db:
         table for ``all``, or a probe when there is none) with its path, key and column types."""
         from urllib.parse import quote
 
-        names = [p.stem for p in sorted(Path(self.url).glob("*.arrow"))] if streams == "all" else list(streams)
+        listed = [p.stem for p in sorted(Path(self.url).glob("*.arrow"))] if streams == "all" else list(streams)
         entries = []
-        for name in names or ["probe"]:
+        for item in listed or ["probe"]:
+            given = dict(item) if isinstance(item, dict) else {}
+            name = str(given.pop("table", item))
             path = Path(self.url) / f"{name}.arrow"
             entry: dict[str, Any] = {"name": name, "path": "/db/" + quote(name, safe="")}
             if path.is_file():
                 schema = pa.ipc.open_file(path).schema
                 entry["primary_key"] = [k for k in (schema.metadata or {}).get(b"primary_key", b"").decode().split(",") if k]
                 entry["schema"] = {f.name: _api_type(f.type) for f in schema}
-            entries.append(entry)
+            entries.append({**entry, **given})
         return SourceConfig.model_validate({
             "type": "http", "base_url": self.api, "streams": entries, "params": {"limit": batch_size},
             "paginate": {"type": "link_header"}, "auth": {"type": "bearer", "token": self.token}, **kw})
