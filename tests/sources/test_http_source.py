@@ -372,3 +372,25 @@ def test_sources_of_one_api_share_its_request_budget(api: Api) -> None:
     # 2 × (discovery + 3 pages) = 8 requests at 4 per second: two windows, one wait of 1 s (each
     # source alone, with 4 requests, would never wait)
     assert t.sleeps == [1.0]
+
+
+def test_the_httpx_request_log_never_shows_the_api_key(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    api.auth = "api_key_query"
+    api.put("items", items(5))
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        src, (s,) = make(api, [{"name": "items", **STYLES["cursor"]}], auth=AUTHS["api_key_query"])
+        with src:
+            list(src.read(s, None))
+    logged = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert logged and all("api_key=***" in m and TOKEN not in m for m in logged)
+
+
+def test_a_validated_config_validates_again_unchanged() -> None:
+    raw = {"type": "http", "base_url": "http://x", "streams": [
+        {"name": "a", "path": "/a", "incremental": {"cursor_path": "updated_at"}, "primary_key": ["id"]}]}
+    cfg = SourceConfig.model_validate(raw)
+    again = SourceConfig.model_validate(cfg.model_dump(by_alias=True))
+    assert again.streams == cfg.streams and cfg.streams[0].options["path"] == "/a"
+    assert (cfg.streams[0].mode, cfg.streams[0].cursor) == ("cursor", "updated_at")

@@ -164,7 +164,8 @@ class SingerSource(Source):
         ``options``; the mode is ``log``."""
         common = set(StreamConfig.model_fields) | {"name"}
         out = {k: v for k, v in entry.items() if k in common}
-        out["options"] = {k: v for k, v in entry.items() if k not in common}
+        # merged over `options` already gathered: a validated config dumped and validated again
+        out["options"] = {**(entry.get("options") or {}), **{k: v for k, v in entry.items() if k not in common}}
         if "name" in out and "table" not in out:
             out["table"] = out.pop("name")
         out.setdefault("mode", "log")

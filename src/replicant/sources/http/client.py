@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import collections
 import email.utils
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -44,6 +46,28 @@ class _Transient(Exception):
         self.what = what
         self.status = status
         self.retry_after = retry_after
+
+
+class _Scrubbed(logging.Filter):
+    """Masks the secrets of every live client in the ``httpx`` logger's records (it logs each
+    request's URL at INFO, an api key in the query with it, should an application turn it on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: weakref.WeakSet[ApiClient] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = text
+        for client in list(self.clients):
+            masked = client.safe(masked)
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
+
+
+_SCRUBBED = _Scrubbed()
+logging.getLogger("httpx").addFilter(_SCRUBBED)
 
 
 class _Budget:
@@ -83,6 +107,7 @@ class ApiClient:
         self._client = httpx.Client(auth=auth, timeout=settings.timeout, verify=settings.verify, follow_redirects=True)
         limit = settings.rate_limit
         owner = getattr(clock, "__self__", clock)  # one budget per clock: tests run their own
+        _SCRUBBED.clients.add(self)
         self._budget = _budget((settings.base_url, limit.requests if limit else None, limit.per if limit else None,
                                 id(owner)))
         #: Requests sent (attempts included), for status and tests.

@@ -80,7 +80,8 @@ class HttpSource(Source):
         http keys go under ``options``, ``incremental:`` means ``mode: cursor`` on its field."""
         common = set(StreamConfig.model_fields) | {"name"}  # any other key is checked as an http key
         out = {k: v for k, v in entry.items() if k in common}
-        out["options"] = {k: v for k, v in entry.items() if k not in common}
+        # merged over `options` already gathered: a validated config dumped and validated again
+        out["options"] = {**(entry.get("options") or {}), **{k: v for k, v in entry.items() if k not in common}}
         if "name" in out and "table" not in out:
             out["table"] = out.pop("name")
         inc = entry.get("incremental")
