@@ -394,3 +394,28 @@ def test_a_validated_config_validates_again_unchanged() -> None:
     again = SourceConfig.model_validate(cfg.model_dump(by_alias=True))
     assert again.streams == cfg.streams and cfg.streams[0].options["path"] == "/a"
     assert (cfg.streams[0].mode, cfg.streams[0].cursor) == ("cursor", "updated_at")
+
+
+def test_a_value_that_cannot_be_typed_sends_its_record_to_the_dead_letter_store(api: Api) -> None:
+    from replicant.model import DeadLetter
+
+    api.put("items", [{"id": i, "amount": "oops" if i == 3 else str(i), "when": "2024-01-0{}".format(i)}
+                      for i in range(1, 6)])
+    letters: list[DeadLetter] = []
+    stream = {"name": "items", "path": "/link/items", "primary_key": ["id"],
+              "schema": {"amount": "decimal(10,2)", "when": "date"}}
+    cfg = SourceConfig.model_validate({"type": "http", "base_url": api.url, "streams": [stream]})
+    src = HttpSource(cfg, ConnectorContext("t", dead_letter=lambda s, rs: letters.extend(rs)))
+    with src:
+        (s,) = resolve_streams(cfg, src.discover())
+        assert ids(list(src.read(s, None))) == [1, 2, 4, 5]
+    [letter] = letters
+    assert letter.payload == {"id": 3, "amount": "oops", "when": "2024-01-03"}
+    assert "amount" in letter.reason and "/link/items" in letter.origin and letter.origin.endswith("record 2")
+    for context in (ConnectorContext("t"), ConnectorContext("t", dead_letter=lambda s, rs: None)):
+        fail = {**stream, "on_bad_record": "fail"} if context.dead_letter else stream
+        cfg = SourceConfig.model_validate({"type": "http", "base_url": api.url, "streams": [fail]})
+        src = HttpSource(cfg, context)
+        with src, pytest.raises(FatalError, match="amount"):
+            (s,) = resolve_streams(cfg, src.discover())
+            list(src.read(s, None))

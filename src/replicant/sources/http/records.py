@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from replicant.errors import FatalError, SchemaDriftError
 
-__all__ = ["RESCUED", "arrow_type", "find", "find_one", "infer_schema", "to_table"]
+__all__ = ["RESCUED", "BadValues", "arrow_type", "find", "find_one", "infer_schema", "to_table"]
 
 #: The column of ``on_new_columns: rescue``.
 RESCUED = "_rescued"
@@ -37,6 +37,11 @@ _TYPES: dict[str, pa.DataType] = {
     "date": pa.date32(),
     "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC"),
 }
+
+
+class BadValues(FatalError):
+    """Values of a page that cannot be read as their column's type: the stream fails, or (with
+    ``on_bad_record: dead_letter``) the records at fault go to the dead-letter store."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -133,8 +138,8 @@ def _convert(column: pa.ChunkedArray, target: pa.DataType, name: str, timestamp_
     try:
         return column.cast(target).combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-        raise FatalError(f"column {name!r}: values of type {t} cannot be read as {target} ({e}); declare its type "
-                         f"under the stream's `schema:`") from None
+        raise BadValues(f"column {name!r}: values of type {t} cannot be read as {target} ({e}); declare its type "
+                        f"under the stream's `schema:`") from None
 
 
 def to_table(records: list[Any], schema: pa.Schema, *, nested: str, on_new_columns: str,
@@ -156,8 +161,8 @@ def to_table(records: list[Any], schema: pa.Schema, *, nested: str, on_new_colum
     try:
         raw = pa.Table.from_pylist(records) if records else pa.table({})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise FatalError(f"stream {stream!r}: a field holds values of mixed JSON types ({e}); declare its type "
-                         "under the stream's `schema:` as string or json") from None
+        raise BadValues(f"stream {stream!r}: a field holds values of mixed JSON types ({e}); declare its type "
+                        "under the stream's `schema:` as string or json") from None
     new = [f for f in raw.schema if f.name not in schema.names]
     if new and on_new_columns == "fail":
         raise SchemaDriftError(f"stream {stream!r}: new field(s) {', '.join(f.name for f in new)} in the API's records "
@@ -169,7 +174,10 @@ def to_table(records: list[Any], schema: pa.Schema, *, nested: str, on_new_colum
     n = raw.num_rows
     for f in schema:
         if f.name in raw.column_names:
-            arrays.append(_convert(raw.column(f.name), f.type, f.name, timestamp_format))
+            try:
+                arrays.append(_convert(raw.column(f.name), f.type, f.name, timestamp_format))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:  # strptime, a date
+                raise BadValues(f"column {f.name!r}: values cannot be read as {f.type} ({e})") from None
         elif f.name == RESCUED and on_new_columns == "rescue":
             arrays.append(_rescued(raw, new, n))
         else:

@@ -181,6 +181,9 @@ class HttpStreamSettings(_Strict):
                                               "lists, or as JSON text.")
     on_new_columns: Literal["add", "rescue", "fail"] = Field("add", description="A field not in the schema: a new "
                                                              "column, kept in `_rescued` (JSON), or the stream fails.")
+    on_bad_record: Literal["dead_letter", "fail"] = Field("dead_letter", description="A record with a value that "
+                                                          "cannot be read as its column's type: to the dead-letter "
+                                                          "store (with the page's URL), or the stream fails.")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 

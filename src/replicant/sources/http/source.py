@@ -47,6 +47,7 @@ from replicant.model import (
     OP_READ,
     OP_UPDATE,
     ConnectorContext,
+    DeadLetter,
     Position,
     ReadBatch,
     Stream,
@@ -57,7 +58,7 @@ from replicant.model import (
 from replicant.sources.base import Capabilities, Source
 from replicant.sources.http.client import ApiClient
 from replicant.sources.http.paginate import Pager, records_of
-from replicant.sources.http.records import RESCUED, arrow_type, infer_schema, to_table
+from replicant.sources.http.records import RESCUED, BadValues, arrow_type, infer_schema, to_table
 from replicant.sources.http.settings import HttpSettings, HttpStreamSettings
 from replicant.sources.select import parse_lookback
 
@@ -127,6 +128,7 @@ class HttpSource(Source):
             raise ConfigError("invalid source", problems)
         self._clock, self._sleep = clock, sleep
         self._client: ApiClient | None = None
+        self._page_url = ""
         #: the schema each stream has grown to in this process (new fields under `add`)
         self._schemas: dict[str, pa.Schema] = {}
 
@@ -182,6 +184,7 @@ class HttpSource(Source):
         while True:
             page_url, page_params = pager.request(state, url, params)
             r = self.client.get(page_url, params=page_params, headers=headers)
+            self._page_url = f"GET {self.client.safe(r.request.url)}"  # the origin of its dead letters
             try:
                 body = r.json()
             except ValueError:
@@ -269,14 +272,39 @@ class HttpSource(Source):
         """A page's records as a table of the stream's schema (grown by new fields under ``add``)."""
         st = self._streams[stream.name]
         schema = self._schemas.get(stream.name, stream.schema)
-        table, schema = to_table(records, schema, nested=st.nested, on_new_columns=st.on_new_columns,
-                                 timestamp_format=st.timestamp_format, stream=stream.name)
+        try:
+            table, schema = to_table(records, schema, nested=st.nested, on_new_columns=st.on_new_columns,
+                                     timestamp_format=st.timestamp_format, stream=stream.name)
+        except BadValues:
+            if st.on_bad_record == "fail" or self.context.dead_letter is None:
+                raise
+            table, schema = self._without_bad(stream, st, records, schema)
         pcol = self._parent_column(stream.name)
         if pcol is not None and parent is not None:
             i = table.schema.get_field_index(pcol)
             table = table.set_column(i, table.schema.field(i), pa.repeat(pa.scalar(str(parent)), table.num_rows))
         self._schemas[stream.name] = schema
         return table
+
+    def _without_bad(self, stream: Stream, st: HttpStreamSettings, records: list[Any],
+                     schema: pa.Schema) -> tuple[pa.Table, pa.Schema]:
+        """The page without the records at fault, which go to the dead-letter store with the
+        page's URL and their place in it. Only on this error path is a page read record by
+        record, to find them."""
+        good, letters = [], []
+        for i, r in enumerate(records):
+            try:
+                to_table([r], schema, nested=st.nested, on_new_columns=st.on_new_columns,
+                         timestamp_format=st.timestamp_format, stream=stream.name)
+            except BadValues as e:
+                payload = r if isinstance(r, dict) else {"value": r}
+                letters.append(DeadLetter(reason=str(e), payload=payload, origin=f"{self._page_url} record {i}"))
+            else:
+                good.append(r)
+        assert self.context.dead_letter is not None
+        self.context.dead_letter(stream, letters)
+        return to_table(good, schema, nested=st.nested, on_new_columns=st.on_new_columns,
+                        timestamp_format=st.timestamp_format, stream=stream.name)
 
     def _emit(self, table: pa.Table, op: str, pos: Position, keep: Any = None) -> pa.RecordBatch:
         if keep is not None:
