@@ -214,3 +214,21 @@ def test_a_pipeline_of_the_small_tap_lands_in_duckdb(tmp_path: Path, fake_tap: l
     assert result.ok, result.errors
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*), count(DISTINCT id), max(id) FROM things").fetchone() == (4500, 4500, 4500)
+
+
+def test_follow_runs_the_tap_again_from_its_state_until_stopped(fake_tap: list[str]) -> None:
+    import threading
+    import time
+
+    src = _source(fake_tap, poll_interval=0.1)
+    (s,) = src.discover()
+    stop = threading.Event()
+    ids: list[int] = []
+    stopped = 0.0
+    for cs in src.capture([s], {}, resume=None, follow=True, stop=stop):
+        ids += [i for b in cs.batches.values() for i in b.column("id").to_pylist()]
+        if len(ids) >= 4500 and not stop.is_set():
+            stop.set()
+            stopped = time.monotonic()
+    assert ids[:2500] == list(range(1, 2501)) and ids[2500:4500] == list(range(2001, 4001))
+    assert time.monotonic() - stopped < 5  # the running tap was stopped, not waited for

@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import re
+import select
 import shlex
 import shutil
 import subprocess
@@ -340,6 +341,9 @@ class SingerSource(Source):
             batch_lines = max(1, self.config.batch_size)
             lines: list[bytes] = []
             while not stop.is_set():
+                ready, _, _ = select.select([stdout], [], [], 0.5)  # a quiet tap must not hold up a stop
+                if not ready:
+                    continue
                 block = stdout.read1(_BLOCK)
                 if block:
                     parts = (pending + block).split(b"\n")
