@@ -420,3 +420,13 @@ def test_a_value_that_cannot_be_typed_sends_its_record_to_the_dead_letter_store(
             (s,) = resolve_streams(cfg, src.discover())
             with pytest.raises(FatalError, match="amount"):
                 list(src.read(s, None))
+
+
+def test_a_typed_time_cursor_filters_on_the_client_and_keeps_its_highest_value(api: Api) -> None:
+    api.put("items", [{"id": i, "at": f"2024-01-0{i}T10:00:00Z"} for i in range(1, 6)])
+    stream = {"name": "items", "path": "/link/items", "primary_key": ["id"], "schema": {"at": "timestamptz"},
+              "incremental": {"cursor_path": "at"}}
+    src, (s,) = make(api, [stream])
+    with src:
+        got = list(src.read(s, {"cursor": "2024-01-03T10:00:00+00:00"}))
+    assert ids(got) == [4, 5] and got[-1].position == {"cursor": "2024-01-05T10:00:00+00:00"}

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -408,11 +409,23 @@ def _cursor(table: pa.Table, column: str | None, floor: Any, high: Any) -> tuple
         high = top
     if floor is None:
         return high, None
-    if not pa.types.is_string(col.type) and isinstance(floor, str):
-        col = col.cast(pa.string())
-        if pa.types.is_timestamp(table.column(column).type):
-            col = pc.utf8_replace_slice(col, 10, 11, "T")  # Arrow writes a space; positions hold isoformat
-    return high, pc.fill_null(pc.greater(col, pa.scalar(floor)), False)
+    return high, pc.fill_null(pc.greater(col, _scalar(floor, col.type)), False)
+
+
+def _scalar(value: Any, t: pa.DataType) -> pa.Scalar:
+    """A cursor from a position (JSON: ISO text for times) as a scalar of the column's type."""
+    if isinstance(value, str) and pa.types.is_timestamp(t):
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if t.tz is None and when.tzinfo is not None:
+            when = when.astimezone(UTC).replace(tzinfo=None)
+        elif t.tz is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return pa.scalar(when, type=t)
+    if isinstance(value, str) and pa.types.is_date(t):
+        return pa.scalar(date.fromisoformat(value), type=t)
+    if isinstance(value, str) and pa.types.is_decimal(t):
+        return pa.scalar(Decimal(value), type=t)
+    return pa.scalar(value).cast(t)
 
 
 def _lookback(st: HttpStreamSettings) -> float | int | None:
@@ -429,6 +442,12 @@ def _jsonable(v: Any) -> Any:
 
 
 def _gt(a: Any, b: Any) -> bool:
+    """``a > b`` for cursors: ISO times as instants (``Z`` and ``+00:00`` alike), else as they are."""
+    if isinstance(a, str) and isinstance(b, str):
+        try:
+            return datetime.fromisoformat(a.replace("Z", "+00:00")) > datetime.fromisoformat(b.replace("Z", "+00:00"))
+        except (ValueError, TypeError):
+            return a > b
     try:
         return bool(a > b)
     except TypeError:
