@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from typing import Any
 
 import pyarrow as pa
@@ -101,16 +102,22 @@ def infer_schema(records: list[Any], hints: dict[str, str], nested: str, key: tu
     return pa.schema([f.with_nullable(f.name not in key) for f in fields])
 
 
-def _to_json(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Structs and lists as JSON text, in bulk (DuckDB's ``to_json``)."""
-    import duckdb
+_DUCKDB = threading.local()
 
-    con = duckdb.connect()
+
+def _to_json(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Structs and lists as JSON text, in bulk (DuckDB's ``to_json``), on one in-memory DuckDB
+    connection per thread (opening one costs more than converting a page)."""
+    con = getattr(_DUCKDB, "con", None)
+    if con is None:
+        import duckdb
+
+        con = _DUCKDB.con = duckdb.connect()
+    con.register("page", pa.table({"v": column}))
     try:
-        con.register("page", pa.table({"v": column}))
         out = con.sql("SELECT to_json(v)::VARCHAR AS v FROM page").to_arrow_table()
     finally:
-        con.close()
+        con.unregister("page")
     return out.column("v").combine_chunks().cast(pa.string())
 
 
