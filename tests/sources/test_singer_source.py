@@ -232,3 +232,29 @@ def test_follow_runs_the_tap_again_from_its_state_until_stopped(fake_tap: list[s
             stopped = time.monotonic()
     assert ids[:2500] == list(range(1, 2501)) and ids[2500:4500] == list(range(2001, 4001))
     assert time.monotonic() - stopped < 5  # the running tap was stopped, not waited for
+
+
+def test_records_of_a_slow_tap_are_not_held_back_until_it_ends(tmp_path: Path) -> None:
+    import threading
+
+    script = tmp_path / "slow_tap.py"
+    script.write_text(textwrap.dedent('''
+        import json, sys, time
+        schema = {"type": "object", "properties": {"id": {"type": "integer"}}}
+        if "--discover" in sys.argv:
+            print(json.dumps({"streams": [{"tap_stream_id": "s", "schema": schema, "key_properties": ["id"]}]}))
+            sys.exit(0)
+        for i in (1, 2, 3):
+            print(json.dumps({"type": "RECORD", "stream": "s", "record": {"id": i}}), flush=True)
+        time.sleep(3)  # a tap waiting on its source
+        print(json.dumps({"type": "STATE", "value": {"at": 3}}), flush=True)
+    '''))
+    cfg = SourceConfig.model_validate({"type": "singer", "command": [sys.executable, str(script)], "streams": ["s"],
+                                       "flush_interval": 0.2})
+    src = SingerSource(cfg, ConnectorContext("t"))
+    (s,) = src.discover()
+    feed = src.capture([s], {}, resume=None, follow=False, stop=threading.Event())
+    first = next(feed)
+    assert first.batches["s"].column("id").to_pylist() == [1, 2, 3] and first.position == {"state": None}
+    assert src._proc is not None and src._proc.poll() is None  # while the tap still runs
+    assert [cs.position for cs in feed] == [{"state": {"at": 3}}]

@@ -49,6 +49,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -340,25 +341,28 @@ class SingerSource(Source):
             current: Position = {"state": state}
             batch_lines = max(1, self.config.batch_size)
             lines: list[bytes] = []
+            flushed = time.monotonic()
+            wait = min(0.5, float(self.config.flush_interval))
             while not stop.is_set():
-                ready, _, _ = select.select([stdout], [], [], 0.5)  # a quiet tap must not hold up a stop
-                if not ready:
-                    continue
-                block = stdout.read1(_BLOCK)
+                ready, _, _ = select.select([stdout], [], [], wait)  # a quiet tap must not hold up a stop
+                block = stdout.read1(_BLOCK) if ready else None
                 if block:
                     parts = (pending + block).split(b"\n")
                     pending = parts.pop()
                     lines += [p for p in parts if p.strip()]
-                    if len(lines) < batch_lines:
-                        continue
-                elif pending.strip():
+                elif block is not None and pending.strip():  # end of output
                     lines.append(pending)
                     pending = b""
-                for cs in self._change_sets(lines, by_name, current):
-                    current = cs.position
-                    yield cs
-                lines = []
-                if not block:
+                due = time.monotonic() - flushed >= float(self.config.flush_interval)
+                if block is not None and block and len(lines) < batch_lines and not due:
+                    continue
+                if lines:  # a full block, the end, or records waiting longer than flush_interval
+                    for cs in self._change_sets(lines, by_name, current):
+                        current = cs.position
+                        yield cs
+                    lines = []
+                flushed = time.monotonic()
+                if block is not None and not block:
                     break
             code = proc.wait() if not stop.is_set() else _terminate(proc)
             if code != 0 and not stop.is_set():
