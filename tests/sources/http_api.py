@@ -18,7 +18,7 @@ Records are ordered by ``id``; ``since`` keeps those whose ``updated_at`` is gre
 ``auth`` is the kind every data request must carry (``bearer``, ``api_key_header``,
 ``api_key_query``, ``api_key_cookie``, ``basic``, ``oauth2``; None: open); a wrong one gets 401.
 ``faults`` are answered instead of the next matching requests, in order: ``"429"`` (with
-``Retry-After: 1``), ``"500"``, ``"timeout"`` (answers after ``slow`` seconds), ``"404"``.
+``Retry-After: 1``), ``"500"``, ``"408"``, ``"timeout"`` (answers after ``slow`` seconds), ``"404"``.
 ``delay`` slows every data request (to kill a client mid-pagination). ``served`` counts the
 records returned per resource; ``log`` keeps each request's path and query.
 """
@@ -128,6 +128,8 @@ class Api:
             return web.json_response({"error": "slow down"}, status=429, headers={"Retry-After": "1"})
         if fault == "500":
             return web.json_response({"error": "boom"}, status=500)
+        if fault == "408":
+            return web.json_response({"error": "request timeout"}, status=408)
         if fault == "404":
             return web.json_response({"error": "no such thing"}, status=404)
         if fault == "timeout":

@@ -205,7 +205,7 @@ def test_429_with_retry_after_500s_and_timeouts_are_retried(api: Api) -> None:
     api.slow = 1.0
     t = FakeTime()
     src, (s,) = make(api, [{"name": "items", "primary_key": ["id"], **STYLES["cursor"]}], time=t, timeout=0.3)
-    api.faults += [("/cursor", "429"), ("/cursor", "500"), ("/cursor", "timeout"), ("/cursor", "500")]
+    api.faults += [("/cursor", "429"), ("/cursor", "500"), ("/cursor", "timeout"), ("/cursor", "408")]
     with src:
         assert ids(list(src.read(s, None))) == list(range(1, 31))
     assert t.sleeps[0] == 1.0  # Retry-After
