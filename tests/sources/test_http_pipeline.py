@@ -96,7 +96,7 @@ def test_kill_9_mid_pagination_resumes_from_the_last_durable_page(
     monkeypatch.setenv("HTTP_TEST_TOKEN", TOKEN)
     rng = random.Random(20261206)
     api.auth = "bearer"
-    api.delay = 0.01
+    api.delay = 0.02  # every run takes seconds: the kills land mid-pagination
     api.put("items", items(3000, updated="2024-01-01T00:00:00Z"))
     path = _pipeline(tmp_path, api, limit=25)
     kills = 0
