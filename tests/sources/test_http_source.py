@@ -430,3 +430,24 @@ def test_a_typed_time_cursor_filters_on_the_client_and_keeps_its_highest_value(a
     with src:
         got = list(src.read(s, {"cursor": "2024-01-03T10:00:00+00:00"}))
     assert ids(got) == [4, 5] and got[-1].position == {"cursor": "2024-01-05T10:00:00+00:00"}
+
+
+def test_without_a_sink_dead_letters_go_to_the_state_store_the_context_names(api: Api, tmp_path) -> None:
+    import dataclasses
+
+    from replicant.state.store import StateStore
+
+    if "state_url" not in {f.name for f in dataclasses.fields(ConnectorContext)}:
+        pytest.skip("ConnectorContext has no state_url on this branch (the files source's merge adds it)")
+    api.put("items", [{"id": i, "amount": "oops" if i == 2 else str(i)} for i in (1, 2, 3)])
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    cfg = SourceConfig.model_validate({"type": "http", "base_url": api.url, "streams": [
+        {"name": "items", "path": "/link/items", "primary_key": ["id"], "schema": {"amount": "decimal(10,2)"}}]})
+    context: dict[str, Any] = {"pipeline": "p", "state_url": url}  # a field of the merged ConnectorContext
+    src = HttpSource(cfg, ConnectorContext(**context))
+    with src:
+        (s,) = resolve_streams(cfg, src.discover())
+        assert ids(list(src.read(s, None))) == [1, 3]
+    with StateStore(url) as st:
+        [letter] = st.dead_letters("p")
+    assert letter["payload"] == {"id": 2, "amount": "oops"} and "/link/items" in letter["origin"]

@@ -277,7 +277,7 @@ class HttpSource(Source):
             table, schema = to_table(records, schema, nested=st.nested, on_new_columns=st.on_new_columns,
                                      timestamp_format=st.timestamp_format, stream=stream.name)
         except BadValues:
-            if st.on_bad_record == "fail" or self.context.dead_letter is None:
+            if st.on_bad_record == "fail" or self._dead_letters() is None:
                 raise
             table, schema = self._without_bad(stream, st, records, schema)
         pcol = self._parent_column(stream.name)
@@ -302,10 +302,28 @@ class HttpSource(Source):
                 letters.append(DeadLetter(reason=str(e), payload=payload, origin=f"{self._page_url} record {i}"))
             else:
                 good.append(r)
-        assert self.context.dead_letter is not None
-        self.context.dead_letter(stream, letters)
+        sink = self._dead_letters()
+        assert sink is not None
+        sink(stream, letters)
         return to_table(good, schema, nested=st.nested, on_new_columns=st.on_new_columns,
                         timestamp_format=st.timestamp_format, stream=stream.name)
+
+    def _dead_letters(self) -> Any:
+        """Where records that cannot be read go: the context's sink, else the pipeline's state
+        store when the context names it (``state_url``); None: nowhere (the stream fails)."""
+        if self.context.dead_letter is not None:
+            return self.context.dead_letter
+        url = getattr(self.context, "state_url", None)
+        if not url:
+            return None
+
+        def store(stream: Stream, letters: list[DeadLetter]) -> None:
+            from replicant.state import StateStore
+
+            with StateStore(url) as st:
+                st.add_dead_letters(self.context.pipeline, stream.name, letters, tenant=self.context.tenant)
+
+        return store
 
     def _emit(self, table: pa.Table, op: str, pos: Position, keep: Any = None) -> pa.RecordBatch:
         if keep is not None:
