@@ -1,0 +1,187 @@
+"""One side of a comparison: a connection to the database that holds a stream's rows, the
+relation (table, or a view folding files), the columns to compare and how to read each.
+
+Every query a comparison runs is built here from the dialect's canonical encoding
+(:mod:`replicant.validate.canon`) and runs inside that database: counts and checksums per
+bucket, and the rows of the buckets that differ. A side is used from one thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote as urlquote
+
+import pyarrow as pa
+
+from replicant.errors import ConnectionError, FatalError, redact
+from replicant.validate.canon import DIALECTS, Dialect
+
+__all__ = ["Column", "Side", "duckdb_connection", "mysql_connection", "pg_connection", "sqlite_connection"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A compared column: its name in the log (``name``), its Arrow field there, and the SQL
+    that reads it on this side (a quoted column, perhaps qualified)."""
+
+    name: str
+    field: pa.Field
+    sql: str
+
+
+@dataclass
+class Side:
+    """One database holding a stream's rows.
+
+    Args:
+        label: for messages and the report (``source``, ``destination warehouse``).
+        dialect: the canonical encoding's dialect name.
+        execute: runs a query and returns its rows.
+        relation: what the rows are read from (a quoted table or a parenthesised query).
+        keys, values: the key columns and the other compared columns.
+        where: filters (a tenant's rows).
+        close: releases the connection.
+    """
+
+    label: str
+    dialect_name: str
+    execute: Callable[[str], list[tuple[Any, ...]]]
+    relation: str
+    keys: list[Column]
+    values: list[Column]
+    where: list[str] = field(default_factory=list)
+    close: Callable[[], None] = lambda: None
+    hash_sql: str | None = None  # a format with {} for the text: the cheap hash, when chosen
+
+    @property
+    def dialect(self) -> Dialect:
+        return DIALECTS[self.dialect_name]
+
+    def _hash(self, text: str) -> str:
+        return self.hash_sql.format(text) if self.hash_sql else self.dialect.hash64(text)
+
+    def key_text(self) -> str:
+        d = self.dialect
+        return d.row_text([str(d.wrapped(c.sql, c.field)) for c in self.keys])
+
+    def row_text(self) -> str:
+        d = self.dialect
+        return d.row_text([str(d.wrapped(c.sql, c.field)) for c in self.keys + self.values])
+
+    def _filtered(self, extra: list[str]) -> str:
+        conds = self.where + extra
+        return f" WHERE {' AND '.join(conds)}" if conds else ""
+
+    def buckets(self, n: int, parent: int | None = None, parents: Sequence[int] = ()) -> dict[int, tuple[int, int, int]]:
+        """Per bucket of ``n`` (by key hash), ``(rows, sum of high halves, sum of low halves)``
+        of the row hashes; only the buckets inside ``parents`` of ``parent`` buckets when given."""
+        d = self.dialect
+        k, r = "k", "r"
+        extra = [f"{d.bucket(k, parent)} IN ({', '.join(map(str, parents))})"] if parent else []
+        inner = f"SELECT {self._hash(self.key_text())} AS k, {self._hash(self.row_text())} AS r FROM {self.relation}{self._filtered([])}"
+        sql = (f"SELECT {d.bucket(k, n)} AS b, COUNT(*), SUM({d.high(r)}), SUM({d.low(r)}) "
+               f"FROM ({inner}) s{' WHERE ' + extra[0] if extra else ''} GROUP BY 1")
+        return {int(b): (int(c), int(h or 0), int(lo or 0)) for b, c, h, lo in self.execute(sql)}
+
+    def rows(self, n: int, buckets: Sequence[int]) -> dict[str, tuple[int, tuple[Any, ...]]]:
+        """The rows of ``buckets`` (of ``n``): key text → (row hash, the key's values)."""
+        d = self.dialect
+        kt = self.key_text()
+        raw = ", ".join(c.sql for c in self.keys)
+        cond = f"{d.bucket(self._hash(kt), n)} IN ({', '.join(map(str, buckets))})"
+        sql = f"SELECT {kt}, {self._hash(self.row_text())}, {raw} FROM {self.relation}{self._filtered([cond])}"
+        return {str(row[0]): (int(row[1]), tuple(row[2:])) for row in self.execute(sql)}
+
+
+# ------------------------------------------------------------------------------ connections
+
+
+def _wrap(label: str, run: Callable[[str], list[tuple[Any, ...]]], errors: tuple[type[BaseException], ...]) -> Callable[[str], list[tuple[Any, ...]]]:
+    def execute(sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return run(sql)
+        except errors as e:
+            raise FatalError(f"{label}: {redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)}") from None
+
+    return execute
+
+
+def pg_connection(url: str, label: str) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+    import psycopg
+
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as e:
+        raise ConnectionError(f"{label}: cannot connect to PostgreSQL: {redact(str(e).strip().splitlines()[0])}") from None
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        with conn.cursor() as cur:
+            cur.execute(sql.encode())  # built from quoted names and literals only: no parameters
+            return list(cur.fetchall())
+
+    return _wrap(label, run, (psycopg.Error,)), conn.close
+
+
+def mysql_connection(url: str, label: str) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    try:
+        conn = pymysql.connect(host=u.host or "localhost", port=u.port or 3306, user=u.username or "", password=u.password or "",
+                               database=u.database, charset="utf8mb4", autocommit=True, connect_timeout=10,
+                               init_command="SET time_zone = '+00:00'")
+    except pymysql.Error as e:
+        raise ConnectionError(f"{label}: cannot connect to MySQL: {redact(str(e))}") from None
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+
+    return _wrap(label, run, (pymysql.Error,)), conn.close
+
+
+def _md5_64(text: str | None) -> int | None:
+    if text is None:
+        return None
+    return int.from_bytes(hashlib.md5(text.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True)
+
+
+def sqlite_connection(path: str, label: str) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+    try:
+        conn = sqlite3.connect(f"file:{urlquote(path)}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise ConnectionError(f"{label}: cannot open SQLite database {path!r}: {e}") from None
+    # SQLite has no MD5; the canonical hash of every other dialect, computed by hashlib
+    conn.create_function("replicant_md5_64", 1, _md5_64, deterministic=True)
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        return list(conn.execute(sql).fetchall())
+
+    return _wrap(label, run, (sqlite3.Error,)), conn.close
+
+
+def duckdb_connection(path: str | None, label: str, *, tables: dict[str, Any] | None = None) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+    """A DuckDB connection (read-only on a file; in memory when ``path`` is None, with
+    ``tables`` registered: Arrow tables by name), zoned values in UTC."""
+    import duckdb
+
+    try:
+        conn = duckdb.connect(path, read_only=True) if path else duckdb.connect()
+    except duckdb.Error as e:
+        raise ConnectionError(f"{label}: cannot open DuckDB file {path!r}: {str(e).splitlines()[0]}") from None
+    conn.execute("SET TimeZone = 'UTC'")
+    for name, table in (tables or {}).items():
+        conn.register(name, table)
+    lock = __import__("threading").Lock()
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        with lock:
+            return list(conn.execute(sql).fetchall())
+
+    return _wrap(label, run, (duckdb.Error,)), conn.close
