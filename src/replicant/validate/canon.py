@@ -247,7 +247,7 @@ class MySQLDialect(Dialect):
         # MariaDB has no scientific format: mantissa and exponent by arithmetic
         e = f"FLOOR(LOG10(ABS({col})))"
         m = f"CAST(ROUND({col} / POW(10, {e}), {FLOAT_DIGITS}) AS DECIMAL(14, {FLOAT_DIGITS}))"
-        exp = f"CONCAT('e', IF({e} < 0, '-', '+'), LPAD(ABS({e}), 2, '0'))"
+        exp = f"CONCAT('e', IF({e} < 0, '-', '+'), IF(ABS({e}) < 10, CONCAT('0', ABS({e})), ABS({e})))"  # LPAD would cut 300 to 30
         return f"CASE WHEN {col} = 0 THEN '0.{'0' * FLOAT_DIGITS}e+00' ELSE CONCAT({m}, {exp}) END"
 
     def bytes(self, col: str) -> str:
@@ -275,11 +275,15 @@ class SQLiteDialect(Dialect):
     def hash64(self, text: str) -> str:
         return f"replicant_md5_64({text})"
 
+    # printf() and hex() turn NULL into '0.00' and '': NULL must stay NULL
     def decimal(self, col: str, precision: int, scale: int) -> str:
-        return f"printf('%.{scale}f', {col})"
+        return f"CASE WHEN {col} IS NOT NULL THEN printf('%.{scale}f', {col}) END"
 
     def float(self, col: str) -> str:
-        return f"printf('%.{FLOAT_DIGITS}e', {col})"
+        return f"CASE WHEN {col} IS NOT NULL THEN printf('%.{FLOAT_DIGITS}e', {col}) END"
+
+    def bytes(self, col: str) -> str:
+        return f"CASE WHEN {col} IS NOT NULL THEN lower(hex({col})) END"
 
     def bool(self, col: str) -> str:
         return f"CASE WHEN {col} <> 0 THEN '1' WHEN {col} = 0 THEN '0' END"

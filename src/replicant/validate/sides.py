@@ -20,6 +20,8 @@ import pyarrow as pa
 from replicant.errors import ConnectionError, FatalError, redact
 from replicant.validate.canon import DIALECTS, Dialect
 
+_U64 = (1 << 64) - 1
+
 __all__ = ["Column", "Side", "duckdb_connection", "mysql_connection", "pg_connection", "sqlite_connection"]
 
 
@@ -94,7 +96,7 @@ class Side:
         raw = ", ".join(c.sql for c in self.keys)
         cond = f"{d.bucket(self._hash(kt), n)} IN ({', '.join(map(str, buckets))})"
         sql = f"SELECT {kt}, {self._hash(self.row_text())}, {raw} FROM {self.relation}{self._filtered([cond])}"
-        return {str(row[0]): (int(row[1]), tuple(row[2:])) for row in self.execute(sql)}
+        return {str(row[0]): (int(row[1]) & _U64, tuple(row[2:])) for row in self.execute(sql)}  # signed or not, by dialect
 
 
 # ------------------------------------------------------------------------------ connections

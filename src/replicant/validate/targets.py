@@ -200,6 +200,10 @@ def destination_side(plan: Plan, dest: Any, dcfg: DestinationConfig, pipeline: s
         assert dcfg.url is not None
         dialect, url = normalize_url(dcfg.url.get_secret_value())
         execute, close = _connect(dialect, url, label)
+        if dialect == "mysql" and not dest.schema:  # set by connect(): the URL's database
+            from sqlalchemy.engine import make_url
+
+            dest.schema = dcfg.schema_name or make_url(url).database or ""
     table = dest.table_name(stream)
     fold = dest.fold if dialect == "postgresql" else (lambda n: n)
     cols = {n: Column(n, c.schema.field(n), dest.quote(fold(n))) for n in plan.keys + plan.values}
