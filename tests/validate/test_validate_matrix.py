@@ -36,6 +36,11 @@ def destination(request, tmp_path: Path) -> dict:
         dest["schema"] = "target"
     elif kind == "mysql":
         dest["url"] = request.getfixturevalue("mysql_url")
+        server = request.getfixturevalue("mysql_server")
+        name = dest["url"].rsplit("/", 1)[1] + "_t"  # its own database: a MySQL source may use the same URL
+        server.create_database(name)
+        request.addfinalizer(lambda: server.drop_database(name))
+        dest["schema"] = name
     elif kind == "files":
         dest["path"] = str(tmp_path / "lake")
     else:
@@ -47,8 +52,6 @@ def destination(request, tmp_path: Path) -> dict:
 @pytest.mark.parametrize("source_db", SOURCES, indirect=True)
 def test_validate_finds_exactly_the_planted_differences_and_repair_converges(source_db: SourceDb, destination: dict, tmp_path: Path) -> None:
     source_db.create()
-    if source_db.kind == "postgres" and destination["type"] == "postgres":
-        source_db.run("SELECT 1")  # source and target share the server: the target has its own schema
     cfg = parse({"pipeline": "v", "source": {"type": source_db.kind if source_db.kind != "mysql" else "mysql", "url": source_db.url,
                                               "streams": [{"table": "types"}, {"table": "pairs"}, {"table": "words"}]},
                  "destinations": [destination]}, base_dir=tmp_path)
