@@ -19,8 +19,9 @@ type both sides were written from), then ``v`` + that text, or ``n`` for NULL (s
 * other types (lists, structs, intervals): not compared; the column is listed as unverified.
 
 The row hash is the first 64 bits of the MD5 of the row text: every dialect computes MD5 the
-same way. A comparison between two PostgreSQL databases may use ``hashtextextended`` instead
-(:attr:`Dialect.cheap_hash`), which is faster but exists only there.
+same way. Between two sides of one dialect a cheaper hash is used: the typed values' own hash
+(PostgreSQL ``hash_record_extended``, DuckDB ``hash``) when every compared column has the same
+type on both sides, else that dialect's hash of the canonical text (:attr:`Dialect.cheap_hash`).
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ class Dialect:
         60 bits and its two 32-bit halves are used)."""
         raise NotImplementedError
 
+    def typed_hash(self, cols: list[str]) -> str | None:
+        """A 64-bit hash of the columns' typed values, when the dialect has one: equal only
+        between two tables of this dialect whose columns have the same types."""
+        return None
+
     def high(self, h: str) -> str:
         return f"(({h} >> 32) & {_MASK32})"
 
@@ -176,6 +182,12 @@ class PostgresDialect(Dialect):
 
     def hash64(self, text: str) -> str:
         return f"('x' || substr(md5({text}), 1, 16))::bit(64)::bigint"
+
+    def typed_hash(self, cols: list[str]) -> str | None:
+        return f"hash_record_extended(ROW({', '.join(cols)}), 0)"
+
+    def type_of(self, col: str) -> str:
+        return f"pg_typeof({col})::text"
 
     def text(self, col: str) -> str:
         return f"{col}::text"
@@ -310,6 +322,12 @@ class DuckDBDialect(Dialect):
 
     def hash64(self, text: str) -> str:
         return f"('0x' || substr(md5({text}), 1, 16))::UBIGINT"
+
+    def typed_hash(self, cols: list[str]) -> str | None:
+        return f"hash({', '.join(cols)})"
+
+    def type_of(self, col: str) -> str:
+        return f"typeof({col})"
 
     def text(self, col: str) -> str:
         return f"CAST({col} AS VARCHAR)"

@@ -1,9 +1,11 @@
 """Compares two sides of a stream: checksums per key-hash bucket computed inside each
 database, in parallel, then bisection of the buckets that differ down to the keys.
 
-Buckets are ranges of the key's hash (``hash(key) mod n``), never of key values: gaps in the
-keys, text keys and compound keys split as evenly as integers. The first pass computes
-``n`` = 4096 buckets on both sides at once (one scan each); a bucket is equal when its row
+The first pass asks each side for its row count and the sums of both 32-bit halves of its
+rows' hashes, without grouping (one scan, parallel inside PostgreSQL): equal tables stop here.
+Otherwise buckets come in. Buckets are ranges of the key's hash (``hash(key) mod n``), never
+of key values: gaps in the keys, text keys and compound keys split as evenly as integers. The
+next pass computes ``n`` = 4096 buckets on both sides at once (one scan each); a bucket is equal when its row
 count and the sums of both 32-bit halves of its rows' hashes are equal. The buckets that
 differ are split 64 ways (``n`` × 64, only inside them: one more scan each) until they hold
 few enough rows to fetch (:data:`LEAF_ROWS`); then both sides' keys and row hashes of those
@@ -69,11 +71,9 @@ def _both(pool: ThreadPoolExecutor, a: Callable[[], T], b: Callable[[], T]) -> t
     return fa.result(), fb.result()
 
 
-def _checksum(buckets: dict[int, tuple[int, int, int]]) -> tuple[int, str]:
-    rows = sum(v[0] for v in buckets.values())
-    high = sum(v[1] for v in buckets.values())
-    low = sum(v[2] for v in buckets.values())
-    return rows, f"{rows}:{high:x}:{low:x}"
+def _text(total: tuple[int, int, int]) -> str:
+    """A checksum as text: rows, then both sums of hash halves in hex."""
+    return f"{total[0]}:{total[1]:x}:{total[2]:x}"
 
 
 def readable_key(text: str, names: list[str]) -> dict[str, str | None]:
@@ -115,13 +115,14 @@ def compare(src: Side, dst: Side, *, recheck: bool = True, before_recheck: Calla
     out = Comparison()
     names = [c.name for c in src.keys]
     with ThreadPoolExecutor(2, thread_name_prefix="validate") as pool:
+        ta, tb = _both(pool, src.total, dst.total)
+        out.passes = 1
+        out.source_rows, out.source_checksum = ta[0], _text(ta)
+        out.destination_rows, out.destination_checksum = tb[0], _text(tb)
         n, parent, parents = FIRST_BUCKETS, 0, []
-        while True:
+        while ta != tb:
             a, b = _both(pool, lambda: src.buckets(n, parent, parents), lambda: dst.buckets(n, parent, parents))
             out.passes += 1
-            if not parent:
-                out.source_rows, out.source_checksum = _checksum(a)
-                out.destination_rows, out.destination_checksum = _checksum(b)
             bad = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if not bad:
                 break

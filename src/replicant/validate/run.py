@@ -20,6 +20,7 @@ from typing import Any
 from replicant.config import PipelineConfig
 from replicant.errors import ReplicantError, redact
 from replicant.validate.compare import Comparison, compare
+from replicant.validate.sides import agree
 from replicant.validate.targets import QUERYABLE, CannotValidate, Plan, build_destination, destination_side, plan_stream, source_side
 
 __all__ = ["StreamResult", "ValidationReport", "validate_pipeline"]
@@ -188,10 +189,11 @@ def _compare(cfg: PipelineConfig, state: Any, plan: Plan, source: Any, source_ur
         finally:
             lg.close()
     r.log_offset, r.source_position = log_offset, position
-    src = source_side(plan, source, source_url)
+    src = source_side(plan, source, source_url, stream=dcfg.type in ("duckdb", "files"))
     try:
         dst, offset = destination_side(plan, dest, dcfg, cfg.pipeline, tenant)
         try:
+            agree(src, dst)
             def current() -> int:
                 got = offset if offset is not None else None
                 if offset is not None:  # re-read from the destination's own table

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote as urlquote
@@ -22,7 +22,7 @@ from replicant.validate.canon import DIALECTS, Dialect
 
 _U64 = (1 << 64) - 1
 
-__all__ = ["Column", "Side", "duckdb_connection", "mysql_connection", "pg_connection", "sqlite_connection"]
+__all__ = ["Column", "Side", "StreamSide", "agree", "duckdb_connection", "mysql_connection", "pg_connection", "sqlite_connection"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,15 @@ class Side:
 
     Args:
         label: for messages and the report (``source``, ``destination warehouse``).
-        dialect: the canonical encoding's dialect name.
+        dialect_name: the canonical encoding's dialect name.
         execute: runs a query and returns its rows.
         relation: what the rows are read from (a quoted table or a parenthesised query).
         keys, values: the key columns and the other compared columns.
         where: filters (a tenant's rows).
         close: releases the connection.
+        hash_sql: set by :func:`agree`: the cheap text hash (a format with ``{}``), when both
+            sides are of this dialect.
+        typed: set by :func:`agree`: hash the typed values (both sides' columns have the same types).
     """
 
     label: str
@@ -57,7 +60,8 @@ class Side:
     values: list[Column]
     where: list[str] = field(default_factory=list)
     close: Callable[[], None] = lambda: None
-    hash_sql: str | None = None  # a format with {} for the text: the cheap hash, when chosen
+    hash_sql: str | None = None
+    typed: bool = False
 
     @property
     def dialect(self) -> Dialect:
@@ -74,29 +78,121 @@ class Side:
         d = self.dialect
         return d.row_text([str(d.wrapped(c.sql, c.field)) for c in self.keys + self.values])
 
+    def key_hash(self) -> str:
+        typed = self.dialect.typed_hash([c.sql for c in self.keys]) if self.typed else None
+        return typed or self._hash(self.key_text())
+
+    def row_hash(self) -> str:
+        typed = self.dialect.typed_hash([c.sql for c in self.keys + self.values]) if self.typed else None
+        return typed or self._hash(self.row_text())
+
     def _filtered(self, extra: list[str]) -> str:
         conds = self.where + extra
         return f" WHERE {' AND '.join(conds)}" if conds else ""
 
-    def buckets(self, n: int, parent: int | None = None, parents: Sequence[int] = ()) -> dict[int, tuple[int, int, int]]:
+    def column_types(self) -> list[str] | None:
+        """The compared columns' types as the dialect names them (None: no row to ask, or the
+        dialect cannot say)."""
+        type_of = getattr(self.dialect, "type_of", None)
+        if type_of is None:
+            return None
+        cols = ", ".join(type_of(c.sql) for c in self.keys + self.values)
+        rows = self.execute(f"SELECT {cols} FROM {self.relation}{self._filtered([])} LIMIT 1")
+        return [str(t) for t in rows[0]] if rows else None
+
+    def total(self) -> tuple[int, int, int]:
+        """``(rows, sum of high halves, sum of low halves)`` of every row's hash: one scan, no
+        grouping (the cheapest question: are the tables equal?)."""
+        d = self.dialect
+        sql = (f"SELECT COUNT(*), SUM({d.high('r')}), SUM({d.low('r')}) FROM "
+               f"(SELECT {self.row_hash()} AS r FROM {self.relation}{self._filtered([])}) s")
+        (c, h, lo), = self.execute(sql)
+        return int(c), int(h or 0), int(lo or 0)
+
+    def buckets(self, n: int, parent: int = 0, parents: Sequence[int] = ()) -> dict[int, tuple[int, int, int]]:
         """Per bucket of ``n`` (by key hash), ``(rows, sum of high halves, sum of low halves)``
         of the row hashes; only the buckets inside ``parents`` of ``parent`` buckets when given."""
         d = self.dialect
-        k, r = "k", "r"
-        extra = [f"{d.bucket(k, parent)} IN ({', '.join(map(str, parents))})"] if parent else []
-        inner = f"SELECT {self._hash(self.key_text())} AS k, {self._hash(self.row_text())} AS r FROM {self.relation}{self._filtered([])}"
-        sql = (f"SELECT {d.bucket(k, n)} AS b, COUNT(*), SUM({d.high(r)}), SUM({d.low(r)}) "
-               f"FROM ({inner}) s{' WHERE ' + extra[0] if extra else ''} GROUP BY 1")
+        inside = f" WHERE {d.bucket('k', parent)} IN ({', '.join(map(str, parents))})" if parent else ""
+        inner = f"SELECT {self.key_hash()} AS k, {self.row_hash()} AS r FROM {self.relation}{self._filtered([])}"
+        sql = (f"SELECT {d.bucket('k', n)} AS b, COUNT(*), SUM({d.high('r')}), SUM({d.low('r')}) "
+               f"FROM ({inner}) s{inside} GROUP BY 1")
         return {int(b): (int(c), int(h or 0), int(lo or 0)) for b, c, h, lo in self.execute(sql)}
 
     def rows(self, n: int, buckets: Sequence[int]) -> dict[str, tuple[int, tuple[Any, ...]]]:
         """The rows of ``buckets`` (of ``n``): key text → (row hash, the key's values)."""
         d = self.dialect
-        kt = self.key_text()
         raw = ", ".join(c.sql for c in self.keys)
-        cond = f"{d.bucket(self._hash(kt), n)} IN ({', '.join(map(str, buckets))})"
-        sql = f"SELECT {kt}, {self._hash(self.row_text())}, {raw} FROM {self.relation}{self._filtered([cond])}"
+        cond = f"{d.bucket(self.key_hash(), n)} IN ({', '.join(map(str, buckets))})"
+        sql = f"SELECT {self.key_text()}, {self.row_hash()}, {raw} FROM {self.relation}{self._filtered([cond])}"
         return {str(row[0]): (int(row[1]) & _U64, tuple(row[2:])) for row in self.execute(sql)}  # signed or not, by dialect
+
+
+@dataclass
+class StreamSide(Side):
+    """A side whose rows arrive as Arrow batches (read by the pipeline's own source, perhaps
+    through its transforms), each checksummed by DuckDB in memory as ``relation``; buckets and
+    totals add up over the batches, so memory holds one batch at a time. Every question
+    re-reads the rows."""
+
+    batches: Callable[[], Iterator[pa.RecordBatch]] = lambda: iter(())
+    schema: pa.Schema | None = None
+
+    def _each(self, ask: Callable[[], Any]) -> Iterator[Any]:
+        import duckdb
+
+        conn = duckdb.connect()
+        conn.execute("SET TimeZone = 'UTC'")
+        try:
+            self.execute = lambda sql: list(conn.execute(sql).fetchall())
+            seen = False
+            for batch in self.batches():
+                seen = True
+                conn.register(self.relation, pa.Table.from_batches([batch]))
+                yield ask()
+                conn.unregister(self.relation)
+            if not seen and self.schema is not None:
+                conn.register(self.relation, self.schema.empty_table())
+                yield ask()
+        finally:
+            conn.close()
+
+    def column_types(self) -> list[str] | None:
+        for types in self._each(lambda: Side.column_types(self)):
+            if types is not None:
+                return types
+        return None
+
+    def total(self) -> tuple[int, int, int]:
+        c = h = lo = 0
+        for x, y, z in self._each(lambda: Side.total(self)):
+            c, h, lo = c + x, h + y, lo + z
+        return c, h, lo
+
+    def buckets(self, n: int, parent: int = 0, parents: Sequence[int] = ()) -> dict[int, tuple[int, int, int]]:
+        out: dict[int, tuple[int, int, int]] = {}
+        for part in self._each(lambda: Side.buckets(self, n, parent, parents)):
+            for b, (c, h, lo) in part.items():
+                x, y, z = out.get(b, (0, 0, 0))
+                out[b] = (x + c, y + h, z + lo)
+        return out
+
+    def rows(self, n: int, buckets: Sequence[int]) -> dict[str, tuple[int, tuple[Any, ...]]]:
+        out: dict[str, tuple[int, tuple[Any, ...]]] = {}
+        for part in self._each(lambda: Side.rows(self, n, buckets)):
+            out.update(part)
+        return out
+
+
+def agree(a: Side, b: Side) -> None:
+    """Chooses the hash both sides use: MD5 of the canonical text across dialects; within one
+    dialect its typed hash when the columns' types match, else its cheap text hash."""
+    if a.dialect_name != b.dialect_name or a.dialect.cheap_hash is None:
+        return
+    a.hash_sql = b.hash_sql = a.dialect.cheap_hash
+    ta, tb = a.column_types(), b.column_types()
+    if ta is not None and ta == tb:
+        a.typed = b.typed = True
 
 
 # ------------------------------------------------------------------------------ connections

@@ -9,7 +9,7 @@ The pipeline's transforms decide how (:func:`trace`):
 * ``mask: hash``, a deterministic ``encrypt``, and any other transform (``derive``, ``cast``,
   ``filter``, ``sql``, ``python``, a destination's ``transforms:``) change values: the
   source's rows are read by the pipeline's own source, run through the same transforms and
-  checksummed by DuckDB in memory (*client* mode: exact, slower, memory grows with the table).
+  checksummed by DuckDB in memory, one batch at a time (*client* mode).
 
 ``_tenant`` is never compared: it scopes the destination side (``_tenant = 'ID'``) when a
 tenant is validated; the source side is that tenant's source.
@@ -17,6 +17,7 @@ tenant is validated; the source side is that tenant's source.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +34,7 @@ from replicant.transforms.columns import Drop, Rename, Select
 from replicant.transforms.crypto import Encrypt
 from replicant.transforms.mask import Mask
 from replicant.validate.canon import DIALECTS, kind
-from replicant.validate.sides import Column, Side, duckdb_connection, mysql_connection, pg_connection, sqlite_connection
+from replicant.validate.sides import Column, Side, StreamSide, duckdb_connection, mysql_connection, pg_connection, sqlite_connection
 
 __all__ = ["TENANT_COLUMN", "CannotValidate", "Plan", "Trace", "destination_side", "plan_stream", "source_side", "trace"]
 
@@ -131,16 +132,18 @@ def plan_stream(stream: Stream, pre: TransformChain, post: TransformChain | None
 # ------------------------------------------------------------------------------ source side
 
 
-def source_side(plan: Plan, source: Any, source_url: str) -> Side:
-    """The source side: pushdown SQL on the source database, or (client mode) the source's rows
-    through the pipeline's transforms, in DuckDB in memory."""
+def source_side(plan: Plan, source: Any, source_url: str, *, stream: bool = False) -> Side:
+    """The source side: pushdown SQL on the source database; or, in client mode (or when
+    ``stream``: a DuckDB destination, where DuckDB hashing both sides beats MD5 in the source
+    database), the source's rows read by the pipeline's own source (through the transforms in
+    client mode) and checksummed batch by batch by DuckDB in memory."""
     c = plan.compared
-    if plan.client:
-        table = _client_rows(plan, source)
-        execute, close = duckdb_connection(None, "source", tables={"replicant_source": table})
+    if plan.client or stream:
         d = DIALECTS["duckdb"]
-        cols = {n: Column(n, c.schema.field(n), d.quote(n)) for n in plan.keys + plan.values}
-        return Side("source", "duckdb", execute, "replicant_source", [cols[k] for k in plan.keys], [cols[v] for v in plan.values], close=close)
+        cols = {n: Column(n, c.schema.field(n), d.quote(n if plan.client else plan.origin[n])) for n in plan.keys + plan.values}
+        schema = c.schema if plan.client else plan.stream.schema
+        return StreamSide("source", "duckdb", lambda sql: [], "replicant_source", [cols[k] for k in plan.keys],
+                          [cols[v] for v in plan.values], batches=lambda: _source_batches(plan, source), schema=schema)
     dialect, url = normalize_url(source_url)
     d = DIALECTS[dialect]
     execute, close = _connect(dialect, url, "source")
@@ -149,22 +152,17 @@ def source_side(plan: Plan, source: Any, source_url: str) -> Side:
                 [cols[v] for v in plan.values], close=close)
 
 
-def _client_rows(plan: Plan, source: Any) -> pa.Table:
-    batches = []
+def _source_batches(plan: Plan, source: Any) -> Iterator[pa.RecordBatch]:
+    """The stream's rows as the pipeline reads them; through its transforms in client mode."""
     now = datetime.now(UTC)
-    order = list(plan.stream.primary_key)
-    out_schema = None
-    for b in source.read_range(plan.stream, order, batch_size=100_000):
+    for b in source.read_range(plan.stream, [], batch_size=200_000):
+        if not plan.client:
+            yield b
+            continue
         batch = plan.pre.apply(plan.stream.name, with_meta(b, "read", "{}", now))
         if plan.post:
             batch = plan.post.apply(plan.stream.name, batch)
-        data = batch.select([n for n in batch.schema.names if n not in META_COLUMNS])
-        out_schema = data.schema
-        batches.append(data)
-    if not batches:
-        fields = [f for f in plan.compared.schema]
-        return pa.table({f.name: pa.array([], f.type) for f in fields})
-    return pa.Table.from_batches(batches, schema=out_schema)
+        yield batch.select([n for n in batch.schema.names if n not in META_COLUMNS])
 
 
 def _connect(dialect: str, url: str, label: str) -> Any:
