@@ -35,19 +35,19 @@ def validate(
         who = f"{r.tenant}/{r.stream}" if r.tenant else r.stream
         c = r.comparison
         if r.error:
-            out.print(f"{who} at {r.destination}: could not validate: {r.error}", markup=False)
+            out.print(f"{who} at {r.destination}: could not validate: {r.error}", markup=False, soft_wrap=True)
             return
         assert c is not None
         lag = f", lag {r.lag}" if r.lag else ""
         fixed = f", {r.found} found and {r.repaired} changes appended by --repair" if r.repaired else ""
         out.print(f"{who} at {r.destination}: {r.verdict} ({c.source_rows:,} source rows, {c.destination_rows:,} destination "
-                  f"rows, {c.seconds:.2f} s{lag}{fixed})", markup=False)
+                  f"rows, {c.seconds:.2f} s{lag}{fixed})", markup=False, soft_wrap=True)
         for d in c.differences[:_LISTED]:
-            out.print(f"  {d.kind}: {json.dumps(d.key, ensure_ascii=False)}", markup=False)
+            out.print(f"  {d.kind}: {json.dumps(d.key, ensure_ascii=False)}", markup=False, soft_wrap=True)
         if len(c.differences) > _LISTED:
-            out.print(f"  … and {len(c.differences) - _LISTED:,} more (--report lists them)", markup=False)
+            out.print(f"  … and {len(c.differences) - _LISTED:,} more (--report lists them)", markup=False, soft_wrap=True)
         if r.unverified:
-            out.print(f"  unverified: {', '.join(f'{k} ({v})' for k, v in r.unverified.items())}", markup=False)
+            out.print(f"  unverified: {', '.join(f'{k} ({v})' for k, v in r.unverified.items())}", markup=False, soft_wrap=True)
 
     try:
         cfg = _load(pipeline)
@@ -55,7 +55,7 @@ def validate(
                                    wait=wait, on_result=show)
         for r in result.results:
             if r.stream == "*":
-                out.print(f"{r.destination}: {'could not validate' if r.verdict == 'error' else 'skipped'}: {r.error}", markup=False)
+                out.print(f"{r.destination}: {'could not validate' if r.verdict == 'error' else 'skipped'}: {r.error}", markup=False, soft_wrap=True)
         if report is not None:
             write_report(result, report)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes a message and an exit code

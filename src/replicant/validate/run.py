@@ -116,12 +116,13 @@ def validate_pipeline(
                     found = [s for s in found if s.name in streams]
                 source_url = source.config.url.get_secret_value()
                 for i in indexes:
-                    dcfg, dest = build_destination(cfg, i)
-                    if dcfg.type not in QUERYABLE:
-                        r = StreamResult("*", dcfg.name, t, verdict="error" if destination else "skipped",
-                                         error=f"a {dcfg.type} destination cannot be queried: validate compares databases and files")
+                    kind = cfg.destinations[i].type
+                    if kind not in QUERYABLE:
+                        r = StreamResult("*", names[i], t, verdict="error" if destination else "skipped",
+                                         error=f"a {kind} destination cannot be queried: validate compares databases and files")
                         report.results.append(r)
                         continue
+                    dcfg, dest = build_destination(cfg, i)
                     post = at_destination(cfg.destinations[i], i) or None
                     logged = {pre.output_stream(s).name: s for s in found}
                     for s in [logged[x.name] for x in chosen(dcfg, [pre.output_stream(s) for s in found])]:
