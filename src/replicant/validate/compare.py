@@ -5,7 +5,8 @@ The first pass asks each side for its row count and the sums of both 32-bit halv
 rows' hashes, without grouping (one scan, parallel inside PostgreSQL): equal tables stop here.
 Otherwise buckets come in. Buckets are ranges of the key's hash (``hash(key) mod n``), never
 of key values: gaps in the keys, text keys and compound keys split as evenly as integers. The
-next pass computes ``n`` = 4096 buckets on both sides at once (one scan each); a bucket is equal when its row
+next pass computes ``n`` buckets on both sides at once (one scan each; ``n`` = 4096, doubled
+up to 2¹⁸ until a bucket holds about 16 rows); a bucket is equal when its row
 count and the sums of both 32-bit halves of its rows' hashes are equal. The buckets that
 differ are split 64 ways (``n`` × 64, only inside them: one more scan each) until they hold
 few enough rows to fetch (:data:`LEAF_ROWS`); then both sides' keys and row hashes of those
@@ -29,8 +30,12 @@ from replicant.validate.sides import Side
 __all__ = ["FIRST_BUCKETS", "LEAF_ROWS", "Comparison", "Difference", "compare", "readable_key"]
 
 FIRST_BUCKETS = 4096
+#: The first bucket pass aims at this many rows a bucket (at most MAX_FIRST_BUCKETS buckets):
+#: few differences then fall in buckets small enough to fetch at once.
+ROWS_PER_BUCKET = 16
+MAX_FIRST_BUCKETS = 1 << 18
 SPLIT = 64
-LEAF_ROWS = 50_000
+LEAF_ROWS = 200_000
 _MAX_BUCKETS = 1 << 40
 _IN_CHUNK = 20_000
 
@@ -120,6 +125,8 @@ def compare(src: Side, dst: Side, *, recheck: bool = True, before_recheck: Calla
         out.source_rows, out.source_checksum = ta[0], _text(ta)
         out.destination_rows, out.destination_checksum = tb[0], _text(tb)
         n, parent, parents = FIRST_BUCKETS, 0, []
+        while n < max(ta[0], tb[0]) // ROWS_PER_BUCKET and n < MAX_FIRST_BUCKETS:
+            n *= 2
         while ta != tb:
             a, b = _both(pool, lambda: src.buckets(n, parent, parents), lambda: dst.buckets(n, parent, parents))
             out.passes += 1

@@ -96,6 +96,9 @@ class Side:
         type_of = getattr(self.dialect, "type_of", None)
         if type_of is None:
             return None
+        if self.dialect_name == "duckdb":  # the declared types, rows or not
+            select = ", ".join(c.sql for c in self.keys + self.values)
+            return [str(r[1]) for r in self.execute(f"DESCRIBE SELECT {select} FROM {self.relation}")]
         cols = ", ".join(type_of(c.sql) for c in self.keys + self.values)
         rows = self.execute(f"SELECT {cols} FROM {self.relation}{self._filtered([])} LIMIT 1")
         return [str(t) for t in rows[0]] if rows else None
@@ -131,51 +134,74 @@ class Side:
 @dataclass
 class StreamSide(Side):
     """A side whose rows arrive as Arrow batches (read by the pipeline's own source, perhaps
-    through its transforms), each checksummed by DuckDB in memory as ``relation``; buckets and
-    totals add up over the batches, so memory holds one batch at a time. Every question
-    re-reads the rows."""
+    through its transforms), hashed by DuckDB in memory as ``relation``, one batch at a time.
+
+    The first pass (:meth:`total`) keeps each row's key hash and row hash (16 bytes a row) in
+    DuckDB, so the bucket passes read no rows again; fetching the rows of differing buckets
+    reads the source once more."""
 
     batches: Callable[[], Iterator[pa.RecordBatch]] = lambda: iter(())
     schema: pa.Schema | None = None
+    _conn: Any = None
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            import duckdb
+
+            self._conn = duckdb.connect()
+            self._conn.execute("SET TimeZone = 'UTC'")
+            conn = self._conn
+            self.execute = lambda sql: list(conn.execute(sql).fetchall())
+            self.close = conn.close
+        return self._conn
 
     def _each(self, ask: Callable[[], Any]) -> Iterator[Any]:
-        import duckdb
-
-        conn = duckdb.connect()
-        conn.execute("SET TimeZone = 'UTC'")
-        try:
-            self.execute = lambda sql: list(conn.execute(sql).fetchall())
-            seen = False
-            for batch in self.batches():
-                seen = True
-                conn.register(self.relation, pa.Table.from_batches([batch]))
+        conn = self._connection()
+        seen = False
+        for batch in self.batches():
+            seen = True
+            conn.register(self.relation, pa.Table.from_batches([batch]))
+            try:
                 yield ask()
+            finally:
                 conn.unregister(self.relation)
-            if not seen and self.schema is not None:
-                conn.register(self.relation, self.schema.empty_table())
+        if not seen and self.schema is not None:
+            conn.register(self.relation, self.schema.empty_table())
+            try:
                 yield ask()
-        finally:
-            conn.close()
+            finally:
+                conn.unregister(self.relation)
 
     def column_types(self) -> list[str] | None:
-        for types in self._each(lambda: Side.column_types(self)):
-            if types is not None:
-                return types
-        return None
+        if self.schema is None:
+            return None
+        conn = self._connection()
+        conn.register(self.relation, self.schema.empty_table())  # the batches' types, without reading any
+        try:
+            return Side.column_types(self)
+        finally:
+            conn.unregister(self.relation)
 
     def total(self) -> tuple[int, int, int]:
-        c = h = lo = 0
-        for x, y, z in self._each(lambda: Side.total(self)):
-            c, h, lo = c + x, h + y, lo + z
-        return c, h, lo
+        conn = self._connection()
+        conn.execute("CREATE OR REPLACE TEMP TABLE replicant_hashes (k UBIGINT, r UBIGINT)")
+
+        def keep() -> None:
+            conn.execute(f"INSERT INTO replicant_hashes SELECT {self.key_hash()}, {self.row_hash()} "
+                         f"FROM {self.relation}{self._filtered([])}")
+
+        for _ in self._each(keep):
+            pass
+        d = self.dialect
+        (c, h, lo), = self.execute(f"SELECT COUNT(*), SUM({d.high('r')}), SUM({d.low('r')}) FROM replicant_hashes")
+        return int(c), int(h or 0), int(lo or 0)
 
     def buckets(self, n: int, parent: int = 0, parents: Sequence[int] = ()) -> dict[int, tuple[int, int, int]]:
-        out: dict[int, tuple[int, int, int]] = {}
-        for part in self._each(lambda: Side.buckets(self, n, parent, parents)):
-            for b, (c, h, lo) in part.items():
-                x, y, z = out.get(b, (0, 0, 0))
-                out[b] = (x + c, y + h, z + lo)
-        return out
+        d = self.dialect
+        inside = f" WHERE {d.bucket('k', parent)} IN ({', '.join(map(str, parents))})" if parent else ""
+        sql = (f"SELECT {d.bucket('k', n)} AS b, COUNT(*), SUM({d.high('r')}), SUM({d.low('r')}) "
+               f"FROM replicant_hashes{inside} GROUP BY 1")
+        return {int(b): (int(c), int(h or 0), int(lo or 0)) for b, c, h, lo in self.execute(sql)}
 
     def rows(self, n: int, buckets: Sequence[int]) -> dict[str, tuple[int, tuple[Any, ...]]]:
         out: dict[str, tuple[int, tuple[Any, ...]]] = {}
