@@ -115,9 +115,10 @@ def _run(server, work: Path, rows: int, bindir: Path) -> None:
                 f[f"reladiff {dest}"], _, last = _timed(reladiff[dest], env=env, ok=(0, 1))
                 print(f"  reladiff → {dest}: {last[:120]}", flush=True)
     print()
-    print(f"{'case':<14} {'COPY TO STDOUT':>15} {'validate PG→PG':>15} {'reladiff PG→PG':>15} {'validate PG→DuckDB':>19} {'reladiff PG→DuckDB':>19}")
+    print(f"{'case':<14} {'COPY TO STDOUT':>15} {'validate PG→PG':>15} {'reladiff PG→PG':>15} "
+          f"{'validate PG→DuckDB':>19} {'reladiff PG→DuckDB':>19}")
     for case, f in figures.items():
-        def cell(k: str, width: int) -> str:
+        def cell(k: str, width: int, f: dict[str, float] = f) -> str:
             return f"{f[k]:>{width - 2}.2f} s" if k in f else f"{'-':>{width}}"
         print(f"{case:<14} {cell('COPY TO STDOUT', 15)} {cell('validate pg', 15)} {cell('reladiff pg', 15)} "
               f"{cell('validate duck', 19)} {cell('reladiff duck', 19)}")

@@ -41,7 +41,8 @@ ROWS = [
      datetime(1999, 12, 31, 23, 59, 59, 999999), datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), b""),
     (4, -(2**31), 1.25e-7, Decimal("0.01"), "q \"double\" 'single' \\ back\nline\ttab", "abcde", True, date(2038, 1, 19),
      datetime(2030, 1, 19, 3, 14, 7), datetime(2030, 1, 19, 3, 14, 7, tzinfo=UTC), b"'\"\\\n"),
-    (5, 0, 0.0, Decimal("0.00"), "NULL", "", False, date(2000, 2, 29), datetime(2000, 2, 29, 12), datetime(2000, 2, 29, 12, tzinfo=UTC), b"NULL"),
+    (5, 0, 0.0, Decimal("0.00"), "NULL", "", False, date(2000, 2, 29), datetime(2000, 2, 29, 12),
+     datetime(2000, 2, 29, 12, tzinfo=UTC), b"NULL"),
     (6, 1, 3.0, Decimal("1.00"), "ünïcødé ✓ 漢字 🙂", "✓", True, date(2024, 12, 31), datetime(2024, 12, 31, 23, 59, 59),
      datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC), "✓".encode()),
 ]

@@ -5,6 +5,7 @@ exactly; ``--repair`` converging to equal through the log."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def source_db(request, tmp_path: Path) -> SourceDb:
 
 
 @pytest.fixture
-def destination(request, tmp_path: Path) -> dict:
+def destination(request, tmp_path: Path) -> Iterator[dict]:
     kind = request.param
     dest: dict = {"name": "dst", "type": kind}
     if kind == "postgres":
@@ -39,21 +40,25 @@ def destination(request, tmp_path: Path) -> dict:
         server = request.getfixturevalue("mysql_server")
         name = dest["url"].rsplit("/", 1)[1] + "_t"  # its own database: a MySQL source may use the same URL
         server.create_database(name)
-        request.addfinalizer(lambda: server.drop_database(name))
         dest["schema"] = name
+        yield dest
+        server.drop_database(name)
+        return
     elif kind == "files":
         dest["path"] = str(tmp_path / "lake")
     else:
         dest["path"] = str(tmp_path / f"dest.{kind}")
-    return dest
+    yield dest
 
 
 @pytest.mark.parametrize("destination", DESTINATIONS, indirect=True)
 @pytest.mark.parametrize("source_db", SOURCES, indirect=True)
-def test_validate_finds_exactly_the_planted_differences_and_repair_converges(source_db: SourceDb, destination: dict, tmp_path: Path) -> None:
+def test_validate_finds_exactly_the_planted_differences_and_repair_converges(
+    source_db: SourceDb, destination: dict, tmp_path: Path
+) -> None:
     source_db.create()
-    cfg = parse({"pipeline": "v", "source": {"type": source_db.kind if source_db.kind != "mysql" else "mysql", "url": source_db.url,
-                                              "streams": [{"table": "types"}, {"table": "pairs"}, {"table": "words"}]},
+    streams = [{"table": "types"}, {"table": "pairs"}, {"table": "words"}]
+    cfg = parse({"pipeline": "v", "source": {"type": source_db.kind, "url": source_db.url, "streams": streams},
                  "destinations": [destination]}, base_dir=tmp_path)
     result = Engine(cfg).run()
     assert result.ok, result.errors

@@ -55,7 +55,8 @@ def validate(
                                    wait=wait, on_result=show)
         for r in result.results:
             if r.stream == "*":
-                out.print(f"{r.destination}: {'could not validate' if r.verdict == 'error' else 'skipped'}: {r.error}", markup=False, soft_wrap=True)
+                what = "could not validate" if r.verdict == "error" else "skipped"
+                out.print(f"{r.destination}: {what}: {r.error}", markup=False, soft_wrap=True)
         if report is not None:
             write_report(result, report)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes a message and an exit code

@@ -34,7 +34,6 @@ from replicant.state import dead_letters as dead
 from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
 from replicant.state._leases import LeaseMixin
-from replicant.state.validations import ValidationMixin
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
@@ -45,6 +44,7 @@ from replicant.state.records import (
     TenantState,
 )
 from replicant.state.schema import checkpoints, dead_letters, offsets, paused, runs
+from replicant.state.validations import ValidationMixin
 
 __all__ = [
     "StateStore",

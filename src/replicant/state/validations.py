@@ -33,7 +33,8 @@ class ValidationMixin:
             "details": json.dumps(details or {}, sort_keys=True, default=str), "validated_at": self._clock(),
         }
         with self._begin(write=True) as conn:
-            return int(conn.execute(sa.insert(validations).values(**values)).inserted_primary_key[0])
+            key = conn.execute(sa.insert(validations).values(**values)).inserted_primary_key
+            return int(key[0]) if key else 0
 
     def last_validations(self, pipeline: str, *, tenant: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """The latest validation of each ``(stream, destination)`` of one tenant (None: no tenant)."""

@@ -56,17 +56,17 @@ def is_char(field: pa.Field) -> bool:
 def kind(t: pa.DataType) -> str | None:
     """The canonical rule an Arrow type follows, or None (not compared)."""
     if pa.types.is_boolean(t):
-        return "bool"
+        return "boolean"
     if pa.types.is_integer(t):
-        return "int"
+        return "integer"
     if pa.types.is_decimal(t):
         return "decimal"
     if pa.types.is_floating(t):
-        return "float"
+        return "floating"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "text"
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        return "bytes"
+        return "binary"
     if pa.types.is_date(t):
         return "date"
     if pa.types.is_timestamp(t):
@@ -148,19 +148,19 @@ class Dialect:
     def rtrim(self, col: str) -> str:
         return f"RTRIM(CAST({col} AS TEXT), ' ')"
 
-    def int(self, col: str) -> str:
+    def integer(self, col: str) -> str:
         return f"CAST({col} AS TEXT)"
 
-    def bool(self, col: str) -> str:
+    def boolean(self, col: str) -> str:
         return f"CASE WHEN {col} THEN '1' WHEN NOT {col} THEN '0' END"
 
     def decimal(self, col: str, precision: int, scale: int) -> str:
         raise NotImplementedError
 
-    def float(self, col: str) -> str:
+    def floating(self, col: str) -> str:
         raise NotImplementedError
 
-    def bytes(self, col: str) -> str:
+    def binary(self, col: str) -> str:
         return f"lower(hex({col}))"
 
     def date(self, col: str) -> str:
@@ -195,18 +195,18 @@ class PostgresDialect(Dialect):
     def rtrim(self, col: str) -> str:
         return f"rtrim({col}::text, ' ')"
 
-    def int(self, col: str) -> str:
+    def integer(self, col: str) -> str:
         return f"{col}::text"
 
     def decimal(self, col: str, precision: int, scale: int) -> str:
         return f"round({col}::numeric, {scale})::text"
 
-    def float(self, col: str) -> str:
+    def floating(self, col: str) -> str:
         v = f"{col}::float8"
         return (f"CASE WHEN {v} IN ('NaN', 'Infinity', '-Infinity') THEN {v}::text "
                 f"ELSE btrim(to_char({v}, '9.{'9' * FLOAT_DIGITS}EEEE')) END")
 
-    def bytes(self, col: str) -> str:
+    def binary(self, col: str) -> str:
         return f"encode({col}, 'hex')"
 
     def date(self, col: str) -> str:
@@ -246,23 +246,23 @@ class MySQLDialect(Dialect):
     def rtrim(self, col: str) -> str:
         return f"RTRIM(CAST({col} AS CHAR))"
 
-    def int(self, col: str) -> str:
+    def integer(self, col: str) -> str:
         return f"CAST({col} AS CHAR)"
 
-    def bool(self, col: str) -> str:
+    def boolean(self, col: str) -> str:
         return f"CASE WHEN {col} <> 0 THEN '1' WHEN {col} = 0 THEN '0' END"
 
     def decimal(self, col: str, precision: int, scale: int) -> str:
         return f"CAST(CAST(ROUND({col}, {scale}) AS DECIMAL(65, {scale})) AS CHAR)"
 
-    def float(self, col: str) -> str:
+    def floating(self, col: str) -> str:
         # MariaDB has no scientific format: mantissa and exponent by arithmetic
         e = f"FLOOR(LOG10(ABS({col})))"
         m = f"CAST(ROUND({col} / POW(10, {e}), {FLOAT_DIGITS}) AS DECIMAL(14, {FLOAT_DIGITS}))"
         exp = f"CONCAT('e', IF({e} < 0, '-', '+'), IF(ABS({e}) < 10, CONCAT('0', ABS({e})), ABS({e})))"  # LPAD would cut 300 to 30
         return f"CASE WHEN {col} = 0 THEN '0.{'0' * FLOAT_DIGITS}e+00' ELSE CONCAT({m}, {exp}) END"
 
-    def bytes(self, col: str) -> str:
+    def binary(self, col: str) -> str:
         return f"LOWER(HEX({col}))"
 
     def date(self, col: str) -> str:
@@ -291,13 +291,13 @@ class SQLiteDialect(Dialect):
     def decimal(self, col: str, precision: int, scale: int) -> str:
         return f"CASE WHEN {col} IS NOT NULL THEN printf('%.{scale}f', {col}) END"
 
-    def float(self, col: str) -> str:
+    def floating(self, col: str) -> str:
         return f"CASE WHEN {col} IS NOT NULL THEN printf('%.{FLOAT_DIGITS}e', {col}) END"
 
-    def bytes(self, col: str) -> str:
+    def binary(self, col: str) -> str:
         return f"CASE WHEN {col} IS NOT NULL THEN lower(hex({col})) END"
 
-    def bool(self, col: str) -> str:
+    def boolean(self, col: str) -> str:
         return f"CASE WHEN {col} <> 0 THEN '1' WHEN {col} = 0 THEN '0' END"
 
     def date(self, col: str) -> str:
@@ -335,13 +335,13 @@ class DuckDBDialect(Dialect):
     def rtrim(self, col: str) -> str:
         return f"rtrim(CAST({col} AS VARCHAR), ' ')"
 
-    def int(self, col: str) -> str:
+    def integer(self, col: str) -> str:
         return f"CAST({col} AS VARCHAR)"
 
     def decimal(self, col: str, precision: int, scale: int) -> str:
         return f"CAST(CAST({col} AS DECIMAL(38, {scale})) AS VARCHAR)"
 
-    def float(self, col: str) -> str:
+    def floating(self, col: str) -> str:
         v = f"CAST({col} AS DOUBLE)"
         return (f"CASE WHEN isnan({v}) THEN 'NaN' WHEN isinf({v}) THEN CASE WHEN {v} > 0 THEN 'Infinity' ELSE '-Infinity' END "
                 f"ELSE printf('%.{FLOAT_DIGITS}e', {v}) END")

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from replicant.validate.sides import Side
@@ -94,7 +95,10 @@ def _fetch(side: Side, n: int, buckets: list[int]) -> dict[str, tuple[int, tuple
     return out
 
 
-def _diff(src: dict[str, tuple[int, tuple[Any, ...]]], dst: dict[str, tuple[int, tuple[Any, ...]]], names: list[str]) -> dict[str, Difference]:
+Rows = dict[str, tuple[int, tuple[Any, ...]]]
+
+
+def _diff(src: Rows, dst: Rows, names: list[str]) -> dict[str, Difference]:
     found: dict[str, Difference] = {}
     for k, (h, vals) in src.items():
         other = dst.get(k)
@@ -124,11 +128,11 @@ def compare(src: Side, dst: Side, *, recheck: bool = True, before_recheck: Calla
         out.passes = 1
         out.source_rows, out.source_checksum = ta[0], _text(ta)
         out.destination_rows, out.destination_checksum = tb[0], _text(tb)
-        n, parent, parents = FIRST_BUCKETS, 0, []
+        n, parent, parents = FIRST_BUCKETS, 0, list[int]()
         while n < max(ta[0], tb[0]) // ROWS_PER_BUCKET and n < MAX_FIRST_BUCKETS:
             n *= 2
         while ta != tb:
-            a, b = _both(pool, lambda: src.buckets(n, parent, parents), lambda: dst.buckets(n, parent, parents))
+            a, b = _both(pool, partial(src.buckets, n, parent, parents), partial(dst.buckets, n, parent, parents))
             out.passes += 1
             bad = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if not bad:
@@ -137,13 +141,13 @@ def compare(src: Side, dst: Side, *, recheck: bool = True, before_recheck: Calla
             if rows > LEAF_ROWS and n * SPLIT <= _MAX_BUCKETS:
                 n, parent, parents = n * SPLIT, n, bad
                 continue
-            x, y = _both(pool, lambda: _fetch(src, n, bad), lambda: _fetch(dst, n, bad))
+            x, y = _both(pool, partial(_fetch, src, n, bad), partial(_fetch, dst, n, bad))
             out.passes += 1
             found = _diff(x, y, names)
             if found and recheck:
                 if before_recheck is not None:
                     before_recheck()
-                x, y = _both(pool, lambda: _fetch(src, n, bad), lambda: _fetch(dst, n, bad))
+                x, y = _both(pool, partial(_fetch, src, n, bad), partial(_fetch, dst, n, bad))
                 out.passes += 1
                 again = _diff(x, y, names)
                 found = {k: again[k] for k in found if k in again}

@@ -21,7 +21,15 @@ from replicant.config import PipelineConfig
 from replicant.errors import ReplicantError, redact
 from replicant.validate.compare import Comparison, compare
 from replicant.validate.sides import agree
-from replicant.validate.targets import QUERYABLE, CannotValidate, Plan, build_destination, destination_side, plan_stream, source_side
+from replicant.validate.targets import (
+    QUERYABLE,
+    CannotValidate,
+    Plan,
+    build_destination,
+    destination_side,
+    plan_stream,
+    source_side,
+)
 
 __all__ = ["StreamResult", "ValidationReport", "validate_pipeline"]
 

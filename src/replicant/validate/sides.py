@@ -224,7 +224,10 @@ def agree(a: Side, b: Side) -> None:
 # ------------------------------------------------------------------------------ connections
 
 
-def _wrap(label: str, run: Callable[[str], list[tuple[Any, ...]]], errors: tuple[type[BaseException], ...]) -> Callable[[str], list[tuple[Any, ...]]]:
+Execute = Callable[[str], list[tuple[Any, ...]]]
+
+
+def _wrap(label: str, run: Execute, errors: tuple[type[BaseException], ...]) -> Execute:
     def execute(sql: str) -> list[tuple[Any, ...]]:
         try:
             return run(sql)
@@ -234,7 +237,7 @@ def _wrap(label: str, run: Callable[[str], list[tuple[Any, ...]]], errors: tuple
     return execute
 
 
-def pg_connection(url: str, label: str) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+def pg_connection(url: str, label: str) -> tuple[Execute, Callable[[], None]]:
     import psycopg
 
     try:
@@ -250,7 +253,7 @@ def pg_connection(url: str, label: str) -> tuple[Callable[[str], list[tuple[Any,
     return _wrap(label, run, (psycopg.Error,)), conn.close
 
 
-def mysql_connection(url: str, label: str) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+def mysql_connection(url: str, label: str) -> tuple[Execute, Callable[[], None]]:
     import pymysql
     from sqlalchemy.engine import make_url
 
@@ -276,7 +279,7 @@ def _md5_64(text: str | None) -> int | None:
     return int.from_bytes(hashlib.md5(text.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True)
 
 
-def sqlite_connection(path: str, label: str) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+def sqlite_connection(path: str, label: str) -> tuple[Execute, Callable[[], None]]:
     try:
         conn = sqlite3.connect(f"file:{urlquote(path)}?mode=ro", uri=True, check_same_thread=False)
     except sqlite3.Error as e:
@@ -290,7 +293,7 @@ def sqlite_connection(path: str, label: str) -> tuple[Callable[[str], list[tuple
     return _wrap(label, run, (sqlite3.Error,)), conn.close
 
 
-def duckdb_connection(path: str | None, label: str, *, tables: dict[str, Any] | None = None) -> tuple[Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+def duckdb_connection(path: str | None, label: str, *, tables: dict[str, Any] | None = None) -> tuple[Execute, Callable[[], None]]:
     """A DuckDB connection (read-only on a file; in memory when ``path`` is None, with
     ``tables`` registered: Arrow tables by name), zoned values in UTC."""
     import duckdb

@@ -34,7 +34,15 @@ from replicant.transforms.columns import Drop, Rename, Select
 from replicant.transforms.crypto import Encrypt
 from replicant.transforms.mask import Mask
 from replicant.validate.canon import DIALECTS, kind
-from replicant.validate.sides import Column, Side, StreamSide, duckdb_connection, mysql_connection, pg_connection, sqlite_connection
+from replicant.validate.sides import (
+    Column,
+    Side,
+    StreamSide,
+    duckdb_connection,
+    mysql_connection,
+    pg_connection,
+    sqlite_connection,
+)
 
 __all__ = ["TENANT_COLUMN", "CannotValidate", "Plan", "Trace", "destination_side", "plan_stream", "source_side", "trace"]
 
