@@ -14,7 +14,8 @@ buckets are fetched and compared: a key on one side only is *missing* (at the de
 or *extra*, a key on both with another hash *different*.
 
 A difference is reported only if a second look at its bucket finds it again
-(:func:`compare` ``recheck``): a change in flight when the first pass ran is not one.
+(:func:`compare` ``recheck``): a change in flight when the first pass ran is not one. The
+second look finds integer and text keys by value (the key's index), others by their buckets.
 """
 
 from __future__ import annotations
@@ -112,6 +113,20 @@ def _diff(src: Rows, dst: Rows, names: list[str]) -> dict[str, Difference]:
     return found
 
 
+def _again(pool: ThreadPoolExecutor, src: Side, dst: Side, found: dict[str, Difference], names: list[str],
+           before_recheck: Callable[[], None] | None, buckets: Callable[[], tuple[Rows, Rows]]) -> dict[str, Difference]:
+    """The differences ``found`` that a second look finds again: integer and text keys looked
+    up by value, others by their buckets (``buckets``)."""
+    if before_recheck is not None:
+        before_recheck()
+    keys = [d.values for d in found.values()]
+    x, y = _both(pool, partial(src.rows_by_keys, keys), partial(dst.rows_by_keys, keys))
+    if x is None or y is None:
+        x, y = buckets()
+    again = _diff(x, y, names)
+    return {k: again[k] for k in found if k in again}
+
+
 def compare(src: Side, dst: Side, *, recheck: bool = True, before_recheck: Callable[[], None] | None = None) -> Comparison:
     """Compares ``src`` with ``dst`` (see the module docstring); both sides' queries of a pass
     run at once, each on its own connection.
@@ -145,12 +160,9 @@ def compare(src: Side, dst: Side, *, recheck: bool = True, before_recheck: Calla
             out.passes += 1
             found = _diff(x, y, names)
             if found and recheck:
-                if before_recheck is not None:
-                    before_recheck()
-                x, y = _both(pool, partial(_fetch, src, n, bad), partial(_fetch, dst, n, bad))
+                found = _again(pool, src, dst, found, names, before_recheck,
+                               partial(_both, pool, partial(_fetch, src, n, bad), partial(_fetch, dst, n, bad)))
                 out.passes += 1
-                again = _diff(x, y, names)
-                found = {k: again[k] for k in found if k in again}
             out.differences = sorted(found.values(), key=lambda d: d.text)
             break
     out.seconds = time.monotonic() - started

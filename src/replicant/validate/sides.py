@@ -21,6 +21,7 @@ from replicant.errors import ConnectionError, FatalError, redact
 from replicant.validate.canon import DIALECTS, Dialect
 
 _U64 = (1 << 64) - 1
+_K, _R = "__replicant_k", "__replicant_r"  # a StreamSide's kept hashes, beside the key columns
 
 __all__ = ["Column", "Side", "StreamSide", "agree", "duckdb_connection", "mysql_connection", "pg_connection", "sqlite_connection"]
 
@@ -131,6 +132,33 @@ class Side:
         return {str(row[0]): (int(row[1]) & _U64, tuple(row[2:])) for row in self.execute(sql)}  # signed or not, by dialect
 
 
+    def rows_by_keys(self, keys: Sequence[tuple[Any, ...]]) -> dict[str, tuple[int, tuple[Any, ...]]] | None:
+        """The rows of these keys (values as :meth:`rows` returned them), found through the
+        key (an index where there is one); None when a key column is neither integer nor text."""
+        from replicant.validate.canon import kind
+
+        if not keys or any(kind(c.field.type) not in ("integer", "text") for c in self.keys):
+            return None if keys else {}
+        if any(v is None for key in keys for v in key):
+            return None
+        d = self.dialect
+
+        def lit(v: Any) -> str:
+            return str(int(v)) if isinstance(v, int) else d.literal(str(v))
+
+        cols = [c.sql for c in self.keys]
+        out: dict[str, tuple[int, tuple[Any, ...]]] = {}
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            if len(cols) == 1:
+                cond = f"{cols[0]} IN ({', '.join(lit(k[0]) for k in chunk)})"
+            else:
+                cond = f"({', '.join(cols)}) IN ({', '.join('(' + ', '.join(lit(v) for v in k) + ')' for k in chunk)})"
+            sql = f"SELECT {self.key_text()}, {self.row_hash()}, {', '.join(cols)} FROM {self.relation}{self._filtered([cond])}"
+            out.update({str(row[0]): (int(row[1]) & _U64, tuple(row[2:])) for row in self.execute(sql)})
+        return out
+
+
 @dataclass
 class StreamSide(Side):
     """A side whose rows arrive as Arrow batches (read by the pipeline's own source, perhaps
@@ -142,6 +170,8 @@ class StreamSide(Side):
 
     batches: Callable[[], Iterator[pa.RecordBatch]] = lambda: iter(())
     schema: pa.Schema | None = None
+    #: reads only the rows of some keys (values as :meth:`rows` returns them), by the key's index
+    lookup: Callable[[Sequence[tuple[Any, ...]]], Iterator[pa.RecordBatch]] | None = None
     _conn: Any = None
 
     def _connection(self) -> Any:
@@ -155,10 +185,10 @@ class StreamSide(Side):
             self.close = conn.close
         return self._conn
 
-    def _each(self, ask: Callable[[], Any]) -> Iterator[Any]:
+    def _each(self, ask: Callable[[], Any], batches: Iterator[pa.RecordBatch] | None = None) -> Iterator[Any]:
         conn = self._connection()
         seen = False
-        for batch in self.batches():
+        for batch in self.batches() if batches is None else batches:
             seen = True
             conn.register(self.relation, pa.Table.from_batches([batch]))
             try:
@@ -184,29 +214,54 @@ class StreamSide(Side):
 
     def total(self) -> tuple[int, int, int]:
         conn = self._connection()
-        conn.execute("CREATE OR REPLACE TEMP TABLE replicant_hashes (k UBIGINT, r UBIGINT)")
+        keys = ", ".join(c.sql for c in self.keys)
+        first = True
 
-        def keep() -> None:
-            conn.execute(f"INSERT INTO replicant_hashes SELECT {self.key_hash()}, {self.row_hash()} "
-                         f"FROM {self.relation}{self._filtered([])}")
+        def keep() -> None:  # the hashes, and the keys to look rows up by
+            nonlocal first
+            select = (f"SELECT {self.key_hash()} AS {_K}, {self.row_hash()} AS {_R}, {keys} "
+                      f"FROM {self.relation}{self._filtered([])}")
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE replicant_hashes AS {select}" if first else
+                         f"INSERT INTO replicant_hashes {select}")
+            first = False
 
         for _ in self._each(keep):
             pass
         d = self.dialect
-        (c, h, lo), = self.execute(f"SELECT COUNT(*), SUM({d.high('r')}), SUM({d.low('r')}) FROM replicant_hashes")
+        (c, h, lo), = self.execute(f"SELECT COUNT(*), SUM({d.high(_R)}), SUM({d.low(_R)}) FROM replicant_hashes")
         return int(c), int(h or 0), int(lo or 0)
 
     def buckets(self, n: int, parent: int = 0, parents: Sequence[int] = ()) -> dict[int, tuple[int, int, int]]:
         d = self.dialect
-        inside = f" WHERE {d.bucket('k', parent)} IN ({', '.join(map(str, parents))})" if parent else ""
-        sql = (f"SELECT {d.bucket('k', n)} AS b, COUNT(*), SUM({d.high('r')}), SUM({d.low('r')}) "
+        inside = f" WHERE {d.bucket(_K, parent)} IN ({', '.join(map(str, parents))})" if parent else ""
+        sql = (f"SELECT {d.bucket(_K, n)} AS b, COUNT(*), SUM({d.high(_R)}), SUM({d.low(_R)}) "
                f"FROM replicant_hashes{inside} GROUP BY 1")
         return {int(b): (int(c), int(h or 0), int(lo or 0)) for b, c, h, lo in self.execute(sql)}
 
     def rows(self, n: int, buckets: Sequence[int]) -> dict[str, tuple[int, tuple[Any, ...]]]:
+        if self.lookup is not None and Side.rows_by_keys(self, []) is not None:  # the keys are kept: look them up
+            d = self.dialect
+            keys = ", ".join(c.sql for c in self.keys)
+            found = self.execute(f"SELECT {keys} FROM replicant_hashes WHERE {d.bucket(_K, n)} IN ({', '.join(map(str, buckets))})")
+            got = self.rows_by_keys([tuple(k) for k in found])
+            if got is not None:
+                return got
         out: dict[str, tuple[int, tuple[Any, ...]]] = {}
         for part in self._each(lambda: Side.rows(self, n, buckets)):
             out.update(part)
+        return out
+
+    def rows_by_keys(self, keys: Sequence[tuple[Any, ...]]) -> dict[str, tuple[int, tuple[Any, ...]]] | None:
+        if Side.rows_by_keys(self, []) is None:
+            return None
+        out: dict[str, tuple[int, tuple[Any, ...]]] = {}
+        for i in range(0, max(len(keys), 1), 5000):
+            chunk = keys[i:i + 5000]
+            for part in self._each(lambda chunk=chunk: Side.rows_by_keys(self, chunk),  # type: ignore[misc]
+                                   self.lookup(chunk) if self.lookup is not None else None):
+                if part is None:
+                    return None
+                out.update(part)
         return out
 
 

@@ -17,9 +17,10 @@ tenant is validated; the source side is that tenant's source.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -150,14 +151,34 @@ def source_side(plan: Plan, source: Any, source_url: str, *, stream: bool = Fals
         d = DIALECTS["duckdb"]
         cols = {n: Column(n, c.schema.field(n), d.quote(n if plan.client else plan.origin[n])) for n in plan.keys + plan.values}
         schema = c.schema if plan.client else plan.stream.schema
+        lookup = None if plan.client else partial(_source_keys, plan, source, normalize_url(source_url)[0])
         return StreamSide("source", "duckdb", lambda sql: [], "replicant_source", [cols[k] for k in plan.keys],
-                          [cols[v] for v in plan.values], batches=lambda: _source_batches(plan, source), schema=schema)
+                          [cols[v] for v in plan.values], batches=lambda: _source_batches(plan, source), schema=schema,
+                          lookup=lookup)
     dialect, url = normalize_url(source_url)
     d = DIALECTS[dialect]
     execute, close = _connect(dialect, url, "source")
     cols = {n: Column(n, c.schema.field(n), d.quote(plan.origin[n])) for n in plan.keys + plan.values}
     return Side("source", dialect, execute, source.display(plan.stream.table), [cols[k] for k in plan.keys],
                 [cols[v] for v in plan.values], close=close)
+
+
+def _source_keys(plan: Plan, source: Any, dialect: str, keys: Sequence[tuple[Any, ...]]) -> Iterator[pa.RecordBatch]:
+    """The source rows of ``keys`` (integer or text key values), read by the pipeline's source."""
+    d = DIALECTS[dialect]
+
+    def lit(v: Any) -> str:
+        return str(int(v)) if isinstance(v, int) else d.literal(str(v))
+
+    if not keys:
+        return iter(())
+    cols = [f"t.{source.quote(plan.origin[k])}" for k in plan.keys]
+    if len(cols) == 1:
+        where = f"{cols[0]} IN ({', '.join(lit(k[0]) for k in keys)})"
+    else:
+        where = f"({', '.join(cols)}) IN ({', '.join('(' + ', '.join(lit(v) for v in k) + ')' for k in keys)})"
+    columns = source.columns(plan.stream)
+    return source.query_batches(plan.stream, source.select_sql(plan.stream, columns, [where]), columns, 100_000)
 
 
 def _source_batches(plan: Plan, source: Any) -> Iterator[pa.RecordBatch]:
