@@ -121,3 +121,22 @@ def test_a_change_in_flight_is_not_a_difference() -> None:
     finally:
         src.close()
         dst.close()
+
+
+def test_repair_refuses_a_key_computed_by_a_transform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hashed key is compared (the source side is hashed too), but --repair cannot find a
+    destination key's row at the source: it says so (exit 2) instead of appending nothing."""
+    monkeypatch.setenv("REPLICANT_MASK_KEY", "test-mask-key")
+    _customers(tmp_path / "crm.db")
+    cfg = parse({"pipeline": "crm", "source": {"type": "sqlite", "url": "sqlite:///crm.db", "streams": [{"table": "customers"}]},
+                 "transforms": [{"mask": {"CustomerId": "hash"}}],
+                 "destinations": [{"name": "wh", "type": "duckdb", "path": "wh.duckdb"}]}, base_dir=tmp_path)
+    assert Engine(cfg).run().ok
+    assert validate_pipeline(cfg, wait=0).exit_code == 0
+    with sqlite3.connect(tmp_path / "crm.db") as c:
+        c.execute("UPDATE customers SET city = 'moved' WHERE CustomerId = 3")
+    found = validate_pipeline(cfg, wait=0)
+    assert found.exit_code == 1 and len(found.results[0].comparison.differences) == 1
+    refused = validate_pipeline(cfg, wait=0, repair=True)
+    assert refused.exit_code == 2
+    assert "key column 'CustomerId' is computed by a transform" in (refused.results[0].error or "")

@@ -242,6 +242,10 @@ def _repair(cfg: PipelineConfig, state: Any, plan: Plan, source: Any, source_dia
     from replicant.ingest import Ingest
     from replicant.validate.repair import append_repairs, deliver_all
 
+    computed = [k for k in plan.keys if k in plan.recomputed]
+    if computed:
+        raise CannotValidate(f"stream {plan.stream.name!r}: --repair finds rows at the source by key, and key column "
+                             f"{computed[0]!r} is computed by a transform")
     lg = runtime.open_pipeline_log(cfg)
     try:
         ingest = Ingest(cfg.pipeline, lg, state, tenant=tenant, transforms=plan.pre)

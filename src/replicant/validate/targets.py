@@ -62,6 +62,7 @@ class Trace:
     origin: dict[str, str]  # output name -> source name
     unverified: dict[str, str] = field(default_factory=dict)  # output name -> why
     client: bool = False  # values change: compare in client mode
+    recomputed: set[str] = field(default_factory=set)  # output names whose values a transform computes
 
 
 def trace(chain: TransformChain | None, stream: str, names: list[str]) -> Trace:
@@ -72,6 +73,7 @@ def trace(chain: TransformChain | None, stream: str, names: list[str]) -> Trace:
         if isinstance(tr, Rename):
             t.origin = {tr.mapping.get(n, n): s for n, s in t.origin.items()}
             t.unverified = {tr.mapping.get(n, n): why for n, why in t.unverified.items()}
+            t.recomputed = {tr.mapping.get(n, n) for n in t.recomputed}
         elif isinstance(tr, Drop):
             t.origin = {n: s for n, s in t.origin.items() if n not in tr.columns}
         elif isinstance(tr, Select):
@@ -80,16 +82,19 @@ def trace(chain: TransformChain | None, stream: str, names: list[str]) -> Trace:
             for col, rule in tr.rules.items():
                 if rule.method == "hash":
                     t.client = True
+                    t.recomputed.add(col)
                 else:
                     t.unverified[col] = f"mask: {rule.method}"
         elif isinstance(tr, Encrypt):
             for col, erule in tr.rules.items():
                 if erule.deterministic:
                     t.client = True
+                    t.recomputed.add(col)
                 else:
                     t.unverified[col] = "encrypt (not deterministic)"
         else:
             t.client = True
+            t.recomputed.update(t.origin)  # derive, cast, sql, python: any column may change
     return t
 
 
@@ -108,6 +113,7 @@ class Plan:
     client: bool
     pre: TransformChain
     post: TransformChain | None
+    recomputed: set[str] = field(default_factory=set)
 
 
 def plan_stream(stream: Stream, pre: TransformChain, post: TransformChain | None) -> Plan:
@@ -119,7 +125,8 @@ def plan_stream(stream: Stream, pre: TransformChain, post: TransformChain | None
     t = trace(pre, stream.name, names)
     if post and post.for_stream(stream.name):
         after = trace(post, stream.name, list(t.origin))
-        t = Trace({n: t.origin.get(s, s) for n, s in after.origin.items()}, {**t.unverified, **after.unverified}, True)
+        t = Trace({n: t.origin.get(s, s) for n, s in after.origin.items()}, {**t.unverified, **after.unverified}, True,
+                  {n for n in after.origin if after.origin[n] in t.recomputed} | after.recomputed)
     unverified = dict(t.unverified)
     usable = []
     for f in compared.schema:
@@ -135,7 +142,8 @@ def plan_stream(stream: Stream, pre: TransformChain, post: TransformChain | None
     lost = [k for k in keys if k not in usable]
     if lost:
         raise CannotValidate(f"stream {stream.name!r}: key column {lost[0]!r} is {unverified.get(lost[0], 'not comparable')}")
-    return Plan(stream, logged, compared, keys, [n for n in usable if n not in keys], t.origin, unverified, t.client, pre, post)
+    return Plan(stream, logged, compared, keys, [n for n in usable if n not in keys], t.origin, unverified, t.client, pre, post,
+                t.recomputed)
 
 
 # ------------------------------------------------------------------------------ source side
