@@ -289,7 +289,9 @@ class SQLiteDialect(Dialect):
 
     # printf() and hex() turn NULL into '0.00' and '': NULL must stay NULL
     def decimal(self, col: str, precision: int, scale: int) -> str:
-        return f"CASE WHEN {col} IS NOT NULL THEN printf('%.{scale}f', {col}) END"
+        # replicant's SQLite destination stores decimals as exact text at their scale (DECIMAL_TEXT);
+        # a SQLite source's NUMERIC holds REAL or INTEGER: printed at the scale (15 digits)
+        return f"CASE WHEN typeof({col}) = 'text' THEN {col} WHEN {col} IS NOT NULL THEN printf('%.{scale}f', {col}) END"
 
     def floating(self, col: str) -> str:
         return f"CASE WHEN {col} IS NOT NULL THEN printf('%.{FLOAT_DIGITS}e', {col}) END"
@@ -353,7 +355,7 @@ class DuckDBDialect(Dialect):
         return f"strftime(CAST({col} AS TIMESTAMP), '%Y-%m-%d %H:%M:%S.%f')"
 
     def time(self, col: str) -> str:
-        return f"strftime(TIMESTAMP '1970-01-01' + CAST({col} AS TIME), '%H:%M:%S.%f')"
+        return f"strftime(DATE '1970-01-01' + CAST({col} AS TIME), '%H:%M:%S.%f')"
 
 
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (PostgresDialect(), MySQLDialect(), SQLiteDialect(), DuckDBDialect())}

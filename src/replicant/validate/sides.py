@@ -21,6 +21,8 @@ from replicant.errors import ConnectionError, FatalError, redact
 from replicant.validate.canon import DIALECTS, Dialect
 
 _U64 = (1 << 64) - 1
+#: PostgreSQL types without a hash function: compared by their canonical text
+_UNHASHABLE = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}
 _K, _R = "__replicant_k", "__replicant_r"  # a StreamSide's kept hashes, beside the key columns
 
 __all__ = ["Column", "Side", "StreamSide", "agree", "duckdb_connection", "mysql_connection", "pg_connection", "sqlite_connection"]
@@ -272,7 +274,7 @@ def agree(a: Side, b: Side) -> None:
         return
     a.hash_sql = b.hash_sql = a.dialect.cheap_hash
     ta, tb = a.column_types(), b.column_types()
-    if ta is not None and ta == tb:
+    if ta is not None and ta == tb and not set(ta) & _UNHASHABLE:
         a.typed = b.typed = True
 
 
