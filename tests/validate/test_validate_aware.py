@@ -140,3 +140,60 @@ def test_repair_refuses_a_key_computed_by_a_transform(tmp_path: Path, monkeypatc
     refused = validate_pipeline(cfg, wait=0, repair=True)
     assert refused.exit_code == 2
     assert "key column 'CustomerId' is computed by a transform" in (refused.results[0].error or "")
+
+
+def test_pinned_to_the_log_end_waits_for_the_destination(tmp_path: Path) -> None:
+    """The log holds a change the destination has not applied: validate waits (here: until the
+    injected clock's second tick delivers it) and compares at the log's end; without the
+    delivery it compares anyway and reports the lag."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from replicant import runtime
+    from replicant.ingest import Ingest
+    from replicant.model import with_meta
+    from replicant.validate.repair import deliver_all
+
+    with sqlite3.connect(tmp_path / "s.db") as c:
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        c.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"v{i}") for i in range(50)])
+    cfg = parse({"pipeline": "pin", "source": {"type": "sqlite", "url": "sqlite:///s.db", "streams": [{"table": "t"}]},
+                 "destinations": [{"name": "lite", "type": "sqlite", "path": "d.db"}]}, base_dir=tmp_path)
+    assert Engine(cfg).run().ok
+    engine = Engine(cfg)
+    source = engine.new_source()
+    try:
+        stream = engine.streams(source)[0]
+    finally:
+        source.close()
+    state, lg = runtime.open_state(cfg), runtime.open_pipeline_log(cfg)
+    try:  # the pipeline read a row again and has not delivered it yet
+        batch = pa.RecordBatch.from_pydict({"id": [7], "v": ["v7"]}, schema=stream.schema)
+        Ingest(cfg.pipeline, lg, state).append(stream, with_meta(batch, "update", "{}", datetime.now(UTC)),
+                                               lg.last_position(stream.log_name) or {})
+        end = lg.end_offset(stream.log_name) - 1
+    finally:
+        lg.close()
+        state.close()
+
+    behind = validate_pipeline(cfg, wait=0)
+    assert behind.exit_code == 0
+    assert (behind.results[0].log_offset, behind.results[0].lag) == (end, 1)
+
+    ticks = []
+
+    def clock() -> float:
+        ticks.append(1)
+        if len(ticks) == 2:  # while validate waits, the destination catches up
+            s, log = runtime.open_state(cfg), runtime.open_pipeline_log(cfg)
+            try:
+                deliver_all(cfg, log, s, [stream], None)
+            finally:
+                log.close()
+                s.close()
+        return float(len(ticks))
+
+    caught = validate_pipeline(cfg, wait=60, clock=clock)
+    assert caught.exit_code == 0 and len(ticks) >= 2
+    assert (caught.results[0].applied_offset, caught.results[0].lag) == (end, 0)
