@@ -56,6 +56,8 @@ class DestinationStatus:
             error), or None; it stays paused until a delivery of it succeeds (a run after the
             fix, or a replay).
         paused_at: when it paused, or None.
+        validated_at: when ``replicant validate`` last compared the stream there, or None.
+        verdict: what it found then: ``equal``, ``differences`` (how many after ``:``) or ``error``.
     """
 
     destination: str
@@ -65,6 +67,8 @@ class DestinationStatus:
     lag: int
     paused: str | None = None
     paused_at: datetime | None = None
+    validated_at: datetime | None = None
+    verdict: str | None = None
 
 
 @dataclass
@@ -124,6 +128,7 @@ def collect(config: Any, *, state: Any, log: Any, source_facts: dict[str, Any] |
                 position=cp.position if cp else None, updated_at=cp.updated_at if cp else None,
                 dead_letters=ts.dead_letters.get(s, 0),
             ))
+        checked = state.last_validations(config.pipeline, tenant=tenant)
         for d in config.destinations:
             for s in names:
                 if d.streams and s not in d.streams:
@@ -131,9 +136,12 @@ def collect(config: Any, *, state: Any, log: Any, source_facts: dict[str, Any] |
                 off = ts.offsets.get((d.name, s))
                 applied = off.offset if off else -1
                 pause = ts.paused.get((d.name, s))
+                v = checked.get((s, d.name))
                 status.destinations.append(DestinationStatus(
                     d.name, s, tenant, applied, max(ends[s] - 1 - applied, 0),
                     paused=redact(pause.reason) if pause else None, paused_at=pause.paused_at if pause else None,
+                    validated_at=v["validated_at"] if v else None,
+                    verdict=(f"{v['verdict']}: {v['differences']}" if v["verdict"] == "differences" else v["verdict"]) if v else None,
                 ))
         if capture is not None and tenant is None:
             status.capture = {"position": capture.position, "updated_at": capture.updated_at}

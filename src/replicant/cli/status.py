@@ -52,10 +52,11 @@ def status(
         out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))} "
                   f"(`replicant dead-letters list {pipeline}` shows them)", markup=False)
     d = Table(title="destinations")
-    for c in ("destination", "stream", "applied offset", "lag (rows)"):
+    for c in ("destination", "stream", "applied offset", "lag (rows)", "last validated"):
         d.add_column(c)
     for ds in st.destinations:
-        d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}")
+        checked = f"{ds.validated_at:%Y-%m-%d %H:%M:%S} UTC: {ds.verdict}" if ds.validated_at else "never"
+        d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}", checked)
     out.print(d)
     for ds in st.destinations:
         if ds.paused:

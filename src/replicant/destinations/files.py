@@ -179,6 +179,10 @@ class FilesDestination(Destination):
         """The stream's folder: its name, or :meth:`target_table` when ``tables:`` is set."""
         return _folder(stream.log_name if getattr(self.config, "tables", None) is None else self.target_table(stream))
 
+    def folder(self, stream: Stream) -> str:
+        """The folder (or URL prefix) holding ``stream``'s files."""
+        return f"{self.path.rstrip('/')}/{self._folder_of(stream)}"
+
     @property
     def extension(self) -> str:
         if self.format == "parquet":

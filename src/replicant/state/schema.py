@@ -12,7 +12,8 @@ speaks ``tenant: str | None`` and maps ``None`` to ``''``.
 Versions: 1 created the tables; 2 added ``tenant`` to runs, checkpoints, offsets and dead
 letters (keys ``(pipeline, tenant, stream)`` and ``(pipeline, tenant, destination, stream)``;
 existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destination paused, and why);
-4 added ``attempts`` and ``retried_at`` to dead letters (``replicant dead-letters retry``).
+4 added ``attempts`` and ``retried_at`` to dead letters (``replicant dead-letters retry``);
+5 added ``replicant_validations`` (``replicant validate``'s findings per stream).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -41,6 +42,7 @@ __all__ = [
     "dead_letters",
     "leases",
     "paused",
+    "validations",
     "MIGRATIONS",
     "current_version",
     "migrate",
@@ -170,6 +172,25 @@ paused = sa.Table(
     sa.Column("stream", _NAME, primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("paused_at", UTCDateTime, nullable=False),
+)
+
+
+# One row per stream compared by ``replicant validate`` (at one destination): the latest per
+# stream is what ``status`` shows.
+validations = sa.Table(
+    "replicant_validations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pipeline", _NAME, nullable=False),
+    sa.Column("tenant", _NAME, nullable=False, server_default=""),
+    sa.Column("destination", _NAME, nullable=False),
+    sa.Column("stream", _NAME, nullable=False),
+    sa.Column("verdict", sa.String(32), nullable=False),
+    sa.Column("differences", sa.Integer, nullable=False),
+    sa.Column("repaired", sa.Integer, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("validated_at", UTCDateTime, nullable=False),
+    sa.Index("replicant_validations_stream", "pipeline", "tenant", "stream", "destination", "id"),
 )
 
 
@@ -323,8 +344,27 @@ def _v4_retries(conn: Connection) -> None:
     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN retried_at {stamp}")
 
 
+def _v5_validations(conn: Connection) -> None:
+    """Version 5: ``replicant_validations``, what ``replicant validate`` found per stream."""
+    sa.Table(  # frozen: as version 5 created it
+        "replicant_validations",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("pipeline", _NAME, nullable=False),
+        sa.Column("tenant", _NAME, nullable=False, server_default=""),
+        sa.Column("destination", _NAME, nullable=False),
+        sa.Column("stream", _NAME, nullable=False),
+        sa.Column("verdict", sa.String(32), nullable=False),
+        sa.Column("differences", sa.Integer, nullable=False),
+        sa.Column("repaired", sa.Integer, nullable=False),
+        sa.Column("details", sa.Text, nullable=False),
+        sa.Column("validated_at", UTCDateTime, nullable=False),
+        sa.Index("replicant_validations_stream", "pipeline", "tenant", "stream", "destination", "id"),
+    ).create(conn)
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused, _v4_retries]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C

@@ -44,6 +44,7 @@ from replicant.state.records import (
     TenantState,
 )
 from replicant.state.schema import checkpoints, dead_letters, offsets, paused, runs
+from replicant.state.validations import ValidationMixin
 
 __all__ = [
     "StateStore",
@@ -60,7 +61,7 @@ __all__ = [
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
 
 
-class StateStore(LeaseMixin):
+class StateStore(LeaseMixin, ValidationMixin):
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the
