@@ -48,7 +48,7 @@ __all__ = [
     "suggest",
 ]
 
-Mode = Literal["full", "cursor", "snapshot_diff", "trigger", "log"]
+Mode = Literal["full", "cursor", "snapshot_diff", "trigger", "log", "incremental"]  # incremental: files (new and changed)
 WriteMode = Literal["append", "merge", "replace"]
 
 
@@ -146,9 +146,10 @@ class SourceConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _derived_reads_log(cls, data: Any) -> Any:
+        from replicant.sources.files.settings import with_file_streams  # a files stream's own keys
         from replicant.sources.pipeline import with_log_modes  # a derived pipeline's streams are `log`
 
-        return with_log_modes(data)
+        return with_file_streams(with_log_modes(data))
 
     @field_validator("heartbeat", "poll_interval", "flush_interval")
     @classmethod

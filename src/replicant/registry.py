@@ -24,6 +24,7 @@ SOURCES: dict[str, str] = {
     "mariadb": "replicant.sources.mysql:MySQLSource",
     "sqlite": "replicant.sources.sqlite:SQLiteSource",
     "pipeline": "replicant.sources.pipeline:PipelineSource",
+    "files": "replicant.sources.files:FilesSource",
 }
 
 DESTINATIONS: dict[str, str] = {
