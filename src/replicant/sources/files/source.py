@@ -307,12 +307,14 @@ class FilesSource(Source):
                 save_added(self.workdir, stream.name, self._added[stream.name])
             if bad or wrong:
                 yield sorted(bad + wrong, key=lambda b: b.line), {}
-            keep = [n for n in table.column_names if n in stream.schema.names or n in {f.name for f in self._added.get(stream.name, [])}]
-            table = table.select(keep).combine_chunks()
+            extra = {f.name for f in self._added.get(stream.name, [])}
+            lines = table.column(LINE).combine_chunks()
+            table = table.select([n for n in table.column_names if n in stream.schema.names or n in extra]).combine_chunks()
+            done = 0
             for batch in table.to_batches(max_chunksize=size):
                 if batch.num_rows:
-                    yield batch, {"offset": piece.offset, "line": piece.line,
-                                  "last": int(batch.column(LINE)[batch.num_rows - 1].as_py())}
+                    done += batch.num_rows
+                    yield batch, {"offset": piece.offset, "line": piece.line, "last": int(lines[done - 1].as_py())}
 
     def _pieces(self, path: str, fs: FileStreamSettings, fmt: str, known: pa.Schema, hints: dict[str, pa.DataType],
                 offset: int, line: int, chunk_bytes: int, batch_size: int) -> Iterator[readers.Piece]:
