@@ -25,6 +25,9 @@ KINDS = ["postgres", "mysql", "sqlite"]
 #: The non-SQL toy source (:mod:`.toy`): Arrow files in a folder, kept in step with a DuckDB
 #: file that the tests change with SQL (the source itself never sees SQL).
 TOY = "arrow"
+#: The files source (:mod:`replicant.sources.files`): Parquet files in a folder, exported from
+#: a DuckDB file that the tests change with SQL, like the toy source's.
+FILES = "files"
 
 #: The context of a source in these tests: a pipeline name and no work dir.
 CONTEXT = ConnectorContext(pipeline="test")
@@ -50,7 +53,8 @@ class Db:
     # ------------------------------------------------------------- DDL words
     @property
     def timestamp(self) -> str:
-        return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP"}[self.kind]
+        return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP",
+                FILES: "TIMESTAMP"}[self.kind]
 
     @property
     def text(self) -> str:
@@ -58,8 +62,8 @@ class Db:
 
     # ------------------------------------------------------------- SQL
     def execute(self, *statements: str) -> None:
-        if self.kind == TOY:
-            with _toy_store(self.url) as con:
+        if self.kind in (TOY, FILES):
+            with _toy_store(self.url, self.kind) as con:
                 for s in statements:
                     con.execute(s)
         elif self.kind == "postgres":
@@ -88,10 +92,10 @@ class Db:
     def insert(self, table: str, columns: list[str], rows: list[tuple]) -> None:
         """Inserts ``rows`` with the driver's parameters (values never in the SQL text)."""
         cols = ", ".join(self.q(c) for c in columns)
-        mark = "?" if self.kind in ("sqlite", TOY) else "%s"
+        mark = "?" if self.kind in ("sqlite", TOY, FILES) else "%s"
         sql = f"INSERT INTO {self.q(table)} ({cols}) VALUES ({', '.join([mark] * len(columns))})"
-        if self.kind == TOY:
-            with _toy_store(self.url) as con:
+        if self.kind in (TOY, FILES):
+            with _toy_store(self.url, self.kind) as con:
                 con.executemany(sql, rows)
         elif self.kind == "postgres":
             with psycopg.connect(self.url, autocommit=True) as conn:
@@ -114,8 +118,8 @@ class Db:
                 conn.close()
 
     def scalar(self, sql: str) -> Any:
-        if self.kind == TOY:
-            with _toy_store(self.url) as con:
+        if self.kind in (TOY, FILES):
+            with _toy_store(self.url, self.kind) as con:
                 return con.execute(sql).fetchone()[0]
         if self.kind == "postgres":
             with psycopg.connect(self.url) as conn:
@@ -155,6 +159,8 @@ class Db:
     def config(self, streams: Any = "all", **kw: Any) -> SourceConfig:
         if self.kind == TOY:
             return SourceConfig(type=self.kind, streams=streams, folder=self.url, **kw)
+        if self.kind == FILES:
+            return SourceConfig(type="files", url=self.url, streams=_file_streams(self.url, streams), **kw)
         return SourceConfig(type=self.kind, url=self.url, streams=streams, **kw)
 
     def source(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> Any:
@@ -177,8 +183,8 @@ def db_for(kind: str, request: Any) -> Db:
         return Db(kind, request.getfixturevalue("pg_url"))
     if kind == "mysql":
         return Db(kind, request.getfixturevalue("mysql_url"))
-    if kind == TOY:
-        folder = request.getfixturevalue("tmp_path") / "toy"
+    if kind in (TOY, FILES):
+        folder = request.getfixturevalue("tmp_path") / kind
         folder.mkdir()
         return Db(kind, str(folder))
     path = request.getfixturevalue("sqlite_path")
@@ -194,10 +200,37 @@ def _class(kind: str) -> Any:
     return source_class(kind)
 
 
+def _file_streams(folder: str, streams: Any) -> list[dict[str, Any]]:
+    """``streams:`` of the files source over the Parquet exports: each table's file, mode full
+    (the suite reads snapshots), its key from the DuckDB file (the origin columns left out of a
+    keyed stream: a key identifies its rows across files)."""
+    keys: dict[str, list[str]] = {}
+    store = Path(folder) / "store.duckdb"
+    if store.exists():
+        import duckdb
+
+        with duckdb.connect(str(store), read_only=True) as con:
+            keys = {t: list(cols) for t, cols in con.execute(
+                "SELECT table_name, constraint_column_names FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'"
+            ).fetchall()}
+            names = [n for (n,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    else:
+        names = []
+    listed = names if streams == "all" else list(streams)
+    out = []
+    for name in listed:
+        entry: dict[str, Any] = {"name": name, "glob": f"{name}.parquet", "mode": "full"}
+        if keys.get(name):
+            entry.update(primary_key=keys[name], exclude=["_file", "_line"])
+        out.append(entry)
+    return out
+
+
 @contextlib.contextmanager
-def _toy_store(folder: str) -> Iterator[Any]:
-    """The toy source's DuckDB file; on leaving, every table is exported to ``<table>.arrow``
-    (key columns in the schema metadata), replaced atomically."""
+def _toy_store(folder: str, kind: str = TOY) -> Iterator[Any]:
+    """The toy (or files) source's DuckDB file; on leaving, every table is exported to
+    ``<table>.arrow`` (key columns in the schema metadata; ``<table>.parquet`` for the files
+    source), replaced atomically."""
     import duckdb
 
     con = duckdb.connect(str(Path(folder) / "store.duckdb"))
@@ -208,6 +241,13 @@ def _toy_store(folder: str) -> Iterator[Any]:
         ).fetchall()}
         for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
             table = con.sql("SELECT * FROM " + '"' + name.replace('"', '""') + '"').to_arrow_table()
+            if kind == FILES:
+                import pyarrow.parquet as pq
+
+                tmp = Path(folder) / f"{name}.parquet.tmp"
+                pq.write_table(table, tmp, row_group_size=5)
+                os.replace(tmp, Path(folder) / f"{name}.parquet")
+                continue
             table = table.replace_schema_metadata({"primary_key": keys.get(name, "")})
             tmp = Path(folder) / f"{name}.arrow.tmp"
             with pa.ipc.new_file(tmp, table.schema) as w:

@@ -19,10 +19,10 @@ import pytest
 from replicant.errors import ConnectionError
 from replicant.model import ConnectorContext, Stream
 
-from .dbs import TOY, Db, data_of, db_for, read_all
+from .dbs import FILES, TOY, Db, data_of, db_for, read_all
 
 #: One line per source: a source joins the suite here.
-SOURCES = ["postgres", "mysql", "sqlite", TOY]
+SOURCES = ["postgres", "mysql", "sqlite", TOY, FILES]
 
 #: Change modes checked for deletes, in order of preference (the first the source has).
 DELETE_MODES = ("snapshot_diff", "trigger")

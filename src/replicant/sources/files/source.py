@@ -6,12 +6,12 @@ Modes: ``incremental`` (the default: only new and changed files, in arrival orde
 The resume rule, where resume bugs live. A position names the file being read and how far::
 
     {"seq": 7, "file": "in/a.csv", "id": "<etag or hash>", "offset": 8388608, "line": 91234,
-     "last": 91400, "done": false}
+     "last": 91400, "eof": false}
 
 ``seq`` is the file's place in the stream's read order (the files-seen record), ``offset`` and
 ``line`` where the chunk holding the last row returned starts (a decompressed byte offset, or a
 Parquet row group) and how many lines come before it, ``last`` the ``_line`` of the last row
-returned (-1 while a changed file's earlier rows are being deleted), ``done`` whether the
+returned (-1 while a changed file's earlier rows are being deleted), ``eof`` whether the
 file's last row was returned. Resuming re-reads that chunk and drops the rows up to ``last``:
 nothing twice, nothing skipped. Files are read one after the other, so every file with a
 smaller ``seq`` is complete in the log: :meth:`FilesSeenMixin.confirm_files` marks those
@@ -120,6 +120,7 @@ class FilesSource(Source):
         in earlier runs, then ``_rescued`` (rescue), ``_file`` and ``_line``. Key: ``(_file,
         _line)`` unless the stream sets ``primary_key``."""
         out = []
+        configured = self.config.streams if isinstance(self.config.streams, list) else []
         for name, fs in self.options.file_streams.items():
             fields = self._sample(name, fs)
             have = {f.name for f in fields}
@@ -128,7 +129,8 @@ class FilesSource(Source):
                     fields.append(f)
                     have.add(f.name)
             schema = with_origin(fields, fs.on_new_columns == "rescue")
-            out.append(Stream(name=name, table=(name,), schema=schema, primary_key=ORIGIN_KEY,
+            key = next((tuple(sc.primary_key) for sc in configured if sc.table == name and sc.primary_key), ORIGIN_KEY)
+            out.append(Stream(name=name, table=(name,), schema=schema, primary_key=key,
                               options={"kind": "table", "files_columns": schema.names}))
         return out
 
@@ -141,15 +143,32 @@ class FilesSource(Source):
             first = files[0]
             fmt = self._format(fs, first.path)
             try:
-                piece = next(self._pieces(first.path, fs, fmt, pa.schema([]), hints, 0, 0, fs.sample_bytes, 1000), None)
+                inferred = [pa.field(f.name, stable(f.type)) for f in self._sample_schema(first.path, fs, fmt, hints)]
             except (pa.ArrowInvalid, OSError) as e:
                 raise FatalError(f"stream {name!r}: cannot infer the schema from {first.path!r}: {e}") from None
-            if piece is not None:
-                inferred = [pa.field(f.name, stable(f.type)) for f in piece.table.schema if f.name != LINE]
         fields = [pa.field(f.name, hints.get(f.name, f.type)) for f in inferred if f.name not in (FILE, LINE, RESCUED)]
         have = {f.name for f in fields}
         fields += [pa.field(c, t) for c, t in hints.items() if c not in have]
         return fields
+
+    def _sample_schema(self, path: str, fs: FileStreamSettings, fmt: str, hints: dict[str, pa.DataType]) -> list[pa.Field]:
+        """The columns of a sample of ``path`` (Parquet: its schema; CSV without rows: its header, as text)."""
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with self.folder.open(path) as raw:
+                return list(pq.ParquetFile(raw).schema_arrow)
+        piece = next(self._pieces(path, fs, fmt, pa.schema([]), hints, 0, 0, fs.sample_bytes, 1000), None)
+        if piece is not None:
+            return [f for f in piece.table.schema if f.name != LINE]
+        if fmt == "csv":
+            stream = self.folder.open_decoded(path, compression_of(path, fs.compression))
+            try:
+                names = readers.csv_header(stream, fs.csv).names
+            finally:
+                stream.close()
+            return [pa.field(n, hints.get(n, pa.string())) for n in names]
+        return []
 
     def _format(self, fs: FileStreamSettings, path: str) -> str:
         fmt = fs.format or format_of(path)
@@ -180,10 +199,12 @@ class FilesSource(Source):
                 continue
             here = resume if resume and info.path == resume["file"] else None
             for rb in self._read_file(stream, info, here, changed=False):
+                if not rb.data.num_rows:  # a file's end: the snapshot's final position covers it
+                    continue
                 pos = {**rb.position, "mode": "full", "snapshot": snapshot}
                 yield ReadBatch(rb.data, pos)
             resume = None if here else resume
-        done = {"mode": "full", "snapshot": snapshot, "done": True}
+        done = {"mode": "full", "snapshot": snapshot, "eof": True}
         yield ReadBatch(self._empty(stream), done, final=True)
 
     def _incremental(self, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
@@ -193,10 +214,10 @@ class FilesSource(Source):
         fs = self._settings(stream)
         records = state.file_records(self.context.pipeline, stream.name, tenant=self.context.tenant)
         resume = position if position and "seq" in position else None
-        self._confirm(stream, state, int(resume["seq"]) if resume else 0, bool(resume and resume.get("done")))
+        self._confirm(stream, state, int(resume["seq"]) if resume else 0, bool(resume and resume.get("eof")))
         records = state.file_records(self.context.pipeline, stream.name, tenant=self.context.tenant)
         listing = self.folder.list(fs.glob, exclude=self._after_move_prefix(stream))
-        if resume and not resume.get("done"):
+        if resume and not resume.get("eof"):
             info = next((f for f in listing if f.path == resume["file"]), None)
             if info is not None:
                 listing = [f for f in listing if f.path != info.path]
@@ -251,7 +272,7 @@ class FilesSource(Source):
             for batch in self._deletes(stream, info.path, last_before):
                 if pending is not None:
                     yield pending
-                pos = {**base, "offset": 0, "line": 0, "last": -1, "done": False}
+                pos = {**base, "offset": 0, "line": 0, "last": -1, "eof": False}
                 pending = ReadBatch(with_meta(batch, OP_DELETE, encode_position({"file": info.path}), utcnow()), pos)
             resume = None
         rows = bad_count = 0
@@ -269,8 +290,8 @@ class FilesSource(Source):
             rows += batch.num_rows
             top = max(top, int(pos["last"]))
             pending = ReadBatch(with_meta(batch, OP_READ, encode_position({"file": info.path, "offset": pos["offset"]}),
-                                          utcnow()), {**base, **pos, "done": False})
-        done = {**(pending.position if pending else {**base, "offset": 0, "line": 0, "last": 0}), "done": True}
+                                          utcnow()), {**base, **pos, "eof": False})
+        done = {**(pending.position if pending else {**base, "offset": 0, "line": 0, "last": 0}), "eof": True}
         yield ReadBatch(pending.data if pending else self._empty(stream), done)
         if state is not None:
             state.finish_file(pipeline, stream.name, info.path, rows=rows, bad_records=bad_count, last_line=top,
@@ -385,7 +406,7 @@ class FilesSource(Source):
         if state is None or not position:
             return
         if "seq" in position:
-            self._confirm(stream, state, int(position["seq"]), bool(position.get("done")))
+            self._confirm(stream, state, int(position["seq"]), bool(position.get("eof")))
         elif position.get("done"):  # a full or snapshot_diff read ended: every file in it is durable
             self._confirm(stream, state, 2**62, True)
 
