@@ -107,7 +107,7 @@ def _parquet(rows: list[dict]) -> bytes:
     return sink.getvalue()
 
 
-@pytest.mark.parametrize("fmt,name,data", [
+@pytest.mark.parametrize(("fmt", "name", "data"), [
     ("csv", "x.csv", CSV),
     ("csv", "x.csv.gz", gzip.compress(CSV)),
     ("csv", "x.csv.zst", _zst(CSV)),

@@ -115,9 +115,9 @@ def conform(table: pa.Table, schema: pa.Schema, path: str, on_new_columns: str) 
             columns.append(converted)
             if failed is not None:
                 ok = failed if ok is None else pc.or_(ok, failed)
-                for i in pc.indices_nonzero(failed).to_pylist():  # only the bad rows, few
-                    bad.append(Bad(int(lines[i].as_py()), json.dumps({f.name: col[i].as_py()}, default=str),
-                                   f"column {f.name!r}: value {col[i].as_py()!r} is not {f.type}"))
+                bad.extend(Bad(int(lines[i].as_py()), json.dumps({f.name: col[i].as_py()}, default=str),
+                               f"column {f.name!r}: value {col[i].as_py()!r} is not {f.type}")
+                           for i in pc.indices_nonzero(failed).to_pylist())  # only the bad rows, few
     out = pa.Table.from_arrays(columns, schema=pa.schema([f.with_nullable(True) if f.name not in (FILE, LINE) else f
                                                           for f in schema]))
     if ok is not None:

@@ -74,7 +74,7 @@ class FileStreamSettings(_Strict):
     format: Format | None = Field(None, description="csv | jsonl | json | parquet; default: from the extension.")
     compression: Literal["infer", "gzip", "zstd", "none"] = Field(
         "infer", description="infer (from .gz/.zst), gzip, zstd or none.")
-    csv: CsvOptions = Field(default_factory=CsvOptions, description="CSV options.")
+    csv: CsvOptions = Field(default_factory=lambda: CsvOptions.model_validate({}), description="CSV options.")
     schema_hints: dict[str, str] = Field(default_factory=dict, alias="schema",
                                          description="Column types that override inference: int64, double, "
                                          "decimal(12,2), string, bool, date, timestamp, timestamptz.")

@@ -37,13 +37,35 @@ import pyarrow as pa
 
 from replicant.config import SourceConfig
 from replicant.errors import ConfigError, FatalError
-from replicant.model import OP_DELETE, OP_READ, ConnectorContext, DeadLetter, Position, ReadBatch, Stream, encode_position, utcnow, with_meta
+from replicant.model import (
+    OP_DELETE,
+    OP_READ,
+    ConnectorContext,
+    DeadLetter,
+    Position,
+    ReadBatch,
+    Stream,
+    encode_position,
+    utcnow,
+    with_meta,
+)
 from replicant.secrets import Secret, resolve_all
 from replicant.sources.base import Capabilities, Source
 from replicant.sources.files import readers
 from replicant.sources.files.listing import FileInfo, Folder, compression_of, content_hash, format_of
-from replicant.sources.files.schema import FILE, LINE, RESCUED, conform, data_fields, load_added, parse_type, save_added, stable, with_origin
-from replicant.sources.files.settings import FileStreamSettings, FilesSettings
+from replicant.sources.files.schema import (
+    FILE,
+    LINE,
+    RESCUED,
+    conform,
+    data_fields,
+    load_added,
+    parse_type,
+    save_added,
+    stable,
+    with_origin,
+)
+from replicant.sources.files.settings import FilesSettings, FileStreamSettings
 
 __all__ = ["FilesSource"]
 
@@ -258,13 +280,13 @@ class FilesSource(Source):
         pipeline, tenant = self.context.pipeline, self.context.tenant
         identity = identity or info.etag or f"{info.size}:{info.modified}"
         seq = int(resume["seq"]) if resume else 0
-        rec = None
+        rec: dict[str, Any] | None = None
         if state is not None:
             rec = state.file_records(pipeline, stream.name, tenant=tenant).get(info.path)
             if resume is None or rec is None or rec["status"] != "reading":
                 seq = state.start_file(pipeline, stream.name, info.path, size=info.size, etag=identity,
                                        modified_at=info.modified, tenant=tenant)
-        base = {"seq": seq, "file": info.path, "id": identity}
+        base: dict[str, Any] = {"seq": seq, "file": info.path, "id": identity}
         pending: ReadBatch | None = None
         keyless = tuple(stream.primary_key) == ORIGIN_KEY
         last_before = max(int(rec["last_line"]) if rec else 0, previous_last)
@@ -278,7 +300,7 @@ class FilesSource(Source):
         rows = bad_count = 0
         top = 0
         first_error: tuple[str, int] | None = None
-        for batch, pos in self._rows(stream, fs, info, resume):
+        for batch, where in self._rows(stream, fs, info, resume):
             if isinstance(batch, list):  # bad records of a chunk
                 bad_count += len(batch)
                 if first_error is None and batch:
@@ -288,9 +310,9 @@ class FilesSource(Source):
             if pending is not None:
                 yield pending
             rows += batch.num_rows
-            top = max(top, int(pos["last"]))
-            pending = ReadBatch(with_meta(batch, OP_READ, encode_position({"file": info.path, "offset": pos["offset"]}),
-                                          utcnow()), {**base, **pos, "eof": False})
+            top = max(top, where["last"])
+            pending = ReadBatch(with_meta(batch, OP_READ, encode_position({"file": info.path, "offset": where["offset"]}),
+                                          utcnow()), {**base, **where, "eof": False})
         done = {**(pending.position if pending else {**base, "offset": 0, "line": 0, "last": 0}), "eof": True}
         yield ReadBatch(pending.data if pending else self._empty(stream), done)
         if state is not None:
@@ -303,7 +325,7 @@ class FilesSource(Source):
                         first_error[1] if first_error else 0, first_error[0] if first_error else "")
 
     def _rows(self, stream: Stream, fs: FileStreamSettings, info: FileInfo,
-              resume: Position | None) -> Iterator[tuple[Any, dict[str, Any]]]:
+              resume: Position | None) -> Iterator[tuple[Any, dict[str, int]]]:
         """``(batch, {offset, line, last})`` per batch of rows, and ``(bad records, {})`` per chunk with any."""
         fmt = self._format(fs, info.path)
         offset = int(resume["offset"]) if resume else 0
