@@ -26,7 +26,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 KILLS = 3
-_ROWS_PER_MB = 17_000  # about 60 bytes a row
+_ROWS_PER_MB = 22_600  # about 46 bytes a row
 
 
 def _generate(path: Path, rows: int) -> None:
