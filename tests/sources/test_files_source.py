@@ -295,3 +295,19 @@ def test_config_errors_name_the_key(tmp_path: Path, local: Where) -> None:
         _pipeline(tmp_path, local, [{"name": "t", "glob": "*.csv", "format": "xml", "csv": {"delimitr": ";"}}])
     text = str(e.value)
     assert "streams[0].format" in text and "streams[0].csv.delimitr" in text
+
+
+def test_s3_credentials_by_reference_never_shown(tmp_path: Path, request: pytest.FixtureRequest,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    where = Where(tmp_path, request, "s3")
+    where.put("a.csv", CSV)
+    monkeypatch.setenv("FILES_TEST_KEY", "testing")
+    monkeypatch.setenv("FILES_TEST_SECRET", "testing")  # moto takes any: what matters is where it is resolved
+    options = {**where.options["storage_options"], "key": "${env:FILES_TEST_KEY}", "secret": "${env:FILES_TEST_SECRET}"}
+    cfg = parse({"pipeline": "f", "source": {"type": "files", "url": where.url, "storage_options": options,
+                                             "streams": [{"name": "t", "glob": "*.csv"}]},
+                 "destinations": [{"name": "d", "type": "duckdb", "path": str(tmp_path / "d.duckdb")}]}, base_dir=tmp_path)
+    assert "${env:FILES_TEST_SECRET}" in str(cfg.source.options["storage_options"]), "kept as a reference until used"
+    _run(cfg)
+    assert _rows(tmp_path, "t", "id") == [(1,), (2,)]
+    assert "testing" not in repr(cfg.source) and "FILES_TEST" not in repr(cfg.source), "masked in every repr"
