@@ -36,8 +36,8 @@ def _parquet(start: int, n: int) -> bytes:
 
 
 FILES = {
-    "csv": [("a.csv", _csv(1, 40)), ("b.csv.gz", gzip.compress(_csv(100, 30)))],
-    "jsonl": [("a.jsonl", _jsonl(1, 40)), ("b.jsonl.gz", gzip.compress(_jsonl(100, 25)))],
+    "csv": [("a.csv", _csv(1, 40)), ("b.csv.gz", gzip.compress(_csv(100, 30), mtime=0))],
+    "jsonl": [("a.jsonl", _jsonl(1, 40)), ("b.jsonl.gz", gzip.compress(_jsonl(100, 25), mtime=0))],
     "parquet": [("a.parquet", _parquet(1, 40)), ("b.parquet", _parquet(100, 20))],
 }
 

@@ -107,12 +107,12 @@ def _parquet(rows: list[dict]) -> bytes:
     return sink.getvalue()
 
 
-@pytest.mark.parametrize(("fmt", "name", "data"), [
+@pytest.mark.parametrize(("fmt", "name", "data"), [  # ids: the file names
     ("csv", "x.csv", CSV),
-    ("csv", "x.csv.gz", gzip.compress(CSV)),
+    ("csv", "x.csv.gz", gzip.compress(CSV, mtime=0)),
     ("csv", "x.csv.zst", _zst(CSV)),
     ("jsonl", "x.jsonl", b'{"id": 1, "name": "a", "amount": 1.5}\n{"id": 2, "name": "b", "amount": 2.5}\n'),
-    ("jsonl", "x.jsonl.gz", gzip.compress(b'{"id": 1, "name": "a", "amount": 1.5}\n{"id": 2, "name": "b", "amount": 2.5}')),
+    ("jsonl", "x.jsonl.gz", gzip.compress(b'{"id": 1, "name": "a", "amount": 1.5}\n{"id": 2, "name": "b", "amount": 2.5}', mtime=0)),
     ("json", "x.json", b'[{"id": 1, "name": "a", "amount": 1.5},\n {"id": 2, "name": "b", "amount": 2.5}]'),
     ("parquet", "x.parquet", _parquet([{"id": 1, "name": "a", "amount": 1.5}, {"id": 2, "name": "b", "amount": 2.5}])),
 ])

@@ -139,7 +139,7 @@ def _chunks(stream: Any, chunk_bytes: int, quote: int | None, escape: int | None
 def _csv_options(opts: CsvOptions, names: list[str] | None, types: dict[str, pa.DataType], *, strict: bool,
                  invalid: list[Any] | None = None) -> tuple[Any, Any, Any]:
     read = pcsv.ReadOptions(column_names=names, autogenerate_column_names=names is None and not opts.header,
-                            encoding=opts.encoding, use_threads=not strict, block_size=1 << 22)
+                            encoding=opts.encoding, use_threads=False, block_size=1 << 22)
 
     def handler(row: Any) -> str:
         assert invalid is not None
@@ -294,7 +294,7 @@ def jsonl_pieces(stream: Any, schema: pa.Schema, *, offset: int, line: int, chun
     def parse(data: bytes, strict: bool, invalid: Any = None) -> pa.Table:
         longest = len(data) if strict else max(1 << 20, 2 * _longest_line(data))
         return pjson.read_json(pa.BufferReader(data),
-                               read_options=pjson.ReadOptions(use_threads=not strict, block_size=longest + 1),
+                               read_options=pjson.ReadOptions(use_threads=False, block_size=longest + 1),
                                parse_options=pjson.ParseOptions(explicit_schema=schema,
                                                                 unexpected_field_behavior="infer"))
 

@@ -84,7 +84,7 @@ class FileStreamSettings(_Strict):
         "dead_letter", description="A malformed line or a value that does not convert: dead-letter it, or fail.")
     after_load: AfterLoad | None = Field(None, description="keep | delete | {move: PREFIX}; default: the source's.")
     sample_bytes: int = Field(1 << 20, gt=0, description="Bytes of the first file read to infer the schema.")
-    chunk_bytes: int = Field(4 << 20, gt=0, description="Bytes parsed at a time (one resumable chunk).")
+    chunk_bytes: int = Field(2 << 20, gt=0, description="Bytes parsed at a time (one resumable chunk).")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -216,11 +216,12 @@ class FilesSource(Source):
         if state is not None:
             self._confirm(stream, state, int(resume.get("seq", 0)) if resume else 0, False)
         files = self.folder.list(fs.glob, exclude=self._after_move_prefix(stream))
+        records = state.file_records(self.context.pipeline, stream.name, tenant=self.context.tenant) if state else {}
         for info in files:
             if resume and info.path < resume["file"]:
                 continue
             here = resume if resume and info.path == resume["file"] else None
-            for rb in self._read_file(stream, info, here, changed=False):
+            for rb in self._read_file(stream, info, here, changed=False, rec=records.get(info.path)):
                 if not rb.data.num_rows:  # a file's end: the snapshot's final position covers it
                     continue
                 pos = {**rb.position, "mode": "full", "snapshot": snapshot}
@@ -234,7 +235,6 @@ class FilesSource(Source):
         if state is None:
             raise FatalError(f"stream {stream.name!r}: mode incremental needs the pipeline's state store (files seen)")
         fs = self._settings(stream)
-        records = state.file_records(self.context.pipeline, stream.name, tenant=self.context.tenant)
         resume = position if position and "seq" in position else None
         self._confirm(stream, state, int(resume["seq"]) if resume else 0, bool(resume and resume.get("eof")))
         records = state.file_records(self.context.pipeline, stream.name, tenant=self.context.tenant)
@@ -246,6 +246,7 @@ class FilesSource(Source):
                 identity = self._identity(info, records.get(info.path))
                 same = identity == resume.get("id")
                 yield from self._read_file(stream, info, resume if same else None, changed=True, identity=identity,
+                                           rec=records.get(info.path),
                                            previous_last=int(resume.get("last") or 0))
         candidates = []
         for info in listing:
@@ -255,7 +256,7 @@ class FilesSource(Source):
             candidates.append((info, rec))
         candidates.sort(key=lambda c: (c[0].modified.timestamp() if c[0].modified else 0.0, c[0].path))
         for info, rec in candidates:
-            yield from self._read_file(stream, info, None, changed=rec is not None and rec["loads"] > 0,
+            yield from self._read_file(stream, info, None, changed=rec is not None and rec["loads"] > 0, rec=rec,
                                        identity=self._identity(info, rec))
 
     def _unchanged(self, info: FileInfo, rec: dict[str, Any]) -> bool:
@@ -272,7 +273,7 @@ class FilesSource(Source):
             return str(rec["etag"])
         return content_hash(self.folder, info.path)
 
-    def _read_file(self, stream: Stream, info: FileInfo, resume: Position | None, *, changed: bool,
+    def _read_file(self, stream: Stream, info: FileInfo, resume: Position | None, *, changed: bool, rec: dict[str, Any] | None,
                    identity: str | None = None, previous_last: int = 0) -> Iterator[ReadBatch]:
         """One file's batches after ``resume`` (None: from its start), the last one ``done``."""
         fs = self._settings(stream)
@@ -280,9 +281,7 @@ class FilesSource(Source):
         pipeline, tenant = self.context.pipeline, self.context.tenant
         identity = identity or info.etag or f"{info.size}:{info.modified}"
         seq = int(resume["seq"]) if resume else 0
-        rec: dict[str, Any] | None = None
         if state is not None:
-            rec = state.file_records(pipeline, stream.name, tenant=tenant).get(info.path)
             if resume is None or rec is None or rec["status"] != "reading":
                 seq = state.start_file(pipeline, stream.name, info.path, size=info.size, etag=identity,
                                        modified_at=info.modified, tenant=tenant)
