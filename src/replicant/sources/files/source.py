@@ -281,10 +281,9 @@ class FilesSource(Source):
         pipeline, tenant = self.context.pipeline, self.context.tenant
         identity = identity or info.etag or f"{info.size}:{info.modified}"
         seq = int(resume["seq"]) if resume else 0
-        if state is not None:
-            if resume is None or rec is None or rec["status"] != "reading":
-                seq = state.start_file(pipeline, stream.name, info.path, size=info.size, etag=identity,
-                                       modified_at=info.modified, tenant=tenant)
+        if state is not None and (resume is None or rec is None or rec["status"] != "reading"):
+            seq = state.start_file(pipeline, stream.name, info.path, size=info.size, etag=identity,
+                                   modified_at=info.modified, tenant=tenant)
         base: dict[str, Any] = {"seq": seq, "file": info.path, "id": identity}
         pending: ReadBatch | None = None
         keyless = tuple(stream.primary_key) == ORIGIN_KEY
