@@ -311,3 +311,26 @@ def test_s3_credentials_by_reference_never_shown(tmp_path: Path, request: pytest
     _run(cfg)
     assert _rows(tmp_path, "t", "id") == [(1,), (2,)]
     assert "testing" not in repr(cfg.source) and "FILES_TEST" not in repr(cfg.source), "masked in every repr"
+
+
+def test_status_files_lists_every_file_seen(tmp_path: Path, local: Where) -> None:
+    import os
+    import subprocess
+    import sys
+
+    local.put("a.csv", b"id\n1\nx\n")
+    (tmp_path / "p.yml").write_text('pipeline: f\nsource: {type: files, url: in, streams: [{name: t, glob: "*.csv", '
+                                    'schema: {id: int64}}]}\ndestinations: [{name: d, type: duckdb, path: d.duckdb}]\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "replicant.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    assert "1 bad record(s) dead-lettered (first at line 3" in cli("run", "p.yml"), "the run says how many"
+    (record,) = json.loads(cli("status", "p.yml", "--json", "--files"))["files"]
+    assert (record["path"], record["status"], record["rows"], record["bad_records"], record["first_error_line"]) == (
+        "a.csv", "loaded", 1, 1, 3)
+    assert "files seen" in cli("status", "p.yml", "--files") and "files seen" not in cli("status", "p.yml")
