@@ -103,6 +103,23 @@ def _last_boundary(arr: np.ndarray, quote: int | None, escape: int | None) -> in
     return int(bounds[-1]) if len(bounds) else None
 
 
+def _cut(buf: bytes, quote: int | None, escape: int | None) -> int | None:
+    """The last record boundary of ``buf``: its last newline with an even number of quotes
+    before it (``bytes.rfind``/``count`` in C; with an escape character, the numpy scan)."""
+    if escape is not None:
+        return _last_boundary(np.frombuffer(buf, np.uint8), quote, escape)
+    end = len(buf)
+    mark = bytes([quote]) if quote is not None else b""
+    for _ in range(8):
+        nl = buf.rfind(b"\n", 0, end)
+        if nl < 0:
+            return None
+        if not mark or buf.count(mark, 0, nl) % 2 == 0:
+            return nl
+        end = nl
+    return _last_boundary(np.frombuffer(buf, np.uint8), quote, escape)
+
+
 def _nonempty(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Indices of the records that are not empty (an empty line, or a lone ``\\r``)."""
     length = ends - starts
@@ -125,7 +142,7 @@ def _chunks(stream: Any, chunk_bytes: int, quote: int | None, escape: int | None
         if eof:
             yield buf, True
             return
-        cut = _last_boundary(np.frombuffer(buf, np.uint8), quote, escape)
+        cut = _cut(buf, quote, escape)
         if cut is None:
             carry = buf
             continue
