@@ -148,23 +148,25 @@ def test_malformed_lines_are_dead_lettered_with_file_and_line(tmp_path: Path, wh
     where.put("d/1.csv", b'id,name\n1,a\n2,b,EXTRA\n3,"multi\nline"\nx,notanumber\n4,d\n')
     where.put("d/2.csv", b"id,name\n5,\xff\xfe bad utf8\n6,f\n")
     where.put("d/3.jsonl", b'{"id": 7}\n{not json}\n')
+    where.put("d/4.csv", b'id,name\n8,h\n9,"never closed\n10,j\n')  # bad quoting
     cfg = _pipeline(tmp_path, where, [{"name": "c", "glob": "d/*.csv", "schema": {"id": "int64"}},
                                       {"name": "j", "glob": "d/*.jsonl"}])
     _run(cfg)
     assert _rows(tmp_path, "c", "id, _file, _line") == [
-        (1, "d/1.csv", 2), (3, "d/1.csv", 4), (4, "d/1.csv", 7), (6, "d/2.csv", 3)]
+        (1, "d/1.csv", 2), (3, "d/1.csv", 4), (4, "d/1.csv", 7), (6, "d/2.csv", 3), (8, "d/4.csv", 2)]
     assert _rows(tmp_path, "j", "id, _line") == [(7, 1)]
     with _state(cfg) as st:
         letters = {d["origin"]: d for d in st.dead_letters("f")}
         seen = {r["path"]: r for r in st.files_seen("f")}
-    assert set(letters) == {"d/1.csv:3", "d/1.csv:6", "d/2.csv:2", "d/3.jsonl:2"}
+    assert set(letters) == {"d/1.csv:3", "d/1.csv:6", "d/2.csv:2", "d/3.jsonl:2", "d/4.csv:3"}
+    assert "quoting" in letters["d/4.csv:3"]["reason"] and letters["d/4.csv:3"]["payload"]["text"].startswith('9,"never')
     assert letters["d/1.csv:3"]["payload"]["text"] == "2,b,EXTRA" and "columns" in letters["d/1.csv:3"]["reason"]
     assert "'x'" in letters["d/1.csv:6"]["reason"]
     assert seen["d/1.csv"]["bad_records"] == 2 and seen["d/1.csv"]["first_error_line"] == 3
     assert seen["d/1.csv"]["rows"] == 3 and seen["d/1.csv"]["status"] == "loaded"
     _run(cfg)  # a re-run neither loads nor dead-letters anything again
     with _state(cfg) as st:
-        assert len(st.dead_letters("f")) == 4
+        assert len(st.dead_letters("f")) == 5
 
 
 def test_bad_record_fail_stops_the_stream_naming_file_and_line(tmp_path: Path, local: Where) -> None:

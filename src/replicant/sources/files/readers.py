@@ -247,14 +247,33 @@ def _piece(chunk: bytes, eof: bool, offset: int, line: int, quote: int | None, e
     keep = _nonempty(arr, starts, ends)
     starts, ends = starts[keep], ends[keep]
     lines = line + np.searchsorted(nl, starts) + 1
+    unterminated: list[Bad] = []
+    if eof and quote is not None and len(starts) and _odd_quotes(chunk, quote, escape):
+        # a quote opened in the last record is never closed: Arrow would take the rest of the
+        # file as one value; it is a malformed record instead
+        first = int(starts[-1])
+        unterminated.append(Bad(int(lines[-1]), chunk[first:].decode(encoding, errors="replace")[:2000],
+                                "bad quoting: a quoted value is never closed"))
+        chunk, starts, ends, lines = chunk[:first], starts[:-1], ends[:-1], lines[:-1]
     invalid: list[Any] = []
     try:
-        table = parse(chunk, False, invalid)
-        if not invalid and table.num_rows == len(starts):
-            return Piece(table.append_column("_line", pa.array(lines, pa.int64())), offset, line)
+        table = parse(chunk, False, invalid) if len(starts) else None
+        if table is not None and not invalid and table.num_rows == len(starts):
+            return Piece(table.append_column("_line", pa.array(lines, pa.int64())), offset, line, unterminated)
     except (pa.ArrowInvalid, UnicodeDecodeError):
         pass
-    return _split(chunk, starts, ends, lines, parse, encoding, offset, line)
+    piece = _split(chunk, starts, ends, lines, parse, encoding, offset, line)
+    piece.bad.extend(unterminated)
+    return piece
+
+
+def _odd_quotes(chunk: bytes, quote: int, escape: int | None) -> bool:
+    if escape is None:
+        return chunk.count(bytes([quote])) % 2 == 1
+    arr = np.frombuffer(chunk, np.uint8)
+    q = np.flatnonzero(arr == quote)
+    q = q[~((q > 0) & (arr[np.maximum(q - 1, 0)] == escape))]
+    return len(q) % 2 == 1
 
 
 def _split(chunk: bytes, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray, parse: Callable[..., pa.Table],
