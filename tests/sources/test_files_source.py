@@ -235,6 +235,9 @@ def test_full_mode_rereads_everything(tmp_path: Path, local: Where) -> None:
     assert _run(cfg).rows_read["t"] == 2
     assert _run(cfg).rows_read["t"] == 2
     assert len(_rows(tmp_path, "t")) == 2
+    with _state(cfg) as st:
+        (rec,) = st.files_seen("f")
+    assert (rec["status"], rec["loads"]) == ("loaded", 2), "a full read's files are recorded too"
 
 
 def test_snapshot_diff_on_a_daily_extract(tmp_path: Path, local: Where) -> None:
@@ -245,6 +248,8 @@ def test_snapshot_diff_on_a_daily_extract(tmp_path: Path, local: Where) -> None:
     local.put("extract.csv", b"id,name\n1,a\n2,B\n4,d\n")
     _run(cfg)
     assert _rows(tmp_path, "t", "id, name", "id") == [(1, "a"), (2, "B"), (4, "d")]
+    with _state(cfg) as st:
+        assert [r["status"] for r in st.files_seen("f")] == ["loaded"]
 
 
 @pytest.mark.parametrize("action", ["delete", "move"])

@@ -227,7 +227,7 @@ class FilesSource(Source):
                 pos = {**rb.position, "mode": "full", "snapshot": snapshot}
                 yield ReadBatch(rb.data, pos)
             resume = None if here else resume
-        done = {"mode": "full", "snapshot": snapshot, "eof": True}
+        done = {"mode": "full", "snapshot": snapshot, "done": True}
         yield ReadBatch(self._empty(stream), done, final=True)
 
     def _incremental(self, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
