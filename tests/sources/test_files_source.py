@@ -174,6 +174,14 @@ def test_bad_record_fail_stops_the_stream_naming_file_and_line(tmp_path: Path, l
     cfg = _pipeline(tmp_path, local, [{"name": "t", "glob": "*.csv", "schema": {"id": "int64"}, "on_bad_record": "fail"}])
     result = Engine(cfg).run()
     assert not result.ok and "a.csv, line 3" in str(result.errors[0])
+    local.put("b.parquet", b"not parquet at all")
+    cfg = _pipeline(tmp_path, local, [{"name": "t", "glob": "*.csv", "schema": {"id": "int64"}, "on_bad_record": "fail"},
+                                      {"name": "p", "glob": "*.parquet", "schema": {"id": "int64"}}])
+    result = Engine(cfg).run()
+    assert not result.ok and "b.parquet" in str(result.errors)
+    with _state(cfg) as st:
+        failed = {r["path"]: r for r in st.files_seen("f", status="failed")}
+    assert set(failed) == {"a.csv", "b.parquet"} and failed["a.csv"]["first_error_line"] == 3
 
 
 def test_changed_file_is_reloaded_once_keyless_rows_replaced(tmp_path: Path, where: Where) -> None:

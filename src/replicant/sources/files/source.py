@@ -138,7 +138,7 @@ class FilesSource(Source):
 
     def discover(self) -> list[Stream]:
         """One stream per configured ``streams:`` entry; its columns from a sample of the first
-        file (by path) the glob finds, ``schema:`` hints on top, plus the columns ``add`` joined
+        readable file (by path) the glob finds, ``schema:`` hints on top, plus the columns ``add`` joined
         in earlier runs, then ``_rescued`` (rescue), ``_file`` and ``_line``. Key: ``(_file,
         _line)`` unless the stream sets ``primary_key``."""
         out = []
@@ -161,13 +161,13 @@ class FilesSource(Source):
         move = fs.after_load if fs.after_load is not None else self.options.after_load
         files = self.folder.list(fs.glob, exclude=move["move"].strip("/") + "/" if isinstance(move, dict) else None)
         inferred: list[pa.Field] = []
-        if files:
-            first = files[0]
-            fmt = self._format(fs, first.path)
+        for sample in files[:5]:  # the first file that can be read; a bad one fails when it is read
+            fmt = self._format(fs, sample.path)
             try:
-                inferred = [pa.field(f.name, stable(f.type)) for f in self._sample_schema(first.path, fs, fmt, hints)]
-            except (pa.ArrowInvalid, OSError) as e:
-                raise FatalError(f"stream {name!r}: cannot infer the schema from {first.path!r}: {e}") from None
+                inferred = [pa.field(f.name, stable(f.type)) for f in self._sample_schema(sample.path, fs, fmt, hints)]
+                break
+            except (pa.ArrowInvalid, OSError, FatalError) as e:
+                log.warning("stream %s: cannot infer the schema from %r (%s); trying the next file", name, sample.path, e)
         fields = [pa.field(f.name, hints.get(f.name, f.type)) for f in inferred if f.name not in (FILE, LINE, RESCUED)]
         have = {f.name for f in fields}
         fields += [pa.field(c, t) for c, t in hints.items() if c not in have]
@@ -298,19 +298,29 @@ class FilesSource(Source):
         rows = bad_count = 0
         top = 0
         first_error: tuple[str, int] | None = None
-        for batch, where in self._rows(stream, fs, info, resume):
-            if isinstance(batch, list):  # bad records of a chunk
-                bad_count += len(batch)
-                if first_error is None and batch:
-                    first_error = (batch[0].reason, batch[0].line)
-                self._bad(stream, fs, info.path, batch, identity, resumed=resume is not None)
-                continue
-            if pending is not None:
-                yield pending
-            rows += batch.num_rows
-            top = max(top, where["last"])
-            pending = ReadBatch(with_meta(batch, OP_READ, encode_position({"file": info.path, "offset": where["offset"]}),
-                                          utcnow()), {**base, **where, "eof": False})
+        try:
+            for batch, where in self._rows(stream, fs, info, resume):
+                if isinstance(batch, list):  # bad records of a chunk
+                    bad_count += len(batch)
+                    if first_error is None and batch:
+                        first_error = (batch[0].reason, batch[0].line)
+                    self._bad(stream, fs, info.path, batch, identity, resumed=resume is not None)
+                    continue
+                if pending is not None:
+                    yield pending
+                rows += batch.num_rows
+                top = max(top, where["last"])
+                pending = ReadBatch(with_meta(batch, OP_READ, encode_position({"file": info.path, "offset": where["offset"]}),
+                                              utcnow()), {**base, **where, "eof": False})
+        except (FatalError, pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeError, ValueError) as e:
+            # the file cannot be read (on_bad_record: fail, not Parquet…): recorded as failed, the
+            # stream stops; the file is read again at the next run
+            if state is not None:
+                state.fail_file(pipeline, stream.name, info.path, str(e), line=first_error[1] if first_error else None,
+                                tenant=tenant)
+            if isinstance(e, FatalError):
+                raise
+            raise FatalError(f"stream {stream.name!r}: cannot read {info.path!r}: {e}") from None
         done = {**(pending.position if pending else {**base, "offset": 0, "line": 0, "last": 0}), "eof": True}
         yield ReadBatch(pending.data if pending else self._empty(stream), done)
         if state is not None:
