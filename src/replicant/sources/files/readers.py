@@ -40,6 +40,7 @@ from replicant.sources.files.settings import CsvOptions
 __all__ = ["Bad", "Piece", "csv_header", "csv_pieces", "json_pieces", "jsonl_pieces", "parquet_pieces"]
 
 _HEADER_PROBE = 1 << 16
+_LONGEST_RECORD = 64 << 20  #: a record longer than this (or 16 chunks) is taken for bad quoting
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -144,6 +145,8 @@ def _chunks(stream: Any, chunk_bytes: int, quote: int | None, escape: int | None
             return
         cut = _cut(buf, quote, escape)
         if cut is None:
+            if len(buf) > max(_LONGEST_RECORD, 16 * chunk_bytes):  # bounded memory, not the rest of the file
+                raise ValueError(f"no record ends within {len(buf) >> 20} MB: a quoted value never closed (bad quoting)?")
             carry = buf
             continue
         carry = buf[cut + 1:]
