@@ -24,6 +24,7 @@ Function fixtures, each unique to the test and dropped at teardown:
   database (file) holding Chinook, copied from a template loaded once per session.
 - ``chinook_counts``: ``{lower_snake_table: rows}`` for Chinook's 11 tables.
 - ``unique_name``: a lower-case identifier unique to the test and run.
+- ``tap_postgres`` (session): a Singer tap from PyPI in a throwaway venv (skips if it cannot install).
 """
 
 from __future__ import annotations
@@ -221,3 +222,24 @@ def chinook_sqlite_path(tmp_path: Path) -> Path:
 def chinook_counts() -> dict[str, int]:
     """Chinook row count per table, keyed by lower snake_case name (a fresh copy)."""
     return dict(datasets.CHINOOK_COUNTS)
+
+
+# --------------------------------------------------------------------------- Singer taps
+
+
+@pytest.fixture(scope="session")
+def tap_postgres(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tap-postgres`` (pipelinewise-tap-postgres from PyPI) in a throwaway venv made once per
+    session: the tap pins its own singer library and psycopg2. Skips, saying why, when the
+    package index cannot provide it."""
+    import subprocess
+    import venv
+
+    folder = tmp_path_factory.mktemp("tap-postgres-venv")
+    venv.create(folder, with_pip=True)
+    package = "pipelinewise-tap-postgres>=1.8,<3"
+    done = subprocess.run([str(folder / "bin" / "pip"), "install", "-q", package], capture_output=True, text=True,
+                          timeout=900, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot install {package} from the package index: {done.stderr.strip().splitlines()[-1:]}")
+    return folder / "bin" / "tap-postgres"

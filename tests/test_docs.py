@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -252,6 +254,60 @@ def _plain(v: object) -> object:
     from decimal import Decimal
 
     return str(v) if isinstance(v, Decimal) else v
+
+
+def test_http_source_example_loads_the_test_api(tmp_path: Path, monkeypatch) -> None:
+    """docs/http-source.md: its pipeline file, with only ``base_url`` replaced, against the test
+    API: issues, each issue's comments (incremental per issue) and cursor-paged items."""
+    import duckdb
+
+    from replicant.config import parse
+    from replicant.engine import Engine
+    from replicant.yaml_load import load_yaml
+    from sources.http_api import TOKEN, Api, items
+
+    [example] = [b for b in _yaml_blocks(ROOT / "docs" / "http-source.md") if "pipeline: tracker" in b]
+    monkeypatch.setenv("TRACKER_TOKEN", TOKEN)
+    api = Api(auth="bearer").start()
+    try:
+        api.put("issues", [{"id": n, "number": n, "title": f"issue {n}"} for n in range(1, 6)])
+        api.put("comments", [{"id": i, "issue": 1 + i % 5, "body": f"c{i}", "updated_at": "2024-02-01T00:00:00Z"}
+                             for i in range(1, 31)])
+        api.put("items", items(120, updated="2024-03-01T00:00:00Z"))
+        text = example.replace("https://tracker.example/api", api.url)
+        assert text != example
+        result = Engine(parse(load_yaml(text), base_dir=tmp_path)).run()
+        assert result.ok, result.errors
+    finally:
+        api.stop()
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        counts = {t: con.execute(f"SELECT count(DISTINCT id) FROM {t}").fetchone()[0] for t in ("issues", "comments", "items")}
+    assert counts == {"issues": 5, "comments": 30, "items": 120}
+
+
+@pytest.mark.slow
+def test_singer_source_example_copies_chinook(tmp_path: Path, monkeypatch, tap_postgres: Path, chinook_pg_url: str) -> None:
+    """docs/singer-source.md: its pipeline file with a real tap-postgres (``command`` and the
+    connection values replaced) copies artist and invoice from Chinook."""
+    from urllib.parse import urlsplit
+
+    from compare import fetch
+    from replicant.config import parse
+    from replicant.engine import Engine
+    from replicant.yaml_load import load_yaml
+
+    [example] = _yaml_blocks(ROOT / "docs" / "singer-source.md")
+    u = urlsplit(chinook_pg_url)
+    monkeypatch.setenv("PGPASSWORD", u.password or "")
+    text = (example.replace("command: tap-postgres", f"command: {tap_postgres}").replace("host: localhost", f"host: {u.hostname}")
+            .replace("port: 5432", f"port: {u.port}").replace("user: app", f"user: {u.username}")
+            .replace("dbname: chinook", f"dbname: {u.path.lstrip('/')}"))
+    result = Engine(parse(load_yaml(text), base_dir=tmp_path)).run()
+    assert result.ok, result.errors
+    wh = str(tmp_path / "warehouse.duckdb")
+    assert fetch("duckdb", wh, "public-artist", ["artist_id", "name"]) == fetch("postgres", chinook_pg_url, "artist", ["artist_id", "name"])
+    cols = ["invoice_id", "customer_id", "total"]
+    assert fetch("duckdb", wh, "public-invoice", cols) == fetch("postgres", chinook_pg_url, "invoice", cols)
 
 
 def test_files_source_example_loads_new_files_once(tmp_path: Path) -> None:

@@ -64,6 +64,31 @@ def _commands() -> dict[str, Any]:
     return found
 
 
+def _model_keys(model: type) -> set[str]:
+    """The keys of a settings model and of the models nested in it (an http stream's
+    ``paginate:`` and ``incremental:``)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    keys: set[str] = set()
+    todo, seen = [model], set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        for name, field in m.model_fields.items():
+            keys.add(field.alias or name)
+            stack = [field.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+                stack.extend(typing.get_args(t))
+    return keys
+
+
 def _pipeline_keys() -> set[str]:
     from replicant import config, registry
 
@@ -73,8 +98,9 @@ def _pipeline_keys() -> set[str]:
         for name, field in model.model_fields.items():
             keys.add(field.alias or name)
     for name in registry.SOURCES:
-        settings = getattr(registry.source_class(name), "settings", None)
-        keys.update(settings.model_fields if settings else ())
+        cls = registry.source_class(name)
+        for model in (getattr(cls, "settings", None), getattr(cls, "stream_settings", None)):
+            keys.update(_model_keys(model) if model else ())
     for name in registry.DESTINATIONS:
         settings = getattr(registry.destination_class(name), "settings", None)
         keys.update(settings.model_fields if settings else ())

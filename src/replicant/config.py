@@ -77,6 +77,8 @@ class StreamConfig(_Model):
         "such rows are emitted as deletes.",
     )
     transforms: list[Any] | None = Field(None, description="This stream's transforms, before the log (docs/transforms.md).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The source type's own keys of this stream "
+                                    "(an http stream's `path`, `paginate`…), gathered by the type; validated by it.")
 
     @model_validator(mode="after")
     def _cursor_needs_column(self) -> StreamConfig:
@@ -146,10 +148,10 @@ class SourceConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _derived_reads_log(cls, data: Any) -> Any:
-        from replicant.sources.files.settings import with_file_streams  # a files stream's own keys
         from replicant.sources.pipeline import with_log_modes  # a derived pipeline's streams are `log`
+        from replicant.sources.stream_entries import with_stream_entries
 
-        return with_file_streams(with_log_modes(data))
+        return with_stream_entries(with_log_modes(data))
 
     @field_validator("heartbeat", "poll_interval", "flush_interval")
     @classmethod
@@ -519,6 +521,9 @@ def _check_source_settings(source: Any, problems: list[tuple[str, str]]) -> None
         problems.extend((f"source.{k}", f"unknown key{suggest(str(k), _fields_of(SourceConfig))}") for k in extras)
         return
     problems.extend(settings_problems(model, extras, "source", _fields_of(SourceConfig)))
+    from replicant.sources.stream_entries import stream_problems  # a type's own per-stream keys
+
+    problems.extend(stream_problems(cls, source.get("streams")))
 
 
 def load(path: str | os.PathLike[str], *, secrets_needed: bool = True) -> PipelineConfig:

@@ -24,6 +24,8 @@ SOURCES: dict[str, str] = {
     "mariadb": "replicant.sources.mysql:MySQLSource",
     "sqlite": "replicant.sources.sqlite:SQLiteSource",
     "pipeline": "replicant.sources.pipeline:PipelineSource",
+    "http": "replicant.sources.http:HttpSource",
+    "singer": "replicant.sources.singer:SingerSource",
     "files": "replicant.sources.files:FilesSource",
 }
 

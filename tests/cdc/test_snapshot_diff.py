@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from replicant.errors import FatalError
 from replicant.model import ConnectorContext, Stream
 from replicant.sources.strategies import snapshot_diff
-from sources.dbs import KINDS, TOY, Db, db_for
+from sources.dbs import HTTP, KINDS, TOY, Db, db_for
 
 
-@pytest.fixture(params=[*KINDS, TOY])
+@pytest.fixture(params=[*KINDS, TOY, HTTP])
 def db(request: pytest.FixtureRequest) -> Db:
-    """Each SQL source, and the non-SQL toy source: snapshot_diff needs only a full read."""
+    """Each SQL source, the non-SQL toy source and the http source (an API serving the toy
+    source's files): snapshot_diff needs only a full read."""
     return db_for(request.param, request)
 
 

@@ -25,9 +25,18 @@ KINDS = ["postgres", "mysql", "sqlite"]
 #: The non-SQL toy source (:mod:`.toy`): Arrow files in a folder, kept in step with a DuckDB
 #: file that the tests change with SQL (the source itself never sees SQL).
 TOY = "arrow"
+#: The http source, reading the toy source's Arrow files through a real API (:mod:`.http_api`,
+#: ``/db/<table>``, pages linked by ``Link`` headers, bearer auth): the handle declares what a
+#: user of an API declares (each table's path, key and column types), the source reads JSON.
+HTTP = "http"
+#: The singer source, running a Singer tap over the toy source's Arrow files
+#: (:mod:`.singer_toy_tap`); it reads through its change feed (``log`` streams), see :func:`reads`.
+SINGER = "singer"
 #: The files source (:mod:`replicant.sources.files`): Parquet files in a folder, exported from
 #: a DuckDB file that the tests change with SQL, like the toy source's.
 FILES = "files"
+#: Kinds whose test data lives in the toy store (a DuckDB file exported to Arrow files).
+_TOY_STORE = (TOY, HTTP, SINGER, FILES)
 
 #: The context of a source in these tests: a pipeline name and no work dir.
 CONTEXT = ConnectorContext(pipeline="test")
@@ -35,8 +44,10 @@ CONTEXT = ConnectorContext(pipeline="test")
 
 @dataclass
 class Db:
-    kind: str  #: postgres | mysql | sqlite
-    url: str
+    kind: str  #: postgres | mysql | sqlite | arrow | http
+    url: str  #: a URL, or the folder of the toy store (arrow, http)
+    api: str | None = None  #: http: the API's base URL
+    token: str | None = None  #: http: the bearer token the handle sends
 
     # ------------------------------------------------------------- names
     def t(self, snake: str) -> str:
@@ -54,7 +65,7 @@ class Db:
     @property
     def timestamp(self) -> str:
         return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP",
-                FILES: "TIMESTAMP"}[self.kind]
+                HTTP: "TIMESTAMP", SINGER: "TIMESTAMP", FILES: "TIMESTAMP"}[self.kind]
 
     @property
     def text(self) -> str:
@@ -62,7 +73,7 @@ class Db:
 
     # ------------------------------------------------------------- SQL
     def execute(self, *statements: str) -> None:
-        if self.kind in (TOY, FILES):
+        if self.kind in _TOY_STORE:
             with _toy_store(self.url, self.kind) as con:
                 for s in statements:
                     con.execute(s)
@@ -92,9 +103,9 @@ class Db:
     def insert(self, table: str, columns: list[str], rows: list[tuple]) -> None:
         """Inserts ``rows`` with the driver's parameters (values never in the SQL text)."""
         cols = ", ".join(self.q(c) for c in columns)
-        mark = "?" if self.kind in ("sqlite", TOY, FILES) else "%s"
+        mark = "?" if self.kind in ("sqlite", *_TOY_STORE) else "%s"
         sql = f"INSERT INTO {self.q(table)} ({cols}) VALUES ({', '.join([mark] * len(columns))})"
-        if self.kind in (TOY, FILES):
+        if self.kind in _TOY_STORE:
             with _toy_store(self.url, self.kind) as con:
                 con.executemany(sql, rows)
         elif self.kind == "postgres":
@@ -118,7 +129,7 @@ class Db:
                 conn.close()
 
     def scalar(self, sql: str) -> Any:
-        if self.kind in (TOY, FILES):
+        if self.kind in _TOY_STORE:
             with _toy_store(self.url, self.kind) as con:
                 return con.execute(sql).fetchone()[0]
         if self.kind == "postgres":
@@ -146,6 +157,8 @@ class Db:
         if self.kind in ("postgres", "mysql"):
             scheme, rest = self.url.split("://", 1)
             return Db(self.kind, f"{scheme}://nobody_here:{secret}@{rest.split('@', 1)[1]}")
+        if self.kind in (HTTP, SINGER):
+            return Db(self.kind, self.url, self.api, secret)
         return Db(self.kind, self.url.rstrip("/") + "-missing")
 
     def where(self) -> str:
@@ -153,6 +166,10 @@ class Db:
         if self.kind in ("postgres", "mysql"):
             p = urlsplit(self.url)
             return f"{p.hostname}:{p.port}"
+        if self.kind == HTTP:
+            return urlsplit(str(self.api)).netloc
+        if self.kind == SINGER:
+            return self.url
         return self.url.removeprefix("sqlite:///")
 
     # ------------------------------------------------------------- sources
@@ -161,6 +178,15 @@ class Db:
             return SourceConfig(type=self.kind, streams=streams, folder=self.url, **kw)
         if self.kind == FILES:
             return SourceConfig(type="files", url=self.url, streams=_file_streams(self.url, streams), **kw)
+        if self.kind == HTTP:
+            return self._api_config(streams, **kw)
+        if self.kind == SINGER:
+            import sys
+
+            tap = [sys.executable, str(Path(__file__).with_name("singer_toy_tap.py"))]
+            every = kw.pop("batch_size", 1000)
+            return SourceConfig.model_validate({"type": "singer", "command": tap, "streams": streams, "config": {
+                "folder": self.url, "password": self.token, "state_every": every}, **kw})
         return SourceConfig(type=self.kind, url=self.url, streams=streams, **kw)
 
     def source(self, streams: Any = "all", *, context: ConnectorContext | None = None, **kw: Any) -> Any:
@@ -177,6 +203,45 @@ class Db:
             raise
 
 
+    def _api_config(self, streams: Any, batch_size: int = 100, **kw: Any) -> SourceConfig:
+        """The http source's config for the toy store's tables: each ``streams`` entry (or every
+        table for ``all``, or a probe when there is none) with its path, key and column types."""
+        from urllib.parse import quote
+
+        listed = [p.stem for p in sorted(Path(self.url).glob("*.arrow"))] if streams == "all" else list(streams)
+        entries = []
+        for item in listed or ["probe"]:
+            given = dict(item) if isinstance(item, dict) else {}
+            name = str(given.pop("table", item))
+            path = Path(self.url) / f"{name}.arrow"
+            entry: dict[str, Any] = {"name": name, "path": "/db/" + quote(name, safe="")}
+            if path.is_file():
+                schema = pa.ipc.open_file(path).schema
+                entry["primary_key"] = [k for k in (schema.metadata or {}).get(b"primary_key", b"").decode().split(",") if k]
+                entry["schema"] = {f.name: _api_type(f.type) for f in schema}
+            entries.append({**entry, **given})
+        return SourceConfig.model_validate({
+            "type": "http", "base_url": self.api, "streams": entries, "params": {"limit": batch_size},
+            "paginate": {"type": "link_header"}, "auth": {"type": "bearer", "token": self.token}, **kw})
+
+
+def _api_type(t: pa.DataType) -> str:
+    """The ``schema:`` type an API user declares for a column of this Arrow type."""
+    if pa.types.is_decimal(t):
+        return f"decimal({t.precision},{t.scale})"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "number"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "timestamptz" if t.tz else "timestamp"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    return "string"
+
+
 def db_for(kind: str, request: Any) -> Db:
     """A fresh, empty database of ``kind`` for the test of ``request`` (dropped afterwards)."""
     if kind == "postgres":
@@ -187,6 +252,20 @@ def db_for(kind: str, request: Any) -> Db:
         folder = request.getfixturevalue("tmp_path") / kind
         folder.mkdir()
         return Db(kind, str(folder))
+    if kind == SINGER:
+        from .singer_toy_tap import PASSWORD
+
+        folder = request.getfixturevalue("tmp_path") / "tap"
+        folder.mkdir()
+        return Db(kind, str(folder), None, PASSWORD)
+    if kind == HTTP:
+        from .http_api import TOKEN, Api
+
+        folder = request.getfixturevalue("tmp_path") / "api"
+        folder.mkdir()
+        api = Api(auth="bearer", folder=str(folder)).start()
+        request.addfinalizer(api.stop)
+        return Db(kind, str(folder), api.url, TOKEN)
     path = request.getfixturevalue("sqlite_path")
     sqlite3.connect(path).close()
     return Db(kind, "sqlite:///" + str(Path(path).resolve()))
@@ -257,8 +336,28 @@ def _toy_store(folder: str, kind: str = TOY) -> Iterator[Any]:
         con.close()
 
 
+def reads(source: Any, stream: Any, position: Any = None) -> Iterator[ReadBatch]:
+    """``stream`` read after ``position``: by :meth:`~replicant.sources.base.Source.read`, or, for
+    a ``log`` stream, by the source's change feed (``capture``, resumed from ``position``), each
+    change set as one batch (empty when it only moves the position)."""
+    if stream.mode != "log":
+        yield from source.read(stream, position)
+        return
+    import threading
+
+    feed = source.capture([stream], {stream.name: None}, resume=position, follow=False, stop=threading.Event())
+    try:
+        for cs in feed:
+            batch = cs.batches.get(stream.name)
+            if batch is None:
+                batch = pa.RecordBatch.from_pylist([], schema=stream.change_schema)
+            yield ReadBatch(batch, cs.position)
+    finally:
+        feed.close()
+
+
 def read_all(source: Any, stream: Any, position: Any = None) -> list[ReadBatch]:
-    return list(source.read(stream, position))
+    return list(reads(source, stream, position))
 
 
 def data_of(batches: list[ReadBatch]) -> pa.Table:

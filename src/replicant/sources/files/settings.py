@@ -17,19 +17,19 @@
           on_new_columns: add              # add | rescue | fail
           on_bad_record: dead_letter       # dead_letter | fail
 
-A files stream's own keys (``glob``, ``format``, ``csv``…) are moved by :func:`with_file_streams`
-(called when the ``source:`` section is validated) into the source option ``file_streams``,
-keyed by stream name, so the common stream keys (``mode``, ``primary_key``, ``include``…) keep
-their one model. ``name`` becomes the stream's ``table``; ``mode`` defaults to ``incremental``.
+A files stream's own keys (``glob``, ``format``, ``csv``…) are gathered under the stream's
+``options`` by :func:`file_stream_entry` (:mod:`replicant.sources.stream_entries`), so the common
+stream keys (``mode``, ``primary_key``, ``include``…) keep their one model. ``name`` becomes the
+stream's ``table``; ``mode`` defaults to ``incremental``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CsvOptions", "FileStreamSettings", "FilesSettings", "with_file_streams"]
+__all__ = ["CsvOptions", "FileStreamSettings", "FilesSettings", "file_stream_entry"]
 
 Format = Literal["csv", "jsonl", "json", "parquet"]
 
@@ -96,53 +96,19 @@ class FilesSettings(_Strict):
                                             "endpoint_url…); secrets by reference (`${env:NAME}`).")
     after_load: AfterLoad = Field("keep", description="What to do with a file once its rows are durable in the "
                                   "staging log: keep, delete, or {move: PREFIX} (relative to the url).")
-    file_streams: dict[str, FileStreamSettings] = Field(default_factory=dict,
-                                                        description="Set by replicant from `streams:`; not written by hand.")
 
 
-#: The keys of a ``streams:`` entry every source has (see :class:`replicant.config.StreamConfig`).
-_COMMON = frozenset({"table", "mode", "cursor", "primary_key", "include", "exclude", "lookback", "chunk_size",
-                     "soft_delete", "transforms"})
+def file_stream_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A raw ``streams:`` entry in the common shape (:mod:`replicant.sources.stream_entries`):
+    ``name`` is the stream (``table``), ``mode`` defaults to ``incremental``, the files keys go
+    under ``options`` (validated by :class:`FileStreamSettings` with their key paths)."""
+    from replicant.config import StreamConfig
 
-
-def with_file_streams(data: Any) -> Any:
-    """The raw ``source:`` mapping of a files source with each stream's own keys moved into
-    ``file_streams`` (see the module docstring); other types as given.
-
-    Raises:
-        ValueError: a stream without ``name`` or ``glob``, or an invalid key, each with its path
-            (``streams[1].csv.delimiter: …``).
-    """
-    if not isinstance(data, dict) or data.get("type") != "files" or "file_streams" in data:
-        return data
-    streams = data.get("streams")
-    if not isinstance(streams, list):
-        raise ValueError("streams: a files source needs a list of streams, each with `name` and `glob`")
-    common: list[Any] = []
-    own: dict[str, Any] = {}
-    problems: list[str] = []
-    for i, entry in enumerate(streams):
-        if not isinstance(entry, dict):
-            problems.append(f"streams[{i}]: must be a mapping with `name` and `glob`")
-            continue
-        name = entry.get("name", entry.get("table"))
-        if not isinstance(name, str) or not name:
-            problems.append(f"streams[{i}].name: required key is missing")
-            continue
-        if name in own:
-            problems.append(f"streams[{i}].name: {name!r} is listed twice")
-            continue
-        rest = {k: v for k, v in entry.items() if k not in _COMMON and k != "name"}
-        try:
-            own[name] = FileStreamSettings.model_validate(rest)
-        except ValidationError as e:
-            for err in e.errors():
-                where = ".".join(str(p) for p in err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else (
-                    "required key is missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, "))
-                problems.append(f"streams[{i}].{where}: {msg}")
-            continue
-        common.append({"mode": "incremental", **{k: v for k, v in entry.items() if k in _COMMON}, "table": name})
-    if problems:
-        raise ValueError("; ".join(problems))
-    return {**data, "streams": common, "file_streams": own}
+    common = set(StreamConfig.model_fields) | {"name"}
+    out = {k: v for k, v in entry.items() if k in common}
+    # merged over `options` already gathered: a validated config dumped and validated again
+    out["options"] = {**(entry.get("options") or {}), **{k: v for k, v in entry.items() if k not in common}}
+    if "name" in out and "table" not in out:
+        out["table"] = out.pop("name")
+    out.setdefault("mode", "incremental")
+    return out

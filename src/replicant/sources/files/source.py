@@ -30,12 +30,12 @@ import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-from replicant.config import SourceConfig
+from replicant.config import SourceConfig, StreamConfig, settings_problems
 from replicant.errors import ConfigError, FatalError
 from replicant.model import (
     OP_DELETE,
@@ -65,7 +65,7 @@ from replicant.sources.files.schema import (
     stable,
     with_origin,
 )
-from replicant.sources.files.settings import FilesSettings, FileStreamSettings
+from replicant.sources.files.settings import FilesSettings, FileStreamSettings, file_stream_entry
 
 __all__ = ["FilesSource"]
 
@@ -79,6 +79,12 @@ class FilesSource(Source):
 
     capabilities = Capabilities(modes=frozenset({"incremental", "full", "snapshot_diff"}))
     settings = FilesSettings
+    stream_settings: ClassVar[type[FileStreamSettings]] = FileStreamSettings
+
+    @classmethod
+    def stream_entry(cls, entry: dict[str, Any]) -> dict[str, Any]:
+        """A raw ``streams:`` entry in the common shape (see :func:`.settings.file_stream_entry`)."""
+        return file_stream_entry(entry)
 
     @classmethod
     def resolve_config(cls, config: SourceConfig, *, base_dir: Path) -> SourceConfig:
@@ -97,6 +103,18 @@ class FilesSource(Source):
         super().__init__(config, context)
         if config.url is None:
             raise ConfigError("invalid source", [("source.url", "required key is missing")])
+        if not isinstance(config.streams, list):
+            raise ConfigError("invalid source", [("source.streams", "a files source needs a list of streams "
+                                                                    "(`- name: …, glob: …`), not `all`")])
+        problems: list[tuple[str, str]] = []
+        self._streams: dict[str, FileStreamSettings] = {}
+        for i, sc in enumerate(config.streams):
+            found = settings_problems(FileStreamSettings, sc.options, f"source.streams[{i}]", list(StreamConfig.model_fields))
+            problems += found
+            if not found:
+                self._streams[sc.table] = FileStreamSettings.model_validate(sc.options)
+        if problems:
+            raise ConfigError("invalid source", problems)
         self._folder: Folder | None = None
         self._store: Any = None
         self._added: dict[str, list[pa.Field]] = {}
@@ -125,7 +143,7 @@ class FilesSource(Source):
 
     def _settings(self, stream: Stream | str) -> FileStreamSettings:
         name = stream if isinstance(stream, str) else stream.table[-1]
-        found = self.options.file_streams.get(name)
+        found = self._streams.get(name)
         if found is None:
             raise FatalError(f"stream {name!r} is not a files stream of this source")
         return found
@@ -143,7 +161,7 @@ class FilesSource(Source):
         _line)`` unless the stream sets ``primary_key``."""
         out = []
         configured = self.config.streams if isinstance(self.config.streams, list) else []
-        for name, fs in self.options.file_streams.items():
+        for name, fs in self._streams.items():
             fields = self._sample(name, fs)
             have = {f.name for f in fields}
             for f in load_added(self.workdir, name):
