@@ -308,3 +308,28 @@ def test_singer_source_example_copies_chinook(tmp_path: Path, monkeypatch, tap_p
     assert fetch("duckdb", wh, "public-artist", ["artist_id", "name"]) == fetch("postgres", chinook_pg_url, "artist", ["artist_id", "name"])
     cols = ["invoice_id", "customer_id", "total"]
     assert fetch("duckdb", wh, "public-invoice", cols) == fetch("postgres", chinook_pg_url, "invoice", cols)
+
+
+def test_files_source_example_loads_new_files_once(tmp_path: Path) -> None:
+    """docs/files-source.md: its pipeline file, run as it is over a folder of files."""
+    import gzip
+
+    import duckdb
+
+    from replicant.config import parse
+    from replicant.engine import Engine
+    from replicant.yaml_load import load_yaml
+
+    [example] = [b for b in _yaml_blocks(ROOT / "docs" / "files-source.md") if "type: files" in b]
+    folder = tmp_path / "incoming"
+    (folder / "events").mkdir(parents=True)
+    (folder / "orders-1.csv").write_text("id;amount;note\n1;12.50;NULL\n2;3.10;x\nbad\n")
+    (folder / "events" / "e.jsonl.gz").write_bytes(gzip.compress(b'{"kind": "click"}\n{"kind": "view"}\n'))
+    cfg = parse(load_yaml(example), base_dir=tmp_path)
+    first = Engine(cfg).run()
+    assert first.ok, first.errors
+    assert first.rows_read == {"orders": 2, "events": 2}
+    assert Engine(cfg).run().rows_read == {"orders": 0, "events": 0}
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT id, amount::VARCHAR, note, _line FROM orders ORDER BY id").fetchall() == [
+            (1, "12.50", None, 2), (2, "3.10", "x", 3)]

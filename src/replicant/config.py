@@ -48,7 +48,7 @@ __all__ = [
     "suggest",
 ]
 
-Mode = Literal["full", "cursor", "snapshot_diff", "trigger", "log"]
+Mode = Literal["full", "cursor", "snapshot_diff", "trigger", "log", "incremental"]  # incremental: files (new and changed)
 WriteMode = Literal["append", "merge", "replace"]
 
 

@@ -219,12 +219,16 @@ class ConnectorContext:
             previous snapshot there), under the pipeline's home; None when it needs none.
         dead_letter: where rejected records go (:data:`DeadLetterSink`); None: nowhere to put
             them, so a connector that rejects a record raises instead.
+        state_url: the pipeline's state store (a files source keeps its files seen and its
+            dead letters there); None outside a pipeline.
     """
 
     pipeline: str
     tenant: str | None = None
     workdir: Path | None = None
     dead_letter: DeadLetterSink | None = field(default=None, compare=False)
+    #: the pipeline's state store URL, for a source that keeps records there (files seen)
+    state_url: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def feed(self) -> str:

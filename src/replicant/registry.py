@@ -26,6 +26,7 @@ SOURCES: dict[str, str] = {
     "pipeline": "replicant.sources.pipeline:PipelineSource",
     "http": "replicant.sources.http:HttpSource",
     "singer": "replicant.sources.singer:SingerSource",
+    "files": "replicant.sources.files:FilesSource",
 }
 
 DESTINATIONS: dict[str, str] = {

@@ -106,7 +106,7 @@ def check_connectors(cfg: PipelineConfig) -> None:
 def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:
     """What a source of this pipeline is told at construction: its name, tenant and work dir
     (``<home>/source``, created by the source when it needs it)."""
-    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=home(cfg) / "source")
+    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=home(cfg) / "source", state_url=state_url(cfg))
 
 
 def build_source(cfg: PipelineConfig, context: ConnectorContext | None = None):

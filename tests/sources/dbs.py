@@ -32,8 +32,11 @@ HTTP = "http"
 #: The singer source, running a Singer tap over the toy source's Arrow files
 #: (:mod:`.singer_toy_tap`); it reads through its change feed (``log`` streams), see :func:`reads`.
 SINGER = "singer"
+#: The files source (:mod:`replicant.sources.files`): Parquet files in a folder, exported from
+#: a DuckDB file that the tests change with SQL, like the toy source's.
+FILES = "files"
 #: Kinds whose test data lives in the toy store (a DuckDB file exported to Arrow files).
-_TOY_STORE = (TOY, HTTP, SINGER)
+_TOY_STORE = (TOY, HTTP, SINGER, FILES)
 
 #: The context of a source in these tests: a pipeline name and no work dir.
 CONTEXT = ConnectorContext(pipeline="test")
@@ -62,7 +65,7 @@ class Db:
     @property
     def timestamp(self) -> str:
         return {"postgres": "timestamp", "mysql": "datetime(6)", "sqlite": "DATETIME", TOY: "TIMESTAMP",
-                HTTP: "TIMESTAMP", SINGER: "TIMESTAMP"}[self.kind]
+                HTTP: "TIMESTAMP", SINGER: "TIMESTAMP", FILES: "TIMESTAMP"}[self.kind]
 
     @property
     def text(self) -> str:
@@ -71,7 +74,7 @@ class Db:
     # ------------------------------------------------------------- SQL
     def execute(self, *statements: str) -> None:
         if self.kind in _TOY_STORE:
-            with _toy_store(self.url) as con:
+            with _toy_store(self.url, self.kind) as con:
                 for s in statements:
                     con.execute(s)
         elif self.kind == "postgres":
@@ -103,7 +106,7 @@ class Db:
         mark = "?" if self.kind in ("sqlite", *_TOY_STORE) else "%s"
         sql = f"INSERT INTO {self.q(table)} ({cols}) VALUES ({', '.join([mark] * len(columns))})"
         if self.kind in _TOY_STORE:
-            with _toy_store(self.url) as con:
+            with _toy_store(self.url, self.kind) as con:
                 con.executemany(sql, rows)
         elif self.kind == "postgres":
             with psycopg.connect(self.url, autocommit=True) as conn:
@@ -127,7 +130,7 @@ class Db:
 
     def scalar(self, sql: str) -> Any:
         if self.kind in _TOY_STORE:
-            with _toy_store(self.url) as con:
+            with _toy_store(self.url, self.kind) as con:
                 return con.execute(sql).fetchone()[0]
         if self.kind == "postgres":
             with psycopg.connect(self.url) as conn:
@@ -173,6 +176,8 @@ class Db:
     def config(self, streams: Any = "all", **kw: Any) -> SourceConfig:
         if self.kind == TOY:
             return SourceConfig(type=self.kind, streams=streams, folder=self.url, **kw)
+        if self.kind == FILES:
+            return SourceConfig(type="files", url=self.url, streams=_file_streams(self.url, streams), **kw)
         if self.kind == HTTP:
             return self._api_config(streams, **kw)
         if self.kind == SINGER:
@@ -243,8 +248,8 @@ def db_for(kind: str, request: Any) -> Db:
         return Db(kind, request.getfixturevalue("pg_url"))
     if kind == "mysql":
         return Db(kind, request.getfixturevalue("mysql_url"))
-    if kind == TOY:
-        folder = request.getfixturevalue("tmp_path") / "toy"
+    if kind in (TOY, FILES):
+        folder = request.getfixturevalue("tmp_path") / kind
         folder.mkdir()
         return Db(kind, str(folder))
     if kind == SINGER:
@@ -274,10 +279,37 @@ def _class(kind: str) -> Any:
     return source_class(kind)
 
 
+def _file_streams(folder: str, streams: Any) -> list[dict[str, Any]]:
+    """``streams:`` of the files source over the Parquet exports: each table's file, mode full
+    (the suite reads snapshots), its key from the DuckDB file (the origin columns left out of a
+    keyed stream: a key identifies its rows across files)."""
+    keys: dict[str, list[str]] = {}
+    store = Path(folder) / "store.duckdb"
+    if store.exists():
+        import duckdb
+
+        with duckdb.connect(str(store), read_only=True) as con:
+            keys = {t: list(cols) for t, cols in con.execute(
+                "SELECT table_name, constraint_column_names FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'"
+            ).fetchall()}
+            names = [n for (n,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    else:
+        names = []
+    listed = names if streams == "all" else list(streams)
+    out = []
+    for name in listed:
+        entry: dict[str, Any] = {"name": name, "glob": f"{name}.parquet", "mode": "full"}
+        if keys.get(name):
+            entry.update(primary_key=keys[name], exclude=["_file", "_line"])
+        out.append(entry)
+    return out
+
+
 @contextlib.contextmanager
-def _toy_store(folder: str) -> Iterator[Any]:
-    """The toy source's DuckDB file; on leaving, every table is exported to ``<table>.arrow``
-    (key columns in the schema metadata), replaced atomically."""
+def _toy_store(folder: str, kind: str = TOY) -> Iterator[Any]:
+    """The toy (or files) source's DuckDB file; on leaving, every table is exported to
+    ``<table>.arrow`` (key columns in the schema metadata; ``<table>.parquet`` for the files
+    source), replaced atomically."""
     import duckdb
 
     con = duckdb.connect(str(Path(folder) / "store.duckdb"))
@@ -288,6 +320,13 @@ def _toy_store(folder: str) -> Iterator[Any]:
         ).fetchall()}
         for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
             table = con.sql("SELECT * FROM " + '"' + name.replace('"', '""') + '"').to_arrow_table()
+            if kind == FILES:
+                import pyarrow.parquet as pq
+
+                tmp = Path(folder) / f"{name}.parquet.tmp"
+                pq.write_table(table, tmp, row_group_size=5)
+                os.replace(tmp, Path(folder) / f"{name}.parquet")
+                continue
             table = table.replace_schema_metadata({"primary_key": keys.get(name, "")})
             tmp = Path(folder) / f"{name}.arrow.tmp"
             with pa.ipc.new_file(tmp, table.schema) as w:

@@ -27,10 +27,10 @@ import pytest
 from replicant.errors import ConnectionError
 from replicant.model import ConnectorContext, Stream
 
-from .dbs import HTTP, SINGER, TOY, Db, data_of, db_for, read_all, reads
+from .dbs import FILES, HTTP, SINGER, TOY, Db, data_of, db_for, read_all, reads
 
 #: One line per source: a source joins the suite here.
-SOURCES = ["postgres", "mysql", "sqlite", TOY, HTTP, SINGER]
+SOURCES = ["postgres", "mysql", "sqlite", TOY, HTTP, SINGER, FILES]
 
 #: Change modes checked for deletes, in order of preference (the first the source has).
 DELETE_MODES = ("snapshot_diff", "trigger")

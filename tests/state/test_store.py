@@ -91,6 +91,7 @@ def test_open_creates_prefixed_tables_and_reopen_is_idempotent(store_url: str) -
         "replicant_leases",
         "replicant_paused",
         "replicant_validations",
+        "replicant_files_seen",
     }
     assert sorted(versions) == list(range(1, LATEST + 1))
 

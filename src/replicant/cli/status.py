@@ -11,12 +11,14 @@ from rich.table import Table
 from replicant.cli._app import app, out
 from replicant.cli._app import fail as _fail
 from replicant.cli._app import load_config as _load
+from replicant.cli._files import files_seen, print_files
 
 
 @app.command()
 def status(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    files: Annotated[bool, typer.Option("--files", help="Also every file a files source saw (status, rows, bad records).")] = False,
 ) -> None:
     """Per stream: rows and position; per destination: applied offset, lag and paused streams (with why)."""
     from replicant.engine import Engine
@@ -30,7 +32,7 @@ def status(
     if as_json:
         import json
 
-        out.print_json(json.dumps(st.to_dict()))
+        out.print_json(json.dumps({**st.to_dict(), **({"files": files_seen(cfg)} if files else {})}, default=str))
         return
     last = st.last_run
     if last:
@@ -58,6 +60,8 @@ def status(
         checked = f"{ds.validated_at:%Y-%m-%d %H:%M:%S} UTC: {ds.verdict}" if ds.validated_at else "never"
         d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}", checked)
     out.print(d)
+    if files:
+        print_files(files_seen(cfg))
     for ds in st.destinations:
         if ds.paused:
             out.print(f"paused: {ds.destination} / {ds.stream} since {ds.paused_at:%Y-%m-%d %H:%M:%S} UTC: {ds.paused}",

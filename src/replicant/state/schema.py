@@ -13,7 +13,8 @@ Versions: 1 created the tables; 2 added ``tenant`` to runs, checkpoints, offsets
 letters (keys ``(pipeline, tenant, stream)`` and ``(pipeline, tenant, destination, stream)``;
 existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destination paused, and why);
 4 added ``attempts`` and ``retried_at`` to dead letters (``replicant dead-letters retry``);
-5 added ``replicant_validations`` (``replicant validate``'s findings per stream).
+5 added ``replicant_validations`` (``replicant validate``'s findings per stream);
+6 added ``replicant_files_seen`` (every file a files source saw: :mod:`replicant.state.files_seen`).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -43,6 +44,7 @@ __all__ = [
     "leases",
     "paused",
     "validations",
+    "files_seen",
     "MIGRATIONS",
     "current_version",
     "migrate",
@@ -192,6 +194,37 @@ validations = sa.Table(
     sa.Column("validated_at", UTCDateTime, nullable=False),
     sa.Index("replicant_validations_stream", "pipeline", "tenant", "stream", "destination", "id"),
 )
+
+
+def _files_seen_table(md: sa.MetaData) -> sa.Table:
+    """``replicant_files_seen``: every file a files source saw, per stream (frozen: as its
+    migration created it)."""
+    return sa.Table(
+        "replicant_files_seen",
+        md,
+        sa.Column("pipeline", _NAME, primary_key=True),
+        sa.Column("tenant", _NAME, primary_key=True, server_default=""),
+        sa.Column("stream", _NAME, primary_key=True),
+        sa.Column("path", sa.String(1024), primary_key=True),
+        sa.Column("size", sa.BigInteger, nullable=True),
+        sa.Column("etag", sa.String(255), nullable=True),  # etag, else a content hash, else size+mtime
+        sa.Column("modified_at", UTCDateTime, nullable=True),
+        sa.Column("status", sa.String(16), nullable=False),  # pending | reading | read | loaded | failed
+        sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),  # read order (resume rule)
+        sa.Column("rows", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("bad_records", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("last_line", sa.BigInteger, nullable=False, server_default="0"),  # highest _line ever emitted
+        sa.Column("loads", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("first_error", sa.Text, nullable=True),
+        sa.Column("first_error_line", sa.BigInteger, nullable=True),
+        sa.Column("note", sa.Text, nullable=True),  # after_load: moved to …, deleted
+        sa.Column("first_seen_at", UTCDateTime, nullable=False),
+        sa.Column("loaded_at", UTCDateTime, nullable=True),
+        sa.Index("replicant_files_seen_seq_idx", "pipeline", "tenant", "stream", "seq"),
+    )
+
+
+files_seen = _files_seen_table(metadata)
 
 
 def _v1_tables(md: sa.MetaData) -> list[sa.Table]:
@@ -363,8 +396,16 @@ def _v5_validations(conn: Connection) -> None:
     ).create(conn)
 
 
+
+def _v6_files_seen(conn: Connection) -> None:
+    """Version 6: ``replicant_files_seen``, the record of every file a files source saw."""
+    _files_seen_table(sa.MetaData()).create(conn)
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations, _v6_files_seen,
+]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C

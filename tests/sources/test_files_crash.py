@@ -1,0 +1,93 @@
+"""Crash test of the files source: a generated CSV of about 1 GB (``REPLICANT_FILES_CRASH_MB``
+to change it) is loaded by ``replicant run`` processes SIGKILLed at random instants inside the
+file; the last run completes. The destination (``write: append``, so a row read twice would
+show twice) then holds every line exactly once, and the peak RSS of the runs is printed (and
+bounded: the file is read in chunks, not whole).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pytest
+
+pytestmark = pytest.mark.slow
+
+KILLS = 3
+_ROWS_PER_MB = 22_600  # about 46 bytes a row
+
+
+def _generate(path: Path, rows: int) -> None:
+    """``id,name,amount,note`` rows, written by Arrow in slices (bounded memory)."""
+    step = 1_000_000
+    with pcsv.CSVWriter(path, pa.schema([("id", pa.int64()), ("name", pa.string()), ("amount", pa.float64()),
+                                         ("note", pa.string())])) as w:
+        for start in range(0, rows, step):
+            ids = np.arange(start + 1, min(rows, start + step) + 1)
+            names = pc.binary_join_element_wise("name-", pa.array(ids).cast(pa.string()), "")
+            note = pa.array(np.where(ids % 1000 == 0, "with, a comma\nand a newline", "plain note"))
+            w.write_table(pa.table({"id": ids, "name": names, "amount": ids * 0.25, "note": note}))
+
+
+def test_kill_9_inside_a_large_csv_resumes_inside_it_without_duplicates(tmp_path: Path) -> None:
+    megabytes = int(os.environ.get("REPLICANT_FILES_CRASH_MB", "1024"))
+    rows = megabytes * _ROWS_PER_MB
+    (tmp_path / "in").mkdir()
+    big = tmp_path / "in" / "big.csv"
+    _generate(big, rows)
+    (tmp_path / "p.yml").write_text("""
+pipeline: big
+source:
+  type: files
+  url: in
+  batch_size: 100000
+  streams: [{name: big, glob: "*.csv", schema: {id: int64, amount: double}}]
+destinations: [{name: wh, type: duckdb, path: wh.duckdb, write: append}]
+""")
+    cmd = [sys.executable, "-m", "replicant.cli", "run", "p.yml"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rng = random.Random(20261206)
+    offsets = []
+    for _ in range(KILLS):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + rng.uniform(3, 12)
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        offsets.append(_position(tmp_path))
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\nfiles crash test: {rows:,} rows ({big.stat().st_size / 2**20:,.0f} MB), positions after kills "
+          f"{offsets}, peak RSS of the runs {peak_mb:,.0f} MB")
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        count, lines, ids, total = con.execute("SELECT count(*), count(DISTINCT _line), count(DISTINCT id), sum(id) "
+                                           "FROM big").fetchone()
+    assert (count, lines, ids, total) == (rows, rows, rows, rows * (rows + 1) // 2)
+    assert any(0 < o < big.stat().st_size for o in offsets), f"no kill landed inside the file: {offsets}"
+    assert peak_mb < 512, f"peak RSS {peak_mb:.0f} MB: the file is not read in bounded memory"
+
+
+def _position(tmp_path: Path) -> int:
+    """The byte offset of the last chunk durable in the log (0: none yet)."""
+    from replicant.log import open_log
+
+    lg = open_log(str(tmp_path / ".replicant" / "big" / "log"), read_only=True)
+    try:
+        pos = lg.last_position("big") or {}
+    finally:
+        lg.close()
+    return int(pos.get("offset", 0))
