@@ -83,6 +83,10 @@ class Engine:
     ) -> None:
         from replicant import runtime
 
+        if tenant is not None and config.tenants:
+            from replicant.tenants.config import for_tenant
+
+            config = for_tenant(config, tenant)  # its source settings; ConfigError for an unknown id
         self.config = config
         self.tenant = tenant
         self.observer = observer or Observer()
@@ -127,6 +131,8 @@ class Engine:
 
     def _reporter(self, result: RunResult) -> Callable[[RunError], None]:
         def report(error: RunError) -> None:
+            if error.tenant is None and self.tenant is not None:
+                error = dataclasses.replace(error, tenant=self.tenant)
             with self._errors_lock:
                 result.errors.append(error)
             self.observer.error(error)
@@ -209,7 +215,7 @@ class Engine:
         self, streams: list[Stream], destinations: list[Any], state: Any, lg: Log, result: RunResult,
         report: Callable[[RunError], None], follow: bool,
     ) -> None:
-        pre = before_log(self.config)
+        pre = before_log(self.config, self.tenant)
         ingest = Ingest(self.config.pipeline, lg, state, tenant=self.tenant, transforms=pre)
         logged_streams = [pre.output_stream(s) for s in streams]  # what the log holds: the transforms' output
         done = {s.name: threading.Event() for s in streams}

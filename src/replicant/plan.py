@@ -52,40 +52,64 @@ def plan_streams(
         if s.mode not in modes
     ]
     names = sorted(s.name for s in streams)
-    logged = _transform_problems(config, streams, problems)
+    others = _tenants_streams(config) - set(names)  # another tenant's stream names (its tables may be named otherwise)
+    logged = _transform_problems(config, streams, problems, tenant, others)
     for i, d in enumerate(config.destinations):
         problems.extend(_write_problems(i, d, chosen(d, logged)))
+        if getattr(config, "tenants", None) and d.write == "replace":
+            problems.append((f"destinations[{i}].write", "replace swaps the whole table, which holds every tenant's rows: "
+                                                         "use merge (keyed by _tenant and the stream's key) or append"))
         problems.extend(
-            (f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}") for n in d.streams or () if n not in names
+            (f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}") for n in d.streams or ()
+            if n not in names and n not in others
         )
         tables = getattr(d, "tables", None)
         if isinstance(tables, dict):
             problems.extend(
-                (f"destinations[{i}].tables.{n}", f"no stream named {n!r}{suggest(n, names)}") for n in tables if n not in names
+                (f"destinations[{i}].tables.{n}", f"no stream named {n!r}{suggest(n, names)}") for n in tables
+                if n not in names and n not in others
             )
     if problems:
         raise ConfigError("invalid pipeline file", problems)
     return streams
 
 
-def _transform_problems(config: PipelineConfig, streams: list[Stream], problems: list[tuple[str, str]]) -> list[Stream]:
+def _tenants_streams(config: PipelineConfig) -> frozenset[str]:
+    """With ``tenants:``, every stream a tenant's ``streams:`` (or ``source.streams``) lists:
+    a MySQL tenant's ``Album`` beside a PostgreSQL tenant's ``album``."""
+    if not getattr(config, "tenants", None):
+        return frozenset()
+    lists = [config.source.streams] + [t.overrides.get("streams") for t in config.tenants or ()]
+    names = set()
+    for entries in lists:
+        for s in entries if isinstance(entries, list) else ():
+            name = s if isinstance(s, str) else s.get("table") if isinstance(s, dict) else getattr(s, "table", None)
+            if isinstance(name, str):
+                names.add(name)
+    return frozenset(names)
+
+
+def _transform_problems(
+    config: PipelineConfig, streams: list[Stream], problems: list[tuple[str, str]], tenant: str | None = None,
+    others: frozenset[str] = frozenset(),
+) -> list[Stream]:
     """Adds what does not fit in the transform lists (a key that does not resolve, a column a
     stream has not) to ``problems``; returns the streams as the log will hold them."""
     from replicant.transforms.placement import at_destination, before_log
 
     try:
-        pre = before_log(config)
+        pre = before_log(config, tenant)
     except ConfigError as e:
         problems.extend(e.problems)
         return streams
-    found = pre.problems(streams)
+    found = pre.problems(streams, others)
     problems.extend(found)
     if found:
         return streams
     logged = [pre.output_stream(s) for s in streams]
     for i, d in enumerate(config.destinations):
         try:
-            problems.extend(at_destination(d, i).problems(chosen(d, logged)))
+            problems.extend(at_destination(d, i).problems(chosen(d, logged), others))
         except ConfigError as e:
             problems.extend(e.problems)
     return logged

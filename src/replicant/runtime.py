@@ -105,8 +105,12 @@ def check_connectors(cfg: PipelineConfig) -> None:
 
 def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:
     """What a source of this pipeline is told at construction: its name, tenant and work dir
-    (``<home>/source``, created by the source when it needs it)."""
-    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=home(cfg) / "source")
+    (``<home>/source``, created by the source when it needs it; ``<home>/source/<tenant>`` for
+    a tenant of ``tenants:``: two tenants' snapshot_diff files never meet)."""
+    workdir = home(cfg) / "source"
+    if tenant is not None and cfg.tenants:
+        workdir = workdir / tenant
+    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=workdir)
 
 
 def build_source(cfg: PipelineConfig, context: ConnectorContext | None = None):

@@ -23,7 +23,7 @@ def status(
 
     try:
         cfg = _load(pipeline, secrets_needed=False)  # status reads the state and the log, not the source
-        st = Engine(cfg).status(ask_source=True)
+        st = Engine(cfg).status(ask_source=not cfg.tenants)  # a tenant's source facts: `--json` has its state
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -41,7 +41,8 @@ def status(
     for c in ("stream", "rows", "log end offset", "position"):
         t.add_column(c)
     for s in st.streams:
-        t.add_row(s.name, f"{s.rows:,}", str(s.log_end_offset), _short(s.position) if s.position is not None else "-")
+        name = s.name if s.tenant is None else f"{s.tenant}/{s.name}"
+        t.add_row(name, f"{s.rows:,}", str(s.log_end_offset), _short(s.position) if s.position is not None else "-")
     out.print(t)
     if st.capture is not None:
         out.print(f"change feed position: {_short(st.capture['position'])}")
@@ -55,11 +56,12 @@ def status(
     for c in ("destination", "stream", "applied offset", "lag (rows)"):
         d.add_column(c)
     for ds in st.destinations:
-        d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}")
+        d.add_row(ds.destination, ds.stream if ds.tenant is None else f"{ds.tenant}/{ds.stream}", str(ds.applied_offset), f"{ds.lag:,}")
     out.print(d)
     for ds in st.destinations:
         if ds.paused:
-            out.print(f"paused: {ds.destination} / {ds.stream} since {ds.paused_at:%Y-%m-%d %H:%M:%S} UTC: {ds.paused}",
+            who = "" if ds.tenant is None else f" of tenant {ds.tenant}"
+            out.print(f"paused: {ds.destination} / {ds.stream}{who} since {ds.paused_at:%Y-%m-%d %H:%M:%S} UTC: {ds.paused}",
                       markup=False)
 
 

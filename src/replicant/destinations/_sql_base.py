@@ -74,11 +74,12 @@ from replicant.destinations._changes import (
     last_change_per_key,
     without_deletes,
 )
-from replicant.destinations._sql_parts import ColumnInfo, Encoded, KeyExists, Table, TypeMapper
+from replicant.destinations._sql_parts import ColumnInfo, Encoded, KeyExists, Table, TypeMapper, ddl_lock
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
 from replicant.errors import ConfigError, FatalError, RecordError, ReplicantError
 from replicant.model import ConnectorContext, Stream
+from replicant.tenants.config import TENANT_COLUMN
 
 __all__ = ["EXCLUDE_HINT", "PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
 
@@ -112,6 +113,8 @@ class SQLDestination(Destination):
     name_rule: ClassVar[str] = "ignoring case"
     #: The identifier quote (MySQL: a backtick).
     quote_char: ClassVar[str] = '"'
+    #: The first query parameter's marker in the driver's style (``?``, ``%s``, ``$1``).
+    param_marker: ClassVar[str] = "?"
 
     types: TypeMapper
     #: The schema (MySQL: database) holding the tables; set by ``__init__`` or :meth:`connect`.
@@ -326,7 +329,8 @@ class SQLDestination(Destination):
     def open(self) -> None:
         """Connects (see :meth:`connect`); a no-op when connected."""
         if not self.connected:
-            self.connect()
+            with ddl_lock(self.name):  # it creates the offsets table if missing
+                self.connect()
 
     def applied_offset(self, stream: Stream) -> int:
         with self.transaction("read offset", stream):
@@ -352,7 +356,8 @@ class SQLDestination(Destination):
         key = tuple(stream.primary_key)
         try:
             self.check_types(stream.schema)
-            self._prepare(stream, name, key)
+            with ddl_lock(self.name):  # tenants' feeds in one process create the shared table once
+                self._prepare(stream, name, key)
         except (RecordError, FatalError) as e:
             if isinstance(e.__cause__, ReplicantError) or e.__cause__ is None:  # our own refusal says what to do
                 raise e if f"stream {stream.name!r}" in str(e) else FatalError(f"stream {stream.name!r}: {e}") from e
@@ -536,12 +541,20 @@ class SQLDestination(Destination):
 
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """Empties the stream's table (and its pending ``replace`` table) and records
-        ``last_offset``, in one transaction."""
+        ``last_offset``, in one transaction. A tenant's stream empties only that tenant's rows
+        (``WHERE _tenant = …``): the table holds the other tenants' too."""
         table = self._table(stream)
         pending = self._pending.get(stream.name)
         with self.transaction("truncate", stream, table.name):
-            self.delete_all([table.name] + ([pending.name] if pending is not None else []))
+            if stream.tenant is not None and self.fold(TENANT_COLUMN) in table.columns:
+                self.delete_tenant_rows(table.name, stream.tenant)
+            else:
+                self.delete_all([table.name] + ([pending.name] if pending is not None else []))
             self.store_offset(stream, last_offset)
+
+    def delete_tenant_rows(self, table: str, tenant: str) -> None:
+        """Deletes ``tenant``'s rows of ``table`` in the open transaction."""
+        self.execute(f"DELETE FROM {self.qualified(table)} WHERE {self.quote(TENANT_COLUMN)} = {self.param_marker}", (tenant,))
 
     def evolve(self, stream: Stream, old: Stream) -> None:
         """Follows the stream from ``old`` to ``stream`` (rules in
@@ -560,7 +573,7 @@ class SQLDestination(Destination):
         self.check_types(old.schema)
         name = self.table_name(stream)
         pending = self._pending.get(stream.name)
-        with self.transaction("evolve", stream, name):
+        with ddl_lock(self.name), self.transaction("evolve", stream, name):
             for table in [name] + ([pending.name] if pending is not None else []):
                 columns = self.columns(table)
                 if columns is None:
