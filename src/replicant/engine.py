@@ -83,9 +83,11 @@ class Engine:
     ) -> None:
         from replicant import runtime
 
+        self._other_streams: frozenset[str] = frozenset()
         if tenant is not None and config.tenants:
-            from replicant.tenants.config import for_tenant
+            from replicant.tenants.config import every_stream, for_tenant
 
+            self._other_streams = every_stream(config)  # other tenants' stream names: the file may scope them
             config = for_tenant(config, tenant)  # its source settings; ConfigError for an unknown id
         self.config = config
         self.tenant = tenant
@@ -123,7 +125,8 @@ class Engine:
         listed under ``source.streams`` stands for its output streams)."""
         planning = getattr(source, "planning_config", None)
         config = planning(self.config) if planning is not None else self.config
-        return plan_streams(config, source.discover(), source.capabilities.modes, tenant=self.tenant)
+        return plan_streams(config, source.discover(), source.capabilities.modes, tenant=self.tenant,
+                            other_streams=self._other_streams)
 
     @property
     def parallelism(self) -> int:

@@ -25,7 +25,8 @@ KEY_METADATA = b"replicant.primary_key"
 
 
 def plan_streams(
-    config: PipelineConfig, discovered: list[Stream], modes: Iterable[str], *, tenant: str | None = None
+    config: PipelineConfig, discovered: list[Stream], modes: Iterable[str], *, tenant: str | None = None,
+    other_streams: frozenset[str] = frozenset(),
 ) -> list[Stream]:
     """The streams to run: ``discovered`` narrowed and shaped by ``config.source.streams``.
 
@@ -35,6 +36,8 @@ def plan_streams(
         modes: the read strategies the source supports.
         tenant: the tenant whose source was discovered; its streams carry it (their
             :attr:`~replicant.model.Stream.log_name` includes it).
+        other_streams: other tenants' stream names, which transforms' ``streams:`` and a
+            destination's ``streams:``/``tables:`` may name too (a MySQL tenant's ``Album``).
 
     Raises:
         ConfigError: every problem at once, each with its key path (a mode the source cannot
@@ -52,7 +55,7 @@ def plan_streams(
         if s.mode not in modes
     ]
     names = sorted(s.name for s in streams)
-    others = _tenants_streams(config) - set(names)  # another tenant's stream names (its tables may be named otherwise)
+    others = other_streams - set(names)
     logged = _transform_problems(config, streams, problems, tenant, others)
     for i, d in enumerate(config.destinations):
         problems.extend(_write_problems(i, d, chosen(d, logged)))
@@ -72,21 +75,6 @@ def plan_streams(
     if problems:
         raise ConfigError("invalid pipeline file", problems)
     return streams
-
-
-def _tenants_streams(config: PipelineConfig) -> frozenset[str]:
-    """With ``tenants:``, every stream a tenant's ``streams:`` (or ``source.streams``) lists:
-    a MySQL tenant's ``Album`` beside a PostgreSQL tenant's ``album``."""
-    if not getattr(config, "tenants", None):
-        return frozenset()
-    lists = [config.source.streams] + [t.overrides.get("streams") for t in config.tenants or ()]
-    names = set()
-    for entries in lists:
-        for s in entries if isinstance(entries, list) else ():
-            name = s if isinstance(s, str) else s.get("table") if isinstance(s, dict) else getattr(s, "table", None)
-            if isinstance(name, str):
-                names.add(name)
-    return frozenset(names)
 
 
 def _transform_problems(

@@ -61,7 +61,7 @@ def test_tenant_ids_are_checked_with_their_key_paths(tmp_path: Path) -> None:
     assert "same replication slot" in problems["tenants[4].id"]
     assert problems["tenants[5].id"] == "required key is missing"
     assert problems["tenants[6].slott"].startswith("unknown key")
-    assert not any(k.startswith("tenants[0]") or k.startswith("tenants[3]") for k in problems)
+    assert not any(k.startswith(("tenants[0]", "tenants[3]")) for k in problems)
 
 
 def test_a_tenant_may_override_the_source_type_and_its_own_keys_are_checked(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_four_tenants_write_one_table_at_once(tmp_path: Path, pg_url: str) -> No
 
     n = 3000
     tenants = [f"t{i}" for i in range(4)]
-    for i, t in enumerate(tenants):
+    for t in tenants:
         _source(tmp_path / f"{t}.db", [(k, f"{t}-{k}") for k in range(n)])
     data = _pipeline(tmp_path, [{"id": t, "url": f"sqlite:///{t}.db"} for t in tenants])
     data["source"]["batch_size"] = 100

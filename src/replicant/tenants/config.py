@@ -31,7 +31,7 @@ from replicant.errors import ConfigError
 if TYPE_CHECKING:
     from replicant.config import PipelineConfig, SourceConfig
 
-__all__ = ["TENANT_COLUMN", "TenantConfig", "check_tenants", "for_tenant", "source_for", "tenant_ids"]
+__all__ = ["TENANT_COLUMN", "TenantConfig", "check_tenants", "every_stream", "for_tenant", "source_for", "tenant_ids"]
 
 #: The column every tenant's rows carry, first of the key.
 TENANT_COLUMN = "_tenant"
@@ -63,6 +63,22 @@ class TenantConfig(BaseModel):
 def tenant_ids(config: PipelineConfig) -> list[str]:
     """The ids of ``config.tenants`` in file order (empty: a pipeline without tenants)."""
     return [t.id for t in config.tenants or ()]
+
+
+def every_stream(config: PipelineConfig) -> frozenset[str]:
+    """With ``tenants:``, every stream ``source.streams`` or a tenant's ``streams:`` lists (a
+    MySQL tenant's ``Album`` beside a PostgreSQL tenant's ``public.album``): names the
+    pipeline's transforms and destinations may scope although one tenant lacks them."""
+    if not config.tenants:
+        return frozenset()
+    lists: list[Any] = [config.source.streams] + [t.overrides.get("streams") for t in config.tenants]
+    names = set()
+    for entries in lists:
+        for s in entries if isinstance(entries, list) else ():
+            name = s if isinstance(s, str) else s.get("table") if isinstance(s, dict) else getattr(s, "table", None)
+            if isinstance(name, str):
+                names.add(name)
+    return frozenset(names)
 
 
 def tenant_of(config: PipelineConfig, tenant: str) -> TenantConfig:
