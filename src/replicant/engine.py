@@ -167,6 +167,9 @@ class Engine:
         until :attr:`stop_event` is set. It never raises for a stream's or destination's
         failure (those are in ``RunResult.errors``); config and connection errors at start-up
         raise."""
+        if self.config.tenants and self.tenant is None:
+            raise ConfigError("a pipeline with `tenants:` runs one feed per tenant: Engine(config, tenant=ID), or "
+                              "replicant.tenants.TenantRunner for all of them")
         started = time.monotonic()
         result = RunResult(self.config.pipeline)
         report = self._reporter(result)

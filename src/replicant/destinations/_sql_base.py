@@ -74,7 +74,15 @@ from replicant.destinations._changes import (
     last_change_per_key,
     without_deletes,
 )
-from replicant.destinations._sql_parts import ColumnInfo, Encoded, KeyExists, Table, TypeMapper, ddl_lock
+from replicant.destinations._sql_parts import (
+    ColumnInfo,
+    Encoded,
+    KeyExists,
+    Table,
+    TypeMapper,
+    ddl_lock,
+    delete_tenant_rows,
+)
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
 from replicant.errors import ConfigError, FatalError, RecordError, ReplicantError
@@ -111,9 +119,8 @@ class SQLDestination(Destination):
 
     #: How :meth:`fold` compares column names, for messages.
     name_rule: ClassVar[str] = "ignoring case"
-    #: The identifier quote (MySQL: a backtick).
+    #: The identifier quote (MySQL: a backtick), and a query parameter's marker (``%s``, ``$1``).
     quote_char: ClassVar[str] = '"'
-    #: The first query parameter's marker in the driver's style (``?``, ``%s``, ``$1``).
     param_marker: ClassVar[str] = "?"
 
     types: TypeMapper
@@ -540,21 +547,16 @@ class SQLDestination(Destination):
         )
 
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
-        """Empties the stream's table (and its pending ``replace`` table) and records
-        ``last_offset``, in one transaction. A tenant's stream empties only that tenant's rows
-        (``WHERE _tenant = …``): the table holds the other tenants' too."""
+        """Empties the stream's table (and its pending ``replace`` table; of a tenant's stream,
+        only that tenant's rows) and records ``last_offset``, in one transaction."""
         table = self._table(stream)
         pending = self._pending.get(stream.name)
         with self.transaction("truncate", stream, table.name):
             if stream.tenant is not None and self.fold(TENANT_COLUMN) in table.columns:
-                self.delete_tenant_rows(table.name, stream.tenant)
+                delete_tenant_rows(self, table.name, stream.tenant)
             else:
                 self.delete_all([table.name] + ([pending.name] if pending is not None else []))
             self.store_offset(stream, last_offset)
-
-    def delete_tenant_rows(self, table: str, tenant: str) -> None:
-        """Deletes ``tenant``'s rows of ``table`` in the open transaction."""
-        self.execute(f"DELETE FROM {self.qualified(table)} WHERE {self.quote(TENANT_COLUMN)} = {self.param_marker}", (tenant,))
 
     def evolve(self, stream: Stream, old: Stream) -> None:
         """Follows the stream from ``old`` to ``stream`` (rules in

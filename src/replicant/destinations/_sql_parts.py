@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
-__all__ = ["ColumnInfo", "Encoded", "KeyExists", "Table", "TypeMapper", "ddl_lock"]
+__all__ = ["ColumnInfo", "Encoded", "KeyExists", "Table", "TypeMapper", "ddl_lock", "delete_tenant_rows"]
 
 @dataclass(frozen=True)
 class Encoded:
@@ -130,3 +130,11 @@ def ddl_lock(destination: str) -> threading.RLock:
     duplicate type). Row writes do not take it: each tenant's rows are its own keys."""
     with _DDL_LOCKS_GUARD:
         return _DDL_LOCKS.setdefault(destination, threading.RLock())
+
+
+def delete_tenant_rows(dest: Any, table: str, tenant: str) -> None:
+    """Deletes ``tenant``'s rows (``_tenant = tenant``) of ``table`` of SQL destination ``dest``
+    in its open transaction: a truncate of one tenant's stream, ``replicant tenant drop``."""
+    from replicant.tenants.config import TENANT_COLUMN
+
+    dest.execute(f"DELETE FROM {dest.qualified(table)} WHERE {dest.quote(TENANT_COLUMN)} = {dest.param_marker}", (tenant,))

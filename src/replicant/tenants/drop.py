@@ -74,7 +74,7 @@ def _drop_rows(dest: Any, streams: list[Any], tenant: str) -> list[str]:
     """Deletes ``tenant``'s rows of each stream's table in SQL destination ``dest``."""
     from replicant.tenants.config import TENANT_COLUMN
 
-    if not hasattr(dest, "delete_tenant_rows"):
+    if not getattr(dest, "param_marker", None):  # not an SQL destination
         return [f"destination {dest.name} ({dest.config.type}): cannot delete rows; its records of tenant {tenant} stay"] \
             if streams else []
     lines = []
@@ -86,10 +86,9 @@ def _drop_rows(dest: Any, streams: list[Any], tenant: str) -> list[str]:
             if columns is None or dest.fold(TENANT_COLUMN) not in columns:
                 n = None
             else:
-                q = dest.param_marker
-                n = dest.query(f"SELECT count(*) FROM {dest.qualified(table)} WHERE {dest.quote(TENANT_COLUMN)} = {q}",
-                               (tenant,))[0][0]
-                dest.delete_tenant_rows(table, tenant)
+                where = f"FROM {dest.qualified(table)} WHERE {dest.quote(TENANT_COLUMN)} = {dest.param_marker}"
+                n = dest.query(f"SELECT count(*) {where}", (tenant,))[0][0]
+                dest.execute(f"DELETE {where}", (tenant,))
             dest.store_offset(stream, -1)  # nothing applied: a tenant added again gets every record anew
         lines.append(f"destination {dest.name}: table {dest.label(table)}: "
                      + ("no such table, or no _tenant column" if n is None else f"{n:,} rows of tenant {tenant} deleted"))

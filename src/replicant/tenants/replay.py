@@ -10,7 +10,8 @@ from replicant.results import RunResult
 __all__ = ["replay_tenants"]
 
 
-def replay_tenants(config: PipelineConfig, tenant: str | None, destination: str, **start: Any) -> RunResult:
+def replay_tenants(config: PipelineConfig, tenant: str | None, destination: str, *, observer: Any = None,
+                   **start: Any) -> RunResult:
     """Re-delivers the staging log to ``destination``: a pipeline without ``tenants:`` as a
     whole; with them, ``tenant``'s streams, or every tenant's one after the other (results
     merged, streams named ``tenant/stream``).
@@ -25,12 +26,12 @@ def replay_tenants(config: PipelineConfig, tenant: str | None, destination: str,
     if not config.tenants:
         if tenant is not None:
             raise ConfigError("--tenant needs `tenants:` in the pipeline file", [("tenants", "the pipeline has none")])
-        return Engine(config).replay(destination, **start)
+        return Engine(config, observer=observer).replay(destination, **start)
     if tenant is not None:
         tenant_of(config, tenant)
     merged = RunResult(config.pipeline)
     for t in [tenant] if tenant is not None else tenant_ids(config):
-        result = Engine(config, tenant=t).replay(destination, **start)
+        result = Engine(config, tenant=t, observer=observer).replay(destination, **start)
         for dest, per in result.rows_written.items():
             merged.rows_written.setdefault(dest, {}).update({f"{t}/{n}": rows for n, rows in per.items()})
         for dest, per in result.dead_letters.items():
