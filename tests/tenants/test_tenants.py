@@ -228,3 +228,63 @@ def test_cli_run_replay_resync_and_drop_per_tenant(tmp_path: Path) -> None:
     with StateStore(f"sqlite:///{tmp_path / '.replicant' / 'shop' / 'state.db'}") as store:
         assert store.checkpoints("shop", tenant="globex") == {}
         assert "orders" in store.checkpoints("shop", tenant="acme")
+
+
+def test_follow_takes_tenants_added_to_and_removed_from_the_file(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    def dest_rows() -> list[tuple[Any, ...]]:
+        if not (tmp_path / "w.sqlite").exists():
+            return []
+        with sqlite3.connect(tmp_path / "w.sqlite") as con:
+            try:
+                return con.execute("SELECT _tenant, id, v FROM all_orders ORDER BY 1, 2").fetchall()
+            except sqlite3.OperationalError:  # not created yet
+                return []
+
+    def wait(check: Any, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline and proc.poll() is None, f"timed out waiting for {what}: {proc.poll()}"
+            time.sleep(0.1)
+
+    _source(tmp_path / "acme.db", [(1, "a1")])
+    _source(tmp_path / "globex.db", [(1, "g1")])
+    data = _pipeline(tmp_path, [{"id": "acme"}])
+    data["source"]["streams"] = [{"table": "orders", "mode": "cursor", "cursor": "id"}]
+    data["source"]["poll_interval"] = "0.1s"
+    data["destinations"] = [{"name": "w", "type": "sqlite", "path": "w.sqlite", "write": "merge", "tables": {"orders": "all_orders"}}]
+    path = _write(tmp_path, data)
+    proc = subprocess.Popen([sys.executable, "-m", "replicant.cli", "run", str(path), "--follow"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait(lambda: dest_rows() == [("acme", 1, "a1")], "acme")
+        data["tenants"].append({"id": "globex", "url": "sqlite:///globex.db"})
+        _write(tmp_path, data)
+        wait(lambda: ("globex", 1, "g1") in dest_rows(), "globex, added to the file")
+        with sqlite3.connect(tmp_path / "acme.db") as con:
+            con.execute("INSERT INTO orders VALUES (2, 'a2')")
+        wait(lambda: ("acme", 2, "a2") in dest_rows(), "acme's new row")
+
+        data["tenants"] = [{"id": "globex", "url": "sqlite:///globex.db"}]  # acme leaves the file
+        _write(tmp_path, data)
+        from replicant.state import StateStore
+
+        def acme_stopped() -> bool:
+            with StateStore(f"sqlite:///{tmp_path / '.replicant' / 'shop' / 'state.db'}") as store:
+                last = store.last_run("shop", tenant="acme")
+            return last is not None and last["status"] != "running"
+
+        wait(acme_stopped, "acme's feed to stop")
+        with sqlite3.connect(tmp_path / "acme.db") as con:
+            con.execute("INSERT INTO orders VALUES (3, 'a3')")
+        with sqlite3.connect(tmp_path / "globex.db") as con:
+            con.execute("INSERT INTO orders VALUES (2, 'g2')")
+        wait(lambda: ("globex", 2, "g2") in dest_rows(), "globex's new row")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errs
+    assert ("acme", 3, "a3") not in dest_rows()  # its feed stopped; its rows stay until `tenant drop`
+    assert "tenant acme is no longer in the pipeline file" in errs and "replicant tenant drop" in errs, errs
