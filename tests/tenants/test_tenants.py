@@ -288,3 +288,23 @@ def test_follow_takes_tenants_added_to_and_removed_from_the_file(tmp_path: Path)
     assert proc.returncode == 0, errs
     assert ("acme", 3, "a3") not in dest_rows()  # its feed stopped; its rows stay until `tenant drop`
     assert "tenant acme is no longer in the pipeline file" in errs and "replicant tenant drop" in errs, errs
+
+
+def test_cdc_install_and_uninstall_reach_every_tenants_source(tmp_path: Path) -> None:
+    _source(tmp_path / "acme.db", [(1, "a1")])
+    _source(tmp_path / "globex.db", [(1, "g1")])
+    data = _pipeline(tmp_path, [{"id": "acme"}, {"id": "globex", "url": "sqlite:///globex.db"}])
+    data["source"]["streams"] = [{"table": "orders", "mode": "trigger"}]
+    path = _write(tmp_path, data)
+
+    def triggers(db: str) -> int:
+        with sqlite3.connect(tmp_path / db) as con:
+            return con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0]
+
+    r = replicant("cdc", "install", str(path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "tenant acme:" in r.stdout and "tenant globex:" in r.stdout
+    assert triggers("acme.db") > 0 and triggers("globex.db") > 0
+    r = replicant("cdc", "uninstall", str(path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert triggers("acme.db") == 0 and triggers("globex.db") == 0
