@@ -120,10 +120,12 @@ def test_every_row_carries_its_tenant_and_keys_include_it(tmp_path: Path) -> Non
     assert _rows(tmp_path) == [("acme", 1, "a1*"), ("globex", 1, "g1"), ("globex", 3, "g3")]
 
 
-def test_four_tenants_write_one_table_at_once(tmp_path: Path, pg_url: str) -> None:
+@pytest.mark.slow
+def test_four_tenants_write_one_table_at_once(tmp_path: Path, pg_url: str, mysql_url: str) -> None:
     """Each tenant's feed has its own connection to each destination; the merge stages are
-    per connection (DuckDB's registered batch, PostgreSQL's pg_temp), table creation is
-    serialised: 4 tenants × many small batches into one DuckDB and one PostgreSQL table."""
+    per connection (DuckDB's registered batch, PostgreSQL's pg_temp, MariaDB's TEMPORARY
+    table), table creation is serialised: 4 tenants × many small batches into one DuckDB, one
+    PostgreSQL and one MariaDB table, every write right the first time (no retry)."""
     import psycopg
 
     n = 3000
@@ -134,18 +136,33 @@ def test_four_tenants_write_one_table_at_once(tmp_path: Path, pg_url: str) -> No
     data["source"]["batch_size"] = 100
     data["destinations"].append({"name": "pg", "type": "postgres", "url": pg_url, "write": "merge",
                                  "tables": {"orders": "all_orders"}})
+    data["destinations"].append({"name": "my", "type": "mysql", "url": mysql_url, "write": "merge",
+                                 "tables": {"orders": "all_orders"}})
     cfg = parse(data, base_dir=tmp_path)
-    assert TenantRunner(cfg).run().ok
+    first = TenantRunner(cfg, retries=0).run()
+    assert first.ok, first.errors
     for t in tenants:  # the second run merges (updates and deletes) into a table holding all four
         with sqlite3.connect(tmp_path / f"{t}.db") as con:
             con.execute("UPDATE orders SET v = v || '*' WHERE id % 3 = 0")
             con.execute("DELETE FROM orders WHERE id % 7 = 0")
-    result = TenantRunner(cfg).run()
+    result = TenantRunner(cfg, retries=0).run()  # no retry: every write must succeed the first time
     assert result.ok, result.errors
     expected = sorted((t, k, f"{t}-{k}" + ("*" if k % 3 == 0 else "")) for t in tenants for k in range(n) if k % 7)
     assert _rows(tmp_path) == expected
     with psycopg.connect(pg_url) as con:
         assert con.execute("SELECT * FROM all_orders ORDER BY 1, 2").fetchall() == expected
+    from urllib.parse import urlsplit
+
+    import pymysql
+
+    u = urlsplit(mysql_url)
+    con = pymysql.connect(host=u.hostname, port=u.port, user=u.username, password=u.password or "", database=u.path[1:])
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT * FROM all_orders ORDER BY 1, 2")
+            assert [tuple(r) for r in cur.fetchall()] == expected
+    finally:
+        con.close()
 
 
 def test_drift_in_one_tenant_pauses_only_its_stream(tmp_path: Path) -> None:
