@@ -28,7 +28,7 @@ class AddTenant(Transform):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         if TENANT_COLUMN in schema.names:
             raise ValueError(f"the stream has a column {TENANT_COLUMN!r}, which a pipeline with `tenants:` adds to every "
-                             "row; rename it (`rename:` in the tenant's `transforms:`)")
+                             "row; rename it with a rename transform in the tenant's `transforms:`")
         out = pa.schema([pa.field(TENANT_COLUMN, pa.string(), nullable=False), *schema], metadata=schema.metadata)
         key = key_of(schema)
         return with_key(out, [TENANT_COLUMN, *key]) if key else out
