@@ -19,27 +19,35 @@ tenant's rows, ``_tenant = ID``), then takes the snapshot's rows: the table is b
 (for that tenant). The marker is durable before the command returns; a crash of the next run
 anywhere resumes the snapshot from the log like any other.
 
-It needs the staging log for writing: stop a running ``replicant run --follow`` first (it holds
-the log), then start it again.
+It needs the staging log for writing. A running ``replicant run --follow`` holds it: for a
+pipeline with ``tenants:`` the request is handed to that run, which restarts only that tenant's
+feed after appending the marker (the other tenants keep flowing); without tenants, stop the run
+first, then start it again.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from replicant.config import PipelineConfig
-from replicant.errors import ConfigError
+from replicant.errors import ConfigError, FatalError
 from replicant.log.base import MARKER_TRUNCATE
 from replicant.model import Position, log_stream_name
 
-__all__ = ["resync"]
+__all__ = ["no_such_stream", "resync", "start_over"]
 
 
 def resync(config: PipelineConfig, stream: str, *, tenant: str | None = None) -> list[str]:
     """Asks for a fresh snapshot of ``stream`` (of ``tenant``; with ``tenants:`` and no
     ``tenant``, of every tenant) on the next run; returns one line per stream started over.
 
+    With ``tenants:``, while a ``run --follow`` holds the staging log, the resync is handed
+    to it (:mod:`replicant.tenants.requests`): it snapshots the stream again at once while the
+    other tenants go on.
+
     Raises:
         ConfigError: no such stream (or tenant), with a did-you-mean.
-        FatalError: a run holds the staging log.
+        FatalError: a run holds the staging log (a pipeline without tenants).
     """
     from replicant import runtime
     from replicant.tenants.config import tenant_ids, tenant_of
@@ -54,21 +62,38 @@ def resync(config: PipelineConfig, stream: str, *, tenant: str | None = None) ->
             raise ConfigError("--tenant needs `tenants:` in the pipeline file", [("tenants", "the pipeline has none")])
         tenant_of(config, tenant)
     tenants: list[str | None] = [tenant] if tenant is not None or not config.tenants else list(tenant_ids(config))
-    lg = runtime.open_pipeline_log(config)
     try:
-        names = lg.streams()
-        lines = []
-        for t in tenants:
-            pos, what = _again(config, lg, stream, t, names)
-            if pos is None:
-                continue
-            lg.append(log_stream_name(stream, t), None, position=pos, marker={"kind": MARKER_TRUNCATE})
-            lines.append(f"{stream}{'' if t is None else f' of tenant {t}'}: {what} on the next run")
-        if not lines:
-            _no_stream(stream, names, tenants)
-        return lines
+        lg = runtime.open_pipeline_log(config)
+    except FatalError as e:
+        if not config.tenants or "in use by another process" not in str(e):
+            raise
+        from replicant.tenants.requests import request_resync  # a following run of the tenants takes it
+
+        return request_resync(config, stream, [t for t in tenants if t is not None])
+    try:
+        return start_over(config, lg, stream, tenants)
     finally:
         lg.close()
+
+
+def start_over(config: PipelineConfig, lg: Any, stream: str, tenants: list[str | None]) -> list[str]:
+    """Appends the marker asking for ``stream``'s new snapshot, for each of ``tenants``, to
+    ``lg`` (open for writing); returns one line per stream started over.
+
+    Raises:
+        ConfigError: no such stream of any of ``tenants`` in the log.
+    """
+    names = lg.streams()
+    lines = []
+    for t in tenants:
+        pos, what = _again(config, lg, stream, t, names)
+        if pos is None:
+            continue
+        lg.append(log_stream_name(stream, t), None, position=pos, marker={"kind": MARKER_TRUNCATE})
+        lines.append(f"{stream}{'' if t is None else f' of tenant {t}'}: {what} on the next run")
+    if not lines:
+        no_such_stream(stream, names, tenants)
+    return lines
 
 
 def _again(config: PipelineConfig, lg: object, stream: str, tenant: str | None, names: list[str]) -> tuple[Position | None, str]:
@@ -102,7 +127,8 @@ def _mode(config: PipelineConfig, stream: str, tenant: str | None) -> str:
     return source.default_mode
 
 
-def _no_stream(stream: str, names: list[str], tenants: list[str | None]) -> None:
+def no_such_stream(stream: str, names: list[str], tenants: list[str | None]) -> None:
+    """Raises the ConfigError for a ``--stream`` the log does not hold (with a did-you-mean)."""
     from replicant.config import suggest
 
     known = sorted({n.split("/", 1)[-1] for n in names})

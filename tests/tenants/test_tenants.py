@@ -247,18 +247,18 @@ def test_cli_run_replay_resync_and_drop_per_tenant(tmp_path: Path) -> None:
         assert "orders" in store.checkpoints("shop", tenant="acme")
 
 
-def test_follow_takes_tenants_added_to_and_removed_from_the_file(tmp_path: Path) -> None:
-    import signal
-    import time
-
-    def dest_rows() -> list[tuple[Any, ...]]:
-        if not (tmp_path / "w.sqlite").exists():
+def _sqlite_rows(tmp_path: Path) -> list[tuple[Any, ...]]:
+    if not (tmp_path / "w.sqlite").exists():
+        return []
+    with sqlite3.connect(tmp_path / "w.sqlite") as con:
+        try:
+            return con.execute("SELECT _tenant, id, v FROM all_orders ORDER BY 1, 2").fetchall()
+        except sqlite3.OperationalError:  # not created yet
             return []
-        with sqlite3.connect(tmp_path / "w.sqlite") as con:
-            try:
-                return con.execute("SELECT _tenant, id, v FROM all_orders ORDER BY 1, 2").fetchall()
-            except sqlite3.OperationalError:  # not created yet
-                return []
+
+
+def _waiter(proc: subprocess.Popen[str]) -> Any:
+    import time
 
     def wait(check: Any, what: str) -> None:
         deadline = time.monotonic() + 60
@@ -266,15 +266,31 @@ def test_follow_takes_tenants_added_to_and_removed_from_the_file(tmp_path: Path)
             assert time.monotonic() < deadline and proc.poll() is None, f"timed out waiting for {what}: {proc.poll()}"
             time.sleep(0.1)
 
-    _source(tmp_path / "acme.db", [(1, "a1")])
-    _source(tmp_path / "globex.db", [(1, "g1")])
-    data = _pipeline(tmp_path, [{"id": "acme"}])
+    return wait
+
+
+def _follow(tmp_path: Path, tenants: list[dict[str, Any]]) -> tuple[dict[str, Any], Path, subprocess.Popen[str]]:
+    data = _pipeline(tmp_path, tenants)
     data["source"]["streams"] = [{"table": "orders", "mode": "cursor", "cursor": "id"}]
     data["source"]["poll_interval"] = "0.1s"
     data["destinations"] = [{"name": "w", "type": "sqlite", "path": "w.sqlite", "write": "merge", "tables": {"orders": "all_orders"}}]
     path = _write(tmp_path, data)
     proc = subprocess.Popen([sys.executable, "-m", "replicant.cli", "run", str(path), "--follow"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return data, path, proc
+
+
+def test_follow_takes_tenants_added_to_and_removed_from_the_file(tmp_path: Path) -> None:
+    import signal
+
+    _source(tmp_path / "acme.db", [(1, "a1")])
+    _source(tmp_path / "globex.db", [(1, "g1")])
+    data, _, proc = _follow(tmp_path, [{"id": "acme"}])
+    wait = _waiter(proc)
+
+    def dest_rows() -> list[tuple[Any, ...]]:
+        return _sqlite_rows(tmp_path)
+
     try:
         wait(lambda: dest_rows() == [("acme", 1, "a1")], "acme")
         data["tenants"].append({"id": "globex", "url": "sqlite:///globex.db"})
@@ -325,3 +341,28 @@ def test_cdc_install_and_uninstall_reach_every_tenants_source(tmp_path: Path) ->
     r = replicant("cdc", "uninstall", str(path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert triggers("acme.db") == 0 and triggers("globex.db") == 0
+
+
+def test_resync_while_following_restarts_only_that_tenant(tmp_path: Path) -> None:
+    import signal
+
+    _source(tmp_path / "acme.db", [(1, "a1"), (2, "a2")])
+    _source(tmp_path / "globex.db", [(1, "g1")])
+    _, path, proc = _follow(tmp_path, [{"id": "acme"}, {"id": "globex", "url": "sqlite:///globex.db"}])
+    wait = _waiter(proc)
+    try:
+        wait(lambda: _sqlite_rows(tmp_path) == [("acme", 1, "a1"), ("acme", 2, "a2"), ("globex", 1, "g1")], "both tenants")
+        with sqlite3.connect(tmp_path / "acme.db") as con:
+            con.execute("DELETE FROM orders WHERE id = 1")  # a cursor never sees it
+        r = replicant("resync", str(path), "--stream", "orders", "--tenant", "acme", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "handed to the running `run --follow`" in r.stdout, r.stdout
+        with sqlite3.connect(tmp_path / "globex.db") as con:
+            con.execute("INSERT INTO orders VALUES (2, 'g2')")
+        wait(lambda: _sqlite_rows(tmp_path) == [("acme", 2, "a2"), ("globex", 1, "g1"), ("globex", 2, "g2")],
+             "acme resynced while globex flows")
+        wait(lambda: not list((tmp_path / ".replicant" / "shop" / "requests").glob("*.json")), "the request taken")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errs

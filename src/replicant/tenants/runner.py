@@ -147,6 +147,8 @@ class TenantRunner:
                     alive = [f for f in self._feeds.values() if f.thread is not None and f.thread.is_alive()]
                 if not alive:
                     break
+                if follow:
+                    self._take_requests()
                 if self.stop_event.wait(0.2):
                     with self._lock:
                         for f in self._feeds.values():
@@ -166,6 +168,33 @@ class TenantRunner:
             if self._state is None:
                 state.close()
             self.observer.run_finished(self._result, status)
+
+    def _take_requests(self) -> None:
+        """Resyncs asked for by ``replicant resync`` while this run holds the log
+        (:mod:`replicant.tenants.requests`): that tenant's feed stops, the marker is appended,
+        the feed starts again (its stream is snapshotted anew); the other tenants go on."""
+        from replicant.resync import start_over
+        from replicant.tenants.requests import pending_resyncs
+
+        _, lg, _ = self._shared
+        for path, request in pending_resyncs(self.config):
+            tenant, stream = str(request.get("tenant")), str(request.get("stream"))
+            with self._lock:
+                feed = self._feeds.get(tenant)
+            if feed is not None:
+                feed.stop.set()
+                if feed.thread is not None:
+                    feed.thread.join()
+            try:
+                lines = start_over(self.config, lg, stream, [tenant])
+            except ConfigError as e:
+                lines = [f"resync of {stream} of tenant {tenant} not done: {e}"]
+            with self._lock:
+                if feed is not None and self._feeds.get(tenant) is feed:
+                    self._start(tenant)
+            path.unlink(missing_ok=True)
+            for line in lines:
+                log.warning("%s", line.replace("on the next run", "now"))
 
     def _start(self, tenant: str) -> None:
         feed = self._feeds[tenant] = _Feed(tenant)
