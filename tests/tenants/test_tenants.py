@@ -342,6 +342,14 @@ def test_cdc_install_and_uninstall_reach_every_tenants_source(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     assert triggers("acme.db") == 0 and triggers("globex.db") == 0
 
+    assert replicant("cdc", "install", str(path), cwd=tmp_path).returncode == 0
+    assert replicant("run", str(path), cwd=tmp_path).returncode == 0
+    r = replicant("tenant", "drop", str(path), "--tenant", "globex", "--uninstall-cdc", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "source of tenant globex:" in r.stdout and "1 rows of tenant globex deleted" in r.stdout, r.stdout
+    assert triggers("globex.db") == 0 and triggers("acme.db") > 0  # the other tenant's capture stays
+    assert _rows(tmp_path) == [("acme", 1, "a1")]
+
 
 def test_resync_while_following_restarts_only_that_tenant(tmp_path: Path) -> None:
     import signal
