@@ -209,6 +209,8 @@ def test_cli_run_replay_resync_and_drop_per_tenant(tmp_path: Path) -> None:
     r = replicant("run", str(path), "--tenant", "globex", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert _rows(tmp_path) == [("globex", 1, "g1")]
+    r = replicant("status", str(path), cwd=tmp_path)
+    assert r.returncode == 0 and "tenants not read yet: acme, initech" in r.stdout, r.stdout + r.stderr
     r = replicant("run", str(path), "--tenant", "nobody", cwd=tmp_path)
     assert r.returncode != 0 and "nobody" in r.stderr and "acme, globex, initech" in r.stderr
     r = replicant("run", str(path), cwd=tmp_path)

@@ -44,6 +44,9 @@ def status(
         name = s.name if s.tenant is None else f"{s.tenant}/{s.name}"
         t.add_row(name, f"{s.rows:,}", str(s.log_end_offset), _short(s.position) if s.position is not None else "-")
     out.print(t)
+    waiting = [x for x in (tenant.id for tenant in cfg.tenants or ()) if x not in {s.tenant for s in st.streams}]
+    if waiting:
+        out.print(f"tenants not read yet: {', '.join(waiting)}", markup=False)
     if st.capture is not None:
         out.print(f"change feed position: {_short(st.capture['position'])}")
         for k, v in st.source.items():
