@@ -215,19 +215,17 @@ class TenantRunner:
                 engine.stop_event = feed.stop
                 result = engine.run(follow=follow)
                 self._merge(feed.tenant, result)
-                failed = list(result.errors)
-                retriable = bool(failed)
+                failed = list(result.errors)  # already reported to the observer by the engine
             except ConfigError as e:  # this tenant's source or transforms do not fit: no retry helps
                 self._report(RunError("run", redact(str(e)), tenant=feed.tenant), final=True)
                 return
             except Exception as e:  # noqa: BLE001 - one tenant's failure never stops the others
-                failed, retriable = [RunError("run", redact(str(e)), tenant=feed.tenant)], True
-                for error in failed:
-                    self.observer.error(error)
+                failed = [RunError("run", redact(str(e)), tenant=feed.tenant)]
+                self.observer.error(failed[0])
             if not failed:
                 return
             feed.failures += 1
-            if not retriable or feed.stop.is_set() or (not follow and feed.failures > self.retries):
+            if feed.stop.is_set() or (not follow and feed.failures > self.retries):
                 for error in failed:
                     self._report(error, final=True, notify=False)
                 return
