@@ -74,20 +74,12 @@ from replicant.destinations._changes import (
     last_change_per_key,
     without_deletes,
 )
-from replicant.destinations._sql_parts import (
-    ColumnInfo,
-    Encoded,
-    KeyExists,
-    Table,
-    TypeMapper,
-    ddl_lock,
-    delete_tenant_rows,
-)
+from replicant.destinations._sql_parts import ColumnInfo, Encoded, KeyExists, Table, TypeMapper
+from replicant.destinations._tenant_rows import ddl_lock, delete_tenant_rows, tenant_where
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
 from replicant.errors import ConfigError, FatalError, RecordError, ReplicantError
 from replicant.model import ConnectorContext, Stream
-from replicant.tenants.config import TENANT_COLUMN
 
 __all__ = ["EXCLUDE_HINT", "PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
 
@@ -380,7 +372,8 @@ class SQLDestination(Destination):
                 for f in stream.schema:
                     if self.fold(f.name) not in columns:
                         self.add_column(name, f, stream.schema)
-                empty = not self.query(f"SELECT 1 FROM {self.qualified(name)} LIMIT 1")
+                where, params = tenant_where(self, columns, stream.tenant)  # fresh while it has no row of this tenant
+                empty = not self.query(f"SELECT 1 FROM {self.qualified(name)}{where} LIMIT 1", params)
             unique = bool(key) and self.has_unique_key(name, key)
             if self.write_mode(stream) == "merge" and key and not unique and self.merge_needs_unique_key:
                 raise FatalError(
@@ -552,7 +545,7 @@ class SQLDestination(Destination):
         table = self._table(stream)
         pending = self._pending.get(stream.name)
         with self.transaction("truncate", stream, table.name):
-            if stream.tenant is not None and self.fold(TENANT_COLUMN) in table.columns:
+            if tenant_where(self, table.columns, stream.tenant)[0]:
                 delete_tenant_rows(self, table.name, stream.tenant)
             else:
                 self.delete_all([table.name] + ([pending.name] if pending is not None else []))

@@ -5,7 +5,6 @@ of a column (:class:`ColumnInfo`) and what a destination knows of a table it wri
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
-__all__ = ["ColumnInfo", "Encoded", "KeyExists", "Table", "TypeMapper", "ddl_lock", "delete_tenant_rows"]
+__all__ = ["ColumnInfo", "Encoded", "KeyExists", "Table", "TypeMapper"]
 
 @dataclass(frozen=True)
 class Encoded:
@@ -117,24 +116,3 @@ class KeyExists(Exception):
     """Raised by :meth:`SQLDestination.insert` with ``new_keys=True`` when a key already
     exists; the base rolls back and merges the batch instead. A signal between the base
     and a dialect that users never see (hence not an ``*Error``)."""
-
-
-_DDL_LOCKS: dict[str, threading.RLock] = {}
-_DDL_LOCKS_GUARD = threading.Lock()
-
-
-def ddl_lock(destination: str) -> threading.RLock:
-    """One lock per destination name in this process, held while a table is created or
-    altered: several tenants' feeds (one connection each) write the same tables, and two
-    ``CREATE TABLE``s at once conflict (DuckDB: a catalog write-write conflict; PostgreSQL: a
-    duplicate type). Row writes do not take it: each tenant's rows are its own keys."""
-    with _DDL_LOCKS_GUARD:
-        return _DDL_LOCKS.setdefault(destination, threading.RLock())
-
-
-def delete_tenant_rows(dest: Any, table: str, tenant: str) -> None:
-    """Deletes ``tenant``'s rows (``_tenant = tenant``) of ``table`` of SQL destination ``dest``
-    in its open transaction: a truncate of one tenant's stream, ``replicant tenant drop``."""
-    from replicant.tenants.config import TENANT_COLUMN
-
-    dest.execute(f"DELETE FROM {dest.qualified(table)} WHERE {dest.quote(TENANT_COLUMN)} = {dest.param_marker}", (tenant,))
