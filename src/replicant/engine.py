@@ -350,6 +350,9 @@ class Engine:
         if ask_source and status.capture is not None:
             facts = self.source_facts()
         status.source = facts
+        for tenant, capture in status.tenant_captures.items() if ask_source and self.tenant is None else ():
+            if tenant in {t.id for t in self.config.tenants or ()}:  # a tenant taken out of the file has no source
+                capture["source"] = Engine(self.config, tenant=tenant).source_facts()
         return status
 
     def source_facts(self) -> dict[str, Any]:

@@ -188,6 +188,12 @@ def test_three_tenants_consolidate_and_a_wrong_password_stops_none_and_drop_leav
     tenants = {"acme": chinook_pg_url, "globex": second_chinook_pg, "initech": chinook_mysql_url}
     _assert_equal(tenants, pg_url, tmp_path / "lake.duckdb")
     assert result.rows_read["initech/Track"] == 3503 and result.rows_read["acme/public.track"] == 3503
+    from replicant.engine import Engine
+
+    status = Engine(cfg).status(ask_source=True)  # per tenant: its change feed and its slot
+    assert sorted(status.tenant_captures) == ["acme", "globex", "initech"]
+    assert status.tenant_captures["globex"]["source"]["slot"] == "replicant_consolidate_globex"
+    assert status.tenant_captures["acme"]["source"]["slot active"] is False
 
     before = {t: {target: _dest_rows(_pg_query(pg_url), target, t) for target in MAPPING} for t in ("acme", "initech")}
     lines = drop_tenant(cfg, "globex")

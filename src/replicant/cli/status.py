@@ -23,7 +23,7 @@ def status(
 
     try:
         cfg = _load(pipeline, secrets_needed=False)  # status reads the state and the log, not the source
-        st = Engine(cfg).status(ask_source=not cfg.tenants)  # a tenant's source facts: `--json` has its state
+        st = Engine(cfg).status(ask_source=True)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -51,6 +51,10 @@ def status(
         out.print(f"change feed position: {_short(st.capture['position'])}")
         for k, v in st.source.items():
             out.print(f"{k}: {v}", markup=False)
+    for tenant, capture in st.tenant_captures.items():
+        out.print(f"change feed of tenant {tenant}: {_short(capture['position'])}", markup=False)
+        for k, v in capture.get("source", {}).items():
+            out.print(f"  {k}: {v}", markup=False)
     dead = {s.name: s.dead_letters for s in st.streams if s.dead_letters}
     if dead:
         out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))} "
