@@ -93,7 +93,9 @@ def check_connectors(cfg: PipelineConfig) -> None:
         problems += [("state", problem)] if problem else []
     for index in range(-1, len(cfg.destinations)):  # -1: the source
         try:
-            if index < 0:
+            if index < 0 and cfg.tenants:  # each tenant's source (`source:` alone may lack its url)
+                problems.extend(_tenant_source_problems(cfg))
+            elif index < 0:
                 resolve_source_config(cfg)
             else:
                 resolve_destination_config(cfg, cfg.destinations[index], index)
@@ -101,6 +103,18 @@ def check_connectors(cfg: PipelineConfig) -> None:
             problems.extend(e.problems or [("(pipeline)", e.message)])
     if problems:
         raise ConfigError("invalid pipeline file", problems)
+
+
+def _tenant_source_problems(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    from replicant.tenants.config import for_tenant
+
+    problems: list[tuple[str, str]] = []
+    for i, tenant in enumerate(cfg.tenants or ()):
+        try:
+            resolve_source_config(for_tenant(cfg, tenant.id))
+        except ConfigError as e:
+            problems.extend((f"tenants[{i}] ({k})", m) for k, m in e.problems or [("source", e.message)])
+    return problems
 
 
 def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:

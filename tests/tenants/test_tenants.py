@@ -376,3 +376,16 @@ def test_resync_while_following_restarts_only_that_tenant(tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         _, errs = proc.communicate(timeout=60)
     assert proc.returncode == 0, errs
+
+
+def test_source_without_url_is_fine_when_every_tenant_has_one_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    _source(tmp_path / "acme.db", [(1, "a1")])
+    data = _pipeline(tmp_path, [{"id": "acme", "url": "sqlite:///acme.db"}, {"id": "globex", "url": "sqlite:///nowhere.db"}])
+    del data["source"]["url"]
+    r = replicant("run", str(_write(tmp_path, data)), cwd=tmp_path)
+    assert r.returncode != 0
+    assert "tenants[1]" in r.stderr and "nowhere.db" in r.stderr and "tenants[0]" not in r.stderr, r.stderr
+    data["tenants"].pop()
+    r = replicant("run", str(_write(tmp_path, data)), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _rows(tmp_path) == [("acme", 1, "a1")]
