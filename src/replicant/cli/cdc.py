@@ -36,8 +36,9 @@ def _cdc(pipeline: Path, install: bool) -> None:
 
     try:
         cfg = _load(pipeline)
-        lines = []
-        for tenant in tenant_ids(cfg) or [None]:  # with tenants: each tenant's source
+        lines: list[str] = []
+        tenants: list[str | None] = list(tenant_ids(cfg)) or [None]  # with tenants: each tenant's source
+        for tenant in tenants:
             with _source_streams(cfg, tenant) as (source, streams):
                 done = (source.install(streams) if install else source.uninstall(streams)) or []
             lines += [f"tenant {tenant}: {line}" for line in done] if tenant is not None else done

@@ -545,7 +545,7 @@ class SQLDestination(Destination):
         table = self._table(stream)
         pending = self._pending.get(stream.name)
         with self.transaction("truncate", stream, table.name):
-            if tenant_where(self, table.columns, stream.tenant)[0]:
+            if stream.tenant is not None and tenant_where(self, table.columns, stream.tenant)[0]:
                 delete_tenant_rows(self, table.name, stream.tenant)
             else:
                 self.delete_all([table.name] + ([pending.name] if pending is not None else []))
