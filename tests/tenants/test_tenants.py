@@ -73,9 +73,11 @@ def test_a_tenant_may_override_the_source_type_and_its_own_keys_are_checked(tmp_
     assert source_for(cfg, "globex").type == "postgres" and source_for(cfg, "globex").options["slot"] == "s1"
     assert source_for(cfg, "acme").type == "sqlite"
     data["tenants"][0]["slot"] = "s2"  # a sqlite source has no slot
+    data["tenants"].append({"id": "initech", "type": "oracle"})
+    data["tenants"].append({"id": "hooli", "batch_size": -1})
     with pytest.raises(ConfigError) as e:
         parse(data, base_dir=tmp_path)
-    assert [k for k, _ in e.value.problems] == ["tenants[0].slot"]
+    assert [k for k, _ in e.value.problems] == ["tenants[0].slot", "tenants[2].type", "tenants[3].batch_size"]
 
 
 def test_replace_is_refused_with_tenants(tmp_path: Path) -> None:

@@ -166,22 +166,31 @@ def check_tenants(data: dict[str, Any], problems: list[tuple[str, str]]) -> None
 def _check_overrides(source: Any, overrides: dict[str, Any], where: str, problems: list[tuple[str, str]]) -> None:
     """The tenant's merged source checked as ``source:`` is; only problems of keys the tenant
     sets are reported here (``source:``'s own are reported at ``source``)."""
-    from replicant.config import _check_source_settings
+    from replicant.config import SourceConfig, settings_problems, suggest
+    from replicant.registry import source_class
 
     if not isinstance(source, dict) or not overrides:
         return
-    found: list[tuple[str, str]] = []
-    _check_source_settings(_merged(source, overrides), found)
-    for key, message in found:
-        name = key.removeprefix("source").lstrip(".").split(".")[0].split("[")[0]
-        if name in overrides or key == "source.type":
-            problems.append((f"{where}{key.removeprefix('source')}", message))
-    from replicant.config import SourceConfig, _loc
-
+    merged = _merged(source, overrides)
+    common = [*SourceConfig.model_fields, "schema"]
     try:
-        SourceConfig.model_validate(_merged(source, overrides))
+        cls = source_class(str(merged.get("type")))
+    except ConfigError as e:
+        if "type" in overrides:
+            problems.extend((f"{where}.type", m) for _, m in e.problems)
+        return
+    model = getattr(cls, "settings", None)
+    extras = {k: v for k, v in merged.items() if k not in common}
+    if model is None:
+        problems.extend((f"{where}.{k}", f"unknown key{suggest(k, common)}") for k in extras if k in overrides)
+    else:
+        found = settings_problems(model, extras, where, common)
+        problems.extend((k, m) for k, m in found if k.removeprefix(f"{where}.").split(".")[0].split("[")[0] in overrides)
+    try:
+        SourceConfig.model_validate(merged)
     except ValidationError as e:
         for err in e.errors():
             loc = tuple(err["loc"])
             if loc and loc[0] in overrides and err["type"] != "extra_forbidden":
-                problems.append((f"{where}.{_loc(loc)}", err["msg"].removeprefix("Value error, ")))
+                key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+                problems.append((f"{where}{key}", err["msg"].removeprefix("Value error, ")))
