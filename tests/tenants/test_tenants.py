@@ -325,6 +325,9 @@ def test_follow_takes_tenants_added_to_and_removed_from_the_file(tmp_path: Path)
     assert proc.returncode == 0, errs
     assert ("acme", 3, "a3") not in dest_rows()  # its feed stopped; its rows stay until `tenant drop`
     assert "tenant acme is no longer in the pipeline file" in errs and "replicant tenant drop" in errs, errs
+    r = replicant("tenant", "drop", str(tmp_path / "shop.yml"), "--tenant", "acme", cwd=tmp_path)  # no longer in the file
+    assert r.returncode == 0 and "2 rows of tenant acme deleted" in r.stdout, r.stdout + r.stderr
+    assert dest_rows() == [("globex", 1, "g1"), ("globex", 2, "g2")]
 
 
 def test_cdc_install_and_uninstall_reach_every_tenants_source(tmp_path: Path) -> None:
