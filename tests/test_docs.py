@@ -333,3 +333,27 @@ def test_files_source_example_loads_new_files_once(tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT id, amount::VARCHAR, note, _line FROM orders ORDER BY id").fetchall() == [
             (1, "12.50", None, 2), (2, "3.10", "x", 3)]
+
+
+def test_tenants_example_runs(tmp_path: Path) -> None:
+    """docs/tenants.md: its pipeline file, run as it is, gives the table it shows."""
+    import sqlite3
+
+    import duckdb
+
+    from replicant.config import parse
+    from replicant.tenants.runner import TenantRunner
+    from replicant.yaml_load import load_yaml
+
+    [example] = [b for b in _yaml_blocks(ROOT / "docs" / "tenants.md") if "tenants:" in b]
+    for name, column, rows in (("acme", "cents", [(1, 500), (2, 750)]), ("globex", "amount_cents", [(1, 300)])):
+        with sqlite3.connect(tmp_path / f"{name}.db") as c:
+            c.execute(f"CREATE TABLE orders (id INTEGER PRIMARY KEY, {column} INTEGER NOT NULL)")
+            c.executemany("INSERT INTO orders VALUES (?, ?)", rows)
+    result = TenantRunner(parse(load_yaml(example), base_dir=tmp_path)).run()
+    assert result.ok, result.errors
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as c:
+        got = c.execute("SELECT _tenant, id, total_cents FROM all_orders ORDER BY 1, 2").fetchall()
+    shown = re.search(r"_tenant  id  total_cents\n(.*?)```", (ROOT / "docs" / "tenants.md").read_text(), re.S)
+    assert shown is not None
+    assert [tuple(line.split()) for line in shown.group(1).strip().splitlines()] == [(t, str(i), str(n)) for t, i, n in got]

@@ -93,8 +93,10 @@ def _pipeline_keys() -> set[str]:
     from replicant import config, registry
 
     keys: set[str] = set()
+    from replicant.tenants.config import TenantConfig
+
     for model in (config.PipelineConfig, config.SourceConfig, config.DestinationConfig, config.StreamConfig,
-                  config.RetentionConfig):
+                  config.RetentionConfig, TenantConfig):
         for name, field in model.model_fields.items():
             keys.add(field.alias or name)
     for name in registry.SOURCES:

@@ -68,7 +68,14 @@ class Pipeline:
     def run(self, *, follow: bool = False) -> RunResult:
         """Initial sync and catch-up; with ``follow``, keeps capturing until :attr:`stop_event`
         is set. A stream's or destination's failure is in ``RunResult.errors`` (``ok`` False);
-        configuration and start-up connection errors raise."""
+        configuration and start-up connection errors raise. With ``tenants:``, every tenant's
+        feed at once (:class:`~replicant.tenants.runner.TenantRunner`)."""
+        if self.config.tenants:
+            from replicant.tenants.runner import TenantRunner
+
+            runner = TenantRunner(self.config, observer=self.observer)
+            runner.stop_event = self.stop_event
+            return runner.run(follow=follow)
         return self._engine().run(follow=follow)
 
     def replay(
@@ -80,12 +87,13 @@ class Pipeline:
 
         if sum((from_start, offset is not None, since is not None)) != 1:
             raise ConfigError("replay needs exactly one of from_start, offset or since")
-        engine = self._engine()
+        from replicant.tenants.replay import replay_tenants
+
         if from_start:
-            return engine.replay(destination, start="start")
+            return replay_tenants(self.config, None, destination, observer=self.observer, start="start")
         if offset is not None:
-            return engine.replay(destination, start="offset", offset=offset)
-        return engine.replay(destination, start="since", since=since)
+            return replay_tenants(self.config, None, destination, observer=self.observer, start="offset", offset=offset)
+        return replay_tenants(self.config, None, destination, observer=self.observer, start="since", since=since)
 
     def status(self, *, ask_source: bool = False) -> Any:
         """The pipeline's :class:`~replicant.status.PipelineStatus` (``.to_dict()`` for JSON)."""

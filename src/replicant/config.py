@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from replicant.config_values import normalize_url, parse_duration, parse_size, sqlite_url_against
 from replicant.errors import ConfigError
 from replicant.secrets import Secret, reference_problems, resolve
+from replicant.tenants.config import TenantConfig, check_tenants
 from replicant.transforms.placement import check as transform_problems
 from replicant.yaml_load import load_yaml
 
@@ -283,6 +284,7 @@ class PipelineConfig(_Model):
     log: str | None = Field(None, description="Staging log location: a local folder, a file:// URL or nats://host:port/prefix.")
     retention: RetentionConfig | None = None
     transforms: list[Any] | None = Field(None, description="Transforms of every stream, before the log (stateless only).")
+    tenants: list[TenantConfig] | None = Field(None, description="One source per tenant: `id` and the `source:` settings it overrides.")
     parallelism: int | None = Field(
         None, gt=0, description="Streams read at once (default: the number of cores, at least 2)."
     )
@@ -397,6 +399,7 @@ def parse(data: Any, *, base_dir: Path | str = ".", secrets_needed: bool = True)
     _check_source_settings(data.get("source"), problems)
     _check_destination_settings(data.get("destinations"), problems)
     transform_problems(data, problems)  # every transform list, with its key paths
+    check_tenants(data, problems)  # ids, and each tenant's source settings and transforms
     if isinstance(data.get("destinations"), list):  # cross-check here: the model's runs only when all is valid
         repeated = _repeated_names([d.get("name") for d in data["destinations"] if isinstance(d, dict) and d.get("name")])
         if repeated:

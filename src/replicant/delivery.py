@@ -336,16 +336,17 @@ class Delivery:
 
     def _fail(self, stream: Stream | None, e: BaseException) -> None:
         log.debug("delivery failed", exc_info=e)
-        self.on_error(RunError("delivery", str(e), stream=stream.name if stream else None, destination=self.dest.name))
+        self.on_error(RunError("delivery", str(e), stream=stream.name if stream else None, destination=self.dest.name,
+                               tenant=stream.tenant if stream else None))
 
     def _pause(self, stream: Stream, e: BaseException) -> None:
         """``stream`` waits for the user at this destination (the others go on): say so now, in
         the log and in the state store, where ``replicant status`` shows it from any process."""
         reason = redact(str(e))
         log.warning(
-            "destination %s paused stream %s: %s. The other streams go on; this one stays paused (shown by "
+            "destination %s paused stream %s%s: %s. The other streams go on; this one stays paused (shown by "
             "`replicant status`) until it is delivered again: fix the cause, then run or replay as the reason says.",
-            self.dest.name, stream.name, reason,
+            self.dest.name, stream.name, "" if stream.tenant is None else f" of tenant {stream.tenant}", reason,
         )
         try:
             self.state.pause_stream(self.pipeline, self.dest.name, stream.name, reason, tenant=stream.tenant)

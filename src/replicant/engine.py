@@ -83,6 +83,12 @@ class Engine:
     ) -> None:
         from replicant import runtime
 
+        self._other_streams: frozenset[str] = frozenset()
+        if tenant is not None and config.tenants:
+            from replicant.tenants.config import every_stream, for_tenant
+
+            self._other_streams = every_stream(config)  # other tenants' stream names: the file may scope them
+            config = for_tenant(config, tenant)  # its source settings; ConfigError for an unknown id
         self.config = config
         self.tenant = tenant
         self.observer = observer or Observer()
@@ -119,7 +125,8 @@ class Engine:
         listed under ``source.streams`` stands for its output streams)."""
         planning = getattr(source, "planning_config", None)
         config = planning(self.config) if planning is not None else self.config
-        return plan_streams(config, source.discover(), source.capabilities.modes, tenant=self.tenant)
+        return plan_streams(config, source.discover(), source.capabilities.modes, tenant=self.tenant,
+                            other_streams=self._other_streams)
 
     @property
     def parallelism(self) -> int:
@@ -127,6 +134,8 @@ class Engine:
 
     def _reporter(self, result: RunResult) -> Callable[[RunError], None]:
         def report(error: RunError) -> None:
+            if error.tenant is None and self.tenant is not None:
+                error = dataclasses.replace(error, tenant=self.tenant)
             with self._errors_lock:
                 result.errors.append(error)
             self.observer.error(error)
@@ -158,6 +167,9 @@ class Engine:
         until :attr:`stop_event` is set. It never raises for a stream's or destination's
         failure (those are in ``RunResult.errors``); config and connection errors at start-up
         raise."""
+        if self.config.tenants and self.tenant is None:
+            raise ConfigError("a pipeline with `tenants:` runs one feed per tenant: Engine(config, tenant=ID), or "
+                              "replicant.tenants.TenantRunner for all of them")
         started = time.monotonic()
         result = RunResult(self.config.pipeline)
         report = self._reporter(result)
@@ -209,7 +221,7 @@ class Engine:
         self, streams: list[Stream], destinations: list[Any], state: Any, lg: Log, result: RunResult,
         report: Callable[[RunError], None], follow: bool,
     ) -> None:
-        pre = before_log(self.config)
+        pre = before_log(self.config, self.tenant)
         ingest = Ingest(self.config.pipeline, lg, state, tenant=self.tenant, transforms=pre)
         logged_streams = [pre.output_stream(s) for s in streams]  # what the log holds: the transforms' output
         done = {s.name: threading.Event() for s in streams}
@@ -338,6 +350,9 @@ class Engine:
         if ask_source and status.capture is not None:
             facts = self.source_facts()
         status.source = facts
+        for tenant, capture in status.tenant_captures.items() if ask_source and self.tenant is None else ():
+            if tenant in {t.id for t in self.config.tenants or ()}:  # a tenant taken out of the file has no source
+                capture["source"] = Engine(self.config, tenant=tenant).source_facts()
         return status
 
     def source_facts(self) -> dict[str, Any]:

@@ -25,7 +25,8 @@ KEY_METADATA = b"replicant.primary_key"
 
 
 def plan_streams(
-    config: PipelineConfig, discovered: list[Stream], modes: Iterable[str], *, tenant: str | None = None
+    config: PipelineConfig, discovered: list[Stream], modes: Iterable[str], *, tenant: str | None = None,
+    other_streams: frozenset[str] = frozenset(),
 ) -> list[Stream]:
     """The streams to run: ``discovered`` narrowed and shaped by ``config.source.streams``.
 
@@ -35,6 +36,8 @@ def plan_streams(
         modes: the read strategies the source supports.
         tenant: the tenant whose source was discovered; its streams carry it (their
             :attr:`~replicant.model.Stream.log_name` includes it).
+        other_streams: other tenants' stream names, which transforms' ``streams:`` and a
+            destination's ``streams:``/``tables:`` may name too (a MySQL tenant's ``Album``).
 
     Raises:
         ConfigError: every problem at once, each with its key path (a mode the source cannot
@@ -52,40 +55,49 @@ def plan_streams(
         if s.mode not in modes
     ]
     names = sorted(s.name for s in streams)
-    logged = _transform_problems(config, streams, problems)
+    others = other_streams - set(names)
+    logged = _transform_problems(config, streams, problems, tenant, others)
     for i, d in enumerate(config.destinations):
         problems.extend(_write_problems(i, d, chosen(d, logged)))
+        if getattr(config, "tenants", None) and d.write == "replace":
+            problems.append((f"destinations[{i}].write", "replace swaps the whole table, which holds every tenant's rows: "
+                                                         "use merge (keyed by _tenant and the stream's key) or append"))
         problems.extend(
-            (f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}") for n in d.streams or () if n not in names
+            (f"destinations[{i}].streams", f"no stream named {n!r}{suggest(n, names)}") for n in d.streams or ()
+            if n not in names and n not in others
         )
         tables = getattr(d, "tables", None)
         if isinstance(tables, dict):
             problems.extend(
-                (f"destinations[{i}].tables.{n}", f"no stream named {n!r}{suggest(n, names)}") for n in tables if n not in names
+                (f"destinations[{i}].tables.{n}", f"no stream named {n!r}{suggest(n, names)}") for n in tables
+                if n not in names and n not in others
             )
     if problems:
         raise ConfigError("invalid pipeline file", problems)
     return streams
 
 
-def _transform_problems(config: PipelineConfig, streams: list[Stream], problems: list[tuple[str, str]]) -> list[Stream]:
+def _transform_problems(
+    config: PipelineConfig, streams: list[Stream], problems: list[tuple[str, str]], tenant: str | None = None,
+    others: frozenset[str] = frozenset(),
+) -> list[Stream]:
     """Adds what does not fit in the transform lists (a key that does not resolve, a column a
     stream has not) to ``problems``; returns the streams as the log will hold them."""
     from replicant.transforms.placement import at_destination, before_log
 
     try:
-        pre = before_log(config)
+        pre = before_log(config, tenant)
     except ConfigError as e:
         problems.extend(e.problems)
         return streams
-    found = pre.problems(streams)
+    found = pre.problems(streams, others)
     problems.extend(found)
     if found:
         return streams
     logged = [pre.output_stream(s) for s in streams]
     for i, d in enumerate(config.destinations):
         try:
-            problems.extend(at_destination(d, i).problems(chosen(d, logged)))
+            problems.extend(at_destination(d, i).problems(chosen(d, logged), others))
         except ConfigError as e:
             problems.extend(e.problems)
     return logged

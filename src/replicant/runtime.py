@@ -93,7 +93,9 @@ def check_connectors(cfg: PipelineConfig) -> None:
         problems += [("state", problem)] if problem else []
     for index in range(-1, len(cfg.destinations)):  # -1: the source
         try:
-            if index < 0:
+            if index < 0 and cfg.tenants:  # each tenant's source (`source:` alone may lack its url)
+                problems.extend(_tenant_source_problems(cfg))
+            elif index < 0:
                 resolve_source_config(cfg)
             else:
                 resolve_destination_config(cfg, cfg.destinations[index], index)
@@ -103,10 +105,26 @@ def check_connectors(cfg: PipelineConfig) -> None:
         raise ConfigError("invalid pipeline file", problems)
 
 
+def _tenant_source_problems(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    from replicant.tenants.config import for_tenant
+
+    problems: list[tuple[str, str]] = []
+    for i, tenant in enumerate(cfg.tenants or ()):
+        try:
+            resolve_source_config(for_tenant(cfg, tenant.id))
+        except ConfigError as e:
+            problems.extend((f"tenants[{i}] ({k})", m) for k, m in e.problems or [("source", e.message)])
+    return problems
+
+
 def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:
     """What a source of this pipeline is told at construction: its name, tenant and work dir
-    (``<home>/source``, created by the source when it needs it)."""
-    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=home(cfg) / "source", state_url=state_url(cfg))
+    (``<home>/source``, created by the source when it needs it; ``<home>/source/<tenant>`` for
+    a tenant of ``tenants:``: two tenants' snapshot_diff files never meet)."""
+    workdir = home(cfg) / "source"
+    if tenant is not None and cfg.tenants:
+        workdir = workdir / tenant
+    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=workdir, state_url=state_url(cfg))
 
 
 def build_source(cfg: PipelineConfig, context: ConnectorContext | None = None):

@@ -83,6 +83,8 @@ class PipelineStatus:
         capture: the change feed's checkpoint (``position``, ``updated_at``) when the pipeline has
             ``log`` streams, else None.
         source: facts from the source (e.g. a slot's lag in bytes), when asked for and reachable.
+        tenant_captures: with ``tenants:``, per tenant with ``log`` streams, its change feed's
+            checkpoint (and ``source``: its facts, when asked for).
     """
 
     pipeline: str
@@ -91,6 +93,7 @@ class PipelineStatus:
     destinations: list[DestinationStatus] = field(default_factory=list)
     capture: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    tenant_captures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The status as JSON-ready data (times in ISO 8601, UTC)."""
@@ -145,6 +148,8 @@ def collect(config: Any, *, state: Any, log: Any, source_facts: dict[str, Any] |
                 ))
         if capture is not None and tenant is None:
             status.capture = {"position": capture.position, "updated_at": capture.updated_at}
+        elif capture is not None:
+            status.tenant_captures[tenant] = {"position": capture.position, "updated_at": capture.updated_at}
     return status
 
 

@@ -282,8 +282,9 @@ def test_derived_streams_are_log_mode_and_a_bad_upstream_names_the_key(tmp_path:
     assert result.returncode == 1 and "run `replicant run` on the upstream first" in " ".join(result.stderr.split())
     status = _cli("status", "copy.yml", "--json", cwd=tmp_path)
     assert status.returncode == 0 and json.loads(status.stdout)["pipeline"] == "copy"
+    # an ordinary pipeline resyncs too (replicant.resync); one that never ran has nothing to start over
     not_derived = _cli("resync", "bank.yml", "--stream", "accounts", cwd=tmp_path)
-    assert not_derived.returncode == 2 and "source.type" in not_derived.stderr and "type: pipeline" in not_derived.stderr
+    assert not_derived.returncode == 2 and "no stream 'accounts'" in not_derived.stderr and "run the pipeline first" in not_derived.stderr
     _run(tmp_path / "bank.yml")
     full = _derived(tmp_path, "full", "bank.yml")
     full.write_text(full.read_text().replace("streams: [accounts]", "streams: [{table: accounts, mode: full}]"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from replicant.cli import cdc, dead_letters, decrypt, resync, run, status, validate  # noqa: F401 - each registers its commands on the app
+from replicant.cli import cdc, dead_letters, decrypt, resync, run, status, tenant, validate  # noqa: F401 - each registers its commands
 from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERNAL", "app", "main"]

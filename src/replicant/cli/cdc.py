@@ -19,11 +19,11 @@ app.add_typer(cdc, name="cdc")
 
 
 @contextlib.contextmanager
-def _source_streams(cfg: Any) -> Iterator[tuple[Any, list]]:
-    """The pipeline's source and its streams as the engine sees them."""
+def _source_streams(cfg: Any, tenant: str | None = None) -> Iterator[tuple[Any, list]]:
+    """The pipeline's (or ``tenant``'s) source and its streams as the engine sees them."""
     from replicant.engine import Engine
 
-    engine = Engine(cfg)
+    engine = Engine(cfg, tenant=tenant)
     source = engine.new_source()
     try:
         yield source, engine.streams(source)
@@ -32,9 +32,16 @@ def _source_streams(cfg: Any) -> Iterator[tuple[Any, list]]:
 
 
 def _cdc(pipeline: Path, install: bool) -> None:
+    from replicant.tenants.config import tenant_ids
+
     try:
-        with _source_streams(_load(pipeline)) as (source, streams):
-            lines = source.install(streams) if install else source.uninstall(streams)
+        cfg = _load(pipeline)
+        lines: list[str] = []
+        tenants: list[str | None] = list(tenant_ids(cfg)) or [None]  # with tenants: each tenant's source
+        for tenant in tenants:
+            with _source_streams(cfg, tenant) as (source, streams):
+                done = (source.install(streams) if install else source.uninstall(streams)) or []
+            lines += [f"tenant {tenant}: {line}" for line in done] if tenant is not None else done
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return

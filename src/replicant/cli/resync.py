@@ -1,9 +1,11 @@
 """``replicant resync PIPELINE.yml --stream NAME [--tenant ID]``: a fresh copy of one stream.
 
-For a derived pipeline (``source: type: pipeline``) a resync re-reads the stream from the start
-of its upstream's staging log: its SQL destinations are emptied (a ``truncate`` in the derived log)
-and the next ``replicant run`` reprocesses everything with today's logic, without touching the
-original source (:func:`replicant.sources.pipeline.resync_stream`).
+An ordinary pipeline's stream is emptied and snapshotted again on the next run while the other
+streams keep their positions (:mod:`replicant.resync`). For a derived pipeline (``source: type:
+pipeline``) a resync re-reads the stream from the start of its upstream's staging log: its SQL
+destinations are emptied (a ``truncate`` in the derived log) and the next ``replicant run``
+reprocesses everything with today's logic, without touching the original source
+(:func:`replicant.sources.pipeline.resync_stream`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ def resync(
     stream: Annotated[list[str], typer.Option("--stream", help="The stream to start over (repeat for several).")],
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's stream.")] = None,
 ) -> None:
-    """Starts streams over: a derived pipeline re-reads them from its upstream log's start on its next run."""
-    from replicant.sources.pipeline import resync_stream
+    """Starts streams over: a fresh snapshot on the next run (a derived pipeline re-reads its upstream log)."""
+    from replicant.resync import resync as start_over
 
     try:
         cfg = _load(pipeline)
         for name in stream:
-            start = resync_stream(cfg, name, tenant=tenant)
-            out.print(f"{name}: starts over from upstream offset {start} on the next `replicant run {pipeline}`", markup=False)
+            for line in start_over(cfg, name, tenant=tenant):
+                out.print(line.replace("the next run", f"the next `replicant run {pipeline}`"), markup=False)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes a message and an exit code
         _fail(e)

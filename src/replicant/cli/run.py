@@ -74,6 +74,7 @@ def run(
     progress_interval: Annotated[float, typer.Option(
         "--progress-interval", min=0,
         help="Seconds between progress lines when stderr is not a terminal (0: one per batch).")] = DEFAULT_INTERVAL,
+    tenant: Annotated[list[str] | None, typer.Option("--tenant", help="Only this tenant (repeat for several).")] = None,
 ) -> None:
     """Initial sync and catch-up, then exit 0 (non-zero with a message on failure).
 
@@ -104,7 +105,9 @@ def run(
         )
         # no terminal (CI, a log file): progress bars would show nothing until the end
         observer: Observer = _Bars(progress) if err.is_terminal else ProgressLines(progress_interval)
-        engine = Engine(cfg, observer=observer)
+        engine: Any = Engine(cfg, observer=observer) if not cfg.tenants else _tenants(cfg, pipeline, observer, tenant, follow)
+        if tenant and not cfg.tenants:
+            raise ConfigError("--tenant needs `tenants:` in the pipeline file", [("tenants", "the pipeline has none")])
         with progress:
             result = run_until_signalled(lambda: engine.run(follow=follow), engine.stop_event, stopped, grace=stop_grace,
                                          before_exit=progress.stop)
@@ -129,6 +132,19 @@ def run(
         raise typer.Exit(stopped.exit_code)
 
 
+def _tenants(cfg: Any, path: Path, observer: Observer, only: list[str] | None, follow: bool) -> Any:
+    """Every tenant's feed at once (``--tenant``: those); ``--follow`` takes changes of the
+    pipeline file's ``tenants:`` as they are saved (:func:`replicant.tenants.watch.watch_file`)."""
+    from replicant.tenants.runner import TenantRunner
+
+    runner = TenantRunner(cfg, observer=observer, tenants=only or None)
+    if follow:
+        from replicant.tenants.watch import watch_file
+
+        watch_file(runner, path, interval=cfg.source.poll_interval)
+    return runner
+
+
 def _only_full(cfg: Any) -> bool:
     streams = cfg.source.streams
     if streams == "all":
@@ -149,9 +165,10 @@ def replay(
     from_start: Annotated[bool, typer.Option("--from-start", help="From the earliest offset the log holds.")] = False,
     offset: Annotated[int | None, typer.Option("--offset", help="From this log offset (every stream).")] = None,
     since: Annotated[str | None, typer.Option("--since", help="From this time: ISO 8601 (UTC if no zone) or an age like 2h.")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's streams (default: every tenant's).")] = None,
 ) -> None:
     """Re-delivers the staging log to one destination, without reading the source."""
-    from replicant.engine import Engine
+    from replicant.tenants.replay import replay_tenants
 
     try:
         cfg = _load(pipeline)
@@ -159,11 +176,11 @@ def replay(
         if len(chosen) != 1:
             raise ConfigError("replay needs exactly one of --from-start, --offset N or --since TIME")
         if from_start:
-            result = Engine(cfg).replay(destination, start="start")
+            result = replay_tenants(cfg, tenant, destination, start="start")
         elif offset is not None:
-            result = Engine(cfg).replay(destination, start="offset", offset=offset)
+            result = replay_tenants(cfg, tenant, destination, start="offset", offset=offset)
         else:
-            result = Engine(cfg).replay(destination, start="since", since=_parse_since(since or ""))
+            result = replay_tenants(cfg, tenant, destination, start="since", since=_parse_since(since or ""))
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return

@@ -43,12 +43,20 @@ def status(
     for c in ("stream", "rows", "log end offset", "position"):
         t.add_column(c)
     for s in st.streams:
-        t.add_row(s.name, f"{s.rows:,}", str(s.log_end_offset), _short(s.position) if s.position is not None else "-")
+        name = s.name if s.tenant is None else f"{s.tenant}/{s.name}"
+        t.add_row(name, f"{s.rows:,}", str(s.log_end_offset), _short(s.position) if s.position is not None else "-")
     out.print(t)
+    waiting = [x for x in (tenant.id for tenant in cfg.tenants or ()) if x not in {s.tenant for s in st.streams}]
+    if waiting:
+        out.print(f"tenants not read yet: {', '.join(waiting)}", markup=False)
     if st.capture is not None:
         out.print(f"change feed position: {_short(st.capture['position'])}")
         for k, v in st.source.items():
             out.print(f"{k}: {v}", markup=False)
+    for tenant, capture in st.tenant_captures.items():
+        out.print(f"change feed of tenant {tenant}: {_short(capture['position'])}", markup=False)
+        for k, v in capture.get("source", {}).items():
+            out.print(f"  {k}: {v}", markup=False)
     dead = {s.name: s.dead_letters for s in st.streams if s.dead_letters}
     if dead:
         out.print(f"dead letters: {', '.join(f'{s} {n:,}' for s, n in sorted(dead.items()))} "
@@ -58,13 +66,15 @@ def status(
         d.add_column(c)
     for ds in st.destinations:
         checked = f"{ds.validated_at:%Y-%m-%d %H:%M:%S} UTC: {ds.verdict}" if ds.validated_at else "never"
-        d.add_row(ds.destination, ds.stream, str(ds.applied_offset), f"{ds.lag:,}", checked)
+        name = ds.stream if ds.tenant is None else f"{ds.tenant}/{ds.stream}"
+        d.add_row(ds.destination, name, str(ds.applied_offset), f"{ds.lag:,}", checked)
     out.print(d)
     if files:
         print_files(files_seen(cfg))
     for ds in st.destinations:
         if ds.paused:
-            out.print(f"paused: {ds.destination} / {ds.stream} since {ds.paused_at:%Y-%m-%d %H:%M:%S} UTC: {ds.paused}",
+            who = "" if ds.tenant is None else f" of tenant {ds.tenant}"
+            out.print(f"paused: {ds.destination} / {ds.stream}{who} since {ds.paused_at:%Y-%m-%d %H:%M:%S} UTC: {ds.paused}",
                       markup=False)
 
 

@@ -75,6 +75,7 @@ from replicant.destinations._changes import (
     without_deletes,
 )
 from replicant.destinations._sql_parts import ColumnInfo, Encoded, KeyExists, Table, TypeMapper
+from replicant.destinations._tenant_rows import ddl_lock, delete_tenant_rows, tenant_where
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
 from replicant.errors import ConfigError, FatalError, RecordError, ReplicantError
@@ -110,8 +111,9 @@ class SQLDestination(Destination):
 
     #: How :meth:`fold` compares column names, for messages.
     name_rule: ClassVar[str] = "ignoring case"
-    #: The identifier quote (MySQL: a backtick).
+    #: The identifier quote (MySQL: a backtick), and a query parameter's marker (``%s``, ``$1``).
     quote_char: ClassVar[str] = '"'
+    param_marker: ClassVar[str] = "?"
 
     types: TypeMapper
     #: The schema (MySQL: database) holding the tables; set by ``__init__`` or :meth:`connect`.
@@ -326,7 +328,8 @@ class SQLDestination(Destination):
     def open(self) -> None:
         """Connects (see :meth:`connect`); a no-op when connected."""
         if not self.connected:
-            self.connect()
+            with ddl_lock(self.name):  # it creates the offsets table if missing
+                self.connect()
 
     def applied_offset(self, stream: Stream) -> int:
         with self.transaction("read offset", stream):
@@ -352,7 +355,8 @@ class SQLDestination(Destination):
         key = tuple(stream.primary_key)
         try:
             self.check_types(stream.schema)
-            self._prepare(stream, name, key)
+            with ddl_lock(self.name):  # tenants' feeds in one process create the shared table once
+                self._prepare(stream, name, key)
         except (RecordError, FatalError) as e:
             if isinstance(e.__cause__, ReplicantError) or e.__cause__ is None:  # our own refusal says what to do
                 raise e if f"stream {stream.name!r}" in str(e) else FatalError(f"stream {stream.name!r}: {e}") from e
@@ -368,7 +372,8 @@ class SQLDestination(Destination):
                 for f in stream.schema:
                     if self.fold(f.name) not in columns:
                         self.add_column(name, f, stream.schema)
-                empty = not self.query(f"SELECT 1 FROM {self.qualified(name)} LIMIT 1")
+                where, params = tenant_where(self, columns, stream.tenant)  # fresh while it has no row of this tenant
+                empty = not self.query(f"SELECT 1 FROM {self.qualified(name)}{where} LIMIT 1", params)
             unique = bool(key) and self.has_unique_key(name, key)
             if self.write_mode(stream) == "merge" and key and not unique and self.merge_needs_unique_key:
                 raise FatalError(
@@ -535,12 +540,15 @@ class SQLDestination(Destination):
         )
 
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
-        """Empties the stream's table (and its pending ``replace`` table) and records
-        ``last_offset``, in one transaction."""
+        """Empties the stream's table (and its pending ``replace`` table; of a tenant's stream,
+        only that tenant's rows) and records ``last_offset``, in one transaction."""
         table = self._table(stream)
         pending = self._pending.get(stream.name)
         with self.transaction("truncate", stream, table.name):
-            self.delete_all([table.name] + ([pending.name] if pending is not None else []))
+            if stream.tenant is not None and tenant_where(self, table.columns, stream.tenant)[0]:
+                delete_tenant_rows(self, table.name, stream.tenant)
+            else:
+                self.delete_all([table.name] + ([pending.name] if pending is not None else []))
             self.store_offset(stream, last_offset)
 
     def evolve(self, stream: Stream, old: Stream) -> None:
@@ -560,7 +568,7 @@ class SQLDestination(Destination):
         self.check_types(old.schema)
         name = self.table_name(stream)
         pending = self._pending.get(stream.name)
-        with self.transaction("evolve", stream, name):
+        with ddl_lock(self.name), self.transaction("evolve", stream, name):
             for table in [name] + ([pending.name] if pending is not None else []):
                 columns = self.columns(table)
                 if columns is None:

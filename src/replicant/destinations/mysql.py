@@ -143,6 +143,7 @@ class MySQLDestination(SQLDestination):
     merge_needs_unique_key = True
     nullable = " NULL"
     quote_char = "`"
+    param_marker = "%s"
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:

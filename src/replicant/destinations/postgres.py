@@ -116,6 +116,7 @@ class PostgresDestination(SQLDestination):
     """
 
     kind = "PostgreSQL"
+    param_marker = "$1"
     types: PgTypes
     dialect = "postgresql"
     insert_first = True

@@ -35,6 +35,7 @@ from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
 from replicant.state._leases import LeaseMixin
 from replicant.state.files_seen import FilesSeenMixin
+from replicant.state._tenants import TenantStateMixin
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
@@ -62,7 +63,7 @@ __all__ = [
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
 
 
-class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin):
+class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin, TenantStateMixin):
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the

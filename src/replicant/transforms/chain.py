@@ -88,15 +88,16 @@ class TransformChain:
         data = pa.schema([f for f in out if f.name not in {m.name for m in META_FIELDS}], metadata=out.metadata)
         return dataclasses.replace(stream, schema=data, primary_key=tuple(key_of(data)) if key_of(data) else stream.primary_key)
 
-    def problems(self, streams: list[Stream]) -> list[tuple[str, str]]:
-        """What does not fit each stream's schema, every problem at once."""
+    def problems(self, streams: list[Stream], known: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+        """What does not fit each stream's schema, every problem at once. ``known``: stream
+        names a step may scope although ``streams`` lacks them (another tenant's)."""
         found: list[tuple[str, str]] = []
         for s in streams:
             try:
                 self.output_schema(s.name, s.change_schema)
             except ConfigError as e:
                 found.extend(p for p in e.problems if p not in found)
-        names = {s.name for s in streams}
+        names = {s.name for s in streams} | known
         for step in self.steps:
             for n in step.streams or ():
                 if n not in names:

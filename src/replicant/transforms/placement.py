@@ -27,6 +27,7 @@ def check(data: dict[str, Any], problems: list[tuple[str, str]]) -> None:
         for j, s in enumerate(source["streams"]):
             if isinstance(s, dict):
                 specs(s.get("transforms"), f"source.streams[{j}].transforms", problems, scoped=False)
+    # tenants[i].transforms: checked with the tenants (replicant.tenants.config.check_tenants)
     if isinstance(data.get("destinations"), list):
         for i, d in enumerate(data["destinations"]):
             if isinstance(d, dict):
@@ -48,18 +49,30 @@ def _chain(entries: list[tuple[TransformSpec, tuple[str, ...] | None]]) -> Trans
     return TransformChain(steps)
 
 
-def before_log(config: Any) -> TransformChain:
-    """The chain that runs before the log. Raises ConfigError (a key that does not resolve)."""
+def before_log(config: Any, tenant: str | None = None) -> TransformChain:
+    """The chain that runs before the log (of ``tenant``'s feed: its own ``tenants[i].transforms``
+    first, then the pipeline's, then ``add_tenant``). Raises ConfigError (a key that does not
+    resolve)."""
     problems: list[tuple[str, str]] = []
     derived = config.source.type == "pipeline"  # its stateful entries run in the source (replicant.sources._stateful)
-    entries = [(s, s.streams) for s in specs(config.transforms, "transforms", problems, derived=derived)
+    tenants = [t.id for t in getattr(config, "tenants", None) or ()]
+    entries = []
+    if tenant is not None and tenant in tenants:
+        index = tenants.index(tenant)
+        entries += [(s, s.streams) for s in specs(config.tenants[index].transforms, f"tenants[{index}].transforms", problems)]
+    entries += [(s, s.streams) for s in specs(config.transforms, "transforms", problems, derived=derived)
                 if not (derived and is_stateful(s.kind, s.value))]
     streams = config.source.streams if isinstance(config.source.streams, list) else []
     for j, sc in enumerate(streams):
         entries += [(s, (sc.table,)) for s in specs(sc.transforms, f"source.streams[{j}].transforms", problems, scoped=False)]
     if problems:
         raise ConfigError("invalid pipeline file", problems)
-    return _chain(entries)
+    chain = _chain(entries)
+    if tenant is not None and tenant in tenants:
+        from replicant.transforms.tenant import AddTenant
+
+        chain.steps.append(Step(f"tenants[{tenants.index(tenant)}]", None, AddTenant(tenant)))
+    return chain
 
 
 def at_destination(dest: Any, index: int) -> TransformChain:
