@@ -34,8 +34,8 @@ from replicant.state import dead_letters as dead
 from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
 from replicant.state._leases import LeaseMixin
-from replicant.state.files_seen import FilesSeenMixin
 from replicant.state._tenants import TenantStateMixin
+from replicant.state.files_seen import FilesSeenMixin
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,

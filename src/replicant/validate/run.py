@@ -107,10 +107,10 @@ def validate_pipeline(
     if destination is not None:
         cfg.destination(destination)  # a ConfigError naming the known ones
     indexes = [names.index(destination)] if destination is not None else list(range(len(names)))
-    pre = before_log(cfg)
     state = runtime.open_state(cfg)
     try:
         for t in _tenants(cfg, tenant):
+            pre = before_log(cfg, t)  # a tenant's own transforms, then the file's, then `_tenant`
             engine = Engine(cfg, tenant=t)
             source = engine.new_source()
             try:

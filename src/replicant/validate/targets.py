@@ -34,6 +34,7 @@ from replicant.transforms.chain import TransformChain
 from replicant.transforms.columns import Drop, Rename, Select
 from replicant.transforms.crypto import Encrypt
 from replicant.transforms.mask import Mask
+from replicant.transforms.tenant import AddTenant
 from replicant.validate.canon import DIALECTS, kind
 from replicant.validate.sides import (
     Column,
@@ -92,6 +93,8 @@ def trace(chain: TransformChain | None, stream: str, names: list[str]) -> Trace:
                     t.recomputed.add(col)
                 else:
                     t.unverified[col] = "encrypt (not deterministic)"
+        elif isinstance(tr, AddTenant):
+            pass  # `_tenant`: scopes the destination side, never compared
         else:
             t.client = True
             t.recomputed.update(t.origin)  # derive, cast, sql, python: any column may change
