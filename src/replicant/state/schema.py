@@ -12,7 +12,9 @@ speaks ``tenant: str | None`` and maps ``None`` to ``''``.
 Versions: 1 created the tables; 2 added ``tenant`` to runs, checkpoints, offsets and dead
 letters (keys ``(pipeline, tenant, stream)`` and ``(pipeline, tenant, destination, stream)``;
 existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destination paused, and why);
-4 added ``attempts`` and ``retried_at`` to dead letters (``replicant dead-letters retry``).
+4 added ``attempts`` and ``retried_at`` to dead letters (``replicant dead-letters retry``);
+the service's migration added the run queue, schedules, pauses, workers and webhook ids
+(:mod:`replicant.state.service_tables`).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -323,8 +325,16 @@ def _v4_retries(conn: Connection) -> None:
     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN retried_at {stamp}")
 
 
+def _v5_service(conn: Connection) -> None:
+    """The service's run queue, schedules, pauses, workers and webhook ids
+    (:mod:`replicant.state.service_tables`, which freezes its DDL there)."""
+    from replicant.state import service_tables
+
+    service_tables.create(conn)
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused, _v4_retries]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_service]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C
