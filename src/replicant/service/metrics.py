@@ -25,7 +25,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "replicant_log_records": ("gauge", "Records the staging log holds up to its end offset, per stream."),
     "replicant_lag_records": ("gauge", "Log records a destination has still to apply (Debezium: QueueRemainingCapacity's dual)."),
     "replicant_lag_seconds": ("gauge", "Seconds since a lagging destination last applied a record (0 when caught up)."),
-    "replicant_snapshot_streams_total": ("gauge", "Streams of the pipeline (snapshot progress: tables total)."),
+    "replicant_snapshot_streams": ("gauge", "Streams of the pipeline (snapshot progress: tables total)."),
     "replicant_snapshot_streams_remaining": ("gauge", "Streams without a checkpoint yet (snapshot progress: remaining)."),
     "replicant_dead_letters": ("gauge", "Records in the dead-letter store, per stream."),
     "replicant_paused_streams": ("gauge", "Streams a destination paused (schema drift, a fatal error)."),
@@ -62,7 +62,7 @@ class ServiceCollector:
             "replicant_log_records": _family("replicant_log_records", ["pipeline", "tenant", "stream"]),
             "replicant_lag_records": _family("replicant_lag_records", ["pipeline", "tenant", "destination", "stream"]),
             "replicant_lag_seconds": _family("replicant_lag_seconds", ["pipeline", "tenant", "destination", "stream"]),
-            "replicant_snapshot_streams_total": _family("replicant_snapshot_streams_total", ["pipeline", "tenant"]),
+            "replicant_snapshot_streams": _family("replicant_snapshot_streams", ["pipeline", "tenant"]),
             "replicant_snapshot_streams_remaining": _family("replicant_snapshot_streams_remaining", ["pipeline", "tenant"]),
             "replicant_dead_letters": _family("replicant_dead_letters", ["pipeline", "tenant", "stream"]),
             "replicant_paused_streams": _family("replicant_paused_streams", ["pipeline"]),
@@ -82,7 +82,7 @@ class ServiceCollector:
                 fam["replicant_log_records"].add_metric([name, t, s["name"]], s["log_end_offset"])
                 fam["replicant_dead_letters"].add_metric([name, t, s["name"]], s["dead_letters"])
             for t, streams in tenants.items():
-                fam["replicant_snapshot_streams_total"].add_metric([name, t], len(streams))
+                fam["replicant_snapshot_streams"].add_metric([name, t], len(streams))
                 fam["replicant_snapshot_streams_remaining"].add_metric(
                     [name, t], sum(1 for s in streams if s["position"] is None))
             saved = store.pipeline_state(name)
