@@ -25,7 +25,7 @@ def _find(request: Request, name: str, stream: str | None, destination: str | No
 
 @router.get("", response_model=list[dict[str, Any]], summary="Dead letters, newest first")
 def list_dead_letters(request: Request, name: str, stream: str | None = Query(None), destination: str | None = Query(None),
-                      tenant: str | None = Query(None), limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+                      tenant: str | None = Query(None, min_length=1), limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
     return _find(request, name, stream, destination, tenant, limit)
 
 
@@ -33,7 +33,7 @@ def list_dead_letters(request: Request, name: str, stream: str | None = Query(No
             responses={200: {"content": {"application/x-ndjson": {}}, "description": "One dead letter per line."}},
             response_class=Response)
 def download_dead_letters(request: Request, name: str, stream: str | None = Query(None),
-                          destination: str | None = Query(None), tenant: str | None = Query(None)) -> Response:
+                          destination: str | None = Query(None), tenant: str | None = Query(None, min_length=1)) -> Response:
     letters = _find(request, name, stream, destination, tenant, None)
     body = "".join(json.dumps(x, default=str) + "\n" for x in letters)
     return Response(body, media_type="application/x-ndjson",

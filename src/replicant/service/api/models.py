@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 __all__ = ["Accepted", "PipelineDetail", "PipelineSummary", "Run", "RunDetail", "Paused", "Worker", "ServiceStatus",
            "ReplayRequest", "RunRequest", "ValidateRequest", "DeadLetterFilter", "DeadLetterResult", "ResyncResult"]
+
+
+#: The largest id or offset the API accepts (the state store's ids are 64-bit).
+MAX_ID = 2**62
 
 
 class Paused(BaseModel):
@@ -66,29 +70,29 @@ class Accepted(BaseModel):
 
 
 class RunRequest(BaseModel):
-    tenant: str | None = None
+    tenant: str | None = Field(None, min_length=1)
     follow: bool = False
 
 
 class ReplayRequest(BaseModel):
     from_start: bool = False
-    offset: int | None = Field(None, ge=0)
+    offset: int | None = Field(None, ge=0, le=MAX_ID)
     since: datetime | None = None
-    tenant: str | None = None
+    tenant: str | None = Field(None, min_length=1)
 
 
 class ValidateRequest(BaseModel):
     destination: str | None = None
     stream: str | None = None
-    tenant: str | None = None
+    tenant: str | None = Field(None, min_length=1)
     repair: bool = False
 
 
 class DeadLetterFilter(BaseModel):
-    ids: list[int] | None = None
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = None
     stream: str | None = None
     destination: str | None = None
-    tenant: str | None = None
+    tenant: str | None = Field(None, min_length=1)
 
 
 class DeadLetterResult(BaseModel):

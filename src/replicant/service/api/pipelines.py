@@ -112,18 +112,18 @@ def resume_tenant(request: Request, name: str, tenant: str) -> dict[str, Any]:
 
 
 @router.post("/{name}/streams/{stream}/pause", summary="Pause one stream: the next runs neither read nor deliver it")
-def pause_stream(request: Request, name: str, stream: str, tenant: str | None = Query(None)) -> dict[str, Any]:
+def pause_stream(request: Request, name: str, stream: str, tenant: str | None = Query(None, min_length=1)) -> dict[str, Any]:
     return _pause(request, name, True, tenant=tenant, stream=stream)
 
 
 @router.post("/{name}/streams/{stream}/resume", summary="Resume one stream")
-def resume_stream(request: Request, name: str, stream: str, tenant: str | None = Query(None)) -> dict[str, Any]:
+def resume_stream(request: Request, name: str, stream: str, tenant: str | None = Query(None, min_length=1)) -> dict[str, Any]:
     return _pause(request, name, False, tenant=tenant, stream=stream)
 
 
 @router.post("/{name}/streams/{stream}/resync", response_model=Accepted, status_code=202,
              summary="Start one stream over (as `replicant resync`), then run")
-def resync_stream(request: Request, name: str, stream: str, tenant: str | None = Query(None)) -> dict[str, Any]:
+def resync_stream(request: Request, name: str, stream: str, tenant: str | None = Query(None, min_length=1)) -> dict[str, Any]:
     service = _service(request)
     config = _config(service, name)
     if config.source.type != "pipeline":

@@ -86,7 +86,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _response(e.status_code, code, str(e.detail))
 
 
@@ -96,6 +96,7 @@ def _doc(description: str) -> dict[str, Any]:
 
 #: The error responses routes declare in the OpenAPI document.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("The body is not JSON (code `invalid_request`)."),
     404: _doc("No such pipeline, run, stream or destination (code `not_found`)."),
     409: _doc("The request cannot be done now (codes `failed`, `busy`, `unreachable`, `paused`)."),
     422: _doc("Invalid request or pipeline (codes `invalid_request`, `invalid_config`)."),
