@@ -284,3 +284,52 @@ def test_metrics_pass_promtool_and_match_the_docs(env: Env) -> None:
         pytest.skip("promtool is not installed (Debian package prometheus; .ci/run installs it)")
     check = subprocess.run([promtool, "check", "metrics"], input=r.content, capture_output=True, timeout=60)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    from .serve_proc import SRC
+
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.run([sys.executable, "-m", "replicant.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_cli_verbs_talk_to_the_service_and_resync_a_derived_stream(env: Env) -> None:
+    env.table("deriv_t", 30)
+    upstream = env.pipeline("deriv_up", ["deriv_t"], f"{{webhook: true, secret: {SECRET}}}")
+    derived = env.folder / "deriv_down.yml"
+    derived.write_text(f"""
+pipeline: deriv_down
+source: {{type: pipeline, pipeline: deriv_up.yml}}
+destinations:
+  - {{name: lake, type: duckdb, path: derived.duckdb, write: merge}}
+schedule: {{after: deriv_up}}
+""")
+    env.appears("deriv_down")
+    env.appears("deriv_up")
+    env.serve.wait_run(env.serve.post("/api/v1/pipelines/deriv_up/runs")["id"])
+    [down] = env.serve.wait_runs("deriv_down", 1)
+    assert down["status"] == "succeeded", down
+    server = f"http://127.0.0.1:{env.serve.port}"
+
+    status = _cli("status", str(upstream), "--server", server, "--json")
+    assert status.returncode == 0, status.stderr
+    assert {s["name"]: s["rows"] for s in json.loads(status.stdout)["streams"]} == {"deriv_t": 30}
+
+    with psycopg.connect(env.dst, autocommit=True) as c:
+        c.execute("DELETE FROM deriv_t")
+    replay = _cli("replay", str(upstream), "--destination", "pg", "--from-start", "--server", server)
+    assert replay.returncode == 0, replay.stderr
+    assert "30 rows delivered" in replay.stdout and env.count("deriv_t") == 30
+
+    resync = _cli("resync", str(derived), "--stream", "deriv_t", "--server", server)
+    assert resync.returncode == 0, resync.stderr + resync.stdout
+    assert "succeeded" in resync.stdout
+    latest = env.serve.get(f"/api/v1/runs/{env.serve.runs('deriv_down', status='succeeded')[0]['id']}")
+    assert latest["command"] == "resync" and latest["result"]["rows_read"] == {"deriv_t": 30}  # re-read from the start
+
+    missing = _cli("status", str(upstream), "--server", "http://127.0.0.1:9")  # nothing listens there
+    assert missing.returncode == 1 and "cannot reach the replicant service" in missing.stderr
