@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from http_receiver import Receiver
 from replicant.service.hooks import sign
 from replicant.service.metrics import METRICS
 
@@ -29,8 +30,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 class Env:
-    def __init__(self, serve: ServeProcess, src: str, dst: str) -> None:
-        self.serve, self.src, self.dst = serve, src, dst
+    def __init__(self, serve: ServeProcess, src: str, dst: str, receiver: Receiver) -> None:
+        self.serve, self.src, self.dst, self.receiver = serve, src, dst, receiver
         self.folder = serve.folder
 
     def table(self, name: str, rows: int) -> None:
@@ -74,13 +75,21 @@ def env(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     pg_server.create_database(src_name)
     pg_server.create_database(dst_name)
     folder = tmp_path_factory.mktemp("served")
-    (folder / "replicant.yml").write_text("rescan: 0.3\nlog_format: json\n")
+    receiver = Receiver().start()
+    (folder / "replicant.yml").write_text(f"""
+rescan: 0.3
+log_format: json
+notify:
+  - {{url: "{receiver.url}", format: json, events: [failure, recovery]}}
+  - {{url: "{receiver.url}?slack", format: slack}}
+""")
     serve = ServeProcess(folder, workers=2)
     serve.set_clock(BASE)
     serve.start()
     try:
-        yield Env(serve, pg_server.url(src_name), pg_server.url(dst_name))
+        yield Env(serve, pg_server.url(src_name), pg_server.url(dst_name), receiver)
     finally:
+        receiver.stop()
         code = serve.stop()
         pg_server.drop_database(src_name)
         pg_server.drop_database(dst_name)
@@ -333,3 +342,29 @@ schedule: {{after: deriv_up}}
 
     missing = _cli("status", str(upstream), "--server", "http://127.0.0.1:9")  # nothing listens there
     assert missing.returncode == 1 and "cannot reach the replicant service" in missing.stderr
+
+
+def test_failure_and_recovery_are_notified_as_json_and_slack(env: Env) -> None:
+    env.pipeline("flaky", ["flaky_t"], f"{{webhook: true, secret: {SECRET}}}")  # its table does not exist yet
+    env.appears("flaky")
+    failed = env.serve.wait_run(env.serve.post("/api/v1/pipelines/flaky/runs")["id"])
+    assert failed["status"] == "failed" and "flaky_t" in failed["error"]
+
+    def events(kind: str) -> list[tuple[str, dict]]:
+        found = []
+        for r in list(env.receiver.requests):
+            body = r.json
+            event = body.get("event") or body.get("text", "")
+            if "flaky" in json.dumps(body) and kind in event:
+                found.append(("slack" if "blocks" in body else "json", body))
+        return found
+
+    wait_for(lambda: len(events("failure")) == 2, timeout=30, what="the failure notifications")
+    [(_, as_json)] = [e for e in events("failure") if e[0] == "json"]
+    assert as_json["pipeline"] == "flaky" and as_json["run"] == failed["id"] and "flaky_t" in as_json["message"]
+    [(_, slack)] = [e for e in events("failure") if e[0] == "slack"]
+    assert slack["text"].startswith(":red_circle: replicant failure: flaky")
+    env.table("flaky_t", 3)
+    ok = env.serve.wait_run(env.serve.post("/api/v1/pipelines/flaky/runs")["id"])
+    assert ok["status"] == "succeeded"
+    wait_for(lambda: len(events("recovery")) == 2, timeout=30, what="the recovery notifications")

@@ -53,7 +53,7 @@ class Notifier:
         if entry["status"] == "failed":
             self._failing.add(key)
             self.send("failure", entry["pipeline"], tenant=entry["tenant"], run=entry["id"],
-                      message=(entry.get("error") or "the run failed").splitlines()[0])
+                      message=" ".join((entry.get("error") or "the run failed").split())[:1000])
         elif entry["status"] == "succeeded" and key in self._failing:
             self._failing.discard(key)
             self.send("recovery", entry["pipeline"], tenant=entry["tenant"], run=entry["id"], message="the run succeeded again")
