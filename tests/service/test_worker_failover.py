@@ -37,7 +37,22 @@ def source(pg_server) -> Iterator[str]:
         pg_server.drop_database(name)
 
 
-def test_a_killed_workers_run_is_resumed_by_another_within_the_lease(tmp_path: Path, source: str) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_args(request: pytest.FixtureRequest, pg_server) -> Iterator[list[str]]:
+    """The service's state store: SQLite on this machine, or PostgreSQL (claims FOR UPDATE SKIP LOCKED)."""
+    if request.param == "sqlite":
+        yield []
+        return
+    name = f"failover_state_{uuid.uuid4().hex[:8]}"
+    pg_server.create_database(name)
+    try:
+        yield ["--state", pg_server.url(name)]
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_a_killed_workers_run_is_resumed_by_another_within_the_lease(tmp_path: Path, source: str,
+                                                                    state_args: list[str]) -> None:
     (tmp_path / "sync.yml").write_text(f"""
 pipeline: big
 source:
@@ -50,7 +65,7 @@ destinations:
   - {{name: lake, type: duckdb, path: lake.duckdb, write: append}}
 schedule: {{webhook: true, secret: whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0}}
 """)
-    serve = ServeProcess(tmp_path, workers=2, lease=f"{LEASE}s").start()
+    serve = ServeProcess(tmp_path, workers=2, lease=f"{LEASE}s", extra=state_args).start()
     try:
         run_id = serve.post("/api/v1/pipelines/big/runs")["id"]
 
