@@ -310,12 +310,12 @@ def test_cli_verbs_talk_to_the_service_and_resync_a_derived_stream(env: Env) -> 
     env.table("deriv_t", 30)
     upstream = env.pipeline("deriv_up", ["deriv_t"], f"{{webhook: true, secret: {SECRET}}}")
     derived = env.folder / "deriv_down.yml"
-    derived.write_text(f"""
+    derived.write_text("""
 pipeline: deriv_down
-source: {{type: pipeline, pipeline: deriv_up.yml}}
+source: {type: pipeline, pipeline: deriv_up.yml}
 destinations:
-  - {{name: lake, type: duckdb, path: derived.duckdb, write: merge}}
-schedule: {{after: deriv_up}}
+  - {name: lake, type: duckdb, path: derived.duckdb, write: merge}
+schedule: {after: deriv_up}
 """)
     env.appears("deriv_down")
     env.appears("deriv_up")

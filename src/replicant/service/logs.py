@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from replicant.errors import redact
 
@@ -26,8 +26,7 @@ class RunContext(logging.Filter):
     """Adds the current run's pipeline, tenant and entry id to every record of this process
     (a worker runs one entry at a time; the engine's threads log without a context of their own)."""
 
-    current: dict[str, Any] = {}
-    _lock = threading.Lock()
+    current: ClassVar[dict[str, Any]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key in ("pipeline", "tenant", "run"):

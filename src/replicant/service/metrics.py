@@ -39,7 +39,7 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def _family(name: str, labels: list[str]) -> Metric:
+def _family(name: str, labels: list[str]) -> GaugeMetricFamily | CounterMetricFamily:
     kind, text = METRICS[name]
     if kind == "counter":
         return CounterMetricFamily(name, text, labels=labels)
@@ -123,5 +123,5 @@ class ServiceCollector:
 def render(service: Any) -> bytes:
     """The metrics in Prometheus' text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(service))  # type: ignore[arg-type]
+    registry.register(ServiceCollector(service))
     return generate_latest(registry)

@@ -73,7 +73,7 @@ class ScheduleConfig(BaseModel):
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
         if v is not None:
-            from croniter import croniter
+            from croniter import croniter  # type: ignore[import-untyped]
 
             if not croniter.is_valid(v):
                 raise ValueError(f"{v!r} is not a cron expression (minute hour day month weekday)")
@@ -94,7 +94,7 @@ class ScheduleConfig(BaseModel):
     def _webhook_secret(self) -> ScheduleConfig:
         if self.webhook and not self.secret:
             raise ValueError("webhook: true needs `secret:` (a Standard Webhooks key, whsec_…, by reference)")
-        if self.every is not None and self.every <= 0:
+        if self.every is not None and float(self.every) <= 0:
             raise ValueError("every must be positive")
         return self
 

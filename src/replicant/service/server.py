@@ -121,6 +121,8 @@ class Service:
         from replicant.engine import Engine
 
         for name, entry in list(self.catalog.pipelines.items()):
+            if entry.config is None:
+                continue
             facts = Engine(entry.config).source_facts()
             retained = next((v for k, v in facts.items() if "retained" in k and isinstance(v, int)), None)
             if retained is None:

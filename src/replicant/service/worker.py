@@ -30,6 +30,7 @@ from typing import Any
 
 from replicant.engine import Engine
 from replicant.errors import FencedError, ReplicantError
+from replicant.replay import ReplayStart
 from replicant.service.catalog import for_service
 from replicant.service.logs import run_log
 from replicant.service.settings import ServiceSettings
@@ -161,7 +162,7 @@ def _execute(entry: dict[str, Any], settings: ServiceSettings, state: Any, stop:
         result = engine.run(follow=command == "follow")
     elif command == "replay":
         since = datetime.fromisoformat(params["since"]) if params.get("since") else None
-        start = "since" if since else "offset" if params.get("offset") is not None else "start"
+        start: ReplayStart = "since" if since else "offset" if params.get("offset") is not None else "start"
         result = engine.replay(params["destination"], start=start, offset=params.get("offset"), since=since)
     elif command == "resync":
         from replicant.sources.pipeline import resync_stream

@@ -39,7 +39,10 @@ class QueueMixin:
     _insert: Callable[[sa.Table], Any]
     _upsert: Callable[[sa.Table, dict[str, Any]], Any]
     _begin: Callable[..., AbstractContextManager[Connection]]
-    dialect: str
+
+    @property
+    def dialect(self) -> str:  # the store's own property wins (StateStore is first in the MRO)
+        raise NotImplementedError
 
     # -- queue ---------------------------------------------------------------------------
 

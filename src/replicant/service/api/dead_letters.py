@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response
@@ -42,7 +42,7 @@ def download_dead_letters(request: Request, name: str, stream: str | None = Quer
 
 @router.post("/retry", response_model=Accepted, status_code=202,
              summary="Send dead letters again, as a run (as `replicant dead-letters retry`)")
-def retry_dead_letters(request: Request, name: str, body: DeadLetterFilter | None = Body(None)) -> dict[str, Any]:
+def retry_dead_letters(request: Request, name: str, body: Annotated[DeadLetterFilter | None, Body()] = None) -> dict[str, Any]:
     service = request.app.state.service
     _config(service, name)
     params = (body or DeadLetterFilter()).model_dump()
@@ -52,7 +52,7 @@ def retry_dead_letters(request: Request, name: str, body: DeadLetterFilter | Non
 
 
 @router.post("/discard", response_model=DeadLetterResult, summary="Delete dead letters (no filter: every one)")
-def discard_dead_letters(request: Request, name: str, body: DeadLetterFilter | None = Body(None)) -> dict[str, Any]:
+def discard_dead_letters(request: Request, name: str, body: Annotated[DeadLetterFilter | None, Body()] = None) -> dict[str, Any]:
     service = request.app.state.service
     _config(service, name)
     f = body or DeadLetterFilter()

@@ -70,7 +70,7 @@ class Accepted(BaseModel):
 
 
 class RunRequest(BaseModel):
-    tenant: str | None = Field(None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
     follow: bool = False
 
 
@@ -78,13 +78,13 @@ class ReplayRequest(BaseModel):
     from_start: bool = False
     offset: int | None = Field(None, ge=0, le=MAX_ID)
     since: datetime | None = None
-    tenant: str | None = Field(None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
 
 
 class ValidateRequest(BaseModel):
     destination: str | None = None
     stream: str | None = None
-    tenant: str | None = Field(None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
     repair: bool = False
 
 
@@ -92,7 +92,7 @@ class DeadLetterFilter(BaseModel):
     ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = None
     stream: str | None = None
     destination: str | None = None
-    tenant: str | None = Field(None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
 
 
 class DeadLetterResult(BaseModel):

@@ -52,7 +52,7 @@ async def authorize(request: Request) -> None:
     :data:`PERMISSIONS` and asks the service's authorizer (default: allow)."""
     route = request.scope.get("route")
     name = getattr(route, "name", None)
-    role = PERMISSIONS[name] if name in PERMISSIONS else "admin"  # an unlisted route needs the most
+    role = PERMISSIONS.get(str(name), "admin")  # an unlisted route needs the most
     request.state.required_role = role
     authorizer = getattr(request.app.state, "authorizer", None)
     if authorizer is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
@@ -11,7 +11,6 @@ from replicant.service.api.models import (
     PipelineDetail,
     PipelineSummary,
     ReplayRequest,
-    ResyncResult,
     RunRequest,
     ValidateRequest,
 )
@@ -62,9 +61,9 @@ def get_pipeline(request: Request, name: str) -> dict[str, Any]:
     config = _config(service, name)
     detail = {**_summary(service, name), **describe(config)}
     status = service.status(config)
-    detail["streams"] = [{k: v for k, v in s.items()} for s in status["streams"]]
+    detail["streams"] = [dict(s) for s in status["streams"]]
     detail["tenants"] = service.store.tenants(name)
-    detail["pauses"] = [c for c in service.store.paused_controls(name)]
+    detail["pauses"] = list(service.store.paused_controls(name))
     detail["runs"] = service.store.runs(name, limit=10)
     return detail
 
@@ -76,7 +75,7 @@ def pipeline_status(request: Request, name: str) -> dict[str, Any]:
 
 
 @router.post("/{name}/runs", response_model=Accepted, status_code=202, summary="Trigger a run (at most one more is queued)")
-def trigger_run(request: Request, name: str, body: RunRequest | None = Body(None)) -> dict[str, Any]:
+def trigger_run(request: Request, name: str, body: Annotated[RunRequest | None, Body()] = None) -> dict[str, Any]:
     service = _service(request)
     _config(service, name)
     body = body or RunRequest()
@@ -150,7 +149,7 @@ def replay_destination(request: Request, name: str, destination: str, body: Repl
 
 @router.post("/{name}/validate", response_model=Accepted, status_code=202,
              summary="Validate destinations against the source, as a run (as `replicant validate`)")
-def validate_pipeline(request: Request, name: str, body: ValidateRequest | None = Body(None)) -> dict[str, Any]:
+def validate_pipeline(request: Request, name: str, body: Annotated[ValidateRequest | None, Body()] = None) -> dict[str, Any]:
     service = _service(request)
     _config(service, name)
     body = body or ValidateRequest()
