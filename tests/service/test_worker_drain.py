@@ -41,9 +41,9 @@ def source(pg_server) -> Iterator[str]:
 
 def worker(folder: Path, state: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": SRC, "REPLICANT_STATE": state}
-    log = (folder / "worker.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "replicant.cli", "worker", "--dir", str(folder), "--lease", "60s"],
-                            stdout=log, stderr=log, env=env)
+    with (folder / "worker.log").open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "replicant.cli", "worker", "--dir", str(folder), "--lease", "60s"],
+                                stdout=log, stderr=log, env=env)
 
 
 def test_sigterm_puts_the_run_back_and_releases_the_lease(tmp_path: Path, source: str) -> None:
