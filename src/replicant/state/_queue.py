@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from replicant.state.schema import runs
 from replicant.state.service_tables import controls, hook_ids, queue, schedules, workers
 
 __all__ = ["FINAL", "QueueMixin"]
@@ -208,6 +209,13 @@ class QueueMixin:
         with self._begin() as conn:
             return [_entry(r) for r in conn.execute(query).mappings()]
 
+    def last_runs(self) -> dict[str, dict[str, Any]]:
+        """Every pipeline's most recent run (as :meth:`StateStore.runs` gives them), in one query."""
+        latest = sa.select(sa.func.max(runs.c.id)).group_by(runs.c.pipeline).scalar_subquery()
+        with self._begin() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.id.in_(latest))).mappings().all()
+        return {row["pipeline"]: {**row, "tenant": row["tenant"] or None} for row in rows}
+
     # -- pauses ----------------------------------------------------------------------------
 
     def set_paused(self, pipeline: str, paused: bool, *, tenant: str | None = None, stream: str | None = None) -> None:
@@ -238,6 +246,12 @@ class QueueMixin:
         if row is None:
             return {"next_due": None, "last_fired": None, "seen": None, "failures": 0}
         return {**row, "seen": None if row["seen"] is None else json.loads(row["seen"])}
+
+    def schedule_states(self) -> dict[str, dict[str, Any]]:
+        """:meth:`schedule_state` of every pipeline that has one, in one query."""
+        with self._begin() as conn:
+            rows = conn.execute(sa.select(schedules)).mappings().all()
+        return {r["pipeline"]: {**r, "seen": None if r["seen"] is None else json.loads(r["seen"])} for r in rows}
 
     def save_schedule_state(self, pipeline: str, **values: Any) -> None:
         """Updates the given keys of :meth:`schedule_state` (``seen`` is encoded as JSON)."""

@@ -34,23 +34,33 @@ def _config(service: Any, name: str) -> Any:
     return entry.config
 
 
-def _summary(service: Any, name: str) -> dict[str, Any]:
+def _summary(service: Any, name: str, *, controls: list[dict[str, Any]] | None = None,
+             state: dict[str, Any] | None = None, last_run: Any = ...) -> dict[str, Any]:
+    """One pipeline's summary; ``controls``, ``state`` and ``last_run`` when the caller read
+    them for every pipeline at once."""
     entry = service.catalog.pipelines[name]
     schedule = describe(entry.config)["schedule"]
-    controls = service.store.paused_controls(name)
-    state = service.store.schedule_state(name)
+    controls = service.store.paused_controls(name) if controls is None else controls
+    state = service.store.schedule_state(name) if state is None else state
     return {
         "name": name, "path": str(entry.path), "schedule": schedule,
-        "next_run": state["next_due"] if entry.config.schedule and entry.config.schedule.timed else None,
+        "next_run": state.get("next_due") if entry.config.schedule and entry.config.schedule.timed else None,
         "paused": any(c["tenant"] is None and c["stream"] is None for c in controls),
-        "last_run": service.store.last_run(name),
+        "last_run": service.store.last_run(name) if last_run is ... else last_run,
     }
 
 
 @router.get("", response_model=list[PipelineSummary], summary="Every pipeline, and the files with errors")
 def list_pipelines(request: Request) -> list[dict[str, Any]]:
     service = _service(request)
-    found = [_summary(service, name) for name in sorted(service.catalog.pipelines)]
+    store = service.store
+    controls: dict[str, list[dict[str, Any]]] = {}
+    for c in store.paused_controls():
+        controls.setdefault(c["pipeline"], []).append(c)
+    states = store.schedule_states()
+    last = store.last_runs()
+    found = [_summary(service, name, controls=controls.get(name, []), state=states.get(name, {}), last_run=last.get(name))
+             for name in sorted(service.catalog.pipelines)]
     found += [{"name": b.name, "path": str(b.path), "error": b.error} for b in service.catalog.broken.values()]
     return found
 
