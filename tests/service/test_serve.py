@@ -285,6 +285,8 @@ def test_metrics_pass_promtool_and_match_the_docs(env: Env) -> None:
     assert 'replicant_rows_read_total{pipeline="metered",stream="metrics_t",tenant=""} 7.0' in text
     assert 'replicant_rows_written_total{destination="pg",pipeline="metered",stream="metrics_t",tenant=""} 7.0' in text
     assert 'replicant_workers 2.0' in text
+    log_bytes = [line for line in text.splitlines() if line.startswith('replicant_log_bytes{pipeline="metered"')]
+    assert len(log_bytes) == 1 and float(log_bytes[0].rsplit(" ", 1)[1]) > 0
     documented = (DOCS / "metrics.md").read_text()
     for name in METRICS:
         assert f"`{name}" in documented, f"{name} is not in docs/metrics.md"

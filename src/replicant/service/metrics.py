@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,6 +23,7 @@ __all__ = ["METRICS", "ServiceCollector", "render"]
 METRICS: dict[str, tuple[str, str]] = {
     "replicant_rows_read": ("counter", "Rows read from the source into the staging log, per stream."),
     "replicant_rows_written": ("counter", "Rows applied to a destination, per stream, by the service's runs."),
+    "replicant_log_bytes": ("gauge", "Bytes the staging log keeps on local disk, per log stream (local logs only)."),
     "replicant_log_records": ("gauge", "Records the staging log holds up to its end offset, per stream."),
     "replicant_lag_records": ("gauge", "Log records a destination has still to apply (Debezium: QueueRemainingCapacity's dual)."),
     "replicant_lag_seconds": ("gauge", "Seconds since a lagging destination last applied a record (0 when caught up)."),
@@ -60,6 +62,7 @@ class ServiceCollector:
             "replicant_rows_read": _family("replicant_rows_read", ["pipeline", "tenant", "stream"]),
             "replicant_rows_written": _family("replicant_rows_written", ["pipeline", "tenant", "destination", "stream"]),
             "replicant_log_records": _family("replicant_log_records", ["pipeline", "tenant", "stream"]),
+            "replicant_log_bytes": _family("replicant_log_bytes", ["pipeline", "stream"]),
             "replicant_lag_records": _family("replicant_lag_records", ["pipeline", "tenant", "destination", "stream"]),
             "replicant_lag_seconds": _family("replicant_lag_seconds", ["pipeline", "tenant", "destination", "stream"]),
             "replicant_snapshot_streams": _family("replicant_snapshot_streams", ["pipeline", "tenant"]),
@@ -99,6 +102,8 @@ class ServiceCollector:
                 fam["replicant_lag_seconds"].add_metric(labels, max(since, 0.0))
                 paused += 1 if d.get("paused") else 0
             fam["replicant_paused_streams"].add_metric([name], paused)
+            for stream, size in sorted(_log_bytes(entry.config).items()):
+                fam["replicant_log_bytes"].add_metric([name, stream], size)
             for tenant, wal in service.slot_facts(name).items():
                 fam["replicant_replication_slot_retained_wal_bytes"].add_metric([name, tenant or ""], wal)
             last_ok = next((r for r in store.runs(name, limit=50) if r["status"] == "succeeded"), None)
@@ -118,6 +123,24 @@ class ServiceCollector:
         pipelines.add_metric(["error"], len(service.catalog.broken))
         yield from fam.values()
         yield from (runs, depth, workers, pipelines)
+
+
+def _log_bytes(config: Any) -> dict[str, int]:
+    """Bytes per log stream of a local staging log (``streams/NAME/…`` under its folder)."""
+    from replicant import runtime
+
+    location = runtime.log_location(config)
+    streams = Path(location) / "streams"
+    if "://" in location or not streams.is_dir():
+        return {}
+    from replicant.log.files import decode_stream
+
+    sizes: dict[str, int] = {}
+    for folder in streams.iterdir():
+        name = decode_stream(folder) if folder.is_dir() else None
+        if name is not None:
+            sizes[name] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return sizes
 
 
 def render(service: Any) -> bytes:
