@@ -183,3 +183,46 @@ def test_a_paused_pipeline_is_not_scheduled(folder: Path, store: StateStore, clo
     assert s.tick() == []
     store.set_paused("p", False)
     assert len(s.tick()) == 1
+
+
+def _pending_source() -> type:
+    """The toy Arrow-folder source with ``pending()``: the seam ``on: file`` asks when no
+    ``path`` is given (the files source implements it)."""
+    from sources.toy import ArrowFolderSource
+
+    class PendingArrowSource(ArrowFolderSource):
+        seen: set[str] = set()
+
+        def pending(self) -> bool:
+            names = {p.name for p in self._folder().glob("*.arrow")}
+            new = names - PendingArrowSource.seen
+            PendingArrowSource.seen |= names
+            return bool(new)
+
+    return PendingArrowSource
+
+
+def test_on_file_asks_a_source_that_lists_its_input(folder: Path, store: StateStore, clock: Clock,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    from replicant import registry
+
+    cls = _pending_source()
+    monkeypatch.setitem(registry.SOURCES, "arrow_pending", f"{__name__}:_PENDING")
+    monkeypatch.setitem(globals(), "_PENDING", cls)
+    drop = folder / "drop"
+    drop.mkdir()
+    (folder / "p.yml").write_text(f"""
+pipeline: p
+source: {{type: arrow_pending, folder: "{drop}"}}
+destinations: [{{name: w, type: duckdb}}]
+schedule: {{on: file}}
+""")
+    s = scheduler(folder, store, clock)
+    assert s.tick() == []
+    with pa.ipc.new_file(drop / "orders.arrow", pa.schema([("id", pa.int64())])) as w:
+        w.write_table(pa.table({"id": [1, 2]}))
+    assert len(s.tick()) == 1
+    finish(store)
+    assert s.tick() == []
