@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -191,7 +192,7 @@ def _pending_source() -> type:
     from sources.toy import ArrowFolderSource
 
     class PendingArrowSource(ArrowFolderSource):
-        seen: set[str] = set()
+        seen: ClassVar[set[str]] = set()
 
         def pending(self) -> bool:
             names = {p.name for p in self._folder().glob("*.arrow")}
