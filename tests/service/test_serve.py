@@ -370,3 +370,30 @@ def test_failure_and_recovery_are_notified_as_json_and_slack(env: Env) -> None:
     ok = env.serve.wait_run(env.serve.post("/api/v1/pipelines/flaky/runs")["id"])
     assert ok["status"] == "succeeded"
     wait_for(lambda: len(events("recovery")) == 2, timeout=30, what="the recovery notifications")
+
+
+def test_a_mariadb_source_runs_in_the_service(env: Env, mysql_server) -> None:
+    name = f"serve_maria_{uuid.uuid4().hex[:8]}"
+    mysql_server.create_database(name)
+    try:
+        with mysql_server.connect(name) as c, c.cursor() as cur:
+            cur.execute("CREATE TABLE maria_t (id INT PRIMARY KEY, v VARCHAR(40) NOT NULL)")
+            cur.executemany("INSERT INTO maria_t VALUES (%s, %s)", [(i, f"v{i}") for i in range(1, 251)])
+            c.commit()
+        (env.folder / "maria.yml").write_text(f"""
+pipeline: maria
+source:
+  type: mariadb
+  url: {mysql_server.url(name)}
+  streams: [{{table: maria_t, mode: cursor, cursor: id}}]
+destinations:
+  - {{name: pg, type: postgres, url: "{env.dst}", write: merge}}
+schedule: {{webhook: true, secret: {SECRET}}}
+""")
+        env.appears("maria")
+        run = env.serve.wait_run(env.serve.post("/api/v1/pipelines/maria/runs")["id"])
+        assert run["status"] == "succeeded", run
+        assert run["result"]["rows_read"] == {"maria_t": 250} and env.count("maria_t") == 250
+    finally:
+        (env.folder / "maria.yml").unlink(missing_ok=True)
+        mysql_server.drop_database(name)

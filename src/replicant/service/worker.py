@@ -110,6 +110,10 @@ def run_entry(store: Any, entry: dict[str, Any], settings: ServiceSettings, owne
             if renewed["cancel"]:
                 cancelled.set()
                 stop.set()
+            try:  # the worker registry too: a worker busy with a long run is still live
+                store.worker_beat(owner, host=socket.gethostname(), pid=os.getpid(), entry=entry["id"])
+            except ReplicantError as e:
+                log.warning("entry %d: worker heartbeat failed: %s", entry["id"], e)
 
     beat = threading.Thread(target=heartbeat, name=f"lease-{entry['id']}", daemon=True)
     beat.start()
