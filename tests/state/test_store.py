@@ -90,6 +90,12 @@ def test_open_creates_prefixed_tables_and_reopen_is_idempotent(store_url: str) -
         "replicant_dead_letters",
         "replicant_leases",
         "replicant_paused",
+        # the service's (state/service_tables.py)
+        "replicant_queue",
+        "replicant_schedules",
+        "replicant_controls",
+        "replicant_workers",
+        "replicant_hook_ids",
     }
     assert sorted(versions) == list(range(1, LATEST + 1))
 
