@@ -93,7 +93,7 @@ class ScheduleConfig(BaseModel):
     @model_validator(mode="after")
     def _webhook_secret(self) -> ScheduleConfig:
         if self.webhook and not self.secret:
-            raise ValueError("webhook: true needs `secret:` (a Standard Webhooks key, whsec_…, by reference)")
+            raise ValueError("webhook: true needs `schedule.secret` (a Standard Webhooks key, whsec_…, by reference)")
         if self.every is not None and float(self.every) <= 0:
             raise ValueError("every must be positive")
         return self

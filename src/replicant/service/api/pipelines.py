@@ -158,7 +158,7 @@ def replay_destination(request: Request, name: str, destination: str, body: Repl
 
 
 @router.post("/{name}/validate", response_model=Accepted, status_code=202,
-             summary="Validate destinations against the source, as a run (as `replicant validate`)")
+             summary="Validate destinations against the source (replicant validate), as a run")
 def validate_pipeline(request: Request, name: str, body: Annotated[ValidateRequest | None, Body()] = None) -> dict[str, Any]:
     service = _service(request)
     _config(service, name)
