@@ -146,3 +146,17 @@ def test_webhook_ids_are_remembered(store: StateStore, clock: Clock) -> None:
     assert store.remember_hook_id("q", "msg_1", keep_seconds=600)  # per pipeline
     clock.advance(601)
     assert store.remember_hook_id("p", "msg_1", keep_seconds=600)  # forgotten once stale (its timestamp is refused anyway)
+
+
+def test_a_paused_tenant_waits_while_the_others_run(store: StateStore) -> None:
+    acme, _ = store.enqueue("p", "/p.yml", tenant="acme", concurrency=3)
+    globex, _ = store.enqueue("p", "/p.yml", tenant="globex", concurrency=3)
+    store.set_paused("p", True, tenant="acme")
+    store.set_paused("p", True, tenant="globex", stream="orders")  # a stream pause does not hold the run back
+    assert sorted((c["tenant"], c["stream"]) for c in store.paused_controls("p")) == [("acme", None), ("globex", "orders")]
+    claimed = store.claim("w1", 10)
+    assert claimed is not None and claimed["id"] == globex
+    assert store.claim("w2", 10) is None
+    store.set_paused("p", False, tenant="acme")
+    again = store.claim("w2", 10)
+    assert again is not None and again["id"] == acme
