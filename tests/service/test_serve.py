@@ -47,6 +47,13 @@ class Env:
         with psycopg.connect(url or self.dst) as c:
             return int(c.execute(f"SELECT count(*) FROM {name}").fetchone()[0])  # type: ignore[index]
 
+    def count_or_none(self, name: str) -> int | None:
+        """The destination table's rows, or None while the first delivery has not created it."""
+        try:
+            return self.count(name)
+        except psycopg.errors.UndefinedTable:
+            return None
+
     def pipeline(self, name: str, tables: list[str], schedule: str, mode: str = "cursor") -> Path:
         streams = "".join(f"\n    - {{table: {t}, mode: {mode}, cursor: id}}" if mode == "cursor" else f"\n    - {t}"
                           for t in tables)
@@ -397,3 +404,21 @@ schedule: {{webhook: true, secret: {SECRET}}}
     finally:
         (env.folder / "maria.yml").unlink(missing_ok=True)
         mysql_server.drop_database(name)
+
+
+def test_follow_streams_continuously_and_pause_then_cancel_stops_it(env: Env) -> None:
+    env.table("follow_t", 10)
+    env.pipeline("follower", ["follow_t"], "{follow: true}")
+    env.appears("follower")
+    run = wait_for(lambda: next((r for r in env.serve.runs("follower") if r["status"] == "running"), None),
+                   timeout=60, what="the follow run")
+    assert run["command"] == "follow" and run["trigger"] == "follow"
+    wait_for(lambda: env.count_or_none("follow_t") == 10, timeout=60, what="the initial rows")
+    env.insert("follow_t", 11, 15)
+    wait_for(lambda: env.count("follow_t") == 15, timeout=60, what="the new rows, streamed")
+    assert env.serve.get(f"/api/v1/runs/{run['id']}")["status"] == "running"  # one run, still going
+    env.serve.post("/api/v1/pipelines/follower/pause", expect=200)  # else the scheduler restarts it
+    env.serve.post(f"/api/v1/runs/{run['id']}/cancel", expect=200)
+    assert env.serve.wait_run(run["id"], timeout=60)["status"] == "cancelled"
+    time.sleep(1.0)
+    assert [r["status"] for r in env.serve.runs("follower")] == ["cancelled"]
