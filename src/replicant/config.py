@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from replicant.config_values import normalize_url, parse_duration, parse_size, sqlite_url_against
 from replicant.errors import ConfigError
 from replicant.secrets import Secret, reference_problems, resolve
+from replicant.service.schedule import ScheduleConfig
 from replicant.tenants.config import TenantConfig, check_tenants
 from replicant.transforms.placement import check as transform_problems
 from replicant.yaml_load import load_yaml
@@ -288,6 +289,7 @@ class PipelineConfig(_Model):
     parallelism: int | None = Field(
         None, gt=0, description="Streams read at once (default: the number of cores, at least 2)."
     )
+    schedule: ScheduleConfig | None = Field(None, description="When `replicant serve` runs it (docs/service.md).")
     base_dir: Path = Field(Path("."), exclude=True, description="Folder of the pipeline file (set by `load`).")
 
     @model_validator(mode="after")
@@ -316,7 +318,7 @@ def _repeated_names(names: list[Any]) -> str | None:
 #: are checked at load time but kept, and resolved when a connector reads the value. A field
 #: under one of these keys must be typed :class:`~replicant.secrets.Secret` (or be resolved
 #: with :func:`~replicant.secrets.resolve_all` when used), or it would see the reference.
-SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer", "key"})
+SECRET_KEYS = frozenset({"url", "state", "auth", "headers", "storage_options", "password", "token", "bearer", "key", "secret"})
 
 
 def _substitute(

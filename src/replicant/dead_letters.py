@@ -232,3 +232,64 @@ def stream_in_log(config: Any, lg: Any, name: str, tenant: str | None) -> Stream
         return None
     return log_stream(config, name, data_schema(schemas[-1]), tenant=tenant)
 
+
+
+def retry_pipeline(config: Any, *, ids: list[int] | None = None, stream: str | None = None,
+                   destination: str | None = None, tenant: str | None = None) -> tuple[RetryReport, list[dict[str, Any]]]:
+    """``replicant dead-letters retry`` (and the service's retry): re-sends the pipeline's dead
+    letters chosen by ``ids``/``stream``/``destination``/``tenant`` (``tenant`` None: every
+    tenant's), each destination's through its own ``transforms:``. Holds the staging log's
+    writer lock meanwhile, so no run delivers at the same time.
+
+    Returns:
+        the report and the letters that were chosen.
+    """
+    from replicant import runtime
+    from replicant.registry import destination_class
+    from replicant.state import ALL_TENANTS
+
+    names = [d.name for d in config.destinations]
+
+    def destination_for(name: str, context: Any) -> Any:
+        config.destination(name)  # a ConfigError naming the known ones
+        index = names.index(name)
+        dcfg = runtime.resolve_destination_config(config, config.destinations[index], index)
+        return destination_class(dcfg.type, index)(dcfg, context)
+
+    with runtime.open_state(config) as state:
+        letters = state.find_dead_letters(config.pipeline, ids=ids, stream=stream, destination=destination,
+                                          tenant=ALL_TENANTS if tenant is None else tenant)
+        lg = runtime.open_pipeline_log(config)  # the writer lock: no run delivers meanwhile
+        try:
+            report = RetryReport()
+            # per destination: its letters hold rows as its transforms made them, so each is
+            # rebuilt in the stream as that destination sees it
+            for dest_name in dict.fromkeys(x["destination"] for x in letters):
+                part = retry(
+                    [x for x in letters if x["destination"] == dest_name],
+                    stream_for=_stream_for(config, lg, dest_name), destination_for=destination_for,
+                    pipeline=config.pipeline, on_accepted=lambda i: state.discard_dead_letters(config.pipeline, ids=[i]),
+                    on_rejected=lambda i, why: state.rejected_again(config.pipeline, i, why),
+                )
+                report.accepted += part.accepted
+                report.rejected.update(part.rejected)
+                report.skipped += part.skipped
+                report.errors += part.errors
+        finally:
+            lg.close()
+    return report, letters
+
+
+def _stream_for(config: Any, lg: Any, dest_name: str | None) -> Callable[[str, str | None], Stream | None]:
+    """``(stream, tenant)`` → the stream in the log's newest schema, as destination
+    ``dest_name`` sees it through its ``transforms:`` (None: not in the log)."""
+    from replicant.transforms.placement import at_destination
+
+    names = [d.name for d in config.destinations]
+    chain = at_destination(config.destinations[names.index(dest_name)], names.index(dest_name)) if dest_name in names else None
+
+    def stream_for(name: str, tenant: str | None) -> Stream | None:
+        found = stream_in_log(config, lg, name, tenant)
+        return chain.output_stream(found) if chain and found is not None else found
+
+    return stream_for

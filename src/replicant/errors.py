@@ -8,6 +8,7 @@ Branch by what the caller should do::
     ├── RetriableError       transient: retry with back-off (a mix-in, so a driver error keeps its kind)
     │   └── DiskFullError    the staging log's or state store's disk is full: wait for space, retry
     ├── FatalError           stop this stream, keep others running, say what to do
+    │   └── FencedError      a worker lost its run's lease: its state writes are refused
     ├── RecordError          one bad record: goes to the dead-letter store with its origin
     └── SchemaDriftError     a change the destination cannot absorb
 
@@ -27,6 +28,7 @@ __all__ = [
     "retry_delay",
     "DiskFullError",
     "FatalError",
+    "FencedError",
     "RecordError",
     "SchemaDriftError",
     "redact",
@@ -112,6 +114,11 @@ def retry_delay(failures: int, *, most: float = 30.0) -> float:
 
 class FatalError(ReplicantError):
     """Stop this stream (others keep running); the message says what to do."""
+
+
+class FencedError(FatalError):
+    """A worker's lease of a run was taken over (it was presumed dead): the state store refuses
+    its checkpoint, offset and run writes, so only the new owner moves the run on."""
 
 
 class RecordError(ReplicantError):

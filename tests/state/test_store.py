@@ -92,6 +92,12 @@ def test_open_creates_prefixed_tables_and_reopen_is_idempotent(store_url: str) -
         "replicant_paused",
         "replicant_validations",
         "replicant_files_seen",
+        # the service's (state/service_tables.py)
+        "replicant_queue",
+        "replicant_schedules",
+        "replicant_controls",
+        "replicant_workers",
+        "replicant_hook_ids",
     }
     assert sorted(versions) == list(range(1, LATEST + 1))
 

@@ -8,7 +8,7 @@ stream, rows and position, and per destination the applied offset, lag and dead 
 TIME)`` re-delivers from the staging log. ``replicant cdc install|uninstall PIPELINE.yml``
 creates or removes what ``trigger`` and ``log`` streams need at the source.
 ``replicant dead-letters list|show|retry|discard PIPELINE.yml`` handles rejected records.
-from replicant.cli import cdc, dead_letters, decrypt, resync, run, status  # noqa: F401 - each registers its commands on the app
+from replicant.cli import cdc, dead_letters, decrypt, resync, run, serve, status  # noqa: F401 - each registers its commands on the app
 from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from replicant.cli import cdc, dead_letters, decrypt, resync, run, status, tenant, validate  # noqa: F401 - each registers its commands
+from replicant.cli import cdc, dead_letters, decrypt, resync, run, serve, status, tenant, validate  # noqa: F401 - each registers its commands
 from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERNAL", "app", "main"]

@@ -150,10 +150,7 @@ def retry(pipeline: Pipeline, ids: Ids = None, everything: Everything = False, d
     """Sends dead letters to their destination again: accepted ones are removed, rejected ones
     stay with the new reason and one more attempt."""
     from replicant import runtime
-    from replicant.dead_letters import RetryReport, stream_in_log
-    from replicant.dead_letters import retry as retry_letters
-    from replicant.registry import destination_class
-    from replicant.state import ALL_TENANTS
+    from replicant.dead_letters import retry_pipeline
 
     try:
         cfg = _load(pipeline)
@@ -161,35 +158,7 @@ def retry(pipeline: Pipeline, ids: Ids = None, everything: Everything = False, d
         if not runtime.state_exists(cfg):
             out.print(f"no dead letters in {cfg.pipeline}", markup=False)
             return
-        names = [d.name for d in cfg.destinations]
-
-        def destination_for(name: str, context: Any) -> Any:
-            cfg.destination(name)  # a ConfigError naming the known ones
-            index = names.index(name)
-            dcfg = runtime.resolve_destination_config(cfg, cfg.destinations[index], index)
-            return destination_class(dcfg.type, index)(dcfg, context)
-
-        with runtime.open_state(cfg) as state:
-            letters = state.find_dead_letters(cfg.pipeline, ids=chosen, stream=stream, destination=destination,
-                                              tenant=ALL_TENANTS if tenant is None else tenant)
-            lg = runtime.open_pipeline_log(cfg)  # the writer lock: no run delivers meanwhile
-            try:
-                report = RetryReport()
-                # per destination: its letters hold rows as its transforms made them, so each is
-                # rebuilt in the stream as that destination sees it
-                for dest_name in dict.fromkeys(x["destination"] for x in letters):
-                    part = retry_letters(
-                        [x for x in letters if x["destination"] == dest_name],
-                        stream_for=_stream_for(cfg, lg, dest_name, stream_in_log), destination_for=destination_for,
-                        pipeline=cfg.pipeline, on_accepted=lambda i: state.discard_dead_letters(cfg.pipeline, ids=[i]),
-                        on_rejected=lambda i, why: state.rejected_again(cfg.pipeline, i, why),
-                    )
-                    report.accepted += part.accepted
-                    report.rejected.update(part.rejected)
-                    report.skipped += part.skipped
-                    report.errors += part.errors
-            finally:
-                lg.close()
+        report, letters = retry_pipeline(cfg, ids=chosen, stream=stream, destination=destination, tenant=tenant)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -207,18 +176,3 @@ def retry(pipeline: Pipeline, ids: Ids = None, everything: Everything = False, d
         err.print(f"error: {line}", markup=False)
     if report.errors:
         raise typer.Exit(EXIT_FAILED)
-
-
-def _stream_for(cfg: Any, lg: Any, dest_name: str | None, stream_in_log: Any) -> Any:
-    """``(stream, tenant)`` → the stream in the log's newest schema, as destination
-    ``dest_name`` sees it through its ``transforms:`` (None: not in the log)."""
-    from replicant.transforms.placement import at_destination
-
-    names = [d.name for d in cfg.destinations]
-    chain = at_destination(cfg.destinations[names.index(dest_name)], names.index(dest_name)) if dest_name in names else None
-
-    def stream_for(name: str, tenant: str | None) -> Any:
-        stream = stream_in_log(cfg, lg, name, tenant)
-        return chain.output_stream(stream) if chain and stream is not None else stream
-
-    return stream_for

@@ -18,6 +18,7 @@ import typer
 from replicant.cli._app import app, out
 from replicant.cli._app import fail as _fail
 from replicant.cli._app import load_config as _load
+from replicant.errors import ReplicantError
 
 
 @app.command()
@@ -25,11 +26,24 @@ def resync(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
     stream: Annotated[list[str], typer.Option("--stream", help="The stream to start over (repeat for several).")],
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's stream.")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="Have a running `replicant serve` at this URL do it "
+                                                                "(and run the pipeline).")] = None,
 ) -> None:
     """Starts streams over: a fresh snapshot on the next run (a derived pipeline re-reads its upstream log)."""
     from replicant.resync import resync as start_over
 
     try:
+        if server is not None:
+            from replicant.cli._remote import call, pipeline_name, wait_run
+
+            name = pipeline_name(pipeline)
+            for one in stream:
+                run = wait_run(server, call(server, "POST", f"/pipelines/{name}/streams/{one}/resync",
+                                            params={"tenant": tenant} if tenant else None)["id"])
+                out.print(f"{one}: resynced by run {run['id']} on {server}: {run['status']}", markup=False)
+                if run["status"] != "succeeded":
+                    raise ReplicantError(run.get("error") or f"run {run['id']} {run['status']}")
+            return
         cfg = _load(pipeline)
         for name in stream:
             for line in start_over(cfg, name, tenant=tenant):

@@ -16,7 +16,7 @@ from replicant.cli._app import fail as _fail
 from replicant.cli._app import load_config as _load
 from replicant.cli._progress import DEFAULT_INTERVAL, ProgressLines
 from replicant.cli._stop import DEFAULT_GRACE, Stopped, run_until_signalled
-from replicant.errors import ConfigError
+from replicant.errors import ConfigError, ReplicantError
 from replicant.results import Observer
 
 
@@ -166,15 +166,20 @@ def replay(
     offset: Annotated[int | None, typer.Option("--offset", help="From this log offset (every stream).")] = None,
     since: Annotated[str | None, typer.Option("--since", help="From this time: ISO 8601 (UTC if no zone) or an age like 2h.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's streams (default: every tenant's).")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="Have a running `replicant serve` at this URL do it.")] = None,
 ) -> None:
     """Re-delivers the staging log to one destination, without reading the source."""
     from replicant.tenants.replay import replay_tenants
 
     try:
-        cfg = _load(pipeline)
         chosen = [x for x in (from_start, offset is not None, since is not None) if x]
         if len(chosen) != 1:
             raise ConfigError("replay needs exactly one of --from-start, --offset N or --since TIME")
+        if server is not None:
+            if not _remote_replay(pipeline, server, destination, from_start, offset, since):
+                raise ReplicantError(f"the replay into {destination} on {server} did not succeed")
+            return
+        cfg = _load(pipeline)
         if from_start:
             result = replay_tenants(cfg, tenant, destination, start="start")
         elif offset is not None:
@@ -209,3 +214,18 @@ def _parse_since(text: str) -> Any:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError:
         raise ConfigError("bad --since", [("--since", f"{text!r} is neither an ISO 8601 time nor an age like 90m or 2h")]) from None
+
+
+def _remote_replay(pipeline: Path, server: str, destination: str, from_start: bool, offset: int | None,
+                   since: str | None) -> bool:
+    from replicant.cli._remote import call, pipeline_name, wait_run
+
+    name = pipeline_name(pipeline)
+    body = {"from_start": from_start, "offset": offset, "since": _parse_since(since).isoformat() if since else None}
+    run = wait_run(server, call(server, "POST", f"/pipelines/{name}/destinations/{destination}/replay", json=body)["id"])
+    written = (run.get("result") or {}).get("rows_written", {}).get(destination, {})
+    out.print(f"replay into {destination} (run {run['id']} on {server}): {run['status']}, "
+              f"{sum(written.values()):,} rows delivered", markup=False)
+    if run["status"] != "succeeded":
+        err.print(f"error: {run.get('error') or run['status']}", markup=False)
+    return bool(run["status"] == "succeeded")

@@ -19,10 +19,14 @@ def status(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
     files: Annotated[bool, typer.Option("--files", help="Also every file a files source saw (status, rows, bad records).")] = False,
+    server: Annotated[str | None, typer.Option("--server", help="Ask a running `replicant serve` at this URL.")] = None,
 ) -> None:
     """Per stream: rows and position; per destination: applied offset, lag and paused streams (with why)."""
     from replicant.engine import Engine
 
+    if server is not None:
+        _remote_status(pipeline, server, as_json)
+        return
     try:
         cfg = _load(pipeline, secrets_needed=False)  # status reads the state and the log, not the source
         st = Engine(cfg).status(ask_source=True)
@@ -83,3 +87,30 @@ def _short(position: Any) -> str:
 
     text = json.dumps(position, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _remote_status(pipeline: Path, server: str, as_json: bool) -> None:
+    import json
+
+    from replicant.cli._remote import call, pipeline_name
+
+    try:
+        st = call(server, "GET", f"/pipelines/{pipeline_name(pipeline)}/status")
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    if as_json:
+        out.print_json(json.dumps(st))
+        return
+    t = Table(title=f"streams of {st['pipeline']} ({server})")
+    for c in ("stream", "tenant", "rows", "log end offset"):
+        t.add_column(c)
+    for s in st["streams"]:
+        t.add_row(s["name"], s["tenant"] or "", f"{s['rows']:,}", str(s["log_end_offset"]))
+    out.print(t)
+    d = Table(title="destinations")
+    for c in ("destination", "stream", "applied offset", "lag (rows)", "paused"):
+        d.add_column(c)
+    for ds in st["destinations"]:
+        d.add_row(ds["destination"], ds["stream"], str(ds["applied_offset"]), f"{ds['lag']:,}", ds["paused"] or "")
+    out.print(d)

@@ -15,6 +15,8 @@ existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destinati
 4 added ``attempts`` and ``retried_at`` to dead letters (``replicant dead-letters retry``);
 5 added ``replicant_validations`` (``replicant validate``'s findings per stream);
 6 added ``replicant_files_seen`` (every file a files source saw: :mod:`replicant.state.files_seen`).
+7 added the service's run queue, schedules, pauses, workers and webhook ids
+(:mod:`replicant.state.service_tables`).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -402,9 +404,17 @@ def _v6_files_seen(conn: Connection) -> None:
     _files_seen_table(sa.MetaData()).create(conn)
 
 
+def _v7_service(conn: Connection) -> None:
+    """Version 7: the service's run queue, schedules, pauses, workers and webhook ids
+    (:mod:`replicant.state.service_tables`, which freezes its DDL there)."""
+    from replicant.state import service_tables
+
+    service_tables.create(conn)
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations, _v6_files_seen,
+    _v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations, _v6_files_seen, _v7_service,
 ]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").

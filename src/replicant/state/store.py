@@ -34,6 +34,7 @@ from replicant.state import dead_letters as dead
 from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
 from replicant.state._leases import LeaseMixin
+from replicant.state._queue import QueueMixin
 from replicant.state._tenants import TenantStateMixin
 from replicant.state.files_seen import FilesSeenMixin
 from replicant.state.records import (
@@ -63,7 +64,7 @@ __all__ = [
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
 
 
-class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin, TenantStateMixin):
+class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin, TenantStateMixin, QueueMixin):
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the

@@ -23,11 +23,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replicant.config import PipelineConfig
 from replicant.errors import ConfigError, redact, retry_delay
 from replicant.results import Observer, RunError, RunResult, StreamState
+
+if TYPE_CHECKING:
+    from replicant.engine import Engine
 
 __all__ = ["TenantObserver", "TenantRunner"]
 
@@ -86,6 +89,7 @@ class TenantRunner:
         delay: seconds before the next attempt after n failures in a row (injected by tests).
         state, log: shared by every tenant's engine; by default opened from ``config``.
         engine_options: passed to each :class:`~replicant.engine.Engine` (tests inject factories).
+        engine_type: the engine class of every feed (the service's narrows out paused streams).
 
     Raises:
         ConfigError: at construction, a tenant id not in the file.
@@ -102,6 +106,7 @@ class TenantRunner:
         state: Any = None,
         log: Any = None,
         engine_options: Callable[[str], dict[str, Any]] | None = None,
+        engine_type: type[Engine] | None = None,
     ) -> None:
         from replicant.tenants.config import tenant_ids, tenant_of
 
@@ -117,6 +122,7 @@ class TenantRunner:
         self.stop_event = threading.Event()
         self._state, self._log = state, log
         self._engine_options = engine_options or (lambda tenant: {})
+        self._engine_type = engine_type
         self._feeds: dict[str, _Feed] = {}
         self._lock = threading.Lock()
         self._result = RunResult(config.pipeline)
@@ -205,12 +211,13 @@ class TenantRunner:
         """One tenant's engine, started again after a failure (see the module docstring)."""
         from replicant.engine import Engine
 
+        engine_type = self._engine_type or Engine
         state, lg, follow = self._shared
         while not feed.stop.is_set():
             config = self.config  # the newest, after a reload
             failed: list[RunError] = []
             try:
-                engine = Engine(config, tenant=feed.tenant, observer=TenantObserver(self.observer, feed.tenant),
+                engine = engine_type(config, tenant=feed.tenant, observer=TenantObserver(self.observer, feed.tenant),
                                 state=state, log=lg, **self._engine_options(feed.tenant))
                 engine.stop_event = feed.stop
                 result = engine.run(follow=follow)
