@@ -79,7 +79,11 @@ def _html(data: dict[str, Any]) -> str:
 
 def write_report(report: ValidationReport, path: Path) -> None:
     """Writes ``report`` as HTML when ``path`` ends in ``.html``/``.htm``, else as JSON."""
-    data = as_dict(report)
+    write_report_data(as_dict(report), path)
+
+
+def write_report_data(data: dict[str, Any], path: Path) -> None:
+    """Writes a report already in its JSON form (:func:`as_dict`; a service run's result)."""
     if path.suffix.lower() in (".html", ".htm"):
         path.write_text(_html(data), encoding="utf-8")
     else:

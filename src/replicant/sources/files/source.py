@@ -277,6 +277,18 @@ class FilesSource(Source):
             yield from self._read_file(stream, info, None, changed=rec is not None and rec["loads"] > 0, rec=rec,
                                        identity=self._identity(info, rec))
 
+    def pending(self) -> bool:
+        """Whether the next incremental read has a file to load: one never seen, not loaded yet
+        (or failed), or changed since (the service's ``schedule: {on: file}`` asks this)."""
+        state = self._state()
+        for name, fs in self._streams.items():
+            records = state.file_records(self.context.pipeline, name, tenant=self.context.tenant) if state else {}
+            for info in self.folder.list(fs.glob, exclude=self._after_move_prefix(name)):
+                rec = records.get(info.path)
+                if rec is None or rec["status"] != "loaded" or not self._unchanged(info, rec):
+                    return True
+        return False
+
     def _unchanged(self, info: FileInfo, rec: dict[str, Any]) -> bool:
         if info.etag is not None:
             return bool(rec["etag"] == info.etag)
@@ -474,11 +486,11 @@ class FilesSource(Source):
                 note = "gone before after_load"
             state.note_file(self.context.pipeline, stream.name, path, note, tenant=self.context.tenant)
 
-    def _after_load(self, stream: Stream) -> Any:
+    def _after_load(self, stream: Stream | str) -> Any:
         fs = self._settings(stream)
         return fs.after_load if fs.after_load is not None else self.options.after_load
 
-    def _after_move_prefix(self, stream: Stream) -> str | None:
+    def _after_move_prefix(self, stream: Stream | str) -> str | None:
         action = self._after_load(stream)
         return action["move"].strip("/") + "/" if isinstance(action, dict) else None
 
