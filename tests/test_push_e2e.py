@@ -161,7 +161,7 @@ def _status_offsets(text: str) -> dict[tuple[str, str], tuple[int, int]]:
     out = {}
     for line in text.splitlines():
         cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
-        if len(cells) == 4 and re.fullmatch(r"-?\d+", cells[2]) and re.fullmatch(r"[\d,]+", cells[3]):
+        if len(cells) >= 4 and re.fullmatch(r"-?\d+", cells[2]) and re.fullmatch(r"[\d,]+", cells[3]):
             out[(cells[0], cells[1])] = (int(cells[2]), int(cells[3].replace(",", "")))
     return out
 

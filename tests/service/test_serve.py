@@ -248,8 +248,15 @@ def test_pause_resume_stream_pause_replay_status(env: Env) -> None:
     assert {d["stream"]: d["lag"] for d in status["destinations"]} == {"ops_a": 0, "ops_b": 0}
     bad = env.serve.http.post("/api/v1/pipelines/ops/destinations/nope/replay", json={"from_start": True})
     assert bad.status_code == 404 and bad.json()["code"] == "not_found"
-    resync = env.serve.http.post("/api/v1/pipelines/ops/streams/ops_a/resync")
-    assert resync.status_code == 422 and resync.json()["code"] == "invalid_config"  # only derived pipelines re-read
+    with psycopg.connect(env.dst, autocommit=True) as c:
+        c.execute("UPDATE ops_a SET v = 'damaged' WHERE id <= 5")
+    resync = env.serve.wait_run(env.serve.post("/api/v1/pipelines/ops/streams/ops_a/resync")["id"])  # a fresh snapshot
+    assert resync["status"] == "succeeded" and resync["command"] == "resync", resync
+    with psycopg.connect(env.dst) as c:
+        assert c.execute("SELECT count(*) FROM ops_a WHERE v = 'damaged'").fetchone()[0] == 0  # type: ignore[index]
+    assert env.count("ops_a") == 110
+    unknown = env.serve.wait_run(env.serve.post("/api/v1/pipelines/ops/streams/nope/resync")["id"])
+    assert unknown["status"] == "failed" and "nope" in unknown["error"]
 
 
 def test_cancel_a_queued_run(env: Env) -> None:

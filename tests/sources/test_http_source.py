@@ -200,6 +200,28 @@ def test_incremental_resumes_mid_pagination_with_the_same_filter(api: Api) -> No
     assert ids([head, *tail]) == list(range(1, 31)) and tail[-1].position == {"cursor": "2024-01-01T00:00:00Z"}
 
 
+def test_a_resumed_read_reads_again_what_changed_on_its_earlier_pages(api: Api) -> None:
+    """A read stopped after its first page, then resumed once records on that page changed: the
+    resumed read ends with a read of what is newer than the cursor durable at the stop, so the
+    change arrives in the same run (the highest cursor seen after it would otherwise hide it)."""
+    api.put("items", items(30, updated="2024-01-01T00:00:00Z"))
+    stream = {"name": "items", "primary_key": ["id"], **STYLES["cursor"],
+              "incremental": {"cursor_path": "updated_at", "param": "since", "initial": "2023-01-01T00:00:00Z"}}
+    src, (s,) = make(api, [stream])
+    with src:
+        it = src.read(s, None)
+        head = next(it)
+        it.close()
+        first_page = ids([head])
+        api.put("items", [{**items(1, start=first_page[0])[0], "name": "changed", "updated_at": "2024-02-01T00:00:00Z"},
+                          *items(5, start=31, updated="2024-03-01T00:00:00Z")])  # a later page's cursor is higher
+        tail = list(src.read(s, head.position))
+    rows = [r for b in tail for r in b.data.to_pylist()]
+    assert [r["name"] for r in rows if r["id"] == first_page[0]] == ["changed"]
+    assert sorted({r["id"] for r in rows} | set(first_page)) == list(range(1, 36))
+    assert tail[-1].position == {"cursor": "2024-03-01T00:00:00Z"}
+
+
 def test_429_with_retry_after_500s_and_timeouts_are_retried(api: Api) -> None:
     api.put("items", items(30))
     api.slow = 1.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,13 +78,17 @@ def _remote(pipeline: Path, server: str, destination: str | None, stream: list[s
 
     try:
         name = pipeline_name(pipeline)
-        codes, streams = [], []
-        for one in stream or [None]:
+        codes: list[int] = []
+        streams: list[dict[str, Any]] = []
+        last: dict[str, Any] = {}
+        chosen: list[str | None] = list(stream) if stream else [None]  # None: every stream
+        for one in chosen:
             body = {"destination": destination, "stream": one, "tenant": tenant, "repair": repair}
             run = wait_run(server, call(server, "POST", f"/pipelines/{name}/validate", json=body)["id"])
             data = (run.get("result") or {}).get("validate")
             if data is None:
                 raise ReplicantError(run.get("error") or f"validate run {run['id']} on {server}: {run['status']}")
+            last = data
             codes.append(data["exit_code"])
             streams.extend(data["streams"])
             for s in data["streams"]:
@@ -99,7 +103,7 @@ def _remote(pipeline: Path, server: str, destination: str | None, stream: list[s
                     out.print(f"  {d['kind']}: {json.dumps(d['key'], ensure_ascii=False)}", markup=False, soft_wrap=True)
         code = max(codes)
         if report is not None:
-            write_report_data({**data, "streams": streams, "exit_code": code,
+            write_report_data({**last, "streams": streams, "exit_code": code,
                                "verdict": {0: "equal", 1: "differences", 2: "could not validate"}[code]}, report)
         return code
     except Exception as e:  # noqa: BLE001 - the CLI boundary

@@ -143,6 +143,11 @@ class Scheduler:
         assert entry.config is not None and entry.config.schedule is not None
         schedule = entry.config.schedule
         if schedule.path is None:
+            # the source answers "not loaded yet" until a run has loaded the file: while one is
+            # queued or running, asking again would queue a second run for the same file; a file
+            # that arrives during the run is still pending when it ends, and triggers then
+            if any(p == name for p, _t, _c in self.store.active_keys()):
+                return False
             return _source_pending(entry)
         folder = Path(schedule.path)
         folder = folder if folder.is_absolute() else entry.config.base_dir / folder

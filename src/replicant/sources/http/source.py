@@ -19,7 +19,10 @@ The resume rule, where resume bugs live (each position is the one *after* its pa
     cursor durable before this read, F the value sent in ``incremental.param`` (C less the
     look-back), M the highest cursor in the pages durable so far, STATE the next page. A resume
     continues at that page with the same filter (when the pagination can resume, else it asks
-    again from F). Once the last page is in: ``{"cursor": M}``: the **highest** cursor seen, saved
+    again from F); once such a resumed read ends, it reads once more from the M it resumed with
+    (``{"cursor": M0, "filter": M0 less the look-back, "max": M}`` between the two): its earlier
+    pages may have changed while it was down, and such a change is newer than M0. Once the last
+    page of a read from the first page is in: ``{"cursor": M}``: the **highest** cursor seen, saved
     only with the batch that makes it durable (the engine appends position and batch together).
     The next run asks for records after it (``param``), or, with no ``param``, reads everything and
     drops records whose cursor is not above it.
@@ -384,12 +387,29 @@ class HttpSource(Source):
         if inc.param and filt is not None:
             params[inc.param] = filt
         state = pos["page"] if resuming else pager.first()
-        for records, nxt in self._pages(st, self._url(self._path(stream.name, st)), params, state):
-            table = self._table(stream, records)
-            high, keep = _cursor(table, stream.cursor, since if not inc.param else None, high)
-            after: Position = {"cursor": high} if nxt is None else \
-                {"cursor": since, "filter": filt, "max": high, **({"page": nxt} if pager.resumable else {})}
-            yield ReadBatch(self._emit(table, OP_UPDATE, after, keep), after)
+        crashed_at = high  # the highest cursor durable when the read stopped (see the re-read below)
+        while True:
+            for records, nxt in self._pages(st, self._url(self._path(stream.name, st)), params, state):
+                table = self._table(stream, records)
+                high, keep = _cursor(table, stream.cursor, since if not inc.param else None, high)
+                if nxt is not None:
+                    after: Position = {"cursor": since, "filter": filt, "max": high, **({"page": nxt} if pager.resumable else {})}
+                elif resuming:  # the end of a resumed read: the re-read below starts from here
+                    after = {"cursor": crashed_at, "filter": _minus(crashed_at, _lookback(st)), "max": high}
+                else:
+                    after = {"cursor": high}
+                yield ReadBatch(self._emit(table, OP_UPDATE, after, keep), after)
+            if not resuming:
+                return
+            # A read resumed after a crash skipped its earlier pages, which may have changed while it
+            # was down, with a new cursor that can be below the highest seen after them. Such a change
+            # is newer than the crash, so newer than every cursor durable then: read once more from
+            # there (a few pages; records seen twice are upserts by key).
+            resuming, state = False, pager.first()
+            since, filt = crashed_at, _minus(crashed_at, _lookback(st))
+            params = self._params(st)
+            if inc.param and filt is not None:
+                params[inc.param] = filt
 
     def _incremental_children(self, stream: Stream, pos: Position) -> Iterator[ReadBatch]:
         st = self._streams[stream.name]
