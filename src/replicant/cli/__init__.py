@@ -19,6 +19,9 @@ import sys
 
 from replicant.cli import cdc, dead_letters, decrypt, resync, run, status  # noqa: F401 - each registers its commands on the app
 from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
+from replicant.cli import access  # noqa: E402 - last: it wraps the mutating commands registered above
+
+access.audit_commands(app)
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERNAL", "app", "main"]
 

@@ -326,6 +326,16 @@ def _v4_retries(conn: Connection) -> None:
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_tenant, _v3_paused, _v4_retries]
 
+
+def _access(conn: Connection) -> None:
+    """Secrets, tokens and the append-only audit log (:mod:`replicant.state.access_tables`)."""
+    from replicant.state.access_tables import migrate_access
+
+    migrate_access(conn)
+
+
+MIGRATIONS.append(_access)
+
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C
 

@@ -34,6 +34,7 @@ from replicant.state import dead_letters as dead
 from replicant.state import schema
 from replicant.state._engine import configure_sqlite, first_line, normalise_url
 from replicant.state._leases import LeaseMixin
+from replicant.state.access import AccessMixin
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
@@ -60,7 +61,7 @@ __all__ = [
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
 
 
-class StateStore(LeaseMixin):
+class StateStore(LeaseMixin, AccessMixin):
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the
