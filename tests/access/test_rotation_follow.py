@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from access._pg import password_role
 from cdc._pipelines import Follow, dest_database, fingerprint, wait_until
 from replicant.access.keys import generate_key, key_id
 
@@ -25,27 +26,13 @@ def _cli(*args: str, stdin: str | None = None, cwd: Path) -> subprocess.Complete
                           cwd=cwd, timeout=120)
 
 
-def _password_role(pg_server, db: str) -> None:
-    """ROLE logs in (and replicates) with its password only: pg_hba asks it for scram-sha-256."""
-    hba = pg_server.base_dir / "data" / "pg_hba.conf"
-    lines = f"host all {ROLE} 127.0.0.1/32 scram-sha-256\nhost replication {ROLE} 127.0.0.1/32 scram-sha-256\n"
-    text = hba.read_text()
-    if lines not in text:
-        hba.write_text(lines + text)
-    with pg_server.connect(db) as c:
-        c.execute(f"DROP ROLE IF EXISTS {ROLE}")
-        c.execute(f"CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{SENTINEL}'")
-        c.execute(f'GRANT CREATE ON DATABASE "{db}" TO {ROLE}')
-        c.execute("SELECT pg_reload_conf()")
-
-
 @pytest.mark.slow
 def test_rotate_the_master_key_under_a_following_pipeline(tmp_path: Path, pg_server, pg_url: str, unique_name: str,
                                                           monkeypatch) -> None:
     if os.environ.get("REPLICANT_TEST_PG_URL") or pg_server.base_dir is None:
         pytest.skip("needs the throwaway server's pg_hba")
     db = pg_url.rsplit("/", 1)[1]
-    _password_role(pg_server, db)
+    password_role(pg_server, db, ROLE, SENTINEL)
     with psycopg.connect(pg_url, autocommit=True) as c:
         c.execute("CREATE TABLE accounts (id int PRIMARY KEY, name text)")
         c.execute("INSERT INTO accounts SELECT g, 'n' || g FROM generate_series(1, 200) g")

@@ -90,7 +90,7 @@ def test_open_creates_prefixed_tables_and_reopen_is_idempotent(store_url: str) -
         "replicant_dead_letters",
         "replicant_leases",
         "replicant_paused",
-        "replicant_secrets",
+        "replicant_sealed",
         "replicant_tokens",
         "replicant_audit",
     }

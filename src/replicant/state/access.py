@@ -23,7 +23,7 @@ __all__ = ["AccessMixin"]
 
 
 class AccessMixin:
-    """Rows of ``replicant_secrets``, ``replicant_tokens`` and ``replicant_audit``."""
+    """Rows of ``replicant_sealed``, ``replicant_tokens`` and ``replicant_audit``."""
 
     _clock: Callable[[], datetime]
     _insert: Callable[[sa.Table], Any]

@@ -1,7 +1,7 @@
 """Tables of the secret store, the API tokens and the audit log, and the migration that
 creates them (appended to :data:`replicant.state.schema.MIGRATIONS`).
 
-``replicant_secrets`` holds only ciphertext (Fernet, under a master key that is never in
+``replicant_sealed`` holds only ciphertext (Fernet, under a master key that is never in
 the state store) and the id of the key that encrypted it. ``replicant_tokens`` holds the
 SHA-256 of each token, never the token. ``replicant_audit`` is append-only: the Python API
 has no update or delete, and database triggers refuse an ``UPDATE`` or ``DELETE`` from any
@@ -26,7 +26,7 @@ metadata = sa.MetaData()
 def _tables(md: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
     """The three tables as the access migration creates them (frozen: edit only with a new migration)."""
     s = sa.Table(
-        "replicant_secrets",
+        "replicant_sealed",
         md,
         sa.Column("name", _NAME, primary_key=True),
         sa.Column("ciphertext", sa.Text, nullable=False),
