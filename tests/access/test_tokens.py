@@ -55,7 +55,7 @@ def test_a_token_is_random_prefixed_stored_hashed_and_authenticates(state, tmp_p
     [row] = [r for r in state.token_rows() if r["id"] == who.id]
     assert row["last_used_at"] == clock.now and "hash" not in row
     for bad in ("", "rpl_", token + "x", token[:-1], "Bearer " + token, other.replace("rpl_", "xyz_")):
-        with pytest.raises(AuthenticationError, match="^invalid token$"):
+        with pytest.raises(AuthenticationError, match=r"^invalid token$"):
             authenticate(state, bad)
 
 
@@ -88,7 +88,7 @@ OPERATOR = VIEWER | {"trigger", "pause", "resume", "resync", "replay", "validate
 ADMIN = set(PERMISSIONS)
 
 
-@pytest.mark.parametrize("role,granted", [("viewer", VIEWER), ("operator", OPERATOR), ("admin", ADMIN)])
+@pytest.mark.parametrize(("role", "granted"), [("viewer", VIEWER), ("operator", OPERATOR), ("admin", ADMIN)])
 @pytest.mark.parametrize("scope", [(), ("acme",)])
 @pytest.mark.parametrize("tenant", [None, "acme", "globex"])
 def test_role_permission_tenant_matrix(role: str, granted: set[str], scope: tuple[str, ...], tenant: str | None) -> None:

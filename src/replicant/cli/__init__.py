@@ -17,11 +17,18 @@ from __future__ import annotations
 import os
 import sys
 
-from replicant.cli import cdc, dead_letters, decrypt, resync, run, status  # noqa: F401 - each registers its commands on the app
+from replicant.cli import (  # noqa: F401 - each registers its commands on the app
+    access,
+    cdc,
+    dead_letters,
+    decrypt,
+    resync,
+    run,
+    status,
+)
 from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
-from replicant.cli import access  # noqa: E402 - last: it wraps the mutating commands registered above
 
-access.audit_commands(app)
+access.audit_commands(app)  # after every command is registered: each mutating one records an audit entry
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERNAL", "app", "main"]
 

@@ -21,8 +21,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from replicant.cli._app import app, err, out
 from replicant.access.audit import entries_as_json_lines
+from replicant.cli._app import app, err, out
 from replicant.cli._app import fail as _fail
 from replicant.errors import ConfigError
 
@@ -324,7 +324,7 @@ def audit_commands(root: typer.Typer) -> None:
     for group, typer_app in groups:
         for command in typer_app.registered_commands:
             name = command.name or (command.callback.__name__.replace("_", "-") if command.callback else None)
-            action = MUTATING.get((group, name))
+            action = None if name is None else MUTATING.get((group, name))
             if action is not None and command.callback is not None and not getattr(command.callback, "_audited", False):
                 command.callback = _audited(action, command.callback)
                 command.callback._audited = True  # type: ignore[attr-defined]

@@ -117,7 +117,9 @@ class AccessMixin:
                 at=self._clock(), actor=actor, action=action, pipeline=pipeline, tenant=tenant, stream=stream,
                 origin=origin, result=result, detail=None if detail is None else redact(detail)[:2000],
             ))
-        return int(done.inserted_primary_key[0])
+        key = done.inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
     def audit_entries(self, *, since: datetime | None = None, pipeline: str | None = None,
                       tenants: list[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
