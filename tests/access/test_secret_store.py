@@ -150,3 +150,9 @@ def test_secret_cli_reads_the_value_from_stdin_never_argv_and_lists_no_value(tmp
     assert r.exit_code == 2 and "no secret PW" in r.output
     assert install_for_pipeline(p) is not None
     set_secret_store(None)
+
+
+def test_a_lookup_does_not_create_a_missing_state(tmp_path: Path) -> None:
+    store = EncryptedStore(f"sqlite:///{tmp_path / 'nope' / 'state.db'}", keys=MasterKeys((generate_key(),)))
+    assert store.get("PW") is None
+    assert not (tmp_path / "nope").exists()

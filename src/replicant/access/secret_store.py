@@ -30,6 +30,7 @@ __all__ = [
     "Chain",
     "RotateResult",
     "pipeline_state_url",
+    "sqlite_state_exists",
     "install_for_pipeline",
 ]
 
@@ -111,7 +112,13 @@ class EncryptedStore:
     def keys(self) -> MasterKeys:
         return self._keys if self._keys is not None else load_master_keys()
 
+    def _missing(self) -> bool:
+        """A SQLite state that does not exist yet holds no secret (and a lookup must not create it)."""
+        return self._store._engine is None and not sqlite_state_exists(self._store._url)
+
     def get(self, name: str) -> str | None:
+        if self._missing():
+            return None
         found = self._open().secret_ciphertext(name)
         if found is None:
             return None
@@ -149,6 +156,16 @@ class EncryptedStore:
 
     def close(self) -> None:
         self._store.close()
+
+
+def sqlite_state_exists(url: Any) -> bool:
+    """False only for a SQLite state whose file does not exist yet (a server state: True)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return True
+    return Path(u.database).expanduser().exists()
 
 
 def pipeline_state_url(path: str | os.PathLike[str]) -> str | None:

@@ -302,12 +302,13 @@ def _audited(action: str, callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _record_command(action: str, kwargs: dict[str, Any], result: str) -> None:
-    from replicant.access.secret_store import pipeline_state_url
+    from replicant.access.secret_store import pipeline_state_url, sqlite_state_exists
     from replicant.yaml_load import load_yaml
 
     pipeline = kwargs.get("pipeline")
-    if pipeline is None or pipeline_state_url(pipeline) is None:
-        return  # no state to write to (the file was unreadable: the command said so)
+    url = None if pipeline is None else pipeline_state_url(pipeline)
+    if url is None or not sqlite_state_exists(url):
+        return  # no state: the file was unreadable, or the command was refused before touching anything
     try:
         name = load_yaml(Path(pipeline).read_text(encoding="utf-8"))["pipeline"]
         with _state(Path(pipeline)) as store:
