@@ -307,7 +307,7 @@ def _record_command(action: str, kwargs: dict[str, Any], result: str) -> None:
 
     pipeline = kwargs.get("pipeline")
     url = None if pipeline is None else pipeline_state_url(pipeline)
-    if url is None or not sqlite_state_exists(url):
+    if pipeline is None or url is None or not sqlite_state_exists(url):
         return  # no state: the file was unreadable, or the command was refused before touching anything
     try:
         name = load_yaml(Path(pipeline).read_text(encoding="utf-8"))["pipeline"]
