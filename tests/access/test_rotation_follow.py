@@ -5,6 +5,7 @@ is the leak test's first half: the sentinel password appears nowhere the run wro
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,7 +98,9 @@ destinations: [{{name: pg, type: postgres, url: '{dst}'}}]
             # the leak test, first half: the password is nowhere the run wrote
             assert SENTINEL not in output and SENTINEL not in r.stdout + r.stderr
             audit = _cli("audit", str(p), "--json", cwd=tmp_path)
-            assert '"action": "secret.rotate"' in audit.stdout and SENTINEL not in audit.stdout
+            actions = [json.loads(line)["action"] for line in audit.stdout.splitlines()]
+            assert actions == ["secret.set", "cdc.install", "secret.rotate", "run"], actions
+            assert SENTINEL not in audit.stdout
             for f in (tmp_path / ".replicant").rglob("*"):
                 if f.is_file():
                     data = f.read_bytes()

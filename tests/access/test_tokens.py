@@ -54,6 +54,13 @@ def test_a_token_is_random_prefixed_stored_hashed_and_authenticates(state, tmp_p
     assert authenticate(state, token) == who
     [row] = [r for r in state.token_rows() if r["id"] == who.id]
     assert row["last_used_at"] == clock.now and "hash" not in row
+    used = clock.now
+    clock.now += timedelta(seconds=59)
+    authenticate(state, token)  # within a minute: no write
+    assert [r["last_used_at"] for r in state.token_rows() if r["id"] == who.id] == [used]
+    clock.now += timedelta(seconds=1)
+    authenticate(state, token)
+    assert [r["last_used_at"] for r in state.token_rows() if r["id"] == who.id] == [clock.now]
     for bad in ("", "rpl_", token + "x", token[:-1], "Bearer " + token, other.replace("rpl_", "xyz_")):
         with pytest.raises(AuthenticationError, match=r"^invalid token$"):
             authenticate(state, bad)
