@@ -16,7 +16,8 @@ existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destinati
 5 added ``replicant_validations`` (``replicant validate``'s findings per stream);
 6 added ``replicant_files_seen`` (every file a files source saw: :mod:`replicant.state.files_seen`).
 7 added the service's run queue, schedules, pauses, workers and webhook ids
-(:mod:`replicant.state.service_tables`).
+(:mod:`replicant.state.service_tables`); 8 the encrypted secrets, tokens and the append-only
+audit log (:mod:`replicant.state.access_tables`).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -412,9 +413,16 @@ def _v7_service(conn: Connection) -> None:
     service_tables.create(conn)
 
 
+def _v8_access(conn: Connection) -> None:
+    """Version 8: secrets, tokens and the append-only audit log (:mod:`replicant.state.access_tables`)."""
+    from replicant.state.access_tables import migrate_access
+
+    migrate_access(conn)
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations, _v6_files_seen, _v7_service,
+    _v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations, _v6_files_seen, _v7_service, _v8_access,
 ]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
