@@ -36,8 +36,8 @@ from replicant.state._engine import configure_sqlite, first_line, normalise_url
 from replicant.state._leases import LeaseMixin
 from replicant.state._queue import QueueMixin
 from replicant.state._tenants import TenantStateMixin
-from replicant.state.files_seen import FilesSeenMixin
 from replicant.state.access import AccessMixin
+from replicant.state.files_seen import FilesSeenMixin
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
