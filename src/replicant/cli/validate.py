@@ -50,6 +50,8 @@ def validate(
             out.print(f"  … and {len(c.differences) - _LISTED:,} more (--report lists them)", markup=False, soft_wrap=True)
         if r.unverified:
             out.print(f"  unverified: {', '.join(f'{k} ({v})' for k, v in r.unverified.items())}", markup=False, soft_wrap=True)
+        if r.note:
+            out.print(f"  note: {r.note}", markup=False, soft_wrap=True)
 
     if server is not None:
         raise typer.Exit(_remote(pipeline, server, destination, stream, tenant, repair, report))

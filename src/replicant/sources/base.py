@@ -221,6 +221,13 @@ class Source(ABC):
         the source may now let the server forget it (confirm a slot's flush LSN). The engine
         stores ``position`` too, and passes it back as ``capture(resume=…)``."""
 
+    def current_position(self, stream: Stream) -> Position | None:
+        """Where the source is *now* for ``stream`` (``log``: the server's current WAL LSN or
+        binlog coordinate; ``trigger``: the shadow table's highest change), compared with saved
+        positions by :func:`replicant.sources.positions.reached`; None when the source cannot
+        tell (the default), and ``validate`` then pins to the log alone."""
+        return None
+
     def install(self, streams: list[Stream]) -> list[str]:
         """``replicant cdc install``: creates what ``trigger``/``log`` streams need at the source
         (triggers and shadow tables, publication and slot). Idempotent. Returns what it did,
