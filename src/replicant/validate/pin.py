@@ -18,6 +18,7 @@ source was, and the lag in the source's own unit (WAL bytes, binlog bytes, chang
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -105,11 +106,15 @@ def pin(cfg: Any, state: Any, stream: Any, tenant: str | None, target: Position 
     if target is not None and not r.source_reached:
         lag = f"{r.source_lag} {unit(target)}" if r.source_lag is not None else "unknown"
         r.note = (f"the log did not reach the source's position within {wait:g} s (is `replicant run --follow` running?): "
-                  f"compared at log offset {r.log_offset}, source position {r.source_position}, the source at "
-                  f"{target}, lag {lag}")
+                  f"compared at log offset {r.log_offset}, source position {_js(r.source_position)}, the source at "
+                  f"{_js(target)}, lag {lag}")
     else:
         r.note = (f"the destination had applied log offset {r.applied_offset} of {r.log_offset} after {wait:g} s: "
                   f"compared {r.lag} offset(s) behind")
+
+
+def _js(position: Position | None) -> str:
+    return json.dumps(position, sort_keys=True, default=str)
 
 
 def _log_end(cfg: Any, stream: Any) -> tuple[int | None, Position | None]:

@@ -208,8 +208,11 @@ def _compare(cfg: PipelineConfig, state: Any, plan: Plan, source: Any, source_ur
             first = r.source_reached
 
             def again() -> None:  # a change in flight: the source's position now, waited for once more
-                fresh = source_now(source, plan.stream)[0] if first else r.source_target
-                pin(cfg, state, plan.stream, tenant, fresh, wait if first is not False else 0.0, clock, current, r)
+                if first is False:  # the pipeline did not keep up the first time: the result says what was compared
+                    r.applied_offset = current()
+                    return
+                fresh = source_now(source, plan.stream)[0] if first else None
+                pin(cfg, state, plan.stream, tenant, fresh, wait, clock, current, r)
 
             out = compare(src, dst, before_recheck=again)
             if why:
