@@ -8,7 +8,8 @@ flowing through reader, staging log and destination at once, the retained pages 
 files load's peak RSS (bench/files, 5M CSV rows: 306 MB into PostgreSQL, 416 MB into DuckDB).
 
 So, when ``replicant`` is imported before pyarrow and the environment does not choose,
-:func:`choose_pool` sets ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` and jemalloc's decay times to 0
+:func:`choose_pool` (run when this module is imported, first thing in ``replicant/__init__``)
+sets ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` and jemalloc's decay times to 0
 (``JE_ARROW_MALLOC_CONF``; freed pages go back to the system at once), and :func:`configure`
 (called by the CLI) sets the decay again through pyarrow. A process that imported pyarrow
 first keeps its pool; ``ARROW_DEFAULT_MEMORY_POOL`` set by the user always wins.
@@ -43,3 +44,6 @@ def configure() -> str:
         except NotImplementedError:  # pragma: no cover - a jemalloc pool implies the setter
             pass
     return str(pool.backend_name)
+
+
+choose_pool()  # at import: ``replicant/__init__`` imports this module before anything imports pyarrow

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -81,12 +81,15 @@ def _remote(pipeline: Path, server: str, destination: str | None, stream: list[s
     try:
         name = pipeline_name(pipeline)
         codes, streams = [], []
-        for one in stream or [None]:
+        wanted: list[str | None] = list(stream) if stream else [None]
+        data: dict[str, Any] = {}
+        for one in wanted:
             body = {"destination": destination, "stream": one, "tenant": tenant, "repair": repair}
             run = wait_run(server, call(server, "POST", f"/pipelines/{name}/validate", json=body)["id"])
-            data = (run.get("result") or {}).get("validate")
-            if data is None:
+            got = (run.get("result") or {}).get("validate")
+            if got is None:
                 raise ReplicantError(run.get("error") or f"validate run {run['id']} on {server}: {run['status']}")
+            data = got
             codes.append(data["exit_code"])
             streams.extend(data["streams"])
             for s in data["streams"]:

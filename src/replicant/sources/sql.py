@@ -313,7 +313,7 @@ class SQLSource(Source):
 
     def current_position(self, stream: Stream) -> Position | None:
         if stream.mode == "log" and self.log_capture is not None:
-            return self._log().current_position()  # type: ignore[no-any-return]
+            return self._log().current_position()
         if stream.mode == "trigger":
             from replicant.sources.strategies import trigger
 

@@ -41,7 +41,7 @@ def source_now(source: Any, stream: Any) -> tuple[Position | None, str | None]:
         return None, None
     try:
         return source.current_position(stream), None
-    except Exception as e:  # noqa: BLE001 - a driver error: validate pins to the log alone and says why
+    except Exception as e:  # a driver error: validate pins to the log alone and says why
         log.debug("reading the source position of %s failed", stream.name, exc_info=True)
         return None, f"the source's current position could not be read ({redact(str(e))}): pinned to the log alone"
 
