@@ -152,3 +152,45 @@ def test_mariadb_binlog_pinned_to_the_master_status(tmp_path: Path, mysql_url: s
     _my(mysql_url, "CREATE TABLE a (id int PRIMARY KEY, v varchar(40), n int)",
         "INSERT INTO a SELECT seq, concat('v', seq), seq FROM seq_1_to_2000")
     _scenario(tmp_path, f"pin_{unique_name}"[:40].lower(), "mysql", mysql_url, "a", dest_url, _my, "mysql")
+
+
+def test_sqlite_trigger_stream_pinned_to_its_shadow_table(tmp_path: Path) -> None:
+    """``mode: trigger``: the position waited for is the shadow table's highest change; a run
+    that has not read it yet is reported with its lag in changes, a run that has is equal."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "shop.db") as c:
+        c.execute("CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
+        c.executemany("INSERT INTO a VALUES (?, ?, ?)", [(i, f"v{i}", i) for i in range(1, 101)])
+    (tmp_path / "p.yml").write_text(yaml.safe_dump({
+        "pipeline": "trig",
+        "source": {"type": "sqlite", "url": "sqlite:///shop.db", "streams": [{"table": "a", "mode": "trigger"}]},
+        "destinations": [{"name": "wh", "type": "duckdb", "path": "wh.duckdb", "write": "merge"}],
+    }))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicant.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+
+    for step in (("cdc", "install", "p.yml"), ("run", "p.yml")):
+        done = cli(*step)
+        assert done.returncode == 0, done.stdout + done.stderr
+    with sqlite3.connect(tmp_path / "shop.db") as c:
+        c.execute("UPDATE a SET v = 'changed' WHERE id <= 3")
+        c.execute("DELETE FROM a WHERE id = 50")
+    done, report, _ = _validate(tmp_path, "--wait", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    [s] = report["streams"]
+    pos = s["position"]
+    assert pos["source_position_at_start"]["mode"] == "trigger" and pos["source_position_reached"] is False
+    assert pos["source_lag"] == 4 and pos["source_lag_unit"] == "changes"  # four shadow rows not read yet
+    assert len(s["differences"]) == 4
+
+    done = cli("run", "p.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done, report, _ = _validate(tmp_path, "--wait", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [s] = report["streams"]
+    # read and acknowledged (purged): nothing left to wait for, the log's end is the pin
+    assert s["verdict"] == "equal" and s["note"] is None
+    assert s["position"]["source_position_at_start"] is None or s["position"]["source_position_reached"] is True
