@@ -105,12 +105,45 @@ def pin(cfg: Any, state: Any, stream: Any, tenant: str | None, target: Position 
         time.sleep(_POLL)  # a pipeline in another process: nothing to await but its files and tables
     if target is not None and not r.source_reached:
         lag = f"{r.source_lag} {unit(target)}" if r.source_lag is not None else "unknown"
-        r.note = (f"the log did not reach the source's position within {wait:g} s (is `replicant run --follow` running?): "
-                  f"compared at log offset {r.log_offset}, source position {_js(r.source_position)}, the source at "
-                  f"{_js(target)}, lag {lag}")
+        running = writer_running(cfg)
+        why = {False: "the pipeline is not running (no process holds its staging log)",
+               True: f"the log did not reach the source's position within {wait:g} s (the pipeline is running, behind)",
+               None: f"the log did not reach the source's position within {wait:g} s (is `replicant run --follow` running?)"}
+        r.note = (f"{why[running]}: compared at log offset {r.log_offset}, source position {_js(r.source_position)}, "
+                  f"the source at {_js(target)}, lag {lag}")
     else:
         r.note = (f"the destination had applied log offset {r.applied_offset} of {r.log_offset} after {wait:g} s: "
                   f"compared {r.lag} offset(s) behind")
+
+
+def writer_running(cfg: Any) -> bool | None:
+    """Whether a process holds the pipeline's local staging log for writing (a ``run``): its
+    ``LOCK`` file's inode among the kernel's held ``flock`` locks (``/proc/locks``; no lock is
+    taken, so a ``run`` starting meanwhile is not disturbed). None when it cannot be told (a
+    NATS log, no ``/proc``)."""
+    from pathlib import Path
+
+    from replicant import runtime
+
+    where = runtime.log_location(cfg)
+    if "://" in where:
+        return None
+    lock = Path(where) / "LOCK"
+    try:
+        inode = lock.stat().st_ino
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        held = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in held.splitlines():  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+        for field in line.split():
+            if field.count(":") == 2 and field.rsplit(":", 1)[-1].isdigit() and int(field.rsplit(":", 1)[-1]) == inode:
+                return True
+    return False
 
 
 def _js(position: Position | None) -> str:
