@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from replicant import memory as _memory  # noqa: F401 - first: chooses Arrow's pool before pyarrow loads
 from replicant.api import Pipeline, run
 from replicant.config import PipelineConfig, load, parse
 from replicant.errors import (

@@ -83,7 +83,8 @@ class StreamWriter:
         self.on_rows = on_rows
         self.mode = dest.write_mode(stream)
         self.transactional = dest.capabilities.transactional
-        self.batch_rows = dest.config.batch_size or (200_000 if self.transactional else 1_000)
+        self.batch_rows = (dest.config.batch_size or getattr(dest, "default_batch_rows", None)
+                           or (200_000 if self.transactional else 1_000))
         self.in_snapshot = False
         self.pending: list[pa.RecordBatch] = []
         self.pending_offsets: list[np.ndarray] = []  # the log offset of each pending row (dead letters' origin)

@@ -237,6 +237,8 @@ class Engine:
         polled = [s for s in streams if s.mode != "log"]
         capture: threading.Thread | None = None
         capture_source: Any = None
+        watcher: threading.Thread | None = None
+        watch_source: Any = None
         tasks = StreamTasks(
             ingest, self.new_source, polled, parallelism=self.parallelism, follow=follow,
             # a float once validated: SourceConfig._seconds parses '5s' into seconds
@@ -258,6 +260,11 @@ class Engine:
 
                 capture = threading.Thread(target=feed, name="capture", daemon=True)
                 capture.start()
+            if follow and polled:  # a source that can watch (a local folder) wakes its streams at once
+                watch_source = self.new_source()
+                watcher = threading.Thread(target=watch_source.watch, args=(polled, self.stop_event, tasks.wake),
+                                           name="watch", daemon=True)
+                watcher.start()
             tasks.run()
         finally:
             for s in polled:
@@ -269,6 +276,9 @@ class Engine:
                 t.join()
             if capture_source is not None:
                 _close_quietly(capture_source)
+            if watcher is not None:
+                watcher.join(5)
+                _close_quietly(watch_source)
             result.rows_read.update(tasks.rows)
             result.rows_read.update(captured)
             for x in deliveries:

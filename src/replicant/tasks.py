@@ -151,6 +151,7 @@ class StreamTasks:
         self._due: list[tuple[float, int, Stream]] = []
         self._seq = itertools.count()
         self._running = 0
+        self._woken: set[str] = set()  # woken while being read: read again at once
         self._cond = threading.Condition()
         now = time.monotonic()
         for s in streams:
@@ -194,9 +195,27 @@ class StreamTasks:
                     return s
                 self._cond.wait(min(wait, 0.5))
 
+    def wake(self, names: list[str]) -> None:
+        """Makes ``names`` due now (a source's :meth:`~replicant.sources.base.Source.watch` saw
+        something new for them); one being read is read again as soon as it is done."""
+        with self._cond:
+            wanted = set(names)
+            queued = [e for e in self._due if e[2].name in wanted]
+            if queued:
+                self._due = [e for e in self._due if e[2].name not in wanted]
+                now = time.monotonic()
+                for _, _, s in queued:
+                    self._due.append((now, next(self._seq), s))
+                heapq.heapify(self._due)
+            self._woken.update(wanted - {e[2].name for e in queued})
+            self._cond.notify_all()
+
     def _finish(self, s: Stream, again_in: float | None) -> None:
         with self._cond:
             self._running -= 1
+            if again_in is not None and s.name in self._woken:
+                again_in = 0.0
+            self._woken.discard(s.name)
             if again_in is not None and not self.stop.is_set():
                 heapq.heappush(self._due, (time.monotonic() + again_in, next(self._seq), s))
             else:

@@ -37,11 +37,13 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERNAL", "app", "main"]
 
 
 def _memory_pool() -> None:
-    """Arrow's default pool (mimalloc) keeps freed pages for reuse; for a pipeline that moves
-    one batch after another the system allocator gives them back: measured peak RSS of a 5M-row
-    PostgreSQL → DuckDB sync 395 → 337 MB at the same speed. ``ARROW_DEFAULT_MEMORY_POOL``
+    """Arrow's pool for a run (replicant/memory.py): jemalloc chosen at import, its freed pages
+    returned at once. A process whose pyarrow was imported first (so mimalloc, which keeps freed
+    pages) gets the system allocator for pyarrow's Python calls at least. ``ARROW_DEFAULT_MEMORY_POOL``
     still chooses."""
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    from replicant import memory
+
+    if memory.configure() == "mimalloc" and os.environ.get("ARROW_DEFAULT_MEMORY_POOL") is None:
         import pyarrow as pa
 
         pa.set_memory_pool(pa.system_memory_pool())

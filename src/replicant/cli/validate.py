@@ -50,6 +50,8 @@ def validate(
             out.print(f"  … and {len(c.differences) - _LISTED:,} more (--report lists them)", markup=False, soft_wrap=True)
         if r.unverified:
             out.print(f"  unverified: {', '.join(f'{k} ({v})' for k, v in r.unverified.items())}", markup=False, soft_wrap=True)
+        if r.note:
+            out.print(f"  note: {r.note}", markup=False, soft_wrap=True)
 
     if server is not None:
         raise typer.Exit(_remote(pipeline, server, destination, stream, tenant, repair, report))
@@ -80,15 +82,15 @@ def _remote(pipeline: Path, server: str, destination: str | None, stream: list[s
         name = pipeline_name(pipeline)
         codes: list[int] = []
         streams: list[dict[str, Any]] = []
-        last: dict[str, Any] = {}
-        chosen: list[str | None] = list(stream) if stream else [None]  # None: every stream
-        for one in chosen:
+        wanted: list[str | None] = list(stream) if stream else [None]
+        data: dict[str, Any] = {}
+        for one in wanted:
             body = {"destination": destination, "stream": one, "tenant": tenant, "repair": repair}
             run = wait_run(server, call(server, "POST", f"/pipelines/{name}/validate", json=body)["id"])
-            data = (run.get("result") or {}).get("validate")
-            if data is None:
+            got = (run.get("result") or {}).get("validate")
+            if got is None:
                 raise ReplicantError(run.get("error") or f"validate run {run['id']} on {server}: {run['status']}")
-            last = data
+            data = got
             codes.append(data["exit_code"])
             streams.extend(data["streams"])
             for s in data["streams"]:
@@ -103,7 +105,7 @@ def _remote(pipeline: Path, server: str, destination: str | None, stream: list[s
                     out.print(f"  {d['kind']}: {json.dumps(d['key'], ensure_ascii=False)}", markup=False, soft_wrap=True)
         code = max(codes)
         if report is not None:
-            write_report_data({**last, "streams": streams, "exit_code": code,
+            write_report_data({**data, "streams": streams, "exit_code": code,
                                "verdict": {0: "equal", 1: "differences", 2: "could not validate"}[code]}, report)
         return code
     except Exception as e:  # noqa: BLE001 - the CLI boundary

@@ -21,11 +21,14 @@ Tables are created **without a PRIMARY KEY constraint**: measured on 5M narrow r
 key's ART index costs memory; merge does not need it (delete + insert by key, above). A
 table that already has a key constraint works as well.
 
-Memory: DuckDB's ``memory_limit`` is set (default ``64MB``; the ``memory_limit`` argument
+Memory: DuckDB's ``memory_limit`` is set (default ``24MB``; the ``memory_limit`` argument
 or ``REPLICANT_DUCKDB_MEMORY_LIMIT``) so that the whole engine stays within its budget;
-DuckDB spills to disk beyond it. Loading 5M narrow rows in 100k batches, the process peaked
-at ~240 MB RSS with 64MB, ~260 MB with 128MB and ~330 MB with 256MB (of which ~145 MB was
-Python, pyarrow and duckdb before the first write). The session time zone is UTC.
+DuckDB spills to disk beyond it. bench/files (5M CSV rows, keyed, Arrow's pool jemalloc
+returning freed pages: replicant/memory.py) peaked at 307 MB RSS with 64MB and 200k-row writes,
+~269 MB with 32MB, ~258 MB with 32MB and 100k-row writes and ~240 MB with 24MB and 50k-row
+writes (:attr:`DuckDBDestination.default_batch_rows`; a destination's ``batch_size`` overrides
+it), at the same speed (of which ~105 MB is shared library code and ~60 MB Python and DuckDB
+before the first row). The session time zone is UTC.
 
 The write/replace/truncate/evolve state machine is :mod:`replicant.destinations._sql_base`;
 this module supplies DuckDB's primitives.
@@ -52,7 +55,7 @@ from replicant.model import ConnectorContext, Stream
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "DuckDBDestination"]
 
-DEFAULT_MEMORY_LIMIT = "64MB"
+DEFAULT_MEMORY_LIMIT = "24MB"
 _BATCH = "_replicant_batch"
 _DELETE_FLAG = "__replicant_delete"
 
@@ -73,7 +76,7 @@ class DuckDBDestination(SQLDestination):
     ``write`` (``append`` | ``merge`` | ``replace``).
 
     Args:
-        memory_limit: DuckDB ``memory_limit`` (default: ``REPLICANT_DUCKDB_MEMORY_LIMIT`` or 64MB).
+        memory_limit: DuckDB ``memory_limit`` (default: ``REPLICANT_DUCKDB_MEMORY_LIMIT`` or 24MB).
         threads: DuckDB worker threads (default: DuckDB's, one per core).
 
     Errors: a file that cannot be opened (locked by another process, missing folder)
@@ -86,6 +89,9 @@ class DuckDBDestination(SQLDestination):
     embedded_suffix = "duckdb"
     types: DuckDBTypes
     dialect = "duckdb"
+    #: rows per write when the destination sets no ``batch_size`` (delivery's default is 200k
+    #: for databases): less Arrow data in flight, at the same load speed (module docstring)
+    default_batch_rows = 50_000
 
     def __init__(
         self, config: Any, context: ConnectorContext, *, memory_limit: str | None = None, threads: int | None = None

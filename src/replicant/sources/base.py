@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -220,6 +220,20 @@ class Source(ABC):
         """Called once every batch of the change set ending at ``position`` is durable in the log;
         the source may now let the server forget it (confirm a slot's flush LSN). The engine
         stores ``position`` too, and passes it back as ``capture(resume=…)``."""
+
+    def watch(self, streams: list[Stream], stop: threading.Event, on_change: Callable[[list[str]], None]) -> bool:
+        """``run --follow``: blocks until ``stop``, calling ``on_change`` with the names of the
+        ``streams`` that have something new to read (a file dropped in a watched folder), so they
+        are read at once rather than at the next ``poll_interval``. Returns False at once when
+        this source cannot watch (the default): the streams are polled as usual."""
+        return False
+
+    def current_position(self, stream: Stream) -> Position | None:
+        """Where the source is *now* for ``stream`` (``log``: the server's current WAL LSN or
+        binlog coordinate; ``trigger``: the shadow table's highest change), compared with saved
+        positions by :func:`replicant.sources.positions.reached`; None when the source cannot
+        tell (the default), and ``validate`` then pins to the log alone."""
+        return None
 
     def install(self, streams: list[Stream]) -> list[str]:
         """``replicant cdc install``: creates what ``trigger``/``log`` streams need at the source

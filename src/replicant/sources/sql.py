@@ -319,6 +319,15 @@ class SQLSource(Source):
     def acknowledge_capture(self, position: Position) -> None:
         self._log().acknowledge(position)
 
+    def current_position(self, stream: Stream) -> Position | None:
+        if stream.mode == "log" and self.log_capture is not None:
+            return self._log().current_position()
+        if stream.mode == "trigger":
+            from replicant.sources.strategies import trigger
+
+            return trigger.current_position(self, stream)
+        return None
+
     def install(self, streams: list[Stream]) -> list[str]:
         from replicant.sources.strategies import trigger
 

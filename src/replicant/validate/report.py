@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from replicant.sources.positions import unit
 from replicant.validate.run import StreamResult, ValidationReport
 
 __all__ = ["as_dict", "write_report"]
@@ -27,7 +28,9 @@ def _result(r: StreamResult) -> dict[str, Any]:
         "source": {"rows": c.source_rows, "checksum": c.source_checksum} if c else None,
         "destination_side": {"rows": c.destination_rows, "checksum": c.destination_checksum} if c else None,
         "position": {"log_offset": r.log_offset, "source_position": r.source_position, "applied_offset": r.applied_offset,
-                     "lag": r.lag},
+                     "lag": r.lag, "source_position_at_start": r.source_target, "source_position_reached": r.source_reached,
+                     "source_lag": r.source_lag, "source_lag_unit": unit(r.source_target) or None},
+        "note": r.note,
         "differences_found": r.found,
         "repaired": r.repaired,
         "differences": [{"kind": d.kind, "key": d.key} for d in (c.differences if c else [])[:_SHOWN_KEYS]],
@@ -46,6 +49,16 @@ def as_dict(report: ValidationReport) -> dict[str, Any]:
     }
 
 
+def _pinned(pos: dict[str, Any]) -> str:
+    """The source position waited for, whether the log reached it and the lag, as HTML."""
+    if pos.get("source_position_at_start") is None:
+        return ""
+    e = html.escape
+    got = "reached" if pos.get("source_position_reached") else "not reached"
+    return (f"<br>source at start <code>{e(json.dumps(pos['source_position_at_start']))}</code>: {got}, "
+            f"lag {e(str(pos.get('source_lag')))} {e(str(pos.get('source_lag_unit') or ''))}")
+
+
 def _html(data: dict[str, Any]) -> str:
     e = html.escape
     rows = []
@@ -60,7 +73,8 @@ def _html(data: dict[str, Any]) -> str:
             f"<td>{e(str(src.get('rows', '')))}<br><code>{e(str(src.get('checksum', '')))}</code></td>"
             f"<td>{e(str(dst.get('rows', '')))}<br><code>{e(str(dst.get('checksum', '')))}</code></td>"
             f"<td>log offset {e(str(pos['log_offset']))}, applied {e(str(pos['applied_offset']))}, lag {e(str(pos['lag']))}"
-            f"<br><code>{e(json.dumps(pos['source_position']))}</code></td>"
+            f"<br><code>{e(json.dumps(pos['source_position']))}</code>{_pinned(pos)}"
+            f"{'<br><i>' + e(s['note']) + '</i>' if s.get('note') else ''}</td>"
             f"<td>{s['differences_found']} found, {s['repaired']} repaired<ul>{fixed}</ul>now:<ul>{keys}</ul></td>"
             f"<td>{unverified}</td></tr>"
         )

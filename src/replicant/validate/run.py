@@ -46,8 +46,12 @@ class StreamResult:
     mode: str = ""  # pushdown | client
     comparison: Comparison | None = None
     unverified: dict[str, str] = field(default_factory=dict)
-    log_offset: int | None = None  # the last log offset when the comparison started
+    log_offset: int | None = None  # the log offset compared (the stream's last when pinned)
     source_position: Any = None  # the source position that offset covers
+    source_target: Any = None  # log/trigger: the source's own position read at the start (waited for)
+    source_reached: bool | None = None  # whether the log covered source_target when compared
+    source_lag: int | None = None  # how far the log was behind source_target (positions.unit)
+    note: str | None = None  # what was compared when a wait ran out
     applied_offset: int | None = None  # what the destination had applied when compared
     found: int = 0  # differences found by the first comparison
     repaired: int = 0  # changes appended to the log by --repair
@@ -164,7 +168,8 @@ def _one(cfg: PipelineConfig, state: Any, stream: Any, source: Any, source_url: 
         r.verdict = "differences" if r.comparison.differences else "equal"
     except (CannotValidate, ReplicantError) as e:
         r.error = redact(str(e))
-    details = {"mode": r.mode, "lag": r.lag, "log_offset": r.log_offset, "error": r.error,
+    details = {"mode": r.mode, "lag": r.lag, "log_offset": r.log_offset, "error": r.error, "source_target": r.source_target,
+               "source_reached": r.source_reached, "source_lag": r.source_lag, "note": r.note,
                "rows": [r.comparison.source_rows, r.comparison.destination_rows] if r.comparison else None}
     try:
         state.add_validation(cfg.pipeline, dcfg.name, stream.name, verdict=r.verdict, differences=len(r.comparison.differences)
@@ -184,40 +189,35 @@ def _applied(dest_offset: Callable[[], int | None], cfg: PipelineConfig, state: 
 
 def _compare(cfg: PipelineConfig, state: Any, plan: Plan, source: Any, source_url: str, dcfg: Any, dest: Any, tenant: str | None,
              wait: float, clock: Callable[[], float], r: StreamResult) -> Comparison:
-    from replicant import runtime
+    from replicant.validate.pin import pin, source_now
 
-    log_offset, position = None, None
-    try:
-        lg = runtime.open_pipeline_log(cfg, read_only=True)
-    except (ReplicantError, OSError):
-        lg = None
-    if lg is not None:
-        try:
-            log_offset = lg.end_offset(plan.stream.log_name) - 1
-            position = lg.last_position(plan.stream.log_name)
-        finally:
-            lg.close()
-    r.log_offset, r.source_position = log_offset, position
+    target, why = source_now(source, plan.stream)
     src = source_side(plan, source, source_url, stream=dcfg.type in ("duckdb", "files"))
     try:
         dst, offset = destination_side(plan, dest, dcfg, cfg.pipeline, tenant)
         try:
             agree(src, dst)
+
             def current() -> int:
-                got = offset if offset is not None else None
+                got = None
                 if offset is not None:  # re-read from the destination's own table
                     got = destination_side_offset(dst, dest, cfg.pipeline, plan.stream.log_name)
                 return _applied(lambda: got, cfg, state, dcfg, plan.stream.name, tenant)
 
-            def catch_up() -> None:
-                deadline = clock() + wait
-                r.applied_offset = current()
-                while log_offset is not None and r.applied_offset < log_offset and clock() < deadline:
-                    time.sleep(0.2)  # a destination in another process: nothing to await but its offset
-                    r.applied_offset = current()
+            pin(cfg, state, plan.stream, tenant, target, wait, clock, current, r)
+            first = r.source_reached
 
-            catch_up()
-            return compare(src, dst, before_recheck=catch_up)
+            def again() -> None:  # a change in flight: the source's position now, waited for once more
+                if first is False:  # the pipeline did not keep up the first time: the result says what was compared
+                    r.applied_offset = current()
+                    return
+                fresh = source_now(source, plan.stream)[0] if first else None
+                pin(cfg, state, plan.stream, tenant, fresh, wait, clock, current, r)
+
+            out = compare(src, dst, before_recheck=again)
+            if why:
+                r.note = f"{r.note}; {why}" if r.note else why
+            return out
         finally:
             dst.close()
     finally:

@@ -27,8 +27,9 @@ ever had), then its rows are read: the destination holds the new version only.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -276,6 +277,19 @@ class FilesSource(Source):
         for info, rec in candidates:
             yield from self._read_file(stream, info, None, changed=rec is not None and rec["loads"] > 0, rec=rec,
                                        identity=self._identity(info, rec))
+
+    def watch(self, streams: list[Stream], stop: threading.Event, on_change: Callable[[list[str]], None]) -> bool:
+        """A local folder: wakes a stream when a file matching its glob appears or changes
+        (:mod:`.watch`, inotify); an object store is listed every ``poll_interval`` instead."""
+        from replicant.sources.files.watch import watch_folder
+
+        if self.folder.remote:
+            return False
+        mine = {s.name: self._streams[s.name] for s in streams if s.name in self._streams}
+        if not mine:
+            return False
+        return watch_folder(self.folder.root, {n: fs.glob for n, fs in mine.items()},
+                            {n: self._after_move_prefix(n) for n in mine}, stop, on_change)
 
     def pending(self) -> bool:
         """Whether the next incremental read has a file to load: one never seen, not loaded yet

@@ -230,6 +230,10 @@ class BinlogCapture(_Snapshot, _Decoding):
                          "columns are then matched by name)")
         return lines
 
+    def current_position(self) -> Position:
+        """The end of the binlog now (``SHOW MASTER STATUS``), as ``{"file", "pos"}``."""
+        return self._master()
+
     def _master(self) -> Position:
         """The end of the binlog now."""
         import pymysql

@@ -319,6 +319,11 @@ class PgLogCapture(_Replication, _Snapshot, _Changes):
 
     # ------------------------------------------------------------------ acknowledge
 
+    def current_position(self) -> Position:
+        """The server's WAL insert position now (``pg_current_wal_lsn()``), as ``{"lsn": N}``:
+        a change committed before this call ends at or before it."""
+        return {"lsn": self._wal_lsn()}
+
     def acknowledge(self, position: Position) -> None:
         """The engine made everything up to ``position`` durable: confirm the slot up to it
         (now if the feed is idle, else with the next status update)."""

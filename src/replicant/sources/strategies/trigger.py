@@ -97,7 +97,7 @@ from replicant.sources.strategies.protocols import TriggerSource, sizes
 from replicant.sources.strategies.trigger_sql import AT, OP, SEQ, TXID, TriggerSQL
 from replicant.sources.types import Column
 
-__all__ = ["acknowledge", "install", "read", "uninstall"]
+__all__ = ["acknowledge", "current_position", "install", "read", "uninstall"]
 
 #: What this strategy needs of a source (checked before reading).
 NEEDS = TriggerSource
@@ -162,6 +162,23 @@ def acknowledge(source: Any, stream: Stream, position: Position) -> None:
         d.claim(str(position["owner"]))
         where = f"({where}) AND {d.owned_by(str(position['owner']))}"
     d.purge(where)
+
+
+def current_position(source: Any, stream: Stream) -> Position | None:
+    """The shadow table's highest change now, as a position :func:`replicant.sources.positions.reached`
+    compares with the stream's (``txid`` one past the highest transaction id in PostgreSQL, else
+    ``seq``); None when the shadow table is empty or not installed (nothing to wait for)."""
+    if not isinstance(source, TriggerSource):
+        return None
+    d = source.trigger_sql(stream)
+    if d.installed()[0] is None:
+        return None
+    q = source.quote
+    if d.late_commits == "txid":
+        top = source.fetchall(f"SELECT max({q(TXID)}) FROM {d.shadow}")[0][0]
+        return None if top is None else {"mode": "trigger", "txid": int(top) + 1}
+    top = source.fetchall(f"SELECT max({q(SEQ)}) FROM {d.shadow}")[0][0]
+    return None if top is None else {"mode": "trigger", "seq": int(top)}
 
 
 def read(source: Any, stream: Stream, position: Position | None) -> Iterator[ReadBatch]:
