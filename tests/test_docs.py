@@ -357,3 +357,54 @@ def test_tenants_example_runs(tmp_path: Path) -> None:
     shown = re.search(r"_tenant  id  total_cents\n(.*?)```", (ROOT / "docs" / "tenants.md").read_text(), re.S)
     assert shown is not None
     assert [tuple(line.split()) for line in shown.group(1).strip().splitlines()] == [(t, str(i), str(n)) for t, i, n in got]
+
+
+def test_secrets_doc_vault_provider_and_chain_resolve_a_reference(tmp_path: Path) -> None:
+    """docs/secrets.md: its Vault provider, against a Vault-shaped KV v2 endpoint, and its chain."""
+    import http.server
+    import json
+    import threading
+
+    from replicant.secrets import resolve, set_secret_store
+
+    class Vault(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            known = {"/v1/secret/data/replicant/PG_PW": "from-vault"}
+            if self.headers.get("X-Vault-Token") != "s.root" or self.path not in known:
+                self.send_response(404 if self.headers.get("X-Vault-Token") == "s.root" else 403)
+                self.end_headers()
+                return
+            body = json.dumps({"data": {"data": {"value": known[self.path]}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Vault)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "token").write_text("s.root\n")
+    (tmp_path / "mounted").mkdir()
+    (tmp_path / "mounted" / "API_KEY").write_text("from-mount\n")
+    chain, vault = _python_blocks(ROOT / "docs" / "secrets.md")
+    scope: dict = {}
+    exec(vault, scope)
+    scope.update(TOKEN_FILE=str(tmp_path / "token"), STATE_URL=f"sqlite:///{tmp_path / 'state.db'}",
+                 MOUNTED=str(tmp_path / "mounted"))
+    try:
+        exec(chain.replace("http://127.0.0.1:8200", f"http://127.0.0.1:{server.server_port}"), scope)
+        assert resolve("postgresql://app:${secret:PG_PW}@h/db") == "postgresql://app:from-vault@h/db"
+        assert resolve("${secret:API_KEY}") == "from-mount"  # not in Vault nor the store: the mount
+    finally:
+        set_secret_store(None)
+        server.shutdown()
+        server.server_close()
+
+
+def test_access_doc_example_runs(tmp_path: Path) -> None:
+    """docs/access.md: create, authenticate, authorize and audit, as the service will."""
+    [example] = _python_blocks(ROOT / "docs" / "access.md")
+    exec(example, {"STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"})

@@ -140,8 +140,8 @@ def test_secret_store_references(env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as caught:
         parse(data)
     assert dict(caught.value.problems) == {
-        "source.url": "${secret:PG} needs a secret store, which this version does not have yet; use ${env:PG} "
-                      "and set the environment variable PG"
+        "source.url": "${secret:PG} needs a secret store: run through `replicant` (which installs the pipeline's "
+                      "encrypted store), or use ${env:PG} and set the environment variable PG"
     }
 
     store = {"PG": "from-the-store"}

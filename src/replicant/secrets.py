@@ -1,8 +1,9 @@
 """Secrets by reference, resolved when a connector reads them, never at parse time.
 
 A pipeline file names a secret by reference: ``${env:NAME}`` (an environment variable)
-or ``${secret:NAME}`` (the secret store of ``replicant serve``; until a store is
-installed with :func:`set_secret_store`, such a reference is an error). A :class:`Secret`
+``${file:PATH}`` (a file's content: a Kubernetes secret mount) or ``${secret:NAME}`` (the
+encrypted store in the state database, :mod:`replicant.access.secret_store`, which the CLI
+installs with :func:`set_secret_store`; without a store such a reference is an error). A :class:`Secret`
 keeps the text *with its references*; :meth:`Secret.get_secret_value` resolves them at
 each call, so the resolved value lives only as long as the caller (a driver connecting)
 holds it, a rotated secret is picked up by the next connection, and a config object
@@ -38,8 +39,9 @@ __all__ = [
     "userinfo_problem",
 ]
 
-#: ``${env:NAME}`` or ``${secret:NAME}``.
-REFERENCE = re.compile(r"\$\{(?P<kind>env|secret):(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``${env:NAME}``, ``${secret:NAME}`` or ``${file:PATH}`` (a file's content, e.g. a Kubernetes
+#: secret mount; one trailing newline dropped).
+REFERENCE = re.compile(r"\$\{(?P<kind>env|secret|file):(?P<name>[A-Za-z_][A-Za-z0-9_]*|(?<=file:)[^}\s]+)\}")
 
 #: Where a reference may start: every ``${`` must open a well-formed reference.
 _OPENING = re.compile(r"\$\{")
@@ -72,10 +74,22 @@ def _lookup(kind: str, name: str) -> tuple[str | None, str]:
     """The value of one reference (``None`` if absent) and the message saying why it is absent."""
     if kind == "env":
         return os.environ.get(name), f"environment variable {name} is not set"
+    if kind == "file":
+        return _read_file(name), f"file {name} cannot be read"
     if _store is None:
-        return None, (f"${{secret:{name}}} needs a secret store, which this version does not have yet; use "
-                      f"${{env:{name}}} and set the environment variable {name}")
+        return None, (f"${{secret:{name}}} needs a secret store: run through `replicant` (which installs the "
+                      f"pipeline's encrypted store), or use ${{env:{name}}} and set the environment variable {name}")
     return _store(name), f"secret {name} is not in the secret store"
+
+
+def _read_file(path: str) -> str | None:
+    """The content of a secret file (one trailing newline dropped), ``None`` when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def reference_problems(text: str, *, must_resolve: bool = True) -> list[str]:
@@ -115,7 +129,7 @@ def _malformed(text: str, start: int) -> str:
     if not colon:
         fix = f"${{env:{body}}}" if _NAME.fullmatch(body) else "${env:NAME}"
         return f"{closed[0]!r} is not a reference (no kind): write {fix} for an environment variable"
-    if kind not in ("env", "secret"):
+    if kind not in ("env", "secret", "file"):
         shown_name = name if _NAME.fullmatch(name) else "NAME"
         return (f"unknown reference kind {kind!r} in {closed[0]!r}: write ${{env:{shown_name}}} "
                 f"(an environment variable) or ${{secret:{shown_name}}}")

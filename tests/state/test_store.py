@@ -98,6 +98,9 @@ def test_open_creates_prefixed_tables_and_reopen_is_idempotent(store_url: str) -
         "replicant_controls",
         "replicant_workers",
         "replicant_hook_ids",
+        "replicant_sealed",
+        "replicant_tokens",
+        "replicant_audit",
     }
     assert sorted(versions) == list(range(1, LATEST + 1))
 

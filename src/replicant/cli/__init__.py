@@ -17,8 +17,21 @@ from __future__ import annotations
 import os
 import sys
 
-from replicant.cli import cdc, dead_letters, decrypt, resync, run, serve, status, tenant, validate  # noqa: F401 - each registers its commands
+from replicant.cli import (  # noqa: F401 - each registers its commands on the app
+    access,
+    cdc,
+    dead_letters,
+    decrypt,
+    resync,
+    run,
+    serve,
+    status,
+    tenant,
+    validate,
+)
 from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
+
+access.audit_commands(app)  # after every command is registered: each mutating one records an audit entry
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERNAL", "app", "main"]
 

@@ -103,6 +103,8 @@ def fail(e: BaseException, *, exit_code: int | None = None) -> None:
 
 
 def load_config(path: Path, *, secrets_needed: bool = True):
+    from replicant.access.secret_store import install_for_pipeline
     from replicant.config import load
 
+    install_for_pipeline(path)  # ${secret:NAME} from the pipeline's encrypted store
     return load(path, secrets_needed=secrets_needed)

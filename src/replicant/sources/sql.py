@@ -100,11 +100,19 @@ class SQLSource(Source):
         if config.url is None:
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs `url:`")])
         super().__init__(config, context)
-        dialect, self._url = normalize_url(config.url.get_secret_value())
+        dialect, _ = normalize_url(config.url.get_secret_value())
+        self._secret_url = config.url
         #: Seconds to connect and log in (``source.connect_timeout``).
         self.connect_timeout = float(config.connect_timeout)
         if dialect != self.dialect:
             raise ConfigError("invalid source", [("source.url", f"a {config.type} source needs a {self.dialect} URL, not {dialect}")])
+
+    @property
+    def _url(self) -> str:
+        """The URL with its references resolved now: each connection (a reconnect too) sees
+        the secret's current value, so a changed or re-encrypted secret needs no restart."""
+        assert self._secret_url is not None
+        return normalize_url(self._secret_url.get_secret_value())[1]
 
     # ------------------------------------------------------------------ dialect hooks
 

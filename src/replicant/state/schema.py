@@ -417,6 +417,16 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations, _v6_files_seen, _v7_service,
 ]
 
+
+def _access(conn: Connection) -> None:
+    """Secrets, tokens and the append-only audit log (:mod:`replicant.state.access_tables`)."""
+    from replicant.state.access_tables import migrate_access
+
+    migrate_access(conn)
+
+
+MIGRATIONS.append(_access)
+
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").
 _PG_MIGRATION_LOCK = 0x7265706C
 

@@ -36,6 +36,7 @@ from replicant.state._engine import configure_sqlite, first_line, normalise_url
 from replicant.state._leases import LeaseMixin
 from replicant.state._queue import QueueMixin
 from replicant.state._tenants import TenantStateMixin
+from replicant.state.access import AccessMixin
 from replicant.state.files_seen import FilesSeenMixin
 from replicant.state.records import (
     ALL_TENANTS,
@@ -64,7 +65,7 @@ __all__ = [
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
 
 
-class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin, TenantStateMixin, QueueMixin):
+class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin, TenantStateMixin, QueueMixin, AccessMixin):
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the

@@ -1,0 +1,164 @@
+"""API tokens, roles and the permission table: the one place authorization is decided.
+
+A token is ``rpl_`` + 32 random bytes (``secrets.token_urlsafe``), shown once when created.
+The state store keeps its SHA-256, never the token: a token has 256 bits of entropy, so
+unlike a password it needs no slow, salted hash (no dictionary or brute force reaches it)
+and a plain digest lets a lookup be one comparison. The presented token's digest is
+compared with every live digest by :func:`hmac.compare_digest` (constant time), so timing
+says nothing about how much of a digest matched.
+
+Roles (each includes the one before): ``viewer`` reads; ``operator`` also triggers runs,
+pauses and resumes, resyncs, replays, validates and retries or discards dead letters;
+``admin`` also edits pipeline files, secrets and tokens. A token with tenants acts only on
+those tenants; without tenants, on every tenant. The service's single auth hook calls
+:func:`authenticate` then :func:`allowed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets as _random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from replicant.errors import ConfigError, ReplicantError
+
+__all__ = [
+    "PREFIX",
+    "ROLES",
+    "PERMISSIONS",
+    "ROLE_PERMISSIONS",
+    "Principal",
+    "AuthenticationError",
+    "create_token",
+    "authenticate",
+    "allowed",
+    "parse_duration",
+    "digest",
+]
+
+PREFIX = "rpl_"
+#: How often a token's ``last_used_at`` is stamped, at most.
+LAST_USED_EVERY = timedelta(minutes=1)
+ROLES = ("viewer", "operator", "admin")
+
+#: Every permission an action may need.
+PERMISSIONS = (
+    "read",
+    "trigger", "pause", "resume", "resync", "replay", "validate", "dead_letters.retry", "dead_letters.discard",
+    "pipelines.write", "secrets", "tokens", "audit",
+)
+
+_VIEWER = frozenset({"read"})
+_OPERATOR = _VIEWER | {"trigger", "pause", "resume", "resync", "replay", "validate", "dead_letters.retry",
+                       "dead_letters.discard"}
+_ADMIN = _OPERATOR | {"pipelines.write", "secrets", "tokens", "audit"}
+
+#: Role → the permissions it grants: the whole authorization policy.
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {"viewer": _VIEWER, "operator": _OPERATOR, "admin": _ADMIN}
+
+
+class AuthenticationError(ReplicantError):
+    """No such token, or it was revoked or has expired (one message for all: no oracle)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as: a token's id, name, role and tenants (empty: every tenant)."""
+
+    id: str
+    name: str
+    role: str
+    tenants: tuple[str, ...] = ()
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names it (the id and name, never the token)."""
+        return f"token:{self.id} ({self.name})"
+
+
+def digest(token: str) -> str:
+    """The SHA-256 hex digest stored for ``token``."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``2w``, ``45s`` as a timedelta.
+
+    Raises:
+        ConfigError: another form.
+    """
+    m = _DURATION.fullmatch(text.strip())
+    if m is None or int(m[1]) == 0:
+        raise ConfigError(f"{text!r} is not a duration: write a number and a unit, e.g. 90d, 12h, 30m, 2w")
+    return timedelta(**{_UNITS[m[2]]: int(m[1])})
+
+
+def create_token(store: Any, *, role: str, tenants: list[str] | tuple[str, ...] = (), name: str | None = None,
+                 expires: timedelta | None = None) -> tuple[str, Principal]:
+    """Creates a token: returns ``(token, principal)``. Show the token once; only its hash is kept.
+
+    Raises:
+        ConfigError: an unknown role or an empty tenant id.
+    """
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    if any(not t for t in tenants):
+        raise ConfigError("a tenant id cannot be empty")
+    token_id = _random.token_hex(6)
+    token = PREFIX + _random.token_urlsafe(32)
+    name = name or f"token-{token_id}"
+    now: datetime = store._clock()
+    store.add_token(id=token_id, name=name, role=role, tenants=list(tenants), digest=digest(token),
+                    expires_at=None if expires is None else now + expires)
+    return token, Principal(token_id, name, role, tuple(sorted(tenants)))
+
+
+def authenticate(store: Any, token: str) -> Principal:
+    """The principal of a live token; stamps its last use (at most once a minute).
+
+    Raises:
+        AuthenticationError: unknown, revoked or expired (the message never holds the token).
+    """
+    presented = digest(token) if token.startswith(PREFIX) else "0" * 64
+    match = None
+    for token_id, stored in store.token_hashes():  # every digest compared: constant time per row
+        if hmac.compare_digest(presented, stored):
+            match = token_id
+    if match is None:
+        raise AuthenticationError("invalid token")
+    [row] = [r for r in store.token_rows() if r["id"] == match]
+    now = store._clock()
+    if row["expires_at"] is not None and row["expires_at"] <= now:
+        raise AuthenticationError("invalid token")
+    if row["last_used_at"] is None or now - row["last_used_at"] >= LAST_USED_EVERY:
+        store.token_used(match)  # at most once a minute: no write per request
+    return Principal(row["id"], row["name"], row["role"], tuple(row["tenants"]))
+
+
+def allowed(principal: Principal, permission: str, tenant: str | None = None) -> bool:
+    """Whether ``principal`` may do ``permission`` on ``tenant`` (``None``: not tenant-specific,
+    e.g. a pipeline-wide action, which a tenant-scoped token may not do unless reading).
+
+    A tenant-scoped token is refused another tenant; the API answers that with 404, not 403,
+    so the tenant's existence does not leak.
+
+    Raises:
+        ValueError: an unknown permission (a typo in an endpoint table must not grant or deny silently).
+    """
+    if permission not in PERMISSIONS:
+        raise ValueError(f"unknown permission {permission!r}")
+    if permission not in ROLE_PERMISSIONS.get(principal.role, frozenset()):
+        return False
+    if not principal.tenants:
+        return True
+    if tenant is None:
+        return permission == "read"
+    return tenant in principal.tenants
