@@ -37,7 +37,7 @@ class ServeProcess:
     """``replicant serve FOLDER`` with a clock file (the scheduler's time) and its stderr in a file."""
 
     def __init__(self, folder: Path, *, workers: int = 1, lease: str = "4s", extra: list[str] | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, scheme: str = "http", client: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.clock_file = folder / ".clock"
@@ -48,13 +48,20 @@ class ServeProcess:
                      *(extra or [])]
         self.proc: subprocess.Popen[bytes] | None = None
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0, headers=headers)
+        self.http = httpx.Client(base_url=f"{scheme}://127.0.0.1:{self.port}", timeout=30.0, headers=headers, **(client or {}))
 
     def start(self) -> ServeProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=env, start_new_session=True)
-        wait_for(self._up, timeout=60, what=f"replicant serve on port {self.port} ({self.log_file})")
+        try:
+            wait_for(self._up, timeout=60, what=f"replicant serve on port {self.port} ({self.log_file})")
+        except BaseException:  # never leave a process behind a failed start
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+            self.http.close()
+            raise
         return self
 
     def _up(self) -> bool:
