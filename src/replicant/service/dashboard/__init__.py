@@ -72,8 +72,8 @@ _PIPELINE = """<h1>Pipeline <span id="pipeline-name">{name}</span></h1>
 <th scope="col">Started</th><th scope="col">Finished</th><th scope="col">Error</th></tr></thead><tbody></tbody></table>
 <div id="run-detail" aria-live="polite"></div></section>
 <section aria-labelledby="h-dl"><h2 id="h-dl">Dead letters</h2>
-<table id="dead-letters" class="grid"><thead><tr><th scope="col">Id</th><th scope="col">Stream</th><th scope="col">Destination</th>
-<th scope="col">Error</th><th scope="col">Actions</th></tr></thead><tbody></tbody></table></section>
+<table id="dead-letters" class="grid"><thead><tr><th scope="col">Id</th><th scope="col">Stream (tenant)</th><th scope="col">Destination</th>
+<th scope="col">Reason</th><th scope="col">Actions</th></tr></thead><tbody></tbody></table></section>
 """
 
 #: Button → (permission, label); only the ones the role has are rendered.

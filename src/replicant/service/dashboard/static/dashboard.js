@@ -183,8 +183,8 @@
         onclick: () => act(`Retry dead letter ${x.id}`, `/pipelines/${enc(NAME)}/dead-letters/retry`, { ids: [x.id], tenant: x.tenant || null }) }, "Retry"));
       if (CAN.has("dead_letters.discard")) acts.append(el("button", { type: "button", "data-discard": x.id,
         onclick: () => act(`Discard dead letter ${x.id}`, `/pipelines/${enc(NAME)}/dead-letters/discard`, { ids: [x.id], tenant: x.tenant || null }) }, "Discard"));
-      return el("tr", {}, el("td", {}, x.id), el("td", {}, x.stream), el("td", {}, x.destination || "—"),
-        el("td", { class: "error" }, x.error || ""), acts);
+      return el("tr", {}, el("td", {}, x.id), el("td", {}, x.stream + (x.tenant ? ` (${x.tenant})` : "")),
+        el("td", {}, x.destination || "—"), el("td", { class: "error" }, x.reason || x.error || ""), acts);
     }), "No dead letters.", 5);
     const pState = d.paused ? "paused" : "active";
     say(`${pState} · last run ${d.last_run ? d.last_run.status : "never"} · next ${d.next_run ? when(d.next_run) : "on demand"} · updated ${new Date().toLocaleTimeString()}`);
