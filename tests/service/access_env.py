@@ -70,6 +70,10 @@ destinations:
 """)
 
 
+def _letter(destination: str = "warehouse") -> DeadLetter:
+    return DeadLetter(reason="rejected for the test", payload={"id": 99}, origin="test", destination=destination)
+
+
 def make_env(folder: Path, *, prerun: bool = True, **kwargs: object) -> AccessEnv:
     """The folder, its tokens and dead letters; ``prerun``: both pipelines ran once (`replicant
     run`, in the service's state), so status and metrics have streams of each tenant."""
@@ -95,8 +99,8 @@ def make_env(folder: Path, *, prerun: bool = True, **kwargs: object) -> AccessEn
         env.tokens["expired"] = expired
         env.tokens["bad"] = "rpl_not-a-token-anyone-created"
         for tenant in ("acme", "globex"):  # one dead letter per tenant of shop, one of solo
-            store.add_dead_letters("shop", "orders", [DeadLetter(reason="rejected for the test", payload={"id": 99}, origin="test", destination="warehouse")], tenant=tenant)
-        store.add_dead_letters("solo", "orders", [DeadLetter(reason="rejected for the test", payload={"id": 99}, origin="test", destination="warehouse")])
+            store.add_dead_letters("shop", "orders", [_letter()], tenant=tenant)
+        store.add_dead_letters("solo", "orders", [_letter("lake")])
     finally:
         store.close()
     return env

@@ -21,7 +21,7 @@ from replicant.access.secret_store import EncryptedStore
 from replicant.state.store import StateStore
 
 from .access_env import make_env
-from .serve_proc import ServeProcess, wait_for
+from .serve_proc import ServeProcess
 
 ROLE = "replicant_leak_srv"
 SENTINEL = "Leak-sentinel-pw-9f41"
@@ -63,8 +63,8 @@ def test_sentinel_password_and_token_appear_nowhere_the_service_wrote_or_answere
         bad = serve.wait_run(serve.post("/api/v1/pipelines/wrong/runs", json={})["id"])
         assert bad["status"] == "failed" and bad["error"], bad
         assert ROLE in bad["error"] or "password" in bad["error"].lower()  # it says what failed, not the secret
-        for path in ("/api/v1/pipelines/leak/pause", "/api/v1/pipelines/leak/resume", "/api/v1/pipelines/solo/validate"):
-            answered.append(serve.http.post(path, json={} if "validate" in path else None).text)
+        answered.extend(serve.http.post(path, json={} if "validate" in path else None).text for path in (
+            "/api/v1/pipelines/leak/pause", "/api/v1/pipelines/leak/resume", "/api/v1/pipelines/solo/validate"))
         answered.append(serve.http.post("/api/v1/pipelines/nope/runs").text)  # an error response too
 
         document = serve.get("/api/openapi.json")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,8 +78,10 @@ def _remote(pipeline: Path, server: str, destination: str | None, stream: list[s
 
     try:
         name = pipeline_name(pipeline)
-        codes, streams = [], []
-        for one in stream or [None]:
+        codes: list[int] = []
+        streams: list[Any] = []
+        wanted: list[str | None] = list(stream) if stream else [None]
+        for one in wanted:
             body = {"destination": destination, "stream": one, "tenant": tenant, "repair": repair}
             run = wait_run(server, call(server, "POST", f"/pipelines/{name}/validate", json=body)["id"])
             data = (run.get("result") or {}).get("validate")
@@ -98,7 +100,7 @@ def _remote(pipeline: Path, server: str, destination: str | None, stream: list[s
                 for d in s["differences"][:_LISTED]:
                     out.print(f"  {d['kind']}: {json.dumps(d['key'], ensure_ascii=False)}", markup=False, soft_wrap=True)
         code = max(codes)
-        if report is not None:
+        if report is not None and data is not None:
             write_report_data({**data, "streams": streams, "exit_code": code,
                                "verdict": {0: "equal", 1: "differences", 2: "could not validate"}[code]}, report)
         return code

@@ -6,7 +6,7 @@ values are never returned."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -99,12 +99,12 @@ def _entries(request: Request, since: datetime | None, pipeline: str | None, lim
 
 
 @router.get("/audit", summary="Audit entries, oldest first (a tenant admin: its tenants')")
-def query_audit(request: Request, since: datetime | None = Query(None), pipeline: str | None = Query(None),
+def query_audit(request: Request, since: Annotated[datetime | None, Query()] = None, pipeline: str | None = Query(None),
                 limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
     return _entries(request, since, pipeline, limit)
 
 
 @router.get("/audit/export", summary="Audit entries as JSON lines", response_class=Response,
             responses={200: {"content": {"application/x-ndjson": {}}, "description": "One entry per line."}})
-def export_audit(request: Request, since: datetime | None = Query(None), pipeline: str | None = Query(None)) -> Response:
+def export_audit(request: Request, since: Annotated[datetime | None, Query()] = None, pipeline: str | None = Query(None)) -> Response:
     return Response(entries_as_json_lines(_entries(request, since, pipeline, None)), media_type="application/x-ndjson")

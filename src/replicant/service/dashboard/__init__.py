@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
