@@ -20,6 +20,7 @@ import secrets as _random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -50,6 +51,9 @@ class Session:
     token_id: str
     csrf: str
     created: float = field(default_factory=time.monotonic)
+    #: an OIDC login: its principal, and the JWT's expiry (Unix time)
+    principal: Principal | None = None
+    expires: float | None = None
 
 
 def pipeline_tenants(service: Any, name: str) -> set[str]:
@@ -89,6 +93,12 @@ class Authorizer:
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._tokens_seen: tuple[float, bool] = (0.0, False)
+        oidc = getattr(service.settings, "oidc", None)
+        self.oidc: Any = None
+        if oidc is not None:
+            from replicant.service.oidc import OidcVerifier
+
+            self.oidc = OidcVerifier(oidc, Path(getattr(service.settings, "base_dir", ".")))
 
     # -- who -------------------------------------------------------------------------------
 
@@ -96,6 +106,8 @@ class Authorizer:
         """Whether requests need a token (cached a second)."""
         if self.no_auth:
             return False
+        if self.oidc is not None:
+            return True
         at, has = self._tokens_seen
         if time.monotonic() - at > 1.0:
             has = bool(self.service.store.token_rows())  # any token, revoked too: never reopens
@@ -103,10 +115,15 @@ class Authorizer:
         return has or not self.loopback
 
     def login(self, token: str) -> tuple[str, Session, Principal]:
-        """A new session for ``token``. Raises AuthenticationError."""
-        principal = authenticate(self.service.store, token)
+        """A new session for ``token`` (an API token, or a JWT when OIDC is configured).
+        Raises AuthenticationError."""
         sid = _random.token_urlsafe(32)
-        session = Session(principal.id, _random.token_urlsafe(24))
+        if self.oidc is not None and _is_jwt(token):
+            principal, expires = self.oidc.verify(token)
+            session = Session(principal.id, _random.token_urlsafe(24), principal=principal, expires=expires)
+        else:
+            principal = authenticate(self.service.store, token)
+            session = Session(principal.id, _random.token_urlsafe(24))
         with self._lock:
             self.sessions[sid] = session
         return sid, session, principal
@@ -121,6 +138,11 @@ class Authorizer:
             session = self.sessions.get(sid or "")
         if session is None or time.monotonic() - session.created > self.session_seconds:
             return None
+        if session.principal is not None:  # OIDC: valid until the JWT expires
+            if session.expires is not None and time.time() >= session.expires:
+                self.logout(sid)
+                return None
+            return session, session.principal
         rows = [r for r in self.service.store.token_rows() if r["id"] == session.token_id]
         now = self.service.store._clock()
         if not rows or rows[0].get("revoked_at") is not None or (
@@ -140,6 +162,8 @@ class Authorizer:
             if kind.lower() != "bearer" or not token.strip():
                 raise _problem(401, "unauthenticated", "send `Authorization: Bearer TOKEN`")
             try:
+                if self.oidc is not None and _is_jwt(token.strip()):
+                    return self.oidc.principal(token.strip())
                 return authenticate(self.service.store, token.strip())
             except AuthenticationError:
                 raise _problem(401, "unauthenticated", "invalid token") from None
@@ -194,6 +218,12 @@ def _problem(status: int, code: str, detail: str) -> Exception:
     from replicant.service.api.problems import ApiProblem  # not at import: the API package imports this module
 
     return ApiProblem(status, code, detail)
+
+
+def _is_jwt(token: str) -> bool:
+    from replicant.service.oidc import looks_like_jwt
+
+    return looks_like_jwt(token)
 
 
 def _same_origin(request: Request, origin: str) -> bool:
