@@ -105,7 +105,7 @@ def test_jwks_from_a_url(keys: Any) -> None:
     body = json.dumps(_jwks(keys[0], "k1")).encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
