@@ -24,8 +24,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
-from replicant.access.tokens import create_token  # noqa: E402
-from replicant.state.store import StateStore  # noqa: E402
+from replicant.access.tokens import create_token
+from replicant.state.store import StateStore
 
 PIPELINE = """pipeline: {name}
 source:
