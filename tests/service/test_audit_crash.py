@@ -35,7 +35,8 @@ def test_every_acknowledged_mutation_is_audited_across_kill_9(tmp_path: Path) ->
         seen: list[int] = []
         attempted: list[str] = []
 
-        def hammer(port: int = serve.port) -> None:
+        def hammer(port: int = serve.port, stop: threading.Event = stop, seen: list[int] = seen,
+                   attempted: list[str] = attempted) -> None:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
                               headers={"authorization": f"Bearer {env.tokens['operator']}"}) as c:
                 i = 0
