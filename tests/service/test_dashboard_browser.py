@@ -144,3 +144,25 @@ def test_bad_token_is_refused_and_csrf_is_needed_for_the_session(site: tuple[Acc
                                                                "origin": "http://evil.example"}).status_code == 403
         assert c.post("/api/v1/pipelines/solo/pause", headers={"x-csrf-token": csrf}).status_code == 200
         assert c.post("/api/v1/pipelines/solo/resume", headers={"x-csrf-token": csrf, "origin": base}).status_code == 200
+
+
+def test_keyboard_alone_logs_in_and_opens_a_pipeline(site: tuple[AccessEnv, ServeProcess], browser: Any) -> None:
+    env, serve = site
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.set_default_timeout(60_000)
+    page.goto(f"http://127.0.0.1:{serve.port}/login")
+    assert page.evaluate("document.activeElement.id") == "token"  # autofocus, labelled
+    page.keyboard.type(env.tokens["viewer"])
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"http://127.0.0.1:{serve.port}/")
+    page.locator("#pipelines tbody a").first.wait_for()
+    for _ in range(10):  # Tab to the first pipeline's link, then Enter
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "shop":
+            break
+    else:
+        raise AssertionError("no keyboard focus reached the pipeline link")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/pipelines/shop")
+    assert page.locator("#streams").is_visible()
+    page.close()
