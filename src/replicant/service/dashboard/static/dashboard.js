@@ -139,6 +139,12 @@
       lag[k] = (lag[k] || 0) + Math.max(0, x.lag);
       if (x.paused) drift[k] = `${x.destination}: ${x.paused}`;
     }
+    const current = runs[0] && runs[0].status === "running" && runs[0].started_at ? Date.parse(runs[0].started_at) : null;
+    const progress = (s) => {
+      if (current === null) return "—";
+      const done = s.updated_at && Date.parse(s.updated_at) >= current;
+      return el("progress", { max: 100, value: done ? 100 : null, "aria-label": `${s.name}: ${done ? "done" : "reading"}` });
+    };
     const rows = st.streams.map((s) => {
       const k = s.name + "\u0000" + (s.tenant || "");
       const isPaused = paused(s.tenant, s.name);
@@ -151,11 +157,12 @@
       if (CAN.has("resync")) acts.append(el("button", { type: "button", "data-stream": s.name, "data-act": "resync",
         onclick: () => act(`Resync ${s.name}`, `/pipelines/${enc(NAME)}/streams/${enc(s.name)}/resync${q}`) }, `Resync ${s.name}`));
       return el("tr", { "data-stream": s.name }, el("td", {}, s.name), el("td", {}, s.tenant || "—"), el("td", { class: "num" }, s.rows),
+        el("td", {}, progress(s)),
         el("td", { class: "num" }, lag[k] || 0),
         el("td", { class: "state" }, isPaused ? "paused" : (drift[k] ? "drift: " + drift[k] : (s.updated_at ? "ok" : "snapshot pending"))),
         acts);
     });
-    fill(document.querySelector("#streams tbody"), rows, "No streams yet.", 6);
+    fill(document.querySelector("#streams tbody"), rows, "No streams yet.", 7);
 
     const now = Date.now();
     const perDest = {};
