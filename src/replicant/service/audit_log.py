@@ -27,7 +27,7 @@ def audit(request: Request, action: str, status: int, *, pipeline: str | None = 
 
     principal = getattr(request.state, "principal", None)
     who: Any = principal if principal is not None and principal is not OPEN else (
-        "no-auth" if principal is OPEN else "anonymous")
+        "no-auth" if principal is OPEN else "webhook-signature" if action == "webhook" else "anonymous")
     client = request.client.host if request.client else None
     result = "ok" if status < 400 else f"refused {status}"
     try:
