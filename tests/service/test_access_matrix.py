@@ -174,6 +174,7 @@ def test_tenant_scope_filters_lists_and_metrics(served: Served) -> None:
         assert letters and {x["tenant"] for x in letters} == {"acme"}
         detail = c.get("/api/v1/pipelines/shop").json()
         assert set(detail["tenants"]) <= {"acme"} and all(r.get("tenant") == "acme" for r in detail["runs"])
+        assert set(detail["lag_history"]) <= {"warehouse"}
         metrics = c.get("/metrics").text
         assert 'pipeline="shop"' in metrics and 'tenant="globex"' not in metrics and 'pipeline="solo"' not in metrics
     with served.client("admin") as c:

@@ -109,6 +109,8 @@ def test_operator_runs_pauses_resumes_and_retries_from_the_dashboard(site: tuple
     assert retries[0]["params"]["ids"] == [letter["id"]]
     page.locator("#runs tbody tr", has_text="retry").first.wait_for()
     page.locator("#lag-charts svg[role=img]").first.wait_for()
+    history = serve.get("/api/v1/pipelines/solo")["lag_history"]  # the service's samples feed the chart
+    assert history["lake"] and all(n >= 0 for _, n in history["lake"])
     shot(page, tmp_path, "dashboard-pipeline-operator")
     page.close()
 

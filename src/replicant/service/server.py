@@ -65,6 +65,9 @@ class Service:
         self._slots: dict[str, dict[str | None, int]] = {}
         self._lock = threading.Lock()
         self.no_auth = False
+        from replicant.service.lag_history import LagHistory
+
+        self.lag_history = LagHistory(self)
 
     def open(self) -> Service:
         self.store.open()
@@ -183,6 +186,7 @@ def serve(folder: Path, settings: ServiceSettings, *, worker_args: list[str], en
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers: list[subprocess.Popen[bytes]] = []
     worker_env = {**os.environ, **env}
+    threading.Thread(target=service.lag_history.run, args=(stop,), name="lag-history", daemon=True).start()
     try:
         workers = [subprocess.Popen(_worker_command(folder, worker_args), env=worker_env) for _ in range(settings.workers)]
         last_scan = last_slots = 0.0

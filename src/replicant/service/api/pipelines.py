@@ -83,6 +83,8 @@ def get_pipeline(request: Request, name: str) -> dict[str, Any]:
     detail["tenants"] = [t for t in service.store.tenants(name) if own(tenants, t)]
     detail["pauses"] = [c for c in service.store.paused_controls(name) if own(tenants, c["tenant"])]
     detail["runs"] = [r for r in service.store.runs(name, limit=10) if own(tenants, r.get("tenant"))]
+    history = getattr(service, "lag_history", None)
+    detail["lag_history"] = history.for_pipeline(name, tenants) if history is not None else {}
     if tenants is not None:
         detail["last_run"] = status["last_run"]
         if "tenant_ids" in detail:

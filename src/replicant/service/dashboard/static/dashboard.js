@@ -168,9 +168,13 @@
     const perDest = {};
     for (const x of st.destinations) perDest[x.destination] = (perDest[x.destination] || 0) + Math.max(0, x.lag);
     const charts = [];
+    const sampled = d.lag_history || {};
     for (const [dest, v] of Object.entries(perDest)) {
-      const h = (history[dest] = (history[dest] || []).concat([[now, v]]).slice(-200));
-      charts.push(lagChart(dest, h));
+      // the service's samples (up to an hour), then what this page saw since the newest of them
+      const server = (sampled[dest] || []).map(([t, n]) => [Date.parse(t), n]);
+      const newest = server.length ? server[server.length - 1][0] : 0;
+      const h = (history[dest] = (history[dest] || []).filter((p) => p[0] > newest).concat([[now, v]]).slice(-200));
+      charts.push(lagChart(dest, server.concat(h)));
     }
     try { sessionStorage.setItem("lag:" + NAME, JSON.stringify(history)); } catch (e) { /* private mode */ }
     document.getElementById("lag-charts").replaceChildren(...(charts.length ? charts : [el("p", { class: "muted" }, "No destination has data yet.")]));
