@@ -63,7 +63,8 @@ _PIPELINE = """<h1>Pipeline <span id="pipeline-name">{name}</span></h1>
 <section aria-labelledby="h-run"><h2 id="h-run">Current run</h2><div id="run-progress">No run yet.</div></section>
 <section aria-labelledby="h-streams"><h2 id="h-streams">Streams</h2>
 <table id="streams" class="grid"><thead><tr><th scope="col">Stream</th><th scope="col">Tenant</th><th scope="col">Rows</th>
-<th scope="col">This run</th><th scope="col">Lag</th><th scope="col">State</th><th scope="col">Actions</th></tr></thead><tbody></tbody></table></section>
+<th scope="col">This run</th><th scope="col">Lag</th><th scope="col">State</th><th scope="col">Actions</th></tr></thead>
+<tbody></tbody></table></section>
 <section aria-labelledby="h-lag"><h2 id="h-lag">Lag over time</h2><div id="lag-charts"></div></section>
 <section aria-labelledby="h-tenants"><h2 id="h-tenants">Tenants</h2><ul id="tenants"></ul></section>
 <section aria-labelledby="h-runs"><h2 id="h-runs">Runs</h2>
