@@ -168,3 +168,15 @@ def test_keyboard_alone_logs_in_and_opens_a_pipeline(site: tuple[AccessEnv, Serv
     page.wait_for_url("**/pipelines/shop")
     assert page.locator("#streams").is_visible()
     page.close()
+
+
+def test_revoking_a_token_ends_its_dashboard_sessions(site: tuple[AccessEnv, ServeProcess]) -> None:
+    env, serve = site
+    made = serve.post("/api/v1/tokens", expect=201, json={"role": "viewer", "name": "short-lived"})
+    with httpx.Client(base_url=f"http://127.0.0.1:{serve.port}") as c:
+        assert c.post("/login", data={"token": made["token"]}).status_code == 303
+        assert c.get("/api/v1/whoami").json()["name"] == "short-lived"
+        assert c.get("/", follow_redirects=False).status_code == 200
+        serve.http.delete(f"/api/v1/tokens/{made['id']}").raise_for_status()
+        assert c.get("/api/v1/whoami").status_code == 401
+        assert c.get("/", follow_redirects=False).headers["location"] == "/login"
