@@ -171,7 +171,7 @@ def test_keyboard_alone_logs_in_and_opens_a_pipeline(site: tuple[AccessEnv, Serv
 
 
 def test_revoking_a_token_ends_its_dashboard_sessions(site: tuple[AccessEnv, ServeProcess]) -> None:
-    env, serve = site
+    _, serve = site
     made = serve.post("/api/v1/tokens", expect=201, json={"role": "viewer", "name": "short-lived"})
     with httpx.Client(base_url=f"http://127.0.0.1:{serve.port}") as c:
         assert c.post("/login", data={"token": made["token"]}).status_code == 303
