@@ -198,6 +198,9 @@
         el("td", {}, x.destination || "—"), el("td", { class: "error" }, x.reason || x.error || ""), acts);
     }), "No dead letters.", 5);
     const pState = d.paused ? "paused" : "active";
+    for (const b of document.querySelectorAll("#actions button[data-action=pause], #actions button[data-action=resume]")) {
+      b.hidden = (b.dataset.action === "pause") === Boolean(d.paused); // only the one that applies
+    }
     say(`${pState} · last run ${d.last_run ? d.last_run.status : "never"} · next ${d.next_run ? when(d.next_run) : "on demand"} · updated ${new Date().toLocaleTimeString()}`);
   }
 
