@@ -36,7 +36,8 @@ def wait_for(check: Callable[[], T], *, timeout: float = 60.0, what: str = "cond
 class ServeProcess:
     """``replicant serve FOLDER`` with a clock file (the scheduler's time) and its stderr in a file."""
 
-    def __init__(self, folder: Path, *, workers: int = 1, lease: str = "4s", extra: list[str] | None = None) -> None:
+    def __init__(self, folder: Path, *, workers: int = 1, lease: str = "4s", extra: list[str] | None = None,
+                 token: str | None = None, scheme: str = "http", client: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.clock_file = folder / ".clock"
@@ -46,13 +47,21 @@ class ServeProcess:
                      "--workers", str(workers), "--lease", lease, "--tick", "0.2", "--clock-file", str(self.clock_file),
                      *(extra or [])]
         self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=f"{scheme}://127.0.0.1:{self.port}", timeout=30.0, headers=headers, **(client or {}))
 
     def start(self) -> ServeProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=env, start_new_session=True)
-        wait_for(self._up, timeout=60, what=f"replicant serve on port {self.port} ({self.log_file})")
+        try:
+            wait_for(self._up, timeout=60, what=f"replicant serve on port {self.port} ({self.log_file})")
+        except BaseException:  # never leave a process behind a failed start
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+            self.http.close()
+            raise
         return self
 
     def _up(self) -> bool:

@@ -36,14 +36,21 @@ def serve(
     max_running: MaxRunning = None,
     log_format: LogFormat = None,
     clock_file: Annotated[str | None, typer.Option("--clock-file", hidden=True, help="Tests: the scheduler's time.")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No token needed (loopback addresses only).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's private key (PEM).")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option("--tls-client-ca",
+                                                       help="Mutual TLS: require a client certificate of this CA.")] = None,
 ) -> None:
     """Runs every pipeline file in FOLDER on its schedule, with worker processes, a REST API
     (/api/v1, OpenAPI at /api/openapi.json) and Prometheus metrics (/metrics)."""
     from replicant.service.logs import setup_service_logging
     from replicant.service.server import serve as run_service
     from replicant.service.settings import load_settings
+    from replicant.service.tls import TlsOptions
 
     try:
+        tls = TlsOptions.from_flags(tls_cert, tls_key, tls_client_ca)
         overrides = {"host": host, "port": port, "workers": workers, "state": state or os.environ.get(STATE_ENV),
                      "logs": str(logs) if logs else None, "lease": lease, "tick": tick, "max_running": max_running,
                      "log_format": log_format, "clock_file": clock_file}
@@ -54,7 +61,7 @@ def serve(
         if settings.max_running:
             worker_args += ["--max-running", str(settings.max_running)]
         code = run_service(folder.resolve(), settings, worker_args=worker_args, env={STATE_ENV: settings.state_url},
-                           announce=lambda text: err.print(text, markup=False, soft_wrap=True))
+                           announce=lambda text: err.print(text, markup=False, soft_wrap=True), no_auth=no_auth, tls=tls)
     except Exception as e:  # noqa: BLE001 - the CLI boundary
         _fail(e)
         return

@@ -98,6 +98,9 @@ class Catalog:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
             if isinstance(raw, dict) and "pipeline" not in raw and "source" not in raw:
                 return None  # some other YAML file
+            from replicant.service.secret_provider import install
+
+            install(self.state_url)  # ${secret:…} from the service's store
             config = for_service(load(path), self.state_url)
             return PipelineFile(path, digest, config=config)
         except (ReplicantError, OSError, ValueError, yaml.YAMLError) as e:

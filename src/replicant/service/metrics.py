@@ -9,6 +9,7 @@ lists exactly what is exported. Labels: ``pipeline``, ``tenant`` (``""``: none),
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -148,3 +149,30 @@ def render(service: Any) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
     return generate_latest(registry)
+
+
+_LABEL = re.compile(r'(pipeline|tenant)="((?:[^"\\]|\\.)*)"')
+
+
+def scoped(request: Any, body: bytes) -> bytes:
+    """``body`` with only the samples a tenant-scoped token may see: its tenants' series, and
+    tenant-less series of pipelines that have one of its tenants (unscoped: unchanged)."""
+    from replicant.service.auth import scope, visible
+
+    tenants = scope(request)
+    if tenants is None:
+        return body
+    keep: list[str] = []
+    seen: dict[str, bool] = {}
+    for line in body.decode().splitlines():
+        labels = dict(_LABEL.findall(line)) if not line.startswith("#") else {}
+        tenant, pipeline = labels.get("tenant"), labels.get("pipeline")
+        if tenant and tenant not in tenants:
+            continue
+        if pipeline is not None:
+            if pipeline not in seen:
+                seen[pipeline] = visible(request, pipeline)
+            if not seen[pipeline]:
+                continue
+        keep.append(line)
+    return ("\n".join(keep) + "\n").encode()

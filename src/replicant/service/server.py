@@ -64,6 +64,10 @@ class Service:
         self._statuses: dict[str, tuple[float, dict[str, Any]]] = {}
         self._slots: dict[str, dict[str | None, int]] = {}
         self._lock = threading.Lock()
+        self.no_auth = False
+        from replicant.service.lag_history import LagHistory
+
+        self.lag_history = LagHistory(self)
 
     def open(self) -> Service:
         self.store.open()
@@ -143,13 +147,18 @@ def _worker_command(folder: Path, args: list[str]) -> list[str]:
 
 
 def serve(folder: Path, settings: ServiceSettings, *, worker_args: list[str], env: dict[str, str],
-          announce: Callable[[str], None]) -> int:
-    """Runs the service until SIGTERM/SIGINT; returns the exit code."""
+          announce: Callable[[str], None], no_auth: bool = False, tls: Any = None) -> int:
+    """Runs the service until SIGTERM/SIGINT; returns the exit code. ``tls``: a
+    :class:`~replicant.service.tls.TlsOptions` (HTTPS, mTLS with a client CA)."""
     import uvicorn
 
     from replicant.service.api import create_app
+    from replicant.service.auth import is_loopback
+    from replicant.service.tls import check_exposure, uvicorn_options
 
+    check_exposure(settings.host, no_auth=no_auth, tls=tls, warn=announce)
     service = Service(folder, settings).open()
+    service.no_auth = no_auth
     for entry in service.catalog.broken.values():
         announce(f"error in {entry.path}: {entry.error}")
     app = create_app(service)
@@ -157,10 +166,16 @@ def serve(folder: Path, settings: ServiceSettings, *, worker_args: list[str], en
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", **uvicorn_options(tls)))
     api = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True)
     api.start()
-    announce(f"replicant serve: {len(service.catalog.pipelines)} pipelines, API on http://{settings.host}:{port}/api/v1")
+    scheme = "https" if tls is not None else "http"
+    if not no_auth and not service.store.token_rows():
+        announce("no API token in the state store: " + ("the API and dashboard are open to this machine; create one with "
+                 "`replicant token create`" if is_loopback(settings.host)
+                 else "every request is refused until one is created (`replicant token create`)"))
+    announce(f"replicant serve: {len(service.catalog.pipelines)} pipelines, API on {scheme}://{settings.host}:{port}/api/v1, "
+             f"dashboard on {scheme}://{settings.host}:{port}/")
     stop = threading.Event()
     signalled: list[int] = []
 
@@ -171,6 +186,7 @@ def serve(folder: Path, settings: ServiceSettings, *, worker_args: list[str], en
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers: list[subprocess.Popen[bytes]] = []
     worker_env = {**os.environ, **env}
+    threading.Thread(target=service.lag_history.run, args=(stop,), name="lag-history", daemon=True).start()
     try:
         workers = [subprocess.Popen(_worker_command(folder, worker_args), env=worker_env) for _ in range(settings.workers)]
         last_scan = last_slots = 0.0

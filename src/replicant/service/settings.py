@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from replicant.config_values import parse_duration, parse_size, sqlite_url_against
 from replicant.errors import ConfigError
 from replicant.secrets import Secret
+from replicant.service.oidc import OidcConfig
 
 __all__ = ["NotifyConfig", "ServiceSettings", "load_settings", "SETTINGS_FILE"]
 
@@ -70,6 +71,7 @@ class ServiceSettings(BaseModel):
     webhook_tolerance: float | str = Field(300.0, description="Webhook timestamps further off than this are refused.")
     follow_backoff: float | str = Field(60.0, description="Longest wait before a failed `follow: true` pipeline restarts.")
     clock_file: str | None = Field(None, description="Tests only: read the scheduler's time (ISO 8601) from this file.")
+    oidc: OidcConfig | None = Field(None, description="OIDC/JWT bearer tokens for SSO (docs/access.md).")
     base_dir: Path = Field(Path("."), exclude=True)
 
     @field_validator("lease", "tick", "rescan", "webhook_tolerance", "follow_backoff")

@@ -154,7 +154,9 @@ def run_entry(store: Any, entry: dict[str, Any], settings: ServiceSettings, owne
 def _execute(entry: dict[str, Any], settings: ServiceSettings, state: Any, stop: threading.Event,
              drain: threading.Event) -> dict[str, Any]:
     from replicant.config import load
+    from replicant.service.secret_provider import install
 
+    install(settings.state_url)  # ${secret:…} from the service's store
     config = for_service(load(entry["path"]), settings.state_url)
     params = entry["params"]
     command = entry["command"]

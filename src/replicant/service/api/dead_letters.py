@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from replicant.service.api.models import Accepted, DeadLetterFilter, DeadLetterResult
 from replicant.service.api.pipelines import _config
+from replicant.service.auth import own, scope
 from replicant.state import ALL_TENANTS
 
 router = APIRouter(prefix="/pipelines/{name}/dead-letters", tags=["dead letters"])
@@ -19,8 +20,10 @@ def _find(request: Request, name: str, stream: str | None, destination: str | No
           limit: int | None) -> list[dict[str, Any]]:
     service = request.app.state.service
     _config(service, name)
-    return list(service.store.find_dead_letters(name, stream=stream, destination=destination,
-                                                tenant=ALL_TENANTS if tenant is None else tenant, limit=limit))
+    tenants = scope(request)
+    found = service.store.find_dead_letters(name, stream=stream, destination=destination,
+                                            tenant=ALL_TENANTS if tenant is None else tenant, limit=limit)
+    return [x for x in found if own(tenants, x.get("tenant"))]
 
 
 @router.get("", response_model=list[dict[str, Any]], summary="Dead letters, newest first")

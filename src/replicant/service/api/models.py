@@ -38,6 +38,7 @@ class PipelineDetail(PipelineSummary):
     streams: list[dict[str, Any]] = []
     pauses: list[Paused] = []
     runs: list[dict[str, Any]] = []
+    lag_history: dict[str, list[tuple[str, int]]] = Field({}, description="Destination → [(time, lag)], sampled by the service.")
 
 
 class Run(BaseModel):

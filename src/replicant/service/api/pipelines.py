@@ -15,6 +15,7 @@ from replicant.service.api.models import (
     ValidateRequest,
 )
 from replicant.service.api.problems import ApiProblem
+from replicant.service.auth import filter_status, own, scope, visible
 from replicant.service.catalog import describe
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
@@ -59,8 +60,14 @@ def list_pipelines(request: Request) -> list[dict[str, Any]]:
         controls.setdefault(c["pipeline"], []).append(c)
     states = store.schedule_states()
     last = store.last_runs()
+    tenants = scope(request)
     found = [_summary(service, name, controls=controls.get(name, []), state=states.get(name, {}), last_run=last.get(name))
-             for name in sorted(service.catalog.pipelines)]
+             for name in sorted(service.catalog.pipelines) if visible(request, name)]
+    if tenants is not None:  # a tenant's token: its pipelines, without pipeline-wide runs
+        for s in found:
+            if s["last_run"] and not own(tenants, s["last_run"].get("tenant")):
+                s["last_run"] = None
+        return found
     found += [{"name": b.name, "path": str(b.path), "error": b.error} for b in service.catalog.broken.values()]
     return found
 
@@ -70,18 +77,25 @@ def get_pipeline(request: Request, name: str) -> dict[str, Any]:
     service = _service(request)
     config = _config(service, name)
     detail = {**_summary(service, name), **describe(config)}
-    status = service.status(config)
+    tenants = scope(request)
+    status = filter_status(service.status(config), tenants)
     detail["streams"] = [dict(s) for s in status["streams"]]
-    detail["tenants"] = service.store.tenants(name)
-    detail["pauses"] = list(service.store.paused_controls(name))
-    detail["runs"] = service.store.runs(name, limit=10)
+    detail["tenants"] = [t for t in service.store.tenants(name) if own(tenants, t)]
+    detail["pauses"] = [c for c in service.store.paused_controls(name) if own(tenants, c["tenant"])]
+    detail["runs"] = [r for r in service.store.runs(name, limit=10) if own(tenants, r.get("tenant"))]
+    history = getattr(service, "lag_history", None)
+    detail["lag_history"] = history.for_pipeline(name, tenants) if history is not None else {}
+    if tenants is not None:
+        detail["last_run"] = status["last_run"]
+        if "tenant_ids" in detail:
+            detail["tenant_ids"] = [t for t in detail["tenant_ids"] if t in tenants]
     return detail
 
 
 @router.get("/{name}/status", response_model=dict[str, Any], summary="Status and lag per destination (as `replicant status --json`)")
 def pipeline_status(request: Request, name: str) -> dict[str, Any]:
     service = _service(request)
-    return service.status(_config(service, name))
+    return filter_status(service.status(_config(service, name)), scope(request))
 
 
 @router.post("/{name}/runs", response_model=Accepted, status_code=202, summary="Trigger a run (at most one more is queued)")

@@ -97,7 +97,9 @@ def _doc(description: str) -> dict[str, Any]:
 #: The error responses routes declare in the OpenAPI document.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _doc("The body is not JSON (code `invalid_request`)."),
-    404: _doc("No such pipeline, run, stream or destination (code `not_found`)."),
+    401: _doc("No token, or an invalid, expired or revoked one (code `unauthenticated`)."),
+    403: _doc("The token's role or tenants do not allow it (codes `forbidden`, `csrf`)."),
+    404: _doc("No such pipeline, run, stream or destination, or another tenant's (code `not_found`)."),
     409: _doc("The request cannot be done now (codes `failed`, `busy`, `unreachable`, `paused`)."),
     422: _doc("Invalid request or pipeline (codes `invalid_request`, `invalid_config`)."),
 }

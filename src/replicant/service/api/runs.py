@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from replicant.service.api.models import MAX_ID, Run, RunDetail
 from replicant.service.api.problems import ApiProblem
+from replicant.service.auth import own, scope
 from replicant.service.logs import run_log_path
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -28,8 +29,9 @@ def list_runs(
     before: int | None = Query(None, ge=1, le=MAX_ID, description="Only runs with a smaller id (paging)."),
 ) -> list[dict[str, Any]]:
     store = request.app.state.service.store
-    return list(store.queue_entries(pipeline=pipeline, tenant=tenant, status=status, trigger=trigger, limit=limit,
-                                    before=before))
+    tenants = scope(request)
+    found = store.queue_entries(pipeline=pipeline, tenant=tenant, status=status, trigger=trigger, limit=limit, before=before)
+    return [e for e in found if own(tenants, e["tenant"])]
 
 
 @router.get("/{run_id}", response_model=RunDetail, summary="A run: rows per stream and destination, errors, timing, log")
