@@ -136,6 +136,9 @@ def test_other_problems_never_show_a_secret(env: pytest.MonkeyPatch) -> None:
 
 
 def test_secret_store_references(env: pytest.MonkeyPatch) -> None:
+    # The store is process-wide: a command run in-process by an earlier test of this worker
+    # (the CLI installs the pipeline's encrypted store) may have left one installed.
+    secrets.set_secret_store(None)
     data = {"pipeline": "p", "source": {"type": "postgres", "url": "postgresql://a:${secret:PG}@h/db"}, "destinations": [{"name": "d"}]}
     with pytest.raises(ConfigError) as caught:
         parse(data)
