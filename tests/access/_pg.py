@@ -18,3 +18,23 @@ def password_role(pg_server: Any, db: str, role: str, password: str) -> None:
         c.execute(f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{password}'")
         c.execute(f'GRANT CREATE ON DATABASE "{db}" TO {role}')
         c.execute("SELECT pg_reload_conf()")
+
+
+def password_table(pg_server: Any, pg_url: str, role: str, password: str, table: str, rows: int, *, own: bool = False) -> str:
+    """A table ``table`` (id, name) of ``rows`` rows in ``pg_url``'s database that ``role`` (made
+    by :func:`password_role`) reads, or owns with ``own``; returns the database's name. Skips
+    the test unless the server is the suite's throwaway one (its pg_hba is edited)."""
+    import os
+
+    import psycopg
+    import pytest
+
+    if os.environ.get("REPLICANT_TEST_PG_URL") or pg_server.base_dir is None:
+        pytest.skip("needs the throwaway server's pg_hba")
+    db = pg_url.rsplit("/", 1)[1]
+    password_role(pg_server, db, role, password)
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text)")
+        c.execute(f"INSERT INTO {table} SELECT g, 'n' || g FROM generate_series(1, %s::int) g", (rows,))
+        c.execute(f"ALTER TABLE {table} OWNER TO {role}" if own else f"GRANT SELECT ON {table} TO {role}")
+    return db

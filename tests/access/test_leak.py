@@ -10,10 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
-import pytest
-
-from access._pg import password_role
+from access._pg import password_table
 from replicant.access.keys import generate_key
 
 ROLE = "replicant_leak"
@@ -26,14 +23,7 @@ def _cli(*args: str, stdin: str | None = None, cwd: Path, env: dict | None = Non
 
 
 def test_a_sentinel_password_and_token_appear_nowhere(tmp_path: Path, pg_server, pg_url: str, monkeypatch) -> None:
-    if os.environ.get("REPLICANT_TEST_PG_URL") or pg_server.base_dir is None:
-        pytest.skip("needs the throwaway server's pg_hba")
-    db = pg_url.rsplit("/", 1)[1]
-    password_role(pg_server, db, ROLE, SENTINEL)
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
-        c.execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g")
-        c.execute(f"GRANT SELECT ON items TO {ROLE}")
+    db = password_table(pg_server, pg_url, ROLE, SENTINEL, "items", 50)
     monkeypatch.setenv("REPLICANT_MASTER_KEY", generate_key())
     monkeypatch.delenv("REPLICANT_MASTER_KEY_FILE", raising=False)
     p = tmp_path / "p.yml"

@@ -6,7 +6,6 @@ is the leak test's first half: the sentinel password appears nowhere the run wro
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from access._pg import password_role
+from access._pg import password_table
 from cdc._pipelines import Follow, dest_database, fingerprint, wait_until
 from replicant.access.keys import generate_key, key_id
 
@@ -30,14 +29,7 @@ def _cli(*args: str, stdin: str | None = None, cwd: Path) -> subprocess.Complete
 @pytest.mark.slow
 def test_rotate_the_master_key_under_a_following_pipeline(tmp_path: Path, pg_server, pg_url: str, unique_name: str,
                                                           monkeypatch) -> None:
-    if os.environ.get("REPLICANT_TEST_PG_URL") or pg_server.base_dir is None:
-        pytest.skip("needs the throwaway server's pg_hba")
-    db = pg_url.rsplit("/", 1)[1]
-    password_role(pg_server, db, ROLE, SENTINEL)
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute("CREATE TABLE accounts (id int PRIMARY KEY, name text)")
-        c.execute("INSERT INTO accounts SELECT g, 'n' || g FROM generate_series(1, 200) g")
-        c.execute(f"ALTER TABLE accounts OWNER TO {ROLE}")
+    db = password_table(pg_server, pg_url, ROLE, SENTINEL, "accounts", 200, own=True)
     old, new = generate_key(), generate_key()
     keys = tmp_path / "master.keys"
     keys.write_text(f"{old}\n")

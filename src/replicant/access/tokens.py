@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets as _random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from replicant.config_values import parse_duration as parse_seconds
 from replicant.errors import ConfigError, ReplicantError
 
 __all__ = [
@@ -85,20 +85,20 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_duration(text: str) -> timedelta:
-    """``90d``, ``12h``, ``30m``, ``2w``, ``45s`` as a timedelta.
+    """``90d``, ``12h``, ``30m``, ``2w``, ``45s`` as a timedelta: the pipeline file's durations
+    (:func:`replicant.config_values.parse_duration`), with a unit and above zero.
 
     Raises:
         ConfigError: another form.
     """
-    m = _DURATION.fullmatch(text.strip())
-    if m is None or int(m[1]) == 0:
+    try:
+        seconds = parse_seconds(text) if text.strip()[-1:].isalpha() else 0.0
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
         raise ConfigError(f"{text!r} is not a duration: write a number and a unit, e.g. 90d, 12h, 30m, 2w")
-    return timedelta(**{_UNITS[m[2]]: int(m[1])})
+    return timedelta(seconds=seconds)
 
 
 def create_token(store: Any, *, role: str, tenants: list[str] | tuple[str, ...] = (), name: str | None = None,

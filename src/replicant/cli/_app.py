@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -108,3 +109,22 @@ def load_config(path: Path, *, secrets_needed: bool = True):
 
     install_for_pipeline(path)  # ${secret:NAME} from the pipeline's encrypted store
     return load(path, secrets_needed=secrets_needed)
+
+
+def parse_since(text: str, option: str = "--since") -> datetime:
+    """``--since``: an ISO 8601 time (UTC when it has no zone) or an age like ``90m``, ``2h``.
+
+    Raises:
+        ConfigError: neither, naming the option.
+    """
+    from replicant.config_values import parse_duration
+
+    try:
+        ts = datetime.fromisoformat(text)
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        raise ConfigError(f"bad {option}", [(option, f"{text!r} is not an ISO 8601 time and not a duration (an age like 90m or 2h)")]) from None

@@ -22,7 +22,7 @@ import typer
 from rich.table import Table
 
 from replicant.access.audit import entries_as_json_lines
-from replicant.cli._app import app, err, out
+from replicant.cli._app import app, err, out, parse_since
 from replicant.cli._app import fail as _fail
 from replicant.errors import ConfigError
 
@@ -56,6 +56,18 @@ def _audit(store: Any, action: str, *, result: str = "ok", **fields: Any) -> Non
 
 def _time(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _show(rows: list[dict[str, Any]], as_json: bool, headers: tuple[str, ...],
+          cells: Callable[[dict[str, Any]], tuple[str, ...]]) -> None:
+    """The rows of a ``list`` command: JSON lines with ``--json``, else a table."""
+    if as_json:
+        sys.stdout.write(entries_as_json_lines(rows))
+        return
+    table = Table(*headers)
+    for r in rows:
+        table.add_row(*cells(r))
+    out.print(table)
 
 
 # -- secret ------------------------------------------------------------------------------
@@ -108,13 +120,8 @@ def secret_list(pipeline: Pipeline, as_json: AsJson = False) -> None:
     except Exception as e:  # noqa: BLE001 - the CLI boundary
         _fail(e)
         return
-    if as_json:
-        sys.stdout.write(entries_as_json_lines(rows))
-        return
-    table = Table("name", "key id", "created", "updated")
-    for r in rows:
-        table.add_row(r["name"], r["key_id"], _time(r["created_at"]), _time(r["updated_at"]))
-    out.print(table)
+    _show(rows, as_json, ("name", "key id", "created", "updated"),
+          lambda r: (r["name"], r["key_id"], _time(r["created_at"]), _time(r["updated_at"])))
 
 
 @secret_app.command("delete")
@@ -188,14 +195,9 @@ def token_list(pipeline: Pipeline, as_json: AsJson = False) -> None:
     except Exception as e:  # noqa: BLE001 - the CLI boundary
         _fail(e)
         return
-    if as_json:
-        sys.stdout.write(entries_as_json_lines(rows))
-        return
-    table = Table("id", "name", "role", "tenants", "created", "expires", "last used", "revoked")
-    for r in rows:
-        table.add_row(r["id"], r["name"], r["role"], ",".join(r["tenants"]) or "(all)", _time(r["created_at"]),
-                      _time(r["expires_at"]) or "never", _time(r["last_used_at"]), _time(r["revoked_at"]))
-    out.print(table)
+    _show(rows, as_json, ("id", "name", "role", "tenants", "created", "expires", "last used", "revoked"),
+          lambda r: (r["id"], r["name"], r["role"], ",".join(r["tenants"]) or "(all)", _time(r["created_at"]),
+                     _time(r["expires_at"]) or "never", _time(r["last_used_at"]), _time(r["revoked_at"])))
 
 
 @token_app.command("revoke")
@@ -215,23 +217,10 @@ def token_revoke(pipeline: Pipeline, token_id: Annotated[str, typer.Argument(hel
 # -- audit -------------------------------------------------------------------------------
 
 
-def _since(text: str) -> datetime:
-    from replicant.access.tokens import parse_duration
-    from replicant.model import utcnow
-
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        return utcnow() - parse_duration(text)
-    if at.tzinfo is None:
-        raise ConfigError(f"--since {text!r} has no timezone: add Z or +00:00")
-    return at
-
-
 @app.command("audit")
 def audit(
     pipeline: Pipeline,
-    since: Annotated[str | None, typer.Option("--since", help="An ISO time with zone, or an age like 24h.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="An ISO time (UTC if no zone) or an age like 24h.")] = None,
     only_pipeline: Annotated[str | None, typer.Option("--pipeline", help="Only this pipeline's entries.")] = None,
     tenant: Annotated[list[str] | None, typer.Option("--tenant", help="Only this tenant's (repeat for several).")] = None,
     as_json: AsJson = False,
@@ -239,19 +228,14 @@ def audit(
     """Lists the audit log, oldest first; --json exports JSON lines."""
     try:
         with _state(pipeline) as store:
-            rows = store.audit_entries(since=None if since is None else _since(since), pipeline=only_pipeline,
+            rows = store.audit_entries(since=None if since is None else parse_since(since), pipeline=only_pipeline,
                                        tenants=tenant or None)
     except Exception as e:  # noqa: BLE001 - the CLI boundary
         _fail(e)
         return
-    if as_json:
-        sys.stdout.write(entries_as_json_lines(rows))
-        return
-    table = Table("id", "at", "who", "action", "pipeline", "tenant", "stream", "from", "result", "detail")
-    for r in rows:
-        table.add_row(str(r["id"]), _time(r["at"]), r["actor"], r["action"], r["pipeline"] or "", r["tenant"] or "",
-                      r["stream"] or "", r["origin"] or "", r["result"], r["detail"] or "")
-    out.print(table)
+    _show(rows, as_json, ("id", "at", "who", "action", "pipeline", "tenant", "stream", "from", "result", "detail"),
+          lambda r: (str(r["id"]), _time(r["at"]), r["actor"], r["action"], r["pipeline"] or "", r["tenant"] or "",
+                     r["stream"] or "", r["origin"] or "", r["result"], r["detail"] or ""))
 
 
 # -- every mutating command records an entry -----------------------------------------------

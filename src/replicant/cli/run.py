@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from replicant.cli._app import EXIT_FAILED, app, err, out
+from replicant.cli._app import EXIT_FAILED, app, err, out, parse_since
 from replicant.cli._app import fail as _fail
 from replicant.cli._app import load_config as _load
 from replicant.cli._progress import DEFAULT_INTERVAL, ProgressLines
@@ -185,7 +184,7 @@ def replay(
         elif offset is not None:
             result = replay_tenants(cfg, tenant, destination, start="offset", offset=offset)
         else:
-            result = replay_tenants(cfg, tenant, destination, start="since", since=_parse_since(since or ""))
+            result = replay_tenants(cfg, tenant, destination, start="since", since=parse_since(since or ""))
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -200,28 +199,12 @@ def replay(
         err.print(f"warning: {w}".replace("PIPELINE.yml", str(pipeline)), markup=False)
 
 
-def _parse_since(text: str) -> Any:
-    from datetime import datetime, timedelta
-
-    from replicant.config import parse_duration
-
-    try:
-        ts = datetime.fromisoformat(text)
-        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    except ValueError:
-        pass
-    try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        raise ConfigError("bad --since", [("--since", f"{text!r} is neither an ISO 8601 time nor an age like 90m or 2h")]) from None
-
-
 def _remote_replay(pipeline: Path, server: str, destination: str, from_start: bool, offset: int | None,
                    since: str | None) -> bool:
     from replicant.cli._remote import call, pipeline_name, wait_run
 
     name = pipeline_name(pipeline)
-    body = {"from_start": from_start, "offset": offset, "since": _parse_since(since).isoformat() if since else None}
+    body = {"from_start": from_start, "offset": offset, "since": parse_since(since).isoformat() if since else None}
     run = wait_run(server, call(server, "POST", f"/pipelines/{name}/destinations/{destination}/replay", json=body)["id"])
     written = (run.get("result") or {}).get("rows_written", {}).get(destination, {})
     out.print(f"replay into {destination} (run {run['id']} on {server}): {run['status']}, "

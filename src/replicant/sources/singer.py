@@ -60,11 +60,12 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 from pydantic import BaseModel, ConfigDict, Field
 
-from replicant.config import SourceConfig, StreamConfig, settings_problems
-from replicant.errors import ConfigError, ConnectionError, FatalError
+from replicant.config import SourceConfig
+from replicant.errors import ConnectionError, FatalError
 from replicant.model import OP_INSERT, ChangeSet, ConnectorContext, Position, Stream, encode_position, utcnow, with_meta
 from replicant.secrets import REFERENCE, resolve_all
 from replicant.sources.base import Capabilities, Source
+from replicant.sources.stream_entries import options_entry, stream_options
 
 __all__ = ["SingerSettings", "SingerSource", "SingerStreamSettings", "arrow_schema"]
 
@@ -164,26 +165,11 @@ class SingerSource(Source):
     def stream_entry(cls, entry: dict[str, Any]) -> dict[str, Any]:
         """``name`` is the stream (the catalog's ``tap_stream_id``); the singer keys go under
         ``options``; the mode is ``log``."""
-        common = set(StreamConfig.model_fields) | {"name"}
-        out = {k: v for k, v in entry.items() if k in common}
-        # merged over `options` already gathered: a validated config dumped and validated again
-        out["options"] = {**(entry.get("options") or {}), **{k: v for k, v in entry.items() if k not in common}}
-        if "name" in out and "table" not in out:
-            out["table"] = out.pop("name")
-        out.setdefault("mode", "log")
-        return out
+        return options_entry(entry, mode="log")
 
     def __init__(self, config: SourceConfig, context: ConnectorContext) -> None:
         super().__init__(config, context)
-        problems: list[tuple[str, str]] = []
-        self._streams: dict[str, SingerStreamSettings] = {}
-        for i, sc in enumerate(config.streams if isinstance(config.streams, list) else []):
-            found = settings_problems(SingerStreamSettings, sc.options, f"source.streams[{i}]", list(StreamConfig.model_fields))
-            problems += found
-            if not found:
-                self._streams[sc.table] = SingerStreamSettings.model_validate(sc.options)
-        if problems:
-            raise ConfigError("invalid source", problems)
+        self._streams: dict[str, SingerStreamSettings] = stream_options(config.streams, SingerStreamSettings)
         self._catalog: dict[str, Any] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 

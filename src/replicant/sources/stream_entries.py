@@ -9,9 +9,13 @@ without it get their entries unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["stream_problems", "with_stream_entries"]
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+__all__ = ["options_entry", "stream_options", "stream_problems", "with_stream_entries"]
 
 
 def with_stream_entries(data: Any) -> Any:
@@ -53,3 +57,41 @@ def stream_problems(cls: Any, streams: Any) -> list[tuple[str, str]]:
             options = reshape(raw).get("options") or {}
             problems += settings_problems(model, options, f"source.streams[{i}]", list(StreamConfig.model_fields))
     return problems
+
+
+def options_entry(entry: dict[str, Any], *, mode: str | None = None) -> dict[str, Any]:
+    """A raw ``streams:`` entry in the common shape, for a type's ``stream_entry``: ``name`` is the
+    stream (``table``), every key that is not a common stream key goes under ``options`` (merged
+    over the ``options`` already gathered: a validated config dumped and validated again), and
+    ``mode`` (when given) is the default mode."""
+    from replicant.config import StreamConfig
+
+    common = set(StreamConfig.model_fields) | {"name"}
+    out = {k: v for k, v in entry.items() if k in common}
+    out["options"] = {**(entry.get("options") or {}), **{k: v for k, v in entry.items() if k not in common}}
+    if "name" in out and "table" not in out:
+        out["table"] = out.pop("name")
+    if mode is not None:
+        out.setdefault("mode", mode)
+    return out
+
+
+def stream_options(streams: Any, model: type[M]) -> dict[str, M]:
+    """Each stream's ``options`` validated by ``model``, by stream name.
+
+    Raises:
+        ConfigError: every problem, each with its key path (``source.streams[1].glob``).
+    """
+    from replicant.config import StreamConfig, settings_problems
+    from replicant.errors import ConfigError
+
+    problems: list[tuple[str, str]] = []
+    out: dict[str, M] = {}
+    for i, sc in enumerate(streams if isinstance(streams, list) else []):
+        found = settings_problems(model, sc.options, f"source.streams[{i}]", list(StreamConfig.model_fields))
+        problems += found
+        if not found:
+            out[sc.table] = model.model_validate(sc.options)
+    if problems:
+        raise ConfigError("invalid source", problems)
+    return out

@@ -180,23 +180,27 @@ paused = sa.Table(
 )
 
 
-# One row per stream compared by ``replicant validate`` (at one destination): the latest per
-# stream is what ``status`` shows.
-validations = sa.Table(
-    "replicant_validations",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("pipeline", _NAME, nullable=False),
-    sa.Column("tenant", _NAME, nullable=False, server_default=""),
-    sa.Column("destination", _NAME, nullable=False),
-    sa.Column("stream", _NAME, nullable=False),
-    sa.Column("verdict", sa.String(32), nullable=False),
-    sa.Column("differences", sa.Integer, nullable=False),
-    sa.Column("repaired", sa.Integer, nullable=False),
-    sa.Column("details", sa.Text, nullable=False),
-    sa.Column("validated_at", UTCDateTime, nullable=False),
-    sa.Index("replicant_validations_stream", "pipeline", "tenant", "stream", "destination", "id"),
-)
+def _validations_table(md: sa.MetaData) -> sa.Table:
+    """``replicant_validations``: one row per stream compared by ``replicant validate`` (at one
+    destination); the latest per stream is what ``status`` shows (frozen: as version 5 created it)."""
+    return sa.Table(
+        "replicant_validations",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("pipeline", _NAME, nullable=False),
+        sa.Column("tenant", _NAME, nullable=False, server_default=""),
+        sa.Column("destination", _NAME, nullable=False),
+        sa.Column("stream", _NAME, nullable=False),
+        sa.Column("verdict", sa.String(32), nullable=False),
+        sa.Column("differences", sa.Integer, nullable=False),
+        sa.Column("repaired", sa.Integer, nullable=False),
+        sa.Column("details", sa.Text, nullable=False),
+        sa.Column("validated_at", UTCDateTime, nullable=False),
+        sa.Index("replicant_validations_stream", "pipeline", "tenant", "stream", "destination", "id"),
+    )
+
+
+validations = _validations_table(metadata)
 
 
 def _files_seen_table(md: sa.MetaData) -> sa.Table:
@@ -382,22 +386,7 @@ def _v4_retries(conn: Connection) -> None:
 
 def _v5_validations(conn: Connection) -> None:
     """Version 5: ``replicant_validations``, what ``replicant validate`` found per stream."""
-    sa.Table(  # frozen: as version 5 created it
-        "replicant_validations",
-        sa.MetaData(),
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("pipeline", _NAME, nullable=False),
-        sa.Column("tenant", _NAME, nullable=False, server_default=""),
-        sa.Column("destination", _NAME, nullable=False),
-        sa.Column("stream", _NAME, nullable=False),
-        sa.Column("verdict", sa.String(32), nullable=False),
-        sa.Column("differences", sa.Integer, nullable=False),
-        sa.Column("repaired", sa.Integer, nullable=False),
-        sa.Column("details", sa.Text, nullable=False),
-        sa.Column("validated_at", UTCDateTime, nullable=False),
-        sa.Index("replicant_validations_stream", "pipeline", "tenant", "stream", "destination", "id"),
-    ).create(conn)
-
+    _validations_table(sa.MetaData()).create(conn)
 
 
 def _v6_files_seen(conn: Connection) -> None:

@@ -102,13 +102,6 @@ def file_stream_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """A raw ``streams:`` entry in the common shape (:mod:`replicant.sources.stream_entries`):
     ``name`` is the stream (``table``), ``mode`` defaults to ``incremental``, the files keys go
     under ``options`` (validated by :class:`FileStreamSettings` with their key paths)."""
-    from replicant.config import StreamConfig
+    from replicant.sources.stream_entries import options_entry
 
-    common = set(StreamConfig.model_fields) | {"name"}
-    out = {k: v for k, v in entry.items() if k in common}
-    # merged over `options` already gathered: a validated config dumped and validated again
-    out["options"] = {**(entry.get("options") or {}), **{k: v for k, v in entry.items() if k not in common}}
-    if "name" in out and "table" not in out:
-        out["table"] = out.pop("name")
-    out.setdefault("mode", "incremental")
-    return out
+    return options_entry(entry, mode="incremental")

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from replicant.config import SourceConfig, StreamConfig, settings_problems
+from replicant.config import SourceConfig
 from replicant.errors import ConfigError, FatalError
 from replicant.model import (
     OP_DELETE,
@@ -67,6 +67,7 @@ from replicant.sources.files.schema import (
     with_origin,
 )
 from replicant.sources.files.settings import FilesSettings, FileStreamSettings, file_stream_entry
+from replicant.sources.stream_entries import stream_options
 
 __all__ = ["FilesSource"]
 
@@ -107,15 +108,7 @@ class FilesSource(Source):
         if not isinstance(config.streams, list):
             raise ConfigError("invalid source", [("source.streams", "a files source needs a list of streams "
                                                                     "(`- name: …, glob: …`), not `all`")])
-        problems: list[tuple[str, str]] = []
-        self._streams: dict[str, FileStreamSettings] = {}
-        for i, sc in enumerate(config.streams):
-            found = settings_problems(FileStreamSettings, sc.options, f"source.streams[{i}]", list(StreamConfig.model_fields))
-            problems += found
-            if not found:
-                self._streams[sc.table] = FileStreamSettings.model_validate(sc.options)
-        if problems:
-            raise ConfigError("invalid source", problems)
+        self._streams: dict[str, FileStreamSettings] = stream_options(config.streams, FileStreamSettings)
         self._folder: Folder | None = None
         self._store: Any = None
         self._added: dict[str, list[pa.Field]] = {}

@@ -65,6 +65,7 @@ from replicant.sources.http.paginate import Pager, records_of
 from replicant.sources.http.records import RESCUED, BadValues, arrow_type, infer_schema, to_table
 from replicant.sources.http.settings import HttpSettings, HttpStreamSettings
 from replicant.sources.select import parse_lookback
+from replicant.sources.stream_entries import options_entry
 
 __all__ = ["HttpSource"]
 
@@ -83,12 +84,7 @@ class HttpSource(Source):
     def stream_entry(cls, entry: dict[str, Any]) -> dict[str, Any]:
         """A raw ``streams:`` entry in the common shape: ``name`` is the stream (``table``), the
         http keys go under ``options``, ``incremental:`` means ``mode: cursor`` on its field."""
-        common = set(StreamConfig.model_fields) | {"name"}  # any other key is checked as an http key
-        out = {k: v for k, v in entry.items() if k in common}
-        # merged over `options` already gathered: a validated config dumped and validated again
-        out["options"] = {**(entry.get("options") or {}), **{k: v for k, v in entry.items() if k not in common}}
-        if "name" in out and "table" not in out:
-            out["table"] = out.pop("name")
+        out = options_entry(entry)  # any key beyond the common ones is checked as an http key
         inc = entry.get("incremental")
         if isinstance(inc, dict) and isinstance(inc.get("cursor_path"), str):
             out.setdefault("mode", "cursor")
