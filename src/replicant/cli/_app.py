@@ -127,4 +127,5 @@ def parse_since(text: str, option: str = "--since") -> datetime:
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError:
-        raise ConfigError(f"bad {option}", [(option, f"{text!r} is not an ISO 8601 time and not a duration (an age like 90m or 2h)")]) from None
+        why = f"{text!r} is not an ISO 8601 time and not a duration (an age like 90m or 2h)"
+        raise ConfigError(f"bad {option}", [(option, why)]) from None
