@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -17,15 +16,6 @@ from replicant.config import load
 from replicant.engine import Engine
 
 from .http_api import Api, items
-
-
-@pytest.fixture
-def api() -> Iterator[Api]:
-    server = Api().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _pipeline(tmp_path: Path, api: Api, limit: int = 10) -> Path:

@@ -4,7 +4,6 @@ JSON typing and schema evolution. Read through the source contract only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -55,15 +54,6 @@ class FakeTime:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(round(seconds, 3))
         self.now += seconds
-
-
-@pytest.fixture
-def api() -> Iterator[Api]:
-    server = Api().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def make(api: Api, streams: list[dict[str, Any]], time: FakeTime | None = None, **kw: Any) -> tuple[HttpSource, list[Stream]]:
