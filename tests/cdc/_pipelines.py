@@ -63,6 +63,18 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, every: floa
 
 
 @contextmanager
+def slot_pipeline(pg_url: str, name: str) -> Iterator[str]:
+    """``name`` (lower case, at most 40 characters) as a pipeline name of its own: slots are per
+    server, not per database; its replication slot, which would hold WAL for the rest of the
+    session, is dropped afterwards unless a process still holds it."""
+    name = name[:40].lower()
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s "
+                  "AND active_pid IS NULL", (f"replicant_{name}",))
+
+
+@contextmanager
 def dest_database(server: Any, name: str) -> Iterator[str]:
     """A fresh database on ``server`` for a destination; dropped afterwards."""
     server.create_database(name)

@@ -29,6 +29,7 @@ import psycopg
 import pytest
 import yaml
 
+from cdc._pipelines import dest_database, slot_pipeline
 from compare import fetch
 from replicant.config import parse
 from replicant.engine import Engine, RunResult
@@ -54,20 +55,14 @@ def _pipeline(name: str, pg_url: str, dest_url: str, tmp_path: Path, tables: lis
 
 @pytest.fixture
 def dest_url(pg_server, unique_name: str) -> Iterator[str]:
-    name = f"dst_{unique_name}"[:60]
-    pg_server.create_database(name)
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
+    with dest_database(pg_server, f"dst_{unique_name}"[:60]) as url:
+        yield url
 
 
 @pytest.fixture
 def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    """A pipeline (so slot) name of its own: slots are per server, not per database."""
-    name = f"e2e_{unique_name}"[:40].lower()
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as c:  # the slot would hold WAL for the rest of the session
-        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                  (f"replicant_{name}",))
+    with slot_pipeline(pg_url, f"e2e_{unique_name}") as name:
+        yield name
 
 
 @contextmanager

@@ -27,7 +27,7 @@ import pymysql
 import pytest
 import yaml
 
-from cdc._pipelines import Follow, wait_until
+from cdc._pipelines import Follow, dest_database, exec_sql, slot_pipeline, wait_until
 from compare import fetch
 from replicant.config import load
 from replicant.validate.pin import writer_running
@@ -44,12 +44,6 @@ def _validate(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, di
                           env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     report = json.loads((folder / "r.json").read_text()) if (folder / "r.json").exists() else {}
     return done, report, time.monotonic() - started
-
-
-def _pg(url: str, *sql: str) -> None:
-    with psycopg.connect(url, autocommit=True) as c:
-        for s in sql:
-            c.execute(s)
 
 
 def _my(url: str, *sql: str) -> None:
@@ -73,19 +67,14 @@ def _burst(run: Callable[..., None], url: str) -> None:
 
 @pytest.fixture
 def dest_url(pg_server: Any, unique_name: str) -> Iterator[str]:
-    name = f"dst_{unique_name}"[:60]
-    pg_server.create_database(name)
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
+    with dest_database(pg_server, f"dst_{unique_name}"[:60]) as url:
+        yield url
 
 
 @pytest.fixture
 def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    name = f"pin_{unique_name}"[:40].lower()
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as c:  # a slot would hold WAL for the rest of the session
-        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s "
-                  "AND active_pid IS NULL", (f"replicant_{name}",))
+    with slot_pipeline(pg_url, f"pin_{unique_name}") as name:
+        yield name
 
 
 def _pipeline(folder: Path, name: str, kind: str, url: str, table: str, dest_url: str) -> Path:
@@ -147,9 +136,9 @@ def _has_a(url: str) -> bool:
 
 
 def test_postgres_log_pinned_to_the_wal_position(tmp_path: Path, pg_url: str, dest_url: str, pipeline_name: str) -> None:
-    _pg(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)",
+    exec_sql(pg_url, "CREATE TABLE a (id int PRIMARY KEY, v text, n int)",
         f"INSERT INTO a SELECT g, 'v' || g, g FROM generate_series(1, {ROWS}) g")
-    _scenario(tmp_path, pipeline_name, "postgres", pg_url, "public.a", dest_url, _pg, "postgres")
+    _scenario(tmp_path, pipeline_name, "postgres", pg_url, "public.a", dest_url, exec_sql, "postgres")
 
 
 def test_mariadb_binlog_pinned_to_the_master_status(tmp_path: Path, mysql_url: str, dest_url: str, unique_name: str) -> None:
