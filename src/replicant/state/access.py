@@ -88,11 +88,6 @@ class AccessMixin:
             rows = conn.execute(query).mappings().all()
         return [{**r, "tenants": json.loads(r["tenants"])} for r in rows]
 
-    def token_hashes(self) -> list[tuple[str, str]]:
-        """``(id, hash)`` of every live (not revoked) token, for a constant-time comparison."""
-        with self._begin() as conn:
-            return [(r[0], r[1]) for r in conn.execute(sa.select(tokens.c.id, tokens.c.hash).where(tokens.c.revoked_at.is_(None)))]
-
     def token_used(self, id: str) -> None:
         """Stamps a token's ``last_used_at``."""
         with self._begin(write=True) as conn:
