@@ -24,6 +24,7 @@ Function fixtures, each unique to the test and dropped at teardown:
   database (file) holding Chinook, copied from a template loaded once per session.
 - ``chinook_counts``: ``{lower_snake_table: rows}`` for Chinook's 11 tables.
 - ``unique_name``: a lower-case identifier unique to the test and run.
+- ``api``: the http source's test API (:mod:`sources.http_api`), a fresh server on a free port.
 - ``tap_postgres`` (session): a Singer tap from PyPI in a throwaway venv (skips if it cannot install).
 """
 
@@ -37,6 +38,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pymysql
@@ -243,3 +245,18 @@ def tap_postgres(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if done.returncode != 0:
         pytest.skip(f"cannot install {package} from the package index: {done.stderr.strip().splitlines()[-1:]}")
     return folder / "bin" / "tap-postgres"
+
+
+# --------------------------------------------------------------------------- HTTP API
+
+
+@pytest.fixture
+def api() -> Iterator[Any]:
+    """The test API of the http source (:mod:`sources.http_api`), started on a free port."""
+    from sources.http_api import Api
+
+    server = Api().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,8 +1,7 @@
 """Fixtures for the SQL source conformance suite: one :class:`dbs.Db` handle per dialect.
 
 ``chinook_db`` is parametrized over PostgreSQL, MariaDB and SQLite (Chinook loaded, a fresh
-copy per test); ``empty_db`` likewise over fresh empty databases. ``api``: the http source's test
-API (:mod:`.http_api`), a fresh server per test.
+copy per test); ``empty_db`` likewise over fresh empty databases.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from .dbs import KINDS, Db
-from .http_api import Api
 
 
 def _sqlite_url(path: Path) -> str:
@@ -45,13 +43,3 @@ def empty_db(request: pytest.FixtureRequest) -> Iterator[Db]:
         path = request.getfixturevalue("sqlite_path")
         sqlite3.connect(path).close()
         yield Db(kind, _sqlite_url(path))
-
-
-@pytest.fixture
-def api() -> Iterator[Api]:
-    """The test API of the http source (:mod:`.http_api`), started on a free port."""
-    server = Api().start()
-    try:
-        yield server
-    finally:
-        server.stop()

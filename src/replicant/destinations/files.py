@@ -87,7 +87,7 @@ from replicant.destinations._values import INTERVAL_STRUCT, interval_struct
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.records import iso_text, joined_lines, row_json, text_table
 from replicant.errors import ConfigError, ConnectionError, FatalError, RecordError, RetriableError
-from replicant.model import ConnectorContext, Stream
+from replicant.model import META_COLUMNS, OP_DELETE, ConnectorContext, Stream
 from replicant.secrets import resolve_all
 
 __all__ = ["FilesDestination", "FilesSettings"]
@@ -247,6 +247,7 @@ class FilesDestination(Destination):
         format cannot hold; None (a retry of dead letters): such a record fails the write."""
         self.open()
         folder = self._folder_of(stream)
+        data = _with_delete_nulls(data, stream)
         try:
             parts = [(part, rows, self._encode(rows)) for part, rows in self._parts(data)]
         except _ENCODE_ERRORS as e:  # a value the format cannot hold: set that record aside
@@ -454,3 +455,15 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _with_delete_nulls(data: pa.Table, stream: Stream) -> pa.Table:
+    """``data`` with every data column but the key nullable when it holds a delete: a delete carries
+    its key and nulls, also in a column the source declares NOT NULL (a files source's ``_file``)."""
+    if "_op" not in data.column_names or not pc.any(pc.equal(data["_op"], OP_DELETE)).as_py():
+        return data
+    keep = set(stream.primary_key) | set(META_COLUMNS)
+    if all(f.nullable or f.name in keep for f in data.schema):
+        return data
+    fields = [f if f.nullable or f.name in keep else f.with_nullable(True) for f in data.schema]
+    return data.cast(pa.schema(fields, metadata=data.schema.metadata))

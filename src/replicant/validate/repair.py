@@ -25,7 +25,7 @@ from replicant.model import OP_DELETE, OP_UPDATE, Stream, encode_position, with_
 from replicant.validate.canon import DIALECTS
 from replicant.validate.compare import Difference
 from replicant.validate.sides import Column, Side
-from replicant.validate.targets import Plan
+from replicant.validate.targets import Plan, full_read, is_sql
 
 __all__ = ["append_repairs", "deliver_all"]
 
@@ -54,14 +54,34 @@ def append_repairs(plan: Plan, source: Any, source_dialect: str, diffs: list[Dif
 
 
 def _read_keys(plan: Plan, source: Any, dialect: str, texts: list[str]) -> Iterator[pa.RecordBatch]:
-    """The source rows whose canonical key text is one of ``texts``."""
+    """The source rows whose canonical key text is one of ``texts``: by a query at a database
+    source; else picked by DuckDB out of the source's full read (files, http, singer)."""
+    if not is_sql(source):
+        yield from _scan_keys(plan, source, texts)
+        return
     d = DIALECTS[dialect]
     fields = plan.compared.schema
     keys = [Column(k, fields.field(k), f"t.{source.quote(plan.origin[k])}") for k in plan.keys]
     side = Side("source", dialect, lambda sql: [], "", keys, [])
     where = f"{side.key_text()} IN ({', '.join(d.literal(t) for t in texts)})"
     columns = source.columns(plan.stream)
-    return source.query_batches(plan.stream, source.select_sql(plan.stream, columns, [where]), columns, 10_000)
+    yield from source.query_batches(plan.stream, source.select_sql(plan.stream, columns, [where]), columns, 10_000)
+
+
+def _scan_keys(plan: Plan, source: Any, texts: list[str]) -> Iterator[pa.RecordBatch]:
+    """The rows of ``texts``' keys in a full read of a source SQL cannot reach, batch by batch."""
+    import duckdb
+
+    d = DIALECTS["duckdb"]
+    fields = plan.compared.schema
+    keys = [Column(k, fields.field(k), d.quote(plan.origin[k])) for k in plan.keys]
+    where = f"{Side('source', 'duckdb', lambda sql: [], '', keys, []).key_text()} IN ({', '.join(d.literal(x) for x in texts)})"
+    with duckdb.connect() as con:
+        for batch in full_read(source, plan.stream):
+            con.register("batch", batch)
+            picked = con.sql(f"SELECT * FROM batch WHERE {where}").to_arrow_table()
+            con.unregister("batch")
+            yield from picked.cast(batch.schema).to_batches()
 
 
 def _deletes(plan: Plan, extra: list[Difference]) -> pa.RecordBatch:

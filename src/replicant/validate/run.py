@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from replicant.config import PipelineConfig
 from replicant.errors import ReplicantError, redact
 from replicant.validate.compare import Comparison, compare
+from replicant.validate.files_side import unverified_text
 from replicant.validate.sides import agree
 from replicant.validate.targets import (
     QUERYABLE,
@@ -27,6 +28,7 @@ from replicant.validate.targets import (
     Plan,
     build_destination,
     destination_side,
+    is_sql,
     plan_stream,
     source_side,
 )
@@ -116,7 +118,8 @@ def validate_pipeline(
         for t in _tenants(cfg, tenant):
             pre = before_log(cfg, t)  # a tenant's own transforms, then the file's, then `_tenant`
             engine = Engine(cfg, tenant=t)
-            source = engine.new_source()
+            # read-only: no state store for the source (a files source would record the files it read)
+            source = runtime.build_source(engine.config, replace(runtime.source_context(engine.config, t), state_url=None))
             try:
                 found = engine.streams(source)
                 if streams:
@@ -126,7 +129,7 @@ def validate_pipeline(
 
                         raise ConfigError("invalid --stream", [("--stream", f"no stream named {unknown[0]!r}")])
                     found = [s for s in found if s.name in streams]
-                source_url = source.config.url.get_secret_value()
+                source_url = source.config.url.get_secret_value() if is_sql(source) and source.config.url else ""
                 for i in indexes:
                     kind = cfg.destinations[i].type
                     if kind not in QUERYABLE:
@@ -157,13 +160,15 @@ def _one(cfg: PipelineConfig, state: Any, stream: Any, source: Any, source_url: 
     r = StreamResult(stream.name, dcfg.name, tenant)
     try:
         plan = plan_stream(stream, pre, post)
+        unverified_text(plan, dest, dcfg)
         r.unverified = plan.unverified
         r.mode = "client" if plan.client else "pushdown"
         r.comparison = _compare(cfg, state, plan, source, source_url, dcfg, dest, tenant, wait, clock, r)
         r.found = len(r.comparison.differences)
         if r.found and repair:
             r.found_before_repair = list(r.comparison.differences)
-            r.repaired = _repair(cfg, state, plan, source, normalize_url(source_url)[0], r.comparison, tenant)
+            dialect = normalize_url(source_url)[0] if is_sql(source) else "duckdb"  # else: keys found in a full read
+            r.repaired = _repair(cfg, state, plan, source, dialect, r.comparison, tenant)
             r.comparison = _compare(cfg, state, plan, source, source_url, dcfg, dest, tenant, wait, clock, r)
         r.verdict = "differences" if r.comparison.differences else "equal"
     except (CannotValidate, ReplicantError) as e:

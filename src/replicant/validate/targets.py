@@ -158,11 +158,11 @@ def source_side(plan: Plan, source: Any, source_url: str, *, stream: bool = Fals
     database), the source's rows read by the pipeline's own source (through the transforms in
     client mode) and checksummed batch by batch by DuckDB in memory."""
     c = plan.compared
-    if plan.client or stream:
+    if plan.client or stream or not is_sql(source):
         d = DIALECTS["duckdb"]
         cols = {n: Column(n, c.schema.field(n), d.quote(n if plan.client else plan.origin[n])) for n in plan.keys + plan.values}
         schema = c.schema if plan.client else plan.stream.schema
-        lookup = None if plan.client else partial(_source_keys, plan, source, normalize_url(source_url)[0])
+        lookup = None if plan.client or not is_sql(source) else partial(_source_keys, plan, source, normalize_url(source_url)[0])
         return StreamSide("source", "duckdb", lambda sql: [], "replicant_source", [cols[k] for k in plan.keys],
                           [cols[v] for v in plan.values], batches=lambda: _source_batches(plan, source), schema=schema,
                           lookup=lookup)
@@ -192,10 +192,31 @@ def _source_keys(plan: Plan, source: Any, dialect: str, keys: Sequence[tuple[Any
     return source.query_batches(plan.stream, source.select_sql(plan.stream, columns, [where]), columns, 100_000)
 
 
+def is_sql(source: Any) -> bool:
+    """Whether ``source`` is a database that SQL can be pushed down to (else its rows are read
+    through the source contract: files, http, singer)."""
+    return hasattr(source, "read_range")
+
+
+def full_read(source: Any, stream: Stream) -> Iterator[pa.RecordBatch]:
+    """Every row of ``stream`` as the source reads it in full, without the change columns."""
+    if is_sql(source):
+        yield from source.read_range(stream, [], batch_size=200_000)
+        return
+    try:
+        reads = source.read_full(stream, None)
+    except NotImplementedError:
+        raise CannotValidate(f"stream {stream.name!r}: a {source.config.type} source has no full read to compare") from None
+    for rb in reads:
+        data = rb.data
+        if data.num_rows:
+            yield data.select([n for n in data.schema.names if n not in META_COLUMNS])
+
+
 def _source_batches(plan: Plan, source: Any) -> Iterator[pa.RecordBatch]:
     """The stream's rows as the pipeline reads them; through its transforms in client mode."""
     now = datetime.now(UTC)
-    for b in source.read_range(plan.stream, [], batch_size=200_000):
+    for b in full_read(source, plan.stream):
         if not plan.client:
             yield b
             continue
@@ -227,7 +248,9 @@ def destination_side(plan: Plan, dest: Any, dcfg: DestinationConfig, pipeline: s
     if dcfg.type not in QUERYABLE:
         raise CannotValidate(f"{label}: a {dcfg.type} destination cannot be queried; validate compares databases and files")
     if dcfg.type == "files":
-        return _files_side(plan, dest, dcfg, stream, tenant), None
+        from replicant.validate.files_side import files_side
+
+        return files_side(plan, dest, dcfg, stream, tenant), None
     if dcfg.type == "duckdb":
         dialect = "duckdb"
         execute, close = duckdb_connection(str(dcfg.path), label)
@@ -261,37 +284,6 @@ def _with_tenant(stream: Stream, tenant: str) -> Stream:
     from dataclasses import replace
 
     return replace(stream, tenant=tenant)
-
-
-def _files_side(plan: Plan, dest: Any, dcfg: DestinationConfig, stream: Stream, tenant: str | None) -> Side:
-    """Files hold change events: the rows are the last change per key (by log offset, then
-    row), deletes left out, read by DuckDB over the Parquet files."""
-    label = f"destination {dcfg.name}"
-    if dest.format != "parquet":
-        raise CannotValidate(f"{label}: validate reads Parquet files; this destination writes {dest.format}")
-    folder = dest.folder(stream)
-    if "://" in folder:
-        raise CannotValidate(f"{label}: validate reads local folders only, not {folder.split('://')[0]}://")
-    import glob as globmod
-
-    d = DIALECTS["duckdb"]
-    c = plan.compared
-    pattern = f"{folder}/**/*.parquet"
-    keys = ", ".join(d.quote(k) for k in plan.keys)
-    if globmod.glob(pattern, recursive=True):
-        source = (f"read_parquet({d.literal(pattern)}, filename = true, file_row_number = true, hive_partitioning = false, "
-                  "union_by_name = true)")
-        latest = (f"SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "
-                  "regexp_extract(filename, '([0-9]{20})-[0-9]{20}[^/]*$', 1) DESC, file_row_number DESC) = 1")
-        relation = f"(SELECT * FROM ({latest}) f WHERE f._op <> 'delete')"
-    else:
-        cols_sql = ", ".join(f"NULL::VARCHAR AS {d.quote(n)}" for n in plan.keys + plan.values)
-        relation = f"(SELECT {cols_sql} WHERE false)"
-    execute, close = duckdb_connection(None, label)
-    cols = {n: Column(n, c.schema.field(n), d.quote(n)) for n in plan.keys + plan.values}
-    where = [f"{d.quote(TENANT_COLUMN)} = {d.literal(tenant)}"] if tenant is not None and dest.config.tables is not None else []
-    return Side(label, "duckdb", execute, relation + " t", [cols[k] for k in plan.keys], [cols[v] for v in plan.values],
-                where=where, close=close)
 
 
 def build_destination(cfg: PipelineConfig, index: int) -> tuple[DestinationConfig, Any]:
