@@ -68,13 +68,13 @@ def with_progress(store: Any, pipeline: str, status: dict[str, Any], tenants: tu
                   now: datetime | None = None) -> dict[str, Any]:
     """A copy of ``status`` (``replicant status --json``, already narrowed to ``tenants``) whose
     streams each have ``progress`` (:func:`visible_progress`, or ``None``); a stream being read
-    for the first time, with no checkpoint yet, is added with its progress."""
+    with no checkpoint yet (its first batch is not durable) is added with its progress."""
     running = {e["id"] for e in store.queue_entries(pipeline=pipeline, status="running")}
     shown = visible_progress(store.progress(pipeline), running, now or utcnow())
     streams = [{**s, "progress": shown.pop((s.get("tenant"), s["name"]), None)} for s in status.get("streams", [])]
     streams += [{"name": stream, "tenant": tenant, "rows": 0, "log_end_offset": 0, "position": None, "updated_at": None,
                  "dead_letters": 0, "progress": p} for (tenant, stream), p in shown.items()
-                if tenants is None or tenant in tenants]
+                if not p["finished"] and (tenants is None or tenant in tenants)]
     return {**status, "streams": streams}
 
 
@@ -141,17 +141,17 @@ class ProgressRecorder(Observer):
             with self._lock:
                 self._reads.pop(stream, None)
             return
-        earlier = self._earlier().pop(self._key(stream), None)
         read = _Read(estimate=int(estimate), started_at=self._clock())
-        if earlier is not None:  # a takeover resumes the snapshot from its checkpoint: count on
-            read.rows, read.started_at = int(earlier["rows"]), earlier["started_at"]
         with self._lock:
+            earlier = self._earlier().pop(self._key(stream), None)
+            if earlier is not None:  # a takeover resumes the snapshot from its checkpoint: count on
+                read.rows, read.started_at = int(earlier["rows"]), earlier["started_at"]
             self._reads[stream] = read
         self._write(stream, read, finished=False)
 
     def _earlier(self) -> dict[tuple[str | None, str], dict[str, Any]]:
         """The unfinished reads an earlier attempt of this run recorded (its worker was killed,
-        or lost its lease), read once."""
+        or lost its lease), read once (under the lock)."""
         if self._resumed is None:
             try:
                 rows = self.store.progress(self.pipeline, entry=self.entry) if self.entry is not None else []
