@@ -65,7 +65,8 @@ def read_stream(ingest: Ingest, source: Any, stream: Stream, stop: threading.Eve
 
         resume = strategy(stream.mode).snapshot_again(resume)
         ingest.append(stream, None, resume or {}, marker={"kind": MARKER_TRUNCATE})
-    observer.stream_started(stream.name, source.estimate_rows(stream) if stream.mode == "full" else None)
+    # a full read, or any mode's first read (a snapshot), has a row estimate for progress bars
+    observer.stream_started(stream.name, source.estimate_rows(stream) if stream.mode == "full" or resume is None else None)
     q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
     stop_reader = threading.Event()
 

@@ -1,7 +1,8 @@
 """The dashboard in headless Chromium (Debian's ``chromium`` driven by Playwright through its
 ``executable_path``; never ``playwright install``) against a real ``replicant serve``: log in,
 see the pipelines, open one, trigger a run and watch its progress reach 100 %, pause and resume
-a stream, retry a dead letter; a viewer sees no mutating button. Screenshots are saved under the
+a stream, retry a dead letter; a viewer sees no mutating button; a stream's snapshot bar is
+determinate with a percent and ETA mid-way (a PostgreSQL source read in small chunks), then done. Screenshots are saved under the
 test's ``artifacts`` folder and copied to ``$REPLICANT_ARTIFACTS`` when it is set."""
 
 from __future__ import annotations
@@ -180,3 +181,71 @@ def test_revoking_a_token_ends_its_dashboard_sessions(site: tuple[AccessEnv, Ser
         serve.http.delete(f"/api/v1/tokens/{made['id']}").raise_for_status()
         assert c.get("/api/v1/whoami").status_code == 401
         assert c.get("/", follow_redirects=False).headers["location"] == "/login"
+
+
+SNAPSHOT_ROWS = 12_000
+
+
+@pytest.fixture(scope="module")
+def snapshot_site(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """A served PostgreSQL pipeline whose full read lasts seconds (600 key-range chunks of 20
+    rows), on loopback without tokens (the dashboard is open)."""
+    import uuid
+
+    import psycopg
+
+    name = f"dash_snap_{uuid.uuid4().hex[:8]}"
+    pg_server.create_database(name)
+    url = pg_server.url(name)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id integer PRIMARY KEY, v text NOT NULL)")
+        c.execute("INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, %s::int) g", (SNAPSHOT_ROWS,))
+        c.execute("ANALYZE orders")  # the estimate the bar is drawn against
+    folder = tmp_path_factory.mktemp("dashboard-snapshot")
+    (folder / "snap.yml").write_text(f"""
+pipeline: snap
+source:
+  type: postgres
+  url: {url}
+  chunk_size: 20
+  batch_size: 20
+  streams: [{{table: orders, mode: full}}]
+destinations:
+  - {{name: lake, type: duckdb, path: snap.duckdb, write: replace}}
+""")
+    serve = ServeProcess(folder, workers=1).start()
+    try:
+        yield serve
+    finally:
+        code = serve.stop()
+        pg_server.drop_database(name)
+        assert code == 0, serve.log()
+
+
+def test_a_streams_snapshot_bar_is_determinate_with_percent_and_eta_then_done(snapshot_site: ServeProcess, browser: Any,
+                                                                               tmp_path: Path) -> None:
+    serve = snapshot_site
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.set_default_timeout(120_000)
+    page.goto(f"http://127.0.0.1:{serve.port}/pipelines/snap")
+    page.get_by_role("button", name="Run now").click()
+    bar = page.locator("#streams tbody tr[data-stream=orders] progress")
+    # mid-way: a value between 1 and 99, and the same percent with an ETA in its label and beside it
+    page.wait_for_function("""() => {
+      const bar = document.querySelector('#streams tr[data-stream=orders] progress');
+      const m = bar && /^orders: (\\d+)% · ETA \\d+ (s|min)$/.exec(bar.getAttribute('aria-label') || '');
+      return m && Number(m[1]) > 0 && Number(m[1]) < 100 && bar.getAttribute('value') === m[1];
+    }""")
+    label = bar.get_attribute("aria-label")
+    assert label is not None
+    assert label.removeprefix("orders: ") in page.locator("#streams tbody tr[data-stream=orders] .pct").inner_text()
+    run_bar = page.locator("#run-bar")  # the run's bar: rows over the streams' estimates
+    assert 0 < int(run_bar.get_attribute("value") or 0) < 100
+    shot(page, tmp_path, "dashboard-snapshot-midway")
+    page.wait_for_function("""() => {
+      const bar = document.querySelector('#streams tr[data-stream=orders] progress');
+      return bar && bar.getAttribute('aria-label') === 'orders: 100% · done' && bar.getAttribute('value') === '100';
+    }""")
+    page.wait_for_function("() => /succeeded · 100%/.test(document.querySelector('#run-label')?.textContent || '')")
+    assert page.locator("#streams tbody tr[data-stream=orders] .pct").inner_text().strip() == "100% · done"
+    page.close()

@@ -89,6 +89,7 @@ def test_a_tenants_pipeline_runs_every_tenants_feed(env: Env) -> None:
         with psycopg.connect(url, autocommit=True) as c:
             c.execute("CREATE TABLE orders (id integer PRIMARY KEY, v text NOT NULL)")
             c.execute("INSERT INTO orders SELECT g, 't' || g FROM generate_series(1, %s::int) g", (10 * (i + 1),))
+            c.execute("ANALYZE orders")  # an estimate for the first read's progress
     tenants = "".join(f"\n  - {{id: {t}, url: \"{u}\"}}" for t, u in urls.items())
     (env.folder / "multi.yml").write_text(f"""
 pipeline: multi
@@ -106,6 +107,11 @@ schedule: {HOOK}
     with psycopg.connect(env.dst) as c:
         assert c.execute("SELECT _tenant, count(*) FROM all_orders GROUP BY 1 ORDER BY 1").fetchall() == [
             ("acme", 10), ("globex", 20)]
+    # each tenant's first read recorded its progress under its tenant (events name it tenant/stream)
+    assert [(p["tenant"], p["stream"], p["rows"], p["estimate"], p["percent"]) for p in run["progress"]] == [
+        ("acme", "orders", 10, 10, 100), ("globex", "orders", 20, 20, 100)]
+    status = env.serve.get("/api/v1/pipelines/multi/status")
+    assert sorted((s["tenant"], s["progress"]["finished"]) for s in status["streams"]) == [("acme", True), ("globex", True)]
     one = env.serve.wait_run(env.serve.post("/api/v1/pipelines/multi/runs", json={"tenant": "globex"})["id"])
     assert one["status"] == "succeeded" and one["tenant"] == "globex", one
 

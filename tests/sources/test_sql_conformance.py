@@ -151,6 +151,20 @@ def test_empty_and_keyless_tables(empty_db: Db) -> None:
     assert sorted(data_of(out).column("a").to_pylist()) == list(range(7))
 
 
+def test_estimate_rows_comes_from_the_table_statistics(empty_db: Db) -> None:
+    """The progress bars' estimate: from statistics (never a scan), close to the rows once analyzed."""
+    db = empty_db
+    db.execute(f"CREATE TABLE {db.q('sized')} (id integer PRIMARY KEY, v {db.text})")
+    db.insert("sized", ["id", "v"], [(i, f"v{i}") for i in range(1, 501)])
+    src, [stream] = db.streams(["sized"])
+    with src:
+        if db.kind == "sqlite":
+            assert src.estimate_rows(stream) is None  # never analyzed: no sqlite_stat1
+        db.execute({"postgres": "ANALYZE sized", "mysql": "ANALYZE TABLE sized", "sqlite": "ANALYZE"}[db.kind])
+        estimate = src.estimate_rows(stream)
+    assert estimate is not None and 250 <= estimate <= 750, estimate  # InnoDB's is sampled
+
+
 def test_include_and_exclude_keep_the_key(chinook_db: Db) -> None:
     db = chinook_db
     album, title, aid, artist = db.t("album"), db.c("title"), db.c("album_id"), db.c("artist_id")

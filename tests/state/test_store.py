@@ -101,6 +101,7 @@ def test_open_creates_prefixed_tables_and_reopen_is_idempotent(store_url: str) -
         "replicant_sealed",
         "replicant_tokens",
         "replicant_audit",
+        "replicant_stream_progress",  # state/progress.py
     }
     assert sorted(versions) == list(range(1, LATEST + 1))
 

@@ -9,7 +9,8 @@ Per claimed entry the worker:
    :func:`replicant.validate.validate_pipeline`) in a thread, while a heartbeat thread renews the lease
    every third of its time (and stops the run when the lease was lost or a cancel was asked);
 4. records the result in the entry (rows per stream and destination, errors, seconds) and
-   the run's log lines in ``LOGS/runs/ENTRY.log``.
+   the run's log lines in ``LOGS/runs/ENTRY.log``; while it runs, each stream's snapshot progress
+   (:class:`~replicant.service.progress.ProgressRecorder`, through the fenced store).
 
 SIGTERM drains: the engine's stop event is set (current batches finish, checkpoints are kept),
 an unfinished run goes back to the queue and its lease is released, then the process exits.
@@ -33,6 +34,7 @@ from replicant.errors import FencedError, ReplicantError
 from replicant.replay import ReplayStart
 from replicant.service.catalog import for_service
 from replicant.service.logs import run_log
+from replicant.service.progress import ProgressRecorder
 from replicant.service.settings import ServiceSettings
 
 __all__ = ["Worker", "run_entry"]
@@ -166,15 +168,19 @@ def _execute(entry: dict[str, Any], settings: ServiceSettings, state: Any, stop:
         return {c["stream"] for c in paused if c["tenant"] in (None, tenant)}
 
     skip = skipped(entry["tenant"])
+    # snapshot progress per stream for the API and the dashboard, through the fenced store
+    progress = ProgressRecorder(state, entry["pipeline"], entry=entry["id"], tenant=entry["tenant"],
+                                tenants=bool(config.tenants))
     engine: Any
     if config.tenants:  # every tenant's feed (or the entry's one), sharing the fenced state store
         from replicant.tenants.runner import TenantRunner
 
         engine = TenantRunner(config, tenants=[entry["tenant"]] if entry["tenant"] else None, state=state,
-                              engine_options=lambda tenant: {"skip": skipped(tenant)}, engine_type=_NarrowedEngine)
+                              observer=progress, engine_options=lambda tenant: {"skip": skipped(tenant)},
+                              engine_type=_NarrowedEngine)
         engine.stop_event = stop
     else:
-        engine = _NarrowedEngine(config, state=state, tenant=entry["tenant"], skip=skip)
+        engine = _NarrowedEngine(config, state=state, tenant=entry["tenant"], skip=skip, observer=progress)
         engine.stop_event = stop
     if command in ("run", "follow"):
         result = engine.run(follow=command == "follow")

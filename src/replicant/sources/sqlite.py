@@ -165,6 +165,17 @@ class SQLiteSource(SQLSource):
                 found[col] = "NOT NULL"
         return found
 
+    def estimate_rows(self, stream: Any) -> int | None:
+        """From ``ANALYZE``'s statistics (``sqlite_stat1``: the first number of ``stat`` is the
+        table's or the index's row count, https://sqlite.org/fileformat2.html#stat1tab);
+        ``None`` when the database was never analyzed."""
+        try:
+            rows = self.fetchall("SELECT stat FROM sqlite_stat1 WHERE tbl = ? LIMIT 1", (stream.table[-1],))
+        except FatalError:  # no sqlite_stat1: never analyzed
+            return None
+        first = str(rows[0][0]).split(" ", 1)[0] if rows and rows[0][0] is not None else ""
+        return int(first) if first.isdigit() else None
+
     # ------------------------------------------------------------------ reading
 
     def trigger_sql(self, stream: Stream) -> SQLiteTriggers:

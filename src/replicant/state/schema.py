@@ -17,7 +17,8 @@ existing rows get ``''``); 3 added ``replicant_paused`` (the streams a destinati
 6 added ``replicant_files_seen`` (every file a files source saw: :mod:`replicant.state.files_seen`).
 7 added the service's run queue, schedules, pauses, workers and webhook ids
 (:mod:`replicant.state.service_tables`); 8 the encrypted secrets, tokens and the append-only
-audit log (:mod:`replicant.state.access_tables`).
+audit log (:mod:`replicant.state.access_tables`); 9 ``replicant_stream_progress``, the snapshot
+progress of the streams a service worker reads (:mod:`replicant.state.progress`).
 
 Adding a migration: append a function to :data:`MIGRATIONS` (its position + 1 is its
 number). A migration receives the connection of the open transaction and must be
@@ -409,9 +410,17 @@ def _v8_access(conn: Connection) -> None:
     migrate_access(conn)
 
 
+def _v9_progress(conn: Connection) -> None:
+    """Version 9: snapshot progress per stream (:mod:`replicant.state.progress`)."""
+    from replicant.state import progress
+
+    progress.create(conn)
+
+
 #: Migration ``n`` is ``MIGRATIONS[n - 1]``; applied in order, never edited once released.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial, _v2_tenant, _v3_paused, _v4_retries, _v5_validations, _v6_files_seen, _v7_service, _v8_access,
+    _v9_progress,
 ]
 
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("repl").

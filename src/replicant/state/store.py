@@ -38,6 +38,7 @@ from replicant.state._queue import QueueMixin
 from replicant.state._tenants import TenantStateMixin
 from replicant.state.access import AccessMixin
 from replicant.state.files_seen import FilesSeenMixin
+from replicant.state.progress import ProgressMixin
 from replicant.state.records import (
     ALL_TENANTS,
     AllTenants,
@@ -65,7 +66,7 @@ __all__ = [
 RUN_STATUSES = ("succeeded", "failed", "interrupted")
 
 
-class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin, TenantStateMixin, QueueMixin, AccessMixin):
+class StateStore(LeaseMixin, ValidationMixin, FilesSeenMixin, TenantStateMixin, QueueMixin, AccessMixin, ProgressMixin):
     """Durable state of pipelines: runs, checkpoints, offsets, dead letters, leases.
 
     Construction only parses the URL; :meth:`open` connects and creates or migrates the

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 __all__ = ["Accepted", "PipelineDetail", "PipelineSummary", "Run", "RunDetail", "Paused", "Worker", "ServiceStatus",
-           "ReplayRequest", "RunRequest", "ValidateRequest", "DeadLetterFilter", "DeadLetterResult", "ResyncResult"]
+           "ReplayRequest", "RunRequest", "StreamProgress", "ValidateRequest", "DeadLetterFilter", "DeadLetterResult", "ResyncResult"]
 
 
 #: The largest id or offset the API accepts (the state store's ids are 64-bit).
@@ -59,8 +59,23 @@ class Run(BaseModel):
     error: str | None
 
 
+class StreamProgress(BaseModel):
+    """A stream's snapshot (a read with a row estimate) as it stands; also each stream's
+    ``progress`` in ``/pipelines/{name}/status`` (``null`` when there is none to show)."""
+
+    tenant: str | None
+    stream: str
+    rows: int = Field(description="Rows read so far.")
+    estimate: int | None = Field(description="Rows expected, from the source's table statistics (approximate).")
+    percent: int | None = Field(description="0-99 while reading (estimates are approximate), 100 once done.")
+    eta_seconds: float | None = Field(description="Seconds still expected at the rate so far; null while unknown.")
+    started_at: datetime
+    finished: bool
+
+
 class RunDetail(Run):
     result: dict[str, Any] | None = None
+    progress: list[StreamProgress] = Field([], description="Snapshot progress of the streams this run read last.")
     runs: list[dict[str, Any]] = Field([], description="The state store's runs of this entry (one per attempt).")
     log: list[str] = Field([], description="The run's last log lines.")
 

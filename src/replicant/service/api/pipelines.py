@@ -17,6 +17,7 @@ from replicant.service.api.models import (
 from replicant.service.api.problems import ApiProblem
 from replicant.service.auth import filter_status, own, scope, visible
 from replicant.service.catalog import describe
+from replicant.service.progress import with_progress
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -78,7 +79,7 @@ def get_pipeline(request: Request, name: str) -> dict[str, Any]:
     config = _config(service, name)
     detail = {**_summary(service, name), **describe(config)}
     tenants = scope(request)
-    status = filter_status(service.status(config), tenants)
+    status = with_progress(service.store, name, filter_status(service.status(config), tenants), tenants)
     detail["streams"] = [dict(s) for s in status["streams"]]
     detail["tenants"] = [t for t in service.store.tenants(name) if own(tenants, t)]
     detail["pauses"] = [c for c in service.store.paused_controls(name) if own(tenants, c["tenant"])]
@@ -92,10 +93,12 @@ def get_pipeline(request: Request, name: str) -> dict[str, Any]:
     return detail
 
 
-@router.get("/{name}/status", response_model=dict[str, Any], summary="Status and lag per destination (as `replicant status --json`)")
+@router.get("/{name}/status", response_model=dict[str, Any],
+            summary="Status and lag per destination (as `replicant status --json`), each stream with its snapshot progress")
 def pipeline_status(request: Request, name: str) -> dict[str, Any]:
     service = _service(request)
-    return filter_status(service.status(_config(service, name)), scope(request))
+    tenants = scope(request)
+    return with_progress(service.store, name, filter_status(service.status(_config(service, name)), tenants), tenants)
 
 
 @router.post("/{name}/runs", response_model=Accepted, status_code=202, summary="Trigger a run (at most one more is queued)")

@@ -1,4 +1,5 @@
-"""``/api/v1/runs``: list with filters, detail (per-stream rows, errors, timing, log lines), cancel."""
+"""``/api/v1/runs``: list with filters, detail (per-stream rows and snapshot progress, errors, timing, log lines),
+cancel."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from replicant.service.api.models import MAX_ID, Run, RunDetail
 from replicant.service.api.problems import ApiProblem
 from replicant.service.auth import own, scope
 from replicant.service.logs import run_log_path
+from replicant.service.progress import run_progress
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -34,7 +36,8 @@ def list_runs(
     return [e for e in found if own(tenants, e["tenant"])]
 
 
-@router.get("/{run_id}", response_model=RunDetail, summary="A run: rows per stream and destination, errors, timing, log")
+@router.get("/{run_id}", response_model=RunDetail,
+            summary="A run: rows per stream and destination, snapshot progress, errors, timing, log")
 def get_run(request: Request, run_id: RunId, lines: int = Query(200, ge=0, le=10_000)) -> dict[str, Any]:
     service = request.app.state.service
     entry = service.store.queue_entry(run_id)
@@ -43,7 +46,7 @@ def get_run(request: Request, run_id: RunId, lines: int = Query(200, ge=0, le=10
     history = [r for r in service.store.runs(entry["pipeline"], limit=200) if r["id"] in set(entry["run_ids"])]
     path = run_log_path(service.settings.logs_dir, run_id)
     log = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:] if path.exists() and lines else []
-    return {**entry, "runs": history, "log": log}
+    return {**entry, "runs": history, "log": log, "progress": run_progress(service.store, entry, scope(request))}
 
 
 @router.post("/{run_id}/cancel", response_model=Run, summary="Cancel a queued run, or stop a running one")

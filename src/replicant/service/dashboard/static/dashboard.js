@@ -104,6 +104,15 @@
     return fig;
   }
 
+  const seconds = (t) => (t < 120 ? `${Math.round(t)} s` : `${Math.round(t / 60)} min`);
+
+  // a stream's snapshot as the service reports it: "42% · ETA 12 s", "100% · done", or null without an estimate
+  function streamProgressText(p) {
+    if (!p || p.percent === null || p.percent === undefined) return null;
+    if (p.finished) return "100% · done";
+    return `${p.percent}%` + (p.eta_seconds === null || p.eta_seconds === undefined ? "" : ` · ETA ${seconds(p.eta_seconds)}`);
+  }
+
   function runProgress(run, streams) {
     const box = document.getElementById("run-progress");
     if (!run) { box.textContent = "No run yet."; return; }
@@ -111,9 +120,18 @@
     if (run.status === "succeeded") pct = 100;
     else if (run.status === "running" && run.started_at) {
       const started = Date.parse(run.started_at);
-      const done = streams.filter((s) => s.updated_at && Date.parse(s.updated_at) >= started).length;
-      pct = streams.length ? Math.min(99, Math.round((100 * done) / streams.length)) : 0;
-      if (pct > 0) eta = ` · ETA ${Math.round(((Date.now() - started) / 1000) * (100 - pct) / pct)} s`;
+      const sized = streams.filter((s) => s.progress && s.progress.estimate !== null);
+      let part, whole;
+      if (sized.length) { // rows read over the sum of the streams' estimates
+        whole = sized.reduce((n, s) => n + Math.max(1, s.progress.estimate), 0);
+        part = sized.reduce((n, s) => n + (s.progress.finished ? Math.max(1, s.progress.estimate)
+          : Math.min(s.progress.rows, s.progress.estimate)), 0);
+      } else { // no estimate: the streams done in this run
+        whole = streams.length;
+        part = streams.filter((s) => s.updated_at && Date.parse(s.updated_at) >= started).length;
+      }
+      pct = whole ? Math.min(99, Math.floor((100 * part) / whole)) : 0;
+      if (pct > 0) eta = ` · ETA ${seconds(((Date.now() - started) / 1000) * (100 - pct) / pct)}`;
     }
     const label = `Run ${run.id} (${run.command}): ${run.status} · ${pct}%${eta}`;
     box.replaceChildren(el("progress", { max: 100, value: pct, "aria-label": `Progress of run ${run.id}`, id: "run-bar" }),
@@ -141,6 +159,12 @@
     }
     const current = runs[0] && runs[0].status === "running" && runs[0].started_at ? Date.parse(runs[0].started_at) : null;
     const progress = (s) => {
+      const text = streamProgressText(s.progress);
+      if (text !== null) { // determinate: the service knows the rows expected
+        const pct = s.progress.finished ? 100 : s.progress.percent;
+        return el("span", { class: "stream-progress" },
+          el("progress", { max: 100, value: pct, "aria-label": `${s.name}: ${text}` }), el("span", { class: "pct" }, " " + text));
+      }
       if (current === null) return "—";
       const done = s.updated_at && Date.parse(s.updated_at) >= current;
       return el("progress", { max: 100, value: done ? 100 : null, "aria-label": `${s.name}: ${done ? "done" : "reading"}` });
