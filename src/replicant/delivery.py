@@ -402,6 +402,8 @@ class Delivery:
                         self.written[s.name] += w.rows - before
                     except FencedError as e:  # another writer delivers this stream now: it stops here, unpaused
                         paused.add(s.name)
+                        log.warning("destination %s stops delivering stream %s in this run: %s", self.dest.name, s.name,
+                                    redact(str(e)))
                         self._fail(s, e)
                     except (SchemaDriftError, FatalError, ConfigError, RecordError) as e:
                         paused.add(s.name)  # this stream waits for the user; the others go on
