@@ -3,8 +3,9 @@
 Two destination objects of one pipeline's stream (two workers, two runs) read the same applied
 offset; the first writes a range and stays inside its transaction, after its offset statement;
 the second writes the same range and is seen *waiting* for a lock on the server; then the first
-commits. The second must then find the offset moved and be refused with its rows: once before
-the stream has an offset row (two first inserts), once after (two updates of the row).
+commits. The second must then find the offset moved and be refused with its rows: before the
+stream has an offset row (two first inserts), after (two updates of the row), and after a
+deliberate reset to -1 (both expecting -1 of an existing row).
 The sequential cases run for every SQL destination in the conformance suite
 (``check_fenced_offset``).
 """
@@ -103,8 +104,12 @@ def test_a_concurrent_writer_waits_for_the_offset_row_then_is_refused(kind: str,
         race([{"id": 1, "name": "a", "qty": 1}, {"id": 2, "name": "b", "qty": 2}], 1, expected=-1)  # no row yet
         assert second.applied_offset(s) == 1
         race([{"id": 3, "name": "c", "qty": 3}], 2, expected=1)  # the row exists
-        assert second.applied_offset(s) == 2
+        with second.transaction("reset", s):  # as `tenant drop` does: both expect -1 of an existing row
+            second.reset_offset(s, -1)
+        assert first.applied_offset(s) == -1
+        race([{"id": 4, "name": "d", "qty": 4}], 0, expected=-1)
+        assert second.applied_offset(s) == 0
     finally:
         first.close()
         second.close()
-    assert h.rows("items") == [(1, "a", 1), (2, "b", 2), (3, "c", 3)]
+    assert h.rows("items") == [(1, "a", 1), (2, "b", 2), (3, "c", 3), (4, "d", 4)]

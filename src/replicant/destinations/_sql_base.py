@@ -45,8 +45,8 @@ a writer whose idea of the previous offset is stale — a worker whose lease was
 another worker delivered the same log range, a second run of the same pipeline — raises
 :class:`~replicant.errors.DestinationFencedError` and its whole transaction, rows included,
 is rolled back, so an ``append`` table never takes a range twice. Before a stream's first
-write the row is inserted with offset -1 (``ON CONFLICT DO NOTHING``, MariaDB's ``INSERT
-IGNORE``) so there is a row to lock: a concurrent first writer waits for it, then finds the
+write the row is inserted with offset -1 unless it exists (``ON CONFLICT DO NOTHING``; MariaDB:
+``ON DUPLICATE KEY UPDATE`` a no-op) so there is a row to lock: a concurrent first writer waits for it, then finds the
 offset moved. Row counts are never read (they differ by driver: MariaDB counts *changed*
 rows). A deliberate reset (``replicant tenant drop``) sets the row with
 :meth:`~SQLDestination.reset_offset`; a replay moves it back through ``store_offset``, from
