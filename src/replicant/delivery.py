@@ -29,6 +29,12 @@ Poison records and streams: a record the destination rejects for its values goes
 letters inside ``destination.write`` and the rest is written (transactional destinations get
 each row's log offset, ``offsets=``, for the dead letter's origin); a stream whose table the
 destination refuses at ``prepare`` pauses alone, like a drift, and the others are delivered.
+
+Fencing: a transactional destination refuses a write when its offset moved under this
+delivery (:class:`~replicant.errors.DestinationFencedError`: another writer — the worker that
+took this run over, a second run — delivered the stream meanwhile). That stream stops in
+this run with the error, without a pause recorded for ``status``: the other writer is
+delivering it.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from replicant.errors import ConfigError, FatalError, RecordError, SchemaDriftError, redact, retry_delay
+from replicant.errors import ConfigError, FatalError, FencedError, RecordError, SchemaDriftError, redact, retry_delay
 from replicant.log.base import MARKER_SNAPSHOT_ABORT, MARKER_SNAPSHOT_END, MARKER_SNAPSHOT_START, MARKER_TRUNCATE, Log
 from replicant.model import Stream, data_schema
 from replicant.results import RunError
@@ -394,6 +400,11 @@ class Delivery:
                         before = w.rows
                         progressed |= w.step()
                         self.written[s.name] += w.rows - before
+                    except FencedError as e:  # another writer delivers this stream now: it stops here, unpaused
+                        paused.add(s.name)
+                        log.warning("destination %s stops delivering stream %s in this run: %s", self.dest.name, s.name,
+                                    redact(str(e)))
+                        self._fail(s, e)
                     except (SchemaDriftError, FatalError, ConfigError, RecordError) as e:
                         paused.add(s.name)  # this stream waits for the user; the others go on
                         self._pause(s, e)

@@ -9,6 +9,7 @@ Branch by what the caller should do::
     │   └── DiskFullError    the staging log's or state store's disk is full: wait for space, retry
     ├── FatalError           stop this stream, keep others running, say what to do
     │   └── FencedError      a worker lost its run's lease: its state writes are refused
+    │       └── DestinationFencedError  another writer moved a destination's offset: the write is refused
     ├── RecordError          one bad record: goes to the dead-letter store with its origin
     └── SchemaDriftError     a change the destination cannot absorb
 
@@ -29,6 +30,7 @@ __all__ = [
     "DiskFullError",
     "FatalError",
     "FencedError",
+    "DestinationFencedError",
     "RecordError",
     "SchemaDriftError",
     "redact",
@@ -119,6 +121,13 @@ class FatalError(ReplicantError):
 class FencedError(FatalError):
     """A worker's lease of a run was taken over (it was presumed dead): the state store refuses
     its checkpoint, offset and run writes, so only the new owner moves the run on."""
+
+
+class DestinationFencedError(FencedError):
+    """A transactional destination's offset row moved under this writer (another writer
+    delivered the stream meanwhile: a worker that took over the run, a second run of the
+    pipeline): the write's transaction, rows and offset, was rolled back. The message names
+    destination, stream, the offset expected and the one found."""
 
 
 class RecordError(ReplicantError):

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from replicant.errors import FatalError
+from replicant.errors import DestinationFencedError, FatalError
 from replicant.model import Stream
 
 TS = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -469,6 +469,66 @@ def check_two_snapshots_into_a_fresh_table(h: Harness) -> None:
         assert h.rows("other") == [(0, "b", 0), (1, "b", 1), (2, "a", 2), (3, "a", 3), (9, "b", 9)]
 
 
+def check_fenced_offset(h: Harness) -> None:
+    """Two writers of one pipeline's stream (a worker whose lease was taken over and the one
+    that took over; two runs at once) into an ``append`` table, which would take a range
+    twice: the writer whose idea of the applied offset is stale is refused with its rows,
+    before the stream's first offset row exists and after; one that reads again goes on;
+    a deliberate reset (``tenant drop``) is taken."""
+    s = make_stream("items", ITEMS)
+    stale, taker = opened(h, "append"), opened(h, "append")
+    try:
+        for d in (stale, taker):
+            d.prepare(s)
+            assert d.applied_offset(s) == -1
+        taker.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}, {"id": 2, "name": "b", "qty": 2}], "insert"), last_offset=1)
+        with pytest.raises(DestinationFencedError, match=r"destination .*stream 'items'.*expected log offset -1, found 1"):
+            stale.write(s, changes(s, [{"id": 1, "name": "a", "qty": 1}, {"id": 2, "name": "b", "qty": 2}], "insert"), last_offset=1)
+        assert h.rows("items") == [(1, "a", 1), (2, "b", 2)]
+        assert stale.applied_offset(s) == 1  # read again: its expectation now
+        stale.write(s, changes(s, [{"id": 3, "name": "c", "qty": 3}], "insert"), last_offset=2)
+        with pytest.raises(DestinationFencedError, match=r"expected log offset 1, found 2"):
+            taker.write(s, changes(s, [{"id": 3, "name": "c", "qty": 3}], "insert"), last_offset=2)
+        with pytest.raises(DestinationFencedError, match=r"expected log offset 1, found 2"):
+            taker.truncate(s, last_offset=3)
+        with pytest.raises(DestinationFencedError, match=r"expected log offset 1, found 2"):
+            taker.record_offset(s, 3)
+        assert h.rows("items") == [(1, "a", 1), (2, "b", 2), (3, "c", 3)]
+        with taker.transaction("reset", s):
+            taker.reset_offset(s, -1)
+        taker.write(s, changes(s, [{"id": 4, "name": "d", "qty": 4}], "insert"), last_offset=0)
+        with pytest.raises(DestinationFencedError, match=r"expected log offset 2, found 0"):
+            stale.write(s, changes(s, [{"id": 5, "name": "e", "qty": 5}], "insert"), last_offset=3)
+        assert taker.applied_offset(s) == 0
+    finally:
+        stale.close()
+        taker.close()
+    assert h.rows("items") == [(1, "a", 1), (2, "b", 2), (3, "c", 3), (4, "d", 4)]
+
+
+def check_fenced_replace(h: Harness) -> None:
+    """Of two writers replacing the same table from the same applied offset, the second's
+    ``commit_replace`` is refused before its swap: the table holds the first's snapshot."""
+    s = make_stream("items", ITEMS)
+    first, second = opened(h, "replace"), opened(h, "replace")
+    try:
+        for d in (first, second):
+            d.prepare(s)
+            assert d.applied_offset(s) == -1
+        first.begin_replace(s)
+        first.write(s, changes(s, [{"id": 1, "name": "first", "qty": 1}], "read"), last_offset=2)
+        first.commit_replace(s, last_offset=3)
+        second.begin_replace(s)
+        second.write(s, changes(s, [{"id": 1, "name": "second", "qty": 1}], "read"), last_offset=2)
+        with pytest.raises(DestinationFencedError, match=r"expected log offset -1, found 3"):
+            second.commit_replace(s, last_offset=3)
+        assert first.applied_offset(s) == 3
+    finally:
+        first.close()
+        second.close()
+    assert h.rows("items") == [(1, "first", 1)]
+
+
 def _caps_of(h: Harness) -> Any:
     return h.make("append").capabilities
 
@@ -482,4 +542,6 @@ TRANSACTIONAL_CHECKS = [
     check_replace,
     check_new_column,
     check_empty_and_reprepare,
+    check_fenced_offset,
+    check_fenced_replace,
 ]

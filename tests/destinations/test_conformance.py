@@ -306,6 +306,6 @@ def test_crash_between_write_and_offset(h: cf.Harness, monkeypatch: pytest.Monke
 @pytest.mark.parametrize("check", cf.TRANSACTIONAL_CHECKS, ids=lambda c: c.__name__)
 def test_transactional(h: cf.Harness, check: Callable[[cf.Harness], None]) -> None:
     _require(h, transactional=True)
-    if check is cf.check_replace:
+    if check in (cf.check_replace, cf.check_fenced_replace):
         _require(h, replace=True)
     check(h)

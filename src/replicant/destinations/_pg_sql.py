@@ -22,6 +22,7 @@ __all__ = [
     "qualified",
     "quote",
     "select_offset",
+    "insert_offset",
     "upsert_offset",
 ]
 
@@ -129,6 +130,15 @@ def upsert_offset(schema: str, table: str) -> str:
 def select_offset(schema: str, table: str) -> str:
     """Parameters: pipeline, stream."""
     return f"SELECT log_offset FROM {qualified(schema, table)} WHERE pipeline = $1 AND stream = $2"
+
+
+def insert_offset(schema: str, table: str) -> str:
+    """The stream's row with offset -1 unless it exists (a concurrent insert of it is waited
+    for). Parameters: pipeline, stream."""
+    return (
+        f"INSERT INTO {qualified(schema, table)} (pipeline, stream, log_offset, updated_at) "
+        "VALUES ($1, $2, -1, now()) ON CONFLICT (pipeline, stream) DO NOTHING"
+    )
 
 
 def insert_select(

@@ -35,6 +35,23 @@ The state machine (``write:`` is the configured write mode):
 * :meth:`~SQLDestination.evolve` follows schema drift (rules in
   :mod:`replicant.destinations.drift`) on the table and a pending one, then re-prepares.
 
+The offset row is fenced: every write that records an offset (all modes, ``commit_replace``,
+``truncate``) goes through :meth:`~SQLDestination.store_offset`, a compare-and-set against the
+offset this object last read (:meth:`~SQLDestination.applied_offset`) or stored. In the write
+transaction, after the data statements, it locks the stream's row (``SELECT … FOR UPDATE``
+where the dialect locks rows; SQLite's ``BEGIN IMMEDIATE`` holds the database's write lock;
+DuckDB fails the later of two concurrent writes of the row) and compares:
+a writer whose idea of the previous offset is stale — a worker whose lease was taken over and
+another worker delivered the same log range, a second run of the same pipeline — raises
+:class:`~replicant.errors.DestinationFencedError` and its whole transaction, rows included,
+is rolled back, so an ``append`` table never takes a range twice. Before a stream's first
+write the row is inserted with offset -1 unless it exists (``ON CONFLICT DO NOTHING``; MariaDB:
+``ON DUPLICATE KEY UPDATE`` a no-op) so there is a row to lock: a concurrent first writer waits for it, then finds the
+offset moved. Row counts are never read (they differ by driver: MariaDB counts *changed*
+rows). A deliberate reset (``replicant tenant drop``) sets the row with
+:meth:`~SQLDestination.reset_offset`; a replay moves it back through ``store_offset``, from
+the offset it read.
+
 Adding a dialect: subclass :class:`SQLDestination`, set ``kind`` (and ``quote_char``,
 ``nullable``, ``table_options``, ``merge_needs_unique_key``, ``insert_first`` where the
 defaults do not fit), write a :class:`TypeMapper`, and implement ``connected``, ``connect``,
@@ -78,7 +95,7 @@ from replicant.destinations._sql_parts import ColumnInfo, Encoded, KeyExists, Ta
 from replicant.destinations._tenant_rows import ddl_lock, delete_tenant_rows, tenant_where
 from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
-from replicant.errors import ConfigError, FatalError, RecordError, ReplicantError
+from replicant.errors import ConfigError, DestinationFencedError, FatalError, RecordError, ReplicantError
 from replicant.model import ConnectorContext, Stream
 
 __all__ = ["EXCLUDE_HINT", "PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
@@ -141,10 +158,18 @@ class SQLDestination(Destination):
         super().__init__(config, context)
         self._tables: dict[str, Table] = {}
         self._pending: dict[str, Table] = {}
-        #: ``SELECT log_offset …`` and the offset upsert, with parameters (pipeline, stream[,
-        #: offset]) in the driver's style; set by :meth:`connect`.
+        #: ``SELECT log_offset …``, the same locking the row (``… FOR UPDATE`` where the dialect
+        #: locks rows), the offset upsert, and the insert of a stream's row with offset -1 unless
+        #: it exists, with parameters (pipeline, stream[, offset]) in the driver's style; set by
+        #: :meth:`connect`.
         self.offset_select = ""
+        self.offset_lock = ""
         self.offset_upsert = ""
+        self.offset_insert = ""
+        #: Per log stream, the offset this object last read or stored (committed), which
+        #: :meth:`store_offset` expects to find; and what the open transaction stores.
+        self._offsets: dict[str, int] = {}
+        self._staged: dict[str, int] = {}
 
     # ------------------------------------------------------------------ dialect primitives
 
@@ -156,7 +181,8 @@ class SQLDestination(Destination):
     @abstractmethod
     def connect(self) -> None:
         """Connects, sets the session up, creates the schema and the offsets table if
-        missing, and sets :attr:`offset_select`/:attr:`offset_upsert`.
+        missing, and sets :attr:`offset_select`, :attr:`offset_lock`, :attr:`offset_upsert`
+        and :attr:`offset_insert`.
 
         Raises:
             ConnectionError: naming host (or file), never the password.
@@ -289,13 +315,15 @@ class SQLDestination(Destination):
         raise a replicant error naming destination, stream, table and ``step`` (driver
         errors through :meth:`translate`, content errors and ``ArrowInvalid`` as RecordError,
         other Arrow conversion errors as FatalError); anything else (an interrupt, a bug,
-        :class:`KeyExists`) is rolled back and re-raised as it is."""
+        :class:`KeyExists`) is rolled back and re-raised as it is. The offsets the body
+        stored become this object's expectation once committed."""
         self.open()
         try:
             self.begin()
             yield
             self.commit()
         except BaseException as e:
+            self._staged.clear()
             self.rollback()
             if not isinstance(e, Exception) or isinstance(e, (KeyExists, _bad_records.RolledBack)):
                 raise
@@ -314,6 +342,8 @@ class SQLDestination(Destination):
             if isinstance(e, (pa.ArrowException, TypeError, ValueError, OSError)):  # a value Arrow cannot convert
                 raise FatalError(f"{where}: {type(e).__name__}: {e}") from e
             raise
+        self._offsets.update(self._staged)
+        self._staged.clear()
 
     def _where(self, step: str, stream: Stream | None, table: str | None) -> str:
         parts = [f"{self.kind} destination {self.name!r}"]
@@ -332,15 +362,52 @@ class SQLDestination(Destination):
                 self.connect()
 
     def applied_offset(self, stream: Stream) -> int:
+        """The stream's offset row (-1: none), which also becomes what this object's next
+        :meth:`store_offset` of the stream expects to find."""
         with self.transaction("read offset", stream):
             rows = self.query(self.offset_select, (self.pipeline, stream.log_name))
-        return int(rows[0][0]) if rows else -1
+        applied = int(rows[0][0]) if rows else -1
+        self._offsets[stream.log_name] = applied
+        return applied
 
     def store_offset(self, stream: Stream, last_offset: int) -> None:
-        """Upserts the stream's row of ``_replicant_offsets``. Called inside the write
-        transaction after the data statements (the crash point the conformance suite
-        injects a failure at, by wrapping this method)."""
+        """Moves the stream's row of ``_replicant_offsets`` to ``last_offset`` if it still
+        holds the offset this object last read or stored (the module docstring: the fence).
+        Called inside the write transaction after the data statements (the crash point the
+        conformance suite injects a failure at, by wrapping this method). An object that has
+        not read the stream's offset yet has no expectation: it takes the row as it finds it.
+
+        Raises:
+            DestinationFencedError: another writer moved the row; the caller's transaction,
+                rows included, is rolled back.
+        """
+        self._check_offset(stream)
         self.execute(self.offset_upsert, (self.pipeline, stream.log_name, int(last_offset)))
+        self._staged[stream.log_name] = int(last_offset)
+
+    def reset_offset(self, stream: Stream, last_offset: int) -> None:
+        """Sets the stream's offset row to ``last_offset`` whatever it holds, in the open
+        transaction: a deliberate reset (``replicant tenant drop``), never a delivery's
+        write (:meth:`store_offset` fences those)."""
+        self.execute(self.offset_upsert, (self.pipeline, stream.log_name, int(last_offset)))
+        self._staged[stream.log_name] = int(last_offset)
+
+    def _check_offset(self, stream: Stream) -> None:
+        """Locks the stream's offset row in the open transaction and compares it with the
+        offset this object expects (see :meth:`store_offset`)."""
+        name = stream.log_name
+        expected = self._offsets.get(name)
+        if expected is None or expected < 0:
+            self.execute(self.offset_insert, (self.pipeline, name))  # a row to lock, even before the first write
+        rows = self.query(self.offset_lock, (self.pipeline, name))
+        found = int(rows[0][0]) if rows else -1
+        if expected is not None and found != expected:
+            raise DestinationFencedError(
+                f"the offset of log stream {name!r} moved under this writer: it expected log offset {expected}, found "
+                f"{found}. Another writer delivered the stream meanwhile (a worker that took over this run, or a second "
+                "run of the pipeline at the same time); this write was rolled back, rows included, and the next run "
+                f"goes on from offset {found + 1}"
+            )
 
     def prepare(self, stream: Stream) -> None:
         """Creates the table if missing, else adds the stream's new columns (nullable).
@@ -530,6 +597,7 @@ class SQLDestination(Destination):
             raise FatalError(f"destination {self.name!r}, stream {stream.name!r}: commit_replace without begin_replace")
         name = self.table_name(stream)
         with self.transaction("commit replace", stream, name):
+            self._check_offset(stream)  # before the swap too: MariaDB's RENAME commits on its own
             self.swap(pending.name, name)
             self.store_offset(stream, last_offset)
             columns = self.columns(name) or {}

@@ -7,6 +7,9 @@ the last log offset it applied. The exactly-once rule:
     table *in the same transaction* as the rows of that write. After a crash,
     :meth:`Destination.applied_offset` returns the last offset whose rows are committed,
     and the engine re-delivers from the offset after it: nothing lost, nothing doubled.
+    The offset row is fenced: a write whose idea of the previous offset is stale (another
+    writer delivered the stream meanwhile) is refused whole with
+    :class:`~replicant.errors.DestinationFencedError`.
 
 Writes, chosen per destination with ``write:``:
 

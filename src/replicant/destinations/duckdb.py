@@ -127,6 +127,10 @@ class DuckDBDestination(SQLDestination):
             f"INSERT INTO {offsets} VALUES (?, ?, ?, now()) ON CONFLICT (pipeline, stream) "
             "DO UPDATE SET log_offset = EXCLUDED.log_offset, updated_at = EXCLUDED.updated_at"
         )
+        # no row locks (and one process per file): of two concurrent transactions writing the row, DuckDB fails
+        # the later ("Conflict on update", or a duplicate key at commit of two first inserts)
+        self.offset_lock = self.offset_select
+        self.offset_insert = f"INSERT INTO {offsets} VALUES (?, ?, -1, now()) ON CONFLICT (pipeline, stream) DO NOTHING"
         with self.transaction("open"):
             self.execute("SET TimeZone = 'UTC'")
             self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")

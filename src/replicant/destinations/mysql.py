@@ -217,6 +217,15 @@ class MySQLDestination(SQLDestination):
             f"INSERT INTO {offsets} (pipeline, stream, log_offset, updated_at) VALUES (%s, %s, %s, UTC_TIMESTAMP(6)) "
             "ON DUPLICATE KEY UPDATE log_offset = VALUES(log_offset), updated_at = VALUES(updated_at)"
         )
+        # a locking read sees the latest commit of the row (https://mariadb.com/kb/en/select/#for-update).
+        # The -1 row's insert locks an existing row exclusively (ON DUPLICATE KEY UPDATE; INSERT IGNORE's
+        # shared lock would deadlock two writers upgrading it for FOR UPDATE). No row counts are read:
+        # without the FOUND_ROWS client flag MariaDB counts changed rows, not matched ones.
+        self.offset_lock = self.offset_select + " FOR UPDATE"
+        self.offset_insert = (
+            f"INSERT INTO {offsets} (pipeline, stream, log_offset, updated_at) VALUES (%s, %s, -1, UTC_TIMESTAMP(6)) "
+            "ON DUPLICATE KEY UPDATE log_offset = log_offset"
+        )
         key = f"VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {self.types.key_collation} NOT NULL"
         with self.transaction("open"):
             self.execute(f"CREATE DATABASE IF NOT EXISTS {quote(self.schema)} CHARACTER SET utf8mb4")

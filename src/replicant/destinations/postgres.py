@@ -165,7 +165,10 @@ class PostgresDestination(SQLDestination):
             raise ConnectionError(f"destination {self.name!r}: cannot connect to {describe_url(url)}: {why}") from None
         self._cur = self._conn.cursor()
         self.offset_select = sql.select_offset(self.schema, OFFSETS_TABLE)
+        # READ COMMITTED: FOR UPDATE waits for a concurrent writer of the row, then reads its commit
+        self.offset_lock = self.offset_select + " FOR UPDATE"
         self.offset_upsert = sql.upsert_offset(self.schema, OFFSETS_TABLE)
+        self.offset_insert = sql.insert_offset(self.schema, OFFSETS_TABLE)
         with self.transaction("open"):
             self.execute("SET TimeZone TO 'UTC'")
             if not self.query("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = $1", (self.schema,))[0][0]:

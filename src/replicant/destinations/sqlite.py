@@ -166,6 +166,11 @@ class SQLiteDestination(SQLDestination):
             "VALUES (?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now')) "
             "ON CONFLICT (pipeline, stream) DO UPDATE SET log_offset = excluded.log_offset, updated_at = excluded.updated_at"
         )
+        self.offset_lock = self.offset_select  # BEGIN IMMEDIATE holds the database's write lock
+        self.offset_insert = (
+            f"INSERT INTO {self.qualified(OFFSETS_TABLE)} (pipeline, stream, log_offset, updated_at) "
+            "VALUES (?, ?, -1, strftime('%Y-%m-%d %H:%M:%f', 'now')) ON CONFLICT (pipeline, stream) DO NOTHING"
+        )
 
     def close(self) -> None:
         cur, conn = self._cur, self._conn

@@ -89,7 +89,7 @@ def _drop_rows(dest: Any, streams: list[Any], tenant: str) -> list[str]:
                 where = f"FROM {dest.qualified(table)} WHERE {dest.quote(TENANT_COLUMN)} = {dest.param_marker}"
                 n = dest.query(f"SELECT count(*) {where}", (tenant,))[0][0]
                 dest.execute(f"DELETE {where}", (tenant,))
-            dest.store_offset(stream, -1)  # nothing applied: a tenant added again gets every record anew
+            dest.reset_offset(stream, -1)  # nothing applied: a tenant added again gets every record anew
         lines.append(f"destination {dest.name}: table {dest.label(table)}: "
                      + ("no such table, or no _tenant column" if n is None else f"{n:,} rows of tenant {tenant} deleted"))
     return lines
