@@ -61,7 +61,7 @@ class Service:
         self.notifier = Notifier(settings.notify, self.now)
         self.scheduler = Scheduler(self.store, self.catalog, self.now, follow_backoff=settings.seconds("follow_backoff"),
                                    on_finished=self.notifier.finished)
-        self._statuses: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._statuses: dict[str, tuple[float, tuple[int, int], dict[str, Any]]] = {}
         self._slots: dict[str, dict[str | None, int]] = {}
         self._lock = threading.Lock()
         self.no_auth = False
@@ -78,16 +78,18 @@ class Service:
         self.store.close()
 
     def status(self, config: Any, *, max_age: float = 1.0) -> dict[str, Any]:
-        """``replicant status --json`` of a pipeline (the same function), cached ``max_age`` seconds."""
+        """``replicant status --json`` of a pipeline (the same function), cached ``max_age`` seconds
+        and while none of its runs was queued or ended since (a finished run shows at once)."""
         from replicant.engine import Engine
 
+        mark = self.store.queue_mark(config.pipeline)
         with self._lock:
             cached = self._statuses.get(config.pipeline)
-        if cached is not None and time.monotonic() - cached[0] < max_age:
-            return cached[1]
+        if cached is not None and cached[1] == mark and time.monotonic() - cached[0] < max_age:
+            return cached[2]
         status = Engine(config, state=self.store).status().to_dict()
         with self._lock:
-            self._statuses[config.pipeline] = (time.monotonic(), status)
+            self._statuses[config.pipeline] = (time.monotonic(), mark, status)
         return status
 
     def metrics(self) -> bytes:

@@ -187,6 +187,14 @@ class QueueMixin:
         with self._begin() as conn:
             return [_entry(r) for r in conn.execute(query.order_by(queue.c.id.desc()).limit(limit)).mappings()]
 
+    def queue_mark(self, pipeline: str) -> tuple[int, int]:
+        """``(newest entry id, finished entries)`` of ``pipeline``: changes when one of its runs
+        is queued or ends (a cache of what its runs wrote is stale then)."""
+        done = sa.func.count().filter(queue.c.status.not_in(("queued", "running")))
+        with self._begin() as conn:
+            newest, finished = conn.execute(sa.select(sa.func.max(queue.c.id), done).where(queue.c.pipeline == pipeline)).one()
+        return int(newest or 0), int(finished or 0)
+
     def queue_depth(self) -> dict[str, int]:
         """How many entries are ``queued`` and ``running`` (with a live lease)."""
         now = self._clock()
