@@ -6,7 +6,7 @@
 Starts a throwaway PostgreSQL 15, builds the wide table (datasets.py), then for the key
 alone and for the key plus each other column: reads ``SELECT id, <column>`` through ADBC's
 binary COPY as replicant's PostgreSQL source does (its select expression and batch hint,
-numeric(p,s) rebuilt from its unscaled int8) and bulk-loads the batches into a keyed table
+numeric(p,s) as text cast to decimal) and bulk-loads the batches into a keyed table
 with ``adbc_ingest`` in 200k-row transactions as the PostgreSQL destination does. Prints
 the client CPU-seconds (user + system of this process) of each, and the excess over the
 key alone, which is what the column costs. Server CPU is not counted; wall times are
@@ -44,7 +44,7 @@ def _read(url: str, column: str) -> tuple[list, float, float]:
     import pyarrow as pa
 
     from replicant.sources.postgres.source import _COPY_BATCH_BYTES
-    from replicant.sources.types import is_unscaled, pg_column, unscaled_decimal
+    from replicant.sources.types import pg_column
 
     typmod = (12 << 16 | 2) + 4 if column == "amount" else -1
     col = pg_column(column, TYPES[column], TYPNAMES.get(TYPES[column], TYPES[column]), "b", typmod)
@@ -58,10 +58,10 @@ def _read(url: str, column: str) -> tuple[list, float, float]:
     for b in cur.fetch_record_batch():
         if column != "id":
             arr = b.column(1)
-            if is_unscaled(col):
-                arr = unscaled_decimal(arr, col.arrow)
-            elif isinstance(arr.type, pa.BaseExtensionType):
-                arr = arr.storage.cast(col.arrow)
+            if isinstance(arr.type, pa.BaseExtensionType):
+                arr = arr.storage
+            if arr.type != col.arrow:  # numeric(p,s) arrives as text, cast as the source does
+                arr = arr.cast(col.arrow)
             b = pa.RecordBatch.from_arrays([b.column(0), arr], names=b.schema.names)
         batches.append(b)
     cur.close()
