@@ -120,6 +120,7 @@ def test_all_reads_a_partitioned_table_once_and_skips_views_and_own_tables(pg_ur
     [
         ("uuid", ["00000000-0000-0000-0000-000000000001", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "ffffffff-0000-0000-0000-000000000000"]),
         ("numeric(20,5)", ["-1.5", "0.00001", "123456789012345.12345"]),
+        ("numeric(12,2)", ["-1234567890.12", "-0.01", "9999999999.99"]),
         ("timestamptz", ["2024-01-01 00:00:00+00", "2024-01-01 00:00:00.000001+00", "2024-03-01 12:00:00+05"]),
         ("bytea", ["\\x00", "\\x0001", "\\xff"]),
         ("mood", ["happy", "sad", "ok"]),
@@ -143,6 +144,29 @@ def test_keys_of_every_keyable_type_page_correctly(pg_url: str, ddl: str, values
             rest = read_all(src, s, batches[cut - 1].position)
             assert pa.concat_tables([data_of(batches[:cut]), data_of(rest)]).equals(full), cut
     assert full.column("b").to_pylist() == [b for _, b in order]
+
+
+def test_numerics_read_exactly_through_their_text(pg_url: str) -> None:
+    """numeric(p,s) travels as the server's text and is cast to the decimal in Arrow:
+    extremes of each width, negatives, scale 0 and 18, NULLs, decimal256, over batches."""
+    values = {
+        "a": ["999999999999999999", "-999999999999999999", "0", "-1", None],  # numeric(18,0)
+        "b": ["0.999999999999999999", "-0.000000000000000001", "0.5", None, "0"],  # numeric(18,18)
+        "c": ["99999999999999.9999", "-99999999999999.9999", "0.0001", "-0.0001", None],  # numeric(18,4)
+        "d": ["-1.50", "0.01", None, "1234567890.12", "-9999999999.99"],  # numeric(12,2)
+        "e": ["-" + "9" * 30 + "." + "9" * 10, "0.0000000001", None, "1" + "0" * 29, "0"],  # numeric(40,10)
+    }
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE u (id int PRIMARY KEY, a numeric(18,0), b numeric(18,18), c numeric(18,4), "
+                  "d numeric(12,2), e numeric(40,10))")
+        c.cursor().executemany("INSERT INTO u VALUES (%s, %s, %s, %s, %s, %s)",
+                               [(i, *(values[k][i] for k in "abcde")) for i in range(5)])
+    src, (s,) = Db("postgres", pg_url).streams(["u"], batch_size=2)
+    with src:
+        t = data_of(read_all(src, s))
+    assert t.schema.field("b").type == pa.decimal128(18, 18) and t.schema.field("e").type == pa.decimal256(40, 10)
+    for k in "abcde":
+        assert t.column(k).to_pylist() == [None if v is None else Decimal(v) for v in values[k]], k
 
 
 def test_a_value_that_does_not_fit_its_type_stops_the_stream_naming_the_column(pg_url: str) -> None:

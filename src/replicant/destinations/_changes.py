@@ -48,9 +48,15 @@ def last_change_per_key(table: pa.Table, keys: tuple[str, ...] | list[str]) -> p
     Within one write only the last change per key counts (an insert then a delete of the
     same key deletes it; two updates keep the second). Returns ``table`` itself when no
     key repeats.
+
+    A batch whose one key column strictly increases (a snapshot read in key order: the
+    common case of an initial load) is returned after one vectorised comparison, without
+    the hash aggregation (which cost ~8% of a 5M-row merge's samples).
     """
     n = table.num_rows
     if n < 2:
+        return table
+    if len(keys) == 1 and _strictly_increasing(table[keys[0]]):
         return table
     index = pa.array(np.arange(n, dtype=np.int64))
     keyed = table.select(list(keys)).append_column("__replicant_row", index)
@@ -59,3 +65,12 @@ def last_change_per_key(table: pa.Table, keys: tuple[str, ...] | list[str]) -> p
     if len(rows) == n:
         return table
     return table.take(pa.array(np.sort(rows.to_numpy())))
+
+
+def _strictly_increasing(column: pa.ChunkedArray) -> bool:
+    """True if every value is greater than the one before (no null): no value repeats."""
+    try:
+        increasing = pc.all(pc.greater(column[1:], column[:-1]), skip_nulls=False).as_py()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # a type without an order
+        return False
+    return increasing is True
