@@ -12,8 +12,11 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "COLUMNS_SQL",
     "MAX_IDENT_BYTES",
+    "KEY_PENDING_COMMENT",
+    "KEY_PENDING_SQL",
     "UNIQUE_KEYS_SQL",
     "create_table",
+    "dedupe_keys",
     "delete_using",
     "insert_select",
     "offsets_ddl",
@@ -98,16 +101,44 @@ GROUP BY i.indexrelid
 """
 
 
-def create_table(schema: str, table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> str:
-    """``CREATE TABLE`` with the given ``(name, type)`` columns and an optional primary key.
+def create_table(
+    schema: str, table: str, columns: Sequence[tuple[str, str]], key: Sequence[str], *, primary: bool = True
+) -> str:
+    """``CREATE TABLE`` with the given ``(name, type)`` columns, the ``key`` columns ``NOT NULL``
+    and, unless ``primary`` is false, the primary key on them.
 
     ``type`` is trusted SQL: a mapped type or a declared type the server parsed with
     ``to_regtype``.
     """
     parts = [f"{quote(n)} {t}" + (" NOT NULL" if n in key else "") for n, t in columns]
-    if key:
+    if key and primary:
         parts.append(f"PRIMARY KEY ({', '.join(quote(k) for k in key)})")
     return f"CREATE TABLE {qualified(schema, table)} ({', '.join(parts)})"
+
+
+#: The comment on a table created without its primary key (:func:`create_table` with
+#: ``primary=False``) until the key is built: what tells a later run that the missing key is
+#: replicant's to build, and not a table made without one by hand.
+KEY_PENDING_COMMENT = "replicant: primary key pending (built when the bulk load ends)"
+
+#: The table's comment and whether it has a primary key. Parameters: schema, table.
+KEY_PENDING_SQL = """
+SELECT obj_description(c.oid, 'pg_class'),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2
+"""
+
+
+def dedupe_keys(schema: str, table: str, key: Sequence[str]) -> str:
+    """``DELETE`` every row of ``table`` whose ``key`` another row holds and that was written
+    before it: by an older transaction (``age(xmin)`` is larger: wraparound-safe, and xmin stays
+    readable on frozen rows), within one transaction at a lower ``ctid``."""
+    match = " AND ".join(f"a.{quote(k)} = b.{quote(k)}" for k in key)
+    return (
+        f"DELETE FROM {qualified(schema, table)} AS a USING {qualified(schema, table)} AS b "
+        f"WHERE {match} AND (age(a.xmin), b.ctid) > (age(b.xmin), a.ctid)"
+    )
 
 
 def offsets_ddl(schema: str, table: str) -> str:

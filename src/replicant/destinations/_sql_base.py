@@ -26,6 +26,16 @@ The state machine (``write:`` is the configured write mode):
     :class:`KeyExists`, the transaction is rolled back, the table leaves the fast path for
     good, and the batch is merged. Otherwise one transaction: :meth:`~SQLDestination.merge`
     then the offset.
+  - **Deferred key** (where the dialect sets :attr:`~SQLDestination.defer_key`): a ``merge``
+    table this object creates for a keyed stream (not a tenant's: tenants share tables) is
+    created without its primary key (:meth:`~SQLDestination.create_deferred`, which marks
+    it), so the fast path's bulk load does not maintain an index row by row; the key is
+    built (:meth:`~SQLDestination.build_key`: duplicate keys a resumed, overlapping chunk
+    appended are removed first, the row written last kept) when the fast path ends — a batch
+    that is not all reads, :meth:`~SQLDestination.begin_snapshot` after rows went in,
+    :meth:`~SQLDestination.evolve`, :meth:`~SQLDestination.settle_keys` (the dialect's
+    ``close``) — and before anything else is written to a marked table that is not empty
+    when prepared: a crash between the load and the key leaves exactly that.
   - ``replace``: rows go into the pending table (committed without an offset).
 
 * :meth:`~SQLDestination.begin_replace` (re)creates the pending table;
@@ -58,7 +68,8 @@ defaults do not fit), write a :class:`TypeMapper`, and implement ``connected``, 
 ``close``, ``begin``/``commit``/``rollback``, ``translate``, ``execute``/``query``,
 ``columns``, ``has_unique_key``, ``insert``, ``merge`` and ``apply_evolution``; override
 ``swap``, ``delete_all``, ``pending_name``, ``fold`` or ``create_table`` only for a dialect
-quirk. Register it in :mod:`replicant.registry` and add its line to the conformance suite
+quirk; with ``defer_key``, ``create_deferred``, ``key_deferred`` and ``build_key`` too (and
+call :meth:`~SQLDestination.settle_keys` from ``close``). Register it in :mod:`replicant.registry` and add its line to the conformance suite
 (tests/destinations/test_conformance.py).
 
 Errors: every statement runs inside :meth:`~SQLDestination.transaction`, which commits, or
@@ -75,6 +86,7 @@ writes the other rows (:mod:`replicant.destinations._bad_records`).
 from __future__ import annotations
 
 import contextlib
+import logging
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -97,10 +109,13 @@ from replicant.destinations.base import Capabilities, Destination
 from replicant.destinations.drift import Plan, plan
 from replicant.errors import ConfigError, DestinationFencedError, FatalError, RecordError, ReplicantError
 from replicant.model import ConnectorContext, Stream
+from replicant.tenants.config import TENANT_COLUMN
 
 __all__ = ["EXCLUDE_HINT", "PENDING_SUFFIX", "ColumnInfo", "Encoded", "KeyExists", "SQLDestination", "Table", "TypeMapper"]
 
 PENDING_SUFFIX = "__replicant_pending"
+
+log = logging.getLogger(__name__)
 
 
 class SQLDestination(Destination):
@@ -116,6 +131,9 @@ class SQLDestination(Destination):
     merge_needs_unique_key: ClassVar[bool] = False
     #: Try a plain bulk insert of batches of new keys into a table with a unique key.
     insert_first: ClassVar[bool] = False
+    #: Create a new ``merge`` table without its primary key and build the key when the fast
+    #: path's bulk load ends (the module docstring: deferred key).
+    defer_key: ClassVar[bool] = False
     #: A word for messages: ``PostgreSQL``, ``SQLite``…
     kind: ClassVar[str] = "SQL"
     #: The file suffix of an embedded database (DuckDB, SQLite), whose ``path`` defaults to
@@ -248,6 +266,25 @@ class SQLDestination(Destination):
         if key:
             cols.append(f"PRIMARY KEY ({', '.join(self.quote(k) for k in key)})")
         self.execute(f"CREATE TABLE {self.qualified(table)} ({', '.join(cols)}){self.table_options}")
+
+    def create_deferred(self, table: str, stream: Stream, key: Sequence[str]) -> None:
+        """Like :meth:`create_table` with the ``key`` columns ``NOT NULL`` but no key
+        constraint, and marks the table as one whose key :meth:`build_key` is to build (the
+        mark commits with the table). Only called where :attr:`defer_key` is set."""
+        raise NotImplementedError
+
+    def key_deferred(self, table: str) -> bool:
+        """Whether ``table`` carries the mark of :meth:`create_deferred` and has no primary
+        key yet (a table made without a key by hand is never one). Default: never."""
+        return False
+
+    def build_key(self, table: str, key: Sequence[str], *, dedupe: bool) -> None:
+        """In the open transaction: adds the primary key on ``key`` as :meth:`create_table`
+        declares it and removes the mark. ``dedupe``: first removes the rows whose ``key`` a
+        row written later also holds (a resumed chunk appended over the fast path); without
+        it, a key held twice raises :class:`KeyExists` (the caller then dedupes: the common
+        case pays no self-join)."""
+        raise NotImplementedError
 
     @abstractmethod
     def insert(self, table: Table, rows: pa.Table, *, new_keys: bool = False) -> None:
@@ -430,10 +467,15 @@ class SQLDestination(Destination):
             raise FatalError(f"{e}; {EXCLUDE_HINT}") from e
 
     def _prepare(self, stream: Stream, name: str, key: tuple[str, ...]) -> None:
+        known = self._tables.get(stream.name)
+        deferring = self._defers_key(stream, key)
         with self.transaction("prepare", stream, name):
             columns = self.columns(name)
             if columns is None:
-                self.create_table(name, stream, key if self.write_mode(stream) != "append" else ())
+                if deferring:
+                    self.create_deferred(name, stream, key)
+                else:
+                    self.create_table(name, stream, key if self.write_mode(stream) != "append" else ())
                 empty = True
             else:
                 for f in stream.schema:
@@ -441,6 +483,8 @@ class SQLDestination(Destination):
                         self.add_column(name, f, stream.schema)
                 where, params = tenant_where(self, columns, stream.tenant)  # fresh while it has no row of this tenant
                 empty = not self.query(f"SELECT 1 FROM {self.qualified(name)}{where} LIMIT 1", params)
+                deferring = deferring and self.key_deferred(name)
+            fresh = empty if known is None else known.fresh and empty
             unique = bool(key) and self.has_unique_key(name, key)
             if self.write_mode(stream) == "merge" and key and not unique and self.merge_needs_unique_key:
                 raise FatalError(
@@ -448,12 +492,47 @@ class SQLDestination(Destination):
                     f"`merge` of stream {stream.name!r} needs; add one, or drop the table to have it created"
                 )
             columns = self.columns(name) or {}
-        known = self._tables.get(stream.name)
-        fresh = empty if known is None else known.fresh and empty
-        self._tables[stream.name] = Table(
+        table = self._tables[stream.name] = Table(
             name, columns, fresh=fresh, loaded=known is not None and known.loaded, unique=unique,
-            insert_first=self.insert_first and unique, key=key,
+            insert_first=self.insert_first and unique, key=key, key_pending=deferring,
         )
+        if not fresh:  # a load that ended (a crash before the key, a retry): the key before any write
+            self._settle_key(stream, table)
+
+    def _defers_key(self, stream: Stream, key: tuple[str, ...]) -> bool:
+        """Whether ``stream``'s table is (or would be created) without its key for the fast path:
+        :attr:`defer_key`, ``merge`` with a key, and no tenant (tenants' feeds share one table,
+        which one tenant's load must not leave keyless for the others)."""
+        if not (self.defer_key and key and self.write_mode(stream) == "merge") or stream.tenant is not None:
+            return False
+        return self.fold(TENANT_COLUMN) not in {self.fold(k) for k in key}
+
+    def _settle_key(self, stream: Stream | None, table: Table) -> None:
+        """Builds ``table``'s deferred key (:meth:`build_key`) in its own transaction; from
+        then on it is a keyed table (``insert_first`` where the dialect sets it)."""
+        if not table.key_pending:
+            return
+        try:
+            with ddl_lock(self.name), self.transaction("build key", stream, table.name):
+                self.build_key(table.name, table.key, dedupe=False)
+        except KeyExists:
+            with ddl_lock(self.name), self.transaction("build key", stream, table.name):
+                self.build_key(table.name, table.key, dedupe=True)
+        table.key_pending = False
+        table.unique = True
+        table.insert_first = self.insert_first
+
+    def settle_keys(self) -> None:
+        """Builds every deferred key this object still holds, while connected (a dialect with
+        :attr:`defer_key` calls it from ``close``: the run's delivery ended). A failure is
+        logged, not raised: the table keeps its mark, and the next :meth:`prepare` builds the
+        key before writing."""
+        for table in self._tables.values():
+            if table.key_pending and self.connected:
+                try:
+                    self._settle_key(None, table)
+                except ReplicantError as e:
+                    log.warning("%s: the primary key is built when the table is next prepared", e)
 
     def _check_names(self, stream: Stream) -> None:
         """Refuses column names that are one name here (:meth:`fold`: ``Name`` and ``name``
@@ -553,6 +632,8 @@ class SQLDestination(Destination):
                 self.store_offset(stream, last_offset)
             return
         fast = table.fresh and all_reads(data)
+        if table.key_pending and not fast:
+            self._settle_key(stream, table)
         if fast or (table.insert_first and _new_keys_only(data, table.key)):
             # two snapshots' rows (or an overlapping chunk) may hold a key twice: last one wins
             rows = without_deletes(last_change_per_key(data, table.key) if fast else data)
@@ -573,10 +654,12 @@ class SQLDestination(Destination):
 
     def begin_snapshot(self, stream: Stream, snapshot: str) -> None:
         """A new snapshot of ``stream`` starts: a table that took rows through the fast path
-        leaves it for good (the new snapshot's keys are mostly there already)."""
+        leaves it for good (the new snapshot's keys are mostly there already), and gets its
+        deferred key now."""
         table = self._tables.get(stream.name)
         if table is not None and table.loaded:
             table.fresh = False
+            self._settle_key(stream, table)
 
     def begin_replace(self, stream: Stream) -> None:
         """Creates an empty pending table (dropping a leftover one from a crash)."""
@@ -634,6 +717,9 @@ class SQLDestination(Destination):
         # the key is checked by the drift rules (which say what to do) and then by prepare()
         self.check_types(stream.schema)
         self.check_types(old.schema)
+        known = self._tables.get(stream.name)
+        if known is not None:  # before a rewrite (ALTER … TYPE) makes every row look written at once
+            self._settle_key(stream, known)
         name = self.table_name(stream)
         pending = self._pending.get(stream.name)
         with ddl_lock(self.name), self.transaction("evolve", stream, name):

@@ -94,6 +94,8 @@ class Table:
         insert_first: try a plain bulk insert for batches of distinct new keys (until one
             meets an existing key).
         key: the stream's key columns (merge matches rows by them).
+        key_pending: the table was created without its primary key for the fast path's bulk
+            load; :meth:`SQLDestination.build_key` adds it when the fast path ends.
     """
 
     name: str
@@ -103,6 +105,7 @@ class Table:
     unique: bool = False
     insert_first: bool = False
     key: tuple[str, ...] = ()
+    key_pending: bool = False
 
     def nulls(self, present: Sequence[str], fold: Callable[[str], str]) -> list[Any]:
         """Columns a write must set to NULL: not among ``present`` (dropped at the source,
