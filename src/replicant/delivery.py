@@ -19,7 +19,9 @@ Where the applied offset lives:
 Snapshots: at a ``snapshot_start`` marker (outside ``replace``) pending rows are written first
 and the destination is told (``destination.begin_snapshot``), so one write never holds two
 snapshots' rows and a "fresh table" shortcut ends where a second snapshot of the same keys
-begins (a delivery that failed once finds both in the log).
+begins (a delivery that failed once finds both in the log). At a ``snapshot_end`` marker the
+rows and the marker's offset are written and the destination is told
+(``destination.end_snapshot``: PostgreSQL builds a primary key it put off for the load).
 
 Schema versions: when a record's schema differs from the stream's current one, pending
 rows are flushed and ``destination.evolve(new, old)`` runs first. A drift the destination
@@ -204,6 +206,9 @@ class StreamWriter:
             return
         if self.mode != "replace":
             self.last = rec.offset
+            if kind == MARKER_SNAPSHOT_END:
+                self._flush()  # the snapshot's rows and its end are written: the destination may finish its load
+                self.dest.end_snapshot(self.stream)
             return
         self._flush()
         if kind == MARKER_SNAPSHOT_START:

@@ -5,14 +5,17 @@ and a key left pending by a crash is built before anything else is written."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+from pathlib import Path
 
 import psycopg
 import pyarrow as pa
 import pytest
 
-from replicant.config import DestinationConfig
+from replicant.config import DestinationConfig, parse
 from replicant.destinations._pg_sql import KEY_PENDING_COMMENT
 from replicant.destinations.postgres import PostgresDestination
+from replicant.engine import Engine
 from replicant.model import ConnectorContext
 
 from . import conformance as cf
@@ -120,6 +123,19 @@ def test_key_left_pending_by_a_crash_is_built_before_the_next_write(pg_url: str)
     assert _rows(pg_url) == [(1, "a", 1), (2, "new", 20), (3, "c2", 30), (4, "D", 40)]
 
 
+def test_snapshot_end_builds_the_key(pg_url: str) -> None:
+    s = cf.make_stream("items", cf.ITEMS)
+    d = _dest(pg_url)
+    d.open()
+    try:
+        d.prepare(s)
+        d.write(s, cf.changes(s, [{"id": 1, "name": "a", "qty": 1}], "read"), last_offset=1)
+        d.end_snapshot(s)
+        assert _key(pg_url) == ("items_pkey", ["id"], None)
+    finally:
+        d.close()
+
+
 def test_empty_pending_table_stays_deferred_for_the_next_load(pg_url: str) -> None:
     s = cf.make_stream("items", cf.ITEMS)
     first = _dest(pg_url)
@@ -184,3 +200,21 @@ def test_schema_drift_builds_the_key_first(pg_url: str) -> None:
     finally:
         d.close()
     assert _rows(pg_url) == [(1, "a2", 2, None), (2, "b", 2, "n")]
+
+
+def test_a_full_run_builds_the_key_at_the_snapshot_end(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delivery tells the destination where the snapshot ends (not only close() builds it)."""
+    src = tmp_path / "src.db"
+    with sqlite3.connect(src) as c:
+        c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+        c.executemany("INSERT INTO items VALUES (?, ?, ?)", [(i, f"n{i}", i) for i in range(1, 101)])
+    monkeypatch.setattr(PostgresDestination, "settle_keys", lambda self: None)  # no key built at close
+    cfg = parse(
+        {"pipeline": "p", "source": {"type": "sqlite", "url": f"sqlite:///{src}", "streams": [{"table": "items", "mode": "full"}]},
+         "destinations": [{"name": "pg", "type": "postgres", "url": pg_url, "write": "merge"}]},
+        base_dir=tmp_path,
+    )
+    result = Engine(cfg).run()
+    assert result.ok, result.errors
+    assert _key(pg_url) == ("items_pkey", ["id"], None)
+    assert len(_rows(pg_url)) == 100

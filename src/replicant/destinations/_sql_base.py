@@ -33,8 +33,8 @@ The state machine (``write:`` is the configured write mode):
     built (:meth:`~SQLDestination.build_key`: duplicate keys a resumed, overlapping chunk
     appended are removed first, the row written last kept) when the fast path ends — a batch
     that is not all reads, :meth:`~SQLDestination.begin_snapshot` after rows went in,
-    :meth:`~SQLDestination.evolve`, :meth:`~SQLDestination.settle_keys` (the dialect's
-    ``close``) — and before anything else is written to a marked table that is not empty
+    :meth:`~SQLDestination.evolve`, :meth:`~SQLDestination.end_snapshot`,
+    :meth:`~SQLDestination.settle_keys` (the dialect's ``close``) — and before anything else is written to a marked table that is not empty
     when prepared: a crash between the load and the key leaves exactly that.
   - ``replace``: rows go into the pending table (committed without an offset).
 
@@ -659,6 +659,12 @@ class SQLDestination(Destination):
         table = self._tables.get(stream.name)
         if table is not None and table.loaded:
             table.fresh = False
+            self._settle_key(stream, table)
+
+    def end_snapshot(self, stream: Stream) -> None:
+        """The snapshot's rows are written: a deferred key is built now."""
+        table = self._tables.get(stream.name)
+        if table is not None:
             self._settle_key(stream, table)
 
     def begin_replace(self, stream: Stream) -> None:

@@ -229,6 +229,12 @@ class Destination(ABC):
         (the SQL fast path) must stop taking it once an earlier snapshot's rows went in.
         Not called under ``write: replace`` (:meth:`begin_replace` is). Default: nothing."""
 
+    def end_snapshot(self, stream: Stream) -> None:  # noqa: B027 - optional hook
+        """Delivery wrote the last row of a snapshot of ``stream`` and the offset of its end:
+        a destination that put work off during the snapshot's bulk load (PostgreSQL's deferred
+        primary key) does it now. Not called under ``write: replace`` (:meth:`commit_replace`
+        is). Default: nothing."""
+
     def truncate(self, stream: Stream, *, last_offset: int) -> None:
         """The source table was truncated (a ``truncate`` log marker at ``last_offset``): remove
         every row of the stream's table and record the offset, in one transaction.

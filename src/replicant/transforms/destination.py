@@ -74,6 +74,9 @@ class TransformedDestination:
     def begin_snapshot(self, stream: Stream, snapshot: str) -> None:
         self.dest.begin_snapshot(self.out(stream), snapshot)
 
+    def end_snapshot(self, stream: Stream) -> None:
+        self.dest.end_snapshot(self.out(stream))
+
     def begin_replace(self, stream: Stream) -> None:
         self.dest.begin_replace(self.out(stream))
 
