@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -23,6 +26,19 @@ from . import conformance as cf
 
 def _dest(url: str, write: str = "merge") -> PostgresDestination:
     return PostgresDestination(DestinationConfig(name="pg", type="postgres", write=write, url=url), ConnectorContext("p1"))
+
+
+@contextmanager
+def _prepared(url: str, write: str = "merge") -> Iterator[tuple[PostgresDestination, Any]]:
+    """An opened destination with the ``items`` stream prepared, closed after the block."""
+    s = cf.make_stream("items", cf.ITEMS)
+    d = _dest(url, write)
+    d.open()
+    try:
+        d.prepare(s)
+        yield d, s
+    finally:
+        d.close()
 
 
 def _key(url: str, table: str = "items") -> tuple[str | None, list[str], str | None]:
@@ -44,11 +60,7 @@ def _rows(url: str, table: str = "items") -> list[tuple]:
 
 
 def test_key_is_built_when_a_change_follows_the_bulk_load(pg_url: str) -> None:
-    s = cf.make_stream("items", cf.ITEMS)
-    d = _dest(pg_url)
-    d.open()
-    try:
-        d.prepare(s)
+    with _prepared(pg_url) as (d, s):
         assert _key(pg_url) == (None, [], KEY_PENDING_COMMENT)
         d.write(s, cf.changes(s, [{"id": 1, "name": "a", "qty": 1}, {"id": 2, "name": "b", "qty": 2}], "read"), last_offset=1)
         assert _key(pg_url)[0] is None  # the snapshot's rows went into the bare heap
@@ -61,43 +73,29 @@ def test_key_is_built_when_a_change_follows_the_bulk_load(pg_url: str) -> None:
         d.write(s, cf.changes(s, [{"id": 1, "name": "A", "qty": 10}], "update"), last_offset=5)  # the COPY meets key 1
         assert d.staged_batches == staged + 1
         assert d.applied_offset(s) == 5
-    finally:
-        d.close()
     assert _rows(pg_url) == [(1, "A", 10), (2, "B", 20), (3, "c", 3), (4, "d", 4)]
 
 
 def test_overlapping_reads_keep_the_row_written_last(pg_url: str) -> None:
     """Without the key nothing stops a resumed chunk from appending keys again: when the key is
     built (here: at close) the rows written earlier go and each key is there once."""
-    s = cf.make_stream("items", cf.ITEMS)
-    d = _dest(pg_url)
-    d.open()
-    try:
-        d.prepare(s)
+    with _prepared(pg_url) as (d, s):
         d.write(s, cf.changes(s, [{"id": i, "name": f"a{i}", "qty": i} for i in range(1, 5)], "read"), last_offset=3)
         d.write(s, cf.changes(s, [{"id": i, "name": f"b{i}", "qty": -i} for i in range(3, 7)], "read"), last_offset=7)
         d.write(s, cf.changes(s, [{"id": 4, "name": "c4", "qty": 40}], "read"), last_offset=8)
         assert len(_rows(pg_url)) == 9  # appended, duplicates included
-    finally:
-        d.close()
     assert _key(pg_url) == ("items_pkey", ["id"], None)
     assert _rows(pg_url) == [(1, "a1", 1), (2, "a2", 2), (3, "b3", -3), (4, "c4", 40), (5, "b5", -5), (6, "b6", -6)]
 
 
 def test_next_snapshot_builds_the_key(pg_url: str) -> None:
-    s = cf.make_stream("items", cf.ITEMS)
-    d = _dest(pg_url)
-    d.open()
-    try:
-        d.prepare(s)
+    with _prepared(pg_url) as (d, s):
         d.begin_snapshot(s, "one")
         assert _key(pg_url)[2] == KEY_PENDING_COMMENT  # nothing loaded yet: still deferred
         d.write(s, cf.changes(s, [{"id": 1, "name": "a", "qty": 1}], "read"), last_offset=1)
         d.begin_snapshot(s, "two")
         assert _key(pg_url) == ("items_pkey", ["id"], None)
         d.write(s, cf.changes(s, [{"id": 1, "name": "a2", "qty": 2}, {"id": 2, "name": "b", "qty": 2}], "read"), last_offset=3)
-    finally:
-        d.close()
     assert _rows(pg_url) == [(1, "a2", 2), (2, "b", 2)]
 
 
@@ -110,30 +108,18 @@ def test_key_left_pending_by_a_crash_is_built_before_the_next_write(pg_url: str)
         c.execute("INSERT INTO items VALUES (1, 'a', 1), (2, 'old', 2), (3, 'c', 3)")
         c.execute("INSERT INTO items VALUES (2, 'new', 20)")
         c.execute("INSERT INTO items VALUES (4, 'd', 4), (3, 'c2', 30)")
-    s = cf.make_stream("items", cf.ITEMS)
-    d = _dest(pg_url)
-    d.open()
-    try:
-        d.prepare(s)
+    with _prepared(pg_url) as (d, s):
         assert _key(pg_url) == ("items_pkey", ["id"], None)
         assert _rows(pg_url) == [(1, "a", 1), (2, "new", 20), (3, "c2", 30), (4, "d", 4)]
         d.write(s, cf.changes(s, [{"id": 4, "name": "D", "qty": 40}], "read"), last_offset=0)  # not fresh: upserted
-    finally:
-        d.close()
     assert _rows(pg_url) == [(1, "a", 1), (2, "new", 20), (3, "c2", 30), (4, "D", 40)]
 
 
 def test_snapshot_end_builds_the_key(pg_url: str) -> None:
-    s = cf.make_stream("items", cf.ITEMS)
-    d = _dest(pg_url)
-    d.open()
-    try:
-        d.prepare(s)
+    with _prepared(pg_url) as (d, s):
         d.write(s, cf.changes(s, [{"id": 1, "name": "a", "qty": 1}], "read"), last_offset=1)
         d.end_snapshot(s)
         assert _key(pg_url) == ("items_pkey", ["id"], None)
-    finally:
-        d.close()
 
 
 def test_empty_pending_table_stays_deferred_for_the_next_load(pg_url: str) -> None:
@@ -159,14 +145,8 @@ def test_table_without_key_made_by_hand_is_left_alone(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as c:
         c.execute("CREATE TABLE items (id bigint, name text, qty integer)")
         c.execute("INSERT INTO items VALUES (1, 'a', 1), (1, 'twice', 1)")
-    s = cf.make_stream("items", cf.ITEMS)
-    d = _dest(pg_url)
-    d.open()
-    try:
-        d.prepare(s)
+    with _prepared(pg_url) as (d, s):
         d.write(s, cf.changes(s, [{"id": 2, "name": "b", "qty": 2}], "insert"), last_offset=0)
-    finally:
-        d.close()
     assert _key(pg_url) == (None, [], None)
     assert _rows(pg_url) == [(1, "a", 1), (1, "twice", 1), (2, "b", 2)]
 
