@@ -37,7 +37,7 @@ def test_importing_replicant_first_chooses_jemalloc_unless_the_environment_does(
     assert _pool({}, "import replicant; " + probe) == "jemalloc"
     assert _pool({"ARROW_DEFAULT_MEMORY_POOL": "system"}, "import replicant; " + probe) == "system"
     assert _pool({}, "import pyarrow, replicant; " + probe) == "mimalloc"  # too late to choose: left alone
-    # the CLI's start returns jemalloc's freed pages at once
+    # the CLI's start returns jemalloc's freed pages within memory.DECAY_MS
     assert _pool({}, "import replicant.memory as m; print(m.configure())") == "jemalloc"
 
 
