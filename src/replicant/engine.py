@@ -31,6 +31,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
+from replicant import memory
 from replicant.config import DestinationConfig, PipelineConfig
 from replicant.delivery import Delivery
 from replicant.errors import ConfigError
@@ -199,6 +200,8 @@ class Engine:
             assert streams is not None
             destinations = [self._transformed(d) for d in
                             self._destinations_factory(lambda dcfg: self._destination_context(state, dcfg.name, result))]
+            if any(getattr(d, "in_process_engine", False) for d in destinations):  # through TransformedDestination too
+                memory.return_freed_pages_at_once()  # before the stream tasks' threads (replicant/memory.py)
             self._run(streams, destinations, state, lg, result, report, follow)
             self._apply_retention(lg, streams)
             status = "succeeded" if result.ok else "failed"

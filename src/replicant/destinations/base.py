@@ -112,6 +112,11 @@ class Destination(ABC):
     #: time with key paths; the validated instance is :attr:`options`.
     settings: ClassVar[type[BaseModel] | None] = None
 
+    #: The destination is a database engine running inside this process (DuckDB), whose
+    #: memory shares the run's budget: the engine then has Arrow return freed pages at once
+    #: (:func:`replicant.memory.return_freed_pages_at_once`) instead of after a short decay.
+    in_process_engine: ClassVar[bool] = False
+
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         self.config = config
         self.name: str = config.name

@@ -92,6 +92,7 @@ class DuckDBDestination(SQLDestination):
     #: rows per write when the destination sets no ``batch_size`` (delivery's default is 200k
     #: for databases): less Arrow data in flight, at the same load speed (module docstring)
     default_batch_rows = 50_000
+    in_process_engine = True
 
     def __init__(
         self, config: Any, context: ConnectorContext, *, memory_limit: str | None = None, threads: int | None = None
