@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 from replicant.config import DestinationConfig
-from replicant.destinations.duckdb import DEFAULT_MEMORY_LIMIT, DuckDBDestination
+from replicant.destinations import duckdb as duckdb_dest
+from replicant.destinations.duckdb import DEFAULT_MEMORY_LIMIT, MERGE_SLICE_ROWS, DuckDBDestination
 from replicant.errors import ConnectionError, FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
@@ -112,6 +113,47 @@ def test_merge_into_existing_keyed_table(path: Path) -> None:
     finally:
         d.close()
     assert _harness(path).rows("items") == [(1, "A", 10), (3, "C", 30)]
+
+
+def _big_changes(s: cf.Stream, ids: pa.Array, ops: list[str], name: str) -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        "id": ids, "name": pa.array([name] * n), "qty": pa.array([7] * n, pa.int32()),
+        "_op": pa.array(ops), "_pos": pa.array(['{"i":0}'] * n), "_ts": pa.array([cf.TS] * n, pa.timestamp("us", tz="UTC")),
+    }, schema=s.change_schema)
+
+
+@pytest.mark.parametrize("slice_rows", [MERGE_SLICE_ROWS, 7_000])
+def test_a_write_larger_than_a_merge_slice_merges_into_a_loaded_table(
+    path: Path, slice_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A default-sized write (122,880 rows) merged into a loaded table runs its DELETE … USING
+    in slices (a whole write's keys against a loaded 5M-row table ran out of the 24MB memory
+    limit in bench/initial_sync's merge-into-loaded; this table is smaller, it checks the
+    slicing): updates, deletes and inserts on either side of each slice's edge all land, once."""
+    monkeypatch.setattr(duckdb_dest, "MERGE_SLICE_ROWS", slice_rows)
+    s = cf.make_stream("items", cf.ITEMS)
+    d = _dest(path, "merge")
+    d.open()
+    try:
+        d.prepare(s)
+        d.connection.execute("INSERT INTO items SELECT i, repeat('x', 84), 1 FROM range(300000) t(i)")
+        n = DuckDBDestination.default_batch_rows
+        ids = pa.array(range(250_000, 250_000 + n), pa.int64())  # the first 50,000 exist, the rest are new
+        ops = ["delete" if i % 10 == 0 else "update" for i in range(n)]
+        d.write(s, _big_changes(s, ids, ops, "y" * 84), last_offset=n - 1)
+        assert d.applied_offset(s) == n - 1
+    finally:
+        d.close()
+    con = _reader(path)
+    try:
+        total, ys, deleted_gone = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE name = repeat('y', 84)), "
+            "count(*) FILTER (WHERE id >= 250000 AND (id - 250000) % 10 = 0) FROM items").fetchone()
+    finally:
+        con.close()
+    deletes = (n + 9) // 10
+    assert (total, ys, deleted_gone) == (250_000 + n - deletes, n - deletes, 0)
 
 
 def test_type_mapping_is_exact(path: Path) -> None:

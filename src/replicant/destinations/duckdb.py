@@ -60,6 +60,9 @@ from replicant.model import ConnectorContext, Stream
 __all__ = ["DEFAULT_MEMORY_LIMIT", "DuckDBDestination"]
 
 DEFAULT_MEMORY_LIMIT = "24MB"
+#: rows per ``DELETE … USING`` of a merge: a whole 122,880-row write's keys against a loaded
+#: 5M-row table ran out of the 24MB ``memory_limit``; 50,000 did not (measured 2026-12-06)
+MERGE_SLICE_ROWS = 50_000
 _BATCH = "_replicant_batch"
 _DELETE_FLAG = "__replicant_delete"
 
@@ -257,12 +260,16 @@ class DuckDBDestination(SQLDestination):
         that are not deletes."""
         deletes = delete_mask(changes)
         rows, exprs = self._exprs(table, changes.select(data_names(changes)))
+        rows = rows.append_column(_DELETE_FLAG, deletes)
         keys = [table.columns[k.casefold()].name for k in table.key]
         match = " AND ".join(f"t.{quote(k)} = {exprs[k]}" for k in keys)
-        with self._registered(rows.append_column(_DELETE_FLAG, deletes)):
-            self.execute(f"DELETE FROM {self.qualified(table.name)} AS t USING {_BATCH} AS b WHERE {match}")
-            if pc.sum(deletes.cast(pa.int64())).as_py() < changes.num_rows:
-                self.execute(self._insert_sql(table, exprs, where=f"NOT b.{quote(_DELETE_FLAG)}"))
+        # in slices: one key appears once in ``changes``, so slices touch disjoint rows
+        for start in range(0, rows.num_rows, MERGE_SLICE_ROWS):
+            part = rows.slice(start, MERGE_SLICE_ROWS)
+            with self._registered(part):
+                self.execute(f"DELETE FROM {self.qualified(table.name)} AS t USING {_BATCH} AS b WHERE {match}")
+                if pc.sum(part.column(_DELETE_FLAG).cast(pa.int64())).as_py() < part.num_rows:
+                    self.execute(self._insert_sql(table, exprs, where=f"NOT b.{quote(_DELETE_FLAG)}"))
 
     # ------------------------------------------------------------------ schema drift
 
