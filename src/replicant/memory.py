@@ -52,23 +52,24 @@ def configure() -> str:
     """The CLI's start: freed jemalloc pages are returned after :data:`DECAY_MS`; returns the pool's name."""
     import pyarrow as pa
 
-    pool = pa.default_memory_pool()
-    if pool.backend_name == "jemalloc":
-        try:
-            pa.jemalloc_set_decay_ms(DECAY_MS)
-        except NotImplementedError:  # pragma: no cover - a jemalloc pool implies the setter
-            pass
-    return str(pool.backend_name)
+    _set_decay(DECAY_MS)
+    return str(pa.default_memory_pool().backend_name)
 
 
 def return_freed_pages_at_once() -> None:
-    """jemalloc's decay to 0 from now on: arenas made after this call (each thread's first
-    allocation makes or picks one) return freed pages at once."""
+    """jemalloc's decay to 0 from now on. jemalloc applies it to the arenas it makes after this
+    call (up to 4 per core, made as threads first allocate): a ``replicant run`` makes its
+    stream tasks' arenas afterwards; a long-lived process (a service worker) that made all its
+    arenas before keeps their decay. Only memory use changes, never what is written."""
+    _set_decay(0)
+
+
+def _set_decay(ms: int) -> None:
     import pyarrow as pa
 
     if pa.default_memory_pool().backend_name == "jemalloc":
         try:
-            pa.jemalloc_set_decay_ms(0)
+            pa.jemalloc_set_decay_ms(ms)
         except NotImplementedError:  # pragma: no cover - a jemalloc pool implies the setter
             pass
 
