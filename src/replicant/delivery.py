@@ -99,6 +99,7 @@ class StreamWriter:
         self.pending_rows = 0
         self.last: int | None = None
         self.rows = 0
+        self.caught_up_at = 0  # self.rows when the destination last heard it holds all of the log
         self.unmirrored: int | None = None
         self.mirrored_at = 0.0
         self.resumed = False
@@ -153,6 +154,7 @@ class StreamWriter:
         """Delivers every record after the current offset (up to ``end``); True if there was any."""
         stop_at = self.log.end_offset(self.stream.log_name) if end is None else end
         if self.offset >= stop_at:
+            self._caught_up()
             return False
         log.debug("%s/%s: delivering log offsets %d..%d", self.dest.name, self.stream.name, self.offset, stop_at - 1)
         for rec in self.log.read(self.stream.log_name, self.offset, end=stop_at):
@@ -160,6 +162,17 @@ class StreamWriter:
             self.offset = rec.next_offset
         self._flush()
         return True
+
+    def _caught_up(self) -> None:
+        """Everything the log holds of a stream whose reads carry no snapshot markers (``log``,
+        ``snapshot_diff``, ``cursor``, ``trigger``: their first read is a snapshot as well) is
+        written: the destination hears its load is over for now (``end_snapshot``), so a key
+        PostgreSQL put off for the bulk load is built while a pipeline follows, not only at the
+        first change or the run's end. ``full`` streams have their ``snapshot_end`` marker."""
+        if self.stream.mode == "full" or self.mode == "replace" or self.rows == self.caught_up_at:
+            return
+        self.caught_up_at = self.rows
+        self.dest.end_snapshot(self.stream)
 
     # ------------------------------------------------------------------ records
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,3 +200,55 @@ def test_a_full_run_builds_the_key_at_the_snapshot_end(tmp_path: Path, pg_url: s
     assert result.ok, result.errors
     assert _key(pg_url) == ("items_pkey", ["id"], None)
     assert len(_rows(pg_url)) == 100
+
+
+@pytest.mark.parametrize("mode", ["snapshot_diff", "cursor"])
+def test_a_following_pipeline_builds_the_key_once_caught_up(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A stream whose first read carries no snapshot markers: under ``--follow``, with no
+    change after it, the key is built once delivery has written all the log holds (neither
+    the first change nor the run's end, as close() is disabled here), and later changes merge."""
+    src = tmp_path / "src.db"
+    with sqlite3.connect(src) as c:
+        c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+        c.executemany("INSERT INTO items VALUES (?, ?, ?)", [(i, f"n{i}", i) for i in range(1, 101)])
+    monkeypatch.setattr(PostgresDestination, "settle_keys", lambda self: None)  # no key built at close
+    stream: dict[str, Any] = {"table": "items", "mode": mode}
+    if mode == "cursor":
+        stream["cursor"] = "qty"
+    cfg = parse(
+        {"pipeline": "p", "source": {"type": "sqlite", "url": f"sqlite:///{src}", "poll_interval": "0.2s", "streams": [stream]},
+         "destinations": [{"name": "pg", "type": "postgres", "url": pg_url, "write": "merge"}]},
+        base_dir=tmp_path,
+    )
+    engine = Engine(cfg)
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", engine.run(follow=True)), daemon=True)
+    t.start()
+    try:
+        _poll(lambda: len(_rows(pg_url)) == 100 and _key(pg_url)[0] == "items_pkey", 60)
+        assert _key(pg_url) == ("items_pkey", ["id"], None)  # the pending comment is gone too
+        with sqlite3.connect(src) as c:
+            c.execute("UPDATE items SET name = 'changed', qty = 1000 WHERE id = 7")
+        _poll(lambda: (7, "changed", 1000) in _rows(pg_url), 60)
+    finally:
+        engine.stop_event.set()
+        t.join(60)
+    assert not t.is_alive()
+    assert out["r"].ok, out["r"].errors
+    rows = _rows(pg_url)
+    assert len(rows) == 100 and len({r[0] for r in rows}) == 100
+
+
+def _poll(check: Any, seconds: float) -> None:
+    """Until ``check()`` holds (a table not created yet counts as not yet), within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except psycopg.errors.UndefinedTable:
+            pass
+        assert time.monotonic() < deadline, "not reached before the deadline"
+        time.sleep(0.05)  # polling a condition with a deadline, not waiting a fixed time
