@@ -287,7 +287,9 @@ class PipelineConfig(_Model):
     transforms: list[Any] | None = Field(None, description="Transforms of every stream, before the log (stateless only).")
     tenants: list[TenantConfig] | None = Field(None, description="One source per tenant: `id` and the `source:` settings it overrides.")
     parallelism: int | None = Field(
-        None, gt=0, description="Streams read at once (default: the number of cores, at least 2)."
+        None, gt=0,
+        description="Streams read at once, and written at once to a destination that takes several writers "
+                    "(PostgreSQL) (default: the number of cores, at least 2).",
     )
     schedule: ScheduleConfig | None = Field(None, description="When `replicant serve` runs it (docs/service.md).")
     base_dir: Path = Field(Path("."), exclude=True, description="Folder of the pipeline file (set by `load`).")

@@ -1,6 +1,8 @@
 """Delivery: from the staging log into one destination, at that destination's own pace.
 
-Each destination gets one :class:`Delivery` (one thread) that serves all streams round-robin:
+Each destination gets one :class:`Delivery` (one thread) that serves all streams round-robin
+(a destination that takes concurrent writers, a server database, gets up to ``parallelism``,
+each serving its share of the streams with a connection of its own):
 it reads whatever the log holds after the destination's applied offset, writes it, and waits
 for more until reading is finished (``run``) or the pipeline stops (``--follow``). A slow or
 failing destination therefore never holds up reading or the other destinations, and loses
@@ -82,6 +84,7 @@ class StreamWriter:
         on_rows: Callable[[str, str, int], None],
         *,
         start: int | None = None,
+        share: int = 1,
     ) -> None:
         self.dest = dest
         self.stream = stream
@@ -91,8 +94,10 @@ class StreamWriter:
         self.on_rows = on_rows
         self.mode = dest.write_mode(stream)
         self.transactional = dest.capabilities.transactional
-        self.batch_rows = (dest.config.batch_size or getattr(dest, "default_batch_rows", None)
-                           or (200_000 if self.transactional else 1_000))
+        # ``share``: writers delivering this destination at once split its default between
+        # them, so the rows pending in the process stay what one writer would hold
+        self.batch_rows = (dest.config.batch_size or max(
+            (getattr(dest, "default_batch_rows", None) or (200_000 if self.transactional else 1_000)) // share, 1))
         self.in_snapshot = False
         self.pending: list[pa.RecordBatch] = []
         self.pending_offsets: list[np.ndarray] = []  # the log offset of each pending row (dead letters' origin)
@@ -323,7 +328,8 @@ def _conform(batch: pa.RecordBatch, stream: Stream) -> pa.RecordBatch:
 
 
 class Delivery:
-    """Serves every stream of one destination, round-robin, in its own thread.
+    """Serves its streams of one destination, round-robin, in its own thread (every stream,
+    or, where the destination takes concurrent writers, the engine's share of them).
 
     Args:
         done: per stream, an event set when reading of that stream is finished (no more
@@ -331,6 +337,8 @@ class Delivery:
         stop: set on shutdown; delivery finishes what the log holds, then returns.
         follow: retry a failing destination with back-off instead of giving up on it.
         on_error: receives each failure (:class:`~replicant.results.RunError`).
+        share: how many deliveries write this destination at once (they split its default
+            rows per write).
     """
 
     def __init__(
@@ -346,8 +354,10 @@ class Delivery:
         follow: bool,
         on_error: Callable[[RunError], None],
         on_rows: Callable[[str, str, int], None],
+        share: int = 1,
     ) -> None:
         self.dest = dest
+        self.share = share
         self.streams = streams
         self.log = lg
         self.state = state
@@ -413,7 +423,8 @@ class Delivery:
                         continue
                     w = writers.get(s.name)
                     if w is None:
-                        w = writers[s.name] = StreamWriter(self.dest, s, self.log, self.state, self.pipeline, self.on_rows)
+                        w = writers[s.name] = StreamWriter(self.dest, s, self.log, self.state, self.pipeline, self.on_rows,
+                                                               share=self.share)
                     try:
                         before = w.rows
                         progressed |= w.step()

@@ -7,8 +7,8 @@
                                                                          ▼
                                      the one ingest path (ingest.py): tag → log → checkpoint → ack
                                                                          │
-                                     one delivery thread per destination (delivery.py) ◀──┘
-                                     tails the log from the offset the destination applied
+                                     delivery threads per destination (delivery.py) ◀──┘
+                                     tail the log from the offset the destination applied
 
 Memory is bounded by batch size × parallelism: each stream task holds at most one batch in
 flight beside the one being appended, and deliveries read the log back one flush at a time.
@@ -229,11 +229,14 @@ class Engine:
         logged_streams = [pre.output_stream(s) for s in streams]  # what the log holds: the transforms' output
         done = {s.name: threading.Event() for s in streams}
         deliveries = [
-            Delivery(d, chosen(d.config, logged_streams), lg, state, self.config.pipeline, done=done, stop=self.stop_event,
-                     follow=follow, on_error=report, on_rows=self.observer.rows_written)
-            for d in destinations
+            Delivery(writer, part, lg, state, self.config.pipeline, done=done, stop=self.stop_event,
+                     follow=follow, on_error=report, on_rows=self.observer.rows_written, share=len(parts))
+            for d in list(destinations)
+            for parts in [self._delivery_parts(d, chosen(d.config, logged_streams), state, result, destinations)]
+            for writer, part in parts
         ]
-        threads = [threading.Thread(target=x.run, name=f"delivery-{x.dest.name}", daemon=True) for x in deliveries]
+        threads = [threading.Thread(target=x.run, name=f"delivery-{x.dest.name}-{i}", daemon=True)
+                   for i, x in enumerate(deliveries)]
         for t in threads:
             t.start()
         logged = [s for s in streams if s.mode == "log"]
@@ -296,6 +299,25 @@ class Engine:
         index = names.index(dest.name)
         chain = at_destination(self.config.destinations[index], index)
         return TransformedDestination(dest, chain) if chain else dest
+
+    def _delivery_parts(
+        self, dest: Any, streams: list[Stream], state: Any, result: RunResult, opened: list[Any]
+    ) -> list[tuple[Any, list[Stream]]]:
+        """``dest`` and its streams, dealt round-robin over up to ``parallelism`` writers where
+        the destination takes concurrent writers (a server database loads several tables at
+        once; bench/parallel): ``dest`` and new objects of its class, each with a connection
+        of its own, appended to ``opened`` so the run closes them. Each stream has exactly one
+        writer, so its order and its offset row's fence are as with one."""
+        k = min(self.parallelism, len(streams))
+        if k <= 1 or not dest.capabilities.concurrent_writers:
+            return [(dest, streams)]
+        base = dest.dest if isinstance(dest, TransformedDestination) else dest
+        parts: list[tuple[Any, list[Stream]]] = [(dest, streams[0::k])]
+        for i in range(1, k):
+            writer = self._transformed(type(base)(base.config, self._destination_context(state, base.name, result)))
+            opened.append(writer)
+            parts.append((writer, streams[i::k]))
+        return parts
 
     def _apply_retention(self, lg: Log, streams: list[Stream]) -> None:
         r = self.config.retention

@@ -77,7 +77,8 @@ class Capabilities:
     """What a destination can do; read instead of ``isinstance`` or method-override checks.
 
     Readers: ``transactional`` by the engine and :mod:`replicant.delivery` (where the applied
-    offset is kept); ``merge`` and ``replace`` by :class:`Destination` at construction (a
+    offset is kept); ``concurrent_writers`` by the engine (how many delivery workers);
+    ``merge`` and ``replace`` by :class:`Destination` at construction (a
     ``write:`` the destination cannot do is a :class:`~replicant.errors.ConfigError`);
     ``truncate`` by delivery (a non-transactional destination that cannot truncate skips
     the marker). The conformance suite (tests/destinations/test_conformance.py) picks its
@@ -89,6 +90,10 @@ class Capabilities:
     merge: bool = True  #: ``write: merge`` (upsert by key, deletes applied)
     replace: bool = True  #: ``write: replace`` (pending table + atomic swap)
     truncate: bool = False  #: :meth:`Destination.truncate` applies a source TRUNCATE
+    #: several objects of it (each its own connection) may write different streams at once: a
+    #: server database. The engine then delivers up to ``parallelism`` streams at once, each
+    #: stream by exactly one object (its order and its offset row's fence unchanged).
+    concurrent_writers: bool = False
 
 
 class Destination(ABC):

@@ -84,7 +84,7 @@ from replicant.destinations._pg_types import (
     wire_type,
 )
 from replicant.destinations._sql_base import KeyExists, SQLDestination, Table
-from replicant.destinations.base import OFFSETS_TABLE
+from replicant.destinations.base import OFFSETS_TABLE, Capabilities
 from replicant.destinations.drift import Plan
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
@@ -134,6 +134,7 @@ class PostgresDestination(SQLDestination):
     dialect = "postgresql"
     insert_first = True
     defer_key = True
+    capabilities = Capabilities(transactional=True, merge=True, replace=True, truncate=True, concurrent_writers=True)
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         super().__init__(config, context)
