@@ -19,6 +19,7 @@ RSS of the process tree.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -113,40 +114,57 @@ def replicant(server, work: Path, target: str, parallelism: int, tables: int) ->
     return m, folder
 
 
+def _median(ms: list[Measurement]) -> Measurement:
+    """The repeat with the median wall time; its peak RSS raised to the largest of all repeats."""
+    ordered = sorted(ms, key=lambda m: m.seconds)
+    mid = ordered[(len(ordered) - 1) // 2]
+    return dataclasses.replace(mid, peak_rss=max(m.peak_rss for m in ms))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--tables", type=int, default=12)
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--targets", default="pg,duckdb")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds; parallelism 1 and 2 swap order each round (a run's tables are still being "
+                         "autovacuumed during the next), medians reported")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
     work = make_workdir(args.workdir)
     server = start_pg(work)
     total = args.tables * args.rows
-    lines = []
+    runs: dict[tuple[str, int], list[Measurement]] = {}
+    pipes: list[Measurement] = []
     try:
         print(f"building {args.tables} tables × {args.rows:,} rows …", flush=True)
         build_source(server, args.tables, args.rows)
-        target_tables(server, args.tables)
-        checkpoint(server)
-        base = copy_pipe(server, work, args.tables)
-        verify_pg(server, args.tables, args.rows)
-        lines.append(("copy-pipe (sequential, baseline)", base, None))
-        for target in args.targets.split(","):
-            first: Measurement | None = None
-            for par in (1, 2):
-                checkpoint(server)
-                m, folder = replicant(server, work, target, par, args.tables)
-                if target == "pg":
-                    verify_pg(server, args.tables, args.rows, schema=f"p{par}")
-                else:
-                    verify_duckdb(folder / "out.duckdb", args.tables, args.rows)
-                lines.append((f"replicant PG→{'PG' if target == 'pg' else 'DuckDB'} merge, parallelism {par}", m, first))
-                first = first or m
+        for r in range(args.repeat):
+            target_tables(server, args.tables)
+            checkpoint(server)
+            pipes.append(copy_pipe(server, work, args.tables))
+            verify_pg(server, args.tables, args.rows)
+            for target in args.targets.split(","):
+                for par in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    checkpoint(server)
+                    m, folder = replicant(server, work, target, par, args.tables)
+                    if target == "pg":
+                        verify_pg(server, args.tables, args.rows, schema=f"p{par}")
+                    else:
+                        verify_duckdb(folder / "out.duckdb", args.tables, args.rows)
+                    runs.setdefault((target, par), []).append(m)
+                    print(f"  round {r + 1}: {target} parallelism {par}: {m.seconds:.2f} s", flush=True)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{args.tables} tables × {args.rows:,} rows = {total:,} rows (verified: count and key sum per table)\n")
+    base = _median(pipes)
+    lines: list[tuple[str, Measurement, Measurement | None]] = [("copy-pipe (sequential, baseline)", base, None)]
+    for target in args.targets.split(","):
+        first = _median(runs[(target, 1)])
+        lines.extend((f"replicant PG→{'PG' if target == 'pg' else 'DuckDB'} merge, parallelism {par}",
+                      _median(runs[(target, par)]), None if par == 1 else first) for par in (1, 2))
+    print(f"\n{args.tables} tables × {args.rows:,} rows = {total:,} rows (verified: count and key sum per table), "
+          f"median of {args.repeat}\n")
     print(f"| {'method':<44} | {'s':>7} | {'rows/s':>8} | {'× baseline':>10} | {'× parallelism 1':>15} "
           f"| {'client CPU s':>12} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 46}|{'-' * 9}|{'-' * 10}|{'-' * 12}|{'-' * 17}|{'-' * 14}|{'-' * 13}|")
