@@ -289,7 +289,7 @@ class PipelineConfig(_Model):
     parallelism: int | None = Field(
         None, gt=0,
         description="Streams read at once, and written at once to a destination that takes several writers "
-                    "(PostgreSQL) (default: the number of cores, at least 2).",
+                    "(PostgreSQL; per tenant: one) (default: the number of cores, at least 2).",
     )
     schedule: ScheduleConfig | None = Field(None, description="When `replicant serve` runs it (docs/service.md).")
     base_dir: Path = Field(Path("."), exclude=True, description="Folder of the pipeline file (set by `load`).")

@@ -306,11 +306,12 @@ class Engine:
         """``dest`` and its streams, dealt round-robin over up to ``parallelism`` writers where
         the destination takes concurrent writers (a server database loads several tables at
         once; bench/parallel): ``dest`` and new objects of its class, each with a connection
-        of its own, appended to ``opened`` so the run closes them. Each stream has exactly one
+        of its own, appended to ``opened`` so the run closes them. Not for a tenant's feed:
+        tenants already run at once, each with one connection per destination. Each stream has exactly one
         writer, so its order and its offset row's fence are as with one."""
         k = min(self.parallelism, len(streams))
-        if k <= 1 or not dest.capabilities.concurrent_writers:
-            return [(dest, streams)]
+        if k <= 1 or self.tenant is not None or not dest.capabilities.concurrent_writers:
+            return [(dest, streams)]  # a tenant's feed keeps one connection per destination (docs/tenants.md)
         base = dest.dest if isinstance(dest, TransformedDestination) else dest
         parts: list[tuple[Any, list[Stream]]] = [(dest, streams[0::k])]
         for i in range(1, k):

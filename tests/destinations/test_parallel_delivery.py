@@ -80,3 +80,26 @@ def test_duckdb_keeps_one_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert len({ids[0] for ids in seen.values()}) == 1
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as c:
         assert [c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES] == [1000 + i for i in range(5)]
+
+
+def test_a_tenants_feed_keeps_one_writer_per_destination(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tenants already run at once, each with one connection per destination (docs/tenants.md):
+    ``parallelism`` does not multiply those."""
+    from replicant.tenants.runner import TenantRunner
+
+    seen = _writers(monkeypatch, PostgresDestination)
+    for tenant in ("acme", "globex"):
+        (tmp_path / tenant).mkdir()
+        _source(tmp_path / tenant).rename(tmp_path / f"{tenant}.db")
+    cfg = parse({
+        "pipeline": "p", "parallelism": 3,
+        "source": {"type": "sqlite", "url": "sqlite:///acme.db", "streams": [{"table": t} for t in TABLES]},
+        "tenants": [{"id": "acme"}, {"id": "globex", "url": "sqlite:///globex.db"}],
+        "destinations": [{"name": "pg", "type": "postgres", "url": pg_url, "write": "merge"}],
+    }, base_dir=tmp_path)
+    result = TenantRunner(cfg).run()
+    assert result.ok, result.errors
+    assert sorted(seen) == TABLES and all(len(ids) == 2 for ids in seen.values())  # once per tenant
+    assert len({i for ids in seen.values() for i in ids}) == 2  # one writer object per tenant
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        assert c.execute("SELECT count(*), count(DISTINCT _tenant) FROM t4").fetchone() == (2 * 1004, 2)
