@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--targets", default="pg,duckdb")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="rounds; parallelism 1 and 2 swap order each round (a run's tables are still being "
-                         "autovacuumed during the next), medians reported")
+                    help="rounds; parallelism 1 and 2 swap order each round (the first run's fresh tables may still be "
+                         "vacuumed during the second), medians reported")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
     work = make_workdir(args.workdir)
