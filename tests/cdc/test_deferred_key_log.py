@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc._pipelines import exec_sql, wait_until
+from cdc._pipelines import dest_database, exec_sql, slot_pipeline, wait_until
 from replicant.config import parse
 from replicant.destinations.postgres import PostgresDestination
 from replicant.engine import Engine
@@ -21,20 +21,14 @@ from replicant.engine import Engine
 
 @pytest.fixture
 def dest_url(pg_server: Any, unique_name: str) -> Iterator[str]:
-    name = f"dk_{unique_name}"[:60]
-    pg_server.create_database(name)
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
+    with dest_database(pg_server, f"dk_{unique_name}"[:60]) as url:
+        yield url
 
 
 @pytest.fixture
 def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    """A pipeline (so slot) name of its own: slots are per server, not per database."""
-    name = f"dk_{unique_name}"[:40].lower()
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                  (f"replicant_{name}",))
+    with slot_pipeline(pg_url, f"dk_{unique_name}") as name:
+        yield name
 
 
 def _key(url: str) -> str | None:
