@@ -200,7 +200,7 @@ class Engine:
             assert streams is not None
             destinations = [self._transformed(d) for d in
                             self._destinations_factory(lambda dcfg: self._destination_context(state, dcfg.name, result))]
-            if any(getattr(d, "in_process_engine", False) for d in destinations):  # through TransformedDestination too
+            if any(d.capabilities.in_process_engine for d in destinations):
                 memory.return_freed_pages_at_once()  # before the stream tasks' threads (replicant/memory.py)
             self._run(streams, destinations, state, lg, result, report, follow)
             self._apply_retention(lg, streams)
@@ -228,13 +228,15 @@ class Engine:
         ingest = Ingest(self.config.pipeline, lg, state, tenant=self.tenant, transforms=pre)
         logged_streams = [pre.output_stream(s) for s in streams]  # what the log holds: the transforms' output
         done = {s.name: threading.Event() for s in streams}
-        deliveries = [
-            Delivery(writer, part, lg, state, self.config.pipeline, done=done, stop=self.stop_event,
-                     follow=follow, on_error=report, on_rows=self.observer.rows_written, share=len(parts))
-            for d in list(destinations)
-            for parts in [self._delivery_parts(d, chosen(d.config, logged_streams), state, result, destinations)]
-            for writer, part in parts
-        ]
+        deliveries: list[Delivery] = []
+        for d in list(destinations):
+            parts = self._delivery_parts(d, chosen(d.config, logged_streams), state, result)
+            destinations.extend(writer for writer, _ in parts[1:])  # the run closes them with the others
+            deliveries.extend(
+                Delivery(writer, part, lg, state, self.config.pipeline, done=done, stop=self.stop_event,
+                         follow=follow, on_error=report, on_rows=self.observer.rows_written, share=len(parts))
+                for writer, part in parts
+            )
         threads = [threading.Thread(target=x.run, name=f"delivery-{x.dest.name}-{i}", daemon=True)
                    for i, x in enumerate(deliveries)]
         for t in threads:
@@ -300,15 +302,13 @@ class Engine:
         chain = at_destination(self.config.destinations[index], index)
         return TransformedDestination(dest, chain) if chain else dest
 
-    def _delivery_parts(
-        self, dest: Any, streams: list[Stream], state: Any, result: RunResult, opened: list[Any]
-    ) -> list[tuple[Any, list[Stream]]]:
+    def _delivery_parts(self, dest: Any, streams: list[Stream], state: Any, result: RunResult) -> list[tuple[Any, list[Stream]]]:
         """``dest`` and its streams, dealt round-robin over up to ``parallelism`` writers where
         the destination takes concurrent writers (a server database loads several tables at
-        once; bench/parallel): ``dest`` and new objects of its class, each with a connection
-        of its own, appended to ``opened`` so the run closes them. Not for a tenant's feed:
-        tenants already run at once, each with one connection per destination. Each stream has exactly one
-        writer, so its order and its offset row's fence are as with one."""
+        once; bench/parallel): ``dest`` first, then new objects of its class, each with a
+        connection of its own. Not for a tenant's feed: tenants already run at once, each with
+        one connection per destination. Each stream has exactly one writer, so its order and
+        its offset row's fence are as with one."""
         k = min(self.parallelism, len(streams))
         if k <= 1 or self.tenant is not None or not dest.capabilities.concurrent_writers:
             return [(dest, streams)]  # a tenant's feed keeps one connection per destination (docs/tenants.md)
@@ -316,7 +316,6 @@ class Engine:
         parts: list[tuple[Any, list[Stream]]] = [(dest, streams[0::k])]
         for i in range(1, k):
             writer = self._transformed(type(base)(base.config, self._destination_context(state, base.name, result)))
-            opened.append(writer)
             parts.append((writer, streams[i::k]))
         return parts
 

@@ -22,7 +22,7 @@ at 250 ms (5.5 → 5.1 s), 1M wide rows 0.52 → 0.25 (2.4 → 2.3 s), bench/fil
 (197–240 MB): freed pages wait a quarter of a second, not until the end.
 
 Except beside an engine running in the process (DuckDB,
-:attr:`~replicant.destinations.base.Destination.in_process_engine`): its own buffers share the
+:attr:`~replicant.destinations.base.Capabilities.in_process_engine`): its own buffers share the
 budget, and a files → DuckDB load of 3M rows peaked at 247 MB with a decay of 0 against 263–269
 MB at 100–250 ms, at the same speed (DuckDB's inserts bound it, not page faults). Before its
 stream tasks start, a run with such a destination calls :func:`return_freed_pages_at_once`.

@@ -77,7 +77,8 @@ class Capabilities:
     """What a destination can do; read instead of ``isinstance`` or method-override checks.
 
     Readers: ``transactional`` by the engine and :mod:`replicant.delivery` (where the applied
-    offset is kept); ``concurrent_writers`` by the engine (how many delivery workers);
+    offset is kept); ``concurrent_writers`` (how many delivery workers) and
+    ``in_process_engine`` (Arrow's allocator) by the engine;
     ``merge`` and ``replace`` by :class:`Destination` at construction (a
     ``write:`` the destination cannot do is a :class:`~replicant.errors.ConfigError`);
     ``truncate`` by delivery (a non-transactional destination that cannot truncate skips
@@ -94,6 +95,10 @@ class Capabilities:
     #: server database. The engine then delivers up to ``parallelism`` streams at once, each
     #: stream by exactly one object (its order and its offset row's fence unchanged).
     concurrent_writers: bool = False
+    #: a database engine running inside this process (DuckDB), whose memory shares the run's
+    #: budget: the engine has Arrow return freed pages at once
+    #: (:func:`replicant.memory.return_freed_pages_at_once`) instead of after a short decay.
+    in_process_engine: bool = False
 
 
 class Destination(ABC):
@@ -116,11 +121,6 @@ class Destination(ABC):
     #: (``method``, ``headers``, ``format``…), or None when it has none. Validated at load
     #: time with key paths; the validated instance is :attr:`options`.
     settings: ClassVar[type[BaseModel] | None] = None
-
-    #: The destination is a database engine running inside this process (DuckDB), whose
-    #: memory shares the run's budget: the engine then has Arrow return freed pages at once
-    #: (:func:`replicant.memory.return_freed_pages_at_once`) instead of after a short decay.
-    in_process_engine: ClassVar[bool] = False
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         self.config = config

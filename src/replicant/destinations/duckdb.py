@@ -41,6 +41,7 @@ this module supplies DuckDB's primitives.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ class DuckDBDestination(SQLDestination):
     #: for databases): one DuckDB row group, the least a transaction needs for DuckDB to write
     #: its rows straight into the database file instead of into the WAL first (module docstring)
     default_batch_rows = 122_880
-    in_process_engine = True
+    capabilities = dataclasses.replace(SQLDestination.capabilities, in_process_engine=True)
 
     def __init__(
         self, config: Any, context: ConnectorContext, *, memory_limit: str | None = None, threads: int | None = None

@@ -54,6 +54,7 @@ above).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +85,7 @@ from replicant.destinations._pg_types import (
     wire_type,
 )
 from replicant.destinations._sql_base import KeyExists, SQLDestination, Table
-from replicant.destinations.base import OFFSETS_TABLE, Capabilities
+from replicant.destinations.base import OFFSETS_TABLE
 from replicant.destinations.drift import Plan
 from replicant.errors import ConfigError, ConnectionError, FatalError, ReplicantError
 from replicant.model import ConnectorContext, Stream
@@ -134,7 +135,7 @@ class PostgresDestination(SQLDestination):
     dialect = "postgresql"
     insert_first = True
     defer_key = True
-    capabilities = Capabilities(transactional=True, merge=True, replace=True, truncate=True, concurrent_writers=True)
+    capabilities = dataclasses.replace(SQLDestination.capabilities, concurrent_writers=True)
 
     def __init__(self, config: Any, context: ConnectorContext) -> None:
         super().__init__(config, context)
