@@ -668,6 +668,31 @@ def test_a_failed_disk_write_is_undone_and_the_next_append_lands_right(tmp_path:
         assert read_ipc(segment_files(log, "s")[0]).column("id").to_pylist() == list(range(8))
 
 
+def test_the_records_kept_in_memory_stay_within_one_budget_for_all_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stream keeps its newest records in memory, but all streams together keep at most
+    ``RECENT_BYTES``: the oldest go first, never the record just appended. A stream read after
+    its records left memory reads the same rows from its files."""
+    import replicant.log.local as local
+
+    one = change_batch(0, 1000).nbytes
+    budget = one * 7 // 2  # three records (their sizes differ a little), not four
+    monkeypatch.setattr(local, "RECENT_BYTES", budget)
+    with LocalLog(tmp_path) as log:
+        names = [f"t{i:02d}" for i in range(12)]
+        for name in names:
+            for k in range(2):
+                log.append(name, change_batch(k * 1000, 1000), position={"n": k})
+            held = sum(log._stream(n).recent_bytes for n in names if n in log._streams)
+            assert held <= budget
+            assert log._stream(name).recent[-1].offset == 1000, "the record just appended stays"
+        kept = [n for n in names if log._stream(n).recent]
+        assert kept == names[-2:], "the newest records of all streams are the ones kept"
+        for name in names:
+            assert ids(log, name) == list(range(2000))
+
+
 def test_recent_records_served_from_memory_equal_the_files(tmp_path: Path) -> None:
     """The writer keeps its newest records in memory for readers in its process; every slice
     read that way equals the same slice decoded from the files by another reader."""

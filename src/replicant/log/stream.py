@@ -26,11 +26,11 @@ from replicant.log.files import NAME_FILE, fsync_dir, micros_to_datetime, now_mi
 from replicant.log.segments import Entries, Segment, encode_batch, ts_range
 from replicant.model import Position, decode_position, encode_position
 
-__all__ = ["IndexCache", "StreamFiles"]
+__all__ = ["RECENT_BYTES", "IndexCache", "StreamFiles"]
 
 _EMPTY_SCHEMA = pa.schema([])
-_RECENT_RECORDS = 2  #: newest records kept in memory for readers in the writing process
-_RECENT_BYTES = 48 << 20
+_RECENT_RECORDS = 2  #: newest records of a stream kept in memory for readers in the writing process
+RECENT_BYTES = 8 << 20  #: what all streams of a log keep so together (LocalLog._trim_recent)
 
 
 class IndexCache:
@@ -78,6 +78,7 @@ class StreamFiles:
         # The newest records as appended (in memory): a reader in this process that keeps up
         # with the writer (the engine's deliveries) gets them without decoding the file.
         self.recent: tuple[LogRecord, ...] = ()
+        self.recent_bytes = 0  # of the batches in ``recent``
         self.copy_reads = False  # read segment bytes instead of mapping them (compressed logs)
 
     # -- loading -----------------------------------------------------------------------
@@ -189,10 +190,16 @@ class StreamFiles:
             return entry["offset"]
 
     def _remember(self, record: LogRecord) -> None:
-        recent = (*self.recent, record)[-_RECENT_RECORDS:]
-        while len(recent) > 1 and sum(r.batch.nbytes for r in recent if r.batch is not None) > _RECENT_BYTES:
-            recent = recent[1:]
-        self.recent = recent
+        self.recent = (*self.recent, record)[-_RECENT_RECORDS:]
+        self.recent_bytes = sum(r.batch.nbytes for r in self.recent if r.batch is not None)
+
+    def forget_oldest_recent(self) -> None:
+        """Drops the oldest record kept in memory (readers then decode it from the file). Only
+        the front goes: what stays is still the newest records, without a gap."""
+        with self.cond:
+            if self.recent:
+                self.recent = self.recent[1:]
+                self.recent_bytes = sum(r.batch.nbytes for r in self.recent if r.batch is not None)
 
     def _from_recent(self, recent: tuple[LogRecord, ...], start: int, stop: int) -> Iterator[LogRecord]:
         for rec in recent:
