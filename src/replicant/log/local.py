@@ -117,7 +117,9 @@ class LocalLog(Log):
         self.compression = compression
         self.fsync = fsync
         self.read_only = read_only
-        self._write_options = ipc.IpcWriteOptions(compression=compression)
+        # Columns compressed one after another on the appending thread: Arrow's pool cost more CPU
+        # than it saved in wall time (25,000 narrow rows: 0.67 against 0.31 ms CPU; wide: 7.0 against 5.6 ms).
+        self._write_options = ipc.IpcWriteOptions(compression=compression, use_threads=False)
         self._cache = IndexCache(cached_segments)
         self._streams: dict[str, StreamFiles] = {}
         self._lock = threading.Lock()
