@@ -234,9 +234,10 @@ class SQLSource(Source):
     def _rebatched(self, sql: str, params: list[Any], plan: Plan, size: int) -> Iterator[pa.RecordBatch]:
         """The query's rows in batches of at most ``size`` rows, copying as little as it can.
 
-        The driver's batches are cut into slices; small ones are gathered (one copy) up to
-        ``size``. Where a batch would overflow a gathered batch already half full or more,
-        that one goes out shorter instead of being copied together with a slice of the next:
+        The driver's batches are cut into slices of ``size`` rows, and smaller ones gathered
+        (one copy) while the next fits. Where a batch would overflow a gathered batch already
+        half full or more, that one goes out shorter instead of being topped up with a copy of
+        a slice of the next:
         PostgreSQL's ~42,000-row COPY batches of narrow rows become records of 25,000 and
         17,000 rows, without the copy of every second record (a tenth of the page faults of a
         PG→DuckDB run). The strategies rely on row counts, never on a batch's size.
