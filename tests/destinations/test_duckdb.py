@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import os
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,7 @@ import pytest
 
 from replicant.config import DestinationConfig
 from replicant.destinations import duckdb as duckdb_dest
-from replicant.destinations.duckdb import DEFAULT_MEMORY_LIMIT, MERGE_SLICE_ROWS, DuckDBDestination
+from replicant.destinations.duckdb import DEFAULT_MEMORY_LIMIT, MERGE_SLICE_ROWS, DuckDBDestination, default_threads
 from replicant.errors import ConnectionError, FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY, ConnectorContext
 
@@ -31,7 +32,7 @@ def _dest(path: Path | None, write: str, schema: str | None = None) -> DuckDBDes
 
 def _reader(path: Path) -> duckdb.DuckDBPyConnection:
     """A second connection to the file (same settings, so DuckDB shares the open instance)."""
-    return duckdb.connect(str(path), config={"memory_limit": DEFAULT_MEMORY_LIMIT})
+    return duckdb.connect(str(path), config={"memory_limit": DEFAULT_MEMORY_LIMIT, "threads": default_threads()})
 
 
 def _harness(path: Path) -> cf.Harness:
@@ -278,6 +279,23 @@ def test_memory_limit_is_set(path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     finally:
         d.close()
     assert limit.startswith("30.5 MiB")
+
+
+def test_duckdb_leaves_a_core_to_the_pipeline(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's threads default to one fewer than the cores (at least one); an explicit number wins."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert default_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert default_threads() == 1
+    monkeypatch.undo()
+    for d, expected in ((_dest(path, "append"), default_threads()),
+                        (DuckDBDestination(DestinationConfig(name="wh", type="duckdb", write="append", path=str(path)),
+                                           ConnectorContext(PIPELINE), threads=2), 2)):
+        d.open()
+        try:
+            assert d.query("SELECT current_setting('threads')")[0][0] == expected
+        finally:
+            d.close()
 
 
 def test_locked_file_is_connection_error(path: Path) -> None:
