@@ -65,6 +65,7 @@ DEFAULT_MEMORY_LIMIT = "24MB"
 #: 5M-row table ran out of the 24MB ``memory_limit``; 50,000 did not (measured 2026-12-06)
 MERGE_SLICE_ROWS = 50_000
 _BATCH = "_replicant_batch"
+_DELETE_FLAG = "__replicant_delete"
 
 
 def default_threads() -> int:
@@ -79,7 +80,6 @@ def default_threads() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
     return max(1, cores - 1)
-_DELETE_FLAG = "__replicant_delete"
 
 
 @dataclass(frozen=True)
