@@ -52,3 +52,10 @@ def test_a_small_remainder_is_filled_from_the_next_batch() -> None:
     sizes, ids = _rebatched([30, 5, 40, 0, 3], 25)
     assert sizes == [25, 25, 25, 3]
     assert ids == list(range(78))
+
+
+def test_records_of_one_row() -> None:
+    """``batch_size: 1``: every row its own record (an empty gathered batch is never sent)."""
+    sizes, ids = _rebatched([3, 2], 1)
+    assert sizes == [1] * 5
+    assert ids == list(range(5))

@@ -246,24 +246,19 @@ class SQLSource(Source):
         n = 0
         for b in self._batches(sql, params, plan, size):
             while b.num_rows:
-                if n + b.num_rows <= size:
-                    held.append(b)
-                    n += b.num_rows
-                    b = b.slice(b.num_rows)
-                elif n >= size // 2:
-                    yield held[0] if len(held) == 1 else _concat(held)
+                if n and n + b.num_rows > size and n >= size // 2:
+                    yield _joined(held)
                     held, n = [], 0
                     continue
-                else:
-                    take = size - n
-                    held.append(b.slice(0, take))
-                    n = size
-                    b = b.slice(take)
+                take = min(size - n, b.num_rows)
+                held.append(b.slice(0, take))
+                n += take
+                b = b.slice(take)
                 if n == size:
-                    yield held[0] if len(held) == 1 else _concat(held)
+                    yield _joined(held)
                     held, n = [], 0
         if n:
-            yield held[0] if len(held) == 1 else _concat(held)
+            yield _joined(held)
 
     # ------------------------------------------------------------------ the strategies' protocols
 
@@ -373,6 +368,11 @@ class SQLSource(Source):
         if obj is not None:
             self._log_capture_obj = None
             obj.close()
+
+
+def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One batch of ``batches``: the only one as it is, several copied together."""
+    return batches[0] if len(batches) == 1 else _concat(batches)
 
 
 def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
