@@ -6,29 +6,16 @@ changes that follow merge into the keyed table."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from cdc._pipelines import dest_database, exec_sql, slot_pipeline, wait_until
+from cdc._pipelines import exec_sql, wait_until
 from replicant.config import parse
 from replicant.destinations.postgres import PostgresDestination
 from replicant.engine import Engine
-
-
-@pytest.fixture
-def dest_url(pg_server: Any, unique_name: str) -> Iterator[str]:
-    with dest_database(pg_server, f"dk_{unique_name}"[:60]) as url:
-        yield url
-
-
-@pytest.fixture
-def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    with slot_pipeline(pg_url, f"dk_{unique_name}") as name:
-        yield name
 
 
 def _key(url: str) -> str | None:

@@ -29,7 +29,6 @@ import psycopg
 import pytest
 import yaml
 
-from cdc._pipelines import dest_database, slot_pipeline
 from compare import fetch
 from replicant.config import parse
 from replicant.engine import Engine, RunResult
@@ -51,18 +50,6 @@ def _pipeline(name: str, pg_url: str, dest_url: str, tmp_path: Path, tables: lis
             {"name": "duck", "type": "duckdb", "path": str(tmp_path / "d.duckdb"), "write": "merge"},
         ],
     }
-
-
-@pytest.fixture
-def dest_url(pg_server, unique_name: str) -> Iterator[str]:
-    with dest_database(pg_server, f"dst_{unique_name}"[:60]) as url:
-        yield url
-
-
-@pytest.fixture
-def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    with slot_pipeline(pg_url, f"e2e_{unique_name}") as name:
-        yield name
 
 
 @contextmanager

@@ -190,16 +190,19 @@ class StreamFiles:
             return entry["offset"]
 
     def _remember(self, record: LogRecord) -> None:
-        self.recent = (*self.recent, record)[-_RECENT_RECORDS:]
-        self.recent_bytes = sum(r.batch.nbytes for r in self.recent if r.batch is not None)
+        self._keep_recent((*self.recent, record)[-_RECENT_RECORDS:])
+
+    def _keep_recent(self, recent: tuple[LogRecord, ...]) -> None:
+        """Holds ``cond``."""
+        self.recent = recent
+        self.recent_bytes = sum(r.batch.nbytes for r in recent if r.batch is not None)
 
     def forget_oldest_recent(self) -> None:
         """Drops the oldest record kept in memory (readers then decode it from the file). Only
         the front goes: what stays is still the newest records, without a gap."""
         with self.cond:
             if self.recent:
-                self.recent = self.recent[1:]
-                self.recent_bytes = sum(r.batch.nbytes for r in self.recent if r.batch is not None)
+                self._keep_recent(self.recent[1:])
 
     def _from_recent(self, recent: tuple[LogRecord, ...], start: int, stop: int) -> Iterator[LogRecord]:
         for rec in recent:
