@@ -71,6 +71,17 @@ def o0_tell(library: Path) -> int:
     return library.read_bytes().count(O0_TELL)
 
 
+def installed() -> dict[str, str | int]:
+    """The ADBC PostgreSQL driver replicant loads here: its release and the ``-O0`` tell of its
+    library (for a results file: a ``PYTHONPATH`` override can pair a release's Python package
+    with another release's library)."""
+    import adbc_driver_postgresql
+
+    library = Path(adbc_driver_postgresql._driver_path())
+    return {"adbc_driver_postgresql": adbc_driver_postgresql.__version__,
+            "adbc_driver_postgresql.o0_tell": o0_tell(library)}
+
+
 def _measure(args: argparse.Namespace) -> dict[str, float]:
     """One measurement in this process (``--child``): read, then ingest, with one driver build."""
     import adbc_driver_manager.dbapi as dbapi

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import datasets
+import driver_build
 import methods
 import pyspy
 import report
@@ -128,6 +129,7 @@ def versions(dlt_python: Path | None, server) -> dict:
 
     out = {"replicant_commit": git_commit(), "duckdb": duckdb.__version__, "pyarrow": pyarrow.__version__,
            "psycopg": psycopg.__version__}
+    out.update(driver_build.installed())
     with server.connect() as conn:
         out["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
     if dlt_python:
