@@ -46,9 +46,11 @@ import pytest
 
 if __package__:  # tests/ turned into a package
     from . import datasets, servers
+    from .cdc._pipelines import dest_database, slot_pipeline
 else:  # default rootdir layout: pytest puts tests/ on sys.path
     import datasets
     import servers
+    from cdc._pipelines import dest_database, slot_pipeline
 
 _log = logging.getLogger(__name__)
 _counter = itertools.count(1)
@@ -128,6 +130,21 @@ def pg_url(pg_server: servers.PgServer, request: pytest.FixtureRequest) -> Itera
         yield pg_server.url(name)
     finally:
         _drop_pg_database(pg_server, name)
+
+
+@pytest.fixture
+def dest_url(pg_server: servers.PgServer, unique_name: str) -> Iterator[str]:
+    """A fresh destination database on the test PostgreSQL server, dropped afterwards."""
+    with dest_database(pg_server, f"dst_{unique_name}"[:60]) as url:
+        yield url
+
+
+@pytest.fixture
+def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
+    """A pipeline name of the test's own (replication slots are per server, not per database),
+    its slot dropped afterwards."""
+    with slot_pipeline(pg_url, f"p_{unique_name}") as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

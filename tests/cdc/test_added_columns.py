@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +30,6 @@ ADDED = {
     "identity": "c int GENERATED ALWAYS AS IDENTITY",
 }
 COLS = ["id", "v", "c"]
-
-
-@pytest.fixture
-def dest_url(pg_server: Any, unique_name: str) -> Iterator[str]:
-    name = f"dst_{unique_name}"[:60]
-    pg_server.create_database(name)
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
-
-
-@pytest.fixture
-def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    """A pipeline (so slot) name of its own: slots are per server, not per database."""
-    name = f"ac_{unique_name}"[:40].lower()
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                  (f"replicant_{name}",))
 
 
 def _config(name: str, pg_url: str, dest_url: str, tmp_path: Path, stream: dict) -> Any:

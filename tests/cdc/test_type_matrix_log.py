@@ -96,15 +96,6 @@ def nats_stream(nats_url: str, unique_name: str) -> Iterator[str]:
         pass
 
 
-@pytest.fixture
-def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    name = f"m_{unique_name}"[:40].lower()
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                  (f"replicant_{name}",))
-
-
 def test_every_value_through_the_log_into_every_destination(
     tmp_path: Path, pg_url: str, pg_server: Any, mysql_url: str, nats_url: str, nats_stream: str,
     receiver: Receiver, pipeline_name: str, unique_name: str,

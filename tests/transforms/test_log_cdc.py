@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -23,24 +22,6 @@ def _exec(url: str, *sql: str) -> None:
     with psycopg.connect(url, autocommit=True) as c:
         for s in sql:
             c.execute(s)
-
-
-@pytest.fixture
-def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    """A pipeline (so slot) name of its own, its slot dropped at the end."""
-    name = f"tr_{unique_name}"[:40].lower()
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                  (f"replicant_{name}",))
-
-
-@pytest.fixture
-def dest_url(pg_server, unique_name: str) -> Iterator[str]:
-    name = f"dst_{unique_name}"[:60]
-    pg_server.create_database(name)
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
 
 
 def _hash(v: str) -> str:

@@ -6,13 +6,11 @@ emptied; into DuckDB and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import psycopg
-import pytest
 
 from replicant.config import load
 from replicant.engine import Engine
@@ -35,31 +33,14 @@ def _norm(rows: list) -> list[tuple]:
     return [tuple(int(v) if isinstance(v, Decimal) and v == int(v) else v for v in r) for r in rows]
 
 
-@pytest.fixture
-def upstream_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    name = f"st_{unique_name}"[:40].lower()
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                  (f"replicant_{name}",))
-
-
-@pytest.fixture
-def dest_url(pg_server, unique_name: str) -> Iterator[str]:
-    name = f"sdst_{unique_name}"[:60]
-    pg_server.create_database(name)
-    yield pg_server.url(name)
-    pg_server.drop_database(name)
-
-
-def test_aggregate_and_join_over_logical_replication(tmp_path: Path, pg_url: str, dest_url: str, upstream_name: str) -> None:
+def test_aggregate_and_join_over_logical_replication(tmp_path: Path, pg_url: str, dest_url: str, pipeline_name: str) -> None:
     _exec(pg_url, "CREATE TABLE accounts (id int PRIMARY KEY, branch text)",
           "CREATE TABLE transactions (id int PRIMARY KEY, account_id int, client_id int, kind text, amount bigint)",
           "INSERT INTO accounts SELECT g, 'b' || g % 3 FROM generate_series(1, 8) g",
           "INSERT INTO transactions SELECT g, g % 10, g % 4, CASE WHEN g % 3 = 0 THEN 'fee' ELSE 'deposit' END, g * 7 % 50 "
           "FROM generate_series(1, 40) g")
     (tmp_path / "bank.yml").write_text(f"""
-pipeline: {upstream_name}
+pipeline: {pipeline_name}
 source:
   type: postgres
   url: "{pg_url}"

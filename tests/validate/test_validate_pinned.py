@@ -17,17 +17,16 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 import pymysql
-import pytest
 import yaml
 
-from cdc._pipelines import Follow, dest_database, exec_sql, slot_pipeline, wait_until
+from cdc._pipelines import Follow, exec_sql, wait_until
 from compare import fetch
 from replicant.config import load
 from replicant.validate.pin import writer_running
@@ -63,18 +62,6 @@ def _burst(run: Callable[..., None], url: str) -> None:
     for i in range(20):
         run(url, f"UPDATE a SET v = 'burst {i}', n = n + 1 WHERE id % 20 = {i}",
             f"INSERT INTO a VALUES ({ROWS + 1 + i}, 'new {i}', {i})", f"DELETE FROM a WHERE id = {i * 7 + 1}")
-
-
-@pytest.fixture
-def dest_url(pg_server: Any, unique_name: str) -> Iterator[str]:
-    with dest_database(pg_server, f"dst_{unique_name}"[:60]) as url:
-        yield url
-
-
-@pytest.fixture
-def pipeline_name(pg_url: str, unique_name: str) -> Iterator[str]:
-    with slot_pipeline(pg_url, f"pin_{unique_name}") as name:
-        yield name
 
 
 def _pipeline(folder: Path, name: str, kind: str, url: str, table: str, dest_url: str) -> Path:
