@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import os
 import platform
+import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -24,8 +26,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -277,6 +282,25 @@ def start_pg(workdir: Path):
         return servers.start_postgres()
     finally:
         tempfile.tempdir = saved
+
+
+@contextmanager
+def throwaway_pg(parent: str | None) -> Iterator[tuple[Any, Path]]:
+    """A work directory (:func:`make_workdir`) and a throwaway PostgreSQL in it (:func:`start_pg`),
+    as ``(server, work)``; the server is stopped and the directory removed at the end."""
+    work = make_workdir(parent)
+    server = start_pg(work)
+    try:
+        yield server, work
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU-seconds of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def recreate_database(server, name: str) -> None:

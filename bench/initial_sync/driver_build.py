@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -44,14 +42,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from common import cpu_seconds, recreate_database, throwaway_pg
+
 #: ``mov %rdi, disp8(%rbp)``: an unoptimised function storing its first argument on its frame.
 O0_TELL = b"\x48\x89\x7d"
 DRIVERS = {"postgresql": "adbc_driver_postgresql", "sqlite": "adbc_driver_sqlite"}
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def fetch_driver(version: str, kind: str, work: Path) -> Path:
@@ -93,10 +88,10 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     conn = dbapi.connect(driver=args.pg_driver, db_kwargs={"uri": args.src}, autocommit=True)
     cur = conn.cursor()
     cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(_COPY_BATCH_BYTES)})
-    c0, w0 = _cpu(), time.perf_counter()
+    c0, w0 = cpu_seconds(), time.perf_counter()
     cur.execute(f"SELECT * FROM {args.table}")
     batches = list(cur.fetch_record_batch())
-    out["pg read cpu"], out["pg read wall"] = _cpu() - c0, time.perf_counter() - w0
+    out["pg read cpu"], out["pg read wall"] = cpu_seconds() - c0, time.perf_counter() - w0
     cur.close()
     conn.close()
     whole = pa.Table.from_batches(batches)
@@ -109,12 +104,12 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
         conn.commit()
         cur.adbc_ingest(f"{args.table}_copy", whole.schema.empty_table(), mode="create")
         conn.commit()
-        c0, w0 = _cpu(), time.perf_counter()
+        c0, w0 = cpu_seconds(), time.perf_counter()
         for start in range(0, whole.num_rows, 200_000):
             part = whole.slice(start, 200_000)
             cur.adbc_ingest(f"{args.table}_copy", pa.Table.from_batches(part.to_batches(max_chunksize=16_384)), mode="append")
             conn.commit()
-        out[f"{name} ingest cpu"], out[f"{name} ingest wall"] = _cpu() - c0, time.perf_counter() - w0
+        out[f"{name} ingest cpu"], out[f"{name} ingest wall"] = cpu_seconds() - c0, time.perf_counter() - w0
         cur.close()
         conn.close()
     return out
@@ -135,11 +130,8 @@ def main() -> int:
         return 0
 
     import datasets
-    from common import make_workdir, recreate_database, start_pg
 
-    work = make_workdir(args.workdir)
-    server = start_pg(work)
-    try:
+    with throwaway_pg(args.workdir) as (server, work):
         recreate_database(server, "src")
         recreate_database(server, "dst")
         tables = [datasets.narrow(args.rows // 100_000), datasets.wide(args.rows)]
@@ -166,9 +158,6 @@ def main() -> int:
             for v in versions:
                 cells = [f"{best[v][s + ' cpu']:6.2f} ({best[v][s + ' wall']:5.2f})" for s in steps]
                 print(f"{ds.name:<8} {v:<8} " + " ".join(f"{c:>16}" for c in cells), flush=True)
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -16,8 +16,6 @@ printed but are only comparable on an idle machine.
 from __future__ import annotations
 
 import argparse
-import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,17 +24,12 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import datasets
-from common import make_workdir, recreate_database, start_pg
+from common import cpu_seconds, recreate_database, throwaway_pg
 
 #: PostgreSQL type of each wide column (datasets.wide's DDL), and its pg_type.typname.
 TYPNAMES = {"bigint": "int8", "int": "int4", "numeric(12,2)": "numeric"}
 TYPES = {"id": "bigint", "i": "int", "b": "bigint", "amount": "numeric(12,2)", "f": "float8", "t": "text",
          "tn": "text", "ts": "timestamptz", "tsn": "timestamp", "flag": "bool", "d": "date"}
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _read(url: str, column: str) -> tuple[list, float, float]:
@@ -49,7 +42,7 @@ def _read(url: str, column: str) -> tuple[list, float, float]:
     typmod = (12 << 16 | 2) + 4 if column == "amount" else -1
     col = pg_column(column, TYPES[column], TYPNAMES.get(TYPES[column], TYPES[column]), "b", typmod)
     select = "id" if column == "id" else f"id, {col.select.format(column)} AS {column}"
-    c0, w0 = _cpu(), time.perf_counter()
+    c0, w0 = cpu_seconds(), time.perf_counter()
     conn = adbc.connect(url, autocommit=True)
     cur = conn.cursor()
     cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(_COPY_BATCH_BYTES)})
@@ -66,7 +59,7 @@ def _read(url: str, column: str) -> tuple[list, float, float]:
         batches.append(b)
     cur.close()
     conn.close()
-    return batches, _cpu() - c0, time.perf_counter() - w0
+    return batches, cpu_seconds() - c0, time.perf_counter() - w0
 
 
 def _ingest(url: str, column: str, batches: list) -> tuple[float, float]:
@@ -80,12 +73,12 @@ def _ingest(url: str, column: str, batches: list) -> tuple[float, float]:
     cur.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY" + ("" if column == "id" else f", {column} {TYPES[column]}") + ")")
     conn.commit()
     whole = pa.Table.from_batches(batches)
-    c0, w0 = _cpu(), time.perf_counter()
+    c0, w0 = cpu_seconds(), time.perf_counter()
     for start in range(0, whole.num_rows, 200_000):
         part = whole.slice(start, 200_000)
         cur.adbc_ingest(table, pa.Table.from_batches(part.to_batches(max_chunksize=16_384)), mode="append")
         conn.commit()
-    cpu, wall = _cpu() - c0, time.perf_counter() - w0
+    cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
     cur.close()
     conn.close()
     return cpu, wall
@@ -96,9 +89,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
-    work = make_workdir(args.workdir)
-    server = start_pg(work)
-    try:
+    with throwaway_pg(args.workdir) as (server, _work):
         recreate_database(server, "src")
         recreate_database(server, "dst")
         datasets.build(server, "src", datasets.wide(args.rows))
@@ -113,9 +104,6 @@ def main() -> int:
                 base = rc + ic
             label = "id (the key alone)" if column == "id" else f"+ {column} {TYPES[column]}"
             print(f"{label:<22} {rc:6.2f} ({rw:5.2f}) {ic:6.2f} ({iw:5.2f}) {rc + ic - base:+34.2f}", flush=True)
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -193,7 +193,7 @@ class StreamFiles:
         self._keep_recent((*self.recent, record)[-_RECENT_RECORDS:])
 
     def _keep_recent(self, recent: tuple[LogRecord, ...]) -> None:
-        """Holds ``cond``."""
+        """Sets the records kept in memory and their bytes; the caller holds ``cond``."""
         self.recent = recent
         self.recent_bytes = sum(r.batch.nbytes for r in recent if r.batch is not None)
 
