@@ -41,7 +41,7 @@ def ddl_type(field: pa.Field) -> str:
 
 
 def _ddl(t: pa.DataType, hint: str = "") -> str:
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         if t.extension_name == "arrow.uuid":
             return "UUID"
         if t.extension_name == "arrow.json":

@@ -121,7 +121,7 @@ def stored_type(t: pa.DataType) -> pa.DataType:
     while True:
         if pa.types.is_dictionary(t):
             t = t.value_type
-        elif isinstance(t, pa.ExtensionType):
+        elif isinstance(t, pa.BaseExtensionType):
             t = t.storage_type
         else:
             return t
@@ -328,7 +328,7 @@ def plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_dictionary(t):
         col = col.cast(t.value_type)
         t = col.type
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
     return col
 

@@ -106,7 +106,7 @@ def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
     decimals, dates, timestamps and intervals to their lossless text, fixed-size binary to
     binary."""
     t = col.type
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
         t = col.type
     if pa.types.is_dictionary(t):

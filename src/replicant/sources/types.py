@@ -280,7 +280,7 @@ def _storage(arr: pa.Array) -> pa.Array:
     inside lists."""
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
-    if pa.types.is_list(arr.type) and isinstance(arr.type.value_type, pa.ExtensionType):
+    if pa.types.is_list(arr.type) and isinstance(arr.type.value_type, pa.BaseExtensionType):
         arr = pa.ListArray.from_arrays(arr.offsets, _storage(arr.values), mask=arr.is_null())
     return arr
 

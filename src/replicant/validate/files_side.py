@@ -37,7 +37,7 @@ def _undecodable(f: pa.Field, fmt: str) -> str | None:
 
 
 def _undecodable_type(t: pa.DataType) -> str | None:
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return _undecodable_type(t.storage_type)
     if pa.types.is_dictionary(t):
         return _undecodable_type(t.value_type)
@@ -72,7 +72,7 @@ def unverified_text(plan: Plan, dest: Any, dcfg: DestinationConfig) -> None:
 def _decoded(f: pa.Field) -> str:
     """The DuckDB expression turning column ``f``'s text back into its type."""
     ref = _D.quote(f.name)
-    t = f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type
+    t = f.type.storage_type if isinstance(f.type, pa.BaseExtensionType) else f.type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
         return f"from_base64({ref})"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
