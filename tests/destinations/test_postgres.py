@@ -207,9 +207,10 @@ def test_lost_connection_is_retriable_and_reconnects(pg_url: str) -> None:
      ("28P01", ConnectionError), ("23505", FatalError), ("08P01", FatalError), ("42P01", FatalError)],
 )
 def test_error_translation_table(state: str, kind: type) -> None:
-    import adbc_driver_manager
+    import psycopg.errors
 
-    driver_error = adbc_driver_manager.DatabaseError("boom", status_code=adbc_driver_manager.AdbcStatusCode.IO, sqlstate=state)
+    driver_error = psycopg.errors.lookup(state)("boom")  # psycopg's class for the SQLSTATE
+    assert driver_error.sqlstate == state
     err = _dest("postgresql://u@h/db", "merge").translate(driver_error, "destination 'x', stream 's'")
     assert type(err) is kind
     assert "stream 's'" in str(err)
@@ -332,14 +333,16 @@ def test_same_dialect_round_trip_is_exact(source_url: str, pg_url: str, enum_at_
 
 
 def test_round_trip_direct_copy_without_staging(source_url: str, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the one column that needs an SQL cast (unconstrained numeric as text), every
-    type goes straight in by binary COPY — uuid and jsonb text included — and stays exact."""
+    """Without the columns that need an SQL cast (unconstrained numeric as text; numeric(40,20),
+    a decimal256, which the COPY encoder does not write: it travels as text too), every type
+    goes straight in by binary COPY — uuid and jsonb text included — and stays exact."""
     stream, table = read_pg_table(source_url, "alltypes")
-    keep = [f for f in stream.schema if f.name != "nfree"]
+    assert pa.types.is_decimal256(table.schema.field("n4020").type)
+    keep = [f for f in stream.schema if f.name not in ("nfree", "n4020")]
     stream = Stream(
         name=stream.name, table=stream.table, schema=pa.schema(keep, metadata=stream.schema.metadata), primary_key=stream.primary_key
     )
-    table = table.drop_columns(["nfree"])
+    table = table.drop_columns(["nfree", "n4020"])
     table = table.filter(pa.compute.is_in(table["id"], pa.array([1, 2, 4], table.schema.field("id").type)))  # no ±infinity
     columns = [f.name for f in keep]
     for write in ("append", "merge"):
@@ -583,3 +586,68 @@ def test_batches_of_new_keys_are_copied_until_a_key_exists(pg_url: str, monkeypa
     finally:
         d.close()
     assert _harness(pg_url).rows("items") == [(1, "new", 10), (2, "b", 2), (3, "c", 3), (4, "d", 4), (5, "e", 5)]
+
+
+def test_types_the_copy_encoder_lacks_arrive_exact(pg_url: str) -> None:
+    """Types pgpq has no encoder for: month-day-nano intervals go direct as ``interval_recv``'s
+    16 bytes (nanoseconds truncated), ``arrow.uuid`` as its 16 bytes, nanosecond times and
+    timestamps as microseconds; ``timestamptz[]`` and ``interval[]`` (no matching element
+    encoder) are staged and cast by the server. Values exact, the NULLs kept."""
+    mdn = pa.MonthDayNano
+    fields = [
+        pa.field("id", pa.int32()),
+        pa.field("iv", pa.month_day_nano_interval()),
+        pa.field("u", pa.uuid()),
+        pa.field("tm", pa.time64("ns")),
+        pa.field("ts", pa.timestamp("ns", tz="UTC")),
+        pa.field("dur", pa.duration("ns")),
+    ]
+    s = cf.make_stream("direct", fields)
+    u = uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+    rows = [
+        {"id": 1, "iv": mdn([14, -3, 4 * 3600 * 10**9 + 5_000_001_999]), "u": u.bytes, "tm": 86_399_999_999_999,
+         "ts": 1_700_000_000_123_456_789, "dur": -1_500},
+        {"id": 2, "iv": mdn([0, 0, -1_999]), "u": None, "tm": None, "ts": None, "dur": None},
+    ]
+    arrays = {f.name: pa.array([r[f.name] for r in rows], f.type.storage_type if f.name == "u" else f.type) for f in fields}
+    arrays["u"] = pa.ExtensionArray.from_storage(pa.uuid(), arrays["u"])
+    data = cf.changes(s, [{"id": r["id"]} for r in rows], "read")
+    data = pa.table([arrays[n] if n in arrays else data.column(n) for n in data.column_names], names=data.column_names)
+    for write in ("append", "merge"):
+        d = _dest(pg_url, write, schema=write)
+        d.open()
+        try:
+            d.prepare(s)
+            d.write(s, data, last_offset=0)
+            assert d.staged_batches == 0
+        finally:
+            d.close()
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            got = c.execute(f"SELECT iv::text, u::text, tm::text, ts::text, dur::text FROM {write}.direct ORDER BY id").fetchall()
+        assert got == [
+            ("1 year 2 mons -3 days +04:00:05.000001", str(u), "23:59:59.999999", "2023-11-14 22:13:20.123456+00", "-00:00:00.000001"),
+            ("-00:00:00.000001", None, None, None, None),
+        ]
+
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE arrays (id int PRIMARY KEY, tz timestamptz[], ivs interval[])")
+    fields = [pa.field("id", pa.int32()), pa.field("tz", pa.list_(pa.timestamp("us", tz="UTC"))),
+              pa.field("ivs", pa.list_(pa.month_day_nano_interval()))]
+    s = cf.make_stream("arrays", fields)
+    d = _dest(pg_url, "merge")
+    d.open()
+    try:
+        d.prepare(s)
+        d.write(s, cf.changes(s, [
+            {"id": 1, "tz": [1_700_000_000_000_001, None], "ivs": [mdn([1, 2, 3_000_000]), None, mdn([0, -1, -4_000])]},
+            {"id": 2, "tz": None, "ivs": []},
+        ], "insert"), last_offset=0)
+        assert d.staged_batches == 1
+    finally:
+        d.close()
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        got = c.execute("SELECT tz::text, ivs::text FROM arrays ORDER BY id").fetchall()
+    assert got == [
+        ('{"2023-11-14 22:13:20.000001+00",NULL}', '{"1 mon 2 days 00:00:00.003",NULL,"-1 days -00:00:00.000004"}'),
+        (None, "{}"),
+    ]

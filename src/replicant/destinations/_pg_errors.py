@@ -1,4 +1,4 @@
-"""Translation of PostgreSQL driver errors (ADBC) into :mod:`replicant.errors`.
+"""Translation of the PostgreSQL destination's driver errors (psycopg) into :mod:`replicant.errors`.
 
 The table, by SQLSTATE class (https://www.postgresql.org/docs/current/errcodes-appendix.html):
 
@@ -58,23 +58,43 @@ def is_connection_lost(exc: BaseException) -> bool:
         text = str(exc).lower()
         return any(
             s in text
-            for s in ("server closed the connection", "connection to server", "no connection", "terminating connection", "ssl syscall")
+            for s in (
+                "server closed the connection",
+                "connection to server",
+                "no connection",
+                "terminating connection",
+                "ssl syscall",
+                "connection is lost",
+                "connection is closed",
+            )
         )
     return False
 
 
 def message_of(exc: BaseException) -> str:
     """The server's own message (primary, detail, hint) when the driver has it, else its text."""
-    details = dict(getattr(exc, "details", None) or [])
-    primary = details.get(b"PG_DIAG_MESSAGE_PRIMARY")
-    if primary:
-        parts = [primary.decode("utf-8", "replace")]
-        for tag, label in ((b"PG_DIAG_MESSAGE_DETAIL", "detail"), (b"PG_DIAG_MESSAGE_HINT", "hint"), (b"PG_DIAG_CONTEXT", "context")):
-            if details.get(tag):
-                parts.append(f"{label}: {details[tag].decode('utf-8', 'replace').strip()}")
+    fields = _diagnostics(exc)
+    if fields.get("primary"):
+        parts = [fields["primary"]]
+        for tag, label in (("detail", "detail"), ("hint", "hint"), ("context", "context")):
+            if fields.get(tag):
+                parts.append(f"{label}: {fields[tag].strip()}")
         state = sqlstate_of(exc)
         return "; ".join(parts) + (f" (SQLSTATE {state})" if state else "")
     return " ".join(str(exc).split())
+
+
+def _diagnostics(exc: BaseException) -> dict[str, str]:
+    """The server's error fields (psycopg's ``diag``); empty for an error the server did not send."""
+    diag = getattr(exc, "diag", None)
+    if diag is None:
+        return {}
+    return {
+        "primary": diag.message_primary or "",
+        "detail": diag.message_detail or "",
+        "hint": diag.message_hint or "",
+        "context": diag.context or "",
+    }
 
 
 def describe_url(url: str) -> str:

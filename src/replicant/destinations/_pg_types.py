@@ -8,7 +8,7 @@ Two questions are answered here, both without a round trip to the server:
    Arrow type is mapped (the table in ``docs/types.md``, section *PostgreSQL destination*).
 
 2. :func:`wire_type` — how a column reaches an existing target column. Rows are written
-   with ADBC's binary ``COPY`` (``adbc_ingest``), which encodes each Arrow type in one
+   with a binary ``COPY`` (pgpq, :mod:`~replicant.destinations._pg_copy`), which encodes each Arrow type in one
    PostgreSQL binary format and lets the server decode it with the *target* column's
    receive function. That only works when the two agree (``int32`` into ``integer``, a
    string into ``text``/``varchar``/``char(n)``/an enum/``json``, ``fixed_size_binary(16)``
@@ -17,8 +17,9 @@ Two questions are answered here, both without a round trip to the server:
    temporary staging table and an SQL cast (``text`` → ``uuid``/``jsonb``/``numeric``/
    ``interval``/``inet``…).
 
-:func:`normalize` first rewrites the Arrow types ADBC cannot encode at all (dictionaries,
-``date64``, ``uint64``, structs, maps, nested lists) into ones it can.
+:func:`normalize` first rewrites the Arrow types the encoder cannot write at all (dictionaries,
+``date64``, ``uint64``, ``decimal256``, ``binary_view``, structs, maps, nested lists, lists
+of intervals) into ones it can.
 """
 
 from __future__ import annotations
@@ -75,8 +76,11 @@ JSONB_TEXT = _Encoding("jsonb from text")
 _STRING_BASES = frozenset({"text", "varchar", "bpchar", "name", "json", "xml", "citext"})
 _INT_TYPES = {"int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64()}
 _FLOAT_TYPES = {"float4": pa.float32(), "float8": pa.float64()}
-#: Arrow types ADBC writes with exactly these element OIDs inside an array (``array_recv``
-#: refuses an element type other than the column's).
+#: Arrow types the COPY encoder (pgpq, :mod:`~replicant.destinations._pg_copy`) writes with
+#: exactly these element OIDs inside an array (``array_recv`` refuses an element type other
+#: than the column's). ``timestamptz[]`` and ``interval[]`` are missing: pgpq writes
+#: ``timestamp`` elements and has no month-day-nano encoder, so those arrays are staged
+#: (``timestamp[]`` and text, cast by the server).
 _ELEMENT_TYPES = {
     "bool": pa.bool_(),
     "int2": pa.int16(),
@@ -89,8 +93,6 @@ _ELEMENT_TYPES = {
     "date": pa.date32(),
     "time": pa.time64("us"),
     "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-    "interval": pa.month_day_nano_interval(),
 }
 
 
@@ -183,7 +185,7 @@ def ddl_type(field: pa.Field) -> str:
 
 
 def _ddl(t: pa.DataType, hint: str = "") -> str:
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         if t.extension_name == "arrow.uuid":
             return "uuid"
         if t.extension_name == "arrow.json":
@@ -248,12 +250,14 @@ def _is_nested(t: pa.DataType) -> bool:
 
 
 def normalize(table: pa.Table) -> pa.Table:
-    """Rewrites columns ADBC's COPY writer cannot encode into ones it can (C++ casts only).
+    """Rewrites columns the COPY encoder cannot write into ones it can (Arrow casts, numpy).
 
     Dictionaries are decoded, ``date64`` → ``date32``, ``uint64`` → ``decimal128(20,0)``
-    (ADBC would wrap values above 2**63 into negative ``bigint``), extension types other
-    than ``arrow.uuid`` → their storage, structs, maps, unions and lists of lists → JSON text
-    (rendered by DuckDB's ``to_json``).
+    (values above 2**63 do not fit ``bigint``), ``decimal256`` → ``decimal128`` up to 38
+    digits, else its text (staged, cast by the server), ``binary_view`` → ``large_binary``,
+    extension types other than ``arrow.uuid`` → their storage, structs, maps, unions and lists
+    of lists → JSON text (rendered by DuckDB's ``to_json``), lists of intervals → lists of
+    interval text (staged).
     """
     changed = False
     columns = []
@@ -268,7 +272,7 @@ def normalize(table: pa.Table) -> pa.Table:
 
 
 def _normalize_column(col: pa.ChunkedArray, t: pa.DataType) -> pa.ChunkedArray:
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         if t.extension_name == "arrow.uuid":
             return col
         storage = pa.chunked_array([c.storage for c in col.chunks], type=t.storage_type)
@@ -279,6 +283,12 @@ def _normalize_column(col: pa.ChunkedArray, t: pa.DataType) -> pa.ChunkedArray:
         return col.cast(pa.date32())
     if t == pa.uint64():
         return col.cast(pa.decimal128(20, 0))
+    if pa.types.is_decimal256(t):  # pgpq encodes decimal32/64/128
+        return col.cast(pa.decimal128(t.precision, t.scale)) if t.precision <= 38 else col.cast(pa.string())
+    if pa.types.is_binary_view(t):
+        return col.cast(pa.large_binary())
+    if _is_list(t) and t.value_type == pa.month_day_nano_interval():
+        return _interval_lists_as_text(col)
     if _is_nested(t) or (_is_list(t) and (_is_list(t.value_type) or _is_nested(t.value_type))):
         return json_text(col)
     if _is_list(t) and not pa.types.is_fixed_size_list(t):
@@ -296,7 +306,7 @@ def wire_type(t: pa.DataType, column: PgColumn) -> pa.DataType | object:
     preserving or raise (Arrow's safe cast); a caller that sees a cast fail stages the
     column instead, and the server decides.
     """
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return t if column.base == "uuid" and t.extension_name == "arrow.uuid" else STAGE
     base, cat = column.base, column.category
     if base == "bool":
@@ -411,7 +421,7 @@ def cast_column(col: pa.ChunkedArray, target: pa.DataType | _Encoding) -> pa.Chu
         )
     if col.type == target:
         return col
-    if isinstance(target, pa.ExtensionType) and col.type == target.storage_type:
+    if isinstance(target, pa.BaseExtensionType) and col.type == target.storage_type:
         return pa.chunked_array([pa.ExtensionArray.from_storage(target, c) for c in col.chunks], type=target)
     try:
         return pc.cast(col, target, safe=True)
@@ -455,8 +465,8 @@ def _uuid_from_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
 
 
 #: ±infinity of ``timestamp``/``date`` as PostgreSQL sources deliver them (DuckDB's encoding:
-#: ± the integer's max). ADBC's COPY writer would shift them by the 2000 epoch into finite
-#: (wrong) values or overflow, so they travel as flags and are restored in SQL.
+#: ± the integer's max). A binary COPY writer shifts them by the 2000 epoch into finite
+#: (wrong) values or overflows, so they travel as flags and are restored in SQL.
 _INFINITY = {64: 2**63 - 1, 32: 2**31 - 1}
 
 
@@ -480,3 +490,37 @@ def split_infinity(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArr
     pos, neg = pc.equal(ints, inf), pc.less_equal(ints, -inf)
     flags = pc.if_else(pos, pa.scalar(1, pa.int8()), pc.if_else(neg, pa.scalar(-1, pa.int8()), pa.scalar(None, pa.int8())))
     return pc.if_else(pc.or_(pos, neg), pa.scalar(None, t), col), flags
+
+
+def _interval_lists_as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Lists of ``month_day_nano_interval`` as lists of PostgreSQL interval text
+    (``'1 mons -2 days 3.000004000 secs'``): no binary encoder writes ``interval`` array
+    elements, so such a column is staged and cast by the server."""
+    large = pa.types.is_large_list(col.type)
+    if not (large or pa.types.is_list(col.type)):
+        col = col.cast(pa.list_(pa.month_day_nano_interval()))
+    chunks = []
+    for chunk in col.chunks:
+        offsets = chunk.offsets
+        start = offsets[0].as_py() if len(offsets) else 0
+        offsets = pc.subtract(offsets, pa.scalar(start, offsets.type))  # a new array: from_arrays refuses a sliced one with a mask
+        values = chunk.values.slice(start, (offsets[-1].as_py() if len(offsets) else 0))
+        n = len(values)
+        parts = np.frombuffer(values.buffers()[1], _MDN, count=n, offset=values.offset * _MDN.itemsize) if n else np.zeros(0, _MDN)
+        nanos = parts["nanos"]
+        wide = np.empty((n, 2), np.int64)  # decimal128 storage: little-endian low word, sign-extended high word
+        wide[:, 0], wide[:, 1] = nanos, nanos >> 63
+        seconds = pa.Array.from_buffers(pa.decimal128(38, 9), n, [None, pa.py_buffer(wide.tobytes())]).cast(pa.string())
+        text = pc.binary_join_element_wise(
+            pa.array(parts["months"]).cast(pa.string()), " mons ", pa.array(parts["days"]).cast(pa.string()), " days ",
+            seconds, " secs", "",
+        )
+        if values.null_count:
+            text = pc.if_else(values.is_valid(), text, pa.scalar(None, pa.string()))
+        mask = chunk.is_null() if chunk.null_count else None
+        make = pa.LargeListArray if large else pa.ListArray
+        chunks.append(make.from_arrays(offsets, text, mask=mask))
+    return pa.chunked_array(chunks, type=pa.large_list(pa.string()) if large else pa.list_(pa.string()))
+
+
+_MDN = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanos", "<i8")])
