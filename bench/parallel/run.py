@@ -34,10 +34,9 @@ from common import (
     Measurement,
     checkpoint,
     fmt_rate,
-    make_workdir,
     recreate_database,
     run_measured,
-    start_pg,
+    throwaway_pg,
 )
 
 SOURCE_DB = "par_src"
@@ -131,12 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                          "vacuumed during the second), medians reported")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
-    work = make_workdir(args.workdir)
-    server = start_pg(work)
     total = args.tables * args.rows
     runs: dict[tuple[str, int], list[Measurement]] = {}
     pipes: list[Measurement] = []
-    try:
+    with throwaway_pg(args.workdir) as (server, work):
         print(f"building {args.tables} tables × {args.rows:,} rows …", flush=True)
         build_source(server, args.tables, args.rows)
         for r in range(args.repeat):
@@ -154,9 +151,6 @@ def main(argv: list[str] | None = None) -> int:
                         verify_duckdb(folder / "out.duckdb", args.tables, args.rows)
                     runs.setdefault((target, par), []).append(m)
                     print(f"  round {r + 1}: {target} parallelism {par}: {m.seconds:.2f} s", flush=True)
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     base = _median(pipes)
     lines: list[tuple[str, Measurement, Measurement | None]] = [("copy-pipe (sequential, baseline)", base, None)]
     for target in args.targets.split(","):

@@ -33,10 +33,9 @@ from common import (
     Measurement,
     checkpoint,
     fmt_rate,
-    make_workdir,
     recreate_database,
     run_measured,
-    start_pg,
+    throwaway_pg,
 )
 
 TARGET_DB = "ten_dst"
@@ -112,11 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="pg,duckdb")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
-    work = make_workdir(args.workdir)
-    server = start_pg(work)
     total = args.tenants * args.rows
     lines: list[tuple[str, Measurement, Measurement | None]] = []
-    try:
+    with throwaway_pg(args.workdir) as (server, work):
         print(f"building {args.tenants} tenants × {args.rows:,} rows …", flush=True)
         build_sources(server, args.tenants, args.rows)
         base = copy_pipe(server, work, args.tenants)
@@ -138,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             m = replicant(work, all_folder, f"all_{target}", [])
             verify(server, all_folder, target, f"all_{target}", args.tenants, args.rows)
             lines.append((f"replicant PG→{word}, all tenants at once", m, seq))
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.tenants} tenants × {args.rows:,} rows = {total:,} rows into one shared table "
           "(verified: count and key sum per tenant)\n")
     print(f"| {'method':<48} | {'s':>7} | {'rows/s':>8} | {'× baseline':>10} | {'× sequential':>12} "
