@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common import checkpoint, run_checked
+from common import checkpoint, recreate_database, run_checked
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,15 @@ def build(server, dbname: str, dataset: Dataset, *, scale: int | None = None) ->
     if got != dataset.rows:
         raise RuntimeError(f"{dataset.table}: built {got} rows, expected {dataset.rows}")
     checkpoint(server)
+
+
+def build_pair(server, rows: int) -> list[Dataset]:
+    """Databases ``src`` and ``dst`` made afresh, and ``src`` filled with the narrow and wide
+    tables of ``rows`` rows each (narrow: rounded down to a multiple of 100k): the setup of
+    the per-component benchmarks (``driver_build.py``, ``pg_writer.py``)."""
+    recreate_database(server, "src")
+    recreate_database(server, "dst")
+    tables = [narrow(rows // 100_000), wide(rows)]
+    for ds in tables:
+        build(server, "src", ds, scale=rows // 100_000)
+    return tables

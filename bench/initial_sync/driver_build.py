@@ -42,7 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import cpu_seconds, recreate_database, throwaway_pg
+from common import cpu_seconds, throwaway_pg
 
 #: ``mov %rdi, disp8(%rbp)``: an unoptimised function storing its first argument on its frame.
 O0_TELL = b"\x48\x89\x7d"
@@ -132,11 +132,7 @@ def main() -> int:
     import datasets
 
     with throwaway_pg(args.workdir) as (server, work):
-        recreate_database(server, "src")
-        recreate_database(server, "dst")
-        tables = [datasets.narrow(args.rows // 100_000), datasets.wide(args.rows)]
-        for ds in tables:
-            datasets.build(server, "src", ds, scale=args.rows // 100_000)
+        tables = datasets.build_pair(server, args.rows)
         versions = [v.strip() for v in args.versions.split(",") if v.strip()]
         libs = {(v, k): fetch_driver(v, k, work) for v in versions for k in DRIVERS}
         print(f"{args.rows:,} rows per table; client CPU-s (wall s), best of {args.repeat}")

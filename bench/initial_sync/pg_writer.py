@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import cpu_seconds, recreate_database, throwaway_pg
+from common import cpu_seconds, throwaway_pg
 
 WRITERS = ("adbc", "pgpq", "csv")
 TRANSACTION_ROWS = 200_000
@@ -128,11 +128,7 @@ def main() -> int:
     import datasets
 
     with throwaway_pg(args.workdir) as (server, _work):
-        recreate_database(server, "src")
-        recreate_database(server, "dst")
-        tables = [datasets.narrow(args.rows // 100_000), datasets.wide(args.rows)]
-        for ds in tables:
-            datasets.build(server, "src", ds, scale=args.rows // 100_000)
+        tables = datasets.build_pair(server, args.rows)
         print(f"{args.rows:,} rows per table into an empty keyed table; client CPU-s (wall s), best of {args.repeat}")
         print(f"{'table':<8} " + " ".join(f"{w:>16}" for w in WRITERS))
         for ds in tables:
