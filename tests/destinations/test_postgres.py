@@ -32,6 +32,19 @@ def _dest(url: str, write: str, schema: str | None = None, name: str = "pg") -> 
     return PostgresDestination(cfg, ConnectorContext(PIPELINE))
 
 
+def _write_once(url: str, write: str, stream: Stream, data: pa.Table, schema: str | None = None) -> int:
+    """Prepares ``stream`` and writes ``data`` with a new destination object; returns how many
+    batches went through the staging table instead of a direct COPY."""
+    d = _dest(url, write, schema=schema)
+    d.open()
+    try:
+        d.prepare(stream)
+        d.write(stream, data, last_offset=0)
+        return d.staged_batches
+    finally:
+        d.close()
+
+
 def _harness(url: str) -> cf.Harness:
     def rows(table: str, schema: str | None = None) -> list[tuple] | None:
         with psycopg.connect(url, autocommit=True) as c:
@@ -346,14 +359,7 @@ def test_round_trip_direct_copy_without_staging(source_url: str, pg_url: str, mo
     table = table.filter(pa.compute.is_in(table["id"], pa.array([1, 2, 4], table.schema.field("id").type)))  # no ±infinity
     columns = [f.name for f in keep]
     for write in ("append", "merge"):
-        d = _dest(pg_url, write, schema=write)
-        d.open()
-        try:
-            d.prepare(stream)
-            d.write(stream, table, last_offset=0)
-            assert d.staged_batches == 0
-        finally:
-            d.close()
+        assert _write_once(pg_url, write, stream, table, schema=write) == 0
         with psycopg.connect(pg_url, autocommit=True, options="-c TimeZone=UTC") as c:
             got = c.execute(
                 f"SELECT id, ARRAY[{', '.join(f'{_quote(x)}::text' for x in columns)}]::text[] FROM {write}.alltypes ORDER BY id"
@@ -614,14 +620,7 @@ def test_types_the_copy_encoder_lacks_arrive_exact(pg_url: str) -> None:
     data = cf.changes(s, [{"id": r["id"]} for r in rows], "read")
     data = pa.table([arrays[n] if n in arrays else data.column(n) for n in data.column_names], names=data.column_names)
     for write in ("append", "merge"):
-        d = _dest(pg_url, write, schema=write)
-        d.open()
-        try:
-            d.prepare(s)
-            d.write(s, data, last_offset=0)
-            assert d.staged_batches == 0
-        finally:
-            d.close()
+        assert _write_once(pg_url, write, s, data, schema=write) == 0
         with psycopg.connect(pg_url, autocommit=True) as c:
             got = c.execute(f"SELECT iv::text, u::text, tm::text, ts::text, dur::text FROM {write}.direct ORDER BY id").fetchall()
         assert got == [
@@ -634,20 +633,29 @@ def test_types_the_copy_encoder_lacks_arrive_exact(pg_url: str) -> None:
     fields = [pa.field("id", pa.int32()), pa.field("tz", pa.list_(pa.timestamp("us", tz="UTC"))),
               pa.field("ivs", pa.list_(pa.month_day_nano_interval()))]
     s = cf.make_stream("arrays", fields)
-    d = _dest(pg_url, "merge")
-    d.open()
-    try:
-        d.prepare(s)
-        d.write(s, cf.changes(s, [
-            {"id": 1, "tz": [1_700_000_000_000_001, None], "ivs": [mdn([1, 2, 3_000_000]), None, mdn([0, -1, -4_000])]},
-            {"id": 2, "tz": None, "ivs": []},
-        ], "insert"), last_offset=0)
-        assert d.staged_batches == 1
-    finally:
-        d.close()
+    rows = [
+        {"id": 1, "tz": [1_700_000_000_000_001, None], "ivs": [mdn([1, 2, 3_000_000]), None, mdn([0, -1, -4_000])]},
+        {"id": 2, "tz": None, "ivs": []},
+    ]
+    assert _write_once(pg_url, "merge", s, cf.changes(s, rows, "insert")) == 1
     with psycopg.connect(pg_url, autocommit=True) as c:
         got = c.execute("SELECT tz::text, ivs::text FROM arrays ORDER BY id").fetchall()
     assert got == [
         ('{"2023-11-14 22:13:20.000001+00",NULL}', '{"1 mon 2 days 00:00:00.003",NULL,"-1 days -00:00:00.000004"}'),
         (None, "{}"),
+    ]
+
+
+def test_interval_lists_as_text_of_a_sliced_batch() -> None:
+    """A batch sliced out of a larger one (offsets not starting at 0, NULL lists and elements)
+    turns into the same interval text as the same rows built on their own."""
+    from replicant.destinations._pg_types import normalize
+
+    mdn = pa.MonthDayNano
+    lists = [[mdn([9, 9, 9])], None, [mdn([1, -2, 3_000_004_000]), None], [], [mdn([0, 0, -1_500])], None]
+    t = pa.list_(pa.month_day_nano_interval())
+    sliced = normalize(pa.table({"v": pa.array(lists, t)}).slice(1, 4))
+    alone = normalize(pa.table({"v": pa.array(lists[1:5], t)}))
+    assert sliced.column("v").to_pylist() == alone.column("v").to_pylist() == [
+        None, ["1 mons -2 days 3.000004000 secs", None], [], ["0 mons 0 days -0.000001500 secs"],
     ]

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["COPY_CHUNK_ROWS", "copy_into", "copy_ready", "stage_columns"]
+__all__ = ["COPY_CHUNK_ROWS", "copy_into", "copy_ready", "interval_parts", "stage_columns"]
 
 #: Rows per encoded chunk: the server inserts one chunk while the next is encoded and sent.
 COPY_CHUNK_ROWS = 32_768
@@ -57,7 +57,7 @@ def _ready(col: pa.ChunkedArray) -> pa.ChunkedArray:
     if t == pa.month_day_nano_interval():
         return pa.chunked_array([_interval_bytes(c) for c in col.chunks], type=pa.binary(16))
     if pa.types.is_null(t):
-        return pa.nulls(len(col), pa.string()) if len(col) else pa.chunked_array([], type=pa.string())
+        return pa.chunked_array([pa.nulls(len(col), pa.string())])
     micro = _micro(t)
     if micro is not None:
         return pc.cast(col, micro, safe=False)
@@ -82,10 +82,17 @@ _MDN = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanos", "<i8")])
 _INTERVAL = np.dtype([("micros", ">i8"), ("days", ">i4"), ("months", ">i4")])
 
 
+def interval_parts(arr: pa.Array) -> np.ndarray:
+    """The months, days and nanoseconds of a ``month_day_nano_interval`` array, as a numpy
+    structured view of its buffer (no copy; null slots hold whatever the buffer holds)."""
+    n = len(arr)
+    return np.frombuffer(arr.buffers()[1], _MDN, count=n, offset=arr.offset * _MDN.itemsize) if n else np.zeros(0, _MDN)
+
+
 def _interval_bytes(arr: pa.Array) -> pa.Array:
     """``month_day_nano_interval`` values as PostgreSQL's binary ``interval`` (numpy, no per-row Python)."""
     n = len(arr)
-    values = np.frombuffer(arr.buffers()[1], _MDN, count=n, offset=arr.offset * _MDN.itemsize) if n else np.zeros(0, _MDN)
+    values = interval_parts(arr)
     out = np.empty(n, _INTERVAL)
     nanos = values["nanos"]
     out["micros"] = np.where(nanos < 0, -((-nanos) // 1000), nanos // 1000)  # truncated toward zero

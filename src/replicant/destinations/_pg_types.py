@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replicant.destinations._mysql_types import json_text
+from replicant.destinations._pg_copy import interval_parts
 from replicant.destinations._sql_base import Encoded, TypeMapper
 from replicant.errors import FatalError
 from replicant.model import DIALECT_KEY, SQL_TYPE_KEY
@@ -506,7 +507,7 @@ def _interval_lists_as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
         offsets = pc.subtract(offsets, pa.scalar(start, offsets.type))  # a new array: from_arrays refuses a sliced one with a mask
         values = chunk.values.slice(start, (offsets[-1].as_py() if len(offsets) else 0))
         n = len(values)
-        parts = np.frombuffer(values.buffers()[1], _MDN, count=n, offset=values.offset * _MDN.itemsize) if n else np.zeros(0, _MDN)
+        parts = interval_parts(values)
         nanos = parts["nanos"]
         wide = np.empty((n, 2), np.int64)  # decimal128 storage: little-endian low word, sign-extended high word
         wide[:, 0], wide[:, 1] = nanos, nanos >> 63
@@ -521,6 +522,3 @@ def _interval_lists_as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
         make = pa.LargeListArray if large else pa.ListArray
         chunks.append(make.from_arrays(offsets, text, mask=mask))
     return pa.chunked_array(chunks, type=pa.large_list(pa.string()) if large else pa.list_(pa.string()))
-
-
-_MDN = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanos", "<i8")])
