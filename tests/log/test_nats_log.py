@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -264,3 +265,49 @@ def test_open_log_opens_nats_urls_and_unreachable_servers_fail_clearly(nats_url:
     with pytest.raises(ConnectionError) as error:
         NatsLog(f"nats://user:s3cret@127.0.0.1:{port + 1 if port < 65535 else port - 1}/x", timeout=1)
     assert "cannot connect" in str(error.value) and "s3cret" not in str(error.value)
+
+
+def test_a_read_whose_request_timed_out_is_asked_again(caplog: pytest.LogCaptureFixture) -> None:
+    """A fetch that times out (the server stalled, or this process was stopped while the answer
+    was on its way: a SIGSTOPped worker's delivery, woken after a takeover) is asked again, with
+    back-off, instead of failing the delivery: every record arrives, in order. Its own server:
+    stopping the session's would stall other tests."""
+    import signal
+
+    import servers
+
+    server = servers.start_nats()
+    stopped = False
+    try:
+        with NatsLog(server.url, prefix="stall", timeout=0.5) as log:
+            for first in range(0, 300, 100):
+                log.append("s", wide_batch(first, 100), position={"n": first + 100})
+            assert server._proc is not None
+            os.kill(server._proc.pid, signal.SIGSTOP)
+            stopped = True
+            ids: list[int] = []
+            failed: list[BaseException] = []
+
+            def read() -> None:
+                try:
+                    ids.extend(i for r in log.read("s") for i in r.batch.column("id").to_pylist())
+                except BaseException as e:  # noqa: BLE001 - asserted below
+                    failed.append(e)
+
+            reader = threading.Thread(target=read)
+            with caplog.at_level("WARNING", logger="replicant.log._nats_conn"):
+                reader.start()
+                deadline = time.monotonic() + 20
+                while "trying again" not in caplog.text:  # the first answer timed out
+                    assert time.monotonic() < deadline, "the read never timed out against a stopped server"
+                    time.sleep(0.05)
+                os.kill(server._proc.pid, signal.SIGCONT)
+                stopped = False
+                reader.join(timeout=30)
+            assert not reader.is_alive() and not failed, failed
+            assert ids == list(range(300))
+            assert "reading stream 's' at offset 0 failed" in caplog.text
+    finally:
+        if stopped and server._proc is not None:
+            os.kill(server._proc.pid, signal.SIGCONT)
+        server.stop()

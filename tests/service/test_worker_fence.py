@@ -146,8 +146,11 @@ schedule: {{webhook: true, secret: whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0}}
         assert FENCED not in _run_logs(tmp_path)
 
         os.kill(stopped.pop(), signal.SIGCONT)
-        wait_for(lambda: FENCED in _run_logs(tmp_path), timeout=120,
-                 what="the woken worker's write to be refused (run logs)", every=0.2)
+        try:
+            wait_for(lambda: FENCED in _run_logs(tmp_path), timeout=120,
+                     what="the woken worker's write to be refused (run logs)", every=0.2)
+        except AssertionError as e:  # what the woken worker did instead
+            raise AssertionError(f"{e}\n{_run_logs(tmp_path)[-6000:]}") from None
         wait_for(lambda: any(w["name"] == running["owner"] and w["entry"] is None for w in serve.get("/api/v1/workers")),
                  timeout=120, what="the woken worker to give the run up", every=0.2)
         assert serve.get(f"/api/v1/runs/{run_id}")["status"] == "succeeded"

@@ -5,7 +5,11 @@
 
 - the event-loop bridge: every synchronous method hands a coroutine to the log's own loop
   (``_submit``, ``_call``), and NATS errors become :mod:`replicant.errors` at that boundary
-  (``_translate``; ``_TRANSIENT`` are the errors worth a retry);
+  (``_translate``; ``_TRANSIENT`` are the errors worth a retry). Reads are idempotent, so
+  ``_read`` retries one that failed on a transient error for up to ``_READ_PATIENCE``
+  seconds: a server that stalled a moment, or this process stopped (SIGSTOP, a VM pause)
+  while a request was in flight, whose answer then times out although it arrived. Appends
+  are not retried: one that timed out may or may not be in the log;
 - opening: connecting to the server and finding (or creating) the JetStream stream;
 - the exclusive writer lock: the ``writer`` key of the lock bucket, created, refreshed every
   third of its time to live, released on close (``_acquire_lock``, ``_keep_lock``,
@@ -16,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -29,11 +34,16 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.js import api
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from replicant.errors import ConfigError, ConnectionError, FatalError, RetriableError
 from replicant.secrets import split_userinfo
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+_READ_PATIENCE = 30.0  # seconds a read goes on retrying transient failures before it raises
 
 _TRANSIENT = (
     nats.errors.TimeoutError,
@@ -81,6 +91,28 @@ class _NatsConnection:
             coro.close()
             raise FatalError(f"staging log at {self.location} is closed")
         return self._translate(lambda: self._submit(coro).result())
+
+    def _read(self, what: str, request: Callable[[], Coroutine[Any, Any, T]], first: Future[T] | None = None) -> T:
+        """The result of an idempotent read ``request()`` (of ``first``, the request already
+        submitted, when given), repeated with back-off while it fails on a transient error, for
+        up to ``_READ_PATIENCE`` seconds.
+
+        Raises:
+            RetriableError: still failing after that; other errors as :meth:`_call`.
+        """
+        def say(state: RetryCallState) -> None:
+            log.warning("staging log at %s: %s failed (%s); trying again (attempt %d)", self.location, what,
+                        state.outcome.exception() if state.outcome else "?", state.attempt_number + 1)
+
+        pending = first
+        for attempt in Retrying(stop=stop_after_delay(_READ_PATIENCE), wait=wait_exponential(multiplier=0.1, max=2.0),
+                                retry=retry_if_exception_type(RetriableError), before_sleep=say, reraise=True):
+            with attempt:
+                if pending is not None:
+                    done, pending = pending, None
+                    return self._translate(done.result)
+                return self._call(request())
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _translate(self, get: Any) -> Any:
         try:

@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -387,7 +388,8 @@ class NatsLog(_NatsConnection, _NatsIndex, Log):
             offset, rows = records.offset[j], records.rows[j]
             batch = None
             if future is not None:
-                payload = self._translate(future.result)
+                payload = self._read(f"reading stream {st.name!r} at offset {offset}",
+                                     partial(self._fetch, st, records.sequences(j)), future)
                 batch = ipc.open_stream(pa.py_buffer(payload)).read_next_batch()
                 if offset < start or offset + rows > stop:
                     skip = max(start - offset, 0)
