@@ -236,3 +236,39 @@ def test_cursor_soft_delete_column_deletes_at_the_destination(tmp_path: Path) ->
                  "destinations": [{"name": "d", "type": "duckdb", "path": str(dst)}]}, base_dir=tmp_path)
     with pytest.raises(Exception, match=r"soft_delete.*did you mean 'deleted_at'"):
         Engine(bad).run()
+
+
+# ---------------------------------------------------------------- memory: readers at once
+
+
+@pytest.mark.parametrize(("tables", "parallelism", "readers"), [(3, 2, 2), (1, 2, 1), (3, 1, 1)])
+def test_each_stream_task_source_is_told_how_many_read_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                tables: int, parallelism: int, readers: int) -> None:
+    """The stream tasks' sources learn how many of them read at once (``parallelism``, at most
+    one per stream), so a source dividing its read buffers by it keeps a run's memory at what
+    one read holds (the PostgreSQL source's COPY batches: tests/sources/test_pg_source.py)."""
+    import sqlite3
+
+    from replicant import runtime
+
+    src = tmp_path / "src.db"
+    with sqlite3.connect(src) as c:
+        for i in range(tables):
+            c.execute(f"CREATE TABLE t{i} (id INTEGER PRIMARY KEY, v TEXT)")
+            c.executemany(f"INSERT INTO t{i} VALUES (?, ?)", [(j, f"v{j}") for j in range(50)])
+    told: list[int] = []
+    real = runtime.source_context
+
+    def recording(*args, **kw):
+        context = real(*args, **kw)
+        told.append(context.readers)
+        return context
+
+    monkeypatch.setattr(runtime, "source_context", recording)
+    cfg = parse({"pipeline": "readers", "parallelism": parallelism,
+                 "source": {"type": "sqlite", "url": f"sqlite:///{src}"},
+                 "destinations": [{"name": "d", "type": "duckdb", "path": str(tmp_path / "d.duckdb")}]}, base_dir=tmp_path)
+    result = Engine(cfg).run()
+    assert result.ok and sum(result.rows_read.values()) == 50 * tables
+    # discovery's source reads alone; each task's source is one of ``readers``
+    assert told[0] == 1 and set(told[1:]) == {readers} and len(told) == 1 + min(parallelism, tables)

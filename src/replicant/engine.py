@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, cast
 
 from replicant import memory
@@ -65,8 +66,10 @@ class Engine:
         source_factory, destinations_factory, state, log: injected parts (tests, the Python
             API); by default they are built from ``config`` (see :mod:`replicant.runtime`).
             ``source_factory`` is called once per concurrent stream task and once for the
-            change feed: each gets its own connection. ``destinations_factory(context_for)``
-            builds the destinations, each with ``context_for(its config)``.
+            change feed: each gets its own connection (the default one tells each source
+            how many read at once: :attr:`ConnectorContext.readers`).
+            ``destinations_factory(context_for)`` builds the destinations, each with
+            ``context_for(its config)``.
         tenant: run the feed of this tenant: its source, its log streams, checkpoints and
             destination offsets (identity is pipeline, tenant, stream).
     """
@@ -93,7 +96,9 @@ class Engine:
         self.config = config
         self.tenant = tenant
         self.observer = observer or Observer()
-        self._source_factory = source_factory or (lambda: runtime.build_source(config, runtime.source_context(config, tenant)))
+        self._source_factory: Callable[[int], Any] = (
+            (lambda readers: source_factory()) if source_factory is not None
+            else (lambda readers: runtime.build_source(config, runtime.source_context(config, tenant, readers=readers))))
         self._destinations_factory = destinations_factory or (lambda context_for: runtime.build_destinations(config, context_for))
         self._state = state
         self._log = log
@@ -115,10 +120,10 @@ class Engine:
         if self._state is None:
             state.close()
 
-    def new_source(self) -> Any:
-        """A new source instance for this pipeline (its own connection, opened lazily); the
-        caller closes it."""
-        return self._source_factory()
+    def new_source(self, readers: int = 1) -> Any:
+        """A new source instance for this pipeline (its own connection, opened lazily), one of
+        ``readers`` reading at once; the caller closes it."""
+        return self._source_factory(readers)
 
     def streams(self, source: Any) -> list[Stream]:
         """Discovers the source and applies the pipeline's stream settings (:mod:`replicant.plan`);
@@ -248,7 +253,9 @@ class Engine:
         watcher: threading.Thread | None = None
         watch_source: Any = None
         tasks = StreamTasks(
-            ingest, self.new_source, polled, parallelism=self.parallelism, follow=follow,
+            # each task's source: one of that many reading at once (it divides its read buffers)
+            ingest, partial(self.new_source, max(1, min(self.parallelism, len(polled)))), polled,
+            parallelism=self.parallelism, follow=follow,
             # a float once validated: SourceConfig._seconds parses '5s' into seconds
             poll_interval=cast(float, self.config.source.poll_interval), stop=self.stop_event, observer=self.observer,
             on_done=lambda name: done[name].set(), on_error=report,

@@ -221,6 +221,9 @@ class ConnectorContext:
             them, so a connector that rejects a record raises instead.
         state_url: the pipeline's state store (a files source keeps its files seen and its
             dead letters there); None outside a pipeline.
+        readers: how many sources of this feed read at once (the run's stream tasks: its
+            ``parallelism``, at most one per stream). A source that buffers a read divides its
+            buffers by it, so a run's memory stays what one read would hold.
     """
 
     pipeline: str
@@ -229,6 +232,7 @@ class ConnectorContext:
     dead_letter: DeadLetterSink | None = field(default=None, compare=False)
     #: the pipeline's state store URL, for a source that keeps records there (files seen)
     state_url: str | None = field(default=None, compare=False, repr=False)
+    readers: int = 1
 
     @property
     def feed(self) -> str:

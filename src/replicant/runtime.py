@@ -117,14 +117,16 @@ def _tenant_source_problems(cfg: PipelineConfig) -> list[tuple[str, str]]:
     return problems
 
 
-def source_context(cfg: PipelineConfig, tenant: str | None = None) -> ConnectorContext:
+def source_context(cfg: PipelineConfig, tenant: str | None = None, *, readers: int = 1) -> ConnectorContext:
     """What a source of this pipeline is told at construction: its name, tenant and work dir
     (``<home>/source``, created by the source when it needs it; ``<home>/source/<tenant>`` for
-    a tenant of ``tenants:``: two tenants' snapshot_diff files never meet)."""
+    a tenant of ``tenants:``: two tenants' snapshot_diff files never meet), and how many of
+    its sources read at once (``readers``)."""
     workdir = home(cfg) / "source"
     if tenant is not None and cfg.tenants:
         workdir = workdir / tenant
-    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=workdir, state_url=state_url(cfg))
+    return ConnectorContext(pipeline=cfg.pipeline, tenant=tenant, workdir=workdir, state_url=state_url(cfg),
+                            readers=readers)
 
 
 def build_source(cfg: PipelineConfig, context: ConnectorContext | None = None):

@@ -5,7 +5,9 @@ worker owns one source instance (its own connection) and reads one stream at a t
 is caught up; with ``follow``, a caught-up ``cursor``/``snapshot_diff``/``trigger`` stream is
 due again ``poll_interval`` later, and ``full`` streams are read once. Inside a task a reader
 thread fetches the next batch while the worker appends the previous one (a queue of one), so
-memory is bounded by batch size × parallelism, not by table size.
+memory is bounded by batch size × parallelism, not by table size; the engine makes each
+worker's source with ``readers`` (how many read at once), and a source whose batches are
+cut by bytes (PostgreSQL's COPY) divides them by it.
 
 :func:`run_capture` runs the ``mode: log`` streams' shared change feed on its own source.
 

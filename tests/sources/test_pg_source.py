@@ -243,3 +243,29 @@ def test_tables_without_select_privilege(pg_server, pg_url: str) -> None:
         with psycopg.connect(pg_url, autocommit=True) as c:
             c.execute(f"DROP OWNED BY {role}")
             c.execute(f"DROP ROLE {role}")
+
+
+def test_copy_batches_shrink_with_the_readers_running_at_once(pg_url: str) -> None:
+    """ADBC cuts COPY into batches of about 4 MB for a source reading alone, and divides that by
+    the readers running at once (ConnectorContext.readers), down to 1 MB: at parallelism 2 a
+    run holds what one read would (12 tables × 500k rows at parallelism 2 peaked at 270–280 MB
+    RSS with 4 MB each, 251–254 MB with 2 MB)."""
+    from dataclasses import replace
+
+    from .dbs import CONTEXT
+
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))")
+        c.execute("INSERT INTO accounts SELECT g, g % 10, 0, '' FROM generate_series(1, 200000) g")
+    db = Db("postgres", pg_url)
+
+    def first_batch_bytes(readers: int) -> int:
+        src, (s,) = db.streams(["accounts"], context=replace(CONTEXT, readers=readers))
+        with src:
+            plan = src._plan(s)
+            return next(iter(src._batches(src._query(plan, [], [], None), [], plan, 1_000_000))).nbytes
+
+    alone, two, many = first_batch_bytes(1), first_batch_bytes(2), first_batch_bytes(16)
+    assert 3e6 < alone < 5e6, alone
+    assert 1.8 < alone / two < 2.2, (alone, two)
+    assert 3.6 < alone / many < 4.4, (alone, many)  # 16 readers: never below 1 MB each
