@@ -306,7 +306,7 @@ def test_a_read_whose_request_timed_out_is_asked_again(caplog: pytest.LogCapture
                 reader.join(timeout=30)
             assert not reader.is_alive() and not failed, failed
             assert ids == list(range(300))
-            assert "reading stream 's' at offset 0 failed" in caplog.text
+            assert "reading stream 's' at offset 0: staging log at" in caplog.text
     finally:
         if stopped and server._proc is not None:
             os.kill(server._proc.pid, signal.SIGCONT)

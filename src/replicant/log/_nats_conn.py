@@ -93,24 +93,27 @@ class _NatsConnection:
         return self._translate(lambda: self._submit(coro).result())
 
     def _read(self, what: str, request: Callable[[], Coroutine[Any, Any, T]], first: Future[T] | None = None) -> T:
-        """The result of an idempotent read ``request()`` (of ``first``, the request already
-        submitted, when given), repeated with back-off while it fails on a transient error, for
-        up to ``_READ_PATIENCE`` seconds.
+        """The result of an idempotent read ``request()``, or of ``first`` (the same request,
+        already submitted: a read-ahead). A transient failure asks again at once when it was
+        ``first``'s (after a stall every read-ahead failed together), then with back-off for up
+        to ``_READ_PATIENCE`` seconds.
 
         Raises:
             RetriableError: still failing after that; other errors as :meth:`_call`.
         """
-        def say(state: RetryCallState) -> None:
-            log.warning("staging log at %s: %s failed (%s); trying again (attempt %d)", self.location, what,
-                        state.outcome.exception() if state.outcome else "?", state.attempt_number + 1)
+        if first is not None:
+            try:
+                return self._translate(first.result)
+            except RetriableError as e:
+                log.warning("%s: %s; trying again", what, e)
 
-        pending = first
+        def say(state: RetryCallState) -> None:
+            log.warning("%s: %s; trying again (attempt %d)", what, state.outcome.exception() if state.outcome else "?",
+                        state.attempt_number + 1)
+
         for attempt in Retrying(stop=stop_after_delay(_READ_PATIENCE), wait=wait_exponential(multiplier=0.1, max=2.0),
                                 retry=retry_if_exception_type(RetriableError), before_sleep=say, reraise=True):
             with attempt:
-                if pending is not None:
-                    done, pending = pending, None
-                    return self._translate(done.result)
                 return self._call(request())
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
