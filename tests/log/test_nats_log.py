@@ -6,14 +6,16 @@ other processes, retention on the server, and plain NATS clients reading the rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import nats
@@ -267,47 +269,94 @@ def test_open_log_opens_nats_urls_and_unreachable_servers_fail_clearly(nats_url:
     assert "cannot connect" in str(error.value) and "s3cret" not in str(error.value)
 
 
-def test_a_read_whose_request_timed_out_is_asked_again(caplog: pytest.LogCaptureFixture) -> None:
-    """A fetch that times out (the server stalled, or this process was stopped while the answer
-    was on its way: a SIGSTOPped worker's delivery, woken after a takeover) is asked again, with
-    back-off, instead of failing the delivery: every record arrives, in order. Its own server:
-    stopping the session's would stall other tests."""
-    import signal
-
+@pytest.fixture
+def own_nats() -> Iterator[Any]:
+    """A NATS server of this test's own, to SIGSTOP (stopping the session's would stall other tests)."""
     import servers
 
     server = servers.start_nats()
-    stopped = False
     try:
-        with NatsLog(server.url, prefix="stall", timeout=0.5) as log:
-            for first in range(0, 300, 100):
-                log.append("s", wide_batch(first, 100), position={"n": first + 100})
-            assert server._proc is not None
-            os.kill(server._proc.pid, signal.SIGSTOP)
-            stopped = True
-            ids: list[int] = []
-            failed: list[BaseException] = []
-
-            def read() -> None:
-                try:
-                    ids.extend(i for r in log.read("s") for i in r.batch.column("id").to_pylist())
-                except BaseException as e:  # noqa: BLE001 - asserted below
-                    failed.append(e)
-
-            reader = threading.Thread(target=read)
-            with caplog.at_level("WARNING", logger="replicant.log._nats_conn"):
-                reader.start()
-                deadline = time.monotonic() + 20
-                while "trying again" not in caplog.text:  # the first answer timed out
-                    assert time.monotonic() < deadline, "the read never timed out against a stopped server"
-                    time.sleep(0.05)
-                os.kill(server._proc.pid, signal.SIGCONT)
-                stopped = False
-                reader.join(timeout=30)
-            assert not reader.is_alive() and not failed, failed
-            assert ids == list(range(300))
-            assert "reading stream 's' at offset 0: staging log at" in caplog.text
+        yield server
     finally:
-        if stopped and server._proc is not None:
-            os.kill(server._proc.pid, signal.SIGCONT)
         server.stop()
+
+
+@contextlib.contextmanager
+def stalled(server: Any) -> Iterator[Callable[[], None]]:
+    """The server SIGSTOPped; yields the function that continues it (called at the end if not before)."""
+    pid = server._proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    state = {"stopped": True}
+
+    def resume() -> None:
+        if state["stopped"]:
+            os.kill(pid, signal.SIGCONT)
+            state["stopped"] = False
+
+    try:
+        yield resume
+    finally:
+        resume()
+
+
+def _in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any], list[BaseException]]:
+    got: list[Any] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            got.append(work())
+        except BaseException as e:  # noqa: BLE001 - asserted by the caller
+            failed.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, got, failed
+
+
+def _wait_for_retry(caplog: pytest.LogCaptureFixture) -> None:
+    deadline = time.monotonic() + 20
+    while "trying again" not in caplog.text:  # the first answer timed out
+        assert time.monotonic() < deadline, "the request never timed out against a stopped server"
+        time.sleep(0.05)
+
+
+def test_a_read_whose_request_timed_out_is_asked_again(own_nats: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A fetch that times out (the server stalled, or this process was stopped while the answer
+    was on its way: a SIGSTOPped worker's delivery, woken after a takeover) is asked again, with
+    back-off, instead of failing the delivery: every record arrives, in order."""
+    with NatsLog(own_nats.url, prefix="stall", timeout=0.5) as log:
+        for first in range(0, 300, 100):
+            log.append("s", wide_batch(first, 100), position={"n": first + 100})
+        with caplog.at_level("WARNING", logger="replicant.log._nats_conn"), stalled(own_nats) as resume:
+            reader, got, failed = _in_thread(lambda: [i for r in log.read("s") for i in r.batch.column("id").to_pylist()])
+            _wait_for_retry(caplog)
+            resume()
+            reader.join(timeout=30)
+        assert not reader.is_alive() and not failed, failed
+        assert got == [list(range(300))]
+        assert "reading stream 's' at offset 0: staging log at" in caplog.text
+
+
+def test_a_follower_whose_index_refresh_timed_out_asks_again(own_nats: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A read-only log in another process refreshes its index on each call; a refresh that times
+    out is asked again (it changes nothing before every answer is in), and the follower then
+    sees everything the writer appended, with the new schema version."""
+    with NatsLog(own_nats.url, prefix="follow") as writer, \
+            NatsLog(own_nats.url, prefix="follow", read_only=True, timeout=0.5) as follower:
+        writer.append("s", wide_batch(0, 100), position={"n": 100})
+        assert follower.end_offset("s") == 100
+        writer.append("s", wide_batch(100, 50), position={"n": 150})
+        wider = wide_batch(150, 50).append_column("extra", pa.array(["x"] * 50))
+        writer.append("s", wider, position={"n": 200})
+        with caplog.at_level("WARNING", logger="replicant.log._nats_conn"), stalled(own_nats) as resume:
+            reader, got, failed = _in_thread(lambda: follower.end_offset("s"))
+            _wait_for_retry(caplog)
+            resume()
+            reader.join(timeout=30)
+        assert not reader.is_alive() and not failed, failed
+        assert got == [200]
+        assert "refreshing the index of stream 's'" in caplog.text
+        rows = [r.batch.num_rows for r in follower.read("s")]
+        assert rows == [100, 50, 50] and len(follower.schemas("s")) == 2
+        assert follower.last_position("s") == {"n": 200}

@@ -5,11 +5,12 @@
 
 - the event-loop bridge: every synchronous method hands a coroutine to the log's own loop
   (``_submit``, ``_call``), and NATS errors become :mod:`replicant.errors` at that boundary
-  (``_translate``; ``_TRANSIENT`` are the errors worth a retry). Reads are idempotent, so
-  ``_read`` retries one that failed on a transient error for up to ``_READ_PATIENCE``
-  seconds: a server that stalled a moment, or this process stopped (SIGSTOP, a VM pause)
-  while a request was in flight, whose answer then times out although it arrived. Appends
-  are not retried: one that timed out may or may not be in the log;
+  (``_translate``; ``_TRANSIENT`` are the errors worth a retry). Reads (a record's direct
+  get, a stream's index load or refresh) are idempotent, so ``_read`` retries one that
+  failed on a transient error for up to ``_READ_PATIENCE`` seconds: a server that stalled
+  a moment, or this process stopped (SIGSTOP, a VM pause) while a request was in flight,
+  whose answer then times out although it arrived. Appends are not retried: one that timed
+  out may or may not be in the log;
 - opening: connecting to the server and finding (or creating) the JetStream stream;
 - the exclusive writer lock: the ``writer`` key of the lock bucket, created, refreshed every
   third of its time to live, released on close (``_acquire_lock``, ``_keep_lock``,

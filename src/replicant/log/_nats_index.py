@@ -4,8 +4,9 @@
 - :class:`_Stream`: one stream's subjects, record index and schema versions in this process.
 - :class:`_NatsIndex`, a mixin of :class:`~replicant.log.nats.NatsLog`: building a stream's
   index from the messages' headers (``_scan`` with an ephemeral headers-only pull consumer,
-  ``_index``, ``_load``), loading its schema versions, and, read-only, adding what the writer
-  appended since the last call (``_refresh``).
+  ``_add_index``, ``_load``), loading its schema versions, and, read-only, adding what the
+  writer appended since the last call (``_refresh``). Both ask the server everything before
+  they change the stream, so a request that fails (a timeout) can be asked again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 from nats.js import api
 
-from replicant.log._nats_codec import H_OFFSET, Records, encode_token
+from replicant.log._nats_codec import H_OFFSET, H_SCHEMA, Records, encode_token
 
 _SCAN_BATCH = 512
 
@@ -101,12 +102,13 @@ class _NatsIndex:
                 pass  # it goes away after inactive_threshold
         return messages
 
-    async def _index(self, st: _Stream, start_seq: int, upto: int | None, records: Records) -> int:
-        """Adds the records from ``start_seq`` on to ``records``; returns the number of
-        messages seen. Parts no record lists (a crashed append's) are skipped; they stay on
-        the server until retention purges them (deleting the last message of a subject makes
-        nats-server 2.9 forget the subject's last sequence, which the append guard needs)."""
-        msgs = await self._scan(st.data_subject, start_seq, upto, headers_only=True)
+    @staticmethod
+    def _add_index(st: _Stream, msgs: list[Any], records: Records) -> int:
+        """Adds the records of ``msgs`` (a headers-only scan of the data subject) to
+        ``records``; returns the number of messages. Parts no record lists (a crashed append's)
+        are skipped; they stay on the server until retention purges them (deleting the last
+        message of a subject makes nats-server 2.9 forget the subject's last sequence, which
+        the append guard needs)."""
         parts = 0
         for msg in msgs:
             headers = msg.headers or {}
@@ -120,28 +122,35 @@ class _NatsIndex:
             st.last_seq = max(st.last_seq, seq)
         return len(msgs)
 
-    async def _load_schemas(self, st: _Stream) -> None:
-        for msg in await self._scan(st.schema_subject, st.schema_seq + 1, None, headers_only=False):
+    @staticmethod
+    def _add_schemas(st: _Stream, msgs: list[Any]) -> None:
+        for msg in msgs:
             st.schemas.append(ipc.read_schema(pa.py_buffer(msg.data)))
             st.schema_seq = msg.metadata.sequence.stream
 
     async def _load(self, st: _Stream) -> None:
-        """Builds the stream's index from the server (a writer: once)."""
-        records = Records()
-        st.last_seq = st.schema_seq = 0
-        st.schemas = []
+        """Builds the stream's index from the server (a writer: once). Every request comes
+        before the first change to ``st``: one that fails leaves the stream as it was, and the
+        load can be asked again (``_read``)."""
         try:
             upto = (await self._js.stream_info(self.stream_name)).state.last_seq
         except nats.js.errors.NotFoundError:
             upto = 0  # read-only, before the first writer created the JetStream stream
-        seen = await self._index(st, 1, upto, records)
-        await self._load_schemas(st)
+        data = await self._scan(st.data_subject, 1, upto, headers_only=True)
+        schemas = await self._scan(st.schema_subject, 1, None, headers_only=False)
+        name_written = st.name_written
         if st.shortened and not self.read_only:
             try:
                 await self._js.get_last_msg(self.stream_name, st.name_subject, direct=self._direct)
-                st.name_written = True
+                name_written = True
             except nats.js.errors.NotFoundError:
-                st.name_written = False
+                name_written = False
+        records = Records()
+        st.last_seq = st.schema_seq = 0
+        st.schemas = []
+        seen = self._add_index(st, data, records)
+        self._add_schemas(st, schemas)
+        st.name_written = name_written
         self._publish_index(st, records)
         st.scanned, st.msgs = upto, seen
 
@@ -154,7 +163,8 @@ class _NatsIndex:
             st.cond.notify_all()
 
     async def _refresh(self, st: _Stream) -> None:
-        """Read-only: adds what the writer appended since the last call (reloads after a purge)."""
+        """Read-only: adds what the writer appended since the last call (reloads after a purge).
+        Every request comes before the first change to ``st``, as in :meth:`_load`."""
         try:
             info = await self._js.stream_info(self.stream_name, subjects_filter=st.data_subject)
         except nats.js.errors.NotFoundError:
@@ -162,14 +172,20 @@ class _NatsIndex:
         self._direct = bool(info.config.allow_direct)
         upto = info.state.last_seq
         count = (info.state.subjects or {}).get(st.data_subject, 0)
+        msgs: list[Any] = []
+        schemas: list[Any] = []
+        if upto > st.scanned:
+            msgs = await self._scan(st.data_subject, st.scanned + 1, upto, headers_only=True)
+            newest = max((int(m.headers[H_SCHEMA]) for m in msgs if m.headers and H_OFFSET in m.headers), default=-1)
+            if newest >= len(st.schemas):
+                schemas = await self._scan(st.schema_subject, st.schema_seq + 1, None, headers_only=False)
+        if count < st.msgs + len(msgs):  # the writer purged (retention) or removed orphan parts
+            await self._load(st)
+            return
         if upto > st.scanned:
             records, known = st.records, len(st.records)
-            seen = await self._index(st, st.scanned + 1, upto, records)
-            st.msgs += seen
+            st.msgs += self._add_index(st, msgs, records)
             st.scanned = upto
+            self._add_schemas(st, schemas)
             if len(records) > known:
-                if max(records.schema[known:]) >= len(st.schemas):
-                    await self._load_schemas(st)
                 self._publish_index(st, records)
-        if count < st.msgs:  # the writer purged (retention) or removed orphan parts
-            await self._load(st)

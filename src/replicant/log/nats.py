@@ -191,14 +191,14 @@ class NatsLog(_NatsConnection, _NatsIndex, Log):
         if self.read_only:
             with st.write_lock:
                 if st.loaded:
-                    self._call(self._refresh(st))
+                    self._read(f"refreshing the index of stream {name!r}", partial(self._refresh, st))
                 else:
-                    self._call(self._load(st))
+                    self._read(f"loading the index of stream {name!r}", partial(self._load, st))
                     st.loaded = True
         elif not st.loaded:
             with st.write_lock:
                 if not st.loaded:
-                    self._call(self._load(st))
+                    self._read(f"loading the index of stream {name!r}", partial(self._load, st))
                     st.loaded = True
         return st
 
