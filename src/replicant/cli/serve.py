@@ -80,6 +80,7 @@ def worker(
     """Claims runs from the state store's queue and runs them until SIGTERM (which drains:
     the current batches finish and the run goes back to the queue)."""
     import signal
+    import threading
 
     from replicant.service.logs import setup_service_logging
     from replicant.service.settings import load_settings
@@ -93,7 +94,8 @@ def worker(
         w = Worker(settings)
 
         def drain(signum: int, frame: object) -> None:
-            w.stop.set()
+            # in a thread: the handler may have interrupted the main thread inside one of these events' locks
+            threading.Thread(target=w.drain, name="drain", daemon=True).start()
 
         signal.signal(signal.SIGTERM, drain)
         signal.signal(signal.SIGINT, drain)

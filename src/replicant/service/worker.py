@@ -59,7 +59,15 @@ class Worker:
         self.poll = poll
         self.stop = threading.Event()
         self.store = StateStore(settings.state_url)
-        self._current: Any = None
+        self._running: threading.Event | None = None  # the stop event of the run under way
+
+    def drain(self) -> None:
+        """SIGTERM: claim nothing more, and stop the run under way at once (at its next batch
+        boundary; it goes back to the queue), not at the heartbeat's next look."""
+        self.stop.set()
+        running = self._running
+        if running is not None:
+            running.set()
 
     def run_forever(self) -> None:
         """The worker's loop; returns once :attr:`stop` is set and the current run drained."""
@@ -75,20 +83,30 @@ class Worker:
                     continue
                 log.info("claimed entry %d (%s %s, epoch %d)", entry["id"], entry["command"], entry["pipeline"], entry["epoch"])
                 self.store.worker_beat(self.name, host=host, pid=os.getpid(), entry=entry["id"])
-                run_entry(self.store, entry, self.settings, self.name, self.stop)
+                self._running = threading.Event()
+                try:
+                    run_entry(self.store, entry, self.settings, self.name, self.stop, stop=self._running)
+                finally:
+                    self._running = None
         finally:
             self.store.worker_gone(self.name)
             self.store.close()
 
 
-def run_entry(store: Any, entry: dict[str, Any], settings: ServiceSettings, owner: str, drain: threading.Event) -> str:
-    """Runs one claimed entry to its end; returns the status recorded (or ``fenced``)."""
+def run_entry(store: Any, entry: dict[str, Any], settings: ServiceSettings, owner: str, drain: threading.Event,
+              *, stop: threading.Event | None = None) -> str:
+    """Runs one claimed entry to its end; returns the status recorded (or ``fenced``).
+
+    Args:
+        drain: the worker's: once set, the run stops (the heartbeat looks every 0.2 s).
+        stop: the run's stop event, which :meth:`Worker.drain` sets at once (default: a new one).
+    """
     from replicant.state.fenced import FencedStateStore
 
     lease = settings.seconds("lease")
     lost = threading.Event()
     cancelled = threading.Event()
-    stop = threading.Event()
+    stop = stop if stop is not None else threading.Event()
     done = threading.Event()
 
     def heartbeat() -> None:
