@@ -85,7 +85,7 @@ class Worker:
                 self.store.worker_beat(self.name, host=host, pid=os.getpid(), entry=entry["id"])
                 self._running = threading.Event()
                 try:
-                    run_entry(self.store, entry, self.settings, self.name, self.stop, stop=self._running)
+                    run_entry(self.store, entry, self.settings, self.name, self.stop, self._running)
                 finally:
                     self._running = None
         finally:
@@ -94,19 +94,19 @@ class Worker:
 
 
 def run_entry(store: Any, entry: dict[str, Any], settings: ServiceSettings, owner: str, drain: threading.Event,
-              *, stop: threading.Event | None = None) -> str:
+              stop: threading.Event) -> str:
     """Runs one claimed entry to its end; returns the status recorded (or ``fenced``).
 
     Args:
-        drain: the worker's: once set, the run stops (the heartbeat looks every 0.2 s).
-        stop: the run's stop event, which :meth:`Worker.drain` sets at once (default: a new one).
+        drain: the worker's: once set, the run stops (the heartbeat looks every 0.2 s: a drain
+            that came before ``stop`` was known to :meth:`Worker.drain`).
+        stop: the run's stop event, which :meth:`Worker.drain` sets at once.
     """
     from replicant.state.fenced import FencedStateStore
 
     lease = settings.seconds("lease")
     lost = threading.Event()
     cancelled = threading.Event()
-    stop = stop if stop is not None else threading.Event()
     done = threading.Event()
 
     def heartbeat() -> None:
