@@ -42,7 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import cpu_seconds, throwaway_pg
+from common import child_best, cpu_seconds, throwaway_pg
 
 #: ``mov %rdi, disp8(%rbp)``: an unoptimised function storing its first argument on its frame.
 O0_TELL = b"\x48\x89\x7d"
@@ -144,13 +144,10 @@ def main() -> int:
             best: dict[str, dict[str, float]] = {v: {} for v in versions}
             for _ in range(args.repeat):
                 for v in versions:  # interleaved: drift hits every release alike
-                    got = json.loads(subprocess.run(
-                        [sys.executable, __file__, "--child", "--src", server.url("src"), "--dst", server.url("dst"),
-                         "--table", ds.table, "--pg-driver", str(libs[(v, "postgresql")]),
-                         "--sqlite-driver", str(libs[(v, "sqlite")]), "--sqlite-path", str(work / f"{ds.table}.sqlite")],
-                        check=True, capture_output=True, text=True).stdout)
-                    for key, value in got.items():
-                        best[v][key] = min(best[v].get(key, value), value)
+                    child_best(__file__, ["--src", server.url("src"), "--dst", server.url("dst"), "--table", ds.table,
+                                          "--pg-driver", str(libs[(v, "postgresql")]),
+                                          "--sqlite-driver", str(libs[(v, "sqlite")]),
+                                          "--sqlite-path", str(work / f"{ds.table}.sqlite")], best[v])
             for v in versions:
                 cells = [f"{best[v][s + ' cpu']:6.2f} ({best[v][s + ' wall']:5.2f})" for s in steps]
                 print(f"{ds.name:<8} {v:<8} " + " ".join(f"{c:>16}" for c in cells), flush=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import cpu_seconds, throwaway_pg
+from common import child_best, cpu_seconds, throwaway_pg
 
 WRITERS = ("adbc", "pgpq", "csv")
 TRANSACTION_ROWS = 200_000
@@ -137,12 +136,8 @@ def main() -> int:
             best: dict[str, dict[str, float]] = {w: {} for w in WRITERS}
             for _ in range(args.repeat):
                 for w in WRITERS:  # interleaved: drift hits every writer alike
-                    got = json.loads(subprocess.run(
-                        [sys.executable, __file__, "--child", "--src", server.url("src"), "--dst", server.url("dst"),
-                         "--table", ds.table, "--writer", w, "--ddl", ddl, "--key", ds.key],
-                        check=True, capture_output=True, text=True).stdout)
-                    for key, value in got.items():
-                        best[w][key] = min(best[w].get(key, value), value)
+                    child_best(__file__, ["--src", server.url("src"), "--dst", server.url("dst"), "--table", ds.table,
+                                          "--writer", w, "--ddl", ddl, "--key", ds.key], best[w])
             cells = [f"{best[w]['cpu']:6.2f} ({best[w]['wall']:5.2f})" for w in WRITERS]
             print(f"{ds.name:<8} " + " ".join(f"{c:>16}" for c in cells), flush=True)
     return 0
