@@ -11,6 +11,8 @@ Method ids (what ``--only`` matches and what the tables print):
 copy-devnull                   ``psql COPY … TO STDOUT (FORMAT binary) > /dev/null``
 copy-pipe-pk / copy-pipe-nopk  ``psql COPY TO STDOUT | psql COPY FROM STDIN`` (binary)
                                into an identical table with / without its key
+replicant-read                 the read floor: the table read through replicant's
+                               PostgreSQL source and dropped (read_floor.py)
 replicant-pg-merge[-loaded]    ``replicant run``, PostgreSQL → PostgreSQL, write: merge
 replicant-pg-append            the same, write: append
 replicant-duckdb-append        ``replicant run``, PostgreSQL → DuckDB file
@@ -22,6 +24,7 @@ dlt-pg-append, dlt-pg-merge[-loaded], dlt-duckdb-append, dlt-duckdb-merge[-loade
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -155,6 +158,15 @@ def copy_pipe(ctx: Ctx, ds, src_db: str, rep: int, *, loaded: bool, wrap: Wrap, 
 # --------------------------------------------------------------------------- replicant
 
 
+def replicant_read(ctx: Ctx, ds, src_db: str, rep: int, *, loaded: bool, wrap: Wrap) -> Iterator[Run]:
+    """read_floor.py: start-up and the source's read, what every run pays before it writes."""
+    log = ctx.work / "logs" / f"{ds.name}-replicant-read-{rep}"
+    cmd = [sys.executable, str(HERE / "read_floor.py"), "--url", ctx.server.url(src_db), "--table", ds.table]
+    m = _timed(ctx, cmd, log, wrap)
+    rows = json.loads(Path(f"{log}.out").read_text())["rows"]
+    yield Run("replicant-read", m, [] if rows == ds.rows else [f"read {rows:,} rows of {ds.rows:,}"])
+
+
 def _pipeline_file(directory: Path, name: str, source_url: str, ds, destination: dict) -> Path:
     import yaml
 
@@ -248,6 +260,7 @@ JOBS: tuple[Job, ...] = (
     Job("copy-devnull", ("copy-devnull",), "psql", copy_devnull, {}),
     Job("copy-pipe-nopk", ("copy-pipe-nopk",), "psql", copy_pipe, {"with_key": False}),
     Job("copy-pipe-pk", ("copy-pipe-pk",), "psql", copy_pipe, {"with_key": True}),
+    Job("replicant-read", ("replicant-read",), "replicant", replicant_read, {}),
     Job("replicant-pg-merge", ("replicant-pg-merge", "replicant-pg-merge-loaded"), "replicant",
         replicant, {"dest": "pg", "write": "merge"}),
     Job("replicant-pg-append", ("replicant-pg-append",), "replicant", replicant, {"dest": "pg", "write": "append"}),
