@@ -1,0 +1,109 @@
+"""How a delivery cuts the log into writes: full writes while a stream is being read in bulk.
+
+A delivery faster than its reader used to write whatever the log held at each look: many
+transactions smaller than a write, and writes just over one (a full DuckDB row group plus a
+sliver that DuckDB rewrote at its checkpoint). Here, against a real DuckDB file and staging
+log, with an injected clock: snapshot rows are written in writes of exactly ``batch_size``
+rows, a remainder waits for more while the stream is read (at most ``HOLD_SECONDS``), changes
+are written at once, and a delivery started again after a write that cut a log record in two
+goes on from the row after the cut.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from replicant.config import DestinationConfig
+from replicant.delivery import HOLD_SECONDS, StreamWriter
+from replicant.destinations.duckdb import DuckDBDestination
+from replicant.log.local import LocalLog
+from replicant.model import OP_INSERT, OP_READ, ConnectorContext, Stream, with_meta
+from replicant.state import StateStore
+
+PIPELINE = "writes"
+STREAM = Stream(name="items", table=("items",), schema=pa.schema([pa.field("id", pa.int64()), pa.field("v", pa.string())]),
+                primary_key=("id",))
+T = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _append(log: LocalLog, first: int, n: int, op: str = OP_READ) -> None:
+    data = pa.record_batch([pa.array(range(first, first + n), pa.int64()), pa.array([f"v{i}" for i in range(first, first + n)])],
+                           schema=STREAM.schema)
+    log.append(STREAM.log_name, with_meta(data, op, "p", T), position={"at": first + n})
+
+
+def _parts(tmp_path: Path) -> tuple[LocalLog, DuckDBDestination, StateStore, list[int]]:
+    log = LocalLog(tmp_path / "log")
+    state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    state.open()
+    cfg = DestinationConfig(name="wh", type="duckdb", write="append", path=str(tmp_path / "wh.duckdb"), batch_size=8)
+    dest = DuckDBDestination(cfg, ConnectorContext(PIPELINE))
+    dest.open()
+    dest.prepare(STREAM)
+    writes: list[int] = []
+    write = dest.write
+
+    def recording(stream, rows, **kw):
+        writes.append(rows.num_rows)
+        return write(stream, rows, **kw)
+
+    dest.write = recording  # type: ignore[method-assign]
+    return log, dest, state, writes
+
+
+def _ids(tmp_path: Path, dest: DuckDBDestination) -> list[int]:
+    dest.close()
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        return [r[0] for r in con.execute("SELECT id FROM items ORDER BY id").fetchall()]
+
+
+def test_snapshot_rows_go_in_full_writes_and_the_rest_waits_while_the_stream_is_read(tmp_path: Path) -> None:
+    log, dest, state, writes = _parts(tmp_path)
+    clock = Clock()
+    w = StreamWriter(dest, STREAM, log, state, PIPELINE, lambda *_: None, clock=clock)
+    for first in (0, 3, 6):
+        _append(log, first, 3)
+    assert w.step(hold=True)
+    assert writes == [8]  # exactly one write's rows, cut inside the third record
+    assert dest.applied_offset(STREAM) == 7
+
+    clock.now += HOLD_SECONDS / 2
+    assert not w.step(hold=True)  # one row waits for more
+    assert writes == [8]
+    _append(log, 9, 3)
+    assert w.step(hold=True) and writes == [8]  # 4 rows now, still short of a write
+
+    clock.now += HOLD_SECONDS  # the first of them has waited long enough
+    assert w.step(hold=True)
+    assert writes == [8, 4] and dest.applied_offset(STREAM) == 11
+
+    _append(log, 12, 2, OP_INSERT)  # changes are not held
+    assert w.step(hold=True) and writes == [8, 4, 2]
+    _append(log, 14, 2)  # nor are reads once the stream's reading is over
+    assert w.step(hold=False) and writes == [8, 4, 2, 2]
+    assert _ids(tmp_path, dest) == list(range(16))
+
+
+def test_a_stop_after_a_write_that_cut_a_record_goes_on_from_the_next_row(tmp_path: Path) -> None:
+    log, dest, state, writes = _parts(tmp_path)
+    _append(log, 0, 5)
+    _append(log, 5, 5)
+    first = StreamWriter(dest, STREAM, log, state, PIPELINE, lambda *_: None, clock=Clock())
+    assert first.step(hold=True) and writes == [8]
+    # the process ends here: the two rows held after the cut were never written
+    again = StreamWriter(dest, STREAM, log, state, PIPELINE, lambda *_: None, clock=Clock())
+    assert again.offset == 8
+    assert again.step() and writes == [8, 2]
+    assert _ids(tmp_path, dest) == list(range(10))
