@@ -184,6 +184,9 @@ class SQLDestination(Destination):
         self.offset_lock = ""
         self.offset_upsert = ""
         self.offset_insert = ""
+        #: optional: the update of a stream's row that :meth:`store_offset` has just locked, with
+        #: the upsert's parameters, where the dialect's upsert costs more (DuckDB)
+        self.offset_update = ""
         #: Per log stream, the offset this object last read or stored (committed), which
         #: :meth:`store_offset` expects to find; and what the open transaction stores.
         self._offsets: dict[str, int] = {}
@@ -418,8 +421,8 @@ class SQLDestination(Destination):
             DestinationFencedError: another writer moved the row; the caller's transaction,
                 rows included, is rolled back.
         """
-        self._check_offset(stream)
-        self.execute(self.offset_upsert, (self.pipeline, stream.log_name, int(last_offset)))
+        self._check_offset(stream)  # the row exists from here on
+        self.execute(self.offset_update or self.offset_upsert, (self.pipeline, stream.log_name, int(last_offset)))
         self._staged[stream.log_name] = int(last_offset)
 
     def reset_offset(self, stream: Stream, last_offset: int) -> None:
