@@ -6,20 +6,25 @@ sliver that DuckDB rewrote at its checkpoint). Here, against a real DuckDB file 
 log, with an injected clock: snapshot rows are written in writes of exactly ``batch_size``
 rows, a remainder waits for more while the stream is read (at most ``HOLD_SECONDS``), changes
 are written at once, and a delivery started again after a write that cut a log record in two
-goes on from the row after the cut.
+goes on from the row after the cut. A destination that does not ask for full writes (SQLite)
+gets the same cuts but nothing held.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pytest
 
 from replicant.config import DestinationConfig
 from replicant.delivery import HOLD_SECONDS, StreamWriter
 from replicant.destinations.duckdb import DuckDBDestination
+from replicant.destinations.sqlite import SQLiteDestination
 from replicant.log.local import LocalLog
 from replicant.model import OP_INSERT, OP_READ, ConnectorContext, Stream, with_meta
 from replicant.state import StateStore
@@ -44,33 +49,43 @@ def _append(log: LocalLog, first: int, n: int, op: str = OP_READ) -> None:
     log.append(STREAM.log_name, with_meta(data, op, "p", T), position={"at": first + n})
 
 
-def _parts(tmp_path: Path) -> tuple[LocalLog, DuckDBDestination, StateStore, list[int]]:
-    log = LocalLog(tmp_path / "log")
-    state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
-    state.open()
-    cfg = DestinationConfig(name="wh", type="duckdb", write="append", path=str(tmp_path / "wh.duckdb"), batch_size=8)
-    dest = DuckDBDestination(cfg, ConnectorContext(PIPELINE))
-    dest.open()
-    dest.prepare(STREAM)
-    writes: list[int] = []
-    write = dest.write
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[Callable[[str], tuple[LocalLog, Any, StateStore, list[int]]]]:
+    """Makes (log, destination, state store, sizes of the writes) for a destination kind; closes them after."""
+    opened: list[Any] = []
 
-    def recording(stream, rows, **kw):
-        writes.append(rows.num_rows)
-        return write(stream, rows, **kw)
+    def make(kind: str = "duckdb") -> tuple[LocalLog, Any, StateStore, list[int]]:
+        log = LocalLog(tmp_path / "log")
+        state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+        state.open()
+        cfg = DestinationConfig(name="wh", type=kind, write="append", path=str(tmp_path / f"wh.{kind}"), batch_size=8)
+        dest = (DuckDBDestination if kind == "duckdb" else SQLiteDestination)(cfg, ConnectorContext(PIPELINE))
+        dest.open()
+        dest.prepare(STREAM)
+        opened.extend([dest, state, log])
+        writes: list[int] = []
+        write = dest.write
 
-    dest.write = recording  # type: ignore[method-assign]
-    return log, dest, state, writes
+        def recording(stream, rows, **kw):
+            writes.append(rows.num_rows)
+            return write(stream, rows, **kw)
+
+        dest.write = recording
+        return log, dest, state, writes
+
+    yield make
+    for thing in opened:
+        thing.close()
 
 
-def _ids(tmp_path: Path, dest: DuckDBDestination) -> list[int]:
+def _ids(tmp_path: Path, dest: Any) -> list[int]:
     dest.close()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:  # read-only use of the DuckDB file
         return [r[0] for r in con.execute("SELECT id FROM items ORDER BY id").fetchall()]
 
 
-def test_snapshot_rows_go_in_full_writes_and_the_rest_waits_while_the_stream_is_read(tmp_path: Path) -> None:
-    log, dest, state, writes = _parts(tmp_path)
+def test_snapshot_rows_go_in_full_writes_and_the_rest_waits_while_the_stream_is_read(tmp_path: Path, parts) -> None:
+    log, dest, state, writes = parts()
     clock = Clock()
     w = StreamWriter(dest, STREAM, log, state, PIPELINE, lambda *_: None, clock=clock)
     for first in (0, 3, 6):
@@ -96,8 +111,8 @@ def test_snapshot_rows_go_in_full_writes_and_the_rest_waits_while_the_stream_is_
     assert _ids(tmp_path, dest) == list(range(16))
 
 
-def test_a_stop_after_a_write_that_cut_a_record_goes_on_from_the_next_row(tmp_path: Path) -> None:
-    log, dest, state, writes = _parts(tmp_path)
+def test_a_stop_after_a_write_that_cut_a_record_goes_on_from_the_next_row(tmp_path: Path, parts) -> None:
+    log, dest, state, writes = parts()
     _append(log, 0, 5)
     _append(log, 5, 5)
     first = StreamWriter(dest, STREAM, log, state, PIPELINE, lambda *_: None, clock=Clock())
@@ -107,3 +122,14 @@ def test_a_stop_after_a_write_that_cut_a_record_goes_on_from_the_next_row(tmp_pa
     assert again.offset == 8
     assert again.step() and writes == [8, 2]
     assert _ids(tmp_path, dest) == list(range(10))
+
+
+def test_a_destination_without_full_writes_gets_the_cuts_but_nothing_held(parts) -> None:
+    log, dest, state, writes = parts("sqlite")
+    assert not dest.capabilities.full_writes
+    w = StreamWriter(dest, STREAM, log, state, PIPELINE, lambda *_: None, clock=Clock())
+    for first in (0, 3, 6):
+        _append(log, first, 3)
+    assert w.step(hold=True)
+    assert writes == [8, 1]
+    assert dest.applied_offset(STREAM) == 8

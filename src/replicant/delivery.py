@@ -25,14 +25,16 @@ begins (a delivery that failed once finds both in the log). At a ``snapshot_end`
 rows and the marker's offset are written and the destination is told
 (``destination.end_snapshot``: PostgreSQL builds a primary key it put off for the load).
 
-Full writes during a bulk read: a delivery that catches up with a stream still being read
-holds the snapshot rows (``_op`` read) it has taken until they make a full write
-(``batch_rows``), for at most :data:`HOLD_SECONDS`, instead of writing whatever the log held
-at that instant. A delivery faster than its reader otherwise writes many small transactions:
-1M wide rows into DuckDB went in 14 writes of ~71k rows instead of 8 full row groups, and
-DuckDB sends a transaction's rows smaller than a row group to its WAL and compresses them
-again at the checkpoint. Changes (insert/update/delete) are never held, nor is anything once
-the stream's reading is finished or the pipeline stops.
+Write sizes: a transactional destination's writes are cut at exactly ``batch_rows`` rows,
+inside a log record if need be. A destination whose short writes cost more than waiting
+(``capabilities.full_writes``: DuckDB) also gets full writes during a bulk read: a delivery
+that catches up with a stream still being read holds the snapshot rows (``_op`` read) it has
+taken until they make a full write, for at most :data:`HOLD_SECONDS`, instead of writing
+whatever the log held at that instant. A delivery faster than its reader otherwise writes
+many small transactions: 1M wide rows into DuckDB went in 14 writes of ~71k rows instead of
+8 full row groups, and DuckDB sends a transaction's rows smaller than a row group to its WAL
+and compresses them again at the checkpoint. Changes (insert/update/delete) are never held,
+nor is anything once the stream's reading is finished or the pipeline stops.
 
 Schema versions: when a record's schema differs from the stream's current one, pending
 rows are flushed and ``destination.evolve(new, old)`` runs first. A drift the destination
@@ -109,6 +111,7 @@ class StreamWriter:
         self.on_rows = on_rows
         self.mode = dest.write_mode(stream)
         self.transactional = dest.capabilities.transactional
+        self.full_writes = dest.capabilities.full_writes
         # ``share``: writers delivering this destination at once split its default between
         # them, so the rows pending in the process stay what one writer would hold
         self.batch_rows = (dest.config.batch_size or max(
@@ -177,7 +180,8 @@ class StreamWriter:
         any, or if rows held by an earlier step were written now.
 
         ``hold``: the stream is still being read, so snapshot rows short of a full write may
-        wait for more (:meth:`_holding`) rather than be written now.
+        wait for more (:meth:`_holding`) rather than be written now, where the destination
+        asks for full writes.
         """
         stop_at = self.log.end_offset(self.stream.log_name) if end is None else end
         if self.offset >= stop_at:
@@ -197,9 +201,10 @@ class StreamWriter:
         return True
 
     def _holding(self) -> bool:
-        """Whether the pending rows wait for a fuller write: all are snapshot reads, fewer than
-        a write's ``batch_rows``, taken less than :data:`HOLD_SECONDS` ago."""
-        return (0 < self.pending_rows < self.batch_rows and self.pending_reads
+        """Whether the pending rows wait for a fuller write: the destination asks for full
+        writes, and all are snapshot reads, fewer than a write's ``batch_rows``, taken less
+        than :data:`HOLD_SECONDS` ago."""
+        return (self.full_writes and 0 < self.pending_rows < self.batch_rows and self.pending_reads
                 and self.clock() - self.pending_since < HOLD_SECONDS)
 
     def _caught_up(self) -> None:

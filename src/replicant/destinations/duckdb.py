@@ -115,7 +115,7 @@ class DuckDBDestination(SQLDestination):
     #: for databases): one DuckDB row group, the least a transaction needs for DuckDB to write
     #: its rows straight into the database file instead of into the WAL first (module docstring)
     default_batch_rows = 122_880
-    capabilities = dataclasses.replace(SQLDestination.capabilities, in_process_engine=True)
+    capabilities = dataclasses.replace(SQLDestination.capabilities, in_process_engine=True, full_writes=True)
 
     def __init__(
         self, config: Any, context: ConnectorContext, *, memory_limit: str | None = None, threads: int | None = None
