@@ -7,11 +7,15 @@ log, with an injected clock: snapshot rows are written in writes of exactly ``ba
 rows, a remainder waits for more while the stream is read (at most ``HOLD_SECONDS``), changes
 are written at once, and a delivery started again after a write that cut a log record in two
 goes on from the row after the cut. A destination that does not ask for full writes (SQLite)
-gets the same cuts but nothing held.
+gets the same cuts but nothing held. A delivery of several streams holds one stream's rows at
+a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +26,7 @@ import pyarrow as pa
 import pytest
 
 from replicant.config import DestinationConfig
-from replicant.delivery import HOLD_SECONDS, StreamWriter
+from replicant.delivery import HOLD_SECONDS, Delivery, StreamWriter
 from replicant.destinations.duckdb import DuckDBDestination
 from replicant.destinations.sqlite import SQLiteDestination
 from replicant.log.local import LocalLog
@@ -43,16 +47,17 @@ class Clock:
         return self.now
 
 
-def _append(log: LocalLog, first: int, n: int, op: str = OP_READ) -> None:
+def _append(log: LocalLog, first: int, n: int, op: str = OP_READ, stream: Stream = STREAM) -> None:
     data = pa.record_batch([pa.array(range(first, first + n), pa.int64()), pa.array([f"v{i}" for i in range(first, first + n)])],
                            schema=STREAM.schema)
-    log.append(STREAM.log_name, with_meta(data, op, "p", T), position={"at": first + n})
+    log.append(stream.log_name, with_meta(data, op, "p", T), position={"at": first + n})
 
 
 @pytest.fixture
 def parts(tmp_path: Path) -> Iterator[Callable[[str], tuple[LocalLog, Any, StateStore, list[int]]]]:
     """Makes (log, destination, state store, sizes of the writes) for a destination kind; closes them after."""
     opened: list[Any] = []
+    by_stream: list[tuple[str, int]] = []  # (stream, rows) of every write, for tests of several streams
 
     def make(kind: str = "duckdb") -> tuple[LocalLog, Any, StateStore, list[int]]:
         log = LocalLog(tmp_path / "log")
@@ -68,11 +73,13 @@ def parts(tmp_path: Path) -> Iterator[Callable[[str], tuple[LocalLog, Any, State
 
         def recording(stream, rows, **kw):
             writes.append(rows.num_rows)
+            by_stream.append((stream.name, rows.num_rows))
             return write(stream, rows, **kw)
 
         dest.write = recording
         return log, dest, state, writes
 
+    make.by_stream = by_stream  # type: ignore[attr-defined]
     yield make
     for thing in opened:
         thing.close()
@@ -133,3 +140,38 @@ def test_a_destination_without_full_writes_gets_the_cuts_but_nothing_held(parts)
     assert w.step(hold=True)
     assert writes == [8, 1]
     assert dest.applied_offset(STREAM) == 8
+
+
+def _until(what: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_delivery_of_several_streams_holds_the_rows_of_one_at_a_time(parts) -> None:
+    log, dest, state, _ = parts()
+    other = dataclasses.replace(STREAM, name="others", table=("others",))
+    dest.prepare(other)
+    _append(log, 0, 3)
+    _append(log, 0, 3, stream=other)
+    clock, done, stop = Clock(), {STREAM.name: threading.Event(), other.name: threading.Event()}, threading.Event()
+    errors: list[Any] = []
+    delivery = Delivery(dest, [STREAM, other], log, state, PIPELINE, done=done, stop=stop, follow=False,
+                        on_error=errors.append, on_rows=lambda *_: None, clock=clock)
+    thread = threading.Thread(target=delivery.run)
+    thread.start()
+    try:
+        _until(lambda: parts.by_stream == [("others", 3)])  # "items" came first and holds; "others" may not
+        clock.now += HOLD_SECONDS
+        _until(lambda: parts.by_stream == [("others", 3), ("items", 3)])
+        _append(log, 3, 3, stream=other)  # "items" holds nothing now: "others" may
+        _append(log, 3, 3)
+        clock.now += HOLD_SECONDS / 2
+        for event in done.values():
+            event.set()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and not errors
+    assert sorted(parts.by_stream[2:]) == [("items", 3), ("others", 3)]
