@@ -244,7 +244,7 @@ class StreamWriter:
             return
         if not self.pending:
             self.pending_since = self.clock()
-        if self.pending_reads and batch.num_rows:
+        if self.full_writes and self.pending_reads and batch.num_rows:  # only a holder needs to know
             ops = batch.column("_op")
             self.pending_reads = ops.null_count == 0 and pc.all(pc.equal(ops, OP_READ)).as_py() is True
         self.pending.append(batch)
