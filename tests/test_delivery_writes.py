@@ -170,7 +170,9 @@ def test_a_delivery_of_several_streams_holds_the_rows_of_one_at_a_time(parts) ->
         clock.now += HOLD_SECONDS / 2
         for event in done.values():
             event.set()
-    finally:
+    finally:  # on a failure too, the delivery ends: nothing more will be read
+        for event in done.values():
+            event.set()
         stop.set()
         thread.join(30)
     assert not thread.is_alive() and not errors
