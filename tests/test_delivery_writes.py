@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from cdc._pipelines import wait_until
 from replicant.config import DestinationConfig
 from replicant.delivery import HOLD_SECONDS, Delivery, StreamWriter
 from replicant.destinations.duckdb import DuckDBDestination
@@ -142,13 +142,6 @@ def test_a_destination_without_full_writes_gets_the_cuts_but_nothing_held(parts)
     assert dest.applied_offset(STREAM) == 8
 
 
-def _until(what: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_a_delivery_of_several_streams_holds_the_rows_of_one_at_a_time(parts) -> None:
     log, dest, state, _ = parts()
     other = dataclasses.replace(STREAM, name="others", table=("others",))
@@ -162,9 +155,10 @@ def test_a_delivery_of_several_streams_holds_the_rows_of_one_at_a_time(parts) ->
     thread = threading.Thread(target=delivery.run)
     thread.start()
     try:
-        _until(lambda: parts.by_stream == [("others", 3)])  # "items" came first and holds; "others" may not
+        # "items" came first and holds; "others" may not
+        wait_until(lambda: parts.by_stream == [("others", 3)], 30, "the write of others", every=0.01)
         clock.now += HOLD_SECONDS
-        _until(lambda: parts.by_stream == [("others", 3), ("items", 3)])
+        wait_until(lambda: parts.by_stream == [("others", 3), ("items", 3)], 30, "the held write of items", every=0.01)
         _append(log, 3, 3, stream=other)  # "items" holds nothing now: "others" may
         _append(log, 3, 3)
         clock.now += HOLD_SECONDS / 2
