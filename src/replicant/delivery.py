@@ -322,9 +322,9 @@ class StreamWriter:
         if n:
             self.on_rows(self.dest.name, self.stream.name, n)
             self._resume()
-        if rest is not None:  # the rows after the cut; self.last still ends them
+        if rest is not None:  # the rows after the cut; self.last still ends them. pending_since stays: none
+            # of them was taken before it, so none waits longer than HOLD_SECONDS
             self.pending, self.pending_offsets, self.pending_rows = rest.to_batches(), [rest_offsets], rest.num_rows
-            self.pending_since = self.clock()
             return
         self.pending, self.pending_offsets, self.pending_rows, self.last = [], [], 0, None
         self.pending_reads = True
