@@ -170,8 +170,9 @@ def _speed_target(name: str, results, mine: str, theirs: str, factor: float) -> 
     measured = (f"{ratio:.2f}× (per repeat {', '.join(f'{x:.2f}' for x in each)}; "
                 f"medians {fmt_rate(a.rate)} vs {fmt_rate(b.rate)} rows/s)")
     floor = _get(results, "replicant-read")
-    if floor and mine.startswith("replicant-") and not math.isnan(speedup(floor, b)[0]):
-        measured += f"; the read alone: {speedup(floor, b)[0]:.2f}×"
+    alone = speedup(floor, b)[0] if floor and mine.startswith("replicant-") else math.nan
+    if not math.isnan(alone):
+        measured += f"; the read alone: {alone:.2f}×"
     return Target(name, measured, "PASS" if ratio >= factor else "MISS")
 
 
