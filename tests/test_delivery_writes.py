@@ -171,3 +171,17 @@ def test_a_delivery_of_several_streams_holds_the_rows_of_one_at_a_time(parts) ->
         thread.join(30)
     assert not thread.is_alive() and not errors
     assert sorted(parts.by_stream[2:]) == [("items", 3), ("others", 3)]
+
+
+def test_rows_left_after_a_cut_wait_no_longer_than_the_hold_began(parts) -> None:
+    log, dest, state, writes = parts()
+    clock = Clock()
+    w = StreamWriter(dest, STREAM, log, state, PIPELINE, lambda *_: None, clock=clock)
+    _append(log, 0, 3)
+    assert w.step(hold=True) and writes == []  # held from clock 100
+    clock.now += HOLD_SECONDS * 0.6
+    _append(log, 3, 6)
+    assert w.step(hold=True) and writes == [8]  # the cut; one row left, taken after the hold began
+    clock.now += HOLD_SECONDS * 0.4  # HOLD_SECONDS since the hold began, 0.4 of it since the cut
+    assert w.step(hold=True)
+    assert writes == [8, 1]
