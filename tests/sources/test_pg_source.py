@@ -269,3 +269,36 @@ def test_copy_batches_shrink_with_the_readers_running_at_once(pg_url: str) -> No
     assert 3e6 < alone < 5e6, alone
     assert 1.8 < alone / two < 2.2, (alone, two)
     assert 3.6 < alone / many < 4.4, (alone, many)  # 16 readers: never below 1 MB each
+
+
+def test_a_connection_lost_during_a_read_is_retriable_and_the_process_goes_on(pg_url: str) -> None:
+    """The server ends the source's backend in the middle of a COPY: the read raises a
+    RetriableError naming the table (the run retries it) and the process lives on. The error
+    comes through Arrow's reader without a SQLSTATE (OSError with driver 1.13, ValueError with
+    1.8): before, 1.13's escaped unclassified and 1.8's stopped the stream as fatal."""
+    from dataclasses import replace
+
+    from replicant.errors import RetriableError
+
+    from .dbs import CONTEXT
+
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))")
+        # 60 MB of COPY: far more than the sockets buffer once the reader stops taking it
+        c.execute("INSERT INTO accounts SELECT g, g % 10, 0, '' FROM generate_series(1, 500000) g")
+    db = Db("postgres", pg_url)
+    src, (s,) = db.streams(["accounts"], context=replace(CONTEXT, readers=16))  # 1 MB batches
+    with src:
+        plan = src._plan(s)
+        batches = src._batches(src._query(plan, [], [], None), [], plan, 1_000_000)
+        seen = [next(batches).num_rows]
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            ended = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE query LIKE 'COPY%' AND pid <> pg_backend_pid()").fetchall()
+        assert ended == [(True,)]
+        with pytest.raises(RetriableError, match="accounts") as e:
+            seen.extend(b.num_rows for b in batches)
+        assert sum(seen) < 500_000, seen
+        assert "terminating connection" in str(e.value) or "closed the connection" in str(e.value), e.value
+    with src:  # the source connects again and reads the whole table
+        assert sum(b.data.num_rows for b in read_all(src, s)) == 500_000

@@ -127,6 +127,13 @@ def _fix_infinities(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch
 
 
+#: libpq's and the server's words for a connection that is gone (a COPY's error carries no SQLSTATE):
+#: the server ended the backend (57P01 "terminating connection due to administrator command",
+#: a shutdown), the socket closed, or libpq has no connection left.
+_CONNECTION_LOST = ("terminating connection", "server closed the connection", "no connection",
+                    "could not receive data from server", "could not send data to server", "SSL SYSCALL error")
+
+
 class PostgresSettings(BaseModel):
     """The keys of a PostgreSQL ``source:`` beyond the common ones."""
 
@@ -244,7 +251,7 @@ class PostgresSource(SQLSource):
         """A driver error as a replicant error (the mapping table)."""
         state = getattr(e, "sqlstate", None) or ""
         msg = self.scrub(str(e)).split("Query was:", 1)[0].strip()
-        if state.startswith("08") or "server closed the connection" in msg or "no connection" in msg:
+        if state.startswith("08") or any(m in msg for m in _CONNECTION_LOST):
             self.close()
             return RetriableError(f"lost the connection to {self.location()} while {what}: {msg}")
         if state in ("42P01", "3F000"):
@@ -364,7 +371,11 @@ class PostgresSource(SQLSource):
                     yield _fix_infinities(conform(b, schema))
             except adbc_driver_manager.Error as e:
                 raise self._error(e, what) from None
-            except ValueError as e:
+            except (OSError, ValueError) as e:
+                # the COPY stream's own failures reach here through Arrow's reader, without a
+                # SQLSTATE: OSError (driver 1.13) or ValueError (1.8), lost connections included
+                if any(m in str(e) for m in _CONNECTION_LOST):
+                    raise self._error(e, what) from None
                 raise FatalError(f"{what}: {e}") from None
         finally:
             if reader is not None:
