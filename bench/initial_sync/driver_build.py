@@ -6,10 +6,12 @@
 ADBC's Python wheels 1.9.0 to 1.13.0 (x86_64 manylinux, both drivers) carry C++ compiled
 without optimisation: trivial helpers (``__bswap_32``, ``std::unique_ptr::operator->``) are
 out-of-line functions that spill their arguments to the stack, the ``-O0`` signature. The
-last optimised release, 1.8.0, cannot be used instead: it writes Arrow decimals with the
-wrong scale (1.10 arrives as 110.00), maps ``arrow.uuid`` to ``bytea`` and aborts the process
-when its connection is lost (the test suite fails 37 tests with it). This script is how to
-check a newer release before moving the dependency (pyproject.toml).
+last optimised release is 1.8.0. Its ``adbc_ingest`` writes Arrow decimals with the wrong scale
+(1.10 arrives as 110.00), maps ``arrow.uuid`` to ``bytea`` and aborts the process when its
+connection is lost; replicant's PostgreSQL destination writes with pgpq instead, and the
+source only reads, so pyproject.toml pins the PostgreSQL driver to 1.8.0 (the suite passes
+with it). The SQLite driver still follows the newest release. This script is how to check a
+newer release before moving the pin.
 
 For each release in ``--versions`` it downloads the two driver wheels (``pip download
 --no-deps``, into the work dir), counts the ``-O0`` tell in each shared library (the bytes of
