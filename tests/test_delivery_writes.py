@@ -87,7 +87,7 @@ def parts(tmp_path: Path) -> Iterator[Callable[[str], tuple[LocalLog, Any, State
 
 def _ids(tmp_path: Path, dest: Any) -> list[int]:
     dest.close()
-    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:  # read-only use of the DuckDB file
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
         return [r[0] for r in con.execute("SELECT id FROM items ORDER BY id").fetchall()]
 
 

@@ -369,14 +369,11 @@ class PostgresSource(SQLSource):
                 reader = cur.fetch_record_batch()
                 for b in reader:
                     yield _fix_infinities(conform(b, schema))
-            except adbc_driver_manager.Error as e:
+            except (adbc_driver_manager.Error, OSError, ValueError) as e:
+                # the COPY stream's own failures come through Arrow's reader without a SQLSTATE:
+                # OSError (driver 1.13) or ValueError (1.8, and a value that does not fit its
+                # type); _error tells a lost connection by its words
                 raise self._error(e, what) from None
-            except (OSError, ValueError) as e:
-                # the COPY stream's own failures reach here through Arrow's reader, without a
-                # SQLSTATE: OSError (driver 1.13) or ValueError (1.8), lost connections included
-                if any(m in str(e) for m in _CONNECTION_LOST):
-                    raise self._error(e, what) from None
-                raise FatalError(f"{what}: {e}") from None
         finally:
             if reader is not None:
                 try:
